@@ -1,0 +1,1 @@
+//! Nomade artifact layer (under construction).

@@ -1,0 +1,1 @@
+//! Nomade crdt layer (under construction).

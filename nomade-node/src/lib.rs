@@ -1,0 +1,1 @@
+//! Nomade node layer (under construction).

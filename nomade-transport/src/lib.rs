@@ -1,0 +1,1 @@
+//! Nomade transport layer (under construction).

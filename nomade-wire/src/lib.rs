@@ -1,0 +1,1 @@
+//! Nomade wire layer (under construction).
