@@ -1,0 +1,419 @@
+//! The frame: a fixed header, a MessagePack payload, a BLAKE3 checksum.
+//!
+//! ```text
+//! version u8 | message_type u16 | message_id [16] | timestamp i64 | payload_length u32 | payload | blake3(payload) [32]
+//! ```
+//! All integers are big-endian.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::bytes_fixed::MessageId;
+use crate::error::{DecodeError, EncodeError};
+use crate::message::*;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Size of the fixed frame header in bytes.
+pub const HEADER_LEN: usize = 1 + 2 + 16 + 8 + 4;
+/// Size of the trailing checksum in bytes.
+pub const CHECKSUM_LEN: usize = 32;
+/// Largest `chunk_data` an `ARTIFACT_CHUNK` may carry: 64 KiB.
+pub const MAX_CHUNK_DATA: usize = 64 * 1024;
+/// Default maximum payload: one full chunk plus room for its fields.
+pub const DEFAULT_MAX_PAYLOAD: u32 = (MAX_CHUNK_DATA + 1024) as u32;
+/// Default maximum MessagePack nesting depth (maps and arrays).
+pub const DEFAULT_MAX_DEPTH: usize = 24;
+
+/// Limits a decoder enforces on untrusted input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest accepted `payload_length`; checked before anything is buffered for it.
+    pub max_payload: u32,
+    /// Deepest accepted nesting of MessagePack maps and arrays.
+    pub max_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            max_depth: DEFAULT_MAX_DEPTH,
+        }
+    }
+}
+
+macro_rules! messages {
+    ($( $(#[$doc:meta])* $variant:ident($ty:ty) = $code:literal, $name:literal; )*) => {
+        /// Every message type code of protocol version 1.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u16)]
+        #[non_exhaustive]
+        pub enum MessageType {
+            $( $(#[$doc])* $variant = $code, )*
+        }
+
+        impl MessageType {
+            /// Every assigned message type.
+            pub const ALL: &'static [MessageType] = &[$(MessageType::$variant),*];
+
+            /// The type for a wire code, if assigned.
+            pub fn from_code(code: u16) -> Option<MessageType> {
+                match code {
+                    $( $code => Some(MessageType::$variant), )*
+                    _ => None,
+                }
+            }
+
+            /// The wire code.
+            pub fn code(self) -> u16 {
+                self as u16
+            }
+
+            /// The protocol's name for it, e.g. `"SYNC_OPERATION"`.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( MessageType::$variant => $name, )*
+                }
+            }
+        }
+
+        /// A decoded message: one variant per message type.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub enum Message {
+            $( $(#[$doc])* $variant($ty), )*
+        }
+
+        $(
+            impl From<$ty> for Message {
+                fn from(m: $ty) -> Self {
+                    Message::$variant(m)
+                }
+            }
+        )*
+
+        impl Message {
+            /// This message's type.
+            pub fn message_type(&self) -> MessageType {
+                match self {
+                    $( Message::$variant(_) => MessageType::$variant, )*
+                }
+            }
+
+            /// Appends the MessagePack payload to `dst`.
+            pub fn write_payload(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+                match self {
+                    $( Message::$variant(m) => write_payload(m, dst), )*
+                }
+            }
+
+            /// Decodes a payload of the given type under `limits`, accepting only
+            /// its canonical encoding.
+            pub fn decode_payload(
+                message_type: MessageType,
+                payload: &[u8],
+                limits: &Limits,
+            ) -> Result<Message, DecodeError> {
+                match message_type {
+                    $( MessageType::$variant => {
+                        decode_payload::<$ty>(payload, limits, $name).map(Message::$variant)
+                    } )*
+                }
+            }
+        }
+    };
+}
+
+messages! {
+    /// `HELLO`
+    Hello(Hello) = 0x0001, "HELLO";
+    /// `HELLO_ACK`
+    HelloAck(HelloAck) = 0x0002, "HELLO_ACK";
+    /// `SYNC_REQUEST`
+    SyncRequest(SyncRequest) = 0x0101, "SYNC_REQUEST";
+    /// `SYNC_OPERATION`
+    SyncOperation(SyncOperation) = 0x0102, "SYNC_OPERATION";
+    /// `SYNC_COMPLETE`
+    SyncComplete(SyncComplete) = 0x0103, "SYNC_COMPLETE";
+    /// `ACK`
+    Ack(Ack) = 0x0104, "ACK";
+    /// `BATCHED_SYNC`
+    BatchedSync(BatchedSync) = 0x0105, "BATCHED_SYNC";
+    /// `DELTA_SYNC`
+    DeltaSync(DeltaSync) = 0x0106, "DELTA_SYNC";
+    /// `ARTIFACT_REQUEST`
+    ArtifactRequest(ArtifactRequest) = 0x0201, "ARTIFACT_REQUEST";
+    /// `ARTIFACT_METADATA`
+    ArtifactMetadata(ArtifactMetadata) = 0x0202, "ARTIFACT_METADATA";
+    /// `ARTIFACT_CHUNK`
+    ArtifactChunk(ArtifactChunk) = 0x0203, "ARTIFACT_CHUNK";
+    /// `ARTIFACT_COMPLETE`
+    ArtifactComplete(ArtifactComplete) = 0x0204, "ARTIFACT_COMPLETE";
+    /// `HEARTBEAT`
+    Heartbeat(Heartbeat) = 0x0301, "HEARTBEAT";
+    /// `PRESENCE_UPDATE`
+    PresenceUpdate(PresenceUpdate) = 0x0302, "PRESENCE_UPDATE";
+    /// `ERROR`
+    Error(ErrorMessage) = 0x0401, "ERROR";
+}
+
+fn write_payload<T: Serialize>(msg: &T, dst: &mut BytesMut) -> Result<(), EncodeError> {
+    let mut w = dst.writer();
+    rmp_serde::encode::write_named(&mut w, msg).map_err(|e| EncodeError::Serialize(e.to_string()))
+}
+
+fn decode_payload<T: DeserializeOwned + Serialize>(
+    payload: &[u8],
+    limits: &Limits,
+    name: &'static str,
+) -> Result<T, DecodeError> {
+    let mut rest: &[u8] = payload;
+    let mut de = rmp_serde::Deserializer::new(&mut rest);
+    de.set_max_depth(limits.max_depth);
+    let value = T::deserialize(&mut de).map_err(|e| match e {
+        rmp_serde::decode::Error::DepthLimitExceeded => DecodeError::TooDeep {
+            max_depth: limits.max_depth,
+        },
+        other => DecodeError::MalformedPayload {
+            message: name,
+            reason: other.to_string(),
+        },
+    })?;
+    drop(de);
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes { extra: rest.len() });
+    }
+    // One canonical encoding: what we would have written must be what we read.
+    let mut again = BytesMut::with_capacity(payload.len());
+    write_payload(&value, &mut again).map_err(|_| DecodeError::NonCanonical { message: name })?;
+    if again[..] != *payload {
+        return Err(DecodeError::NonCanonical { message: name });
+    }
+    Ok(value)
+}
+
+/// One protocol message with its envelope fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Unique id of this message (for ACK, ERROR and de-duplication).
+    pub message_id: MessageId,
+    /// Sender's clock when sent (ms since the Unix epoch). Informational only:
+    /// never used for ordering.
+    pub timestamp: i64,
+    /// The message.
+    pub message: Message,
+}
+
+impl Envelope {
+    /// An envelope around `message`.
+    pub fn new(message_id: MessageId, timestamp: i64, message: impl Into<Message>) -> Self {
+        Envelope {
+            message_id,
+            timestamp,
+            message: message.into(),
+        }
+    }
+
+    /// Appends the whole frame to `dst`. On error `dst` is left as it was.
+    pub fn encode_into(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        if let Message::ArtifactChunk(c) = &self.message {
+            if c.chunk_data.len() > MAX_CHUNK_DATA {
+                return Err(EncodeError::ChunkTooLarge {
+                    len: c.chunk_data.len(),
+                    max: MAX_CHUNK_DATA,
+                });
+            }
+        }
+        let start = dst.len();
+        dst.reserve(HEADER_LEN + 64 + CHECKSUM_LEN);
+        dst.put_u8(PROTOCOL_VERSION);
+        dst.put_u16(self.message.message_type().code());
+        dst.put_slice(self.message_id.as_bytes());
+        dst.put_i64(self.timestamp);
+        dst.put_u32(0); // patched below
+        let payload_start = dst.len();
+        if let Err(e) = self.message.write_payload(dst) {
+            dst.truncate(start);
+            return Err(e);
+        }
+        let len = dst.len() - payload_start;
+        let Ok(len32) = u32::try_from(len) else {
+            dst.truncate(start);
+            return Err(EncodeError::PayloadTooLarge {
+                len,
+                max: u32::MAX as usize,
+            });
+        };
+        dst[payload_start - 4..payload_start].copy_from_slice(&len32.to_be_bytes());
+        let checksum = blake3::hash(&dst[payload_start..]);
+        dst.put_slice(checksum.as_bytes());
+        Ok(())
+    }
+
+    /// The whole frame as a fresh buffer.
+    pub fn to_bytes(&self) -> Result<Bytes, EncodeError> {
+        let mut b = BytesMut::new();
+        self.encode_into(&mut b)?;
+        Ok(b.freeze())
+    }
+
+    /// Decodes exactly one frame from `frame` under the default limits.
+    pub fn decode(frame: &[u8]) -> Result<Envelope, DecodeError> {
+        Self::decode_with(frame, &Limits::default())
+    }
+
+    /// Decodes exactly one frame from `frame` under `limits`.
+    pub fn decode_with(frame: &[u8], limits: &Limits) -> Result<Envelope, DecodeError> {
+        let mut buf = BytesMut::from(frame);
+        let mut decoder = Decoder::with_limits(*limits);
+        match decoder.decode(&mut buf)? {
+            Some(env) if buf.is_empty() => Ok(env),
+            Some(_) => Err(DecodeError::TrailingFrameBytes { extra: buf.len() }),
+            None => Err(decoder.truncation(&buf)),
+        }
+    }
+}
+
+/// The fixed header of a frame, parsed and checked against the limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// The message type.
+    pub message_type: MessageType,
+    /// The message id.
+    pub message_id: MessageId,
+    /// The sender's timestamp (ms).
+    pub timestamp: i64,
+    /// The payload length.
+    pub payload_length: u32,
+}
+
+impl FrameHeader {
+    /// Checks the prefix of a frame. Returns `Ok(None)` when more bytes are
+    /// needed, and fails as early as the bytes allow (version at byte 1,
+    /// type at byte 3, length at byte 31).
+    pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<FrameHeader>, DecodeError> {
+        if let Some(&version) = buf.first() {
+            if version != PROTOCOL_VERSION {
+                return Err(DecodeError::UnsupportedVersion {
+                    version,
+                    supported: PROTOCOL_VERSION,
+                });
+            }
+        }
+        let message_type = match buf.get(1..3) {
+            Some(b) => {
+                let code = u16::from_be_bytes([b[0], b[1]]);
+                MessageType::from_code(code)
+                    .ok_or(DecodeError::UnknownMessageType { message_type: code })?
+            }
+            None => return Ok(None),
+        };
+        let Some(header) = buf.get(..HEADER_LEN) else {
+            return Ok(None);
+        };
+        let mut message_id = [0u8; 16];
+        message_id.copy_from_slice(&header[3..19]);
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&header[19..27]);
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&header[27..31]);
+        let payload_length = u32::from_be_bytes(len);
+        if payload_length > limits.max_payload {
+            return Err(DecodeError::PayloadTooLarge {
+                len: payload_length,
+                max: limits.max_payload,
+            });
+        }
+        Ok(Some(FrameHeader {
+            message_type,
+            message_id: MessageId::from(message_id),
+            timestamp: i64::from_be_bytes(ts),
+            payload_length,
+        }))
+    }
+
+    /// Length of the whole frame this header starts.
+    pub fn frame_len(&self) -> usize {
+        HEADER_LEN + self.payload_length as usize + CHECKSUM_LEN
+    }
+}
+
+/// A sans-IO streaming decoder: feed it bytes split anywhere, get frames out.
+///
+/// After an error the stream's framing can no longer be trusted: the caller
+/// closes the stream (sending `ERROR` with [`DecodeError::error_code`]).
+#[derive(Debug, Clone, Default)]
+pub struct Decoder {
+    limits: Limits,
+}
+
+impl Decoder {
+    /// A decoder with the default limits.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A decoder with the given limits.
+    pub fn with_limits(limits: Limits) -> Self {
+        Decoder { limits }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Takes one complete frame off the front of `buf`.
+    ///
+    /// `Ok(None)`: more bytes are needed (nothing was consumed). `Ok(Some)`: the
+    /// frame's bytes were removed from `buf`. `Err`: the frame is invalid; its
+    /// bytes (when complete) were removed.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Envelope>, DecodeError> {
+        let Some(header) = FrameHeader::parse(buf, &self.limits)? else {
+            return Ok(None);
+        };
+        let frame_len = header.frame_len();
+        if buf.len() < frame_len {
+            buf.reserve(frame_len - buf.len());
+            return Ok(None);
+        }
+        let frame = buf.split_to(frame_len).freeze();
+        let payload = &frame[HEADER_LEN..frame_len - CHECKSUM_LEN];
+        let checksum = &frame[frame_len - CHECKSUM_LEN..];
+        if blake3::hash(payload).as_bytes()[..] != checksum[..] {
+            return Err(DecodeError::ChecksumMismatch);
+        }
+        let message = Message::decode_payload(header.message_type, payload, &self.limits)?;
+        if let Message::ArtifactChunk(c) = &message {
+            if c.chunk_data.len() > MAX_CHUNK_DATA {
+                return Err(DecodeError::ChunkTooLarge {
+                    len: c.chunk_data.len(),
+                    max: MAX_CHUNK_DATA,
+                });
+            }
+        }
+        Ok(Some(Envelope {
+            message_id: header.message_id,
+            timestamp: header.timestamp,
+            message,
+        }))
+    }
+
+    /// The error to report when a stream ends with `leftover` undecoded bytes
+    /// (call it after [`Decoder::decode`] returned `Ok(None)` at end of stream).
+    pub fn truncation(&self, leftover: &[u8]) -> DecodeError {
+        match FrameHeader::parse(leftover, &self.limits) {
+            Ok(Some(h)) => DecodeError::TruncatedBody {
+                have: leftover.len() - HEADER_LEN,
+                need: h.frame_len() - HEADER_LEN,
+            },
+            Ok(None) => DecodeError::TruncatedHeader {
+                have: leftover.len(),
+                need: HEADER_LEN,
+            },
+            Err(e) => e,
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! Every message of protocol version 1, as typed Rust structs.
+//!
+//! Each struct is a MessagePack map keyed by its field names (snake_case).
+//! Fields named by the protocol seed are always present (an absent `Option` is
+//! `nil`); fields this implementation adds as extensions are marked
+//! "extension" and are left out of the map when they are `None`.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::bytes_fixed::{bin_bytes, Hash32, MessageId};
+use crate::value::Value;
+
+/// A version vector: for each actor (device id), the highest operation counter seen.
+pub type VersionVector = BTreeMap<String, u64>;
+
+/// The kind of entity an operation applies to. Travels as a lower-case string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EntityType {
+    /// A map of fields to values (registers) and collaborative text.
+    Document,
+    /// An ordered sequence of items (messages).
+    Conversation,
+}
+
+impl EntityType {
+    /// Every entity type this build knows.
+    pub const ALL: [EntityType; 2] = [EntityType::Document, EntityType::Conversation];
+
+    /// The name used on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EntityType::Document => "document",
+            EntityType::Conversation => "conversation",
+        }
+    }
+}
+
+/// `HELLO` (0x0001): the first message on the control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// The sender's device id.
+    pub device_id: String,
+    /// A human-readable name ("Ana's laptop").
+    pub device_name: String,
+    /// The protocol version the sender speaks.
+    pub protocol_version: u8,
+    /// Features the sender supports, e.g. `"crdt-sync"`, `"artifact-transfer"`.
+    pub capabilities: Vec<String>,
+    /// BLAKE3 state hash of the sender's replica.
+    pub sync_state_hash: Hash32,
+}
+
+/// `HELLO_ACK` (0x0002): the answer to `HELLO`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HelloAck {
+    /// The responder's device id.
+    pub device_id: String,
+    /// A human-readable name.
+    pub device_name: String,
+    /// The protocol version the responder speaks.
+    pub protocol_version: u8,
+    /// Features the responder supports.
+    pub capabilities: Vec<String>,
+    /// BLAKE3 state hash of the responder's replica.
+    pub sync_state_hash: Hash32,
+    /// True when the two state hashes differ.
+    pub sync_required: bool,
+}
+
+/// `SYNC_REQUEST` (0x0101): ask a peer for operations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncRequest {
+    /// Entity types wanted; empty means all.
+    pub entity_types: Vec<EntityType>,
+    /// A hint only: operations created before this time (ms) may be skipped
+    /// when `version_vector` is absent. Never decides what is missing.
+    pub since_timestamp: Option<i64>,
+    /// Ask for the whole state regardless of `version_vector`.
+    pub full_sync: bool,
+    /// Extension: what the requester already has. The responder sends every
+    /// operation not covered by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_vector: Option<VersionVector>,
+}
+
+/// The identity of one element of a sequence (a conversation item or a character).
+///
+/// Element `offset` of the insert operation `(actor, counter)`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElementId {
+    /// The device that inserted the element.
+    pub actor: String,
+    /// The counter of the insert operation.
+    pub counter: u64,
+    /// The element's position within that insert operation (0 for the first).
+    pub offset: u32,
+}
+
+/// The change a CRDT operation makes. Travels as a map with one key, the
+/// variant's snake_case name, whose value is the map of its fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Edit {
+    /// Write a document field. Supersedes every earlier value of the field
+    /// covered by the operation's `deps`.
+    Set {
+        /// The field name.
+        key: String,
+        /// The new value.
+        value: Value,
+    },
+    /// Remove a document field: every value of it covered by `deps`.
+    Delete {
+        /// The field name.
+        key: String,
+    },
+    /// Insert items into a sequence after an existing element (or at the start).
+    /// The new elements get the ids `(actor, counter, 0..values.len())`.
+    Insert {
+        /// The document text field, or `None` for the conversation itself.
+        field: Option<String>,
+        /// The element to insert after; `None` for the start.
+        after: Option<ElementId>,
+        /// The inserted items.
+        values: Vec<Value>,
+    },
+    /// Insert characters into a collaborative text field of a document.
+    /// Character `i` (in Unicode scalar values) gets the id `(actor, counter, i)`.
+    InsertText {
+        /// The text field.
+        field: String,
+        /// The character to insert after; `None` for the start.
+        after: Option<ElementId>,
+        /// The inserted text.
+        text: String,
+    },
+    /// Remove elements of a sequence or characters of a text field.
+    Remove {
+        /// The document text field, or `None` for the conversation itself.
+        field: Option<String>,
+        /// The removed elements.
+        targets: Vec<ElementId>,
+    },
+}
+
+/// A CRDT operation as it travels: its identity, its causal context, its edit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrdtOperation {
+    /// The operation's sequence number for its actor (1, 2, 3... across the replica).
+    /// With `actor_id` it forms the operation's dot.
+    pub counter: u64,
+    /// The replica version vector the operation was made on: every operation it
+    /// may depend on. It is applied only after all of them.
+    pub deps: VersionVector,
+    /// The change.
+    pub edit: Edit,
+}
+
+/// `SYNC_OPERATION` (0x0102): one CRDT operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncOperation {
+    /// The entity changed.
+    pub entity_id: String,
+    /// Its type.
+    pub entity_type: EntityType,
+    /// The operation.
+    pub operation: CrdtOperation,
+    /// Creation time (ms since the Unix epoch) on the author's clock. Informational.
+    pub timestamp: i64,
+    /// The device that made the operation.
+    pub actor_id: String,
+}
+
+/// `SYNC_COMPLETE` (0x0103): the end of a sync response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncComplete {
+    /// The entity types the sync covered.
+    pub entity_types: Vec<EntityType>,
+    /// How many operations were sent.
+    pub operations_count: u32,
+    /// The sender's state hash once the receiver has applied them all.
+    pub new_state_hash: Hash32,
+}
+
+/// `ACK` (0x0104): the receiver has durably applied (or buffered) these messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ack {
+    /// The acknowledged message ids.
+    pub message_ids: Vec<MessageId>,
+}
+
+/// `BATCHED_SYNC` (0x0105): several operations in one frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchedSync {
+    /// The operations, in the order they are to be applied.
+    pub operations: Vec<SyncOperation>,
+}
+
+/// `DELTA_SYNC` (0x0106): several field writes of one document by one actor,
+/// equivalent to consecutive `Set` operations in key order.
+///
+/// The write of the `i`-th key (0-based, in sorted key order) has the counter
+/// `first_counter + i` and the deps `deps` with the actor's own entry set to
+/// `first_counter + i - 1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaSync {
+    /// The document.
+    pub entity_id: String,
+    /// The new values, by field name.
+    pub changed_fields: BTreeMap<String, Value>,
+    /// Extension: the device that wrote them.
+    pub actor_id: String,
+    /// Extension: the counter of the first write.
+    pub first_counter: u64,
+    /// Extension: the causal context of the first write.
+    pub deps: VersionVector,
+    /// Extension: creation time (ms), informational.
+    pub timestamp: i64,
+}
+
+/// `ARTIFACT_REQUEST` (0x0201): ask for an artifact by content id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactRequest {
+    /// SHA-256 of the artifact's plaintext.
+    pub artifact_id: Hash32,
+    /// 0 = low, 255 = high.
+    pub priority: u8,
+    /// Extension: resume from this chunk index (every earlier chunk is held and verified).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_from: Option<u32>,
+}
+
+/// `ARTIFACT_METADATA` (0x0202): what is about to be sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactMetadata {
+    /// SHA-256 of the plaintext.
+    pub artifact_id: Hash32,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// Number of chunks: `ceil(size / 65536)`, and 0 for an empty artifact.
+    pub chunk_count: u32,
+    /// MIME type, if known.
+    pub mime_type: Option<String>,
+    /// Whether the sender holds it encrypted at rest.
+    pub encrypted: bool,
+}
+
+/// `ARTIFACT_CHUNK` (0x0203): one chunk of at most 64 KiB.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactChunk {
+    /// The artifact.
+    pub artifact_id: Hash32,
+    /// 0-based chunk index.
+    pub chunk_index: u32,
+    /// The plaintext bytes of the chunk (at most 65,536).
+    #[serde(with = "bin_bytes")]
+    pub chunk_data: Bytes,
+    /// True on the last chunk.
+    pub is_final: bool,
+    /// Extension: SHA-256 of `chunk_data`, checked on arrival.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_hash: Option<Hash32>,
+}
+
+/// `ARTIFACT_COMPLETE` (0x0204): the receiver verified the whole artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactComplete {
+    /// The artifact.
+    pub artifact_id: Hash32,
+    /// SHA-256 the receiver computed over what it stored.
+    pub received_hash: Hash32,
+}
+
+/// How a device is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectivityStatus {
+    /// Wi-Fi.
+    Wifi,
+    /// Mobile data.
+    Cellular,
+    /// Wired.
+    Ethernet,
+    /// Not known.
+    Unknown,
+}
+
+/// `HEARTBEAT` (0x0301): a periodic keep-alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// Sender's clock (ms). Informational.
+    pub timestamp: i64,
+    /// Battery level 0-100, where known.
+    pub battery_level: Option<u8>,
+    /// How the sender is connected.
+    pub connectivity: ConnectivityStatus,
+}
+
+/// A device's presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceStatus {
+    /// Available.
+    Online,
+    /// Idle.
+    Away,
+    /// Do not disturb.
+    Busy,
+    /// Going away.
+    Offline,
+}
+
+/// `PRESENCE_UPDATE` (0x0302): the sender's presence changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceUpdate {
+    /// The new status.
+    pub status: PresenceStatus,
+    /// An optional status message.
+    pub message: Option<String>,
+}
+
+/// A protocol error code. Travels as an unsigned integer; unknown codes are
+/// kept as they are so newer peers can add codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ErrorCode(pub u16);
+
+impl ErrorCode {
+    /// Anything not covered below.
+    pub const UNKNOWN_ERROR: ErrorCode = ErrorCode(0);
+    /// The peers speak different protocol versions: permanent, the user must update.
+    pub const PROTOCOL_VERSION_MISMATCH: ErrorCode = ErrorCode(1);
+    /// A frame or message could not be decoded or broke the protocol.
+    pub const INVALID_MESSAGE: ErrorCode = ErrorCode(2);
+    /// The requested artifact is not held.
+    pub const ARTIFACT_NOT_FOUND: ErrorCode = ErrorCode(3);
+    /// An operation could not be applied (for example, its causal buffer is full):
+    /// the receiver asks for a resync.
+    pub const SYNC_CONFLICT: ErrorCode = ErrorCode(4);
+    /// A quota (storage, rate) is exceeded: permanent until the user acts.
+    pub const QUOTA_EXCEEDED: ErrorCode = ErrorCode(5);
+    /// The peer is not (or no longer) paired: re-pairing is required.
+    pub const AUTHENTICATION_FAILED: ErrorCode = ErrorCode(6);
+    /// The sender exceeded a rate limit and should slow down (transient).
+    pub const RATE_LIMITED: ErrorCode = ErrorCode(7);
+
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self.0 {
+            0 => "UnknownError",
+            1 => "ProtocolVersionMismatch",
+            2 => "InvalidMessage",
+            3 => "ArtifactNotFound",
+            4 => "SyncConflict",
+            5 => "QuotaExceeded",
+            6 => "AuthenticationFailed",
+            7 => "RateLimited",
+            _ => "Unassigned",
+        }
+    }
+
+    /// True for errors after which retrying without user action is pointless.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            *self,
+            ErrorCode::PROTOCOL_VERSION_MISMATCH
+                | ErrorCode::QUOTA_EXCEEDED
+                | ErrorCode::AUTHENTICATION_FAILED
+        )
+    }
+}
+
+/// `ERROR` (0x0401).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorMessage {
+    /// What went wrong.
+    pub error_code: ErrorCode,
+    /// A human-readable explanation.
+    pub error_message: String,
+    /// The message that caused it, if one did.
+    pub related_message_id: Option<MessageId>,
+}
