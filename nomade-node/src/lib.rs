@@ -1,1 +1,10 @@
-//! Nomade node layer (under construction).
+//! # nomade-node
+//!
+//! A running Nomade device (under construction).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod metrics;
+pub mod store;

@@ -1,1 +1,234 @@
-fn main() {}
+//! `cargo xtask`: Nomade's build and test orchestration.
+//!
+//! ```text
+//! cargo xtask test              # everything CI runs: fmt, clippy, layering, tests, docs, spec check, short fuzz
+//! cargo xtask fuzz --secs N     # every fuzz target for N seconds each
+//! cargo xtask bench [--quick]   # criterion benchmarks of every crate
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+const FUZZ_TARGETS: &[&str] = &["decode_frame", "decode_stream", "roundtrip"];
+
+/// Which workspace crate may depend on which (DESIGN.md's table).
+const ALLOWED_DEPS: &[(&str, &[&str])] = &[
+    ("nomade-wire", &[]),
+    ("nomade-crdt", &["nomade-wire"]),
+    ("nomade-artifact", &["nomade-wire"]),
+    ("nomade-transport", &["nomade-wire"]),
+    (
+        "nomade-node",
+        &["nomade-wire", "nomade-crdt", "nomade-artifact", "nomade-transport"],
+    ),
+];
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = project_root();
+    std::env::set_current_dir(&root)?;
+    match args.first().map(String::as_str) {
+        Some("test") => test(&args[1..]),
+        Some("fuzz") => fuzz(secs_arg(&args[1..], 60)?),
+        Some("bench") => bench(args.iter().any(|a| a == "--quick")),
+        Some("layering") => layering(),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <test [--fuzz-secs N] | fuzz [--secs N] | bench [--quick] | layering>"
+            );
+            std::process::exit(2)
+        }
+    }
+}
+
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn secs_arg(args: &[String], default: u64) -> Result<u64> {
+    match args.iter().position(|a| a == "--secs" || a == "--fuzz-secs") {
+        Some(i) => args
+            .get(i + 1)
+            .context("--secs needs a number")?
+            .parse()
+            .context("--secs needs a whole number of seconds"),
+        None => Ok(default),
+    }
+}
+
+fn run(step: &str, cmd: &mut Command) -> Result<()> {
+    eprintln!("\n=== {step}: {cmd:?}");
+    let start = Instant::now();
+    let status = cmd.status().with_context(|| format!("{step}: could not start"))?;
+    eprintln!("=== {step}: {status} in {:.1?}", start.elapsed());
+    if !status.success() {
+        bail!("{step} failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.env("CARGO_BUILD_JOBS", std::env::var("CARGO_BUILD_JOBS").unwrap_or_else(|_| "2".into()));
+    c
+}
+
+fn have(cmd: &str, arg: &str) -> bool {
+    Command::new(cmd)
+        .arg(arg)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn test(args: &[String]) -> Result<()> {
+    let fuzz_secs = secs_arg(args, 10)?;
+    let start = Instant::now();
+    run("format", cargo().args(["fmt", "--all", "--", "--check"]))?;
+    layering()?;
+    run(
+        "clippy",
+        cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+    )?;
+    if have("cargo-nextest", "--version") || have("cargo", "nextest") {
+        run(
+            "tests",
+            cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]),
+        )?;
+    } else {
+        run("tests", cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
+    }
+    run("doc tests", cargo().args(["test", "--workspace", "--doc"]))?;
+    run(
+        "docs",
+        cargo()
+            .args(["doc", "--workspace", "--no-deps"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
+    spec_check()?;
+    fuzz(fuzz_secs)?;
+    eprintln!("\nall test layers passed in {:.0?}", start.elapsed());
+    Ok(())
+}
+
+/// Checks, from `cargo metadata`, that workspace crates depend only downwards.
+fn layering() -> Result<()> {
+    eprintln!("\n=== layering: workspace dependencies point down");
+    let out = cargo()
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .context("cargo metadata")?;
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let mut bad = Vec::new();
+    for pkg in meta["packages"].as_array().context("packages")? {
+        let name = pkg["name"].as_str().unwrap_or_default();
+        let Some((_, allowed)) = ALLOWED_DEPS.iter().find(|(n, _)| *n == name) else {
+            continue;
+        };
+        for dep in pkg["dependencies"].as_array().context("dependencies")? {
+            let dep_name = dep["name"].as_str().unwrap_or_default();
+            let is_dev = dep["kind"].as_str() == Some("dev");
+            if dep_name.starts_with("nomade-") && !allowed.contains(&dep_name) && !is_dev {
+                bad.push(format!("{name} -> {dep_name}"));
+            }
+        }
+        // No networking or async runtime below the transport.
+        if matches!(name, "nomade-wire" | "nomade-crdt" | "nomade-artifact") {
+            for dep in pkg["dependencies"].as_array().context("dependencies")? {
+                let dep_name = dep["name"].as_str().unwrap_or_default();
+                if matches!(dep_name, "tokio" | "quinn" | "rustls") && dep["kind"].is_null() {
+                    bad.push(format!("{name} -> {dep_name} (no I/O layer may use it)"));
+                }
+            }
+        }
+    }
+    if !bad.is_empty() {
+        bail!("dependencies that point the wrong way: {}", bad.join(", "));
+    }
+    eprintln!("=== layering: ok");
+    Ok(())
+}
+
+/// Checks docs/PROTOCOL.md against the test vectors with an independent
+/// Python decoder (msgpack + blake3 from PyPI).
+fn spec_check() -> Result<()> {
+    let script = Path::new("nomade-wire/tests/interop/check_vectors.py");
+    if !script.exists() {
+        bail!("{} is missing", script.display());
+    }
+    let py = if have("python3", "--version") { "python3" } else { "python" };
+    let has_libs = Command::new(py)
+        .args(["-c", "import msgpack, blake3"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !has_libs {
+        run(
+            "install python msgpack + blake3",
+            Command::new(py).args(["-m", "pip", "install", "--quiet", "msgpack", "blake3"]),
+        )?;
+    }
+    run(
+        "spec check (independent Python decoder)",
+        Command::new(py).arg(script).arg("nomade-wire/tests/vectors.json"),
+    )
+}
+
+fn ensure_cargo_fuzz() -> Result<()> {
+    if have("cargo-fuzz", "--version") {
+        return Ok(());
+    }
+    run(
+        "install cargo-fuzz",
+        cargo().args(["install", "cargo-fuzz", "--locked"]),
+    )
+}
+
+fn fuzz(secs: u64) -> Result<()> {
+    ensure_cargo_fuzz()?;
+    for target in FUZZ_TARGETS {
+        let corpus = PathBuf::from("fuzz/corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        seed_corpus(&corpus)?;
+        run(
+            &format!("fuzz {target} for {secs}s"),
+            Command::new("cargo")
+                .current_dir("fuzz")
+                .env("CARGO_BUILD_JOBS", "2")
+                .args(["+nightly", "fuzz", "run", target])
+                .arg(corpus.canonicalize()?)
+                .args(["--", &format!("-max_total_time={secs}"), "-rss_limit_mb=2048"]),
+        )?;
+    }
+    Ok(())
+}
+
+/// Seeds a fuzz corpus with every frame of the test vectors.
+fn seed_corpus(dir: &Path) -> Result<()> {
+    let text = std::fs::read_to_string("nomade-wire/tests/vectors.json")?;
+    let vectors: serde_json::Value = serde_json::from_str(&text)?;
+    for (i, v) in vectors.as_array().context("vectors")?.iter().enumerate() {
+        let hex = v["frame_hex"].as_str().context("frame_hex")?;
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|j| u8::from_str_radix(&hex[j..j + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()?;
+        std::fs::write(dir.join(format!("vector-{i}")), bytes)?;
+    }
+    Ok(())
+}
+
+fn bench(quick: bool) -> Result<()> {
+    let mut c = cargo();
+    c.args(["bench", "--workspace", "--"]);
+    if quick {
+        c.args(["--warm-up-time", "1", "--measurement-time", "2"]);
+    }
+    run("benchmarks", &mut c)
+}

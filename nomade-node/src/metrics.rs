@@ -1,0 +1,226 @@
+//! Counters and a latency histogram, rendered as JSON (`nomade status --json`)
+//! or in the Prometheus text exposition format (`--metrics-addr`).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::Serialize;
+
+/// Upper bounds (microseconds) of the sync latency histogram buckets.
+pub const LATENCY_BUCKETS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000, 10_000_000, u64::MAX,
+];
+
+/// The node's metrics. Cheap to update from any task.
+#[derive(Debug)]
+pub struct Metrics {
+    started: Instant,
+    /// Operations received from peers and applied.
+    pub ops_applied: AtomicU64,
+    /// Operations sent to peers.
+    pub ops_sent: AtomicU64,
+    /// Bytes sent on all streams.
+    pub bytes_sent: AtomicU64,
+    /// Bytes received on all streams.
+    pub bytes_received: AtomicU64,
+    /// Artifact bytes received and verified.
+    pub artifact_bytes_received: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
+    latency_sum_us: AtomicU64,
+    latency_count: AtomicU64,
+    errors: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            started: Instant::now(),
+            ops_applied: AtomicU64::new(0),
+            ops_sent: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            artifact_bytes_received: AtomicU64::new(0),
+            latency_buckets: Default::default(),
+            latency_sum_us: AtomicU64::new(0),
+            latency_count: AtomicU64::new(0),
+            errors: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+/// A point-in-time copy of the metrics.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MetricsSnapshot {
+    /// Seconds since the node started.
+    pub uptime_secs: f64,
+    /// Operations applied from peers.
+    pub ops_applied: u64,
+    /// Operations sent to peers.
+    pub ops_sent: u64,
+    /// Operations applied per second since start.
+    pub ops_applied_per_sec: f64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Bytes received per second since start.
+    pub bytes_received_per_sec: f64,
+    /// Artifact bytes received and verified.
+    pub artifact_bytes_received: u64,
+    /// Sync latency (created on the peer -> applied here) histogram: bucket
+    /// upper bound in µs -> cumulative count.
+    pub sync_latency_us: Vec<(u64, u64)>,
+    /// Number of latency samples.
+    pub sync_latency_count: u64,
+    /// Mean sync latency in µs.
+    pub sync_latency_mean_us: f64,
+    /// Errors by message type (or stage).
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl Metrics {
+    /// Records one sync latency sample. Negative or absurd values (clock skew)
+    /// are clamped, never trusted for anything but this histogram.
+    pub fn record_latency_us(&self, us: i64) {
+        let us = us.max(0) as u64;
+        for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
+            if us <= *bound {
+                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+        }
+        self.latency_sum_us.fetch_add(us.min(u32::MAX as u64), Ordering::Relaxed);
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an error attributed to a message type or stage.
+    pub fn record_error(&self, kind: &'static str) {
+        if let Ok(mut e) = self.errors.lock() {
+            *e.entry(kind).or_insert(0) += 1;
+        }
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A consistent-enough copy for display.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let uptime = self.started.elapsed().as_secs_f64().max(1e-9);
+        let mut cumulative = 0;
+        let sync_latency_us = LATENCY_BUCKETS_US
+            .iter()
+            .zip(&self.latency_buckets)
+            .map(|(b, c)| {
+                cumulative += c.load(Ordering::Relaxed);
+                (*b, cumulative)
+            })
+            .collect();
+        let count = self.latency_count.load(Ordering::Relaxed);
+        let ops_applied = self.ops_applied.load(Ordering::Relaxed);
+        let bytes_received = self.bytes_received.load(Ordering::Relaxed);
+        MetricsSnapshot {
+            uptime_secs: uptime,
+            ops_applied,
+            ops_sent: self.ops_sent.load(Ordering::Relaxed),
+            ops_applied_per_sec: ops_applied as f64 / uptime,
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            bytes_received,
+            bytes_received_per_sec: bytes_received as f64 / uptime,
+            artifact_bytes_received: self.artifact_bytes_received.load(Ordering::Relaxed),
+            sync_latency_us,
+            sync_latency_count: count,
+            sync_latency_mean_us: if count == 0 {
+                0.0
+            } else {
+                self.latency_sum_us.load(Ordering::Relaxed) as f64 / count as f64
+            },
+            errors: self
+                .errors
+                .lock()
+                .map(|e| e.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl MetricsSnapshot {
+    /// The Prometheus text exposition format.
+    pub fn to_prometheus(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let counters = [
+            ("nomade_ops_applied_total", "Operations applied from peers", self.ops_applied),
+            ("nomade_ops_sent_total", "Operations sent to peers", self.ops_sent),
+            ("nomade_bytes_sent_total", "Bytes sent", self.bytes_sent),
+            ("nomade_bytes_received_total", "Bytes received", self.bytes_received),
+            (
+                "nomade_artifact_bytes_received_total",
+                "Artifact bytes received and verified",
+                self.artifact_bytes_received,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        }
+        let _ = writeln!(
+            s,
+            "# HELP nomade_sync_latency_seconds Operation created on a peer -> applied here\n# TYPE nomade_sync_latency_seconds histogram"
+        );
+        for (bound, count) in &self.sync_latency_us {
+            let le = if *bound == u64::MAX {
+                "+Inf".to_string()
+            } else {
+                format!("{}", *bound as f64 / 1e6)
+            };
+            let _ = writeln!(s, "nomade_sync_latency_seconds_bucket{{le=\"{le}\"}} {count}");
+        }
+        let _ = writeln!(
+            s,
+            "nomade_sync_latency_seconds_sum {}\nnomade_sync_latency_seconds_count {}",
+            self.sync_latency_mean_us * self.sync_latency_count as f64 / 1e6,
+            self.sync_latency_count
+        );
+        let _ = writeln!(
+            s,
+            "# HELP nomade_errors_total Errors by message type\n# TYPE nomade_errors_total counter"
+        );
+        for (kind, n) in &self.errors {
+            let _ = writeln!(s, "nomade_errors_total{{type=\"{kind}\"}} {n}");
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative_and_clamps_skew() {
+        let m = Metrics::default();
+        m.record_latency_us(50);
+        m.record_latency_us(700);
+        m.record_latency_us(-5_000); // a peer clock ahead: clamped to 0
+        let s = m.snapshot();
+        assert_eq!(s.sync_latency_count, 3);
+        assert_eq!(s.sync_latency_us[0], (100, 2));
+        assert_eq!(s.sync_latency_us[3], (1_000, 3));
+        assert_eq!(s.sync_latency_us.last().map(|b| b.1), Some(3));
+    }
+
+    #[test]
+    fn prometheus_text_has_counters_and_errors() {
+        let m = Metrics::default();
+        Metrics::add(&m.ops_applied, 7);
+        m.record_error("SYNC_OPERATION");
+        m.record_error("SYNC_OPERATION");
+        let text = m.snapshot().to_prometheus();
+        assert!(text.contains("nomade_ops_applied_total 7"), "{text}");
+        assert!(text.contains("nomade_errors_total{type=\"SYNC_OPERATION\"} 2"), "{text}");
+        assert!(text.contains("le=\"+Inf\"} 0"), "{text}");
+    }
+}
