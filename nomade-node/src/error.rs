@@ -15,7 +15,9 @@ pub enum StoreError {
         what: String,
     },
     /// Another process has the database open (is `nomade serve` running?).
-    #[error("the database is in use by another process (is a node already running on this directory?)")]
+    #[error(
+        "the database is in use by another process (is a node already running on this directory?)"
+    )]
     Locked,
     /// Any other database failure.
     #[error("database error: {0}")]

@@ -5,6 +5,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod error;
+pub mod handshake;
 pub mod metrics;
 pub mod store;

@@ -10,7 +10,18 @@ use serde::Serialize;
 
 /// Upper bounds (microseconds) of the sync latency histogram buckets.
 pub const LATENCY_BUCKETS_US: [u64; 12] = [
-    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000, 10_000_000, u64::MAX,
+    100,
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    u64::MAX,
 ];
 
 /// The node's metrics. Cheap to update from any task.
@@ -91,7 +102,8 @@ impl Metrics {
                 break;
             }
         }
-        self.latency_sum_us.fetch_add(us.min(u32::MAX as u64), Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(us.min(u32::MAX as u64), Ordering::Relaxed);
         self.latency_count.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -153,10 +165,22 @@ impl MetricsSnapshot {
         use std::fmt::Write;
         let mut s = String::new();
         let counters = [
-            ("nomade_ops_applied_total", "Operations applied from peers", self.ops_applied),
-            ("nomade_ops_sent_total", "Operations sent to peers", self.ops_sent),
+            (
+                "nomade_ops_applied_total",
+                "Operations applied from peers",
+                self.ops_applied,
+            ),
+            (
+                "nomade_ops_sent_total",
+                "Operations sent to peers",
+                self.ops_sent,
+            ),
             ("nomade_bytes_sent_total", "Bytes sent", self.bytes_sent),
-            ("nomade_bytes_received_total", "Bytes received", self.bytes_received),
+            (
+                "nomade_bytes_received_total",
+                "Bytes received",
+                self.bytes_received,
+            ),
             (
                 "nomade_artifact_bytes_received_total",
                 "Artifact bytes received and verified",
@@ -176,7 +200,10 @@ impl MetricsSnapshot {
             } else {
                 format!("{}", *bound as f64 / 1e6)
             };
-            let _ = writeln!(s, "nomade_sync_latency_seconds_bucket{{le=\"{le}\"}} {count}");
+            let _ = writeln!(
+                s,
+                "nomade_sync_latency_seconds_bucket{{le=\"{le}\"}} {count}"
+            );
         }
         let _ = writeln!(
             s,
@@ -220,7 +247,10 @@ mod tests {
         m.record_error("SYNC_OPERATION");
         let text = m.snapshot().to_prometheus();
         assert!(text.contains("nomade_ops_applied_total 7"), "{text}");
-        assert!(text.contains("nomade_errors_total{type=\"SYNC_OPERATION\"} 2"), "{text}");
+        assert!(
+            text.contains("nomade_errors_total{type=\"SYNC_OPERATION\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("le=\"+Inf\"} 0"), "{text}");
     }
 }

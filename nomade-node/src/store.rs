@@ -85,8 +85,8 @@ impl Store {
                 None => 1,
             };
             for op in ops {
-                let bytes = rmp_serde::to_vec_named(op)
-                    .map_err(|e| StoreError::Encode(e.to_string()))?;
+                let bytes =
+                    rmp_serde::to_vec_named(op).map_err(|e| StoreError::Encode(e.to_string()))?;
                 table.insert(next, bytes.as_slice()).map_err(db_err)?;
                 next += 1;
             }
@@ -129,8 +129,7 @@ impl Store {
 
     /// Records (or replaces) a paired device.
     pub fn put_peer(&self, peer: &PeerRecord) -> Result<(), StoreError> {
-        let bytes =
-            rmp_serde::to_vec_named(peer).map_err(|e| StoreError::Encode(e.to_string()))?;
+        let bytes = rmp_serde::to_vec_named(peer).map_err(|e| StoreError::Encode(e.to_string()))?;
         self.put(PEERS, &peer.device_id, &bytes)
     }
 
@@ -235,7 +234,10 @@ mod tests {
         let store = Store::open(&path).unwrap();
         assert_eq!(store.last_seq().unwrap(), 3);
         let all = collect(&store, 0);
-        assert_eq!(all.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(
+            all.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
         assert_eq!(all[2].1, op(3));
         assert_eq!(collect(&store, 2).len(), 1);
     }

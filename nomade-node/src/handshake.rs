@@ -1,0 +1,205 @@
+//! The HELLO / HELLO_ACK exchange on the control stream, sans-IO.
+//!
+//! The dialer sends `HELLO`; the acceptor checks it and answers `HELLO_ACK`
+//! (or `ERROR`); the dialer checks the answer. Both check that the device id
+//! announced in the message is the one TLS authenticated, and that the
+//! protocol versions match.
+
+use nomade_wire::{ErrorCode, ErrorMessage, Hash32, Hello, HelloAck, PROTOCOL_VERSION};
+
+/// Capabilities this node announces.
+pub const CAPABILITIES: [&str; 3] = ["crdt-sync", "artifact-transfer", "presence"];
+
+/// What a node says about itself in HELLO / HELLO_ACK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalInfo {
+    /// Its device id.
+    pub device_id: String,
+    /// Its name.
+    pub device_name: String,
+    /// Its current state hash.
+    pub state_hash: Hash32,
+}
+
+/// What the handshake established about the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's device id (equal to the TLS-authenticated one).
+    pub device_id: String,
+    /// The peer's name.
+    pub device_name: String,
+    /// The peer's capabilities.
+    pub capabilities: Vec<String>,
+    /// Whether the two states differed at handshake time.
+    pub sync_required: bool,
+}
+
+/// Why a handshake failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// The peer speaks another protocol version: one side must be updated.
+    #[error("the peer speaks protocol version {theirs}, this node speaks {ours}: update the older device")]
+    VersionMismatch {
+        /// The peer's version.
+        theirs: u8,
+        /// Ours.
+        ours: u8,
+    },
+    /// The device id in the message is not the one TLS authenticated.
+    #[error("the peer announced device id {announced} but authenticated as {authenticated}")]
+    IdentityMismatch {
+        /// What the message said.
+        announced: String,
+        /// What TLS proved.
+        authenticated: String,
+    },
+    /// The peer answered with an ERROR.
+    #[error("the peer refused the handshake: {} ({})", .0.error_message, .0.error_code.name())]
+    Refused(ErrorMessage),
+    /// The peer sent something other than the expected message.
+    #[error("unexpected {0} during the handshake")]
+    Unexpected(&'static str),
+}
+
+impl HandshakeError {
+    /// The ERROR to send the peer for this failure.
+    pub fn to_error_message(&self) -> ErrorMessage {
+        let error_code = match self {
+            HandshakeError::VersionMismatch { .. } => ErrorCode::PROTOCOL_VERSION_MISMATCH,
+            HandshakeError::IdentityMismatch { .. } => ErrorCode::AUTHENTICATION_FAILED,
+            HandshakeError::Refused(e) => e.error_code,
+            HandshakeError::Unexpected(_) => ErrorCode::INVALID_MESSAGE,
+        };
+        ErrorMessage {
+            error_code,
+            error_message: self.to_string(),
+            related_message_id: None,
+        }
+    }
+
+    /// True when retrying cannot help until the user acts.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            HandshakeError::VersionMismatch { .. } | HandshakeError::IdentityMismatch { .. } => {
+                true
+            }
+            HandshakeError::Refused(e) => e.error_code.is_permanent(),
+            HandshakeError::Unexpected(_) => false,
+        }
+    }
+}
+
+/// The dialer's first message.
+pub fn hello(local: &LocalInfo) -> Hello {
+    Hello {
+        device_id: local.device_id.clone(),
+        device_name: local.device_name.clone(),
+        protocol_version: PROTOCOL_VERSION,
+        capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+        sync_state_hash: local.state_hash,
+    }
+}
+
+fn check_peer(version: u8, announced: &str, authenticated: &str) -> Result<(), HandshakeError> {
+    if version != PROTOCOL_VERSION {
+        return Err(HandshakeError::VersionMismatch {
+            theirs: version,
+            ours: PROTOCOL_VERSION,
+        });
+    }
+    if announced != authenticated {
+        return Err(HandshakeError::IdentityMismatch {
+            announced: announced.to_string(),
+            authenticated: authenticated.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The acceptor's answer to a `HELLO` from the TLS-authenticated `peer_id`.
+pub fn answer_hello(
+    local: &LocalInfo,
+    hello: &Hello,
+    peer_id: &str,
+) -> Result<(HelloAck, PeerInfo), HandshakeError> {
+    check_peer(hello.protocol_version, &hello.device_id, peer_id)?;
+    let sync_required = hello.sync_state_hash != local.state_hash;
+    let ack = HelloAck {
+        device_id: local.device_id.clone(),
+        device_name: local.device_name.clone(),
+        protocol_version: PROTOCOL_VERSION,
+        capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+        sync_state_hash: local.state_hash,
+        sync_required,
+    };
+    let peer = PeerInfo {
+        device_id: hello.device_id.clone(),
+        device_name: hello.device_name.clone(),
+        capabilities: hello.capabilities.clone(),
+        sync_required,
+    };
+    Ok((ack, peer))
+}
+
+/// The dialer's check of the acceptor's `HELLO_ACK`.
+pub fn check_hello_ack(ack: &HelloAck, peer_id: &str) -> Result<PeerInfo, HandshakeError> {
+    check_peer(ack.protocol_version, &ack.device_id, peer_id)?;
+    Ok(PeerInfo {
+        device_id: ack.device_id.clone(),
+        device_name: ack.device_name.clone(),
+        capabilities: ack.capabilities.clone(),
+        sync_required: ack.sync_required,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: &str, hash: u8) -> LocalInfo {
+        LocalInfo {
+            device_id: id.into(),
+            device_name: format!("{id}'s device"),
+            state_hash: Hash32::from([hash; 32]),
+        }
+    }
+
+    #[test]
+    fn equal_hashes_need_no_sync_and_different_ones_do() {
+        let a = info("a", 1);
+        let (ack, peer) = answer_hello(&info("b", 1), &hello(&a), "a").unwrap();
+        assert!(!ack.sync_required);
+        assert_eq!(peer.device_id, "a");
+        let (ack, _) = answer_hello(&info("b", 2), &hello(&a), "a").unwrap();
+        assert!(ack.sync_required);
+        let peer = check_hello_ack(&ack, "b").unwrap();
+        assert!(peer.sync_required);
+        assert_eq!(peer.device_name, "b's device");
+    }
+
+    #[test]
+    fn version_mismatch_is_permanent_and_maps_to_its_code() {
+        let mut h = hello(&info("a", 1));
+        h.protocol_version = 2;
+        let err = answer_hello(&info("b", 1), &h, "a").unwrap_err();
+        assert_eq!(err, HandshakeError::VersionMismatch { theirs: 2, ours: 1 });
+        assert!(err.is_permanent());
+        assert_eq!(
+            err.to_error_message().error_code,
+            ErrorCode::PROTOCOL_VERSION_MISMATCH
+        );
+    }
+
+    #[test]
+    fn announced_id_must_match_the_tls_identity() {
+        let err = answer_hello(&info("b", 1), &hello(&info("mallory", 1)), "a").unwrap_err();
+        assert!(matches!(err, HandshakeError::IdentityMismatch { .. }));
+        assert_eq!(
+            err.to_error_message().error_code,
+            ErrorCode::AUTHENTICATION_FAILED
+        );
+        let (ack, _) = answer_hello(&info("b", 1), &hello(&info("a", 1)), "a").unwrap();
+        assert!(check_hello_ack(&ack, "c").is_err());
+    }
+}
