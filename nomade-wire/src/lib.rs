@@ -44,6 +44,7 @@ mod bytes_fixed;
 mod error;
 mod frame;
 mod message;
+pub mod samples;
 mod stream;
 mod value;
 

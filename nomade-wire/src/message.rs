@@ -3,7 +3,10 @@
 //! Each struct is a MessagePack map keyed by its field names (snake_case).
 //! Fields named by the protocol seed are always present (an absent `Option` is
 //! `nil`); fields this implementation adds as extensions are marked
-//! "extension" and are left out of the map when they are `None`.
+//! "extension"; an optional extension field is left out of the map when it is
+//! `None`. `ACK`, `BATCHED_SYNC` and `DELTA_SYNC` are this implementation's own
+//! messages (the seed names them without defining them): all their fields,
+//! including `DELTA_SYNC`'s extensions, are required.
 
 use std::collections::BTreeMap;
 

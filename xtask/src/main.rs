@@ -22,7 +22,12 @@ const ALLOWED_DEPS: &[(&str, &[&str])] = &[
     ("nomade-transport", &["nomade-wire"]),
     (
         "nomade-node",
-        &["nomade-wire", "nomade-crdt", "nomade-artifact", "nomade-transport"],
+        &[
+            "nomade-wire",
+            "nomade-crdt",
+            "nomade-artifact",
+            "nomade-transport",
+        ],
     ),
 ];
 
@@ -52,7 +57,10 @@ fn project_root() -> PathBuf {
 }
 
 fn secs_arg(args: &[String], default: u64) -> Result<u64> {
-    match args.iter().position(|a| a == "--secs" || a == "--fuzz-secs") {
+    match args
+        .iter()
+        .position(|a| a == "--secs" || a == "--fuzz-secs")
+    {
         Some(i) => args
             .get(i + 1)
             .context("--secs needs a number")?
@@ -65,7 +73,9 @@ fn secs_arg(args: &[String], default: u64) -> Result<u64> {
 fn run(step: &str, cmd: &mut Command) -> Result<()> {
     eprintln!("\n=== {step}: {cmd:?}");
     let start = Instant::now();
-    let status = cmd.status().with_context(|| format!("{step}: could not start"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("{step}: could not start"))?;
     eprintln!("=== {step}: {status} in {:.1?}", start.elapsed());
     if !status.success() {
         bail!("{step} failed ({status})");
@@ -75,7 +85,10 @@ fn run(step: &str, cmd: &mut Command) -> Result<()> {
 
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.env("CARGO_BUILD_JOBS", std::env::var("CARGO_BUILD_JOBS").unwrap_or_else(|_| "2".into()));
+    c.env(
+        "CARGO_BUILD_JOBS",
+        std::env::var("CARGO_BUILD_JOBS").unwrap_or_else(|_| "2".into()),
+    );
     c
 }
 
@@ -94,7 +107,14 @@ fn test(args: &[String]) -> Result<()> {
     layering()?;
     run(
         "clippy",
-        cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     )?;
     if have("cargo-nextest", "--version") || have("cargo", "nextest") {
         run(
@@ -102,7 +122,10 @@ fn test(args: &[String]) -> Result<()> {
             cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]),
         )?;
     } else {
-        run("tests", cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
+        run(
+            "tests",
+            cargo().args(["test", "--workspace", "--no-fail-fast"]),
+        )?;
     }
     run("doc tests", cargo().args(["test", "--workspace", "--doc"]))?;
     run(
@@ -162,7 +185,11 @@ fn spec_check() -> Result<()> {
     if !script.exists() {
         bail!("{} is missing", script.display());
     }
-    let py = if have("python3", "--version") { "python3" } else { "python" };
+    let py = if have("python3", "--version") {
+        "python3"
+    } else {
+        "python"
+    };
     let has_libs = Command::new(py)
         .args(["-c", "import msgpack, blake3"])
         .output()
@@ -176,7 +203,9 @@ fn spec_check() -> Result<()> {
     }
     run(
         "spec check (independent Python decoder)",
-        Command::new(py).arg(script).arg("nomade-wire/tests/vectors.json"),
+        Command::new(py)
+            .arg(script)
+            .arg("nomade-wire/tests/vectors.json"),
     )
 }
 
@@ -203,7 +232,11 @@ fn fuzz(secs: u64) -> Result<()> {
                 .env("CARGO_BUILD_JOBS", "2")
                 .args(["+nightly", "fuzz", "run", target])
                 .arg(corpus.canonicalize()?)
-                .args(["--", &format!("-max_total_time={secs}"), "-rss_limit_mb=2048"]),
+                .args([
+                    "--",
+                    &format!("-max_total_time={secs}"),
+                    "-rss_limit_mb=2048",
+                ]),
         )?;
     }
     Ok(())
@@ -230,5 +263,82 @@ fn bench(quick: bool) -> Result<()> {
     if quick {
         c.args(["--warm-up-time", "1", "--measurement-time", "2"]);
     }
-    run("benchmarks", &mut c)
+    run("benchmarks", &mut c)?;
+    report_ratios()
+}
+
+/// Reads criterion's estimates and reports, for every benchmark group that
+/// has a `baseline` member, each member's speed relative to it (same run).
+fn report_ratios() -> Result<()> {
+    let root = Path::new("target/criterion");
+    let mut rows = Vec::new();
+    let mut groups = Vec::new();
+    collect_groups(root, &mut groups)?;
+    groups.sort();
+    for group in groups {
+        let mean = |member: &str| -> Option<f64> {
+            let text =
+                std::fs::read_to_string(group.join(member).join("new/estimates.json")).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+            v["mean"]["point_estimate"].as_f64()
+        };
+        let Some(base) = mean("baseline") else {
+            continue;
+        };
+        let name = group
+            .strip_prefix(root)
+            .unwrap_or(&group)
+            .display()
+            .to_string();
+        for entry in std::fs::read_dir(&group)? {
+            let member = entry?.file_name().to_string_lossy().to_string();
+            if member == "baseline" || member == "report" {
+                continue;
+            }
+            if let Some(t) = mean(&member) {
+                rows.push(serde_json::json!({
+                    "group": name, "member": member,
+                    "mean_ns": t, "baseline_ns": base, "speed_vs_baseline": base / t,
+                }));
+            }
+        }
+    }
+    std::fs::create_dir_all("target/bench")?;
+    std::fs::write(
+        "target/bench/report.json",
+        serde_json::to_string_pretty(&rows)?,
+    )?;
+    eprintln!(
+        "\n{:<40} {:<12} {:>12} {:>12} {:>8}",
+        "group", "member", "mean", "baseline", "ratio"
+    );
+    for r in &rows {
+        eprintln!(
+            "{:<40} {:<12} {:>10.0}ns {:>10.0}ns {:>8.2}",
+            r["group"].as_str().unwrap_or_default(),
+            r["member"].as_str().unwrap_or_default(),
+            r["mean_ns"].as_f64().unwrap_or_default(),
+            r["baseline_ns"].as_f64().unwrap_or_default(),
+            r["speed_vs_baseline"].as_f64().unwrap_or_default(),
+        );
+    }
+    eprintln!("(ratio = baseline time / member time: above 1 is faster than the baseline)");
+    eprintln!("report written to target/bench/report.json");
+    Ok(())
+}
+
+fn collect_groups(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    if dir.join("baseline").is_dir() {
+        out.push(dir.to_path_buf());
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_groups(&path, out)?;
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,407 @@
+//! Example messages: one or more per message type.
+//!
+//! They are the source of the published test vectors
+//! (`nomade-wire/tests/vectors.json`), the seeds of the fuzz corpus and the
+//! inputs of the codec benchmark, so all three stay in step with the code.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use crate::bytes_fixed::{Hash32, MessageId};
+use crate::frame::{Envelope, Message};
+use crate::message::*;
+use crate::value::Value;
+
+/// A fixed envelope timestamp used by every sample (2023-11-14T22:13:20Z).
+pub const SAMPLE_TIMESTAMP: i64 = 1_700_000_000_000;
+
+/// A named sample envelope.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// A stable name, e.g. `"sync_operation_insert_text"`.
+    pub name: &'static str,
+    /// The envelope.
+    pub envelope: Envelope,
+}
+
+fn id(n: u8) -> MessageId {
+    let mut b = [0u8; 16];
+    for (i, x) in b.iter_mut().enumerate() {
+        *x = n.wrapping_mul(16).wrapping_add(i as u8);
+    }
+    MessageId::from(b)
+}
+
+fn hash(n: u8) -> Hash32 {
+    Hash32::from([n; 32])
+}
+
+const LAPTOP: &str = "k3x9-2mfa-q8d1-7pzr-c4hn-wt6e-b5ys-0gvu";
+const PHONE: &str = "m7ae-dq3r-9x2k-fh8p-1wzc-u5tn-6jgb-v0ls";
+
+fn vv(entries: &[(&str, u64)]) -> VersionVector {
+    entries.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+/// A ~100-byte `SYNC_OPERATION`: a short string written into a document field.
+pub fn small_sync_operation() -> SyncOperation {
+    SyncOperation {
+        entity_id: "notes/todo".into(),
+        entity_type: EntityType::Document,
+        operation: CrdtOperation {
+            counter: 42,
+            deps: vv(&[("laptop", 41), ("phone", 7)]),
+            edit: Edit::Set {
+                key: "title".into(),
+                value: Value::String("Groceries".into()),
+            },
+        },
+        timestamp: SAMPLE_TIMESTAMP,
+        actor_id: "laptop".into(),
+    }
+}
+
+/// A full 64 KiB `ARTIFACT_CHUNK` with a patterned payload.
+pub fn full_chunk() -> ArtifactChunk {
+    let data: Vec<u8> = (0..crate::MAX_CHUNK_DATA)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    ArtifactChunk {
+        artifact_id: hash(0xa1),
+        chunk_index: 3,
+        chunk_data: Bytes::from(data),
+        is_final: false,
+        chunk_hash: None,
+    }
+}
+
+/// Every sample, in a stable order, covering every message type and each
+/// optional field both present and absent.
+pub fn all() -> Vec<Sample> {
+    let mut out = Vec::new();
+    let mut n = 0u8;
+    let mut push = |name: &'static str, m: Message| {
+        n += 1;
+        out.push(Sample {
+            name,
+            envelope: Envelope::new(id(n), SAMPLE_TIMESTAMP, m),
+        });
+    };
+    push(
+        "hello",
+        Hello {
+            device_id: LAPTOP.into(),
+            device_name: "Ana's laptop".into(),
+            protocol_version: 1,
+            capabilities: vec!["crdt-sync".into(), "artifact-transfer".into()],
+            sync_state_hash: hash(0x11),
+        }
+        .into(),
+    );
+    push(
+        "hello_ack",
+        HelloAck {
+            device_id: PHONE.into(),
+            device_name: "Ana's phone".into(),
+            protocol_version: 1,
+            capabilities: vec!["crdt-sync".into()],
+            sync_state_hash: hash(0x22),
+            sync_required: true,
+        }
+        .into(),
+    );
+    push(
+        "sync_request_full",
+        SyncRequest {
+            entity_types: vec![],
+            since_timestamp: None,
+            full_sync: true,
+            version_vector: None,
+        }
+        .into(),
+    );
+    push(
+        "sync_request_incremental",
+        SyncRequest {
+            entity_types: vec![EntityType::Document, EntityType::Conversation],
+            since_timestamp: Some(SAMPLE_TIMESTAMP - 60_000),
+            full_sync: false,
+            version_vector: Some(vv(&[("laptop", 41), ("phone", 7)])),
+        }
+        .into(),
+    );
+    push("sync_operation_set", small_sync_operation().into());
+    let mut fields = BTreeMap::new();
+    fields.insert("done".to_string(), Value::Bool(false));
+    fields.insert("n".to_string(), Value::Int(-3));
+    fields.insert("score".to_string(), Value::Float(0.5));
+    push(
+        "sync_operation_set_map",
+        SyncOperation {
+            entity_id: "notes/todo".into(),
+            entity_type: EntityType::Document,
+            operation: CrdtOperation {
+                counter: 43,
+                deps: vv(&[("laptop", 42)]),
+                edit: Edit::Set {
+                    key: "meta".into(),
+                    value: Value::Map(fields.clone()),
+                },
+            },
+            timestamp: SAMPLE_TIMESTAMP,
+            actor_id: "laptop".into(),
+        }
+        .into(),
+    );
+    push(
+        "sync_operation_delete",
+        SyncOperation {
+            entity_id: "notes/todo".into(),
+            entity_type: EntityType::Document,
+            operation: CrdtOperation {
+                counter: 8,
+                deps: vv(&[("laptop", 43), ("phone", 7)]),
+                edit: Edit::Delete { key: "meta".into() },
+            },
+            timestamp: SAMPLE_TIMESTAMP,
+            actor_id: "phone".into(),
+        }
+        .into(),
+    );
+    push(
+        "sync_operation_insert",
+        SyncOperation {
+            entity_id: "chat/family".into(),
+            entity_type: EntityType::Conversation,
+            operation: CrdtOperation {
+                counter: 9,
+                deps: vv(&[("phone", 8)]),
+                edit: Edit::Insert {
+                    field: None,
+                    after: Some(crate::ElementId {
+                        actor: "laptop".into(),
+                        counter: 3,
+                        offset: 0,
+                    }),
+                    values: vec![
+                        Value::String("see you at 8".into()),
+                        Value::Bytes(vec![0, 1, 2]),
+                        Value::Nil,
+                        Value::Array(vec![Value::Int(1), Value::Int(300)]),
+                    ],
+                },
+            },
+            timestamp: SAMPLE_TIMESTAMP,
+            actor_id: "phone".into(),
+        }
+        .into(),
+    );
+    push(
+        "sync_operation_insert_text",
+        SyncOperation {
+            entity_id: "notes/todo".into(),
+            entity_type: EntityType::Document,
+            operation: CrdtOperation {
+                counter: 44,
+                deps: vv(&[("laptop", 43)]),
+                edit: Edit::InsertText {
+                    field: "body".into(),
+                    after: None,
+                    text: "héllo 👋".into(),
+                },
+            },
+            timestamp: SAMPLE_TIMESTAMP,
+            actor_id: "laptop".into(),
+        }
+        .into(),
+    );
+    push(
+        "sync_operation_remove",
+        SyncOperation {
+            entity_id: "notes/todo".into(),
+            entity_type: EntityType::Document,
+            operation: CrdtOperation {
+                counter: 45,
+                deps: vv(&[("laptop", 44)]),
+                edit: Edit::Remove {
+                    field: Some("body".into()),
+                    targets: vec![crate::ElementId {
+                        actor: "laptop".into(),
+                        counter: 44,
+                        offset: 1,
+                    }],
+                },
+            },
+            timestamp: SAMPLE_TIMESTAMP,
+            actor_id: "laptop".into(),
+        }
+        .into(),
+    );
+    push(
+        "sync_complete",
+        SyncComplete {
+            entity_types: vec![EntityType::Document],
+            operations_count: 1234,
+            new_state_hash: hash(0x33),
+        }
+        .into(),
+    );
+    push(
+        "ack",
+        Ack {
+            message_ids: vec![id(200), id(201)],
+        }
+        .into(),
+    );
+    push(
+        "batched_sync",
+        BatchedSync {
+            operations: vec![small_sync_operation(), {
+                let mut op = small_sync_operation();
+                op.operation.counter = 43;
+                op.operation.deps = vv(&[("laptop", 42), ("phone", 7)]);
+                op.operation.edit = Edit::Delete {
+                    key: "title".into(),
+                };
+                op
+            }],
+        }
+        .into(),
+    );
+    push(
+        "delta_sync",
+        DeltaSync {
+            entity_id: "notes/todo".into(),
+            changed_fields: fields,
+            actor_id: "laptop".into(),
+            first_counter: 50,
+            deps: vv(&[("laptop", 49), ("phone", 7)]),
+            timestamp: SAMPLE_TIMESTAMP,
+        }
+        .into(),
+    );
+    push(
+        "artifact_request",
+        ArtifactRequest {
+            artifact_id: hash(0xa1),
+            priority: 128,
+            resume_from: None,
+        }
+        .into(),
+    );
+    push(
+        "artifact_request_resume",
+        ArtifactRequest {
+            artifact_id: hash(0xa1),
+            priority: 255,
+            resume_from: Some(17),
+        }
+        .into(),
+    );
+    push(
+        "artifact_metadata",
+        ArtifactMetadata {
+            artifact_id: hash(0xa1),
+            size: 200_000,
+            chunk_count: 4,
+            mime_type: Some("image/jpeg".into()),
+            encrypted: true,
+        }
+        .into(),
+    );
+    push(
+        "artifact_metadata_no_mime",
+        ArtifactMetadata {
+            artifact_id: hash(0xa2),
+            size: 0,
+            chunk_count: 0,
+            mime_type: None,
+            encrypted: false,
+        }
+        .into(),
+    );
+    push(
+        "artifact_chunk",
+        ArtifactChunk {
+            artifact_id: hash(0xa1),
+            chunk_index: 3,
+            chunk_data: Bytes::from_static(b"last bytes of the photo"),
+            is_final: true,
+            chunk_hash: None,
+        }
+        .into(),
+    );
+    push(
+        "artifact_chunk_with_hash",
+        ArtifactChunk {
+            artifact_id: hash(0xa1),
+            chunk_index: 0,
+            chunk_data: Bytes::from_static(b"\xff\xd8\xff\xe0 jpeg start"),
+            is_final: false,
+            chunk_hash: Some(hash(0xc0)),
+        }
+        .into(),
+    );
+    push(
+        "artifact_complete",
+        ArtifactComplete {
+            artifact_id: hash(0xa1),
+            received_hash: hash(0xa1),
+        }
+        .into(),
+    );
+    push(
+        "heartbeat",
+        Heartbeat {
+            timestamp: SAMPLE_TIMESTAMP,
+            battery_level: Some(80),
+            connectivity: ConnectivityStatus::Wifi,
+        }
+        .into(),
+    );
+    push(
+        "heartbeat_unknown_battery",
+        Heartbeat {
+            timestamp: SAMPLE_TIMESTAMP,
+            battery_level: None,
+            connectivity: ConnectivityStatus::Ethernet,
+        }
+        .into(),
+    );
+    push(
+        "presence_update",
+        PresenceUpdate {
+            status: PresenceStatus::Busy,
+            message: Some("in a meeting".into()),
+        }
+        .into(),
+    );
+    push(
+        "presence_update_no_message",
+        PresenceUpdate {
+            status: PresenceStatus::Online,
+            message: None,
+        }
+        .into(),
+    );
+    push(
+        "error",
+        ErrorMessage {
+            error_code: ErrorCode::ARTIFACT_NOT_FOUND,
+            error_message: "artifact a1a1... is not held here".into(),
+            related_message_id: Some(id(15)),
+        }
+        .into(),
+    );
+    push(
+        "error_no_related",
+        ErrorMessage {
+            error_code: ErrorCode::RATE_LIMITED,
+            error_message: "slow down".into(),
+            related_message_id: None,
+        }
+        .into(),
+    );
+    out
+}

@@ -1,0 +1,672 @@
+#!/usr/bin/env python3
+"""Independent checker of the Nomade wire-format test vectors.
+
+Written from docs/PROTOCOL.md alone (not from the Rust code), with only the
+`msgpack` and `blake3` packages from PyPI and the standard library:
+
+    python3 -m pip install msgpack blake3
+    python3 nomade-wire/tests/interop/check_vectors.py [path/to/vectors.json]
+
+For every vector of nomade-wire/tests/vectors.json (a JSON array of
+{"name", "message_type", "frame_hex"}) it parses the frame header, checks the
+version, the message type, the payload length and the BLAKE3 checksum, decodes
+the MessagePack payload, checks it against the documented field set and types
+(PROTOCOL.md, "Messages"), checks that it is the canonical encoding (field
+order, sorted map keys, re-packing gives the same bytes), rebuilds the whole
+frame from its parts, and checks that corrupted copies of the frame are
+rejected. It prints "ok NAME" per vector and exits 0, or prints what failed
+and exits 1. It also fails when some message type has no vector.
+
+`--self-test` runs the checker on frames it builds itself from the spec (the
+worked example of PROTOCOL.md "Test vectors" among them) instead of a file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import sys
+import tempfile
+
+try:
+    import blake3
+    import msgpack
+except ImportError as e:  # pragma: no cover
+    sys.exit(f"error: {e}; install with: python3 -m pip install msgpack blake3")
+
+# --- PROTOCOL.md "Frame" -----------------------------------------------------
+
+PROTOCOL_VERSION = 1
+HEADER = struct.Struct(">BH16sqI")  # version, message_type, message_id, timestamp, payload_length
+HEADER_LEN = 31
+CHECKSUM_LEN = 32
+MAX_PAYLOAD = 66560  # default limit: 64 KiB chunk + 1024
+MAX_CHUNK_DATA = 65536
+MAX_DEPTH = 24  # a counted container at nesting level >= 24 is rejected
+assert HEADER.size == HEADER_LEN
+
+I64_MIN, I64_MAX = -(2**63), 2**63 - 1
+
+
+class SpecError(Exception):
+    """The bytes break a MUST of PROTOCOL.md."""
+
+
+class ChecksumError(SpecError):
+    pass
+
+
+# --- PROTOCOL.md "Payload encoding" type descriptors ---------------------------
+# ("str",) ("bool",) ("uint", bits) ("i64",) ("bin", exact_len) ("binmax", max)
+# ("enum", names) ("nil_or", T) ("array", T) ("vv",) ("value",) ("value_map",)
+# ("struct", name, fields)  with fields = [(key, T, required), ...]
+# ("edit",)
+
+STR = ("str",)
+BOOL = ("bool",)
+I64 = ("i64",)
+U8, U16, U32, U64 = ("uint", 8), ("uint", 16), ("uint", 32), ("uint", 64)
+MESSAGE_ID = ("bin", 16)
+HASH32 = ("bin", 32)
+VV = ("vv",)
+VALUE = ("value",)
+ENTITY_TYPE = ("enum", ("document", "conversation"))
+CONNECTIVITY = ("enum", ("wifi", "cellular", "ethernet", "unknown"))
+PRESENCE = ("enum", ("online", "away", "busy", "offline"))
+
+
+def nil_or(t):
+    return ("nil_or", t)
+
+
+def array(t):
+    return ("array", t)
+
+
+def struct_(name, *fields):
+    return ("struct", name, fields)
+
+
+REQ, EXT = True, False  # required (always present) / optional extension (omitted when absent)
+
+ELEMENT_ID = struct_("ElementId", ("actor", STR, REQ), ("counter", U64, REQ), ("offset", U32, REQ))
+
+EDIT_VARIANTS = {
+    "set": struct_("Edit.set", ("key", STR, REQ), ("value", VALUE, REQ)),
+    "delete": struct_("Edit.delete", ("key", STR, REQ)),
+    "insert": struct_(
+        "Edit.insert",
+        ("field", nil_or(STR), REQ),
+        ("after", nil_or(ELEMENT_ID), REQ),
+        ("values", array(VALUE), REQ),
+    ),
+    "insert_text": struct_(
+        "Edit.insert_text",
+        ("field", STR, REQ),
+        ("after", nil_or(ELEMENT_ID), REQ),
+        ("text", STR, REQ),
+    ),
+    "remove": struct_(
+        "Edit.remove",
+        ("field", nil_or(STR), REQ),
+        ("targets", array(ELEMENT_ID), REQ),
+    ),
+}
+
+CRDT_OPERATION = struct_(
+    "CrdtOperation", ("counter", U64, REQ), ("deps", VV, REQ), ("edit", ("edit",), REQ)
+)
+
+SYNC_OPERATION = struct_(
+    "SYNC_OPERATION",
+    ("entity_id", STR, REQ),
+    ("entity_type", ENTITY_TYPE, REQ),
+    ("operation", CRDT_OPERATION, REQ),
+    ("timestamp", I64, REQ),
+    ("actor_id", STR, REQ),
+)
+
+MESSAGES = {
+    0x0001: struct_(
+        "HELLO",
+        ("device_id", STR, REQ),
+        ("device_name", STR, REQ),
+        ("protocol_version", U8, REQ),
+        ("capabilities", array(STR), REQ),
+        ("sync_state_hash", HASH32, REQ),
+    ),
+    0x0002: struct_(
+        "HELLO_ACK",
+        ("device_id", STR, REQ),
+        ("device_name", STR, REQ),
+        ("protocol_version", U8, REQ),
+        ("capabilities", array(STR), REQ),
+        ("sync_state_hash", HASH32, REQ),
+        ("sync_required", BOOL, REQ),
+    ),
+    0x0101: struct_(
+        "SYNC_REQUEST",
+        ("entity_types", array(ENTITY_TYPE), REQ),
+        ("since_timestamp", nil_or(I64), REQ),
+        ("full_sync", BOOL, REQ),
+        ("version_vector", VV, EXT),
+    ),
+    0x0102: SYNC_OPERATION,
+    0x0103: struct_(
+        "SYNC_COMPLETE",
+        ("entity_types", array(ENTITY_TYPE), REQ),
+        ("operations_count", U32, REQ),
+        ("new_state_hash", HASH32, REQ),
+    ),
+    0x0104: struct_("ACK", ("message_ids", array(MESSAGE_ID), REQ)),
+    0x0105: struct_("BATCHED_SYNC", ("operations", array(SYNC_OPERATION), REQ)),
+    0x0106: struct_(
+        "DELTA_SYNC",
+        ("entity_id", STR, REQ),
+        ("changed_fields", ("value_map",), REQ),
+        ("actor_id", STR, REQ),
+        ("first_counter", U64, REQ),
+        ("deps", VV, REQ),
+        ("timestamp", I64, REQ),
+    ),
+    0x0201: struct_(
+        "ARTIFACT_REQUEST",
+        ("artifact_id", HASH32, REQ),
+        ("priority", U8, REQ),
+        ("resume_from", U32, EXT),
+    ),
+    0x0202: struct_(
+        "ARTIFACT_METADATA",
+        ("artifact_id", HASH32, REQ),
+        ("size", U64, REQ),
+        ("chunk_count", U32, REQ),
+        ("mime_type", nil_or(STR), REQ),
+        ("encrypted", BOOL, REQ),
+    ),
+    0x0203: struct_(
+        "ARTIFACT_CHUNK",
+        ("artifact_id", HASH32, REQ),
+        ("chunk_index", U32, REQ),
+        ("chunk_data", ("binmax", MAX_CHUNK_DATA), REQ),
+        ("is_final", BOOL, REQ),
+        ("chunk_hash", HASH32, EXT),
+    ),
+    0x0204: struct_(
+        "ARTIFACT_COMPLETE", ("artifact_id", HASH32, REQ), ("received_hash", HASH32, REQ)
+    ),
+    0x0301: struct_(
+        "HEARTBEAT",
+        ("timestamp", I64, REQ),
+        ("battery_level", nil_or(U8), REQ),
+        ("connectivity", CONNECTIVITY, REQ),
+    ),
+    0x0302: struct_("PRESENCE_UPDATE", ("status", PRESENCE, REQ), ("message", nil_or(STR), REQ)),
+    0x0401: struct_(
+        "ERROR",
+        ("error_code", U16, REQ),
+        ("error_message", STR, REQ),
+        ("related_message_id", nil_or(MESSAGE_ID), REQ),
+    ),
+}
+
+
+# --- type checking -----------------------------------------------------------
+
+
+def is_int(x) -> bool:
+    return type(x) is int  # bool is a subclass of int in Python: exclude it
+
+
+def check_sorted_keys(keys, where):
+    # Python compares str by code point, which is the same order as their UTF-8 bytes.
+    if list(keys) != sorted(keys):
+        raise SpecError(f"{where}: map keys are not in sorted (byte-wise) order: {list(keys)}")
+
+
+def check(t, x, where: str, depth: int) -> None:
+    """Checks value `x` against type `t`. `depth` is the number of counted
+    containers (maps/arrays) enclosing `x`."""
+    kind = t[0]
+    if kind in ("array", "vv", "value_map", "struct"):
+        # This container is at nesting level depth + 1.
+        if depth + 1 >= MAX_DEPTH:
+            raise SpecError(f"{where}: nesting depth {depth + 1} reaches the limit {MAX_DEPTH}")
+    if kind == "str":
+        if type(x) is not str:
+            raise SpecError(f"{where}: expected str, got {type(x).__name__}")
+    elif kind == "bool":
+        if type(x) is not bool:
+            raise SpecError(f"{where}: expected bool, got {type(x).__name__}")
+    elif kind == "uint":
+        if not is_int(x) or not 0 <= x < 2 ** t[1]:
+            raise SpecError(f"{where}: expected uint{t[1]}, got {x!r}")
+    elif kind == "i64":
+        if not is_int(x) or not I64_MIN <= x <= I64_MAX:
+            raise SpecError(f"{where}: expected int64, got {x!r}")
+    elif kind == "bin":
+        if type(x) is not bytes or len(x) != t[1]:
+            raise SpecError(f"{where}: expected bin of exactly {t[1]} bytes, got {x!r:.60}")
+    elif kind == "binmax":
+        if type(x) is not bytes:
+            raise SpecError(f"{where}: expected bin, got {type(x).__name__}")
+        if len(x) > t[1]:
+            raise SpecError(f"{where}: bin of {len(x)} bytes exceeds {t[1]}")
+    elif kind == "enum":
+        if type(x) is not str or x not in t[1]:
+            raise SpecError(f"{where}: expected one of {t[1]}, got {x!r}")
+    elif kind == "nil_or":
+        if x is not None:
+            check(t[1], x, where, depth)
+    elif kind == "array":
+        if type(x) is not list:
+            raise SpecError(f"{where}: expected array, got {type(x).__name__}")
+        for i, item in enumerate(x):
+            check(t[1], item, f"{where}[{i}]", depth + 1)
+    elif kind == "vv":
+        if type(x) is not dict:
+            raise SpecError(f"{where}: expected map str -> uint64, got {type(x).__name__}")
+        check_sorted_keys(x.keys(), where)
+        for k, v in x.items():
+            check(STR, k, f"{where} key", depth + 1)
+            check(U64, v, f"{where}[{k!r}]", depth + 1)
+    elif kind == "value_map":
+        if type(x) is not dict:
+            raise SpecError(f"{where}: expected map str -> Value, got {type(x).__name__}")
+        check_sorted_keys(x.keys(), where)
+        for k, v in x.items():
+            check(STR, k, f"{where} key", depth + 1)
+            check(VALUE, v, f"{where}[{k!r}]", depth + 1)
+    elif kind == "value":
+        check_value(x, where, depth)
+    elif kind == "struct":
+        check_struct(t, x, where, depth)
+    elif kind == "edit":
+        # {variant: {fields}}; the one-key tagging map is not a counted container.
+        if type(x) is not dict or len(x) != 1:
+            raise SpecError(f"{where}: Edit must be a map with exactly one key, got {x!r:.80}")
+        ((variant, body),) = x.items()
+        if variant not in EDIT_VARIANTS:
+            raise SpecError(f"{where}: unknown Edit variant {variant!r}")
+        check(EDIT_VARIANTS[variant], body, f"{where}.{variant}", depth)
+    else:  # pragma: no cover
+        raise AssertionError(kind)
+
+
+def check_value(x, where: str, depth: int) -> None:
+    """The dynamic Value: nil, bool, int64, float64, str, bin, array, map with sorted str keys."""
+    if x is None or type(x) in (bool, str, bytes):
+        return
+    if is_int(x):
+        if not I64_MIN <= x <= I64_MAX:
+            raise SpecError(f"{where}: Value integer {x} is outside the int64 range")
+        return
+    if type(x) is float:
+        return  # float32 vs float64 is caught by the re-pack comparison
+    if type(x) is list:
+        check(("array", VALUE), x, where, depth)
+        return
+    if type(x) is dict:
+        check(("value_map",), x, where, depth)
+        return
+    raise SpecError(f"{where}: {type(x).__name__} is not a Value (ext types are not allowed)")
+
+
+def check_struct(t, x, where: str, depth: int) -> None:
+    _, name, fields = t
+    if type(x) is not dict:
+        raise SpecError(f"{where}: {name} must be a map keyed by field name, got {type(x).__name__}")
+    keys = list(x.keys())
+    declared = [f[0] for f in fields]
+    unknown = [k for k in keys if k not in declared]
+    if unknown:
+        raise SpecError(f"{where}: {name} has unknown field(s) {unknown}")
+    missing = [f[0] for f in fields if f[2] and f[0] not in x]
+    if missing:
+        raise SpecError(f"{where}: {name} is missing required field(s) {missing}")
+    expected_order = [k for k in declared if k in x]
+    if keys != expected_order:
+        raise SpecError(f"{where}: {name} fields out of order: {keys}, expected {expected_order}")
+    for key, ft, required in fields:
+        if key not in x:
+            continue
+        if not required and x[key] is None:
+            raise SpecError(f"{where}: absent extension field {name}.{key} must be omitted, not nil")
+        check(ft, x[key], f"{where}.{key}", depth + 1)
+
+
+# --- frames --------------------------------------------------------------------
+
+
+def checksum(payload: bytes) -> bytes:
+    return blake3.blake3(payload).digest()  # 32 bytes, BLAKE3-256, unkeyed
+
+
+def build_frame(message_type: int, message_id: bytes, timestamp: int, payload: bytes) -> bytes:
+    return (
+        HEADER.pack(PROTOCOL_VERSION, message_type, message_id, timestamp, len(payload))
+        + payload
+        + checksum(payload)
+    )
+
+
+def decode_frame(frame: bytes):
+    """Decodes exactly one frame. Returns (message_type, message_id, timestamp, payload, obj)."""
+    if len(frame) >= 1 and frame[0] != PROTOCOL_VERSION:
+        raise SpecError(f"unsupported version {frame[0]}")
+    if len(frame) >= 3:
+        mtype = struct.unpack_from(">H", frame, 1)[0]
+        if mtype not in MESSAGES:
+            raise SpecError(f"unknown message type 0x{mtype:04x}")
+    if len(frame) < HEADER_LEN:
+        raise SpecError(f"truncated header: {len(frame)} of {HEADER_LEN} bytes")
+    version, mtype, message_id, timestamp, length = HEADER.unpack_from(frame)
+    if length > MAX_PAYLOAD:
+        raise SpecError(f"payload_length {length} exceeds {MAX_PAYLOAD}")
+    total = HEADER_LEN + length + CHECKSUM_LEN
+    if len(frame) < total:
+        raise SpecError(f"truncated body: frame is {len(frame)} bytes, header announces {total}")
+    if len(frame) > total:
+        raise SpecError(f"{len(frame) - total} bytes after the frame (payload_length disagrees?)")
+    payload = frame[HEADER_LEN : HEADER_LEN + length]
+    if checksum(payload) != frame[HEADER_LEN + length :]:
+        raise ChecksumError("BLAKE3 checksum mismatch")
+    obj = decode_payload(mtype, payload)
+    return mtype, message_id, timestamp, payload, obj
+
+
+def decode_payload(mtype: int, payload: bytes):
+    spec = MESSAGES[mtype]
+    name = spec[1]
+    try:
+        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except msgpack.ExtraData as e:
+        raise SpecError(f"{name}: {len(e.extra)} trailing bytes after the payload value")
+    except Exception as e:
+        raise SpecError(f"{name}: payload is not valid MessagePack: {type(e).__name__}: {e}")
+    check(spec, obj, name, 0)
+    # Canonical: re-packing what we read must give the bytes we read. Python
+    # dicts keep the order read, msgpack-python picks the smallest headers and
+    # writes every float as float64, like the reference encoder.
+    again = msgpack.packb(obj, use_bin_type=True)
+    if again != payload:
+        raise SpecError(f"{name}: payload is not in canonical encoding\n  got      {payload.hex()}\n  canonical {again.hex()}")
+    return obj
+
+
+def expect_rejected(frame: bytes, what: str, exc=SpecError) -> None:
+    try:
+        decode_frame(frame)
+    except exc:
+        return
+    except SpecError as e:
+        raise SpecError(f"{what}: rejected for the wrong reason: {e}")
+    raise SpecError(f"{what}: accepted, but must be rejected")
+
+
+def check_vector(v) -> None:
+    if not isinstance(v, dict) or not {"name", "message_type", "frame_hex"} <= set(v):
+        raise SpecError(f"vector must be an object with name, message_type, frame_hex: {v!r:.100}")
+    vtype = v["message_type"]
+    if type(vtype) is not int:
+        raise SpecError(f"message_type must be a JSON number, got {vtype!r}")
+    if type(v["frame_hex"]) is not str or v["frame_hex"] != v["frame_hex"].lower():
+        raise SpecError("frame_hex must be a lower-case hex string")
+    frame = bytes.fromhex(v["frame_hex"])
+    if len(frame) < HEADER_LEN:
+        raise SpecError(f"frame of {len(frame)} bytes is shorter than the header")
+    version, mtype, message_id, timestamp, length = HEADER.unpack_from(frame)
+    if version != PROTOCOL_VERSION:
+        raise SpecError(f"version {version}, expected {PROTOCOL_VERSION}")
+    if mtype != vtype:
+        raise SpecError(f"header message_type 0x{mtype:04x} but the vector says 0x{vtype:04x}")
+    if mtype not in MESSAGES:
+        raise SpecError(f"unknown message type 0x{mtype:04x}")
+    if HEADER_LEN + length + CHECKSUM_LEN != len(frame):
+        raise SpecError(f"payload_length {length} does not match a frame of {len(frame)} bytes")
+    got_type, got_id, got_ts, payload, _obj = decode_frame(frame)
+    rebuilt = build_frame(got_type, got_id, got_ts, payload)
+    if rebuilt != frame:
+        raise SpecError("the frame rebuilt from its parts differs from frame_hex")
+
+    # Corrupted copies must be rejected.
+    flipped = bytearray(frame)
+    flipped[HEADER_LEN + length // 2] ^= 0x01
+    expect_rejected(bytes(flipped), "a frame with one payload byte flipped", ChecksumError)
+    bad_sum = bytearray(frame)
+    bad_sum[-1] ^= 0x80
+    expect_rejected(bytes(bad_sum), "a frame with one checksum byte flipped", ChecksumError)
+    expect_rejected(frame[:-1], "a truncated frame")
+    expect_rejected(frame + b"\x00", "a frame followed by a stray byte")
+    expect_rejected(b"\x02" + frame[1:], "a frame with version 2")
+    expect_rejected(frame[:1] + b"\x7f\xff" + frame[3:], "a frame with message type 0x7fff")
+    # The same payload with one junk byte appended (checksum fixed up): trailing bytes.
+    expect_rejected(build_frame(got_type, got_id, got_ts, payload + b"\xc0"), "a payload with a trailing byte")
+
+
+def run(path: str) -> int:
+    try:
+        with open(path, encoding="utf-8") as f:
+            vectors = json.load(f)
+    except (OSError, ValueError) as e:
+        print(f"FAIL: cannot read {path}: {e}", file=sys.stderr)
+        return 1
+    if not isinstance(vectors, list) or not vectors:
+        print(f"FAIL: {path} must hold a non-empty JSON array", file=sys.stderr)
+        return 1
+    failures = 0
+    seen_types = set()
+    seen_names = set()
+    for i, v in enumerate(vectors):
+        name = v.get("name", f"#{i}") if isinstance(v, dict) else f"#{i}"
+        try:
+            if name in seen_names:
+                raise SpecError("duplicate vector name")
+            seen_names.add(name)
+            check_vector(v)
+            seen_types.add(v["message_type"])
+            print(f"ok {name}")
+        except (SpecError, ValueError, KeyError, TypeError, struct.error) as e:
+            failures += 1
+            print(f"FAIL {name}: {e}", file=sys.stderr)
+    try:
+        check_worked_example()
+        self_test_rejections()
+        print("ok spec negative cases and worked example")
+    except (SpecError, AssertionError) as e:
+        failures += 1
+        print(f"FAIL spec self-check: {e}", file=sys.stderr)
+    missing = sorted(set(MESSAGES) - seen_types)
+    if missing:
+        failures += 1
+        names = ", ".join(f"{MESSAGES[c][1]} (0x{c:04x})" for c in missing)
+        print(f"FAIL: no vector for {names}", file=sys.stderr)
+    if failures:
+        print(f"{failures} failure(s) in {path}", file=sys.stderr)
+        return 1
+    print(f"all {len(vectors)} vectors ok, {len(seen_types)} message types covered")
+    return 0
+
+
+# --- self test: frames built by hand from the spec ------------------------------
+
+# PROTOCOL.md "Test vectors", worked example.
+WORKED_EXAMPLE_HEX = (
+    "01" "0301" "07070707070707070707070707070707" "0000018bcfe56800" "00000035"
+    "83a974696d657374616d70cf0000018bcfe56800ad626174746572795f6c6576656c50"
+    "ac636f6e6e6563746976697479a477696669"
+    "b873389f25bc5ebb83a7272487e932b0e7432b9b913f671b483ac06ab1d13fdf"
+)
+
+
+def self_test_vectors():
+    ts = 1_700_000_000_000
+    h = lambda n: bytes([n]) * 32  # noqa: E731
+    mid = lambda n: bytes((n * 16 + i) & 0xFF for i in range(16))  # noqa: E731
+    vv = {"laptop": 41, "phone": 7}
+    set_op = {
+        "entity_id": "notes/todo",
+        "entity_type": "document",
+        "operation": {"counter": 42, "deps": vv, "edit": {"set": {"key": "title", "value": "Groceries"}}},
+        "timestamp": ts,
+        "actor_id": "laptop",
+    }
+    fields = {"done": False, "n": -3, "score": 0.5}
+    msgs = [
+        ("hello", 0x0001, {"device_id": "k3x9", "device_name": "Ana's laptop", "protocol_version": 1,
+                           "capabilities": ["crdt-sync", "artifact-transfer"], "sync_state_hash": h(0x11)}),
+        ("hello_ack", 0x0002, {"device_id": "m7ae", "device_name": "Ana's phone", "protocol_version": 1,
+                               "capabilities": ["crdt-sync"], "sync_state_hash": h(0x22), "sync_required": True}),
+        ("sync_request_full", 0x0101, {"entity_types": [], "since_timestamp": None, "full_sync": True}),
+        ("sync_request_incremental", 0x0101, {"entity_types": ["document", "conversation"],
+                                              "since_timestamp": ts - 60_000, "full_sync": False,
+                                              "version_vector": vv}),
+        ("sync_operation_set", 0x0102, set_op),
+        ("sync_operation_insert", 0x0102, {
+            "entity_id": "chat/family", "entity_type": "conversation",
+            "operation": {"counter": 9, "deps": {"phone": 8}, "edit": {"insert": {
+                "field": None, "after": {"actor": "laptop", "counter": 3, "offset": 0},
+                "values": ["see you at 8", b"\x00\x01\x02", None, [1, 300], {"a": -40000, "b": 2**63 - 1}]}}},
+            "timestamp": -1, "actor_id": "phone"}),
+        ("sync_operation_insert_text", 0x0102, {
+            "entity_id": "notes/todo", "entity_type": "document",
+            "operation": {"counter": 44, "deps": {"laptop": 43}, "edit": {"insert_text": {
+                "field": "body", "after": None, "text": "h\u00e9llo \U0001F44B"}}},
+            "timestamp": ts, "actor_id": "laptop"}),
+        ("sync_operation_remove", 0x0102, {
+            "entity_id": "notes/todo", "entity_type": "document",
+            "operation": {"counter": 45, "deps": {"laptop": 44}, "edit": {"remove": {
+                "field": "body", "targets": [{"actor": "laptop", "counter": 44, "offset": 1}]}}},
+            "timestamp": ts, "actor_id": "laptop"}),
+        ("sync_complete", 0x0103, {"entity_types": ["document"], "operations_count": 1234, "new_state_hash": h(0x33)}),
+        ("ack", 0x0104, {"message_ids": [mid(200), mid(201)]}),
+        ("batched_sync", 0x0105, {"operations": [set_op, dict(set_op, operation={
+            "counter": 43, "deps": {"laptop": 42, "phone": 7}, "edit": {"delete": {"key": "title"}}})]}),
+        ("delta_sync", 0x0106, {"entity_id": "notes/todo", "changed_fields": fields, "actor_id": "laptop",
+                                "first_counter": 50, "deps": {"laptop": 49, "phone": 7}, "timestamp": ts}),
+        ("artifact_request", 0x0201, {"artifact_id": h(0xA1), "priority": 128}),
+        ("artifact_request_resume", 0x0201, {"artifact_id": h(0xA1), "priority": 255, "resume_from": 17}),
+        ("artifact_metadata", 0x0202, {"artifact_id": h(0xA1), "size": 200_000, "chunk_count": 4,
+                                       "mime_type": "image/jpeg", "encrypted": True}),
+        ("artifact_chunk", 0x0203, {"artifact_id": h(0xA1), "chunk_index": 3,
+                                    "chunk_data": b"last bytes of the photo", "is_final": True}),
+        ("artifact_chunk_full", 0x0203, {"artifact_id": h(0xA1), "chunk_index": 0,
+                                         "chunk_data": bytes(i % 251 for i in range(MAX_CHUNK_DATA)),
+                                         "is_final": False, "chunk_hash": h(0xC0)}),
+        ("artifact_complete", 0x0204, {"artifact_id": h(0xA1), "received_hash": h(0xA1)}),
+        ("heartbeat_unknown_battery", 0x0301, {"timestamp": ts, "battery_level": None, "connectivity": "ethernet"}),
+        ("presence_update", 0x0302, {"status": "busy", "message": "in a meeting"}),
+        ("error", 0x0401, {"error_code": 3, "error_message": "not held here", "related_message_id": mid(15)}),
+        ("error_no_related", 0x0401, {"error_code": 7, "error_message": "slow down", "related_message_id": None}),
+    ]
+    out = [{"name": "heartbeat_worked_example", "message_type": 0x0301, "frame_hex": WORKED_EXAMPLE_HEX}]
+    for n, (name, code, obj) in enumerate(msgs, start=1):
+        payload = msgpack.packb(obj, use_bin_type=True)
+        frame = build_frame(code, mid(n), ts, payload)
+        out.append({"name": name, "message_type": code, "frame_hex": frame.hex()})
+    return out
+
+
+def self_test_rejections():
+    """Payloads that are valid MessagePack but not valid Nomade: each must be rejected."""
+    ts = 1_700_000_000_000
+    hb = {"timestamp": ts, "battery_level": 80, "connectivity": "wifi"}
+    cases = [
+        ("heartbeat as an array", 0x0301, msgpack.packb([ts, 80, "wifi"])),
+        ("heartbeat fields out of order", 0x0301,
+         msgpack.packb({"battery_level": 80, "timestamp": ts, "connectivity": "wifi"})),
+        ("heartbeat missing a nil seed field", 0x0301, msgpack.packb({"timestamp": ts, "connectivity": "wifi"})),
+        ("heartbeat with an unknown field", 0x0301, msgpack.packb(dict(hb, mood="ok"))),
+        ("heartbeat with a bool battery", 0x0301, msgpack.packb(dict(hb, battery_level=True))),
+        ("heartbeat with uint16 80", 0x0301,
+         bytes.fromhex("83a974696d657374616d70cf0000018bcfe56800ad626174746572795f6c6576656c"
+                       "cd0050ac636f6e6e6563746976697479a477696669")),
+        ("heartbeat with bad connectivity", 0x0301, msgpack.packb(dict(hb, connectivity="Wifi"))),
+        ("artifact_request with resume_from nil", 0x0201,
+         msgpack.packb({"artifact_id": b"\xa1" * 32, "priority": 1, "resume_from": None}, use_bin_type=True)),
+        ("artifact_request with a str id", 0x0201,
+         msgpack.packb({"artifact_id": "a" * 32, "priority": 1}, use_bin_type=True)),
+        ("artifact_request with a 31-byte id", 0x0201,
+         msgpack.packb({"artifact_id": b"\xa1" * 31, "priority": 1}, use_bin_type=True)),
+        ("delta_sync with unsorted fields", 0x0106,
+         msgpack.packb({"entity_id": "d", "changed_fields": {"b": 1, "a": 2}, "actor_id": "x",
+                        "first_counter": 1, "deps": {}, "timestamp": 0})),
+        ("delta_sync with a float32 value", 0x0106,
+         msgpack.packb({"entity_id": "d", "changed_fields": {"a": 0.5}, "actor_id": "x",
+                        "first_counter": 1, "deps": {}, "timestamp": 0}, use_single_float=True)),
+        ("delta_sync with a uint64 above i64::MAX", 0x0106,
+         msgpack.packb({"entity_id": "d", "changed_fields": {"a": 2**63}, "actor_id": "x",
+                        "first_counter": 1, "deps": {}, "timestamp": 0})),
+        ("delta_sync without its extension fields", 0x0106,
+         msgpack.packb({"entity_id": "d", "changed_fields": {}})),
+        ("presence_update with trailing byte", 0x0302,
+         msgpack.packb({"status": "online", "message": None}) + b"\xc0"),
+        ("error with a negative code", 0x0401,
+         msgpack.packb({"error_code": -1, "error_message": "", "related_message_id": None})),
+        ("deep value", 0x0106,
+         msgpack.packb({"entity_id": "d", "changed_fields": {"a": _nest(30)}, "actor_id": "x",
+                        "first_counter": 1, "deps": {}, "timestamp": 0})),
+        ("edit with two keys", 0x0102,
+         msgpack.packb({"entity_id": "e", "entity_type": "document", "operation": {
+             "counter": 1, "deps": {}, "edit": {"delete": {"key": "k"}, "set": {"key": "k", "value": 1}}},
+             "timestamp": 0, "actor_id": "a"})),
+    ]
+    for what, code, payload in cases:
+        expect_rejected(build_frame(code, b"\x00" * 16, ts, payload), what)
+    # Depth: 22 nested arrays inside DELTA_SYNC's changed_fields sit at levels 3..24 -> rejected;
+    # 21 -> the deepest is level 23 -> accepted.
+    for n, ok in ((21, True), (22, False)):
+        payload = msgpack.packb({"entity_id": "d", "changed_fields": {"a": _nest(n)}, "actor_id": "x",
+                                 "first_counter": 1, "deps": {}, "timestamp": 0})
+        frame = build_frame(0x0106, b"\x00" * 16, ts, payload)
+        if ok:
+            decode_frame(frame)
+        else:
+            expect_rejected(frame, f"{n} nested arrays in changed_fields")
+    # payload_length above the limit: rejected from the header alone.
+    big = HEADER.pack(1, 0x0203, b"\x00" * 16, ts, MAX_PAYLOAD + 1)
+    expect_rejected(big, "payload_length above the limit")
+
+
+def _nest(n):
+    v = 0
+    for _ in range(n):
+        v = [v]
+    return v
+
+
+def check_worked_example() -> None:
+    """The HEARTBEAT walked through in PROTOCOL.md, rebuilt from its parts."""
+    ex = bytes.fromhex(WORKED_EXAMPLE_HEX)
+    payload = msgpack.packb({"timestamp": 1_700_000_000_000, "battery_level": 80, "connectivity": "wifi"},
+                            use_bin_type=True)
+    if build_frame(0x0301, b"\x07" * 16, 1_700_000_000_000, payload) != ex:
+        raise SpecError("the worked example of PROTOCOL.md does not rebuild")
+    decode_frame(ex)
+
+
+def self_test() -> int:
+    """Runs the checker on vectors built here from the spec (no vectors.json needed)."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "vectors.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self_test_vectors(), f)
+        return run(path)
+
+
+def main(argv) -> int:
+    if len(argv) > 1 and argv[1] == "--self-test":
+        return self_test()
+    if len(argv) > 1:
+        path = argv[1]
+    else:
+        root = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))
+        path = os.path.join(root, "nomade-wire", "tests", "vectors.json")
+        if not os.path.exists(path):
+            path = os.path.join("nomade-wire", "tests", "vectors.json")
+    return run(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
