@@ -1,0 +1,691 @@
+//! A replica: every entity of one device, its version vector, its op log and
+//! the causal buffer for remote operations.
+
+use std::collections::{BTreeMap, HashMap};
+
+use nomade_wire::{
+    CrdtOperation, Edit, ElementId, EntityType, Hash32, SyncOperation, Value, VersionVector,
+};
+
+use crate::actors::Actors;
+use crate::document::Document;
+use crate::error::CrdtError;
+use crate::sequence::{Eid, OrderKey, SeqError, Sequence};
+
+/// Tunables of a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    /// Most remote operations held while waiting for their dependencies.
+    pub max_buffered: usize,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            max_buffered: 100_000,
+        }
+    }
+}
+
+/// An edit made by the local user, in terms of the current state. It is turned
+/// into a [`SyncOperation`] that identifies elements by id, never by index.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LocalEdit {
+    /// Write a document field.
+    Set {
+        /// The field.
+        key: String,
+        /// The value.
+        value: Value,
+    },
+    /// Remove a document field.
+    Delete {
+        /// The field.
+        key: String,
+    },
+    /// Replace `delete` characters at `position` of a document text field by
+    /// `insert` (positions and lengths in Unicode scalar values).
+    Splice {
+        /// The text field.
+        field: String,
+        /// Where the change starts.
+        position: usize,
+        /// How many characters are removed.
+        delete: usize,
+        /// The text inserted.
+        insert: String,
+    },
+    /// Insert an item into a conversation at `index` (0 = first).
+    Insert {
+        /// The position the new item takes.
+        index: usize,
+        /// The item.
+        value: Value,
+    },
+    /// Remove the conversation item at `index`.
+    Remove {
+        /// The item's position.
+        index: usize,
+    },
+}
+
+impl LocalEdit {
+    fn name(&self) -> &'static str {
+        match self {
+            LocalEdit::Set { .. } => "Set",
+            LocalEdit::Delete { .. } => "Delete",
+            LocalEdit::Splice { .. } => "Splice",
+            LocalEdit::Insert { .. } => "Insert",
+            LocalEdit::Remove { .. } => "Remove",
+        }
+    }
+}
+
+/// One entity's state.
+#[derive(Debug, Clone)]
+pub(crate) enum Entity {
+    Document(Document),
+    Conversation(Sequence<Value>),
+}
+
+impl Entity {
+    fn new(t: EntityType) -> Entity {
+        match t {
+            EntityType::Conversation => Entity::Conversation(Sequence::new()),
+            _ => Entity::Document(Document::default()),
+        }
+    }
+}
+
+/// The key of an entity: entities of different types never share state, even
+/// with the same id, so concurrent creation can never conflict on type.
+pub type EntityKey = (EntityType, String);
+
+/// The Lamport number of an operation: one more than the sum of its deps.
+/// Grows along causality, so an element's order key exceeds that of every
+/// element it was inserted after.
+pub fn lamport(op: &CrdtOperation) -> u64 {
+    op.deps.values().fold(1u64, |acc, c| acc.saturating_add(*c))
+}
+
+/// All the entities of one device, with causal delivery of remote operations.
+///
+/// ```
+/// use nomade_crdt::{LocalEdit, Replica};
+/// use nomade_wire::EntityType;
+///
+/// let mut laptop = Replica::new("laptop");
+/// let mut phone = Replica::new("phone");
+/// let ops = laptop.apply_local(EntityType::Document, "note", LocalEdit::Splice {
+///     field: "body".into(), position: 0, delete: 0, insert: "hello".into() }, 0)?;
+/// for op in ops {
+///     phone.apply_remote(op)?;
+/// }
+/// assert_eq!(phone.text("note", "body").as_deref(), Some("hello"));
+/// assert_eq!(phone.state_hash(), laptop.state_hash());
+/// # Ok::<(), nomade_crdt::CrdtError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Replica {
+    actor: String,
+    config: ReplicaConfig,
+    pub(crate) actors: Actors,
+    pub(crate) vv: VersionVector,
+    pub(crate) entities: BTreeMap<EntityKey, Entity>,
+    /// Every operation applied since `log_base`, in the order applied (a causal order).
+    pub(crate) log: Vec<SyncOperation>,
+    /// What the replica's snapshot (if it started from one) already covers.
+    pub(crate) log_base: VersionVector,
+    /// Remote operations waiting for their dependencies, per actor by counter.
+    buffer: HashMap<String, BTreeMap<u64, SyncOperation>>,
+    buffered: usize,
+    /// Per entity: for each actor, the counter of its latest operation on it.
+    pub(crate) entity_vv: BTreeMap<EntityKey, VersionVector>,
+}
+
+impl Replica {
+    /// An empty replica for the device `actor`.
+    pub fn new(actor: impl Into<String>) -> Self {
+        Self::with_config(actor, ReplicaConfig::default())
+    }
+
+    /// An empty replica with explicit tunables.
+    pub fn with_config(actor: impl Into<String>, config: ReplicaConfig) -> Self {
+        Replica {
+            actor: actor.into(),
+            config,
+            actors: Actors::default(),
+            vv: VersionVector::new(),
+            entities: BTreeMap::new(),
+            log: Vec::new(),
+            log_base: VersionVector::new(),
+            buffer: HashMap::new(),
+            buffered: 0,
+            entity_vv: BTreeMap::new(),
+        }
+    }
+
+    /// This device's actor id.
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
+    /// The replica's version vector: for each actor, the highest counter applied.
+    pub fn version_vector(&self) -> &VersionVector {
+        &self.vv
+    }
+
+    /// The version vector of one entity: for each actor, the counter of its
+    /// latest operation on that entity.
+    pub fn entity_version_vector(&self, entity_type: EntityType, id: &str) -> VersionVector {
+        self.entity_vv
+            .get(&(entity_type, id.to_string()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// How many remote operations wait for their dependencies.
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+
+    /// Every operation applied (since the snapshot it started from), in causal order.
+    pub fn log(&self) -> &[SyncOperation] {
+        &self.log
+    }
+
+    /// Applies a local edit and returns the operations to send to peers (one
+    /// or two: a splice that deletes and inserts makes a removal and an insertion).
+    pub fn apply_local(
+        &mut self,
+        entity_type: EntityType,
+        entity_id: &str,
+        edit: LocalEdit,
+        now_ms: i64,
+    ) -> Result<Vec<SyncOperation>, CrdtError> {
+        let key = (entity_type, entity_id.to_string());
+        let wrong = |edit: &LocalEdit| CrdtError::WrongEntityType {
+            edit: edit.name(),
+            entity_type,
+        };
+        let edits: Vec<Edit> = {
+            let entity = self.entities.get(&key);
+            match (&edit, entity_type) {
+                (LocalEdit::Set { key, value }, EntityType::Document) => {
+                    vec![Edit::Set {
+                        key: key.clone(),
+                        value: value.clone(),
+                    }]
+                }
+                (LocalEdit::Delete { key }, EntityType::Document) => {
+                    vec![Edit::Delete { key: key.clone() }]
+                }
+                (
+                    LocalEdit::Splice {
+                        field,
+                        position,
+                        delete,
+                        insert,
+                    },
+                    EntityType::Document,
+                ) => {
+                    let empty = Sequence::new();
+                    let text = match entity {
+                        Some(Entity::Document(d)) => d.texts.get(field).unwrap_or(&empty),
+                        _ => &empty,
+                    };
+                    let len = text.len();
+                    if *position > len || delete.saturating_add(*position) > len {
+                        return Err(CrdtError::IndexOutOfRange {
+                            index: position + delete,
+                            len,
+                        });
+                    }
+                    let mut out = Vec::new();
+                    if *delete > 0 {
+                        let targets = text.ids_from(*position, *delete);
+                        out.push(Edit::Remove {
+                            field: Some(field.clone()),
+                            targets: targets.iter().map(|e| self.element_id(e)).collect(),
+                        });
+                    }
+                    if !insert.is_empty() {
+                        let after = position.checked_sub(1).and_then(|p| text.id_at(p));
+                        out.push(Edit::InsertText {
+                            field: field.clone(),
+                            after: after.map(|e| self.element_id(&e)),
+                            text: insert.clone(),
+                        });
+                    }
+                    out
+                }
+                (LocalEdit::Insert { index, value }, EntityType::Conversation) => {
+                    let empty = Sequence::new();
+                    let seq = match entity {
+                        Some(Entity::Conversation(s)) => s,
+                        _ => &empty,
+                    };
+                    if *index > seq.len() {
+                        return Err(CrdtError::IndexOutOfRange {
+                            index: *index,
+                            len: seq.len(),
+                        });
+                    }
+                    let after = index.checked_sub(1).and_then(|p| seq.id_at(p));
+                    vec![Edit::Insert {
+                        field: None,
+                        after: after.map(|e| self.element_id(&e)),
+                        values: vec![value.clone()],
+                    }]
+                }
+                (LocalEdit::Remove { index }, EntityType::Conversation) => {
+                    let target = match entity {
+                        Some(Entity::Conversation(s)) => s.id_at(*index),
+                        _ => None,
+                    };
+                    let len = match entity {
+                        Some(Entity::Conversation(s)) => s.len(),
+                        _ => 0,
+                    };
+                    let target = target.ok_or(CrdtError::IndexOutOfRange { index: *index, len })?;
+                    vec![Edit::Remove {
+                        field: None,
+                        targets: vec![self.element_id(&target)],
+                    }]
+                }
+                _ => return Err(wrong(&edit)),
+            }
+        };
+        let mut out = Vec::with_capacity(edits.len());
+        for edit in edits {
+            let counter = self.vv.get(&self.actor).copied().unwrap_or(0) + 1;
+            let op = SyncOperation {
+                entity_id: entity_id.to_string(),
+                entity_type,
+                operation: CrdtOperation {
+                    counter,
+                    deps: self.vv.clone(),
+                    edit,
+                },
+                timestamp: now_ms,
+                actor_id: self.actor.clone(),
+            };
+            self.check_applicable(&op)?;
+            self.apply_ready(op.clone());
+            out.push(op);
+        }
+        Ok(out)
+    }
+
+    fn element_id(&self, e: &Eid) -> ElementId {
+        ElementId {
+            actor: self.actors.name(e.actor).to_string(),
+            counter: e.counter,
+            offset: e.offset,
+        }
+    }
+
+    fn eid(&mut self, e: &ElementId) -> Eid {
+        Eid {
+            actor: self.actors.intern(&e.actor),
+            counter: e.counter,
+            offset: e.offset,
+        }
+    }
+
+    fn invalid(op: &SyncOperation, reason: impl Into<String>) -> CrdtError {
+        CrdtError::InvalidOperation {
+            actor: op.actor_id.clone(),
+            counter: op.operation.counter,
+            reason: reason.into(),
+        }
+    }
+
+    /// Checks what can be checked without the operation's causal past.
+    fn validate_shape(&self, op: &SyncOperation) -> Result<(), CrdtError> {
+        let c = op.operation.counter;
+        if op.actor_id.is_empty() {
+            return Err(Self::invalid(op, "empty actor id"));
+        }
+        if c == 0 || c == u64::MAX {
+            return Err(Self::invalid(op, "counter must be between 1 and 2^64-2"));
+        }
+        if op.operation.deps.get(&op.actor_id).copied().unwrap_or(0) != c - 1 {
+            return Err(Self::invalid(
+                op,
+                "deps must include the actor's previous operation",
+            ));
+        }
+        if op.operation.deps.values().any(|&d| d == u64::MAX) {
+            return Err(Self::invalid(op, "dependency counter out of range"));
+        }
+        let ok = matches!(
+            (&op.operation.edit, op.entity_type),
+            (
+                Edit::Set { .. }
+                    | Edit::Delete { .. }
+                    | Edit::InsertText { .. }
+                    | Edit::Remove { field: Some(_), .. },
+                EntityType::Document,
+            ) | (
+                Edit::Insert { field: None, .. } | Edit::Remove { field: None, .. },
+                EntityType::Conversation,
+            )
+        );
+        if !ok {
+            return Err(Self::invalid(op, "edit does not apply to this entity type"));
+        }
+        let count = match &op.operation.edit {
+            Edit::Insert { values, .. } => values.len(),
+            Edit::InsertText { text, .. } => text.chars().count(),
+            _ => 0,
+        };
+        if count > u32::MAX as usize {
+            return Err(Self::invalid(op, "too many elements in one insert"));
+        }
+        Ok(())
+    }
+
+    /// Checks, once its dependencies are applied, that the operation refers
+    /// only to what exists.
+    fn check_applicable(&self, op: &SyncOperation) -> Result<(), CrdtError> {
+        let key = (op.entity_type, op.entity_id.clone());
+        let entity = self.entities.get(&key);
+        let eid = |e: &ElementId| -> Option<Eid> {
+            self.actors.get(&e.actor).map(|actor| Eid {
+                actor,
+                counter: e.counter,
+                offset: e.offset,
+            })
+        };
+        let check_seq = |seq: Option<&Sequence<char>>,
+                         conv: Option<&Sequence<Value>>,
+                         targets: &[ElementId],
+                         after: Option<&ElementId>|
+         -> Result<(), CrdtError> {
+            let contains = |e: &ElementId| match eid(e) {
+                Some(id) => seq
+                    .map(|s| s.contains(&id))
+                    .or(conv.map(|s| s.contains(&id)))
+                    .unwrap_or(false),
+                None => false,
+            };
+            if let Some(a) = after {
+                if !contains(a) {
+                    return Err(Self::invalid(op, "inserts after an unknown element"));
+                }
+            }
+            if targets.iter().any(|t| !contains(t)) {
+                return Err(Self::invalid(op, "removes an unknown element"));
+            }
+            Ok(())
+        };
+        match (&op.operation.edit, entity) {
+            (Edit::InsertText { field, after, .. }, Some(Entity::Document(d))) => {
+                check_seq(d.texts.get(field), None, &[], after.as_ref())
+            }
+            (Edit::InsertText { after, .. }, None) => check_seq(None, None, &[], after.as_ref()),
+            (
+                Edit::Remove {
+                    field: Some(f),
+                    targets,
+                },
+                Some(Entity::Document(d)),
+            ) => check_seq(d.texts.get(f), None, targets, None),
+            (Edit::Insert { after, .. }, Some(Entity::Conversation(s))) => {
+                check_seq(None, Some(s), &[], after.as_ref())
+            }
+            (Edit::Insert { after, .. }, None) => check_seq(None, None, &[], after.as_ref()),
+            (Edit::Remove { targets, .. }, Some(Entity::Conversation(s))) => {
+                check_seq(None, Some(s), targets, None)
+            }
+            (Edit::Remove { targets, .. }, _) => check_seq(None, None, targets, None),
+            _ => Ok(()),
+        }
+    }
+
+    /// Receives a remote operation. Returns the operations applied as a result,
+    /// in order: none for a duplicate or an operation that must wait for its
+    /// dependencies, possibly several when it unblocks buffered ones.
+    ///
+    /// An invalid operation is refused with an error and changes nothing.
+    pub fn apply_remote(&mut self, op: SyncOperation) -> Result<Vec<SyncOperation>, CrdtError> {
+        self.validate_shape(&op)?;
+        let known = self.vv.get(&op.actor_id).copied().unwrap_or(0);
+        let counter = op.operation.counter;
+        if counter <= known {
+            return Ok(Vec::new()); // duplicate
+        }
+        if counter - known > self.config.max_buffered as u64 {
+            return Err(CrdtError::CounterJump {
+                actor: op.actor_id.clone(),
+                counter,
+                known,
+            });
+        }
+        if !self.is_ready(&op) {
+            let waiting = self.buffer.entry(op.actor_id.clone()).or_default();
+            if waiting.contains_key(&counter) {
+                return Ok(Vec::new());
+            }
+            if self.buffered >= self.config.max_buffered {
+                return Err(CrdtError::BufferFull {
+                    capacity: self.config.max_buffered,
+                });
+            }
+            waiting.insert(counter, op);
+            self.buffered += 1;
+            return Ok(Vec::new());
+        }
+        self.check_applicable(&op)?;
+        let mut applied = vec![op.clone()];
+        self.apply_ready(op);
+        self.drain_buffer(&mut applied);
+        Ok(applied)
+    }
+
+    fn is_ready(&self, op: &SyncOperation) -> bool {
+        op.operation
+            .deps
+            .iter()
+            .all(|(actor, &c)| self.vv.get(actor).copied().unwrap_or(0) >= c)
+    }
+
+    fn drain_buffer(&mut self, applied: &mut Vec<SyncOperation>) {
+        loop {
+            let mut progressed = false;
+            let actors: Vec<String> = self.buffer.keys().cloned().collect();
+            for actor in actors {
+                loop {
+                    let known = self.vv.get(&actor).copied().unwrap_or(0);
+                    let Some(waiting) = self.buffer.get_mut(&actor) else {
+                        break;
+                    };
+                    // Drop duplicates that arrived while buffered.
+                    while let Some(entry) = waiting.first_entry() {
+                        if *entry.key() <= known {
+                            entry.remove();
+                            self.buffered -= 1;
+                        } else {
+                            break;
+                        }
+                    }
+                    let Some((&next, op)) = self.buffer.get(&actor).and_then(|w| w.iter().next())
+                    else {
+                        break;
+                    };
+                    if next != known + 1 || !self.is_ready(op) {
+                        break;
+                    }
+                    let Some(op) = self.buffer.get_mut(&actor).and_then(|w| w.remove(&next)) else {
+                        break;
+                    };
+                    self.buffered -= 1;
+                    if self.check_applicable(&op).is_err() {
+                        // Its causal past is complete and it still refers to
+                        // nothing: a corrupt operation. Drop it.
+                        continue;
+                    }
+                    self.apply_ready(op.clone());
+                    applied.push(op);
+                    progressed = true;
+                }
+            }
+            self.buffer.retain(|_, w| !w.is_empty());
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    /// Applies an operation whose dependencies are all applied and which was checked.
+    fn apply_ready(&mut self, op: SyncOperation) {
+        let lamport = lamport(&op.operation);
+        let actor_idx = self.actors.intern(&op.actor_id);
+        let key = (op.entity_type, op.entity_id.clone());
+        let counter = op.operation.counter;
+        let first = Eid {
+            actor: actor_idx,
+            counter,
+            offset: 0,
+        };
+        let mut after_eid = None;
+        let mut target_eids = Vec::new();
+        match &op.operation.edit {
+            Edit::Insert { after, .. } | Edit::InsertText { after, .. } => {
+                after_eid = after.as_ref().map(|a| self.eid(a));
+            }
+            Edit::Remove { targets, .. } => {
+                target_eids = targets.iter().map(|t| self.eid(t)).collect();
+            }
+            _ => {}
+        }
+        let actors = &self.actors;
+        let greater = |a: &OrderKey, b: &OrderKey| -> bool {
+            a.lamport
+                .cmp(&b.lamport)
+                .then_with(|| actors.name(a.id.actor).cmp(actors.name(b.id.actor)))
+                .then_with(|| a.id.offset.cmp(&b.id.offset))
+                .is_gt()
+        };
+        self.entity_vv
+            .entry(key.clone())
+            .or_default()
+            .insert(op.actor_id.clone(), counter);
+        let entity = self
+            .entities
+            .entry(key)
+            .or_insert_with(|| Entity::new(op.entity_type));
+        let result: Result<usize, SeqError> = match (&op.operation.edit, entity) {
+            (Edit::Set { key, value }, Entity::Document(d)) => {
+                d.set(
+                    &op.actor_id,
+                    counter,
+                    &op.operation.deps,
+                    lamport,
+                    key.clone(),
+                    value.clone(),
+                );
+                Ok(0)
+            }
+            (Edit::Delete { key }, Entity::Document(d)) => {
+                d.delete(&op.operation.deps, key.clone());
+                Ok(0)
+            }
+            (Edit::InsertText { field, text, .. }, Entity::Document(d)) => d
+                .texts
+                .entry(field.clone())
+                .or_default()
+                .insert(after_eid.as_ref(), first, lamport, text.chars(), greater),
+            (Edit::Remove { field: Some(f), .. }, Entity::Document(d)) => {
+                d.texts.entry(f.clone()).or_default().remove(&target_eids)
+            }
+            (Edit::Insert { values, .. }, Entity::Conversation(s)) => s.insert(
+                after_eid.as_ref(),
+                first,
+                lamport,
+                values.iter().cloned(),
+                greater,
+            ),
+            (Edit::Remove { .. }, Entity::Conversation(s)) => s.remove(&target_eids),
+            _ => Ok(0),
+        };
+        debug_assert!(result.is_ok(), "checked before apply: {result:?}");
+        self.vv.insert(op.actor_id.clone(), counter);
+        self.log.push(op);
+    }
+
+    /// Every operation a peer whose version vector is `peer` lacks, in an order
+    /// it can apply them (causal). Fails if some were compacted into a snapshot.
+    pub fn ops_missing<'a>(
+        &'a self,
+        peer: &'a VersionVector,
+    ) -> Result<impl Iterator<Item = &'a SyncOperation> + 'a, CrdtError> {
+        let covers_base = self
+            .log_base
+            .iter()
+            .all(|(a, &c)| peer.get(a).copied().unwrap_or(0) >= c);
+        if !covers_base {
+            return Err(CrdtError::SnapshotRequired);
+        }
+        Ok(self
+            .log
+            .iter()
+            .filter(move |op| op.operation.counter > peer.get(&op.actor_id).copied().unwrap_or(0)))
+    }
+
+    /// The entities held, by type and id.
+    pub fn entities(&self) -> impl Iterator<Item = (EntityType, &str)> + '_ {
+        self.entities.keys().map(|(t, id)| (*t, id.as_str()))
+    }
+
+    /// A document's register fields with their winning values.
+    pub fn document(&self, id: &str) -> Option<BTreeMap<String, Value>> {
+        match self.entities.get(&(EntityType::Document, id.to_string()))? {
+            Entity::Document(d) => Some(d.fields()),
+            Entity::Conversation(_) => None,
+        }
+    }
+
+    /// Every concurrent value of a document field, the winner first (empty
+    /// when the field is absent). More than one means concurrent writes that
+    /// no later write has resolved: an app may show them.
+    pub fn field_values(&self, id: &str, key: &str) -> Vec<Value> {
+        match self.entities.get(&(EntityType::Document, id.to_string())) {
+            Some(Entity::Document(d)) => d.values(key).into_iter().map(|t| t.value).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A document's text field.
+    pub fn text(&self, id: &str, field: &str) -> Option<String> {
+        match self.entities.get(&(EntityType::Document, id.to_string()))? {
+            Entity::Document(d) => d.texts.get(field).map(Sequence::to_text),
+            Entity::Conversation(_) => None,
+        }
+    }
+
+    /// The names of a document's text fields.
+    pub fn text_fields(&self, id: &str) -> Vec<String> {
+        match self.entities.get(&(EntityType::Document, id.to_string())) {
+            Some(Entity::Document(d)) => d.texts.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A conversation's items in order.
+    pub fn conversation(&self, id: &str) -> Option<Vec<Value>> {
+        match self
+            .entities
+            .get(&(EntityType::Conversation, id.to_string()))?
+        {
+            Entity::Conversation(s) => Some(s.iter().map(|(_, v)| v.clone()).collect()),
+            Entity::Document(_) => None,
+        }
+    }
+
+    /// The deterministic hash of the replica's state; see [`crate::hash`].
+    pub fn state_hash(&self) -> Hash32 {
+        crate::hash::state_hash(self)
+    }
+}

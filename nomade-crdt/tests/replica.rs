@@ -1,0 +1,446 @@
+//! Behaviour of one replica: conflicts, deletes, the causal buffer, bad
+//! operations (BAD_INPUTS 21-23), deltas, snapshots, incremental sync.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use nomade_crdt::{from_delta, to_delta, CrdtError, LocalEdit, Replica, ReplicaConfig};
+use nomade_wire::{EntityType, SyncOperation, Value, VersionVector};
+
+const DOC: EntityType = EntityType::Document;
+const CONV: EntityType = EntityType::Conversation;
+
+fn set(r: &mut Replica, doc: &str, key: &str, v: impl Into<Value>) -> Vec<SyncOperation> {
+    r.apply_local(
+        DOC,
+        doc,
+        LocalEdit::Set {
+            key: key.into(),
+            value: v.into(),
+        },
+        0,
+    )
+    .unwrap()
+}
+
+fn deliver(to: &mut Replica, ops: &[SyncOperation]) {
+    for op in ops {
+        to.apply_remote(op.clone()).unwrap();
+    }
+}
+
+#[test]
+fn concurrent_writes_keep_both_values_until_a_later_write_resolves_them() {
+    let mut a = Replica::new("a");
+    let mut b = Replica::new("b");
+    let oa = set(&mut a, "d", "k", "from a");
+    let ob = set(&mut b, "d", "k", "from b");
+    deliver(&mut a, &ob);
+    deliver(&mut b, &oa);
+    // Equal Lamport numbers: the higher actor name wins, everywhere.
+    assert_eq!(
+        a.field_values("d", "k"),
+        vec![Value::from("from b"), Value::from("from a")]
+    );
+    assert_eq!(a.document("d").unwrap()["k"], Value::from("from b"));
+    assert_eq!(a.state_hash(), b.state_hash());
+    // A write that saw both supersedes both.
+    let oc = set(&mut a, "d", "k", "resolved");
+    deliver(&mut b, &oc);
+    assert_eq!(b.field_values("d", "k"), vec![Value::from("resolved")]);
+    assert_eq!(a.state_hash(), b.state_hash());
+}
+
+#[test]
+fn delete_removes_what_it_saw_and_keeps_concurrent_writes() {
+    let mut a = Replica::new("a");
+    let mut b = Replica::new("b");
+    // Operations on other entities make counters and deps run ahead of this document.
+    set(&mut a, "other", "z", 1);
+    let first = set(&mut a, "d", "k", 1);
+    deliver(&mut b, a.log());
+    set(&mut b, "elsewhere", "q", 2);
+    let del = b
+        .apply_local(DOC, "d", LocalEdit::Delete { key: "k".into() }, 0)
+        .unwrap();
+    let concurrent = set(&mut a, "d", "k", 2);
+    deliver(&mut a, &b.log()[2..]);
+    deliver(&mut b, &concurrent);
+    assert_eq!(a.field_values("d", "k"), vec![Value::Int(2)]);
+    assert_eq!(b.field_values("d", "k"), vec![Value::Int(2)]);
+    assert_eq!(a.state_hash(), b.state_hash());
+    // A delete that saw everything removes the field everywhere.
+    let del2 = a
+        .apply_local(DOC, "d", LocalEdit::Delete { key: "k".into() }, 0)
+        .unwrap();
+    deliver(&mut b, &del2);
+    assert_eq!(b.document("d").unwrap().get("k"), None);
+    assert_eq!(a.state_hash(), b.state_hash());
+    let _ = (first, del);
+}
+
+#[test]
+fn conversation_inserts_and_removes_by_index() {
+    let mut a = Replica::new("a");
+    for (i, m) in ["hi", "there", "!"].iter().enumerate() {
+        a.apply_local(
+            CONV,
+            "chat",
+            LocalEdit::Insert {
+                index: i,
+                value: Value::from(*m),
+            },
+            0,
+        )
+        .unwrap();
+    }
+    a.apply_local(CONV, "chat", LocalEdit::Remove { index: 1 }, 0)
+        .unwrap();
+    assert_eq!(
+        a.conversation("chat").unwrap(),
+        vec![Value::from("hi"), Value::from("!")]
+    );
+    let err = a
+        .apply_local(CONV, "chat", LocalEdit::Remove { index: 5 }, 0)
+        .unwrap_err();
+    assert_eq!(err, CrdtError::IndexOutOfRange { index: 5, len: 2 });
+    let err = a
+        .apply_local(
+            CONV,
+            "chat",
+            LocalEdit::Set {
+                key: "k".into(),
+                value: Value::Nil,
+            },
+            0,
+        )
+        .unwrap_err();
+    assert!(matches!(err, CrdtError::WrongEntityType { .. }));
+    let err = a
+        .apply_local(
+            DOC,
+            "d",
+            LocalEdit::Splice {
+                field: "t".into(),
+                position: 1,
+                delete: 0,
+                insert: "x".into(),
+            },
+            0,
+        )
+        .unwrap_err();
+    assert!(matches!(err, CrdtError::IndexOutOfRange { .. }));
+}
+
+#[test]
+fn bad_input_21_an_op_with_missing_dependencies_waits_in_the_buffer() {
+    let mut a = Replica::new("a");
+    let mut b = Replica::new("b");
+    let o1 = set(&mut a, "d", "k", 1);
+    let o2 = set(&mut a, "d", "k", 2);
+    assert!(b.apply_remote(o2[0].clone()).unwrap().is_empty());
+    assert_eq!(b.buffered(), 1);
+    assert_eq!(b.document("d"), None, "never applied early");
+    let applied = b.apply_remote(o1[0].clone()).unwrap();
+    assert_eq!(applied.len(), 2, "the buffered op follows its dependency");
+    assert_eq!(b.buffered(), 0);
+    assert_eq!(b.field_values("d", "k"), vec![Value::Int(2)]);
+
+    // Over the bound: a typed error, nothing buffered.
+    let two_ops = |name: &str| {
+        let mut r = Replica::new(name);
+        let first = set(&mut r, "x", "k", 1).remove(0);
+        let second = set(&mut r, "x", "k", 2).remove(0);
+        (first, second)
+    };
+    let (c1, c2) = two_ops("c");
+    let (_, d2) = two_ops("d");
+    let (_, e2) = two_ops("e");
+    let mut tiny = Replica::with_config("t", ReplicaConfig { max_buffered: 2 });
+    tiny.apply_remote(c2).unwrap();
+    tiny.apply_remote(d2).unwrap();
+    assert_eq!(tiny.buffered(), 2);
+    let before = tiny.state_hash();
+    assert_eq!(
+        tiny.apply_remote(e2),
+        Err(CrdtError::BufferFull { capacity: 2 })
+    );
+    assert_eq!(tiny.buffered(), 2);
+    assert_eq!(tiny.state_hash(), before);
+    assert_eq!(tiny.apply_remote(c1).unwrap().len(), 2);
+    assert_eq!(tiny.buffered(), 1);
+}
+
+#[test]
+fn bad_input_22_duplicates_and_reordering_give_the_same_state() {
+    let mut a = Replica::new("a");
+    let mut ops = Vec::new();
+    for i in 0..20 {
+        ops.extend(
+            a.apply_local(
+                DOC,
+                "d",
+                LocalEdit::Splice {
+                    field: "t".into(),
+                    position: 0,
+                    delete: 0,
+                    insert: format!("{i}"),
+                },
+                0,
+            )
+            .unwrap(),
+        );
+    }
+    let mut b = Replica::new("b");
+    for op in ops.iter().rev().chain(ops.iter()).chain(ops.iter().rev()) {
+        b.apply_remote(op.clone()).unwrap();
+    }
+    assert_eq!(b.text("d", "t"), a.text("d", "t"));
+    assert_eq!(b.state_hash(), a.state_hash());
+}
+
+#[test]
+fn bad_input_23_malformed_ops_are_refused_and_change_nothing() {
+    let mut a = Replica::new("a");
+    let good = set(&mut a, "d", "k", 1).remove(0);
+    let mut b = Replica::new("b");
+    let empty_hash = b.state_hash();
+    let mut zero = good.clone();
+    zero.operation.counter = 0;
+    let mut max = good.clone();
+    max.operation.counter = u64::MAX;
+    max.operation.deps.insert("a".into(), u64::MAX - 1);
+    let mut bad_deps = good.clone();
+    bad_deps.operation.deps.insert("a".into(), 7);
+    let mut jump = good.clone();
+    jump.operation.counter = 1_000_000_000;
+    jump.operation.deps.insert("a".into(), 999_999_999);
+    let mut wrong_type = good.clone();
+    wrong_type.entity_type = CONV;
+    let mut dangling = a
+        .apply_local(
+            DOC,
+            "d",
+            LocalEdit::Splice {
+                field: "t".into(),
+                position: 0,
+                delete: 0,
+                insert: "x".into(),
+            },
+            0,
+        )
+        .unwrap()
+        .remove(0);
+    dangling.operation.edit = nomade_wire::Edit::Remove {
+        field: Some("t".into()),
+        targets: vec![nomade_wire::ElementId {
+            actor: "nobody".into(),
+            counter: 1,
+            offset: 0,
+        }],
+    };
+    for (what, op) in [
+        ("zero", zero),
+        ("max", max),
+        ("deps", bad_deps),
+        ("type", wrong_type),
+    ] {
+        assert!(
+            matches!(b.apply_remote(op), Err(CrdtError::InvalidOperation { .. })),
+            "{what}"
+        );
+    }
+    assert!(matches!(
+        b.apply_remote(jump),
+        Err(CrdtError::CounterJump { .. })
+    ));
+    b.apply_remote(good).unwrap();
+    let before = b.state_hash();
+    assert!(matches!(
+        b.apply_remote(dangling),
+        Err(CrdtError::InvalidOperation { .. })
+    ));
+    assert_eq!(b.state_hash(), before);
+    assert_ne!(before, empty_hash);
+    assert_eq!(b.buffered(), 0);
+}
+
+#[test]
+fn ops_missing_sends_exactly_what_a_peer_lacks() {
+    let mut a = Replica::new("a");
+    let mut b = Replica::new("b");
+    set(&mut a, "d", "k", 1);
+    set(&mut a, "d", "j", 2);
+    deliver(
+        &mut b,
+        &a.ops_missing(&VersionVector::new())
+            .unwrap()
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    set(&mut a, "d", "k", 3);
+    set(&mut b, "e", "k", 4);
+    let missing: Vec<_> = a
+        .ops_missing(b.version_vector())
+        .unwrap()
+        .cloned()
+        .collect();
+    assert_eq!(missing.len(), 1);
+    assert_eq!(missing[0].operation.counter, 3);
+    deliver(&mut b, &missing);
+    let back: Vec<_> = b
+        .ops_missing(a.version_vector())
+        .unwrap()
+        .cloned()
+        .collect();
+    deliver(&mut a, &back);
+    assert_eq!(a.state_hash(), b.state_hash());
+    assert!(a.ops_missing(b.version_vector()).unwrap().next().is_none());
+}
+
+#[test]
+fn delta_packs_consecutive_field_writes_and_unpacks_to_the_same_ops() {
+    let mut a = Replica::new("a");
+    set(&mut a, "other", "z", 0);
+    let mut ops = Vec::new();
+    for (k, v) in [("age", 3), ("name", 4), ("zip", 5)] {
+        ops.extend(set(&mut a, "card", k, v));
+    }
+    let delta = to_delta(&ops).expect("qualifies");
+    assert_eq!(delta.changed_fields.len(), 3);
+    assert_eq!(from_delta(&delta).unwrap(), ops);
+    // Smaller on the wire than the batch.
+    let delta_len = rmp_serde::to_vec_named(&delta).unwrap().len();
+    let batch_len = rmp_serde::to_vec_named(&nomade_wire::BatchedSync {
+        operations: ops.clone(),
+    })
+    .unwrap()
+    .len();
+    assert!(delta_len < batch_len, "{delta_len} vs {batch_len}");
+    // Keys out of order or a different document: not a delta.
+    let mut rev = ops.clone();
+    rev.reverse();
+    assert!(to_delta(&rev).is_none());
+    let mixed = [ops[0].clone(), set(&mut a, "other", "y", 1).remove(0)];
+    assert!(to_delta(&mixed).is_none());
+}
+
+#[test]
+fn snapshot_restores_the_same_state_and_editing_continues() {
+    let mut a = Replica::new("a");
+    set(&mut a, "d", "k", "v");
+    a.apply_local(
+        DOC,
+        "d",
+        LocalEdit::Splice {
+            field: "t".into(),
+            position: 0,
+            delete: 0,
+            insert: "hello world".into(),
+        },
+        0,
+    )
+    .unwrap();
+    a.apply_local(
+        DOC,
+        "d",
+        LocalEdit::Splice {
+            field: "t".into(),
+            position: 0,
+            delete: 6,
+            insert: "".into(),
+        },
+        0,
+    )
+    .unwrap();
+    a.apply_local(
+        CONV,
+        "c",
+        LocalEdit::Insert {
+            index: 0,
+            value: Value::from("m"),
+        },
+        0,
+    )
+    .unwrap();
+    let bytes = a.snapshot();
+    let mut restored = Replica::from_snapshot("a", &bytes, ReplicaConfig::default()).unwrap();
+    assert_eq!(restored.state_hash(), a.state_hash());
+    assert_eq!(restored.text("d", "t").as_deref(), Some("world"));
+    assert_eq!(
+        restored.entity_version_vector(DOC, "d"),
+        a.entity_version_vector(DOC, "d")
+    );
+    assert_eq!(a.entity_version_vector(DOC, "d").get("a"), Some(&3));
+    // Both continue identically.
+    let op = a
+        .apply_local(
+            DOC,
+            "d",
+            LocalEdit::Splice {
+                field: "t".into(),
+                position: 5,
+                delete: 0,
+                insert: "!".into(),
+            },
+            0,
+        )
+        .unwrap();
+    let op2 = restored
+        .apply_local(
+            DOC,
+            "d",
+            LocalEdit::Splice {
+                field: "t".into(),
+                position: 5,
+                delete: 0,
+                insert: "!".into(),
+            },
+            0,
+        )
+        .unwrap();
+    assert_eq!(op, op2);
+    assert_eq!(restored.state_hash(), a.state_hash());
+    // A peer that lacks history from before the snapshot needs the snapshot.
+    assert!(matches!(
+        restored.ops_missing(&VersionVector::new()),
+        Err(CrdtError::SnapshotRequired)
+    ));
+    assert!(restored.ops_missing(a.version_vector()).is_ok());
+    // Garbage is a typed error.
+    assert!(matches!(
+        Replica::from_snapshot("a", &bytes[..bytes.len() / 2], ReplicaConfig::default()),
+        Err(CrdtError::BadSnapshot(_))
+    ));
+    assert!(matches!(
+        Replica::from_snapshot(
+            "a",
+            &[0xdd, 0xff, 0xff, 0xff, 0xff],
+            ReplicaConfig::default()
+        ),
+        Err(CrdtError::BadSnapshot(_))
+    ));
+}
+
+#[test]
+fn different_states_hash_differently() {
+    let mut a = Replica::new("a");
+    let mut b = Replica::new("a");
+    assert_eq!(a.state_hash(), b.state_hash());
+    set(&mut a, "d", "k", 1);
+    set(&mut b, "d", "k", 2);
+    assert_ne!(a.state_hash(), b.state_hash());
+    let mut c = Replica::new("a");
+    c.apply_local(
+        DOC,
+        "d",
+        LocalEdit::Splice {
+            field: "k".into(),
+            position: 0,
+            delete: 0,
+            insert: "1".into(),
+        },
+        0,
+    )
+    .unwrap();
+    assert_ne!(a.state_hash(), c.state_hash());
+}
