@@ -1,4 +1,5 @@
 //! Replays the real editing traces of `tests/data/editing-traces` (see its
+#![allow(clippy::needless_range_loop)] // indices name agents in both vectors
 //! README for their origin and licence) through the text type.
 
 use std::io::Read;
