@@ -1,6 +1,7 @@
 //! Replays the real editing traces of `tests/data/editing-traces` (see its
-#![allow(clippy::needless_range_loop)] // indices name agents in both vectors
 //! README for their origin and licence) through the text type.
+
+#![allow(clippy::needless_range_loop)] // indices name agents in both vectors
 
 use std::io::Read;
 use std::path::Path;
