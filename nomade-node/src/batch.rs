@@ -1,79 +1,59 @@
-//! Packing operations into `BATCHED_SYNC` frames that fit the peer's payload limit.
+//! Packing operations into `BATCHED_SYNC` messages that fit the peer's payload limit.
 
-use bytes::BytesMut;
-use nomade_wire::{
-    BatchedSync, EncodeError, Envelope, MessageId, SyncOperation, DEFAULT_MAX_PAYLOAD, HEADER_LEN,
-};
+use nomade_wire::{BatchedSync, EncodeError, SyncOperation, DEFAULT_MAX_PAYLOAD};
 
 /// Largest payload a batch may have: the default limit every peer accepts.
 pub const MAX_BATCH_PAYLOAD: usize = DEFAULT_MAX_PAYLOAD as usize;
 
-/// Appends frames carrying `ops` (in order) to `dst`, as few `BATCHED_SYNC`
-/// frames as the payload limit allows. Returns the message id of each frame
-/// with the number of operations it carries.
+/// Bytes of a `BATCHED_SYNC` payload around its operations: the one-entry map
+/// header, the `"operations"` key, and an array header of at most 5 bytes.
+const BATCH_OVERHEAD: usize = 1 + 11 + 5;
+
+fn encoded_len(op: &SyncOperation) -> Result<usize, EncodeError> {
+    rmp_serde::to_vec_named(op)
+        .map(|v| v.len())
+        .map_err(|e| EncodeError::Serialize(e.to_string()))
+}
+
+/// Splits `ops` (kept in order) into as few `BATCHED_SYNC` messages as fit a
+/// payload of `max_payload` bytes each. The payload of a batch is exactly its
+/// overhead plus the canonical encodings of its operations, so the sizes are
+/// computed, not guessed.
 ///
-/// Fails with [`EncodeError::PayloadTooLarge`] only if a single operation is
-/// larger than the limit (local edits are checked for that before they are
-/// accepted, see [`check_op_size`]).
-pub fn encode_batches(
-    ops: &[SyncOperation],
-    max_payload: usize,
-    timestamp: i64,
-    mut next_id: impl FnMut() -> MessageId,
-    dst: &mut BytesMut,
-) -> Result<Vec<(MessageId, usize)>, EncodeError> {
+/// Fails with [`EncodeError::PayloadTooLarge`] if one operation alone is too
+/// large (local edits are checked for that before they are accepted, see
+/// [`check_op_size`]).
+pub fn split_batches(ops: &[SyncOperation], max_payload: usize) -> Result<Vec<BatchedSync>, EncodeError> {
     let mut out = Vec::new();
-    let mut rest = ops;
-    while !rest.is_empty() {
-        // Start optimistic (a typical operation is ~100-200 bytes), halve on overflow.
-        let mut take = rest.len().min(256);
-        loop {
-            let id = next_id();
-            let env = Envelope::new(
-                id,
-                timestamp,
-                BatchedSync {
-                    operations: rest[..take].to_vec(),
-                },
-            );
-            let start = dst.len();
-            env.encode_into(dst)?;
-            let payload = dst.len() - start - HEADER_LEN - nomade_wire::CHECKSUM_LEN;
-            if payload <= max_payload {
-                out.push((id, take));
-                rest = &rest[take..];
-                break;
-            }
-            dst.truncate(start);
-            if take == 1 {
-                return Err(EncodeError::PayloadTooLarge {
-                    len: payload,
-                    max: max_payload,
-                });
-            }
-            take /= 2;
+    let mut current = Vec::new();
+    let mut size = BATCH_OVERHEAD;
+    for op in ops {
+        let len = encoded_len(op)?;
+        if BATCH_OVERHEAD + len > max_payload {
+            return Err(EncodeError::PayloadTooLarge { len: BATCH_OVERHEAD + len, max: max_payload });
         }
+        if size + len > max_payload {
+            out.push(BatchedSync { operations: std::mem::take(&mut current) });
+            size = BATCH_OVERHEAD;
+        }
+        size += len;
+        current.push(op.clone());
+    }
+    if !current.is_empty() {
+        out.push(BatchedSync { operations: current });
     }
     Ok(out)
 }
 
 /// Checks that one operation fits in a frame on its own.
 pub fn check_op_size(op: &SyncOperation) -> Result<(), EncodeError> {
-    let mut buf = BytesMut::new();
-    encode_batches(
-        std::slice::from_ref(op),
-        MAX_BATCH_PAYLOAD,
-        0,
-        || MessageId::ZERO,
-        &mut buf,
-    )
-    .map(|_| ())
+    split_batches(std::slice::from_ref(op), MAX_BATCH_PAYLOAD).map(drop)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nomade_wire::{CrdtOperation, Decoder, Edit, EntityType, Message, Value};
+    use nomade_wire::{CrdtOperation, Edit, EntityType, Envelope, Message, MessageId, Value};
 
     fn op(counter: u64, value_len: usize) -> SyncOperation {
         SyncOperation {
@@ -82,10 +62,7 @@ mod tests {
             operation: CrdtOperation {
                 counter,
                 deps: [("dev-a".to_string(), counter - 1)].into(),
-                edit: Edit::Set {
-                    key: "body".into(),
-                    value: Value::String("x".repeat(value_len)),
-                },
+                edit: Edit::Set { key: "body".into(), value: Value::String("x".repeat(value_len)) },
             },
             timestamp: 1,
             actor_id: "dev-a".into(),
@@ -95,31 +72,20 @@ mod tests {
     #[test]
     fn batches_fit_the_limit_and_keep_every_op_in_order() {
         let ops: Vec<_> = (1..=3000).map(|c| op(c, (c as usize * 37) % 900)).collect();
-        let mut buf = BytesMut::new();
-        let mut n = 0u8;
-        let frames = encode_batches(
-            &ops,
-            MAX_BATCH_PAYLOAD,
-            5,
-            || {
-                n = n.wrapping_add(1);
-                MessageId::from([n; 16])
-            },
-            &mut buf,
-        )
-        .unwrap();
-        assert!(frames.len() > 1, "3000 ops must need several frames");
-        let mut decoder = Decoder::new();
+        let batches = split_batches(&ops, MAX_BATCH_PAYLOAD).unwrap();
+        assert!(batches.len() > 1, "3000 ops must need several frames");
         let mut got = Vec::new();
-        while let Some(env) = decoder.decode(&mut buf).unwrap() {
-            match env.message {
+        for b in batches {
+            // Every batch encodes and decodes under the default limits, and is
+            // reasonably full (never one op per frame).
+            let frame = Envelope::new(MessageId::default(), 0, b).to_bytes().unwrap();
+            assert!(frame.len() > MAX_BATCH_PAYLOAD / 2 || got.len() > 2000);
+            match Envelope::decode(&frame).unwrap().message {
                 Message::BatchedSync(b) => got.extend(b.operations),
                 other => panic!("unexpected {other:?}"),
             }
         }
-        assert!(buf.is_empty());
         assert_eq!(got, ops);
-        assert_eq!(frames.iter().map(|f| f.1).sum::<usize>(), ops.len());
     }
 
     #[test]

@@ -26,3 +26,51 @@ pub enum StoreError {
     #[error("cannot encode record: {0}")]
     Encode(String),
 }
+
+/// Why a node operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The database failed; nothing was acknowledged.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An edit or operation was refused by the CRDT layer.
+    #[error(transparent)]
+    Crdt(#[from] nomade_crdt::CrdtError),
+    /// An operation is too large to travel in one frame.
+    #[error("operation too large to send: {0}")]
+    TooLarge(#[from] nomade_wire::EncodeError),
+    /// The stored operation log could not be replayed.
+    #[error("the operation log is corrupt: {0}")]
+    CorruptLog(String),
+    /// The network layer failed.
+    #[error(transparent)]
+    Transport(#[from] nomade_transport::TransportError),
+    /// The artifact layer failed.
+    #[error(transparent)]
+    Artifact(#[from] nomade_artifact::ArtifactError),
+    /// A peer broke the protocol or reported an error.
+    #[error("peer {peer}: {reason}")]
+    Peer {
+        /// The peer's device id.
+        peer: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The peer speaks another protocol version: update one of the devices.
+    #[error("peer {peer} speaks protocol version {theirs}, this device speaks {ours}: update the older device")]
+    VersionMismatch {
+        /// The peer.
+        peer: String,
+        /// Its version.
+        theirs: u8,
+        /// Ours.
+        ours: u8,
+    },
+    /// Local file I/O failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// Not found (an entity, a peer, an artifact).
+    #[error("{0} not found")]
+    NotFound(String),
+}

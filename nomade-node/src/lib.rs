@@ -6,7 +6,13 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod core;
 pub mod error;
 pub mod handshake;
 pub mod metrics;
+mod node;
 pub mod store;
+pub mod sync;
+
+pub use error::NodeError;
+pub use node::{Node, NodeConfig, NodeStatus, PeerPresence, PeerStatus};

@@ -1,0 +1,1191 @@
+//! The on-disk artifact store: every chunk sealed at rest.
+//!
+//! Layout under the store directory:
+//!
+//! - `objects/<hex id>.hdr`: the header, MessagePack `{body: bin, mac: bin 32}`
+//!   where `body` is the MessagePack of the id, size, chunk count, MIME type, the
+//!   SHA-256 of every plaintext chunk and the data key wrapped for each recipient,
+//!   and `mac` is a keyed BLAKE3 of `body` under a key derived from the data key
+//!   (so no one without the data key can alter the header unnoticed);
+//! - `objects/<hex id>.dat`: the sealed chunks back to back, chunk `i` being
+//!   `nonce (12) || ChaCha20-Poly1305 ciphertext (len_i) || tag (16)` with a fresh
+//!   random nonce and AAD = `artifact id (32) || i as u32 BE || is_last (1 byte)`;
+//!   chunk `i` starts at byte `i * (65,536 + 28)`;
+//! - `partial/<hex id>.{hdr,dat}`: a transfer in progress (same formats, the
+//!   header without chunk hashes), resumed from its last verified chunk;
+//! - `tmp/`: files being written by [`ArtifactStore::put_file`], removed on open.
+//!
+//! The header is renamed into place last: it is the commit point.
+//!
+//! Threat model: someone who can edit the store's files but does not hold a
+//! data key can flip, swap, reorder, truncate or splice chunks, or edit a
+//! header; every such change is a typed error. Someone who can *replace* an
+//! artifact's files wholesale can seal content of their choosing to this
+//! device's public key (wrapping is unauthenticated, as in HPKE base mode):
+//! single-chunk reads of such a replacement are self-consistent, but
+//! [`ArtifactStore::export`] and any transfer check the whole SHA-256 against
+//! the id, so the replacement is never exported or accepted as that artifact.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use chacha20poly1305::aead::AeadInPlace;
+use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
+use nomade_wire::{ArtifactMetadata, Hash32};
+use rand::rngs::OsRng;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::chunk::{self, chunk_hash, chunk_len, ArtifactId, CHUNK_SIZE, MAX_CHUNK_COUNT};
+use crate::error::{ArtifactError, Result};
+use crate::keys::{self, sync_dir, DataKey, DeviceKey, PublicKey, WrappedKey};
+
+const HEADER_FORMAT: u8 = 1;
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+/// Bytes added to each chunk when sealed: nonce and tag.
+pub const RECORD_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+const RECORD_STRIDE: u64 = (CHUNK_SIZE + RECORD_OVERHEAD) as u64;
+const MAX_HEADER_LEN: u64 = 40 * MAX_CHUNK_COUNT as u64 + (1 << 20);
+/// A partial transfer is flushed to disk (fsync) every this many chunks.
+pub const SYNC_EVERY_CHUNKS: u32 = 64;
+
+/// Size on disk of the sealed chunks of an artifact of `size` bytes.
+pub fn sealed_len(size: u64) -> u64 {
+    let count = size.div_ceil(CHUNK_SIZE as u64);
+    size + count * RECORD_OVERHEAD as u64
+}
+
+fn footprint(size: u64, recipients: usize, mime: Option<&str>) -> u64 {
+    let count = size.div_ceil(CHUNK_SIZE as u64);
+    sealed_len(size)
+        + 1024
+        + 40 * count
+        + 160 * recipients as u64
+        + mime.map_or(0, |m| m.len() as u64)
+}
+
+fn chunk_aad(id: &ArtifactId, index: u32, is_last: bool) -> [u8; 37] {
+    let mut aad = [0u8; 37];
+    aad[..32].copy_from_slice(id.as_bytes());
+    aad[32..36].copy_from_slice(&index.to_be_bytes());
+    aad[36] = u8::from(is_last);
+    aad
+}
+
+/// Seals `plain` as chunk `index` into `out` (cleared first): nonce || ct || tag.
+fn seal_chunk(
+    cipher: &ChaCha20Poly1305,
+    id: &ArtifactId,
+    index: u32,
+    is_last: bool,
+    plain: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let mut nonce = [0u8; NONCE_LEN];
+    OsRng.fill_bytes(&mut nonce);
+    out.clear();
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plain);
+    let tag = cipher
+        .encrypt_in_place_detached(
+            Nonce::from_slice(&nonce),
+            &chunk_aad(id, index, is_last),
+            &mut out[NONCE_LEN..],
+        )
+        .map_err(|_| ArtifactError::ChunkTooLarge {
+            len: plain.len(),
+            max: CHUNK_SIZE,
+        })?;
+    out.extend_from_slice(&tag);
+    Ok(())
+}
+
+/// Opens a sealed record in place; returns the plaintext.
+fn open_chunk(
+    cipher: &ChaCha20Poly1305,
+    id: &ArtifactId,
+    index: u32,
+    is_last: bool,
+    record: &mut [u8],
+) -> Result<Bytes> {
+    if record.len() < RECORD_OVERHEAD {
+        return Err(ArtifactError::Tampered { index });
+    }
+    let (nonce, rest) = record.split_at_mut(NONCE_LEN);
+    let (ct, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
+    cipher
+        .decrypt_in_place_detached(
+            Nonce::from_slice(nonce),
+            &chunk_aad(id, index, is_last),
+            ct,
+            Tag::from_slice(tag),
+        )
+        .map_err(|_| ArtifactError::Tampered { index })?;
+    Ok(Bytes::copy_from_slice(ct))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct HeaderBody {
+    format: u8,
+    id: ArtifactId,
+    size: u64,
+    chunk_count: u32,
+    mime_type: Option<String>,
+    chunk_hashes: Vec<Hash32>,
+    wrapped: Vec<WrappedKey>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct HeaderFile {
+    body: Bytes,
+    mac: Hash32,
+}
+
+fn encode_header(body: &HeaderBody, key: &DataKey) -> Result<Vec<u8>> {
+    let bytes = rmp_serde::to_vec_named(body)
+        .map_err(|e| ArtifactError::BadMetadata(format!("encoding header: {e}")))?;
+    let mac = key.header_mac(&bytes);
+    rmp_serde::to_vec_named(&HeaderFile {
+        body: Bytes::from(bytes),
+        mac,
+    })
+    .map_err(|e| ArtifactError::BadMetadata(format!("encoding header: {e}")))
+}
+
+/// Reads and authenticates a header; `full` requires one hash per chunk.
+fn read_header(
+    path: &Path,
+    id: &ArtifactId,
+    device: &DeviceKey,
+    full: bool,
+) -> Result<(HeaderBody, DataKey)> {
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(ArtifactError::NotFound { id: *id })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let len = f.metadata()?.len();
+    if len > MAX_HEADER_LEN {
+        return Err(ArtifactError::BadMetadata(format!(
+            "header of {len} bytes exceeds {MAX_HEADER_LEN}"
+        )));
+    }
+    let mut raw = Vec::with_capacity(len as usize);
+    f.take(MAX_HEADER_LEN).read_to_end(&mut raw)?;
+    let bad = |e: rmp_serde::decode::Error| ArtifactError::BadMetadata(format!("header: {e}"));
+    let file: HeaderFile = rmp_serde::from_slice(&raw).map_err(bad)?;
+    let body: HeaderBody = rmp_serde::from_slice(&file.body).map_err(bad)?;
+    if body.format != HEADER_FORMAT {
+        return Err(ArtifactError::BadMetadata(format!(
+            "unknown header format {}",
+            body.format
+        )));
+    }
+    if body.id != *id {
+        return Err(ArtifactError::BadMetadata(format!(
+            "header is for {}, not {id}",
+            body.id
+        )));
+    }
+    chunk::validate_layout(body.size, body.chunk_count)?;
+    let key = keys::unwrap(&body.wrapped, id, device)?;
+    if key.header_mac(&file.body) != file.mac {
+        return Err(ArtifactError::BadMetadata(
+            "header failed authentication".into(),
+        ));
+    }
+    if full && body.chunk_hashes.len() != body.chunk_count as usize {
+        return Err(ArtifactError::BadMetadata(format!(
+            "{} chunk hashes for {} chunks",
+            body.chunk_hashes.len(),
+            body.chunk_count
+        )));
+    }
+    Ok((body, key))
+}
+
+/// Writes `bytes` to `path` durably (create or truncate, then fsync).
+fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Reads until `buf` is full or the reader ends; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Removes the listed files when dropped, unless disarmed.
+struct Cleanup(Vec<PathBuf>);
+
+impl Cleanup {
+    fn disarm(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+/// What the store knows about an artifact (from its authenticated header).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactInfo {
+    /// Content id.
+    pub id: ArtifactId,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// Number of 64 KiB chunks.
+    pub chunk_count: u32,
+    /// MIME type, if known.
+    pub mime_type: Option<String>,
+    /// The devices (public keys) the data key is wrapped for.
+    pub recipients: Vec<[u8; 32]>,
+}
+
+impl ArtifactInfo {
+    /// The ARTIFACT_METADATA message announcing this artifact.
+    pub fn to_wire(&self) -> ArtifactMetadata {
+        ArtifactMetadata {
+            artifact_id: self.id.hash32(),
+            size: self.size,
+            chunk_count: self.chunk_count,
+            mime_type: self.mime_type.clone(),
+            encrypted: true,
+        }
+    }
+
+    /// Whether `key` is among the recipients.
+    pub fn is_recipient(&self, key: &PublicKey) -> bool {
+        self.recipients.iter().any(|r| r == key.as_bytes())
+    }
+
+    fn from_body(b: &HeaderBody) -> ArtifactInfo {
+        ArtifactInfo {
+            id: b.id,
+            size: b.size,
+            chunk_count: b.chunk_count,
+            mime_type: b.mime_type.clone(),
+            recipients: b.wrapped.iter().map(|w| *w.recipient.as_bytes()).collect(),
+        }
+    }
+}
+
+struct Inner {
+    root: PathBuf,
+    device: DeviceKey,
+    quota: Option<u64>,
+    reserved: Mutex<u64>,
+}
+
+/// Bytes promised to an operation in progress, released when dropped.
+pub(crate) struct Reservation {
+    inner: Arc<Inner>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut r = self
+            .inner
+            .reserved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *r = r.saturating_sub(self.bytes);
+    }
+}
+
+/// An encrypted, content-addressed artifact store in one directory.
+///
+/// Cheap to clone (shared state); safe to use from several threads.
+#[derive(Clone)]
+pub struct ArtifactStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ArtifactStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArtifactStore")
+            .field("root", &self.inner.root)
+            .field("quota", &self.inner.quota)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ArtifactStore {
+    /// Opens (creating if needed) the store in `dir`, for the device owning
+    /// `device_key`, limited to `quota_bytes` on disk if given. Leftovers of
+    /// interrupted [`put_file`](Self::put_file)s are removed; partial transfers
+    /// are kept for resumption.
+    pub fn open(dir: &Path, device_key: DeviceKey, quota_bytes: Option<u64>) -> Result<Self> {
+        for sub in ["objects", "partial", "tmp"] {
+            fs::create_dir_all(dir.join(sub))?;
+        }
+        for e in fs::read_dir(dir.join("tmp"))? {
+            let _ = fs::remove_file(e?.path());
+        }
+        Ok(ArtifactStore {
+            inner: Arc::new(Inner {
+                root: dir.to_path_buf(),
+                device: device_key,
+                quota: quota_bytes,
+                reserved: Mutex::new(0),
+            }),
+        })
+    }
+
+    /// This device's public key (always a recipient of what it stores).
+    pub fn public_key(&self) -> PublicKey {
+        self.inner.device.public()
+    }
+
+    fn path(&self, sub: &str, id: &ArtifactId, ext: &str) -> PathBuf {
+        self.inner
+            .root
+            .join(sub)
+            .join(format!("{}.{ext}", id.to_hex()))
+    }
+
+    /// Whether the artifact is complete in the store.
+    pub fn has(&self, id: &ArtifactId) -> bool {
+        self.path("objects", id, "hdr").exists()
+    }
+
+    /// The artifact's authenticated metadata.
+    pub fn metadata(&self, id: &ArtifactId) -> Result<ArtifactInfo> {
+        Ok(self.open_artifact(id)?.info().clone())
+    }
+
+    /// Whether `peer` is among the recipients of a stored artifact (the check a
+    /// holder makes before serving it).
+    pub fn is_recipient(&self, id: &ArtifactId, peer: &PublicKey) -> Result<bool> {
+        Ok(self.metadata(id)?.is_recipient(peer))
+    }
+
+    /// Ids of every complete artifact, sorted.
+    pub fn list(&self) -> Result<Vec<ArtifactId>> {
+        let mut ids = Vec::new();
+        for e in fs::read_dir(self.inner.root.join("objects"))? {
+            let name = e?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(id) = name.strip_suffix(".hdr").and_then(ArtifactId::from_hex) {
+                ids.push(id);
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Bytes on disk: complete artifacts, partial transfers and temporary files.
+    pub fn used_bytes(&self) -> Result<u64> {
+        let mut total = 0;
+        for sub in ["objects", "partial", "tmp"] {
+            for e in fs::read_dir(self.inner.root.join(sub))? {
+                let e = e?;
+                match e.metadata() {
+                    Ok(m) if m.is_file() => total += m.len(),
+                    Ok(_) => {}
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(err.into()),
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Reserves `need` bytes under the quota, or fails with `QuotaExceeded`.
+    pub(crate) fn reserve(&self, need: u64) -> Result<Reservation> {
+        if let Some(quota) = self.inner.quota {
+            let used = self.used_bytes()?;
+            let mut reserved = self
+                .inner
+                .reserved
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let available = quota.saturating_sub(used.saturating_add(*reserved));
+            if need > available {
+                return Err(ArtifactError::QuotaExceeded { need, available });
+            }
+            *reserved += need;
+        }
+        Ok(Reservation {
+            inner: self.inner.clone(),
+            bytes: if self.inner.quota.is_some() { need } else { 0 },
+        })
+    }
+
+    /// Opens a stored artifact for reading chunk by chunk.
+    pub fn open_artifact(&self, id: &ArtifactId) -> Result<ArtifactReader> {
+        let (body, key) = read_header(
+            &self.path("objects", id, "hdr"),
+            id,
+            &self.inner.device,
+            true,
+        )?;
+        let file = match File::open(self.path("objects", id, "dat")) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ArtifactError::Truncated {
+                    expected: sealed_len(body.size),
+                    actual: 0,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let expected = sealed_len(body.size);
+        let actual = file.metadata()?.len();
+        if actual < expected {
+            return Err(ArtifactError::Truncated { expected, actual });
+        }
+        if actual > expected {
+            return Err(ArtifactError::BadMetadata(format!(
+                "data file has {actual} bytes, expected {expected}"
+            )));
+        }
+        Ok(ArtifactReader {
+            info: ArtifactInfo::from_body(&body),
+            chunk_hashes: body.chunk_hashes,
+            cipher: key.cipher(),
+            file,
+            buf: Vec::with_capacity(CHUNK_SIZE + RECORD_OVERHEAD),
+        })
+    }
+
+    /// Reads and verifies one chunk (AEAD and plaintext hash).
+    pub fn read_chunk(&self, id: &ArtifactId, index: u32) -> Result<Bytes> {
+        self.open_artifact(id)?.read_chunk(index)
+    }
+
+    /// Stores the file at `path`, sealed for this device and every key in
+    /// `encrypted_for`. Streams: memory stays at one chunk whatever the size.
+    pub fn put_file(
+        &self,
+        path: &Path,
+        mime_type: Option<&str>,
+        encrypted_for: &[PublicKey],
+    ) -> Result<ArtifactId> {
+        self.put_reader(File::open(path)?, mime_type, encrypted_for)
+    }
+
+    /// Stores in-memory bytes (see [`put_file`](Self::put_file)).
+    pub fn put_bytes(
+        &self,
+        data: &[u8],
+        mime_type: Option<&str>,
+        encrypted_for: &[PublicKey],
+    ) -> Result<ArtifactId> {
+        self.put_reader(io::Cursor::new(data), mime_type, encrypted_for)
+    }
+
+    /// Stores what `reader` yields (from its start), sealed for this device and
+    /// every key in `encrypted_for`.
+    ///
+    /// Two streaming passes: the first computes the id (bound into every
+    /// chunk's AAD) and the size (checked against the quota before anything is
+    /// written), the second seals. If the content changed between the passes
+    /// the put fails with `HashMismatch` and leaves nothing behind. An artifact
+    /// already stored is kept as it is (its recipients unchanged).
+    pub fn put_reader<R: Read + Seek>(
+        &self,
+        mut reader: R,
+        mime_type: Option<&str>,
+        encrypted_for: &[PublicKey],
+    ) -> Result<ArtifactId> {
+        let mut buf = vec![0u8; CHUNK_SIZE];
+        // Pass 1: id and size.
+        reader.seek(SeekFrom::Start(0))?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        loop {
+            let n = read_full(&mut reader, &mut buf)?;
+            hasher.update(&buf[..n]);
+            size += n as u64;
+            if size > chunk::MAX_ARTIFACT_SIZE {
+                return Err(ArtifactError::BadMetadata(format!(
+                    "artifact larger than {}",
+                    chunk::MAX_ARTIFACT_SIZE
+                )));
+            }
+            if n < CHUNK_SIZE {
+                break;
+            }
+        }
+        let id = ArtifactId::from(<[u8; 32]>::from(hasher.finalize()));
+        if self.has(&id) {
+            return Ok(id);
+        }
+        let count = chunk::chunk_count(size)
+            .ok_or_else(|| ArtifactError::BadMetadata("artifact too large".into()))?;
+        let mut recipients = vec![self.public_key()];
+        for k in encrypted_for {
+            if !recipients.iter().any(|r| r.as_bytes() == k.as_bytes()) {
+                recipients.push(*k);
+            }
+        }
+        let _reservation = self.reserve(footprint(size, recipients.len(), mime_type))?;
+
+        // Pass 2: seal.
+        let key = DataKey::random();
+        let cipher = key.cipher();
+        let tag = OsRng.next_u64();
+        let tmp_dat = self
+            .inner
+            .root
+            .join("tmp")
+            .join(format!("{}.{tag:016x}.dat", id.to_hex()));
+        let tmp_hdr = self
+            .inner
+            .root
+            .join("tmp")
+            .join(format!("{}.{tag:016x}.hdr", id.to_hex()));
+        let cleanup = Cleanup(vec![tmp_dat.clone(), tmp_hdr.clone()]);
+        let mut out = File::create(&tmp_dat)?;
+        reader.seek(SeekFrom::Start(0))?;
+        let mut hasher = Sha256::new();
+        let mut chunk_hashes = Vec::with_capacity(count as usize);
+        let mut record = Vec::with_capacity(CHUNK_SIZE + RECORD_OVERHEAD);
+        for index in 0..count {
+            let len = chunk_len(size, index).unwrap_or(0);
+            let n = read_full(&mut reader, &mut buf[..len])?;
+            if n != len {
+                return Err(ArtifactError::HashMismatch {
+                    expected: id,
+                    actual: ArtifactId::from(<[u8; 32]>::from(hasher.finalize())),
+                });
+            }
+            let plain = &buf[..len];
+            hasher.update(plain);
+            chunk_hashes.push(chunk_hash(plain));
+            seal_chunk(&cipher, &id, index, index + 1 == count, plain, &mut record)?;
+            out.write_all(&record)?;
+        }
+        let actual = ArtifactId::from(<[u8; 32]>::from(hasher.finalize()));
+        if actual != id {
+            return Err(ArtifactError::HashMismatch {
+                expected: id,
+                actual,
+            });
+        }
+        out.sync_all()?;
+        drop(out);
+        let wrapped = recipients
+            .iter()
+            .map(|r| keys::wrap(&key, &id, r))
+            .collect::<Result<Vec<_>>>()?;
+        let body = HeaderBody {
+            format: HEADER_FORMAT,
+            id,
+            size,
+            chunk_count: count,
+            mime_type: mime_type.map(str::to_owned),
+            chunk_hashes,
+            wrapped,
+        };
+        write_durable(&tmp_hdr, &encode_header(&body, &key)?)?;
+        fs::rename(&tmp_dat, self.path("objects", &id, "dat"))?;
+        fs::rename(&tmp_hdr, self.path("objects", &id, "hdr"))?;
+        cleanup.disarm();
+        sync_dir(&self.inner.root.join("objects"))?;
+        Ok(id)
+    }
+
+    /// Writes the verified plaintext to `out_path`. Streams chunk by chunk
+    /// through a temporary file beside `out_path`, renamed into place only once
+    /// the whole SHA-256 equals the id: `out_path` never holds wrong bytes.
+    pub fn export(&self, id: &ArtifactId, out_path: &Path) -> Result<()> {
+        let mut reader = self.open_artifact(id)?;
+        let name = out_path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("artifact");
+        let tmp =
+            out_path.with_file_name(format!(".{name}.nomade-export-{:016x}", OsRng.next_u64()));
+        let cleanup = Cleanup(vec![tmp.clone()]);
+        let mut out = File::create(&tmp)?;
+        let mut hasher = Sha256::new();
+        for index in 0..reader.info().chunk_count {
+            let chunk = reader.read_chunk(index)?;
+            hasher.update(&chunk);
+            out.write_all(&chunk)?;
+        }
+        let actual = ArtifactId::from(<[u8; 32]>::from(hasher.finalize()));
+        if actual != *id {
+            return Err(ArtifactError::HashMismatch {
+                expected: *id,
+                actual,
+            });
+        }
+        out.sync_all()?;
+        drop(out);
+        fs::rename(&tmp, out_path)?;
+        cleanup.disarm();
+        Ok(())
+    }
+
+    /// Removes a stored artifact.
+    pub fn remove(&self, id: &ArtifactId) -> Result<()> {
+        match fs::remove_file(self.path("objects", id, "hdr")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ArtifactError::NotFound { id: *id })
+            }
+            Err(e) => return Err(e.into()),
+        }
+        match fs::remove_file(self.path("objects", id, "dat")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        sync_dir(&self.inner.root.join("objects"))?;
+        Ok(())
+    }
+
+    /// Whether a partial transfer of `id` is on disk.
+    pub fn has_partial(&self, id: &ArtifactId) -> bool {
+        self.path("partial", id, "hdr").exists() || self.path("partial", id, "dat").exists()
+    }
+
+    /// Discards a partial transfer of `id`, if any.
+    pub fn discard_partial(&self, id: &ArtifactId) -> Result<()> {
+        for ext in ["hdr", "dat"] {
+            match fs::remove_file(self.path("partial", id, ext)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the partial transfer of `id`, verifying every chunk it holds; a
+    /// torn or corrupt tail is cut off. An unusable partial is discarded.
+    pub(crate) fn load_partial(&self, id: &ArtifactId) -> Result<Option<PartialArtifact>> {
+        let hdr = self.path("partial", id, "hdr");
+        let dat = self.path("partial", id, "dat");
+        if !hdr.exists() {
+            self.discard_partial(id)?;
+            return Ok(None);
+        }
+        let (body, key) = match read_header(&hdr, id, &self.inner.device, false) {
+            Ok(x) => x,
+            Err(ArtifactError::Io(e)) => return Err(ArtifactError::Io(e)),
+            Err(_) => {
+                self.discard_partial(id)?;
+                return Ok(None);
+            }
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&dat)?;
+        let cipher = key.cipher();
+        let mut hasher = Sha256::new();
+        let mut chunk_hashes = Vec::new();
+        let mut record = vec![0u8; CHUNK_SIZE + RECORD_OVERHEAD];
+        let mut valid_len = 0u64;
+        file.seek(SeekFrom::Start(0))?;
+        let mut index = 0u32;
+        while index < body.chunk_count {
+            let len = chunk_len(body.size, index).unwrap_or(0) + RECORD_OVERHEAD;
+            if read_full(&mut file, &mut record[..len])? != len {
+                break;
+            }
+            let Ok(plain) = open_chunk(
+                &cipher,
+                id,
+                index,
+                index + 1 == body.chunk_count,
+                &mut record[..len],
+            ) else {
+                break;
+            };
+            hasher.update(&plain);
+            chunk_hashes.push(chunk_hash(&plain));
+            valid_len += len as u64;
+            index += 1;
+        }
+        file.set_len(valid_len)?;
+        file.seek(SeekFrom::Start(valid_len))?;
+        Ok(Some(PartialArtifact {
+            store: self.clone(),
+            id: *id,
+            size: body.size,
+            chunk_count: body.chunk_count,
+            mime_type: body.mime_type,
+            key,
+            cipher,
+            file,
+            hasher,
+            chunk_hashes,
+            bytes_done: index_bytes(body.size, index),
+            unsynced: 0,
+            record: Vec::with_capacity(CHUNK_SIZE + RECORD_OVERHEAD),
+            reservation: None,
+        }))
+    }
+
+    /// Starts a partial transfer for validated metadata, after the quota check.
+    pub(crate) fn create_partial(
+        &self,
+        id: &ArtifactId,
+        size: u64,
+        mime_type: Option<String>,
+    ) -> Result<PartialArtifact> {
+        let count = chunk::chunk_count(size)
+            .ok_or_else(|| ArtifactError::BadMetadata("artifact too large".into()))?;
+        let reservation = self.reserve(footprint(size, 1, mime_type.as_deref()))?;
+        let key = DataKey::random();
+        let body = HeaderBody {
+            format: HEADER_FORMAT,
+            id: *id,
+            size,
+            chunk_count: count,
+            mime_type: mime_type.clone(),
+            chunk_hashes: Vec::new(),
+            wrapped: vec![keys::wrap(&key, id, &self.public_key())?],
+        };
+        let hdr = self.path("partial", id, "hdr");
+        let dat = self.path("partial", id, "dat");
+        let cleanup = Cleanup(vec![hdr.clone(), dat.clone()]);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&dat)?;
+        write_durable(&hdr, &encode_header(&body, &key)?)?;
+        sync_dir(&self.inner.root.join("partial"))?;
+        cleanup.disarm();
+        Ok(PartialArtifact {
+            store: self.clone(),
+            id: *id,
+            size,
+            chunk_count: count,
+            mime_type,
+            cipher: key.cipher(),
+            key,
+            file,
+            hasher: Sha256::new(),
+            chunk_hashes: Vec::new(),
+            bytes_done: 0,
+            unsynced: 0,
+            record: Vec::with_capacity(CHUNK_SIZE + RECORD_OVERHEAD),
+            reservation: Some(reservation),
+        })
+    }
+}
+
+fn index_bytes(size: u64, chunks: u32) -> u64 {
+    (u64::from(chunks) * CHUNK_SIZE as u64).min(size)
+}
+
+/// A stored artifact opened for verified, chunk-by-chunk reading.
+pub struct ArtifactReader {
+    info: ArtifactInfo,
+    chunk_hashes: Vec<Hash32>,
+    cipher: ChaCha20Poly1305,
+    file: File,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for ArtifactReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArtifactReader")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ArtifactReader {
+    /// The artifact's metadata.
+    pub fn info(&self) -> &ArtifactInfo {
+        &self.info
+    }
+
+    /// The SHA-256 of chunk `index`'s plaintext, from the authenticated header.
+    pub fn chunk_hash(&self, index: u32) -> Option<Hash32> {
+        self.chunk_hashes.get(index as usize).copied()
+    }
+
+    /// Reads chunk `index`, checking its AEAD tag (with the id, index and
+    /// last-chunk flag as AAD) and its plaintext hash.
+    pub fn read_chunk(&mut self, index: u32) -> Result<Bytes> {
+        let id = self.info.id;
+        let count = self.info.chunk_count;
+        let len = chunk_len(self.info.size, index).ok_or_else(|| ArtifactError::BadChunk {
+            index,
+            reason: format!("past the last chunk ({count} chunks)"),
+        })?;
+        let rec_len = len + RECORD_OVERHEAD;
+        self.buf.resize(rec_len, 0);
+        self.file
+            .seek(SeekFrom::Start(u64::from(index) * RECORD_STRIDE))?;
+        let n = read_full(&mut self.file, &mut self.buf[..rec_len])?;
+        if n != rec_len {
+            return Err(ArtifactError::Truncated {
+                expected: sealed_len(self.info.size),
+                actual: self.file.metadata()?.len(),
+            });
+        }
+        let plain = open_chunk(
+            &self.cipher,
+            &id,
+            index,
+            index + 1 == count,
+            &mut self.buf[..rec_len],
+        )?;
+        if self.chunk_hashes.get(index as usize) != Some(&chunk_hash(&plain)) {
+            return Err(ArtifactError::Tampered { index });
+        }
+        Ok(plain)
+    }
+}
+
+/// A transfer being written to `partial/`: verified chunks, sealed and appended.
+pub(crate) struct PartialArtifact {
+    store: ArtifactStore,
+    pub(crate) id: ArtifactId,
+    pub(crate) size: u64,
+    pub(crate) chunk_count: u32,
+    mime_type: Option<String>,
+    key: DataKey,
+    cipher: ChaCha20Poly1305,
+    file: File,
+    hasher: Sha256,
+    chunk_hashes: Vec<Hash32>,
+    pub(crate) bytes_done: u64,
+    unsynced: u32,
+    record: Vec<u8>,
+    reservation: Option<Reservation>,
+}
+
+impl PartialArtifact {
+    /// Chunks held and verified.
+    pub(crate) fn chunks_done(&self) -> u32 {
+        // At most chunk_count, which is a u32.
+        self.chunk_hashes.len() as u32
+    }
+
+    /// Reserves what is still to be written, for a resumed transfer.
+    pub(crate) fn reserve_remaining(&mut self) -> Result<()> {
+        if self.reservation.is_none() {
+            let on_disk = sealed_len(self.bytes_done);
+            let need = footprint(self.size, 1, self.mime_type.as_deref()).saturating_sub(on_disk);
+            self.reservation = Some(self.store.reserve(need)?);
+        }
+        Ok(())
+    }
+
+    /// Seals and appends the next chunk (already verified by the caller).
+    pub(crate) fn append(&mut self, plain: &[u8], hash: Hash32) -> Result<()> {
+        let index = self.chunks_done();
+        seal_chunk(
+            &self.cipher,
+            &self.id,
+            index,
+            index + 1 == self.chunk_count,
+            plain,
+            &mut self.record,
+        )?;
+        self.file.write_all(&self.record)?;
+        self.hasher.update(plain);
+        self.chunk_hashes.push(hash);
+        self.bytes_done += plain.len() as u64;
+        self.unsynced += 1;
+        if self.unsynced >= SYNC_EVERY_CHUNKS {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(())
+    }
+
+    /// Verifies the whole hash and moves the artifact into the store; on a
+    /// mismatch the partial is discarded.
+    pub(crate) fn finish(self) -> Result<ArtifactId> {
+        let actual = ArtifactId::from(<[u8; 32]>::from(self.hasher.clone().finalize()));
+        let store = self.store.clone();
+        let id = self.id;
+        if actual != id || self.chunks_done() != self.chunk_count {
+            drop(self);
+            store.discard_partial(&id)?;
+            return Err(ArtifactError::HashMismatch {
+                expected: id,
+                actual,
+            });
+        }
+        self.file.sync_all()?;
+        let body = HeaderBody {
+            format: HEADER_FORMAT,
+            id,
+            size: self.size,
+            chunk_count: self.chunk_count,
+            mime_type: self.mime_type.clone(),
+            chunk_hashes: self.chunk_hashes.clone(),
+            wrapped: vec![keys::wrap(&self.key, &id, &store.public_key())?],
+        };
+        let tmp_hdr = store.inner.root.join("tmp").join(format!(
+            "{}.{:016x}.hdr",
+            id.to_hex(),
+            OsRng.next_u64()
+        ));
+        let cleanup = Cleanup(vec![tmp_hdr.clone()]);
+        write_durable(&tmp_hdr, &encode_header(&body, &self.key)?)?;
+        drop(self);
+        fs::rename(
+            store.path("partial", &id, "dat"),
+            store.path("objects", &id, "dat"),
+        )?;
+        fs::rename(&tmp_hdr, store.path("objects", &id, "hdr"))?;
+        cleanup.disarm();
+        sync_dir(&store.inner.root.join("objects"))?;
+        store.discard_partial(&id)?;
+        Ok(id)
+    }
+
+    /// Deletes the partial files.
+    pub(crate) fn discard(self) -> Result<()> {
+        let store = self.store.clone();
+        let id = self.id;
+        drop(self);
+        store.discard_partial(&id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path, quota: Option<u64>) -> ArtifactStore {
+        ArtifactStore::open(dir, DeviceKey::generate(), quota).expect("open")
+    }
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn put_export_round_trip_at_boundaries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path(), None);
+        for n in [0usize, 1, 65_536, 65_537, 3 * 65_536 + 5] {
+            let d = data(n);
+            let id = s
+                .put_bytes(&d, Some("application/octet-stream"), &[])
+                .expect("put");
+            assert_eq!(id, ArtifactId::of(&d));
+            assert!(s.has(&id));
+            let info = s.metadata(&id).expect("meta");
+            assert_eq!(info.size, n as u64);
+            assert_eq!(Some(info.chunk_count), chunk::chunk_count(n as u64));
+            let out = dir.path().join(format!("out-{n}"));
+            s.export(&id, &out).expect("export");
+            assert_eq!(fs::read(&out).expect("read"), d);
+            // Nothing stored in the clear.
+            if n >= 64 {
+                let sealed = fs::read(s.path("objects", &id, "dat")).expect("dat");
+                assert_eq!(sealed.len() as u64, sealed_len(n as u64));
+                assert!(!sealed.windows(64).any(|w| w == &d[..64]));
+            }
+        }
+        assert_eq!(s.list().expect("list").len(), 5);
+    }
+
+    #[test]
+    fn tampered_chunk_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path(), None);
+        let d = data(200_000);
+        let id = s.put_bytes(&d, None, &[]).expect("put");
+        let p = s.path("objects", &id, "dat");
+        let mut sealed = fs::read(&p).expect("read");
+        sealed[RECORD_STRIDE as usize + 40] ^= 1; // inside chunk 1's ciphertext
+        fs::write(&p, &sealed).expect("write");
+        assert!(s.read_chunk(&id, 0).is_ok());
+        assert!(matches!(
+            s.read_chunk(&id, 1),
+            Err(ArtifactError::Tampered { index: 1 })
+        ));
+        let out = dir.path().join("out");
+        assert!(matches!(
+            s.export(&id, &out),
+            Err(ArtifactError::Tampered { index: 1 })
+        ));
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn swapped_chunks_are_detected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path(), None);
+        let d = data(3 * CHUNK_SIZE);
+        let id = s.put_bytes(&d, None, &[]).expect("put");
+        let p = s.path("objects", &id, "dat");
+        let mut sealed = fs::read(&p).expect("read");
+        let stride = RECORD_STRIDE as usize;
+        let (a, b) = sealed.split_at_mut(stride);
+        a.swap_with_slice(&mut b[..stride]);
+        fs::write(&p, &sealed).expect("write");
+        assert!(matches!(
+            s.read_chunk(&id, 0),
+            Err(ArtifactError::Tampered { index: 0 })
+        ));
+        assert!(matches!(
+            s.read_chunk(&id, 1),
+            Err(ArtifactError::Tampered { index: 1 })
+        ));
+        assert!(s.read_chunk(&id, 2).is_ok());
+    }
+
+    #[test]
+    fn truncated_data_file_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path(), None);
+        let id = s.put_bytes(&data(150_000), None, &[]).expect("put");
+        let p = s.path("objects", &id, "dat");
+        let len = fs::metadata(&p).expect("meta").len();
+        OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .expect("open")
+            .set_len(len - 100)
+            .expect("trunc");
+        assert!(matches!(
+            s.read_chunk(&id, 0),
+            Err(ArtifactError::Truncated { .. })
+        ));
+        assert!(matches!(
+            s.export(&id, &dir.path().join("o")),
+            Err(ArtifactError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn dropping_the_last_chunk_is_detected() {
+        // Cut exactly one whole record and fix the header's size: the new last
+        // chunk was sealed with is_last = false, so it fails.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path(), None);
+        let id = s.put_bytes(&data(2 * CHUNK_SIZE), None, &[]).expect("put");
+        let (mut body, key) =
+            read_header(&s.path("objects", &id, "hdr"), &id, &s.inner.device, true).expect("hdr");
+        body.size = CHUNK_SIZE as u64;
+        body.chunk_count = 1;
+        body.chunk_hashes.truncate(1);
+        // Even re-MACed with the right key (an insider), the AAD catches it.
+        write_durable(
+            &s.path("objects", &id, "hdr"),
+            &encode_header(&body, &key).expect("enc"),
+        )
+        .expect("w");
+        let p = s.path("objects", &id, "dat");
+        OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .expect("open")
+            .set_len(RECORD_STRIDE)
+            .expect("trunc");
+        assert!(matches!(
+            s.read_chunk(&id, 0),
+            Err(ArtifactError::Tampered { index: 0 })
+        ));
+    }
+
+    #[test]
+    fn edited_header_fails_authentication() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path(), None);
+        let id = s
+            .put_bytes(&data(10), Some("text/plain"), &[])
+            .expect("put");
+        let p = s.path("objects", &id, "hdr");
+        let raw = fs::read(&p).expect("read");
+        let text_at = raw
+            .windows(10)
+            .position(|w| w == b"text/plain")
+            .expect("mime in header");
+        let mut edited = raw.clone();
+        edited[text_at] = b'T';
+        fs::write(&p, &edited).expect("write");
+        assert!(matches!(
+            s.metadata(&id),
+            Err(ArtifactError::BadMetadata(_))
+        ));
+    }
+
+    #[test]
+    fn not_a_recipient() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let other = DeviceKey::generate();
+        let s = store(dir.path(), None);
+        let id = s
+            .put_bytes(&data(1000), None, &[other.public()])
+            .expect("put");
+        assert!(s.is_recipient(&id, &other.public()).expect("meta"));
+        // The same files opened by a device that is not in encrypted_for.
+        let stranger = ArtifactStore::open(dir.path(), DeviceKey::generate(), None).expect("open");
+        assert!(matches!(
+            stranger.read_chunk(&id, 0),
+            Err(ArtifactError::NotARecipient { .. })
+        ));
+        // A recipient device can open them.
+        let recipient = ArtifactStore::open(dir.path(), other, None).expect("open");
+        assert_eq!(recipient.read_chunk(&id, 0).expect("read"), data(1000));
+    }
+
+    #[test]
+    fn quota_exceeded_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path(), Some(100_000));
+        let small = s.put_bytes(&data(10_000), None, &[]).expect("fits");
+        let before = s.used_bytes().expect("used");
+        let err = s
+            .put_bytes(&data(200_000), None, &[])
+            .expect_err("over quota");
+        assert!(matches!(err, ArtifactError::QuotaExceeded { .. }));
+        assert_eq!(s.used_bytes().expect("used"), before);
+        assert_eq!(s.list().expect("list"), vec![small]);
+    }
+
+    #[test]
+    fn remove_and_list() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path(), None);
+        let a = s.put_bytes(b"a", None, &[]).expect("put");
+        let b = s.put_bytes(b"b", None, &[]).expect("put");
+        let mut both = vec![a, b];
+        both.sort();
+        assert_eq!(s.list().expect("list"), both);
+        s.remove(&a).expect("remove");
+        assert!(!s.has(&a));
+        assert!(matches!(s.remove(&a), Err(ArtifactError::NotFound { .. })));
+        assert!(matches!(
+            s.read_chunk(&a, 0),
+            Err(ArtifactError::NotFound { .. })
+        ));
+        assert_eq!(s.list().expect("list"), vec![b]);
+    }
+}

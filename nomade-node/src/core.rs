@@ -1,0 +1,278 @@
+//! The embedding API's local half: a device's replica, persisted in its data
+//! directory, with edits, reads and change subscriptions.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use nomade_crdt::{LocalEdit, Replica};
+use nomade_wire::{EntityType, Hash32, SyncOperation, Value, VersionVector};
+use tokio::sync::{broadcast, watch};
+
+use crate::batch::check_op_size;
+use crate::error::NodeError;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// A change applied to the local replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The entity that changed.
+    pub entity_id: String,
+    /// Its type.
+    pub entity_type: EntityType,
+    /// The device that made the change.
+    pub actor_id: String,
+    /// Whether it came from a peer (false: made on this device).
+    pub remote: bool,
+}
+
+/// The local state of a device, shared by every task of a running node.
+pub struct Core {
+    dir: PathBuf,
+    device_id: String,
+    replica: Mutex<Replica>,
+    store: Store,
+    metrics: Metrics,
+    changes: broadcast::Sender<Change>,
+    /// Bumped after every durable append; sync tasks wait on it to push new ops.
+    appended: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").field("device_id", &self.device_id).field("dir", &self.dir).finish()
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn load_replica(store: &Store, device_id: &str) -> Result<Replica, NodeError> {
+    let mut replica = Replica::new(device_id);
+    let mut err = None;
+    store.scan_ops(0, |_, op| {
+        let actor = op.actor_id.clone();
+        let counter = op.operation.counter;
+        match replica.apply_remote(op) {
+            Ok(_) => ControlFlow::Continue(()),
+            Err(e) => {
+                err = Some(NodeError::CorruptLog(format!("operation {actor}#{counter}: {e}")));
+                ControlFlow::Break(())
+            }
+        }
+    })?;
+    match err {
+        Some(e) => Err(e),
+        None => Ok(replica),
+    }
+}
+
+impl Core {
+    /// Opens the database in `dir` for the device `device_id`, rebuilding the
+    /// replica from the durable operation log.
+    pub fn open(dir: &Path, device_id: &str) -> Result<Arc<Core>, NodeError> {
+        std::fs::create_dir_all(dir)?;
+        let store = Store::open(&dir.join("nomade.redb"))?;
+        let replica = load_replica(&store, device_id)?;
+        let last = store.last_seq()?;
+        let (changes, _) = broadcast::channel(4096);
+        Ok(Arc::new(Core {
+            dir: dir.to_path_buf(),
+            device_id: device_id.to_string(),
+            replica: Mutex::new(replica),
+            store,
+            metrics: Metrics::default(),
+            changes,
+            appended: watch::Sender::new(last),
+        }))
+    }
+
+    pub(crate) fn replica(&self) -> MutexGuard<'_, Replica> {
+        // Every mutation of the replica is one call that leaves it consistent,
+        // so a lock poisoned by a panic elsewhere still guards a valid replica.
+        self.replica.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This device's id (its actor id in operations).
+    pub fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The database.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// A receiver that changes value after every durable append.
+    pub fn appended(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
+    /// Changes applied from now on (local and from peers).
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// Stores `ops` durably or, if that fails, rebuilds the replica from the
+    /// store so that memory never runs ahead of the disk.
+    fn persist(&self, replica: &mut Replica, ops: &[SyncOperation]) -> Result<(), NodeError> {
+        match self.store.append_ops(ops) {
+            Ok(seq) => {
+                self.appended.send_replace(seq);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not store operations; reloading the replica from disk");
+                if let Ok(r) = load_replica(&self.store, &self.device_id) {
+                    *replica = r;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Applies a local edit and stores its operations durably before returning them.
+    pub fn edit(&self, entity_type: EntityType, entity_id: &str, edit: LocalEdit) -> Result<Vec<SyncOperation>, NodeError> {
+        let mut replica = self.replica();
+        let ops = replica.apply_local(entity_type, entity_id, edit, now_ms())?;
+        for op in &ops {
+            if let Err(e) = check_op_size(op) {
+                // Too big to ever send: undo it by reloading from the disk,
+                // which does not have it yet.
+                *replica = load_replica(&self.store, &self.device_id)?;
+                return Err(e.into());
+            }
+        }
+        self.persist(&mut replica, &ops)?;
+        drop(replica);
+        let _ = self.changes.send(Change {
+            entity_id: entity_id.to_string(),
+            entity_type,
+            actor_id: self.device_id.clone(),
+            remote: false,
+        });
+        Ok(ops)
+    }
+
+    /// Applies operations received from `peer` (through the causal buffer) and
+    /// stores every operation that became applied, durably, before returning
+    /// how many were applied. Only then may they be acknowledged.
+    pub fn apply_remote(&self, peer: &str, ops: Vec<SyncOperation>) -> Result<usize, NodeError> {
+        let mut replica = self.replica();
+        let mut applied = Vec::new();
+        let mut first_err = None;
+        for op in ops {
+            match replica.apply_remote(op) {
+                Ok(now) => applied.extend(now),
+                Err(e) => {
+                    self.metrics.record_error("SYNC_OPERATION");
+                    tracing::warn!(peer, error = %e, "refused an operation");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if !applied.is_empty() {
+            self.persist(&mut replica, &applied)?;
+        }
+        drop(replica);
+        let now = now_ms();
+        for op in &applied {
+            tracing::debug!(peer, entity = %op.entity_id, actor = %op.actor_id, counter = op.operation.counter, "applied");
+            self.metrics.record_latency_us(now.saturating_sub(op.timestamp).saturating_mul(1000));
+            let _ = self.changes.send(Change {
+                entity_id: op.entity_id.clone(),
+                entity_type: op.entity_type,
+                actor_id: op.actor_id.clone(),
+                remote: true,
+            });
+        }
+        Metrics::add(&self.metrics.ops_applied, applied.len() as u64);
+        match first_err {
+            Some(e) if applied.is_empty() => Err(e.into()),
+            _ => Ok(applied.len()),
+        }
+    }
+
+    /// Every operation a peer with version vector `peer` lacks, in causal order.
+    pub fn ops_missing(&self, peer: &VersionVector) -> Result<Vec<SyncOperation>, NodeError> {
+        let replica = self.replica();
+        let ops = replica.ops_missing(peer)?.cloned().collect();
+        Ok(ops)
+    }
+
+    /// The operations applied at log positions `cursor..` that a peer with
+    /// version vector `peer` lacks, and the position to continue from.
+    pub fn ops_after(&self, cursor: usize, peer: &VersionVector) -> Result<(Vec<SyncOperation>, usize), NodeError> {
+        let replica = self.replica();
+        let log = replica.log();
+        let start = cursor.min(log.len());
+        let ops = log[start..]
+            .iter()
+            .filter(|op| op.operation.counter > peer.get(&op.actor_id).copied().unwrap_or(0))
+            .cloned()
+            .collect();
+        Ok((ops, log.len()))
+    }
+
+    /// A document's fields (concurrent writes resolved deterministically).
+    pub fn document(&self, doc: &str) -> Option<BTreeMap<String, Value>> {
+        self.replica().document(doc)
+    }
+
+    /// Every concurrent value of a document field, the winner first.
+    pub fn field_values(&self, doc: &str, key: &str) -> Vec<Value> {
+        self.replica().field_values(doc, key)
+    }
+
+    /// A collaborative text field.
+    pub fn text(&self, doc: &str, field: &str) -> Option<String> {
+        self.replica().text(doc, field)
+    }
+
+    /// The names of a document's text fields.
+    pub fn text_fields(&self, doc: &str) -> Vec<String> {
+        self.replica().text_fields(doc)
+    }
+
+    /// A conversation's items.
+    pub fn conversation(&self, conv: &str) -> Option<Vec<Value>> {
+        self.replica().conversation(conv)
+    }
+
+    /// Every entity held.
+    pub fn entities(&self) -> Vec<(EntityType, String)> {
+        self.replica().entities().map(|(t, id)| (t, id.to_string())).collect()
+    }
+
+    /// The deterministic hash of the replica's state.
+    pub fn state_hash(&self) -> Hash32 {
+        self.replica().state_hash()
+    }
+
+    /// What this device has: the highest counter applied per device.
+    pub fn version_vector(&self) -> VersionVector {
+        self.replica().version_vector().clone()
+    }
+
+    /// Number of operations applied.
+    pub fn op_count(&self) -> usize {
+        self.replica().log().len()
+    }
+}

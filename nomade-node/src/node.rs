@@ -1,0 +1,1002 @@
+//! A running device: identity, database, artifact store, and the network
+//! sessions with paired peers.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nomade_artifact::{ArtifactId, ArtifactStore, DeviceKey, Progress, Receiver, ReceiverEvent, Sender};
+use nomade_crdt::LocalEdit;
+use nomade_transport::{
+    Connection, DeviceId, DeviceIdentity, FramedRecv, FramedSend, IncomingStream, PairedSet, PairingCode, RateLimits,
+    Transport, TransportEvent,
+};
+use nomade_wire::{
+    ConnectivityStatus, EntityType, Envelope, ErrorCode, Hash32, Heartbeat, Message, PresenceStatus, PresenceUpdate,
+    StreamRole, SyncOperation, Value,
+};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use crate::core::{now_ms, Change, Core};
+use crate::error::NodeError;
+use crate::handshake::{self, HandshakeError, LocalInfo};
+use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::store::PeerRecord;
+use crate::sync::{self, new_message_id, FrameSink, FrameSource, SyncSummary};
+
+/// Settings of a node. The defaults suit a phone or laptop.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// A human-readable name shown to peers.
+    pub device_name: String,
+    /// Application rate limits (the protocol's defaults: 100 sync messages/s
+    /// per stream, 10 MB/s of artifact bytes).
+    pub rate_limits: RateLimits,
+    /// How often heartbeats are sent.
+    pub heartbeat_period: Duration,
+    /// Heartbeats a peer may miss before it is reported offline.
+    pub missed_heartbeats: u32,
+    /// Most bytes the artifact store may use (`None`: no quota).
+    pub artifact_quota: Option<u64>,
+    /// First delay before redialing a lost peer; doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// Longest delay between redials.
+    pub max_backoff: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            device_name: "nomade device".into(),
+            rate_limits: RateLimits::default(),
+            heartbeat_period: Duration::from_secs(5),
+            missed_heartbeats: 3,
+            artifact_quota: None,
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What is known of a peer's presence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerPresence {
+    /// Whether a session is up and heartbeats arrive.
+    pub online: bool,
+    /// The status the peer last announced.
+    pub status: Option<PresenceStatus>,
+    /// Its status message.
+    pub message: Option<String>,
+    /// Its battery level, where known.
+    pub battery_level: Option<u8>,
+    /// How it is connected.
+    pub connectivity: Option<ConnectivityStatus>,
+    /// Milliseconds since its last heartbeat (at the time of asking).
+    pub last_heard_ms_ago: Option<u64>,
+}
+
+struct Session {
+    conn: Connection,
+    initial: watch::Receiver<Option<SyncSummary>>,
+    last_heard: Arc<Mutex<Option<Instant>>>,
+    presence: Arc<Mutex<(Option<PresenceUpdate>, Option<Heartbeat>)>>,
+}
+
+struct Inner {
+    core: Arc<Core>,
+    identity: DeviceIdentity,
+    device_id: DeviceId,
+    config: NodeConfig,
+    paired: PairedSet,
+    artifacts: ArtifactStore,
+    transport: Mutex<Option<Transport>>,
+    sessions: Mutex<HashMap<DeviceId, Session>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    status: Mutex<PresenceUpdate>,
+    /// Fires when a session starts or ends, or an initial sync completes.
+    session_events: watch::Sender<u64>,
+}
+
+/// A Nomade device. Cheap to clone; every clone is the same device.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), nomade_node::NodeError> {
+/// use nomade_node::{Node, NodeConfig};
+/// let laptop = Node::open("/tmp/laptop".as_ref(), NodeConfig::default())?;
+/// laptop.set("trip", "hotel", "Ritz")?;
+/// let addr = laptop.start("127.0.0.1:0".parse().unwrap()).await?;
+/// let code = laptop.pairing_code()?; // shown to the user
+/// # let _ = (addr, code);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("device_id", &self.inner.device_id).finish_non_exhaustive()
+    }
+}
+
+struct Sink(FramedSend);
+struct Source(FramedRecv);
+
+impl FrameSink for Sink {
+    async fn send(&mut self, env: &Envelope) -> Result<(), NodeError> {
+        Ok(self.0.send(env).await?)
+    }
+}
+
+impl FrameSource for Source {
+    async fn recv(&mut self) -> Result<Option<Envelope>, NodeError> {
+        Ok(self.0.recv().await?)
+    }
+}
+
+fn peer_err(peer: &DeviceId, reason: impl Into<String>) -> NodeError {
+    NodeError::Peer { peer: peer.to_string(), reason: reason.into() }
+}
+
+impl Node {
+    /// Opens (creating on first use) the device in `dir`: its identity, its
+    /// database (replaying the operation log) and its artifact store.
+    pub fn open(dir: &Path, config: NodeConfig) -> Result<Node, NodeError> {
+        std::fs::create_dir_all(dir)?;
+        let identity = DeviceIdentity::load_or_create(&dir.join("identity"))?;
+        let device_id = identity.device_id();
+        let core = Core::open(dir, &device_id.to_string())?;
+        let key = DeviceKey::load_or_create(&dir.join("identity"))?;
+        let artifacts = ArtifactStore::open(&dir.join("artifacts"), key, config.artifact_quota)?;
+        let paired = PairedSet::new();
+        for p in core.store().peers()? {
+            match p.device_id.parse::<DeviceId>() {
+                Ok(id) => {
+                    paired.insert(id);
+                }
+                Err(e) => tracing::warn!(peer = %p.device_id, error = %e, "ignoring a stored peer with a bad id"),
+            }
+        }
+        if let Some(name) = core.store().meta("device_name")? {
+            let _ = name; // the configured name wins; stored for `nomade status` of a stopped node
+        }
+        core.store().set_meta("device_name", config.device_name.as_bytes())?;
+        tracing::info!(device = %device_id, dir = %dir.display(), ops = core.op_count(), "node opened");
+        Ok(Node {
+            inner: Arc::new(Inner {
+                core,
+                identity,
+                device_id,
+                config,
+                paired,
+                artifacts,
+                transport: Mutex::new(None),
+                sessions: Mutex::new(HashMap::new()),
+                tasks: Mutex::new(Vec::new()),
+                status: Mutex::new(PresenceUpdate { status: PresenceStatus::Online, message: None }),
+                session_events: watch::Sender::new(0),
+            }),
+        })
+    }
+
+    /// This device's id, in the form people compare (`abcd-efgh-...`).
+    pub fn device_id(&self) -> DeviceId {
+        self.inner.device_id
+    }
+
+    /// This device's name.
+    pub fn device_name(&self) -> &str {
+        &self.inner.config.device_name
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        self.inner.core.dir()
+    }
+
+    /// The local state (edits, reads, operation log).
+    pub fn core(&self) -> &Arc<Core> {
+        &self.inner.core
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        self.inner.core.metrics()
+    }
+
+    /// Changes applied from now on, local and from peers.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.inner.core.subscribe()
+    }
+
+    // ----- editing and reading -------------------------------------------
+
+    /// Applies a local edit; it is durable when this returns, and is sent to
+    /// connected peers at once.
+    pub fn edit(&self, entity_type: EntityType, entity_id: &str, edit: LocalEdit) -> Result<Vec<SyncOperation>, NodeError> {
+        self.inner.core.edit(entity_type, entity_id, edit)
+    }
+
+    /// Sets a document field.
+    pub fn set(&self, doc: &str, key: &str, value: impl Into<Value>) -> Result<(), NodeError> {
+        self.edit(EntityType::Document, doc, LocalEdit::Set { key: key.into(), value: value.into() }).map(drop)
+    }
+
+    /// Removes a document field.
+    pub fn delete(&self, doc: &str, key: &str) -> Result<(), NodeError> {
+        self.edit(EntityType::Document, doc, LocalEdit::Delete { key: key.into() }).map(drop)
+    }
+
+    /// Edits a collaborative text field: at `position` (in characters) removes
+    /// `delete` characters and inserts `insert`.
+    pub fn splice_text(&self, doc: &str, field: &str, position: usize, delete: usize, insert: &str) -> Result<(), NodeError> {
+        let edit = LocalEdit::Splice { field: field.into(), position, delete, insert: insert.into() };
+        self.edit(EntityType::Document, doc, edit).map(drop)
+    }
+
+    /// Inserts an item into a conversation at `index`.
+    pub fn conv_insert(&self, conv: &str, index: usize, value: impl Into<Value>) -> Result<(), NodeError> {
+        self.edit(EntityType::Conversation, conv, LocalEdit::Insert { index, value: value.into() }).map(drop)
+    }
+
+    /// Appends an item to a conversation.
+    pub fn conv_append(&self, conv: &str, value: impl Into<Value>) -> Result<(), NodeError> {
+        let len = self.conversation(conv).map(|c| c.len()).unwrap_or(0);
+        self.conv_insert(conv, len, value)
+    }
+
+    /// Removes the conversation item at `index`.
+    pub fn conv_remove(&self, conv: &str, index: usize) -> Result<(), NodeError> {
+        self.edit(EntityType::Conversation, conv, LocalEdit::Remove { index }).map(drop)
+    }
+
+    /// A document's fields, concurrent writes resolved the same way on every device.
+    pub fn document(&self, doc: &str) -> Option<std::collections::BTreeMap<String, Value>> {
+        self.inner.core.document(doc)
+    }
+
+    /// A collaborative text field.
+    pub fn text(&self, doc: &str, field: &str) -> Option<String> {
+        self.inner.core.text(doc, field)
+    }
+
+    /// A conversation's items.
+    pub fn conversation(&self, conv: &str) -> Option<Vec<Value>> {
+        self.inner.core.conversation(conv)
+    }
+
+    /// The deterministic hash of this device's state.
+    pub fn state_hash(&self) -> Hash32 {
+        self.inner.core.state_hash()
+    }
+
+    // ----- artifacts ------------------------------------------------------
+
+    /// The artifact store.
+    pub fn artifacts(&self) -> &ArtifactStore {
+        &self.inner.artifacts
+    }
+
+    /// Stores a file as an artifact (sealed at rest for this device) and
+    /// returns its id. Reference it in a document with
+    /// [`ArtifactId::to_reference`]; peers fetch it after syncing.
+    pub fn put_artifact(&self, path: &Path, mime: Option<&str>) -> Result<ArtifactId, NodeError> {
+        let me = self.inner.artifacts.public_key();
+        Ok(self.inner.artifacts.put_file(path, mime, &[me])?)
+    }
+
+    /// Writes an artifact's plaintext to `out`, verified against its id.
+    pub fn export_artifact(&self, id: &ArtifactId, out: &Path) -> Result<(), NodeError> {
+        Ok(self.inner.artifacts.export(id, out)?)
+    }
+
+    // ----- peers ----------------------------------------------------------
+
+    /// Pins a device id (compared out of band) and remembers its addresses.
+    pub fn add_peer(&self, id: DeviceId, name: &str, addresses: &[SocketAddr]) -> Result<(), NodeError> {
+        self.inner.core.store().put_peer(&PeerRecord {
+            device_id: id.to_string(),
+            name: (!name.is_empty()).then(|| name.to_string()),
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+        })?;
+        self.inner.paired.insert(id);
+        if let Some(t) = self.transport() {
+            t.pair(id);
+        }
+        Ok(())
+    }
+
+    /// Unpairs a device: forgets it and closes its connections.
+    pub fn remove_peer(&self, id: &DeviceId) -> Result<bool, NodeError> {
+        let known = self.inner.core.store().remove_peer(&id.to_string())?;
+        self.inner.paired.remove(id);
+        if let Some(t) = self.transport() {
+            t.unpair(id);
+        }
+        Ok(known)
+    }
+
+    /// The paired devices.
+    pub fn peers(&self) -> Result<Vec<PeerRecord>, NodeError> {
+        Ok(self.inner.core.store().peers()?)
+    }
+
+    /// What is known of a peer's presence.
+    pub fn presence(&self, peer: &DeviceId) -> PeerPresence {
+        let sessions = self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(s) = sessions.get(peer) else {
+            return PeerPresence {
+                online: false,
+                status: None,
+                message: None,
+                battery_level: None,
+                connectivity: None,
+                last_heard_ms_ago: None,
+            };
+        };
+        let heard = *s.last_heard.lock().unwrap_or_else(|e| e.into_inner());
+        let (update, beat) = s.presence.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let limit = self.inner.config.heartbeat_period * (self.inner.config.missed_heartbeats + 1);
+        let online = s.conn.close_reason().is_none() && heard.map(|t| t.elapsed() <= limit).unwrap_or(true);
+        PeerPresence {
+            online,
+            status: update.as_ref().map(|u| u.status),
+            message: update.and_then(|u| u.message),
+            battery_level: beat.as_ref().and_then(|b| b.battery_level),
+            connectivity: beat.map(|b| b.connectivity),
+            last_heard_ms_ago: heard.map(|t| t.elapsed().as_millis() as u64),
+        }
+    }
+
+    /// Announces a new presence to connected peers.
+    pub fn set_presence(&self, status: PresenceStatus, message: Option<String>) {
+        *self.inner.status.lock().unwrap_or_else(|e| e.into_inner()) = PresenceUpdate { status, message };
+        self.inner.session_events.send_modify(|n| *n += 1);
+    }
+
+    // ----- networking -----------------------------------------------------
+
+    fn transport(&self) -> Option<Transport> {
+        self.inner.transport.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(fut);
+        let mut tasks = self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(handle);
+    }
+
+    /// Goes online: binds a QUIC endpoint on `listen` and accepts paired devices.
+    /// Returns the bound address.
+    pub async fn start(&self, listen: SocketAddr) -> Result<SocketAddr, NodeError> {
+        let config = nomade_transport::Config { rate_limits: self.inner.config.rate_limits, ..Default::default() };
+        let transport = Transport::bind(self.inner.identity.clone(), self.inner.paired.clone(), listen, config)?;
+        let addr = transport.local_addr()?;
+        *self.inner.transport.lock().unwrap_or_else(|e| e.into_inner()) = Some(transport.clone());
+        let node = self.clone();
+        let t = transport.clone();
+        self.spawn(async move {
+            loop {
+                match t.accept().await {
+                    Ok(conn) => {
+                        let n = node.clone();
+                        tokio::spawn(async move { n.run_session(conn, false).await });
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "accept ended");
+                        break;
+                    }
+                }
+            }
+        });
+        let node = self.clone();
+        let mut events = transport.events();
+        self.spawn(async move {
+            while let Ok(e) = events.recv().await {
+                if let TransportEvent::Paired { peer } = e {
+                    if let Err(e) = node.add_peer(peer, "", &[]) {
+                        tracing::error!(%peer, error = %e, "could not store the new peer");
+                    }
+                }
+            }
+        });
+        tracing::info!(device = %self.inner.device_id, %addr, "node online");
+        Ok(addr)
+    }
+
+    /// Opens a pairing window and returns the short code to show the user.
+    pub fn pairing_code(&self) -> Result<PairingCode, NodeError> {
+        let t = self.transport().ok_or_else(|| NodeError::NotFound("a started node".into()))?;
+        Ok(t.start_pairing())
+    }
+
+    /// Pairs with the device at `addr` that shows `code`, then syncs with it.
+    pub async fn pair_with(&self, addr: SocketAddr, code: &PairingCode) -> Result<DeviceId, NodeError> {
+        let t = self.transport().ok_or_else(|| NodeError::NotFound("a started node".into()))?;
+        let conn = t.pair_with(addr, code).await?;
+        let peer = conn.peer();
+        self.add_peer(peer, "", &[addr])?;
+        self.start_session(conn).await?;
+        Ok(peer)
+    }
+
+    /// Connects to the paired device `peer` at `addr` and syncs with it.
+    pub async fn connect(&self, addr: SocketAddr, peer: DeviceId) -> Result<(), NodeError> {
+        let t = self.transport().ok_or_else(|| NodeError::NotFound("a started node".into()))?;
+        let conn = t.connect(addr, Some(peer)).await?;
+        self.remember_address(peer, addr)?;
+        self.start_session(conn).await
+    }
+
+    fn remember_address(&self, peer: DeviceId, addr: SocketAddr) -> Result<(), NodeError> {
+        let store = self.inner.core.store();
+        let mut rec = store
+            .peers()?
+            .into_iter()
+            .find(|p| p.device_id == peer.to_string())
+            .unwrap_or(PeerRecord { device_id: peer.to_string(), name: None, addresses: vec![] });
+        let a = addr.to_string();
+        rec.addresses.retain(|x| x != &a);
+        rec.addresses.insert(0, a);
+        store.put_peer(&rec)?;
+        Ok(())
+    }
+
+    /// Keeps a session with every stored peer: dials their addresses in order,
+    /// and redials with exponential backoff and jitter whenever it drops.
+    pub fn connect_known_peers(&self) -> Result<(), NodeError> {
+        for rec in self.peers()? {
+            let Ok(peer) = rec.device_id.parse::<DeviceId>() else { continue };
+            let addrs: Vec<SocketAddr> = rec.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+            if addrs.is_empty() {
+                continue;
+            }
+            let node = self.clone();
+            self.spawn(async move { node.keep_connected(peer, addrs).await });
+        }
+        Ok(())
+    }
+
+    async fn keep_connected(&self, peer: DeviceId, addrs: Vec<SocketAddr>) {
+        let mut delay = self.inner.config.min_backoff;
+        loop {
+            if !self.inner.paired.contains(&peer) {
+                return;
+            }
+            if !self.is_connected(&peer) {
+                let mut ok = false;
+                for addr in &addrs {
+                    match self.connect(*addr, peer).await {
+                        Ok(()) => {
+                            ok = true;
+                            break;
+                        }
+                        Err(e) => tracing::info!(%peer, %addr, error = %e, "dial failed"),
+                    }
+                }
+                if ok {
+                    delay = self.inner.config.min_backoff;
+                } else {
+                    let jitter = rand::random::<f64>() * 0.5 + 0.75;
+                    tokio::time::sleep(delay.mul_f64(jitter)).await;
+                    delay = (delay * 2).min(self.inner.config.max_backoff);
+                    continue;
+                }
+            }
+            self.wait_disconnected(&peer).await;
+        }
+    }
+
+    /// Whether a session with `peer` is up.
+    pub fn is_connected(&self, peer: &DeviceId) -> bool {
+        let sessions = self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.get(peer).is_some_and(|s| s.conn.close_reason().is_none())
+    }
+
+    async fn wait_disconnected(&self, peer: &DeviceId) {
+        let conn = {
+            let sessions = self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            sessions.get(peer).map(|s| s.conn.clone())
+        };
+        if let Some(c) = conn {
+            let _ = c.closed().await;
+        }
+    }
+
+    /// Waits until the first exchange with `peer` finished in the direction
+    /// peer -> this device (all its operations at the time are applied here).
+    pub async fn wait_initial_sync(&self, peer: &DeviceId, timeout: Duration) -> Result<SyncSummary, NodeError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut events = self.inner.session_events.subscribe();
+        loop {
+            let rx = {
+                let sessions = self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner());
+                sessions.get(peer).map(|s| s.initial.clone())
+            };
+            if let Some(mut rx) = rx {
+                if let Some(s) = rx.borrow_and_update().clone() {
+                    return Ok(s);
+                }
+                tokio::select! {
+                    _ = rx.changed() => continue,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            tokio::select! {
+                _ = events.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        Err(peer_err(peer, "no initial sync before the timeout"))
+    }
+
+    async fn start_session(&self, conn: Connection) -> Result<(), NodeError> {
+        let peer = conn.peer();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let node = self.clone();
+        tokio::spawn(async move { node.run_session_notify(conn, true, Some(ready_tx)).await });
+        match ready_rx.await {
+            Ok(r) => r,
+            Err(_) => Err(peer_err(&peer, "session ended during the handshake")),
+        }
+    }
+
+    async fn run_session(&self, conn: Connection, dialer: bool) {
+        self.run_session_notify(conn, dialer, None).await
+    }
+
+    async fn run_session_notify(
+        &self,
+        conn: Connection,
+        dialer: bool,
+        ready: Option<tokio::sync::oneshot::Sender<Result<(), NodeError>>>,
+    ) {
+        let peer = conn.peer();
+        let result = self.session(conn.clone(), dialer, ready).await;
+        match &result {
+            Ok(()) => tracing::info!(%peer, "session ended"),
+            Err(e) => tracing::warn!(%peer, error = %e, "session ended with an error"),
+        }
+        conn.close(0, "session over");
+        let mut sessions = self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if sessions.get(&peer).is_some_and(|s| s.conn.quinn().stable_id() == conn.quinn().stable_id()) {
+            sessions.remove(&peer);
+        }
+        drop(sessions);
+        self.inner.session_events.send_modify(|n| *n += 1);
+    }
+
+    async fn handshake(&self, conn: &Connection, dialer: bool) -> Result<String, NodeError> {
+        let peer = conn.peer();
+        let local = LocalInfo {
+            device_id: self.inner.device_id.to_string(),
+            device_name: self.inner.config.device_name.clone(),
+            state_hash: self.state_hash(),
+        };
+        let to_node_err = |e: HandshakeError| match e {
+            HandshakeError::VersionMismatch { theirs, ours } => NodeError::VersionMismatch { peer: peer.to_string(), theirs, ours },
+            other => peer_err(&peer, other.to_string()),
+        };
+        if dialer {
+            let (mut tx, mut rx) = conn.open_bi(StreamRole::Control).await?;
+            tx.send(&Envelope::new(new_message_id(), now_ms(), handshake::hello(&local))).await?;
+            let answer = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .map_err(|_| peer_err(&peer, "no HELLO_ACK"))??;
+            match answer.map(|e| e.message) {
+                Some(Message::HelloAck(ack)) => {
+                    let info = handshake::check_hello_ack(&ack, &peer.to_string()).map_err(to_node_err)?;
+                    Ok(info.device_name)
+                }
+                Some(Message::Error(e)) => {
+                    let err = HandshakeError::Refused(e.clone());
+                    if e.error_code == ErrorCode::PROTOCOL_VERSION_MISMATCH {
+                        return Err(NodeError::VersionMismatch { peer: peer.to_string(), theirs: 0, ours: nomade_wire::PROTOCOL_VERSION });
+                    }
+                    Err(to_node_err(err))
+                }
+                other => Err(peer_err(&peer, format!("expected HELLO_ACK, got {:?}", other.map(|m| m.message_type().name())))),
+            }
+        } else {
+            let first = tokio::time::timeout(Duration::from_secs(10), conn.accept_stream())
+                .await
+                .map_err(|_| peer_err(&peer, "no control stream"))??;
+            let IncomingStream { role: StreamRole::Control, send: Some(mut tx), mut recv } = first else {
+                return Err(peer_err(&peer, "the first stream was not the control stream"));
+            };
+            let hello = tokio::time::timeout(Duration::from_secs(10), recv.recv())
+                .await
+                .map_err(|_| peer_err(&peer, "no HELLO"))??;
+            let Some(Envelope { message: Message::Hello(hello), message_id, .. }) = hello else {
+                return Err(peer_err(&peer, "expected HELLO"));
+            };
+            match handshake::answer_hello(&local, &hello, &peer.to_string()) {
+                Ok((ack, info)) => {
+                    tx.send(&Envelope::new(new_message_id(), now_ms(), ack)).await?;
+                    Ok(info.device_name)
+                }
+                Err(e) => {
+                    let mut msg = e.to_error_message();
+                    msg.related_message_id = Some(message_id);
+                    let _ = tx.send(&Envelope::new(new_message_id(), now_ms(), msg)).await;
+                    let _ = tx.finish().await;
+                    // Give the ERROR a moment to reach the peer before closing.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Err(to_node_err(e))
+                }
+            }
+        }
+    }
+
+    async fn session(
+        &self,
+        conn: Connection,
+        dialer: bool,
+        ready: Option<tokio::sync::oneshot::Sender<Result<(), NodeError>>>,
+    ) -> Result<(), NodeError> {
+        let peer = conn.peer();
+        let name = match self.handshake(&conn, dialer).await {
+            Ok(n) => n,
+            Err(e) => {
+                if let Some(r) = ready {
+                    let _ = r.send(Err(peer_err(&peer, e.to_string())));
+                }
+                return Err(e);
+            }
+        };
+        tracing::info!(%peer, name, dialer, "session established");
+        let (initial_tx, initial_rx) = watch::channel(None);
+        let last_heard = Arc::new(Mutex::new(Some(Instant::now())));
+        let presence = Arc::new(Mutex::new((None, None)));
+        {
+            let mut sessions = self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(old) = sessions.insert(
+                peer,
+                Session { conn: conn.clone(), initial: initial_rx, last_heard: last_heard.clone(), presence: presence.clone() },
+            ) {
+                if old.conn.quinn().stable_id() != conn.quinn().stable_id() {
+                    old.conn.close(0, "replaced by a newer connection");
+                }
+            }
+        }
+        if !name.is_empty() {
+            let store = self.inner.core.store();
+            if let Ok(Some(mut rec)) = store.peers().map(|v| v.into_iter().find(|p| p.device_id == peer.to_string())) {
+                if rec.name.as_deref() != Some(name.as_str()) {
+                    rec.name = Some(name.clone());
+                    let _ = store.put_peer(&rec);
+                }
+            }
+        }
+        self.inner.session_events.send_modify(|n| *n += 1);
+        if let Some(r) = ready {
+            let _ = r.send(Ok(()));
+        }
+
+        // Pull: our own sync stream asks for what we lack.
+        let (tx, rx) = conn.open_bi(StreamRole::Sync).await?;
+        let core = self.inner.core.clone();
+        let p = peer.to_string();
+        let node = self.clone();
+        let mut summary_rx = initial_tx.subscribe();
+        let puller = tokio::spawn(async move {
+            let (mut tx, mut rx) = (Sink(tx), Source(rx));
+            if let Err(e) = sync::pull(core, p.clone(), &mut tx, &mut rx, initial_tx).await {
+                tracing::warn!(peer = %p, error = %e, "pull ended");
+            }
+        });
+        // Once the initial sync is in, fetch the artifacts it references.
+        let c2 = conn.clone();
+        let fetcher = tokio::spawn(async move {
+            while summary_rx.changed().await.is_ok() {
+                if summary_rx.borrow().is_some() {
+                    node.inner.session_events.send_modify(|n| *n += 1);
+                    node.fetch_missing_artifacts(&c2).await;
+                    break;
+                }
+            }
+        });
+        // Heartbeats and presence out.
+        let hb = self.clone();
+        let c3 = conn.clone();
+        let heart = tokio::spawn(async move {
+            if let Err(e) = hb.send_heartbeats(&c3).await {
+                tracing::debug!(peer = %c3.peer(), error = %e, "heartbeats stopped");
+            }
+        });
+        // Streams the peer opens.
+        let result = loop {
+            let incoming = tokio::select! {
+                s = conn.accept_stream() => s,
+                _ = self.watch_liveness(&last_heard) => {
+                    break Err(peer_err(&peer, "missed heartbeats: peer offline"));
+                }
+            };
+            let stream = match incoming {
+                Ok(s) => s,
+                Err(e) => break Err(e.into()),
+            };
+            let node = self.clone();
+            let lh = last_heard.clone();
+            let pr = presence.clone();
+            tokio::spawn(async move { node.serve_stream(peer, stream, lh, pr).await });
+        };
+        puller.abort();
+        fetcher.abort();
+        heart.abort();
+        result
+    }
+
+    async fn watch_liveness(&self, last_heard: &Arc<Mutex<Option<Instant>>>) {
+        let period = self.inner.config.heartbeat_period;
+        let limit = period * (self.inner.config.missed_heartbeats + 1);
+        loop {
+            tokio::time::sleep(period).await;
+            let heard = *last_heard.lock().unwrap_or_else(|e| e.into_inner());
+            if heard.is_some_and(|t| t.elapsed() > limit) {
+                return;
+            }
+        }
+    }
+
+    async fn send_heartbeats(&self, conn: &Connection) -> Result<(), NodeError> {
+        let (mut tx, _) = conn.open(StreamRole::Presence).await?;
+        let mut events = self.inner.session_events.subscribe();
+        let mut last_status = None;
+        loop {
+            let status = self.inner.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if last_status.as_ref() != Some(&status) {
+                tx.send(&Envelope::new(new_message_id(), now_ms(), status.clone())).await?;
+                last_status = Some(status);
+            }
+            let beat = Heartbeat { timestamp: now_ms(), battery_level: None, connectivity: ConnectivityStatus::Unknown };
+            tx.send(&Envelope::new(new_message_id(), now_ms(), beat)).await?;
+            tokio::select! {
+                _ = tokio::time::sleep(self.inner.config.heartbeat_period) => {}
+                _ = events.changed() => {}
+            }
+        }
+    }
+
+    async fn serve_stream(
+        &self,
+        peer: DeviceId,
+        stream: IncomingStream,
+        last_heard: Arc<Mutex<Option<Instant>>>,
+        presence: Arc<Mutex<(Option<PresenceUpdate>, Option<Heartbeat>)>>,
+    ) {
+        let IncomingStream { role, send, mut recv } = stream;
+        let result: Result<(), NodeError> = match (role, send) {
+            (StreamRole::Sync, Some(tx)) => {
+                let (mut tx, mut rx) = (Sink(tx), Source(recv));
+                sync::push(self.inner.core.clone(), peer.to_string(), &mut tx, &mut rx).await
+            }
+            (StreamRole::Artifact, Some(tx)) => self.serve_artifact(peer, tx, recv).await,
+            (StreamRole::Presence, _) => loop {
+                match recv.recv().await {
+                    Ok(Some(env)) => {
+                        *last_heard.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                        let mut p = presence.lock().unwrap_or_else(|e| e.into_inner());
+                        match env.message {
+                            Message::Heartbeat(b) => p.1 = Some(b),
+                            Message::PresenceUpdate(u) => {
+                                tracing::info!(%peer, status = ?u.status, "presence");
+                                p.0 = Some(u)
+                            }
+                            other => tracing::debug!(%peer, kind = other.message_type().name(), "ignored on the presence stream"),
+                        }
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e.into()),
+                }
+            },
+            (role, _) => Err(peer_err(&peer, format!("unexpected {role:?} stream"))),
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, ?role, error = %e, "stream ended");
+        }
+    }
+
+    async fn serve_artifact(&self, peer: DeviceId, mut tx: FramedSend, mut rx: FramedRecv) -> Result<(), NodeError> {
+        // Every paired (TLS-authenticated) device may fetch: the artifact is
+        // re-sealed for the receiving device when it stores it.
+        let mut sender = Sender::new(self.inner.artifacts.clone(), self.inner.paired.contains(&peer));
+        loop {
+            while let Some(m) = sender.next_message()? {
+                tx.send(&Envelope::new(new_message_id(), now_ms(), m)).await?;
+            }
+            if sender.is_finished() {
+                let _ = tx.finish().await;
+                return Ok(());
+            }
+            match rx.recv().await? {
+                Some(env) => {
+                    if let Err(e) = sender.handle_message(env.message) {
+                        while let Some(m) = sender.next_message()? {
+                            tx.send(&Envelope::new(new_message_id(), now_ms(), m)).await?;
+                        }
+                        return Err(e.into());
+                    }
+                }
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Artifact ids referenced by the values of every document and conversation.
+    pub fn referenced_artifacts(&self) -> Vec<ArtifactId> {
+        fn walk(v: &Value, out: &mut Vec<ArtifactId>) {
+            match v {
+                Value::String(s) => {
+                    if let Some(id) = ArtifactId::from_reference(s) {
+                        out.push(id);
+                    }
+                }
+                Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+                Value::Map(m) => m.values().for_each(|x| walk(x, out)),
+                _ => {}
+            }
+        }
+        let core = &self.inner.core;
+        let mut out = Vec::new();
+        for (t, id) in core.entities() {
+            match t {
+                EntityType::Conversation => {
+                    for v in core.conversation(&id).unwrap_or_default() {
+                        walk(&v, &mut out);
+                    }
+                }
+                _ => {
+                    for v in core.document(&id).unwrap_or_default().values() {
+                        walk(v, &mut out);
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|a| a.to_hex());
+        out.dedup();
+        out
+    }
+
+    async fn fetch_missing_artifacts(&self, conn: &Connection) {
+        for id in self.referenced_artifacts() {
+            if self.inner.artifacts.has(&id) {
+                continue;
+            }
+            match self.fetch_on(conn, id, |_| {}).await {
+                Ok(()) => tracing::info!(peer = %conn.peer(), artifact = %id, "artifact fetched"),
+                Err(e) => tracing::warn!(peer = %conn.peer(), artifact = %id, error = %e, "artifact fetch failed"),
+            }
+        }
+    }
+
+    /// Fetches an artifact from a connected peer, resuming a partial transfer,
+    /// reporting progress after each chunk.
+    pub async fn fetch_artifact(&self, peer: &DeviceId, id: ArtifactId, progress: impl FnMut(&Progress)) -> Result<(), NodeError> {
+        let conn = {
+            let sessions = self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            sessions.get(peer).map(|s| s.conn.clone())
+        };
+        let conn = conn.ok_or_else(|| peer_err(peer, "not connected"))?;
+        self.fetch_on(&conn, id, progress).await
+    }
+
+    async fn fetch_on(&self, conn: &Connection, id: ArtifactId, mut progress: impl FnMut(&Progress)) -> Result<(), NodeError> {
+        if self.inner.artifacts.has(&id) {
+            return Ok(());
+        }
+        let (mut tx, mut rx) = conn.open_bi(StreamRole::Artifact).await?;
+        let mut receiver = Receiver::new(self.inner.artifacts.clone(), id, 128)?;
+        loop {
+            while let Some(m) = receiver.next_message()? {
+                tx.send(&Envelope::new(new_message_id(), now_ms(), m)).await?;
+            }
+            if receiver.is_finished() {
+                let _ = tx.finish().await;
+                return if receiver.is_complete() { Ok(()) } else { Err(peer_err(&conn.peer(), "artifact transfer failed")) };
+            }
+            let Some(env) = rx.recv().await? else {
+                return Err(peer_err(&conn.peer(), "artifact stream ended early"));
+            };
+            let event = receiver.handle_message(env.message);
+            // Send whatever the receiver queued (an ERROR on failure) before reporting.
+            while let Some(m) = receiver.next_message()? {
+                tx.send(&Envelope::new(new_message_id(), now_ms(), m)).await?;
+            }
+            match event? {
+                ReceiverEvent::Started(p) | ReceiverEvent::Progress(p) => {
+                    Metrics::add(&self.metrics().artifact_bytes_received, 0);
+                    progress(&p)
+                }
+                ReceiverEvent::Complete { progress: p, .. } => progress(&p),
+                _ => {}
+            }
+        }
+    }
+
+    // ----- status and shutdown ---------------------------------------------
+
+    /// A summary of the device for `nomade status`.
+    pub fn status(&self) -> NodeStatus {
+        let peers = self
+            .peers()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| {
+                let presence = p.device_id.parse::<DeviceId>().map(|id| self.presence(&id)).ok();
+                PeerStatus { device_id: p.device_id, name: p.name, addresses: p.addresses, online: presence.as_ref().is_some_and(|x| x.online), presence }
+            })
+            .collect();
+        NodeStatus {
+            device_id: self.inner.device_id.to_string(),
+            device_name: self.inner.config.device_name.clone(),
+            dir: self.dir().to_path_buf(),
+            state_hash: self.state_hash().to_hex(),
+            operations: self.inner.core.op_count(),
+            entities: self.inner.core.entities().len(),
+            artifacts: self.inner.artifacts.list().map(|l| l.len()).unwrap_or(0),
+            peers,
+            metrics: self.metrics().snapshot(),
+        }
+    }
+
+    /// Closes every connection and stops the node's tasks. The data directory
+    /// stays consistent (every acknowledged operation was committed).
+    pub async fn shutdown(&self) {
+        let transport = self.inner.transport.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let tasks: Vec<_> = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            t.abort();
+        }
+        let sessions: Vec<_> = self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+        for (_, s) in sessions {
+            s.conn.close(0, "shutting down");
+        }
+        if let Some(t) = transport {
+            t.close().await;
+        }
+    }
+}
+
+/// One peer in [`NodeStatus`].
+#[derive(Debug, Clone)]
+pub struct PeerStatus {
+    /// Its device id.
+    pub device_id: String,
+    /// Its name, as it announced it.
+    pub name: Option<String>,
+    /// Addresses it was reached at.
+    pub addresses: Vec<String>,
+    /// Whether a session is up.
+    pub online: bool,
+    /// Its presence, when known.
+    pub presence: Option<PeerPresence>,
+}
+
+/// A summary of a device.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    /// This device's id.
+    pub device_id: String,
+    /// Its name.
+    pub device_name: String,
+    /// Its data directory.
+    pub dir: PathBuf,
+    /// Its state hash (hex).
+    pub state_hash: String,
+    /// Operations applied.
+    pub operations: usize,
+    /// Entities held.
+    pub entities: usize,
+    /// Artifacts held.
+    pub artifacts: usize,
+    /// Paired devices.
+    pub peers: Vec<PeerStatus>,
+    /// Metrics.
+    pub metrics: MetricsSnapshot,
+}

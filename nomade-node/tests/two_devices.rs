@@ -1,0 +1,72 @@
+//! Two devices over real QUIC on loopback, with real data directories.
+
+use std::time::Duration;
+
+use nomade_node::{Node, NodeConfig};
+use nomade_transport::RateLimits;
+use nomade_wire::Value;
+
+fn config(name: &str) -> NodeConfig {
+    NodeConfig {
+        device_name: name.into(),
+        rate_limits: RateLimits::OFF,
+        heartbeat_period: Duration::from_millis(500),
+        ..NodeConfig::default()
+    }
+}
+
+async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    for _ in 0..200 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pair_by_code_sync_both_ways_and_move_an_artifact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let laptop = Node::open(&dir.path().join("laptop"), config("laptop")).expect("open laptop");
+    let phone = Node::open(&dir.path().join("phone"), config("phone")).expect("open phone");
+    // Offline, concurrent, conflicting edits.
+    laptop.set("trip", "hotel", "Ritz").expect("edit");
+    laptop.splice_text("trip", "notes", 0, 0, "pack light").expect("edit");
+    phone.set("trip", "hotel", "Savoy").expect("edit");
+    phone.conv_append("chat", "hello from the phone").expect("edit");
+    let file = dir.path().join("photo.bin");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&file, &data).expect("write");
+    let id = laptop.put_artifact(&file, Some("image/jpeg")).expect("put");
+    laptop.set("trip", "photo", id.to_reference()).expect("edit");
+
+    let laddr = laptop.start("127.0.0.1:0".parse().expect("addr")).await.expect("start");
+    phone.start("127.0.0.1:0".parse().expect("addr")).await.expect("start");
+    let code = laptop.pairing_code().expect("code");
+    let peer = phone.pair_with(laddr, &code).await.expect("pair");
+    assert_eq!(peer, laptop.device_id());
+
+    phone.wait_initial_sync(&laptop.device_id(), Duration::from_secs(10)).await.expect("phone synced");
+    laptop.wait_initial_sync(&phone.device_id(), Duration::from_secs(10)).await.expect("laptop synced");
+    wait_for(|| laptop.state_hash() == phone.state_hash(), "convergence").await;
+    assert_eq!(laptop.document("trip"), phone.document("trip"));
+    assert_eq!(phone.text("trip", "notes").as_deref(), Some("pack light"));
+    assert_eq!(laptop.conversation("chat"), Some(vec![Value::from("hello from the phone")]));
+    // Both devices were paired and remember each other.
+    assert_eq!(laptop.peers().expect("peers").len(), 1);
+    assert_eq!(phone.peers().expect("peers").len(), 1);
+
+    // The artifact follows the sync.
+    wait_for(|| phone.artifacts().has(&id), "artifact").await;
+    let out = dir.path().join("out.bin");
+    phone.export_artifact(&id, &out).expect("export");
+    assert_eq!(std::fs::read(&out).expect("read"), data);
+
+    // A live edit reaches the other side.
+    phone.splice_text("trip", "notes", 0, 0, "Please ").expect("edit");
+    wait_for(|| laptop.text("trip", "notes").as_deref() == Some("Please pack light"), "live edit").await;
+    assert_eq!(laptop.state_hash(), phone.state_hash());
+    laptop.shutdown().await;
+    phone.shutdown().await;
+}

@@ -1,0 +1,810 @@
+//! The QUIC endpoint: [`Transport`] and authenticated [`Connection`]s.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nomade_wire::{Limits, StreamHeader, StreamRole};
+use quinn_proto::TransportErrorCode;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::error::{close_code, Result, TransportError};
+use crate::identity::{DeviceId, DeviceIdentity};
+use crate::pairing::{
+    key_hash, proof, proofs_equal, PairingCode, PairingSlot, PairingWindow, ProofRole, PAIRING_TTL,
+    PROOF_LEN,
+};
+use crate::ratelimit::{RateLimiter, RateLimits};
+use crate::stream::{FramedRecv, FramedSend, IncomingStream, Limit};
+use crate::tls::{self, PairedSet, PeerClientVerifier, PeerServerVerifier, ServerAcceptance};
+
+/// Settings of a [`Transport`]. The defaults suit a device on a LAN or the internet.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// QUIC idle timeout: a silent peer is dropped after this (default 30 s).
+    pub idle_timeout: Duration,
+    /// QUIC keep-alive period (default 5 s, well under the idle timeout).
+    pub keep_alive: Duration,
+    /// Concurrent streams a peer may open, per direction kind (default 64).
+    pub max_concurrent_streams: u32,
+    /// Flow-control window of one stream (default 1 MiB).
+    pub stream_receive_window: u32,
+    /// Flow-control window of a connection (default 8 MiB).
+    pub receive_window: u32,
+    /// Connection attempts being handshaken at once (default 64).
+    pub max_incoming: usize,
+    /// Time allowed for a QUIC + TLS handshake (and a pairing exchange).
+    pub handshake_timeout: Duration,
+    /// Time allowed for the 2-byte header of a new stream.
+    pub header_deadline: Duration,
+    /// Time allowed to complete one message once its first byte arrived.
+    pub message_deadline: Duration,
+    /// Decoder limits on incoming frames.
+    pub limits: Limits,
+    /// Application rate limits.
+    pub rate_limits: RateLimits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+            max_concurrent_streams: 64,
+            stream_receive_window: 1024 * 1024,
+            receive_window: 8 * 1024 * 1024,
+            max_incoming: 64,
+            handshake_timeout: Duration::from_secs(10),
+            header_deadline: Duration::from_secs(10),
+            message_deadline: Duration::from_secs(10),
+            limits: Limits::default(),
+            rate_limits: RateLimits::default(),
+        }
+    }
+}
+
+impl Config {
+    fn quinn_transport(&self) -> Result<quinn::TransportConfig> {
+        let mut t = quinn::TransportConfig::default();
+        let idle = quinn::IdleTimeout::try_from(self.idle_timeout).map_err(|_| {
+            TransportError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "idle timeout out of range",
+            ))
+        })?;
+        t.max_idle_timeout(Some(idle))
+            .keep_alive_interval(Some(self.keep_alive))
+            .max_concurrent_bidi_streams(self.max_concurrent_streams.into())
+            .max_concurrent_uni_streams(self.max_concurrent_streams.into())
+            .stream_receive_window(self.stream_receive_window.into())
+            .receive_window(self.receive_window.into())
+            .send_window(u64::from(self.receive_window));
+        Ok(t)
+    }
+}
+
+/// Something that happened on a [`Transport`] (also logged through `tracing`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransportEvent {
+    /// An authenticated connection was established.
+    Connected {
+        /// The peer.
+        peer: DeviceId,
+        /// Whether we dialed.
+        outgoing: bool,
+    },
+    /// An incoming handshake failed (unpaired, unknown or malformed
+    /// certificate, timeout...).
+    HandshakeRejected {
+        /// Where it came from.
+        remote: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// A device was paired with a code; the node should persist it.
+    Paired {
+        /// The new peer.
+        peer: DeviceId,
+    },
+    /// A pairing attempt failed; nothing was pinned.
+    PairingFailed {
+        /// The device that tried.
+        peer: DeviceId,
+        /// Why.
+        reason: String,
+    },
+    /// A device was unpaired and its connections closed.
+    Unpaired {
+        /// The former peer.
+        peer: DeviceId,
+        /// How many live connections were closed.
+        closed: usize,
+    },
+}
+
+struct Inner {
+    endpoint: quinn::Endpoint,
+    identity: DeviceIdentity,
+    paired: PairedSet,
+    pairing: PairingSlot,
+    config: Config,
+    transport: Arc<quinn::TransportConfig>,
+    live: Mutex<HashMap<DeviceId, Vec<quinn::Connection>>>,
+    accepted: tokio::sync::Mutex<mpsc::Receiver<Connection>>,
+    events: broadcast::Sender<TransportEvent>,
+    artifact_send: Option<RateLimiter>,
+    artifact_recv: Option<RateLimiter>,
+}
+
+impl Inner {
+    fn emit(&self, e: TransportEvent) {
+        let _ = self.events.send(e);
+    }
+
+    fn register(&self, peer: DeviceId, conn: &quinn::Connection) {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let list = live.entry(peer).or_default();
+        list.retain(|c| c.close_reason().is_none());
+        list.push(conn.clone());
+    }
+
+    fn wrap(self: &Arc<Self>, peer: DeviceId, conn: quinn::Connection, newly_paired: bool) -> Connection {
+        self.register(peer, &conn);
+        Connection::new(self, peer, conn, newly_paired)
+    }
+}
+
+/// A QUIC endpoint of a device: listens, dials, and authenticates every
+/// connection against the paired set. Cloning shares the endpoint.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+    _accept_task: Arc<AbortOnDrop>,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("device", &self.inner.identity.device_id())
+            .field("addr", &self.inner.endpoint.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transport {
+    /// Binds a UDP socket at `addr` and starts accepting connections from the
+    /// devices in `paired` (shared: changes apply to new handshakes at once).
+    /// Must be called inside a tokio runtime.
+    pub fn bind(
+        identity: DeviceIdentity,
+        paired: PairedSet,
+        addr: SocketAddr,
+        config: Config,
+    ) -> Result<Transport> {
+        let pairing = PairingSlot::default();
+        let transport = Arc::new(config.quinn_transport()?);
+        let verifier = Arc::new(PeerClientVerifier::new(paired.clone(), pairing.clone()));
+        let server_tls = tls::server_config(&identity, verifier)?;
+        let server_quic = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
+            .map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_quic));
+        server
+            .transport_config(transport.clone())
+            .max_incoming(config.max_incoming);
+        let endpoint = quinn::Endpoint::server(server, addr)?;
+        let (tx, rx) = mpsc::channel(config.max_incoming.max(1));
+        let (events, _) = broadcast::channel(256);
+        let limits = config.rate_limits;
+        let inner = Arc::new(Inner {
+            endpoint: endpoint.clone(),
+            identity,
+            paired,
+            pairing,
+            config,
+            transport,
+            live: Mutex::new(HashMap::new()),
+            accepted: tokio::sync::Mutex::new(rx),
+            events,
+            artifact_send: limits.artifact_bytes_per_sec.map(RateLimiter::per_second),
+            artifact_recv: limits.artifact_bytes_per_sec.map(RateLimiter::per_second),
+        });
+        let task = tokio::spawn(accept_loop(Arc::downgrade(&inner), endpoint, tx));
+        tracing::info!(device = %inner.identity.device_id(), addr = ?inner.endpoint.local_addr().ok(), "transport bound");
+        Ok(Transport {
+            inner,
+            _accept_task: Arc::new(AbortOnDrop(task)),
+        })
+    }
+
+    /// This device's id.
+    pub fn device_id(&self) -> DeviceId {
+        self.inner.identity.device_id()
+    }
+
+    /// This device's certificate (DER), as peers see it.
+    pub fn identity_cert(&self) -> &rustls_pki_types::CertificateDer<'static> {
+        self.inner.identity.cert_der()
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.inner.endpoint.local_addr()?)
+    }
+
+    /// The shared paired set.
+    pub fn paired(&self) -> &PairedSet {
+        &self.inner.paired
+    }
+
+    /// Pairs out of band: trusts `id` from now on (ids compared by the user).
+    pub fn pair(&self, id: DeviceId) {
+        if self.inner.paired.insert(id) {
+            tracing::info!(peer = %id, "paired out of band");
+        }
+    }
+
+    /// Unpairs `id` and closes its live connections (`AUTHENTICATION_FAILED`).
+    /// Returns how many connections were closed.
+    pub fn unpair(&self, id: &DeviceId) -> usize {
+        self.inner.paired.remove(id);
+        let conns = self
+            .inner
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+            .unwrap_or_default();
+        let mut closed = 0;
+        for c in conns {
+            if c.close_reason().is_none() {
+                c.close(close_code::AUTHENTICATION_FAILED.into(), b"unpaired");
+                closed += 1;
+            }
+        }
+        tracing::info!(peer = %id, closed, "unpaired");
+        self.inner.emit(TransportEvent::Unpaired { peer: *id, closed });
+        closed
+    }
+
+    /// Subscribes to connection, pairing and rejection events.
+    pub fn events(&self) -> broadcast::Receiver<TransportEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Opens a pairing window with a fresh code, valid for [`PAIRING_TTL`].
+    pub fn start_pairing(&self) -> PairingCode {
+        self.start_pairing_for(PAIRING_TTL)
+    }
+
+    /// Opens a pairing window with a fresh code, valid for `ttl`.
+    pub fn start_pairing_for(&self, ttl: Duration) -> PairingCode {
+        let code = PairingCode::generate(&mut rand::thread_rng());
+        self.inner
+            .pairing
+            .open(PairingWindow::open(code.clone(), Instant::now(), ttl));
+        tracing::info!(?ttl, "pairing window opened");
+        code
+    }
+
+    /// Closes any pairing window.
+    pub fn stop_pairing(&self) {
+        self.inner.pairing.close();
+    }
+
+    /// The next authenticated incoming connection (paired, or just paired by code).
+    pub async fn accept(&self) -> Result<Connection> {
+        self.inner
+            .accepted
+            .lock()
+            .await
+            .recv()
+            .await
+            .ok_or(TransportError::EndpointClosed)
+    }
+
+    fn client_config(&self, mode: ServerAcceptance) -> Result<quinn::ClientConfig> {
+        let verifier = Arc::new(PeerServerVerifier::new(self.inner.paired.clone(), mode));
+        let tls = tls::client_config(&self.inner.identity, verifier)?;
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
+        let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+        cfg.transport_config(self.inner.transport.clone());
+        Ok(cfg)
+    }
+
+    async fn handshake(&self, addr: SocketAddr, mode: ServerAcceptance) -> Result<(quinn::Connection, DeviceId)> {
+        let connecting = self
+            .inner
+            .endpoint
+            .connect_with(self.client_config(mode)?, addr, tls::SERVER_NAME)?;
+        let conn = tokio::time::timeout(self.inner.config.handshake_timeout, async {
+            let conn = connecting.await.map_err(classify)?;
+            // The client's handshake completes before the server has checked
+            // our certificate: wait for HANDSHAKE_DONE (or the refusal).
+            wait_confirmed(&conn).await?;
+            Ok::<_, TransportError>(conn)
+        })
+        .await
+        .map_err(|_| TransportError::ConnectTimeout { addr })??;
+        let peer = peer_id(&conn)?;
+        Ok((conn, peer))
+    }
+
+    /// Dials `addr`. The server must be a paired device, and `expected` if given.
+    pub async fn connect(&self, addr: SocketAddr, expected: Option<DeviceId>) -> Result<Connection> {
+        let (conn, peer) = self
+            .handshake(addr, ServerAcceptance::Paired { expected })
+            .await
+            .inspect_err(|e| tracing::warn!(%addr, error = %e, "connect failed"))?;
+        if let Some(expected) = expected {
+            if expected != peer {
+                conn.close(close_code::AUTHENTICATION_FAILED.into(), b"unexpected device");
+                return Err(TransportError::UnexpectedPeer { expected, actual: peer });
+            }
+        }
+        if !self.inner.paired.contains(&peer) {
+            conn.close(close_code::AUTHENTICATION_FAILED.into(), b"not paired");
+            return Err(TransportError::PeerNotAccepted { reason: format!("{peer} is not paired") });
+        }
+        tracing::info!(%peer, %addr, "connected");
+        self.inner.emit(TransportEvent::Connected { peer, outgoing: true });
+        Ok(self.inner.wrap(peer, conn, false))
+    }
+
+    /// Joins the device at `addr` that shows `code`: proves the code, checks
+    /// the device's proof, and pins it. The returned connection is ready for use.
+    pub async fn pair_with(&self, addr: SocketAddr, code: &PairingCode) -> Result<Connection> {
+        let refused = |e: TransportError| match e {
+            TransportError::PairingRefused(_) => e,
+            other => TransportError::PairingRefused(other.to_string()),
+        };
+        let (conn, peer) = self.handshake(addr, ServerAcceptance::Pairing).await.map_err(refused)?;
+        let result = tokio::time::timeout(self.inner.config.handshake_timeout, async {
+            let server_cert = peer_cert(&conn)?;
+            let r = key_hash(&server_cert)?;
+            let j = key_hash(self.inner.identity.cert_der())?;
+            let (mut send, mut recv) = conn.open_bi().await?;
+            let mut hello = Vec::with_capacity(StreamHeader::LEN + PROOF_LEN);
+            hello.extend_from_slice(&StreamHeader::new(StreamRole::Control).to_bytes());
+            hello.extend_from_slice(&proof(ProofRole::Joiner, code, &r, &j));
+            send.write_all(&hello).await?;
+            send.finish()?;
+            let mut answer = [0u8; PROOF_LEN];
+            recv.read_exact(&mut answer).await.map_err(|e| match e {
+                quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => classify(c),
+                other => other.into(),
+            })?;
+            if !proofs_equal(&answer, &proof(ProofRole::Responder, code, &r, &j)) {
+                conn.close(close_code::PAIRING_REFUSED.into(), b"responder proof mismatch");
+                return Err(TransportError::PairingRefused(
+                    "the device's proof does not match the code (wrong device or device in the middle)".into(),
+                ));
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|_| TransportError::PairingRefused("pairing exchange timed out".into()))
+        .and_then(|r| r);
+        if let Err(e) = result {
+            conn.close(close_code::PAIRING_REFUSED.into(), b"pairing failed");
+            tracing::warn!(%peer, error = %e, "pairing failed");
+            self.inner.emit(TransportEvent::PairingFailed { peer, reason: e.to_string() });
+            return Err(refused(e));
+        }
+        self.inner.paired.insert(peer);
+        tracing::info!(%peer, "paired by code");
+        self.inner.emit(TransportEvent::Paired { peer });
+        Ok(self.inner.wrap(peer, conn, true))
+    }
+
+    /// Closes every connection and stops the endpoint.
+    pub async fn close(&self) {
+        self.inner.endpoint.close(close_code::NORMAL.into(), b"shutting down");
+        self.inner.endpoint.wait_idle().await;
+    }
+}
+
+/// Maps a quinn connection error to what a caller can act on.
+fn classify(e: quinn::ConnectionError) -> TransportError {
+    // rustls' ApplicationVerificationFailure becomes the access_denied alert (49).
+    let access_denied = TransportErrorCode::crypto(49);
+    let bad_cert = TransportErrorCode::crypto(42);
+    match &e {
+        quinn::ConnectionError::ConnectionClosed(c)
+            if c.error_code == access_denied || c.error_code == bad_cert =>
+        {
+            TransportError::NotPaired
+        }
+        quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == close_code::AUTHENTICATION_FAILED.into() =>
+        {
+            TransportError::NotPaired
+        }
+        quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == close_code::PAIRING_REFUSED.into() =>
+        {
+            TransportError::PairingRefused(String::from_utf8_lossy(&c.reason).into_owned())
+        }
+        quinn::ConnectionError::TransportError(t) if is_crypto(t.code) => {
+            TransportError::PeerNotAccepted { reason: t.reason.clone() }
+        }
+        _ => TransportError::Connection(e),
+    }
+}
+
+fn is_crypto(code: TransportErrorCode) -> bool {
+    let raw = u64::from(code);
+    (0x100..0x200).contains(&raw)
+}
+
+async fn wait_confirmed(conn: &quinn::Connection) -> Result<()> {
+    loop {
+        if let Some(e) = conn.close_reason() {
+            return Err(classify(e));
+        }
+        if conn.stats().frame_rx.handshake_done > 0 {
+            return Ok(());
+        }
+        tokio::select! {
+            e = conn.closed() => return Err(classify(e)),
+            _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+        }
+    }
+}
+
+fn peer_cert(conn: &quinn::Connection) -> Result<rustls_pki_types::CertificateDer<'static>> {
+    conn.peer_identity()
+        .and_then(|any| any.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|certs| certs.into_iter().next())
+        .ok_or_else(|| TransportError::BadCertificate("peer presented no certificate".into()))
+}
+
+fn peer_id(conn: &quinn::Connection) -> Result<DeviceId> {
+    DeviceId::from_cert_der(&peer_cert(conn)?)
+}
+
+async fn accept_loop(inner: std::sync::Weak<Inner>, endpoint: quinn::Endpoint, tx: mpsc::Sender<Connection>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let Some(inner) = inner.upgrade() else { return };
+        if !incoming.remote_address_validated() {
+            let remote = incoming.remote_address();
+            if let Err(e) = incoming.retry() {
+                tracing::debug!(%remote, error = %e, "retry impossible");
+            }
+            continue;
+        }
+        tokio::spawn(handle_incoming(inner, incoming, tx.clone()));
+    }
+}
+
+async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming, tx: mpsc::Sender<Connection>) {
+    let remote = incoming.remote_address();
+    let reject = |reason: String| {
+        tracing::warn!(%remote, %reason, "incoming connection rejected");
+        inner.emit(TransportEvent::HandshakeRejected { remote, reason });
+    };
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(e) => return reject(e.to_string()),
+    };
+    let conn = match tokio::time::timeout(inner.config.handshake_timeout, connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return reject(e.to_string()),
+        Err(_) => return reject("handshake timed out".into()),
+    };
+    let peer = match peer_id(&conn) {
+        Ok(p) => p,
+        Err(e) => {
+            conn.close(close_code::AUTHENTICATION_FAILED.into(), b"bad certificate");
+            return reject(e.to_string());
+        }
+    };
+    let newly_paired = if inner.paired.contains(&peer) {
+        false
+    } else if inner.pairing.is_claimed_by(&peer) {
+        match tokio::time::timeout(inner.config.handshake_timeout, respond_pairing(&inner, &conn, peer)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                conn.close(close_code::PAIRING_REFUSED.into(), e.to_string().as_bytes());
+                tracing::warn!(%peer, error = %e, "pairing failed");
+                inner.emit(TransportEvent::PairingFailed { peer, reason: e.to_string() });
+                return;
+            }
+            Err(_) => {
+                inner.pairing.close();
+                conn.close(close_code::PAIRING_REFUSED.into(), b"pairing timed out");
+                inner.emit(TransportEvent::PairingFailed { peer, reason: "timed out".into() });
+                return;
+            }
+        }
+    } else {
+        conn.close(close_code::AUTHENTICATION_FAILED.into(), b"not paired");
+        return reject(format!("{peer} is not paired"));
+    };
+    tracing::info!(%peer, %remote, newly_paired, "accepted connection");
+    inner.emit(TransportEvent::Connected { peer, outgoing: false });
+    let wrapped = inner.wrap(peer, conn, newly_paired);
+    if tx.send(wrapped).await.is_err() {
+        tracing::debug!("transport dropped: connection discarded");
+    }
+}
+
+async fn respond_pairing(inner: &Inner, conn: &quinn::Connection, peer: DeviceId) -> Result<()> {
+    let (mut send, mut recv) = conn.accept_bi().await?;
+    let mut msg = [0u8; StreamHeader::LEN + PROOF_LEN];
+    recv.read_exact(&mut msg).await?;
+    let header = StreamHeader::parse([msg[0], msg[1]])?;
+    if header.role != StreamRole::Control {
+        return Err(TransportError::PairingRefused("pairing must use a control stream".into()));
+    }
+    let mut joiner_proof = [0u8; PROOF_LEN];
+    joiner_proof.copy_from_slice(&msg[StreamHeader::LEN..]);
+    let r = key_hash(inner.identity.cert_der())?;
+    let j = key_hash(&peer_cert(conn)?)?;
+    let answer = inner
+        .pairing
+        .verify(peer, &joiner_proof, &r, &j, Instant::now())
+        .map_err(|f| TransportError::PairingRefused(f.to_string()))?;
+    // Pin before answering, so a joiner that got our proof can connect at once.
+    inner.paired.insert(peer);
+    send.write_all(&answer).await?;
+    send.finish()?;
+    tracing::info!(%peer, "paired by code");
+    inner.emit(TransportEvent::Paired { peer });
+    Ok(())
+}
+
+struct ConnShared {
+    conn: quinn::Connection,
+    incoming: tokio::sync::Mutex<mpsc::Receiver<IncomingStream>>,
+}
+
+impl Drop for ConnShared {
+    fn drop(&mut self) {
+        // The registry and the stream-accept tasks hold quinn handles: close
+        // explicitly when the last user handle goes.
+        self.conn.close(close_code::NORMAL.into(), b"closed");
+    }
+}
+
+#[derive(Clone, Debug)]
+struct StreamSettings {
+    limits: Limits,
+    message_deadline: Duration,
+    header_deadline: Duration,
+    sync_ops: Option<u32>,
+    artifact_send: Option<RateLimiter>,
+    artifact_recv: Option<RateLimiter>,
+}
+
+impl StreamSettings {
+    fn send_limit(&self, role: StreamRole) -> Option<Limit> {
+        match role {
+            StreamRole::Sync => self.sync_ops.map(|r| Limit::Ops(RateLimiter::per_second(u64::from(r)))),
+            StreamRole::Artifact => self.artifact_send.clone().map(Limit::Bytes),
+            _ => None,
+        }
+    }
+
+    fn recv_limit(&self, role: StreamRole) -> Option<Limit> {
+        match role {
+            StreamRole::Sync => self.sync_ops.map(|r| Limit::Ops(RateLimiter::per_second(u64::from(r)))),
+            StreamRole::Artifact => self.artifact_recv.clone().map(Limit::Bytes),
+            _ => None,
+        }
+    }
+}
+
+/// An authenticated connection to a paired device. Cloning shares it; it
+/// closes when the last clone is dropped or [`Connection::close`] is called.
+#[derive(Clone)]
+pub struct Connection {
+    peer: DeviceId,
+    newly_paired: bool,
+    conn: quinn::Connection,
+    settings: StreamSettings,
+    shared: Arc<ConnShared>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.peer)
+            .field("remote", &self.conn.remote_address())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    fn new(inner: &Inner, peer: DeviceId, conn: quinn::Connection, newly_paired: bool) -> Self {
+        let settings = StreamSettings {
+            limits: inner.config.limits,
+            message_deadline: inner.config.message_deadline,
+            header_deadline: inner.config.header_deadline,
+            sync_ops: inner.config.rate_limits.sync_ops_per_sec,
+            artifact_send: inner.artifact_send.clone(),
+            artifact_recv: inner.artifact_recv.clone(),
+        };
+        let (tx, rx) = mpsc::channel(inner.config.max_concurrent_streams.max(1) as usize);
+        tokio::spawn(accept_streams(conn.clone(), settings.clone(), tx));
+        let shared = Arc::new(ConnShared {
+            conn: conn.clone(),
+            incoming: tokio::sync::Mutex::new(rx),
+        });
+        Connection {
+            peer,
+            newly_paired,
+            conn,
+            settings,
+            shared,
+        }
+    }
+
+    /// The authenticated peer.
+    pub fn peer(&self) -> DeviceId {
+        self.peer
+    }
+
+    /// Whether this connection just paired the peer with a code.
+    pub fn newly_paired(&self) -> bool {
+        self.newly_paired
+    }
+
+    /// The peer's address.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
+
+    /// The current round-trip time estimate.
+    pub fn rtt(&self) -> Duration {
+        self.conn.rtt()
+    }
+
+    /// The underlying quinn connection (benchmarks, diagnostics).
+    pub fn quinn(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    /// Why the connection closed, if it did.
+    pub fn close_reason(&self) -> Option<TransportError> {
+        self.conn.close_reason().map(classify)
+    }
+
+    /// Waits until the connection closes and says why.
+    pub async fn closed(&self) -> TransportError {
+        classify(self.conn.closed().await)
+    }
+
+    /// Closes the connection with an application code (see [`close_code`]).
+    pub fn close(&self, code: u32, reason: &str) {
+        self.conn.close(code.into(), reason.as_bytes());
+    }
+
+    /// Opens a stream of `role`: writes the stream header and sets the role's
+    /// priority. The receive half is there for bidirectional roles only.
+    pub async fn open(&self, role: StreamRole) -> Result<(FramedSend, Option<FramedRecv>)> {
+        if role.is_bidirectional() {
+            let (send, recv) = self.conn.open_bi().await.map_err(classify)?;
+            let mut send = FramedSend::new(role, send, self.settings.send_limit(role));
+            send.start().await?;
+            let recv = FramedRecv::new(
+                role,
+                recv,
+                Some(send.shared()),
+                self.settings.limits,
+                self.settings.message_deadline,
+                self.settings.recv_limit(role),
+            );
+            Ok((send, Some(recv)))
+        } else {
+            let send = self.conn.open_uni().await.map_err(classify)?;
+            let mut send = FramedSend::new(role, send, self.settings.send_limit(role));
+            send.start().await?;
+            Ok((send, None))
+        }
+    }
+
+    /// Opens a bidirectional stream of `role` (control, sync or artifact).
+    pub async fn open_bi(&self, role: StreamRole) -> Result<(FramedSend, FramedRecv)> {
+        match self.open(role).await? {
+            (send, Some(recv)) => Ok((send, recv)),
+            (_, None) => Err(TransportError::WrongDirection { role }),
+        }
+    }
+
+    /// Opens a unidirectional stream of `role` (presence or push).
+    pub async fn open_uni(&self, role: StreamRole) -> Result<FramedSend> {
+        if role.is_bidirectional() {
+            return Err(TransportError::WrongDirection { role });
+        }
+        Ok(self.open(role).await?.0)
+    }
+
+    /// The next stream the peer opened, its header read and checked. Streams
+    /// with a bad or late header are reset and never show up here.
+    pub async fn accept_stream(&self) -> Result<IncomingStream> {
+        let next = self.shared.incoming.lock().await.recv().await;
+        match next {
+            Some(s) => Ok(s),
+            None => Err(self
+                .conn
+                .close_reason()
+                .map(classify)
+                .unwrap_or(TransportError::EndpointClosed)),
+        }
+    }
+}
+
+async fn accept_streams(
+    conn: quinn::Connection,
+    settings: StreamSettings,
+    tx: mpsc::Sender<IncomingStream>,
+) {
+    let uni = {
+        let conn = conn.clone();
+        let settings = settings.clone();
+        let tx = tx.clone();
+        async move {
+            while let Ok(recv) = conn.accept_uni().await {
+                tokio::spawn(read_header(None, recv, settings.clone(), tx.clone()));
+            }
+        }
+    };
+    let bi = async {
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            tokio::spawn(read_header(Some(send), recv, settings.clone(), tx.clone()));
+        }
+    };
+    tokio::join!(uni, bi);
+}
+
+async fn read_header(
+    send: Option<quinn::SendStream>,
+    mut recv: quinn::RecvStream,
+    settings: StreamSettings,
+    tx: mpsc::Sender<IncomingStream>,
+) {
+    let mut b = [0u8; StreamHeader::LEN];
+    let header = match tokio::time::timeout(settings.header_deadline, recv.read_exact(&mut b)).await {
+        Ok(Ok(())) => StreamHeader::parse(b).map_err(TransportError::from),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(TransportError::Deadline(settings.header_deadline)),
+    };
+    let header = match header {
+        Ok(h) if h.role.is_bidirectional() == send.is_some() => h,
+        other => {
+            tracing::warn!(result = ?other.map(|h| h.role), "bad stream header: stream reset");
+            let code = quinn::VarInt::from_u32(close_code::INVALID_MESSAGE);
+            let _ = recv.stop(code);
+            if let Some(mut s) = send {
+                let _ = s.reset(code);
+            }
+            return;
+        }
+    };
+    let role = header.role;
+    let send = send.map(|s| {
+        let mut f = FramedSend::new(role, s, settings.send_limit(role));
+        f.set_priority_now();
+        f
+    });
+    let recv = FramedRecv::new(
+        role,
+        recv,
+        send.as_ref().map(|s| s.shared()),
+        settings.limits,
+        settings.message_deadline,
+        settings.recv_limit(role),
+    );
+    let _ = tx.send(IncomingStream { role, send, recv }).await;
+}

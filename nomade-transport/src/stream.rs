@@ -1,0 +1,295 @@
+//! Framed streams: nomade-wire envelopes over quinn streams.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use nomade_wire::{
+    Decoder, Envelope, ErrorCode, ErrorMessage, Limits, MessageId, StreamHeader, StreamRole,
+};
+use tokio::sync::Mutex;
+
+use crate::error::{Result, TransportError};
+use crate::ratelimit::RateLimiter;
+
+/// The quinn send priority of a role: control 3 > sync 2 > artifact 1 >
+/// presence and push 0.
+pub fn priority(role: StreamRole) -> i32 {
+    match role {
+        StreamRole::Control => 3,
+        StreamRole::Sync => 2,
+        StreamRole::Artifact => 1,
+        StreamRole::Presence | StreamRole::Push => 0,
+    }
+}
+
+/// How a limiter counts.
+#[derive(Debug, Clone)]
+pub(crate) enum Limit {
+    /// One token per frame.
+    Ops(RateLimiter),
+    /// One token per frame byte.
+    Bytes(RateLimiter),
+}
+
+impl Limit {
+    async fn take(&self, frame_len: usize) {
+        match self {
+            Limit::Ops(l) => l.acquire(1).await,
+            Limit::Bytes(l) => l.acquire(frame_len as u64).await,
+        }
+    }
+}
+
+/// The sending half of a stream: writes one envelope per [`FramedSend::send`].
+#[derive(Debug)]
+pub struct FramedSend {
+    role: StreamRole,
+    stream: Arc<Mutex<quinn::SendStream>>,
+    buf: BytesMut,
+    limit: Option<Limit>,
+}
+
+impl FramedSend {
+    pub(crate) fn new(role: StreamRole, stream: quinn::SendStream, limit: Option<Limit>) -> Self {
+        FramedSend {
+            role,
+            stream: Arc::new(Mutex::new(stream)),
+            buf: BytesMut::with_capacity(4096),
+            limit,
+        }
+    }
+
+    pub(crate) fn shared(&self) -> Arc<Mutex<quinn::SendStream>> {
+        self.stream.clone()
+    }
+
+    /// Writes the stream header and sets the role's priority (done by `open`).
+    pub(crate) async fn start(&mut self) -> Result<()> {
+        let mut s = self.stream.lock().await;
+        s.set_priority(priority(self.role))?;
+        s.write_all(&StreamHeader::new(self.role).to_bytes())
+            .await?;
+        Ok(())
+    }
+
+    /// Sets the role's priority on a stream the peer opened.
+    pub(crate) fn set_priority_now(&mut self) {
+        if let Ok(s) = self.stream.try_lock() {
+            let _ = s.set_priority(priority(self.role));
+        }
+    }
+
+    /// The stream's role.
+    pub fn role(&self) -> StreamRole {
+        self.role
+    }
+
+    /// Encodes and writes one envelope, waiting first for the rate limiter
+    /// (backpressure) and then for QUIC flow control.
+    pub async fn send(&mut self, envelope: &Envelope) -> Result<()> {
+        self.buf.clear();
+        envelope.encode_into(&mut self.buf)?;
+        if let Some(limit) = &self.limit {
+            limit.take(self.buf.len()).await;
+        }
+        self.stream.lock().await.write_all(&self.buf).await?;
+        Ok(())
+    }
+
+    /// Writes bytes as they are, without framing or rate limit (tests, tools).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.stream.lock().await.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Ends the stream gracefully: the peer reads everything sent, then the end.
+    pub async fn finish(&mut self) -> Result<()> {
+        self.stream.lock().await.finish()?;
+        Ok(())
+    }
+
+    /// Abandons the stream with an application error code.
+    pub async fn reset(&mut self, code: ErrorCode) -> Result<()> {
+        self.stream
+            .lock()
+            .await
+            .reset(quinn::VarInt::from_u32(u32::from(code.0)))?;
+        Ok(())
+    }
+}
+
+/// The receiving half of a stream: yields envelopes, enforcing the decoder's
+/// limits and a per-message deadline.
+///
+/// On bad input the stream (only) is ended: an `ERROR` frame goes back on the
+/// paired send half when the stream is bidirectional, the receive side is
+/// stopped, and [`FramedRecv::recv`] returns the error. The connection and its
+/// other streams are unaffected.
+#[derive(Debug)]
+pub struct FramedRecv {
+    role: StreamRole,
+    stream: quinn::RecvStream,
+    buf: BytesMut,
+    decoder: Decoder,
+    reply: Option<Arc<Mutex<quinn::SendStream>>>,
+    deadline: Duration,
+    partial_since: Option<tokio::time::Instant>,
+    limit: Option<Limit>,
+    done: bool,
+}
+
+impl FramedRecv {
+    pub(crate) fn new(
+        role: StreamRole,
+        stream: quinn::RecvStream,
+        reply: Option<Arc<Mutex<quinn::SendStream>>>,
+        limits: Limits,
+        deadline: Duration,
+        limit: Option<Limit>,
+    ) -> Self {
+        FramedRecv {
+            role,
+            stream,
+            buf: BytesMut::new(),
+            decoder: Decoder::with_limits(limits),
+            reply,
+            deadline,
+            partial_since: None,
+            limit,
+            done: false,
+        }
+    }
+
+    /// The stream's role.
+    pub fn role(&self) -> StreamRole {
+        self.role
+    }
+
+    /// The next envelope; `Ok(None)` when the peer finished the stream cleanly
+    /// (or after this stream already failed).
+    ///
+    /// Waiting for the *first* byte of a message has no deadline (streams may
+    /// idle; the connection's idle timeout covers dead peers), but once a
+    /// message has started it must complete within the per-message deadline.
+    pub async fn recv(&mut self) -> Result<Option<Envelope>> {
+        if self.done {
+            return Ok(None);
+        }
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(env)) => {
+                    self.partial_since = (!self.buf.is_empty()).then(tokio::time::Instant::now);
+                    if let Some(limit) = &self.limit {
+                        // Backpressure on the sender: while we wait, we stop
+                        // reading and QUIC flow control holds the peer.
+                        let approx = nomade_wire::HEADER_LEN + nomade_wire::CHECKSUM_LEN;
+                        limit.take(approx).await;
+                    }
+                    return Ok(Some(env));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(role = ?self.role, error = %e, "bad frame: ending stream");
+                    self.fail(e.error_code(), &e.to_string(), None).await;
+                    return Err(e.into());
+                }
+            }
+            let chunk = if self.buf.is_empty() {
+                self.stream.read_chunk(64 * 1024, true).await?
+            } else {
+                let started = *self
+                    .partial_since
+                    .get_or_insert_with(tokio::time::Instant::now);
+                match tokio::time::timeout_at(
+                    started + self.deadline,
+                    self.stream.read_chunk(64 * 1024, true),
+                )
+                .await
+                {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        tracing::warn!(role = ?self.role, deadline = ?self.deadline, "message deadline passed: ending stream");
+                        self.fail(
+                            ErrorCode::INVALID_MESSAGE,
+                            "message not completed in time",
+                            None,
+                        )
+                        .await;
+                        return Err(TransportError::Deadline(self.deadline));
+                    }
+                }
+            };
+            match chunk {
+                Some(c) => {
+                    if self.buf.is_empty() {
+                        self.partial_since = Some(tokio::time::Instant::now());
+                    }
+                    self.buf.extend_from_slice(&c.bytes);
+                }
+                None if self.buf.is_empty() => {
+                    self.done = true;
+                    return Ok(None);
+                }
+                None => {
+                    let e = self.decoder.truncation(&self.buf);
+                    tracing::warn!(role = ?self.role, error = %e, "stream ended mid-frame");
+                    self.fail(e.error_code(), &e.to_string(), None).await;
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// Ends this stream after bad input: ERROR on the reply half (if any),
+    /// then STOP_SENDING on the receive half.
+    async fn fail(&mut self, code: ErrorCode, why: &str, related: Option<MessageId>) {
+        self.done = true;
+        self.buf.clear();
+        if let Some(reply) = self.reply.take() {
+            let env = error_envelope(code, why, related);
+            let mut s = reply.lock().await;
+            let mut frame = BytesMut::new();
+            if env.encode_into(&mut frame).is_ok() {
+                let write = tokio::time::timeout(Duration::from_secs(2), s.write_all(&frame));
+                if !matches!(write.await, Ok(Ok(()))) {
+                    tracing::debug!("could not deliver ERROR frame");
+                }
+            }
+            let _ = s.finish();
+        }
+        let _ = self.stream.stop(quinn::VarInt::from_u32(u32::from(code.0)));
+    }
+}
+
+/// An ERROR envelope with a fresh random id and the current time.
+pub fn error_envelope(code: ErrorCode, message: &str, related: Option<MessageId>) -> Envelope {
+    Envelope::new(
+        MessageId::from(rand::random::<[u8; 16]>()),
+        now_ms(),
+        ErrorMessage {
+            error_code: code,
+            error_message: message.to_string(),
+            related_message_id: related,
+        },
+    )
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A stream the peer opened, with its role already read and checked.
+#[derive(Debug)]
+pub struct IncomingStream {
+    /// The role from the stream header.
+    pub role: StreamRole,
+    /// The send half, for bidirectional roles.
+    pub send: Option<FramedSend>,
+    /// The receive half.
+    pub recv: FramedRecv,
+}

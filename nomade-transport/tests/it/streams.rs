@@ -1,0 +1,227 @@
+use std::time::Duration;
+
+use nomade_transport::{Connection, TransportError};
+use nomade_wire::{Ack, ErrorCode, Message, MessageId, StreamRole};
+
+use crate::{beat, pair};
+
+async fn connected() -> (nomade_transport::Transport, nomade_transport::Transport, Connection, Connection) {
+    let (a, b) = pair();
+    let ca = a
+        .connect(b.local_addr().expect("addr"), Some(b.device_id()))
+        .await
+        .expect("connect");
+    let cb = b.accept().await.expect("accept");
+    (a, b, ca, cb)
+}
+
+#[tokio::test]
+async fn frames_flow_on_every_role_both_ways() {
+    let (_a, _b, ca, cb) = connected().await;
+    for (i, role) in StreamRole::ALL.into_iter().enumerate() {
+        let n = i as i64 * 10;
+        let (mut send, recv) = ca.open(role).await.expect("open");
+        send.send(&beat(n)).await.expect("send");
+        send.send(&beat(n + 1)).await.expect("send");
+        let mut inc = tokio::time::timeout(Duration::from_secs(5), cb.accept_stream())
+            .await
+            .expect("in time")
+            .expect("accept");
+        assert_eq!(inc.role, role);
+        assert_eq!(inc.recv.recv().await.expect("recv"), Some(beat(n)));
+        assert_eq!(inc.recv.recv().await.expect("recv"), Some(beat(n + 1)));
+        assert_eq!(inc.send.is_some(), role.is_bidirectional());
+        assert_eq!(recv.is_some(), role.is_bidirectional());
+        if let (Some(mut back), Some(mut recv)) = (inc.send, recv) {
+            back.send(&beat(n + 2)).await.expect("reply");
+            back.finish().await.expect("finish");
+            assert_eq!(recv.recv().await.expect("reply"), Some(beat(n + 2)));
+            assert_eq!(recv.recv().await.expect("end"), None);
+        }
+        send.finish().await.expect("finish");
+        assert_eq!(inc.recv.recv().await.expect("end"), None);
+    }
+    // Direction is enforced by role.
+    assert!(matches!(
+        ca.open_bi(StreamRole::Presence).await,
+        Err(TransportError::WrongDirection { .. })
+    ));
+    assert!(matches!(
+        ca.open_uni(StreamRole::Sync).await,
+        Err(TransportError::WrongDirection { .. })
+    ));
+}
+
+#[tokio::test]
+async fn garbage_on_one_stream_leaves_the_others_working() {
+    let (_a, _b, ca, cb) = connected().await;
+    let (mut good_tx, good_rx) = ca.open_bi(StreamRole::Sync).await.expect("open");
+    good_tx.send(&beat(1)).await.expect("send");
+    let mut good = cb.accept_stream().await.expect("accept");
+    assert_eq!(good.recv.recv().await.expect("recv"), Some(beat(1)));
+
+    let (mut bad_tx, mut bad_rx) = ca.open_bi(StreamRole::Sync).await.expect("open");
+    // A frame with a corrupted checksum.
+    let mut frame = beat(2).to_bytes().expect("encode").to_vec();
+    let last = frame.len() - 1;
+    frame[last] ^= 0xff;
+    bad_tx.send_raw(&frame).await.expect("raw");
+    let mut bad = cb.accept_stream().await.expect("accept");
+    let err = bad.recv.recv().await.expect_err("bad frame");
+    assert!(matches!(err, TransportError::Decode(_)), "{err:?}");
+    // The sender gets an ERROR (INVALID_MESSAGE) on that stream.
+    let reply = bad_rx.recv().await.expect("error frame").expect("some");
+    match reply.message {
+        Message::Error(e) => assert_eq!(e.error_code, ErrorCode::INVALID_MESSAGE),
+        other => panic!("expected ERROR, got {other:?}"),
+    }
+    // The other stream and the connection still work.
+    good_tx.send(&beat(3)).await.expect("send after garbage");
+    assert_eq!(good.recv.recv().await.expect("recv"), Some(beat(3)));
+    let mut back = good.send.take().expect("bi");
+    back.send(&beat(4)).await.expect("reply");
+    let mut good_rx = good_rx;
+    assert_eq!(good_rx.recv().await.expect("recv"), Some(beat(4)));
+    let mut p = ca.open_uni(StreamRole::Push).await.expect("new stream");
+    p.send(&beat(5)).await.expect("send");
+    let mut inc = cb.accept_stream().await.expect("accept");
+    assert_eq!(inc.recv.recv().await.expect("recv"), Some(beat(5)));
+    assert!(ca.close_reason().is_none());
+}
+
+#[tokio::test]
+async fn unknown_stream_role_is_reset_and_not_delivered() {
+    let (_a, _b, ca, cb) = connected().await;
+    let (mut raw, mut raw_recv) = ca.quinn().open_bi().await.expect("raw stream");
+    raw.write_all(&[0x09, 0x01]).await.expect("header");
+    // The peer resets it: our read side sees a reset with INVALID_MESSAGE.
+    let mut buf = [0u8; 8];
+    let r = tokio::time::timeout(Duration::from_secs(5), raw_recv.read(&mut buf))
+        .await
+        .expect("in time");
+    assert!(
+        matches!(r, Err(quinn::ReadError::Reset(code)) if code == quinn::VarInt::from_u32(2)),
+        "{r:?}"
+    );
+    // A good stream afterwards is the first one delivered.
+    let mut s = ca.open_uni(StreamRole::Presence).await.expect("open");
+    s.send(&beat(7)).await.expect("send");
+    let mut inc = cb.accept_stream().await.expect("accept");
+    assert_eq!(inc.role, StreamRole::Presence);
+    assert_eq!(inc.recv.recv().await.expect("recv"), Some(beat(7)));
+}
+
+#[tokio::test]
+async fn a_message_left_unfinished_hits_the_deadline() {
+    let (a, b) = crate::pair();
+    let mut cfg = crate::config();
+    cfg.message_deadline = Duration::from_millis(200);
+    let b2 = nomade_transport::Transport::bind(
+        nomade_transport::DeviceIdentity::generate().expect("id"),
+        b.paired().clone(),
+        crate::local(),
+        cfg,
+    )
+    .expect("bind");
+    a.pair(b2.device_id());
+    let ca = a.connect(b2.local_addr().expect("addr"), None).await.expect("connect");
+    let cb = b2.accept().await.expect("accept");
+    let (mut tx, mut rx) = ca.open_bi(StreamRole::Sync).await.expect("open");
+    let frame = beat(1).to_bytes().expect("encode");
+    tx.send_raw(&frame[..10]).await.expect("partial");
+    let mut inc = cb.accept_stream().await.expect("accept");
+    let err = inc.recv.recv().await.expect_err("deadline");
+    assert!(matches!(err, TransportError::Deadline(_)), "{err:?}");
+    let reply = rx.recv().await.expect("error frame").expect("some");
+    assert!(matches!(reply.message, Message::Error(_)));
+    assert!(ca.close_reason().is_none());
+}
+
+#[tokio::test]
+async fn sync_rate_limit_delivers_everything_in_order() {
+    use nomade_transport::RateLimits;
+    let a = crate::node();
+    let mut cfg = crate::config();
+    cfg.rate_limits = RateLimits { sync_ops_per_sec: Some(5), artifact_bytes_per_sec: Some(1000) };
+    let b = nomade_transport::Transport::bind(
+        nomade_transport::DeviceIdentity::generate().expect("id"),
+        nomade_transport::PairedSet::new(),
+        crate::local(),
+        cfg,
+    )
+    .expect("bind");
+    a.pair(b.device_id());
+    b.pair(a.device_id());
+    let ca = b.connect(a.local_addr().expect("addr"), None).await.expect("connect");
+    let cb = a.accept().await.expect("accept");
+    // b sends with a 5 ops/s limit (burst 5): 8 frames make it wait, none is lost.
+    let (mut tx, _rx) = ca.open_bi(StreamRole::Sync).await.expect("open");
+    let ack = |i: u8| {
+        nomade_wire::Envelope::new(
+            MessageId::from([i; 16]),
+            0,
+            Ack { message_ids: vec![MessageId::from([i; 16])] },
+        )
+    };
+    let sender = tokio::spawn(async move {
+        for i in 0..8u8 {
+            tx.send(&ack(i)).await.expect("send");
+        }
+        tx
+    });
+    let mut inc = cb.accept_stream().await.expect("accept");
+    for i in 0..8u8 {
+        assert_eq!(inc.recv.recv().await.expect("recv"), Some(ack(i)));
+    }
+    sender.await.expect("sender");
+}
+
+#[tokio::test]
+async fn heartbeats_flow_and_silence_means_offline() {
+    use nomade_transport::heartbeat::{spawn_heartbeats, watch_heartbeats};
+    use nomade_wire::{ConnectivityStatus, Heartbeat};
+    let (_a, _b, ca, cb) = connected().await;
+    let period = Duration::from_millis(20);
+    let sender = spawn_heartbeats(ca.clone(), period, || Heartbeat {
+        timestamp: 1,
+        battery_level: None,
+        connectivity: ConnectivityStatus::Ethernet,
+    });
+    let inc = cb.accept_stream().await.expect("presence stream");
+    assert_eq!(inc.role, StreamRole::Presence);
+    // Count a few beats, then stop the sender without finishing the stream.
+    let (count_tx, mut count_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut recv = inc.recv;
+    let mut seen = 0;
+    while seen < 3 {
+        match recv.recv().await.expect("beat") {
+            Some(env) => {
+                assert!(matches!(env.message, Message::Heartbeat(_)));
+                seen += 1;
+            }
+            None => panic!("stream ended"),
+        }
+    }
+    sender.abort();
+    let _ = sender.await;
+
+    // A presence stream that sends one beat and a presence update, then goes
+    // silent while staying open: the watcher reports the peer offline.
+    let mut quiet = ca.open_uni(StreamRole::Presence).await.expect("open");
+    quiet.send(&crate::beat(1)).await.expect("beat");
+    let update = nomade_wire::Envelope::new(
+        nomade_wire::MessageId::from([3; 16]),
+        0,
+        nomade_wire::PresenceUpdate { status: nomade_wire::PresenceStatus::Away, message: None },
+    );
+    quiet.send(&update).await.expect("update");
+    let inc = cb.accept_stream().await.expect("quiet stream");
+    let result = watch_heartbeats(inc.recv, period, 3, move |env| {
+        let _ = count_tx.send(env);
+    })
+    .await;
+    assert!(matches!(result, Err(TransportError::PeerOffline { missed }) if missed >= 3), "{result:?}");
+    assert_eq!(count_rx.try_recv().expect("update handed over"), update);
+    assert!(ca.close_reason().is_none(), "liveness does not close by itself");
+    drop(quiet);
+}
