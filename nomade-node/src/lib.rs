@@ -6,6 +6,11 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod cli;
+pub mod demo;
+pub mod json;
+pub mod metrics_http;
+pub mod progress;
 pub mod core;
 pub mod error;
 pub mod handshake;

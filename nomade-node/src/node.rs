@@ -62,7 +62,7 @@ impl Default for NodeConfig {
 }
 
 /// What is known of a peer's presence.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PeerPresence {
     /// Whether a session is up and heartbeats arrive.
     pub online: bool,
@@ -560,6 +560,8 @@ impl Node {
         let result = self.session(conn.clone(), dialer, ready).await;
         match &result {
             Ok(()) => tracing::info!(%peer, "session ended"),
+            // The connection closing (either side, or the network) is routine.
+            Err(NodeError::Transport(e)) => tracing::info!(%peer, reason = %e, "session ended"),
             Err(e) => tracing::warn!(%peer, error = %e, "session ended with an error"),
         }
         conn.close(0, "session over");
@@ -686,8 +688,9 @@ impl Node {
         let mut summary_rx = initial_tx.subscribe();
         let puller = tokio::spawn(async move {
             let (mut tx, mut rx) = (Sink(tx), Source(rx));
-            if let Err(e) = sync::pull(core, p.clone(), &mut tx, &mut rx, initial_tx).await {
-                tracing::warn!(peer = %p, error = %e, "pull ended");
+            match sync::pull(core, p.clone(), &mut tx, &mut rx, initial_tx).await {
+                Ok(()) | Err(NodeError::Transport(_)) => tracing::debug!(peer = %p, "pull ended"),
+                Err(e) => tracing::warn!(peer = %p, error = %e, "sync from peer failed"),
             }
         });
         // Once the initial sync is in, fetch the artifacts it references.
@@ -964,7 +967,7 @@ impl Node {
 }
 
 /// One peer in [`NodeStatus`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct PeerStatus {
     /// Its device id.
     pub device_id: String,
@@ -979,7 +982,7 @@ pub struct PeerStatus {
 }
 
 /// A summary of a device.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct NodeStatus {
     /// This device's id.
     pub device_id: String,

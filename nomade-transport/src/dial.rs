@@ -97,7 +97,8 @@ impl Backoff {
         self.failures = self.failures.saturating_add(1);
         let ceiling = self.ceiling(self.failures);
         let half = ceiling / 2;
-        let jitter = rng.gen_range(0..=(ceiling - half).as_micros().min(u128::from(u64::MAX)) as u64);
+        let jitter =
+            rng.gen_range(0..=(ceiling - half).as_micros().min(u128::from(u64::MAX)) as u64);
         let delay = half + Duration::from_micros(jitter);
         self.retry_at = Some(now + delay);
         delay
@@ -131,7 +132,10 @@ impl Dialer {
     /// A dialer over `endpoints` with the default backoff and a 3 s connect timeout.
     pub fn new(endpoints: Vec<Endpoint>) -> Self {
         Dialer {
-            entries: endpoints.into_iter().map(|e| (e, Backoff::default())).collect(),
+            entries: endpoints
+                .into_iter()
+                .map(|e| (e, Backoff::default()))
+                .collect(),
             connect_timeout: Duration::from_secs(3),
             last_round: Vec::new(),
         }
@@ -183,7 +187,12 @@ impl Dialer {
     }
 
     /// Records a failed attempt on endpoint `i`.
-    pub fn record_failure(&mut self, i: usize, now: Instant, rng: &mut impl Rng) -> Option<Duration> {
+    pub fn record_failure(
+        &mut self,
+        i: usize,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) -> Option<Duration> {
         self.entries.get_mut(i).map(|e| e.1.on_failure(now, rng))
     }
 
@@ -198,18 +207,26 @@ impl Dialer {
 
     /// Tries the ready endpoints in order until one connects to a paired
     /// device (`expected` if given).
-    pub async fn dial(&mut self, transport: &Transport, expected: Option<DeviceId>) -> Result<Connection> {
+    pub async fn dial(
+        &mut self,
+        transport: &Transport,
+        expected: Option<DeviceId>,
+    ) -> Result<Connection> {
         self.last_round.clear();
         let plan = self.plan(Instant::now());
         for i in plan {
             let addr = self.entries[i].0.address;
             tracing::debug!(%addr, priority = self.entries[i].0.priority, "dialing");
-            let attempt = tokio::time::timeout(self.connect_timeout, transport.connect(addr, expected)).await;
+            let attempt =
+                tokio::time::timeout(self.connect_timeout, transport.connect(addr, expected)).await;
             match attempt {
                 Ok(Ok(conn)) => {
                     let rtt = conn.rtt();
                     self.record_success(i, rtt, SystemTime::now());
-                    self.last_round.push(DialAttempt { address: addr, outcome: Ok(rtt) });
+                    self.last_round.push(DialAttempt {
+                        address: addr,
+                        outcome: Ok(rtt),
+                    });
                     tracing::info!(%addr, ?rtt, "dial succeeded");
                     return Ok(conn);
                 }
@@ -225,7 +242,10 @@ impl Dialer {
     fn fail(&mut self, i: usize, addr: SocketAddr, why: String) {
         let delay = self.record_failure(i, Instant::now(), &mut rand::thread_rng());
         tracing::warn!(%addr, error = %why, ?delay, "dial failed: backing off");
-        self.last_round.push(DialAttempt { address: addr, outcome: Err(why) });
+        self.last_round.push(DialAttempt {
+            address: addr,
+            outcome: Err(why),
+        });
     }
 }
 
@@ -243,7 +263,10 @@ mod tests {
         for n in 1..=8u32 {
             let d = b.on_failure(t0, &mut rng);
             let ceiling = b.ceiling(n);
-            assert!(d >= ceiling / 2 && d <= ceiling, "{n}: {d:?} vs {ceiling:?}");
+            assert!(
+                d >= ceiling / 2 && d <= ceiling,
+                "{n}: {d:?} vs {ceiling:?}"
+            );
             delays.push(ceiling);
             assert!(!b.ready(t0));
             assert!(b.ready(t0 + d));
@@ -283,11 +306,19 @@ mod tests {
         let manual = Endpoint::new(a(4), 3);
         let mut d = Dialer::new(vec![public, manual, lan_slow, lan_fast]);
         let t0 = Instant::now();
-        let order: Vec<u16> = d.plan(t0).iter().map(|&i| d.entries[i].0.address.port()).collect();
+        let order: Vec<u16> = d
+            .plan(t0)
+            .iter()
+            .map(|&i| d.entries[i].0.address.port())
+            .collect();
         assert_eq!(order, vec![1, 2, 3, 4]);
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         d.record_failure(3, t0, &mut rng); // lan_fast fails
-        let order: Vec<u16> = d.plan(t0).iter().map(|&i| d.entries[i].0.address.port()).collect();
+        let order: Vec<u16> = d
+            .plan(t0)
+            .iter()
+            .map(|&i| d.entries[i].0.address.port())
+            .collect();
         assert_eq!(order, vec![2, 3, 4]);
         let later = t0 + Duration::from_secs(1);
         assert_eq!(d.plan(later).len(), 4, "back after the backoff");

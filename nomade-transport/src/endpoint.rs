@@ -150,7 +150,12 @@ impl Inner {
         list.push(conn.clone());
     }
 
-    fn wrap(self: &Arc<Self>, peer: DeviceId, conn: quinn::Connection, newly_paired: bool) -> Connection {
+    fn wrap(
+        self: &Arc<Self>,
+        peer: DeviceId,
+        conn: quinn::Connection,
+        newly_paired: bool,
+    ) -> Connection {
         self.register(peer, &conn);
         Connection::new(self, peer, conn, newly_paired)
     }
@@ -272,7 +277,8 @@ impl Transport {
             }
         }
         tracing::info!(peer = %id, closed, "unpaired");
-        self.inner.emit(TransportEvent::Unpaired { peer: *id, closed });
+        self.inner
+            .emit(TransportEvent::Unpaired { peer: *id, closed });
         closed
     }
 
@@ -322,11 +328,15 @@ impl Transport {
         Ok(cfg)
     }
 
-    async fn handshake(&self, addr: SocketAddr, mode: ServerAcceptance) -> Result<(quinn::Connection, DeviceId)> {
-        let connecting = self
-            .inner
-            .endpoint
-            .connect_with(self.client_config(mode)?, addr, tls::SERVER_NAME)?;
+    async fn handshake(
+        &self,
+        addr: SocketAddr,
+        mode: ServerAcceptance,
+    ) -> Result<(quinn::Connection, DeviceId)> {
+        let connecting =
+            self.inner
+                .endpoint
+                .connect_with(self.client_config(mode)?, addr, tls::SERVER_NAME)?;
         let conn = tokio::time::timeout(self.inner.config.handshake_timeout, async {
             let conn = connecting.await.map_err(classify)?;
             // The client's handshake completes before the server has checked
@@ -341,23 +351,38 @@ impl Transport {
     }
 
     /// Dials `addr`. The server must be a paired device, and `expected` if given.
-    pub async fn connect(&self, addr: SocketAddr, expected: Option<DeviceId>) -> Result<Connection> {
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        expected: Option<DeviceId>,
+    ) -> Result<Connection> {
         let (conn, peer) = self
             .handshake(addr, ServerAcceptance::Paired { expected })
             .await
             .inspect_err(|e| tracing::warn!(%addr, error = %e, "connect failed"))?;
         if let Some(expected) = expected {
             if expected != peer {
-                conn.close(close_code::AUTHENTICATION_FAILED.into(), b"unexpected device");
-                return Err(TransportError::UnexpectedPeer { expected, actual: peer });
+                conn.close(
+                    close_code::AUTHENTICATION_FAILED.into(),
+                    b"unexpected device",
+                );
+                return Err(TransportError::UnexpectedPeer {
+                    expected,
+                    actual: peer,
+                });
             }
         }
         if !self.inner.paired.contains(&peer) {
             conn.close(close_code::AUTHENTICATION_FAILED.into(), b"not paired");
-            return Err(TransportError::PeerNotAccepted { reason: format!("{peer} is not paired") });
+            return Err(TransportError::PeerNotAccepted {
+                reason: format!("{peer} is not paired"),
+            });
         }
         tracing::info!(%peer, %addr, "connected");
-        self.inner.emit(TransportEvent::Connected { peer, outgoing: true });
+        self.inner.emit(TransportEvent::Connected {
+            peer,
+            outgoing: true,
+        });
         Ok(self.inner.wrap(peer, conn, false))
     }
 
@@ -368,7 +393,10 @@ impl Transport {
             TransportError::PairingRefused(_) => e,
             other => TransportError::PairingRefused(other.to_string()),
         };
-        let (conn, peer) = self.handshake(addr, ServerAcceptance::Pairing).await.map_err(refused)?;
+        let (conn, peer) = self
+            .handshake(addr, ServerAcceptance::Pairing)
+            .await
+            .map_err(refused)?;
         let result = tokio::time::timeout(self.inner.config.handshake_timeout, async {
             let server_cert = peer_cert(&conn)?;
             let r = key_hash(&server_cert)?;
@@ -398,7 +426,10 @@ impl Transport {
         if let Err(e) = result {
             conn.close(close_code::PAIRING_REFUSED.into(), b"pairing failed");
             tracing::warn!(%peer, error = %e, "pairing failed");
-            self.inner.emit(TransportEvent::PairingFailed { peer, reason: e.to_string() });
+            self.inner.emit(TransportEvent::PairingFailed {
+                peer,
+                reason: e.to_string(),
+            });
             return Err(refused(e));
         }
         self.inner.paired.insert(peer);
@@ -409,7 +440,9 @@ impl Transport {
 
     /// Closes every connection and stops the endpoint.
     pub async fn close(&self) {
-        self.inner.endpoint.close(close_code::NORMAL.into(), b"shutting down");
+        self.inner
+            .endpoint
+            .close(close_code::NORMAL.into(), b"shutting down");
         self.inner.endpoint.wait_idle().await;
     }
 }
@@ -436,7 +469,9 @@ fn classify(e: quinn::ConnectionError) -> TransportError {
             TransportError::PairingRefused(String::from_utf8_lossy(&c.reason).into_owned())
         }
         quinn::ConnectionError::TransportError(t) if is_crypto(t.code) => {
-            TransportError::PeerNotAccepted { reason: t.reason.clone() }
+            TransportError::PeerNotAccepted {
+                reason: t.reason.clone(),
+            }
         }
         _ => TransportError::Connection(e),
     }
@@ -464,7 +499,10 @@ async fn wait_confirmed(conn: &quinn::Connection) -> Result<()> {
 
 fn peer_cert(conn: &quinn::Connection) -> Result<rustls_pki_types::CertificateDer<'static>> {
     conn.peer_identity()
-        .and_then(|any| any.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|any| {
+            any.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
         .and_then(|certs| certs.into_iter().next())
         .ok_or_else(|| TransportError::BadCertificate("peer presented no certificate".into()))
 }
@@ -473,13 +511,18 @@ fn peer_id(conn: &quinn::Connection) -> Result<DeviceId> {
     DeviceId::from_cert_der(&peer_cert(conn)?)
 }
 
-async fn accept_loop(inner: std::sync::Weak<Inner>, endpoint: quinn::Endpoint, tx: mpsc::Sender<Connection>) {
+async fn accept_loop(
+    inner: std::sync::Weak<Inner>,
+    endpoint: quinn::Endpoint,
+    tx: mpsc::Sender<Connection>,
+) {
     while let Some(incoming) = endpoint.accept().await {
         let Some(inner) = inner.upgrade() else { return };
         if !incoming.remote_address_validated() {
             let remote = incoming.remote_address();
             if let Err(e) = incoming.retry() {
-                tracing::debug!(%remote, error = %e, "retry impossible");
+                tracing::debug!(%remote, "address validation failed: refusing");
+                e.into_incoming().refuse();
             }
             continue;
         }
@@ -487,7 +530,11 @@ async fn accept_loop(inner: std::sync::Weak<Inner>, endpoint: quinn::Endpoint, t
     }
 }
 
-async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming, tx: mpsc::Sender<Connection>) {
+async fn handle_incoming(
+    inner: Arc<Inner>,
+    incoming: quinn::Incoming,
+    tx: mpsc::Sender<Connection>,
+) {
     let remote = incoming.remote_address();
     let reject = |reason: String| {
         tracing::warn!(%remote, %reason, "incoming connection rejected");
@@ -512,18 +559,29 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming, tx: mpsc:
     let newly_paired = if inner.paired.contains(&peer) {
         false
     } else if inner.pairing.is_claimed_by(&peer) {
-        match tokio::time::timeout(inner.config.handshake_timeout, respond_pairing(&inner, &conn, peer)).await {
+        match tokio::time::timeout(
+            inner.config.handshake_timeout,
+            respond_pairing(&inner, &conn, peer),
+        )
+        .await
+        {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 conn.close(close_code::PAIRING_REFUSED.into(), e.to_string().as_bytes());
                 tracing::warn!(%peer, error = %e, "pairing failed");
-                inner.emit(TransportEvent::PairingFailed { peer, reason: e.to_string() });
+                inner.emit(TransportEvent::PairingFailed {
+                    peer,
+                    reason: e.to_string(),
+                });
                 return;
             }
             Err(_) => {
                 inner.pairing.close();
                 conn.close(close_code::PAIRING_REFUSED.into(), b"pairing timed out");
-                inner.emit(TransportEvent::PairingFailed { peer, reason: "timed out".into() });
+                inner.emit(TransportEvent::PairingFailed {
+                    peer,
+                    reason: "timed out".into(),
+                });
                 return;
             }
         }
@@ -532,7 +590,10 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming, tx: mpsc:
         return reject(format!("{peer} is not paired"));
     };
     tracing::info!(%peer, %remote, newly_paired, "accepted connection");
-    inner.emit(TransportEvent::Connected { peer, outgoing: false });
+    inner.emit(TransportEvent::Connected {
+        peer,
+        outgoing: false,
+    });
     let wrapped = inner.wrap(peer, conn, newly_paired);
     if tx.send(wrapped).await.is_err() {
         tracing::debug!("transport dropped: connection discarded");
@@ -545,7 +606,9 @@ async fn respond_pairing(inner: &Inner, conn: &quinn::Connection, peer: DeviceId
     recv.read_exact(&mut msg).await?;
     let header = StreamHeader::parse([msg[0], msg[1]])?;
     if header.role != StreamRole::Control {
-        return Err(TransportError::PairingRefused("pairing must use a control stream".into()));
+        return Err(TransportError::PairingRefused(
+            "pairing must use a control stream".into(),
+        ));
     }
     let mut joiner_proof = [0u8; PROOF_LEN];
     joiner_proof.copy_from_slice(&msg[StreamHeader::LEN..]);
@@ -590,7 +653,9 @@ struct StreamSettings {
 impl StreamSettings {
     fn send_limit(&self, role: StreamRole) -> Option<Limit> {
         match role {
-            StreamRole::Sync => self.sync_ops.map(|r| Limit::Ops(RateLimiter::per_second(u64::from(r)))),
+            StreamRole::Sync => self
+                .sync_ops
+                .map(|r| Limit::Ops(RateLimiter::per_second(u64::from(r)))),
             StreamRole::Artifact => self.artifact_send.clone().map(Limit::Bytes),
             _ => None,
         }
@@ -598,7 +663,9 @@ impl StreamSettings {
 
     fn recv_limit(&self, role: StreamRole) -> Option<Limit> {
         match role {
-            StreamRole::Sync => self.sync_ops.map(|r| Limit::Ops(RateLimiter::per_second(u64::from(r)))),
+            StreamRole::Sync => self
+                .sync_ops
+                .map(|r| Limit::Ops(RateLimiter::per_second(u64::from(r)))),
             StreamRole::Artifact => self.artifact_recv.clone().map(Limit::Bytes),
             _ => None,
         }
@@ -775,7 +842,8 @@ async fn read_header(
     tx: mpsc::Sender<IncomingStream>,
 ) {
     let mut b = [0u8; StreamHeader::LEN];
-    let header = match tokio::time::timeout(settings.header_deadline, recv.read_exact(&mut b)).await {
+    let header = match tokio::time::timeout(settings.header_deadline, recv.read_exact(&mut b)).await
+    {
         Ok(Ok(())) => StreamHeader::parse(b).map_err(TransportError::from),
         Ok(Err(e)) => Err(e.into()),
         Err(_) => Err(TransportError::Deadline(settings.header_deadline)),

@@ -119,7 +119,11 @@ pub async fn watch_heartbeats(
             Ok(Err(e)) => return Err(e),
             Err(_) => {
                 let missed = live.missed(Instant::now());
-                tracing::warn!(missed, beats = live.beats(), "peer missed heartbeats: offline");
+                tracing::warn!(
+                    missed,
+                    beats = live.beats(),
+                    "peer missed heartbeats: offline"
+                );
                 return Err(TransportError::PeerOffline { missed });
             }
         }

@@ -58,7 +58,9 @@ impl DeviceId {
 
     /// The 32 base32 characters without dashes (fits a DNS label).
     pub fn to_compact(&self) -> String {
-        data_encoding::BASE32_NOPAD.encode(&self.0).to_ascii_lowercase()
+        data_encoding::BASE32_NOPAD
+            .encode(&self.0)
+            .to_ascii_lowercase()
     }
 }
 
@@ -114,9 +116,7 @@ impl FromStr for DeviceId {
         let bytes = data_encoding::BASE32_NOPAD
             .decode(compact.as_bytes())
             .map_err(|_| bad("not RFC 4648 base32"))?;
-        let arr: [u8; DEVICE_ID_LEN] = bytes
-            .try_into()
-            .map_err(|_| bad("expected 20 bytes"))?;
+        let arr: [u8; DEVICE_ID_LEN] = bytes.try_into().map_err(|_| bad("expected 20 bytes"))?;
         Ok(DeviceId(arr))
     }
 }
@@ -194,8 +194,7 @@ impl DeviceIdentity {
                 let cert = CertificateDer::from_pem_slice(&bytes)
                     .map_err(|e| corrupt(&cert_path, format!("bad certificate PEM: {e}")))?
                     .into_owned();
-                let spki = spki_of_cert(&cert)
-                    .map_err(|e| corrupt(&cert_path, e.to_string()))?;
+                let spki = spki_of_cert(&cert).map_err(|e| corrupt(&cert_path, e.to_string()))?;
                 if spki != rcgen::PublicKeyData::subject_public_key_info(&key) {
                     return Err(corrupt(
                         &cert_path,

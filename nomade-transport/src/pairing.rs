@@ -273,9 +273,28 @@ mod tests {
         assert_eq!(c.as_str().len(), CODE_LEN);
         let shown = c.to_string();
         assert_eq!(PairingCode::parse(&shown.to_uppercase()), Some(c.clone()));
-        assert_eq!(PairingCode::parse("abcd efgh").map(|c| c.0), Some("abcdefgh".into()));
+        assert_eq!(
+            PairingCode::parse("abcd efgh").map(|c| c.0),
+            Some("abcdefgh".into())
+        );
         assert!(PairingCode::parse("abcd-efg1").is_none());
         assert!(PairingCode::parse("abc").is_none());
+    }
+
+    /// The worked vector of docs/PROTOCOL.md, "Pairing" (checked there with
+    /// Python's `blake3` package as well).
+    #[test]
+    fn protocol_md_proof_vector() {
+        let code = PairingCode::parse("abcdefgh").expect("code");
+        let hex = |b: [u8; 32]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        assert_eq!(
+            hex(proof(ProofRole::Joiner, &code, &[1; 32], &[2; 32])),
+            "9def3ed38cc0195e52601d8137d33b06bd676b385cff038a116f5b6cd0f3c313"
+        );
+        assert_eq!(
+            hex(proof(ProofRole::Responder, &code, &[1; 32], &[2; 32])),
+            "7829c8a1af332e8b1e95d14da2e860f12068f0547b8c255d3e80681e15a0e55f"
+        );
     }
 
     #[test]
@@ -285,12 +304,18 @@ mod tests {
         let peer = DeviceId::from_bytes([9; 20]);
         let mut w = PairingWindow::open(code(), t0, PAIRING_TTL);
         assert!(w.claim(peer, t0));
-        assert!(!w.claim(DeviceId::from_bytes([8; 20]), t0), "one device per window");
+        assert!(
+            !w.claim(DeviceId::from_bytes([8; 20]), t0),
+            "one device per window"
+        );
         let jp = proof(ProofRole::Joiner, &code(), &r, &j);
         let rp = w.verify(peer, &jp, &r, &j, t0).expect("right code");
         assert_eq!(rp, proof(ProofRole::Responder, &code(), &r, &j));
         assert_ne!(rp, jp, "the two directions differ");
-        assert_eq!(w.verify(peer, &jp, &r, &j, t0), Err(PairingFailure::NoWindow));
+        assert_eq!(
+            w.verify(peer, &jp, &r, &j, t0),
+            Err(PairingFailure::NoWindow)
+        );
     }
 
     #[test]
@@ -302,12 +327,18 @@ mod tests {
         let mut w = PairingWindow::open(code(), t0, PAIRING_TTL);
         assert!(w.claim(peer, t0));
         let bad = proof(ProofRole::Joiner, &other, &r, &j);
-        assert_eq!(w.verify(peer, &bad, &r, &j, t0), Err(PairingFailure::WrongCode));
+        assert_eq!(
+            w.verify(peer, &bad, &r, &j, t0),
+            Err(PairingFailure::WrongCode)
+        );
         // A proof made for another responder key (a device in the middle) fails.
         let mut w = PairingWindow::open(code(), t0, PAIRING_TTL);
         assert!(w.claim(peer, t0));
         let mitm = proof(ProofRole::Joiner, &code(), &[3u8; 32], &j);
-        assert_eq!(w.verify(peer, &mitm, &r, &j, t0), Err(PairingFailure::WrongCode));
+        assert_eq!(
+            w.verify(peer, &mitm, &r, &j, t0),
+            Err(PairingFailure::WrongCode)
+        );
     }
 
     #[test]

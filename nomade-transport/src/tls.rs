@@ -56,7 +56,10 @@ impl PairedSet {
 
     /// Whether `id` is paired.
     pub fn contains(&self, id: &DeviceId) -> bool {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).contains(id)
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
     }
 
     /// A snapshot of the paired ids, sorted.
@@ -301,4 +304,99 @@ pub fn client_config(
         .with_client_auth_cert(vec![identity.cert_der().clone()], identity.private_key())?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    use crate::pairing::{PairingCode, PairingWindow};
+
+    fn now() -> UnixTime {
+        UnixTime::now()
+    }
+
+    #[test]
+    fn client_verifier_pins_paired_ids_and_ignores_intermediates() {
+        let me = DeviceIdentity::generate().expect("id");
+        let other = DeviceIdentity::generate().expect("id");
+        let paired = PairedSet::new();
+        let v = PeerClientVerifier::new(paired.clone(), PairingSlot::default());
+        let junk = CertificateDer::from(vec![0u8; 40_000]);
+        assert!(v
+            .verify_client_cert(me.cert_der(), std::slice::from_ref(&junk), now())
+            .is_err());
+        paired.insert(me.device_id());
+        // Changes apply without rebuilding anything; intermediates never count.
+        assert!(v
+            .verify_client_cert(me.cert_der(), &[junk, other.cert_der().clone()], now())
+            .is_ok());
+        assert!(v.verify_client_cert(other.cert_der(), &[], now()).is_err());
+        paired.remove(&me.device_id());
+        assert!(v.verify_client_cert(me.cert_der(), &[], now()).is_err());
+    }
+
+    #[test]
+    fn oversize_or_malformed_end_entity_is_rejected() {
+        let big = CertificateDer::from(vec![0x30u8; MAX_CERT_LEN + 1]);
+        assert!(check_end_entity(&big).is_err());
+        let garbage = CertificateDer::from(vec![1u8, 2, 3]);
+        assert!(check_end_entity(&garbage).is_err());
+        let me = DeviceIdentity::generate().expect("id");
+        assert_eq!(check_end_entity(me.cert_der()).expect("ok"), me.device_id());
+    }
+
+    #[test]
+    fn pairing_window_admits_exactly_one_unknown_device() {
+        let a = DeviceIdentity::generate().expect("id");
+        let b = DeviceIdentity::generate().expect("id");
+        let slot = PairingSlot::default();
+        let v = PeerClientVerifier::new(PairedSet::new(), slot.clone());
+        assert!(v.verify_client_cert(a.cert_der(), &[], now()).is_err());
+        let code = PairingCode::parse("abcdefgh").expect("code");
+        slot.open(PairingWindow::open(
+            code,
+            Instant::now(),
+            Duration::from_secs(60),
+        ));
+        assert!(v.verify_client_cert(a.cert_der(), &[], now()).is_ok());
+        assert!(v.verify_client_cert(b.cert_der(), &[], now()).is_err());
+        assert!(slot.is_claimed_by(&a.device_id()));
+    }
+
+    #[test]
+    fn server_verifier_checks_expected_and_paired() {
+        let a = DeviceIdentity::generate().expect("id");
+        let b = DeviceIdentity::generate().expect("id");
+        let paired = PairedSet::new();
+        paired.insert(a.device_id());
+        let name = ServerName::try_from(SERVER_NAME).expect("name");
+        let check = |mode, cert: &CertificateDer<'_>| {
+            PeerServerVerifier::new(paired.clone(), mode)
+                .verify_server_cert(cert, &[], &name, &[], now())
+                .is_ok()
+        };
+        assert!(check(
+            ServerAcceptance::Paired { expected: None },
+            a.cert_der()
+        ));
+        assert!(check(
+            ServerAcceptance::Paired {
+                expected: Some(a.device_id())
+            },
+            a.cert_der()
+        ));
+        assert!(!check(
+            ServerAcceptance::Paired {
+                expected: Some(b.device_id())
+            },
+            a.cert_der()
+        ));
+        assert!(!check(
+            ServerAcceptance::Paired { expected: None },
+            b.cert_der()
+        ));
+        assert!(check(ServerAcceptance::Pairing, b.cert_der()));
+    }
 }

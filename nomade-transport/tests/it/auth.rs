@@ -30,7 +30,10 @@ async fn unpaired_client_is_refused_on_both_sides() {
         .await
         .expect_err("refused");
     assert!(matches!(err, TransportError::NotPaired), "{err:?}");
-    let ev = wait_event(&mut events, |e| matches!(e, TransportEvent::HandshakeRejected { .. })).await;
+    let ev = wait_event(&mut events, |e| {
+        matches!(e, TransportEvent::HandshakeRejected { .. })
+    })
+    .await;
     if let TransportEvent::HandshakeRejected { reason, .. } = ev {
         assert!(!reason.is_empty());
     }
@@ -45,8 +48,14 @@ async fn unpaired_server_is_refused_on_both_sides() {
         .connect(b.local_addr().expect("addr"), None)
         .await
         .expect_err("refused");
-    assert!(matches!(err, TransportError::PeerNotAccepted { .. }), "{err:?}");
-    wait_event(&mut events, |e| matches!(e, TransportEvent::HandshakeRejected { .. })).await;
+    assert!(
+        matches!(err, TransportError::PeerNotAccepted { .. }),
+        "{err:?}"
+    );
+    wait_event(&mut events, |e| {
+        matches!(e, TransportEvent::HandshakeRejected { .. })
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -58,7 +67,10 @@ async fn wrong_expected_device_is_refused() {
         .connect(b.local_addr().expect("addr"), Some(c.device_id()))
         .await
         .expect_err("b is not c");
-    assert!(matches!(err, TransportError::PeerNotAccepted { .. }), "{err:?}");
+    assert!(
+        matches!(err, TransportError::PeerNotAccepted { .. }),
+        "{err:?}"
+    );
 }
 
 /// Presents a fixed certificate with an arbitrary key.
@@ -94,7 +106,10 @@ async fn copied_certificate_without_its_key_is_refused() {
         .expect("load");
     let stolen: CertificateDer<'static> = a.identity_cert().clone();
     let certified = Arc::new(rustls::sign::CertifiedKey::new(vec![stolen], signing));
-    let verifier = Arc::new(PeerServerVerifier::new(PairedSet::new(), ServerAcceptance::Pairing));
+    let verifier = Arc::new(PeerServerVerifier::new(
+        PairedSet::new(),
+        ServerAcceptance::Pairing,
+    ));
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("tls13")
@@ -121,7 +136,10 @@ async fn copied_certificate_without_its_key_is_refused() {
         matches!(reason, quinn::ConnectionError::ConnectionClosed(_)),
         "{reason:?}"
     );
-    let ev = wait_event(&mut events, |e| matches!(e, TransportEvent::HandshakeRejected { .. })).await;
+    let ev = wait_event(&mut events, |e| {
+        matches!(e, TransportEvent::HandshakeRejected { .. })
+    })
+    .await;
     if let TransportEvent::HandshakeRejected { reason, .. } = ev {
         assert!(reason.to_lowercase().contains("signature"), "{reason}");
     }

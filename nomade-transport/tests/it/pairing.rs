@@ -22,9 +22,17 @@ async fn right_code_pairs_both_sides() {
     assert!(joiner.paired().contains(&shower.device_id()));
     assert!(shower.paired().contains(&joiner.device_id()));
     let ev = wait_event(&mut events, |e| matches!(e, TransportEvent::Paired { .. })).await;
-    assert_eq!(ev, TransportEvent::Paired { peer: joiner.device_id() });
+    assert_eq!(
+        ev,
+        TransportEvent::Paired {
+            peer: joiner.device_id()
+        }
+    );
     // The pairing connection carries frames like any other.
-    let mut s = conn.open_uni(nomade_wire::StreamRole::Presence).await.expect("open");
+    let mut s = conn
+        .open_uni(nomade_wire::StreamRole::Presence)
+        .await
+        .expect("open");
     s.send(&crate::beat(1)).await.expect("send");
     let mut inc = accepted.accept_stream().await.expect("stream");
     assert_eq!(inc.recv.recv().await.expect("recv"), Some(crate::beat(1)));
@@ -47,7 +55,11 @@ async fn right_code_pairs_both_sides() {
 async fn wrong_code_is_refused_and_nothing_is_pinned() {
     let (joiner, shower) = (node(), node());
     let code = shower.start_pairing();
-    let wrong = if code.as_str() == "aaaaaaaa" { "bbbbbbbb" } else { "aaaaaaaa" };
+    let wrong = if code.as_str() == "aaaaaaaa" {
+        "bbbbbbbb"
+    } else {
+        "aaaaaaaa"
+    };
     let wrong = PairingCode::parse(wrong).expect("code");
     let mut events = shower.events();
     let err = joiner
@@ -55,7 +67,10 @@ async fn wrong_code_is_refused_and_nothing_is_pinned() {
         .await
         .expect_err("wrong code");
     assert!(matches!(err, TransportError::PairingRefused(_)), "{err:?}");
-    let ev = wait_event(&mut events, |e| matches!(e, TransportEvent::PairingFailed { .. })).await;
+    let ev = wait_event(&mut events, |e| {
+        matches!(e, TransportEvent::PairingFailed { .. })
+    })
+    .await;
     if let TransportEvent::PairingFailed { peer, reason } = ev {
         assert_eq!(peer, joiner.device_id());
         assert!(reason.contains("wrong pairing code"), "{reason}");
@@ -82,7 +97,10 @@ async fn expired_code_is_refused_and_nothing_is_pinned() {
         .await
         .expect_err("expired");
     assert!(matches!(err, TransportError::PairingRefused(_)), "{err:?}");
-    wait_event(&mut events, |e| matches!(e, TransportEvent::HandshakeRejected { .. })).await;
+    wait_event(&mut events, |e| {
+        matches!(e, TransportEvent::HandshakeRejected { .. })
+    })
+    .await;
     assert!(shower.paired().list().is_empty());
     assert!(joiner.paired().list().is_empty());
 }

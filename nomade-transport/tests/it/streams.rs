@@ -5,7 +5,12 @@ use nomade_wire::{Ack, ErrorCode, Message, MessageId, StreamRole};
 
 use crate::{beat, pair};
 
-async fn connected() -> (nomade_transport::Transport, nomade_transport::Transport, Connection, Connection) {
+async fn connected() -> (
+    nomade_transport::Transport,
+    nomade_transport::Transport,
+    Connection,
+    Connection,
+) {
     let (a, b) = pair();
     let ca = a
         .connect(b.local_addr().expect("addr"), Some(b.device_id()))
@@ -124,7 +129,10 @@ async fn a_message_left_unfinished_hits_the_deadline() {
     )
     .expect("bind");
     a.pair(b2.device_id());
-    let ca = a.connect(b2.local_addr().expect("addr"), None).await.expect("connect");
+    let ca = a
+        .connect(b2.local_addr().expect("addr"), None)
+        .await
+        .expect("connect");
     let cb = b2.accept().await.expect("accept");
     let (mut tx, mut rx) = ca.open_bi(StreamRole::Sync).await.expect("open");
     let frame = beat(1).to_bytes().expect("encode");
@@ -142,7 +150,10 @@ async fn sync_rate_limit_delivers_everything_in_order() {
     use nomade_transport::RateLimits;
     let a = crate::node();
     let mut cfg = crate::config();
-    cfg.rate_limits = RateLimits { sync_ops_per_sec: Some(5), artifact_bytes_per_sec: Some(1000) };
+    cfg.rate_limits = RateLimits {
+        sync_ops_per_sec: Some(5),
+        artifact_bytes_per_sec: Some(1000),
+    };
     let b = nomade_transport::Transport::bind(
         nomade_transport::DeviceIdentity::generate().expect("id"),
         nomade_transport::PairedSet::new(),
@@ -152,7 +163,10 @@ async fn sync_rate_limit_delivers_everything_in_order() {
     .expect("bind");
     a.pair(b.device_id());
     b.pair(a.device_id());
-    let ca = b.connect(a.local_addr().expect("addr"), None).await.expect("connect");
+    let ca = b
+        .connect(a.local_addr().expect("addr"), None)
+        .await
+        .expect("connect");
     let cb = a.accept().await.expect("accept");
     // b sends with a 5 ops/s limit (burst 5): 8 frames make it wait, none is lost.
     let (mut tx, _rx) = ca.open_bi(StreamRole::Sync).await.expect("open");
@@ -160,7 +174,9 @@ async fn sync_rate_limit_delivers_everything_in_order() {
         nomade_wire::Envelope::new(
             MessageId::from([i; 16]),
             0,
-            Ack { message_ids: vec![MessageId::from([i; 16])] },
+            Ack {
+                message_ids: vec![MessageId::from([i; 16])],
+            },
         )
     };
     let sender = tokio::spawn(async move {
@@ -212,7 +228,10 @@ async fn heartbeats_flow_and_silence_means_offline() {
     let update = nomade_wire::Envelope::new(
         nomade_wire::MessageId::from([3; 16]),
         0,
-        nomade_wire::PresenceUpdate { status: nomade_wire::PresenceStatus::Away, message: None },
+        nomade_wire::PresenceUpdate {
+            status: nomade_wire::PresenceStatus::Away,
+            message: None,
+        },
     );
     quiet.send(&update).await.expect("update");
     let inc = cb.accept_stream().await.expect("quiet stream");
@@ -220,8 +239,14 @@ async fn heartbeats_flow_and_silence_means_offline() {
         let _ = count_tx.send(env);
     })
     .await;
-    assert!(matches!(result, Err(TransportError::PeerOffline { missed }) if missed >= 3), "{result:?}");
+    assert!(
+        matches!(result, Err(TransportError::PeerOffline { missed }) if missed >= 3),
+        "{result:?}"
+    );
     assert_eq!(count_rx.try_recv().expect("update handed over"), update);
-    assert!(ca.close_reason().is_none(), "liveness does not close by itself");
+    assert!(
+        ca.close_reason().is_none(),
+        "liveness does not close by itself"
+    );
     drop(quiet);
 }

@@ -1,0 +1,204 @@
+//! The `nomade` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Nomade: keep documents, conversations and files in sync across your devices, peer to peer.
+#[derive(Debug, Parser)]
+#[command(name = "nomade", version, about, long_about = None)]
+pub struct Cli {
+    /// The device's data directory (identity, database, artifacts).
+    #[arg(long, global = true, env = "NOMADE_DIR", default_value = ".nomade")]
+    pub dir: PathBuf,
+    /// Log filter (e.g. `info`, `nomade_node=debug`); RUST_LOG takes precedence.
+    #[arg(long, global = true, default_value = "warn")]
+    pub log: String,
+    /// This device's name, shown to peers.
+    #[arg(long, global = true, env = "NOMADE_NAME")]
+    pub name: Option<String>,
+    /// Switch the application rate limits off (default: on, per the protocol).
+    #[arg(long, global = true)]
+    pub no_rate_limits: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the data directory: a device identity and an empty database.
+    Init,
+    /// Print this device's id (compare it by eye when pairing out of band).
+    Id,
+    /// Pair with another device using a short-lived code.
+    #[command(subcommand)]
+    Pair(PairCommand),
+    /// List, add or remove paired devices.
+    #[command(subcommand)]
+    Peers(PeersCommand),
+    /// Run the node: accept paired devices, dial known ones, sync continuously.
+    Serve {
+        /// The UDP address to listen on.
+        #[arg(long, default_value = "0.0.0.0:4433")]
+        listen: SocketAddr,
+        /// Serve Prometheus metrics over HTTP on this address.
+        #[arg(long)]
+        metrics_addr: Option<SocketAddr>,
+    },
+    /// Edit or read documents.
+    #[command(subcommand)]
+    Doc(DocCommand),
+    /// Edit or read conversations.
+    #[command(subcommand)]
+    Conv(ConvCommand),
+    /// Store a file as an artifact (encrypted at rest) and print its id.
+    Put {
+        /// The file.
+        file: PathBuf,
+        /// Its MIME type.
+        #[arg(long)]
+        mime: Option<String>,
+    },
+    /// Write an artifact to a file, fetching it from a peer if needed.
+    Get {
+        /// The artifact id (64 hex characters).
+        id: String,
+        /// Where to write it.
+        out: PathBuf,
+        /// Fetch from this paired peer's address if the artifact is not held locally.
+        #[arg(long)]
+        from: Option<SocketAddr>,
+        /// The device id of the peer at `--from` (default: the paired device with that address).
+        #[arg(long)]
+        peer: Option<String>,
+    },
+    /// Show the node's state: id, peers, state hash, metrics.
+    Status {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a self-contained demonstration on loopback: devices pair, edit
+    /// concurrently, sync, move an artifact, restart from disk, converge.
+    Demo {
+        /// One JSON object instead of the readable report.
+        #[arg(long)]
+        json: bool,
+        /// Artifact size in MiB.
+        #[arg(long, default_value_t = 32)]
+        artifact_mib: u64,
+        /// Keep the protocol's default rate limits on (10 MB/s for artifacts).
+        #[arg(long)]
+        rate_limits: bool,
+    },
+}
+
+/// `nomade pair ...`
+#[derive(Debug, Subcommand)]
+pub enum PairCommand {
+    /// Show a pairing code and wait for one device to join with it.
+    Show {
+        /// The UDP address to listen on.
+        #[arg(long, default_value = "0.0.0.0:4433")]
+        listen: SocketAddr,
+        /// How long the code stays valid, in seconds.
+        #[arg(long, default_value_t = 120)]
+        ttl: u64,
+    },
+    /// Join a device that is showing a code.
+    Join {
+        /// The code it shows.
+        code: String,
+        /// Its address.
+        addr: SocketAddr,
+    },
+}
+
+/// `nomade peers ...`
+#[derive(Debug, Subcommand)]
+pub enum PeersCommand {
+    /// List paired devices.
+    List,
+    /// Pair out of band: pin a device id you have compared by eye.
+    Add {
+        /// The device id (with or without dashes).
+        device_id: String,
+        /// Where it can be reached.
+        #[arg(long)]
+        addr: Option<SocketAddr>,
+    },
+    /// Unpair a device.
+    Remove {
+        /// The device id.
+        device_id: String,
+    },
+}
+
+/// `nomade doc ...`
+#[derive(Debug, Subcommand)]
+pub enum DocCommand {
+    /// Set a field (the value is parsed as JSON, or taken as a string).
+    Set {
+        /// Document id.
+        doc: String,
+        /// Field.
+        key: String,
+        /// Value.
+        value: String,
+    },
+    /// Print a field.
+    Get {
+        /// Document id.
+        doc: String,
+        /// Field.
+        key: String,
+    },
+    /// Delete a field.
+    Delete {
+        /// Document id.
+        doc: String,
+        /// Field.
+        key: String,
+    },
+    /// Print a whole document.
+    Show {
+        /// Document id.
+        doc: String,
+    },
+}
+
+/// `nomade conv ...`
+#[derive(Debug, Subcommand)]
+pub enum ConvCommand {
+    /// Append an item.
+    Append {
+        /// Conversation id.
+        conv: String,
+        /// The item (JSON, or a string).
+        value: String,
+    },
+    /// Insert an item at a position.
+    Insert {
+        /// Conversation id.
+        conv: String,
+        /// Position (0 = first).
+        index: usize,
+        /// The item.
+        value: String,
+    },
+    /// Remove the item at a position.
+    Remove {
+        /// Conversation id.
+        conv: String,
+        /// Position.
+        index: usize,
+    },
+    /// Print the conversation.
+    Show {
+        /// Conversation id.
+        conv: String,
+    },
+}
