@@ -22,6 +22,12 @@ pub enum ArtifactError {
         /// The artifact.
         id: ArtifactId,
     },
+    /// A receiver for this artifact is already running on this store.
+    #[error("a transfer of artifact {id} is already in progress")]
+    TransferInProgress {
+        /// The artifact.
+        id: ArtifactId,
+    },
     /// This device's key is not among the artifact's recipients (`encrypted_for`).
     #[error("this device is not a recipient of artifact {id}")]
     NotARecipient {

@@ -298,6 +298,25 @@ struct Inner {
     device: DeviceKey,
     quota: Option<u64>,
     reserved: Mutex<u64>,
+    /// Ids with a `Receiver` running, so that two never share a partial file.
+    receiving: Mutex<std::collections::HashSet<ArtifactId>>,
+}
+
+/// Exclusive right to fetch one artifact into the store, released when dropped.
+pub(crate) struct ReceiveClaim {
+    inner: Arc<Inner>,
+    id: ArtifactId,
+}
+
+impl Drop for ReceiveClaim {
+    fn drop(&mut self) {
+        let mut set = self
+            .inner
+            .receiving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        set.remove(&self.id);
+    }
 }
 
 /// Bytes promised to an operation in progress, released when dropped.
@@ -352,6 +371,7 @@ impl ArtifactStore {
                 device: device_key,
                 quota: quota_bytes,
                 reserved: Mutex::new(0),
+                receiving: Mutex::new(std::collections::HashSet::new()),
             }),
         })
     }
@@ -413,6 +433,23 @@ impl ArtifactStore {
             }
         }
         Ok(total)
+    }
+
+    /// Claims the right to fetch `id`; fails with `TransferInProgress` if a
+    /// receiver for it is already running on this store.
+    pub(crate) fn claim_receive(&self, id: &ArtifactId) -> Result<ReceiveClaim> {
+        let mut set = self
+            .inner
+            .receiving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !set.insert(*id) {
+            return Err(ArtifactError::TransferInProgress { id: *id });
+        }
+        Ok(ReceiveClaim {
+            inner: self.inner.clone(),
+            id: *id,
+        })
     }
 
     /// Reserves `need` bytes under the quota, or fails with `QuotaExceeded`.

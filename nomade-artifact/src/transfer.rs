@@ -29,7 +29,7 @@ use nomade_wire::{
 use crate::chunk::{self, chunk_hash, chunk_len, ArtifactId};
 use crate::error::{ArtifactError, Result};
 use crate::progress::Progress;
-use crate::store::{ArtifactReader, ArtifactStore, PartialArtifact};
+use crate::store::{ArtifactReader, ArtifactStore, PartialArtifact, ReceiveClaim};
 
 fn peer_error(e: &ErrorMessage) -> ArtifactError {
     ArtifactError::Peer {
@@ -301,7 +301,8 @@ enum RecvState {
 
 /// The fetcher's side of one transfer. Verified chunks are sealed and written
 /// to a partial file as they arrive; a new `Receiver` for the same id resumes
-/// from the last verified chunk. Run at most one receiver per id at a time.
+/// from the last verified chunk. At most one receiver per id runs on a store
+/// at a time (`TransferInProgress` otherwise).
 pub struct Receiver {
     store: ArtifactStore,
     id: ArtifactId,
@@ -310,6 +311,7 @@ pub struct Receiver {
     state: RecvState,
     outbox: VecDeque<Message>,
     progress: Progress,
+    _claim: ReceiveClaim,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -327,11 +329,13 @@ impl Receiver {
     /// on disk, its chunks are verified and the request asks to resume after
     /// the last good one. The request is the first [`next_message`](Self::next_message).
     ///
-    /// Fails with `AlreadyStored` if the artifact is already complete.
+    /// Fails with `AlreadyStored` if the artifact is already complete, and with
+    /// `TransferInProgress` while another receiver for it is alive.
     pub fn new(store: ArtifactStore, id: ArtifactId, priority: u8) -> Result<Receiver> {
         if store.has(&id) {
             return Err(ArtifactError::AlreadyStored { id });
         }
+        let claim = store.claim_receive(&id)?;
         let partial = store.load_partial(&id)?;
         let (resume, progress) = match &partial {
             Some(p) => (
@@ -359,6 +363,7 @@ impl Receiver {
             partial,
             state: RecvState::AwaitingMetadata,
             progress,
+            _claim: claim,
         })
     }
 
@@ -623,10 +628,26 @@ mod tests {
             assert_eq!(r.progress().bytes_done, n as u64);
             assert!(r.progress().is_complete());
             assert!(matches!(
-                Receiver::new(fetcher, id, 1),
+                Receiver::new(fetcher.clone(), id, 1),
                 Err(ArtifactError::AlreadyStored { .. })
             ));
         }
+    }
+
+    #[test]
+    fn one_receiver_per_artifact_at_a_time() {
+        let b = tempfile::tempdir().expect("t");
+        let fetcher = store(b.path(), None);
+        let id = ArtifactId::of(b"wanted");
+        let first = Receiver::new(fetcher.clone(), id, 0).expect("first");
+        assert!(matches!(
+            Receiver::new(fetcher.clone(), id, 0),
+            Err(ArtifactError::TransferInProgress { .. })
+        ));
+        // Another artifact is independent.
+        let _other = Receiver::new(fetcher.clone(), ArtifactId::of(b"other"), 0).expect("other");
+        drop(first);
+        assert!(Receiver::new(fetcher, id, 0).is_ok());
     }
 
     #[test]
@@ -999,6 +1020,7 @@ mod tests {
         assert!(matches!(re, Some(ArtifactError::Peer { .. })), "{re:?}");
         assert!(!fetcher.has(&id));
         // The good prefix is kept for a resume from another holder.
+        drop(r);
         assert_eq!(
             Receiver::new(fetcher, id, 0)
                 .expect("r")

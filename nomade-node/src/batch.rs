@@ -23,24 +23,34 @@ fn encoded_len(op: &SyncOperation) -> Result<usize, EncodeError> {
 /// Fails with [`EncodeError::PayloadTooLarge`] if one operation alone is too
 /// large (local edits are checked for that before they are accepted, see
 /// [`check_op_size`]).
-pub fn split_batches(ops: &[SyncOperation], max_payload: usize) -> Result<Vec<BatchedSync>, EncodeError> {
+pub fn split_batches(
+    ops: &[SyncOperation],
+    max_payload: usize,
+) -> Result<Vec<BatchedSync>, EncodeError> {
     let mut out = Vec::new();
     let mut current = Vec::new();
     let mut size = BATCH_OVERHEAD;
     for op in ops {
         let len = encoded_len(op)?;
         if BATCH_OVERHEAD + len > max_payload {
-            return Err(EncodeError::PayloadTooLarge { len: BATCH_OVERHEAD + len, max: max_payload });
+            return Err(EncodeError::PayloadTooLarge {
+                len: BATCH_OVERHEAD + len,
+                max: max_payload,
+            });
         }
         if size + len > max_payload {
-            out.push(BatchedSync { operations: std::mem::take(&mut current) });
+            out.push(BatchedSync {
+                operations: std::mem::take(&mut current),
+            });
             size = BATCH_OVERHEAD;
         }
         size += len;
         current.push(op.clone());
     }
     if !current.is_empty() {
-        out.push(BatchedSync { operations: current });
+        out.push(BatchedSync {
+            operations: current,
+        });
     }
     Ok(out)
 }
@@ -62,7 +72,10 @@ mod tests {
             operation: CrdtOperation {
                 counter,
                 deps: [("dev-a".to_string(), counter - 1)].into(),
-                edit: Edit::Set { key: "body".into(), value: Value::String("x".repeat(value_len)) },
+                edit: Edit::Set {
+                    key: "body".into(),
+                    value: Value::String("x".repeat(value_len)),
+                },
             },
             timestamp: 1,
             actor_id: "dev-a".into(),
@@ -78,7 +91,9 @@ mod tests {
         for b in batches {
             // Every batch encodes and decodes under the default limits, and is
             // reasonably full (never one op per frame).
-            let frame = Envelope::new(MessageId::default(), 0, b).to_bytes().unwrap();
+            let frame = Envelope::new(MessageId::default(), 0, b)
+                .to_bytes()
+                .unwrap();
             assert!(frame.len() > MAX_BATCH_PAYLOAD / 2 || got.len() > 2000);
             match Envelope::decode(&frame).unwrap().message {
                 Message::BatchedSync(b) => got.extend(b.operations),

@@ -1,7 +1,7 @@
 //! The embedding API's local half: a device's replica, persisted in its data
 //! directory, with edits, reads and change subscriptions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -38,11 +38,16 @@ pub struct Core {
     changes: broadcast::Sender<Change>,
     /// Bumped after every durable append; sync tasks wait on it to push new ops.
     appended: watch::Sender<u64>,
+    /// Per peer: the operations it acknowledged (stored durably), as a version vector.
+    acked: Mutex<HashMap<String, VersionVector>>,
 }
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Core").field("device_id", &self.device_id).field("dir", &self.dir).finish()
+        f.debug_struct("Core")
+            .field("device_id", &self.device_id)
+            .field("dir", &self.dir)
+            .finish()
     }
 }
 
@@ -63,7 +68,9 @@ fn load_replica(store: &Store, device_id: &str) -> Result<Replica, NodeError> {
         match replica.apply_remote(op) {
             Ok(_) => ControlFlow::Continue(()),
             Err(e) => {
-                err = Some(NodeError::CorruptLog(format!("operation {actor}#{counter}: {e}")));
+                err = Some(NodeError::CorruptLog(format!(
+                    "operation {actor}#{counter}: {e}"
+                )));
                 ControlFlow::Break(())
             }
         }
@@ -91,6 +98,7 @@ impl Core {
             metrics: Metrics::default(),
             changes,
             appended: watch::Sender::new(last),
+            acked: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -149,7 +157,12 @@ impl Core {
     }
 
     /// Applies a local edit and stores its operations durably before returning them.
-    pub fn edit(&self, entity_type: EntityType, entity_id: &str, edit: LocalEdit) -> Result<Vec<SyncOperation>, NodeError> {
+    pub fn edit(
+        &self,
+        entity_type: EntityType,
+        entity_id: &str,
+        edit: LocalEdit,
+    ) -> Result<Vec<SyncOperation>, NodeError> {
         let mut replica = self.replica();
         let ops = replica.apply_local(entity_type, entity_id, edit, now_ms())?;
         for op in &ops {
@@ -195,7 +208,8 @@ impl Core {
         let now = now_ms();
         for op in &applied {
             tracing::debug!(peer, entity = %op.entity_id, actor = %op.actor_id, counter = op.operation.counter, "applied");
-            self.metrics.record_latency_us(now.saturating_sub(op.timestamp).saturating_mul(1000));
+            self.metrics
+                .record_latency_us(now.saturating_sub(op.timestamp).saturating_mul(1000));
             let _ = self.changes.send(Change {
                 entity_id: op.entity_id.clone(),
                 entity_type: op.entity_type,
@@ -219,7 +233,11 @@ impl Core {
 
     /// The operations applied at log positions `cursor..` that a peer with
     /// version vector `peer` lacks, and the position to continue from.
-    pub fn ops_after(&self, cursor: usize, peer: &VersionVector) -> Result<(Vec<SyncOperation>, usize), NodeError> {
+    pub fn ops_after(
+        &self,
+        cursor: usize,
+        peer: &VersionVector,
+    ) -> Result<(Vec<SyncOperation>, usize), NodeError> {
         let replica = self.replica();
         let log = replica.log();
         let start = cursor.min(log.len());
@@ -229,6 +247,22 @@ impl Core {
             .cloned()
             .collect();
         Ok((ops, log.len()))
+    }
+
+    /// Records that `peer` acknowledged (durably stored) the operations `vv` covers.
+    pub fn record_ack(&self, peer: &str, vv: &VersionVector) {
+        let mut acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = acked.entry(peer.to_string()).or_default();
+        for (actor, &c) in vv {
+            let e = entry.entry(actor.clone()).or_insert(0);
+            *e = (*e).max(c);
+        }
+    }
+
+    /// What `peer` has acknowledged so far in this process's lifetime.
+    pub fn acked_by(&self, peer: &str) -> VersionVector {
+        let acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
+        acked.get(peer).cloned().unwrap_or_default()
     }
 
     /// A document's fields (concurrent writes resolved deterministically).
@@ -258,7 +292,10 @@ impl Core {
 
     /// Every entity held.
     pub fn entities(&self) -> Vec<(EntityType, String)> {
-        self.replica().entities().map(|(t, id)| (t, id.to_string())).collect()
+        self.replica()
+            .entities()
+            .map(|(t, id)| (t, id.to_string()))
+            .collect()
     }
 
     /// The deterministic hash of the replica's state.

@@ -66,7 +66,13 @@ impl fmt::Display for DemoReport {
         }
         writeln!(f, "\nDevices:")?;
         for d in &self.devices {
-            writeln!(f, "  {:<8} {}  state {}", d.name, d.device_id, &d.state_hash[..16])?;
+            writeln!(
+                f,
+                "  {:<8} {}  state {}",
+                d.name,
+                d.device_id,
+                &d.state_hash[..16]
+            )?;
         }
         writeln!(f, "\nOperations synced:  {}", self.ops_synced)?;
         writeln!(
@@ -74,18 +80,30 @@ impl fmt::Display for DemoReport {
             "Artifact:           {} ({} bytes) {} at {:.0} MiB/s",
             &self.artifact.id[..16],
             self.artifact.bytes,
-            if self.artifact.verified { "verified" } else { "NOT VERIFIED" },
+            if self.artifact.verified {
+                "verified"
+            } else {
+                "NOT VERIFIED"
+            },
             self.artifact.mib_per_sec
         )?;
         writeln!(
             f,
             "Restart from disk:  {}",
-            if self.restart_recovered { "recovered" } else { "FAILED" }
+            if self.restart_recovered {
+                "recovered"
+            } else {
+                "FAILED"
+            }
         )?;
         writeln!(
             f,
             "Converged:          {}",
-            if self.converged { "yes, all state hashes equal" } else { "NO" }
+            if self.converged {
+                "yes, all state hashes equal"
+            } else {
+                "NO"
+            }
         )
     }
 }
@@ -125,7 +143,11 @@ pub async fn wait_converged(nodes: &[&Node], timeout: Duration) -> bool {
 fn config(name: &str, rate_limits: bool) -> NodeConfig {
     NodeConfig {
         device_name: name.into(),
-        rate_limits: if rate_limits { RateLimits::default() } else { RateLimits::OFF },
+        rate_limits: if rate_limits {
+            RateLimits::default()
+        } else {
+            RateLimits::OFF
+        },
         heartbeat_period: Duration::from_secs(1),
         ..NodeConfig::default()
     }
@@ -150,10 +172,22 @@ async fn start(dir: &Path, name: &str, rate_limits: bool) -> Result<(Node, Socke
 
 /// Runs the demonstration in a temporary directory. `live` prints each step
 /// as it happens (on stderr) and draws a progress bar for the artifact.
-pub async fn run(artifact_bytes: u64, live: bool, rate_limits: bool) -> Result<DemoReport, NodeError> {
+pub async fn run(
+    artifact_bytes: u64,
+    live: bool,
+    rate_limits: bool,
+) -> Result<DemoReport, NodeError> {
     let tmp = tempfile::tempdir()?;
-    let mut steps = Steps { start: Instant::now(), lines: Vec::new(), live };
-    let (dir_a, dir_b, dir_c) = (tmp.path().join("laptop"), tmp.path().join("phone"), tmp.path().join("desktop"));
+    let mut steps = Steps {
+        start: Instant::now(),
+        lines: Vec::new(),
+        live,
+    };
+    let (dir_a, dir_b, dir_c) = (
+        tmp.path().join("laptop"),
+        tmp.path().join("phone"),
+        tmp.path().join("desktop"),
+    );
 
     // 1. Three devices, offline, edit the same entities concurrently.
     let (a, addr_a) = start(&dir_a, "laptop", rate_limits).await?;
@@ -191,7 +225,11 @@ pub async fn run(artifact_bytes: u64, live: bool, rate_limits: bool) -> Result<D
     let conflict = a.core().field_values("trip", "title").len();
     steps.done(format!(
         "synced: {} (title: {} concurrent values, every device shows {})",
-        if converged_1 { "all three converged" } else { "NOT converged" },
+        if converged_1 {
+            "all three converged"
+        } else {
+            "NOT converged"
+        },
         conflict,
         title.map(|v| v.to_string()).unwrap_or_default()
     ));
@@ -203,7 +241,8 @@ pub async fn run(artifact_bytes: u64, live: bool, rate_limits: bool) -> Result<D
     a.set("trip", "video", id.to_reference())?;
     let t = Instant::now();
     let mut bar = ProgressBar::new(artifact_bytes, live);
-    b.fetch_artifact(&a.device_id(), id, |p| bar.update(p.bytes_done)).await?;
+    b.fetch_artifact(&a.device_id(), id, |p| bar.update(p.bytes_done))
+        .await?;
     let secs = t.elapsed().as_secs_f64().max(1e-6);
     let copy = tmp.path().join("video.copy");
     b.export_artifact(&id, &copy)?;
@@ -213,7 +252,11 @@ pub async fn run(artifact_bytes: u64, live: bool, rate_limits: bool) -> Result<D
         &id.to_hex()[..12],
         artifact_bytes as f64 / 1048576.0,
         artifact_bytes as f64 / 1048576.0 / secs,
-        if verified { "byte-identical, sealed at rest on both" } else { "MISMATCH" }
+        if verified {
+            "byte-identical, sealed at rest on both"
+        } else {
+            "MISMATCH"
+        }
     ));
 
     // 4. The phone crashes (tasks killed, nothing flushed beyond what was
@@ -231,7 +274,11 @@ pub async fn run(artifact_bytes: u64, live: bool, rate_limits: bool) -> Result<D
     b.connect(addr_c, c.device_id()).await?;
     steps.done(format!(
         "phone stopped and restarted from disk: state {}",
-        if restart_recovered_state { "intact (same state hash, artifact present)" } else { "LOST" }
+        if restart_recovered_state {
+            "intact (same state hash, artifact present)"
+        } else {
+            "LOST"
+        }
     ));
     b.splice_text("trip", "notes", 0, 0, "[phone is back] ")?;
     let converged = wait_converged(&[&a, &b, &c], Duration::from_secs(30)).await;
@@ -241,7 +288,11 @@ pub async fn run(artifact_bytes: u64, live: bool, rate_limits: bool) -> Result<D
         && a.text("trip", "notes") == b.text("trip", "notes");
     steps.done(format!(
         "after restart: {}; notes = {:?}",
-        if converged && same_values { "converged" } else { "NOT converged" },
+        if converged && same_values {
+            "converged"
+        } else {
+            "NOT converged"
+        },
         b.text("trip", "notes").unwrap_or_default()
     ));
 
@@ -253,7 +304,10 @@ pub async fn run(artifact_bytes: u64, live: bool, rate_limits: bool) -> Result<D
             state_hash: n.state_hash().to_hex(),
         })
         .collect();
-    let ops_synced = [&a, &b, &c].iter().map(|n| n.metrics().snapshot().ops_applied).sum();
+    let ops_synced = [&a, &b, &c]
+        .iter()
+        .map(|n| n.metrics().snapshot().ops_applied)
+        .sum();
     for n in [&a, &b, &c] {
         n.shutdown().await;
     }

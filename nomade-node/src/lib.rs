@@ -7,15 +7,15 @@
 
 pub mod batch;
 pub mod cli;
-pub mod demo;
-pub mod json;
-pub mod metrics_http;
-pub mod progress;
 pub mod core;
+pub mod demo;
 pub mod error;
 pub mod handshake;
+pub mod json;
 pub mod metrics;
+pub mod metrics_http;
 mod node;
+pub mod progress;
 pub mod store;
 pub mod sync;
 

@@ -17,8 +17,14 @@ fn main() {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -52,7 +58,11 @@ fn print_json(v: &serde_json::Value) -> Result<()> {
 fn config(cli: &Cli) -> NodeConfig {
     NodeConfig {
         device_name: cli.name.clone().unwrap_or_else(|| "nomade device".into()),
-        rate_limits: if cli.no_rate_limits { RateLimits::OFF } else { RateLimits::default() },
+        rate_limits: if cli.no_rate_limits {
+            RateLimits::OFF
+        } else {
+            RateLimits::default()
+        },
         ..NodeConfig::default()
     }
 }
@@ -63,7 +73,10 @@ fn any_addr() -> std::net::SocketAddr {
 
 async fn run(cli: Cli) -> Result<i32> {
     let config = config(&cli);
-    let open = || Node::open(&cli.dir, config.clone()).with_context(|| format!("opening {}", cli.dir.display()));
+    let open = || {
+        Node::open(&cli.dir, config.clone())
+            .with_context(|| format!("opening {}", cli.dir.display()))
+    };
     match &cli.command {
         Command::Init => {
             let node = open()?;
@@ -77,7 +90,10 @@ async fn run(cli: Cli) -> Result<i32> {
             let code = node.pairing_code()?;
             println!("pairing code: {code}");
             println!("device id:    {}", node.device_id());
-            println!("on the other device run: nomade pair join {code} <this host>:{}", addr.port());
+            println!(
+                "on the other device run: nomade pair join {code} <this host>:{}",
+                addr.port()
+            );
             let before = node.peers()?.len();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(*ttl);
             loop {
@@ -101,9 +117,11 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Pair(PairCommand::Join { code, addr }) => {
             let node = open()?;
             node.start(any_addr()).await?;
-            let code = PairingCode::parse(code).context("a pairing code is 8 letters and digits as shown")?;
+            let code = PairingCode::parse(code)
+                .context("a pairing code is 8 letters and digits as shown")?;
             let peer = node.pair_with(*addr, &code).await?;
-            node.wait_initial_sync(&peer, Duration::from_secs(30)).await?;
+            node.wait_initial_sync(&peer, Duration::from_secs(30))
+                .await?;
             println!("paired with {peer} and synced");
             node.shutdown().await;
         }
@@ -114,7 +132,12 @@ async fn run(cli: Cli) -> Result<i32> {
                 println!("no paired devices");
             }
             for p in peers {
-                println!("{}  {}  {}", p.device_id, p.name.as_deref().unwrap_or("-"), p.addresses.join(","));
+                println!(
+                    "{}  {}  {}",
+                    p.device_id,
+                    p.name.as_deref().unwrap_or("-"),
+                    p.addresses.join(",")
+                );
             }
         }
         Command::Peers(PeersCommand::Add { device_id, addr }) => {
@@ -132,11 +155,18 @@ async fn run(cli: Cli) -> Result<i32> {
             }
             println!("unpaired {id}");
         }
-        Command::Serve { listen, metrics_addr } => {
+        Command::Serve {
+            listen,
+            metrics_addr,
+        } => {
             let node = open()?;
             let addr = node.start(*listen).await?;
             node.connect_known_peers()?;
-            eprintln!("nomade {} ({}) listening on {addr}", node.device_id(), node.device_name());
+            eprintln!(
+                "nomade {} ({}) listening on {addr}",
+                node.device_id(),
+                node.device_name()
+            );
             if let Some(m) = metrics_addr {
                 let bound = nomade_node::metrics_http::serve(node.clone(), *m).await?;
                 eprintln!("metrics on http://{bound}/metrics");
@@ -149,13 +179,15 @@ async fn run(cli: Cli) -> Result<i32> {
             match cmd {
                 DocCommand::Set { doc, key, value } => node.set(doc, key, parse_value(value))?,
                 DocCommand::Delete { doc, key } => node.delete(doc, key)?,
-                DocCommand::Get { doc, key } => match node.document(doc).and_then(|d| d.get(key).cloned()) {
-                    Some(v) => print_json(&json::to_json(&v))?,
-                    None => match node.text(doc, key) {
-                        Some(t) => print_json(&serde_json::Value::String(t))?,
-                        None => bail!("{doc} has no field {key}"),
-                    },
-                },
+                DocCommand::Get { doc, key } => {
+                    match node.document(doc).and_then(|d| d.get(key).cloned()) {
+                        Some(v) => print_json(&json::to_json(&v))?,
+                        None => match node.text(doc, key) {
+                            Some(t) => print_json(&serde_json::Value::String(t))?,
+                            None => bail!("{doc} has no field {key}"),
+                        },
+                    }
+                }
                 DocCommand::Show { doc } => {
                     let mut map: serde_json::Map<String, serde_json::Value> = node
                         .document(doc)
@@ -174,11 +206,20 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Conv(cmd) => {
             let node = open()?;
             match cmd {
-                ConvCommand::Append { conv, value } => node.conv_append(conv, parse_value(value))?,
-                ConvCommand::Insert { conv, index, value } => node.conv_insert(conv, *index, parse_value(value))?,
+                ConvCommand::Append { conv, value } => {
+                    node.conv_append(conv, parse_value(value))?
+                }
+                ConvCommand::Insert { conv, index, value } => {
+                    node.conv_insert(conv, *index, parse_value(value))?
+                }
                 ConvCommand::Remove { conv, index } => node.conv_remove(conv, *index)?,
                 ConvCommand::Show { conv } => {
-                    for (i, item) in node.conversation(conv).unwrap_or_default().iter().enumerate() {
+                    for (i, item) in node
+                        .conversation(conv)
+                        .unwrap_or_default()
+                        .iter()
+                        .enumerate()
+                    {
                         println!("{i}: {}", json::to_json(item));
                     }
                 }
@@ -190,7 +231,12 @@ async fn run(cli: Cli) -> Result<i32> {
             println!("{}", id.to_hex());
             println!("reference it in a document with: {}", id.to_reference());
         }
-        Command::Get { id, out, from, peer } => {
+        Command::Get {
+            id,
+            out,
+            from,
+            peer,
+        } => {
             let node = open()?;
             let id = ArtifactId::from_hex(id)
                 .or_else(|| ArtifactId::from_reference(id))
@@ -213,7 +259,8 @@ async fn run(cli: Cli) -> Result<i32> {
                 node.connect(*addr, peer_id).await?;
                 let mut bar: Option<ProgressBar> = None;
                 node.fetch_artifact(&peer_id, id, |p| {
-                    bar.get_or_insert_with(|| ProgressBar::new(p.bytes_total, true)).update(p.bytes_done)
+                    bar.get_or_insert_with(|| ProgressBar::new(p.bytes_total, true))
+                        .update(p.bytes_done)
                 })
                 .await?;
                 node.shutdown().await;
@@ -230,16 +277,31 @@ async fn run(cli: Cli) -> Result<i32> {
                 println!("device   {} ({})", status.device_id, status.device_name);
                 println!("data     {}", status.dir.display());
                 println!("state    {}", status.state_hash);
-                println!("content  {} operations, {} entities, {} artifacts", status.operations, status.entities, status.artifacts);
+                println!(
+                    "content  {} operations, {} entities, {} artifacts",
+                    status.operations, status.entities, status.artifacts
+                );
                 println!("peers    {}", status.peers.len());
                 for p in &status.peers {
-                    println!("  {}  {}  {}", p.device_id, p.name.as_deref().unwrap_or("-"), p.addresses.join(","));
+                    println!(
+                        "  {}  {}  {}",
+                        p.device_id,
+                        p.name.as_deref().unwrap_or("-"),
+                        p.addresses.join(",")
+                    );
                 }
                 let m = &status.metrics;
-                println!("metrics  {} ops applied from peers, {} sent", m.ops_applied, m.ops_sent);
+                println!(
+                    "metrics  {} ops applied from peers, {} sent",
+                    m.ops_applied, m.ops_sent
+                );
             }
         }
-        Command::Demo { json, artifact_mib, rate_limits } => {
+        Command::Demo {
+            json,
+            artifact_mib,
+            rate_limits,
+        } => {
             let report = demo::run(artifact_mib << 20, !*json, *rate_limits).await?;
             if *json {
                 print_json(&serde_json::to_value(&report)?)?;

@@ -7,15 +7,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nomade_artifact::{ArtifactId, ArtifactStore, DeviceKey, Progress, Receiver, ReceiverEvent, Sender};
+use nomade_artifact::{
+    ArtifactId, ArtifactStore, DeviceKey, Progress, Receiver, ReceiverEvent, Sender,
+};
 use nomade_crdt::LocalEdit;
 use nomade_transport::{
-    Connection, DeviceId, DeviceIdentity, FramedRecv, FramedSend, IncomingStream, PairedSet, PairingCode, RateLimits,
-    Transport, TransportEvent,
+    Connection, DeviceId, DeviceIdentity, FramedRecv, FramedSend, IncomingStream, PairedSet,
+    PairingCode, RateLimits, Transport, TransportEvent,
 };
 use nomade_wire::{
-    ConnectivityStatus, EntityType, Envelope, ErrorCode, Hash32, Heartbeat, Message, PresenceStatus, PresenceUpdate,
-    StreamRole, SyncOperation, Value,
+    ConnectivityStatus, EntityType, Envelope, ErrorCode, Hash32, Heartbeat, Message,
+    PresenceStatus, PresenceUpdate, StreamRole, SyncOperation, Value,
 };
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -119,7 +121,9 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("device_id", &self.inner.device_id).finish_non_exhaustive()
+        f.debug_struct("Node")
+            .field("device_id", &self.inner.device_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -139,7 +143,10 @@ impl FrameSource for Source {
 }
 
 fn peer_err(peer: &DeviceId, reason: impl Into<String>) -> NodeError {
-    NodeError::Peer { peer: peer.to_string(), reason: reason.into() }
+    NodeError::Peer {
+        peer: peer.to_string(),
+        reason: reason.into(),
+    }
 }
 
 impl Node {
@@ -158,13 +165,16 @@ impl Node {
                 Ok(id) => {
                     paired.insert(id);
                 }
-                Err(e) => tracing::warn!(peer = %p.device_id, error = %e, "ignoring a stored peer with a bad id"),
+                Err(e) => {
+                    tracing::warn!(peer = %p.device_id, error = %e, "ignoring a stored peer with a bad id")
+                }
             }
         }
         if let Some(name) = core.store().meta("device_name")? {
             let _ = name; // the configured name wins; stored for `nomade status` of a stopped node
         }
-        core.store().set_meta("device_name", config.device_name.as_bytes())?;
+        core.store()
+            .set_meta("device_name", config.device_name.as_bytes())?;
         tracing::info!(device = %device_id, dir = %dir.display(), ops = core.op_count(), "node opened");
         Ok(Node {
             inner: Arc::new(Inner {
@@ -177,7 +187,10 @@ impl Node {
                 transport: Mutex::new(None),
                 sessions: Mutex::new(HashMap::new()),
                 tasks: Mutex::new(Vec::new()),
-                status: Mutex::new(PresenceUpdate { status: PresenceStatus::Online, message: None }),
+                status: Mutex::new(PresenceUpdate {
+                    status: PresenceStatus::Online,
+                    message: None,
+                }),
                 session_events: watch::Sender::new(0),
             }),
         })
@@ -217,30 +230,73 @@ impl Node {
 
     /// Applies a local edit; it is durable when this returns, and is sent to
     /// connected peers at once.
-    pub fn edit(&self, entity_type: EntityType, entity_id: &str, edit: LocalEdit) -> Result<Vec<SyncOperation>, NodeError> {
+    pub fn edit(
+        &self,
+        entity_type: EntityType,
+        entity_id: &str,
+        edit: LocalEdit,
+    ) -> Result<Vec<SyncOperation>, NodeError> {
         self.inner.core.edit(entity_type, entity_id, edit)
     }
 
     /// Sets a document field.
     pub fn set(&self, doc: &str, key: &str, value: impl Into<Value>) -> Result<(), NodeError> {
-        self.edit(EntityType::Document, doc, LocalEdit::Set { key: key.into(), value: value.into() }).map(drop)
+        self.edit(
+            EntityType::Document,
+            doc,
+            LocalEdit::Set {
+                key: key.into(),
+                value: value.into(),
+            },
+        )
+        .map(drop)
     }
 
     /// Removes a document field.
     pub fn delete(&self, doc: &str, key: &str) -> Result<(), NodeError> {
-        self.edit(EntityType::Document, doc, LocalEdit::Delete { key: key.into() }).map(drop)
+        self.edit(
+            EntityType::Document,
+            doc,
+            LocalEdit::Delete { key: key.into() },
+        )
+        .map(drop)
     }
 
     /// Edits a collaborative text field: at `position` (in characters) removes
     /// `delete` characters and inserts `insert`.
-    pub fn splice_text(&self, doc: &str, field: &str, position: usize, delete: usize, insert: &str) -> Result<(), NodeError> {
-        let edit = LocalEdit::Splice { field: field.into(), position, delete, insert: insert.into() };
+    pub fn splice_text(
+        &self,
+        doc: &str,
+        field: &str,
+        position: usize,
+        delete: usize,
+        insert: &str,
+    ) -> Result<(), NodeError> {
+        let edit = LocalEdit::Splice {
+            field: field.into(),
+            position,
+            delete,
+            insert: insert.into(),
+        };
         self.edit(EntityType::Document, doc, edit).map(drop)
     }
 
     /// Inserts an item into a conversation at `index`.
-    pub fn conv_insert(&self, conv: &str, index: usize, value: impl Into<Value>) -> Result<(), NodeError> {
-        self.edit(EntityType::Conversation, conv, LocalEdit::Insert { index, value: value.into() }).map(drop)
+    pub fn conv_insert(
+        &self,
+        conv: &str,
+        index: usize,
+        value: impl Into<Value>,
+    ) -> Result<(), NodeError> {
+        self.edit(
+            EntityType::Conversation,
+            conv,
+            LocalEdit::Insert {
+                index,
+                value: value.into(),
+            },
+        )
+        .map(drop)
     }
 
     /// Appends an item to a conversation.
@@ -251,7 +307,8 @@ impl Node {
 
     /// Removes the conversation item at `index`.
     pub fn conv_remove(&self, conv: &str, index: usize) -> Result<(), NodeError> {
-        self.edit(EntityType::Conversation, conv, LocalEdit::Remove { index }).map(drop)
+        self.edit(EntityType::Conversation, conv, LocalEdit::Remove { index })
+            .map(drop)
     }
 
     /// A document's fields, concurrent writes resolved the same way on every device.
@@ -297,7 +354,12 @@ impl Node {
     // ----- peers ----------------------------------------------------------
 
     /// Pins a device id (compared out of band) and remembers its addresses.
-    pub fn add_peer(&self, id: DeviceId, name: &str, addresses: &[SocketAddr]) -> Result<(), NodeError> {
+    pub fn add_peer(
+        &self,
+        id: DeviceId,
+        name: &str,
+        addresses: &[SocketAddr],
+    ) -> Result<(), NodeError> {
         self.inner.core.store().put_peer(&PeerRecord {
             device_id: id.to_string(),
             name: (!name.is_empty()).then(|| name.to_string()),
@@ -327,7 +389,11 @@ impl Node {
 
     /// What is known of a peer's presence.
     pub fn presence(&self, peer: &DeviceId) -> PeerPresence {
-        let sessions = self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let sessions = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let Some(s) = sessions.get(peer) else {
             return PeerPresence {
                 online: false,
@@ -341,7 +407,8 @@ impl Node {
         let heard = *s.last_heard.lock().unwrap_or_else(|e| e.into_inner());
         let (update, beat) = s.presence.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let limit = self.inner.config.heartbeat_period * (self.inner.config.missed_heartbeats + 1);
-        let online = s.conn.close_reason().is_none() && heard.map(|t| t.elapsed() <= limit).unwrap_or(true);
+        let online =
+            s.conn.close_reason().is_none() && heard.map(|t| t.elapsed() <= limit).unwrap_or(true);
         PeerPresence {
             online,
             status: update.as_ref().map(|u| u.status),
@@ -354,14 +421,19 @@ impl Node {
 
     /// Announces a new presence to connected peers.
     pub fn set_presence(&self, status: PresenceStatus, message: Option<String>) {
-        *self.inner.status.lock().unwrap_or_else(|e| e.into_inner()) = PresenceUpdate { status, message };
+        *self.inner.status.lock().unwrap_or_else(|e| e.into_inner()) =
+            PresenceUpdate { status, message };
         self.inner.session_events.send_modify(|n| *n += 1);
     }
 
     // ----- networking -----------------------------------------------------
 
     fn transport(&self) -> Option<Transport> {
-        self.inner.transport.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner
+            .transport
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
@@ -374,10 +446,22 @@ impl Node {
     /// Goes online: binds a QUIC endpoint on `listen` and accepts paired devices.
     /// Returns the bound address.
     pub async fn start(&self, listen: SocketAddr) -> Result<SocketAddr, NodeError> {
-        let config = nomade_transport::Config { rate_limits: self.inner.config.rate_limits, ..Default::default() };
-        let transport = Transport::bind(self.inner.identity.clone(), self.inner.paired.clone(), listen, config)?;
+        let config = nomade_transport::Config {
+            rate_limits: self.inner.config.rate_limits,
+            ..Default::default()
+        };
+        let transport = Transport::bind(
+            self.inner.identity.clone(),
+            self.inner.paired.clone(),
+            listen,
+            config,
+        )?;
         let addr = transport.local_addr()?;
-        *self.inner.transport.lock().unwrap_or_else(|e| e.into_inner()) = Some(transport.clone());
+        *self
+            .inner
+            .transport
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(transport.clone());
         let node = self.clone();
         let t = transport.clone();
         self.spawn(async move {
@@ -411,13 +495,21 @@ impl Node {
 
     /// Opens a pairing window and returns the short code to show the user.
     pub fn pairing_code(&self) -> Result<PairingCode, NodeError> {
-        let t = self.transport().ok_or_else(|| NodeError::NotFound("a started node".into()))?;
+        let t = self
+            .transport()
+            .ok_or_else(|| NodeError::NotFound("a started node".into()))?;
         Ok(t.start_pairing())
     }
 
     /// Pairs with the device at `addr` that shows `code`, then syncs with it.
-    pub async fn pair_with(&self, addr: SocketAddr, code: &PairingCode) -> Result<DeviceId, NodeError> {
-        let t = self.transport().ok_or_else(|| NodeError::NotFound("a started node".into()))?;
+    pub async fn pair_with(
+        &self,
+        addr: SocketAddr,
+        code: &PairingCode,
+    ) -> Result<DeviceId, NodeError> {
+        let t = self
+            .transport()
+            .ok_or_else(|| NodeError::NotFound("a started node".into()))?;
         let conn = t.pair_with(addr, code).await?;
         let peer = conn.peer();
         self.add_peer(peer, "", &[addr])?;
@@ -427,7 +519,9 @@ impl Node {
 
     /// Connects to the paired device `peer` at `addr` and syncs with it.
     pub async fn connect(&self, addr: SocketAddr, peer: DeviceId) -> Result<(), NodeError> {
-        let t = self.transport().ok_or_else(|| NodeError::NotFound("a started node".into()))?;
+        let t = self
+            .transport()
+            .ok_or_else(|| NodeError::NotFound("a started node".into()))?;
         let conn = t.connect(addr, Some(peer)).await?;
         self.remember_address(peer, addr)?;
         self.start_session(conn).await
@@ -439,7 +533,11 @@ impl Node {
             .peers()?
             .into_iter()
             .find(|p| p.device_id == peer.to_string())
-            .unwrap_or(PeerRecord { device_id: peer.to_string(), name: None, addresses: vec![] });
+            .unwrap_or(PeerRecord {
+                device_id: peer.to_string(),
+                name: None,
+                addresses: vec![],
+            });
         let a = addr.to_string();
         rec.addresses.retain(|x| x != &a);
         rec.addresses.insert(0, a);
@@ -451,8 +549,14 @@ impl Node {
     /// and redials with exponential backoff and jitter whenever it drops.
     pub fn connect_known_peers(&self) -> Result<(), NodeError> {
         for rec in self.peers()? {
-            let Ok(peer) = rec.device_id.parse::<DeviceId>() else { continue };
-            let addrs: Vec<SocketAddr> = rec.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+            let Ok(peer) = rec.device_id.parse::<DeviceId>() else {
+                continue;
+            };
+            let addrs: Vec<SocketAddr> = rec
+                .addresses
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect();
             if addrs.is_empty() {
                 continue;
             }
@@ -494,13 +598,23 @@ impl Node {
 
     /// Whether a session with `peer` is up.
     pub fn is_connected(&self, peer: &DeviceId) -> bool {
-        let sessions = self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        sessions.get(peer).is_some_and(|s| s.conn.close_reason().is_none())
+        let sessions = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        sessions
+            .get(peer)
+            .is_some_and(|s| s.conn.close_reason().is_none())
     }
 
     async fn wait_disconnected(&self, peer: &DeviceId) {
         let conn = {
-            let sessions = self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            let sessions = self
+                .inner
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             sessions.get(peer).map(|s| s.conn.clone())
         };
         if let Some(c) = conn {
@@ -510,12 +624,20 @@ impl Node {
 
     /// Waits until the first exchange with `peer` finished in the direction
     /// peer -> this device (all its operations at the time are applied here).
-    pub async fn wait_initial_sync(&self, peer: &DeviceId, timeout: Duration) -> Result<SyncSummary, NodeError> {
+    pub async fn wait_initial_sync(
+        &self,
+        peer: &DeviceId,
+        timeout: Duration,
+    ) -> Result<SyncSummary, NodeError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut events = self.inner.session_events.subscribe();
         loop {
             let rx = {
-                let sessions = self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner());
+                let sessions = self
+                    .inner
+                    .sessions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 sessions.get(peer).map(|s| s.initial.clone())
             };
             if let Some(mut rx) = rx {
@@ -565,8 +687,15 @@ impl Node {
             Err(e) => tracing::warn!(%peer, error = %e, "session ended with an error"),
         }
         conn.close(0, "session over");
-        let mut sessions = self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if sessions.get(&peer).is_some_and(|s| s.conn.quinn().stable_id() == conn.quinn().stable_id()) {
+        let mut sessions = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if sessions
+            .get(&peer)
+            .is_some_and(|s| s.conn.quinn().stable_id() == conn.quinn().stable_id())
+        {
             sessions.remove(&peer);
         }
         drop(sessions);
@@ -581,51 +710,87 @@ impl Node {
             state_hash: self.state_hash(),
         };
         let to_node_err = |e: HandshakeError| match e {
-            HandshakeError::VersionMismatch { theirs, ours } => NodeError::VersionMismatch { peer: peer.to_string(), theirs, ours },
+            HandshakeError::VersionMismatch { theirs, ours } => NodeError::VersionMismatch {
+                peer: peer.to_string(),
+                theirs,
+                ours,
+            },
             other => peer_err(&peer, other.to_string()),
         };
         if dialer {
             let (mut tx, mut rx) = conn.open_bi(StreamRole::Control).await?;
-            tx.send(&Envelope::new(new_message_id(), now_ms(), handshake::hello(&local))).await?;
+            tx.send(&Envelope::new(
+                new_message_id(),
+                now_ms(),
+                handshake::hello(&local),
+            ))
+            .await?;
             let answer = tokio::time::timeout(Duration::from_secs(10), rx.recv())
                 .await
                 .map_err(|_| peer_err(&peer, "no HELLO_ACK"))??;
             match answer.map(|e| e.message) {
                 Some(Message::HelloAck(ack)) => {
-                    let info = handshake::check_hello_ack(&ack, &peer.to_string()).map_err(to_node_err)?;
+                    let info =
+                        handshake::check_hello_ack(&ack, &peer.to_string()).map_err(to_node_err)?;
                     Ok(info.device_name)
                 }
                 Some(Message::Error(e)) => {
                     let err = HandshakeError::Refused(e.clone());
                     if e.error_code == ErrorCode::PROTOCOL_VERSION_MISMATCH {
-                        return Err(NodeError::VersionMismatch { peer: peer.to_string(), theirs: 0, ours: nomade_wire::PROTOCOL_VERSION });
+                        return Err(NodeError::VersionMismatch {
+                            peer: peer.to_string(),
+                            theirs: 0,
+                            ours: nomade_wire::PROTOCOL_VERSION,
+                        });
                     }
                     Err(to_node_err(err))
                 }
-                other => Err(peer_err(&peer, format!("expected HELLO_ACK, got {:?}", other.map(|m| m.message_type().name())))),
+                other => Err(peer_err(
+                    &peer,
+                    format!(
+                        "expected HELLO_ACK, got {:?}",
+                        other.map(|m| m.message_type().name())
+                    ),
+                )),
             }
         } else {
             let first = tokio::time::timeout(Duration::from_secs(10), conn.accept_stream())
                 .await
                 .map_err(|_| peer_err(&peer, "no control stream"))??;
-            let IncomingStream { role: StreamRole::Control, send: Some(mut tx), mut recv } = first else {
-                return Err(peer_err(&peer, "the first stream was not the control stream"));
+            let IncomingStream {
+                role: StreamRole::Control,
+                send: Some(mut tx),
+                mut recv,
+            } = first
+            else {
+                return Err(peer_err(
+                    &peer,
+                    "the first stream was not the control stream",
+                ));
             };
             let hello = tokio::time::timeout(Duration::from_secs(10), recv.recv())
                 .await
                 .map_err(|_| peer_err(&peer, "no HELLO"))??;
-            let Some(Envelope { message: Message::Hello(hello), message_id, .. }) = hello else {
+            let Some(Envelope {
+                message: Message::Hello(hello),
+                message_id,
+                ..
+            }) = hello
+            else {
                 return Err(peer_err(&peer, "expected HELLO"));
             };
             match handshake::answer_hello(&local, &hello, &peer.to_string()) {
                 Ok((ack, info)) => {
-                    tx.send(&Envelope::new(new_message_id(), now_ms(), ack)).await?;
+                    tx.send(&Envelope::new(new_message_id(), now_ms(), ack))
+                        .await?;
                     Ok(info.device_name)
                 }
                 Err(e) => {
                     let mut msg = e.to_error_message();
                     msg.related_message_id = Some(message_id);
-                    let _ = tx.send(&Envelope::new(new_message_id(), now_ms(), msg)).await;
+                    let _ = tx
+                        .send(&Envelope::new(new_message_id(), now_ms(), msg))
+                        .await;
                     let _ = tx.finish().await;
                     // Give the ERROR a moment to reach the peer before closing.
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -656,10 +821,19 @@ impl Node {
         let last_heard = Arc::new(Mutex::new(Some(Instant::now())));
         let presence = Arc::new(Mutex::new((None, None)));
         {
-            let mut sessions = self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            let mut sessions = self
+                .inner
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if let Some(old) = sessions.insert(
                 peer,
-                Session { conn: conn.clone(), initial: initial_rx, last_heard: last_heard.clone(), presence: presence.clone() },
+                Session {
+                    conn: conn.clone(),
+                    initial: initial_rx,
+                    last_heard: last_heard.clone(),
+                    presence: presence.clone(),
+                },
             ) {
                 if old.conn.quinn().stable_id() != conn.quinn().stable_id() {
                     old.conn.close(0, "replaced by a newer connection");
@@ -668,7 +842,10 @@ impl Node {
         }
         if !name.is_empty() {
             let store = self.inner.core.store();
-            if let Ok(Some(mut rec)) = store.peers().map(|v| v.into_iter().find(|p| p.device_id == peer.to_string())) {
+            if let Ok(Some(mut rec)) = store
+                .peers()
+                .map(|v| v.into_iter().find(|p| p.device_id == peer.to_string()))
+            {
                 if rec.name.as_deref() != Some(name.as_str()) {
                     rec.name = Some(name.clone());
                     let _ = store.put_peer(&rec);
@@ -752,13 +929,24 @@ impl Node {
         let mut events = self.inner.session_events.subscribe();
         let mut last_status = None;
         loop {
-            let status = self.inner.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let status = self
+                .inner
+                .status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             if last_status.as_ref() != Some(&status) {
-                tx.send(&Envelope::new(new_message_id(), now_ms(), status.clone())).await?;
+                tx.send(&Envelope::new(new_message_id(), now_ms(), status.clone()))
+                    .await?;
                 last_status = Some(status);
             }
-            let beat = Heartbeat { timestamp: now_ms(), battery_level: None, connectivity: ConnectivityStatus::Unknown };
-            tx.send(&Envelope::new(new_message_id(), now_ms(), beat)).await?;
+            let beat = Heartbeat {
+                timestamp: now_ms(),
+                battery_level: None,
+                connectivity: ConnectivityStatus::Unknown,
+            };
+            tx.send(&Envelope::new(new_message_id(), now_ms(), beat))
+                .await?;
             tokio::select! {
                 _ = tokio::time::sleep(self.inner.config.heartbeat_period) => {}
                 _ = events.changed() => {}
@@ -773,7 +961,11 @@ impl Node {
         last_heard: Arc<Mutex<Option<Instant>>>,
         presence: Arc<Mutex<(Option<PresenceUpdate>, Option<Heartbeat>)>>,
     ) {
-        let IncomingStream { role, send, mut recv } = stream;
+        let IncomingStream {
+            role,
+            send,
+            mut recv,
+        } = stream;
         let result: Result<(), NodeError> = match (role, send) {
             (StreamRole::Sync, Some(tx)) => {
                 let (mut tx, mut rx) = (Sink(tx), Source(recv));
@@ -783,7 +975,8 @@ impl Node {
             (StreamRole::Presence, _) => loop {
                 match recv.recv().await {
                     Ok(Some(env)) => {
-                        *last_heard.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                        *last_heard.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(Instant::now());
                         let mut p = presence.lock().unwrap_or_else(|e| e.into_inner());
                         match env.message {
                             Message::Heartbeat(b) => p.1 = Some(b),
@@ -791,7 +984,9 @@ impl Node {
                                 tracing::info!(%peer, status = ?u.status, "presence");
                                 p.0 = Some(u)
                             }
-                            other => tracing::debug!(%peer, kind = other.message_type().name(), "ignored on the presence stream"),
+                            other => {
+                                tracing::debug!(%peer, kind = other.message_type().name(), "ignored on the presence stream")
+                            }
                         }
                     }
                     Ok(None) => break Ok(()),
@@ -805,13 +1000,22 @@ impl Node {
         }
     }
 
-    async fn serve_artifact(&self, peer: DeviceId, mut tx: FramedSend, mut rx: FramedRecv) -> Result<(), NodeError> {
+    async fn serve_artifact(
+        &self,
+        peer: DeviceId,
+        mut tx: FramedSend,
+        mut rx: FramedRecv,
+    ) -> Result<(), NodeError> {
         // Every paired (TLS-authenticated) device may fetch: the artifact is
         // re-sealed for the receiving device when it stores it.
-        let mut sender = Sender::new(self.inner.artifacts.clone(), self.inner.paired.contains(&peer));
+        let mut sender = Sender::new(
+            self.inner.artifacts.clone(),
+            self.inner.paired.contains(&peer),
+        );
         loop {
             while let Some(m) = sender.next_message()? {
-                tx.send(&Envelope::new(new_message_id(), now_ms(), m)).await?;
+                tx.send(&Envelope::new(new_message_id(), now_ms(), m))
+                    .await?;
             }
             if sender.is_finished() {
                 let _ = tx.finish().await;
@@ -821,7 +1025,8 @@ impl Node {
                 Some(env) => {
                     if let Err(e) = sender.handle_message(env.message) {
                         while let Some(m) = sender.next_message()? {
-                            tx.send(&Envelope::new(new_message_id(), now_ms(), m)).await?;
+                            tx.send(&Envelope::new(new_message_id(), now_ms(), m))
+                                .await?;
                         }
                         return Err(e.into());
                     }
@@ -873,23 +1078,39 @@ impl Node {
             }
             match self.fetch_on(conn, id, |_| {}).await {
                 Ok(()) => tracing::info!(peer = %conn.peer(), artifact = %id, "artifact fetched"),
-                Err(e) => tracing::warn!(peer = %conn.peer(), artifact = %id, error = %e, "artifact fetch failed"),
+                Err(e) => {
+                    tracing::warn!(peer = %conn.peer(), artifact = %id, error = %e, "artifact fetch failed")
+                }
             }
         }
     }
 
     /// Fetches an artifact from a connected peer, resuming a partial transfer,
     /// reporting progress after each chunk.
-    pub async fn fetch_artifact(&self, peer: &DeviceId, id: ArtifactId, progress: impl FnMut(&Progress)) -> Result<(), NodeError> {
+    pub async fn fetch_artifact(
+        &self,
+        peer: &DeviceId,
+        id: ArtifactId,
+        progress: impl FnMut(&Progress),
+    ) -> Result<(), NodeError> {
         let conn = {
-            let sessions = self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            let sessions = self
+                .inner
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             sessions.get(peer).map(|s| s.conn.clone())
         };
         let conn = conn.ok_or_else(|| peer_err(peer, "not connected"))?;
         self.fetch_on(&conn, id, progress).await
     }
 
-    async fn fetch_on(&self, conn: &Connection, id: ArtifactId, mut progress: impl FnMut(&Progress)) -> Result<(), NodeError> {
+    async fn fetch_on(
+        &self,
+        conn: &Connection,
+        id: ArtifactId,
+        mut progress: impl FnMut(&Progress),
+    ) -> Result<(), NodeError> {
         if self.inner.artifacts.has(&id) {
             return Ok(());
         }
@@ -897,11 +1118,16 @@ impl Node {
         let mut receiver = Receiver::new(self.inner.artifacts.clone(), id, 128)?;
         loop {
             while let Some(m) = receiver.next_message()? {
-                tx.send(&Envelope::new(new_message_id(), now_ms(), m)).await?;
+                tx.send(&Envelope::new(new_message_id(), now_ms(), m))
+                    .await?;
             }
             if receiver.is_finished() {
                 let _ = tx.finish().await;
-                return if receiver.is_complete() { Ok(()) } else { Err(peer_err(&conn.peer(), "artifact transfer failed")) };
+                return if receiver.is_complete() {
+                    Ok(())
+                } else {
+                    Err(peer_err(&conn.peer(), "artifact transfer failed"))
+                };
             }
             let Some(env) = rx.recv().await? else {
                 return Err(peer_err(&conn.peer(), "artifact stream ended early"));
@@ -909,7 +1135,8 @@ impl Node {
             let event = receiver.handle_message(env.message);
             // Send whatever the receiver queued (an ERROR on failure) before reporting.
             while let Some(m) = receiver.next_message()? {
-                tx.send(&Envelope::new(new_message_id(), now_ms(), m)).await?;
+                tx.send(&Envelope::new(new_message_id(), now_ms(), m))
+                    .await?;
             }
             match event? {
                 ReceiverEvent::Started(p) | ReceiverEvent::Progress(p) => {
@@ -931,8 +1158,18 @@ impl Node {
             .unwrap_or_default()
             .into_iter()
             .map(|p| {
-                let presence = p.device_id.parse::<DeviceId>().map(|id| self.presence(&id)).ok();
-                PeerStatus { device_id: p.device_id, name: p.name, addresses: p.addresses, online: presence.as_ref().is_some_and(|x| x.online), presence }
+                let presence = p
+                    .device_id
+                    .parse::<DeviceId>()
+                    .map(|id| self.presence(&id))
+                    .ok();
+                PeerStatus {
+                    device_id: p.device_id,
+                    name: p.name,
+                    addresses: p.addresses,
+                    online: presence.as_ref().is_some_and(|x| x.online),
+                    presence,
+                }
             })
             .collect();
         NodeStatus {
@@ -940,6 +1177,7 @@ impl Node {
             device_name: self.inner.config.device_name.clone(),
             dir: self.dir().to_path_buf(),
             state_hash: self.state_hash().to_hex(),
+            version_vector: self.inner.core.version_vector(),
             operations: self.inner.core.op_count(),
             entities: self.inner.core.entities().len(),
             artifacts: self.inner.artifacts.list().map(|l| l.len()).unwrap_or(0),
@@ -951,12 +1189,24 @@ impl Node {
     /// Closes every connection and stops the node's tasks. The data directory
     /// stays consistent (every acknowledged operation was committed).
     pub async fn shutdown(&self) {
-        let transport = self.inner.transport.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let tasks: Vec<_> = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        let transport = self
+            .inner
+            .transport
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let tasks: Vec<_> =
+            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         for t in tasks {
             t.abort();
         }
-        let sessions: Vec<_> = self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+        let sessions: Vec<_> = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
         for (_, s) in sessions {
             s.conn.close(0, "shutting down");
         }
@@ -992,6 +1242,8 @@ pub struct NodeStatus {
     pub dir: PathBuf,
     /// Its state hash (hex).
     pub state_hash: String,
+    /// The highest operation counter applied, per device.
+    pub version_vector: nomade_wire::VersionVector,
     /// Operations applied.
     pub operations: usize,
     /// Entities held.

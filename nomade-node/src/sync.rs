@@ -10,11 +10,12 @@
 //! `ACK` for the frame. Version vectors, not clocks, decide what is missing,
 //! so after a reconnection everything unacknowledged is simply sent again.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use nomade_wire::{
-    Ack, EntityType, Envelope, ErrorCode, ErrorMessage, Message, MessageId, SyncComplete, SyncRequest,
-    VersionVector,
+    Ack, EntityType, Envelope, ErrorCode, ErrorMessage, Message, MessageId, SyncComplete,
+    SyncRequest, VersionVector,
 };
 use tokio::sync::watch;
 
@@ -26,13 +27,18 @@ use crate::metrics::Metrics;
 /// Sends frames on a stream.
 pub trait FrameSink: Send {
     /// Sends one envelope.
-    fn send(&mut self, env: &Envelope) -> impl std::future::Future<Output = Result<(), NodeError>> + Send;
+    fn send(
+        &mut self,
+        env: &Envelope,
+    ) -> impl std::future::Future<Output = Result<(), NodeError>> + Send;
 }
 
 /// Receives frames from a stream.
 pub trait FrameSource: Send {
     /// The next envelope, or `None` when the peer finished the stream.
-    fn recv(&mut self) -> impl std::future::Future<Output = Result<Option<Envelope>, NodeError>> + Send;
+    fn recv(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Option<Envelope>, NodeError>> + Send;
 }
 
 /// A fresh random message id.
@@ -49,11 +55,20 @@ pub struct SyncSummary {
     pub hashes_match: bool,
 }
 
-async fn send_error(tx: &mut impl FrameSink, code: ErrorCode, text: String, related: Option<MessageId>) {
+async fn send_error(
+    tx: &mut impl FrameSink,
+    code: ErrorCode,
+    text: String,
+    related: Option<MessageId>,
+) {
     let env = Envelope::new(
         new_message_id(),
         now_ms(),
-        ErrorMessage { error_code: code, error_message: text, related_message_id: related },
+        ErrorMessage {
+            error_code: code,
+            error_message: text,
+            related_message_id: related,
+        },
     );
     let _ = tx.send(&env).await;
 }
@@ -75,7 +90,8 @@ pub async fn pull(
         full_sync: vv.is_empty(),
         version_vector: Some(vv),
     };
-    tx.send(&Envelope::new(new_message_id(), now_ms(), request)).await?;
+    tx.send(&Envelope::new(new_message_id(), now_ms(), request))
+        .await?;
     while let Some(env) = rx.recv().await? {
         let ops = match env.message {
             Message::BatchedSync(b) => b.operations,
@@ -83,41 +99,83 @@ pub async fn pull(
             Message::DeltaSync(d) => nomade_crdt::from_delta(&d)?,
             Message::SyncComplete(c) => {
                 let ours = core.state_hash();
-                let summary = SyncSummary { operations: c.operations_count, hashes_match: ours == c.new_state_hash };
+                let summary = SyncSummary {
+                    operations: c.operations_count,
+                    hashes_match: ours == c.new_state_hash,
+                };
                 tracing::info!(%peer, operations = c.operations_count, hashes_match = summary.hashes_match, "initial sync received");
                 initial.send_replace(Some(summary));
                 continue;
             }
             Message::Error(e) => {
-                return Err(NodeError::Peer { peer, reason: format!("{} ({})", e.error_message, e.error_code.name()) });
+                return Err(NodeError::Peer {
+                    peer,
+                    reason: format!("{} ({})", e.error_message, e.error_code.name()),
+                });
             }
             other => {
                 let name = other.message_type().name();
-                send_error(tx, ErrorCode::INVALID_MESSAGE, format!("{name} on a sync stream"), Some(env.message_id)).await;
-                return Err(NodeError::Peer { peer, reason: format!("sent {name} on a sync stream") });
+                send_error(
+                    tx,
+                    ErrorCode::INVALID_MESSAGE,
+                    format!("{name} on a sync stream"),
+                    Some(env.message_id),
+                )
+                .await;
+                return Err(NodeError::Peer {
+                    peer,
+                    reason: format!("sent {name} on a sync stream"),
+                });
             }
         };
         let c = core.clone();
         let p = peer.clone();
         let result = tokio::task::spawn_blocking(move || c.apply_remote(&p, ops))
             .await
-            .map_err(|e| NodeError::Peer { peer: peer.clone(), reason: format!("apply task failed: {e}") })?;
+            .map_err(|e| NodeError::Peer {
+                peer: peer.clone(),
+                reason: format!("apply task failed: {e}"),
+            })?;
         match result {
             Ok(_) => {
-                let ack = Ack { message_ids: vec![env.message_id] };
-                tx.send(&Envelope::new(new_message_id(), now_ms(), ack)).await?;
+                let ack = Ack {
+                    message_ids: vec![env.message_id],
+                };
+                tx.send(&Envelope::new(new_message_id(), now_ms(), ack))
+                    .await?;
             }
             Err(NodeError::Crdt(nomade_crdt::CrdtError::BufferFull { .. })) => {
-                send_error(tx, ErrorCode::SYNC_CONFLICT, "causal buffer full: resync needed".into(), Some(env.message_id)).await;
-                return Err(NodeError::Peer { peer, reason: "causal buffer full".into() });
+                send_error(
+                    tx,
+                    ErrorCode::SYNC_CONFLICT,
+                    "causal buffer full: resync needed".into(),
+                    Some(env.message_id),
+                )
+                .await;
+                return Err(NodeError::Peer {
+                    peer,
+                    reason: "causal buffer full".into(),
+                });
             }
             Err(NodeError::Store(e)) => {
                 // Not durable: not acknowledged. The peer sends it again after reconnecting.
-                send_error(tx, ErrorCode::QUOTA_EXCEEDED, format!("cannot store operations: {e}"), Some(env.message_id)).await;
+                send_error(
+                    tx,
+                    ErrorCode::QUOTA_EXCEEDED,
+                    format!("cannot store operations: {e}"),
+                    Some(env.message_id),
+                )
+                .await;
                 return Err(NodeError::Store(e));
             }
             Err(e) => {
-                send_error(tx, ErrorCode::INVALID_MESSAGE, e.to_string(), Some(env.message_id)).await;
+                send_error(
+                    tx,
+                    ErrorCode::INVALID_MESSAGE,
+                    e.to_string(),
+                    Some(env.message_id),
+                )
+                .await;
                 return Err(e);
             }
         }
@@ -133,20 +191,36 @@ pub async fn push(
     tx: &mut impl FrameSink,
     rx: &mut impl FrameSource,
 ) -> Result<(), NodeError> {
-    let Some(first) = rx.recv().await? else { return Ok(()) };
+    let Some(first) = rx.recv().await? else {
+        return Ok(());
+    };
     let request = match first.message {
         Message::SyncRequest(r) => r,
         other => {
             let name = other.message_type().name();
-            send_error(tx, ErrorCode::INVALID_MESSAGE, format!("expected SYNC_REQUEST, got {name}"), Some(first.message_id)).await;
-            return Err(NodeError::Peer { peer, reason: format!("opened a sync stream with {name}") });
+            send_error(
+                tx,
+                ErrorCode::INVALID_MESSAGE,
+                format!("expected SYNC_REQUEST, got {name}"),
+                Some(first.message_id),
+            )
+            .await;
+            return Err(NodeError::Peer {
+                peer,
+                reason: format!("opened a sync stream with {name}"),
+            });
         }
     };
-    let mut peer_vv: VersionVector = if request.full_sync { VersionVector::new() } else { request.version_vector.unwrap_or_default() };
+    let mut peer_vv: VersionVector = if request.full_sync {
+        VersionVector::new()
+    } else {
+        request.version_vector.unwrap_or_default()
+    };
     let mut appended = core.appended();
     let mut cursor = 0usize;
     let mut initial_done = false;
-    let mut unacked = 0usize;
+    // Frames sent and not yet acknowledged, with what each one carries.
+    let mut unacked: HashMap<MessageId, VersionVector> = HashMap::new();
     loop {
         appended.borrow_and_update();
         let (ops, next) = core.ops_after(cursor, &peer_vv)?;
@@ -155,9 +229,15 @@ pub async fn push(
             let batches = split_batches(&ops, MAX_BATCH_PAYLOAD)?;
             let frames = batches.len();
             for batch in batches {
-                tx.send(&Envelope::new(new_message_id(), now_ms(), batch)).await?;
+                let mut covered = VersionVector::new();
+                for op in &batch.operations {
+                    let e = covered.entry(op.actor_id.clone()).or_insert(0);
+                    *e = (*e).max(op.operation.counter);
+                }
+                let id = new_message_id();
+                unacked.insert(id, covered);
+                tx.send(&Envelope::new(id, now_ms(), batch)).await?;
             }
-            unacked += frames;
             Metrics::add(&core.metrics().ops_sent, ops.len() as u64);
             for op in &ops {
                 let e = peer_vv.entry(op.actor_id.clone()).or_insert(0);
@@ -172,7 +252,8 @@ pub async fn push(
                 operations_count: u32::try_from(ops.len()).unwrap_or(u32::MAX),
                 new_state_hash: core.state_hash(),
             };
-            tx.send(&Envelope::new(new_message_id(), now_ms(), complete)).await?;
+            tx.send(&Envelope::new(new_message_id(), now_ms(), complete))
+                .await?;
         }
         tokio::select! {
             changed = appended.changed() => {
@@ -184,8 +265,12 @@ pub async fn push(
                 match msg? {
                     None => return Ok(()),
                     Some(Envelope { message: Message::Ack(a), .. }) => {
-                        unacked = unacked.saturating_sub(a.message_ids.len());
-                        tracing::trace!(%peer, unacked, "ack");
+                        for id in &a.message_ids {
+                            if let Some(vv) = unacked.remove(id) {
+                                core.record_ack(&peer, &vv);
+                            }
+                        }
+                        tracing::trace!(%peer, unacked = unacked.len(), "ack");
                     }
                     Some(Envelope { message: Message::Error(e), .. }) => {
                         return Err(NodeError::Peer { peer, reason: format!("{} ({})", e.error_message, e.error_code.name()) });

@@ -32,27 +32,48 @@ async fn pair_by_code_sync_both_ways_and_move_an_artifact() {
     let phone = Node::open(&dir.path().join("phone"), config("phone")).expect("open phone");
     // Offline, concurrent, conflicting edits.
     laptop.set("trip", "hotel", "Ritz").expect("edit");
-    laptop.splice_text("trip", "notes", 0, 0, "pack light").expect("edit");
+    laptop
+        .splice_text("trip", "notes", 0, 0, "pack light")
+        .expect("edit");
     phone.set("trip", "hotel", "Savoy").expect("edit");
-    phone.conv_append("chat", "hello from the phone").expect("edit");
+    phone
+        .conv_append("chat", "hello from the phone")
+        .expect("edit");
     let file = dir.path().join("photo.bin");
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(&file, &data).expect("write");
     let id = laptop.put_artifact(&file, Some("image/jpeg")).expect("put");
-    laptop.set("trip", "photo", id.to_reference()).expect("edit");
+    laptop
+        .set("trip", "photo", id.to_reference())
+        .expect("edit");
 
-    let laddr = laptop.start("127.0.0.1:0".parse().expect("addr")).await.expect("start");
-    phone.start("127.0.0.1:0".parse().expect("addr")).await.expect("start");
+    let laddr = laptop
+        .start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("start");
+    phone
+        .start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("start");
     let code = laptop.pairing_code().expect("code");
     let peer = phone.pair_with(laddr, &code).await.expect("pair");
     assert_eq!(peer, laptop.device_id());
 
-    phone.wait_initial_sync(&laptop.device_id(), Duration::from_secs(10)).await.expect("phone synced");
-    laptop.wait_initial_sync(&phone.device_id(), Duration::from_secs(10)).await.expect("laptop synced");
+    phone
+        .wait_initial_sync(&laptop.device_id(), Duration::from_secs(10))
+        .await
+        .expect("phone synced");
+    laptop
+        .wait_initial_sync(&phone.device_id(), Duration::from_secs(10))
+        .await
+        .expect("laptop synced");
     wait_for(|| laptop.state_hash() == phone.state_hash(), "convergence").await;
     assert_eq!(laptop.document("trip"), phone.document("trip"));
     assert_eq!(phone.text("trip", "notes").as_deref(), Some("pack light"));
-    assert_eq!(laptop.conversation("chat"), Some(vec![Value::from("hello from the phone")]));
+    assert_eq!(
+        laptop.conversation("chat"),
+        Some(vec![Value::from("hello from the phone")])
+    );
     // Both devices were paired and remember each other.
     assert_eq!(laptop.peers().expect("peers").len(), 1);
     assert_eq!(phone.peers().expect("peers").len(), 1);
@@ -64,8 +85,14 @@ async fn pair_by_code_sync_both_ways_and_move_an_artifact() {
     assert_eq!(std::fs::read(&out).expect("read"), data);
 
     // A live edit reaches the other side.
-    phone.splice_text("trip", "notes", 0, 0, "Please ").expect("edit");
-    wait_for(|| laptop.text("trip", "notes").as_deref() == Some("Please pack light"), "live edit").await;
+    phone
+        .splice_text("trip", "notes", 0, 0, "Please ")
+        .expect("edit");
+    wait_for(
+        || laptop.text("trip", "notes").as_deref() == Some("Please pack light"),
+        "live edit",
+    )
+    .await;
     assert_eq!(laptop.state_hash(), phone.state_hash());
     laptop.shutdown().await;
     phone.shutdown().await;

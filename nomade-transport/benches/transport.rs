@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use nomade_transport::{Config, Connection, DeviceIdentity, PairedSet, RateLimits, Transport};
 use nomade_wire::{
-    CrdtOperation, Edit, EntityType, Envelope, MessageId, StreamRole, SyncOperation, Value,
+    CrdtOperation, Edit, EntityType, Envelope, MessageId, StreamHeader, StreamRole, SyncOperation,
+    Value,
 };
 
 const BULK: usize = 64 * 1024 * 1024;
@@ -73,18 +74,23 @@ fn op(i: usize) -> Envelope {
     )
 }
 
-/// Raw bytes over one quinn stream; returns the elapsed time.
+/// Raw bytes over one quinn stream (after the 2-byte stream header the
+/// receiving transport needs to hand the stream over); returns the elapsed time.
 async fn raw(ca: &Connection, cb: &Connection, payload: &[u8], chunk: usize) -> Duration {
     let start = Instant::now();
-    let (mut send, _r) = ca.quinn().open_bi().await.expect("open");
+    let mut send = ca.quinn().open_uni().await.expect("open");
     let writer = async {
+        send.write_all(&StreamHeader::new(StreamRole::Push).to_bytes())
+            .await
+            .expect("header");
         for c in payload.chunks(chunk) {
             send.write_all(c).await.expect("write");
         }
         send.finish().expect("finish");
     };
     let reader = async {
-        let (_s, mut recv) = cb.quinn().accept_bi().await.expect("accept");
+        let inc = cb.accept_stream().await.expect("accept");
+        let mut recv = inc.recv.into_inner();
         let mut n = 0;
         while let Some(c) = recv.read_chunk(usize::MAX, true).await.expect("read") {
             n += c.bytes.len();

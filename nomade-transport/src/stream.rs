@@ -166,6 +166,13 @@ impl FramedRecv {
         self.role
     }
 
+    /// The raw quinn stream, for unframed bulk reads (benchmarks, tools).
+    /// Bytes this reader already buffered are discarded: call it before
+    /// [`FramedRecv::recv`].
+    pub fn into_inner(self) -> quinn::RecvStream {
+        self.stream
+    }
+
     /// The next envelope; `Ok(None)` when the peer finished the stream cleanly
     /// (or after this stream already failed).
     ///

@@ -12,7 +12,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for s in &all {
         s.envelope.encode_into(&mut stream)?;
     }
-    println!("{} frames, {} bytes in one stream\n", all.len(), stream.len());
+    println!(
+        "{} frames, {} bytes in one stream\n",
+        all.len(),
+        stream.len()
+    );
     let mut decoder = Decoder::new();
     let mut buf = BytesMut::new();
     let mut decoded: Vec<Envelope> = Vec::new();
@@ -22,7 +26,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             decoded.push(env);
         }
     }
-    println!("{:<28} {:>6} {:>8}  first payload bytes", "sample", "type", "frame");
+    println!(
+        "{:<28} {:>6} {:>8}  first payload bytes",
+        "sample", "type", "frame"
+    );
     for (s, env) in all.iter().zip(&decoded) {
         let frame = env.to_bytes()?;
         let payload = &frame[HEADER_LEN..frame.len().min(HEADER_LEN + 12)];
@@ -31,11 +38,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             s.name,
             env.message.message_type().code(),
             frame.len(),
-            payload.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            payload
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
             if env == &s.envelope { "" } else { "  MISMATCH" }
         );
     }
-    let same = decoded.len() == all.len() && all.iter().zip(&decoded).all(|(s, e)| &s.envelope == e);
+    let same =
+        decoded.len() == all.len() && all.iter().zip(&decoded).all(|(s, e)| &s.envelope == e);
     println!("\nall frames decoded back to the messages sent: {same}");
     if !same {
         std::process::exit(1);

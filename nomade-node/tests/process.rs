@@ -1,0 +1,214 @@
+//! The `nomade` program as a real process: the command line, and a node
+//! killed with SIGKILL in the middle of a sync, restarted from its directory.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nomade_node::{Node, NodeConfig};
+use nomade_transport::{DeviceId, RateLimits};
+
+fn nomade(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_nomade"))
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run nomade")
+}
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "nomade failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn status(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&ok(nomade(dir, &["status", "--json"]))).expect("status JSON")
+}
+
+fn free_udp_port() -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.local_addr().expect("addr")
+}
+
+fn serve(dir: &Path, addr: SocketAddr) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_nomade"))
+        .arg("--dir")
+        .arg(dir)
+        .args([
+            "--no-rate-limits",
+            "--name",
+            "desk",
+            "serve",
+            "--listen",
+            &addr.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn nomade serve")
+}
+
+#[test]
+fn command_line_edits_and_reads_documents_and_conversations() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let init = ok(nomade(d, &["init"]));
+    let id = ok(nomade(d, &["id"])).trim().to_string();
+    assert!(init.contains(&id));
+    assert!(id.parse::<DeviceId>().is_ok(), "{id}");
+    ok(nomade(d, &["doc", "set", "trip", "budget", "1200"]));
+    ok(nomade(d, &["doc", "set", "trip", "title", "Lisbon"]));
+    ok(nomade(d, &["doc", "delete", "trip", "budget"]));
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(nomade(d, &["doc", "show", "trip"]))).expect("json");
+    assert_eq!(show, serde_json::json!({"title": "Lisbon"}));
+    ok(nomade(d, &["conv", "append", "chat", "hi"]));
+    ok(nomade(
+        d,
+        &["conv", "insert", "chat", "0", "{\"from\":\"ana\"}"],
+    ));
+    let conv = ok(nomade(d, &["conv", "show", "chat"]));
+    assert_eq!(conv, "0: {\"from\":\"ana\"}\n1: \"hi\"\n");
+    // Errors are clear and exit non-zero.
+    let bad = nomade(d, &["conv", "remove", "chat", "9"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("out of range"));
+    let bad = nomade(d, &["peers", "add", "not-a-device-id"]);
+    assert!(!bad.status.success());
+    // Pairing out of band with an id computed elsewhere.
+    let other = tempfile::tempdir().expect("tempdir");
+    let other_id = ok(nomade(other.path(), &["id"])).trim().to_string();
+    ok(nomade(
+        d,
+        &["peers", "add", &other_id, "--addr", "127.0.0.1:9"],
+    ));
+    assert!(ok(nomade(d, &["peers", "list"])).contains(&other_id));
+    let st = status(d);
+    assert_eq!(st["device_id"], id);
+    assert_eq!(st["operations"], 5);
+    ok(nomade(d, &["peers", "remove", &other_id]));
+    assert!(ok(nomade(d, &["peers", "list"])).contains("no paired devices"));
+    // A file in and out as an artifact.
+    let file = d.join("in.bin");
+    std::fs::write(&file, vec![7u8; 200_000]).expect("write");
+    let put = ok(nomade(d, &["put", file.to_str().expect("path")]));
+    let hex = put.lines().next().expect("id line").to_string();
+    let out = d.join("out.bin");
+    ok(nomade(d, &["get", &hex, out.to_str().expect("path")]));
+    assert_eq!(std::fs::read(&out).expect("read"), vec![7u8; 200_000]);
+}
+
+/// BAD_INPUTS 30: killed mid-write, the store is consistent after restart and
+/// everything acknowledged is there; sync then resumes and converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_30_sigkill_mid_sync_loses_nothing_acknowledged() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let desk_dir = tmp.path().join("desk");
+    let desk_id: DeviceId = ok(nomade(&desk_dir, &["id"]))
+        .trim()
+        .parse()
+        .expect("device id");
+    let laptop = Node::open(
+        &tmp.path().join("laptop"),
+        NodeConfig {
+            device_name: "laptop".into(),
+            rate_limits: RateLimits::OFF,
+            heartbeat_period: Duration::from_millis(300),
+            ..NodeConfig::default()
+        },
+    )
+    .expect("open");
+    let laptop_addr = laptop
+        .start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("start");
+    ok(nomade(
+        &desk_dir,
+        &[
+            "peers",
+            "add",
+            &laptop.device_id().to_string(),
+            "--addr",
+            &laptop_addr.to_string(),
+        ],
+    ));
+    let desk_addr = free_udp_port();
+    laptop
+        .add_peer(desk_id, "desk", &[desk_addr])
+        .expect("add peer");
+
+    let mut child = serve(&desk_dir, desk_addr);
+    laptop.connect_known_peers().expect("dial");
+    // Edit continuously while the desk receives, then kill it mid-stream.
+    let mut written = 0usize;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        for _ in 0..50 {
+            laptop
+                .splice_text("notes", "body", 0, 0, "x")
+                .expect("edit");
+            written += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let acked = laptop.core().acked_by(&desk_id.to_string());
+        if acked.values().sum::<u64>() >= 500 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the desk never acknowledged 500 operations"
+        );
+    }
+    // A burst, and the kill lands while it is being sent and stored.
+    for _ in 0..1000 {
+        laptop
+            .splice_text("notes", "body", 0, 0, "y")
+            .expect("edit");
+        written += 1;
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let acked = laptop.core().acked_by(&desk_id.to_string());
+    eprintln!(
+        "killed with {} of {written} operations acknowledged",
+        acked.values().sum::<u64>()
+    );
+
+    // Everything acknowledged is on the desk's disk.
+    let after_crash = status(&desk_dir);
+    let me = laptop.device_id().to_string();
+    let on_disk = after_crash["version_vector"][&me].as_u64().unwrap_or(0);
+    assert!(
+        on_disk >= acked[&me],
+        "acknowledged {} but only {on_disk} survived",
+        acked[&me]
+    );
+
+    // Restarted, it catches up: nothing lost, nothing doubled.
+    let mut child = serve(&desk_dir, desk_addr);
+    let target = laptop.core().version_vector()[&me];
+    let mut caught_up = false;
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if laptop.core().acked_by(&desk_id.to_string()).get(&me) == Some(&target) {
+            caught_up = true;
+            break;
+        }
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    assert!(
+        caught_up,
+        "the restarted desk did not acknowledge every operation"
+    );
+    let final_status = status(&desk_dir);
+    assert_eq!(final_status["state_hash"], laptop.state_hash().to_hex());
+    assert_eq!(final_status["operations"].as_u64(), Some(written as u64));
+    laptop.shutdown().await;
+}
