@@ -1114,8 +1114,20 @@ impl Node {
         if self.inner.artifacts.has(&id) {
             return Ok(());
         }
+        // Another task may be fetching it already: wait for that one to end,
+        // then use its result or take over from its partial file.
+        let mut receiver = loop {
+            match Receiver::new(self.inner.artifacts.clone(), id, 128) {
+                Ok(r) => break r,
+                Err(nomade_artifact::ArtifactError::AlreadyStored { .. }) => return Ok(()),
+                Err(nomade_artifact::ArtifactError::TransferInProgress { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let (mut tx, mut rx) = conn.open_bi(StreamRole::Artifact).await?;
-        let mut receiver = Receiver::new(self.inner.artifacts.clone(), id, 128)?;
+        let mut counted = receiver.progress().bytes_done;
         loop {
             while let Some(m) = receiver.next_message()? {
                 tx.send(&Envelope::new(new_message_id(), now_ms(), m))
@@ -1139,11 +1151,16 @@ impl Node {
                     .await?;
             }
             match event? {
-                ReceiverEvent::Started(p) | ReceiverEvent::Progress(p) => {
-                    Metrics::add(&self.metrics().artifact_bytes_received, 0);
+                ReceiverEvent::Started(p)
+                | ReceiverEvent::Progress(p)
+                | ReceiverEvent::Complete { progress: p, .. } => {
+                    Metrics::add(
+                        &self.metrics().artifact_bytes_received,
+                        p.bytes_done.saturating_sub(counted),
+                    );
+                    counted = p.bytes_done;
                     progress(&p)
                 }
-                ReceiverEvent::Complete { progress: p, .. } => progress(&p),
                 _ => {}
             }
         }

@@ -212,3 +212,27 @@ async fn bad_input_30_sigkill_mid_sync_loses_nothing_acknowledged() {
     assert_eq!(final_status["operations"].as_u64(), Some(written as u64));
     laptop.shutdown().await;
 }
+
+#[test]
+fn demo_converges_and_reports_json() {
+    let out = Command::new(env!("CARGO_BIN_EXE_nomade"))
+        .args(["demo", "--json", "--artifact-mib", "2"])
+        .output()
+        .expect("run demo");
+    assert!(
+        out.status.success(),
+        "demo failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(report["converged"], true);
+    assert_eq!(report["restart_recovered"], true);
+    assert_eq!(report["artifact"]["verified"], true);
+    assert_eq!(report["artifact"]["bytes"], 2 << 20);
+    let devices = report["devices"].as_array().expect("devices");
+    assert_eq!(devices.len(), 3);
+    assert!(devices
+        .iter()
+        .all(|d| d["state_hash"] == devices[0]["state_hash"]));
+    assert!(report["ops_synced"].as_u64().expect("ops_synced") > 0);
+}

@@ -97,3 +97,62 @@ async fn pair_by_code_sync_both_ways_and_move_an_artifact() {
     laptop.shutdown().await;
     phone.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_another_protocol_version_is_told_to_update() {
+    use nomade_transport::{Config, DeviceIdentity, PairedSet, Transport};
+    use nomade_wire::{Envelope, ErrorCode, Hash32, Hello, Message, MessageId, StreamRole};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::open(&dir.path().join("node"), config("node")).expect("open");
+    let addr = node
+        .start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("start");
+    // A future device, speaking protocol version 2, paired with the node.
+    let future = DeviceIdentity::generate().expect("identity");
+    let future_id = future.device_id();
+    node.add_peer(future_id, "future", &[]).expect("pair");
+    let paired = PairedSet::new();
+    paired.insert(node.device_id());
+    let transport = Transport::bind(
+        future,
+        paired,
+        "127.0.0.1:0".parse().expect("addr"),
+        Config::default(),
+    )
+    .expect("bind");
+    let conn = transport
+        .connect(addr, Some(node.device_id()))
+        .await
+        .expect("connect");
+    let (mut tx, mut rx) = conn
+        .open_bi(StreamRole::Control)
+        .await
+        .expect("control stream");
+    let hello = Hello {
+        device_id: future_id.to_string(),
+        device_name: "future".into(),
+        protocol_version: 2,
+        capabilities: vec![],
+        sync_state_hash: Hash32::default(),
+    };
+    tx.send(&Envelope::new(MessageId::from([1; 16]), 0, hello))
+        .await
+        .expect("send");
+    let answer = rx.recv().await.expect("recv").expect("an answer");
+    match answer.message {
+        Message::Error(e) => {
+            assert_eq!(e.error_code, ErrorCode::PROTOCOL_VERSION_MISMATCH);
+            assert!(e.error_message.contains("update"), "{}", e.error_message);
+            assert_eq!(e.related_message_id, Some(MessageId::from([1; 16])));
+        }
+        other => panic!("expected ERROR, got {other:?}"),
+    }
+    // The connection is closed and no session is kept.
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .expect("closed");
+    assert!(!node.is_connected(&future_id));
+    node.shutdown().await;
+}

@@ -175,6 +175,62 @@ fn bench(c: &mut Criterion) {
             })
         })
     });
+    g.bench_function("framed_send_raw_recv", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let mut send = ca.open_uni(StreamRole::Push).await.expect("open");
+                    let writer = async {
+                        for f in &frames {
+                            send.send(f).await.expect("send");
+                        }
+                        send.finish().await.expect("finish");
+                    };
+                    let reader = async {
+                        let inc = cb.accept_stream().await.expect("accept");
+                        let mut recv = inc.recv.into_inner();
+                        while let Some(_c) = recv.read_chunk(usize::MAX, true).await.expect("read")
+                        {
+                        }
+                    };
+                    tokio::join!(writer, reader);
+                    total += start.elapsed();
+                }
+                total
+            })
+        })
+    });
+    g.bench_function("raw_send_framed_recv", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let mut send = ca.quinn().open_uni().await.expect("open");
+                    let writer = async {
+                        send.write_all(&StreamHeader::new(StreamRole::Push).to_bytes())
+                            .await
+                            .expect("h");
+                        send.write_all(&bytes).await.expect("w");
+                        send.finish().expect("finish");
+                    };
+                    let reader = async {
+                        let mut inc = cb.accept_stream().await.expect("accept");
+                        let mut n = 0;
+                        while let Some(_env) = inc.recv.recv().await.expect("recv") {
+                            n += 1;
+                        }
+                        assert_eq!(n, FRAMES);
+                    };
+                    tokio::join!(writer, reader);
+                    total += start.elapsed();
+                }
+                total
+            })
+        })
+    });
     g.finish();
 }
 

@@ -184,21 +184,21 @@ impl FramedRecv {
             return Ok(None);
         }
         loop {
+            let before = self.buf.len();
             match self.decoder.decode(&mut self.buf) {
                 Ok(Some(env)) => {
                     self.partial_since = (!self.buf.is_empty()).then(tokio::time::Instant::now);
                     if let Some(limit) = &self.limit {
                         // Backpressure on the sender: while we wait, we stop
                         // reading and QUIC flow control holds the peer.
-                        let approx = nomade_wire::HEADER_LEN + nomade_wire::CHECKSUM_LEN;
-                        limit.take(approx).await;
+                        limit.take(before - self.buf.len()).await;
                     }
                     return Ok(Some(env));
                 }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(role = ?self.role, error = %e, "bad frame: ending stream");
-                    self.fail(e.error_code(), &e.to_string(), None).await;
+                    self.fail(e.error_code(), &e.to_string()).await;
                     return Err(e.into());
                 }
             }
@@ -217,12 +217,8 @@ impl FramedRecv {
                     Ok(r) => r?,
                     Err(_) => {
                         tracing::warn!(role = ?self.role, deadline = ?self.deadline, "message deadline passed: ending stream");
-                        self.fail(
-                            ErrorCode::INVALID_MESSAGE,
-                            "message not completed in time",
-                            None,
-                        )
-                        .await;
+                        self.fail(ErrorCode::INVALID_MESSAGE, "message not completed in time")
+                            .await;
                         return Err(TransportError::Deadline(self.deadline));
                     }
                 }
@@ -241,7 +237,7 @@ impl FramedRecv {
                 None => {
                     let e = self.decoder.truncation(&self.buf);
                     tracing::warn!(role = ?self.role, error = %e, "stream ended mid-frame");
-                    self.fail(e.error_code(), &e.to_string(), None).await;
+                    self.fail(e.error_code(), &e.to_string()).await;
                     return Err(e.into());
                 }
             }
@@ -250,11 +246,11 @@ impl FramedRecv {
 
     /// Ends this stream after bad input: ERROR on the reply half (if any),
     /// then STOP_SENDING on the receive half.
-    async fn fail(&mut self, code: ErrorCode, why: &str, related: Option<MessageId>) {
+    async fn fail(&mut self, code: ErrorCode, why: &str) {
         self.done = true;
         self.buf.clear();
         if let Some(reply) = self.reply.take() {
-            let env = error_envelope(code, why, related);
+            let env = error_envelope(code, why, None);
             let mut s = reply.lock().await;
             let mut frame = BytesMut::new();
             if env.encode_into(&mut frame).is_ok() {

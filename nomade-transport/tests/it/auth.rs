@@ -202,3 +202,44 @@ async fn identity_on_disk_survives_restart_and_stays_paired() {
         .await
         .expect("same identity after restart");
 }
+
+/// BAD_INPUTS 3: a client without a certificate is refused.
+#[tokio::test]
+async fn client_without_certificate_is_refused() {
+    let b = node();
+    let verifier = Arc::new(PeerServerVerifier::new(
+        PairedSet::new(),
+        ServerAcceptance::Pairing,
+    ));
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("tls13")
+    .dangerous()
+    .with_custom_certificate_verifier(verifier)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic");
+    let mut endpoint = quinn::Endpoint::client(local()).expect("client");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let mut events = b.events();
+    let conn = endpoint
+        .connect(b.local_addr().expect("addr"), SERVER_NAME)
+        .expect("start")
+        .await;
+    let reason = match conn {
+        Err(e) => e,
+        Ok(c) => tokio::time::timeout(Duration::from_secs(5), c.closed())
+            .await
+            .expect("closed in time"),
+    };
+    assert!(
+        matches!(reason, quinn::ConnectionError::ConnectionClosed(_)),
+        "{reason:?}"
+    );
+    wait_event(&mut events, |e| {
+        matches!(e, TransportEvent::HandshakeRejected { .. })
+    })
+    .await;
+}

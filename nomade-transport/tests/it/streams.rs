@@ -250,3 +250,29 @@ async fn heartbeats_flow_and_silence_means_offline() {
     );
     drop(quiet);
 }
+
+/// BAD_INPUTS 8: a peer cannot open more concurrent streams than the limit
+/// (64 of each kind by default); a stream beyond it waits for credit.
+#[tokio::test]
+async fn concurrent_streams_are_capped() {
+    let (_a, _b, ca, cb) = connected().await;
+    let mut open = Vec::new();
+    for _ in 0..64 {
+        let (mut tx, _rx) = ca.open_bi(StreamRole::Sync).await.expect("open");
+        tx.send(&beat(1)).await.expect("send");
+        open.push(tx);
+    }
+    // The 65th cannot start while the 64 are open.
+    let extra =
+        tokio::time::timeout(Duration::from_millis(300), ca.open_bi(StreamRole::Sync)).await;
+    assert!(
+        extra.is_err(),
+        "a 65th concurrent stream must wait for credit"
+    );
+    // The receiver sees exactly the 64 streams.
+    for _ in 0..64 {
+        let mut inc = cb.accept_stream().await.expect("accept");
+        assert_eq!(inc.recv.recv().await.expect("recv"), Some(beat(1)));
+    }
+    assert!(ca.close_reason().is_none());
+}
