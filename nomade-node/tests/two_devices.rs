@@ -156,3 +156,44 @@ async fn a_peer_with_another_protocol_version_is_told_to_update() {
     assert!(!node.is_connected(&future_id));
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_heartbeats_and_metrics_are_reported() {
+    use nomade_wire::PresenceStatus;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Node::open(&dir.path().join("a"), config("a")).expect("open");
+    let b = Node::open(&dir.path().join("b"), config("b")).expect("open");
+    let addr_a = a.start("127.0.0.1:0".parse().expect("addr")).await.expect("start");
+    b.start("127.0.0.1:0".parse().expect("addr")).await.expect("start");
+    a.add_peer(b.device_id(), "b", &[]).expect("pair");
+    b.add_peer(a.device_id(), "a", &[addr_a]).expect("pair");
+    b.connect(addr_a, a.device_id()).await.expect("connect");
+    a.set_presence(PresenceStatus::Busy, Some("in a meeting".into()));
+    wait_for(|| b.presence(&a.device_id()).status == Some(PresenceStatus::Busy), "presence update").await;
+    let p = b.presence(&a.device_id());
+    assert!(p.online);
+    assert_eq!(p.message.as_deref(), Some("in a meeting"));
+    assert!(p.last_heard_ms_ago.is_some());
+
+    // Synced operations show up in the metrics and on the Prometheus endpoint.
+    for i in 0..20 {
+        a.set("doc", "n", i).expect("edit");
+    }
+    wait_for(|| b.state_hash() == a.state_hash(), "sync").await;
+    let m = b.metrics().snapshot();
+    assert!(m.ops_applied >= 20, "{m:?}");
+    let http = nomade_node::metrics_http::serve(b.clone(), "127.0.0.1:0".parse().expect("addr")).await.expect("serve");
+    let mut sock = tokio::net::TcpStream::connect(http).await.expect("connect");
+    sock.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.expect("write");
+    let mut body = String::new();
+    sock.read_to_string(&mut body).await.expect("read");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("nomade_ops_applied_total"), "{body}");
+
+    // A peer that goes away is reported offline.
+    a.shutdown().await;
+    wait_for(|| !b.presence(&a.device_id()).online, "offline").await;
+    b.shutdown().await;
+}

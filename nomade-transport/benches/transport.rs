@@ -5,6 +5,8 @@
 //! - `sync_frames/baseline`: the same raw stream carrying the bytes of N
 //!   encoded SYNC_OPERATION frames; `sync_frames/framed`: the same N frames
 //!   through `FramedSend`/`FramedRecv` (decoding, checks, limits off).
+//!   `framed_send_raw_recv` and `raw_send_framed_recv` split that cost between
+//!   the sending and the receiving side.
 
 #![allow(missing_docs)]
 
