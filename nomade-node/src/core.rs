@@ -184,6 +184,44 @@ impl Core {
         Ok(ops)
     }
 
+    /// Applies several local edits and stores their operations in one
+    /// transaction (one disk sync for all). All or nothing: on error nothing
+    /// is kept.
+    pub fn edit_many(
+        &self,
+        edits: Vec<(EntityType, String, LocalEdit)>,
+    ) -> Result<Vec<SyncOperation>, NodeError> {
+        let mut replica = self.replica();
+        let mut ops = Vec::new();
+        for (entity_type, entity_id, edit) in &edits {
+            let result = replica
+                .apply_local(*entity_type, entity_id, edit.clone(), now_ms())
+                .map_err(NodeError::from)
+                .and_then(|new| {
+                    new.iter().try_for_each(check_op_size)?;
+                    Ok(new)
+                });
+            match result {
+                Ok(new) => ops.extend(new),
+                Err(e) => {
+                    *replica = load_replica(&self.store, &self.device_id)?;
+                    return Err(e);
+                }
+            }
+        }
+        self.persist(&mut replica, &ops)?;
+        drop(replica);
+        for (entity_type, entity_id, _) in edits {
+            let _ = self.changes.send(Change {
+                entity_id,
+                entity_type,
+                actor_id: self.device_id.clone(),
+                remote: false,
+            });
+        }
+        Ok(ops)
+    }
+
     /// Applies operations received from `peer` (through the causal buffer) and
     /// stores every operation that became applied, durably, before returning
     /// how many were applied. Only then may they be acknowledged.

@@ -165,13 +165,22 @@ async fn presence_heartbeats_and_metrics_are_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
     let a = Node::open(&dir.path().join("a"), config("a")).expect("open");
     let b = Node::open(&dir.path().join("b"), config("b")).expect("open");
-    let addr_a = a.start("127.0.0.1:0".parse().expect("addr")).await.expect("start");
-    b.start("127.0.0.1:0".parse().expect("addr")).await.expect("start");
+    let addr_a = a
+        .start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("start");
+    b.start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("start");
     a.add_peer(b.device_id(), "b", &[]).expect("pair");
     b.add_peer(a.device_id(), "a", &[addr_a]).expect("pair");
     b.connect(addr_a, a.device_id()).await.expect("connect");
     a.set_presence(PresenceStatus::Busy, Some("in a meeting".into()));
-    wait_for(|| b.presence(&a.device_id()).status == Some(PresenceStatus::Busy), "presence update").await;
+    wait_for(
+        || b.presence(&a.device_id()).status == Some(PresenceStatus::Busy),
+        "presence update",
+    )
+    .await;
     let p = b.presence(&a.device_id());
     assert!(p.online);
     assert_eq!(p.message.as_deref(), Some("in a meeting"));
@@ -184,9 +193,13 @@ async fn presence_heartbeats_and_metrics_are_reported() {
     wait_for(|| b.state_hash() == a.state_hash(), "sync").await;
     let m = b.metrics().snapshot();
     assert!(m.ops_applied >= 20, "{m:?}");
-    let http = nomade_node::metrics_http::serve(b.clone(), "127.0.0.1:0".parse().expect("addr")).await.expect("serve");
+    let http = nomade_node::metrics_http::serve(b.clone(), "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("serve");
     let mut sock = tokio::net::TcpStream::connect(http).await.expect("connect");
-    sock.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.expect("write");
+    sock.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .await
+        .expect("write");
     let mut body = String::new();
     sock.read_to_string(&mut body).await.expect("read");
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
