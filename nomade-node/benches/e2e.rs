@@ -230,7 +230,7 @@ fn main() {
     let (bulk, rss_bytes, ops, docs, lat_n) = if quick {
         (64 * MIB, 128 * MIB, 20_000, 200, 500)
     } else {
-        (512 * MIB, 1024 * MIB, 200_000, 2_000, 10_000)
+        (512 * MIB, 1024 * MIB, 1_000_000, 10_000, 10_000)
     };
     let raw = rt.block_on(raw_quinn_mib_per_sec(bulk));
     let art = rt.block_on(artifact_mib_per_sec(bulk));

@@ -142,6 +142,16 @@ impl FrameSource for Source {
     }
 }
 
+/// Errors after which redialing is pointless until the user acts: the peer
+/// speaks another protocol version (update), or no longer accepts this device
+/// (pair again).
+fn is_permanent(e: &NodeError) -> bool {
+    matches!(
+        e,
+        NodeError::VersionMismatch { .. } | NodeError::Transport(nomade_transport::TransportError::NotPaired)
+    )
+}
+
 fn peer_err(peer: &DeviceId, reason: impl Into<String>) -> NodeError {
     NodeError::Peer {
         peer: peer.to_string(),
@@ -579,6 +589,10 @@ impl Node {
                         Ok(()) => {
                             ok = true;
                             break;
+                        }
+                        Err(e) if is_permanent(&e) => {
+                            tracing::error!(%peer, %addr, error = %e, "giving up on this peer until the user acts");
+                            return;
                         }
                         Err(e) => tracing::info!(%peer, %addr, error = %e, "dial failed"),
                     }
@@ -1199,7 +1213,17 @@ impl Node {
             entities: self.inner.core.entities().len(),
             artifacts: self.inner.artifacts.list().map(|l| l.len()).unwrap_or(0),
             peers,
-            metrics: self.metrics().snapshot(),
+            metrics: {
+                // Bytes on the wire come from the live QUIC connections.
+                let mut m = self.metrics().snapshot();
+                let sessions = self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner());
+                for s in sessions.values() {
+                    let stats = s.conn.quinn().stats();
+                    m.bytes_sent += stats.udp_tx.bytes;
+                    m.bytes_received += stats.udp_rx.bytes;
+                }
+                m
+            },
         }
     }
 
