@@ -148,7 +148,8 @@ impl FrameSource for Source {
 fn is_permanent(e: &NodeError) -> bool {
     matches!(
         e,
-        NodeError::VersionMismatch { .. } | NodeError::Transport(nomade_transport::TransportError::NotPaired)
+        NodeError::VersionMismatch { .. }
+            | NodeError::Transport(nomade_transport::TransportError::NotPaired)
     )
 }
 
@@ -1216,7 +1217,11 @@ impl Node {
             metrics: {
                 // Bytes on the wire come from the live QUIC connections.
                 let mut m = self.metrics().snapshot();
-                let sessions = self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner());
+                let sessions = self
+                    .inner
+                    .sessions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 for s in sessions.values() {
                     let stats = s.conn.quinn().stats();
                     m.bytes_sent += stats.udp_tx.bytes;
