@@ -304,9 +304,16 @@ fn report_ratios() -> Result<()> {
         }
     }
     std::fs::create_dir_all("target/bench")?;
+    // The end-to-end and CRDT bench binaries write their own figures; gather them.
+    let mut report = serde_json::json!({ "criterion": rows });
+    for name in ["e2e", "crdt"] {
+        if let Ok(text) = std::fs::read_to_string(format!("target/bench/{name}.json")) {
+            report[name] = serde_json::from_str(&text)?;
+        }
+    }
     std::fs::write(
         "target/bench/report.json",
-        serde_json::to_string_pretty(&rows)?,
+        serde_json::to_string_pretty(&report)?,
     )?;
     eprintln!(
         "\n{:<40} {:<12} {:>12} {:>12} {:>8}",
