@@ -210,3 +210,50 @@ async fn presence_heartbeats_and_metrics_are_reported() {
     wait_for(|| !b.presence(&a.device_id()).online, "offline").await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpaired_device_is_refused_and_an_unpaired_peer_is_cut_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Node::open(&dir.path().join("a"), config("a")).expect("open");
+    let stranger = Node::open(&dir.path().join("s"), config("stranger")).expect("open");
+    let addr_a = a
+        .start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("start");
+    stranger
+        .start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("start");
+    // The stranger pins the node, but the node never paired with it.
+    stranger
+        .add_peer(a.device_id(), "a", &[addr_a])
+        .expect("pin");
+    let err = stranger
+        .connect(addr_a, a.device_id())
+        .await
+        .expect_err("refused");
+    assert!(
+        err.to_string().contains("not paired") || err.to_string().contains("refused"),
+        "{err}"
+    );
+    assert!(!a.is_connected(&stranger.device_id()));
+    a.set("d", "k", 1).expect("edit");
+    assert_eq!(stranger.document("d"), None, "nothing leaked");
+
+    // Paired, connected, then unpaired: the connection is closed.
+    a.add_peer(stranger.device_id(), "s", &[]).expect("pair");
+    stranger
+        .connect(addr_a, a.device_id())
+        .await
+        .expect("now accepted");
+    wait_for(|| stranger.document("d").is_some(), "sync once paired").await;
+    a.remove_peer(&stranger.device_id()).expect("unpair");
+    wait_for(
+        || !stranger.is_connected(&a.device_id()),
+        "connection closed",
+    )
+    .await;
+    assert!(stranger.connect(addr_a, a.device_id()).await.is_err());
+    a.shutdown().await;
+    stranger.shutdown().await;
+}
