@@ -269,22 +269,25 @@ impl Core {
         Ok(ops)
     }
 
-    /// The operations applied at log positions `cursor..` that a peer with
-    /// version vector `peer` lacks, and the position to continue from.
+    /// The operations among log positions `cursor..cursor + limit` that a
+    /// peer with version vector `peer` lacks, the position to continue from,
+    /// and whether the log goes on past it.
     pub fn ops_after(
         &self,
         cursor: usize,
         peer: &VersionVector,
-    ) -> Result<(Vec<SyncOperation>, usize), NodeError> {
+        limit: usize,
+    ) -> Result<(Vec<SyncOperation>, usize, bool), NodeError> {
         let replica = self.replica();
         let log = replica.log();
         let start = cursor.min(log.len());
-        let ops = log[start..]
+        let end = start.saturating_add(limit).min(log.len());
+        let ops = log[start..end]
             .iter()
             .filter(|op| op.operation.counter > peer.get(&op.actor_id).copied().unwrap_or(0))
             .cloned()
             .collect();
-        Ok((ops, log.len()))
+        Ok((ops, end, end < log.len()))
     }
 
     /// Records that `peer` acknowledged (durably stored) the operations `vv` covers.

@@ -20,6 +20,10 @@ use nomade_wire::{
 use tokio::sync::watch;
 
 use crate::batch::{split_batches, MAX_BATCH_PAYLOAD};
+
+/// Most log entries examined per scan when pushing, so that a large backlog
+/// is sent in pieces rather than copied at once.
+const SCAN_LIMIT: usize = 20_000;
 use crate::core::{now_ms, Core};
 use crate::error::NodeError;
 use crate::metrics::Metrics;
@@ -73,9 +77,16 @@ async fn send_error(
     let _ = tx.send(&env).await;
 }
 
+/// Most sync messages applied in one database transaction.
+const MAX_MESSAGES_PER_COMMIT: usize = 64;
+
 /// Runs the puller side: requests what this device lacks, applies and
 /// acknowledges everything the peer pushes, until the peer ends the stream.
 /// `initial` receives the summary of the first full exchange.
+///
+/// Reading and applying overlap: while one group of messages is being applied
+/// and committed, the next ones are read; everything that arrived meanwhile is
+/// applied in one transaction and acknowledged with one `ACK`.
 pub async fn pull(
     core: Arc<Core>,
     peer: String,
@@ -92,95 +103,154 @@ pub async fn pull(
     };
     tx.send(&Envelope::new(new_message_id(), now_ms(), request))
         .await?;
-    while let Some(env) = rx.recv().await? {
-        let ops = match env.message {
-            Message::BatchedSync(b) => b.operations,
-            Message::SyncOperation(op) => vec![op],
-            Message::DeltaSync(d) => nomade_crdt::from_delta(&d)?,
-            Message::SyncComplete(c) => {
-                let ours = core.state_hash();
-                let summary = SyncSummary {
-                    operations: c.operations_count,
-                    hashes_match: ours == c.new_state_hash,
-                };
-                tracing::info!(%peer, operations = c.operations_count, hashes_match = summary.hashes_match, "initial sync received");
-                initial.send_replace(Some(summary));
-                continue;
-            }
-            Message::Error(e) => {
-                return Err(NodeError::Peer {
-                    peer,
-                    reason: format!("{} ({})", e.error_message, e.error_code.name()),
-                });
-            }
-            other => {
-                let name = other.message_type().name();
-                send_error(
-                    tx,
-                    ErrorCode::INVALID_MESSAGE,
-                    format!("{name} on a sync stream"),
-                    Some(env.message_id),
-                )
-                .await;
-                return Err(NodeError::Peer {
-                    peer,
-                    reason: format!("sent {name} on a sync stream"),
-                });
-            }
-        };
-        let c = core.clone();
-        let p = peer.clone();
-        let result = tokio::task::spawn_blocking(move || c.apply_remote(&p, ops))
-            .await
-            .map_err(|e| NodeError::Peer {
-                peer: peer.clone(),
-                reason: format!("apply task failed: {e}"),
-            })?;
-        match result {
-            Ok(_) => {
-                let ack = Ack {
-                    message_ids: vec![env.message_id],
-                };
-                tx.send(&Envelope::new(new_message_id(), now_ms(), ack))
-                    .await?;
-            }
-            Err(NodeError::Crdt(nomade_crdt::CrdtError::BufferFull { .. })) => {
-                send_error(
-                    tx,
-                    ErrorCode::SYNC_CONFLICT,
-                    "causal buffer full: resync needed".into(),
-                    Some(env.message_id),
-                )
-                .await;
-                return Err(NodeError::Peer {
-                    peer,
-                    reason: "causal buffer full".into(),
-                });
-            }
-            Err(NodeError::Store(e)) => {
-                // Not durable: not acknowledged. The peer sends it again after reconnecting.
-                send_error(
-                    tx,
-                    ErrorCode::QUOTA_EXCEEDED,
-                    format!("cannot store operations: {e}"),
-                    Some(env.message_id),
-                )
-                .await;
-                return Err(NodeError::Store(e));
-            }
-            Err(e) => {
-                send_error(
-                    tx,
-                    ErrorCode::INVALID_MESSAGE,
-                    e.to_string(),
-                    Some(env.message_id),
-                )
-                .await;
-                return Err(e);
+    let (queue_tx, mut queue) = tokio::sync::mpsc::channel::<Envelope>(MAX_MESSAGES_PER_COMMIT);
+    let reader = async move {
+        while let Some(env) = rx.recv().await? {
+            if queue_tx.send(env).await.is_err() {
+                break;
             }
         }
+        Ok::<(), NodeError>(())
+    };
+    let applier = async {
+        while let Some(first) = queue.recv().await {
+            let mut group = vec![first];
+            while group.len() < MAX_MESSAGES_PER_COMMIT {
+                match queue.try_recv() {
+                    Ok(env) => group.push(env),
+                    Err(_) => break,
+                }
+            }
+            let mut ops = Vec::new();
+            let mut ids = Vec::new();
+            for env in group {
+                match env.message {
+                    Message::BatchedSync(b) => ops.extend(b.operations),
+                    Message::SyncOperation(op) => ops.push(op),
+                    Message::DeltaSync(d) => ops.extend(nomade_crdt::from_delta(&d)?),
+                    other => {
+                        // Apply what came before it, then handle it.
+                        apply_and_ack(
+                            &core,
+                            &peer,
+                            tx,
+                            std::mem::take(&mut ops),
+                            std::mem::take(&mut ids),
+                        )
+                        .await?;
+                        handle_control(&core, &peer, tx, env.message_id, other, &initial).await?;
+                        continue;
+                    }
+                }
+                ids.push(env.message_id);
+            }
+            apply_and_ack(&core, &peer, tx, ops, ids).await?;
+        }
+        Ok::<(), NodeError>(())
+    };
+    // The applier ends when the reader ends (the queue closes); a failing
+    // applier ends the reader by dropping the queue.
+    let (read, applied) = tokio::join!(reader, applier);
+    applied.and(read)
+}
+
+/// Applies a group of operations in one transaction, then acknowledges the
+/// messages that carried them.
+async fn apply_and_ack(
+    core: &Arc<Core>,
+    peer: &str,
+    tx: &mut impl FrameSink,
+    ops: Vec<nomade_wire::SyncOperation>,
+    ids: Vec<MessageId>,
+) -> Result<(), NodeError> {
+    if ids.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let c = core.clone();
+    let p = peer.to_string();
+    let result = tokio::task::spawn_blocking(move || c.apply_remote(&p, ops))
+        .await
+        .map_err(|e| NodeError::Peer {
+            peer: peer.to_string(),
+            reason: format!("apply task failed: {e}"),
+        })?;
+    let related = ids.first().copied();
+    match result {
+        Ok(_) => {
+            let ack = Ack { message_ids: ids };
+            tx.send(&Envelope::new(new_message_id(), now_ms(), ack))
+                .await
+        }
+        Err(NodeError::Crdt(nomade_crdt::CrdtError::BufferFull { .. })) => {
+            send_error(
+                tx,
+                ErrorCode::SYNC_CONFLICT,
+                "causal buffer full: resync needed".into(),
+                related,
+            )
+            .await;
+            Err(NodeError::Peer {
+                peer: peer.to_string(),
+                reason: "causal buffer full".into(),
+            })
+        }
+        Err(NodeError::Store(e)) => {
+            // Not durable: not acknowledged. The peer sends it again after reconnecting.
+            send_error(
+                tx,
+                ErrorCode::QUOTA_EXCEEDED,
+                format!("cannot store operations: {e}"),
+                related,
+            )
+            .await;
+            Err(NodeError::Store(e))
+        }
+        Err(e) => {
+            send_error(tx, ErrorCode::INVALID_MESSAGE, e.to_string(), related).await;
+            Err(e)
+        }
+    }
+}
+
+/// Handles a message other than operations on the puller's stream.
+async fn handle_control(
+    core: &Arc<Core>,
+    peer: &str,
+    tx: &mut impl FrameSink,
+    message_id: MessageId,
+    message: Message,
+    initial: &watch::Sender<Option<SyncSummary>>,
+) -> Result<(), NodeError> {
+    match message {
+        Message::SyncComplete(c) => {
+            let ours = core.state_hash();
+            let summary = SyncSummary {
+                operations: c.operations_count,
+                hashes_match: ours == c.new_state_hash,
+            };
+            tracing::info!(%peer, operations = c.operations_count, hashes_match = summary.hashes_match, "initial sync received");
+            initial.send_replace(Some(summary));
+            Ok(())
+        }
+        Message::Error(e) => Err(NodeError::Peer {
+            peer: peer.to_string(),
+            reason: format!("{} ({})", e.error_message, e.error_code.name()),
+        }),
+        other => {
+            let name = other.message_type().name();
+            send_error(
+                tx,
+                ErrorCode::INVALID_MESSAGE,
+                format!("{name} on a sync stream"),
+                Some(message_id),
+            )
+            .await;
+            Err(NodeError::Peer {
+                peer: peer.to_string(),
+                reason: format!("sent {name} on a sync stream"),
+            })
+        }
+    }
 }
 
 /// Runs the pusher side: answers the peer's `SYNC_REQUEST`, then pushes new
@@ -221,9 +291,10 @@ pub async fn push(
     let mut initial_done = false;
     // Frames sent and not yet acknowledged, with what each one carries.
     let mut unacked: HashMap<MessageId, VersionVector> = HashMap::new();
+    let mut initial_count = 0usize;
     loop {
         appended.borrow_and_update();
-        let (ops, next) = core.ops_after(cursor, &peer_vv)?;
+        let (ops, next, more) = core.ops_after(cursor, &peer_vv, SCAN_LIMIT)?;
         cursor = next;
         if !ops.is_empty() {
             let batches = split_batches(&ops, MAX_BATCH_PAYLOAD)?;
@@ -243,13 +314,19 @@ pub async fn push(
                 let e = peer_vv.entry(op.actor_id.clone()).or_insert(0);
                 *e = (*e).max(op.operation.counter);
             }
+            if !initial_done {
+                initial_count += ops.len();
+            }
             tracing::debug!(%peer, ops = ops.len(), frames, "pushed operations");
+        }
+        if more {
+            continue;
         }
         if !initial_done {
             initial_done = true;
             let complete = SyncComplete {
                 entity_types: vec![EntityType::Document, EntityType::Conversation],
-                operations_count: u32::try_from(ops.len()).unwrap_or(u32::MAX),
+                operations_count: u32::try_from(initial_count).unwrap_or(u32::MAX),
                 new_state_hash: core.state_hash(),
             };
             tx.send(&Envelope::new(new_message_id(), now_ms(), complete))
