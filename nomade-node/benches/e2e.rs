@@ -154,8 +154,9 @@ fn artifact_peak_rss_mib(bytes: u64) -> f64 {
 }
 
 /// Full sync: A holds `ops` operations over `docs` documents; B joins.
-/// Returns operations per second applied (durably) on B.
-async fn full_sync(ops: usize, docs: usize) -> f64 {
+/// Returns operations per second applied (durably) on B, and UDP bytes
+/// received by B per operation.
+async fn full_sync(ops: usize, docs: usize) -> (f64, f64) {
     let tmp = tempfile::tempdir().unwrap();
     let a = Node::open(&tmp.path().join("a"), config("a")).unwrap();
     let b = Node::open(&tmp.path().join("b"), config("b")).unwrap();
@@ -183,9 +184,10 @@ async fn full_sync(ops: usize, docs: usize) -> f64 {
     }
     let secs = start.elapsed().as_secs_f64();
     assert_eq!(a.state_hash(), b.state_hash());
+    let bytes = b.status().metrics.bytes_received as f64;
     a.shutdown().await;
     b.shutdown().await;
-    ops as f64 / secs
+    (ops as f64 / secs, bytes / ops as f64)
 }
 
 /// Live sync latency: one operation at a time, created on A, applied on B.
@@ -235,7 +237,7 @@ fn main() {
     let raw = rt.block_on(raw_quinn_mib_per_sec(bulk));
     let art = rt.block_on(artifact_mib_per_sec(bulk));
     let rss = artifact_peak_rss_mib(rss_bytes);
-    let ops_per_sec = rt.block_on(full_sync(ops, docs));
+    let (ops_per_sec, bytes_per_op) = rt.block_on(full_sync(ops, docs));
     let (p50, p99) = rt.block_on(latency(lat_n));
     let report = serde_json::json!({
         "quick": quick,
@@ -248,6 +250,7 @@ fn main() {
         "full_sync_ops": ops,
         "full_sync_docs": docs,
         "full_sync_ops_per_sec": ops_per_sec,
+        "full_sync_bytes_per_op": bytes_per_op,
         "latency_samples": lat_n,
         "latency_p50_ms": p50,
         "latency_p99_ms": p99,
@@ -258,7 +261,7 @@ fn main() {
         rss_bytes / MIB
     );
     println!(
-        "e2e: full sync of {ops} ops over {docs} docs: {ops_per_sec:.0} ops/s; live latency p50 {p50:.2} ms, p99 {p99:.2} ms ({lat_n} ops)"
+        "e2e: full sync of {ops} ops over {docs} docs: {ops_per_sec:.0} ops/s, {bytes_per_op:.0} bytes/op on the wire; live latency p50 {p50:.2} ms, p99 {p99:.2} ms ({lat_n} ops)"
     );
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/e2e.json");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
