@@ -47,6 +47,12 @@ pub struct NodeConfig {
     pub min_backoff: Duration,
     /// Longest delay between redials.
     pub max_backoff: Duration,
+    /// Test only: network faults injected under the QUIC endpoint, and the
+    /// partition switch (`None`: the real network, untouched).
+    pub faults: Option<(
+        nomade_transport::faulty::FaultPlan,
+        nomade_transport::faulty::Partition,
+    )>,
 }
 
 impl Default for NodeConfig {
@@ -59,6 +65,7 @@ impl Default for NodeConfig {
             artifact_quota: None,
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
+            faults: None,
         }
     }
 }
@@ -461,12 +468,22 @@ impl Node {
             rate_limits: self.inner.config.rate_limits,
             ..Default::default()
         };
-        let transport = Transport::bind(
-            self.inner.identity.clone(),
-            self.inner.paired.clone(),
-            listen,
-            config,
-        )?;
+        let transport = match self.inner.config.faults.clone() {
+            None => Transport::bind(
+                self.inner.identity.clone(),
+                self.inner.paired.clone(),
+                listen,
+                config,
+            )?,
+            Some((plan, partition)) => Transport::bind_faulty(
+                self.inner.identity.clone(),
+                self.inner.paired.clone(),
+                listen,
+                config,
+                plan,
+                partition,
+            )?,
+        };
         let addr = transport.local_addr()?;
         *self
             .inner

@@ -10,6 +10,7 @@ use quinn_proto::TransportErrorCode;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::error::{close_code, Result, TransportError};
+use crate::faulty::{FaultPlan, FaultySocket, Partition};
 use crate::identity::{DeviceId, DeviceIdentity};
 use crate::pairing::{
     key_hash, proof, proofs_equal, PairingCode, PairingSlot, PairingWindow, ProofRole, PAIRING_TTL,
@@ -18,6 +19,9 @@ use crate::pairing::{
 use crate::ratelimit::{RateLimiter, RateLimits};
 use crate::stream::{FramedRecv, FramedSend, IncomingStream, Limit};
 use crate::tls::{self, PairedSet, PeerClientVerifier, PeerServerVerifier, ServerAcceptance};
+
+/// Longest [`Transport::close`] waits for peers to acknowledge the close.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Settings of a [`Transport`]. The defaults suit a device on a LAN or the internet.
 #[derive(Debug, Clone)]
@@ -196,6 +200,43 @@ impl Transport {
         addr: SocketAddr,
         config: Config,
     ) -> Result<Transport> {
+        Self::bind_with(identity, paired, config, |server| {
+            quinn::Endpoint::server(server, addr)
+        })
+    }
+
+    /// Like [`Transport::bind`], over a [`FaultySocket`] that injects the
+    /// faults of `plan` and drops everything while `partition` is set. For
+    /// tests of behaviour under a bad network.
+    pub fn bind_faulty(
+        identity: DeviceIdentity,
+        paired: PairedSet,
+        addr: SocketAddr,
+        config: Config,
+        plan: FaultPlan,
+        partition: Partition,
+    ) -> Result<Transport> {
+        Self::bind_with(identity, paired, config, |server| {
+            let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+            let socket = runtime.wrap_udp_socket(std::net::UdpSocket::bind(addr)?)?;
+            let socket = Arc::new(FaultySocket::new(socket, plan, partition));
+            quinn::Endpoint::new_with_abstract_socket(
+                quinn::EndpointConfig::default(),
+                Some(server),
+                socket,
+                runtime,
+            )
+        })
+    }
+
+    /// The shared part of the binds: `endpoint` makes the quinn endpoint
+    /// serving the given server configuration.
+    fn bind_with(
+        identity: DeviceIdentity,
+        paired: PairedSet,
+        config: Config,
+        endpoint: impl FnOnce(quinn::ServerConfig) -> std::io::Result<quinn::Endpoint>,
+    ) -> Result<Transport> {
         let pairing = PairingSlot::default();
         let transport = Arc::new(config.quinn_transport()?);
         let verifier = Arc::new(PeerClientVerifier::new(paired.clone(), pairing.clone()));
@@ -206,7 +247,7 @@ impl Transport {
         server
             .transport_config(transport.clone())
             .max_incoming(config.max_incoming);
-        let endpoint = quinn::Endpoint::server(server, addr)?;
+        let endpoint = endpoint(server)?;
         let (tx, rx) = mpsc::channel(config.max_incoming.max(1));
         let (events, _) = broadcast::channel(256);
         let limits = config.rate_limits;
@@ -438,12 +479,14 @@ impl Transport {
         Ok(self.inner.wrap(peer, conn, true))
     }
 
-    /// Closes every connection and stops the endpoint.
+    /// Closes every connection and stops the endpoint. Waits at most
+    /// [`CLOSE_GRACE`] for peers to acknowledge the close (a peer behind a
+    /// lossy link may never answer; it times out on its side).
     pub async fn close(&self) {
         self.inner
             .endpoint
             .close(close_code::NORMAL.into(), b"shutting down");
-        self.inner.endpoint.wait_idle().await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.inner.endpoint.wait_idle()).await;
     }
 }
 

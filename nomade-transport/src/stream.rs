@@ -137,6 +137,9 @@ pub struct FramedRecv {
     partial_since: Option<tokio::time::Instant>,
     limit: Option<Limit>,
     done: bool,
+    /// A decoded envelope (and its size) waiting for the rate limiter. Kept
+    /// here so that a `recv` cancelled while waiting loses nothing.
+    pending: Option<(Envelope, usize)>,
 }
 
 impl FramedRecv {
@@ -158,6 +161,7 @@ impl FramedRecv {
             partial_since: None,
             limit,
             done: false,
+            pending: None,
         }
     }
 
@@ -184,16 +188,22 @@ impl FramedRecv {
             return Ok(None);
         }
         loop {
+            if let Some((_, size)) = &self.pending {
+                if let Some(limit) = &self.limit {
+                    // Backpressure on the sender: while we wait, we stop
+                    // reading and QUIC flow control holds the peer.
+                    limit.take(*size).await;
+                }
+                if let Some((env, _)) = self.pending.take() {
+                    return Ok(Some(env));
+                }
+            }
             let before = self.buf.len();
             match self.decoder.decode(&mut self.buf) {
                 Ok(Some(env)) => {
                     self.partial_since = (!self.buf.is_empty()).then(tokio::time::Instant::now);
-                    if let Some(limit) = &self.limit {
-                        // Backpressure on the sender: while we wait, we stop
-                        // reading and QUIC flow control holds the peer.
-                        limit.take(before - self.buf.len()).await;
-                    }
-                    return Ok(Some(env));
+                    self.pending = Some((env, before - self.buf.len()));
+                    continue;
                 }
                 Ok(None) => {}
                 Err(e) => {

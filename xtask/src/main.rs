@@ -4,6 +4,7 @@
 //! cargo xtask test              # everything CI runs: fmt, clippy, layering, tests, docs, spec check, short fuzz
 //! cargo xtask fuzz --secs N     # every fuzz target for N seconds each
 //! cargo xtask bench [--quick]   # criterion benchmarks of every crate
+//! cargo xtask chaos --seeds N --secs S   # the chaos suite, N seeds, S-second live phases (release)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -40,9 +41,10 @@ fn main() -> Result<()> {
         Some("fuzz") => fuzz(secs_arg(&args[1..], 60)?),
         Some("bench") => bench(args.iter().any(|a| a == "--quick")),
         Some("layering") => layering(),
+        Some("chaos") => chaos(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--fuzz-secs N] | fuzz [--secs N] | bench [--quick] | layering>"
+                "usage: cargo xtask <test [--fuzz-secs N] | fuzz [--secs N] | bench [--quick] | layering | chaos [--seeds N] [--secs S]>"
             );
             std::process::exit(2)
         }
@@ -68,6 +70,29 @@ fn secs_arg(args: &[String], default: u64) -> Result<u64> {
             .context("--secs needs a whole number of seconds"),
         None => Ok(default),
     }
+}
+
+/// The chaos suite (nomade-node/tests/chaos.rs) in release mode: every
+/// scenario with `--seeds N` seeds (default 1), live-editing phases of
+/// `--secs S` seconds (default 1).
+fn chaos(args: &[String]) -> Result<()> {
+    let seeds: u64 = match args.iter().position(|a| a == "--seeds") {
+        Some(i) => args
+            .get(i + 1)
+            .context("--seeds needs a number")?
+            .parse()
+            .context("--seeds needs a whole number")?,
+        None => 1,
+    };
+    let secs = secs_arg(args, 1)?;
+    run(
+        "chaos",
+        cargo()
+            .args(["test", "-p", "nomade-node", "--test", "chaos", "--release"])
+            .args(["--", "--nocapture"])
+            .env("NOMADE_CHAOS_SEEDS", seeds.to_string())
+            .env("NOMADE_CHAOS_SECS", secs.to_string()),
+    )
 }
 
 fn run(step: &str, cmd: &mut Command) -> Result<()> {

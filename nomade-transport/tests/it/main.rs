@@ -4,6 +4,7 @@
 
 mod auth;
 mod dial;
+mod faulty;
 mod pairing;
 mod streams;
 

@@ -276,3 +276,57 @@ async fn concurrent_streams_are_capped() {
     }
     assert!(ca.close_reason().is_none());
 }
+
+/// `FramedRecv::recv` is cancel-safe: a receive abandoned while it waits for
+/// the rate limiter (as in a `select!` with another event) loses no message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_recv_cancelled_while_waiting_loses_nothing() {
+    use nomade_transport::RateLimits;
+    let mut cfg = crate::config();
+    cfg.rate_limits = RateLimits {
+        sync_ops_per_sec: Some(20),
+        artifact_bytes_per_sec: None,
+    };
+    let receiver = nomade_transport::Transport::bind(
+        nomade_transport::DeviceIdentity::generate().expect("id"),
+        nomade_transport::PairedSet::new(),
+        crate::local(),
+        cfg,
+    )
+    .expect("bind");
+    let sender = crate::node();
+    sender.pair(receiver.device_id());
+    receiver.pair(sender.device_id());
+    let cs = sender
+        .connect(receiver.local_addr().expect("addr"), None)
+        .await
+        .expect("connect");
+    let cr = receiver.accept().await.expect("accept");
+    let (mut tx, _rx) = cs.open_bi(StreamRole::Sync).await.expect("open");
+    let send_task = tokio::spawn(async move {
+        for i in 0..60i64 {
+            tx.send(&crate::beat(i)).await.expect("send");
+        }
+        tx
+    });
+    let mut inc = cr.accept_stream().await.expect("accept");
+    let mut got = Vec::new();
+    let mut cancelled = 0;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while got.len() < 60 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of 60 frames arrived",
+            got.len()
+        );
+        tokio::select! {
+            r = inc.recv.recv() => got.push(r.expect("recv").expect("a frame")),
+            // Another event wins often: the pending receive is dropped.
+            _ = tokio::time::sleep(std::time::Duration::from_millis(3)) => cancelled += 1,
+        }
+    }
+    assert!(cancelled > 0, "the limiter never made a receive wait");
+    let expected: Vec<_> = (0..60).map(crate::beat).collect();
+    assert_eq!(got, expected);
+    send_task.await.expect("sender");
+}

@@ -1,0 +1,778 @@
+//! Chaos suite: real nodes with real data directories, over QUIC on loopback
+//! through `nomade_transport::faulty` sockets that lose, duplicate, delay and
+//! reorder datagrams from a seed, and partition switches that cut devices off.
+//!
+//! Every scenario ends by checking that all devices converged: equal state
+//! hashes, equal version vectors equal to their union, every operation created
+//! present on every device, artifacts byte-identical to their source.
+//!
+//! - `NOMADE_CHAOS_SEEDS=N` runs every scenario with N seeds (default 1).
+//! - `NOMADE_CHAOS_SEED=S` replays seed S only (a failure prints it).
+//! - `NOMADE_CHAOS_SECS=S` makes the live-editing phases last S seconds
+//!   (default: about one second).
+//!
+//! `cargo xtask chaos --seeds N --secs S` runs this file in release mode.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nomade_crdt::LocalEdit;
+use nomade_node::{Node, NodeConfig};
+use nomade_transport::faulty::{FaultConfig, FaultPlan, FaultStats, Partition};
+use nomade_transport::{Config, DeviceIdentity, PairedSet, RateLimits, Transport};
+use nomade_wire::{
+    ConnectivityStatus, EntityType, Envelope, Hash32, Heartbeat, Hello, Message, MessageId,
+    StreamRole, Value, VersionVector,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+// ----- knobs ----------------------------------------------------------------
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// The seeds to run: `NOMADE_CHAOS_SEED` alone, or `NOMADE_CHAOS_SEEDS`
+/// consecutive ones derived from the scenario's base.
+fn seeds(base: u64) -> Vec<u64> {
+    if let Some(s) = env_u64("NOMADE_CHAOS_SEED") {
+        return vec![s];
+    }
+    let n = env_u64("NOMADE_CHAOS_SEEDS").unwrap_or(1).max(1);
+    (0..n).map(|i| base * 1000 + i).collect()
+}
+
+/// How long live-editing phases last.
+fn live_phase() -> Duration {
+    env_u64("NOMADE_CHAOS_SECS")
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_millis(1000))
+        .max(Duration::from_millis(300))
+}
+
+/// How long convergence may take once the network is healed.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Runs `scenario` once per seed, in its own task; a panic (failed assert)
+/// is re-raised with the seed and the command that replays it.
+async fn run_seeds<F, Fut>(name: &str, base: u64, scenario: F)
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    if std::env::var("RUST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+    for seed in seeds(base) {
+        let started = std::time::Instant::now();
+        let result = tokio::spawn(scenario(seed)).await;
+        if let Err(e) = result {
+            panic!(
+                "chaos scenario `{name}` failed with seed {seed}: {e}\n\
+                 replay: NOMADE_CHAOS_SEED={seed} cargo test -p nomade-node --test chaos {name}"
+            );
+        }
+        eprintln!(
+            "chaos {name}: seed {seed} converged in {:.1?} (process RSS {} KiB)",
+            started.elapsed(),
+            rss_kib().map_or("?".into(), |k| k.to_string())
+        );
+    }
+}
+
+/// The test process's resident memory (Linux), reported per seed so that a
+/// long `cargo xtask chaos` run shows whether memory stays bounded.
+fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+// ----- devices --------------------------------------------------------------
+
+struct Dev {
+    node: Node,
+    addr: SocketAddr,
+    partition: Partition,
+    stats: FaultStats,
+    /// Operations this device created (counted from what `edit` returned).
+    created: Arc<AtomicU64>,
+}
+
+fn config(name: &str, plan: FaultPlan, partition: Partition) -> NodeConfig {
+    NodeConfig {
+        device_name: name.into(),
+        rate_limits: RateLimits::OFF,
+        heartbeat_period: Duration::from_millis(250),
+        missed_heartbeats: 16,
+        min_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_secs(1),
+        faults: Some((plan, partition)),
+        ..NodeConfig::default()
+    }
+}
+
+async fn device(dir: &Path, name: &str, plan: FaultPlan) -> Dev {
+    let partition = Partition::new();
+    let stats = plan.stats.clone();
+    let node = Node::open(&dir.join(name), config(name, plan, partition.clone())).expect("open");
+    let addr = node
+        .start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("start");
+    Dev {
+        node,
+        addr,
+        partition,
+        stats,
+        created: Arc::new(AtomicU64::new(0)),
+    }
+}
+
+/// Pairs `a` and `b` out of band; `a` keeps a session with `b` (redialing
+/// with backoff), `b` only accepts.
+fn link(a: &Dev, b: &Dev) {
+    a.node
+        .add_peer(b.node.device_id(), b.node.device_name(), &[b.addr])
+        .expect("pair");
+    b.node
+        .add_peer(a.node.device_id(), a.node.device_name(), &[])
+        .expect("pair");
+}
+
+impl Dev {
+    fn edit(&self, t: EntityType, id: &str, edit: LocalEdit) {
+        let ops = self.node.edit(t, id, edit).expect("local edit");
+        self.created.fetch_add(ops.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Creates `n` document operations in batches (one disk sync per batch).
+    fn bulk(&self, prefix: &str, n: usize) {
+        for start in (0..n).step_by(500) {
+            let edits = (start..(start + 500).min(n))
+                .map(|i| {
+                    (
+                        EntityType::Document,
+                        format!("{prefix}-{}", i % 50),
+                        LocalEdit::Set {
+                            key: format!("k{i}"),
+                            value: Value::from(format!("{prefix} value {i}")),
+                        },
+                    )
+                })
+                .collect();
+            let ops = self.node.core().edit_many(edits).expect("bulk edit");
+            self.created.fetch_add(ops.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// One random edit of the shared entities: a field, the text, the chat.
+    fn random_edit(&self, rng: &mut StdRng, tag: &str) {
+        match rng.gen_range(0..4) {
+            0 => self.edit(
+                EntityType::Document,
+                "shared",
+                LocalEdit::Set {
+                    key: format!("f{}", rng.gen_range(0..5)),
+                    value: Value::from(format!("{tag}-{}", rng.gen::<u32>())),
+                },
+            ),
+            1 | 2 => {
+                let len = self
+                    .node
+                    .text("shared", "body")
+                    .map(|t| t.chars().count())
+                    .unwrap_or(0);
+                let position = rng.gen_range(0..=len);
+                let delete = if position < len && rng.gen_bool(0.3) {
+                    1
+                } else {
+                    0
+                };
+                self.edit(
+                    EntityType::Document,
+                    "shared",
+                    LocalEdit::Splice {
+                        field: "body".into(),
+                        position,
+                        delete,
+                        insert: format!("<{tag}>"),
+                    },
+                );
+            }
+            _ => {
+                let len = self.node.conversation("chat").map(|c| c.len()).unwrap_or(0);
+                let index = rng.gen_range(0..=len);
+                self.edit(
+                    EntityType::Conversation,
+                    "chat",
+                    LocalEdit::Insert {
+                        index,
+                        value: Value::from(format!("{tag} says {}", rng.gen::<u16>())),
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Each device edits the shared entities every few milliseconds for `dur`.
+async fn live_edits(devs: &[&Dev], seed: u64, dur: Duration) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let deadline = tokio::time::Instant::now() + dur;
+    let mut round = 0u64;
+    while tokio::time::Instant::now() < deadline {
+        for d in devs {
+            d.random_edit(&mut rng, &format!("{}{round}", d.node.device_name()));
+        }
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(5..40))).await;
+    }
+}
+
+fn union(vvs: &[VersionVector]) -> VersionVector {
+    let mut u = VersionVector::new();
+    for vv in vvs {
+        for (k, v) in vv {
+            let e = u.entry(k.clone()).or_insert(0);
+            *e = (*e).max(*v);
+        }
+    }
+    u
+}
+
+/// Waits (at most [`CONVERGE_TIMEOUT`]) until every device holds every
+/// operation, then checks hashes, version vectors and contents.
+async fn converge(devs: &[&Dev], seed: u64) {
+    let total: u64 = devs.iter().map(|d| d.created.load(Ordering::Relaxed)).sum();
+    let deadline = tokio::time::Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        let hashes: Vec<Hash32> = devs.iter().map(|d| d.node.state_hash()).collect();
+        let counts: Vec<usize> = devs.iter().map(|d| d.node.core().op_count()).collect();
+        let done =
+            hashes.windows(2).all(|w| w[0] == w[1]) && counts.iter().all(|c| *c as u64 == total);
+        if done {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let vvs: Vec<_> = devs
+                .iter()
+                .map(|d| d.node.core().version_vector())
+                .collect();
+            panic!(
+                "seed {seed}: no convergence after {CONVERGE_TIMEOUT:?}: {total} ops created, \
+                 op counts {counts:?}, hashes {hashes:?}, version vectors {vvs:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let vvs: Vec<VersionVector> = devs
+        .iter()
+        .map(|d| d.node.core().version_vector())
+        .collect();
+    let all = union(&vvs);
+    for (d, vv) in devs.iter().zip(&vvs) {
+        assert_eq!(
+            vv,
+            &all,
+            "seed {seed}: {} misses operations",
+            d.node.device_name()
+        );
+        // Every operation a device created is present everywhere.
+        let own = vv
+            .get(&d.node.device_id().to_string())
+            .copied()
+            .unwrap_or(0);
+        let created = d.created.load(Ordering::Relaxed);
+        assert!(
+            own >= created,
+            "seed {seed}: {} created {created} ops, its own counter is {own}",
+            d.node.device_name()
+        );
+        assert_eq!(d.node.core().op_count() as u64, total, "seed {seed}");
+    }
+    let first = devs[0];
+    for d in &devs[1..] {
+        assert_eq!(d.node.state_hash(), first.node.state_hash(), "seed {seed}");
+        for doc in ["shared", "bulk-a-0", "bulk-b-0"] {
+            assert_eq!(
+                d.node.document(doc),
+                first.node.document(doc),
+                "seed {seed}"
+            );
+        }
+        assert_eq!(
+            d.node.text("shared", "body"),
+            first.node.text("shared", "body")
+        );
+        assert_eq!(d.node.conversation("chat"), first.node.conversation("chat"));
+    }
+}
+
+async fn wait_for(seed: u64, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "seed {seed}: timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn shutdown(devs: &[&Dev]) {
+    for d in devs {
+        // Node::shutdown ends with quinn's wait_idle, which under loss can
+        // wait for most of the idle timeout (see docs/CHAOS.md): bounded here.
+        let _ = tokio::time::timeout(Duration::from_secs(2), d.node.shutdown()).await;
+    }
+}
+
+// ----- (a) packet loss --------------------------------------------------------
+
+async fn lossy_full_sync(seed: u64, loss: f64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Faults on a's socket only, both directions: each direction of the
+    // link loses `loss` of its datagrams.
+    let a = device(
+        dir.path(),
+        "a",
+        FaultPlan::symmetric(FaultConfig::lossy(loss, seed)),
+    )
+    .await;
+    let b = device(dir.path(), "b", FaultPlan::default()).await;
+    // A full sync of a few thousand operations, both ways.
+    a.bulk("bulk-a", 3000);
+    b.bulk("bulk-b", 500);
+    link(&a, &b);
+    a.node.connect_known_peers().expect("dial");
+    // Live edits on both sides while the initial sync runs.
+    let t = std::time::Instant::now();
+    live_edits(&[&a, &b], seed, live_phase()).await;
+    converge(&[&a, &b], seed).await;
+    eprintln!("edits + convergence took {:.1?}", t.elapsed());
+    let sa = a.stats.outgoing();
+    if loss > 0.0 {
+        assert!(
+            sa.dropped > 0,
+            "seed {seed}: the network lost nothing: {sa:?}"
+        );
+    } else {
+        assert_eq!(sa.dropped, 0);
+    }
+    eprintln!(
+        "loss {loss}: a sent {sa:?}, received {:?}",
+        a.stats.incoming()
+    );
+    shutdown(&[&a, &b]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loss_0_full_sync_and_live_edits() {
+    run_seeds("a_loss_0", 1, |s| lossy_full_sync(s, 0.0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loss_10_full_sync_and_live_edits() {
+    run_seeds("a_loss_10", 2, |s| lossy_full_sync(s, 0.10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loss_30_full_sync_and_live_edits() {
+    run_seeds("a_loss_30", 3, |s| lossy_full_sync(s, 0.30)).await;
+}
+
+// ----- (b) reordering, duplication, delay ------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b_reorder_duplicate_delay_jitter() {
+    run_seeds("b_reorder", 4, |seed| async move {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = |s: u64| {
+            FaultPlan::symmetric(FaultConfig {
+                loss: 0.02,
+                duplicate: 0.10,
+                reorder: 0.20,
+                delay: Duration::from_millis(2),
+                jitter: Duration::from_millis(6),
+                seed: s,
+            })
+        };
+        let a = device(dir.path(), "a", cfg(seed)).await;
+        let b = device(dir.path(), "b", FaultPlan::default()).await;
+        a.bulk("bulk-a", 2000);
+        b.bulk("bulk-b", 300);
+        link(&a, &b);
+        a.node.connect_known_peers().expect("dial");
+        live_edits(&[&a, &b], seed, live_phase()).await;
+        converge(&[&a, &b], seed).await;
+        for s in [a.stats.outgoing(), a.stats.incoming()] {
+            assert!(s.duplicated > 0 && s.reordered > 0, "seed {seed}: {s:?}");
+        }
+        shutdown(&[&a, &b]).await;
+    })
+    .await;
+}
+
+// ----- (c) partitions ---------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c_partition_toggled_while_both_edit() {
+    run_seeds("c_partition", 5, |seed| async move {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = device(dir.path(), "a", FaultPlan::default()).await;
+        let b = device(dir.path(), "b", FaultPlan::default()).await;
+        a.bulk("bulk-a", 500);
+        link(&a, &b);
+        a.node.connect_known_peers().expect("dial");
+        let (ida, idb) = (a.node.device_id(), b.node.device_id());
+        wait_for(seed, "first session", CONVERGE_TIMEOUT, || {
+            a.node.is_connected(&idb) && b.node.is_connected(&ida)
+        })
+        .await;
+        let mut rng = StdRng::seed_from_u64(seed);
+        for cycle in 0..4 {
+            a.partition.set(true);
+            if cycle == 0 {
+                // A cut longer than the liveness limit: the session must die
+                // on both sides (edits go on meanwhile).
+                live_edits(&[&a, &b], seed + cycle, Duration::from_millis(200)).await;
+                wait_for(seed, "the cut to be noticed", CONVERGE_TIMEOUT, || {
+                    !a.node.is_connected(&idb) && !b.node.is_connected(&ida)
+                })
+                .await;
+            } else {
+                let cut = Duration::from_millis(rng.gen_range(200..1500));
+                live_edits(&[&a, &b], seed + cycle, cut).await;
+            }
+            a.partition.set(false);
+            let up = live_phase().mul_f64(rng.gen_range(0.2..0.6));
+            live_edits(&[&a, &b], seed + 100 + cycle, up).await;
+        }
+        converge(&[&a, &b], seed).await;
+        assert!(
+            a.node.is_connected(&idb),
+            "seed {seed}: a did not reconnect"
+        );
+        let st = a.stats.outgoing();
+        assert!(st.partitioned > 0, "seed {seed}: {st:?}");
+        shutdown(&[&a, &b]).await;
+    })
+    .await;
+}
+
+// ----- (d) three devices --------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d_three_devices_edit_the_same_entities_while_links_flap() {
+    run_seeds("d_three", 6, |seed| async move {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plan = |s: u64| FaultPlan::symmetric(FaultConfig::lossy(0.05, s));
+        let a = device(dir.path(), "a", plan(seed)).await;
+        let b = device(dir.path(), "b", plan(seed + 1)).await;
+        let c = device(dir.path(), "c", plan(seed + 2)).await;
+        link(&a, &b);
+        link(&a, &c);
+        link(&b, &c);
+        a.node.connect_known_peers().expect("dial");
+        b.node.connect_known_peers().expect("dial");
+        let devs = [&a, &b, &c];
+        let mut rng = StdRng::seed_from_u64(seed);
+        let rounds = 6;
+        for round in 0..rounds {
+            // Cut one device off (or none), edit everywhere, heal.
+            let victim = rng.gen_range(0..4usize);
+            if let Some(d) = devs.get(victim) {
+                d.partition.set(true);
+            }
+            let dur = live_phase().mul_f64(rng.gen_range(0.3..0.8));
+            live_edits(&devs, seed + round, dur).await;
+            for d in devs {
+                d.partition.set(false);
+            }
+            live_edits(&devs, seed + 50 + round, Duration::from_millis(150)).await;
+        }
+        converge(&devs, seed).await;
+        let text = a.node.text("shared", "body").unwrap_or_default();
+        assert!(
+            text.contains("<a") && text.contains("<b") && text.contains("<c"),
+            "seed {seed}: {text}"
+        );
+        shutdown(&devs).await;
+    })
+    .await;
+}
+
+// ----- (e) artifacts ----------------------------------------------------------
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    rng.fill(&mut v[..]);
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e_artifact_under_loss_and_resumed_after_a_cut() {
+    run_seeds("e_artifact", 7, |seed| async move {
+        const MIB: usize = 1024 * 1024;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plan = FaultPlan::symmetric(FaultConfig::lossy(0.10, seed));
+        let a = device(dir.path(), "a", plan).await;
+        let b = device(dir.path(), "b", FaultPlan::default()).await;
+
+        // 1. A few MiB under 10% loss, fetched after the initial sync.
+        let data1 = pattern(3 * MIB, seed);
+        let file1 = dir.path().join("one.bin");
+        std::fs::write(&file1, &data1).expect("write");
+        let id1 = a.node.put_artifact(&file1, None).expect("put");
+        a.edit(
+            EntityType::Document,
+            "shared",
+            LocalEdit::Set { key: "one".into(), value: Value::from(id1.to_reference()) },
+        );
+        link(&a, &b);
+        a.node.connect_known_peers().expect("dial");
+        wait_for(seed, "artifact one", CONVERGE_TIMEOUT, || b.node.artifacts().has(&id1)).await;
+        let out = dir.path().join("one.out");
+        b.node.export_artifact(&id1, &out).expect("export");
+        assert!(std::fs::read(&out).expect("read") == data1, "seed {seed}: artifact one differs");
+        assert!(a.stats.outgoing().dropped > 0);
+
+        converge(&[&a, &b], seed).await;
+        shutdown(&[&a, &b]).await;
+
+        // 2. Cut by a partition mid-transfer, then fetched again: resumes.
+        // A clean network here, so that nothing but the cut interrupts it.
+        let a = device(dir.path(), "a2", FaultPlan::default()).await;
+        let b = device(dir.path(), "b2", FaultPlan::default()).await;
+        let (ida, idb) = (a.node.device_id(), b.node.device_id());
+        link(&a, &b);
+        a.node.connect_known_peers().expect("dial");
+        wait_for(seed, "session", CONVERGE_TIMEOUT, || {
+            a.node.is_connected(&idb) && b.node.is_connected(&ida)
+        })
+        .await;
+        let data2 = pattern(6 * MIB, seed + 1);
+        let file2 = dir.path().join("two.bin");
+        std::fs::write(&file2, &data2).expect("write");
+        let id2 = a.node.put_artifact(&file2, None).expect("put");
+        a.edit(
+            EntityType::Document,
+            "shared",
+            LocalEdit::Set { key: "two".into(), value: Value::from(id2.to_reference()) },
+        );
+        wait_for(seed, "the reference", CONVERGE_TIMEOUT, || {
+            b.node.document("shared").is_some_and(|d| d.contains_key("two"))
+        })
+        .await;
+        let cut = b.partition.clone();
+        let mut cut_at = 0;
+        let first = b
+            .node
+            .fetch_artifact(&ida, id2, |p| {
+                if p.bytes_done >= MIB as u64 && !cut.is_set() {
+                    cut_at = p.bytes_done;
+                    cut.set(true);
+                }
+            })
+            .await;
+        assert!(first.is_err(), "seed {seed}: the transfer survived the cut");
+        assert!(cut_at > 0);
+        assert!(!b.node.artifacts().has(&id2));
+        assert!(b.node.artifacts().has_partial(&id2), "seed {seed}: no partial kept");
+        wait_for(seed, "the cut to be noticed", CONVERGE_TIMEOUT, || !b.node.is_connected(&ida)).await;
+        let before = b.node.metrics().snapshot().artifact_bytes_received;
+        b.partition.set(false);
+        wait_for(seed, "reconnection", CONVERGE_TIMEOUT, || {
+            a.node.is_connected(&idb) && b.node.is_connected(&ida)
+        })
+        .await;
+        // The new session may start fetching it by itself; both ways end stored.
+        let mut started_at = None;
+        let again = b
+            .node
+            .fetch_artifact(&ida, id2, |p| {
+                started_at.get_or_insert(p.bytes_done);
+            })
+            .await;
+        if again.is_err() {
+            // A flap of the lossy network: the node retries on reconnection.
+            wait_for(seed, "artifact two", CONVERGE_TIMEOUT, || b.node.artifacts().has(&id2)).await;
+        }
+        assert!(b.node.artifacts().has(&id2));
+        let resumed = b.node.metrics().snapshot().artifact_bytes_received - before;
+        assert!(
+            resumed < data2.len() as u64,
+            "seed {seed}: the second fetch moved {resumed} bytes: it did not resume (cut at {cut_at}, restarted at {started_at:?})"
+        );
+        eprintln!(
+            "artifact two: cut at {cut_at} bytes, the second fetch moved {resumed} of {} bytes",
+            data2.len()
+        );
+        let out = dir.path().join("two.out");
+        b.node.export_artifact(&id2, &out).expect("export");
+        assert!(std::fs::read(&out).expect("read") == data2, "seed {seed}: artifact two differs");
+        converge(&[&a, &b], seed).await;
+        shutdown(&[&a, &b]).await;
+    })
+    .await;
+}
+
+// ----- (g) a peer sending garbage -----------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g_garbage_frames_do_not_disturb_a_good_peer() {
+    run_seeds("g_garbage", 8, |seed| async move {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let n = device(dir.path(), "n", FaultPlan::default()).await;
+        let m = device(dir.path(), "m", FaultPlan::default()).await;
+        link(&m, &n);
+        m.node.connect_known_peers().expect("dial");
+        n.bulk("bulk-a", 300);
+
+        // The bad peer: paired with n, speaks a correct HELLO, then garbage.
+        let bad = DeviceIdentity::generate().expect("identity");
+        let bad_id = bad.device_id();
+        n.node.add_peer(bad_id, "bad", &[]).expect("pair");
+        let paired = PairedSet::new();
+        paired.insert(n.node.device_id());
+        let t = Transport::bind(
+            bad,
+            paired,
+            "127.0.0.1:0".parse().expect("addr"),
+            Config::default(),
+        )
+        .expect("bind");
+        let conn = t
+            .connect(n.addr, Some(n.node.device_id()))
+            .await
+            .expect("connect");
+        let (mut ctl, mut ctl_rx) = conn.open_bi(StreamRole::Control).await.expect("control");
+        let hello = Hello {
+            device_id: bad_id.to_string(),
+            device_name: "bad".into(),
+            protocol_version: nomade_wire::PROTOCOL_VERSION,
+            capabilities: vec![],
+            sync_state_hash: Hash32::default(),
+        };
+        ctl.send(&Envelope::new(MessageId::from([1; 16]), 0, hello))
+            .await
+            .expect("hello");
+        let ack = ctl_rx.recv().await.expect("recv").expect("an answer");
+        assert!(matches!(ack.message, Message::HelloAck(_)), "{ack:?}");
+        // Heartbeats, so n keeps the session for as long as the test runs.
+        let mut beat = conn.open_uni(StreamRole::Presence).await.expect("presence");
+        let beats = tokio::spawn(async move {
+            loop {
+                let hb = Heartbeat {
+                    timestamp: 0,
+                    battery_level: None,
+                    connectivity: ConnectivityStatus::Unknown,
+                };
+                if beat
+                    .send(&Envelope::new(MessageId::from([2; 16]), 0, hb))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+
+        let mut rng = StdRng::seed_from_u64(seed);
+        let valid = Envelope::new(
+            MessageId::from([3; 16]),
+            0,
+            nomade_wire::SyncRequest {
+                entity_types: vec![EntityType::Document],
+                since_timestamp: None,
+                full_sync: true,
+                version_vector: None,
+            },
+        )
+        .to_bytes()
+        .expect("encode");
+        let mut answered = 0;
+        let rounds = 15;
+        let garbage_edits = async {
+            for round in 0..rounds {
+                let (mut tx, mut rx) = conn.open_bi(StreamRole::Sync).await.expect("sync stream");
+                let bytes: Vec<u8> = match round % 5 {
+                    // Random bytes.
+                    0 => (0..rng.gen_range(1..4096)).map(|_| rng.gen()).collect(),
+                    // A valid frame cut short, then the stream ends.
+                    1 => valid[..rng.gen_range(1..valid.len())].to_vec(),
+                    // A valid frame with random bytes flipped.
+                    2 => {
+                        let mut v = valid.to_vec();
+                        for _ in 0..3 {
+                            let i = rng.gen_range(0..v.len());
+                            v[i] ^= rng.gen_range(1..=255u8);
+                        }
+                        v
+                    }
+                    // A header claiming a payload of 4 GiB.
+                    3 => {
+                        let mut v = valid[..nomade_wire::HEADER_LEN].to_vec();
+                        v[27..31].copy_from_slice(&[0xff; 4]);
+                        v
+                    }
+                    // A well-formed frame of the wrong kind (HEARTBEAT) first.
+                    _ => Envelope::new(
+                        MessageId::from([4; 16]),
+                        0,
+                        Heartbeat {
+                            timestamp: 0,
+                            battery_level: None,
+                            connectivity: ConnectivityStatus::Unknown,
+                        },
+                    )
+                    .to_bytes()
+                    .expect("encode")
+                    .to_vec(),
+                };
+                let _ = tx.send_raw(&bytes).await;
+                let _ = tx.finish().await;
+                // n ends the stream (ERROR, reset or end), it never hangs it.
+                match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
+                    Ok(_) => answered += 1,
+                    Err(_) => {
+                        panic!("seed {seed}: n left a garbage stream hanging (round {round})")
+                    }
+                }
+                // Meanwhile the good peer keeps editing.
+                m.random_edit(&mut rng, "m");
+                n.random_edit(&mut rng, "n");
+            }
+        };
+        garbage_edits.await;
+        assert_eq!(answered, rounds);
+        live_edits(&[&m, &n], seed, live_phase()).await;
+        converge(&[&m, &n], seed).await;
+        // The bad peer's connection survived its bad streams; n still serves it.
+        assert!(
+            conn.close_reason().is_none(),
+            "seed {seed}: {:?}",
+            conn.close_reason()
+        );
+        assert!(
+            n.node.is_connected(&bad_id),
+            "seed {seed}: n dropped the session"
+        );
+        assert!(n.node.is_connected(&m.node.device_id()));
+        beats.abort();
+        conn.close(0, "done");
+        shutdown(&[&m, &n]).await;
+    })
+    .await;
+}

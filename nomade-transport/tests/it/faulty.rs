@@ -1,0 +1,87 @@
+//! The faulty socket under a real QUIC connection.
+
+use std::time::Duration;
+
+use nomade_transport::faulty::{FaultConfig, FaultPlan, Partition};
+use nomade_transport::{Config, DeviceIdentity, PairedSet, Transport};
+use nomade_wire::StreamRole;
+
+use crate::{beat, config, local, node};
+
+fn faulty(plan: FaultPlan, partition: Partition, config: Config) -> Transport {
+    Transport::bind_faulty(
+        DeviceIdentity::generate().expect("identity"),
+        PairedSet::new(),
+        local(),
+        config,
+        plan,
+        partition,
+    )
+    .expect("bind")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_arrive_whole_and_in_order_over_a_bad_network() {
+    let plan = FaultPlan::symmetric(FaultConfig {
+        loss: 0.15,
+        duplicate: 0.1,
+        reorder: 0.2,
+        delay: Duration::from_millis(1),
+        jitter: Duration::from_millis(3),
+        seed: 11,
+    });
+    let stats = plan.stats.clone();
+    let a = faulty(plan, Partition::new(), config());
+    let b = node();
+    a.pair(b.device_id());
+    b.pair(a.device_id());
+    let conn = a
+        .connect(b.local_addr().expect("addr"), Some(b.device_id()))
+        .await
+        .expect("connect through the faults");
+    let accepted = b.accept().await.expect("accept");
+    let mut tx = conn.open_uni(StreamRole::Presence).await.expect("open");
+    let sender = tokio::spawn(async move {
+        for i in 0..400 {
+            tx.send(&beat(i)).await.expect("send");
+        }
+        tx.finish().await.expect("finish");
+    });
+    let mut incoming = accepted.accept_stream().await.expect("stream");
+    for i in 0..400 {
+        assert_eq!(incoming.recv.recv().await.expect("recv"), Some(beat(i)));
+    }
+    assert_eq!(incoming.recv.recv().await.expect("end"), None);
+    sender.await.expect("sender");
+    let (out, inc) = (stats.outgoing(), stats.incoming());
+    assert!(out.dropped > 0 && inc.dropped > 0, "{out:?} {inc:?}");
+    assert!(out.duplicated > 0 && out.reordered > 0, "{out:?}");
+    assert_eq!(out.partitioned, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_stops_every_datagram_until_it_is_lifted() {
+    let partition = Partition::new();
+    let plan = FaultPlan::default();
+    let stats = plan.stats.clone();
+    let a = faulty(
+        plan,
+        partition.clone(),
+        Config {
+            handshake_timeout: Duration::from_millis(800),
+            ..config()
+        },
+    );
+    let b = node();
+    a.pair(b.device_id());
+    b.pair(a.device_id());
+    let addr = b.local_addr().expect("addr");
+    partition.set(true);
+    assert!(a.connect(addr, Some(b.device_id())).await.is_err());
+    let cut = stats.outgoing();
+    assert!(cut.partitioned > 0 && cut.seen == 0, "{cut:?}");
+    partition.set(false);
+    let conn = a.connect(addr, Some(b.device_id())).await.expect("connect");
+    assert_eq!(conn.peer(), b.device_id());
+    assert!(stats.outgoing().seen > 0 && stats.incoming().seen > 0);
+}
