@@ -407,11 +407,7 @@ impl Node {
 
     /// What is known of a peer's presence.
     pub fn presence(&self, peer: &DeviceId) -> PeerPresence {
-        let sessions = self
-            .inner
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let sessions = self.sessions();
         let Some(s) = sessions.get(peer) else {
             return PeerPresence {
                 online: false,
@@ -445,6 +441,20 @@ impl Node {
     }
 
     // ----- networking -----------------------------------------------------
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Session>> {
+        // Each update of the map is a single insert or remove, so a lock
+        // poisoned by a panic elsewhere still guards a consistent map.
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The live connection to `peer`, if a session is up.
+    fn session_conn(&self, peer: &DeviceId) -> Option<Connection> {
+        self.sessions().get(peer).map(|s| s.conn.clone())
+    }
 
     fn transport(&self) -> Option<Transport> {
         self.inner
@@ -630,25 +640,14 @@ impl Node {
 
     /// Whether a session with `peer` is up.
     pub fn is_connected(&self, peer: &DeviceId) -> bool {
-        let sessions = self
-            .inner
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let sessions = self.sessions();
         sessions
             .get(peer)
             .is_some_and(|s| s.conn.close_reason().is_none())
     }
 
     async fn wait_disconnected(&self, peer: &DeviceId) {
-        let conn = {
-            let sessions = self
-                .inner
-                .sessions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            sessions.get(peer).map(|s| s.conn.clone())
-        };
+        let conn = self.session_conn(peer);
         if let Some(c) = conn {
             let _ = c.closed().await;
         }
@@ -665,11 +664,7 @@ impl Node {
         let mut events = self.inner.session_events.subscribe();
         loop {
             let rx = {
-                let sessions = self
-                    .inner
-                    .sessions
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let sessions = self.sessions();
                 sessions.get(peer).map(|s| s.initial.clone())
             };
             if let Some(mut rx) = rx {
@@ -719,11 +714,7 @@ impl Node {
             Err(e) => tracing::warn!(%peer, error = %e, "session ended with an error"),
         }
         conn.close(0, "session over");
-        let mut sessions = self
-            .inner
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut sessions = self.sessions();
         if sessions
             .get(&peer)
             .is_some_and(|s| s.conn.quinn().stable_id() == conn.quinn().stable_id())
@@ -853,11 +844,7 @@ impl Node {
         let last_heard = Arc::new(Mutex::new(Some(Instant::now())));
         let presence = Arc::new(Mutex::new((None, None)));
         {
-            let mut sessions = self
-                .inner
-                .sessions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut sessions = self.sessions();
             if let Some(old) = sessions.insert(
                 peer,
                 Session {
@@ -1125,14 +1112,7 @@ impl Node {
         id: ArtifactId,
         progress: impl FnMut(&Progress),
     ) -> Result<(), NodeError> {
-        let conn = {
-            let sessions = self
-                .inner
-                .sessions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            sessions.get(peer).map(|s| s.conn.clone())
-        };
+        let conn = self.session_conn(peer);
         let conn = conn.ok_or_else(|| peer_err(peer, "not connected"))?;
         self.fetch_on(&conn, id, progress).await
     }
@@ -1234,11 +1214,7 @@ impl Node {
             metrics: {
                 // Bytes on the wire come from the live QUIC connections.
                 let mut m = self.metrics().snapshot();
-                let sessions = self
-                    .inner
-                    .sessions
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let sessions = self.sessions();
                 for s in sessions.values() {
                     let stats = s.conn.quinn().stats();
                     m.bytes_sent += stats.udp_tx.bytes;
@@ -1263,13 +1239,7 @@ impl Node {
         for t in tasks {
             t.abort();
         }
-        let sessions: Vec<_> = self
-            .inner
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .collect();
+        let sessions: Vec<_> = self.sessions().drain().collect();
         for (_, s) in sessions {
             s.conn.close(0, "shutting down");
         }
