@@ -40,6 +40,9 @@ pub struct Core {
     appended: watch::Sender<u64>,
     /// Per peer: the operations it acknowledged (stored durably), as a version vector.
     acked: Mutex<HashMap<String, VersionVector>>,
+    /// Added to the system clock for the timestamps of new operations (tests
+    /// of skewed clocks; timestamps never decide anything).
+    clock_skew_ms: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Core {
@@ -99,7 +102,22 @@ impl Core {
             changes,
             appended: watch::Sender::new(last),
             acked: Mutex::new(HashMap::new()),
+            clock_skew_ms: std::sync::atomic::AtomicI64::new(0),
         }))
+    }
+
+    /// Skews this device's clock by `ms` for the timestamps of new operations.
+    pub fn set_clock_skew(&self, ms: i64) {
+        self.clock_skew_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// This device's clock (ms since the Unix epoch), skew included.
+    pub fn clock(&self) -> i64 {
+        now_ms().saturating_add(
+            self.clock_skew_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     pub(crate) fn replica(&self) -> MutexGuard<'_, Replica> {
@@ -164,7 +182,7 @@ impl Core {
         edit: LocalEdit,
     ) -> Result<Vec<SyncOperation>, NodeError> {
         let mut replica = self.replica();
-        let ops = replica.apply_local(entity_type, entity_id, edit, now_ms())?;
+        let ops = replica.apply_local(entity_type, entity_id, edit, self.clock())?;
         for op in &ops {
             if let Err(e) = check_op_size(op) {
                 // Too big to ever send: undo it by reloading from the disk,
@@ -195,7 +213,7 @@ impl Core {
         let mut ops = Vec::new();
         for (entity_type, entity_id, edit) in &edits {
             let result = replica
-                .apply_local(*entity_type, entity_id, edit.clone(), now_ms())
+                .apply_local(*entity_type, entity_id, edit.clone(), self.clock())
                 .map_err(NodeError::from)
                 .and_then(|new| {
                     new.iter().try_for_each(check_op_size)?;

@@ -47,6 +47,10 @@ pub struct NodeConfig {
     pub min_backoff: Duration,
     /// Longest delay between redials.
     pub max_backoff: Duration,
+    /// Added to the system clock for operation timestamps. Timestamps are
+    /// informational (ordering uses version vectors), so a skewed clock
+    /// changes nothing; this exists to prove it in tests.
+    pub clock_skew_ms: i64,
     /// Test only: network faults injected under the QUIC endpoint, and the
     /// partition switch (`None`: the real network, untouched).
     pub faults: Option<(
@@ -64,6 +68,7 @@ impl Default for NodeConfig {
             missed_heartbeats: 3,
             artifact_quota: None,
             min_backoff: Duration::from_millis(200),
+            clock_skew_ms: 0,
             max_backoff: Duration::from_secs(30),
             faults: None,
         }
@@ -175,6 +180,7 @@ impl Node {
         let identity = DeviceIdentity::load_or_create(&dir.join("identity"))?;
         let device_id = identity.device_id();
         let core = Core::open(dir, &device_id.to_string())?;
+        core.set_clock_skew(config.clock_skew_ms);
         let key = DeviceKey::load_or_create(&dir.join("identity"))?;
         let artifacts = ArtifactStore::open(&dir.join("artifacts"), key, config.artifact_quota)?;
         let paired = PairedSet::new();

@@ -80,13 +80,25 @@ where
                  replay: NOMADE_CHAOS_SEED={seed} cargo test -p nomade-node --test chaos {name}"
             );
         }
+        let rss = rss_kib();
         eprintln!(
             "chaos {name}: seed {seed} converged in {:.1?} (process RSS {} KiB)",
             started.elapsed(),
-            rss_kib().map_or("?".into(), |k| k.to_string())
+            rss.map_or("?".into(), |k| k.to_string())
         );
+        // Bounded memory: every scenario holds a few devices with small data;
+        // a leak (buffers growing with retransmissions, tasks piling up) shows here.
+        if let Some(kib) = rss {
+            assert!(
+                kib < MAX_RSS_KIB,
+                "chaos `{name}` seed {seed}: process RSS {kib} KiB"
+            );
+        }
     }
 }
+
+/// Resident memory the test process may reach (1 GiB): scenarios use tens of MiB.
+const MAX_RSS_KIB: u64 = 1024 * 1024;
 
 /// The test process's resident memory (Linux), reported per seed so that a
 /// long `cargo xtask chaos` run shows whether memory stays bounded.
@@ -121,9 +133,18 @@ fn config(name: &str, plan: FaultPlan, partition: Partition) -> NodeConfig {
 }
 
 async fn device(dir: &Path, name: &str, plan: FaultPlan) -> Dev {
+    device_with_clock(dir, name, plan, 0).await
+}
+
+/// A device whose clock is `skew_ms` off.
+async fn device_with_clock(dir: &Path, name: &str, plan: FaultPlan, skew_ms: i64) -> Dev {
     let partition = Partition::new();
     let stats = plan.stats.clone();
-    let node = Node::open(&dir.join(name), config(name, plan, partition.clone())).expect("open");
+    let config = NodeConfig {
+        clock_skew_ms: skew_ms,
+        ..config(name, plan, partition.clone())
+    };
+    let node = Node::open(&dir.join(name), config).expect("open");
     let addr = node
         .start("127.0.0.1:0".parse().expect("addr"))
         .await
@@ -505,6 +526,63 @@ async fn d_three_devices_edit_the_same_entities_while_links_flap() {
         assert!(
             text.contains("<a") && text.contains("<b") && text.contains("<c"),
             "seed {seed}: {text}"
+        );
+        shutdown(&devs).await;
+    })
+    .await;
+}
+
+// ----- (f) skewed clocks ---------------------------------------------------------
+
+/// One device's clock three hours ahead, another's three hours behind: they
+/// converge exactly as with true clocks, because timestamps decide nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_clocks_hours_apart_change_nothing() {
+    run_seeds("f_clocks", 7, |seed| async move {
+        const HOURS_3: i64 = 3 * 3600 * 1000;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plan = |s: u64| FaultPlan::symmetric(FaultConfig::lossy(0.02, s));
+        let ahead = device_with_clock(dir.path(), "ahead", plan(seed), HOURS_3).await;
+        let behind = device_with_clock(dir.path(), "behind", plan(seed + 1), -HOURS_3).await;
+        let right = device(dir.path(), "right", plan(seed + 2)).await;
+        link(&ahead, &behind);
+        link(&ahead, &right);
+        link(&behind, &right);
+        ahead.node.connect_known_peers().expect("dial");
+        behind.node.connect_known_peers().expect("dial");
+        let devs = [&ahead, &behind, &right];
+        live_edits(&devs, seed, live_phase()).await;
+        // The device that is behind writes last, after seeing the others'
+        // writes: its value wins everywhere even though its timestamp is the
+        // oldest (a last-writer-wins by clock would pick the device ahead).
+        converge(&devs, seed).await;
+        let ops = behind
+            .node
+            .edit(
+                EntityType::Document,
+                "clock",
+                LocalEdit::Set {
+                    key: "winner".into(),
+                    value: Value::from("behind"),
+                },
+            )
+            .expect("edit");
+        let stamp = ops[0].timestamp;
+        behind.created.fetch_add(ops.len() as u64, Ordering::SeqCst);
+        ahead.node.set("other", "k", 1).expect("edit");
+        ahead.created.fetch_add(1, Ordering::SeqCst);
+        converge(&devs, seed).await;
+        for d in devs {
+            let winner = d
+                .node
+                .document("clock")
+                .and_then(|m| m.get("winner").cloned());
+            assert_eq!(winner, Some(Value::from("behind")), "seed {seed}");
+        }
+        let skew = nomade_node::core::now_ms() - stamp;
+        assert!(
+            skew > HOURS_3 - 60_000,
+            "seed {seed}: the skew was not applied ({skew} ms)"
         );
         shutdown(&devs).await;
     })
