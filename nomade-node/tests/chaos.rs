@@ -532,6 +532,45 @@ async fn d_three_devices_edit_the_same_entities_while_links_flap() {
     .await;
 }
 
+// ----- (h) a cut in the middle of a full sync ------------------------------------
+
+/// The link is cut while a fresh device is in the middle of its full sync; it
+/// stays cut past the liveness limit, so both sessions die; after the heal
+/// the device redials and the sync finishes from where it stopped (its
+/// version vector), with nothing lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h_cut_in_the_middle_of_a_full_sync() {
+    run_seeds("h_mid_sync_cut", 8, |seed| async move {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = device(dir.path(), "a", FaultPlan::default()).await;
+        let b = device(dir.path(), "b", FaultPlan::default()).await;
+        a.bulk("bulk-a", 20_000);
+        link(&b, &a);
+        let (ida, idb) = (a.node.device_id(), b.node.device_id());
+        let me = ida.to_string();
+        let total = a.node.core().version_vector()[&me];
+        b.node.connect_known_peers().expect("dial");
+        // Cut as soon as part of the backlog is in.
+        wait_for(seed, "the full sync to start", CONVERGE_TIMEOUT, || {
+            b.node.core().version_vector().get(&me).copied().unwrap_or(0) > 0
+        })
+        .await;
+        b.partition.set(true);
+        let at_cut = b.node.core().version_vector().get(&me).copied().unwrap_or(0);
+        wait_for(seed, "the cut to be noticed", CONVERGE_TIMEOUT, || {
+            !a.node.is_connected(&idb) && !b.node.is_connected(&ida)
+        })
+        .await;
+        let while_cut = b.node.core().version_vector().get(&me).copied().unwrap_or(0);
+        assert!(while_cut < total, "seed {seed}: the sync finished before the cut ({at_cut}/{total})");
+        b.partition.set(false);
+        converge(&[&a, &b], seed).await;
+        eprintln!("seed {seed}: cut at {at_cut}, {while_cut} of {total} held during the cut, then resumed");
+        shutdown(&[&a, &b]).await;
+    })
+    .await;
+}
+
 // ----- (f) skewed clocks ---------------------------------------------------------
 
 /// One device's clock three hours ahead, another's three hours behind: they
