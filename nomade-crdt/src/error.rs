@@ -54,7 +54,7 @@ pub enum CrdtError {
     /// The operations a peer asks for were compacted into a snapshot.
     #[error("operations before the snapshot are no longer held: send a snapshot instead")]
     SnapshotRequired,
-    /// A snapshot could not be decoded.
+    /// A snapshot could not be encoded or decoded.
     #[error("bad snapshot: {0}")]
     BadSnapshot(String),
 }

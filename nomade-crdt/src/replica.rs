@@ -210,6 +210,11 @@ impl Replica {
         };
         let edits: Vec<Edit> = {
             let entity = self.entities.get(&key);
+            let no_items = Sequence::new();
+            let conversation = match entity {
+                Some(Entity::Conversation(s)) => s,
+                _ => &no_items,
+            };
             match (&edit, entity_type) {
                 (LocalEdit::Set { key, value }, EntityType::Document) => {
                     vec![Edit::Set {
@@ -260,11 +265,7 @@ impl Replica {
                     out
                 }
                 (LocalEdit::Insert { index, value }, EntityType::Conversation) => {
-                    let empty = Sequence::new();
-                    let seq = match entity {
-                        Some(Entity::Conversation(s)) => s,
-                        _ => &empty,
-                    };
+                    let seq = conversation;
                     if *index > seq.len() {
                         return Err(CrdtError::IndexOutOfRange {
                             index: *index,
@@ -279,15 +280,12 @@ impl Replica {
                     }]
                 }
                 (LocalEdit::Remove { index }, EntityType::Conversation) => {
-                    let target = match entity {
-                        Some(Entity::Conversation(s)) => s.id_at(*index),
-                        _ => None,
-                    };
-                    let len = match entity {
-                        Some(Entity::Conversation(s)) => s.len(),
-                        _ => 0,
-                    };
-                    let target = target.ok_or(CrdtError::IndexOutOfRange { index: *index, len })?;
+                    let target = conversation
+                        .id_at(*index)
+                        .ok_or(CrdtError::IndexOutOfRange {
+                            index: *index,
+                            len: conversation.len(),
+                        })?;
                     vec![Edit::Remove {
                         field: None,
                         targets: vec![self.element_id(&target)],
@@ -389,59 +387,45 @@ impl Replica {
     /// Checks, once its dependencies are applied, that the operation refers
     /// only to what exists.
     fn check_applicable(&self, op: &SyncOperation) -> Result<(), CrdtError> {
-        let key = (op.entity_type, op.entity_id.clone());
-        let entity = self.entities.get(&key);
-        let eid = |e: &ElementId| -> Option<Eid> {
-            self.actors.get(&e.actor).map(|actor| Eid {
+        let no_targets: &[ElementId] = &[];
+        let (after, targets) = match &op.operation.edit {
+            Edit::Insert { after, .. } | Edit::InsertText { after, .. } => {
+                (after.as_ref(), no_targets)
+            }
+            Edit::Remove { targets, .. } => (None, targets.as_slice()),
+            _ => return Ok(()),
+        };
+        let entity = self.entities.get(&(op.entity_type, op.entity_id.clone()));
+        // The edit's shape was validated: text edits name a field of a
+        // document, the others apply to a conversation.
+        let contains = |e: &ElementId| -> bool {
+            let Some(actor) = self.actors.get(&e.actor) else {
+                return false;
+            };
+            let id = Eid {
                 actor,
                 counter: e.counter,
                 offset: e.offset,
-            })
-        };
-        let check_seq = |seq: Option<&Sequence<char>>,
-                         conv: Option<&Sequence<Value>>,
-                         targets: &[ElementId],
-                         after: Option<&ElementId>|
-         -> Result<(), CrdtError> {
-            let contains = |e: &ElementId| match eid(e) {
-                Some(id) => seq
-                    .map(|s| s.contains(&id))
-                    .or(conv.map(|s| s.contains(&id)))
-                    .unwrap_or(false),
-                None => false,
             };
-            if let Some(a) = after {
-                if !contains(a) {
-                    return Err(Self::invalid(op, "inserts after an unknown element"));
-                }
+            match (&op.operation.edit, entity) {
+                (
+                    Edit::InsertText { field, .. }
+                    | Edit::Remove {
+                        field: Some(field), ..
+                    },
+                    Some(Entity::Document(d)),
+                ) => d.texts.get(field).is_some_and(|s| s.contains(&id)),
+                (_, Some(Entity::Conversation(s))) => s.contains(&id),
+                _ => false,
             }
-            if targets.iter().any(|t| !contains(t)) {
-                return Err(Self::invalid(op, "removes an unknown element"));
-            }
-            Ok(())
         };
-        match (&op.operation.edit, entity) {
-            (Edit::InsertText { field, after, .. }, Some(Entity::Document(d))) => {
-                check_seq(d.texts.get(field), None, &[], after.as_ref())
-            }
-            (Edit::InsertText { after, .. }, None) => check_seq(None, None, &[], after.as_ref()),
-            (
-                Edit::Remove {
-                    field: Some(f),
-                    targets,
-                },
-                Some(Entity::Document(d)),
-            ) => check_seq(d.texts.get(f), None, targets, None),
-            (Edit::Insert { after, .. }, Some(Entity::Conversation(s))) => {
-                check_seq(None, Some(s), &[], after.as_ref())
-            }
-            (Edit::Insert { after, .. }, None) => check_seq(None, None, &[], after.as_ref()),
-            (Edit::Remove { targets, .. }, Some(Entity::Conversation(s))) => {
-                check_seq(None, Some(s), targets, None)
-            }
-            (Edit::Remove { targets, .. }, _) => check_seq(None, None, targets, None),
-            _ => Ok(()),
+        if after.is_some_and(|a| !contains(a)) {
+            return Err(Self::invalid(op, "inserts after an unknown element"));
         }
+        if targets.iter().any(|t| !contains(t)) {
+            return Err(Self::invalid(op, "removes an unknown element"));
+        }
+        Ok(())
     }
 
     /// Receives a remote operation. Returns the operations applied as a result,

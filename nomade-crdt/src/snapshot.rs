@@ -83,7 +83,7 @@ impl Replica {
     /// The whole state as MessagePack bytes: entities with their tombstones and
     /// the version vector, without the operation log. A device restored from it
     /// continues exactly where this one stands.
-    pub fn snapshot(&self) -> Vec<u8> {
+    pub fn snapshot(&self) -> Result<Vec<u8>, CrdtError> {
         let entities = self
             .entities
             .iter()
@@ -120,7 +120,7 @@ impl Replica {
             version_vector: self.vv.clone(),
             entities,
         };
-        rmp_serde::to_vec_named(&snap).unwrap_or_default()
+        rmp_serde::to_vec_named(&snap).map_err(|e| CrdtError::BadSnapshot(e.to_string()))
     }
 
     /// Restores a replica for `actor` from [`Replica::snapshot`] bytes. Its log

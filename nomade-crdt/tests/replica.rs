@@ -362,7 +362,7 @@ fn snapshot_restores_the_same_state_and_editing_continues() {
         0,
     )
     .unwrap();
-    let bytes = a.snapshot();
+    let bytes = a.snapshot().unwrap();
     let mut restored = Replica::from_snapshot("a", &bytes, ReplicaConfig::default()).unwrap();
     assert_eq!(restored.state_hash(), a.state_hash());
     assert_eq!(restored.text("d", "t").as_deref(), Some("world"));

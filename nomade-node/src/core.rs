@@ -2,11 +2,10 @@
 //! directory, with edits, reads and change subscriptions.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use nomade_crdt::{LocalEdit, Replica};
+use nomade_crdt::{LocalEdit, Replica, ReplicaConfig, RestoreError};
 use nomade_wire::{EntityType, Hash32, SyncOperation, Value, VersionVector};
 use tokio::sync::{broadcast, watch};
 
@@ -54,34 +53,13 @@ impl std::fmt::Debug for Core {
     }
 }
 
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub use nomade_transport::stream::now_ms;
 
 fn load_replica(store: &Store, device_id: &str) -> Result<Replica, NodeError> {
-    let mut replica = Replica::new(device_id);
-    let mut err = None;
-    store.scan_ops(0, |_, op| {
-        let actor = op.actor_id.clone();
-        let counter = op.operation.counter;
-        match replica.apply_remote(op) {
-            Ok(_) => ControlFlow::Continue(()),
-            Err(e) => {
-                err = Some(NodeError::CorruptLog(format!(
-                    "operation {actor}#{counter}: {e}"
-                )));
-                ControlFlow::Break(())
-            }
-        }
-    })?;
-    match err {
-        Some(e) => Err(e),
-        None => Ok(replica),
-    }
+    Replica::restore(device_id, ReplicaConfig::default(), store).map_err(|e| match e {
+        RestoreError::Store(e) => NodeError::Store(e),
+        RestoreError::Operation(e) => NodeError::CorruptLog(e.to_string()),
+    })
 }
 
 impl Core {
@@ -181,25 +159,7 @@ impl Core {
         entity_id: &str,
         edit: LocalEdit,
     ) -> Result<Vec<SyncOperation>, NodeError> {
-        let mut replica = self.replica();
-        let ops = replica.apply_local(entity_type, entity_id, edit, self.clock())?;
-        for op in &ops {
-            if let Err(e) = check_op_size(op) {
-                // Too big to ever send: undo it by reloading from the disk,
-                // which does not have it yet.
-                *replica = load_replica(&self.store, &self.device_id)?;
-                return Err(e.into());
-            }
-        }
-        self.persist(&mut replica, &ops)?;
-        drop(replica);
-        let _ = self.changes.send(Change {
-            entity_id: entity_id.to_string(),
-            entity_type,
-            actor_id: self.device_id.clone(),
-            remote: false,
-        });
-        Ok(ops)
+        self.edit_many(vec![(entity_type, entity_id.to_string(), edit)])
     }
 
     /// Applies several local edits and stores their operations in one
@@ -211,25 +171,35 @@ impl Core {
     ) -> Result<Vec<SyncOperation>, NodeError> {
         let mut replica = self.replica();
         let mut ops = Vec::new();
-        for (entity_type, entity_id, edit) in &edits {
-            let result = replica
-                .apply_local(*entity_type, entity_id, edit.clone(), self.clock())
-                .map_err(NodeError::from)
-                .and_then(|new| {
-                    new.iter().try_for_each(check_op_size)?;
-                    Ok(new)
-                });
-            match result {
+        let mut changed = Vec::with_capacity(edits.len());
+        let mut failure = None;
+        for (entity_type, entity_id, edit) in edits {
+            match replica.apply_local(entity_type, &entity_id, edit, self.clock()) {
                 Ok(new) => ops.extend(new),
                 Err(e) => {
-                    *replica = load_replica(&self.store, &self.device_id)?;
-                    return Err(e);
+                    failure = Some(NodeError::from(e));
+                    break;
                 }
             }
+            changed.push((entity_type, entity_id));
+        }
+        if failure.is_none() {
+            failure = ops
+                .iter()
+                .try_for_each(check_op_size)
+                .err()
+                .map(NodeError::from);
+        }
+        if let Some(e) = failure {
+            // Undo what was applied (nothing is on disk yet) by reloading.
+            if !ops.is_empty() {
+                *replica = load_replica(&self.store, &self.device_id)?;
+            }
+            return Err(e);
         }
         self.persist(&mut replica, &ops)?;
         drop(replica);
-        for (entity_type, entity_id, _) in edits {
+        for (entity_type, entity_id) in changed {
             let _ = self.changes.send(Change {
                 entity_id,
                 entity_type,

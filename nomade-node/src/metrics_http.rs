@@ -19,7 +19,7 @@ pub async fn serve(node: Node, addr: SocketAddr) -> std::io::Result<SocketAddr> 
                 let n = sock.read(&mut buf).await.unwrap_or(0);
                 let request = String::from_utf8_lossy(&buf[..n]);
                 let (status, body) = if request.starts_with("GET /metrics") {
-                    ("200 OK", node.metrics().snapshot().to_prometheus())
+                    ("200 OK", node.metrics_snapshot().to_prometheus())
                 } else {
                     ("404 Not Found", "try /metrics\n".to_string())
                 };

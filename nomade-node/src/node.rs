@@ -11,6 +11,8 @@ use nomade_artifact::{
     ArtifactId, ArtifactStore, DeviceKey, Progress, Receiver, ReceiverEvent, Sender,
 };
 use nomade_crdt::LocalEdit;
+use nomade_transport::dial::Backoff;
+use nomade_transport::heartbeat::Liveness;
 use nomade_transport::{
     Connection, DeviceId, DeviceIdentity, FramedRecv, FramedSend, IncomingStream, PairedSet,
     PairingCode, RateLimits, Transport, TransportEvent,
@@ -27,7 +29,7 @@ use crate::error::NodeError;
 use crate::handshake::{self, HandshakeError, LocalInfo};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::store::PeerRecord;
-use crate::sync::{self, new_message_id, FrameSink, FrameSource, SyncSummary};
+use crate::sync::{self, envelope, FrameSink, FrameSource, SyncSummary};
 
 /// Settings of a node. The defaults suit a phone or laptop.
 #[derive(Debug, Clone)]
@@ -76,7 +78,7 @@ impl Default for NodeConfig {
 }
 
 /// What is known of a peer's presence.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PeerPresence {
     /// Whether a session is up and heartbeats arrive.
     pub online: bool,
@@ -95,7 +97,7 @@ pub struct PeerPresence {
 struct Session {
     conn: Connection,
     initial: watch::Receiver<Option<SyncSummary>>,
-    last_heard: Arc<Mutex<Option<Instant>>>,
+    liveness: Arc<Mutex<Liveness>>,
     presence: Arc<Mutex<(Option<PresenceUpdate>, Option<Heartbeat>)>>,
 }
 
@@ -194,11 +196,6 @@ impl Node {
                 }
             }
         }
-        if let Some(name) = core.store().meta("device_name")? {
-            let _ = name; // the configured name wins; stored for `nomade status` of a stopped node
-        }
-        core.store()
-            .set_meta("device_name", config.device_name.as_bytes())?;
         tracing::info!(device = %device_id, dir = %dir.display(), ops = core.op_count(), "node opened");
         Ok(Node {
             inner: Arc::new(Inner {
@@ -415,27 +412,18 @@ impl Node {
     pub fn presence(&self, peer: &DeviceId) -> PeerPresence {
         let sessions = self.sessions();
         let Some(s) = sessions.get(peer) else {
-            return PeerPresence {
-                online: false,
-                status: None,
-                message: None,
-                battery_level: None,
-                connectivity: None,
-                last_heard_ms_ago: None,
-            };
+            return PeerPresence::default();
         };
-        let heard = *s.last_heard.lock().unwrap_or_else(|e| e.into_inner());
+        let liveness = s.liveness.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let (update, beat) = s.presence.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let limit = self.inner.config.heartbeat_period * (self.inner.config.missed_heartbeats + 1);
-        let online =
-            s.conn.close_reason().is_none() && heard.map(|t| t.elapsed() <= limit).unwrap_or(true);
+        let online = s.conn.close_reason().is_none() && liveness.is_online(Instant::now());
         PeerPresence {
             online,
             status: update.as_ref().map(|u| u.status),
             message: update.and_then(|u| u.message),
             battery_level: beat.as_ref().and_then(|b| b.battery_level),
             connectivity: beat.map(|b| b.connectivity),
-            last_heard_ms_ago: heard.map(|t| t.elapsed().as_millis() as u64),
+            last_heard_ms_ago: Some(liveness.last_beat().elapsed().as_millis() as u64),
         }
     }
 
@@ -611,7 +599,8 @@ impl Node {
     }
 
     async fn keep_connected(&self, peer: DeviceId, addrs: Vec<SocketAddr>) {
-        let mut delay = self.inner.config.min_backoff;
+        let mut backoff =
+            Backoff::new(self.inner.config.min_backoff, self.inner.config.max_backoff);
         loop {
             if !self.inner.paired.contains(&peer) {
                 return;
@@ -632,11 +621,10 @@ impl Node {
                     }
                 }
                 if ok {
-                    delay = self.inner.config.min_backoff;
+                    backoff.on_success();
                 } else {
-                    let jitter = rand::random::<f64>() * 0.5 + 0.75;
-                    tokio::time::sleep(delay.mul_f64(jitter)).await;
-                    delay = (delay * 2).min(self.inner.config.max_backoff);
+                    let delay = backoff.on_failure(Instant::now(), &mut rand::thread_rng());
+                    tokio::time::sleep(delay).await;
                     continue;
                 }
             }
@@ -720,6 +708,9 @@ impl Node {
             Err(e) => tracing::warn!(%peer, error = %e, "session ended with an error"),
         }
         conn.close(0, "session over");
+        let stats = conn.quinn().stats();
+        Metrics::add(&self.metrics().bytes_sent, stats.udp_tx.bytes);
+        Metrics::add(&self.metrics().bytes_received, stats.udp_rx.bytes);
         let mut sessions = self.sessions();
         if sessions
             .get(&peer)
@@ -748,12 +739,7 @@ impl Node {
         };
         if dialer {
             let (mut tx, mut rx) = conn.open_bi(StreamRole::Control).await?;
-            tx.send(&Envelope::new(
-                new_message_id(),
-                now_ms(),
-                handshake::hello(&local),
-            ))
-            .await?;
+            tx.send(&envelope(handshake::hello(&local))).await?;
             let answer = tokio::time::timeout(Duration::from_secs(10), rx.recv())
                 .await
                 .map_err(|_| peer_err(&peer, "no HELLO_ACK"))??;
@@ -810,16 +796,13 @@ impl Node {
             };
             match handshake::answer_hello(&local, &hello, &peer.to_string()) {
                 Ok((ack, info)) => {
-                    tx.send(&Envelope::new(new_message_id(), now_ms(), ack))
-                        .await?;
+                    tx.send(&envelope(ack)).await?;
                     Ok(info.device_name)
                 }
                 Err(e) => {
                     let mut msg = e.to_error_message();
                     msg.related_message_id = Some(message_id);
-                    let _ = tx
-                        .send(&Envelope::new(new_message_id(), now_ms(), msg))
-                        .await;
+                    let _ = tx.send(&envelope(msg)).await;
                     let _ = tx.finish().await;
                     // Give the ERROR a moment to reach the peer before closing.
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -847,7 +830,12 @@ impl Node {
         };
         tracing::info!(%peer, name, dialer, "session established");
         let (initial_tx, initial_rx) = watch::channel(None);
-        let last_heard = Arc::new(Mutex::new(Some(Instant::now())));
+        // Offline once more than `missed_heartbeats` periods pass without a beat.
+        let liveness = Arc::new(Mutex::new(Liveness::new(
+            self.inner.config.heartbeat_period,
+            self.inner.config.missed_heartbeats + 1,
+            Instant::now(),
+        )));
         let presence = Arc::new(Mutex::new((None, None)));
         {
             let mut sessions = self.sessions();
@@ -856,7 +844,7 @@ impl Node {
                 Session {
                     conn: conn.clone(),
                     initial: initial_rx,
-                    last_heard: last_heard.clone(),
+                    liveness: liveness.clone(),
                     presence: presence.clone(),
                 },
             ) {
@@ -918,7 +906,7 @@ impl Node {
         let result = loop {
             let incoming = tokio::select! {
                 s = conn.accept_stream() => s,
-                _ = self.watch_liveness(&last_heard) => {
+                _ = self.watch_liveness(&liveness) => {
                     break Err(peer_err(&peer, "missed heartbeats: peer offline"));
                 }
             };
@@ -927,7 +915,7 @@ impl Node {
                 Err(e) => break Err(e.into()),
             };
             let node = self.clone();
-            let lh = last_heard.clone();
+            let lh = liveness.clone();
             let pr = presence.clone();
             tokio::spawn(async move { node.serve_stream(peer, stream, lh, pr).await });
         };
@@ -937,13 +925,14 @@ impl Node {
         result
     }
 
-    async fn watch_liveness(&self, last_heard: &Arc<Mutex<Option<Instant>>>) {
-        let period = self.inner.config.heartbeat_period;
-        let limit = period * (self.inner.config.missed_heartbeats + 1);
+    async fn watch_liveness(&self, liveness: &Arc<Mutex<Liveness>>) {
         loop {
-            tokio::time::sleep(period).await;
-            let heard = *last_heard.lock().unwrap_or_else(|e| e.into_inner());
-            if heard.is_some_and(|t| t.elapsed() > limit) {
+            tokio::time::sleep(self.inner.config.heartbeat_period).await;
+            let online = liveness
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_online(Instant::now());
+            if !online {
                 return;
             }
         }
@@ -961,8 +950,7 @@ impl Node {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
             if last_status.as_ref() != Some(&status) {
-                tx.send(&Envelope::new(new_message_id(), now_ms(), status.clone()))
-                    .await?;
+                tx.send(&envelope(status.clone())).await?;
                 last_status = Some(status);
             }
             let beat = Heartbeat {
@@ -970,8 +958,7 @@ impl Node {
                 battery_level: None,
                 connectivity: ConnectivityStatus::Unknown,
             };
-            tx.send(&Envelope::new(new_message_id(), now_ms(), beat))
-                .await?;
+            tx.send(&envelope(beat)).await?;
             tokio::select! {
                 _ = tokio::time::sleep(self.inner.config.heartbeat_period) => {}
                 _ = events.changed() => {}
@@ -983,7 +970,7 @@ impl Node {
         &self,
         peer: DeviceId,
         stream: IncomingStream,
-        last_heard: Arc<Mutex<Option<Instant>>>,
+        liveness: Arc<Mutex<Liveness>>,
         presence: Arc<Mutex<(Option<PresenceUpdate>, Option<Heartbeat>)>>,
     ) {
         let IncomingStream {
@@ -1000,8 +987,10 @@ impl Node {
             (StreamRole::Presence, _) => loop {
                 match recv.recv().await {
                     Ok(Some(env)) => {
-                        *last_heard.lock().unwrap_or_else(|e| e.into_inner()) =
-                            Some(Instant::now());
+                        liveness
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .beat(Instant::now());
                         let mut p = presence.lock().unwrap_or_else(|e| e.into_inner());
                         match env.message {
                             Message::Heartbeat(b) => p.1 = Some(b),
@@ -1039,8 +1028,7 @@ impl Node {
         );
         loop {
             while let Some(m) = sender.next_message()? {
-                tx.send(&Envelope::new(new_message_id(), now_ms(), m))
-                    .await?;
+                tx.send(&envelope(m)).await?;
             }
             if sender.is_finished() {
                 let _ = tx.finish().await;
@@ -1050,8 +1038,7 @@ impl Node {
                 Some(env) => {
                     if let Err(e) = sender.handle_message(env.message) {
                         while let Some(m) = sender.next_message()? {
-                            tx.send(&Envelope::new(new_message_id(), now_ms(), m))
-                                .await?;
+                            tx.send(&envelope(m)).await?;
                         }
                         return Err(e.into());
                     }
@@ -1148,8 +1135,7 @@ impl Node {
         let mut counted = receiver.progress().bytes_done;
         loop {
             while let Some(m) = receiver.next_message()? {
-                tx.send(&Envelope::new(new_message_id(), now_ms(), m))
-                    .await?;
+                tx.send(&envelope(m)).await?;
             }
             if receiver.is_finished() {
                 let _ = tx.finish().await;
@@ -1165,8 +1151,7 @@ impl Node {
             let event = receiver.handle_message(env.message);
             // Send whatever the receiver queued (an ERROR on failure) before reporting.
             while let Some(m) = receiver.next_message()? {
-                tx.send(&Envelope::new(new_message_id(), now_ms(), m))
-                    .await?;
+                tx.send(&envelope(m)).await?;
             }
             match event? {
                 ReceiverEvent::Started(p)
@@ -1217,18 +1202,21 @@ impl Node {
             entities: self.inner.core.entities().len(),
             artifacts: self.inner.artifacts.list().map(|l| l.len()).unwrap_or(0),
             peers,
-            metrics: {
-                // Bytes on the wire come from the live QUIC connections.
-                let mut m = self.metrics().snapshot();
-                let sessions = self.sessions();
-                for s in sessions.values() {
-                    let stats = s.conn.quinn().stats();
-                    m.bytes_sent += stats.udp_tx.bytes;
-                    m.bytes_received += stats.udp_rx.bytes;
-                }
-                m
-            },
+            metrics: self.metrics_snapshot(),
         }
+    }
+
+    /// The metrics, with the bytes on the wire of every connection so far
+    /// (ended sessions are folded into the counters when they end).
+    pub fn metrics_snapshot(&self) -> MetricsSnapshot {
+        let mut m = self.metrics().snapshot();
+        for s in self.sessions().values() {
+            let stats = s.conn.quinn().stats();
+            m.bytes_sent += stats.udp_tx.bytes;
+            m.bytes_received += stats.udp_rx.bytes;
+        }
+        m.bytes_received_per_sec = m.bytes_received as f64 / m.uptime_secs.max(1e-9);
+        m
     }
 
     /// Closes every connection and stops the node's tasks. The data directory

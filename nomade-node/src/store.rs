@@ -189,6 +189,22 @@ impl Store {
     }
 }
 
+/// The database is the replica's durable operation log.
+impl nomade_crdt::OpLog for Store {
+    type Error = StoreError;
+
+    fn append(&mut self, ops: &[SyncOperation]) -> Result<(), StoreError> {
+        self.append_ops(ops).map(drop)
+    }
+
+    fn for_each(&self, f: &mut dyn FnMut(SyncOperation)) -> Result<(), StoreError> {
+        self.scan_ops(0, |_, op| {
+            f(op);
+            ControlFlow::Continue(())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

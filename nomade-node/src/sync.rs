@@ -50,6 +50,11 @@ pub fn new_message_id() -> MessageId {
     MessageId::from(rand::random::<[u8; 16]>())
 }
 
+/// `message` in an envelope with a fresh id, stamped now.
+pub fn envelope(message: impl Into<Message>) -> Envelope {
+    Envelope::new(new_message_id(), now_ms(), message)
+}
+
 /// What the puller learned when the pusher's initial batch ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncSummary {
@@ -65,15 +70,11 @@ async fn send_error(
     text: String,
     related: Option<MessageId>,
 ) {
-    let env = Envelope::new(
-        new_message_id(),
-        now_ms(),
-        ErrorMessage {
-            error_code: code,
-            error_message: text,
-            related_message_id: related,
-        },
-    );
+    let env = envelope(ErrorMessage {
+        error_code: code,
+        error_message: text,
+        related_message_id: related,
+    });
     let _ = tx.send(&env).await;
 }
 
@@ -101,8 +102,7 @@ pub async fn pull(
         full_sync: vv.is_empty(),
         version_vector: Some(vv),
     };
-    tx.send(&Envelope::new(new_message_id(), now_ms(), request))
-        .await?;
+    tx.send(&envelope(request)).await?;
     let (queue_tx, mut queue) = tokio::sync::mpsc::channel::<Envelope>(MAX_MESSAGES_PER_COMMIT);
     let reader = async move {
         while let Some(env) = rx.recv().await? {
@@ -178,8 +178,7 @@ async fn apply_and_ack(
     match result {
         Ok(_) => {
             let ack = Ack { message_ids: ids };
-            tx.send(&Envelope::new(new_message_id(), now_ms(), ack))
-                .await
+            tx.send(&envelope(ack)).await
         }
         Err(NodeError::Crdt(nomade_crdt::CrdtError::BufferFull { .. })) => {
             send_error(
@@ -305,15 +304,16 @@ pub async fn push(
                     let e = covered.entry(op.actor_id.clone()).or_insert(0);
                     *e = (*e).max(op.operation.counter);
                 }
-                let id = new_message_id();
-                unacked.insert(id, covered);
-                tx.send(&Envelope::new(id, now_ms(), batch)).await?;
+                // The peer will have these: later scans skip them.
+                for (actor, &c) in &covered {
+                    let e = peer_vv.entry(actor.clone()).or_insert(0);
+                    *e = (*e).max(c);
+                }
+                let env = envelope(batch);
+                unacked.insert(env.message_id, covered);
+                tx.send(&env).await?;
             }
             Metrics::add(&core.metrics().ops_sent, ops.len() as u64);
-            for op in &ops {
-                let e = peer_vv.entry(op.actor_id.clone()).or_insert(0);
-                *e = (*e).max(op.operation.counter);
-            }
             if !initial_done {
                 initial_count += ops.len();
             }
@@ -329,8 +329,7 @@ pub async fn push(
                 operations_count: u32::try_from(initial_count).unwrap_or(u32::MAX),
                 new_state_hash: core.state_hash(),
             };
-            tx.send(&Envelope::new(new_message_id(), now_ms(), complete))
-                .await?;
+            tx.send(&envelope(complete)).await?;
         }
         tokio::select! {
             changed = appended.changed() => {

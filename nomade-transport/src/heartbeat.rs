@@ -49,6 +49,11 @@ impl Liveness {
         self.beats += 1;
     }
 
+    /// When the last beat was received (the start if none was).
+    pub fn last_beat(&self) -> Instant {
+        self.last
+    }
+
     /// Beats received so far.
     pub fn beats(&self) -> u64 {
         self.beats

@@ -221,10 +221,20 @@ fn spec_check() -> Result<()> {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !has_libs {
-        run(
-            "install python msgpack + blake3",
-            Command::new(py).args(["-m", "pip", "install", "--quiet", "msgpack", "blake3"]),
-        )?;
+        let pip = |extra: &[&str]| {
+            let mut c = Command::new(py);
+            c.args(["-m", "pip", "install", "--quiet"])
+                .args(extra)
+                .args(["msgpack", "blake3"]);
+            c
+        };
+        // A system Python may refuse global installs: fall back to the user's site.
+        if run("install python msgpack + blake3", &mut pip(&[])).is_err() {
+            run(
+                "install python msgpack + blake3 (user site)",
+                &mut pip(&["--user"]),
+            )?;
+        }
     }
     run(
         "spec check (independent Python decoder)",
@@ -235,6 +245,24 @@ fn spec_check() -> Result<()> {
 }
 
 fn ensure_cargo_fuzz() -> Result<()> {
+    // cargo-fuzz builds with sanitizers, which need a nightly toolchain.
+    let nightly = Command::new("cargo")
+        .args(["+nightly", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !nightly {
+        run(
+            "install the nightly toolchain (for cargo-fuzz)",
+            Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+            ]),
+        )?;
+    }
     if have("cargo-fuzz", "--version") {
         return Ok(());
     }
