@@ -230,6 +230,9 @@ impl Core {
         if !applied.is_empty() {
             self.persist(&mut replica, &applied)?;
         }
+        // Counted while the replica is still locked: whoever sees the new
+        // state also sees it in the metrics.
+        Metrics::add(&self.metrics.ops_applied, applied.len() as u64);
         drop(replica);
         let now = now_ms();
         for op in &applied {
@@ -243,7 +246,6 @@ impl Core {
                 remote: true,
             });
         }
-        Metrics::add(&self.metrics.ops_applied, applied.len() as u64);
         match first_err {
             Some(e) if applied.is_empty() => Err(e.into()),
             _ => Ok(applied.len()),
