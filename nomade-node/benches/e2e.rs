@@ -234,6 +234,29 @@ fn main() {
     } else {
         (512 * MIB, 1024 * MIB, 1_000_000, 10_000, 10_000)
     };
+    // `--only sync` (or `artifact`, `latency`) runs one part, for profiling.
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
+    if only.is_some() {
+        if run("artifact") {
+            let art = rt.block_on(artifact_mib_per_sec(bulk));
+            println!("e2e: artifact {art:.0} MiB/s");
+        }
+        if run("sync") {
+            let (ops_per_sec, bytes_per_op) = rt.block_on(full_sync(ops, docs));
+            println!("e2e: full sync {ops_per_sec:.0} ops/s, {bytes_per_op:.0} bytes/op");
+        }
+        if run("latency") {
+            let (p50, p99) = rt.block_on(latency(lat_n));
+            println!("e2e: latency p50 {p50:.2} ms, p99 {p99:.2} ms");
+        }
+        return;
+    }
     let raw = rt.block_on(raw_quinn_mib_per_sec(bulk));
     let art = rt.block_on(artifact_mib_per_sec(bulk));
     let rss = artifact_peak_rss_mib(rss_bytes);

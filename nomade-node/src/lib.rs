@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod artifact_io;
 pub mod batch;
 pub mod cli;
 pub mod core;

@@ -24,6 +24,7 @@ use nomade_wire::{
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
+use crate::artifact_io;
 use crate::core::{now_ms, Change, Core};
 use crate::error::NodeError;
 use crate::handshake::{self, HandshakeError, LocalInfo};
@@ -601,10 +602,21 @@ impl Node {
     async fn keep_connected(&self, peer: DeviceId, addrs: Vec<SocketAddr>) {
         let mut backoff =
             Backoff::new(self.inner.config.min_backoff, self.inner.config.max_backoff);
+        let mut first = true;
         loop {
             if !self.inner.paired.contains(&peer) {
                 return;
             }
+            if !first && self.inner.device_id > peer {
+                // Both sides notice a lost connection at about the same time.
+                // Were both to redial at once, each would keep the newer of
+                // the two connections, which is a different one on each side,
+                // and both would close again. The larger id therefore leaves
+                // the smaller one a moment to dial first.
+                let wait = self.inner.config.min_backoff.mul_f64(1.0 + rand::random::<f64>());
+                tokio::time::sleep(wait).await;
+            }
+            first = false;
             if !self.is_connected(&peer) {
                 let mut ok = false;
                 for addr in &addrs {
@@ -1022,30 +1034,18 @@ impl Node {
     ) -> Result<(), NodeError> {
         // Every paired (TLS-authenticated) device may fetch: the artifact is
         // re-sealed for the receiving device when it stores it.
-        let mut sender = Sender::new(
+        let sender = Sender::new(
             self.inner.artifacts.clone(),
             self.inner.paired.contains(&peer),
         );
-        loop {
-            while let Some(m) = sender.next_message()? {
-                tx.send(&envelope(m)).await?;
-            }
-            if sender.is_finished() {
-                let _ = tx.finish().await;
-                return Ok(());
-            }
-            match rx.recv().await? {
-                Some(env) => {
-                    if let Err(e) = sender.handle_message(env.message) {
-                        while let Some(m) = sender.next_message()? {
-                            tx.send(&envelope(m)).await?;
-                        }
-                        return Err(e.into());
-                    }
-                }
-                None => return Ok(()),
-            }
+        let sender = artifact_io::drive(sender, &mut tx, &mut rx, |event| {
+            tracing::debug!(%peer, ?event, "artifact");
+        })
+        .await?;
+        if sender.is_finished() {
+            let _ = tx.finish().await;
         }
+        Ok(())
     }
 
     /// Artifact ids referenced by the values of every document and conversation.
@@ -1121,7 +1121,7 @@ impl Node {
         }
         // Another task may be fetching it already: wait for that one to end,
         // then use its result or take over from its partial file.
-        let mut receiver = loop {
+        let receiver = loop {
             match Receiver::new(self.inner.artifacts.clone(), id, 128) {
                 Ok(r) => break r,
                 Err(nomade_artifact::ArtifactError::AlreadyStored { .. }) => return Ok(()),
@@ -1133,39 +1133,26 @@ impl Node {
         };
         let (mut tx, mut rx) = conn.open_bi(StreamRole::Artifact).await?;
         let mut counted = receiver.progress().bytes_done;
-        loop {
-            while let Some(m) = receiver.next_message()? {
-                tx.send(&envelope(m)).await?;
+        let metrics = self.metrics();
+        let receiver = artifact_io::drive(receiver, &mut tx, &mut rx, |event| match event {
+            ReceiverEvent::Started(p)
+            | ReceiverEvent::Progress(p)
+            | ReceiverEvent::Complete { progress: p, .. } => {
+                Metrics::add(
+                    &metrics.artifact_bytes_received,
+                    p.bytes_done.saturating_sub(counted),
+                );
+                counted = p.bytes_done;
+                progress(&p)
             }
-            if receiver.is_finished() {
-                let _ = tx.finish().await;
-                return if receiver.is_complete() {
-                    Ok(())
-                } else {
-                    Err(peer_err(&conn.peer(), "artifact transfer failed"))
-                };
-            }
-            let Some(env) = rx.recv().await? else {
-                return Err(peer_err(&conn.peer(), "artifact stream ended early"));
-            };
-            let event = receiver.handle_message(env.message);
-            // Send whatever the receiver queued (an ERROR on failure) before reporting.
-            while let Some(m) = receiver.next_message()? {
-                tx.send(&envelope(m)).await?;
-            }
-            match event? {
-                ReceiverEvent::Started(p)
-                | ReceiverEvent::Progress(p)
-                | ReceiverEvent::Complete { progress: p, .. } => {
-                    Metrics::add(
-                        &self.metrics().artifact_bytes_received,
-                        p.bytes_done.saturating_sub(counted),
-                    );
-                    counted = p.bytes_done;
-                    progress(&p)
-                }
-                _ => {}
-            }
+            _ => {}
+        })
+        .await?;
+        let _ = tx.finish().await;
+        if receiver.is_complete() {
+            Ok(())
+        } else {
+            Err(peer_err(&conn.peer(), "artifact stream ended early"))
         }
     }
 

@@ -36,8 +36,16 @@ fn free_udp_port() -> SocketAddr {
     s.local_addr().expect("addr")
 }
 
+/// Starts `nomade serve`; its log goes to `serve.log` beside its directory
+/// (appended, so a restart adds to it), shown when a test fails.
 fn serve(dir: &Path, addr: SocketAddr) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(serve_log(dir))
+        .expect("log file");
     Command::new(env!("CARGO_BIN_EXE_nomade"))
+        .env("RUST_LOG", "info")
         .arg("--dir")
         .arg(dir)
         .args([
@@ -49,9 +57,13 @@ fn serve(dir: &Path, addr: SocketAddr) -> Child {
             &addr.to_string(),
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("spawn nomade serve")
+}
+
+fn serve_log(dir: &Path) -> std::path::PathBuf {
+    dir.with_extension("serve.log")
 }
 
 #[test]
@@ -205,7 +217,8 @@ async fn bad_input_30_sigkill_mid_sync_loses_nothing_acknowledged() {
     let _ = child.wait();
     assert!(
         caught_up,
-        "the restarted desk did not acknowledge every operation"
+        "the restarted desk did not acknowledge every operation; its log:\n{}",
+        std::fs::read_to_string(serve_log(&desk_dir)).unwrap_or_default()
     );
     let final_status = status(&desk_dir);
     assert_eq!(final_status["state_hash"], laptop.state_hash().to_hex());

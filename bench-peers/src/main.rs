@@ -1,0 +1,645 @@
+//! Nomade's collaborative text against `yrs` (Yjs) and `automerge` on the real
+//! editing traces of `nomade-crdt/tests/data/editing-traces`.
+//!
+//! For each trace and implementation, the remote updates are first prepared,
+//! untimed, exactly as the trace's author (or its agents, each on the state of
+//! the transaction's `parents`) produces them: one per patch (keystroke). Then
+//! the time to apply all of them, in causal order (the trace's order), to a
+//! fresh document is measured, and the document's text is checked against
+//! the trace's `endContent`.
+//!
+//! Each (trace, implementation) runs in its own child process, so that its
+//! heap and peak memory are its own.
+//!
+//! Run: `cargo run --release -- [--quick] [--runs N] [--out DIR]`.
+
+#[path = "../../nomade-crdt/tests/common/traces.rs"]
+mod traces;
+
+use std::cell::RefCell;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use automerge::transaction::Transactable;
+use automerge::{ActorId, AutoCommit, Change, ObjId, ObjType, ReadDoc, TextEncoding, ROOT};
+use nomade_crdt::Replica;
+use nomade_wire::SyncOperation;
+use traces::{Patch, Trace};
+use yrs::updates::decoder::Decode;
+use yrs::{GetString, Text, TextRef, Transact, Update};
+
+/// The traces: (name, file).
+const TRACES: [(&str, &str); 2] = [
+    ("automerge-paper", "automerge-paper.json.gz"),
+    ("friendsforever", "friendsforever.json.gz"),
+];
+
+/// The implementations, in report order.
+const IMPLS: [&str; 3] = ["nomade", "yrs", "automerge"];
+
+/// Loads a trace from nomade-crdt's test data (`traces::load` resolves its
+/// path against the crate it is compiled in, which is not nomade-crdt here).
+fn load(file: &str) -> Trace {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../nomade-crdt/tests/data/editing-traces")
+        .join(file);
+    let gz = std::fs::File::open(&path)
+        .unwrap_or_else(|e| panic!("cannot open trace {}: {e}", path.display()));
+    let mut json = String::new();
+    flate2::read::GzDecoder::new(gz)
+        .read_to_string(&mut json)
+        .unwrap_or_else(|e| panic!("cannot gunzip trace {}: {e}", path.display()));
+    serde_json::from_str(&json)
+        .unwrap_or_else(|e| panic!("trace {} is not valid JSON: {e}", path.display()))
+}
+
+fn keystrokes(trace: &Trace) -> usize {
+    trace.txns.iter().map(|t| t.patches.len()).sum()
+}
+
+/// One collaborating implementation: an author's (or agent's) document that
+/// produces updates, and a receiving document that applies them.
+trait Peer: Sized {
+    /// An update as prepared and kept between runs.
+    type Wire: Clone;
+    /// An update in the form the receiver's apply call takes (prepared from
+    /// `Wire` untimed, before each run).
+    type Received;
+    /// The receiving document.
+    type Receiver;
+
+    /// `n` agents' documents, and the updates a receiver needs before any
+    /// agent's (setting up what the agents start from).
+    /// `ascii`: every patch of the trace inserts ASCII only.
+    fn agents(n: usize, ascii: bool) -> (Vec<Self>, Vec<Self::Wire>);
+    /// Applies one patch locally; returns the updates it produced.
+    fn local(&mut self, patch: &Patch) -> Vec<Self::Wire>;
+    /// Applies another agent's update.
+    fn remote(&mut self, update: &Self::Wire);
+    /// The agent's current text.
+    fn text(&mut self) -> String;
+
+    /// Turns a prepared update into what the receiver applies (untimed).
+    fn receivable(update: &Self::Wire) -> Self::Received;
+    /// A fresh receiving document (timed).
+    fn receiver() -> Self::Receiver;
+    /// Applies one remote update (timed).
+    fn receive(receiver: &mut Self::Receiver, update: Self::Received);
+    /// The receiver's text (untimed).
+    fn received_text(receiver: &mut Self::Receiver) -> String;
+}
+
+/// Nomade: one `SyncOperation` stream per `Replica`.
+struct Nomade(Replica);
+
+impl Peer for Nomade {
+    type Wire = SyncOperation;
+    type Received = SyncOperation;
+    type Receiver = Replica;
+
+    fn agents(n: usize, _ascii: bool) -> (Vec<Self>, Vec<SyncOperation>) {
+        let agents = (0..n)
+            .map(|a| Nomade(Replica::new(format!("agent-{a}"))))
+            .collect();
+        (agents, Vec::new())
+    }
+    fn local(&mut self, patch: &Patch) -> Vec<SyncOperation> {
+        traces::splice(&mut self.0, patch)
+    }
+    fn remote(&mut self, update: &SyncOperation) {
+        self.0
+            .apply_remote(update.clone())
+            .expect("nomade: an agent rejected another agent's operation");
+    }
+    fn text(&mut self) -> String {
+        self.0.text("paper", "text").unwrap_or_default()
+    }
+    fn receivable(update: &SyncOperation) -> SyncOperation {
+        update.clone()
+    }
+    fn receiver() -> Replica {
+        Replica::new("reader")
+    }
+    fn receive(receiver: &mut Replica, update: SyncOperation) {
+        receiver
+            .apply_remote(update)
+            .expect("nomade: the receiver rejected an operation");
+    }
+    fn received_text(receiver: &mut Replica) -> String {
+        receiver.text("paper", "text").unwrap_or_default()
+    }
+}
+
+/// yrs: one v1 update per transaction, captured with `observe_update_v1`.
+struct Yrs {
+    doc: yrs::Doc,
+    text: TextRef,
+    /// Updates emitted by the document's transactions since last drained.
+    emitted: Rc<RefCell<Vec<Vec<u8>>>>,
+    /// The whole trace is ASCII: code points are bytes.
+    ascii: bool,
+}
+
+impl Yrs {
+    /// Converts a code-point range to the doc's offsets (UTF-8 bytes, yrs's
+    /// default `OffsetKind`).
+    fn byte_range(&self, position: usize, len: usize) -> (u32, u32) {
+        let s = self.text.get_string(&self.doc.transact());
+        let byte = |cp: usize| {
+            s.char_indices()
+                .nth(cp)
+                .map_or(s.len(), |(i, _)| i)
+        };
+        let (start, end) = (byte(position), byte(position + len));
+        let to_u32 = |x: usize| u32::try_from(x).expect("yrs offsets are u32");
+        (to_u32(start), to_u32(end - start))
+    }
+}
+
+impl Peer for Yrs {
+    type Wire = Vec<u8>;
+    type Received = Update;
+    type Receiver = (yrs::Doc, TextRef);
+
+    fn agents(n: usize, ascii: bool) -> (Vec<Self>, Vec<Vec<u8>>) {
+        let agents = (0..n)
+            .map(|a| {
+                let doc = yrs::Doc::with_client_id(a as u64 + 1);
+                let text = doc.get_or_insert_text("text");
+                let emitted: Rc<RefCell<Vec<Vec<u8>>>> = Rc::default();
+                let sink = emitted.clone();
+                doc.observe_update_v1("bench", move |_, e| {
+                    sink.borrow_mut().push(e.update.clone());
+                })
+                .expect("no transaction is open");
+                Yrs {
+                    doc,
+                    text,
+                    emitted,
+                    ascii,
+                }
+            })
+            .collect();
+        (agents, Vec::new())
+    }
+    fn local(&mut self, patch: &Patch) -> Vec<Vec<u8>> {
+        let (pos, del) = if self.ascii {
+            (patch.0 as u32, patch.1 as u32)
+        } else {
+            self.byte_range(patch.0, patch.1)
+        };
+        {
+            let mut txn = self.doc.transact_mut();
+            if del > 0 {
+                self.text.remove_range(&mut txn, pos, del);
+            }
+            if !patch.2.is_empty() {
+                self.text.insert(&mut txn, pos, &patch.2);
+            }
+        } // commit: the observer receives this transaction's update
+        std::mem::take(&mut *self.emitted.borrow_mut())
+    }
+    fn remote(&mut self, update: &Vec<u8>) {
+        let update = Update::decode_v1(update).expect("yrs: undecodable update");
+        self.doc
+            .transact_mut()
+            .apply_update(update)
+            .expect("yrs: an agent rejected another agent's update");
+        // The observer also reports applied remote updates: not ours to send.
+        self.emitted.borrow_mut().clear();
+    }
+    fn text(&mut self) -> String {
+        self.text.get_string(&self.doc.transact())
+    }
+    fn receivable(update: &Vec<u8>) -> Update {
+        Update::decode_v1(update).expect("yrs: undecodable update")
+    }
+    fn receiver() -> (yrs::Doc, TextRef) {
+        let doc = yrs::Doc::with_client_id(1_000_000);
+        let text = doc.get_or_insert_text("text");
+        (doc, text)
+    }
+    fn receive(receiver: &mut (yrs::Doc, TextRef), update: Update) {
+        receiver
+            .0
+            .transact_mut()
+            .apply_update(update)
+            .expect("yrs: the receiver rejected an update");
+    }
+    fn received_text(receiver: &mut (yrs::Doc, TextRef)) -> String {
+        receiver.1.get_string(&receiver.0.transact())
+    }
+}
+
+/// automerge: one change per patch (a committed `AutoCommit` transaction).
+struct Automerge {
+    doc: AutoCommit,
+    text: ObjId,
+}
+
+fn automerge_text_obj(doc: &AutoCommit) -> ObjId {
+    match doc.get(ROOT, "text") {
+        Ok(Some((_, id))) => id,
+        other => panic!("automerge: no text object at the root: {other:?}"),
+    }
+}
+
+impl Peer for Automerge {
+    type Wire = Change;
+    type Received = Change;
+    type Receiver = AutoCommit;
+
+    fn agents(n: usize, _ascii: bool) -> (Vec<Self>, Vec<Change>) {
+        // The text object must be created once and shared: created by
+        // separate agents, the objects would conflict.
+        let mut base = AutoCommit::new_with_encoding(TextEncoding::UnicodeCodePoint)
+            .with_actor(ActorId::from(b"setup".as_slice()));
+        base.put_object(ROOT, "text", ObjType::Text)
+            .expect("automerge: creating the text object");
+        let setup = base
+            .get_last_local_change()
+            .expect("automerge: the setup change");
+        let agents = (0..n)
+            .map(|a| {
+                let mut doc = base.fork();
+                doc.set_actor(ActorId::from(format!("agent-{a}").into_bytes()));
+                let text = automerge_text_obj(&doc);
+                Automerge { doc, text }
+            })
+            .collect();
+        (agents, vec![setup])
+    }
+    fn local(&mut self, patch: &Patch) -> Vec<Change> {
+        let del = isize::try_from(patch.1).expect("delete length fits isize");
+        self.doc
+            .splice_text(&self.text, patch.0, del, &patch.2)
+            .expect("automerge: trace patch out of range");
+        match self.doc.commit() {
+            Some(hash) => vec![self
+                .doc
+                .get_change_by_hash(&hash)
+                .expect("automerge: the change just committed")],
+            None => Vec::new(),
+        }
+    }
+    fn remote(&mut self, update: &Change) {
+        self.doc
+            .apply_changes(std::iter::once(update.clone()))
+            .expect("automerge: an agent rejected another agent's change");
+    }
+    fn text(&mut self) -> String {
+        self.doc.text(&self.text).expect("automerge: text")
+    }
+    fn receivable(update: &Change) -> Change {
+        update.clone()
+    }
+    fn receiver() -> AutoCommit {
+        AutoCommit::new_with_encoding(TextEncoding::UnicodeCodePoint)
+            .with_actor(ActorId::from(b"reader".as_slice()))
+    }
+    fn receive(receiver: &mut AutoCommit, update: Change) {
+        receiver
+            .apply_changes(std::iter::once(update))
+            .expect("automerge: the receiver rejected a change");
+    }
+    fn received_text(receiver: &mut AutoCommit) -> String {
+        let text = automerge_text_obj(receiver);
+        receiver.text(&text).expect("automerge: text")
+    }
+}
+
+/// Replays the trace through `P`'s agents (one author for a sequential
+/// trace) and returns every update in the trace's (causal) order.
+///
+/// As `traces::replay_concurrent` does for Nomade: before each transaction,
+/// its agent receives exactly the other agents' updates that the
+/// transaction's `parents` include.
+fn prepare<P: Peer>(trace: &Trace) -> Vec<P::Wire> {
+    assert!(
+        trace.start_content.is_empty(),
+        "traces with a startContent are not supported"
+    );
+    let n = trace.num_agents.max(1);
+    let ascii = trace.start_content.is_ascii()
+        && trace
+            .txns
+            .iter()
+            .all(|t| t.patches.iter().all(|p| p.2.is_ascii()));
+    let (mut agents, mut all) = P::agents(n, ascii);
+    // Each agent's own updates, and how many it had after each of its transactions.
+    let mut own: Vec<Vec<P::Wire>> = vec![Vec::new(); n];
+    let mut txn_end: Vec<Vec<usize>> = vec![Vec::new(); n];
+    // applied[a][b]: how many of agent b's updates agent a has applied.
+    let mut applied = vec![vec![0usize; n]; n];
+    // For each transaction, how many transactions of each agent its state includes.
+    let mut after: Vec<Vec<usize>> = Vec::with_capacity(trace.txns.len());
+    for (i, txn) in trace.txns.iter().enumerate() {
+        let a = txn.agent;
+        assert!(a < n, "transaction {i}: agent {a} out of range");
+        let mut need = vec![0usize; n];
+        if trace.num_agents == 0 {
+            // Sequential trace: each transaction follows the previous one.
+            need[0] = txn_end[0].len();
+        }
+        for &p in &txn.parents {
+            assert!(p < i, "transaction {i}: parent {p} is not earlier");
+            for (b, k) in after[p].iter().enumerate() {
+                need[b] = need[b].max(*k);
+            }
+        }
+        for b in (0..n).filter(|&b| b != a) {
+            let target = if need[b] == 0 {
+                0
+            } else {
+                txn_end[b][need[b] - 1]
+            };
+            assert!(
+                applied[a][b] <= target,
+                "transaction {i}: agent {a} is ahead of its parents"
+            );
+            for u in &own[b][applied[a][b]..target] {
+                agents[a].remote(u);
+            }
+            applied[a][b] = target;
+        }
+        assert_eq!(
+            txn_end[a].len(),
+            need[a],
+            "transaction {i}: an agent's transactions are totally ordered"
+        );
+        for p in &txn.patches {
+            let updates = agents[a].local(p);
+            all.extend(updates.iter().cloned());
+            own[a].extend(updates);
+        }
+        txn_end[a].push(own[a].len());
+        need[a] += 1;
+        after.push(need);
+    }
+    if trace.num_agents == 0 {
+        let text = agents[0].text();
+        assert!(
+            text == trace.end_content,
+            "{}: the author's text after the trace is not endContent ({} vs {} chars)",
+            std::any::type_name::<P>(),
+            text.chars().count(),
+            trace.end_content.chars().count()
+        );
+    }
+    all
+}
+
+/// Cuts a sequential trace to its first `limit` patches and sets its
+/// `endContent` to the text they produce.
+fn truncate(trace: &mut Trace, limit: usize) {
+    assert!(
+        trace.num_agents == 0,
+        "only sequential traces can be cut (a concurrent one has no reference text for a prefix)"
+    );
+    let mut left = limit;
+    trace.txns.retain_mut(|t| {
+        t.patches.truncate(left);
+        left -= t.patches.len();
+        !t.patches.is_empty()
+    });
+    let mut text: Vec<char> = trace.start_content.chars().collect();
+    for p in trace.txns.iter().flat_map(|t| &t.patches) {
+        text.splice(p.0..p.0 + p.1, p.2.chars());
+    }
+    trace.end_content = text.into_iter().collect();
+}
+
+/// Peak RSS (VmHWM) and current RSS (VmRSS) of this process, in KiB.
+fn rss_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Child process: prepares, then applies `runs` times; prints
+/// `best_secs peak_rss_delta_mib updates`.
+fn child<P: Peer>(trace_name: &str, runs: usize, limit: Option<usize>) {
+    let file = TRACES
+        .iter()
+        .find(|(n, _)| *n == trace_name)
+        .unwrap_or_else(|| panic!("unknown trace {trace_name}"))
+        .1;
+    let mut trace = load(file);
+    if let Some(limit) = limit {
+        truncate(&mut trace, limit);
+    }
+    let prep_start = Instant::now();
+    let updates = prepare::<P>(&trace);
+    eprintln!(
+        "  {trace_name}/{}: prepared {} updates in {:.1} s",
+        std::any::type_name::<P>().rsplit("::").next().unwrap_or("?"),
+        updates.len(),
+        prep_start.elapsed().as_secs_f64()
+    );
+    let mut best = Duration::MAX;
+    let mut mem_mib = None;
+    for run in 0..runs {
+        let received: Vec<P::Received> = updates.iter().map(P::receivable).collect();
+        // Peak memory is measured on the first run: reset the peak (Linux
+        // clear_refs "5") and take the growth over the RSS before applying.
+        let before = if run == 0
+            && std::fs::write("/proc/self/clear_refs", "5").is_ok()
+        {
+            rss_kib("VmRSS:")
+        } else {
+            None
+        };
+        let start = Instant::now();
+        let mut receiver = P::receiver();
+        for u in received {
+            P::receive(&mut receiver, u);
+        }
+        let elapsed = start.elapsed();
+        if let (Some(before), Some(peak)) = (before, rss_kib("VmHWM:")) {
+            mem_mib = Some(peak.saturating_sub(before) as f64 / 1024.0);
+        }
+        best = best.min(elapsed);
+        let text = P::received_text(&mut receiver);
+        if text != trace.end_content {
+            let at = text
+                .chars()
+                .zip(trace.end_content.chars())
+                .position(|(x, y)| x != y);
+            panic!(
+                "{trace_name}/{}: the receiver's text is not the trace's endContent \
+                 ({} vs {} chars, first difference at char {at:?})",
+                std::any::type_name::<P>(),
+                text.chars().count(),
+                trace.end_content.chars().count()
+            );
+        }
+        drop(receiver);
+    }
+    println!(
+        "{} {} {}",
+        best.as_secs_f64(),
+        mem_mib.map_or("-".to_string(), |m| format!("{m:.1}")),
+        updates.len()
+    );
+}
+
+/// One measured (trace, implementation).
+struct Measured {
+    secs: f64,
+    mem_mib: Option<f64>,
+    updates: usize,
+}
+
+fn run_child(trace: &str, implementation: &str, runs: usize, limit: Option<usize>) -> Measured {
+    let exe = std::env::current_exe().expect("own executable path");
+    let limit = limit.map_or("all".to_string(), |l| l.to_string());
+    let out = Command::new(exe)
+        .args(["--child", trace, implementation, &runs.to_string(), &limit])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("spawning the child process");
+    assert!(
+        out.status.success(),
+        "{trace}/{implementation} failed: {}",
+        out.status
+    );
+    let line = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields.len(), 3, "unexpected child output {line:?}");
+    Measured {
+        secs: fields[0].parse().expect("child seconds"),
+        mem_mib: fields[1].parse().ok(),
+        updates: fields[2].parse().expect("child update count"),
+    }
+}
+
+struct Args {
+    runs: usize,
+    out: PathBuf,
+    child: Option<(String, String)>,
+    /// Child only: apply only this many first patches.
+    limit: Option<usize>,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        runs: 3,
+        out: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench"),
+        child: None,
+        limit: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => args.runs = 1,
+            "--runs" => {
+                args.runs = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n > 0)
+                    .expect("--runs takes a positive number")
+            }
+            "--out" => args.out = PathBuf::from(it.next().expect("--out takes a directory")),
+            "--child" => {
+                const USAGE: &str = "--child TRACE IMPL RUNS LIMIT|all";
+                let trace = it.next().expect(USAGE);
+                let implementation = it.next().expect(USAGE);
+                args.runs = it.next().and_then(|n| n.parse().ok()).expect(USAGE);
+                let limit = it.next().expect(USAGE);
+                args.limit = (limit != "all").then(|| limit.parse().expect(USAGE));
+                args.child = Some((trace, implementation));
+            }
+            "--bench" => {} // passed by `cargo bench`
+            other => panic!("unknown argument {other:?}; use [--quick] [--runs N] [--out DIR]"),
+        }
+    }
+    args
+}
+
+fn main() {
+    let args = parse_args();
+    if let Some((trace, implementation)) = &args.child {
+        match implementation.as_str() {
+            "nomade" => child::<Nomade>(trace, args.runs, args.limit),
+            "yrs" => child::<Yrs>(trace, args.runs, args.limit),
+            "automerge" => child::<Automerge>(trace, args.runs, args.limit),
+            other => panic!("unknown implementation {other}"),
+        }
+        return;
+    }
+    println!(
+        "bench-peers: best of {} run(s); yrs {}, automerge {}",
+        args.runs, YRS_VERSION, AUTOMERGE_VERSION
+    );
+    let mut report = Vec::new();
+    let mut table = Vec::new();
+    for (name, file) in TRACES {
+        let keys = keystrokes(&load(file));
+        let mut results = Vec::new();
+        for implementation in IMPLS {
+            let m = run_child(name, implementation, args.runs, None);
+            results.push((implementation, m));
+        }
+        let ns = |m: &Measured| m.secs * 1e9 / keys as f64;
+        let nomade = ns(&results[0].1);
+        let fastest_peer = results[1..]
+            .iter()
+            .map(|(_, m)| ns(m))
+            .fold(f64::INFINITY, f64::min);
+        let ratio = nomade / fastest_peer;
+        for (implementation, m) in &results {
+            table.push(format!(
+                "{name:<16} {implementation:<10} {keys:>8} {:>8} {:>12.0} {:>10.1} {:>10} {:>8.2}",
+                m.updates,
+                ns(m),
+                m.secs * 1e3,
+                m.mem_mib.map_or("-".to_string(), |x| format!("{x:.1}")),
+                ns(m) / fastest_peer,
+            ));
+        }
+        report.push(serde_json::json!({
+            "trace": name,
+            "keystrokes": keys,
+            "results": results.iter().map(|(implementation, m)| serde_json::json!({
+                "impl": implementation,
+                "ns_per_keystroke": ns(m),
+                "total_ms": m.secs * 1e3,
+                "updates": m.updates,
+                "apply_peak_rss_growth_mib": m.mem_mib,
+            })).collect::<Vec<_>>(),
+            "nomade_ratio_to_fastest_peer": ratio,
+        }));
+    }
+    println!(
+        "\n{:<16} {:<10} {:>8} {:>8} {:>12} {:>10} {:>10} {:>8}",
+        "trace", "impl", "keys", "updates", "ns/keystroke", "total ms", "mem MiB", "vs peer"
+    );
+    for row in &table {
+        println!("{row}");
+    }
+    println!("(vs peer: time / fastest of yrs and automerge; mem: peak RSS growth while applying)");
+    let json = serde_json::json!({
+        "runs": args.runs,
+        "yrs_version": YRS_VERSION,
+        "automerge_version": AUTOMERGE_VERSION,
+        "traces": report,
+    });
+    std::fs::create_dir_all(&args.out)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", args.out.display()));
+    let path = args.out.join("peers.json");
+    let text = serde_json::to_string_pretty(&json).expect("JSON of numbers and strings");
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    println!("written {}", path.display());
+}
+
+/// The versions this crate pins in its Cargo.toml.
+const YRS_VERSION: &str = "0.28.1";
+const AUTOMERGE_VERSION: &str = "0.12.0";

@@ -1,0 +1,177 @@
+//! Running an artifact transfer's state machine beside the network.
+//!
+//! The sans-IO [`Sender`] and [`Receiver`] of `nomade-artifact` do the disk
+//! and crypto work of a transfer (read and open sealed chunks on the holder;
+//! verify, seal, write and periodically `fsync` on the fetcher). Done inline
+//! on an async worker, that work and the network take turns: while a chunk is
+//! being sealed or the file synced, nothing is read from the connection and
+//! the QUIC window stalls. Here the machine runs on a blocking thread, fed by
+//! one task that reads frames and drained by one that writes them, with
+//! bounded queues between them: the three overlap, memory stays bounded by
+//! the queue lengths (a few 64 KiB chunks), and backpressure still reaches
+//! the peer through QUIC flow control.
+
+use nomade_artifact::{ArtifactError, Receiver, ReceiverEvent, Sender, SenderEvent};
+use nomade_transport::{FramedRecv, FramedSend};
+use nomade_wire::Message;
+use tokio::sync::mpsc;
+
+use crate::error::NodeError;
+use crate::sync::envelope;
+
+/// Messages queued between the network tasks and the machine's thread, each
+/// way. With 64 KiB chunks this bounds a transfer's buffers to about 1 MiB.
+const QUEUE: usize = 16;
+
+/// A transfer state machine driven by messages: both artifact sides.
+pub(crate) trait Machine: Send + 'static {
+    /// What feeding a message reports.
+    type Event: Send + 'static;
+    /// Feeds a message received from the peer.
+    fn handle_message(&mut self, msg: Message) -> Result<Self::Event, ArtifactError>;
+    /// The next message to send, if any (may read and open a chunk).
+    fn next_message(&mut self) -> Result<Option<Message>, ArtifactError>;
+    /// Whether the exchange is over and nothing is left to send.
+    fn is_finished(&self) -> bool;
+}
+
+impl Machine for Sender {
+    type Event = SenderEvent;
+    fn handle_message(&mut self, msg: Message) -> Result<SenderEvent, ArtifactError> {
+        Sender::handle_message(self, msg)
+    }
+    fn next_message(&mut self) -> Result<Option<Message>, ArtifactError> {
+        Sender::next_message(self)
+    }
+    fn is_finished(&self) -> bool {
+        Sender::is_finished(self)
+    }
+}
+
+impl Machine for Receiver {
+    type Event = ReceiverEvent;
+    fn handle_message(&mut self, msg: Message) -> Result<ReceiverEvent, ArtifactError> {
+        Receiver::handle_message(self, msg)
+    }
+    fn next_message(&mut self) -> Result<Option<Message>, ArtifactError> {
+        Receiver::next_message(self)
+    }
+    fn is_finished(&self) -> bool {
+        Receiver::is_finished(self)
+    }
+}
+
+/// What the machine's thread hands to the writing task.
+enum Out<E> {
+    Send(Message),
+    Event(E),
+}
+
+/// Sends everything the machine has queued; between two messages, takes in
+/// what the peer sent meanwhile (an ERROR or a COMPLETE must not wait behind
+/// a long run of chunks).
+fn drain<M: Machine>(
+    machine: &mut M,
+    inbox: &mut mpsc::Receiver<Message>,
+    out: &mpsc::Sender<Out<M::Event>>,
+) -> Result<bool, ArtifactError> {
+    while let Some(m) = machine.next_message()? {
+        if out.blocking_send(Out::Send(m)).is_err() {
+            return Ok(false);
+        }
+        if let Ok(msg) = inbox.try_recv() {
+            feed(machine, msg, inbox, out)?;
+        }
+    }
+    Ok(true)
+}
+
+fn feed<M: Machine>(
+    machine: &mut M,
+    msg: Message,
+    inbox: &mut mpsc::Receiver<Message>,
+    out: &mpsc::Sender<Out<M::Event>>,
+) -> Result<(), ArtifactError> {
+    match machine.handle_message(msg) {
+        Ok(event) => {
+            let _ = out.blocking_send(Out::Event(event));
+            Ok(())
+        }
+        Err(e) => {
+            // Whatever the machine queued (an ERROR for the peer) goes first.
+            let _ = drain(machine, inbox, out);
+            Err(e)
+        }
+    }
+}
+
+/// The machine's thread: feeds it, drains it, until it is finished or the
+/// peer's side ends. Returns the machine, for its final state.
+fn run_machine<M: Machine>(
+    mut machine: M,
+    mut inbox: mpsc::Receiver<Message>,
+    out: mpsc::Sender<Out<M::Event>>,
+) -> (M, Result<(), ArtifactError>) {
+    let result = (|| loop {
+        if !drain(&mut machine, &mut inbox, &out)? || machine.is_finished() {
+            return Ok(());
+        }
+        match inbox.blocking_recv() {
+            Some(msg) => feed(&mut machine, msg, &mut inbox, &out)?,
+            None => return Ok(()),
+        }
+    })();
+    (machine, result)
+}
+
+/// Runs `machine` over a stream until it is finished, the peer ends the
+/// stream, or something fails. `on_event` sees every event, on the calling
+/// task. Returns the machine (to read its final state) and the outcome.
+pub(crate) async fn drive<M: Machine>(
+    machine: M,
+    tx: &mut FramedSend,
+    rx: &mut FramedRecv,
+    mut on_event: impl FnMut(M::Event),
+) -> Result<M, NodeError> {
+    let (inbox_tx, inbox) = mpsc::channel::<Message>(QUEUE);
+    let (out, mut outbox) = mpsc::channel::<Out<M::Event>>(QUEUE);
+    let worker = tokio::task::spawn_blocking(move || run_machine(machine, inbox, out));
+    let reader = async {
+        loop {
+            tokio::select! {
+                env = rx.recv() => match env? {
+                    Some(env) => {
+                        if inbox_tx.send(env.message).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+                _ = inbox_tx.closed() => break,
+            }
+        }
+        // The peer ended its side (or the machine stopped listening): the
+        // machine's thread sees its inbox closed; the writer ends with it.
+        drop(inbox_tx);
+        std::future::pending::<Result<(), NodeError>>().await
+    };
+    let writer = async {
+        while let Some(o) = outbox.recv().await {
+            match o {
+                Out::Send(m) => tx.send(&envelope(m)).await?,
+                Out::Event(e) => on_event(e),
+            }
+        }
+        Ok::<(), NodeError>(())
+    };
+    tokio::select! {
+        r = reader => r?,
+        w = writer => w?,
+    }
+    let (machine, result) = worker.await.map_err(|e| NodeError::Peer {
+        peer: "artifact transfer".into(),
+        reason: format!("transfer thread failed: {e}"),
+    })?;
+    result?;
+    Ok(machine)
+}
