@@ -9,7 +9,7 @@
 //! the trace's `endContent`.
 //!
 //! Each (trace, implementation) runs in its own child process, so that its
-//! heap and peak memory are its own.
+//! heap is its own.
 //!
 //! Run: `cargo run --release -- [--quick] [--runs N] [--out DIR]`.
 
@@ -90,6 +90,16 @@ trait Peer: Sized {
     fn receive(receiver: &mut Self::Receiver, update: Self::Received);
     /// The receiver's text (untimed).
     fn received_text(receiver: &mut Self::Receiver) -> String;
+
+    /// Whether to also measure [`Peer::receive_all`] (one bulk call).
+    const HAS_BATCH: bool = false;
+    /// Applies all updates in one call (timed), where the implementation has
+    /// a bulk path.
+    fn receive_all(receiver: &mut Self::Receiver, updates: Vec<Self::Received>) {
+        for u in updates {
+            Self::receive(receiver, u);
+        }
+    }
 }
 
 /// Nomade: one `SyncOperation` stream per `Replica`.
@@ -148,11 +158,7 @@ impl Yrs {
     /// default `OffsetKind`).
     fn byte_range(&self, position: usize, len: usize) -> (u32, u32) {
         let s = self.text.get_string(&self.doc.transact());
-        let byte = |cp: usize| {
-            s.char_indices()
-                .nth(cp)
-                .map_or(s.len(), |(i, _)| i)
-        };
+        let byte = |cp: usize| s.char_indices().nth(cp).map_or(s.len(), |(i, _)| i);
         let (start, end) = (byte(position), byte(position + len));
         let to_u32 = |x: usize| u32::try_from(x).expect("yrs offsets are u32");
         (to_u32(start), to_u32(end - start))
@@ -305,6 +311,12 @@ impl Peer for Automerge {
             .apply_changes(std::iter::once(update))
             .expect("automerge: the receiver rejected a change");
     }
+    const HAS_BATCH: bool = true;
+    fn receive_all(receiver: &mut AutoCommit, updates: Vec<Change>) {
+        receiver
+            .apply_changes(updates)
+            .expect("automerge: the receiver rejected a batch of changes");
+    }
     fn received_text(receiver: &mut AutoCommit) -> String {
         let text = automerge_text_obj(receiver);
         receiver.text(&text).expect("automerge: text")
@@ -317,7 +329,9 @@ impl Peer for Automerge {
 /// As `traces::replay_concurrent` does for Nomade: before each transaction,
 /// its agent receives exactly the other agents' updates that the
 /// transaction's `parents` include.
-fn prepare<P: Peer>(trace: &Trace) -> Vec<P::Wire> {
+/// Also returns, for each patch in trace order, how many updates precede the
+/// end of it (so that a prefix of patches maps to a prefix of updates).
+fn prepare<P: Peer>(trace: &Trace) -> (Vec<P::Wire>, Vec<usize>) {
     assert!(
         trace.start_content.is_empty(),
         "traces with a startContent are not supported"
@@ -329,6 +343,7 @@ fn prepare<P: Peer>(trace: &Trace) -> Vec<P::Wire> {
             .iter()
             .all(|t| t.patches.iter().all(|p| p.2.is_ascii()));
     let (mut agents, mut all) = P::agents(n, ascii);
+    let mut ends = Vec::with_capacity(keystrokes(trace));
     // Each agent's own updates, and how many it had after each of its transactions.
     let mut own: Vec<Vec<P::Wire>> = vec![Vec::new(); n];
     let mut txn_end: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -373,6 +388,7 @@ fn prepare<P: Peer>(trace: &Trace) -> Vec<P::Wire> {
         for p in &txn.patches {
             let updates = agents[a].local(p);
             all.extend(updates.iter().cloned());
+            ends.push(all.len());
             own[a].extend(updates);
         }
         txn_end[a].push(own[a].len());
@@ -389,7 +405,7 @@ fn prepare<P: Peer>(trace: &Trace) -> Vec<P::Wire> {
             trace.end_content.chars().count()
         );
     }
-    all
+    (all, ends)
 }
 
 /// Cuts a sequential trace to its first `limit` patches and sets its
@@ -412,97 +428,124 @@ fn truncate(trace: &mut Trace, limit: usize) {
     trace.end_content = text.into_iter().collect();
 }
 
-/// Peak RSS (VmHWM) and current RSS (VmRSS) of this process, in KiB.
-fn rss_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+/// Applies `updates` to a fresh receiver `runs` times (stopping after the
+/// first run if it took over [`REPEAT_UNDER`]), checks the text against
+/// `expected` and returns the best time.
+fn measure<P: Peer>(
+    what: &str,
+    updates: &[P::Wire],
+    expected: &str,
+    runs: usize,
+    batch: bool,
+) -> Duration {
+    let mut best = Duration::MAX;
+    for run in 0..runs {
+        if run > 0 && best > REPEAT_UNDER {
+            break;
+        }
+        let received: Vec<P::Received> = updates.iter().map(P::receivable).collect();
+        let start = Instant::now();
+        let mut receiver = P::receiver();
+        if batch {
+            P::receive_all(&mut receiver, received);
+        } else {
+            for u in received {
+                P::receive(&mut receiver, u);
+            }
+        }
+        let elapsed = start.elapsed();
+        best = best.min(elapsed);
+        let text = P::received_text(&mut receiver);
+        if text != expected {
+            let at = text.chars().zip(expected.chars()).position(|(x, y)| x != y);
+            panic!(
+                "{what}: the receiver's text is not the expected text \
+                 ({} vs {} chars, first difference at char {at:?})",
+                text.chars().count(),
+                expected.chars().count()
+            );
+        }
+        drop(receiver);
+    }
+    best
 }
 
-/// Child process: prepares, then applies `runs` times; prints
-/// `best_secs peak_rss_delta_mib updates`.
-fn child<P: Peer>(trace_name: &str, runs: usize, limit: Option<usize>) {
+/// A run whose first repetition takes longer than this is not repeated.
+const REPEAT_UNDER: Duration = Duration::from_secs(30);
+
+/// Per-update automerge on the sequential trace applies only this many
+/// first patches: each `apply_changes` call costs time proportional to the
+/// document, so the whole trace (259,778 patches) would take hours.
+const AUTOMERGE_SEQUENTIAL_CAP: usize = 20_000;
+
+/// Child process: prepares, then measures; prints one line per mode:
+/// `mode best_secs updates keystrokes_applied capped`.
+fn child<P: Peer>(trace_name: &str, implementation: &str, runs: usize) {
     let file = TRACES
         .iter()
         .find(|(n, _)| *n == trace_name)
         .unwrap_or_else(|| panic!("unknown trace {trace_name}"))
         .1;
-    let mut trace = load(file);
-    if let Some(limit) = limit {
-        truncate(&mut trace, limit);
-    }
+    let trace = load(file);
+    let keys = keystrokes(&trace);
     let prep_start = Instant::now();
-    let updates = prepare::<P>(&trace);
+    let (updates, ends) = prepare::<P>(&trace);
     eprintln!(
-        "  {trace_name}/{}: prepared {} updates in {:.1} s",
-        std::any::type_name::<P>().rsplit("::").next().unwrap_or("?"),
+        "  {trace_name}/{implementation}: prepared {} updates in {:.1} s",
         updates.len(),
         prep_start.elapsed().as_secs_f64()
     );
-    let mut best = Duration::MAX;
-    let mut mem_mib = None;
-    for run in 0..runs {
-        let received: Vec<P::Received> = updates.iter().map(P::receivable).collect();
-        // Peak memory is measured on the first run: reset the peak (Linux
-        // clear_refs "5") and take the growth over the RSS before applying.
-        let before = if run == 0
-            && std::fs::write("/proc/self/clear_refs", "5").is_ok()
-        {
-            rss_kib("VmRSS:")
-        } else {
-            None
-        };
-        let start = Instant::now();
-        let mut receiver = P::receiver();
-        for u in received {
-            P::receive(&mut receiver, u);
-        }
-        let elapsed = start.elapsed();
-        if let (Some(before), Some(peak)) = (before, rss_kib("VmHWM:")) {
-            mem_mib = Some(peak.saturating_sub(before) as f64 / 1024.0);
-        }
-        best = best.min(elapsed);
-        let text = P::received_text(&mut receiver);
-        if text != trace.end_content {
-            let at = text
-                .chars()
-                .zip(trace.end_content.chars())
-                .position(|(x, y)| x != y);
-            panic!(
-                "{trace_name}/{}: the receiver's text is not the trace's endContent \
-                 ({} vs {} chars, first difference at char {at:?})",
-                std::any::type_name::<P>(),
-                text.chars().count(),
-                trace.end_content.chars().count()
-            );
-        }
-        drop(receiver);
+    let cap = (implementation == "automerge" && trace.num_agents == 0)
+        .then_some(AUTOMERGE_SEQUENTIAL_CAP)
+        .filter(|&c| c < keys);
+    let mut modes = vec![(implementation.to_string(), false, cap)];
+    if P::HAS_BATCH {
+        modes.push((format!("{implementation}-batch"), true, None));
     }
-    println!(
-        "{} {} {}",
-        best.as_secs_f64(),
-        mem_mib.map_or("-".to_string(), |m| format!("{m:.1}")),
-        updates.len()
-    );
+    for (mode, batch, cap) in modes {
+        let what = format!("{trace_name}/{mode}");
+        let (applied, expected, n) = match cap {
+            Some(c) => {
+                let mut prefix = load(file);
+                truncate(&mut prefix, c);
+                (&updates[..ends[c - 1]], prefix.end_content, c)
+            }
+            None => (&updates[..], trace.end_content.clone(), keys),
+        };
+        let best = measure::<P>(&what, applied, &expected, runs, batch);
+        eprintln!(
+            "  {what}: {:.3} s for {n} keystrokes{}",
+            best.as_secs_f64(),
+            if cap.is_some() { " (capped)" } else { "" }
+        );
+        println!(
+            "{mode} {} {} {n} {}",
+            best.as_secs_f64(),
+            applied.len(),
+            cap.is_some()
+        );
+    }
 }
 
-/// One measured (trace, implementation).
+/// One measured (trace, mode).
 struct Measured {
+    mode: String,
     secs: f64,
-    mem_mib: Option<f64>,
     updates: usize,
+    keystrokes: usize,
+    capped: bool,
 }
 
-fn run_child(trace: &str, implementation: &str, runs: usize, limit: Option<usize>) -> Measured {
+impl Measured {
+    fn ns_per_keystroke(&self) -> f64 {
+        self.secs * 1e9 / self.keystrokes as f64
+    }
+}
+
+fn run_child(trace: &str, implementation: &str, runs: usize) -> Vec<Measured> {
     let exe = std::env::current_exe().expect("own executable path");
-    let limit = limit.map_or("all".to_string(), |l| l.to_string());
     let out = Command::new(exe)
-        .args(["--child", trace, implementation, &runs.to_string(), &limit])
+        .args(["--child", trace, implementation, &runs.to_string()])
         .stderr(Stdio::inherit())
         .output()
         .expect("spawning the child process");
@@ -511,22 +554,26 @@ fn run_child(trace: &str, implementation: &str, runs: usize, limit: Option<usize
         "{trace}/{implementation} failed: {}",
         out.status
     );
-    let line = String::from_utf8_lossy(&out.stdout);
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(fields.len(), 3, "unexpected child output {line:?}");
-    Measured {
-        secs: fields[0].parse().expect("child seconds"),
-        mem_mib: fields[1].parse().ok(),
-        updates: fields[2].parse().expect("child update count"),
-    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(f.len(), 5, "unexpected child output {line:?}");
+            Measured {
+                mode: f[0].to_string(),
+                secs: f[1].parse().expect("child seconds"),
+                updates: f[2].parse().expect("child update count"),
+                keystrokes: f[3].parse().expect("child keystroke count"),
+                capped: f[4] == "true",
+            }
+        })
+        .collect()
 }
 
 struct Args {
     runs: usize,
     out: PathBuf,
     child: Option<(String, String)>,
-    /// Child only: apply only this many first patches.
-    limit: Option<usize>,
 }
 
 fn parse_args() -> Args {
@@ -534,7 +581,6 @@ fn parse_args() -> Args {
         runs: 3,
         out: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench"),
         child: None,
-        limit: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -549,12 +595,10 @@ fn parse_args() -> Args {
             }
             "--out" => args.out = PathBuf::from(it.next().expect("--out takes a directory")),
             "--child" => {
-                const USAGE: &str = "--child TRACE IMPL RUNS LIMIT|all";
+                const USAGE: &str = "--child TRACE IMPL RUNS";
                 let trace = it.next().expect(USAGE);
                 let implementation = it.next().expect(USAGE);
                 args.runs = it.next().and_then(|n| n.parse().ok()).expect(USAGE);
-                let limit = it.next().expect(USAGE);
-                args.limit = (limit != "all").then(|| limit.parse().expect(USAGE));
                 args.child = Some((trace, implementation));
             }
             "--bench" => {} // passed by `cargo bench`
@@ -568,9 +612,9 @@ fn main() {
     let args = parse_args();
     if let Some((trace, implementation)) = &args.child {
         match implementation.as_str() {
-            "nomade" => child::<Nomade>(trace, args.runs, args.limit),
-            "yrs" => child::<Yrs>(trace, args.runs, args.limit),
-            "automerge" => child::<Automerge>(trace, args.runs, args.limit),
+            "nomade" => child::<Nomade>(trace, "nomade", args.runs),
+            "yrs" => child::<Yrs>(trace, "yrs", args.runs),
+            "automerge" => child::<Automerge>(trace, "automerge", args.runs),
             other => panic!("unknown implementation {other}"),
         }
         return;
@@ -583,49 +627,61 @@ fn main() {
     let mut table = Vec::new();
     for (name, file) in TRACES {
         let keys = keystrokes(&load(file));
-        let mut results = Vec::new();
-        for implementation in IMPLS {
-            let m = run_child(name, implementation, args.runs, None);
-            results.push((implementation, m));
-        }
-        let ns = |m: &Measured| m.secs * 1e9 / keys as f64;
-        let nomade = ns(&results[0].1);
-        let fastest_peer = results[1..]
+        let results: Vec<Measured> = IMPLS
             .iter()
-            .map(|(_, m)| ns(m))
+            .flat_map(|implementation| run_child(name, implementation, args.runs))
+            .collect();
+        let ns_of = |mode: &str| {
+            results
+                .iter()
+                .find(|m| m.mode == mode)
+                .map(Measured::ns_per_keystroke)
+        };
+        let nomade = ns_of("nomade").expect("nomade measured");
+        // Peers as the brief defines them: one remote update at a time.
+        let fastest_peer = ["yrs", "automerge"]
+            .iter()
+            .filter_map(|m| ns_of(m))
             .fold(f64::INFINITY, f64::min);
         let ratio = nomade / fastest_peer;
-        for (implementation, m) in &results {
+        for m in &results {
             table.push(format!(
-                "{name:<16} {implementation:<10} {keys:>8} {:>8} {:>12.0} {:>10.1} {:>10} {:>8.2}",
+                "{name:<16} {:<16} {:>8}{} {:>8} {:>12.0} {:>10.1} {:>8.2}",
+                m.mode,
+                m.keystrokes,
+                if m.capped { "*" } else { " " },
                 m.updates,
-                ns(m),
+                m.ns_per_keystroke(),
                 m.secs * 1e3,
-                m.mem_mib.map_or("-".to_string(), |x| format!("{x:.1}")),
-                ns(m) / fastest_peer,
+                m.ns_per_keystroke() / fastest_peer,
             ));
         }
         report.push(serde_json::json!({
             "trace": name,
             "keystrokes": keys,
-            "results": results.iter().map(|(implementation, m)| serde_json::json!({
-                "impl": implementation,
-                "ns_per_keystroke": ns(m),
+            "results": results.iter().map(|m| serde_json::json!({
+                "impl": m.mode,
+                "ns_per_keystroke": m.ns_per_keystroke(),
                 "total_ms": m.secs * 1e3,
                 "updates": m.updates,
-                "apply_peak_rss_growth_mib": m.mem_mib,
+                "keystrokes_applied": m.keystrokes,
+                "capped": m.capped,
             })).collect::<Vec<_>>(),
             "nomade_ratio_to_fastest_peer": ratio,
         }));
     }
     println!(
-        "\n{:<16} {:<10} {:>8} {:>8} {:>12} {:>10} {:>10} {:>8}",
-        "trace", "impl", "keys", "updates", "ns/keystroke", "total ms", "mem MiB", "vs peer"
+        "\n{:<16} {:<16} {:>9} {:>8} {:>12} {:>10} {:>8}",
+        "trace", "impl", "keys", "updates", "ns/keystroke", "total ms", "vs peer"
     );
     for row in &table {
         println!("{row}");
     }
-    println!("(vs peer: time / fastest of yrs and automerge; mem: peak RSS growth while applying)");
+    println!(
+        "vs peer: ns/keystroke / fastest of yrs and automerge (one update at a time)\n\
+         *: only the first {AUTOMERGE_SEQUENTIAL_CAP} keystrokes (see README)\n\
+         automerge-batch: all changes in one apply_changes call (for information, not a peer)"
+    );
     let json = serde_json::json!({
         "runs": args.runs,
         "yrs_version": YRS_VERSION,

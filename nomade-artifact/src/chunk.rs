@@ -113,9 +113,14 @@ impl FromStr for ArtifactId {
     }
 }
 
-/// SHA-256 of one chunk (the `chunk_hash` of ARTIFACT_CHUNK).
+/// BLAKE3 of one chunk's plaintext (the `chunk_hash` of ARTIFACT_CHUNK).
+///
+/// The per-chunk hash only catches damage in transit and lets a resumed
+/// transfer trust its verified prefix; the whole artifact is still proven by
+/// its SHA-256 id. BLAKE3 does that job at several times SHA-256's speed,
+/// which matters because the fetcher hashes every byte twice.
 pub fn chunk_hash(data: &[u8]) -> Hash32 {
-    Hash32::from(<[u8; 32]>::from(Sha256::digest(data)))
+    Hash32::from(*blake3::hash(data).as_bytes())
 }
 
 /// `ceil(size / 65536)`, 0 for an empty artifact; `None` above [`MAX_ARTIFACT_SIZE`].
@@ -195,6 +200,15 @@ mod tests {
         assert_eq!(
             ArtifactId::of(b"").to_hex(),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn chunk_hash_is_blake3() {
+        // The BLAKE3 test vector for "abc".
+        assert_eq!(
+            chunk_hash(b"abc").to_hex(),
+            "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
         );
     }
 

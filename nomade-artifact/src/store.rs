@@ -4,7 +4,7 @@
 //!
 //! - `objects/<hex id>.hdr`: the header, MessagePack `{body: bin, mac: bin 32}`
 //!   where `body` is the MessagePack of the id, size, chunk count, MIME type, the
-//!   SHA-256 of every plaintext chunk and the data key wrapped for each recipient,
+//!   BLAKE3 hash of every plaintext chunk and the data key wrapped for each recipient,
 //!   and `mac` is a keyed BLAKE3 of `body` under a key derived from the data key
 //!   (so no one without the data key can alter the header unnoticed);
 //! - `objects/<hex id>.dat`: the sealed chunks back to back, chunk `i` being
@@ -44,7 +44,8 @@ use crate::chunk::{self, chunk_hash, chunk_len, ArtifactId, CHUNK_SIZE, MAX_CHUN
 use crate::error::{ArtifactError, Result};
 use crate::keys::{self, sync_dir, DataKey, DeviceKey, PublicKey, WrappedKey};
 
-const HEADER_FORMAT: u8 = 1;
+/// Version of the header layout. 2: per-chunk hashes are BLAKE3 (1 used SHA-256).
+const HEADER_FORMAT: u8 = 2;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 /// Bytes added to each chunk when sealed: nonce and tag.
@@ -863,7 +864,7 @@ impl ArtifactReader {
         &self.info
     }
 
-    /// The SHA-256 of chunk `index`'s plaintext, from the authenticated header.
+    /// The BLAKE3 hash of chunk `index`'s plaintext, from the authenticated header.
     pub fn chunk_hash(&self, index: u32) -> Option<Hash32> {
         self.chunk_hashes.get(index as usize).copied()
     }

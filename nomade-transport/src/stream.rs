@@ -47,6 +47,8 @@ pub struct FramedSend {
     role: StreamRole,
     stream: Arc<Mutex<quinn::SendStream>>,
     buf: BytesMut,
+    /// Length of the previous frame sent, to size the next buffer.
+    last_len: usize,
     limit: Option<Limit>,
 }
 
@@ -55,7 +57,8 @@ impl FramedSend {
         FramedSend {
             role,
             stream: Arc::new(Mutex::new(stream)),
-            buf: BytesMut::with_capacity(4096),
+            buf: BytesMut::new(),
+            last_len: 0,
             limit,
         }
     }
@@ -88,12 +91,17 @@ impl FramedSend {
     /// Encodes and writes one envelope, waiting first for the rate limiter
     /// (backpressure) and then for QUIC flow control.
     pub async fn send(&mut self, envelope: &Envelope) -> Result<()> {
-        self.buf.clear();
+        // Each frame is handed to quinn as it is (no copy into its send
+        // buffer), so `buf` starts afresh: sized like the previous frame, as
+        // frames on one stream tend to be alike (64 KiB chunks, full batches).
+        self.buf.reserve(self.last_len.max(256));
         envelope.encode_into(&mut self.buf)?;
+        let frame = self.buf.split().freeze();
+        self.last_len = frame.len();
         if let Some(limit) = &self.limit {
-            limit.take(self.buf.len()).await;
+            limit.take(frame.len()).await;
         }
-        self.stream.lock().await.write_all(&self.buf).await?;
+        self.stream.lock().await.write_chunk(frame).await?;
         Ok(())
     }
 

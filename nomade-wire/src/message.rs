@@ -278,7 +278,7 @@ pub struct ArtifactChunk {
     pub chunk_data: Bytes,
     /// True on the last chunk.
     pub is_final: bool,
-    /// Extension: SHA-256 of `chunk_data`, checked on arrival.
+    /// Extension: BLAKE3 digest of `chunk_data`, checked on arrival.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk_hash: Option<Hash32>,
 }
