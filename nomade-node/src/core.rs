@@ -14,7 +14,9 @@ use crate::error::NodeError;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
-/// A change applied to the local replica.
+/// A change applied to the local replica. Operations applied together on
+/// one entity by one device (a run of keystrokes arriving in one batch, say)
+/// are reported as one change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     /// The entity that changed.
@@ -235,16 +237,26 @@ impl Core {
         Metrics::add(&self.metrics.ops_applied, applied.len() as u64);
         drop(replica);
         let now = now_ms();
+        let mut last: Option<&SyncOperation> = None;
         for op in &applied {
             tracing::debug!(peer, entity = %op.entity_id, actor = %op.actor_id, counter = op.operation.counter, "applied");
             self.metrics
                 .record_latency_us(now.saturating_sub(op.timestamp).saturating_mul(1000));
-            let _ = self.changes.send(Change {
-                entity_id: op.entity_id.clone(),
-                entity_type: op.entity_type,
-                actor_id: op.actor_id.clone(),
-                remote: true,
+            // A run of operations on one entity by one device is one change.
+            let same = last.is_some_and(|l| {
+                l.entity_id == op.entity_id
+                    && l.entity_type == op.entity_type
+                    && l.actor_id == op.actor_id
             });
+            if !same {
+                let _ = self.changes.send(Change {
+                    entity_id: op.entity_id.clone(),
+                    entity_type: op.entity_type,
+                    actor_id: op.actor_id.clone(),
+                    remote: true,
+                });
+            }
+            last = Some(op);
         }
         match first_err {
             Some(e) if applied.is_empty() => Err(e.into()),

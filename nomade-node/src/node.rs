@@ -149,6 +149,10 @@ impl FrameSink for Sink {
     async fn send(&mut self, env: &Envelope) -> Result<(), NodeError> {
         Ok(self.0.send(env).await?)
     }
+
+    async fn send_frame(&mut self, frame: bytes::Bytes) -> Result<(), NodeError> {
+        Ok(self.0.send_frame(frame).await?)
+    }
 }
 
 impl FrameSource for Source {
@@ -613,7 +617,11 @@ impl Node {
                 // the two connections, which is a different one on each side,
                 // and both would close again. The larger id therefore leaves
                 // the smaller one a moment to dial first.
-                let wait = self.inner.config.min_backoff.mul_f64(1.0 + rand::random::<f64>());
+                let wait = self
+                    .inner
+                    .config
+                    .min_backoff
+                    .mul_f64(1.0 + rand::random::<f64>());
                 tokio::time::sleep(wait).await;
             }
             first = false;

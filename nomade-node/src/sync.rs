@@ -13,13 +13,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use nomade_wire::{
-    Ack, EntityType, Envelope, ErrorCode, ErrorMessage, Message, MessageId, SyncComplete,
-    SyncRequest, VersionVector,
+    Ack, BatchEncoder, EntityType, Envelope, ErrorCode, ErrorMessage, Message, MessageId,
+    SyncComplete, SyncOperation, SyncRequest, VersionVector,
 };
 use tokio::sync::watch;
 
-use crate::batch::{split_batches, MAX_BATCH_PAYLOAD};
+use crate::batch::MAX_BATCH_PAYLOAD;
 
 /// Most log entries examined per scan when pushing, so that a large backlog
 /// is sent in pieces rather than copied at once.
@@ -34,6 +35,13 @@ pub trait FrameSink: Send {
     fn send(
         &mut self,
         env: &Envelope,
+    ) -> impl std::future::Future<Output = Result<(), NodeError>> + Send;
+
+    /// Sends one frame that is already encoded (a `BATCHED_SYNC` built by
+    /// [`BatchEncoder`]).
+    fn send_frame(
+        &mut self,
+        frame: bytes::Bytes,
     ) -> impl std::future::Future<Output = Result<(), NodeError>> + Send;
 }
 
@@ -252,6 +260,45 @@ async fn handle_control(
     }
 }
 
+/// Sends `ops` (in order) in as few `BATCHED_SYNC` frames as fit the payload
+/// limit, each operation encoded once. Records what each frame covers, for
+/// its acknowledgement, and that the peer will have it. Returns the number of
+/// frames sent.
+async fn send_batches(
+    batch: &mut BatchEncoder,
+    ops: &[SyncOperation],
+    tx: &mut impl FrameSink,
+    peer_vv: &mut VersionVector,
+    unacked: &mut HashMap<MessageId, VersionVector>,
+) -> Result<usize, NodeError> {
+    let mut frames = 0;
+    let mut covered = VersionVector::new();
+    let mut buf = BytesMut::new();
+    let mut i = 0;
+    while i < ops.len() {
+        let op = &ops[i];
+        let added = batch.push(op)?;
+        if added {
+            let e = covered.entry(op.actor_id.clone()).or_insert(0);
+            *e = (*e).max(op.operation.counter);
+            i += 1;
+        }
+        if !added || i == ops.len() {
+            let id = new_message_id();
+            batch.finish_frame(id, now_ms(), &mut buf)?;
+            // The peer will have these: later scans skip them.
+            for (actor, &c) in &covered {
+                let e = peer_vv.entry(actor.clone()).or_insert(0);
+                *e = (*e).max(c);
+            }
+            unacked.insert(id, std::mem::take(&mut covered));
+            tx.send_frame(buf.split().freeze()).await?;
+            frames += 1;
+        }
+    }
+    Ok(frames)
+}
+
 /// Runs the pusher side: answers the peer's `SYNC_REQUEST`, then pushes new
 /// operations as they are stored, until the stream or the node ends.
 pub async fn push(
@@ -291,28 +338,13 @@ pub async fn push(
     // Frames sent and not yet acknowledged, with what each one carries.
     let mut unacked: HashMap<MessageId, VersionVector> = HashMap::new();
     let mut initial_count = 0usize;
+    let mut batch = BatchEncoder::new(MAX_BATCH_PAYLOAD);
     loop {
         appended.borrow_and_update();
         let (ops, next, more) = core.ops_after(cursor, &peer_vv, SCAN_LIMIT)?;
         cursor = next;
         if !ops.is_empty() {
-            let batches = split_batches(&ops, MAX_BATCH_PAYLOAD)?;
-            let frames = batches.len();
-            for batch in batches {
-                let mut covered = VersionVector::new();
-                for op in &batch.operations {
-                    let e = covered.entry(op.actor_id.clone()).or_insert(0);
-                    *e = (*e).max(op.operation.counter);
-                }
-                // The peer will have these: later scans skip them.
-                for (actor, &c) in &covered {
-                    let e = peer_vv.entry(actor.clone()).or_insert(0);
-                    *e = (*e).max(c);
-                }
-                let env = envelope(batch);
-                unacked.insert(env.message_id, covered);
-                tx.send(&env).await?;
-            }
+            let frames = send_batches(&mut batch, &ops, tx, &mut peer_vv, &mut unacked).await?;
             Metrics::add(&core.metrics().ops_sent, ops.len() as u64);
             if !initial_done {
                 initial_count += ops.len();

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use nomade_wire::{
     Decoder, Envelope, ErrorCode, ErrorMessage, Limits, MessageId, StreamHeader, StreamRole,
 };
@@ -98,6 +98,14 @@ impl FramedSend {
         envelope.encode_into(&mut self.buf)?;
         let frame = self.buf.split().freeze();
         self.last_len = frame.len();
+        self.send_frame(frame).await
+    }
+
+    /// Writes one frame encoded elsewhere (for example by
+    /// [`nomade_wire::BatchEncoder`]), under the same rate limit as
+    /// [`FramedSend::send`]. The caller vouches that `frame` is one whole,
+    /// valid frame.
+    pub async fn send_frame(&mut self, frame: Bytes) -> Result<()> {
         if let Some(limit) = &self.limit {
             limit.take(frame.len()).await;
         }

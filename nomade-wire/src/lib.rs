@@ -40,6 +40,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod batch;
 mod bytes_fixed;
 mod error;
 mod frame;
@@ -48,6 +49,7 @@ pub mod samples;
 mod stream;
 mod value;
 
+pub use batch::BatchEncoder;
 pub use bytes_fixed::{FixedBytes, Hash32, MessageId};
 pub use error::{DecodeError, EncodeError};
 pub use frame::{

@@ -1,0 +1,270 @@
+//! Packing operations into `BATCHED_SYNC` frames, encoding each one once.
+//!
+//! A pusher with a backlog sends its operations as `BATCHED_SYNC` frames that
+//! fit the peer's payload limit. Building a [`BatchedSync`] and encoding it
+//! would encode every operation twice (once to learn whether it still fits,
+//! once in the frame) and copy each one into the batch. [`BatchEncoder`]
+//! appends each operation's encoding to the payload being built, so the
+//! frame it writes is byte for byte the frame of the equivalent
+//! [`Envelope`](crate::Envelope), at half the cost.
+
+use bytes::{BufMut, BytesMut};
+
+use crate::error::EncodeError;
+use crate::frame::{CHECKSUM_LEN, HEADER_LEN, PROTOCOL_VERSION};
+use crate::message::SyncOperation;
+use crate::{MessageId, MessageType};
+
+/// The payload's map header and its one key, `"operations"`.
+const PAYLOAD_PREFIX: &[u8] = b"\x81\xaaoperations";
+
+/// Length of the canonical MessagePack array header for `n` elements.
+fn array_header_len(n: usize) -> usize {
+    match n {
+        0..=15 => 1,
+        16..=0xffff => 3,
+        _ => 5,
+    }
+}
+
+/// Builds `BATCHED_SYNC` frames whose payloads stay within a limit.
+///
+/// ```
+/// use nomade_wire::{BatchEncoder, CrdtOperation, Edit, EntityType, Envelope, Message, MessageId, SyncOperation, Value};
+///
+/// let op = SyncOperation {
+///     entity_id: "trip".into(),
+///     entity_type: EntityType::Document,
+///     operation: CrdtOperation {
+///         counter: 1,
+///         deps: Default::default(),
+///         edit: Edit::Set { key: "title".into(), value: Value::String("Lisbon".into()) },
+///     },
+///     timestamp: 0,
+///     actor_id: "laptop".into(),
+/// };
+/// let mut batch = BatchEncoder::new(65_536);
+/// assert!(batch.push(&op)?);
+/// let mut frame = bytes::BytesMut::new();
+/// batch.finish_frame(MessageId::default(), 0, &mut frame)?;
+/// let Message::BatchedSync(decoded) = Envelope::decode(&frame)?.message else { unreachable!() };
+/// assert_eq!(decoded.operations, vec![op]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct BatchEncoder {
+    max_payload: usize,
+    ops: BytesMut,
+    count: usize,
+}
+
+impl BatchEncoder {
+    /// An empty batch whose frames carry payloads of at most `max_payload`
+    /// bytes (use the peer's limit, normally
+    /// [`DEFAULT_MAX_PAYLOAD`](crate::DEFAULT_MAX_PAYLOAD)).
+    pub fn new(max_payload: usize) -> Self {
+        BatchEncoder {
+            max_payload,
+            ops: BytesMut::new(),
+            count: 0,
+        }
+    }
+
+    /// Operations in the batch being built.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether the batch being built is empty.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn payload_len(&self, ops_len: usize, count: usize) -> usize {
+        PAYLOAD_PREFIX.len() + array_header_len(count) + ops_len
+    }
+
+    /// Adds `op` if the payload still fits; returns `false` (and leaves the
+    /// batch as it was) when it does not, so the caller can write the frame
+    /// and push `op` into the next one. An operation too large for a frame
+    /// of its own is [`EncodeError::PayloadTooLarge`].
+    pub fn push(&mut self, op: &SyncOperation) -> Result<bool, EncodeError> {
+        let before = self.ops.len();
+        let mut w = (&mut self.ops).writer();
+        rmp_serde::encode::write_named(&mut w, op).map_err(|e| {
+            self.ops.truncate(before);
+            EncodeError::Serialize(e.to_string())
+        })?;
+        let op_len = self.ops.len() - before;
+        let alone = self.payload_len(op_len, 1);
+        if alone > self.max_payload {
+            self.ops.truncate(before);
+            return Err(EncodeError::PayloadTooLarge {
+                len: alone,
+                max: self.max_payload,
+            });
+        }
+        if self.payload_len(self.ops.len(), self.count + 1) > self.max_payload {
+            self.ops.truncate(before);
+            return Ok(false);
+        }
+        self.count += 1;
+        Ok(true)
+    }
+
+    /// Appends the `BATCHED_SYNC` frame of the operations pushed so far to
+    /// `dst` and empties the batch.
+    pub fn finish_frame(
+        &mut self,
+        message_id: MessageId,
+        timestamp: i64,
+        dst: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        let payload_len = self.payload_len(self.ops.len(), self.count);
+        let len32 = u32::try_from(payload_len).map_err(|_| EncodeError::PayloadTooLarge {
+            len: payload_len,
+            max: u32::MAX as usize,
+        })?;
+        dst.reserve(HEADER_LEN + payload_len + CHECKSUM_LEN);
+        dst.put_u8(PROTOCOL_VERSION);
+        dst.put_u16(MessageType::BatchedSync.code());
+        dst.put_slice(message_id.as_bytes());
+        dst.put_i64(timestamp);
+        dst.put_u32(len32);
+        let payload_start = dst.len();
+        dst.put_slice(PAYLOAD_PREFIX);
+        let mut w = (&mut *dst).writer();
+        // `count` fits a u32: each operation takes at least one byte of a
+        // payload whose length fits a u32.
+        rmp::encode::write_array_len(&mut w, self.count as u32)
+            .map_err(|e| EncodeError::Serialize(e.to_string()))?;
+        dst.put_slice(&self.ops);
+        let checksum = blake3::hash(&dst[payload_start..]);
+        dst.put_slice(checksum.as_bytes());
+        self.ops.clear();
+        self.count = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BatchedSync, CrdtOperation, Edit, EntityType, Envelope, Value};
+    use proptest::prelude::*;
+
+    fn op(counter: u64, value_len: usize) -> SyncOperation {
+        SyncOperation {
+            entity_id: format!("doc-{}", counter % 7),
+            entity_type: EntityType::Document,
+            operation: CrdtOperation {
+                counter,
+                deps: [("dev-a".to_string(), counter.saturating_sub(1))].into(),
+                edit: Edit::Set {
+                    key: "body".into(),
+                    value: Value::String("x".repeat(value_len)),
+                },
+            },
+            timestamp: 1,
+            actor_id: "dev-a".into(),
+        }
+    }
+
+    /// Packs `ops` into as many frames as needed, as a pusher does.
+    fn pack(ops: &[SyncOperation], max: usize) -> Vec<(Vec<SyncOperation>, BytesMut)> {
+        let mut enc = BatchEncoder::new(max);
+        let mut out = Vec::new();
+        let mut current = Vec::new();
+        for o in ops {
+            if !enc.push(o).unwrap() {
+                let mut frame = BytesMut::new();
+                enc.finish_frame(MessageId::default(), 7, &mut frame)
+                    .unwrap();
+                out.push((std::mem::take(&mut current), frame));
+                assert!(enc.push(o).unwrap());
+            }
+            current.push(o.clone());
+        }
+        if !enc.is_empty() {
+            let mut frame = BytesMut::new();
+            enc.finish_frame(MessageId::default(), 7, &mut frame)
+                .unwrap();
+            out.push((current, frame));
+        }
+        out
+    }
+
+    proptest! {
+        /// Every frame is exactly the frame of the equivalent envelope, fits
+        /// the limit, and the frames carry every operation in order.
+        #[test]
+        fn frames_equal_the_envelope_encoding(
+            sizes in proptest::collection::vec(0usize..3000, 0..120),
+            max in 2_000usize..20_000,
+        ) {
+            let ops: Vec<_> = sizes.iter().enumerate().map(|(i, &n)| op(i as u64 + 1, n.min(max - 200))).collect();
+            let mut all = Vec::new();
+            for (batch, frame) in pack(&ops, max) {
+                let expected = Envelope::new(MessageId::default(), 7, BatchedSync { operations: batch.clone() })
+                    .to_bytes()
+                    .unwrap();
+                prop_assert_eq!(&frame[..], &expected[..]);
+                prop_assert!(frame.len() - HEADER_LEN - CHECKSUM_LEN <= max);
+                all.extend(batch);
+            }
+            prop_assert_eq!(all, ops);
+        }
+    }
+
+    #[test]
+    fn array_headers_change_size_at_16_and_65536_elements() {
+        // Tiny operations, so that the 16- and 32-bit array headers appear.
+        let ops: Vec<_> = (1..=70_000).map(|c| op(c, 0)).collect();
+        for n in [15usize, 16, 65_535, 65_536, 70_000] {
+            let mut enc = BatchEncoder::new(usize::MAX >> 1);
+            for o in &ops[..n] {
+                assert!(enc.push(o).unwrap());
+            }
+            let mut frame = BytesMut::new();
+            enc.finish_frame(MessageId::default(), 0, &mut frame)
+                .unwrap();
+            let expected = Envelope::new(
+                MessageId::default(),
+                0,
+                BatchedSync {
+                    operations: ops[..n].to_vec(),
+                },
+            )
+            .to_bytes()
+            .unwrap();
+            assert!(frame[..] == expected[..], "{n} operations");
+        }
+    }
+
+    #[test]
+    fn an_operation_too_large_for_a_frame_is_refused_and_changes_nothing() {
+        let mut enc = BatchEncoder::new(1_000);
+        assert!(enc.push(&op(1, 10)).unwrap());
+        assert!(matches!(
+            enc.push(&op(2, 2_000)),
+            Err(EncodeError::PayloadTooLarge { .. })
+        ));
+        // A full batch says so and keeps what it has.
+        assert!(!enc.push(&op(3, 850)).unwrap());
+        assert_eq!(enc.len(), 1);
+        let mut frame = BytesMut::new();
+        enc.finish_frame(MessageId::default(), 0, &mut frame)
+            .unwrap();
+        assert!(enc.is_empty());
+        let expected = Envelope::new(
+            MessageId::default(),
+            0,
+            BatchedSync {
+                operations: vec![op(1, 10)],
+            },
+        )
+        .to_bytes()
+        .unwrap();
+        assert!(frame[..] == expected[..]);
+    }
+}
