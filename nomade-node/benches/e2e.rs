@@ -22,10 +22,10 @@ use nomade_wire::{EntityType, StreamHeader, StreamRole, Value};
 
 const MIB: u64 = 1 << 20;
 
-fn config(name: &str) -> NodeConfig {
+fn limited_config(name: &str, rate_limits: RateLimits) -> NodeConfig {
     NodeConfig {
         device_name: name.into(),
-        rate_limits: RateLimits::OFF,
+        rate_limits,
         ..NodeConfig::default()
     }
 }
@@ -100,9 +100,9 @@ fn write_pattern(path: &Path, len: u64) {
     f.flush().unwrap();
 }
 
-async fn two_nodes(dir: &Path) -> (Node, Node) {
-    let a = Node::open(&dir.join("a"), config("a")).unwrap();
-    let b = Node::open(&dir.join("b"), config("b")).unwrap();
+async fn two_nodes(dir: &Path, limits: RateLimits) -> (Node, Node) {
+    let a = Node::open(&dir.join("a"), limited_config("a", limits)).unwrap();
+    let b = Node::open(&dir.join("b"), limited_config("b", limits)).unwrap();
     let addr_a = a.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
     b.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
     a.add_peer(b.device_id(), "b", &[]).unwrap();
@@ -113,11 +113,11 @@ async fn two_nodes(dir: &Path) -> (Node, Node) {
 
 /// Puts an artifact on A and fetches it on B; returns MiB/s of the fetch
 /// (read and decrypt on A, QUIC, verify, seal and write on B).
-async fn artifact_mib_per_sec(bytes: u64) -> f64 {
+async fn artifact_mib_per_sec(bytes: u64, limits: RateLimits) -> f64 {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src.bin");
     write_pattern(&src, bytes);
-    let (a, b) = two_nodes(tmp.path()).await;
+    let (a, b) = two_nodes(tmp.path(), limits).await;
     let id = a.put_artifact(&src, None).unwrap();
     let start = Instant::now();
     b.fetch_artifact(&a.device_id(), id, |_| {}).await.unwrap();
@@ -156,10 +156,10 @@ fn artifact_peak_rss_mib(bytes: u64) -> f64 {
 /// Full sync: A holds `ops` operations over `docs` documents; B joins.
 /// Returns operations per second applied (durably) on B, and UDP bytes
 /// received by B per operation.
-async fn full_sync(ops: usize, docs: usize) -> (f64, f64) {
+async fn full_sync(ops: usize, docs: usize, limits: RateLimits) -> FullSync {
     let tmp = tempfile::tempdir().unwrap();
-    let a = Node::open(&tmp.path().join("a"), config("a")).unwrap();
-    let b = Node::open(&tmp.path().join("b"), config("b")).unwrap();
+    let a = Node::open(&tmp.path().join("a"), limited_config("a", limits)).unwrap();
+    let b = Node::open(&tmp.path().join("b"), limited_config("b", limits)).unwrap();
     for start in (0..ops).step_by(10_000) {
         let edits = (start..(start + 10_000).min(ops))
             .map(|i| {
@@ -184,16 +184,35 @@ async fn full_sync(ops: usize, docs: usize) -> (f64, f64) {
     }
     let secs = start.elapsed().as_secs_f64();
     assert_eq!(a.state_hash(), b.state_hash());
-    let bytes = b.status().metrics.bytes_received as f64;
+    let m = b.status().metrics;
     a.shutdown().await;
     b.shutdown().await;
-    (ops as f64 / secs, bytes / ops as f64)
+    FullSync {
+        ops_per_sec: ops as f64 / secs,
+        bytes_per_op: m.bytes_received as f64 / ops as f64,
+        frames_per_sec: m.sync_frames_received as f64 / secs,
+        secs,
+    }
+}
+
+/// The rate after the limiter's initial burst (one second's worth of tokens).
+fn beyond_burst(total: f64, rate: f64, secs: f64) -> f64 {
+    (total - rate) / secs
+}
+
+/// What a full sync measured.
+struct FullSync {
+    ops_per_sec: f64,
+    bytes_per_op: f64,
+    /// Frames carrying operations received per second (what the limit counts).
+    frames_per_sec: f64,
+    secs: f64,
 }
 
 /// Live sync latency: one operation at a time, created on A, applied on B.
 async fn latency(n: usize) -> (f64, f64) {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = two_nodes(tmp.path()).await;
+    let (a, b) = two_nodes(tmp.path(), RateLimits::OFF).await;
     b.wait_initial_sync(&a.device_id(), Duration::from_secs(10))
         .await
         .unwrap();
@@ -224,7 +243,10 @@ fn main() {
         .build()
         .unwrap();
     if let Ok(bytes) = std::env::var("NOMADE_BENCH_RSS_CHILD") {
-        rt.block_on(artifact_mib_per_sec(bytes.parse().unwrap()));
+        rt.block_on(artifact_mib_per_sec(
+            bytes.parse().unwrap(),
+            RateLimits::OFF,
+        ));
         println!("{}", peak_rss_kib());
         return;
     }
@@ -232,9 +254,17 @@ fn main() {
     let (bulk, rss_bytes, ops, docs, lat_n) = if quick {
         (64 * MIB, 128 * MIB, 20_000, 200, 500)
     } else {
-        (512 * MIB, 1024 * MIB, 1_000_000, 10_000, 10_000)
+        (1024 * MIB, 1024 * MIB, 1_000_000, 10_000, 10_000)
     };
-    // `--only sync` (or `artifact`, `latency`) runs one part, for profiling.
+    // With the protocol's default limits: 100 sync frames/s, 10 MB/s of
+    // artifacts, each with a burst of one second's worth; the sizes make the
+    // transfers last well beyond the burst.
+    let (limited_ops, limited_bytes) = if quick {
+        (60_000, 24 * MIB)
+    } else {
+        (300_000, 64 * MIB)
+    };
+    // `--only sync` (or `artifact`, `latency`, `limited`) runs one part, for profiling.
     let args: Vec<String> = std::env::args().collect();
     let only = args
         .iter()
@@ -244,24 +274,40 @@ fn main() {
     let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
     if only.is_some() {
         if run("artifact") {
-            let art = rt.block_on(artifact_mib_per_sec(bulk));
+            let art = rt.block_on(artifact_mib_per_sec(bulk, RateLimits::OFF));
             println!("e2e: artifact {art:.0} MiB/s");
         }
         if run("sync") {
-            let (ops_per_sec, bytes_per_op) = rt.block_on(full_sync(ops, docs));
-            println!("e2e: full sync {ops_per_sec:.0} ops/s, {bytes_per_op:.0} bytes/op");
+            let f = rt.block_on(full_sync(ops, docs, RateLimits::OFF));
+            println!(
+                "e2e: full sync {:.0} ops/s, {:.0} bytes/op, {:.0} frames/s",
+                f.ops_per_sec, f.bytes_per_op, f.frames_per_sec
+            );
         }
         if run("latency") {
             let (p50, p99) = rt.block_on(latency(lat_n));
             println!("e2e: latency p50 {p50:.2} ms, p99 {p99:.2} ms");
         }
+        if run("limited") {
+            let f = rt.block_on(full_sync(limited_ops, 100, RateLimits::default()));
+            let art = rt.block_on(artifact_mib_per_sec(limited_bytes, RateLimits::default()));
+            println!(
+                "e2e: default limits: sync {:.0} ops/s in {:.0} frames/s, artifact {:.2} MB/s",
+                f.ops_per_sec,
+                f.frames_per_sec,
+                art * MIB as f64 / 1e6
+            );
+        }
         return;
     }
     let raw = rt.block_on(raw_quinn_mib_per_sec(bulk));
-    let art = rt.block_on(artifact_mib_per_sec(bulk));
+    let art = rt.block_on(artifact_mib_per_sec(bulk, RateLimits::OFF));
     let rss = artifact_peak_rss_mib(rss_bytes);
-    let (ops_per_sec, bytes_per_op) = rt.block_on(full_sync(ops, docs));
+    let sync = rt.block_on(full_sync(ops, docs, RateLimits::OFF));
+    let (ops_per_sec, bytes_per_op) = (sync.ops_per_sec, sync.bytes_per_op);
     let (p50, p99) = rt.block_on(latency(lat_n));
+    let limited = rt.block_on(full_sync(limited_ops, 100, RateLimits::default()));
+    let limited_art = rt.block_on(artifact_mib_per_sec(limited_bytes, RateLimits::default()));
     let report = serde_json::json!({
         "quick": quick,
         "raw_quinn_mib_per_sec": raw,
@@ -272,11 +318,27 @@ fn main() {
         "peak_rss_artifact_bytes": rss_bytes,
         "full_sync_ops": ops,
         "full_sync_docs": docs,
+        "full_sync_secs": sync.secs,
         "full_sync_ops_per_sec": ops_per_sec,
         "full_sync_bytes_per_op": bytes_per_op,
+        "full_sync_frames_per_sec": sync.frames_per_sec,
         "latency_samples": lat_n,
         "latency_p50_ms": p50,
         "latency_p99_ms": p99,
+        "default_limits": {
+            "sync_ops": limited_ops,
+            "sync_ops_per_sec": limited.ops_per_sec,
+            "sync_frames_per_sec": limited.frames_per_sec,
+            "sync_frames_per_sec_limit": nomade_transport::ratelimit::DEFAULT_SYNC_OPS_PER_SEC,
+            "sync_frames_per_sec_beyond_burst": beyond_burst(
+                limited.frames_per_sec * limited.secs,
+                f64::from(nomade_transport::ratelimit::DEFAULT_SYNC_OPS_PER_SEC),
+                limited.secs
+            ),
+            "artifact_bytes": limited_bytes,
+            "artifact_bytes_per_sec": limited_art * MIB as f64,
+            "artifact_bytes_per_sec_limit": nomade_transport::ratelimit::DEFAULT_ARTIFACT_BYTES_PER_SEC,
+        },
     });
     println!(
         "e2e: raw quinn {raw:.0} MiB/s, artifact {art:.0} MiB/s (ratio {:.2}), peak RSS {rss:.0} MiB for a {} MiB artifact",
@@ -284,7 +346,21 @@ fn main() {
         rss_bytes / MIB
     );
     println!(
-        "e2e: full sync of {ops} ops over {docs} docs: {ops_per_sec:.0} ops/s, {bytes_per_op:.0} bytes/op on the wire; live latency p50 {p50:.2} ms, p99 {p99:.2} ms ({lat_n} ops)"
+        "e2e: full sync of {ops} ops over {docs} docs: {ops_per_sec:.0} ops/s ({:.1} s), {bytes_per_op:.0} bytes/op on the wire; live latency p50 {p50:.2} ms, p99 {p99:.2} ms ({lat_n} ops)",
+        sync.secs
+    );
+    println!(
+        "e2e: with the default limits: sync {:.0} ops/s in {:.0} frames/s, {:.0} beyond the initial burst (limit {}), artifact {:.2} MB/s (limit {:.0} MB/s)",
+        limited.ops_per_sec,
+        limited.frames_per_sec,
+        beyond_burst(
+            limited.frames_per_sec * limited.secs,
+            f64::from(nomade_transport::ratelimit::DEFAULT_SYNC_OPS_PER_SEC),
+            limited.secs
+        ),
+        nomade_transport::ratelimit::DEFAULT_SYNC_OPS_PER_SEC,
+        limited_art * MIB as f64 / 1e6,
+        nomade_transport::ratelimit::DEFAULT_ARTIFACT_BYTES_PER_SEC as f64 / 1e6
     );
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/e2e.json");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();

@@ -32,6 +32,9 @@ pub struct Metrics {
     pub ops_applied: AtomicU64,
     /// Operations sent to peers.
     pub ops_sent: AtomicU64,
+    /// Frames carrying operations received from peers (a `BATCHED_SYNC`
+    /// carries many): what the sync rate limit counts.
+    pub sync_frames_received: AtomicU64,
     /// Bytes sent on all streams.
     pub bytes_sent: AtomicU64,
     /// Bytes received on all streams.
@@ -50,6 +53,7 @@ impl Default for Metrics {
             started: Instant::now(),
             ops_applied: AtomicU64::new(0),
             ops_sent: AtomicU64::new(0),
+            sync_frames_received: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             artifact_bytes_received: AtomicU64::new(0),
@@ -70,6 +74,8 @@ pub struct MetricsSnapshot {
     pub ops_applied: u64,
     /// Operations sent to peers.
     pub ops_sent: u64,
+    /// Frames carrying operations received from peers.
+    pub sync_frames_received: u64,
     /// Operations applied per second since start.
     pub ops_applied_per_sec: f64,
     /// Bytes sent.
@@ -138,6 +144,7 @@ impl Metrics {
             uptime_secs: uptime,
             ops_applied,
             ops_sent: self.ops_sent.load(Ordering::Relaxed),
+            sync_frames_received: self.sync_frames_received.load(Ordering::Relaxed),
             ops_applied_per_sec: ops_applied as f64 / uptime,
             bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
             bytes_received,
@@ -174,6 +181,11 @@ impl MetricsSnapshot {
                 "nomade_ops_sent_total",
                 "Operations sent to peers",
                 self.ops_sent,
+            ),
+            (
+                "nomade_sync_frames_received_total",
+                "Frames carrying operations received from peers",
+                self.sync_frames_received,
             ),
             ("nomade_bytes_sent_total", "Bytes sent", self.bytes_sent),
             (
@@ -247,6 +259,10 @@ mod tests {
         m.record_error("SYNC_OPERATION");
         let text = m.snapshot().to_prometheus();
         assert!(text.contains("nomade_ops_applied_total 7"), "{text}");
+        assert!(
+            text.contains("nomade_sync_frames_received_total 0"),
+            "{text}"
+        );
         assert!(
             text.contains("nomade_errors_total{type=\"SYNC_OPERATION\"} 2"),
             "{text}"

@@ -151,6 +151,7 @@ pub async fn pull(
                     }
                 }
                 ids.push(env.message_id);
+                Metrics::add(&core.metrics().sync_frames_received, 1);
             }
             apply_and_ack(&core, &peer, tx, ops, ids).await?;
         }

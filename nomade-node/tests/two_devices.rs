@@ -193,6 +193,10 @@ async fn presence_heartbeats_and_metrics_are_reported() {
     wait_for(|| b.state_hash() == a.state_hash(), "sync").await;
     let m = b.metrics().snapshot();
     assert!(m.ops_applied >= 20, "{m:?}");
+    assert!(
+        m.sync_frames_received >= 1 && m.sync_frames_received <= m.ops_applied,
+        "{m:?}"
+    );
     let http = nomade_node::metrics_http::serve(b.clone(), "127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("serve");

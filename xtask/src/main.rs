@@ -317,6 +317,24 @@ fn bench(quick: bool) -> Result<()> {
         c.args(["--warm-up-time", "1", "--measurement-time", "2"]);
     }
     run("benchmarks", &mut c)?;
+    // Nomade's text beside yrs and automerge: a crate of its own (its own
+    // workspace and lock file), so that the test build never compiles them.
+    let mut peers = cargo();
+    peers.args([
+        "run",
+        "--release",
+        "--manifest-path",
+        "bench-peers/Cargo.toml",
+        "--target-dir",
+        "target/peers",
+        "--",
+        "--out",
+        "target/bench",
+    ]);
+    if quick {
+        peers.arg("--quick");
+    }
+    run("text replay beside yrs and automerge", &mut peers)?;
     report_ratios()
 }
 
@@ -357,9 +375,9 @@ fn report_ratios() -> Result<()> {
         }
     }
     std::fs::create_dir_all("target/bench")?;
-    // The end-to-end and CRDT bench binaries write their own figures; gather them.
+    // The end-to-end, CRDT and peer bench binaries write their own figures; gather them.
     let mut report = serde_json::json!({ "criterion": rows });
-    for name in ["e2e", "crdt"] {
+    for name in ["e2e", "crdt", "peers"] {
         if let Ok(text) = std::fs::read_to_string(format!("target/bench/{name}.json")) {
             report[name] = serde_json::from_str(&text)?;
         }
