@@ -300,13 +300,15 @@ fn main() {
         }
         return;
     }
-    let raw = rt.block_on(raw_quinn_mib_per_sec(bulk));
-    let art = rt.block_on(artifact_mib_per_sec(bulk, RateLimits::OFF));
-    let rss = artifact_peak_rss_mib(rss_bytes);
+    // Sync first: after the artifact runs, the kernel is still writing
+    // gigabytes of their files back to disk, which slows every commit's fsync.
     let sync = rt.block_on(full_sync(ops, docs, RateLimits::OFF));
     let (ops_per_sec, bytes_per_op) = (sync.ops_per_sec, sync.bytes_per_op);
     let (p50, p99) = rt.block_on(latency(lat_n));
     let limited = rt.block_on(full_sync(limited_ops, 100, RateLimits::default()));
+    let raw = rt.block_on(raw_quinn_mib_per_sec(bulk));
+    let art = rt.block_on(artifact_mib_per_sec(bulk, RateLimits::OFF));
+    let rss = artifact_peak_rss_mib(rss_bytes);
     let limited_art = rt.block_on(artifact_mib_per_sec(limited_bytes, RateLimits::default()));
     let report = serde_json::json!({
         "quick": quick,

@@ -1,6 +1,54 @@
 //! # nomade-node
 //!
-//! A running Nomade device (under construction).
+//! A running Nomade device: the other crates composed into what an app embeds
+//! and what the `nomade` program runs.
+//!
+//! A [`Node`] owns a data directory (a redb database holding the operation
+//! log and the paired devices, and the encrypted artifact store), a QUIC
+//! endpoint, and one session per connected peer. Local edits are durable when
+//! the call returns; they are pushed to every connected peer at once, and a
+//! peer acknowledges operations only after storing them, so a crash on
+//! either side loses nothing that was acknowledged.
+//!
+//! - [`Node`]: open, edit, read, subscribe, pair, connect, fetch artifacts.
+//! - [`core`]: the replica and its store, without any networking.
+//! - [`sync`]: the sync flows (pull, push, acknowledgements) over any framed
+//!   channel.
+//! - [`handshake`]: `HELLO` / `HELLO_ACK` and version checks.
+//! - [`store`]: the redb database.
+//! - [`metrics`] and [`metrics_http`]: counters, the latency histogram, and
+//!   the Prometheus endpoint.
+//! - [`cli`] and [`demo`]: the `nomade` program.
+//!
+//! ```
+//! use std::time::Duration;
+//! use nomade_node::{Node, NodeConfig};
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let laptop = Node::open(&dir.path().join("laptop"), NodeConfig::default())?;
+//! let phone = Node::open(&dir.path().join("phone"), NodeConfig::default())?;
+//!
+//! // Edits work offline and are durable on return.
+//! laptop.set("trip", "title", "Lisbon")?;
+//!
+//! // Online: pair with a short code, then the phone catches up.
+//! let addr = laptop.start("127.0.0.1:0".parse()?).await?;
+//! phone.start("127.0.0.1:0".parse()?).await?;
+//! let code = laptop.pairing_code()?;
+//! let peer = phone.pair_with(addr, &code).await?;
+//! phone.wait_initial_sync(&peer, Duration::from_secs(10)).await?;
+//! assert_eq!(phone.state_hash(), laptop.state_hash());
+//! assert_eq!(
+//!     phone.document("trip").and_then(|d| d.get("title").cloned()),
+//!     Some("Lisbon".into())
+//! );
+//! laptop.shutdown().await;
+//! phone.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
