@@ -428,17 +428,19 @@ impl Replica {
         Ok(())
     }
 
-    /// Receives a remote operation. Returns the operations applied as a result,
-    /// in order: none for a duplicate or an operation that must wait for its
-    /// dependencies, possibly several when it unblocks buffered ones.
+    /// Receives a remote operation. Returns how many operations were applied
+    /// as a result: none for a duplicate or an operation that must wait for
+    /// its dependencies, possibly several when it unblocks buffered ones.
+    /// Those are the last entries of [`log`](Self::log), in the order they
+    /// were applied (a store persists them from there, without a copy).
     ///
     /// An invalid operation is refused with an error and changes nothing.
-    pub fn apply_remote(&mut self, op: SyncOperation) -> Result<Vec<SyncOperation>, CrdtError> {
+    pub fn apply_remote(&mut self, op: SyncOperation) -> Result<usize, CrdtError> {
         self.validate_shape(&op)?;
         let known = self.vv.get(&op.actor_id).copied().unwrap_or(0);
         let counter = op.operation.counter;
         if counter <= known {
-            return Ok(Vec::new()); // duplicate
+            return Ok(0); // duplicate
         }
         if counter - known > self.config.max_buffered as u64 {
             return Err(CrdtError::CounterJump {
@@ -450,7 +452,7 @@ impl Replica {
         if !self.is_ready(&op) {
             let waiting = self.buffer.entry(op.actor_id.clone()).or_default();
             if waiting.contains_key(&counter) {
-                return Ok(Vec::new());
+                return Ok(0);
             }
             if self.buffered >= self.config.max_buffered {
                 return Err(CrdtError::BufferFull {
@@ -459,13 +461,11 @@ impl Replica {
             }
             waiting.insert(counter, op);
             self.buffered += 1;
-            return Ok(Vec::new());
+            return Ok(0);
         }
         self.check_applicable(&op)?;
-        let mut applied = vec![op.clone()];
         self.apply_ready(op);
-        self.drain_buffer(&mut applied);
-        Ok(applied)
+        Ok(1 + self.drain_buffer())
     }
 
     fn is_ready(&self, op: &SyncOperation) -> bool {
@@ -475,7 +475,9 @@ impl Replica {
             .all(|(actor, &c)| self.vv.get(actor).copied().unwrap_or(0) >= c)
     }
 
-    fn drain_buffer(&mut self, applied: &mut Vec<SyncOperation>) {
+    /// Applies every buffered operation that became ready; returns how many.
+    fn drain_buffer(&mut self) -> usize {
+        let mut applied = 0;
         loop {
             let mut progressed = false;
             let actors: Vec<String> = self.buffer.keys().cloned().collect();
@@ -510,14 +512,14 @@ impl Replica {
                         // nothing: a corrupt operation. Drop it.
                         continue;
                     }
-                    self.apply_ready(op.clone());
-                    applied.push(op);
+                    self.apply_ready(op);
+                    applied += 1;
                     progressed = true;
                 }
             }
             self.buffer.retain(|_, w| !w.is_empty());
             if !progressed {
-                break;
+                return applied;
             }
         }
     }

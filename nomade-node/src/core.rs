@@ -136,10 +136,12 @@ impl Core {
         self.changes.subscribe()
     }
 
-    /// Stores `ops` durably or, if that fails, rebuilds the replica from the
-    /// store so that memory never runs ahead of the disk.
-    fn persist(&self, replica: &mut Replica, ops: &[SyncOperation]) -> Result<(), NodeError> {
-        match self.store.append_ops(ops) {
+    /// Stores the replica's log entries from `start` on (the operations just
+    /// applied) durably or, if that fails, rebuilds the replica from the store
+    /// so that memory never runs ahead of the disk.
+    fn persist(&self, replica: &mut Replica, start: usize) -> Result<(), NodeError> {
+        let log = replica.log();
+        match self.store.append_ops(&log[start.min(log.len())..]) {
             Ok(seq) => {
                 self.appended.send_replace(seq);
                 Ok(())
@@ -172,6 +174,7 @@ impl Core {
         edits: Vec<(EntityType, String, LocalEdit)>,
     ) -> Result<Vec<SyncOperation>, NodeError> {
         let mut replica = self.replica();
+        let start = replica.log().len();
         let mut ops = Vec::new();
         let mut changed = Vec::with_capacity(edits.len());
         let mut failure = None;
@@ -199,7 +202,7 @@ impl Core {
             }
             return Err(e);
         }
-        self.persist(&mut replica, &ops)?;
+        self.persist(&mut replica, start)?;
         drop(replica);
         for (entity_type, entity_id) in changed {
             let _ = self.changes.send(Change {
@@ -217,28 +220,26 @@ impl Core {
     /// how many were applied. Only then may they be acknowledged.
     pub fn apply_remote(&self, peer: &str, ops: Vec<SyncOperation>) -> Result<usize, NodeError> {
         let mut replica = self.replica();
-        let mut applied = Vec::new();
+        let start = replica.log().len();
         let mut first_err = None;
         for op in ops {
-            match replica.apply_remote(op) {
-                Ok(now) => applied.extend(now),
-                Err(e) => {
-                    self.metrics.record_error("SYNC_OPERATION");
-                    tracing::warn!(peer, error = %e, "refused an operation");
-                    first_err.get_or_insert(e);
-                }
+            if let Err(e) = replica.apply_remote(op) {
+                self.metrics.record_error("SYNC_OPERATION");
+                tracing::warn!(peer, error = %e, "refused an operation");
+                first_err.get_or_insert(e);
             }
         }
-        if !applied.is_empty() {
-            self.persist(&mut replica, &applied)?;
+        // What was applied is the log's tail, in the order applied.
+        let applied = replica.log().len() - start;
+        if applied > 0 {
+            self.persist(&mut replica, start)?;
         }
         // Counted while the replica is still locked: whoever sees the new
         // state also sees it in the metrics.
-        Metrics::add(&self.metrics.ops_applied, applied.len() as u64);
-        drop(replica);
+        Metrics::add(&self.metrics.ops_applied, applied as u64);
         let now = now_ms();
         let mut last: Option<&SyncOperation> = None;
-        for op in &applied {
+        for op in &replica.log()[start..] {
             tracing::debug!(peer, entity = %op.entity_id, actor = %op.actor_id, counter = op.operation.counter, "applied");
             self.metrics
                 .record_latency_us(now.saturating_sub(op.timestamp).saturating_mul(1000));
@@ -258,9 +259,10 @@ impl Core {
             }
             last = Some(op);
         }
+        drop(replica);
         match first_err {
-            Some(e) if applied.is_empty() => Err(e.into()),
-            _ => Ok(applied.len()),
+            Some(e) if applied == 0 => Err(e.into()),
+            _ => Ok(applied),
         }
     }
 

@@ -1,10 +1,16 @@
 //! The node's durable state: a redb database in the data directory.
 //!
 //! Tables:
-//! - `ops`: arrival sequence number -> MessagePack `SyncOperation`. Arrival
-//!   order is a causal order (an operation is stored only once it was applied),
-//!   so replaying the table in key order rebuilds the replica, and scanning it
-//!   from a cursor yields what a subscriber has not yet seen.
+//! - `ops`: the operation log. Each operation has an arrival sequence number
+//!   (1, 2, ...). Arrival order is a causal order (an operation is stored only
+//!   once it was applied), so replaying the log in order rebuilds the replica,
+//!   and scanning it from a cursor yields what a subscriber has not yet seen.
+//!   Each row holds the *run* of operations stored by one append, keyed by the
+//!   sequence number of its first: a `0x00` byte, the run's length (u32,
+//!   big-endian), then each operation's MessagePack, one after the other. A
+//!   sync that applies thousands of operations in one transaction writes one
+//!   row, not thousands. (A row not starting with `0x00` is one operation's
+//!   MessagePack, as an older version wrote; it is still read.)
 //! - `peers`: device id -> MessagePack [`PeerRecord`].
 //! - `meta`: small settings (device name).
 //!
@@ -33,6 +39,57 @@ pub struct PeerRecord {
     pub name: Option<String>,
     /// Addresses it can be reached at, best first.
     pub addresses: Vec<String>,
+}
+
+/// First byte of a row holding a run of operations.
+const RUN_MARKER: u8 = 0x00;
+
+fn corrupt_op(seq: u64, what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        what: format!("operation {seq}: {what}"),
+    }
+}
+
+/// How many operations the row keyed `first` holds.
+fn run_len(first: u64, row: &[u8]) -> Result<u64, StoreError> {
+    match row {
+        [RUN_MARKER, a, b, c, d, ..] => match u32::from_be_bytes([*a, *b, *c, *d]) {
+            0 => Err(corrupt_op(first, "empty run")),
+            n => Ok(u64::from(n)),
+        },
+        [RUN_MARKER, ..] => Err(corrupt_op(first, "truncated run header")),
+        _ => Ok(1),
+    }
+}
+
+/// Decodes the row keyed `first`, calling `f` with each operation and its
+/// sequence number until it breaks.
+fn decode_run(
+    first: u64,
+    row: &[u8],
+    mut f: impl FnMut(u64, SyncOperation) -> ControlFlow<()>,
+) -> Result<(), StoreError> {
+    let count = run_len(first, row)?;
+    let mut rest = if row.first() == Some(&RUN_MARKER) {
+        &row[5..]
+    } else {
+        row
+    };
+    for i in 0..count {
+        let seq = first + i;
+        let op: SyncOperation =
+            rmp_serde::decode::from_read(&mut rest).map_err(|e| corrupt_op(seq, e))?;
+        if f(seq, op).is_break() {
+            return Ok(());
+        }
+    }
+    if !rest.is_empty() {
+        return Err(corrupt_op(
+            first,
+            format!("{} bytes after the run", rest.len()),
+        ));
+    }
+    Ok(())
 }
 
 fn db_err<E: Into<redb::Error>>(e: E) -> StoreError {
@@ -73,27 +130,34 @@ impl Store {
         Ok(Store { db })
     }
 
-    /// Durably appends operations (already applied to the replica) in order.
-    /// Returns the sequence number of the last one.
+    /// Durably appends operations (already applied to the replica) in order,
+    /// as one run. Returns the sequence number of the last one.
     pub fn append_ops(&self, ops: &[SyncOperation]) -> Result<u64, StoreError> {
+        let Some(count) = u32::try_from(ops.len()).ok().filter(|&n| n > 0) else {
+            return match ops.len() {
+                0 => self.last_seq(),
+                n => Err(StoreError::Encode(format!("{n} operations in one append"))),
+            };
+        };
+        let mut row = Vec::with_capacity(5 + 128 * ops.len());
+        row.push(RUN_MARKER);
+        row.extend_from_slice(&count.to_be_bytes());
+        for op in ops {
+            rmp_serde::encode::write_named(&mut row, op)
+                .map_err(|e| StoreError::Encode(e.to_string()))?;
+        }
         let txn = self.db.begin_write().map_err(db_err)?;
-        let last;
-        {
+        let first = {
             let mut table = txn.open_table(OPS).map_err(db_err)?;
-            let mut next = match table.last().map_err(db_err)? {
-                Some((k, _)) => k.value() + 1,
+            let first = match table.last().map_err(db_err)? {
+                Some((k, v)) => k.value() + run_len(k.value(), v.value())?,
                 None => 1,
             };
-            for op in ops {
-                let bytes =
-                    rmp_serde::to_vec_named(op).map_err(|e| StoreError::Encode(e.to_string()))?;
-                table.insert(next, bytes.as_slice()).map_err(db_err)?;
-                next += 1;
-            }
-            last = next - 1;
-        }
+            table.insert(first, row.as_slice()).map_err(db_err)?;
+            first
+        };
         txn.commit().map_err(db_err)?;
-        Ok(last)
+        Ok(first + u64::from(count) - 1)
     }
 
     /// Calls `f` with every stored operation whose sequence number is above
@@ -105,14 +169,23 @@ impl Store {
     ) -> Result<(), StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(OPS).map_err(db_err)?;
-        let start = after.saturating_add(1);
+        let wanted = after.saturating_add(1);
+        // The run holding `wanted` starts at or before it.
+        let start = match table.range(..=wanted).map_err(db_err)?.next_back() {
+            Some(entry) => entry.map_err(db_err)?.0.value(),
+            None => wanted,
+        };
         for entry in table.range(start..).map_err(db_err)? {
             let (k, v) = entry.map_err(db_err)?;
-            let op: SyncOperation =
-                rmp_serde::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
-                    what: format!("operation {}: {e}", k.value()),
-                })?;
-            if f(k.value(), op).is_break() {
+            let first = k.value();
+            let mut flow = ControlFlow::Continue(());
+            decode_run(first, v.value(), |seq, op| {
+                if seq >= wanted {
+                    flow = f(seq, op);
+                }
+                flow
+            })?;
+            if flow.is_break() {
                 break;
             }
         }
@@ -123,8 +196,11 @@ impl Store {
     pub fn last_seq(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(OPS).map_err(db_err)?;
-        let last = table.last().map_err(db_err)?.map(|(k, _)| k.value());
-        Ok(last.unwrap_or(0))
+        let last = match table.last().map_err(db_err)? {
+            Some((k, v)) => k.value() + run_len(k.value(), v.value())? - 1,
+            None => 0,
+        };
+        Ok(last)
     }
 
     /// Records (or replaces) a paired device.
@@ -256,6 +332,94 @@ mod tests {
         );
         assert_eq!(all[2].1, op(3));
         assert_eq!(collect(&store, 2).len(), 1);
+    }
+
+    /// Writes a row as it is, bypassing `append_ops`.
+    fn put_row(store: &Store, key: u64, row: &[u8]) {
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(OPS).unwrap().insert(key, row).unwrap();
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn runs_are_scanned_from_any_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("node.redb")).unwrap();
+        assert_eq!(store.append_ops(&[op(1), op(2), op(3)]).unwrap(), 3);
+        assert_eq!(store.append_ops(&[]).unwrap(), 3);
+        assert_eq!(store.append_ops(&[op(4)]).unwrap(), 4);
+        assert_eq!(store.append_ops(&[op(5), op(6)]).unwrap(), 6);
+        assert_eq!(store.last_seq().unwrap(), 6);
+        for after in 0..=7u64 {
+            let got = collect(&store, after);
+            let expected: Vec<u64> = (after + 1..=6).collect();
+            assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), expected);
+            for (seq, o) in got {
+                assert_eq!(o, op(seq), "sequence number {seq} is operation {seq}");
+            }
+        }
+        // Stopping early stops inside a run.
+        let mut seen = Vec::new();
+        store
+            .scan_ops(1, |seq, _| {
+                seen.push(seq);
+                if seq == 2 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .unwrap();
+        assert_eq!(seen, vec![2]);
+    }
+
+    #[test]
+    fn rows_of_one_operation_from_older_versions_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("node.redb")).unwrap();
+        put_row(&store, 1, &rmp_serde::to_vec_named(&op(1)).unwrap());
+        put_row(&store, 2, &rmp_serde::to_vec_named(&op(2)).unwrap());
+        assert_eq!(store.last_seq().unwrap(), 2);
+        assert_eq!(store.append_ops(&[op(3), op(4)]).unwrap(), 4);
+        let all = collect(&store, 0);
+        assert_eq!(all.len(), 4);
+        for (seq, o) in all {
+            assert_eq!(o, op(seq));
+        }
+    }
+
+    // BAD_INPUTS #31: damaged rows are typed errors, never a panic.
+    #[test]
+    fn damaged_runs_are_typed_errors() {
+        let run_of = |ops: &[SyncOperation], count: u32| {
+            let mut row = vec![RUN_MARKER];
+            row.extend_from_slice(&count.to_be_bytes());
+            for o in ops {
+                row.extend(rmp_serde::to_vec_named(o).unwrap());
+            }
+            row
+        };
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("truncated header", vec![RUN_MARKER, 0, 0]),
+            ("empty run", run_of(&[], 0)),
+            ("fewer operations than announced", run_of(&[op(1)], 2)),
+            ("bytes after the run", {
+                let mut r = run_of(&[op(1)], 1);
+                r.push(0xc0);
+                r
+            }),
+            ("garbage", vec![RUN_MARKER, 0, 0, 0, 1, 0xc1, 0xff]),
+        ];
+        for (what, row) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&dir.path().join("node.redb")).unwrap();
+            put_row(&store, 1, &row);
+            let scanned = store.scan_ops(0, |_, _| ControlFlow::Continue(()));
+            assert!(
+                matches!(scanned, Err(StoreError::Corrupt { .. })),
+                "{what}: {scanned:?}"
+            );
+        }
     }
 
     #[test]

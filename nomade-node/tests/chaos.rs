@@ -544,7 +544,10 @@ async fn h_cut_in_the_middle_of_a_full_sync() {
         let dir = tempfile::tempdir().expect("tempdir");
         let a = device(dir.path(), "a", FaultPlan::default()).await;
         let b = device(dir.path(), "b", FaultPlan::default()).await;
-        a.bulk("bulk-a", 20_000);
+        // Far more than the receiver's apply queue (64 frames, about 19,000
+        // operations) and QUIC's windows hold, so that the cut finds most of
+        // the backlog still on the holder.
+        a.bulk("bulk-a", 100_000);
         link(&b, &a);
         let (ida, idb) = (a.node.device_id(), b.node.device_id());
         let me = ida.to_string();
