@@ -94,10 +94,12 @@ impl Document {
             },
         };
         self.fields.apply(op);
-        self.write_counters
-            .entry(actor.to_string())
-            .or_default()
-            .push(counter);
+        match self.write_counters.get_mut(actor) {
+            Some(counters) => counters.push(counter),
+            None => {
+                self.write_counters.insert(actor.to_string(), vec![counter]);
+            }
+        }
     }
 
     /// Applies a field removal whose causal dependencies are all applied.

@@ -101,6 +101,16 @@ impl Entity {
 /// with the same id, so concurrent creation can never conflict on type.
 pub type EntityKey = (EntityType, String);
 
+/// Sets `actor`'s entry of `vv`, cloning the name only for a new actor.
+fn set_counter(vv: &mut VersionVector, actor: &str, counter: u64) {
+    match vv.get_mut(actor) {
+        Some(c) => *c = counter,
+        None => {
+            vv.insert(actor.to_string(), counter);
+        }
+    }
+}
+
 /// The Lamport number of an operation: one more than the sum of its deps.
 /// Grows along causality, so an element's order key exceeds that of every
 /// element it was inserted after.
@@ -554,10 +564,14 @@ impl Replica {
                 .then_with(|| a.id.offset.cmp(&b.id.offset))
                 .is_gt()
         };
-        self.entity_vv
-            .entry(key.clone())
-            .or_default()
-            .insert(op.actor_id.clone(), counter);
+        // The common case (a known entity, a known actor) allocates nothing.
+        match self.entity_vv.get_mut(&key) {
+            Some(vv) => set_counter(vv, &op.actor_id, counter),
+            None => {
+                let vv = VersionVector::from([(op.actor_id.clone(), counter)]);
+                self.entity_vv.insert(key.clone(), vv);
+            }
+        }
         let entity = self
             .entities
             .entry(key)
@@ -597,7 +611,7 @@ impl Replica {
             _ => Ok(0),
         };
         debug_assert!(result.is_ok(), "checked before apply: {result:?}");
-        self.vv.insert(op.actor_id.clone(), counter);
+        set_counter(&mut self.vv, &op.actor_id, counter);
         self.log.push(op);
     }
 
