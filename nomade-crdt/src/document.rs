@@ -102,6 +102,17 @@ impl Document {
         }
     }
 
+    /// The text field `field`, created empty if it does not exist yet (the
+    /// name is cloned only then).
+    pub(crate) fn text_mut(&mut self, field: &str) -> &mut Sequence<char> {
+        if !self.texts.contains_key(field) {
+            self.texts.insert(field.to_string(), Sequence::default());
+        }
+        self.texts
+            .get_mut(field)
+            .expect("inserted just above when missing")
+    }
+
     /// Applies a field removal whose causal dependencies are all applied.
     pub(crate) fn delete(&mut self, deps: &VersionVector, key: String) {
         let clock = self.projected_clock(deps);

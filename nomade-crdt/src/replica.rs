@@ -593,12 +593,10 @@ impl Replica {
                 Ok(0)
             }
             (Edit::InsertText { field, text, .. }, Entity::Document(d)) => d
-                .texts
-                .entry(field.clone())
-                .or_default()
+                .text_mut(field)
                 .insert(after_eid.as_ref(), first, lamport, text.chars(), greater),
             (Edit::Remove { field: Some(f), .. }, Entity::Document(d)) => {
-                d.texts.entry(f.clone()).or_default().remove(&target_eids)
+                d.text_mut(f).remove(&target_eids)
             }
             (Edit::Insert { values, .. }, Entity::Conversation(s)) => s.insert(
                 after_eid.as_ref(),
