@@ -185,13 +185,40 @@ fn decode_payload<T: DeserializeOwned + Serialize>(
     if !rest.is_empty() {
         return Err(DecodeError::TrailingBytes { extra: rest.len() });
     }
-    // One canonical encoding: what we would have written must be what we read.
-    let mut again = BytesMut::with_capacity(payload.len());
-    write_payload(&value, &mut again).map_err(|_| DecodeError::NonCanonical { message: name })?;
-    if again[..] != *payload {
+    // One canonical encoding: what we would have written must be what we
+    // read. Compared as it is written, without building a copy.
+    let mut check = SameBytes {
+        expected: payload,
+        pos: 0,
+    };
+    let same =
+        rmp_serde::encode::write_named(&mut check, &value).is_ok() && check.pos == payload.len();
+    if !same {
         return Err(DecodeError::NonCanonical { message: name });
     }
     Ok(value)
+}
+
+/// A writer that only checks that the bytes written are `expected`, and fails
+/// at the first difference.
+struct SameBytes<'a> {
+    expected: &'a [u8],
+    pos: usize,
+}
+
+impl std::io::Write for SameBytes<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let end = self.pos + buf.len();
+        if self.expected.get(self.pos..end) != Some(buf) {
+            return Err(std::io::Error::other("not the bytes received"));
+        }
+        self.pos = end;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// One protocol message with its envelope fields.
