@@ -97,7 +97,9 @@ fn write_pattern(path: &Path, len: u64) {
         f.write_all(&buf[..n]).unwrap();
         left -= n as u64;
     }
-    f.flush().unwrap();
+    // On disk before anything is timed: otherwise the kernel writes this
+    // source back while the transfer runs, and the transfer pays for it.
+    f.into_inner().unwrap().sync_all().unwrap();
 }
 
 async fn two_nodes(dir: &Path, limits: RateLimits) -> (Node, Node) {
