@@ -84,6 +84,32 @@ async fn pair_by_code_sync_both_ways_and_move_an_artifact() {
     phone.export_artifact(&id, &out).expect("export");
     assert_eq!(std::fs::read(&out).expect("read"), data);
 
+    // An id the laptop does not hold: a typed error, nothing kept, and the
+    // connection goes on serving the next fetch.
+    let unknown = nomade_artifact::ArtifactId::of(b"never stored anywhere");
+    match phone.fetch_artifact(&peer, unknown, |_| {}).await {
+        Err(nomade_node::NodeError::Artifact(nomade_artifact::ArtifactError::Peer {
+            code,
+            ..
+        })) => assert_eq!(code, nomade_wire::ErrorCode::ARTIFACT_NOT_FOUND),
+        other => panic!("expected ARTIFACT_NOT_FOUND, got {other:?}"),
+    }
+    assert!(!phone.artifacts().has(&unknown));
+    assert!(!phone.artifacts().has_partial(&unknown));
+    let big: Vec<u8> = (0..400_000u32).map(|i| (i * 13 % 253) as u8).collect();
+    let big_file = dir.path().join("big.bin");
+    std::fs::write(&big_file, &big).expect("write");
+    let big_id = laptop.put_artifact(&big_file, None).expect("put");
+    assert!(!phone.artifacts().has(&big_id));
+    let mut last = None;
+    phone
+        .fetch_artifact(&peer, big_id, |p| last = Some(*p))
+        .await
+        .expect("fetch after a refused one");
+    let last = last.expect("progress reported");
+    assert_eq!((last.bytes_done, last.bytes_total), (400_000, 400_000));
+    assert_eq!(last.chunks_done, last.chunks_total);
+
     // A live edit reaches the other side.
     phone
         .splice_text("trip", "notes", 0, 0, "Please ")
