@@ -422,6 +422,47 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever bytes a row holds (random, or a valid run with bytes
+        /// flipped, cut or appended), decoding it gives operations or a
+        /// `Corrupt` error: never a panic, and never more operations than the
+        /// run announces.
+        #[test]
+        fn any_row_decodes_or_is_corrupt(
+            random in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            n in 1u64..5,
+            flip in proptest::prelude::any::<(usize, u8)>(),
+            cut in proptest::prelude::any::<usize>(),
+        ) {
+            let mut valid = vec![RUN_MARKER];
+            valid.extend_from_slice(&(n as u32).to_be_bytes());
+            for c in 1..=n {
+                valid.extend(rmp_serde::to_vec_named(&op(c)).unwrap());
+            }
+            let mut flipped = valid.clone();
+            let i = flip.0 % flipped.len();
+            flipped[i] ^= flip.1;
+            let cut_short = valid[..cut % valid.len()].to_vec();
+            let mut longer = valid.clone();
+            longer.extend_from_slice(&random);
+            for row in [random.clone(), flipped, cut_short, longer, valid] {
+                let mut seqs = Vec::new();
+                let result = decode_run(7, &row, |seq, _| {
+                    seqs.push(seq);
+                    ControlFlow::Continue(())
+                });
+                match result {
+                    Ok(()) => {
+                        let len = run_len(7, &row).unwrap_or(0);
+                        proptest::prop_assert_eq!(seqs, (7..7 + len).collect::<Vec<_>>());
+                    }
+                    Err(StoreError::Corrupt { .. }) => {}
+                    Err(other) => proptest::prop_assert!(false, "unexpected error {:?}", other),
+                }
+            }
+        }
+    }
+
     #[test]
     fn peers_are_recorded_and_forgotten() {
         let dir = tempfile::tempdir().unwrap();
