@@ -41,10 +41,11 @@ fn main() -> Result<()> {
         Some("fuzz") => fuzz(secs_arg(&args[1..], 60)?),
         Some("bench") => bench(args.iter().any(|a| a == "--quick")),
         Some("layering") => layering(),
+        Some("spec") => spec_check(),
         Some("chaos") => chaos(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--fuzz-secs N] | fuzz [--secs N] | bench [--quick] | layering | chaos [--seeds N] [--secs S]>"
+                "usage: cargo xtask <test [--fuzz-secs N] | fuzz [--secs N] | bench [--quick] | layering | spec | chaos [--seeds N] [--secs S]>"
             );
             std::process::exit(2)
         }
@@ -210,38 +211,64 @@ fn spec_check() -> Result<()> {
     if !script.exists() {
         bail!("{} is missing", script.display());
     }
-    let py = if have("python3", "--version") {
-        "python3"
-    } else {
-        "python"
-    };
-    let has_libs = Command::new(py)
-        .args(["-c", "import msgpack, blake3"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !has_libs {
-        let pip = |extra: &[&str]| {
-            let mut c = Command::new(py);
-            c.args(["-m", "pip", "install", "--quiet"])
-                .args(extra)
-                .args(["msgpack", "blake3"]);
-            c
-        };
-        // A system Python may refuse global installs: fall back to the user's site.
-        if run("install python msgpack + blake3", &mut pip(&[])).is_err() {
-            run(
-                "install python msgpack + blake3 (user site)",
-                &mut pip(&["--user"]),
-            )?;
-        }
-    }
+    let py = python_with_spec_libs()?;
     run(
         "spec check (independent Python decoder)",
-        Command::new(py)
+        Command::new(&py)
             .arg(script)
             .arg("nomade-wire/tests/vectors.json"),
     )
+}
+
+/// A Python interpreter that can import msgpack and blake3: `$PYTHON` (or
+/// `python3`) if it already can, otherwise a private virtual environment in
+/// `target/spec-venv` with both installed there. A virtual environment works
+/// where the system Python refuses `pip install` (Debian's "externally
+/// managed" interpreter); on Debian, `python3-venv` is installed first if
+/// the interpreter lacks it and this runs as root.
+fn python_with_spec_libs() -> Result<PathBuf> {
+    let system = std::env::var_os("PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let can_import = |py: &Path| {
+        Command::new(py)
+            .args(["-c", "import msgpack, blake3"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if can_import(&system) {
+        return Ok(system);
+    }
+    let venv = Path::new("target/spec-venv");
+    let venv_py = venv.join("bin/python");
+    if !venv_py.exists() {
+        let mut make = Command::new(&system);
+        make.args(["-m", "venv"]).arg(venv);
+        if run("create target/spec-venv", &mut make).is_err() {
+            if !have("apt-get", "--version") {
+                bail!(
+                    "{} cannot create a virtual environment; install its venv module",
+                    system.display()
+                );
+            }
+            run(
+                "install python3-venv",
+                Command::new("apt-get").args(["install", "-y", "python3-venv"]),
+            )?;
+            run(
+                "create target/spec-venv",
+                Command::new(&system).args(["-m", "venv"]).arg(venv),
+            )?;
+        }
+    }
+    if !can_import(&venv_py) {
+        run(
+            "install python msgpack + blake3 (target/spec-venv)",
+            Command::new(&venv_py).args(["-m", "pip", "install", "--quiet", "msgpack", "blake3"]),
+        )?;
+    }
+    Ok(venv_py)
 }
 
 fn ensure_cargo_fuzz() -> Result<()> {
