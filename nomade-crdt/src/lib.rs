@@ -58,4 +58,4 @@ pub use delta::{from_delta, to_delta};
 pub use document::Tagged;
 pub use error::CrdtError;
 pub use oplog::{MemoryOpLog, OpLog, RestoreError};
-pub use replica::{lamport, EntityKey, LocalEdit, Replica, ReplicaConfig};
+pub use replica::{lamport, raise_counter, EntityKey, LocalEdit, Replica, ReplicaConfig};

@@ -101,10 +101,11 @@ impl Entity {
 /// with the same id, so concurrent creation can never conflict on type.
 pub type EntityKey = (EntityType, String);
 
-/// Sets `actor`'s entry of `vv`, cloning the name only for a new actor.
-fn set_counter(vv: &mut VersionVector, actor: &str, counter: u64) {
+/// Raises `actor`'s entry of `vv` to at least `counter`, cloning the actor's
+/// name only when it is new to `vv` (so the common case allocates nothing).
+pub fn raise_counter(vv: &mut VersionVector, actor: &str, counter: u64) {
     match vv.get_mut(actor) {
-        Some(c) => *c = counter,
+        Some(c) => *c = (*c).max(counter),
         None => {
             vv.insert(actor.to_string(), counter);
         }
@@ -566,7 +567,7 @@ impl Replica {
         };
         // The common case (a known entity, a known actor) allocates nothing.
         match self.entity_vv.get_mut(&key) {
-            Some(vv) => set_counter(vv, &op.actor_id, counter),
+            Some(vv) => raise_counter(vv, &op.actor_id, counter),
             None => {
                 let vv = VersionVector::from([(op.actor_id.clone(), counter)]);
                 self.entity_vv.insert(key.clone(), vv);
@@ -609,7 +610,7 @@ impl Replica {
             _ => Ok(0),
         };
         debug_assert!(result.is_ok(), "checked before apply: {result:?}");
-        set_counter(&mut self.vv, &op.actor_id, counter);
+        raise_counter(&mut self.vv, &op.actor_id, counter);
         self.log.push(op);
     }
 

@@ -168,10 +168,7 @@ pub(crate) async fn drive<M: Machine>(
         r = reader => r?,
         w = writer => w?,
     }
-    let (machine, result) = worker.await.map_err(|e| NodeError::Peer {
-        peer: "artifact transfer".into(),
-        reason: format!("transfer thread failed: {e}"),
-    })?;
+    let (machine, result) = worker.await?;
     result?;
     Ok(machine)
 }

@@ -11,6 +11,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::batch::check_op_size;
 use crate::error::NodeError;
+use crate::lock;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -101,9 +102,7 @@ impl Core {
     }
 
     pub(crate) fn replica(&self) -> MutexGuard<'_, Replica> {
-        // Every mutation of the replica is one call that leaves it consistent,
-        // so a lock poisoned by a panic elsewhere still guards a valid replica.
-        self.replica.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.replica)
     }
 
     /// This device's id (its actor id in operations).
@@ -296,17 +295,16 @@ impl Core {
 
     /// Records that `peer` acknowledged (durably stored) the operations `vv` covers.
     pub fn record_ack(&self, peer: &str, vv: &VersionVector) {
-        let mut acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
+        let mut acked = lock(&self.acked);
         let entry = acked.entry(peer.to_string()).or_default();
         for (actor, &c) in vv {
-            let e = entry.entry(actor.clone()).or_insert(0);
-            *e = (*e).max(c);
+            nomade_crdt::raise_counter(entry, actor, c);
         }
     }
 
     /// What `peer` has acknowledged so far in this process's lifetime.
     pub fn acked_by(&self, peer: &str) -> VersionVector {
-        let acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
+        let acked = lock(&self.acked);
         acked.get(peer).cloned().unwrap_or_default()
     }
 

@@ -49,6 +49,11 @@ pub enum NodeError {
     /// The artifact layer failed.
     #[error(transparent)]
     Artifact(#[from] nomade_artifact::ArtifactError),
+    /// A background task of the node (applying operations, running an
+    /// artifact transfer) panicked or was cancelled; nothing it was doing was
+    /// acknowledged.
+    #[error("a background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     /// A peer broke the protocol or reported an error.
     #[error("peer {peer}: {reason}")]
     Peer {

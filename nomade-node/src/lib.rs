@@ -69,4 +69,15 @@ pub mod store;
 pub mod sync;
 
 pub use error::NodeError;
+
+/// Locks `mutex`, recovering it if a panic elsewhere poisoned it. Every
+/// update the node makes under one of its locks (the replica, the session
+/// map, presence, status) is a single call that leaves the value consistent,
+/// so a poisoned lock still guards valid data, and one panicking task must
+/// not take the whole device down with it.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 pub use node::{Node, NodeConfig, NodeStatus, PeerPresence, PeerStatus};

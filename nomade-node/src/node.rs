@@ -28,6 +28,7 @@ use crate::artifact_io;
 use crate::core::{now_ms, Change, Core};
 use crate::error::NodeError;
 use crate::handshake::{self, HandshakeError, LocalInfo};
+use crate::lock;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::store::PeerRecord;
 use crate::sync::{self, envelope, FrameSink, FrameSource, SyncSummary};
@@ -419,8 +420,8 @@ impl Node {
         let Some(s) = sessions.get(peer) else {
             return PeerPresence::default();
         };
-        let liveness = s.liveness.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let (update, beat) = s.presence.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let liveness = lock(&s.liveness).clone();
+        let (update, beat) = lock(&s.presence).clone();
         let online = s.conn.close_reason().is_none() && liveness.is_online(Instant::now());
         PeerPresence {
             online,
@@ -434,20 +435,14 @@ impl Node {
 
     /// Announces a new presence to connected peers.
     pub fn set_presence(&self, status: PresenceStatus, message: Option<String>) {
-        *self.inner.status.lock().unwrap_or_else(|e| e.into_inner()) =
-            PresenceUpdate { status, message };
+        *lock(&self.inner.status) = PresenceUpdate { status, message };
         self.inner.session_events.send_modify(|n| *n += 1);
     }
 
     // ----- networking -----------------------------------------------------
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Session>> {
-        // Each update of the map is a single insert or remove, so a lock
-        // poisoned by a panic elsewhere still guards a consistent map.
-        self.inner
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner.sessions)
     }
 
     /// The live connection to `peer`, if a session is up.
@@ -456,16 +451,12 @@ impl Node {
     }
 
     fn transport(&self) -> Option<Transport> {
-        self.inner
-            .transport
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.inner.transport).clone()
     }
 
     fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
         let handle = tokio::spawn(fut);
-        let mut tasks = self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tasks = lock(&self.inner.tasks);
         tasks.retain(|t| !t.is_finished());
         tasks.push(handle);
     }
@@ -494,11 +485,7 @@ impl Node {
             )?,
         };
         let addr = transport.local_addr()?;
-        *self
-            .inner
-            .transport
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(transport.clone());
+        *lock(&self.inner.transport) = Some(transport.clone());
         let node = self.clone();
         let t = transport.clone();
         self.spawn(async move {
@@ -948,10 +935,7 @@ impl Node {
     async fn watch_liveness(&self, liveness: &Arc<Mutex<Liveness>>) {
         loop {
             tokio::time::sleep(self.inner.config.heartbeat_period).await;
-            let online = liveness
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_online(Instant::now());
+            let online = lock(liveness).is_online(Instant::now());
             if !online {
                 return;
             }
@@ -963,12 +947,7 @@ impl Node {
         let mut events = self.inner.session_events.subscribe();
         let mut last_status = None;
         loop {
-            let status = self
-                .inner
-                .status
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let status = lock(&self.inner.status).clone();
             if last_status.as_ref() != Some(&status) {
                 tx.send(&envelope(status.clone())).await?;
                 last_status = Some(status);
@@ -1007,11 +986,8 @@ impl Node {
             (StreamRole::Presence, _) => loop {
                 match recv.recv().await {
                     Ok(Some(env)) => {
-                        liveness
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .beat(Instant::now());
-                        let mut p = presence.lock().unwrap_or_else(|e| e.into_inner());
+                        lock(&liveness).beat(Instant::now());
+                        let mut p = lock(&presence);
                         match env.message {
                             Message::Heartbeat(b) => p.1 = Some(b),
                             Message::PresenceUpdate(u) => {
@@ -1217,14 +1193,8 @@ impl Node {
     /// Closes every connection and stops the node's tasks. The data directory
     /// stays consistent (every acknowledged operation was committed).
     pub async fn shutdown(&self) {
-        let transport = self
-            .inner
-            .transport
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        let tasks: Vec<_> =
-            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        let transport = lock(&self.inner.transport).take();
+        let tasks: Vec<_> = std::mem::take(&mut *lock(&self.inner.tasks));
         for t in tasks {
             t.abort();
         }

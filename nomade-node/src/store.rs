@@ -133,12 +133,11 @@ impl Store {
     /// Durably appends operations (already applied to the replica) in order,
     /// as one run. Returns the sequence number of the last one.
     pub fn append_ops(&self, ops: &[SyncOperation]) -> Result<u64, StoreError> {
-        let Some(count) = u32::try_from(ops.len()).ok().filter(|&n| n > 0) else {
-            return match ops.len() {
-                0 => self.last_seq(),
-                n => Err(StoreError::Encode(format!("{n} operations in one append"))),
-            };
-        };
+        if ops.is_empty() {
+            return self.last_seq();
+        }
+        let count = u32::try_from(ops.len())
+            .map_err(|_| StoreError::Encode(format!("{} operations in one append", ops.len())))?;
         let mut row = Vec::with_capacity(5 + 128 * ops.len());
         row.push(RUN_MARKER);
         row.extend_from_slice(&count.to_be_bytes());

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use nomade_crdt::raise_counter;
 use nomade_wire::{
     Ack, BatchEncoder, EntityType, Envelope, ErrorCode, ErrorMessage, Message, MessageId,
     SyncComplete, SyncOperation, SyncRequest, VersionVector,
@@ -177,12 +178,7 @@ async fn apply_and_ack(
     }
     let c = core.clone();
     let p = peer.to_string();
-    let result = tokio::task::spawn_blocking(move || c.apply_remote(&p, ops))
-        .await
-        .map_err(|e| NodeError::Peer {
-            peer: peer.to_string(),
-            reason: format!("apply task failed: {e}"),
-        })?;
+    let result = tokio::task::spawn_blocking(move || c.apply_remote(&p, ops)).await?;
     let related = ids.first().copied();
     match result {
         Ok(_) => {
@@ -280,8 +276,7 @@ async fn send_batches(
         let op = &ops[i];
         let added = batch.push(op)?;
         if added {
-            let e = covered.entry(op.actor_id.clone()).or_insert(0);
-            *e = (*e).max(op.operation.counter);
+            raise_counter(&mut covered, &op.actor_id, op.operation.counter);
             i += 1;
         }
         if !added || i == ops.len() {
@@ -289,8 +284,7 @@ async fn send_batches(
             batch.finish_frame(id, now_ms(), &mut buf)?;
             // The peer will have these: later scans skip them.
             for (actor, &c) in &covered {
-                let e = peer_vv.entry(actor.clone()).or_insert(0);
-                *e = (*e).max(c);
+                raise_counter(peer_vv, actor, c);
             }
             unacked.insert(id, std::mem::take(&mut covered));
             tx.send_frame(buf.split().freeze()).await?;
