@@ -57,9 +57,10 @@ pub enum ArtifactError {
         /// What it hashed to.
         actual: ArtifactId,
     },
-    /// A received chunk's data does not match its `chunk_hash`; nothing was stored
-    /// for it, the transfer can resume from that chunk.
-    #[error("chunk {index} does not match its chunk_hash")]
+    /// A received chunk does not verify: its plaintext does not match its
+    /// `chunk_hash`, or, sealed, it fails authentication under the data key.
+    /// Nothing was stored for it; the transfer can resume from that chunk.
+    #[error("chunk {index} failed verification (seal or chunk_hash)")]
     ChunkHashMismatch {
         /// The chunk index.
         index: u32,

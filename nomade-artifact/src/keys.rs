@@ -23,13 +23,11 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use bytes::Bytes;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use nomade_wire::{FixedBytes, Hash32};
 use rand::rngs::OsRng;
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
 pub use x25519_dalek::PublicKey;
 use x25519_dalek::{EphemeralSecret, StaticSecret};
 
@@ -165,6 +163,11 @@ impl DataKey {
         DataKey(k)
     }
 
+    /// Whether two keys are the same (not constant-time: no secret depends on it).
+    pub(crate) fn same_as(&self, other: &DataKey) -> bool {
+        self.0 == other.0
+    }
+
     pub(crate) fn cipher(&self) -> ChaCha20Poly1305 {
         ChaCha20Poly1305::new(Key::from_slice(&self.0))
     }
@@ -176,18 +179,9 @@ impl DataKey {
     }
 }
 
-/// A data key wrapped for one recipient device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct WrappedKey {
-    /// The recipient's public key.
-    pub recipient: Hash32,
-    /// The ephemeral public key.
-    pub ephemeral: Hash32,
-    /// The AEAD nonce.
-    pub nonce: FixedBytes<12>,
-    /// The sealed data key (48 bytes).
-    pub sealed: Bytes,
-}
+/// A data key wrapped for one recipient device (the wire's type: the same
+/// record travels in ARTIFACT_METADATA and is stored in headers).
+pub(crate) type WrappedKey = nomade_wire::WrappedDataKey;
 
 fn kek(ephemeral: &[u8; 32], recipient: &[u8; 32], shared: &[u8; 32]) -> [u8; 32] {
     let mut input = [0u8; 96];
@@ -229,12 +223,14 @@ pub(crate) fn wrap(
                 aad: &wrap_aad(id, recipient.as_bytes()),
             },
         )
-        .map_err(|_| ArtifactError::BadMetadata("key wrap failed".into()))?;
+        .ok()
+        .and_then(|v| <[u8; 48]>::try_from(v).ok())
+        .ok_or_else(|| ArtifactError::BadMetadata("key wrap failed".into()))?;
     Ok(WrappedKey {
         recipient: Hash32::from(*recipient.as_bytes()),
         ephemeral: Hash32::from(*eph_pub.as_bytes()),
         nonce: FixedBytes(nonce),
-        sealed: Bytes::from(sealed),
+        sealed: FixedBytes(sealed),
     })
 }
 
@@ -261,7 +257,7 @@ pub(crate) fn unwrap(
         .decrypt(
             Nonce::from_slice(w.nonce.as_bytes()),
             Payload {
-                msg: &w.sealed,
+                msg: w.sealed.as_bytes(),
                 aad: &wrap_aad(id, me.as_bytes()),
             },
         )

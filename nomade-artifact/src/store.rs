@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
-use nomade_wire::{ArtifactMetadata, Hash32};
+use nomade_wire::{ArtifactMetadata, FixedBytes, Hash32, WrappedDataKey};
 use rand::rngs::OsRng;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -275,6 +275,7 @@ impl ArtifactInfo {
             chunk_count: self.chunk_count,
             mime_type: self.mime_type.clone(),
             encrypted: true,
+            data_key: None,
         }
     }
 
@@ -387,6 +388,18 @@ impl ArtifactStore {
             .root
             .join(sub)
             .join(format!("{}.{ext}", id.to_hex()))
+    }
+
+    /// Unwraps a data key a holder wrapped for this device (a sealed
+    /// transfer's ARTIFACT_METADATA). A key for another device, or one that
+    /// fails authentication, is `BadMetadata`.
+    pub(crate) fn unwrap_key(&self, wrapped: &WrappedDataKey, id: &ArtifactId) -> Result<DataKey> {
+        keys::unwrap(std::slice::from_ref(wrapped), id, &self.inner.device).map_err(|e| match e {
+            ArtifactError::NotARecipient { .. } => {
+                ArtifactError::BadMetadata("data key wrapped for another device".into())
+            }
+            e => e,
+        })
     }
 
     /// Whether the artifact is complete in the store.
@@ -506,6 +519,7 @@ impl ArtifactStore {
             info: ArtifactInfo::from_body(&body),
             chunk_hashes: body.chunk_hashes,
             cipher: key.cipher(),
+            key,
             file,
             buf: Vec::with_capacity(CHUNK_SIZE + RECORD_OVERHEAD),
         })
@@ -782,6 +796,7 @@ impl ArtifactStore {
             bytes_done: index_bytes(body.size, index),
             unsynced: 0,
             record: Vec::with_capacity(CHUNK_SIZE + RECORD_OVERHEAD),
+            incoming: None,
             reservation: None,
         }))
     }
@@ -792,11 +807,12 @@ impl ArtifactStore {
         id: &ArtifactId,
         size: u64,
         mime_type: Option<String>,
+        key: Option<DataKey>,
     ) -> Result<PartialArtifact> {
         let count = chunk::chunk_count(size)
             .ok_or_else(|| ArtifactError::BadMetadata("artifact too large".into()))?;
         let reservation = self.reserve(footprint(size, 1, mime_type.as_deref()))?;
-        let key = DataKey::random();
+        let key = key.unwrap_or_else(DataKey::random);
         let body = HeaderBody {
             format: HEADER_FORMAT,
             id: *id,
@@ -832,6 +848,7 @@ impl ArtifactStore {
             bytes_done: 0,
             unsynced: 0,
             record: Vec::with_capacity(CHUNK_SIZE + RECORD_OVERHEAD),
+            incoming: None,
             reservation: Some(reservation),
         })
     }
@@ -846,6 +863,7 @@ pub struct ArtifactReader {
     info: ArtifactInfo,
     chunk_hashes: Vec<Hash32>,
     cipher: ChaCha20Poly1305,
+    key: DataKey,
     file: File,
     buf: Vec<u8>,
 }
@@ -872,35 +890,61 @@ impl ArtifactReader {
     /// Reads chunk `index`, checking its AEAD tag (with the id, index and
     /// last-chunk flag as AAD) and its plaintext hash.
     pub fn read_chunk(&mut self, index: u32) -> Result<Bytes> {
-        let id = self.info.id;
+        let mut buf = std::mem::take(&mut self.buf);
+        let read = self.read_record(index, &mut buf);
+        let plain = read.and_then(|()| {
+            let last = index + 1 == self.info.chunk_count;
+            open_chunk(&self.cipher, &self.info.id, index, last, &mut buf)
+        });
+        self.buf = buf;
+        // No second hash pass: the AEAD tag already authenticates this chunk
+        // with the artifact id, its index and whether it is the last bound in,
+        // under a key only this store can unwrap. Exports and transfers still
+        // check the whole artifact's SHA-256 against its id.
+        plain
+    }
+
+    /// Reads chunk `index` as stored, without opening it: the ciphertext
+    /// (same length as the plaintext) and the nonce followed by the tag. This
+    /// is what a sealed transfer sends; the receiver, holding the data key,
+    /// authenticates it. The ciphertext is a view of a fresh buffer, so it
+    /// can be handed on without a copy.
+    pub fn read_sealed_chunk(&mut self, index: u32) -> Result<(Bytes, FixedBytes<28>)> {
+        let mut record = Vec::new();
+        self.read_record(index, &mut record)?;
+        let ct_end = record.len() - TAG_LEN;
+        let mut seal = [0u8; NONCE_LEN + TAG_LEN];
+        seal[..NONCE_LEN].copy_from_slice(&record[..NONCE_LEN]);
+        seal[NONCE_LEN..].copy_from_slice(&record[ct_end..]);
+        let record = Bytes::from(record);
+        Ok((record.slice(NONCE_LEN..ct_end), FixedBytes(seal)))
+    }
+
+    /// This artifact's data key wrapped for `recipient`: what a sealed
+    /// transfer sends in its metadata.
+    pub fn wrap_key_for(&self, recipient: &PublicKey) -> Result<WrappedDataKey> {
+        keys::wrap(&self.key, &self.info.id, recipient)
+    }
+
+    /// Reads the sealed record of chunk `index` into `buf` (resized to it).
+    fn read_record(&mut self, index: u32, buf: &mut Vec<u8>) -> Result<()> {
         let count = self.info.chunk_count;
         let len = chunk_len(self.info.size, index).ok_or_else(|| ArtifactError::BadChunk {
             index,
             reason: format!("past the last chunk ({count} chunks)"),
         })?;
         let rec_len = len + RECORD_OVERHEAD;
-        self.buf.resize(rec_len, 0);
+        buf.resize(rec_len, 0);
         self.file
             .seek(SeekFrom::Start(u64::from(index) * RECORD_STRIDE))?;
-        let n = read_full(&mut self.file, &mut self.buf[..rec_len])?;
+        let n = read_full(&mut self.file, buf)?;
         if n != rec_len {
             return Err(ArtifactError::Truncated {
                 expected: sealed_len(self.info.size),
                 actual: self.file.metadata()?.len(),
             });
         }
-        let plain = open_chunk(
-            &self.cipher,
-            &id,
-            index,
-            index + 1 == count,
-            &mut self.buf[..rec_len],
-        )?;
-        // No second hash pass: the AEAD tag already authenticates this chunk
-        // with the artifact id, its index and whether it is the last bound in,
-        // under a key only this store can unwrap. Exports and transfers still
-        // check the whole artifact's SHA-256 against its id.
-        Ok(plain)
+        Ok(())
     }
 }
 
@@ -919,7 +963,21 @@ pub(crate) struct PartialArtifact {
     pub(crate) bytes_done: u64,
     unsynced: u32,
     record: Vec<u8>,
+    /// Set for a sealed transfer: the holder's data key.
+    incoming: Option<Incoming>,
     reservation: Option<Reservation>,
+}
+
+/// How a sealed transfer's chunks are opened and kept.
+struct Incoming {
+    /// The holder's data key, to open (authenticate) each chunk.
+    cipher: ChaCha20Poly1305,
+    /// Whether it is also this partial's key: the received record is then
+    /// stored as it is. Otherwise (a resume from another holder) each chunk
+    /// is sealed again under this partial's key.
+    verbatim: bool,
+    /// The plaintext of the chunk being checked.
+    plain: Vec<u8>,
 }
 
 impl PartialArtifact {
@@ -939,6 +997,20 @@ impl PartialArtifact {
         Ok(())
     }
 
+    /// Takes the chunks that follow as sealed under the holder's `key`.
+    pub(crate) fn expect_sealed(&mut self, key: &DataKey) {
+        self.incoming = Some(Incoming {
+            cipher: key.cipher(),
+            verbatim: key.same_as(&self.key),
+            plain: Vec::with_capacity(CHUNK_SIZE),
+        });
+    }
+
+    /// Whether the chunks that follow are sealed.
+    pub(crate) fn is_sealed(&self) -> bool {
+        self.incoming.is_some()
+    }
+
     /// Seals and appends the next chunk (already verified by the caller).
     pub(crate) fn append(&mut self, plain: &[u8], hash: Hash32) -> Result<()> {
         let index = self.chunks_done();
@@ -950,6 +1022,61 @@ impl PartialArtifact {
             plain,
             &mut self.record,
         )?;
+        self.commit_record(plain, hash)
+    }
+
+    /// Opens the next chunk of a sealed transfer (`ciphertext`, and `seal` =
+    /// nonce || tag) with the holder's key, checks it against `claimed_hash`,
+    /// and appends it: the record as received when the keys are the same,
+    /// sealed again otherwise. A chunk that fails authentication or its hash
+    /// is `ChunkHashMismatch`, and nothing is written.
+    pub(crate) fn append_sealed(
+        &mut self,
+        ciphertext: &[u8],
+        seal: &[u8; NONCE_LEN + TAG_LEN],
+        claimed_hash: Option<Hash32>,
+    ) -> Result<()> {
+        let index = self.chunks_done();
+        let last = index + 1 == self.chunk_count;
+        let Some(mut incoming) = self.incoming.take() else {
+            return Err(ArtifactError::Protocol(
+                "no data key for a sealed chunk".into(),
+            ));
+        };
+        let result = (|| {
+            let (nonce, tag) = seal.split_at(NONCE_LEN);
+            incoming.plain.clear();
+            incoming.plain.extend_from_slice(ciphertext);
+            incoming
+                .cipher
+                .decrypt_in_place_detached(
+                    Nonce::from_slice(nonce),
+                    &chunk_aad(&self.id, index, last),
+                    &mut incoming.plain,
+                    Tag::from_slice(tag),
+                )
+                .map_err(|_| ArtifactError::ChunkHashMismatch { index })?;
+            let hash = chunk_hash(&incoming.plain);
+            if claimed_hash.is_some_and(|c| c != hash) {
+                return Err(ArtifactError::ChunkHashMismatch { index });
+            }
+            if incoming.verbatim {
+                self.record.clear();
+                self.record.extend_from_slice(nonce);
+                self.record.extend_from_slice(ciphertext);
+                self.record.extend_from_slice(tag);
+                self.commit_record(&incoming.plain, hash)
+            } else {
+                self.append(&incoming.plain, hash)
+            }
+        })();
+        self.incoming = Some(incoming);
+        result
+    }
+
+    /// Writes the sealed record of the next chunk (in `self.record`) and
+    /// accounts for its plaintext.
+    fn commit_record(&mut self, plain: &[u8], hash: Hash32) -> Result<()> {
         self.file.write_all(&self.record)?;
         self.hasher.update(plain);
         self.chunk_hashes.push(hash);

@@ -2,12 +2,19 @@
 //!
 //! ```text
 //! Receiver (fetcher)                         Sender (holder)
-//!    ARTIFACT_REQUEST {id, priority, resume_from?}  ->
-//!                                  <-  ARTIFACT_METADATA {id, size, chunk_count, ...}
-//!                                  <-  ARTIFACT_CHUNK {index = resume_from.., chunk_hash}
+//!    ARTIFACT_REQUEST {id, priority, resume_from?, sealed_for?}  ->
+//!                                  <-  ARTIFACT_METADATA {id, size, chunk_count, ..., data_key?}
+//!                                  <-  ARTIFACT_CHUNK {index = resume_from.., chunk_hash, seal?}
 //!                                  <-  ... (the last with is_final = true)
 //!    ARTIFACT_COMPLETE {id, received_hash}          ->
 //! ```
+//!
+//! By default the receiver asks for a *sealed* transfer (`sealed_for`, its
+//! store's public key): the sender wraps the artifact's data key for it and
+//! sends each chunk as stored (ciphertext, with its nonce and tag in `seal`),
+//! without opening it; the receiver opens each chunk once to verify it and
+//! stores the record as received. [`Receiver::ask_sealed`]`(false)` asks for
+//! plaintext chunks instead, which the receiver seals under a key of its own.
 //!
 //! Both sides are driven the same way: feed every message received to
 //! `handle_message`, and send whatever `next_message` yields until it returns
@@ -23,11 +30,12 @@ use std::collections::VecDeque;
 
 use nomade_wire::{
     ArtifactChunk, ArtifactComplete, ArtifactMetadata, ArtifactRequest, ErrorCode, ErrorMessage,
-    Message, MAX_CHUNK_DATA,
+    FixedBytes, Message, MAX_CHUNK_DATA,
 };
 
 use crate::chunk::{self, chunk_hash, chunk_len, ArtifactId};
 use crate::error::{ArtifactError, Result};
+use crate::keys::PublicKey;
 use crate::progress::Progress;
 use crate::store::{ArtifactReader, ArtifactStore, PartialArtifact, ReceiveClaim};
 
@@ -74,6 +82,8 @@ enum SenderState {
     Sending {
         reader: Box<ArtifactReader>,
         next: u32,
+        /// Chunks go as stored (sealed), not opened.
+        sealed: bool,
     },
     AwaitingComplete,
     Finished,
@@ -216,14 +226,26 @@ impl Sender {
                 true,
             ));
         }
-        self.outbox
-            .push_back(Message::ArtifactMetadata(reader.info().to_wire()));
+        let mut metadata = reader.info().to_wire();
+        if let Some(key) = req.sealed_for {
+            // The requester asks for the chunks as stored: wrap their data key
+            // for it. Giving an authorised peer the key is no more than giving
+            // it the plaintext, and saves opening every chunk here and sealing
+            // it again there.
+            match reader.wrap_key_for(&PublicKey::from(*key.as_bytes())) {
+                Ok(wrapped) => metadata.data_key = Some(wrapped),
+                Err(e) => return Err(self.fail(e, true)),
+            }
+        }
+        let sealed = metadata.data_key.is_some();
+        self.outbox.push_back(Message::ArtifactMetadata(metadata));
         self.state = if next == count {
             SenderState::AwaitingComplete
         } else {
             SenderState::Sending {
                 reader: Box::new(reader),
                 next,
+                sealed,
             }
         };
         Ok(SenderEvent::Serving {
@@ -238,13 +260,25 @@ impl Sender {
         if let Some(m) = self.outbox.pop_front() {
             return Ok(Some(m));
         }
-        let SenderState::Sending { reader, next } = &mut self.state else {
+        let SenderState::Sending {
+            reader,
+            next,
+            sealed,
+        } = &mut self.state
+        else {
             return Ok(None);
         };
         let index = *next;
         let count = reader.info().chunk_count;
         let artifact_id = reader.info().id.hash32();
-        let data = match reader.read_chunk(index) {
+        let read = if *sealed {
+            reader
+                .read_sealed_chunk(index)
+                .map(|(data, seal)| (data, Some(seal)))
+        } else {
+            reader.read_chunk(index).map(|data| (data, None))
+        };
+        let (data, seal) = match read {
             Ok(d) => d,
             Err(e) => {
                 let text = format!("artifact {} unavailable", reader.info().id);
@@ -269,6 +303,7 @@ impl Sender {
             chunk_data: data,
             is_final,
             chunk_hash,
+            seal,
         })))
     }
 }
@@ -354,6 +389,7 @@ impl Receiver {
             artifact_id: id.hash32(),
             priority,
             resume_from: (resume > 0).then_some(resume),
+            sealed_for: Some(FixedBytes(*store.public_key().as_bytes())),
         };
         Ok(Receiver {
             store,
@@ -365,6 +401,22 @@ impl Receiver {
             progress,
             _claim: claim,
         })
+    }
+
+    /// Whether to ask for the chunks sealed, as the holder stores them (the
+    /// default), or in plaintext. Sealed, the holder sends its records as
+    /// they are with the data key wrapped for this device, and this device
+    /// opens each one once to verify it and stores it as received: one
+    /// ChaCha20-Poly1305 pass per byte instead of two. Call before the
+    /// request is sent.
+    pub fn ask_sealed(mut self, sealed: bool) -> Receiver {
+        self.request.sealed_for = sealed.then(|| FixedBytes(*self.store.public_key().as_bytes()));
+        for m in &mut self.outbox {
+            if let Message::ArtifactRequest(r) = m {
+                r.clone_from(&self.request);
+            }
+        }
+        self
     }
 
     /// The request this receiver sends (with `resume_from` when resuming).
@@ -429,7 +481,16 @@ impl Receiver {
             )));
         }
         chunk::validate_layout(m.size, m.chunk_count)?;
-        let partial = match self.partial.take() {
+        let incoming_key = match &m.data_key {
+            Some(_) if self.request.sealed_for.is_none() => {
+                return Err(ArtifactError::Protocol(
+                    "sealed chunks were not asked for".into(),
+                ))
+            }
+            Some(wrapped) => Some(self.store.unwrap_key(wrapped, &self.id)?),
+            None => None,
+        };
+        let mut partial = match self.partial.take() {
             Some(mut p) if p.size == m.size => {
                 p.reserve_remaining()?;
                 p
@@ -442,10 +503,18 @@ impl Receiver {
                 )));
             }
             // Quota checked before anything is written.
-            None => self
-                .store
-                .create_partial(&self.id, m.size, m.mime_type.clone())?,
+            // A new partial keeps the holder's key, so that sealed records
+            // are stored as received.
+            None => self.store.create_partial(
+                &self.id,
+                m.size,
+                m.mime_type.clone(),
+                incoming_key.clone(),
+            )?,
         };
+        if let Some(key) = &incoming_key {
+            partial.expect_sealed(key);
+        }
         self.progress = Progress {
             bytes_done: partial.bytes_done,
             bytes_total: m.size,
@@ -500,11 +569,30 @@ impl Receiver {
                 reason: format!("is_final = {}, expected {last}", c.is_final),
             });
         }
-        let h = chunk_hash(&c.chunk_data);
-        if c.chunk_hash.is_some_and(|claimed| claimed != h) {
-            return Err(ArtifactError::ChunkHashMismatch { index });
+        match (&c.seal, partial.is_sealed()) {
+            (Some(seal), true) => {
+                partial.append_sealed(&c.chunk_data, seal.as_bytes(), c.chunk_hash)?
+            }
+            (None, false) => {
+                let h = chunk_hash(&c.chunk_data);
+                if c.chunk_hash.is_some_and(|claimed| claimed != h) {
+                    return Err(ArtifactError::ChunkHashMismatch { index });
+                }
+                partial.append(&c.chunk_data, h)?;
+            }
+            (Some(_), false) => {
+                return Err(ArtifactError::BadChunk {
+                    index,
+                    reason: "sealed, but the metadata gave no data key".into(),
+                })
+            }
+            (None, true) => {
+                return Err(ArtifactError::BadChunk {
+                    index,
+                    reason: "not sealed, in a sealed transfer".into(),
+                })
+            }
         }
-        partial.append(&c.chunk_data, h)?;
         self.progress.bytes_done = partial.bytes_done;
         self.progress.chunks_done = partial.chunks_done();
         if last {
@@ -750,6 +838,7 @@ mod tests {
             chunk_count: count,
             mime_type: None,
             encrypted: true,
+            data_key: None,
         })
     }
 
@@ -760,6 +849,7 @@ mod tests {
             chunk_data: Bytes::copy_from_slice(data),
             is_final,
             chunk_hash: Some(chunk_hash(data)),
+            seal: None,
         })
     }
 
@@ -873,6 +963,7 @@ mod tests {
                     chunk_data: Bytes::copy_from_slice(&d[CHUNK..2 * CHUNK]),
                     is_final: false,
                     chunk_hash: Some(Hash32::ZERO),
+                    seal: None,
                 }),
                 |e| matches!(e, ArtifactError::ChunkHashMismatch { index: 1 }),
             ),
@@ -957,6 +1048,7 @@ mod tests {
             artifact_id: id.hash32(),
             priority: 0,
             resume_from: None,
+            sealed_for: None,
         }))
         .expect("request");
         assert!(matches!(
@@ -985,6 +1077,7 @@ mod tests {
                 artifact_id: id.hash32(),
                 priority: 0,
                 resume_from: Some(2),
+                sealed_for: None,
             }))
             .expect_err("beyond");
         assert!(matches!(err, ArtifactError::Protocol(_)));
@@ -993,8 +1086,15 @@ mod tests {
         );
     }
 
-    #[test]
-    fn sender_reports_a_tampered_store() {
+    /// A holder whose stored chunk 1 had a bit flipped; returns the stores,
+    /// their directories and the id.
+    fn tampered_holder() -> (
+        tempfile::TempDir,
+        tempfile::TempDir,
+        ArtifactStore,
+        ArtifactStore,
+        ArtifactId,
+    ) {
         let (a, b) = (
             tempfile::tempdir().expect("t"),
             tempfile::tempdir().expect("t"),
@@ -1010,17 +1110,12 @@ mod tests {
         let last = raw.len() - 20;
         raw[last] ^= 1;
         std::fs::write(&p, &raw).expect("write");
-        let mut s = Sender::new(holder, true);
-        let mut r = Receiver::new(fetcher.clone(), id, 0).expect("receiver");
-        let (se, re) = drive(&mut s, &mut r);
-        assert!(
-            matches!(se, Some(ArtifactError::Tampered { index: 1 })),
-            "{se:?}"
-        );
-        assert!(matches!(re, Some(ArtifactError::Peer { .. })), "{re:?}");
+        (a, b, holder, fetcher, id)
+    }
+
+    /// The good prefix (chunk 0) is kept for a resume from another holder.
+    fn assert_resumes_from_chunk_1(fetcher: ArtifactStore, id: ArtifactId) {
         assert!(!fetcher.has(&id));
-        // The good prefix is kept for a resume from another holder.
-        drop(r);
         assert_eq!(
             Receiver::new(fetcher, id, 0)
                 .expect("r")
@@ -1028,5 +1123,276 @@ mod tests {
                 .resume_from,
             Some(1)
         );
+    }
+
+    #[test]
+    fn sender_reports_a_tampered_store() {
+        // Plaintext transfer: the holder opens each chunk and finds the damage.
+        let (_a, _b, holder, fetcher, id) = tampered_holder();
+        let mut s = Sender::new(holder, true);
+        let mut r = Receiver::new(fetcher.clone(), id, 0)
+            .expect("receiver")
+            .ask_sealed(false);
+        let (se, re) = drive(&mut s, &mut r);
+        assert!(
+            matches!(se, Some(ArtifactError::Tampered { index: 1 })),
+            "{se:?}"
+        );
+        assert!(matches!(re, Some(ArtifactError::Peer { .. })), "{re:?}");
+        drop(r);
+        assert_resumes_from_chunk_1(fetcher, id);
+    }
+
+    #[test]
+    fn sealed_transfer_of_a_tampered_store_fails_at_the_fetcher() {
+        // Sealed transfer: the holder sends records unopened; the fetcher's
+        // authentication of chunk 1 fails, it stores nothing of it and tells
+        // the holder.
+        let (_a, _b, holder, fetcher, id) = tampered_holder();
+        let mut s = Sender::new(holder, true);
+        let mut r = Receiver::new(fetcher.clone(), id, 0).expect("receiver");
+        let (se, re) = drive(&mut s, &mut r);
+        assert!(
+            matches!(re, Some(ArtifactError::ChunkHashMismatch { index: 1 })),
+            "{re:?}"
+        );
+        assert!(
+            matches!(&se, Some(ArtifactError::Peer { code, .. }) if *code == ErrorCode::INVALID_MESSAGE),
+            "{se:?}"
+        );
+        drop(r);
+        assert_resumes_from_chunk_1(fetcher, id);
+    }
+
+    fn dat_file(dir: &Path, id: &ArtifactId) -> Vec<u8> {
+        std::fs::read(dir.join("objects").join(format!("{}.dat", id.to_hex()))).expect("dat")
+    }
+
+    #[test]
+    fn sealed_transfer_keeps_the_holders_records_and_plaintext_reseals() {
+        for sealed in [true, false] {
+            let (a, b) = (
+                tempfile::tempdir().expect("t"),
+                tempfile::tempdir().expect("t"),
+            );
+            let (holder, fetcher) = (store(a.path(), None), store(b.path(), None));
+            let d = data(3 * CHUNK + 7, 8);
+            let id = holder.put_bytes(&d, None, &[]).expect("put");
+            let mut s = Sender::new(holder, true);
+            let mut r = Receiver::new(fetcher.clone(), id, 0)
+                .expect("receiver")
+                .ask_sealed(sealed);
+            let req = r.next_message().expect("ok").expect("request");
+            assert!(
+                matches!(&req, Message::ArtifactRequest(q) if q.sealed_for.is_some() == sealed)
+            );
+            s.handle_message(req).expect("request");
+            let meta = s.next_message().expect("ok").expect("metadata");
+            assert!(matches!(&meta, Message::ArtifactMetadata(m)
+                if m.data_key.as_ref().map(|k| k.recipient.0) == sealed.then(|| *fetcher.public_key().as_bytes())));
+            r.handle_message(meta).expect("metadata");
+            let chunk = s.next_message().expect("ok").expect("chunk");
+            match &chunk {
+                Message::ArtifactChunk(c) => {
+                    assert_eq!(c.seal.is_some(), sealed);
+                    // Sealed or not, what travels has the plaintext's length,
+                    // and sealed it is not the plaintext.
+                    assert_eq!(c.chunk_data.len(), CHUNK);
+                    assert_eq!(c.chunk_data[..] == d[..CHUNK], !sealed);
+                }
+                other => panic!("{other:?}"),
+            }
+            r.handle_message(chunk).expect("chunk 0");
+            let (se, re) = drive(&mut s, &mut r);
+            assert!(se.is_none() && re.is_none(), "{se:?} {re:?}");
+            assert!(r.is_complete());
+            assert_eq!(fetched_bytes(&fetcher, &id), d);
+            // Sealed: the fetcher stores the holder's records as they are
+            // (same key, same nonces); plaintext: sealed anew under its own key.
+            assert_eq!(dat_file(a.path(), &id) == dat_file(b.path(), &id), sealed);
+            let out = b.path().join("export");
+            fetcher.export(&id, &out).expect("export");
+            assert_eq!(std::fs::read(&out).expect("read"), d);
+        }
+    }
+
+    #[test]
+    fn sealed_resume_from_a_holder_with_another_key_reseals() {
+        // Two holders of the same content, each with its own data key: a
+        // transfer begun from one and finished from the other stores the
+        // second holder's chunks sealed again under the partial's key.
+        let (a1, a2, b) = (
+            tempfile::tempdir().expect("t"),
+            tempfile::tempdir().expect("t"),
+            tempfile::tempdir().expect("t"),
+        );
+        let (h1, h2, fetcher) = (
+            store(a1.path(), None),
+            store(a2.path(), None),
+            store(b.path(), None),
+        );
+        let d = data(5 * CHUNK, 10);
+        let id = h1.put_bytes(&d, None, &[]).expect("put 1");
+        assert_eq!(h2.put_bytes(&d, None, &[]).expect("put 2"), id);
+        {
+            let mut s = Sender::new(h1, true);
+            let mut r = Receiver::new(fetcher.clone(), id, 0).expect("receiver");
+            s.handle_message(r.next_message().expect("ok").expect("req"))
+                .expect("req");
+            for _ in 0..3 {
+                r.handle_message(s.next_message().expect("ok").expect("msg"))
+                    .expect("msg");
+            }
+            assert_eq!(r.progress().chunks_done, 2);
+        }
+        let mut s = Sender::new(h2, true);
+        let mut r = Receiver::new(fetcher.clone(), id, 0).expect("receiver");
+        assert_eq!(r.request().resume_from, Some(2));
+        let (se, re) = drive(&mut s, &mut r);
+        assert!(se.is_none() && re.is_none(), "{se:?} {re:?}");
+        assert!(r.is_complete());
+        assert_eq!(fetched_bytes(&fetcher, &id), d);
+        let fetched = dat_file(b.path(), &id);
+        let stride = CHUNK + crate::store::RECORD_OVERHEAD;
+        assert_eq!(
+            fetched[..2 * stride],
+            dat_file(a1.path(), &id)[..2 * stride]
+        );
+        assert_ne!(
+            fetched[2 * stride..],
+            dat_file(a2.path(), &id)[2 * stride..]
+        );
+    }
+
+    #[test]
+    fn bad_sealed_input_is_rejected_and_nothing_kept() {
+        let (a, b) = (
+            tempfile::tempdir().expect("t"),
+            tempfile::tempdir().expect("t"),
+        );
+        let (holder, fetcher) = (store(a.path(), None), store(b.path(), None));
+        let other_device = DeviceKey::generate();
+        let d = data(2 * CHUNK, 11);
+        let id = holder.put_bytes(&d, None, &[]).expect("put");
+        let serve = |sealed_for: Option<Hash32>| {
+            let mut s = Sender::new(holder.clone(), true);
+            s.handle_message(Message::ArtifactRequest(ArtifactRequest {
+                artifact_id: id.hash32(),
+                priority: 0,
+                resume_from: None,
+                sealed_for,
+            }))
+            .expect("request");
+            let mut out = Vec::new();
+            while let Some(m) = s.next_message().expect("ok") {
+                out.push(m);
+            }
+            out
+        };
+        let me = Some(FixedBytes(*fetcher.public_key().as_bytes()));
+        let sealed = serve(me);
+        let plain = serve(None);
+        let chunk0 = |msgs: &[Message]| match &msgs[1] {
+            Message::ArtifactChunk(c) => c.clone(),
+            other => panic!("{other:?}"),
+        };
+        let mut flipped = chunk0(&sealed);
+        let mut bytes = flipped.chunk_data.to_vec();
+        bytes[100] ^= 1;
+        flipped.chunk_data = Bytes::from(bytes);
+        let mut bad_tag = chunk0(&sealed);
+        bad_tag.seal = bad_tag.seal.map(|mut s| {
+            s.0[27] ^= 1;
+            s
+        });
+        let mut unsealed = chunk0(&sealed);
+        unsealed.seal = None;
+        let mut other_index = chunk0(&sealed);
+        other_index.chunk_index = 1;
+        other_index.is_final = true;
+        let mut for_other = sealed[0].clone();
+        if let Message::ArtifactMetadata(m) = &mut for_other {
+            let mut r = holder.open_artifact(&id).expect("open");
+            m.data_key = Some(r.wrap_key_for(&other_device.public()).expect("wrap"));
+            // The reader is still usable after wrapping.
+            assert_eq!(r.read_chunk(0).expect("chunk"), d[..CHUNK]);
+        }
+        type Case = (bool, Message, Message, ErrCheck);
+        let cases: Vec<Case> = vec![
+            // Ciphertext or tag altered in transit.
+            (
+                true,
+                sealed[0].clone(),
+                Message::ArtifactChunk(flipped),
+                |e| matches!(e, ArtifactError::ChunkHashMismatch { index: 0 }),
+            ),
+            (
+                true,
+                sealed[0].clone(),
+                Message::ArtifactChunk(bad_tag),
+                |e| matches!(e, ArtifactError::ChunkHashMismatch { index: 0 }),
+            ),
+            // Mixed modes.
+            (
+                true,
+                sealed[0].clone(),
+                Message::ArtifactChunk(unsealed),
+                |e| matches!(e, ArtifactError::BadChunk { index: 0, .. }),
+            ),
+            (
+                true,
+                plain[0].clone(),
+                Message::ArtifactChunk(chunk0(&sealed)),
+                |e| matches!(e, ArtifactError::BadChunk { index: 0, .. }),
+            ),
+            // A key for someone else, and a key nobody asked for.
+            (true, for_other, plain[1].clone(), |e| {
+                matches!(e, ArtifactError::BadMetadata(_))
+            }),
+            (false, sealed[0].clone(), plain[1].clone(), |e| {
+                matches!(e, ArtifactError::Protocol(_))
+            }),
+        ];
+        for (i, (ask_sealed, meta, chunk, check)) in cases.into_iter().enumerate() {
+            let mut r = Receiver::new(fetcher.clone(), id, 0)
+                .expect("receiver")
+                .ask_sealed(ask_sealed);
+            assert_eq!(r.request().resume_from, None, "case {i}");
+            r.next_message().expect("ok");
+            let err = match r.handle_message(meta) {
+                Ok(_) => r.handle_message(chunk).err(),
+                Err(e) => Some(e),
+            };
+            let err = err.expect("rejected");
+            assert!(check(&err), "case {i}: {err}");
+            assert!(matches!(r.next_message(), Ok(Some(Message::Error(_)))));
+            drop(r);
+            // Nothing of the rejected chunk was kept.
+            if fetcher.has_partial(&id) {
+                assert_eq!(
+                    Receiver::new(fetcher.clone(), id, 0)
+                        .expect("r")
+                        .request()
+                        .resume_from,
+                    None,
+                    "case {i}"
+                );
+            }
+        }
+        // A sealed record moved to another index fails its AAD: chunk 0's
+        // record offered as chunk 1 (after a good chunk 0).
+        let mut r = Receiver::new(fetcher.clone(), id, 0).expect("receiver");
+        r.next_message().expect("ok");
+        r.handle_message(sealed[0].clone()).expect("metadata");
+        r.handle_message(Message::ArtifactChunk(chunk0(&sealed)))
+            .expect("chunk 0");
+        let err = r
+            .handle_message(Message::ArtifactChunk(other_index))
+            .expect_err("moved record");
+        assert!(
+            matches!(err, ArtifactError::ChunkHashMismatch { index: 1 }),
+            "{err}"
+        );
+        assert!(!fetcher.has(&id));
     }
 }

@@ -30,9 +30,28 @@ fn limited_config(name: &str, rate_limits: RateLimits) -> NodeConfig {
     }
 }
 
+/// A bulk transfer's speed, and the CPU time (all threads of the process)
+/// it took per GiB.
+#[derive(Clone, Copy)]
+struct Rate {
+    mib_per_sec: f64,
+    cpu_secs_per_gib: f64,
+}
+
+/// Times `transfer` of `bytes`, in wall-clock and CPU time.
+async fn measure(bytes: u64, transfer: impl std::future::Future<Output = ()>) -> Rate {
+    let (cpu0, start) = (cpu_secs(), Instant::now());
+    transfer.await;
+    let secs = start.elapsed().as_secs_f64();
+    Rate {
+        mib_per_sec: bytes as f64 / MIB as f64 / secs,
+        cpu_secs_per_gib: (cpu_secs() - cpu0) / (bytes as f64 / (1u64 << 30) as f64),
+    }
+}
+
 /// Raw bytes over one quinn stream of a connection with the transport's
 /// default settings: the ceiling for the artifact figure.
-async fn raw_quinn_mib_per_sec(bytes: u64) -> f64 {
+async fn raw_quinn(bytes: u64) -> Rate {
     let bind = || {
         Transport::bind(
             DeviceIdentity::generate().unwrap(),
@@ -51,33 +70,34 @@ async fn raw_quinn_mib_per_sec(bytes: u64) -> f64 {
     let ca = a.connect(b.local_addr().unwrap(), None).await.unwrap();
     let cb = b.accept().await.unwrap();
     let chunk = vec![0x5au8; 64 * 1024];
-    let start = Instant::now();
-    let mut send = ca.quinn().open_uni().await.unwrap();
-    let writer = async {
-        send.write_all(&StreamHeader::new(StreamRole::Push).to_bytes())
-            .await
-            .unwrap();
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(chunk.len() as u64) as usize;
-            send.write_all(&chunk[..n]).await.unwrap();
-            left -= n as u64;
-        }
-        send.finish().unwrap();
-    };
-    let reader = async {
-        let mut recv = cb.accept_stream().await.unwrap().recv.into_inner();
-        let mut n = 0u64;
-        while let Some(c) = recv.read_chunk(usize::MAX, true).await.unwrap() {
-            n += c.bytes.len() as u64;
-        }
-        assert_eq!(n, bytes);
-    };
-    tokio::join!(writer, reader);
-    let secs = start.elapsed().as_secs_f64();
+    let rate = measure(bytes, async {
+        let mut send = ca.quinn().open_uni().await.unwrap();
+        let writer = async {
+            send.write_all(&StreamHeader::new(StreamRole::Push).to_bytes())
+                .await
+                .unwrap();
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                send.write_all(&chunk[..n]).await.unwrap();
+                left -= n as u64;
+            }
+            send.finish().unwrap();
+        };
+        let reader = async {
+            let mut recv = cb.accept_stream().await.unwrap().recv.into_inner();
+            let mut n = 0u64;
+            while let Some(c) = recv.read_chunk(usize::MAX, true).await.unwrap() {
+                n += c.bytes.len() as u64;
+            }
+            assert_eq!(n, bytes);
+        };
+        tokio::join!(writer, reader);
+    })
+    .await;
     a.close().await;
     b.close().await;
-    bytes as f64 / MIB as f64 / secs
+    rate
 }
 
 fn write_pattern(path: &Path, len: u64) {
@@ -113,21 +133,36 @@ async fn two_nodes(dir: &Path, limits: RateLimits) -> (Node, Node) {
     (a, b)
 }
 
-/// Puts an artifact on A and fetches it on B; returns MiB/s of the fetch
-/// (read and decrypt on A, QUIC, verify, seal and write on B).
-async fn artifact_mib_per_sec(bytes: u64, limits: RateLimits) -> f64 {
+/// Puts an artifact on A and fetches it on B; returns the fetch's rate (read
+/// on A, QUIC, open and verify on B, write).
+async fn artifact_fetch(bytes: u64, limits: RateLimits) -> Rate {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src.bin");
     write_pattern(&src, bytes);
     let (a, b) = two_nodes(tmp.path(), limits).await;
     let id = a.put_artifact(&src, None).unwrap();
-    let start = Instant::now();
-    b.fetch_artifact(&a.device_id(), id, |_| {}).await.unwrap();
-    let secs = start.elapsed().as_secs_f64();
+    let rate = measure(bytes, async {
+        b.fetch_artifact(&a.device_id(), id, |_| {}).await.unwrap();
+    })
+    .await;
     assert!(b.artifacts().has(&id));
     a.shutdown().await;
     b.shutdown().await;
-    bytes as f64 / MIB as f64 / secs
+    rate
+}
+
+/// CPU time (user + system, all threads) this process has used, in seconds
+/// (Linux; 0 elsewhere).
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 12th and 13th of them, in clock ticks (100 per second on Linux).
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
 }
 
 fn peak_rss_kib() -> u64 {
@@ -245,10 +280,7 @@ fn main() {
         .build()
         .unwrap();
     if let Ok(bytes) = std::env::var("NOMADE_BENCH_RSS_CHILD") {
-        rt.block_on(artifact_mib_per_sec(
-            bytes.parse().unwrap(),
-            RateLimits::OFF,
-        ));
+        rt.block_on(artifact_fetch(bytes.parse().unwrap(), RateLimits::OFF));
         println!("{}", peak_rss_kib());
         return;
     }
@@ -276,8 +308,16 @@ fn main() {
     let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
     if only.is_some() {
         if run("artifact") {
-            let art = rt.block_on(artifact_mib_per_sec(bulk, RateLimits::OFF));
-            println!("e2e: artifact {art:.0} MiB/s");
+            let raw = rt.block_on(raw_quinn(bulk));
+            let art = rt.block_on(artifact_fetch(bulk, RateLimits::OFF));
+            println!(
+                "e2e: raw quinn {:.0} MiB/s ({:.2} CPU s/GiB), artifact {:.0} MiB/s ({:.2} CPU s/GiB), ratio {:.2}",
+                raw.mib_per_sec,
+                raw.cpu_secs_per_gib,
+                art.mib_per_sec,
+                art.cpu_secs_per_gib,
+                art.mib_per_sec / raw.mib_per_sec
+            );
         }
         if run("sync") {
             let f = rt.block_on(full_sync(ops, docs, RateLimits::OFF));
@@ -292,7 +332,9 @@ fn main() {
         }
         if run("limited") {
             let f = rt.block_on(full_sync(limited_ops, 100, RateLimits::default()));
-            let art = rt.block_on(artifact_mib_per_sec(limited_bytes, RateLimits::default()));
+            let art = rt
+                .block_on(artifact_fetch(limited_bytes, RateLimits::default()))
+                .mib_per_sec;
             println!(
                 "e2e: default limits: sync {:.0} ops/s in {:.0} frames/s, artifact {:.2} MB/s",
                 f.ops_per_sec,
@@ -308,15 +350,20 @@ fn main() {
     let (ops_per_sec, bytes_per_op) = (sync.ops_per_sec, sync.bytes_per_op);
     let (p50, p99) = rt.block_on(latency(lat_n));
     let limited = rt.block_on(full_sync(limited_ops, 100, RateLimits::default()));
-    let raw = rt.block_on(raw_quinn_mib_per_sec(bulk));
-    let art = rt.block_on(artifact_mib_per_sec(bulk, RateLimits::OFF));
+    let raw_rate = rt.block_on(raw_quinn(bulk));
+    let art_rate = rt.block_on(artifact_fetch(bulk, RateLimits::OFF));
+    let (raw, art) = (raw_rate.mib_per_sec, art_rate.mib_per_sec);
     let rss = artifact_peak_rss_mib(rss_bytes);
-    let limited_art = rt.block_on(artifact_mib_per_sec(limited_bytes, RateLimits::default()));
+    let limited_art = rt
+        .block_on(artifact_fetch(limited_bytes, RateLimits::default()))
+        .mib_per_sec;
     let report = serde_json::json!({
         "quick": quick,
         "raw_quinn_mib_per_sec": raw,
         "artifact_mib_per_sec": art,
         "artifact_vs_raw": art / raw,
+        "raw_quinn_cpu_secs_per_gib": raw_rate.cpu_secs_per_gib,
+        "artifact_cpu_secs_per_gib": art_rate.cpu_secs_per_gib,
         "artifact_bytes": bulk,
         "peak_rss_mib": rss,
         "peak_rss_artifact_bytes": rss_bytes,

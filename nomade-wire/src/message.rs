@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::bytes_fixed::{bin_bytes, Hash32, MessageId};
+use crate::bytes_fixed::{bin_bytes, FixedBytes, Hash32, MessageId};
 use crate::value::Value;
 
 /// A version vector: for each actor (device id), the highest operation counter seen.
@@ -247,6 +247,27 @@ pub struct ArtifactRequest {
     /// Extension: resume from this chunk index (every earlier chunk is held and verified).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_from: Option<u32>,
+    /// Extension: the requester's X25519 public key. Asks the holder to send
+    /// the chunks sealed, as it stores them, with their data key wrapped for
+    /// this key in [`ArtifactMetadata::data_key`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_for: Option<Hash32>,
+}
+
+/// A per-artifact data key wrapped for one device: X25519 with an ephemeral
+/// key, a BLAKE3-derived key-encryption key, ChaCha20-Poly1305 (see
+/// docs/PROTOCOL.md, "Artifacts at rest").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WrappedDataKey {
+    /// The X25519 public key of the device that can unwrap it.
+    pub recipient: Hash32,
+    /// The ephemeral X25519 public key.
+    pub ephemeral: Hash32,
+    /// The key-encryption nonce.
+    pub nonce: FixedBytes<12>,
+    /// The 32-byte data key sealed under the key-encryption key, with its tag.
+    pub sealed: FixedBytes<48>,
 }
 
 /// `ARTIFACT_METADATA` (0x0202): what is about to be sent.
@@ -263,6 +284,11 @@ pub struct ArtifactMetadata {
     pub mime_type: Option<String>,
     /// Whether the sender holds it encrypted at rest.
     pub encrypted: bool,
+    /// Extension: the data key the chunks are sealed under, wrapped for the
+    /// requester's [`ArtifactRequest::sealed_for`] key. Present exactly when
+    /// the chunks that follow are sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_key: Option<WrappedDataKey>,
 }
 
 /// `ARTIFACT_CHUNK` (0x0203): one chunk of at most 64 KiB.
@@ -273,14 +299,20 @@ pub struct ArtifactChunk {
     pub artifact_id: Hash32,
     /// 0-based chunk index.
     pub chunk_index: u32,
-    /// The plaintext bytes of the chunk (at most 65,536).
+    /// The bytes of the chunk (at most 65,536): plaintext, or ciphertext of
+    /// the same length when `seal` is present.
     #[serde(with = "bin_bytes")]
     pub chunk_data: Bytes,
     /// True on the last chunk.
     pub is_final: bool,
-    /// Extension: BLAKE3 digest of `chunk_data`, checked on arrival.
+    /// Extension: BLAKE3 digest of the chunk's plaintext, checked on arrival.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk_hash: Option<Hash32>,
+    /// Extension: present when `chunk_data` is sealed (ChaCha20-Poly1305
+    /// ciphertext under [`ArtifactMetadata::data_key`]): the 12-byte nonce
+    /// followed by the 16-byte tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<FixedBytes<28>>,
 }
 
 /// `ARTIFACT_COMPLETE` (0x0204): the receiver verified the whole artifact.

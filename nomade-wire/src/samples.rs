@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use crate::bytes_fixed::{Hash32, MessageId};
+use crate::bytes_fixed::{FixedBytes, Hash32, MessageId};
 use crate::frame::{Envelope, Message};
 use crate::message::*;
 use crate::value::Value;
@@ -73,6 +73,7 @@ pub fn full_chunk() -> ArtifactChunk {
         chunk_data: Bytes::from(data),
         is_final: false,
         chunk_hash: None,
+        seal: None,
     }
 }
 
@@ -287,6 +288,7 @@ pub fn all() -> Vec<Sample> {
             artifact_id: hash(0xa1),
             priority: 128,
             resume_from: None,
+            sealed_for: None,
         }
         .into(),
     );
@@ -296,6 +298,17 @@ pub fn all() -> Vec<Sample> {
             artifact_id: hash(0xa1),
             priority: 255,
             resume_from: Some(17),
+            sealed_for: None,
+        }
+        .into(),
+    );
+    push(
+        "artifact_request_sealed",
+        ArtifactRequest {
+            artifact_id: hash(0xa1),
+            priority: 128,
+            resume_from: Some(2),
+            sealed_for: Some(hash(0xb5)),
         }
         .into(),
     );
@@ -307,6 +320,24 @@ pub fn all() -> Vec<Sample> {
             chunk_count: 4,
             mime_type: Some("image/jpeg".into()),
             encrypted: true,
+            data_key: None,
+        }
+        .into(),
+    );
+    push(
+        "artifact_metadata_sealed",
+        ArtifactMetadata {
+            artifact_id: hash(0xa1),
+            size: 200_000,
+            chunk_count: 4,
+            mime_type: None,
+            encrypted: true,
+            data_key: Some(WrappedDataKey {
+                recipient: hash(0xb5),
+                ephemeral: hash(0xe0),
+                nonce: FixedBytes([0x11; 12]),
+                sealed: FixedBytes([0x5e; 48]),
+            }),
         }
         .into(),
     );
@@ -318,6 +349,7 @@ pub fn all() -> Vec<Sample> {
             chunk_count: 0,
             mime_type: None,
             encrypted: false,
+            data_key: None,
         }
         .into(),
     );
@@ -329,6 +361,7 @@ pub fn all() -> Vec<Sample> {
             chunk_data: Bytes::from_static(b"last bytes of the photo"),
             is_final: true,
             chunk_hash: None,
+            seal: None,
         }
         .into(),
     );
@@ -340,6 +373,19 @@ pub fn all() -> Vec<Sample> {
             chunk_data: Bytes::from_static(b"\xff\xd8\xff\xe0 jpeg start"),
             is_final: false,
             chunk_hash: Some(hash(0xc0)),
+            seal: None,
+        }
+        .into(),
+    );
+    push(
+        "artifact_chunk_sealed",
+        ArtifactChunk {
+            artifact_id: hash(0xa1),
+            chunk_index: 1,
+            chunk_data: Bytes::from_static(b"\x8a\x01\x7f ciphertext of the same length"),
+            is_final: false,
+            chunk_hash: Some(hash(0xc1)),
+            seal: Some(FixedBytes([0x2c; 28])),
         }
         .into(),
     );

@@ -173,47 +173,65 @@ fn message() -> impl Strategy<Value = Message> {
                     })
                 }
             ),
-        (hash32(), any::<u8>(), option::of(any::<u32>())).prop_map(
-            |(artifact_id, priority, resume_from)| {
+        (
+            hash32(),
+            any::<u8>(),
+            option::of(any::<u32>()),
+            option::of(hash32())
+        )
+            .prop_map(|(artifact_id, priority, resume_from, sealed_for)| {
                 Message::from(ArtifactRequest {
                     artifact_id,
                     priority,
                     resume_from,
+                    sealed_for,
                 })
-            }
-        ),
+            }),
         (
             hash32(),
             any::<u64>(),
             any::<u32>(),
             option::of(text()),
-            any::<bool>()
+            any::<bool>(),
+            option::of((hash32(), hash32(), any::<[u8; 12]>(), any::<[u8; 48]>()))
         )
-            .prop_map(|(artifact_id, size, chunk_count, mime_type, encrypted)| {
-                Message::from(ArtifactMetadata {
-                    artifact_id,
-                    size,
-                    chunk_count,
-                    mime_type,
-                    encrypted,
-                })
-            }),
+            .prop_map(
+                |(artifact_id, size, chunk_count, mime_type, encrypted, key)| {
+                    Message::from(ArtifactMetadata {
+                        artifact_id,
+                        size,
+                        chunk_count,
+                        mime_type,
+                        encrypted,
+                        data_key: key.map(|(recipient, ephemeral, nonce, sealed)| WrappedDataKey {
+                            recipient,
+                            ephemeral,
+                            nonce: FixedBytes(nonce),
+                            sealed: FixedBytes(sealed),
+                        }),
+                    })
+                }
+            ),
         (
             hash32(),
             any::<u32>(),
             vec(any::<u8>(), 0..300),
             any::<bool>(),
-            option::of(hash32())
+            option::of(hash32()),
+            option::of(any::<[u8; 28]>())
         )
-            .prop_map(|(artifact_id, chunk_index, data, is_final, chunk_hash)| {
-                Message::from(ArtifactChunk {
-                    artifact_id,
-                    chunk_index,
-                    chunk_data: Bytes::from(data),
-                    is_final,
-                    chunk_hash,
-                })
-            }),
+            .prop_map(
+                |(artifact_id, chunk_index, data, is_final, chunk_hash, seal)| {
+                    Message::from(ArtifactChunk {
+                        artifact_id,
+                        chunk_index,
+                        chunk_data: Bytes::from(data),
+                        is_final,
+                        chunk_hash,
+                        seal: seal.map(FixedBytes),
+                    })
+                }
+            ),
         (hash32(), hash32()).prop_map(|(artifact_id, received_hash)| {
             Message::from(ArtifactComplete {
                 artifact_id,

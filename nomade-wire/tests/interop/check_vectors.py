@@ -91,6 +91,14 @@ def struct_(name, *fields):
 
 REQ, EXT = True, False  # required (always present) / optional extension (omitted when absent)
 
+WRAPPED_DATA_KEY = struct_(
+    "WrappedDataKey",
+    ("recipient", HASH32, REQ),
+    ("ephemeral", HASH32, REQ),
+    ("nonce", ("bin", 12), REQ),
+    ("sealed", ("bin", 48), REQ),
+)
+
 ELEMENT_ID = struct_("ElementId", ("actor", STR, REQ), ("counter", U64, REQ), ("offset", U32, REQ))
 
 EDIT_VARIANTS = {
@@ -176,6 +184,7 @@ MESSAGES = {
         ("artifact_id", HASH32, REQ),
         ("priority", U8, REQ),
         ("resume_from", U32, EXT),
+        ("sealed_for", HASH32, EXT),
     ),
     0x0202: struct_(
         "ARTIFACT_METADATA",
@@ -184,6 +193,7 @@ MESSAGES = {
         ("chunk_count", U32, REQ),
         ("mime_type", nil_or(STR), REQ),
         ("encrypted", BOOL, REQ),
+        ("data_key", WRAPPED_DATA_KEY, EXT),
     ),
     0x0203: struct_(
         "ARTIFACT_CHUNK",
@@ -192,6 +202,7 @@ MESSAGES = {
         ("chunk_data", ("binmax", MAX_CHUNK_DATA), REQ),
         ("is_final", BOOL, REQ),
         ("chunk_hash", HASH32, EXT),
+        ("seal", ("bin", 28), EXT),
     ),
     0x0204: struct_(
         "ARTIFACT_COMPLETE", ("artifact_id", HASH32, REQ), ("received_hash", HASH32, REQ)
@@ -547,10 +558,19 @@ def self_test_vectors():
                                 "first_counter": 50, "deps": {"laptop": 49, "phone": 7}, "timestamp": ts}),
         ("artifact_request", 0x0201, {"artifact_id": h(0xA1), "priority": 128}),
         ("artifact_request_resume", 0x0201, {"artifact_id": h(0xA1), "priority": 255, "resume_from": 17}),
+        ("artifact_request_sealed", 0x0201, {"artifact_id": h(0xA1), "priority": 128, "resume_from": 2,
+                                             "sealed_for": h(0xB5)}),
         ("artifact_metadata", 0x0202, {"artifact_id": h(0xA1), "size": 200_000, "chunk_count": 4,
                                        "mime_type": "image/jpeg", "encrypted": True}),
+        ("artifact_metadata_sealed", 0x0202, {"artifact_id": h(0xA1), "size": 200_000, "chunk_count": 4,
+                                              "mime_type": None, "encrypted": True,
+                                              "data_key": {"recipient": h(0xB5), "ephemeral": h(0xE0),
+                                                           "nonce": b"\x11" * 12, "sealed": b"\x5e" * 48}}),
         ("artifact_chunk", 0x0203, {"artifact_id": h(0xA1), "chunk_index": 3,
                                     "chunk_data": b"last bytes of the photo", "is_final": True}),
+        ("artifact_chunk_sealed", 0x0203, {"artifact_id": h(0xA1), "chunk_index": 1,
+                                           "chunk_data": b"\x8a\x01\x7f ciphertext of the same length",
+                                           "is_final": False, "chunk_hash": h(0xC1), "seal": b"\x2c" * 28}),
         ("artifact_chunk_full", 0x0203, {"artifact_id": h(0xA1), "chunk_index": 0,
                                          "chunk_data": bytes(i % 251 for i in range(MAX_CHUNK_DATA)),
                                          "is_final": False, "chunk_hash": h(0xC0)}),
