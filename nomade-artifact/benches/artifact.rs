@@ -6,7 +6,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use nomade_artifact::{ArtifactStore, DeviceKey, CHUNK_SIZE};
@@ -23,7 +23,7 @@ fn artifact_store(c: &mut Criterion) {
     g.warm_up_time(Duration::from_secs(1));
 
     g.bench_function("baseline", |b| {
-        let cipher = ChaCha20Poly1305::new(Key::from_slice(&[7u8; 32]));
+        let cipher = ChaCha20Poly1305::new(&Key::from([7u8; 32]));
         let mut buf = Vec::with_capacity(CHUNK_SIZE);
         b.iter(|| {
             let mut whole = Sha256::new();
@@ -35,7 +35,7 @@ fn artifact_store(c: &mut Criterion) {
                 let mut nonce = [0u8; 12];
                 nonce[..8].copy_from_slice(&(i as u64).to_be_bytes());
                 let tag = cipher
-                    .encrypt_in_place_detached(Nonce::from_slice(&nonce), b"aad", &mut buf)
+                    .encrypt_inout_detached(&Nonce::from(nonce), b"aad", buf.as_mut_slice().into())
                     .expect("seal");
                 black_box(tag);
             }

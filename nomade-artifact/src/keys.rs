@@ -169,7 +169,7 @@ impl DataKey {
     }
 
     pub(crate) fn cipher(&self) -> ChaCha20Poly1305 {
-        ChaCha20Poly1305::new(Key::from_slice(&self.0))
+        ChaCha20Poly1305::new(&Key::from(self.0))
     }
 
     /// A MAC over a stored header body, keyed from the data key.
@@ -215,9 +215,9 @@ pub(crate) fn wrap(
     let kek = kek(eph_pub.as_bytes(), recipient.as_bytes(), shared.as_bytes());
     let mut nonce = [0u8; 12];
     OsRng.fill_bytes(&mut nonce);
-    let sealed = ChaCha20Poly1305::new(Key::from_slice(&kek))
+    let sealed = ChaCha20Poly1305::new(&Key::from(kek))
         .encrypt(
-            Nonce::from_slice(&nonce),
+            &Nonce::from(nonce),
             Payload {
                 msg: &key.0,
                 aad: &wrap_aad(id, recipient.as_bytes()),
@@ -253,9 +253,9 @@ pub(crate) fn unwrap(
         ));
     }
     let kek = kek(eph.as_bytes(), me.as_bytes(), shared.as_bytes());
-    let plain = ChaCha20Poly1305::new(Key::from_slice(&kek))
+    let plain = ChaCha20Poly1305::new(&Key::from(kek))
         .decrypt(
-            Nonce::from_slice(w.nonce.as_bytes()),
+            &Nonce::from(*w.nonce.as_bytes()),
             Payload {
                 msg: w.sealed.as_bytes(),
                 aad: &wrap_aad(id, me.as_bytes()),

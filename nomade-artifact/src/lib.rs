@@ -47,6 +47,7 @@
 
 pub mod chunk;
 mod error;
+mod hashing;
 pub mod keys;
 mod progress;
 pub mod store;

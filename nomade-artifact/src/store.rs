@@ -32,7 +32,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use chacha20poly1305::aead::AeadInPlace;
+use chacha20poly1305::aead::inout::InOutBuf;
+use chacha20poly1305::aead::AeadInOut;
 use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
 use nomade_wire::{ArtifactMetadata, FixedBytes, Hash32, WrappedDataKey};
 use rand::rngs::OsRng;
@@ -42,6 +43,7 @@ use sha2::{Digest, Sha256};
 
 use crate::chunk::{self, chunk_hash, chunk_len, ArtifactId, CHUNK_SIZE, MAX_CHUNK_COUNT};
 use crate::error::{ArtifactError, Result};
+use crate::hashing::Hashing;
 use crate::keys::{self, sync_dir, DataKey, DeviceKey, PublicKey, WrappedKey};
 
 /// Version of the header layout. 2: per-chunk hashes are BLAKE3 (1 used SHA-256).
@@ -93,10 +95,10 @@ fn seal_chunk(
     out.extend_from_slice(&nonce);
     out.extend_from_slice(plain);
     let tag = cipher
-        .encrypt_in_place_detached(
-            Nonce::from_slice(&nonce),
+        .encrypt_inout_detached(
+            &Nonce::from(nonce),
             &chunk_aad(id, index, is_last),
-            &mut out[NONCE_LEN..],
+            (&mut out[NONCE_LEN..]).into(),
         )
         .map_err(|_| ArtifactError::ChunkTooLarge {
             len: plain.len(),
@@ -119,13 +121,11 @@ fn open_chunk(
     }
     let (nonce, rest) = record.split_at_mut(NONCE_LEN);
     let (ct, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
+    let tampered = |_| ArtifactError::Tampered { index };
+    let nonce = <&Nonce>::try_from(&*nonce).map_err(tampered)?;
+    let tag = <&Tag>::try_from(&*tag).map_err(tampered)?;
     cipher
-        .decrypt_in_place_detached(
-            Nonce::from_slice(nonce),
-            &chunk_aad(id, index, is_last),
-            ct,
-            Tag::from_slice(tag),
-        )
+        .decrypt_inout_detached(nonce, &chunk_aad(id, index, is_last), ct.into(), tag)
         .map_err(|_| ArtifactError::Tampered { index })?;
     Ok(Bytes::copy_from_slice(ct))
 }
@@ -791,8 +791,8 @@ impl ArtifactStore {
             key,
             cipher,
             file,
-            hasher,
-            chunk_hashes,
+            hashing: Hashing::start(hasher, chunk_hashes)?,
+            chunks: index,
             bytes_done: index_bytes(body.size, index),
             unsynced: 0,
             record: Vec::with_capacity(CHUNK_SIZE + RECORD_OVERHEAD),
@@ -843,8 +843,8 @@ impl ArtifactStore {
             cipher: key.cipher(),
             key,
             file,
-            hasher: Sha256::new(),
-            chunk_hashes: Vec::new(),
+            hashing: Hashing::start(Sha256::new(), Vec::new())?,
+            chunks: 0,
             bytes_done: 0,
             unsynced: 0,
             record: Vec::with_capacity(CHUNK_SIZE + RECORD_OVERHEAD),
@@ -934,10 +934,12 @@ impl ArtifactReader {
             reason: format!("past the last chunk ({count} chunks)"),
         })?;
         let rec_len = len + RECORD_OVERHEAD;
-        buf.resize(rec_len, 0);
+        buf.clear();
+        buf.reserve_exact(rec_len);
         self.file
             .seek(SeekFrom::Start(u64::from(index) * RECORD_STRIDE))?;
-        let n = read_full(&mut self.file, buf)?;
+        // Into the spare capacity: no zero-filling first.
+        let n = (&mut self.file).take(rec_len as u64).read_to_end(buf)?;
         if n != rec_len {
             return Err(ArtifactError::Truncated {
                 expected: sealed_len(self.info.size),
@@ -958,8 +960,10 @@ pub(crate) struct PartialArtifact {
     key: DataKey,
     cipher: ChaCha20Poly1305,
     file: File,
-    hasher: Sha256,
-    chunk_hashes: Vec<Hash32>,
+    /// The whole SHA-256 and the chunk hashes, on their own thread.
+    hashing: Hashing,
+    /// Chunks held and verified.
+    chunks: u32,
     pub(crate) bytes_done: u64,
     unsynced: u32,
     record: Vec<u8>,
@@ -976,15 +980,12 @@ struct Incoming {
     /// stored as it is. Otherwise (a resume from another holder) each chunk
     /// is sealed again under this partial's key.
     verbatim: bool,
-    /// The plaintext of the chunk being checked.
-    plain: Vec<u8>,
 }
 
 impl PartialArtifact {
     /// Chunks held and verified.
     pub(crate) fn chunks_done(&self) -> u32 {
-        // At most chunk_count, which is a u32.
-        self.chunk_hashes.len() as u32
+        self.chunks
     }
 
     /// Reserves what is still to be written, for a resumed transfer.
@@ -1002,7 +1003,6 @@ impl PartialArtifact {
         self.incoming = Some(Incoming {
             cipher: key.cipher(),
             verbatim: key.same_as(&self.key),
-            plain: Vec::with_capacity(CHUNK_SIZE),
         });
     }
 
@@ -1022,7 +1022,10 @@ impl PartialArtifact {
             plain,
             &mut self.record,
         )?;
-        self.commit_record(plain, hash)
+        self.file.write_all(&self.record)?;
+        let mut copy = self.hashing.buffer(plain.len());
+        copy.copy_from_slice(plain);
+        self.account(copy, Some(hash))
     }
 
     /// Opens the next chunk of a sealed transfer (`ciphertext`, and `seal` =
@@ -1038,49 +1041,57 @@ impl PartialArtifact {
     ) -> Result<()> {
         let index = self.chunks_done();
         let last = index + 1 == self.chunk_count;
-        let Some(mut incoming) = self.incoming.take() else {
+        let Some(incoming) = self.incoming.take() else {
             return Err(ArtifactError::Protocol(
                 "no data key for a sealed chunk".into(),
             ));
         };
         let result = (|| {
             let (nonce, tag) = seal.split_at(NONCE_LEN);
-            incoming.plain.clear();
-            incoming.plain.extend_from_slice(ciphertext);
+            let mismatch = |_| ArtifactError::ChunkHashMismatch { index };
+            // Decrypted from the received bytes straight into a buffer that
+            // then goes to the hashing thread.
+            let mut plain = self.hashing.buffer(ciphertext.len());
+            let buf = InOutBuf::new(ciphertext, &mut plain)
+                .map_err(|_| ArtifactError::Protocol("chunk buffer of the wrong length".into()))?;
             incoming
                 .cipher
-                .decrypt_in_place_detached(
-                    Nonce::from_slice(nonce),
+                .decrypt_inout_detached(
+                    <&Nonce>::try_from(nonce).map_err(mismatch)?,
                     &chunk_aad(&self.id, index, last),
-                    &mut incoming.plain,
-                    Tag::from_slice(tag),
+                    buf,
+                    <&Tag>::try_from(tag).map_err(mismatch)?,
                 )
                 .map_err(|_| ArtifactError::ChunkHashMismatch { index })?;
-            let hash = chunk_hash(&incoming.plain);
-            if claimed_hash.is_some_and(|c| c != hash) {
-                return Err(ArtifactError::ChunkHashMismatch { index });
-            }
+            // The tag authenticated the chunk; a claimed hash is checked too.
+            let hash = match claimed_hash {
+                Some(claimed) if claimed != chunk_hash(&plain) => {
+                    return Err(ArtifactError::ChunkHashMismatch { index })
+                }
+                known => known,
+            };
             if incoming.verbatim {
-                self.record.clear();
-                self.record.extend_from_slice(nonce);
-                self.record.extend_from_slice(ciphertext);
-                self.record.extend_from_slice(tag);
-                self.commit_record(&incoming.plain, hash)
+                // Written in place, without assembling the record first.
+                self.file.write_all(nonce)?;
+                self.file.write_all(ciphertext)?;
+                self.file.write_all(tag)?;
+                self.account(plain, hash)
             } else {
-                self.append(&incoming.plain, hash)
+                let hash = hash.unwrap_or_else(|| chunk_hash(&plain));
+                self.append(&plain, hash)
             }
         })();
         self.incoming = Some(incoming);
         result
     }
 
-    /// Writes the sealed record of the next chunk (in `self.record`) and
-    /// accounts for its plaintext.
-    fn commit_record(&mut self, plain: &[u8], hash: Hash32) -> Result<()> {
-        self.file.write_all(&self.record)?;
-        self.hasher.update(plain);
-        self.chunk_hashes.push(hash);
+    /// Accounts for the next chunk, its record written: hands its plaintext
+    /// to the hashing thread, counts it, and syncs every
+    /// [`SYNC_EVERY_CHUNKS`].
+    fn account(&mut self, plain: Vec<u8>, hash: Option<Hash32>) -> Result<()> {
         self.bytes_done += plain.len() as u64;
+        self.hashing.push(plain, hash)?;
+        self.chunks += 1;
         self.unsynced += 1;
         if self.unsynced >= SYNC_EVERY_CHUNKS {
             self.file.sync_data()?;
@@ -1091,8 +1102,9 @@ impl PartialArtifact {
 
     /// Verifies the whole hash and moves the artifact into the store; on a
     /// mismatch the partial is discarded.
-    pub(crate) fn finish(self) -> Result<ArtifactId> {
-        let actual = ArtifactId::from(<[u8; 32]>::from(self.hasher.clone().finalize()));
+    pub(crate) fn finish(mut self) -> Result<ArtifactId> {
+        let (whole, chunk_hashes) = self.hashing.finish()?;
+        let actual = ArtifactId::from(whole);
         let store = self.store.clone();
         let id = self.id;
         if actual != id || self.chunks_done() != self.chunk_count {
@@ -1110,7 +1122,7 @@ impl PartialArtifact {
             size: self.size,
             chunk_count: self.chunk_count,
             mime_type: self.mime_type.clone(),
-            chunk_hashes: self.chunk_hashes.clone(),
+            chunk_hashes,
             wrapped: vec![keys::wrap(&self.key, &id, &store.public_key())?],
         };
         let tmp_hdr = store.inner.root.join("tmp").join(format!(

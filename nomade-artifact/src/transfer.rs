@@ -4,7 +4,7 @@
 //! Receiver (fetcher)                         Sender (holder)
 //!    ARTIFACT_REQUEST {id, priority, resume_from?, sealed_for?}  ->
 //!                                  <-  ARTIFACT_METADATA {id, size, chunk_count, ..., data_key?}
-//!                                  <-  ARTIFACT_CHUNK {index = resume_from.., chunk_hash, seal?}
+//!                                  <-  ARTIFACT_CHUNK {index = resume_from.., chunk_hash | seal}
 //!                                  <-  ... (the last with is_final = true)
 //!    ARTIFACT_COMPLETE {id, received_hash}          ->
 //! ```
@@ -291,7 +291,12 @@ impl Sender {
                 return Err(e);
             }
         };
-        let chunk_hash = reader.chunk_hash(index);
+        // A sealed chunk's tag authenticates it; a plaintext one carries its hash.
+        let chunk_hash = if seal.is_some() {
+            None
+        } else {
+            reader.chunk_hash(index)
+        };
         *next += 1;
         let is_final = index + 1 == count;
         if is_final {
@@ -1195,6 +1200,9 @@ mod tests {
             match &chunk {
                 Message::ArtifactChunk(c) => {
                     assert_eq!(c.seal.is_some(), sealed);
+                    // The tag authenticates a sealed chunk; a plaintext one
+                    // carries its hash.
+                    assert_eq!(c.chunk_hash.is_some(), !sealed);
                     // Sealed or not, what travels has the plaintext's length,
                     // and sealed it is not the plaintext.
                     assert_eq!(c.chunk_data.len(), CHUNK);
@@ -1305,6 +1313,8 @@ mod tests {
             s.0[27] ^= 1;
             s
         });
+        let mut wrong_hash = chunk0(&sealed);
+        wrong_hash.chunk_hash = Some(Hash32::ZERO);
         let mut unsealed = chunk0(&sealed);
         unsealed.seal = None;
         let mut other_index = chunk0(&sealed);
@@ -1330,6 +1340,13 @@ mod tests {
                 true,
                 sealed[0].clone(),
                 Message::ArtifactChunk(bad_tag),
+                |e| matches!(e, ArtifactError::ChunkHashMismatch { index: 0 }),
+            ),
+            // A chunk_hash, when given, must match the opened plaintext.
+            (
+                true,
+                sealed[0].clone(),
+                Message::ArtifactChunk(wrong_hash),
                 |e| matches!(e, ArtifactError::ChunkHashMismatch { index: 0 }),
             ),
             // Mixed modes.
