@@ -1,11 +1,11 @@
 //! Running an artifact transfer's state machine beside the network.
 //!
 //! The sans-IO [`Sender`] and [`Receiver`] of `nomade-artifact` do the disk
-//! and crypto work of a transfer (read and open sealed chunks on the holder;
-//! verify, seal, write and periodically `fsync` on the fetcher). Done inline
-//! on an async worker, that work and the network take turns: while a chunk is
-//! being sealed or the file synced, nothing is read from the connection and
-//! the QUIC window stalls. Here the machine runs on a blocking thread, fed by
+//! and crypto work of a transfer (read stored records on the holder; open and
+//! verify, write and periodically `fsync` on the fetcher, which hashes on a
+//! thread of its own). Done inline on an async worker, that work and the
+//! network take turns: while a chunk is being opened or the file synced,
+//! nothing is read from the connection and the QUIC window stalls. Here the machine runs on a blocking thread, fed by
 //! one task that reads frames and drained by one that writes them, with
 //! bounded queues between them: the three overlap, memory stays bounded by
 //! the queue lengths (a few 64 KiB chunks), and backpressure still reaches

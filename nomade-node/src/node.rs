@@ -1016,8 +1016,9 @@ impl Node {
         mut tx: FramedSend,
         mut rx: FramedRecv,
     ) -> Result<(), NodeError> {
-        // Every paired (TLS-authenticated) device may fetch: the artifact is
-        // re-sealed for the receiving device when it stores it.
+        // Every paired (TLS-authenticated) device may fetch: the data key is
+        // wrapped for the key it sends (a sealed transfer), or it seals the
+        // plaintext under its own key (a plaintext one).
         let sender = Sender::new(
             self.inner.artifacts.clone(),
             self.inner.paired.contains(&peer),
