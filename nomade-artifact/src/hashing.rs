@@ -17,15 +17,24 @@ use sha2::{Digest, Sha256};
 use crate::chunk::{chunk_hash, CHUNK_SIZE};
 use crate::error::{ArtifactError, Result};
 
-/// Chunks queued for hashing at most (4 MiB of 64 KiB chunks).
-const QUEUE: usize = 64;
+/// Chunks handed to the thread at a time: one wake-up per batch rather than
+/// per chunk (the thread hashes faster than chunks arrive, so it would
+/// otherwise sleep and be woken for every one).
+const BATCH: usize = 8;
+/// Batches queued for hashing at most (with `BATCH`, 4 MiB of 64 KiB chunks).
+const QUEUE: usize = 8;
+
+/// Chunks' plaintexts, each with its BLAKE3 hash when already known.
+type Batch = Vec<(Vec<u8>, Option<Hash32>)>;
 
 /// What the thread ends with: the whole hash so far, and every chunk's hash.
 type Hashes = (Sha256, Vec<Hash32>);
 
 /// The hashing thread of one transfer.
 pub(crate) struct Hashing {
-    chunks: Option<SyncSender<(Vec<u8>, Option<Hash32>)>>,
+    chunks: Option<SyncSender<Batch>>,
+    /// Chunks not yet handed over.
+    pending: Batch,
     spare: Receiver<Vec<u8>>,
     thread: Option<JoinHandle<Hashes>>,
 }
@@ -38,23 +47,26 @@ impl Hashing {
     /// Starts hashing after `chunk_hashes.len()` chunks already fed to `whole`
     /// (a resumed transfer).
     pub(crate) fn start(whole: Sha256, chunk_hashes: Vec<Hash32>) -> Result<Hashing> {
-        let (chunks, queue) = mpsc::sync_channel::<(Vec<u8>, Option<Hash32>)>(QUEUE);
+        let (chunks, queue) = mpsc::sync_channel::<Batch>(QUEUE);
         let (give_back, spare) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("nomade-artifact-hash".into())
             .spawn(move || {
                 let (mut whole, mut hashes) = (whole, chunk_hashes);
-                for (chunk, known) in queue {
-                    whole.update(&chunk);
-                    hashes.push(known.unwrap_or_else(|| chunk_hash(&chunk)));
-                    // The receiving side may be gone already; then the
-                    // buffer is simply dropped.
-                    let _ = give_back.send(chunk);
+                for batch in queue {
+                    for (chunk, known) in batch {
+                        whole.update(&chunk);
+                        hashes.push(known.unwrap_or_else(|| chunk_hash(&chunk)));
+                        // The receiving side may be gone already; then the
+                        // buffer is simply dropped.
+                        let _ = give_back.send(chunk);
+                    }
                 }
                 (whole, hashes)
             })?;
         Ok(Hashing {
             chunks: Some(chunks),
+            pending: Vec::with_capacity(BATCH),
             spare,
             thread: Some(thread),
         })
@@ -73,15 +85,32 @@ impl Hashing {
 
     /// Queues the next chunk's plaintext, with its BLAKE3 hash if already
     /// known. Blocks while the queue is full.
-    pub(crate) fn push(&self, plain: Vec<u8>, known_hash: Option<Hash32>) -> Result<()> {
+    pub(crate) fn push(&mut self, plain: Vec<u8>, known_hash: Option<Hash32>) -> Result<()> {
+        if self.chunks.is_none() {
+            return Err(gone());
+        }
+        self.pending.push((plain, known_hash));
+        if self.pending.len() >= BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the pending chunks to the thread.
+    fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(BATCH));
         let chunks = self.chunks.as_ref().ok_or_else(gone)?;
-        chunks.send((plain, known_hash)).map_err(|_| gone())
+        chunks.send(batch).map_err(|_| gone())
     }
 
     /// Waits for every queued chunk; returns the SHA-256 of everything fed
     /// and the BLAKE3 hash of each chunk, in order. Nothing can be pushed
     /// after this.
     pub(crate) fn finish(&mut self) -> Result<([u8; 32], Vec<Hash32>)> {
+        self.flush()?;
         self.chunks = None;
         let thread = self.thread.take().ok_or_else(gone)?;
         let (whole, hashes) = thread.join().map_err(|_| gone())?;
@@ -127,8 +156,10 @@ mod tests {
 
     #[test]
     fn buffers_come_back_sized_as_asked() {
-        let h = Hashing::start(Sha256::new(), Vec::new()).expect("start");
-        h.push(vec![7u8; 100], None).expect("push");
+        let mut h = Hashing::start(Sha256::new(), Vec::new()).expect("start");
+        for _ in 0..BATCH {
+            h.push(vec![7u8; 100], None).expect("push");
+        }
         // Whether or not the first buffer came back yet, the length is right.
         assert_eq!(h.buffer(10).len(), 10);
         assert_eq!(h.buffer(CHUNK_SIZE).len(), CHUNK_SIZE);
