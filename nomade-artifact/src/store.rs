@@ -888,7 +888,7 @@ impl ArtifactReader {
     }
 
     /// Reads chunk `index`, checking its AEAD tag (with the id, index and
-    /// last-chunk flag as AAD) and its plaintext hash.
+    /// last-chunk flag as AAD).
     pub fn read_chunk(&mut self, index: u32) -> Result<Bytes> {
         let mut buf = std::mem::take(&mut self.buf);
         let read = self.read_record(index, &mut buf);
@@ -1013,6 +1013,15 @@ impl PartialArtifact {
 
     /// Seals and appends the next chunk (already verified by the caller).
     pub(crate) fn append(&mut self, plain: &[u8], hash: Hash32) -> Result<()> {
+        self.seal_and_write(plain)?;
+        let mut copy = self.hashing.buffer(plain.len());
+        copy.copy_from_slice(plain);
+        self.account(copy, Some(hash))
+    }
+
+    /// Seals `plain` as the next chunk under this partial's key and writes
+    /// the record.
+    fn seal_and_write(&mut self, plain: &[u8]) -> Result<()> {
         let index = self.chunks_done();
         seal_chunk(
             &self.cipher,
@@ -1023,9 +1032,7 @@ impl PartialArtifact {
             &mut self.record,
         )?;
         self.file.write_all(&self.record)?;
-        let mut copy = self.hashing.buffer(plain.len());
-        copy.copy_from_slice(plain);
-        self.account(copy, Some(hash))
+        Ok(())
     }
 
     /// Opens the next chunk of a sealed transfer (`ciphertext`, and `seal` =
@@ -1041,48 +1048,41 @@ impl PartialArtifact {
     ) -> Result<()> {
         let index = self.chunks_done();
         let last = index + 1 == self.chunk_count;
-        let Some(incoming) = self.incoming.take() else {
+        let Some(incoming) = &self.incoming else {
             return Err(ArtifactError::Protocol(
                 "no data key for a sealed chunk".into(),
             ));
         };
-        let result = (|| {
-            let (nonce, tag) = seal.split_at(NONCE_LEN);
-            let mismatch = |_| ArtifactError::ChunkHashMismatch { index };
-            // Decrypted from the received bytes straight into a buffer that
-            // then goes to the hashing thread.
-            let mut plain = self.hashing.buffer(ciphertext.len());
-            let buf = InOutBuf::new(ciphertext, &mut plain)
-                .map_err(|_| ArtifactError::Protocol("chunk buffer of the wrong length".into()))?;
-            incoming
-                .cipher
-                .decrypt_inout_detached(
-                    <&Nonce>::try_from(nonce).map_err(mismatch)?,
-                    &chunk_aad(&self.id, index, last),
-                    buf,
-                    <&Tag>::try_from(tag).map_err(mismatch)?,
-                )
-                .map_err(|_| ArtifactError::ChunkHashMismatch { index })?;
-            // The tag authenticated the chunk; a claimed hash is checked too.
-            let hash = match claimed_hash {
-                Some(claimed) if claimed != chunk_hash(&plain) => {
-                    return Err(ArtifactError::ChunkHashMismatch { index })
-                }
-                known => known,
-            };
-            if incoming.verbatim {
-                // Written in place, without assembling the record first.
-                self.file.write_all(nonce)?;
-                self.file.write_all(ciphertext)?;
-                self.file.write_all(tag)?;
-                self.account(plain, hash)
-            } else {
-                let hash = hash.unwrap_or_else(|| chunk_hash(&plain));
-                self.append(&plain, hash)
-            }
-        })();
-        self.incoming = Some(incoming);
-        result
+        let verbatim = incoming.verbatim;
+        let (nonce, tag) = seal.split_at(NONCE_LEN);
+        let mismatch = |_| ArtifactError::ChunkHashMismatch { index };
+        // Decrypted from the received bytes straight into a buffer that then
+        // goes to the hashing thread.
+        let mut plain = self.hashing.buffer(ciphertext.len());
+        let buf = InOutBuf::new(ciphertext, &mut plain)
+            .map_err(|_| ArtifactError::Protocol("chunk buffer of the wrong length".into()))?;
+        incoming
+            .cipher
+            .decrypt_inout_detached(
+                <&Nonce>::try_from(nonce).map_err(mismatch)?,
+                &chunk_aad(&self.id, index, last),
+                buf,
+                <&Tag>::try_from(tag).map_err(mismatch)?,
+            )
+            .map_err(|_| ArtifactError::ChunkHashMismatch { index })?;
+        // The tag authenticated the chunk; a claimed hash is checked too.
+        if claimed_hash.is_some_and(|claimed| claimed != chunk_hash(&plain)) {
+            return Err(ArtifactError::ChunkHashMismatch { index });
+        }
+        if verbatim {
+            // Written in place, without assembling the record first.
+            self.file.write_all(nonce)?;
+            self.file.write_all(ciphertext)?;
+            self.file.write_all(tag)?;
+        } else {
+            self.seal_and_write(&plain)?;
+        }
+        self.account(plain, claimed_hash)
     }
 
     /// Accounts for the next chunk, its record written: hands its plaintext

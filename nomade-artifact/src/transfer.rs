@@ -313,6 +313,11 @@ impl Sender {
     }
 }
 
+/// The `sealed_for` of a request from `store`: its public key, if sealed.
+fn sealed_for(store: &ArtifactStore, sealed: bool) -> Option<nomade_wire::Hash32> {
+    sealed.then(|| FixedBytes(*store.public_key().as_bytes()))
+}
+
 /// What happened on the fetcher's side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -347,6 +352,8 @@ pub struct Receiver {
     store: ArtifactStore,
     id: ArtifactId,
     request: ArtifactRequest,
+    /// Whether `request` was handed out by `next_message` yet.
+    requested: bool,
     partial: Option<PartialArtifact>,
     state: RecvState,
     outbox: VecDeque<Message>,
@@ -394,13 +401,14 @@ impl Receiver {
             artifact_id: id.hash32(),
             priority,
             resume_from: (resume > 0).then_some(resume),
-            sealed_for: Some(FixedBytes(*store.public_key().as_bytes())),
+            sealed_for: sealed_for(&store, true),
         };
         Ok(Receiver {
             store,
             id,
-            outbox: VecDeque::from([Message::ArtifactRequest(request.clone())]),
+            outbox: VecDeque::new(),
             request,
+            requested: false,
             partial,
             state: RecvState::AwaitingMetadata,
             progress,
@@ -415,12 +423,7 @@ impl Receiver {
     /// ChaCha20-Poly1305 pass per byte instead of two. Call before the
     /// request is sent.
     pub fn ask_sealed(mut self, sealed: bool) -> Receiver {
-        self.request.sealed_for = sealed.then(|| FixedBytes(*self.store.public_key().as_bytes()));
-        for m in &mut self.outbox {
-            if let Message::ArtifactRequest(r) = m {
-                r.clone_from(&self.request);
-            }
-        }
+        self.request.sealed_for = sealed_for(&self.store, sealed);
         self
     }
 
@@ -446,11 +449,17 @@ impl Receiver {
 
     /// Whether the exchange is over (complete or failed) and nothing is left to send.
     pub fn is_finished(&self) -> bool {
-        matches!(self.state, RecvState::Finished | RecvState::Failed) && self.outbox.is_empty()
+        matches!(self.state, RecvState::Finished | RecvState::Failed)
+            && self.requested
+            && self.outbox.is_empty()
     }
 
     /// The next message to send, if any.
     pub fn next_message(&mut self) -> Result<Option<Message>> {
+        if !self.requested {
+            self.requested = true;
+            return Ok(Some(Message::ArtifactRequest(self.request.clone())));
+        }
         Ok(self.outbox.pop_front())
     }
 

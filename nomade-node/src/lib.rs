@@ -69,6 +69,7 @@ pub mod store;
 pub mod sync;
 
 pub use error::NodeError;
+pub use node::{Node, NodeConfig, NodeStatus, PeerPresence, PeerStatus};
 
 /// Locks `mutex`, recovering it if a panic elsewhere poisoned it. Every
 /// update the node makes under one of its locks (the replica, the session
@@ -80,4 +81,3 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
-pub use node::{Node, NodeConfig, NodeStatus, PeerPresence, PeerStatus};

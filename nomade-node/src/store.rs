@@ -50,16 +50,22 @@ fn corrupt_op(seq: u64, what: impl std::fmt::Display) -> StoreError {
     }
 }
 
-/// How many operations the row keyed `first` holds.
-fn run_len(first: u64, row: &[u8]) -> Result<u64, StoreError> {
+/// The row keyed `first` as the number of operations it holds and their
+/// concatenated MessagePack.
+fn split_run(first: u64, row: &[u8]) -> Result<(u64, &[u8]), StoreError> {
     match row {
-        [RUN_MARKER, a, b, c, d, ..] => match u32::from_be_bytes([*a, *b, *c, *d]) {
+        [RUN_MARKER, a, b, c, d, ops @ ..] => match u32::from_be_bytes([*a, *b, *c, *d]) {
             0 => Err(corrupt_op(first, "empty run")),
-            n => Ok(u64::from(n)),
+            n => Ok((u64::from(n), ops)),
         },
         [RUN_MARKER, ..] => Err(corrupt_op(first, "truncated run header")),
-        _ => Ok(1),
+        _ => Ok((1, row)),
     }
+}
+
+/// How many operations the row keyed `first` holds.
+fn run_len(first: u64, row: &[u8]) -> Result<u64, StoreError> {
+    split_run(first, row).map(|(count, _)| count)
 }
 
 /// Decodes the row keyed `first`, calling `f` with each operation and its
@@ -69,12 +75,7 @@ fn decode_run(
     row: &[u8],
     mut f: impl FnMut(u64, SyncOperation) -> ControlFlow<()>,
 ) -> Result<(), StoreError> {
-    let count = run_len(first, row)?;
-    let mut rest = if row.first() == Some(&RUN_MARKER) {
-        &row[5..]
-    } else {
-        row
-    };
+    let (count, mut rest) = split_run(first, row)?;
     for i in 0..count {
         let seq = first + i;
         let op: SyncOperation =

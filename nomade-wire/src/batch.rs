@@ -11,7 +11,7 @@
 use bytes::{BufMut, BytesMut};
 
 use crate::error::EncodeError;
-use crate::frame::{CHECKSUM_LEN, HEADER_LEN, PROTOCOL_VERSION};
+use crate::frame::{put_header, CHECKSUM_LEN, HEADER_LEN};
 use crate::message::SyncOperation;
 use crate::{MessageId, MessageType};
 
@@ -25,6 +25,11 @@ fn array_header_len(n: usize) -> usize {
         16..=0xffff => 3,
         _ => 5,
     }
+}
+
+/// Length of the payload holding `count` operations encoded in `ops_len` bytes.
+fn payload_len(ops_len: usize, count: usize) -> usize {
+    PAYLOAD_PREFIX.len() + array_header_len(count) + ops_len
 }
 
 /// Builds `BATCHED_SYNC` frames whose payloads stay within a limit.
@@ -80,10 +85,6 @@ impl BatchEncoder {
         self.count == 0
     }
 
-    fn payload_len(&self, ops_len: usize, count: usize) -> usize {
-        PAYLOAD_PREFIX.len() + array_header_len(count) + ops_len
-    }
-
     /// Adds `op` if the payload still fits; returns `false` (and leaves the
     /// batch as it was) when it does not, so the caller can write the frame
     /// and push `op` into the next one. An operation too large for a frame
@@ -96,7 +97,7 @@ impl BatchEncoder {
             EncodeError::Serialize(e.to_string())
         })?;
         let op_len = self.ops.len() - before;
-        let alone = self.payload_len(op_len, 1);
+        let alone = payload_len(op_len, 1);
         if alone > self.max_payload {
             self.ops.truncate(before);
             return Err(EncodeError::PayloadTooLarge {
@@ -104,7 +105,7 @@ impl BatchEncoder {
                 max: self.max_payload,
             });
         }
-        if self.payload_len(self.ops.len(), self.count + 1) > self.max_payload {
+        if payload_len(self.ops.len(), self.count + 1) > self.max_payload {
             self.ops.truncate(before);
             return Ok(false);
         }
@@ -120,17 +121,13 @@ impl BatchEncoder {
         timestamp: i64,
         dst: &mut BytesMut,
     ) -> Result<(), EncodeError> {
-        let payload_len = self.payload_len(self.ops.len(), self.count);
-        let len32 = u32::try_from(payload_len).map_err(|_| EncodeError::PayloadTooLarge {
-            len: payload_len,
+        let len = payload_len(self.ops.len(), self.count);
+        let len32 = u32::try_from(len).map_err(|_| EncodeError::PayloadTooLarge {
+            len,
             max: u32::MAX as usize,
         })?;
-        dst.reserve(HEADER_LEN + payload_len + CHECKSUM_LEN);
-        dst.put_u8(PROTOCOL_VERSION);
-        dst.put_u16(MessageType::BatchedSync.code());
-        dst.put_slice(message_id.as_bytes());
-        dst.put_i64(timestamp);
-        dst.put_u32(len32);
+        dst.reserve(HEADER_LEN + len + CHECKSUM_LEN);
+        put_header(dst, MessageType::BatchedSync, message_id, timestamp, len32);
         let payload_start = dst.len();
         dst.put_slice(PAYLOAD_PREFIX);
         let mut w = (&mut *dst).writer();

@@ -221,6 +221,21 @@ impl std::io::Write for SameBytes<'_> {
     }
 }
 
+/// Appends a frame header (version, type, id, timestamp, payload length).
+pub(crate) fn put_header(
+    dst: &mut BytesMut,
+    message_type: MessageType,
+    message_id: MessageId,
+    timestamp: i64,
+    payload_len: u32,
+) {
+    dst.put_u8(PROTOCOL_VERSION);
+    dst.put_u16(message_type.code());
+    dst.put_slice(message_id.as_bytes());
+    dst.put_i64(timestamp);
+    dst.put_u32(payload_len);
+}
+
 /// One protocol message with its envelope fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
@@ -255,11 +270,14 @@ impl Envelope {
         }
         let start = dst.len();
         dst.reserve(HEADER_LEN + 64 + CHECKSUM_LEN);
-        dst.put_u8(PROTOCOL_VERSION);
-        dst.put_u16(self.message.message_type().code());
-        dst.put_slice(self.message_id.as_bytes());
-        dst.put_i64(self.timestamp);
-        dst.put_u32(0); // patched below
+        // The payload length is patched in below, once known.
+        put_header(
+            dst,
+            self.message.message_type(),
+            self.message_id,
+            self.timestamp,
+            0,
+        );
         let payload_start = dst.len();
         if let Err(e) = self.message.write_payload(dst) {
             dst.truncate(start);

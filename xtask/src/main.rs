@@ -242,25 +242,24 @@ fn python_with_spec_libs() -> Result<PathBuf> {
     }
     let venv = Path::new("target/spec-venv");
     let venv_py = venv.join("bin/python");
-    if !venv_py.exists() {
-        let mut make = Command::new(&system);
-        make.args(["-m", "venv"]).arg(venv);
-        if run("create target/spec-venv", &mut make).is_err() {
-            if !have("apt-get", "--version") {
-                bail!(
-                    "{} cannot create a virtual environment; install its venv module",
-                    system.display()
-                );
-            }
-            run(
-                "install python3-venv",
-                Command::new("apt-get").args(["install", "-y", "python3-venv"]),
-            )?;
-            run(
-                "create target/spec-venv",
-                Command::new(&system).args(["-m", "venv"]).arg(venv),
-            )?;
+    let make_venv = || {
+        run(
+            "create target/spec-venv",
+            Command::new(&system).args(["-m", "venv"]).arg(venv),
+        )
+    };
+    if !venv_py.exists() && make_venv().is_err() {
+        if !have("apt-get", "--version") {
+            bail!(
+                "{} cannot create a virtual environment; install its venv module",
+                system.display()
+            );
         }
+        run(
+            "install python3-venv",
+            Command::new("apt-get").args(["install", "-y", "python3-venv"]),
+        )?;
+        make_venv()?;
     }
     if !can_import(&venv_py) {
         run(
