@@ -16,8 +16,8 @@ use crate::error::ArtifactError;
 pub const CHUNK_SIZE: usize = MAX_CHUNK_DATA;
 
 /// The largest chunk count accepted (in metadata or a stored header): 2^20
-/// chunks, i.e. artifacts up to 64 GiB. It bounds the per-chunk hash list kept
-/// in a header (32 bytes per chunk, 32 MiB at most).
+/// chunks, i.e. artifacts up to 64 GiB. It bounds what a transfer may claim
+/// and what a stored header may describe.
 pub const MAX_CHUNK_COUNT: u32 = 1 << 20;
 
 /// The largest artifact accepted: [`MAX_CHUNK_COUNT`] full chunks (64 GiB).
@@ -115,10 +115,11 @@ impl FromStr for ArtifactId {
 
 /// BLAKE3 of one chunk's plaintext (the `chunk_hash` of ARTIFACT_CHUNK).
 ///
-/// The per-chunk hash only catches damage in transit and lets a resumed
-/// transfer trust its verified prefix; the whole artifact is still proven by
-/// its SHA-256 id. BLAKE3 does that job at several times SHA-256's speed,
-/// which matters because the fetcher hashes every byte twice.
+/// The per-chunk hash of a plaintext transfer only catches damage in transit;
+/// the whole artifact is still proven by its SHA-256 id. BLAKE3 does that job
+/// at several times SHA-256's speed, which matters because the fetcher
+/// hashes every byte twice. (A sealed chunk needs none: its AEAD tag
+/// authenticates it.)
 pub fn chunk_hash(data: &[u8]) -> Hash32 {
     Hash32::from(*blake3::hash(data).as_bytes())
 }

@@ -3,16 +3,16 @@
 //! Layout under the store directory:
 //!
 //! - `objects/<hex id>.hdr`: the header, MessagePack `{body: bin, mac: bin 32}`
-//!   where `body` is the MessagePack of the id, size, chunk count, MIME type, the
-//!   BLAKE3 hash of every plaintext chunk and the data key wrapped for each recipient,
+//!   where `body` is the MessagePack of the id, size, chunk count, MIME type and
+//!   the data key wrapped for each recipient,
 //!   and `mac` is a keyed BLAKE3 of `body` under a key derived from the data key
 //!   (so no one without the data key can alter the header unnoticed);
 //! - `objects/<hex id>.dat`: the sealed chunks back to back, chunk `i` being
 //!   `nonce (12) || ChaCha20-Poly1305 ciphertext (len_i) || tag (16)` with a fresh
 //!   random nonce and AAD = `artifact id (32) || i as u32 BE || is_last (1 byte)`;
 //!   chunk `i` starts at byte `i * (65,536 + 28)`;
-//! - `partial/<hex id>.{hdr,dat}`: a transfer in progress (same formats, the
-//!   header without chunk hashes), resumed from its last verified chunk;
+//! - `partial/<hex id>.{hdr,dat}`: a transfer in progress (same formats),
+//!   resumed from its last verified chunk;
 //! - `tmp/`: files being written by [`ArtifactStore::put_file`], removed on open.
 //!
 //! The header is renamed into place last: it is the commit point.
@@ -27,7 +27,7 @@
 //! the id, so the replacement is never exported or accepted as that artifact.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -46,13 +46,18 @@ use crate::error::{ArtifactError, Result};
 use crate::hashing::Hashing;
 use crate::keys::{self, sync_dir, DataKey, DeviceKey, PublicKey, WrappedKey};
 
-/// Version of the header layout. 2: per-chunk hashes are BLAKE3 (1 used SHA-256).
-const HEADER_FORMAT: u8 = 2;
+/// Version of the header layout written. 3: no per-chunk hashes (each chunk's
+/// AEAD tag authenticates it; a plaintext transfer hashes the chunk it
+/// opens). 2 (still read): with the BLAKE3 hash of every chunk, ignored.
+const HEADER_FORMAT: u8 = 3;
+/// The earlier layout, still read.
+const HEADER_FORMAT_WITH_CHUNK_HASHES: u8 = 2;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 /// Bytes added to each chunk when sealed: nonce and tag.
 pub const RECORD_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 const RECORD_STRIDE: u64 = (CHUNK_SIZE + RECORD_OVERHEAD) as u64;
+/// Largest header read: room for the per-chunk hashes of format 2.
 const MAX_HEADER_LEN: u64 = 40 * MAX_CHUNK_COUNT as u64 + (1 << 20);
 /// A partial transfer is flushed to disk (fsync) every this many chunks.
 pub const SYNC_EVERY_CHUNKS: u32 = 64;
@@ -64,12 +69,7 @@ pub fn sealed_len(size: u64) -> u64 {
 }
 
 fn footprint(size: u64, recipients: usize, mime: Option<&str>) -> u64 {
-    let count = size.div_ceil(CHUNK_SIZE as u64);
-    sealed_len(size)
-        + 1024
-        + 40 * count
-        + 160 * recipients as u64
-        + mime.map_or(0, |m| m.len() as u64)
+    sealed_len(size) + 1024 + 160 * recipients as u64 + mime.map_or(0, |m| m.len() as u64)
 }
 
 fn chunk_aad(id: &ArtifactId, index: u32, is_last: bool) -> [u8; 37] {
@@ -137,6 +137,9 @@ struct HeaderBody {
     size: u64,
     chunk_count: u32,
     mime_type: Option<String>,
+    /// Format 2 only: the BLAKE3 hash of every chunk (checked for count,
+    /// otherwise unused).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     chunk_hashes: Vec<Hash32>,
     wrapped: Vec<WrappedKey>,
 }
@@ -183,7 +186,7 @@ fn read_header(
     let bad = |e: rmp_serde::decode::Error| ArtifactError::BadMetadata(format!("header: {e}"));
     let file: HeaderFile = rmp_serde::from_slice(&raw).map_err(bad)?;
     let body: HeaderBody = rmp_serde::from_slice(&file.body).map_err(bad)?;
-    if body.format != HEADER_FORMAT {
+    if body.format != HEADER_FORMAT && body.format != HEADER_FORMAT_WITH_CHUNK_HASHES {
         return Err(ArtifactError::BadMetadata(format!(
             "unknown header format {}",
             body.format
@@ -202,7 +205,12 @@ fn read_header(
             "header failed authentication".into(),
         ));
     }
-    if full && body.chunk_hashes.len() != body.chunk_count as usize {
+    let expected_hashes = match body.format {
+        HEADER_FORMAT_WITH_CHUNK_HASHES if full => body.chunk_count as usize,
+        HEADER_FORMAT_WITH_CHUNK_HASHES => body.chunk_hashes.len(),
+        _ => 0,
+    };
+    if body.chunk_hashes.len() != expected_hashes {
         return Err(ArtifactError::BadMetadata(format!(
             "{} chunk hashes for {} chunks",
             body.chunk_hashes.len(),
@@ -217,6 +225,20 @@ fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = File::create(path)?;
     f.write_all(bytes)?;
     f.sync_all()?;
+    Ok(())
+}
+
+/// Writes every byte of `parts`, in order, in as few calls as the writer
+/// allows (one, for a file).
+fn write_all_vectored(w: &mut impl Write, mut parts: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !parts.is_empty() {
+        match w.write_vectored(parts) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut parts, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
 
@@ -517,7 +539,6 @@ impl ArtifactStore {
         }
         Ok(ArtifactReader {
             info: ArtifactInfo::from_body(&body),
-            chunk_hashes: body.chunk_hashes,
             cipher: key.cipher(),
             key,
             file,
@@ -616,7 +637,6 @@ impl ArtifactStore {
         let mut out = File::create(&tmp_dat)?;
         reader.seek(SeekFrom::Start(0))?;
         let mut hasher = Sha256::new();
-        let mut chunk_hashes = Vec::with_capacity(count as usize);
         let mut record = Vec::with_capacity(CHUNK_SIZE + RECORD_OVERHEAD);
         for index in 0..count {
             let len = chunk_len(size, index).unwrap_or(0);
@@ -629,7 +649,6 @@ impl ArtifactStore {
             }
             let plain = &buf[..len];
             hasher.update(plain);
-            chunk_hashes.push(chunk_hash(plain));
             seal_chunk(&cipher, &id, index, index + 1 == count, plain, &mut record)?;
             out.write_all(&record)?;
         }
@@ -652,7 +671,7 @@ impl ArtifactStore {
             size,
             chunk_count: count,
             mime_type: mime_type.map(str::to_owned),
-            chunk_hashes,
+            chunk_hashes: Vec::new(),
             wrapped,
         };
         write_durable(&tmp_hdr, &encode_header(&body, &key)?)?;
@@ -756,7 +775,6 @@ impl ArtifactStore {
             .open(&dat)?;
         let cipher = key.cipher();
         let mut hasher = Sha256::new();
-        let mut chunk_hashes = Vec::new();
         let mut record = vec![0u8; CHUNK_SIZE + RECORD_OVERHEAD];
         let mut valid_len = 0u64;
         file.seek(SeekFrom::Start(0))?;
@@ -776,7 +794,6 @@ impl ArtifactStore {
                 break;
             };
             hasher.update(&plain);
-            chunk_hashes.push(chunk_hash(&plain));
             valid_len += len as u64;
             index += 1;
         }
@@ -791,7 +808,7 @@ impl ArtifactStore {
             key,
             cipher,
             file,
-            hashing: Hashing::start(hasher, chunk_hashes)?,
+            hashing: Hashing::start(hasher)?,
             chunks: index,
             bytes_done: index_bytes(body.size, index),
             unsynced: 0,
@@ -843,7 +860,7 @@ impl ArtifactStore {
             cipher: key.cipher(),
             key,
             file,
-            hashing: Hashing::start(Sha256::new(), Vec::new())?,
+            hashing: Hashing::start(Sha256::new())?,
             chunks: 0,
             bytes_done: 0,
             unsynced: 0,
@@ -861,7 +878,6 @@ fn index_bytes(size: u64, chunks: u32) -> u64 {
 /// A stored artifact opened for verified, chunk-by-chunk reading.
 pub struct ArtifactReader {
     info: ArtifactInfo,
-    chunk_hashes: Vec<Hash32>,
     cipher: ChaCha20Poly1305,
     key: DataKey,
     file: File,
@@ -880,11 +896,6 @@ impl ArtifactReader {
     /// The artifact's metadata.
     pub fn info(&self) -> &ArtifactInfo {
         &self.info
-    }
-
-    /// The BLAKE3 hash of chunk `index`'s plaintext, from the authenticated header.
-    pub fn chunk_hash(&self, index: u32) -> Option<Hash32> {
-        self.chunk_hashes.get(index as usize).copied()
     }
 
     /// Reads chunk `index`, checking its AEAD tag (with the id, index and
@@ -960,7 +971,7 @@ pub(crate) struct PartialArtifact {
     key: DataKey,
     cipher: ChaCha20Poly1305,
     file: File,
-    /// The whole SHA-256 and the chunk hashes, on their own thread.
+    /// The whole SHA-256, on its own thread.
     hashing: Hashing,
     /// Chunks held and verified.
     chunks: u32,
@@ -1012,11 +1023,11 @@ impl PartialArtifact {
     }
 
     /// Seals and appends the next chunk (already verified by the caller).
-    pub(crate) fn append(&mut self, plain: &[u8], hash: Hash32) -> Result<()> {
+    pub(crate) fn append(&mut self, plain: &[u8]) -> Result<()> {
         self.seal_and_write(plain)?;
         let mut copy = self.hashing.buffer(plain.len());
         copy.copy_from_slice(plain);
-        self.account(copy, Some(hash))
+        self.account(copy)
     }
 
     /// Seals `plain` as the next chunk under this partial's key and writes
@@ -1076,21 +1087,22 @@ impl PartialArtifact {
         }
         if verbatim {
             // Written in place, without assembling the record first.
-            self.file.write_all(nonce)?;
-            self.file.write_all(ciphertext)?;
-            self.file.write_all(tag)?;
+            write_all_vectored(
+                &mut self.file,
+                &mut [nonce, ciphertext, tag].map(IoSlice::new),
+            )?;
         } else {
             self.seal_and_write(&plain)?;
         }
-        self.account(plain, claimed_hash)
+        self.account(plain)
     }
 
     /// Accounts for the next chunk, its record written: hands its plaintext
     /// to the hashing thread, counts it, and syncs every
     /// [`SYNC_EVERY_CHUNKS`].
-    fn account(&mut self, plain: Vec<u8>, hash: Option<Hash32>) -> Result<()> {
+    fn account(&mut self, plain: Vec<u8>) -> Result<()> {
         self.bytes_done += plain.len() as u64;
-        self.hashing.push(plain, hash)?;
+        self.hashing.push(plain)?;
         self.chunks += 1;
         self.unsynced += 1;
         if self.unsynced >= SYNC_EVERY_CHUNKS {
@@ -1103,7 +1115,7 @@ impl PartialArtifact {
     /// Verifies the whole hash and moves the artifact into the store; on a
     /// mismatch the partial is discarded.
     pub(crate) fn finish(mut self) -> Result<ArtifactId> {
-        let (whole, chunk_hashes) = self.hashing.finish()?;
+        let whole = self.hashing.finish()?;
         let actual = ArtifactId::from(whole);
         let store = self.store.clone();
         let id = self.id;
@@ -1122,7 +1134,7 @@ impl PartialArtifact {
             size: self.size,
             chunk_count: self.chunk_count,
             mime_type: self.mime_type.clone(),
-            chunk_hashes,
+            chunk_hashes: Vec::new(),
             wrapped: vec![keys::wrap(&self.key, &id, &store.public_key())?],
         };
         let tmp_hdr = store.inner.root.join("tmp").join(format!(
@@ -1272,7 +1284,6 @@ mod tests {
             read_header(&s.path("objects", &id, "hdr"), &id, &s.inner.device, true).expect("hdr");
         body.size = CHUNK_SIZE as u64;
         body.chunk_count = 1;
-        body.chunk_hashes.truncate(1);
         // Even re-MACed with the right key (an insider), the AAD catches it.
         write_durable(
             &s.path("objects", &id, "hdr"),
@@ -1289,6 +1300,62 @@ mod tests {
         assert!(matches!(
             s.read_chunk(&id, 0),
             Err(ArtifactError::Tampered { index: 0 })
+        ));
+    }
+
+    #[test]
+    fn vectored_writes_survive_short_writes() {
+        /// Takes at most 3 bytes per call, from the first non-empty part.
+        struct Trickle(Vec<u8>);
+        impl Write for Trickle {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                let n = buf.len().min(3);
+                self.0.extend_from_slice(&buf[..n]);
+                Ok(n)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut w = Trickle(Vec::new());
+        let parts: [&[u8]; 4] = [b"nonce", b"", b"ciphertext", b"tag!"];
+        write_all_vectored(&mut w, &mut parts.map(IoSlice::new)).expect("write");
+        assert_eq!(w.0, b"nonceciphertexttag!");
+    }
+
+    #[test]
+    fn a_header_of_the_earlier_format_is_still_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path(), None);
+        let bytes = data(2 * CHUNK_SIZE + 5);
+        let id = s.put_bytes(&bytes, None, &[]).expect("put");
+        let hdr = s.path("objects", &id, "hdr");
+        let (mut body, key) = read_header(&hdr, &id, &s.inner.device, true).expect("hdr");
+        assert_eq!(body.format, HEADER_FORMAT);
+        assert!(body.chunk_hashes.is_empty());
+        let rewrite = |body: &HeaderBody| {
+            write_durable(&hdr, &encode_header(body, &key).expect("enc")).expect("w");
+        };
+        // Format 2, as written before: one BLAKE3 hash per chunk.
+        body.format = HEADER_FORMAT_WITH_CHUNK_HASHES;
+        body.chunk_hashes = bytes.chunks(CHUNK_SIZE).map(chunk_hash).collect();
+        rewrite(&body);
+        let out = dir.path().join("out");
+        s.export(&id, &out).expect("export");
+        assert_eq!(fs::read(&out).expect("read"), bytes);
+        // A format-2 header missing a hash is malformed...
+        body.chunk_hashes.pop();
+        rewrite(&body);
+        assert!(matches!(
+            s.read_chunk(&id, 0),
+            Err(ArtifactError::BadMetadata(_))
+        ));
+        // ...and so is a format-3 header with hashes.
+        body.format = HEADER_FORMAT;
+        rewrite(&body);
+        assert!(matches!(
+            s.read_chunk(&id, 0),
+            Err(ArtifactError::BadMetadata(_))
         ));
     }
 

@@ -295,7 +295,7 @@ impl Sender {
         let chunk_hash = if seal.is_some() {
             None
         } else {
-            reader.chunk_hash(index)
+            Some(chunk_hash(&data))
         };
         *next += 1;
         let is_final = index + 1 == count;
@@ -588,11 +588,12 @@ impl Receiver {
                 partial.append_sealed(&c.chunk_data, seal.as_bytes(), c.chunk_hash)?
             }
             (None, false) => {
-                let h = chunk_hash(&c.chunk_data);
-                if c.chunk_hash.is_some_and(|claimed| claimed != h) {
+                if c.chunk_hash
+                    .is_some_and(|claimed| claimed != chunk_hash(&c.chunk_data))
+                {
                     return Err(ArtifactError::ChunkHashMismatch { index });
                 }
-                partial.append(&c.chunk_data, h)?;
+                partial.append(&c.chunk_data)?;
             }
             (Some(_), false) => {
                 return Err(ArtifactError::BadChunk {

@@ -2,7 +2,8 @@
 //! measured in the same run:
 //!
 //! - artifact transfer (hash, verify, seal at rest, QUIC, write) vs raw quinn
-//!   bulk bytes on a connection with the same settings;
+//!   bulk bytes, the faster of a connection with the node's transport
+//!   settings and one with quinn's default flow-control windows;
 //! - peak RSS of a process holding both ends of a large artifact transfer;
 //! - full sync throughput (operations per second applied on the joining device);
 //! - live sync latency (created on A -> applied on B), p50 / p99.
@@ -53,18 +54,34 @@ async fn measure(bytes: u64, transfer: impl std::future::Future<Output = ()>) ->
     }
 }
 
-/// Raw bytes over one quinn stream of a connection with the transport's
-/// default settings: the ceiling for the artifact figure.
-async fn raw_quinn(bytes: u64) -> Rate {
+/// The transport settings of the nodes in these benchmarks.
+fn node_transport() -> Config {
+    Config {
+        rate_limits: RateLimits::OFF,
+        ..Config::default()
+    }
+}
+
+/// The same with quinn's own default flow-control windows (1.25 MB per
+/// stream, 10 MB of unacknowledged data sent): for a single stream, a
+/// connection as quinn sets it up out of the box.
+fn quinn_default_windows() -> Config {
+    Config {
+        stream_receive_window: 1_250_000,
+        receive_window: 10_000_000,
+        ..node_transport()
+    }
+}
+
+/// Raw bytes over one quinn stream of a connection with `config`: the
+/// ceiling for the artifact figure.
+async fn raw_quinn(bytes: u64, config: Config) -> Rate {
     let bind = || {
         Transport::bind(
             DeviceIdentity::generate().unwrap(),
             PairedSet::new(),
             "127.0.0.1:0".parse().unwrap(),
-            Config {
-                rate_limits: RateLimits::OFF,
-                ..Config::default()
-            },
+            config.clone(),
         )
         .unwrap()
     };
@@ -189,31 +206,68 @@ impl ArtifactBench {
     }
 }
 
-/// Raw quinn and the artifact fetch, `rounds` times each, interleaved (raw,
-/// fetch, raw, fetch...) so that both see the same moments of a shared,
-/// noisy machine. Returns every round's (raw, fetch).
-async fn artifact_vs_raw(bytes: u64, rounds: usize) -> Vec<(Rate, Rate)> {
+/// One round of the artifact comparison.
+#[derive(Clone, Copy)]
+struct Round {
+    /// Raw quinn with the nodes' transport settings.
+    raw_node_settings: Rate,
+    /// Raw quinn with quinn's default windows.
+    raw_quinn_defaults: Rate,
+    /// The artifact fetch.
+    artifact: Rate,
+}
+
+impl Round {
+    /// The baseline: the faster raw transfer.
+    fn raw(&self) -> Rate {
+        if self.raw_node_settings.mib_per_sec >= self.raw_quinn_defaults.mib_per_sec {
+            self.raw_node_settings
+        } else {
+            self.raw_quinn_defaults
+        }
+    }
+
+    fn ratio(&self) -> f64 {
+        self.artifact.mib_per_sec / self.raw().mib_per_sec
+    }
+
+    fn to_json(self) -> serde_json::Value {
+        serde_json::json!({
+            "raw_mib_per_sec": self.raw().mib_per_sec,
+            "raw_node_settings_mib_per_sec": self.raw_node_settings.mib_per_sec,
+            "raw_quinn_defaults_mib_per_sec": self.raw_quinn_defaults.mib_per_sec,
+            "artifact_mib_per_sec": self.artifact.mib_per_sec,
+            "ratio": self.ratio(),
+            "raw_cpu_secs_per_gib": self.raw().cpu_secs_per_gib,
+            "artifact_cpu_secs_per_gib": self.artifact.cpu_secs_per_gib,
+        })
+    }
+}
+
+/// Raw quinn (both settings) and the artifact fetch, `rounds` times each,
+/// interleaved (raw, raw, fetch, raw, raw, fetch...) so that all see the
+/// same moments of a shared, noisy machine.
+async fn artifact_vs_raw(bytes: u64, rounds: usize) -> Vec<Round> {
     let bench = ArtifactBench::new(bytes, RateLimits::OFF).await;
     let mut out = Vec::new();
     for _ in 0..rounds {
-        let raw = raw_quinn(bytes).await;
-        let art = bench.fetch().await;
-        out.push((raw, art));
+        let raw_node_settings = raw_quinn(bytes, node_transport()).await;
+        let raw_quinn_defaults = raw_quinn(bytes, quinn_default_windows()).await;
+        let artifact = bench.fetch().await;
+        out.push(Round {
+            raw_node_settings,
+            raw_quinn_defaults,
+            artifact,
+        });
     }
     bench.shutdown().await;
     out
 }
 
 /// The round with the median ratio.
-fn median_round(rounds: &[(Rate, Rate)]) -> (Rate, Rate) {
+fn median_round(rounds: &[Round]) -> Round {
     let mut sorted = rounds.to_vec();
-    sorted.sort_by(|x, y| {
-        let (rx, ry) = (
-            x.1.mib_per_sec / x.0.mib_per_sec,
-            y.1.mib_per_sec / y.0.mib_per_sec,
-        );
-        rx.total_cmp(&ry)
-    });
+    sorted.sort_by(|x, y| x.ratio().total_cmp(&y.ratio()));
     sorted[sorted.len() / 2]
 }
 
@@ -365,7 +419,8 @@ fn main() {
         (300_000, 64 * MIB)
     };
     // `--only sync` (or `artifact`, `latency`, `limited`) runs one part, for
-    // profiling; `--only fetch` is the artifact fetch without its baseline.
+    // profiling; `--only fetch` is the artifact fetch without its baseline,
+    // `--only raw` the baseline alone.
     let args: Vec<String> = std::env::args().collect();
     let only = args
         .iter()
@@ -376,16 +431,26 @@ fn main() {
     if only.is_some() {
         if run("artifact") {
             let rounds = rt.block_on(artifact_vs_raw(bulk, ARTIFACT_ROUNDS));
-            for (raw, art) in &rounds {
+            for r in &rounds {
                 println!(
-                    "e2e: raw quinn {:.0} MiB/s ({:.2} CPU s/GiB), artifact {:.0} MiB/s ({:.2} CPU s/GiB), ratio {:.2}",
-                    raw.mib_per_sec,
-                    raw.cpu_secs_per_gib,
-                    art.mib_per_sec,
-                    art.cpu_secs_per_gib,
-                    art.mib_per_sec / raw.mib_per_sec
+                    "e2e: raw quinn {:.0} MiB/s ({:.2} CPU s/GiB; node settings {:.0}, quinn defaults {:.0}), artifact {:.0} MiB/s ({:.2} CPU s/GiB), ratio {:.2}",
+                    r.raw().mib_per_sec,
+                    r.raw().cpu_secs_per_gib,
+                    r.raw_node_settings.mib_per_sec,
+                    r.raw_quinn_defaults.mib_per_sec,
+                    r.artifact.mib_per_sec,
+                    r.artifact.cpu_secs_per_gib,
+                    r.ratio()
                 );
             }
+        }
+        if run("raw") {
+            // The raw quinn baseline alone, for profiling.
+            let raw = rt.block_on(raw_quinn(bulk, node_transport()));
+            println!(
+                "e2e: raw quinn {:.0} MiB/s ({:.2} CPU s/GiB)",
+                raw.mib_per_sec, raw.cpu_secs_per_gib
+            );
         }
         if run("fetch") {
             // The fetch alone, for profiling.
@@ -427,7 +492,8 @@ fn main() {
     let (p50, p99) = rt.block_on(latency(lat_n));
     let limited = rt.block_on(full_sync(limited_ops, 100, RateLimits::default()));
     let rounds = rt.block_on(artifact_vs_raw(bulk, ARTIFACT_ROUNDS));
-    let (raw_rate, art_rate) = median_round(&rounds);
+    let median = median_round(&rounds);
+    let (raw_rate, art_rate) = (median.raw(), median.artifact);
     let (raw, art) = (raw_rate.mib_per_sec, art_rate.mib_per_sec);
     let rss = artifact_peak_rss_mib(rss_bytes);
     let limited_art = rt
@@ -440,16 +506,7 @@ fn main() {
         "artifact_vs_raw": art / raw,
         "raw_quinn_cpu_secs_per_gib": raw_rate.cpu_secs_per_gib,
         "artifact_cpu_secs_per_gib": art_rate.cpu_secs_per_gib,
-        "artifact_rounds": rounds
-            .iter()
-            .map(|(r, a)| serde_json::json!({
-                "raw_mib_per_sec": r.mib_per_sec,
-                "artifact_mib_per_sec": a.mib_per_sec,
-                "ratio": a.mib_per_sec / r.mib_per_sec,
-                "raw_cpu_secs_per_gib": r.cpu_secs_per_gib,
-                "artifact_cpu_secs_per_gib": a.cpu_secs_per_gib,
-            }))
-            .collect::<Vec<_>>(),
+        "artifact_rounds": rounds.iter().map(|r| r.to_json()).collect::<Vec<_>>(),
         "artifact_bytes": bulk,
         "peak_rss_mib": rss,
         "peak_rss_artifact_bytes": rss_bytes,

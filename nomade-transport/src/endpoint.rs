@@ -32,9 +32,11 @@ pub struct Config {
     pub keep_alive: Duration,
     /// Concurrent streams a peer may open, per direction kind (default 64).
     pub max_concurrent_streams: u32,
-    /// Flow-control window of one stream (default 1 MiB).
+    /// Flow-control window of one stream (default 4 MiB: 64 artifact chunks,
+    /// enough that a receiver busy for a few milliseconds does not stall the
+    /// sender on a fast link).
     pub stream_receive_window: u32,
-    /// Flow-control window of a connection (default 8 MiB).
+    /// Flow-control window of a connection (default 16 MiB).
     pub receive_window: u32,
     /// Connection attempts being handshaken at once (default 64).
     pub max_incoming: usize,
@@ -56,8 +58,8 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
             max_concurrent_streams: 64,
-            stream_receive_window: 1024 * 1024,
-            receive_window: 8 * 1024 * 1024,
+            stream_receive_window: 4 * 1024 * 1024,
+            receive_window: 16 * 1024 * 1024,
             max_incoming: 64,
             handshake_timeout: Duration::from_secs(10),
             header_deadline: Duration::from_secs(10),

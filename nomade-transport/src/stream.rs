@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use nomade_wire::{
-    Decoder, Envelope, ErrorCode, ErrorMessage, Limits, MessageId, StreamHeader, StreamRole,
+    Decoder, Envelope, ErrorCode, ErrorMessage, Limits, Message, MessageId, StreamHeader,
+    StreamRole,
 };
 use tokio::sync::Mutex;
 
@@ -91,9 +92,15 @@ impl FramedSend {
     /// Encodes and writes one envelope, waiting first for the rate limiter
     /// (backpressure) and then for QUIC flow control.
     pub async fn send(&mut self, envelope: &Envelope) -> Result<()> {
+        if let Message::ArtifactChunk(_) = envelope.message {
+            // A chunk's data goes to quinn as the message's own buffer: the
+            // frame is written as pieces, and the 64 KiB are not copied.
+            let mut parts = envelope.encode_shared()?;
+            return self.send_parts(&mut parts).await;
+        }
         // Each frame is handed to quinn as it is (no copy into its send
         // buffer), so `buf` starts afresh: sized like the previous frame, as
-        // frames on one stream tend to be alike (64 KiB chunks, full batches).
+        // frames on one stream tend to be alike (full batches).
         self.buf.reserve(self.last_len.max(256));
         envelope.encode_into(&mut self.buf)?;
         let frame = self.buf.split().freeze();
@@ -106,10 +113,15 @@ impl FramedSend {
     /// [`FramedSend::send`]. The caller vouches that `frame` is one whole,
     /// valid frame.
     pub async fn send_frame(&mut self, frame: Bytes) -> Result<()> {
+        self.send_parts(&mut [frame]).await
+    }
+
+    /// Writes one frame given as consecutive pieces, under the rate limit.
+    async fn send_parts(&mut self, parts: &mut [Bytes]) -> Result<()> {
         if let Some(limit) = &self.limit {
-            limit.take(frame.len()).await;
+            limit.take(parts.iter().map(Bytes::len).sum()).await;
         }
-        self.stream.lock().await.write_chunk(frame).await?;
+        self.stream.lock().await.write_all_chunks(parts).await?;
         Ok(())
     }
 

@@ -99,21 +99,104 @@ impl<'de, const N: usize> Deserialize<'de> for FixedBytes<N> {
     }
 }
 
-/// `Vec<u8>`-like payload bytes (`bytes::Bytes`) encoded as MessagePack `bin`.
+/// `Vec<u8>`-like payload bytes (`bytes::Bytes`) encoded as MessagePack `bin`,
+/// sharing the frame's memory instead of being copied.
+///
+/// Decoding: while [`decoding_from`] runs, a `bin` field lying inside
+/// that frame becomes a slice of it (a reference count, no copy), so a
+/// 64 KiB `chunk_data` costs nothing to take out of its frame. Encoding:
+/// while [`encoding_shared`] runs, each field about to be written is
+/// offered to the writer, which may keep the `Bytes` itself instead of
+/// copying its contents (see `frame::Segments`).
+///
+/// Serde has no other way to hand context to a field's deserializer; the
+/// thread-local state is set and restored around one call, so nested or
+/// interleaved uses on one thread stay correct.
 pub(crate) mod bin_bytes {
+    use std::cell::RefCell;
+
     use bytes::Bytes;
     use serde::{Deserializer, Serializer};
 
+    thread_local! {
+        /// The frame being decoded on this thread, if any.
+        static SOURCE: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+        /// While encoding in segments: the field being written right now.
+        static OFFERED: RefCell<Option<Option<Bytes>>> = const { RefCell::new(None) };
+    }
+
+    /// Runs `f` with `frame` as the memory that decoded `bin` fields share.
+    pub(crate) fn decoding_from<T>(frame: &Bytes, f: impl FnOnce() -> T) -> T {
+        let previous = SOURCE.with(|s| s.replace(Some(frame.clone())));
+        let out = f();
+        SOURCE.with(|s| *s.borrow_mut() = previous);
+        out
+    }
+
+    /// Runs `f` (an encoding) with field sharing on: see [`take_offered`].
+    pub(crate) fn encoding_shared<T>(f: impl FnOnce() -> T) -> T {
+        let previous = OFFERED.with(|o| o.replace(Some(None)));
+        let out = f();
+        OFFERED.with(|o| *o.borrow_mut() = previous);
+        out
+    }
+
+    /// The field whose contents are `written`, if it is the one being
+    /// serialized right now inside [`encoding_shared`]: the writer may keep
+    /// it instead of copying `written`.
+    pub(crate) fn take_offered(written: &[u8]) -> Option<Bytes> {
+        OFFERED.with(|o| {
+            let mut o = o.borrow_mut();
+            let slot = o.as_mut()?;
+            let same = slot
+                .as_ref()
+                .is_some_and(|b| b.as_ptr() == written.as_ptr() && b.len() == written.len());
+            if same {
+                slot.take()
+            } else {
+                None
+            }
+        })
+    }
+
     pub fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(b)
+        OFFERED.with(|o| {
+            if let Some(slot) = o.borrow_mut().as_mut() {
+                *slot = Some(b.clone());
+            }
+        });
+        let out = s.serialize_bytes(b);
+        OFFERED.with(|o| {
+            if let Some(slot) = o.borrow_mut().as_mut() {
+                *slot = None;
+            }
+        });
+        out
+    }
+
+    /// `v` as a slice of the frame being decoded when it lies inside it,
+    /// else a copy.
+    fn shared_or_copied(v: &[u8]) -> Bytes {
+        SOURCE.with(|s| match s.borrow().as_ref() {
+            Some(frame) if contains(frame, v) => frame.slice_ref(v),
+            _ => Bytes::copy_from_slice(v),
+        })
+    }
+
+    fn contains(outer: &[u8], inner: &[u8]) -> bool {
+        let (o, i) = (outer.as_ptr_range(), inner.as_ptr_range());
+        !inner.is_empty() && o.start <= i.start && i.end <= o.end
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
         struct V;
-        impl serde::de::Visitor<'_> for V {
+        impl<'de> serde::de::Visitor<'de> for V {
             type Value = Bytes;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("bin")
+            }
+            fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Bytes, E> {
+                Ok(shared_or_copied(v))
             }
             fn visit_bytes<E>(self, v: &[u8]) -> Result<Bytes, E> {
                 Ok(Bytes::copy_from_slice(v))
@@ -123,5 +206,43 @@ pub(crate) mod bin_bytes {
             }
         }
         d.deserialize_bytes(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::bin_bytes::{decoding_from, encoding_shared, take_offered};
+
+    /// Decodes one `bin` field from `encoded`.
+    fn bin_field(encoded: &[u8]) -> Bytes {
+        let mut d = rmp_serde::Deserializer::from_read_ref(encoded);
+        super::bin_bytes::deserialize(&mut d).unwrap()
+    }
+
+    #[test]
+    fn only_bytes_inside_the_frame_are_shared() {
+        // A `bin` of 8 bytes: marker 0xc4, length, contents.
+        let frame = Bytes::from(vec![0xc4, 8, 1, 2, 3, 4, 5, 6, 7, 8]);
+        let elsewhere = frame.to_vec();
+        let (inside, outside) =
+            decoding_from(&frame, || (bin_field(&frame), bin_field(&elsewhere)));
+        assert_eq!(&inside[..], &frame[2..]);
+        assert_eq!(inside.as_ptr(), frame[2..].as_ptr());
+        assert_eq!(outside, inside);
+        assert!(!frame.as_ptr_range().contains(&outside.as_ptr()));
+        // Outside `decoding_from`, a field is always a copy.
+        assert_ne!(bin_field(&frame).as_ptr(), frame[2..].as_ptr());
+    }
+
+    #[test]
+    fn a_field_is_offered_only_while_it_is_written() {
+        let data = Bytes::from(vec![5u8; 16]);
+        assert!(take_offered(&data).is_none());
+        encoding_shared(|| {
+            // Not being serialized: nothing to take.
+            assert!(take_offered(&data).is_none());
+        });
     }
 }

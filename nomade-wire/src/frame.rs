@@ -104,8 +104,13 @@ macro_rules! messages {
 
             /// Appends the MessagePack payload to `dst`.
             pub fn write_payload(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+                self.write_payload_to(&mut dst.writer())
+            }
+
+            /// Writes the MessagePack payload to `w`.
+            fn write_payload_to(&self, w: &mut impl std::io::Write) -> Result<(), EncodeError> {
                 match self {
-                    $( Message::$variant(m) => write_payload(m, dst), )*
+                    $( Message::$variant(m) => write_payload(m, w), )*
                 }
             }
 
@@ -159,9 +164,8 @@ messages! {
     Error(ErrorMessage) = 0x0401, "ERROR";
 }
 
-fn write_payload<T: Serialize>(msg: &T, dst: &mut BytesMut) -> Result<(), EncodeError> {
-    let mut w = dst.writer();
-    rmp_serde::encode::write_named(&mut w, msg).map_err(|e| EncodeError::Serialize(e.to_string()))
+fn write_payload<T: Serialize>(msg: &T, w: &mut impl std::io::Write) -> Result<(), EncodeError> {
+    rmp_serde::encode::write_named(w, msg).map_err(|e| EncodeError::Serialize(e.to_string()))
 }
 
 fn decode_payload<T: DeserializeOwned + Serialize>(
@@ -169,8 +173,9 @@ fn decode_payload<T: DeserializeOwned + Serialize>(
     limits: &Limits,
     name: &'static str,
 ) -> Result<T, DecodeError> {
-    let mut rest: &[u8] = payload;
-    let mut de = rmp_serde::Deserializer::new(&mut rest);
+    // Read in place: `bin` fields borrow the payload (and, inside
+    // `bin_bytes::decoding_from`, share the frame's memory).
+    let mut de = rmp_serde::Deserializer::from_read_ref(payload);
     de.set_max_depth(limits.max_depth);
     let value = T::deserialize(&mut de).map_err(|e| match e {
         rmp_serde::decode::Error::DepthLimitExceeded => DecodeError::TooDeep {
@@ -181,22 +186,52 @@ fn decode_payload<T: DeserializeOwned + Serialize>(
             reason: other.to_string(),
         },
     })?;
-    drop(de);
-    if !rest.is_empty() {
-        return Err(DecodeError::TrailingBytes { extra: rest.len() });
-    }
     // One canonical encoding: what we would have written must be what we
-    // read. Compared as it is written, without building a copy.
+    // read. Compared as it is written, without building a copy. A value
+    // that re-encodes to a strict prefix of the payload was followed by
+    // trailing bytes.
     let mut check = SameBytes {
         expected: payload,
         pos: 0,
     };
-    let same =
-        rmp_serde::encode::write_named(&mut check, &value).is_ok() && check.pos == payload.len();
-    if !same {
-        return Err(DecodeError::NonCanonical { message: name });
+    match rmp_serde::encode::write_named(&mut check, &value) {
+        Ok(()) if check.pos == payload.len() => Ok(value),
+        Ok(()) => Err(DecodeError::TrailingBytes {
+            extra: payload.len() - check.pos,
+        }),
+        Err(_) => Err(DecodeError::NonCanonical { message: name }),
     }
-    Ok(value)
+}
+
+/// The writer behind [`Envelope::encode_shared`]: collects the payload as
+/// pieces (copying small writes into `scratch`, keeping offered `bin` fields
+/// as they are) and its checksum as it goes.
+struct Segments {
+    scratch: BytesMut,
+    parts: Vec<Bytes>,
+    checksum: blake3::Hasher,
+    len: usize,
+}
+
+impl std::io::Write for Segments {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.checksum.update(buf);
+        self.len += buf.len();
+        match crate::bytes_fixed::bin_bytes::take_offered(buf) {
+            Some(shared) => {
+                if !self.scratch.is_empty() {
+                    self.parts.push(self.scratch.split().freeze());
+                }
+                self.parts.push(shared);
+            }
+            None => self.scratch.extend_from_slice(buf),
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A writer that only checks that the bytes written are `expected`, and fails
@@ -260,14 +295,7 @@ impl Envelope {
 
     /// Appends the whole frame to `dst`. On error `dst` is left as it was.
     pub fn encode_into(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
-        if let Message::ArtifactChunk(c) = &self.message {
-            if c.chunk_data.len() > MAX_CHUNK_DATA {
-                return Err(EncodeError::ChunkTooLarge {
-                    len: c.chunk_data.len(),
-                    max: MAX_CHUNK_DATA,
-                });
-            }
-        }
+        self.check_chunk_size()?;
         let start = dst.len();
         dst.reserve(HEADER_LEN + 64 + CHECKSUM_LEN);
         // The payload length is patched in below, once known.
@@ -295,6 +323,50 @@ impl Envelope {
         let checksum = blake3::hash(&dst[payload_start..]);
         dst.put_slice(checksum.as_bytes());
         Ok(())
+    }
+
+    /// Encodes the frame as a few pieces that, in order, are its bytes: an
+    /// `ARTIFACT_CHUNK`'s `chunk_data` is not copied but included as the
+    /// message's own `Bytes` (a reference count). For writers that take a
+    /// list of buffers, such as a QUIC stream's `write_all_chunks`; the bytes
+    /// are exactly those of [`Envelope::encode_into`].
+    pub fn encode_shared(&self) -> Result<Vec<Bytes>, EncodeError> {
+        self.check_chunk_size()?;
+        let mut w = Segments {
+            scratch: BytesMut::with_capacity(HEADER_LEN + 128 + CHECKSUM_LEN),
+            parts: Vec::with_capacity(4),
+            checksum: blake3::Hasher::new(),
+            len: 0,
+        };
+        w.parts.push(Bytes::new()); // the header, once the length is known
+        crate::bytes_fixed::bin_bytes::encoding_shared(|| self.message.write_payload_to(&mut w))?;
+        let len32 = u32::try_from(w.len).map_err(|_| EncodeError::PayloadTooLarge {
+            len: w.len,
+            max: u32::MAX as usize,
+        })?;
+        w.scratch.put_slice(w.checksum.finalize().as_bytes());
+        w.parts.push(w.scratch.split().freeze());
+        put_header(
+            &mut w.scratch,
+            self.message.message_type(),
+            self.message_id,
+            self.timestamp,
+            len32,
+        );
+        w.parts[0] = w.scratch.split().freeze();
+        Ok(w.parts)
+    }
+
+    fn check_chunk_size(&self) -> Result<(), EncodeError> {
+        match &self.message {
+            Message::ArtifactChunk(c) if c.chunk_data.len() > MAX_CHUNK_DATA => {
+                Err(EncodeError::ChunkTooLarge {
+                    len: c.chunk_data.len(),
+                    max: MAX_CHUNK_DATA,
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The whole frame as a fresh buffer.
@@ -430,7 +502,9 @@ impl Decoder {
         if blake3::hash(payload).as_bytes()[..] != checksum[..] {
             return Err(DecodeError::ChecksumMismatch);
         }
-        let message = Message::decode_payload(header.message_type, payload, &self.limits)?;
+        let message = crate::bytes_fixed::bin_bytes::decoding_from(&frame, || {
+            Message::decode_payload(header.message_type, payload, &self.limits)
+        })?;
         if let Message::ArtifactChunk(c) = &message {
             if c.chunk_data.len() > MAX_CHUNK_DATA {
                 return Err(DecodeError::ChunkTooLarge {
@@ -460,5 +534,63 @@ impl Decoder {
             },
             Err(e) => e,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk_envelope(data: Bytes) -> Envelope {
+        Envelope::new(
+            MessageId::from([7; 16]),
+            1_700_000_000_000,
+            ArtifactChunk {
+                artifact_id: crate::Hash32::from([3; 32]),
+                chunk_index: 5,
+                chunk_data: data,
+                is_final: false,
+                chunk_hash: None,
+                seal: Some(crate::FixedBytes([9; 28])),
+            },
+        )
+    }
+
+    #[test]
+    fn a_decoded_chunk_shares_the_frame_memory() {
+        let env = chunk_envelope(Bytes::from(vec![0xab; MAX_CHUNK_DATA]));
+        let mut buf = BytesMut::new();
+        env.encode_into(&mut buf).unwrap();
+        let range = buf.as_ptr_range();
+        let back = Decoder::new().decode(&mut buf).unwrap().unwrap();
+        assert_eq!(back, env);
+        let Message::ArtifactChunk(c) = back.message else {
+            panic!("not a chunk")
+        };
+        assert!(range.contains(&c.chunk_data.as_ptr()));
+    }
+
+    #[test]
+    fn a_chunk_encoded_in_pieces_keeps_its_data_buffer() {
+        let data = Bytes::from(vec![0xcd; 1000]);
+        let env = chunk_envelope(data.clone());
+        let parts = env.encode_shared().unwrap();
+        assert!(parts
+            .iter()
+            .any(|p| p.as_ptr() == data.as_ptr() && p.len() == data.len()));
+        assert_eq!(parts.concat(), env.to_bytes().unwrap().to_vec());
+        // Outside `encode_shared`, nothing is kept: the plain encoding copies.
+        let mut flat = BytesMut::new();
+        env.encode_into(&mut flat).unwrap();
+        assert!(!flat.as_ptr_range().contains(&data.as_ptr()));
+    }
+
+    #[test]
+    fn a_too_large_chunk_is_refused_in_pieces_too() {
+        let env = chunk_envelope(Bytes::from(vec![0; MAX_CHUNK_DATA + 1]));
+        assert!(matches!(
+            env.encode_shared(),
+            Err(EncodeError::ChunkTooLarge { .. })
+        ));
     }
 }

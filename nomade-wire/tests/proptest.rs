@@ -300,6 +300,13 @@ proptest! {
     }
 
     #[test]
+    fn the_frame_in_pieces_is_the_same_bytes(env in envelope()) {
+        let frame = env.to_bytes().expect("encode");
+        let parts = env.encode_shared().expect("encode in pieces");
+        prop_assert_eq!(parts.concat(), frame.to_vec());
+    }
+
+    #[test]
     fn a_stream_split_anywhere_decodes_to_the_same_frames(
         envs in vec(envelope(), 1..6),
         cuts in vec(any::<prop::sample::Index>(), 0..12),
