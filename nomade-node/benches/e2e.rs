@@ -3,7 +3,7 @@
 //!
 //! - artifact transfer (hash, verify, seal at rest, QUIC, write) vs raw quinn
 //!   bulk bytes, the faster of a connection with the node's transport
-//!   settings and one with quinn's default flow-control windows;
+//!   settings and one with quinn's defaults;
 //! - peak RSS of a process holding both ends of a large artifact transfer;
 //! - full sync throughput (operations per second applied on the joining device);
 //! - live sync latency (created on A -> applied on B), p50 / p99.
@@ -63,12 +63,14 @@ fn node_transport() -> Config {
 }
 
 /// The same with quinn's own default flow-control windows (1.25 MB per
-/// stream, 10 MB of unacknowledged data sent): for a single stream, a
-/// connection as quinn sets it up out of the box.
-fn quinn_default_windows() -> Config {
+/// stream, 10 MB of unacknowledged data sent) and the system's default UDP
+/// socket buffers: for a single stream, a connection as quinn sets it up out
+/// of the box.
+fn quinn_defaults() -> Config {
     Config {
         stream_receive_window: 1_250_000,
         receive_window: 10_000_000,
+        udp_buffer: None,
         ..node_transport()
     }
 }
@@ -211,7 +213,7 @@ impl ArtifactBench {
 struct Round {
     /// Raw quinn with the nodes' transport settings.
     raw_node_settings: Rate,
-    /// Raw quinn with quinn's default windows.
+    /// Raw quinn with quinn's defaults (windows, socket buffers).
     raw_quinn_defaults: Rate,
     /// The artifact fetch.
     artifact: Rate,
@@ -252,7 +254,7 @@ async fn artifact_vs_raw(bytes: u64, rounds: usize) -> Vec<Round> {
     let mut out = Vec::new();
     for _ in 0..rounds {
         let raw_node_settings = raw_quinn(bytes, node_transport()).await;
-        let raw_quinn_defaults = raw_quinn(bytes, quinn_default_windows()).await;
+        let raw_quinn_defaults = raw_quinn(bytes, quinn_defaults()).await;
         let artifact = bench.fetch().await;
         out.push(Round {
             raw_node_settings,

@@ -40,6 +40,12 @@ pub struct Config {
     pub receive_window: u32,
     /// Connection attempts being handshaken at once (default 64).
     pub max_incoming: usize,
+    /// Size asked for the UDP socket's kernel send and receive buffers
+    /// (default 4 MiB; the kernel caps it, on Linux at `net.core.rmem_max`
+    /// and `wmem_max`). `None` keeps the system default, which on Linux
+    /// (about 200 KiB) drops datagrams whenever the process is not scheduled
+    /// for a few milliseconds during a fast transfer.
+    pub udp_buffer: Option<usize>,
     /// Time allowed for a QUIC + TLS handshake (and a pairing exchange).
     pub handshake_timeout: Duration,
     /// Time allowed for the 2-byte header of a new stream.
@@ -61,6 +67,7 @@ impl Default for Config {
             stream_receive_window: 4 * 1024 * 1024,
             receive_window: 16 * 1024 * 1024,
             max_incoming: 64,
+            udp_buffer: Some(4 * 1024 * 1024),
             handshake_timeout: Duration::from_secs(10),
             header_deadline: Duration::from_secs(10),
             message_deadline: Duration::from_secs(10),
@@ -88,6 +95,26 @@ impl Config {
             .send_window(u64::from(self.receive_window));
         Ok(t)
     }
+}
+
+/// A UDP socket bound to `addr`, its kernel buffers sized to `buffer` bytes
+/// when given (best effort: the kernel may give less).
+fn udp_socket(addr: SocketAddr, buffer: Option<usize>) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if let Some(size) = buffer {
+        if let Err(e) = socket
+            .set_recv_buffer_size(size)
+            .and_then(|()| socket.set_send_buffer_size(size))
+        {
+            tracing::debug!(error = %e, size, "could not size the UDP socket buffers");
+        }
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// Something that happened on a [`Transport`] (also logged through `tracing`).
@@ -202,8 +229,14 @@ impl Transport {
         addr: SocketAddr,
         config: Config,
     ) -> Result<Transport> {
+        let socket = udp_socket(addr, config.udp_buffer)?;
         Self::bind_with(identity, paired, config, |server| {
-            quinn::Endpoint::server(server, addr)
+            quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(server),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )
         })
     }
 
@@ -218,9 +251,10 @@ impl Transport {
         plan: FaultPlan,
         partition: Partition,
     ) -> Result<Transport> {
+        let socket = udp_socket(addr, config.udp_buffer)?;
         Self::bind_with(identity, paired, config, |server| {
             let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
-            let socket = runtime.wrap_udp_socket(std::net::UdpSocket::bind(addr)?)?;
+            let socket = runtime.wrap_udp_socket(socket)?;
             let socket = Arc::new(FaultySocket::new(socket, plan, partition));
             quinn::Endpoint::new_with_abstract_socket(
                 quinn::EndpointConfig::default(),
@@ -920,4 +954,28 @@ async fn read_header(
         settings.recv_limit(role),
     );
     let _ = tx.send(IncomingStream { role, send, recv }).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::udp_socket;
+
+    fn buffers(s: &std::net::UdpSocket) -> (usize, usize) {
+        let s = socket2::SockRef::from(s);
+        (
+            s.recv_buffer_size().expect("rcvbuf"),
+            s.send_buffer_size().expect("sndbuf"),
+        )
+    }
+
+    #[test]
+    fn udp_buffers_grow_when_asked_and_keep_the_system_default_otherwise() {
+        let addr = "127.0.0.1:0".parse().expect("addr");
+        let (recv, send) = buffers(&udp_socket(addr, None).expect("bind"));
+        let asked = 4 * recv.max(send);
+        let (big_recv, big_send) = buffers(&udp_socket(addr, Some(asked)).expect("bind"));
+        // The kernel may cap the size (net.core.rmem_max), never below the default.
+        assert!(big_recv > recv, "{big_recv} <= {recv}");
+        assert!(big_send > send, "{big_send} <= {send}");
+    }
 }
