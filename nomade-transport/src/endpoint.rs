@@ -36,7 +36,8 @@ pub struct Config {
     /// enough that a receiver busy for a few milliseconds does not stall the
     /// sender on a fast link).
     pub stream_receive_window: u32,
-    /// Flow-control window of a connection (default 16 MiB).
+    /// Flow-control window of a connection, and the most data sent and not
+    /// yet acknowledged (default 8 MiB).
     pub receive_window: u32,
     /// Connection attempts being handshaken at once (default 64).
     pub max_incoming: usize,
@@ -65,7 +66,7 @@ impl Default for Config {
             keep_alive: Duration::from_secs(5),
             max_concurrent_streams: 64,
             stream_receive_window: 4 * 1024 * 1024,
-            receive_window: 16 * 1024 * 1024,
+            receive_window: 8 * 1024 * 1024,
             max_incoming: 64,
             udp_buffer: Some(4 * 1024 * 1024),
             handshake_timeout: Duration::from_secs(10),
