@@ -1,5 +1,6 @@
 //! Whatever decodes re-encodes to exactly the same bytes (one canonical
-//! encoding), and the re-encoded frame decodes to the same envelope.
+//! encoding), also when encoded in pieces (`encode_shared`), and the
+//! re-encoded frame decodes to the same envelope.
 //!
 //! Random bytes rarely carry a valid BLAKE3 checksum, so the input is also
 //! tried as `header | payload` with the length and checksum made right: that
@@ -13,6 +14,8 @@ fn check(frame: &[u8]) {
     if let Ok(env) = Envelope::decode(frame) {
         let again = env.to_bytes().expect("a decoded envelope encodes");
         assert_eq!(&again[..], frame, "decode-then-encode changed the bytes");
+        let pieces = env.encode_shared().expect("a decoded envelope encodes in pieces");
+        assert_eq!(pieces.concat(), frame, "the pieces are not the frame");
         let back = Envelope::decode(&again).expect("a re-encoded frame decodes");
         assert_eq!(back, env);
     }
