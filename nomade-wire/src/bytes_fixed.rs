@@ -114,6 +114,7 @@ impl<'de, const N: usize> Deserialize<'de> for FixedBytes<N> {
 /// interleaved uses on one thread stay correct.
 pub(crate) mod bin_bytes {
     use std::cell::RefCell;
+    use std::thread::LocalKey;
 
     use bytes::Bytes;
     use serde::{Deserializer, Serializer};
@@ -127,18 +128,38 @@ pub(crate) mod bin_bytes {
 
     /// Runs `f` with `frame` as the memory that decoded `bin` fields share.
     pub(crate) fn decoding_from<T>(frame: &Bytes, f: impl FnOnce() -> T) -> T {
-        let previous = SOURCE.with(|s| s.replace(Some(frame.clone())));
-        let out = f();
-        SOURCE.with(|s| *s.borrow_mut() = previous);
-        out
+        set_during(&SOURCE, Some(frame.clone()), f)
     }
 
     /// Runs `f` (an encoding) with field sharing on: see [`take_offered`].
     pub(crate) fn encoding_shared<T>(f: impl FnOnce() -> T) -> T {
-        let previous = OFFERED.with(|o| o.replace(Some(None)));
-        let out = f();
-        OFFERED.with(|o| *o.borrow_mut() = previous);
-        out
+        set_during(&OFFERED, Some(None), f)
+    }
+
+    /// Runs `f` with `key` set to `value`, then puts the previous value back
+    /// (also if `f` panics).
+    fn set_during<V: 'static, T>(
+        key: &'static LocalKey<RefCell<V>>,
+        value: V,
+        f: impl FnOnce() -> T,
+    ) -> T {
+        struct Restore<V: 'static> {
+            key: &'static LocalKey<RefCell<V>>,
+            previous: Option<V>,
+        }
+        impl<V: 'static> Drop for Restore<V> {
+            fn drop(&mut self) {
+                if let Some(previous) = self.previous.take() {
+                    self.key.with(|k| *k.borrow_mut() = previous);
+                }
+            }
+        }
+        let previous = key.with(|k| k.replace(value));
+        let _restore = Restore {
+            key,
+            previous: Some(previous),
+        };
+        f()
     }
 
     /// The field whose contents are `written`, if it is the one being
@@ -234,6 +255,25 @@ mod tests {
         assert!(!frame.as_ptr_range().contains(&outside.as_ptr()));
         // Outside `decoding_from`, a field is always a copy.
         assert_ne!(bin_field(&frame).as_ptr(), frame[2..].as_ptr());
+    }
+
+    #[test]
+    fn the_frame_in_force_is_put_back_after_nesting_and_after_a_panic() {
+        let outer = Bytes::from(vec![0xc4, 2, 1, 2]);
+        let inner = Bytes::from(vec![0xc4, 2, 3, 4]);
+        decoding_from(&outer, || {
+            decoding_from(&inner, || {
+                assert_eq!(bin_field(&inner).as_ptr(), inner[2..].as_ptr());
+            });
+            // Back to the outer frame once the inner decoding is over.
+            assert_eq!(bin_field(&outer).as_ptr(), outer[2..].as_ptr());
+            assert_ne!(bin_field(&inner).as_ptr(), inner[2..].as_ptr());
+        });
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            decoding_from(&outer, || panic!("a decoder bug"))
+        }));
+        assert!(panicked.is_err());
+        assert_ne!(bin_field(&outer).as_ptr(), outer[2..].as_ptr());
     }
 
     #[test]
