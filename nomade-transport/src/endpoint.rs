@@ -32,9 +32,10 @@ pub struct Config {
     pub keep_alive: Duration,
     /// Concurrent streams a peer may open, per direction kind (default 64).
     pub max_concurrent_streams: u32,
-    /// Flow-control window of one stream (default 4 MiB: 64 artifact chunks,
+    /// Flow-control window of one stream (default 2 MiB: 32 artifact chunks,
     /// enough that a receiver busy for a few milliseconds does not stall the
-    /// sender on a fast link).
+    /// sender on a fast link; quinn holds received data in its datagram
+    /// buffers, so a busy stream can pin several times this in memory).
     pub stream_receive_window: u32,
     /// Flow-control window of a connection, and the most data sent and not
     /// yet acknowledged (default 8 MiB).
@@ -65,7 +66,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
             max_concurrent_streams: 64,
-            stream_receive_window: 4 * 1024 * 1024,
+            stream_receive_window: 2 * 1024 * 1024,
             receive_window: 8 * 1024 * 1024,
             max_incoming: 64,
             udp_buffer: Some(4 * 1024 * 1024),
