@@ -20,7 +20,8 @@ use crate::error::NodeError;
 use crate::sync::envelope;
 
 /// Messages queued between the network tasks and the machine's thread, each
-/// way. With 64 KiB chunks this bounds a transfer's buffers to about 1 MiB.
+/// way. With 64 KiB chunks this bounds a transfer's buffers to 1-2 MiB (a
+/// received chunk's data shares the buffer its frame was assembled in).
 const QUEUE: usize = 16;
 
 /// A transfer state machine driven by messages: both artifact sides.
