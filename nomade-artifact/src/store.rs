@@ -810,7 +810,6 @@ impl ArtifactStore {
             file,
             hashing: Hashing::start(hasher)?,
             chunks: index,
-            bytes_done: index_bytes(body.size, index),
             unsynced: 0,
             record: Vec::with_capacity(CHUNK_SIZE + RECORD_OVERHEAD),
             incoming: None,
@@ -862,7 +861,6 @@ impl ArtifactStore {
             file,
             hashing: Hashing::start(Sha256::new())?,
             chunks: 0,
-            bytes_done: 0,
             unsynced: 0,
             record: Vec::with_capacity(CHUNK_SIZE + RECORD_OVERHEAD),
             incoming: None,
@@ -901,18 +899,13 @@ impl ArtifactReader {
     /// Reads chunk `index`, checking its AEAD tag (with the id, index and
     /// last-chunk flag as AAD).
     pub fn read_chunk(&mut self, index: u32) -> Result<Bytes> {
-        let mut buf = std::mem::take(&mut self.buf);
-        let read = self.read_record(index, &mut buf);
-        let plain = read.and_then(|()| {
-            let last = index + 1 == self.info.chunk_count;
-            open_chunk(&self.cipher, &self.info.id, index, last, &mut buf)
-        });
-        self.buf = buf;
+        read_record(&mut self.file, &self.info, index, &mut self.buf)?;
+        let last = index + 1 == self.info.chunk_count;
         // No second hash pass: the AEAD tag already authenticates this chunk
         // with the artifact id, its index and whether it is the last bound in,
         // under a key only this store can unwrap. Exports and transfers still
         // check the whole artifact's SHA-256 against its id.
-        plain
+        open_chunk(&self.cipher, &self.info.id, index, last, &mut self.buf)
     }
 
     /// Reads chunk `index` as stored, without opening it: the ciphertext
@@ -922,7 +915,7 @@ impl ArtifactReader {
     /// can be handed on without a copy.
     pub fn read_sealed_chunk(&mut self, index: u32) -> Result<(Bytes, FixedBytes<28>)> {
         let mut record = Vec::new();
-        self.read_record(index, &mut record)?;
+        read_record(&mut self.file, &self.info, index, &mut record)?;
         let ct_end = record.len() - TAG_LEN;
         let mut seal = [0u8; NONCE_LEN + TAG_LEN];
         seal[..NONCE_LEN].copy_from_slice(&record[..NONCE_LEN]);
@@ -936,29 +929,29 @@ impl ArtifactReader {
     pub fn wrap_key_for(&self, recipient: &PublicKey) -> Result<WrappedDataKey> {
         keys::wrap(&self.key, &self.info.id, recipient)
     }
+}
 
-    /// Reads the sealed record of chunk `index` into `buf` (resized to it).
-    fn read_record(&mut self, index: u32, buf: &mut Vec<u8>) -> Result<()> {
-        let count = self.info.chunk_count;
-        let len = chunk_len(self.info.size, index).ok_or_else(|| ArtifactError::BadChunk {
-            index,
-            reason: format!("past the last chunk ({count} chunks)"),
-        })?;
-        let rec_len = len + RECORD_OVERHEAD;
-        buf.clear();
-        buf.reserve_exact(rec_len);
-        self.file
-            .seek(SeekFrom::Start(u64::from(index) * RECORD_STRIDE))?;
-        // Into the spare capacity: no zero-filling first.
-        let n = (&mut self.file).take(rec_len as u64).read_to_end(buf)?;
-        if n != rec_len {
-            return Err(ArtifactError::Truncated {
-                expected: sealed_len(self.info.size),
-                actual: self.file.metadata()?.len(),
-            });
-        }
-        Ok(())
+/// Reads the sealed record of chunk `index` of the artifact `info` describes
+/// from its data `file` into `buf` (resized to it).
+fn read_record(file: &mut File, info: &ArtifactInfo, index: u32, buf: &mut Vec<u8>) -> Result<()> {
+    let count = info.chunk_count;
+    let len = chunk_len(info.size, index).ok_or_else(|| ArtifactError::BadChunk {
+        index,
+        reason: format!("past the last chunk ({count} chunks)"),
+    })?;
+    let rec_len = len + RECORD_OVERHEAD;
+    buf.clear();
+    buf.reserve_exact(rec_len);
+    file.seek(SeekFrom::Start(u64::from(index) * RECORD_STRIDE))?;
+    // Into the spare capacity: no zero-filling first.
+    let n = (&mut *file).take(rec_len as u64).read_to_end(buf)?;
+    if n != rec_len {
+        return Err(ArtifactError::Truncated {
+            expected: sealed_len(info.size),
+            actual: file.metadata()?.len(),
+        });
     }
+    Ok(())
 }
 
 /// A transfer being written to `partial/`: verified chunks, sealed and appended.
@@ -975,7 +968,6 @@ pub(crate) struct PartialArtifact {
     hashing: Hashing,
     /// Chunks held and verified.
     chunks: u32,
-    pub(crate) bytes_done: u64,
     unsynced: u32,
     record: Vec<u8>,
     /// Set for a sealed transfer: the holder's data key.
@@ -999,10 +991,15 @@ impl PartialArtifact {
         self.chunks
     }
 
+    /// Plaintext bytes held and verified (those of the first `chunks_done`).
+    pub(crate) fn bytes_done(&self) -> u64 {
+        index_bytes(self.size, self.chunks)
+    }
+
     /// Reserves what is still to be written, for a resumed transfer.
     pub(crate) fn reserve_remaining(&mut self) -> Result<()> {
         if self.reservation.is_none() {
-            let on_disk = sealed_len(self.bytes_done);
+            let on_disk = sealed_len(self.bytes_done());
             let need = footprint(self.size, 1, self.mime_type.as_deref()).saturating_sub(on_disk);
             self.reservation = Some(self.store.reserve(need)?);
         }
@@ -1101,7 +1098,6 @@ impl PartialArtifact {
     /// to the hashing thread, counts it, and syncs every
     /// [`SYNC_EVERY_CHUNKS`].
     fn account(&mut self, plain: Vec<u8>) -> Result<()> {
-        self.bytes_done += plain.len() as u64;
         self.hashing.push(plain)?;
         self.chunks += 1;
         self.unsynced += 1;

@@ -388,11 +388,11 @@ impl Receiver {
             Some(p) => (
                 p.chunks_done(),
                 Progress {
-                    bytes_done: p.bytes_done,
+                    bytes_done: p.bytes_done(),
                     bytes_total: p.size,
                     chunks_done: p.chunks_done(),
                     chunks_total: p.chunk_count,
-                    bytes_at_start: p.bytes_done,
+                    bytes_at_start: p.bytes_done(),
                 },
             ),
             None => (0, Progress::default()),
@@ -530,11 +530,11 @@ impl Receiver {
             partial.expect_sealed(key);
         }
         self.progress = Progress {
-            bytes_done: partial.bytes_done,
+            bytes_done: partial.bytes_done(),
             bytes_total: m.size,
             chunks_done: partial.chunks_done(),
             chunks_total: m.chunk_count,
-            bytes_at_start: partial.bytes_done,
+            bytes_at_start: partial.bytes_done(),
         };
         if partial.chunks_done() == partial.chunk_count {
             return self.finish(partial);
@@ -608,7 +608,7 @@ impl Receiver {
                 })
             }
         }
-        self.progress.bytes_done = partial.bytes_done;
+        self.progress.bytes_done = partial.bytes_done();
         self.progress.chunks_done = partial.chunks_done();
         if last {
             let p = self

@@ -159,7 +159,10 @@ async fn two_nodes(dir: &Path, limits: RateLimits) -> (Node, Node) {
 /// Puts an artifact on A and fetches it on B; returns the fetch's rate (read
 /// on A, QUIC, open and verify on B, write).
 async fn artifact_fetch(bytes: u64, limits: RateLimits) -> Rate {
-    ArtifactBench::new(bytes, limits).await.fetch().await
+    let bench = ArtifactBench::new(bytes, limits).await;
+    let rate = bench.fetch().await;
+    bench.shutdown().await;
+    rate
 }
 
 /// Two nodes and an artifact of `bytes` on A, fetched by B as often as asked.

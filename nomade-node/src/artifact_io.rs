@@ -5,11 +5,12 @@
 //! verify, write and periodically `fsync` on the fetcher, which hashes on a
 //! thread of its own). Done inline on an async worker, that work and the
 //! network take turns: while a chunk is being opened or the file synced,
-//! nothing is read from the connection and the QUIC window stalls. Here the machine runs on a blocking thread, fed by
-//! one task that reads frames and drained by one that writes them, with
-//! bounded queues between them: the three overlap, memory stays bounded by
-//! the queue lengths (a few 64 KiB chunks), and backpressure still reaches
-//! the peer through QUIC flow control.
+//! nothing is read from the connection and the QUIC window stalls. Here the
+//! machine runs on a blocking thread, fed by one task that reads frames and
+//! drained by one that writes them, with bounded queues between them: the
+//! three overlap, memory stays bounded by the queue lengths (a few 64 KiB
+//! chunks), and backpressure still reaches the peer through QUIC flow
+//! control.
 
 use nomade_artifact::{ArtifactError, Receiver, ReceiverEvent, Sender, SenderEvent};
 use nomade_transport::{FramedRecv, FramedSend};

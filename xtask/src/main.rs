@@ -224,8 +224,10 @@ fn spec_check() -> Result<()> {
 /// `python3`) if it already can, otherwise a private virtual environment in
 /// `target/spec-venv` with both installed there. A virtual environment works
 /// where the system Python refuses `pip install` (Debian's "externally
-/// managed" interpreter); on Debian, `python3-venv` is installed first if
-/// the interpreter lacks it and this runs as root.
+/// managed" interpreter); on Debian, `python3-venv` is installed first (after
+/// refreshing the package lists, empty on a fresh image) if the interpreter
+/// lacks it. A virtual environment left without pip by an earlier failed
+/// attempt is made again.
 fn python_with_spec_libs() -> Result<PathBuf> {
     let system = std::env::var_os("PYTHON")
         .map(PathBuf::from)
@@ -245,16 +247,27 @@ fn python_with_spec_libs() -> Result<PathBuf> {
     let make_venv = || {
         run(
             "create target/spec-venv",
-            Command::new(&system).args(["-m", "venv"]).arg(venv),
+            Command::new(&system)
+                .args(["-m", "venv", "--clear"])
+                .arg(venv),
         )
     };
-    if !venv_py.exists() && make_venv().is_err() {
+    let has_pip = Command::new(&venv_py)
+        .args(["-m", "pip", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !has_pip && make_venv().is_err() {
         if !have("apt-get", "--version") {
             bail!(
                 "{} cannot create a virtual environment; install its venv module",
                 system.display()
             );
         }
+        run(
+            "refresh the package lists",
+            Command::new("apt-get").arg("update"),
+        )?;
         run(
             "install python3-venv",
             Command::new("apt-get").args(["install", "-y", "python3-venv"]),
