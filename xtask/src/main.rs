@@ -129,6 +129,7 @@ fn have(cmd: &str, arg: &str) -> bool {
 fn test(args: &[String]) -> Result<()> {
     let fuzz_secs = secs_arg(args, 10)?;
     let start = Instant::now();
+    ensure_rustfmt_and_clippy()?;
     run("format", cargo().args(["fmt", "--all", "--", "--check"]))?;
     layering()?;
     run(
@@ -281,6 +282,25 @@ fn python_with_spec_libs() -> Result<PathBuf> {
         )?;
     }
     Ok(venv_py)
+}
+
+/// rustfmt and clippy come with rustup's default profile but not its
+/// minimal one: added when missing.
+fn ensure_rustfmt_and_clippy() -> Result<()> {
+    let works = |sub: &str| {
+        cargo()
+            .args([sub, "--version"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if works("fmt") && works("clippy") {
+        return Ok(());
+    }
+    run(
+        "install rustfmt and clippy",
+        Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]),
+    )
 }
 
 fn ensure_cargo_fuzz() -> Result<()> {
