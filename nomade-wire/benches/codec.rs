@@ -50,6 +50,32 @@ where
     group.finish();
 }
 
+/// An `ARTIFACT_CHUNK` encoded in pieces, its data not copied (what a QUIC
+/// stream sends), beside the same frame encoded into one buffer.
+fn bench_chunk_in_pieces(c: &mut Criterion) {
+    let env = Envelope::new(
+        MessageId::from([3; 16]),
+        samples::SAMPLE_TIMESTAMP,
+        samples::full_chunk(),
+    );
+    let mut group = c.benchmark_group("codec/artifact_chunk_64k_encode");
+    group.throughput(Throughput::Bytes(
+        env.to_bytes().expect("encode").len() as u64
+    ));
+    group.bench_function("nomade", |b| {
+        b.iter(|| black_box(black_box(&env).encode_shared().expect("encode")))
+    });
+    let mut buf = BytesMut::new();
+    group.bench_function("baseline", |b| {
+        b.iter(|| {
+            buf.clear();
+            black_box(&env).encode_into(&mut buf).expect("encode");
+            black_box(&buf);
+        })
+    });
+    group.finish();
+}
+
 fn codec(c: &mut Criterion) {
     let hello = samples::all()
         .into_iter()
@@ -61,6 +87,7 @@ fn codec(c: &mut Criterion) {
     bench_message(c, "hello", hello);
     bench_message(c, "sync_operation", samples::small_sync_operation());
     bench_message(c, "artifact_chunk_64k", samples::full_chunk());
+    bench_chunk_in_pieces(c);
 }
 
 criterion_group!(benches, codec);

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::bytes_fixed::MessageId;
+use crate::checksum::AlignedHasher;
 use crate::error::{DecodeError, EncodeError};
 use crate::message::*;
 
@@ -209,7 +210,7 @@ fn decode_payload<T: DeserializeOwned + Serialize>(
 struct Segments {
     scratch: BytesMut,
     parts: Vec<Bytes>,
-    checksum: blake3::Hasher,
+    checksum: AlignedHasher,
     len: usize,
 }
 
@@ -335,7 +336,7 @@ impl Envelope {
         let mut w = Segments {
             scratch: BytesMut::with_capacity(HEADER_LEN + 128 + CHECKSUM_LEN),
             parts: Vec::with_capacity(4),
-            checksum: blake3::Hasher::new(),
+            checksum: AlignedHasher::new(),
             len: 0,
         };
         w.parts.push(Bytes::new()); // the header, once the length is known

@@ -42,6 +42,7 @@
 
 mod batch;
 mod bytes_fixed;
+mod checksum;
 mod error;
 mod frame;
 mod message;
