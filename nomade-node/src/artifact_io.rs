@@ -10,11 +10,14 @@
 //! drained by one that writes them, with bounded queues between them: the
 //! three overlap, memory stays bounded by the queue lengths (a few 64 KiB
 //! chunks), and backpressure still reaches the peer through QUIC flow
-//! control.
+//! control. Progress events are passed on at most every
+//! [`PROGRESS_INTERVAL`] (a fetcher makes one per chunk, 16,384 per GiB);
+//! the others are dropped, each being superseded by the next.
 
 use nomade_artifact::{ArtifactError, Receiver, ReceiverEvent, Sender, SenderEvent};
 use nomade_transport::{FramedRecv, FramedSend};
 use nomade_wire::Message;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::error::NodeError;
@@ -24,6 +27,11 @@ use crate::sync::envelope;
 /// way. With 64 KiB chunks this bounds a transfer's buffers to 1-2 MiB (a
 /// received chunk's data shares the buffer its frame was assembled in).
 const QUEUE: usize = 16;
+
+/// Progress events closer together than this are not passed on (the last
+/// one is superseded by the next, and the final state comes with the event
+/// that ends the transfer).
+pub(crate) const PROGRESS_INTERVAL: Duration = Duration::from_millis(10);
 
 /// A transfer state machine driven by messages: both artifact sides.
 pub(crate) trait Machine: Send + 'static {
@@ -35,6 +43,10 @@ pub(crate) trait Machine: Send + 'static {
     fn next_message(&mut self) -> Result<Option<Message>, ArtifactError>;
     /// Whether the exchange is over and nothing is left to send.
     fn is_finished(&self) -> bool;
+    /// Whether `event` only reports progress (and may be superseded).
+    fn is_progress(_event: &Self::Event) -> bool {
+        false
+    }
 }
 
 impl Machine for Sender {
@@ -61,6 +73,9 @@ impl Machine for Receiver {
     fn is_finished(&self) -> bool {
         Receiver::is_finished(self)
     }
+    fn is_progress(event: &ReceiverEvent) -> bool {
+        matches!(event, ReceiverEvent::Progress(_))
+    }
 }
 
 /// What the machine's thread hands to the writing task.
@@ -69,16 +84,45 @@ enum Out<E> {
     Event(E),
 }
 
+/// The machine's thread's side of the queue to the writing task.
+struct Outlet<E> {
+    queue: mpsc::Sender<Out<E>>,
+    /// When the last progress event was passed on.
+    last_progress: Option<Instant>,
+}
+
+impl<E> Outlet<E> {
+    /// Queues a message for the peer; false when the writing task is gone.
+    fn send(&self, msg: Message) -> bool {
+        self.queue.blocking_send(Out::Send(msg)).is_ok()
+    }
+
+    /// Passes an event on, unless it only reports progress and the last one
+    /// went less than [`PROGRESS_INTERVAL`] before `now`.
+    fn event(&mut self, event: E, is_progress: bool, now: Instant) {
+        if is_progress {
+            if self
+                .last_progress
+                .is_some_and(|last| now.duration_since(last) < PROGRESS_INTERVAL)
+            {
+                return;
+            }
+            self.last_progress = Some(now);
+        }
+        let _ = self.queue.blocking_send(Out::Event(event));
+    }
+}
+
 /// Sends everything the machine has queued; between two messages, takes in
 /// what the peer sent meanwhile (an ERROR or a COMPLETE must not wait behind
 /// a long run of chunks).
 fn drain<M: Machine>(
     machine: &mut M,
     inbox: &mut mpsc::Receiver<Message>,
-    out: &mpsc::Sender<Out<M::Event>>,
+    out: &mut Outlet<M::Event>,
 ) -> Result<bool, ArtifactError> {
     while let Some(m) = machine.next_message()? {
-        if out.blocking_send(Out::Send(m)).is_err() {
+        if !out.send(m) {
             return Ok(false);
         }
         if let Ok(msg) = inbox.try_recv() {
@@ -92,11 +136,12 @@ fn feed<M: Machine>(
     machine: &mut M,
     msg: Message,
     inbox: &mut mpsc::Receiver<Message>,
-    out: &mpsc::Sender<Out<M::Event>>,
+    out: &mut Outlet<M::Event>,
 ) -> Result<(), ArtifactError> {
     match machine.handle_message(msg) {
         Ok(event) => {
-            let _ = out.blocking_send(Out::Event(event));
+            let is_progress = M::is_progress(&event);
+            out.event(event, is_progress, Instant::now());
             Ok(())
         }
         Err(e) => {
@@ -112,14 +157,18 @@ fn feed<M: Machine>(
 fn run_machine<M: Machine>(
     mut machine: M,
     mut inbox: mpsc::Receiver<Message>,
-    out: mpsc::Sender<Out<M::Event>>,
+    queue: mpsc::Sender<Out<M::Event>>,
 ) -> (M, Result<(), ArtifactError>) {
+    let mut out = Outlet {
+        queue,
+        last_progress: None,
+    };
     let result = (|| loop {
-        if !drain(&mut machine, &mut inbox, &out)? || machine.is_finished() {
+        if !drain(&mut machine, &mut inbox, &mut out)? || machine.is_finished() {
             return Ok(());
         }
         match inbox.blocking_recv() {
-            Some(msg) => feed(&mut machine, msg, &mut inbox, &out)?,
+            Some(msg) => feed(&mut machine, msg, &mut inbox, &mut out)?,
             None => return Ok(()),
         }
     })();
@@ -173,4 +222,32 @@ pub(crate) async fn drive<M: Machine>(
     let (machine, result) = worker.await?;
     result?;
     Ok(machine)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_is_passed_on_at_most_every_interval_and_other_events_always() {
+        let (queue, mut rx) = mpsc::channel::<Out<&str>>(16);
+        let mut out = Outlet {
+            queue,
+            last_progress: None,
+        };
+        let t0 = Instant::now();
+        let half = PROGRESS_INTERVAL / 2;
+        out.event("p0", true, t0);
+        out.event("p1", true, t0 + half);
+        out.event("started", false, t0 + half);
+        out.event("p2", true, t0 + PROGRESS_INTERVAL);
+        out.event("p3", true, t0 + PROGRESS_INTERVAL + half);
+        out.event("complete", false, t0 + PROGRESS_INTERVAL + half);
+        drop(out);
+        let mut passed = Vec::new();
+        while let Some(Out::Event(e)) = rx.blocking_recv() {
+            passed.push(e);
+        }
+        assert_eq!(passed, ["p0", "started", "p2", "complete"]);
+    }
 }
