@@ -31,7 +31,7 @@ const QUEUE: usize = 16;
 /// Progress events closer together than this are not passed on (the last
 /// one is superseded by the next, and the final state comes with the event
 /// that ends the transfer).
-pub(crate) const PROGRESS_INTERVAL: Duration = Duration::from_millis(10);
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(10);
 
 /// A transfer state machine driven by messages: both artifact sides.
 pub(crate) trait Machine: Send + 'static {

@@ -1082,8 +1082,10 @@ impl Node {
         }
     }
 
-    /// Fetches an artifact from a connected peer, resuming a partial transfer,
-    /// reporting progress after each chunk.
+    /// Fetches an artifact from a connected peer, resuming a partial transfer.
+    /// `progress` is called when the transfer starts, as chunks are verified
+    /// and written (at most every 10 ms), and once at the end with the final
+    /// figures.
     pub async fn fetch_artifact(
         &self,
         peer: &DeviceId,

@@ -8,11 +8,11 @@
 //!   Each row holds a *run* of consecutive operations, keyed by the sequence
 //!   number of its first: a `0x00` byte, the run's length (u32, big-endian),
 //!   then each operation's MessagePack, one after the other. An append cuts
-//!   its operations into runs of about 60 KiB ([`RUN_ROW_TARGET`]): a sync
-//!   that applies thousands of operations in one transaction writes a few
-//!   rows, not thousands, and each fits a 64 KiB page. (A row not starting
-//!   with `0x00` is one operation's MessagePack, as an older version wrote;
-//!   it is still read.)
+//!   its operations into runs of about 60 KiB: a sync that applies
+//!   thousands of operations in one transaction writes a few rows, not
+//!   thousands, and each fits a 64 KiB page. (A row not starting with `0x00`
+//!   is one operation's MessagePack, as an older version wrote; it is still
+//!   read.)
 //! - `peers`: device id -> MessagePack [`PeerRecord`].
 //! - `meta`: small settings (device name).
 //!
