@@ -371,7 +371,9 @@ fn seed_corpus(dir: &Path) -> Result<()> {
 
 fn bench(quick: bool) -> Result<()> {
     let mut c = cargo();
-    c.args(["bench", "--workspace", "--"]);
+    // Only the bench targets: a library's own test harness, run in bench
+    // mode, would reject criterion's options.
+    c.args(["bench", "--workspace", "--bench", "*", "--"]);
     if quick {
         c.args(["--warm-up-time", "1", "--measurement-time", "2"]);
     }
