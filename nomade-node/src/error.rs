@@ -79,3 +79,24 @@ pub enum NodeError {
     #[error("{0} not found")]
     NotFound(String),
 }
+
+impl NodeError {
+    /// Whether the connection to the peer went away: the work resumes when
+    /// the peer is back (see [`nomade_transport::TransportError::is_connection_loss`]).
+    pub fn is_connection_loss(&self) -> bool {
+        matches!(self, NodeError::Transport(e) if e.is_connection_loss())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_transport_connection_loss_is_one() {
+        let lost = nomade_transport::TransportError::Connection(quinn::ConnectionError::TimedOut);
+        assert!(NodeError::from(lost).is_connection_loss());
+        assert!(!NodeError::from(nomade_transport::TransportError::NotPaired).is_connection_loss());
+        assert!(!NodeError::NotFound("artifact".into()).is_connection_loss());
+    }
+}

@@ -1075,6 +1075,11 @@ impl Node {
             }
             match self.fetch_on(conn, id, |_| {}).await {
                 Ok(()) => tracing::info!(peer = %conn.peer(), artifact = %id, "artifact fetched"),
+                // The partial file stays: the next session resumes from it.
+                Err(e) if e.is_connection_loss() => tracing::info!(
+                    peer = %conn.peer(), artifact = %id, error = %e,
+                    "artifact fetch interrupted; it resumes when the peer is back"
+                ),
                 Err(e) => {
                     tracing::warn!(peer = %conn.peer(), artifact = %id, error = %e, "artifact fetch failed")
                 }

@@ -142,5 +142,53 @@ pub enum TransportError {
     EndpointClosed,
 }
 
+impl TransportError {
+    /// Whether the connection to the peer went away (closed, timed out,
+    /// reset, the peer silent): routine for devices that sleep or roam, and
+    /// what a reconnection fixes, unlike bad input or a refused device.
+    pub fn is_connection_loss(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Connection(_)
+                | TransportError::PeerOffline { .. }
+                | TransportError::Read(quinn::ReadError::ConnectionLost(_))
+                | TransportError::Write(quinn::WriteError::ConnectionLost(_))
+                | TransportError::ReadExact(quinn::ReadExactError::ReadError(
+                    quinn::ReadError::ConnectionLost(_),
+                ))
+        )
+    }
+}
+
 /// Result alias of this crate.
 pub type Result<T, E = TransportError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_connection_is_told_apart_from_other_failures() {
+        let lost = quinn::ConnectionError::TimedOut;
+        assert!(TransportError::Connection(lost.clone()).is_connection_loss());
+        assert!(
+            TransportError::Read(quinn::ReadError::ConnectionLost(lost.clone()))
+                .is_connection_loss()
+        );
+        assert!(
+            TransportError::Write(quinn::WriteError::ConnectionLost(lost.clone()))
+                .is_connection_loss()
+        );
+        assert!(TransportError::ReadExact(quinn::ReadExactError::ReadError(
+            quinn::ReadError::ConnectionLost(lost)
+        ))
+        .is_connection_loss());
+        assert!(TransportError::PeerOffline { missed: 3 }.is_connection_loss());
+        assert!(!TransportError::NotPaired.is_connection_loss());
+        assert!(!TransportError::Deadline(std::time::Duration::from_secs(1)).is_connection_loss());
+        assert!(
+            !TransportError::Read(quinn::ReadError::Reset(quinn::VarInt::from_u32(7)))
+                .is_connection_loss()
+        );
+    }
+}
