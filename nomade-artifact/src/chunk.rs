@@ -124,6 +124,21 @@ pub fn chunk_hash(data: &[u8]) -> Hash32 {
     Hash32::from(*blake3::hash(data).as_bytes())
 }
 
+/// Checks chunk `index`'s plaintext against the `chunk_hash` its sender
+/// claimed, if any.
+pub(crate) fn check_claimed_hash(
+    index: u32,
+    claimed: Option<Hash32>,
+    plain: &[u8],
+) -> Result<(), ArtifactError> {
+    match claimed {
+        Some(claimed) if claimed != chunk_hash(plain) => {
+            Err(ArtifactError::ChunkHashMismatch { index })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// `ceil(size / 65536)`, 0 for an empty artifact; `None` above [`MAX_ARTIFACT_SIZE`].
 pub fn chunk_count(size: u64) -> Option<u32> {
     if size > MAX_ARTIFACT_SIZE {

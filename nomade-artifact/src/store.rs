@@ -41,10 +41,11 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::chunk::{self, chunk_hash, chunk_len, ArtifactId, CHUNK_SIZE, MAX_CHUNK_COUNT};
+use crate::chunk::{self, chunk_len, ArtifactId, CHUNK_SIZE, MAX_CHUNK_COUNT};
 use crate::error::{ArtifactError, Result};
 use crate::hashing::Hashing;
 use crate::keys::{self, sync_dir, DataKey, DeviceKey, PublicKey, WrappedKey};
+use crate::progress::Progress;
 
 /// Version of the header layout written. 3: no per-chunk hashes (each chunk's
 /// AEAD tag authenticates it; a plaintext transfer hashes the chunk it
@@ -996,6 +997,18 @@ impl PartialArtifact {
         index_bytes(self.size, self.chunks)
     }
 
+    /// Where a transfer into this partial stands, counted as starting here.
+    pub(crate) fn progress(&self) -> Progress {
+        let done = self.bytes_done();
+        Progress {
+            bytes_done: done,
+            bytes_total: self.size,
+            chunks_done: self.chunks,
+            chunks_total: self.chunk_count,
+            bytes_at_start: done,
+        }
+    }
+
     /// Reserves what is still to be written, for a resumed transfer.
     pub(crate) fn reserve_remaining(&mut self) -> Result<()> {
         if self.reservation.is_none() {
@@ -1079,9 +1092,7 @@ impl PartialArtifact {
             )
             .map_err(|_| ArtifactError::ChunkHashMismatch { index })?;
         // The tag authenticated the chunk; a claimed hash is checked too.
-        if claimed_hash.is_some_and(|claimed| claimed != chunk_hash(&plain)) {
-            return Err(ArtifactError::ChunkHashMismatch { index });
-        }
+        chunk::check_claimed_hash(index, claimed_hash, &plain)?;
         if verbatim {
             // Written in place, without assembling the record first.
             write_all_vectored(
@@ -1334,7 +1345,7 @@ mod tests {
         };
         // Format 2, as written before: one BLAKE3 hash per chunk.
         body.format = HEADER_FORMAT_WITH_CHUNK_HASHES;
-        body.chunk_hashes = bytes.chunks(CHUNK_SIZE).map(chunk_hash).collect();
+        body.chunk_hashes = bytes.chunks(CHUNK_SIZE).map(chunk::chunk_hash).collect();
         rewrite(&body);
         let out = dir.path().join("out");
         s.export(&id, &out).expect("export");

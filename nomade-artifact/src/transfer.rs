@@ -385,16 +385,7 @@ impl Receiver {
         let claim = store.claim_receive(&id)?;
         let partial = store.load_partial(&id)?;
         let (resume, progress) = match &partial {
-            Some(p) => (
-                p.chunks_done(),
-                Progress {
-                    bytes_done: p.bytes_done(),
-                    bytes_total: p.size,
-                    chunks_done: p.chunks_done(),
-                    chunks_total: p.chunk_count,
-                    bytes_at_start: p.bytes_done(),
-                },
-            ),
+            Some(p) => (p.chunks_done(), p.progress()),
             None => (0, Progress::default()),
         };
         let request = ArtifactRequest {
@@ -529,13 +520,9 @@ impl Receiver {
         if let Some(key) = &incoming_key {
             partial.expect_sealed(key);
         }
-        self.progress = Progress {
-            bytes_done: partial.bytes_done(),
-            bytes_total: m.size,
-            chunks_done: partial.chunks_done(),
-            chunks_total: m.chunk_count,
-            bytes_at_start: partial.bytes_done(),
-        };
+        // The partial's size is the metadata's, and its chunk count follows
+        // from it (the layout was validated above).
+        self.progress = partial.progress();
         if partial.chunks_done() == partial.chunk_count {
             return self.finish(partial);
         }
@@ -588,11 +575,7 @@ impl Receiver {
                 partial.append_sealed(&c.chunk_data, seal.as_bytes(), c.chunk_hash)?
             }
             (None, false) => {
-                if c.chunk_hash
-                    .is_some_and(|claimed| claimed != chunk_hash(&c.chunk_data))
-                {
-                    return Err(ArtifactError::ChunkHashMismatch { index });
-                }
+                chunk::check_claimed_hash(index, c.chunk_hash, &c.chunk_data)?;
                 partial.append(&c.chunk_data)?;
             }
             (Some(_), false) => {

@@ -119,11 +119,12 @@ fn cargo() -> Command {
 }
 
 fn have(cmd: &str, arg: &str) -> bool {
-    Command::new(cmd)
-        .arg(arg)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    succeeds(Command::new(cmd).arg(arg))
+}
+
+/// Whether `cmd` runs and exits successfully (its output is discarded).
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.output().map(|o| o.status.success()).unwrap_or(false)
 }
 
 fn test(args: &[String]) -> Result<()> {
@@ -233,13 +234,7 @@ fn python_with_spec_libs() -> Result<PathBuf> {
     let system = std::env::var_os("PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("python3"));
-    let can_import = |py: &Path| {
-        Command::new(py)
-            .args(["-c", "import msgpack, blake3"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
+    let can_import = |py: &Path| succeeds(Command::new(py).args(["-c", "import msgpack, blake3"]));
     if can_import(&system) {
         return Ok(system);
     }
@@ -253,11 +248,7 @@ fn python_with_spec_libs() -> Result<PathBuf> {
                 .arg(venv),
         )
     };
-    let has_pip = Command::new(&venv_py)
-        .args(["-m", "pip", "--version"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
+    let has_pip = succeeds(Command::new(&venv_py).args(["-m", "pip", "--version"]));
     if !has_pip && make_venv().is_err() {
         if !have("apt-get", "--version") {
             bail!(
@@ -287,13 +278,7 @@ fn python_with_spec_libs() -> Result<PathBuf> {
 /// rustfmt and clippy come with rustup's default profile but not its
 /// minimal one: added when missing.
 fn ensure_rustfmt_and_clippy() -> Result<()> {
-    let works = |sub: &str| {
-        cargo()
-            .args([sub, "--version"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
+    let works = |sub: &str| succeeds(cargo().args([sub, "--version"]));
     if works("fmt") && works("clippy") {
         return Ok(());
     }
@@ -305,11 +290,7 @@ fn ensure_rustfmt_and_clippy() -> Result<()> {
 
 fn ensure_cargo_fuzz() -> Result<()> {
     // cargo-fuzz builds with sanitizers, which need a nightly toolchain.
-    let nightly = Command::new("cargo")
-        .args(["+nightly", "--version"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
+    let nightly = succeeds(Command::new("cargo").args(["+nightly", "--version"]));
     if !nightly {
         run(
             "install the nightly toolchain (for cargo-fuzz)",
