@@ -95,6 +95,10 @@ pub struct MetricsSnapshot {
     pub sync_latency_mean_us: f64,
     /// Errors by message type (or stage).
     pub errors: BTreeMap<String, u64>,
+    /// Bad input the transport turned away, by kind (`handshake`,
+    /// `stream_header`, `frame`, `deadline`, `duplicate_message`); filled in
+    /// by the node from its transport.
+    pub rejected_input: BTreeMap<String, u64>,
 }
 
 impl Metrics {
@@ -162,6 +166,7 @@ impl Metrics {
                 .lock()
                 .map(|e| e.iter().map(|(k, v)| (k.to_string(), *v)).collect())
                 .unwrap_or_default(),
+            rejected_input: BTreeMap::new(),
         }
     }
 }
@@ -230,6 +235,13 @@ impl MetricsSnapshot {
         for (kind, n) in &self.errors {
             let _ = writeln!(s, "nomade_errors_total{{type=\"{kind}\"}} {n}");
         }
+        let _ = writeln!(
+            s,
+            "# HELP nomade_rejected_input_total Bad input turned away by the transport, by kind\n# TYPE nomade_rejected_input_total counter"
+        );
+        for (kind, n) in &self.rejected_input {
+            let _ = writeln!(s, "nomade_rejected_input_total{{kind=\"{kind}\"}} {n}");
+        }
         s
     }
 }
@@ -257,7 +269,11 @@ mod tests {
         Metrics::add(&m.ops_applied, 7);
         m.record_error("SYNC_OPERATION");
         m.record_error("SYNC_OPERATION");
-        let text = m.snapshot().to_prometheus();
+        let mut snapshot = m.snapshot();
+        snapshot
+            .rejected_input
+            .insert("duplicate_message".into(), 3);
+        let text = snapshot.to_prometheus();
         assert!(text.contains("nomade_ops_applied_total 7"), "{text}");
         assert!(
             text.contains("nomade_sync_frames_received_total 0"),
@@ -268,5 +284,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("le=\"+Inf\"} 0"), "{text}");
+        assert!(
+            text.contains("nomade_rejected_input_total{kind=\"duplicate_message\"} 3"),
+            "{text}"
+        );
     }
 }

@@ -1195,6 +1195,14 @@ impl Node {
             m.bytes_received += stats.udp_rx.bytes;
         }
         m.bytes_received_per_sec = m.bytes_received as f64 / m.uptime_secs.max(1e-9);
+        if let Some(t) = self.transport() {
+            m.rejected_input = t
+                .rejected_input()
+                .by_kind()
+                .iter()
+                .map(|(kind, n)| (kind.to_string(), *n))
+                .collect();
+        }
         m
     }
 

@@ -267,6 +267,23 @@ async fn an_unpaired_device_is_refused_and_an_unpaired_peer_is_cut_off() {
         "{err}"
     );
     assert!(!a.is_connected(&stranger.device_id()));
+    // Logged and counted (BAD_INPUTS #1), and exported with the metrics.
+    let refused = || {
+        a.metrics_snapshot()
+            .rejected_input
+            .get("handshake")
+            .copied()
+            .unwrap_or(0)
+    };
+    wait_for(|| refused() >= 1, "the refusal counted").await;
+    let text = a.metrics_snapshot().to_prometheus();
+    assert!(
+        text.contains(&format!(
+            "nomade_rejected_input_total{{kind=\"handshake\"}} {}",
+            refused()
+        )),
+        "{text}"
+    );
     a.set("d", "k", 1).expect("edit");
     assert_eq!(stranger.document("d"), None, "nothing leaked");
 

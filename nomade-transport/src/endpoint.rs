@@ -5,10 +5,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nomade_wire::{Limits, StreamHeader, StreamRole};
+use nomade_wire::{Limits, RecentIds, StreamHeader, StreamRole};
 use quinn_proto::TransportErrorCode;
 use tokio::sync::{broadcast, mpsc};
 
+use crate::counters::{InputCounters, Rejected, RejectedInput};
 use crate::error::{close_code, Result, TransportError};
 use crate::faulty::{FaultPlan, FaultySocket, Partition};
 use crate::identity::{DeviceId, DeviceIdentity};
@@ -17,7 +18,7 @@ use crate::pairing::{
     PROOF_LEN,
 };
 use crate::ratelimit::{RateLimiter, RateLimits};
-use crate::stream::{FramedRecv, FramedSend, IncomingStream, Limit};
+use crate::stream::{FramedRecv, FramedSend, IncomingStream, Limit, RecvChecks};
 use crate::tls::{self, PairedSet, PeerClientVerifier, PeerServerVerifier, ServerAcceptance};
 
 /// Longest [`Transport::close`] waits for peers to acknowledge the close.
@@ -171,6 +172,7 @@ struct Inner {
     events: broadcast::Sender<TransportEvent>,
     artifact_send: Option<RateLimiter>,
     artifact_recv: Option<RateLimiter>,
+    rejected: Arc<InputCounters>,
 }
 
 impl Inner {
@@ -301,6 +303,7 @@ impl Transport {
             events,
             artifact_send: limits.artifact_bytes_per_sec.map(RateLimiter::per_second),
             artifact_recv: limits.artifact_bytes_per_sec.map(RateLimiter::per_second),
+            rejected: Arc::default(),
         });
         let task = tokio::spawn(accept_loop(Arc::downgrade(&inner), endpoint, tx));
         tracing::info!(device = %inner.identity.device_id(), addr = ?inner.endpoint.local_addr().ok(), "transport bound");
@@ -359,6 +362,13 @@ impl Transport {
         self.inner
             .emit(TransportEvent::Unpaired { peer: *id, closed });
         closed
+    }
+
+    /// How much bad input this transport has turned away so far: refused
+    /// handshakes, bad stream headers, undecodable frames, late messages and
+    /// repeated message ids. Each was also logged when it happened.
+    pub fn rejected_input(&self) -> RejectedInput {
+        self.inner.rejected.snapshot()
     }
 
     /// Subscribes to connection, pairing and rejection events.
@@ -603,6 +613,7 @@ async fn accept_loop(
             let remote = incoming.remote_address();
             if let Err(e) = incoming.retry() {
                 tracing::debug!(%remote, "address validation failed: refusing");
+                inner.rejected.count(Rejected::Handshake);
                 e.into_incoming().refuse();
             }
             continue;
@@ -619,6 +630,7 @@ async fn handle_incoming(
     let remote = incoming.remote_address();
     let reject = |reason: String| {
         tracing::warn!(%remote, %reason, "incoming connection rejected");
+        inner.rejected.count(Rejected::Handshake);
         inner.emit(TransportEvent::HandshakeRejected { remote, reason });
     };
     let connecting = match incoming.accept() {
@@ -729,6 +741,11 @@ struct StreamSettings {
     sync_ops: Option<u32>,
     artifact_send: Option<RateLimiter>,
     artifact_recv: Option<RateLimiter>,
+    /// The transport's counters of rejected input.
+    rejected: Arc<InputCounters>,
+    /// The ids of the messages last received on this connection (all its
+    /// streams), to drop repeats.
+    recent_ids: Arc<Mutex<RecentIds>>,
 }
 
 impl StreamSettings {
@@ -739,6 +756,16 @@ impl StreamSettings {
                 .map(|r| Limit::Ops(RateLimiter::per_second(u64::from(r)))),
             StreamRole::Artifact => self.artifact_send.clone().map(Limit::Bytes),
             _ => None,
+        }
+    }
+
+    fn recv_checks(&self, role: StreamRole) -> RecvChecks {
+        RecvChecks {
+            limits: self.limits,
+            deadline: self.message_deadline,
+            limit: self.recv_limit(role),
+            rejected: self.rejected.clone(),
+            recent_ids: self.recent_ids.clone(),
         }
     }
 
@@ -782,6 +809,8 @@ impl Connection {
             sync_ops: inner.config.rate_limits.sync_ops_per_sec,
             artifact_send: inner.artifact_send.clone(),
             artifact_recv: inner.artifact_recv.clone(),
+            rejected: inner.rejected.clone(),
+            recent_ids: Arc::default(),
         };
         let (tx, rx) = mpsc::channel(inner.config.max_concurrent_streams.max(1) as usize);
         tokio::spawn(accept_streams(conn.clone(), settings.clone(), tx));
@@ -849,9 +878,7 @@ impl Connection {
                 role,
                 recv,
                 Some(send.shared()),
-                self.settings.limits,
-                self.settings.message_deadline,
-                self.settings.recv_limit(role),
+                self.settings.recv_checks(role),
             );
             Ok((send, Some(recv)))
         } else {
@@ -933,6 +960,7 @@ async fn read_header(
         Ok(h) if h.role.is_bidirectional() == send.is_some() => h,
         other => {
             tracing::warn!(result = ?other.map(|h| h.role), "bad stream header: stream reset");
+            settings.rejected.count(Rejected::StreamHeader);
             let code = quinn::VarInt::from_u32(close_code::INVALID_MESSAGE);
             let _ = recv.stop(code);
             if let Some(mut s) = send {
@@ -951,9 +979,7 @@ async fn read_header(
         role,
         recv,
         send.as_ref().map(|s| s.shared()),
-        settings.limits,
-        settings.message_deadline,
-        settings.recv_limit(role),
+        settings.recv_checks(role),
     );
     let _ = tx.send(IncomingStream { role, send, recv }).await;
 }

@@ -58,6 +58,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod counters;
 pub mod dial;
 pub mod endpoint;
 mod error;
@@ -69,6 +70,7 @@ pub mod ratelimit;
 pub mod stream;
 pub mod tls;
 
+pub use counters::RejectedInput;
 pub use endpoint::{Config, Connection, Transport, TransportEvent};
 pub use error::{close_code, Result, TransportError};
 pub use identity::{DeviceId, DeviceIdentity};

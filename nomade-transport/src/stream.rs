@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use nomade_wire::{
-    Decoder, Envelope, ErrorCode, ErrorMessage, Limits, Message, MessageId, StreamHeader,
-    StreamRole,
+    Decoder, Envelope, ErrorCode, ErrorMessage, Limits, Message, MessageId, RecentIds,
+    StreamHeader, StreamRole,
 };
 use tokio::sync::Mutex;
 
+use crate::counters::{InputCounters, Rejected};
 use crate::error::{Result, TransportError};
 use crate::ratelimit::RateLimiter;
 
@@ -147,8 +148,24 @@ impl FramedSend {
     }
 }
 
+/// What a receiving half checks besides decoding, set by its connection.
+#[derive(Debug, Clone)]
+pub(crate) struct RecvChecks {
+    /// The decoder's limits.
+    pub(crate) limits: Limits,
+    /// How long a started message may take to arrive in full.
+    pub(crate) deadline: Duration,
+    /// The role's receive rate limit, if any.
+    pub(crate) limit: Option<Limit>,
+    /// Where rejected input is counted.
+    pub(crate) rejected: Arc<InputCounters>,
+    /// The ids of the messages last received on the connection.
+    pub(crate) recent_ids: Arc<std::sync::Mutex<RecentIds>>,
+}
+
 /// The receiving half of a stream: yields envelopes, enforcing the decoder's
-/// limits and a per-message deadline.
+/// limits and a per-message deadline, and dropping a message whose
+/// `message_id` was received on the same connection shortly before.
 ///
 /// On bad input the stream (only) is ended: an `ERROR` frame goes back on the
 /// paired send half when the stream is bidirectional, the receive side is
@@ -164,6 +181,8 @@ pub struct FramedRecv {
     deadline: Duration,
     partial_since: Option<tokio::time::Instant>,
     limit: Option<Limit>,
+    rejected: Arc<InputCounters>,
+    recent_ids: Arc<std::sync::Mutex<RecentIds>>,
     done: bool,
     /// A decoded envelope (and its size) waiting for the rate limiter. Kept
     /// here so that a `recv` cancelled while waiting loses nothing.
@@ -175,19 +194,19 @@ impl FramedRecv {
         role: StreamRole,
         stream: quinn::RecvStream,
         reply: Option<Arc<Mutex<quinn::SendStream>>>,
-        limits: Limits,
-        deadline: Duration,
-        limit: Option<Limit>,
+        checks: RecvChecks,
     ) -> Self {
         FramedRecv {
             role,
             stream,
             buf: BytesMut::new(),
-            decoder: Decoder::with_limits(limits),
+            decoder: Decoder::with_limits(checks.limits),
             reply,
-            deadline,
+            deadline: checks.deadline,
             partial_since: None,
-            limit,
+            limit: checks.limit,
+            rejected: checks.rejected,
+            recent_ids: checks.recent_ids,
             done: false,
             pending: None,
         }
@@ -230,12 +249,16 @@ impl FramedRecv {
             match self.decoder.decode(&mut self.buf) {
                 Ok(Some(env)) => {
                     self.partial_since = (!self.buf.is_empty()).then(tokio::time::Instant::now);
+                    if self.is_repeat(&env) {
+                        continue;
+                    }
                     self.pending = Some((env, before - self.buf.len()));
                     continue;
                 }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(role = ?self.role, error = %e, "bad frame: ending stream");
+                    self.rejected.count(Rejected::Frame);
                     self.fail(e.error_code(), &e.to_string()).await;
                     return Err(e.into());
                 }
@@ -255,6 +278,7 @@ impl FramedRecv {
                     Ok(r) => r?,
                     Err(_) => {
                         tracing::warn!(role = ?self.role, deadline = ?self.deadline, "message deadline passed: ending stream");
+                        self.rejected.count(Rejected::Deadline);
                         self.fail(ErrorCode::INVALID_MESSAGE, "message not completed in time")
                             .await;
                         return Err(TransportError::Deadline(self.deadline));
@@ -275,11 +299,28 @@ impl FramedRecv {
                 None => {
                     let e = self.decoder.truncation(&self.buf);
                     tracing::warn!(role = ?self.role, error = %e, "stream ended mid-frame");
+                    self.rejected.count(Rejected::Frame);
                     self.fail(e.error_code(), &e.to_string()).await;
                     return Err(e.into());
                 }
             }
         }
+    }
+
+    /// Whether `env` repeats a message received on this connection within the
+    /// de-duplication window (BAD_INPUTS #19): it is then dropped, logged and
+    /// counted, and the stream goes on.
+    fn is_repeat(&self, env: &Envelope) -> bool {
+        let first = self
+            .recent_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .first_sighting(env.message_id);
+        if !first {
+            tracing::debug!(role = ?self.role, message_id = %env.message_id, "repeated message id: dropped");
+            self.rejected.count(Rejected::Duplicate);
+        }
+        !first
     }
 
     /// Ends this stream after bad input: ERROR on the reply half (if any),

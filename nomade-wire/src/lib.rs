@@ -43,6 +43,7 @@
 mod batch;
 mod bytes_fixed;
 mod checksum;
+mod dedup;
 mod error;
 mod frame;
 mod message;
@@ -52,6 +53,7 @@ mod value;
 
 pub use batch::BatchEncoder;
 pub use bytes_fixed::{FixedBytes, Hash32, MessageId};
+pub use dedup::{RecentIds, DEFAULT_DEDUP_WINDOW};
 pub use error::{DecodeError, EncodeError};
 pub use frame::{
     Decoder, Envelope, FrameHeader, Limits, Message, MessageType, CHECKSUM_LEN, DEFAULT_MAX_DEPTH,

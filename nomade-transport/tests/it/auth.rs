@@ -20,6 +20,8 @@ async fn paired_devices_connect_both_ways() {
     assert!(!accepted.newly_paired());
 }
 
+/// BAD_INPUTS #1: an unpaired device with a valid certificate fails the
+/// handshake on both sides, and the refusal is counted.
 #[tokio::test]
 async fn unpaired_client_is_refused_on_both_sides() {
     let (a, b) = (node(), node());
@@ -37,6 +39,8 @@ async fn unpaired_client_is_refused_on_both_sides() {
     if let TransportEvent::HandshakeRejected { reason, .. } = ev {
         assert!(!reason.is_empty());
     }
+    assert_eq!(b.rejected_input().handshakes, 1);
+    assert_eq!(b.rejected_input().total(), 1);
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 mod auth;
 mod dial;
 mod faulty;
+mod hostile;
 mod pairing;
 mod streams;
 
@@ -46,9 +47,14 @@ pub fn pair() -> (Transport, Transport) {
     (a, b)
 }
 
+/// A heartbeat whose `message_id` (and content) is a function of `n`: the
+/// same `n` is the same message, a repeat for the receiver.
 pub fn beat(n: i64) -> Envelope {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&n.to_le_bytes());
+    id[8..].copy_from_slice(&n.to_be_bytes());
     Envelope::new(
-        MessageId::from([n as u8; 16]),
+        MessageId::from(id),
         n,
         Heartbeat {
             timestamp: n,

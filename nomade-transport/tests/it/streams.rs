@@ -57,9 +57,11 @@ async fn frames_flow_on_every_role_both_ways() {
     ));
 }
 
+/// BAD_INPUTS #18: a frame with a wrong checksum ends its stream with an
+/// ERROR, is counted, and nothing else is affected.
 #[tokio::test]
 async fn garbage_on_one_stream_leaves_the_others_working() {
-    let (_a, _b, ca, cb) = connected().await;
+    let (_a, b, ca, cb) = connected().await;
     let (mut good_tx, good_rx) = ca.open_bi(StreamRole::Sync).await.expect("open");
     good_tx.send(&beat(1)).await.expect("send");
     let mut good = cb.accept_stream().await.expect("accept");
@@ -74,6 +76,7 @@ async fn garbage_on_one_stream_leaves_the_others_working() {
     let mut bad = cb.accept_stream().await.expect("accept");
     let err = bad.recv.recv().await.expect_err("bad frame");
     assert!(matches!(err, TransportError::Decode(_)), "{err:?}");
+    assert_eq!(b.rejected_input().frames, 1);
     // The sender gets an ERROR (INVALID_MESSAGE) on that stream.
     let reply = bad_rx.recv().await.expect("error frame").expect("some");
     match reply.message {
@@ -96,7 +99,7 @@ async fn garbage_on_one_stream_leaves_the_others_working() {
 
 #[tokio::test]
 async fn unknown_stream_role_is_reset_and_not_delivered() {
-    let (_a, _b, ca, cb) = connected().await;
+    let (_a, b, ca, cb) = connected().await;
     let (mut raw, mut raw_recv) = ca.quinn().open_bi().await.expect("raw stream");
     raw.write_all(&[0x09, 0x01]).await.expect("header");
     // The peer resets it: our read side sees a reset with INVALID_MESSAGE.
@@ -114,8 +117,11 @@ async fn unknown_stream_role_is_reset_and_not_delivered() {
     let mut inc = cb.accept_stream().await.expect("accept");
     assert_eq!(inc.role, StreamRole::Presence);
     assert_eq!(inc.recv.recv().await.expect("recv"), Some(beat(7)));
+    assert_eq!(b.rejected_input().stream_headers, 1);
 }
 
+/// BAD_INPUTS #9 (the per-message deadline): a message started and left
+/// unfinished resets its stream with an ERROR, and is counted.
 #[tokio::test]
 async fn a_message_left_unfinished_hits_the_deadline() {
     let (a, b) = crate::pair();
@@ -140,6 +146,7 @@ async fn a_message_left_unfinished_hits_the_deadline() {
     let mut inc = cb.accept_stream().await.expect("accept");
     let err = inc.recv.recv().await.expect_err("deadline");
     assert!(matches!(err, TransportError::Deadline(_)), "{err:?}");
+    assert_eq!(b2.rejected_input().deadlines, 1);
     let reply = rx.recv().await.expect("error frame").expect("some");
     assert!(matches!(reply.message, Message::Error(_)));
     assert!(ca.close_reason().is_none());
@@ -257,9 +264,9 @@ async fn heartbeats_flow_and_silence_means_offline() {
 async fn concurrent_streams_are_capped() {
     let (_a, _b, ca, cb) = connected().await;
     let mut open = Vec::new();
-    for _ in 0..64 {
+    for i in 0..64 {
         let (mut tx, _rx) = ca.open_bi(StreamRole::Sync).await.expect("open");
-        tx.send(&beat(1)).await.expect("send");
+        tx.send(&beat(i)).await.expect("send");
         open.push(tx);
     }
     // The 65th cannot start while the 64 are open.
@@ -270,10 +277,14 @@ async fn concurrent_streams_are_capped() {
         "a 65th concurrent stream must wait for credit"
     );
     // The receiver sees exactly the 64 streams.
+    let mut seen = Vec::new();
     for _ in 0..64 {
         let mut inc = cb.accept_stream().await.expect("accept");
-        assert_eq!(inc.recv.recv().await.expect("recv"), Some(beat(1)));
+        let env = inc.recv.recv().await.expect("recv").expect("a frame");
+        seen.push(env.timestamp);
     }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..64).collect::<Vec<i64>>());
     assert!(ca.close_reason().is_none());
 }
 
@@ -329,4 +340,39 @@ async fn a_rate_limited_recv_cancelled_while_waiting_loses_nothing() {
     let expected: Vec<_> = (0..60).map(crate::beat).collect();
     assert_eq!(got, expected);
     send_task.await.expect("sender");
+}
+
+/// BAD_INPUTS #19: a repeated `message_id` is delivered once, on the same
+/// stream or another of the same connection; the repeats are counted and the
+/// streams go on.
+#[tokio::test]
+async fn bad_input_19_a_repeated_message_id_is_delivered_once() {
+    let (_a, b, ca, cb) = connected().await;
+    let (mut tx, _rx) = ca.open_bi(StreamRole::Sync).await.expect("open");
+    tx.send(&beat(1)).await.expect("send");
+    tx.send(&beat(1))
+        .await
+        .expect("send the same message again");
+    tx.send(&beat(2)).await.expect("send");
+    let mut first = cb.accept_stream().await.expect("accept");
+    assert_eq!(first.recv.recv().await.expect("recv"), Some(beat(1)));
+    assert_eq!(first.recv.recv().await.expect("recv"), Some(beat(2)));
+
+    // The same id on another stream of the connection is a repeat too.
+    let mut other = ca.open_uni(StreamRole::Push).await.expect("open");
+    other.send(&beat(1)).await.expect("send");
+    other.send(&beat(3)).await.expect("send");
+    other.finish().await.expect("finish");
+    let mut second = cb.accept_stream().await.expect("accept");
+    assert_eq!(second.recv.recv().await.expect("recv"), Some(beat(3)));
+    assert_eq!(second.recv.recv().await.expect("end"), None);
+    assert_eq!(b.rejected_input().duplicates, 2);
+    assert_eq!(b.rejected_input().total(), 2);
+
+    // A message with the same content but a fresh id is not a repeat.
+    let mut fresh = beat(1);
+    fresh.message_id = MessageId::from([0xee; 16]);
+    tx.send(&fresh).await.expect("send");
+    assert_eq!(first.recv.recv().await.expect("recv"), Some(fresh));
+    assert_eq!(b.rejected_input().duplicates, 2);
 }
