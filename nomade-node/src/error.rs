@@ -4,10 +4,14 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The disk refused a read or write (for example: disk full). Nothing was
-    /// acknowledged.
+    /// No room to store more: the disk is full, or a quota or file-size
+    /// limit was reached. Nothing was acknowledged; the node goes on once
+    /// space is freed.
+    #[error("no room to store data (free some space; nothing was acknowledged): {0}")]
+    Full(std::io::Error),
+    /// The disk refused a read or write. Nothing was acknowledged.
     #[error("storage I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The database file is damaged or is not a Nomade database.
     #[error("the database is corrupt or unreadable: {what}")]
     Corrupt {
@@ -25,6 +29,33 @@ pub enum StoreError {
     /// A record could not be encoded.
     #[error("cannot encode record: {0}")]
     Encode(String),
+}
+
+impl StoreError {
+    /// The error for a failed read or write: [`StoreError::Full`] when the
+    /// disk (or a quota or file-size limit) is full, [`StoreError::Io`]
+    /// otherwise.
+    pub fn from_io(e: std::io::Error) -> StoreError {
+        use std::io::ErrorKind;
+        match e.kind() {
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::FileTooLarge => {
+                StoreError::Full(e)
+            }
+            _ => StoreError::Io(e),
+        }
+    }
+
+    /// Whether the database must be reopened before its next use (redb
+    /// refuses every transaction after a failed write).
+    pub(crate) fn needs_reopen(&self) -> bool {
+        matches!(self, StoreError::Full(_) | StoreError::Io(_))
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        StoreError::from_io(e)
+    }
 }
 
 /// Why a node operation failed.
@@ -91,6 +122,25 @@ impl NodeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_its_own_error() {
+        use std::io::{Error, ErrorKind};
+        for kind in [
+            ErrorKind::StorageFull,
+            ErrorKind::QuotaExceeded,
+            ErrorKind::FileTooLarge,
+        ] {
+            let e = StoreError::from(Error::from(kind));
+            assert!(matches!(e, StoreError::Full(_)), "{kind:?}: {e:?}");
+            assert!(e.to_string().contains("free some space"), "{e}");
+            assert!(e.needs_reopen());
+        }
+        let e = StoreError::from(Error::from(ErrorKind::PermissionDenied));
+        assert!(matches!(e, StoreError::Io(_)), "{e:?}");
+        assert!(e.needs_reopen());
+        assert!(!StoreError::Locked.needs_reopen());
+    }
 
     #[test]
     fn only_a_transport_connection_loss_is_one() {

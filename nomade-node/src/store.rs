@@ -18,9 +18,15 @@
 //!
 //! Every write is one redb transaction committed with immediate durability:
 //! when a method returns `Ok`, the data survives a crash or `kill -9`.
+//!
+//! A write that fails for lack of room is [`StoreError::Full`] (any other
+//! I/O failure [`StoreError::Io`]). redb refuses every transaction after a
+//! failed write until the database is reopened; the store reopens it on the
+//! next call, so a node whose disk filled up carries on once space is freed.
 
 use std::ops::ControlFlow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{PoisonError, RwLock};
 
 use nomade_wire::SyncOperation;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -138,7 +144,10 @@ fn db_err<E: Into<redb::Error>>(e: E) -> StoreError {
                 what: io.to_string(),
             }
         }
-        redb::Error::Io(io) => StoreError::Io(io),
+        redb::Error::Io(io) => StoreError::from_io(io),
+        redb::Error::PreviousIo => StoreError::Io(std::io::Error::other(
+            "an earlier write failed; the database will be reopened",
+        )),
         redb::Error::Corrupted(what) => StoreError::Corrupt { what },
         redb::Error::DatabaseAlreadyOpen => StoreError::Locked,
         other => StoreError::Database(other.to_string()),
@@ -146,27 +155,99 @@ fn db_err<E: Into<redb::Error>>(e: E) -> StoreError {
 }
 
 /// The node's redb database.
+///
+/// After a failed write (a full disk, an I/O error) redb refuses every later
+/// transaction until the database is reopened. The store does that itself:
+/// the failing call returns its error, and the next call reopens the file
+/// (redb repairs it if needed) and goes on, so a node whose disk filled up
+/// carries on, without a restart, once there is room again.
 #[derive(Debug)]
 pub struct Store {
-    db: Database,
+    path: PathBuf,
+    slot: RwLock<Slot>,
+}
+
+/// The open database, or none once an I/O error closed it.
+#[derive(Debug)]
+struct Slot {
+    db: Option<Database>,
+    /// Counts the openings, so that an error seen on one opening never
+    /// closes the next.
+    generation: u64,
+}
+
+/// Opens the file and makes sure the tables exist.
+fn open_database(path: &Path) -> Result<Database, StoreError> {
+    let db = Database::create(path).map_err(|e| match db_err(e) {
+        StoreError::Database(what) => StoreError::Corrupt { what },
+        other => other,
+    })?;
+    let txn = db.begin_write().map_err(db_err)?;
+    {
+        txn.open_table(OPS).map_err(db_err)?;
+        txn.open_table(PEERS).map_err(db_err)?;
+        txn.open_table(META).map_err(db_err)?;
+    }
+    txn.commit().map_err(db_err)?;
+    Ok(db)
 }
 
 impl Store {
     /// Opens (or creates) the database at `path`. A truncated or corrupt file
     /// is a [`StoreError::Corrupt`], never a crash.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path).map_err(|e| match db_err(e) {
-            StoreError::Database(what) => StoreError::Corrupt { what },
-            other => other,
-        })?;
-        let txn = db.begin_write().map_err(db_err)?;
-        {
-            txn.open_table(OPS).map_err(db_err)?;
-            txn.open_table(PEERS).map_err(db_err)?;
-            txn.open_table(META).map_err(db_err)?;
+        let db = open_database(path)?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            slot: RwLock::new(Slot {
+                db: Some(db),
+                generation: 0,
+            }),
+        })
+    }
+
+    /// Runs `f` on the open database, reopening it first if an I/O error
+    /// closed it. An I/O error from `f` closes it, for the next call to
+    /// reopen.
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let (result, generation) = {
+            let mut slot = self.slot.read().unwrap_or_else(PoisonError::into_inner);
+            if slot.db.is_none() {
+                drop(slot);
+                self.reopen()?;
+                slot = self.slot.read().unwrap_or_else(PoisonError::into_inner);
+            }
+            let Some(db) = slot.db.as_ref() else {
+                return Err(StoreError::Io(std::io::Error::other(
+                    "the database was closed after an I/O error",
+                )));
+            };
+            (f(db), slot.generation)
+        };
+        if let Err(e) = &result {
+            if e.needs_reopen() {
+                let mut slot = self.slot.write().unwrap_or_else(PoisonError::into_inner);
+                if slot.generation == generation && slot.db.is_some() {
+                    tracing::warn!(error = %e, "a database write failed: the database is reopened on next use");
+                    slot.db = None;
+                }
+            }
         }
-        txn.commit().map_err(db_err)?;
-        Ok(Store { db })
+        result
+    }
+
+    /// Reopens the database an I/O error closed (unless another call did).
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.slot.write().unwrap_or_else(PoisonError::into_inner);
+        if slot.db.is_none() {
+            slot.db = Some(open_database(&self.path)?);
+            slot.generation += 1;
+            tracing::info!(path = %self.path.display(), "database reopened after an I/O error");
+        }
+        Ok(())
     }
 
     /// Durably appends operations (already applied to the replica) in order,
@@ -176,21 +257,23 @@ impl Store {
             return self.last_seq();
         }
         let rows = encode_runs(ops)?;
-        let txn = self.db.begin_write().map_err(db_err)?;
-        let last = {
-            let mut table = txn.open_table(OPS).map_err(db_err)?;
-            let mut next = match table.last().map_err(db_err)? {
-                Some((k, v)) => k.value() + run_len(k.value(), v.value())?,
-                None => 1,
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let last = {
+                let mut table = txn.open_table(OPS).map_err(db_err)?;
+                let mut next = match table.last().map_err(db_err)? {
+                    Some((k, v)) => k.value() + run_len(k.value(), v.value())?,
+                    None => 1,
+                };
+                for (count, row) in &rows {
+                    table.insert(next, row.as_slice()).map_err(db_err)?;
+                    next += u64::from(*count);
+                }
+                next - 1
             };
-            for (count, row) in &rows {
-                table.insert(next, row.as_slice()).map_err(db_err)?;
-                next += u64::from(*count);
-            }
-            next - 1
-        };
-        txn.commit().map_err(db_err)?;
-        Ok(last)
+            txn.commit().map_err(db_err)?;
+            Ok(last)
+        })
     }
 
     /// Calls `f` with every stored operation whose sequence number is above
@@ -200,40 +283,44 @@ impl Store {
         after: u64,
         mut f: impl FnMut(u64, SyncOperation) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(OPS).map_err(db_err)?;
-        let wanted = after.saturating_add(1);
-        // The run holding `wanted` starts at or before it.
-        let start = match table.range(..=wanted).map_err(db_err)?.next_back() {
-            Some(entry) => entry.map_err(db_err)?.0.value(),
-            None => wanted,
-        };
-        for entry in table.range(start..).map_err(db_err)? {
-            let (k, v) = entry.map_err(db_err)?;
-            let first = k.value();
-            let mut flow = ControlFlow::Continue(());
-            decode_run(first, v.value(), |seq, op| {
-                if seq >= wanted {
-                    flow = f(seq, op);
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(OPS).map_err(db_err)?;
+            let wanted = after.saturating_add(1);
+            // The run holding `wanted` starts at or before it.
+            let start = match table.range(..=wanted).map_err(db_err)?.next_back() {
+                Some(entry) => entry.map_err(db_err)?.0.value(),
+                None => wanted,
+            };
+            for entry in table.range(start..).map_err(db_err)? {
+                let (k, v) = entry.map_err(db_err)?;
+                let first = k.value();
+                let mut flow = ControlFlow::Continue(());
+                decode_run(first, v.value(), |seq, op| {
+                    if seq >= wanted {
+                        flow = f(seq, op);
+                    }
+                    flow
+                })?;
+                if flow.is_break() {
+                    break;
                 }
-                flow
-            })?;
-            if flow.is_break() {
-                break;
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The sequence number of the newest stored operation (0 when empty).
     pub fn last_seq(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(OPS).map_err(db_err)?;
-        let last = match table.last().map_err(db_err)? {
-            Some((k, v)) => k.value() + run_len(k.value(), v.value())? - 1,
-            None => 0,
-        };
-        Ok(last)
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(OPS).map_err(db_err)?;
+            let last = match table.last().map_err(db_err)? {
+                Some((k, v)) => k.value() + run_len(k.value(), v.value())? - 1,
+                None => 0,
+            };
+            Ok(last)
+        })
     }
 
     /// Records (or replaces) a paired device.
@@ -244,37 +331,43 @@ impl Store {
 
     /// Forgets a paired device. Returns whether it was known.
     pub fn remove_peer(&self, device_id: &str) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        let existed = {
-            let mut table = txn.open_table(PEERS).map_err(db_err)?;
-            let removed = table.remove(device_id).map_err(db_err)?;
-            removed.is_some()
-        };
-        txn.commit().map_err(db_err)?;
-        Ok(existed)
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let existed = {
+                let mut table = txn.open_table(PEERS).map_err(db_err)?;
+                let removed = table.remove(device_id).map_err(db_err)?;
+                removed.is_some()
+            };
+            txn.commit().map_err(db_err)?;
+            Ok(existed)
+        })
     }
 
     /// Every paired device.
     pub fn peers(&self) -> Result<Vec<PeerRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(PEERS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for entry in table.iter().map_err(db_err)? {
-            let (k, v) = entry.map_err(db_err)?;
-            let peer: PeerRecord =
-                rmp_serde::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
-                    what: format!("peer {}: {e}", k.value()),
-                })?;
-            out.push(peer);
-        }
-        Ok(out)
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(PEERS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(db_err)? {
+                let (k, v) = entry.map_err(db_err)?;
+                let peer: PeerRecord =
+                    rmp_serde::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                        what: format!("peer {}: {e}", k.value()),
+                    })?;
+                out.push(peer);
+            }
+            Ok(out)
+        })
     }
 
     /// Reads a setting.
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(META).map_err(db_err)?;
-        Ok(table.get(key).map_err(db_err)?.map(|v| v.value().to_vec()))
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(META).map_err(db_err)?;
+            Ok(table.get(key).map_err(db_err)?.map(|v| v.value().to_vec()))
+        })
     }
 
     /// Writes a setting.
@@ -288,13 +381,15 @@ impl Store {
         key: &str,
         value: &[u8],
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut table = txn.open_table(def).map_err(db_err)?;
-            table.insert(key, value).map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)?;
-        Ok(())
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut table = txn.open_table(def).map_err(db_err)?;
+                table.insert(key, value).map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(())
+        })
     }
 }
 
@@ -369,7 +464,8 @@ mod tests {
 
     /// Writes a row as it is, bypassing `append_ops`.
     fn put_row(store: &Store, key: u64, row: &[u8]) {
-        let txn = store.db.begin_write().unwrap();
+        let slot = store.slot.read().unwrap();
+        let txn = slot.db.as_ref().unwrap().begin_write().unwrap();
         txn.open_table(OPS).unwrap().insert(key, row).unwrap();
         txn.commit().unwrap();
     }
@@ -414,7 +510,8 @@ mod tests {
         let many: Vec<SyncOperation> = (2..=3001).map(op).collect();
         assert_eq!(store.append_ops(&many).unwrap(), 3001);
         let op_len = rmp_serde::to_vec_named(&op(3001)).unwrap().len();
-        let txn = store.db.begin_read().unwrap();
+        let slot = store.slot.read().unwrap();
+        let txn = slot.db.as_ref().unwrap().begin_read().unwrap();
         let table = txn.open_table(OPS).unwrap();
         let mut expected_first = 1;
         let mut rows = 0;
@@ -574,10 +671,57 @@ mod tests {
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(len / 3).unwrap();
         drop(f);
-        // Either a clear error at open, or (if redb repairs) a readable store:
-        // never a panic.
-        if let Ok(store) = Store::open(&path) {
-            let _ = store.scan_ops(0, |_, _| ControlFlow::Continue(()));
+        // BAD_INPUTS #31. Either a clear error at open, or (if redb repairs
+        // it) a store that reads back only what was stored, in order, or
+        // says it cannot: never a panic, never an invented operation.
+        let is_typed = |e: &StoreError| {
+            matches!(
+                e,
+                StoreError::Corrupt { .. } | StoreError::Io(_) | StoreError::Database(_)
+            )
+        };
+        match Store::open(&path) {
+            Err(e) => assert!(is_typed(&e), "{e:?}"),
+            Ok(store) => {
+                let mut read = Vec::new();
+                let scanned = store.scan_ops(0, |seq, o| {
+                    read.push((seq, o));
+                    ControlFlow::Continue(())
+                });
+                if let Err(e) = &scanned {
+                    assert!(is_typed(e), "{e:?}");
+                }
+                for (i, (seq, o)) in read.iter().enumerate() {
+                    assert_eq!(*seq, i as u64 + 1);
+                    assert_eq!(*o, op(*seq));
+                }
+            }
         }
+    }
+
+    /// A failed write (a full disk) closes the database, and the next call
+    /// reopens it: everything stored before is there, and writes work again.
+    #[test]
+    fn an_io_error_closes_the_database_and_the_next_call_reopens_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("node.redb")).unwrap();
+        store.append_ops(&[op(1), op(2)]).unwrap();
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let failed = store.with_db(|_| -> Result<(), StoreError> { Err(full.into()) });
+        assert!(matches!(failed, Err(StoreError::Full(_))), "{failed:?}");
+        assert!(store.slot.read().unwrap().db.is_none(), "still open");
+        // The next call reopens it, and what was stored is there.
+        assert_eq!(store.last_seq().unwrap(), 2);
+        assert_eq!(store.slot.read().unwrap().generation, 1);
+        // A corrupt-data error is not an I/O failure: the database stays open.
+        let other = store.with_db(|_| -> Result<(), StoreError> {
+            Err(StoreError::Corrupt { what: "x".into() })
+        });
+        assert!(other.is_err());
+        assert!(store.slot.read().unwrap().db.is_some());
+        store.append_ops(&[op(3)]).unwrap();
+        let all: Vec<u64> = collect(&store, 0).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(all, vec![1, 2, 3]);
+        assert_eq!(store.slot.read().unwrap().generation, 1);
     }
 }

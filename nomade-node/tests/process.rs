@@ -39,13 +39,32 @@ fn free_udp_port() -> SocketAddr {
 /// Starts `nomade serve`; its log goes to `serve.log` beside its directory
 /// (appended, so a restart adds to it), shown when a test fails.
 fn serve(dir: &Path, addr: SocketAddr) -> Child {
+    serve_with(Command::new(env!("CARGO_BIN_EXE_nomade")), dir, addr)
+}
+
+/// Starts `nomade serve` unable to write files larger than `kib` KiB (the
+/// shell's soft `ulimit -f`), with `SIGXFSZ` ignored so that a write past the
+/// limit fails with `EFBIG` as a write to a full disk fails with `ENOSPC`.
+/// The process is the child itself (`exec`): `prlimit --pid` can lift the
+/// limit later, as freeing space would.
+fn serve_on_a_small_disk(dir: &Path, addr: SocketAddr, kib: u64) -> Child {
+    let mut cmd = Command::new("bash");
+    cmd.args([
+        "-c",
+        "trap '' XFSZ; ulimit -S -f \"$0\" && exec \"$@\"",
+        &kib.to_string(),
+        env!("CARGO_BIN_EXE_nomade"),
+    ]);
+    serve_with(cmd, dir, addr)
+}
+
+fn serve_with(mut cmd: Command, dir: &Path, addr: SocketAddr) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(serve_log(dir))
         .expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_nomade"))
-        .env("RUST_LOG", "info")
+    cmd.env("RUST_LOG", "info")
         .arg("--dir")
         .arg(dir)
         .args([
@@ -223,6 +242,139 @@ async fn bad_input_30_sigkill_mid_sync_loses_nothing_acknowledged() {
     let final_status = status(&desk_dir);
     assert_eq!(final_status["state_hash"], laptop.state_hash().to_hex());
     assert_eq!(final_status["operations"].as_u64(), Some(written as u64));
+    laptop.shutdown().await;
+}
+
+/// BAD_INPUTS #32: the disk fills up while operations arrive. Nothing that
+/// could not be stored is acknowledged, the node says so in its log, the
+/// database stays consistent, and once there is room again the node carries
+/// on without a restart: everything arrives, nothing doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_32_a_full_disk_acknowledges_nothing_and_recovers_when_space_returns() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let desk_dir = tmp.path().join("desk");
+    let desk_id: DeviceId = ok(nomade(&desk_dir, &["id"]))
+        .trim()
+        .parse()
+        .expect("device id");
+    let laptop = Node::open(
+        &tmp.path().join("laptop"),
+        NodeConfig {
+            device_name: "laptop".into(),
+            rate_limits: RateLimits::OFF,
+            heartbeat_period: Duration::from_millis(300),
+            ..NodeConfig::default()
+        },
+    )
+    .expect("open");
+    let laptop_addr = laptop
+        .start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("start");
+    ok(nomade(
+        &desk_dir,
+        &[
+            "peers",
+            "add",
+            &laptop.device_id().to_string(),
+            "--addr",
+            &laptop_addr.to_string(),
+        ],
+    ));
+    let desk_addr = free_udp_port();
+    laptop
+        .add_peer(desk_id, "desk", &[desk_addr])
+        .expect("add peer");
+    let me = laptop.device_id().to_string();
+    let acked = || {
+        laptop
+            .core()
+            .acked_by(&desk_id.to_string())
+            .get(&me)
+            .copied()
+            .unwrap_or(0)
+    };
+    let desk_log = || std::fs::read_to_string(serve_log(&desk_dir)).unwrap_or_default();
+    let wait_acked = |n: u64, what: &'static str| {
+        let (acked, desk_log) = (&acked, &desk_log);
+        async move {
+            for _ in 0..600 {
+                if acked() >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!(
+                "{what}: {} of {n} acknowledged; the desk's log:\n{}",
+                acked(),
+                desk_log()
+            );
+        }
+    };
+
+    // Room for a few small operations, not for two megabytes more.
+    for i in 0..10 {
+        laptop.set("trip", &format!("k{i}"), i).expect("edit");
+    }
+    let mut child = serve_on_a_small_disk(&desk_dir, desk_addr, 1024);
+    let pid = child.id().to_string();
+    laptop.connect_known_peers().expect("dial");
+    wait_acked(10, "the small operations").await;
+
+    let big = "x".repeat(60_000);
+    for i in 0..40 {
+        laptop
+            .set("photos", &format!("p{i}"), big.as_str())
+            .expect("edit");
+    }
+    let log_says_so = || desk_log().contains("could not store operations");
+    for _ in 0..200 {
+        if log_says_so() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(log_says_so(), "the desk never reported the full disk");
+    // What still fitted was stored and acknowledged (the laptop retries
+    // after each failure); then the disk is full, and the rest stays
+    // unacknowledged.
+    let mut while_full = acked();
+    let mut steady_since = std::time::Instant::now();
+    let give_up = std::time::Instant::now() + Duration::from_secs(30);
+    while steady_since.elapsed() < Duration::from_millis(1500) {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "acknowledgements never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = acked();
+        if now != while_full {
+            (while_full, steady_since) = (now, std::time::Instant::now());
+        }
+    }
+    assert!(
+        (10..50).contains(&while_full),
+        "{while_full} of 50 acknowledged on a full disk"
+    );
+
+    // Space again: the same process stores everything.
+    let lifted = Command::new("prlimit")
+        .args(["--pid", &pid, "--fsize=unlimited"])
+        .status()
+        .expect("run prlimit");
+    assert!(lifted.success(), "prlimit failed");
+    let target = laptop.core().version_vector()[&me];
+    assert_eq!(target, 50);
+    wait_acked(target, "after space returned").await;
+    assert!(
+        matches!(child.try_wait(), Ok(None)),
+        "the desk exited instead of carrying on"
+    );
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let after = status(&desk_dir);
+    assert_eq!(after["operations"].as_u64(), Some(target));
+    assert_eq!(after["state_hash"], laptop.state_hash().to_hex());
     laptop.shutdown().await;
 }
 
