@@ -1234,6 +1234,39 @@ mod tests {
         assert!(!out.exists());
     }
 
+    /// BAD_INPUTS #26: nonces never repeat. Identical chunks of one artifact
+    /// are sealed under distinct random nonces (so their ciphertexts
+    /// differ), and the same content stored twice is sealed afresh.
+    #[test]
+    fn bad_input_26_identical_chunks_never_share_a_nonce() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let zeros = vec![0u8; CHUNK_SIZE * 16];
+        let records = |s: &ArtifactStore, id: &ArtifactId| -> Vec<Vec<u8>> {
+            let sealed = fs::read(s.path("objects", id, "dat")).expect("read");
+            sealed
+                .chunks(RECORD_STRIDE as usize)
+                .map(<[u8]>::to_vec)
+                .collect()
+        };
+        let first = store(&dir.path().join("one"), None);
+        let id = first.put_bytes(&zeros, None, &[]).expect("put");
+        let mine = records(&first, &id);
+        assert_eq!(mine.len(), 16);
+        let mut nonces: Vec<&[u8]> = mine.iter().map(|r| &r[..NONCE_LEN]).collect();
+        let mut bodies: Vec<&[u8]> = mine.iter().map(|r| &r[NONCE_LEN..]).collect();
+        nonces.sort_unstable();
+        nonces.dedup();
+        bodies.sort_unstable();
+        bodies.dedup();
+        assert_eq!(nonces.len(), 16, "a nonce was used twice");
+        assert_eq!(bodies.len(), 16, "two identical chunks sealed alike");
+        let second = store(&dir.path().join("two"), None);
+        let again = records(&second, &second.put_bytes(&zeros, None, &[]).expect("put"));
+        assert!(mine
+            .iter()
+            .all(|r| again.iter().all(|o| r[..NONCE_LEN] != o[..NONCE_LEN])));
+    }
+
     #[test]
     fn swapped_chunks_are_detected() {
         let dir = tempfile::tempdir().expect("tempdir");

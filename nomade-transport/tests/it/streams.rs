@@ -120,13 +120,13 @@ async fn unknown_stream_role_is_reset_and_not_delivered() {
     assert_eq!(b.rejected_input().stream_headers, 1);
 }
 
-/// BAD_INPUTS #9 (the per-message deadline): a message started and left
-/// unfinished resets its stream with an ERROR, and is counted.
-#[tokio::test]
-async fn a_message_left_unfinished_hits_the_deadline() {
+/// A connection to a transport whose per-message deadline is `deadline`.
+async fn connected_with_deadline(
+    deadline: Duration,
+) -> (nomade_transport::Transport, Connection, Connection) {
     let (a, b) = crate::pair();
     let mut cfg = crate::config();
-    cfg.message_deadline = Duration::from_millis(200);
+    cfg.message_deadline = deadline;
     let b2 = nomade_transport::Transport::bind(
         nomade_transport::DeviceIdentity::generate().expect("id"),
         b.paired().clone(),
@@ -140,6 +140,14 @@ async fn a_message_left_unfinished_hits_the_deadline() {
         .await
         .expect("connect");
     let cb = b2.accept().await.expect("accept");
+    (b2, ca, cb)
+}
+
+/// BAD_INPUTS #9 (the per-message deadline): a message started and left
+/// unfinished resets its stream with an ERROR, and is counted.
+#[tokio::test]
+async fn a_message_left_unfinished_hits_the_deadline() {
+    let (b2, ca, cb) = connected_with_deadline(Duration::from_millis(200)).await;
     let (mut tx, mut rx) = ca.open_bi(StreamRole::Sync).await.expect("open");
     let frame = beat(1).to_bytes().expect("encode");
     tx.send_raw(&frame[..10]).await.expect("partial");
@@ -375,4 +383,32 @@ async fn bad_input_19_a_repeated_message_id_is_delivered_once() {
     tx.send(&fresh).await.expect("send");
     assert_eq!(first.recv.recv().await.expect("recv"), Some(fresh));
     assert_eq!(b.rejected_input().duplicates, 2);
+}
+
+/// BAD_INPUTS #9: a peer trickling a message one byte at a time, each byte
+/// well within the deadline, still hits it: the deadline runs from the
+/// message's first byte and is not reset by each new one.
+#[tokio::test]
+async fn bad_input_9_a_message_sent_one_byte_at_a_time_hits_the_deadline() {
+    let deadline = Duration::from_millis(300);
+    let (b2, ca, cb) = connected_with_deadline(deadline).await;
+    let (mut tx, mut rx) = ca.open_bi(StreamRole::Sync).await.expect("open");
+    let frame = beat(1).to_bytes().expect("encode");
+    let trickle = tokio::spawn(async move {
+        for byte in frame.iter() {
+            if tx.send_raw(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let mut inc = cb.accept_stream().await.expect("accept");
+    // At this pace the whole frame takes over 2 s: a deadline reset by each
+    // byte would let it through, and `recv` would return it.
+    let err = inc.recv.recv().await.expect_err("deadline");
+    assert!(matches!(err, TransportError::Deadline(_)), "{err:?}");
+    assert_eq!(b2.rejected_input().deadlines, 1);
+    let reply = rx.recv().await.expect("error frame").expect("some");
+    assert!(matches!(reply.message, Message::Error(_)));
+    trickle.abort();
 }
