@@ -412,3 +412,99 @@ async fn bad_input_9_a_message_sent_one_byte_at_a_time_hits_the_deadline() {
     assert!(matches!(reply.message, Message::Error(_)));
     trickle.abort();
 }
+
+/// BAD_INPUTS #28 (and #27's "other streams unaffected"): artifact traffic
+/// above the receiver's rate is held back by QUIC flow control, not
+/// buffered: the receiver stops reading, so what crossed the wire stays
+/// within what it delivered plus one stream window, while the sender is
+/// still blocked. A control stream of the same connection meanwhile works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_28_artifact_traffic_over_its_rate_is_held_back_not_buffered() {
+    use nomade_transport::RateLimits;
+    use nomade_wire::{ArtifactChunk, Envelope, Hash32};
+    const RATE: u64 = 256 * 1024;
+    const CHUNKS: u32 = 200; // 12.5 MiB: 50 s at the limit
+    let fast = crate::node();
+    let mut cfg = crate::config();
+    cfg.rate_limits = RateLimits {
+        sync_ops_per_sec: None,
+        artifact_bytes_per_sec: Some(RATE),
+    };
+    let limited = nomade_transport::Transport::bind(
+        nomade_transport::DeviceIdentity::generate().expect("id"),
+        nomade_transport::PairedSet::new(),
+        crate::local(),
+        cfg,
+    )
+    .expect("bind");
+    fast.pair(limited.device_id());
+    limited.pair(fast.device_id());
+    let sender_conn = fast
+        .connect(limited.local_addr().expect("addr"), None)
+        .await
+        .expect("connect");
+    let receiver_conn = limited.accept().await.expect("accept");
+
+    let (mut tx, _rx) = sender_conn
+        .open_bi(StreamRole::Artifact)
+        .await
+        .expect("open");
+    let sender = tokio::spawn(async move {
+        for i in 0..CHUNKS {
+            let chunk = ArtifactChunk {
+                artifact_id: Hash32::default(),
+                chunk_index: i,
+                chunk_data: vec![i as u8; 64 * 1024].into(),
+                is_final: i + 1 == CHUNKS,
+                chunk_hash: None,
+                seal: None,
+            };
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            if tx
+                .send(&Envelope::new(MessageId::from(id), 0, chunk))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let mut inc = receiver_conn.accept_stream().await.expect("accept");
+    let mut delivered = 0u64;
+    let reading = tokio::time::Instant::now();
+    while reading.elapsed() < Duration::from_millis(1500) {
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(100), inc.recv.recv()).await {
+            let env = r.expect("recv").expect("a frame");
+            delivered += env.to_bytes().expect("encode").len() as u64;
+        }
+    }
+    // Another stream of the connection is not held up by the artifact one.
+    let (mut control, _) = sender_conn
+        .open_bi(StreamRole::Control)
+        .await
+        .expect("open control");
+    control.send(&beat(9)).await.expect("send");
+    let mut ctl = tokio::time::timeout(Duration::from_secs(5), receiver_conn.accept_stream())
+        .await
+        .expect("control stream in time")
+        .expect("accept");
+    assert_eq!(ctl.role, StreamRole::Control);
+    assert_eq!(ctl.recv.recv().await.expect("recv"), Some(beat(9)));
+
+    let on_the_wire = receiver_conn.quinn().stats().udp_rx.bytes;
+    let total = u64::from(CHUNKS) * 64 * 1024;
+    assert!(delivered > 0, "nothing delivered");
+    assert!(
+        delivered < total / 2,
+        "the limit let {delivered} bytes through"
+    );
+    // One 2 MiB stream window beyond what was delivered, plus packet
+    // overhead: the rest waits at the sender.
+    assert!(
+        on_the_wire < delivered + 3 * 1024 * 1024,
+        "{on_the_wire} bytes received for {delivered} delivered: buffered, not held back"
+    );
+    assert!(!sender.is_finished(), "the sender was never held back");
+    sender.abort();
+}
