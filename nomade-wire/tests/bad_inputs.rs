@@ -106,6 +106,7 @@ fn bad_input_12_truncated_frame_is_a_clear_error() {
     assert_eq!(buf.len(), frame.len() - 1);
 }
 
+/// The allocation itself is measured in `bad_input_13_allocation.rs`.
 #[test]
 fn bad_input_13_huge_length_headers_inside_payload_do_not_allocate() {
     // A map with one key whose value claims to be a 4 GiB bin, an array32 and a map32.

@@ -1,0 +1,67 @@
+//! BAD_INPUTS #13, measured: a MessagePack `bin32`, `array32`, `map32` or
+//! `str32` header claiming gigabytes makes the decoder allocate nothing near
+//! the claim. A test binary of its own, because the heap profiler that
+//! counts the allocations is process-wide.
+
+use bytes::{BufMut, BytesMut};
+use nomade_wire::{DecodeError, Envelope, MessageType};
+
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
+fn frame_with_payload(message_type: u16, payload: &[u8]) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    b.put_u8(1);
+    b.put_u16(message_type);
+    b.put_slice(&[9; 16]);
+    b.put_i64(0);
+    b.put_u32(payload.len() as u32);
+    b.put_slice(payload);
+    b.put_slice(blake3::hash(payload).as_bytes());
+    b.to_vec()
+}
+
+#[test]
+fn bad_input_13_huge_length_headers_allocate_nothing_near_their_claim() {
+    let mut frames = Vec::new();
+    for claim in [
+        [0xc6, 0xff, 0xff, 0xff, 0xff], // bin32
+        [0xdd, 0xff, 0xff, 0xff, 0xff], // array32
+        [0xdf, 0xff, 0xff, 0xff, 0xff], // map32
+        [0xdb, 0xff, 0xff, 0xff, 0xff], // str32
+    ] {
+        // As a field's value, and as the whole payload.
+        let mut payload = vec![0x81, 0xa9];
+        payload.extend_from_slice(b"timestamp");
+        payload.extend_from_slice(&claim);
+        frames.push(frame_with_payload(MessageType::Heartbeat.code(), &payload));
+        frames.push(frame_with_payload(MessageType::Ack.code(), &claim));
+        // A sync operation's value, one level down.
+        let mut op = vec![0x81, 0xa9];
+        op.extend_from_slice(b"operation");
+        op.extend_from_slice(&claim);
+        frames.push(frame_with_payload(MessageType::SyncOperation.code(), &op));
+    }
+
+    let _profiler = dhat::Profiler::builder().testing().build();
+    for frame in &frames {
+        let err = Envelope::decode(frame).expect_err("a 4 GiB claim in a small frame");
+        assert!(matches!(err, DecodeError::MalformedPayload { .. }), "{err}");
+    }
+    let stats = dhat::HeapStats::get();
+    // Twelve decodes of frames under 100 bytes: a few small buffers each.
+    assert!(
+        stats.max_bytes < 64 * 1024,
+        "peak heap {} bytes while decoding",
+        stats.max_bytes
+    );
+    assert!(
+        stats.total_bytes < 1024 * 1024,
+        "{} bytes allocated in all",
+        stats.total_bytes
+    );
+    // The profiler does see allocations: 4 MiB, as a claim honoured would be.
+    let honoured: Vec<u8> = Vec::with_capacity(4 << 20);
+    assert!(dhat::HeapStats::get().max_bytes >= 4 << 20);
+    drop(honoured);
+}
