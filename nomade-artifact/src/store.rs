@@ -1211,6 +1211,7 @@ mod tests {
         assert_eq!(s.list().expect("list").len(), 5);
     }
 
+    /// BAD_INPUTS #26: at-rest ciphertext that fails authentication is an error, never plaintext.
     #[test]
     fn tampered_chunk_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");

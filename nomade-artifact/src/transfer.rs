@@ -860,6 +860,7 @@ mod tests {
         r
     }
 
+    /// BAD_INPUTS #25: a whole-artifact hash mismatch discards the partial.
     #[test]
     fn whole_hash_mismatch_discards_the_partial() {
         let b = tempfile::tempdir().expect("t");
@@ -881,6 +882,7 @@ mod tests {
         assert!(r.is_finished() && !r.is_complete());
     }
 
+    /// BAD_INPUTS #25: metadata with a huge or zero chunk count is rejected, nothing written.
     #[test]
     fn absurd_metadata_is_rejected_and_nothing_written() {
         let b = tempfile::tempdir().expect("t");
@@ -929,6 +931,7 @@ mod tests {
 
     type ErrCheck = fn(&ArtifactError) -> bool;
 
+    /// BAD_INPUTS #25: an oversized chunk or a hash mismatch is rejected, nothing of it stored.
     #[test]
     fn bad_chunks_are_rejected_and_the_prefix_kept() {
         let b = tempfile::tempdir().expect("t");
@@ -1141,6 +1144,7 @@ mod tests {
         assert_resumes_from_chunk_1(fetcher, id);
     }
 
+    /// BAD_INPUTS #26: a holder's tampered chunk is refused by the fetcher, which stores nothing of it and resumes from it.
     #[test]
     fn sealed_transfer_of_a_tampered_store_fails_at_the_fetcher() {
         // Sealed transfer: the holder sends records unopened; the fetcher's

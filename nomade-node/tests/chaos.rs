@@ -401,6 +401,7 @@ async fn a_loss_0_full_sync_and_live_edits() {
     run_seeds("a_loss_0", 1, |s| lossy_full_sync(s, 0.0)).await;
 }
 
+/// BAD_INPUTS #33 (10% loss) and #24: all devices converge, nothing lost or doubled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loss_10_full_sync_and_live_edits() {
     run_seeds("a_loss_10", 2, |s| lossy_full_sync(s, 0.10)).await;
@@ -413,6 +414,7 @@ async fn a_loss_30_full_sync_and_live_edits() {
 
 // ----- (b) reordering, duplication, delay ------------------------------------
 
+/// BAD_INPUTS #33 (duplication, reordering) and #22 over the network.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b_reorder_duplicate_delay_jitter() {
     run_seeds("b_reorder", 4, |seed| async move {
@@ -445,6 +447,7 @@ async fn b_reorder_duplicate_delay_jitter() {
 
 // ----- (c) partitions ---------------------------------------------------------
 
+/// BAD_INPUTS #33 (partitions) and #29: a silent peer is marked down, redialled, and the devices converge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c_partition_toggled_while_both_edit() {
     run_seeds("c_partition", 5, |seed| async move {
@@ -538,6 +541,8 @@ async fn d_three_devices_edit_the_same_entities_while_links_flap() {
 /// stays cut past the liveness limit, so both sessions die; after the heal
 /// the device redials and the sync finishes from where it stopped (its
 /// version vector), with nothing lost or doubled.
+///
+/// BAD_INPUTS #24: a sync cut in the middle still finishes, and the gap is repaired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h_cut_in_the_middle_of_a_full_sync() {
     run_seeds("h_mid_sync_cut", 8, |seed| async move {

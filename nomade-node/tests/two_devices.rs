@@ -241,6 +241,7 @@ async fn presence_heartbeats_and_metrics_are_reported() {
     b.shutdown().await;
 }
 
+/// BAD_INPUTS #1 and #5 between two nodes: refused, counted, and cut off once unpaired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unpaired_device_is_refused_and_an_unpaired_peer_is_cut_off() {
     let dir = tempfile::tempdir().expect("tempdir");

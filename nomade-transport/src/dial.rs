@@ -254,6 +254,7 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
+    /// BAD_INPUTS #29: reconnects back off with jitter and reset on success.
     #[test]
     fn backoff_doubles_with_jitter_and_resets() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);

@@ -317,6 +317,7 @@ mod tests {
         UnixTime::now()
     }
 
+    /// BAD_INPUTS #4: only the end-entity certificate of a chain counts.
     #[test]
     fn client_verifier_pins_paired_ids_and_ignores_intermediates() {
         let me = DeviceIdentity::generate().expect("id");
@@ -337,6 +338,7 @@ mod tests {
         assert!(v.verify_client_cert(me.cert_der(), &[], now()).is_err());
     }
 
+    /// BAD_INPUTS #4: an oversized or malformed end-entity certificate is rejected.
     #[test]
     fn oversize_or_malformed_end_entity_is_rejected() {
         let big = CertificateDer::from(vec![0x30u8; MAX_CERT_LEN + 1]);

@@ -43,6 +43,7 @@ async fn unpaired_client_is_refused_on_both_sides() {
     assert_eq!(b.rejected_input().total(), 1);
 }
 
+/// BAD_INPUTS #1, the other way round: a client refuses a server it never paired with.
 #[tokio::test]
 async fn unpaired_server_is_refused_on_both_sides() {
     let (a, b) = (node(), node());
@@ -153,6 +154,7 @@ async fn copied_certificate_without_its_key_is_refused() {
         .expect("genuine device connects");
 }
 
+/// BAD_INPUTS #5: unpaired while connected, a device is cut off within a bounded time and cannot reconnect.
 #[tokio::test]
 async fn unpairing_closes_live_connections_and_blocks_reconnects() {
     let (a, b) = pair();

@@ -160,6 +160,7 @@ async fn a_message_left_unfinished_hits_the_deadline() {
     assert!(ca.close_reason().is_none());
 }
 
+/// BAD_INPUTS #27: over the allowed frames per second, a sync stream is slowed, nothing lost.
 #[tokio::test]
 async fn sync_rate_limit_delivers_everything_in_order() {
     use nomade_transport::RateLimits;
@@ -207,6 +208,7 @@ async fn sync_rate_limit_delivers_everything_in_order() {
     sender.await.expect("sender");
 }
 
+/// BAD_INPUTS #29: when heartbeats stop, the peer is marked down.
 #[tokio::test]
 async fn heartbeats_flow_and_silence_means_offline() {
     use nomade_transport::heartbeat::{spawn_heartbeats, watch_heartbeats};
@@ -268,6 +270,8 @@ async fn heartbeats_flow_and_silence_means_offline() {
 
 /// BAD_INPUTS 8: a peer cannot open more concurrent streams than the limit
 /// (64 of each kind by default); a stream beyond it waits for credit.
+///
+/// BAD_INPUTS #8: a peer opening the maximum number of streams is capped.
 #[tokio::test]
 async fn concurrent_streams_are_capped() {
     let (_a, _b, ca, cb) = connected().await;
