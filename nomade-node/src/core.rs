@@ -34,6 +34,8 @@ pub struct Change {
 pub struct Core {
     dir: PathBuf,
     device_id: String,
+    /// The replica's tunables, kept for reloading it from disk.
+    replica_config: ReplicaConfig,
     replica: Mutex<Replica>,
     store: Store,
     metrics: Metrics,
@@ -58,8 +60,12 @@ impl std::fmt::Debug for Core {
 
 pub use nomade_transport::stream::now_ms;
 
-fn load_replica(store: &Store, device_id: &str) -> Result<Replica, NodeError> {
-    Replica::restore(device_id, ReplicaConfig::default(), store).map_err(|e| match e {
+fn load_replica(
+    store: &Store,
+    device_id: &str,
+    config: ReplicaConfig,
+) -> Result<Replica, NodeError> {
+    Replica::restore(device_id, config, store).map_err(|e| match e {
         RestoreError::Store(e) => NodeError::Store(e),
         RestoreError::Operation(e) => NodeError::CorruptLog(e.to_string()),
     })
@@ -67,16 +73,21 @@ fn load_replica(store: &Store, device_id: &str) -> Result<Replica, NodeError> {
 
 impl Core {
     /// Opens the database in `dir` for the device `device_id`, rebuilding the
-    /// replica from the durable operation log.
-    pub fn open(dir: &Path, device_id: &str) -> Result<Arc<Core>, NodeError> {
+    /// replica (with `replica_config`) from the durable operation log.
+    pub fn open(
+        dir: &Path,
+        device_id: &str,
+        replica_config: ReplicaConfig,
+    ) -> Result<Arc<Core>, NodeError> {
         std::fs::create_dir_all(dir)?;
         let store = Store::open(&dir.join("nomade.redb"))?;
-        let replica = load_replica(&store, device_id)?;
+        let replica = load_replica(&store, device_id, replica_config)?;
         let last = store.last_seq()?;
         let (changes, _) = broadcast::channel(4096);
         Ok(Arc::new(Core {
             dir: dir.to_path_buf(),
             device_id: device_id.to_string(),
+            replica_config,
             replica: Mutex::new(replica),
             store,
             metrics: Metrics::default(),
@@ -147,7 +158,7 @@ impl Core {
             }
             Err(e) => {
                 tracing::error!(error = %e, "could not store operations; reloading the replica from disk");
-                if let Ok(r) = load_replica(&self.store, &self.device_id) {
+                if let Ok(r) = load_replica(&self.store, &self.device_id, self.replica_config) {
                     *replica = r;
                 }
                 Err(e.into())
@@ -197,7 +208,7 @@ impl Core {
         if let Some(e) = failure {
             // Undo what was applied (nothing is on disk yet) by reloading.
             if !ops.is_empty() {
-                *replica = load_replica(&self.store, &self.device_id)?;
+                *replica = load_replica(&self.store, &self.device_id, self.replica_config)?;
             }
             return Err(e);
         }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nomade_artifact::{
     ArtifactId, ArtifactStore, DeviceKey, Progress, Receiver, ReceiverEvent, Sender,
 };
-use nomade_crdt::LocalEdit;
+use nomade_crdt::{LocalEdit, ReplicaConfig};
 use nomade_transport::dial::Backoff;
 use nomade_transport::heartbeat::Liveness;
 use nomade_transport::{
@@ -47,6 +47,11 @@ pub struct NodeConfig {
     pub missed_heartbeats: u32,
     /// Most bytes the artifact store may use (`None`: no quota).
     pub artifact_quota: Option<u64>,
+    /// Most operations from peers held in memory while they wait for their
+    /// dependencies. Beyond it the sync stream that brought them is ended
+    /// with `SYNC_CONFLICT` and the peer is asked to sync again (from this
+    /// device's version vector, so in an order that applies).
+    pub max_buffered_ops: usize,
     /// First delay before redialing a lost peer; doubles up to `max_backoff`.
     pub min_backoff: Duration,
     /// Longest delay between redials.
@@ -71,6 +76,7 @@ impl Default for NodeConfig {
             heartbeat_period: Duration::from_secs(5),
             missed_heartbeats: 3,
             artifact_quota: None,
+            max_buffered_ops: ReplicaConfig::default().max_buffered,
             min_backoff: Duration::from_millis(200),
             clock_skew_ms: 0,
             max_backoff: Duration::from_secs(30),
@@ -187,7 +193,10 @@ impl Node {
         std::fs::create_dir_all(dir)?;
         let identity = DeviceIdentity::load_or_create(&dir.join("identity"))?;
         let device_id = identity.device_id();
-        let core = Core::open(dir, &device_id.to_string())?;
+        let replica_config = ReplicaConfig {
+            max_buffered: config.max_buffered_ops,
+        };
+        let core = Core::open(dir, &device_id.to_string(), replica_config)?;
         core.set_clock_skew(config.clock_skew_ms);
         let key = DeviceKey::load_or_create(&dir.join("identity"))?;
         let artifacts = ArtifactStore::open(&dir.join("artifacts"), key, config.artifact_quota)?;
@@ -877,17 +886,40 @@ impl Node {
             let _ = r.send(Ok(()));
         }
 
-        // Pull: our own sync stream asks for what we lack.
-        let (tx, rx) = conn.open_bi(StreamRole::Sync).await?;
+        // Pull: our own sync stream asks for what we lack. A pull that fails
+        // for anything but the connection (a full causal buffer, a full disk,
+        // an operation refused) asks again on a new stream after a backoff:
+        // the new SYNC_REQUEST carries this device's version vector, so the
+        // peer resends what is missing in an order that applies.
+        let first = conn.open_bi(StreamRole::Sync).await?;
         let core = self.inner.core.clone();
         let p = peer.to_string();
         let node = self.clone();
         let mut summary_rx = initial_tx.subscribe();
+        let (pull_conn, config) = (conn.clone(), self.inner.config.clone());
         let puller = tokio::spawn(async move {
-            let (mut tx, mut rx) = (Sink(tx), Source(rx));
-            match sync::pull(core, p.clone(), &mut tx, &mut rx, initial_tx).await {
-                Ok(()) | Err(NodeError::Transport(_)) => tracing::debug!(peer = %p, "pull ended"),
-                Err(e) => tracing::warn!(peer = %p, error = %e, "sync from peer failed"),
+            let mut stream = Some(first);
+            let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
+            loop {
+                let (tx, rx) = match stream.take() {
+                    Some(s) => s,
+                    None => match pull_conn.open_bi(StreamRole::Sync).await {
+                        Ok(s) => s,
+                        Err(_) => break,
+                    },
+                };
+                let (mut tx, mut rx) = (Sink(tx), Source(rx));
+                match sync::pull(core.clone(), p.clone(), &mut tx, &mut rx, &initial_tx).await {
+                    Ok(()) | Err(NodeError::Transport(_)) => {
+                        tracing::debug!(peer = %p, "pull ended");
+                        break;
+                    }
+                    Err(e) => {
+                        let delay = backoff.on_failure(Instant::now(), &mut rand::thread_rng());
+                        tracing::warn!(peer = %p, error = %e, retry_in = ?delay, "sync from peer failed: asking again");
+                        tokio::time::sleep(delay).await;
+                    }
+                }
             }
         });
         // Once the initial sync is in, fetch the artifacts it references.

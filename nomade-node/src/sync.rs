@@ -102,7 +102,7 @@ pub async fn pull(
     peer: String,
     tx: &mut impl FrameSink,
     rx: &mut impl FrameSource,
-    initial: watch::Sender<Option<SyncSummary>>,
+    initial: &watch::Sender<Option<SyncSummary>>,
 ) -> Result<(), NodeError> {
     let vv = core.version_vector();
     let request = SyncRequest {
@@ -147,7 +147,7 @@ pub async fn pull(
                             std::mem::take(&mut ids),
                         )
                         .await?;
-                        handle_control(&core, &peer, tx, env.message_id, other, &initial).await?;
+                        handle_control(&core, &peer, tx, env.message_id, other, initial).await?;
                         continue;
                     }
                 }
@@ -158,10 +158,17 @@ pub async fn pull(
         }
         Ok::<(), NodeError>(())
     };
-    // The applier ends when the reader ends (the queue closes); a failing
-    // applier ends the reader by dropping the queue.
-    let (read, applied) = tokio::join!(reader, applier);
-    applied.and(read)
+    // The applier ends when the reader has ended (the queue closes) and it
+    // has applied what was read. A failing applier ends the pull at once,
+    // the reader with it, even if the peer keeps the stream open.
+    tokio::pin!(reader, applier);
+    let mut read = None;
+    loop {
+        tokio::select! {
+            r = &mut reader, if read.is_none() => read = Some(r),
+            applied = &mut applier => return applied.and(read.unwrap_or(Ok(()))),
+        }
+    }
 }
 
 /// Applies a group of operations in one transaction, then acknowledges the

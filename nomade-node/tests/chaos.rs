@@ -796,15 +796,18 @@ async fn g_garbage_frames_do_not_disturb_a_good_peer() {
         assert!(matches!(ack.message, Message::HelloAck(_)), "{ack:?}");
         // Heartbeats, so n keeps the session for as long as the test runs.
         let mut beat = conn.open_uni(StreamRole::Presence).await.expect("presence");
+        // Each with its own message id: a repeated id would be dropped.
         let beats = tokio::spawn(async move {
-            loop {
+            for n in 0u64.. {
                 let hb = Heartbeat {
                     timestamp: 0,
                     battery_level: None,
                     connectivity: ConnectivityStatus::Unknown,
                 };
+                let mut id = [2u8; 16];
+                id[8..].copy_from_slice(&n.to_le_bytes());
                 if beat
-                    .send(&Envelope::new(MessageId::from([2; 16]), 0, hb))
+                    .send(&Envelope::new(MessageId::from(id), 0, hb))
                     .await
                     .is_err()
                 {
@@ -854,7 +857,7 @@ async fn g_garbage_frames_do_not_disturb_a_good_peer() {
                     }
                     // A well-formed frame of the wrong kind (HEARTBEAT) first.
                     _ => Envelope::new(
-                        MessageId::from([4; 16]),
+                        MessageId::from([4 + round as u8; 16]),
                         0,
                         Heartbeat {
                             timestamp: 0,

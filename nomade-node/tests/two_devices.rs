@@ -124,25 +124,29 @@ async fn pair_by_code_sync_both_ways_and_move_an_artifact() {
     phone.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_with_another_protocol_version_is_told_to_update() {
+/// A device driven by hand: a bare transport paired with `node` (at `addr`)
+/// and connected to it, which has sent a HELLO speaking `protocol_version`
+/// on a control stream. Returns the transport, the connection and what the
+/// node answered.
+async fn hand_driven_peer(
+    node: &Node,
+    addr: std::net::SocketAddr,
+    protocol_version: u8,
+) -> (
+    nomade_transport::Transport,
+    nomade_transport::Connection,
+    nomade_wire::Envelope,
+) {
     use nomade_transport::{Config, DeviceIdentity, PairedSet, Transport};
-    use nomade_wire::{Envelope, ErrorCode, Hash32, Hello, Message, MessageId, StreamRole};
+    use nomade_wire::{Envelope, Hash32, Hello, MessageId, StreamRole};
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let node = Node::open(&dir.path().join("node"), config("node")).expect("open");
-    let addr = node
-        .start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("start");
-    // A future device, speaking protocol version 2, paired with the node.
-    let future = DeviceIdentity::generate().expect("identity");
-    let future_id = future.device_id();
-    node.add_peer(future_id, "future", &[]).expect("pair");
+    let identity = DeviceIdentity::generate().expect("identity");
+    let id = identity.device_id();
+    node.add_peer(id, "by hand", &[]).expect("pair");
     let paired = PairedSet::new();
     paired.insert(node.device_id());
     let transport = Transport::bind(
-        future,
+        identity,
         paired,
         "127.0.0.1:0".parse().expect("addr"),
         Config::default(),
@@ -157,9 +161,9 @@ async fn a_peer_with_another_protocol_version_is_told_to_update() {
         .await
         .expect("control stream");
     let hello = Hello {
-        device_id: future_id.to_string(),
-        device_name: "future".into(),
-        protocol_version: 2,
+        device_id: id.to_string(),
+        device_name: "by hand".into(),
+        protocol_version,
         capabilities: vec![],
         sync_state_hash: Hash32::default(),
     };
@@ -167,6 +171,22 @@ async fn a_peer_with_another_protocol_version_is_told_to_update() {
         .await
         .expect("send");
     let answer = rx.recv().await.expect("recv").expect("an answer");
+    (transport, conn, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_another_protocol_version_is_told_to_update() {
+    use nomade_wire::{ErrorCode, Message, MessageId};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::open(&dir.path().join("node"), config("node")).expect("open");
+    let addr = node
+        .start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("start");
+    // A future device, speaking protocol version 2, paired with the node.
+    let (transport, conn, answer) = hand_driven_peer(&node, addr, 2).await;
+    let future_id = transport.device_id();
     match answer.message {
         Message::Error(e) => {
             assert_eq!(e.error_code, ErrorCode::PROTOCOL_VERSION_MISMATCH);
@@ -304,4 +324,138 @@ async fn an_unpaired_device_is_refused_and_an_unpaired_peer_is_cut_off() {
     assert!(stranger.connect(addr_a, a.device_id()).await.is_err());
     a.shutdown().await;
     stranger.shutdown().await;
+}
+
+/// The next sync stream `conn`'s node opens, its `SYNC_REQUEST` read; other
+/// streams it opens meanwhile are kept in `others`.
+async fn next_sync_stream(
+    conn: &nomade_transport::Connection,
+    others: &mut Vec<nomade_transport::IncomingStream>,
+) -> nomade_transport::IncomingStream {
+    use nomade_wire::{Message, StreamRole};
+    loop {
+        let mut s = tokio::time::timeout(Duration::from_secs(10), conn.accept_stream())
+            .await
+            .expect("the node opens a sync stream")
+            .expect("accept");
+        if s.role != StreamRole::Sync {
+            others.push(s);
+            continue;
+        }
+        let request = s.recv.recv().await.expect("recv").expect("a request");
+        assert!(
+            matches!(request.message, Message::SyncRequest(_)),
+            "{request:?}"
+        );
+        return s;
+    }
+}
+
+/// BAD_INPUTS #21 over the network: a peer pushing operations whose
+/// dependency never came overflows the node's causal buffer. The node
+/// answers `SYNC_CONFLICT`, applies none of them, and asks again on a new
+/// sync stream; sent in causal order this time, they all apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_21_a_peer_overflowing_the_causal_buffer_is_asked_to_resync() {
+    use nomade_wire::{
+        BatchedSync, ConnectivityStatus, CrdtOperation, Edit, EntityType, Envelope, ErrorCode,
+        Heartbeat, Message, MessageId, StreamRole, SyncOperation,
+    };
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::open(
+        &dir.path().join("node"),
+        NodeConfig {
+            max_buffered_ops: 20,
+            min_backoff: Duration::from_millis(50),
+            ..config("node")
+        },
+    )
+    .expect("open");
+    let addr = node
+        .start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("start");
+    let (_transport, conn, answer) =
+        hand_driven_peer(&node, addr, nomade_wire::PROTOCOL_VERSION).await;
+    assert!(matches!(answer.message, Message::HelloAck(_)), "{answer:?}");
+    let mut presence = conn.open_uni(StreamRole::Presence).await.expect("presence");
+    let beats = tokio::spawn(async move {
+        for n in 0u64.. {
+            let mut id = [2u8; 16];
+            id[8..].copy_from_slice(&n.to_le_bytes());
+            let beat = Heartbeat {
+                timestamp: 0,
+                battery_level: None,
+                connectivity: ConnectivityStatus::Unknown,
+            };
+            if presence
+                .send(&Envelope::new(MessageId::from(id), 0, beat))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    // Three devices' operations relayed by this one, 9 each.
+    let op = |actor: &str, counter: u64| SyncOperation {
+        entity_id: "doc".into(),
+        entity_type: EntityType::Document,
+        operation: CrdtOperation {
+            counter,
+            deps: (counter > 1)
+                .then(|| (actor.to_string(), counter - 1))
+                .into_iter()
+                .collect(),
+            edit: Edit::Set {
+                key: actor.into(),
+                value: Value::Int(counter as i64),
+            },
+        },
+        timestamp: 0,
+        actor_id: actor.into(),
+    };
+    let actors = ["ana", "bob", "cyd"];
+    let batch = |operations: Vec<SyncOperation>, n: u8| {
+        Envelope::new(MessageId::from([10 + n; 16]), 0, BatchedSync { operations })
+    };
+    // The node's other streams (presence) are kept open here.
+    let mut others = Vec::new();
+
+    // Operations 2..=9 of each, without 1: the twenty-first overflows the
+    // buffer of 20.
+    let without_first: Vec<SyncOperation> = actors
+        .iter()
+        .flat_map(|a| (2..=9).map(|c| op(a, c)))
+        .collect();
+    let mut first = next_sync_stream(&conn, &mut others).await;
+    let mut tx = first.send.take().expect("bidirectional");
+    tx.send(&batch(without_first, 0)).await.expect("send");
+    let reply = first.recv.recv().await.expect("recv").expect("an answer");
+    match reply.message {
+        Message::Error(e) => assert_eq!(e.error_code, ErrorCode::SYNC_CONFLICT, "{e:?}"),
+        other => panic!("expected SYNC_CONFLICT, got {other:?}"),
+    }
+    assert_eq!(node.core().op_count(), 0, "applied before their dependency");
+    assert_eq!(node.document("doc"), None);
+
+    // The node asks again; in causal order everything applies.
+    let mut second = next_sync_stream(&conn, &mut others).await;
+    let mut tx = second.send.take().expect("bidirectional");
+    let in_order: Vec<SyncOperation> = actors
+        .iter()
+        .flat_map(|a| (1..=9).map(|c| op(a, c)))
+        .collect();
+    tx.send(&batch(in_order, 1)).await.expect("send");
+    let ack = second.recv.recv().await.expect("recv").expect("an answer");
+    assert!(matches!(ack.message, Message::Ack(_)), "{ack:?}");
+    assert_eq!(node.core().op_count(), 27);
+    let doc = node.document("doc").expect("applied");
+    for a in actors {
+        assert_eq!(doc.get(a), Some(&Value::Int(9)), "{a}");
+    }
+    beats.abort();
+    node.shutdown().await;
 }
