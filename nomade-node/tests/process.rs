@@ -378,6 +378,54 @@ async fn bad_input_32_a_full_disk_acknowledges_nothing_and_recovers_when_space_r
     laptop.shutdown().await;
 }
 
+/// BAD_INPUTS #31 at start-up: a truncated or overwritten database makes
+/// every command, `serve` included, exit at once with a clear message and a
+/// failure status (no panic, no retry loop), and leaves the file as it was
+/// for the user to inspect or restore.
+#[test]
+fn bad_input_31_a_damaged_database_stops_the_program_with_a_clear_message() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("desk");
+    ok(nomade(&dir, &["doc", "set", "trip", "title", "Lisbon"]));
+    let db = dir.join("nomade.redb");
+    let good = std::fs::read(&db).expect("read");
+    let damaged: [(&str, Vec<u8>); 2] = [
+        ("truncated", good[..good.len() / 3].to_vec()),
+        ("overwritten", vec![0x5a; good.len()]),
+    ];
+    for (what, bytes) in damaged {
+        std::fs::write(&db, &bytes).expect("damage");
+        for args in [&["status", "--json"][..], &["doc", "show", "trip"][..]] {
+            let out = nomade(&dir, args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{what}: {args:?} succeeded");
+            assert!(
+                stderr.contains("corrupt") || stderr.contains("database"),
+                "{what}: {args:?}: {stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_nomade"))
+            .arg("--dir")
+            .arg(&dir)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .output()
+            .expect("run serve");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{what}: serve ran on a damaged database"
+        );
+        assert!(stderr.contains("corrupt"), "{what}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+        assert_eq!(
+            std::fs::read(&db).expect("read"),
+            bytes,
+            "{what}: file changed"
+        );
+    }
+}
+
 #[test]
 fn demo_converges_and_reports_json() {
     let out = Command::new(env!("CARGO_BIN_EXE_nomade"))
