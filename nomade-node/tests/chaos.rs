@@ -752,6 +752,70 @@ async fn e_artifact_under_loss_and_resumed_after_a_cut() {
     .await;
 }
 
+// ----- (i) the whole of BAD_INPUTS #33 at once ------------------------------------
+
+/// How long scenario (i) keeps a device cut off: 30 s, as BAD_INPUTS #33
+/// says, unless `NOMADE_CHAOS_PARTITION_SECS` asks otherwise.
+fn long_partition() -> Duration {
+    Duration::from_secs(env_u64("NOMADE_CHAOS_PARTITION_SECS").unwrap_or(30))
+}
+
+/// BAD_INPUTS #33: three devices on a network with 10% loss, 10%
+/// duplication and reordering on every socket; one of them is cut off for
+/// 30 seconds while all three keep editing. After the heal all three
+/// converge: every operation everywhere, each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i_thirty_second_partition_under_loss_and_duplication() {
+    run_seeds("i_long_partition", 9, |seed| async move {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plan = |s: u64| {
+            FaultPlan::symmetric(FaultConfig {
+                loss: 0.10,
+                duplicate: 0.10,
+                reorder: 0.10,
+                delay: Duration::from_millis(1),
+                jitter: Duration::from_millis(3),
+                seed: s,
+            })
+        };
+        let a = device(dir.path(), "a", plan(seed)).await;
+        let b = device(dir.path(), "b", plan(seed + 1)).await;
+        let c = device(dir.path(), "c", plan(seed + 2)).await;
+        a.bulk("bulk-a", 300);
+        c.bulk("bulk-c", 100);
+        link(&a, &b);
+        link(&b, &c);
+        link(&a, &c);
+        for d in [&a, &b, &c] {
+            d.node.connect_known_peers().expect("dial");
+        }
+        live_edits(&[&a, &b, &c], seed, live_phase()).await;
+        // c is cut off; everyone edits through the whole cut.
+        c.partition.set(true);
+        let (idc, ida) = (c.node.device_id(), a.node.device_id());
+        let cut = long_partition();
+        let all = [&a, &b, &c];
+        let edits_during_cut = live_edits(&all, seed + 1, cut);
+        let noticed = wait_for(seed, "the cut to be noticed", CONVERGE_TIMEOUT, || {
+            !a.node.is_connected(&idc) && !c.node.is_connected(&ida)
+        });
+        tokio::join!(edits_during_cut, noticed);
+        c.partition.set(false);
+        live_edits(&[&a, &b, &c], seed + 2, live_phase()).await;
+        converge(&[&a, &b, &c], seed).await;
+        for d in [&a, &b, &c] {
+            let s = d.stats.outgoing();
+            assert!(
+                s.dropped > 0 && s.duplicated > 0 && s.reordered > 0,
+                "seed {seed}: {s:?}"
+            );
+        }
+        assert!(c.stats.outgoing().partitioned > 0, "seed {seed}");
+        shutdown(&[&a, &b, &c]).await;
+    })
+    .await;
+}
+
 // ----- (g) a peer sending garbage -----------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
