@@ -1,5 +1,5 @@
 //! Behaviour of one replica: conflicts, deletes, the causal buffer, bad
-//! operations (BAD_INPUTS 21-23), deltas, snapshots, incremental sync.
+//! operations (BAD_INPUTS #21-#23), deltas, snapshots, incremental sync.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 

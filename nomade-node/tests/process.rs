@@ -135,7 +135,7 @@ fn command_line_edits_and_reads_documents_and_conversations() {
     assert_eq!(std::fs::read(&out).expect("read"), vec![7u8; 200_000]);
 }
 
-/// BAD_INPUTS 30: killed mid-write, the store is consistent after restart and
+/// BAD_INPUTS #30: killed mid-write, the store is consistent after restart and
 /// everything acknowledged is there; sync then resumes and converges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_30_sigkill_mid_sync_loses_nothing_acknowledged() {

@@ -96,7 +96,7 @@ impl rustls::client::ResolvesClientCert for Impostor {
     }
 }
 
-/// BAD_INPUTS 2: a paired device's public certificate presented with another
+/// BAD_INPUTS #2: a paired device's public certificate presented with another
 /// key fails, because the handshake signature is verified.
 #[tokio::test]
 async fn copied_certificate_without_its_key_is_refused() {
@@ -209,7 +209,7 @@ async fn identity_on_disk_survives_restart_and_stays_paired() {
         .expect("same identity after restart");
 }
 
-/// BAD_INPUTS 3: a client without a certificate is refused.
+/// BAD_INPUTS #3: a client without a certificate is refused.
 #[tokio::test]
 async fn client_without_certificate_is_refused() {
     let b = node();

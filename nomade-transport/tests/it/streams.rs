@@ -268,10 +268,8 @@ async fn heartbeats_flow_and_silence_means_offline() {
     drop(quiet);
 }
 
-/// BAD_INPUTS 8: a peer cannot open more concurrent streams than the limit
+/// BAD_INPUTS #8: a peer cannot open more concurrent streams than the limit
 /// (64 of each kind by default); a stream beyond it waits for credit.
-///
-/// BAD_INPUTS #8: a peer opening the maximum number of streams is capped.
 #[tokio::test]
 async fn concurrent_streams_are_capped() {
     let (_a, _b, ca, cb) = connected().await;
