@@ -135,18 +135,24 @@ fn command_line_edits_and_reads_documents_and_conversations() {
     assert_eq!(std::fs::read(&out).expect("read"), vec![7u8; 200_000]);
 }
 
-/// BAD_INPUTS #30: killed mid-write, the store is consistent after restart and
-/// everything acknowledged is there; sync then resumes and converges.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_30_sigkill_mid_sync_loses_nothing_acknowledged() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let desk_dir = tmp.path().join("desk");
+/// A laptop (a node in this process, online) and a desk (a `nomade`
+/// directory, not yet serving) paired with each other; the desk will serve
+/// on `desk_addr`.
+struct Pair {
+    desk_dir: std::path::PathBuf,
+    desk_id: DeviceId,
+    desk_addr: SocketAddr,
+    laptop: Node,
+}
+
+async fn laptop_and_desk(tmp: &Path) -> Pair {
+    let desk_dir = tmp.join("desk");
     let desk_id: DeviceId = ok(nomade(&desk_dir, &["id"]))
         .trim()
         .parse()
         .expect("device id");
     let laptop = Node::open(
-        &tmp.path().join("laptop"),
+        &tmp.join("laptop"),
         NodeConfig {
             device_name: "laptop".into(),
             rate_limits: RateLimits::OFF,
@@ -173,6 +179,25 @@ async fn bad_input_30_sigkill_mid_sync_loses_nothing_acknowledged() {
     laptop
         .add_peer(desk_id, "desk", &[desk_addr])
         .expect("add peer");
+    Pair {
+        desk_dir,
+        desk_id,
+        desk_addr,
+        laptop,
+    }
+}
+
+/// BAD_INPUTS #30: killed mid-write, the store is consistent after restart and
+/// everything acknowledged is there; sync then resumes and converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_30_sigkill_mid_sync_loses_nothing_acknowledged() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Pair {
+        desk_dir,
+        desk_id,
+        desk_addr,
+        laptop,
+    } = laptop_and_desk(tmp.path()).await;
 
     let mut child = serve(&desk_dir, desk_addr);
     laptop.connect_known_peers().expect("dial");
@@ -252,39 +277,12 @@ async fn bad_input_30_sigkill_mid_sync_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_32_a_full_disk_acknowledges_nothing_and_recovers_when_space_returns() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let desk_dir = tmp.path().join("desk");
-    let desk_id: DeviceId = ok(nomade(&desk_dir, &["id"]))
-        .trim()
-        .parse()
-        .expect("device id");
-    let laptop = Node::open(
-        &tmp.path().join("laptop"),
-        NodeConfig {
-            device_name: "laptop".into(),
-            rate_limits: RateLimits::OFF,
-            heartbeat_period: Duration::from_millis(300),
-            ..NodeConfig::default()
-        },
-    )
-    .expect("open");
-    let laptop_addr = laptop
-        .start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("start");
-    ok(nomade(
-        &desk_dir,
-        &[
-            "peers",
-            "add",
-            &laptop.device_id().to_string(),
-            "--addr",
-            &laptop_addr.to_string(),
-        ],
-    ));
-    let desk_addr = free_udp_port();
-    laptop
-        .add_peer(desk_id, "desk", &[desk_addr])
-        .expect("add peer");
+    let Pair {
+        desk_dir,
+        desk_id,
+        desk_addr,
+        laptop,
+    } = laptop_and_desk(tmp.path()).await;
     let me = laptop.device_id().to_string();
     let acked = || {
         laptop

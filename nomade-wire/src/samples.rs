@@ -451,3 +451,18 @@ pub fn all() -> Vec<Sample> {
     );
     out
 }
+
+/// A frame around an arbitrary `payload`, with `message_type` as given and a
+/// correct checksum (message id `[9; 16]`, timestamp 0): for tests and fuzz
+/// seeds of payloads the encoder would never produce.
+pub fn frame_with_payload(message_type: u16, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(crate::HEADER_LEN + payload.len() + crate::CHECKSUM_LEN);
+    frame.push(crate::PROTOCOL_VERSION);
+    frame.extend_from_slice(&message_type.to_be_bytes());
+    frame.extend_from_slice(&[9; 16]);
+    frame.extend_from_slice(&0i64.to_be_bytes());
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame.extend_from_slice(blake3::hash(payload).as_bytes());
+    frame
+}

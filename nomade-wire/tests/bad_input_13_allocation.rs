@@ -3,23 +3,10 @@
 //! the claim. A test binary of its own, because the heap profiler that
 //! counts the allocations is process-wide.
 
-use bytes::{BufMut, BytesMut};
-use nomade_wire::{DecodeError, Envelope, MessageType};
+use nomade_wire::{samples, DecodeError, Envelope, MessageType};
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
-
-fn frame_with_payload(message_type: u16, payload: &[u8]) -> Vec<u8> {
-    let mut b = BytesMut::new();
-    b.put_u8(1);
-    b.put_u16(message_type);
-    b.put_slice(&[9; 16]);
-    b.put_i64(0);
-    b.put_u32(payload.len() as u32);
-    b.put_slice(payload);
-    b.put_slice(blake3::hash(payload).as_bytes());
-    b.to_vec()
-}
 
 #[test]
 fn bad_input_13_huge_length_headers_allocate_nothing_near_their_claim() {
@@ -34,13 +21,19 @@ fn bad_input_13_huge_length_headers_allocate_nothing_near_their_claim() {
         let mut payload = vec![0x81, 0xa9];
         payload.extend_from_slice(b"timestamp");
         payload.extend_from_slice(&claim);
-        frames.push(frame_with_payload(MessageType::Heartbeat.code(), &payload));
-        frames.push(frame_with_payload(MessageType::Ack.code(), &claim));
+        frames.push(samples::frame_with_payload(
+            MessageType::Heartbeat.code(),
+            &payload,
+        ));
+        frames.push(samples::frame_with_payload(MessageType::Ack.code(), &claim));
         // A sync operation's value, one level down.
         let mut op = vec![0x81, 0xa9];
         op.extend_from_slice(b"operation");
         op.extend_from_slice(&claim);
-        frames.push(frame_with_payload(MessageType::SyncOperation.code(), &op));
+        frames.push(samples::frame_with_payload(
+            MessageType::SyncOperation.code(),
+            &op,
+        ));
     }
 
     let _profiler = dhat::Profiler::builder().testing().build();

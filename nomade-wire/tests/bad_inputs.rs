@@ -1,7 +1,7 @@
 //! The envelope cases of BAD_INPUTS.md (numbers 10 to 18 and 20), one test
 //! each: every one is a typed error, no panic, no allocation beyond the limit.
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use nomade_wire::{
     samples, ArtifactChunk, DecodeError, Decoder, EncodeError, Envelope, ErrorCode, Heartbeat,
     Limits, Message, MessageId, MessageType, StreamHeader, StreamRole, CHECKSUM_LEN, HEADER_LEN,
@@ -14,19 +14,6 @@ fn heartbeat_frame() -> Vec<u8> {
         .find(|s| s.name == "heartbeat")
         .expect("heartbeat sample");
     sample.envelope.to_bytes().expect("encode").to_vec()
-}
-
-/// Builds a frame around an arbitrary payload with a correct checksum.
-fn frame_with_payload(message_type: u16, payload: &[u8]) -> Vec<u8> {
-    let mut b = BytesMut::new();
-    b.put_u8(1);
-    b.put_u16(message_type);
-    b.put_slice(&[9; 16]);
-    b.put_i64(0);
-    b.put_u32(payload.len() as u32);
-    b.put_slice(payload);
-    b.put_slice(blake3::hash(payload).as_bytes());
-    b.to_vec()
 }
 
 fn heartbeat_payload(frame: &[u8]) -> Vec<u8> {
@@ -119,12 +106,13 @@ fn bad_input_13_huge_length_headers_inside_payload_do_not_allocate() {
         let mut payload = vec![0x81, 0xa9];
         payload.extend_from_slice(b"timestamp");
         payload.extend_from_slice(&claim);
-        let frame = frame_with_payload(MessageType::Heartbeat.code(), &payload);
+        let frame = samples::frame_with_payload(MessageType::Heartbeat.code(), &payload);
         let err = Envelope::decode(&frame).unwrap_err();
         assert!(matches!(err, DecodeError::MalformedPayload { .. }), "{err}");
     }
     // A whole payload that is just an array32 header claiming 4 billion entries.
-    let frame = frame_with_payload(MessageType::Ack.code(), &[0xdd, 0xff, 0xff, 0xff, 0xff]);
+    let frame =
+        samples::frame_with_payload(MessageType::Ack.code(), &[0xdd, 0xff, 0xff, 0xff, 0xff]);
     assert!(matches!(
         Envelope::decode(&frame),
         Err(DecodeError::MalformedPayload { .. })
@@ -160,7 +148,7 @@ fn bad_input_14_deep_nesting_rejected_at_small_depth() {
     payload.extend_from_slice(b"value");
     payload.extend(std::iter::repeat_n(0x91u8, 100_000));
     payload.push(0xc0);
-    let frame = frame_with_payload(MessageType::SyncOperation.code(), &payload);
+    let frame = samples::frame_with_payload(MessageType::SyncOperation.code(), &payload);
     let limits = Limits {
         max_payload: 1 << 20,
         ..Limits::default()
@@ -173,7 +161,7 @@ fn bad_input_14_deep_nesting_rejected_at_small_depth() {
 fn bad_input_15_trailing_bytes_after_payload_value() {
     let mut payload = heartbeat_payload(&heartbeat_frame());
     payload.push(0xc0);
-    let frame = frame_with_payload(MessageType::Heartbeat.code(), &payload);
+    let frame = samples::frame_with_payload(MessageType::Heartbeat.code(), &payload);
     assert_eq!(
         Envelope::decode(&frame),
         Err(DecodeError::TrailingBytes { extra: 1 })
@@ -224,7 +212,7 @@ fn bad_input_16_missing_extra_mistyped_fields_and_arrays_rejected() {
         ("battery_level", V::Nil),
         ("connectivity", V::Str("wifi")),
     ]);
-    let frame = frame_with_payload(MessageType::Heartbeat.code(), &good);
+    let frame = samples::frame_with_payload(MessageType::Heartbeat.code(), &good);
     assert!(matches!(
         Envelope::decode(&frame).map(|e| e.message),
         Ok(Message::Heartbeat(_))
@@ -267,7 +255,7 @@ fn bad_input_16_missing_extra_mistyped_fields_and_arrays_rejected() {
         ("not a map at all", vec![0x2a]),
     ];
     for (what, payload) in cases {
-        let frame = frame_with_payload(MessageType::Heartbeat.code(), &payload);
+        let frame = samples::frame_with_payload(MessageType::Heartbeat.code(), &payload);
         let err = Envelope::decode(&frame).unwrap_err();
         assert!(
             matches!(
@@ -286,7 +274,7 @@ fn bad_input_16_missing_extra_mistyped_fields_and_arrays_rejected() {
         ("timestamp", V::Int(5)),
         ("connectivity", V::Str("wifi")),
     ]);
-    let frame = frame_with_payload(MessageType::Heartbeat.code(), &reordered);
+    let frame = samples::frame_with_payload(MessageType::Heartbeat.code(), &reordered);
     assert!(matches!(
         Envelope::decode(&frame),
         Err(DecodeError::NonCanonical { .. })
@@ -298,7 +286,7 @@ fn bad_input_16_missing_extra_mistyped_fields_and_arrays_rejected() {
         .expect("the timestamp byte");
     wide.splice(pos..pos + 1, [0xcd, 0x00, 0x05]);
     wide[0] = 0x83;
-    let frame = frame_with_payload(MessageType::Heartbeat.code(), &wide);
+    let frame = samples::frame_with_payload(MessageType::Heartbeat.code(), &wide);
     assert!(matches!(
         Envelope::decode(&frame),
         Err(DecodeError::NonCanonical { .. })
@@ -311,7 +299,7 @@ fn bad_input_16_missing_extra_mistyped_fields_and_arrays_rejected() {
         .position(|w| w == b"wifi")
         .expect("wifi");
     bad_utf8[pos] = 0xff;
-    let frame = frame_with_payload(MessageType::Heartbeat.code(), &bad_utf8);
+    let frame = samples::frame_with_payload(MessageType::Heartbeat.code(), &bad_utf8);
     assert!(matches!(
         Envelope::decode(&frame),
         Err(DecodeError::MalformedPayload { .. })
@@ -333,7 +321,7 @@ fn bad_input_16_missing_extra_mistyped_fields_and_arrays_rejected() {
         .position(|&b| b == 0xcb)
         .expect("float64 marker");
     payload.splice(pos..pos + 9, [0xca, 0x3f, 0xc0, 0x00, 0x00]);
-    let frame = frame_with_payload(MessageType::SyncOperation.code(), &payload);
+    let frame = samples::frame_with_payload(MessageType::SyncOperation.code(), &payload);
     assert!(Envelope::decode(&frame).is_err());
 }
 
@@ -420,7 +408,7 @@ fn oversize_chunk_is_refused_by_encoder_and_decoder() {
     })
     .write_payload(&mut payload)
     .expect("payload");
-    let frame = frame_with_payload(MessageType::ArtifactChunk.code(), &payload);
+    let frame = samples::frame_with_payload(MessageType::ArtifactChunk.code(), &payload);
     let limits = Limits {
         max_payload: 1 << 20,
         ..Limits::default()

@@ -30,11 +30,16 @@ pub fn config() -> Config {
 }
 
 pub fn node() -> Transport {
+    node_with(config())
+}
+
+/// A transport with a fresh identity, no paired device and `config`.
+pub fn node_with(config: Config) -> Transport {
     Transport::bind(
         DeviceIdentity::generate().expect("identity"),
         PairedSet::new(),
         local(),
-        config(),
+        config,
     )
     .expect("bind")
 }

@@ -124,23 +124,34 @@ async fn unknown_stream_role_is_reset_and_not_delivered() {
 async fn connected_with_deadline(
     deadline: Duration,
 ) -> (nomade_transport::Transport, Connection, Connection) {
-    let (a, b) = crate::pair();
+    let a = crate::node();
     let mut cfg = crate::config();
     cfg.message_deadline = deadline;
-    let b2 = nomade_transport::Transport::bind(
-        nomade_transport::DeviceIdentity::generate().expect("id"),
-        b.paired().clone(),
-        crate::local(),
-        cfg,
-    )
-    .expect("bind");
+    let b2 = crate::node_with(cfg);
     a.pair(b2.device_id());
+    b2.pair(a.device_id());
     let ca = a
         .connect(b2.local_addr().expect("addr"), None)
         .await
         .expect("connect");
     let cb = b2.accept().await.expect("accept");
     (b2, ca, cb)
+}
+
+/// Checks that the next stream `cb` accepts ends on the per-message
+/// deadline: its `recv` fails with `Deadline`, `receiver` counted it, and the
+/// sender got an ERROR on `rx`.
+async fn expect_deadline(
+    receiver: &nomade_transport::Transport,
+    cb: &Connection,
+    rx: &mut nomade_transport::FramedRecv,
+) {
+    let mut inc = cb.accept_stream().await.expect("accept");
+    let err = inc.recv.recv().await.expect_err("deadline");
+    assert!(matches!(err, TransportError::Deadline(_)), "{err:?}");
+    assert_eq!(receiver.rejected_input().deadlines, 1);
+    let reply = rx.recv().await.expect("error frame").expect("some");
+    assert!(matches!(reply.message, Message::Error(_)));
 }
 
 /// BAD_INPUTS #9 (the per-message deadline): a message started and left
@@ -151,12 +162,7 @@ async fn a_message_left_unfinished_hits_the_deadline() {
     let (mut tx, mut rx) = ca.open_bi(StreamRole::Sync).await.expect("open");
     let frame = beat(1).to_bytes().expect("encode");
     tx.send_raw(&frame[..10]).await.expect("partial");
-    let mut inc = cb.accept_stream().await.expect("accept");
-    let err = inc.recv.recv().await.expect_err("deadline");
-    assert!(matches!(err, TransportError::Deadline(_)), "{err:?}");
-    assert_eq!(b2.rejected_input().deadlines, 1);
-    let reply = rx.recv().await.expect("error frame").expect("some");
-    assert!(matches!(reply.message, Message::Error(_)));
+    expect_deadline(&b2, &cb, &mut rx).await;
     assert!(ca.close_reason().is_none());
 }
 
@@ -170,13 +176,7 @@ async fn sync_rate_limit_delivers_everything_in_order() {
         sync_ops_per_sec: Some(5),
         artifact_bytes_per_sec: Some(1000),
     };
-    let b = nomade_transport::Transport::bind(
-        nomade_transport::DeviceIdentity::generate().expect("id"),
-        nomade_transport::PairedSet::new(),
-        crate::local(),
-        cfg,
-    )
-    .expect("bind");
+    let b = crate::node_with(cfg);
     a.pair(b.device_id());
     b.pair(a.device_id());
     let ca = b
@@ -308,13 +308,7 @@ async fn a_rate_limited_recv_cancelled_while_waiting_loses_nothing() {
         sync_ops_per_sec: Some(20),
         artifact_bytes_per_sec: None,
     };
-    let receiver = nomade_transport::Transport::bind(
-        nomade_transport::DeviceIdentity::generate().expect("id"),
-        nomade_transport::PairedSet::new(),
-        crate::local(),
-        cfg,
-    )
-    .expect("bind");
+    let receiver = crate::node_with(cfg);
     let sender = crate::node();
     sender.pair(receiver.device_id());
     receiver.pair(sender.device_id());
@@ -404,14 +398,9 @@ async fn bad_input_9_a_message_sent_one_byte_at_a_time_hits_the_deadline() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
-    let mut inc = cb.accept_stream().await.expect("accept");
     // At this pace the whole frame takes over 2 s: a deadline reset by each
     // byte would let it through, and `recv` would return it.
-    let err = inc.recv.recv().await.expect_err("deadline");
-    assert!(matches!(err, TransportError::Deadline(_)), "{err:?}");
-    assert_eq!(b2.rejected_input().deadlines, 1);
-    let reply = rx.recv().await.expect("error frame").expect("some");
-    assert!(matches!(reply.message, Message::Error(_)));
+    expect_deadline(&b2, &cb, &mut rx).await;
     trickle.abort();
 }
 
@@ -432,13 +421,7 @@ async fn bad_input_28_artifact_traffic_over_its_rate_is_held_back_not_buffered()
         sync_ops_per_sec: None,
         artifact_bytes_per_sec: Some(RATE),
     };
-    let limited = nomade_transport::Transport::bind(
-        nomade_transport::DeviceIdentity::generate().expect("id"),
-        nomade_transport::PairedSet::new(),
-        crate::local(),
-        cfg,
-    )
-    .expect("bind");
+    let limited = crate::node_with(cfg);
     fast.pair(limited.device_id());
     limited.pair(fast.device_id());
     let sender_conn = fast
