@@ -1134,7 +1134,24 @@ impl Node {
         self.fetch_on(&conn, id, progress).await
     }
 
+    /// Fetches on `conn`; a failure other than a lost connection (bad data,
+    /// a refusal, a quota) is counted as an `ARTIFACT` error.
     async fn fetch_on(
+        &self,
+        conn: &Connection,
+        id: ArtifactId,
+        progress: impl FnMut(&Progress),
+    ) -> Result<(), NodeError> {
+        let result = self.fetch_uncounted(conn, id, progress).await;
+        if let Err(e) = &result {
+            if !e.is_connection_loss() {
+                self.metrics().record_error("ARTIFACT");
+            }
+        }
+        result
+    }
+
+    async fn fetch_uncounted(
         &self,
         conn: &Connection,
         id: ArtifactId,

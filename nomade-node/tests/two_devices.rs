@@ -459,3 +459,61 @@ async fn bad_input_21_a_peer_overflowing_the_causal_buffer_is_asked_to_resync() 
     beats.abort();
     node.shutdown().await;
 }
+
+/// BAD_INPUTS #26 between two nodes: a holder whose stored artifact was
+/// tampered with on disk cannot pass it on. The fetch fails with a typed
+/// error, is counted, and the fetcher keeps nothing of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_artifact_is_refused_by_the_fetcher_and_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let laptop = Node::open(&dir.path().join("laptop"), config("laptop")).expect("open");
+    let phone = Node::open(&dir.path().join("phone"), config("phone")).expect("open");
+    let file = dir.path().join("scan.bin");
+    std::fs::write(&file, vec![0x42u8; 200_000]).expect("write");
+    let id = laptop.put_artifact(&file, None).expect("put");
+    // Flip one byte inside the second chunk of every stored copy.
+    let mut stack = vec![dir.path().join("laptop")];
+    let mut tampered = 0;
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "dat") {
+                let mut bytes = std::fs::read(&path).expect("read");
+                bytes[70_000] ^= 1;
+                std::fs::write(&path, bytes).expect("write");
+                tampered += 1;
+            }
+        }
+    }
+    assert_eq!(tampered, 1);
+    let laddr = laptop
+        .start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("start");
+    phone
+        .start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("start");
+    let code = laptop.pairing_code().expect("code");
+    phone.pair_with(laddr, &code).await.expect("pair");
+    let err = phone
+        .fetch_artifact(&laptop.device_id(), id, |_| {})
+        .await
+        .expect_err("a tampered artifact");
+    assert!(
+        matches!(
+            err,
+            nomade_node::NodeError::Artifact(nomade_artifact::ArtifactError::ChunkHashMismatch {
+                index: 1
+            })
+        ),
+        "{err}"
+    );
+    assert!(!phone.artifacts().has(&id));
+    let counted = phone.metrics_snapshot().errors.get("ARTIFACT").copied();
+    assert_eq!(counted, Some(1), "{err}");
+    laptop.shutdown().await;
+    phone.shutdown().await;
+}
