@@ -4,7 +4,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use nomade_wire::{Decoder, Envelope, DecodeError};
+use nomade_wire::{DecodeError, Decoder, Envelope};
 
 fn decode_all(pieces: &[&[u8]]) -> (Vec<Envelope>, Option<DecodeError>) {
     let mut decoder = Decoder::new();
@@ -25,7 +25,9 @@ fn decode_all(pieces: &[&[u8]]) -> (Vec<Envelope>, Option<DecodeError>) {
 
 fuzz_target!(|data: &[u8]| {
     // The first byte chooses the split sizes; the rest is the stream.
-    let Some((&seed, stream)) = data.split_first() else { return };
+    let Some((&seed, stream)) = data.split_first() else {
+        return;
+    };
     let step = usize::from(seed % 17) + 1;
     let pieces: Vec<&[u8]> = stream.chunks(step).collect();
     let whole = decode_all(&[stream]);

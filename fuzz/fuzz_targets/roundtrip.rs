@@ -14,7 +14,9 @@ fn check(frame: &[u8]) {
     if let Ok(env) = Envelope::decode(frame) {
         let again = env.to_bytes().expect("a decoded envelope encodes");
         assert_eq!(&again[..], frame, "decode-then-encode changed the bytes");
-        let pieces = env.encode_shared().expect("a decoded envelope encodes in pieces");
+        let pieces = env
+            .encode_shared()
+            .expect("a decoded envelope encodes in pieces");
         assert_eq!(pieces.concat(), frame, "the pieces are not the frame");
         let back = Envelope::decode(&again).expect("a re-encoded frame decodes");
         assert_eq!(back, env);

@@ -13,7 +13,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-const FUZZ_TARGETS: &[&str] = &["decode_frame", "decode_stream", "roundtrip"];
+const FUZZ_TARGETS: &[&str] = &[
+    "decode_frame",
+    "decode_stream",
+    "roundtrip",
+    "peer_identity",
+];
 
 /// Which workspace crate may depend on which (DESIGN.md's table).
 const ALLOWED_DEPS: &[(&str, &[&str])] = &[
@@ -317,7 +322,7 @@ fn fuzz(secs: u64) -> Result<()> {
     for target in FUZZ_TARGETS {
         let corpus = PathBuf::from("fuzz/corpus").join(target);
         std::fs::create_dir_all(&corpus)?;
-        seed_corpus(&corpus)?;
+        seed_corpus(&corpus, target)?;
         run(
             &format!("fuzz {target} for {secs}s"),
             Command::new("cargo")
@@ -335,8 +340,18 @@ fn fuzz(secs: u64) -> Result<()> {
     Ok(())
 }
 
-/// Seeds a fuzz corpus with every frame of the test vectors.
-fn seed_corpus(dir: &Path) -> Result<()> {
+/// Seeds a fuzz corpus with every frame of the test vectors, and with the
+/// files of `fuzz/seeds/<target>` (a device certificate, an id, a code...).
+fn seed_corpus(dir: &Path, target: &str) -> Result<()> {
+    let seeds = PathBuf::from("fuzz/seeds").join(target);
+    if seeds.is_dir() {
+        for entry in std::fs::read_dir(&seeds)? {
+            let path = entry?.path();
+            if let Some(name) = path.file_name() {
+                std::fs::copy(&path, dir.join(name))?;
+            }
+        }
+    }
     let text = std::fs::read_to_string("nomade-wire/tests/vectors.json")?;
     let vectors: serde_json::Value = serde_json::from_str(&text)?;
     for (i, v) in vectors.as_array().context("vectors")?.iter().enumerate() {
