@@ -15,6 +15,13 @@ fn config(name: &str) -> NodeConfig {
     }
 }
 
+/// Starts `node` on a free loopback port; returns its address.
+async fn online(node: &Node) -> std::net::SocketAddr {
+    node.start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("start")
+}
+
 async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
     for _ in 0..200 {
         if cond() {
@@ -47,14 +54,8 @@ async fn pair_by_code_sync_both_ways_and_move_an_artifact() {
         .set("trip", "photo", id.to_reference())
         .expect("edit");
 
-    let laddr = laptop
-        .start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("start");
-    phone
-        .start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("start");
+    let laddr = online(&laptop).await;
+    online(&phone).await;
     let code = laptop.pairing_code().expect("code");
     let peer = phone.pair_with(laddr, &code).await.expect("pair");
     assert_eq!(peer, laptop.device_id());
@@ -180,10 +181,7 @@ async fn a_peer_with_another_protocol_version_is_told_to_update() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let node = Node::open(&dir.path().join("node"), config("node")).expect("open");
-    let addr = node
-        .start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("start");
+    let addr = online(&node).await;
     // A future device, speaking protocol version 2, paired with the node.
     let (transport, conn, answer) = hand_driven_peer(&node, addr, 2).await;
     let future_id = transport.device_id();
@@ -211,10 +209,7 @@ async fn presence_heartbeats_and_metrics_are_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
     let a = Node::open(&dir.path().join("a"), config("a")).expect("open");
     let b = Node::open(&dir.path().join("b"), config("b")).expect("open");
-    let addr_a = a
-        .start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("start");
+    let addr_a = online(&a).await;
     b.start("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("start");
@@ -267,14 +262,8 @@ async fn an_unpaired_device_is_refused_and_an_unpaired_peer_is_cut_off() {
     let dir = tempfile::tempdir().expect("tempdir");
     let a = Node::open(&dir.path().join("a"), config("a")).expect("open");
     let stranger = Node::open(&dir.path().join("s"), config("stranger")).expect("open");
-    let addr_a = a
-        .start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("start");
-    stranger
-        .start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("start");
+    let addr_a = online(&a).await;
+    online(&stranger).await;
     // The stranger pins the node, but the node never paired with it.
     stranger
         .add_peer(a.device_id(), "a", &[addr_a])
@@ -372,10 +361,7 @@ async fn bad_input_21_a_peer_overflowing_the_causal_buffer_is_asked_to_resync() 
         },
     )
     .expect("open");
-    let addr = node
-        .start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("start");
+    let addr = online(&node).await;
     let (_transport, conn, answer) =
         hand_driven_peer(&node, addr, nomade_wire::PROTOCOL_VERSION).await;
     assert!(matches!(answer.message, Message::HelloAck(_)), "{answer:?}");
@@ -488,14 +474,8 @@ async fn a_tampered_artifact_is_refused_by_the_fetcher_and_counted() {
         }
     }
     assert_eq!(tampered, 1);
-    let laddr = laptop
-        .start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("start");
-    phone
-        .start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("start");
+    let laddr = online(&laptop).await;
+    online(&phone).await;
     let code = laptop.pairing_code().expect("code");
     phone.pair_with(laddr, &code).await.expect("pair");
     let err = phone
