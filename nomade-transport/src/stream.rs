@@ -178,11 +178,8 @@ pub struct FramedRecv {
     buf: BytesMut,
     decoder: Decoder,
     reply: Option<Arc<Mutex<quinn::SendStream>>>,
-    deadline: Duration,
     partial_since: Option<tokio::time::Instant>,
-    limit: Option<Limit>,
-    rejected: Arc<InputCounters>,
-    recent_ids: Arc<std::sync::Mutex<RecentIds>>,
+    checks: RecvChecks,
     done: bool,
     /// A decoded envelope (and its size) waiting for the rate limiter. Kept
     /// here so that a `recv` cancelled while waiting loses nothing.
@@ -202,11 +199,8 @@ impl FramedRecv {
             buf: BytesMut::new(),
             decoder: Decoder::with_limits(checks.limits),
             reply,
-            deadline: checks.deadline,
             partial_since: None,
-            limit: checks.limit,
-            rejected: checks.rejected,
-            recent_ids: checks.recent_ids,
+            checks,
             done: false,
             pending: None,
         }
@@ -236,7 +230,7 @@ impl FramedRecv {
         }
         loop {
             if let Some((_, size)) = &self.pending {
-                if let Some(limit) = &self.limit {
+                if let Some(limit) = &self.checks.limit {
                     // Backpressure on the sender: while we wait, we stop
                     // reading and QUIC flow control holds the peer.
                     limit.take(*size).await;
@@ -258,7 +252,7 @@ impl FramedRecv {
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(role = ?self.role, error = %e, "bad frame: ending stream");
-                    self.rejected.count(Rejected::Frame);
+                    self.checks.rejected.count(Rejected::Frame);
                     self.fail(e.error_code(), &e.to_string()).await;
                     return Err(e.into());
                 }
@@ -270,18 +264,18 @@ impl FramedRecv {
                     .partial_since
                     .get_or_insert_with(tokio::time::Instant::now);
                 match tokio::time::timeout_at(
-                    started + self.deadline,
+                    started + self.checks.deadline,
                     self.stream.read_chunk(64 * 1024, true),
                 )
                 .await
                 {
                     Ok(r) => r?,
                     Err(_) => {
-                        tracing::warn!(role = ?self.role, deadline = ?self.deadline, "message deadline passed: ending stream");
-                        self.rejected.count(Rejected::Deadline);
+                        tracing::warn!(role = ?self.role, deadline = ?self.checks.deadline, "message deadline passed: ending stream");
+                        self.checks.rejected.count(Rejected::Deadline);
                         self.fail(ErrorCode::INVALID_MESSAGE, "message not completed in time")
                             .await;
-                        return Err(TransportError::Deadline(self.deadline));
+                        return Err(TransportError::Deadline(self.checks.deadline));
                     }
                 }
             };
@@ -299,7 +293,7 @@ impl FramedRecv {
                 None => {
                     let e = self.decoder.truncation(&self.buf);
                     tracing::warn!(role = ?self.role, error = %e, "stream ended mid-frame");
-                    self.rejected.count(Rejected::Frame);
+                    self.checks.rejected.count(Rejected::Frame);
                     self.fail(e.error_code(), &e.to_string()).await;
                     return Err(e.into());
                 }
@@ -312,13 +306,14 @@ impl FramedRecv {
     /// counted, and the stream goes on.
     fn is_repeat(&self, env: &Envelope) -> bool {
         let first = self
+            .checks
             .recent_ids
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .first_sighting(env.message_id);
         if !first {
             tracing::debug!(role = ?self.role, message_id = %env.message_id, "repeated message id: dropped");
-            self.rejected.count(Rejected::Duplicate);
+            self.checks.rejected.count(Rejected::Duplicate);
         }
         !first
     }
