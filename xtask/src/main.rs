@@ -123,6 +123,37 @@ fn cargo() -> Command {
     c
 }
 
+/// `cargo` for the test layers: one build of each target, so no incremental
+/// compilation cache (it would only cost disk on a fresh clone) unless the
+/// caller asks for one with `CARGO_INCREMENTAL`.
+fn test_cargo() -> Command {
+    let mut c = cargo();
+    if std::env::var_os("CARGO_INCREMENTAL").is_none() {
+        c.env("CARGO_INCREMENTAL", "0");
+    }
+    c
+}
+
+/// Prints how much disk the build directory's filesystem has left (a full
+/// test run needs a few GiB; running out shows up as linker crashes).
+fn report_disk(when: &str) {
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let dir = if Path::new(&target).exists() {
+        target.as_str()
+    } else {
+        "."
+    };
+    if let Ok(out) = Command::new("df")
+        .args(["-h", "--output=avail,target", dir])
+        .output()
+    {
+        let text = String::from_utf8_lossy(&out.stdout);
+        if let Some(line) = text.lines().nth(1) {
+            eprintln!("=== disk {when}: {} free", line.trim());
+        }
+    }
+}
+
 fn have(cmd: &str, arg: &str) -> bool {
     succeeds(Command::new(cmd).arg(arg))
 }
@@ -135,12 +166,13 @@ fn succeeds(cmd: &mut Command) -> bool {
 fn test(args: &[String]) -> Result<()> {
     let fuzz_secs = secs_arg(args, 10)?;
     let start = Instant::now();
+    report_disk("before the build");
     ensure_rustfmt_and_clippy()?;
     run("format", cargo().args(["fmt", "--all", "--", "--check"]))?;
     layering()?;
     run(
         "clippy",
-        cargo().args([
+        test_cargo().args([
             "clippy",
             "--workspace",
             "--all-targets",
@@ -152,23 +184,27 @@ fn test(args: &[String]) -> Result<()> {
     if have("cargo-nextest", "--version") || have("cargo", "nextest") {
         run(
             "tests",
-            cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]),
+            test_cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]),
         )?;
     } else {
         run(
             "tests",
-            cargo().args(["test", "--workspace", "--no-fail-fast"]),
+            test_cargo().args(["test", "--workspace", "--no-fail-fast"]),
         )?;
     }
-    run("doc tests", cargo().args(["test", "--workspace", "--doc"]))?;
+    run(
+        "doc tests",
+        test_cargo().args(["test", "--workspace", "--doc"]),
+    )?;
     run(
         "docs",
-        cargo()
+        test_cargo()
             .args(["doc", "--workspace", "--no-deps"])
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     spec_check()?;
     fuzz(fuzz_secs)?;
+    report_disk("after all layers");
     eprintln!("\nall test layers passed in {:.0?}", start.elapsed());
     Ok(())
 }
