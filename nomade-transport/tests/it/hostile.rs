@@ -6,7 +6,8 @@ use nomade_transport::Transport;
 use nomade_wire::StreamRole;
 use rand::{Rng, SeedableRng};
 
-use crate::{beat, local, node, pair};
+use crate::quic_initial::{param, parameter, HandBuiltClient, TRANSPORT_PARAMETER_ERROR};
+use crate::{beat, local, node, pair, wait_event};
 
 /// Connects `a` to `b` and checks a frame goes through.
 async fn still_serves(a: &Transport, b: &Transport) {
@@ -125,5 +126,100 @@ async fn bad_input_6_a_handshake_flood_is_refused_and_paired_devices_get_through
         (1..=FLOOD as u64).contains(&counted),
         "{counted} handshakes counted for {FLOOD} attempts"
     );
+    still_serves(&a, &b).await;
+}
+
+/// BAD_INPUTS #7, the transport parameters: a client Initial carrying
+/// malformed transport parameters (built by hand around a real ClientHello,
+/// so quinn's client cannot tidy them up) is refused with
+/// TRANSPORT_PARAMETER_ERROR, counted and reported as a rejected handshake,
+/// and the endpoint goes on serving. A control with well-formed parameters,
+/// sent the same way, gets a ServerHello instead: the refusals come from the
+/// parameters, not from the hand-built packet.
+#[tokio::test]
+async fn bad_input_7_malformed_transport_parameters_are_refused() {
+    use param::*;
+    let (a, b) = pair();
+    let server = b.local_addr().expect("addr");
+    let mut events = b.events();
+    let wait = Duration::from_secs(5);
+
+    type Params = fn(&[u8]) -> Vec<u8>;
+    let malformed: [(&str, Params); 6] = [
+        ("a value longer than the parameters", |cid| {
+            let mut p = Vec::new();
+            parameter(INITIAL_SOURCE_CONNECTION_ID, cid, &mut p);
+            p.extend([INITIAL_MAX_DATA as u8, 0x20, 0x01, 0x02]);
+            p
+        }),
+        ("a varint cut short", |cid| {
+            let mut p = Vec::new();
+            parameter(INITIAL_SOURCE_CONNECTION_ID, cid, &mut p);
+            parameter(INITIAL_MAX_DATA, &[0xc0, 0x00, 0x01], &mut p);
+            p
+        }),
+        ("a parameter only a server may send", |cid| {
+            let mut p = Vec::new();
+            parameter(INITIAL_SOURCE_CONNECTION_ID, cid, &mut p);
+            parameter(ORIGINAL_DESTINATION_CONNECTION_ID, &[7; 8], &mut p);
+            p
+        }),
+        ("the same parameter twice", |cid| {
+            let mut p = Vec::new();
+            parameter(INITIAL_SOURCE_CONNECTION_ID, cid, &mut p);
+            parameter(MAX_IDLE_TIMEOUT, &[0x1e], &mut p);
+            parameter(MAX_IDLE_TIMEOUT, &[0x1e], &mut p);
+            p
+        }),
+        ("a datagram size under 1,200", |cid| {
+            let mut p = Vec::new();
+            parameter(INITIAL_SOURCE_CONNECTION_ID, cid, &mut p);
+            parameter(MAX_UDP_PAYLOAD_SIZE, &[0x43, 0xe8], &mut p); // 1,000
+            p
+        }),
+        ("an ack delay exponent over 20", |cid| {
+            let mut p = Vec::new();
+            parameter(INITIAL_SOURCE_CONNECTION_ID, cid, &mut p);
+            parameter(ACK_DELAY_EXPONENT, &[21], &mut p);
+            p
+        }),
+    ];
+    let before = b.rejected_input().handshakes;
+    for (what, params) in malformed {
+        let client = HandBuiltClient::new(server, params).await;
+        let answer = client.handshake(wait).await;
+        assert_eq!(
+            answer.close_code,
+            Some(TRANSPORT_PARAMETER_ERROR),
+            "{what}: {answer:?}"
+        );
+        let event = wait_event(&mut events, |e| {
+            matches!(
+                e,
+                nomade_transport::TransportEvent::HandshakeRejected { .. }
+            )
+        })
+        .await;
+        let nomade_transport::TransportEvent::HandshakeRejected { reason, .. } = event else {
+            unreachable!("filtered above")
+        };
+        assert!(reason.contains("transport parameters"), "{what}: {reason}");
+    }
+    assert_eq!(
+        b.rejected_input().handshakes - before,
+        malformed.len() as u64
+    );
+
+    // The control: the same client with well-formed parameters.
+    let well_formed = |cid: &[u8]| {
+        let mut p = Vec::new();
+        parameter(INITIAL_SOURCE_CONNECTION_ID, cid, &mut p);
+        parameter(MAX_IDLE_TIMEOUT, &[0x1e], &mut p);
+        p
+    };
+    let control = HandBuiltClient::new(server, well_formed).await;
+    let answer = control.handshake(wait).await;
+    assert_eq!(answer.close_code, None, "well-formed parameters refused");
+    assert!(answer.crypto_bytes > 0, "no ServerHello: {answer:?}");
     still_serves(&a, &b).await;
 }
