@@ -41,6 +41,10 @@ pub struct Metrics {
     pub bytes_received: AtomicU64,
     /// Artifact bytes received and verified.
     pub artifact_bytes_received: AtomicU64,
+    /// Sessions established with peers, dialed or accepted.
+    pub sessions_started: AtomicU64,
+    /// Dials to a known peer that failed (unreachable, timed out, refused).
+    pub dial_failures: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
     latency_sum_us: AtomicU64,
     latency_count: AtomicU64,
@@ -57,6 +61,8 @@ impl Default for Metrics {
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             artifact_bytes_received: AtomicU64::new(0),
+            sessions_started: AtomicU64::new(0),
+            dial_failures: AtomicU64::new(0),
             latency_buckets: Default::default(),
             latency_sum_us: AtomicU64::new(0),
             latency_count: AtomicU64::new(0),
@@ -86,6 +92,10 @@ pub struct MetricsSnapshot {
     pub bytes_received_per_sec: f64,
     /// Artifact bytes received and verified.
     pub artifact_bytes_received: u64,
+    /// Sessions established with peers, dialed or accepted.
+    pub sessions_started: u64,
+    /// Dials to a known peer that failed.
+    pub dial_failures: u64,
     /// Sync latency (created on the peer -> applied here) histogram: bucket
     /// upper bound in µs -> cumulative count.
     pub sync_latency_us: Vec<(u64, u64)>,
@@ -154,6 +164,8 @@ impl Metrics {
             bytes_received,
             bytes_received_per_sec: bytes_received as f64 / uptime,
             artifact_bytes_received: self.artifact_bytes_received.load(Ordering::Relaxed),
+            sessions_started: self.sessions_started.load(Ordering::Relaxed),
+            dial_failures: self.dial_failures.load(Ordering::Relaxed),
             sync_latency_us,
             sync_latency_count: count,
             sync_latency_mean_us: if count == 0 {
@@ -202,6 +214,16 @@ impl MetricsSnapshot {
                 "nomade_artifact_bytes_received_total",
                 "Artifact bytes received and verified",
                 self.artifact_bytes_received,
+            ),
+            (
+                "nomade_sessions_started_total",
+                "Sessions established with peers, dialed or accepted",
+                self.sessions_started,
+            ),
+            (
+                "nomade_dial_failures_total",
+                "Dials to a known peer that failed",
+                self.dial_failures,
             ),
         ];
         for (name, help, v) in counters {

@@ -54,8 +54,12 @@ pub struct NodeConfig {
     pub max_buffered_ops: usize,
     /// First delay before redialing a lost peer; doubles up to `max_backoff`.
     pub min_backoff: Duration,
-    /// Longest delay between redials.
+    /// Longest delay between redials. A redial waiting out its delay tries
+    /// at once when a session with any other peer comes up (the network is
+    /// evidently back).
     pub max_backoff: Duration,
+    /// Longest a connection handshake may take, dialing or accepting.
+    pub handshake_timeout: Duration,
     /// Added to the system clock for operation timestamps. Timestamps are
     /// informational (ordering uses version vectors), so a skewed clock
     /// changes nothing; this exists to prove it in tests.
@@ -80,6 +84,7 @@ impl Default for NodeConfig {
             min_backoff: Duration::from_millis(200),
             clock_skew_ms: 0,
             max_backoff: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
             faults: None,
         }
     }
@@ -122,6 +127,8 @@ struct Inner {
     status: Mutex<PresenceUpdate>,
     /// Fires when a session starts or ends, or an initial sync completes.
     session_events: watch::Sender<u64>,
+    /// Fires when a session starts: wakes the redials waiting out a backoff.
+    sessions_started: watch::Sender<u64>,
 }
 
 /// A Nomade device. Cheap to clone; every clone is the same device.
@@ -228,6 +235,7 @@ impl Node {
                     message: None,
                 }),
                 session_events: watch::Sender::new(0),
+                sessions_started: watch::Sender::new(0),
             }),
         })
     }
@@ -475,6 +483,7 @@ impl Node {
     pub async fn start(&self, listen: SocketAddr) -> Result<SocketAddr, NodeError> {
         let config = nomade_transport::Config {
             rate_limits: self.inner.config.rate_limits,
+            handshake_timeout: self.inner.config.handshake_timeout,
             ..Default::default()
         };
         let transport = match self.inner.config.faults.clone() {
@@ -602,25 +611,11 @@ impl Node {
     async fn keep_connected(&self, peer: DeviceId, addrs: Vec<SocketAddr>) {
         let mut backoff =
             Backoff::new(self.inner.config.min_backoff, self.inner.config.max_backoff);
-        let mut first = true;
+        let mut sessions_started = self.inner.sessions_started.subscribe();
         loop {
             if !self.inner.paired.contains(&peer) {
                 return;
             }
-            if !first && self.inner.device_id > peer {
-                // Both sides notice a lost connection at about the same time.
-                // Were both to redial at once, each would keep the newer of
-                // the two connections, which is a different one on each side,
-                // and both would close again. The larger id therefore leaves
-                // the smaller one a moment to dial first.
-                let wait = self
-                    .inner
-                    .config
-                    .min_backoff
-                    .mul_f64(1.0 + rand::random::<f64>());
-                tokio::time::sleep(wait).await;
-            }
-            first = false;
             if !self.is_connected(&peer) {
                 let mut ok = false;
                 for addr in &addrs {
@@ -633,18 +628,47 @@ impl Node {
                             tracing::error!(%peer, %addr, error = %e, "giving up on this peer until the user acts");
                             return;
                         }
-                        Err(e) => tracing::info!(%peer, %addr, error = %e, "dial failed"),
+                        Err(e) => {
+                            Metrics::add(&self.metrics().dial_failures, 1);
+                            tracing::info!(%peer, %addr, error = %e, "dial failed");
+                        }
                     }
                 }
                 if ok {
                     backoff.on_success();
                 } else {
                     let delay = backoff.on_failure(Instant::now(), &mut rand::thread_rng());
-                    tokio::time::sleep(delay).await;
+                    // Only sessions that start from now on count.
+                    sessions_started.borrow_and_update();
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        // A session with some peer just started: the network
+                        // is back (a partition healed, the device woke up or
+                        // changed networks), so this peer is worth a try now
+                        // rather than at the end of a delay that grew while
+                        // nothing worked. The delay itself keeps growing
+                        // while this peer stays out of reach.
+                        Ok(()) = sessions_started.changed() => {
+                            tracing::debug!(%peer, "another session started: redialing now");
+                        }
+                    }
                     continue;
                 }
             }
             self.wait_disconnected(&peer).await;
+            if self.inner.device_id > peer {
+                // Both sides notice a lost connection at about the same time.
+                // Were both to redial at once, each would keep the newer of
+                // the two connections, which is a different one on each side,
+                // and both would close again. The larger id therefore leaves
+                // the smaller one a moment to dial first.
+                let wait = self
+                    .inner
+                    .config
+                    .min_backoff
+                    .mul_f64(1.0 + rand::random::<f64>());
+                tokio::time::sleep(wait).await;
+            }
         }
     }
 
@@ -882,6 +906,8 @@ impl Node {
             }
         }
         self.inner.session_events.send_modify(|n| *n += 1);
+        self.inner.sessions_started.send_modify(|n| *n += 1);
+        Metrics::add(&self.metrics().sessions_started, 1);
         if let Some(r) = ready {
             let _ = r.send(Ok(()));
         }

@@ -497,3 +497,61 @@ async fn a_tampered_artifact_is_refused_by_the_fetcher_and_counted() {
     laptop.shutdown().await;
     phone.shutdown().await;
 }
+
+/// A redial waiting out its backoff tries at once when a session with any
+/// other peer starts (the network is evidently back), instead of sleeping out
+/// a delay that grew while nothing worked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_starting_wakes_the_redials_waiting_out_their_backoff() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // After a failed dial the desk waits 15-30 s before the next; a dial
+    // gives up after 1 s.
+    let desk = Node::open(
+        &dir.path().join("desk"),
+        NodeConfig {
+            min_backoff: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(1),
+            ..config("desk")
+        },
+    )
+    .expect("open desk");
+    let laptop = Node::open(&dir.path().join("laptop"), config("laptop")).expect("open laptop");
+    let phone = Node::open(&dir.path().join("phone"), config("phone")).expect("open phone");
+    // The laptop's address, where nothing listens yet.
+    let laptop_addr = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port");
+    desk.add_peer(laptop.device_id(), "laptop", &[laptop_addr])
+        .expect("pin");
+    desk.add_peer(phone.device_id(), "phone", &[]).expect("pin");
+    laptop.add_peer(desk.device_id(), "desk", &[]).expect("pin");
+    phone.add_peer(desk.device_id(), "desk", &[]).expect("pin");
+    let desk_addr = online(&desk).await;
+    desk.connect_known_peers().expect("dial");
+    wait_for(
+        || desk.metrics_snapshot().dial_failures >= 1,
+        "the dial to the absent laptop to fail",
+    )
+    .await;
+
+    // The laptop comes up; the desk is in its backoff and does not notice.
+    laptop.start(laptop_addr).await.expect("laptop online");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!desk.is_connected(&laptop.device_id()));
+
+    // The phone reaches the desk: that session wakes the desk's redial.
+    online(&phone).await;
+    phone
+        .connect(desk_addr, desk.device_id())
+        .await
+        .expect("phone connects");
+    wait_for(
+        || desk.is_connected(&laptop.device_id()) && laptop.is_connected(&desk.device_id()),
+        "the desk to redial the laptop (well before its 15 s backoff ends)",
+    )
+    .await;
+    let metrics = desk.metrics_snapshot();
+    assert_eq!(metrics.dial_failures, 1, "{metrics:?}");
+    assert_eq!(metrics.sessions_started, 2, "{metrics:?}");
+}
