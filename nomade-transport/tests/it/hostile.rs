@@ -6,7 +6,7 @@ use nomade_transport::Transport;
 use nomade_wire::StreamRole;
 use rand::{Rng, SeedableRng};
 
-use crate::quic_initial::{param, parameter, HandBuiltClient, TRANSPORT_PARAMETER_ERROR};
+use crate::raw_quic::{code, param, parameter, well_formed_parameters, HandBuiltClient};
 use crate::{beat, local, node, pair, wait_event};
 
 /// Connects `a` to `b` and checks a frame goes through.
@@ -186,11 +186,11 @@ async fn bad_input_7_malformed_transport_parameters_are_refused() {
     ];
     let before = b.rejected_input().handshakes;
     for (what, params) in malformed {
-        let client = HandBuiltClient::new(server, params).await;
-        let answer = client.handshake(wait).await;
+        let mut client = HandBuiltClient::new(server, params).await;
+        let answer = client.hello(wait).await;
         assert_eq!(
             answer.close_code,
-            Some(TRANSPORT_PARAMETER_ERROR),
+            Some(code::TRANSPORT_PARAMETER_ERROR),
             "{what}: {answer:?}"
         );
         let event = wait_event(&mut events, |e| {
@@ -211,15 +211,89 @@ async fn bad_input_7_malformed_transport_parameters_are_refused() {
     );
 
     // The control: the same client with well-formed parameters.
-    let well_formed = |cid: &[u8]| {
-        let mut p = Vec::new();
-        parameter(INITIAL_SOURCE_CONNECTION_ID, cid, &mut p);
-        parameter(MAX_IDLE_TIMEOUT, &[0x1e], &mut p);
-        p
-    };
-    let control = HandBuiltClient::new(server, well_formed).await;
-    let answer = control.handshake(wait).await;
+    let mut control = HandBuiltClient::new(server, well_formed_parameters).await;
+    let answer = control.hello(wait).await;
     assert_eq!(answer.close_code, None, "well-formed parameters refused");
     assert!(answer.crypto_bytes > 0, "no ServerHello: {answer:?}");
+    still_serves(&a, &b).await;
+}
+
+/// BAD_INPUTS #8, the highest stream ids: a paired device that completes the
+/// handshake by hand (so nothing holds it to the server's limits) and then
+/// sends on a stream past the limit (the first one past it, or the highest
+/// id QUIC can express, bidirectional or unidirectional) has its connection
+/// closed with STREAM_LIMIT_ERROR; on a stream only the server may open,
+/// with STREAM_STATE_ERROR. A control on stream 0 keeps its connection. The
+/// endpoint goes on serving.
+#[tokio::test]
+async fn bad_input_8_a_stream_past_the_limit_closes_the_connection() {
+    use crate::raw_quic::stream_frame;
+    let (a, b) = pair();
+    let server = b.local_addr().expect("addr");
+    let wait = Duration::from_secs(5);
+    let highest = (1u64 << 62) - 1;
+    let cases = [
+        ("stream 0, the first a client may open", 0, None),
+        (
+            "the first bidirectional stream past the limit of 64",
+            64 * 4,
+            Some(code::STREAM_LIMIT_ERROR),
+        ),
+        (
+            "the first unidirectional stream past the limit of 64",
+            64 * 4 + 2,
+            Some(code::STREAM_LIMIT_ERROR),
+        ),
+        (
+            "the highest bidirectional stream id",
+            highest - 3,
+            Some(code::STREAM_LIMIT_ERROR),
+        ),
+        (
+            "the highest unidirectional stream id",
+            highest - 1,
+            Some(code::STREAM_LIMIT_ERROR),
+        ),
+        (
+            "a stream only the server may open",
+            1,
+            Some(code::STREAM_STATE_ERROR),
+        ),
+    ];
+    for (what, stream_id, expected) in cases {
+        let identity = nomade_transport::DeviceIdentity::generate().expect("identity");
+        b.pair(identity.device_id());
+        let mut client =
+            HandBuiltClient::with_identity(server, &identity, well_formed_parameters).await;
+        assert!(
+            client.connect(wait).await,
+            "{what}: the handshake failed: {:?}",
+            client.answer
+        );
+        let accepted = tokio::time::timeout(wait, b.accept())
+            .await
+            .expect("accept in time")
+            .expect("accept");
+        assert_eq!(accepted.peer(), identity.device_id(), "{what}");
+        client.send_1rtt(&stream_frame(stream_id, b"hello")).await;
+        match expected {
+            Some(code) => {
+                assert_eq!(client.close_code(wait).await, Some(code), "{what}");
+                // The server's side of the connection ended for that reason.
+                let reason = tokio::time::timeout(wait, accepted.quinn().closed())
+                    .await
+                    .expect("closed in time");
+                let quinn::ConnectionError::TransportError(error) = reason else {
+                    panic!("{what}: closed for {reason:?}")
+                };
+                assert_eq!(u64::from(error.code), code, "{what}");
+            }
+            None => {
+                let listen = Duration::from_millis(500);
+                assert_eq!(client.close_code(listen).await, None, "{what}");
+                assert!(accepted.quinn().close_reason().is_none(), "{what}");
+            }
+        }
+    }
     still_serves(&a, &b).await;
 }

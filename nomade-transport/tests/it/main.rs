@@ -7,7 +7,7 @@ mod dial;
 mod faulty;
 mod hostile;
 mod pairing;
-mod quic_initial;
+mod raw_quic;
 mod streams;
 
 use std::net::SocketAddr;
