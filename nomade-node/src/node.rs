@@ -935,13 +935,20 @@ impl Node {
                     },
                 };
                 let (mut tx, mut rx) = (Sink(tx), Source(rx));
+                let started = Instant::now();
                 match sync::pull(core.clone(), p.clone(), &mut tx, &mut rx, &initial_tx).await {
                     Ok(()) | Err(NodeError::Transport(_)) => {
                         tracing::debug!(peer = %p, "pull ended");
                         break;
                     }
                     Err(e) => {
-                        let delay = backoff.on_failure(Instant::now(), &mut rand::thread_rng());
+                        // A pull that ran for a while before failing asks
+                        // again soon; repeated quick failures back off.
+                        let delay = backoff.on_failure_of_attempt_started(
+                            started,
+                            Instant::now(),
+                            &mut rand::thread_rng(),
+                        );
                         tracing::warn!(peer = %p, error = %e, retry_in = ?delay, "sync from peer failed: asking again");
                         tokio::time::sleep(delay).await;
                     }

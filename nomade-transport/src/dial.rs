@@ -104,6 +104,23 @@ impl Backoff {
         delay
     }
 
+    /// Records the failure of an attempt that had been running since
+    /// `started`: one that lasted at least the longest delay worked for a
+    /// while (a sync stream that applied operations, a session that stayed
+    /// up), so its failure starts from `base` again instead of from the
+    /// delay that earlier failures grew. Returns the chosen delay.
+    pub fn on_failure_of_attempt_started(
+        &mut self,
+        started: Instant,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) -> Duration {
+        if now.saturating_duration_since(started) >= self.max {
+            self.on_success();
+        }
+        self.on_failure(now, rng)
+    }
+
     /// Records a success: the next failure starts from `base` again.
     pub fn on_success(&mut self) {
         self.failures = 0;
@@ -280,6 +297,27 @@ mod tests {
         assert!(b.ready(t0));
         let d = b.on_failure(t0, &mut rng);
         assert!(d <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_failure_after_a_long_attempt_starts_from_the_base_delay() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let t0 = Instant::now();
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        for _ in 0..6 {
+            b.on_failure(t0, &mut rng);
+        }
+        // A short attempt: the delay keeps growing (capped at 2 s).
+        let short = b.on_failure_of_attempt_started(t0, t0 + Duration::from_secs(1), &mut rng);
+        assert_eq!(b.failures(), 7);
+        assert!(short >= Duration::from_secs(1), "{short:?}");
+        // An attempt that ran for the longest delay or more: from the base.
+        let started = t0 + Duration::from_secs(1);
+        let now = started + Duration::from_secs(2);
+        let long = b.on_failure_of_attempt_started(started, now, &mut rng);
+        assert_eq!(b.failures(), 1);
+        assert!(long <= Duration::from_millis(100), "{long:?}");
+        assert_eq!(b.retry_at(), Some(now + long));
     }
 
     #[test]
