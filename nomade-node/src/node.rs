@@ -127,8 +127,9 @@ struct Inner {
     status: Mutex<PresenceUpdate>,
     /// Fires when a session starts or ends, or an initial sync completes.
     session_events: watch::Sender<u64>,
-    /// Fires when a session starts: wakes the redials waiting out a backoff.
-    sessions_started: watch::Sender<u64>,
+    /// Fires when a session starts: wakes the redials waiting out a backoff
+    /// (the count is the `sessions_started` metric).
+    session_started: watch::Sender<()>,
 }
 
 /// A Nomade device. Cheap to clone; every clone is the same device.
@@ -235,7 +236,7 @@ impl Node {
                     message: None,
                 }),
                 session_events: watch::Sender::new(0),
-                sessions_started: watch::Sender::new(0),
+                session_started: watch::Sender::new(()),
             }),
         })
     }
@@ -611,7 +612,7 @@ impl Node {
     async fn keep_connected(&self, peer: DeviceId, addrs: Vec<SocketAddr>) {
         let mut backoff =
             Backoff::new(self.inner.config.min_backoff, self.inner.config.max_backoff);
-        let mut sessions_started = self.inner.sessions_started.subscribe();
+        let mut session_started = self.inner.session_started.subscribe();
         loop {
             if !self.inner.paired.contains(&peer) {
                 return;
@@ -639,7 +640,7 @@ impl Node {
                 } else {
                     let delay = backoff.on_failure(Instant::now(), &mut rand::thread_rng());
                     // Only sessions that start from now on count.
-                    sessions_started.borrow_and_update();
+                    session_started.borrow_and_update();
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         // A session with some peer just started: the network
@@ -648,7 +649,7 @@ impl Node {
                         // rather than at the end of a delay that grew while
                         // nothing worked. The delay itself keeps growing
                         // while this peer stays out of reach.
-                        Ok(()) = sessions_started.changed() => {
+                        Ok(()) = session_started.changed() => {
                             tracing::debug!(%peer, "another session started: redialing now");
                         }
                     }
@@ -906,8 +907,8 @@ impl Node {
             }
         }
         self.inner.session_events.send_modify(|n| *n += 1);
-        self.inner.sessions_started.send_modify(|n| *n += 1);
         Metrics::add(&self.metrics().sessions_started, 1);
+        self.inner.session_started.send_replace(());
         if let Some(r) = ready {
             let _ = r.send(Ok(()));
         }

@@ -18,21 +18,15 @@ fn bad_input_13_huge_length_headers_allocate_nothing_near_their_claim() {
         [0xdb, 0xff, 0xff, 0xff, 0xff], // str32
     ] {
         // As a field's value, and as the whole payload.
-        let mut payload = vec![0x81, 0xa9];
-        payload.extend_from_slice(b"timestamp");
-        payload.extend_from_slice(&claim);
         frames.push(samples::frame_with_payload(
             MessageType::Heartbeat.code(),
-            &payload,
+            &one_field_map(b"timestamp", &claim),
         ));
         frames.push(samples::frame_with_payload(MessageType::Ack.code(), &claim));
         // A sync operation's value, one level down.
-        let mut op = vec![0x81, 0xa9];
-        op.extend_from_slice(b"operation");
-        op.extend_from_slice(&claim);
         frames.push(samples::frame_with_payload(
             MessageType::SyncOperation.code(),
-            &op,
+            &one_field_map(b"operation", &claim),
         ));
     }
 
@@ -57,4 +51,12 @@ fn bad_input_13_huge_length_headers_allocate_nothing_near_their_claim() {
     let honoured: Vec<u8> = Vec::with_capacity(4 << 20);
     assert!(dhat::HeapStats::get().max_bytes >= 4 << 20);
     drop(honoured);
+}
+
+/// A MessagePack map of one field, `name` (9 bytes) -> the raw `value`.
+fn one_field_map(name: &[u8; 9], value: &[u8]) -> Vec<u8> {
+    let mut map = vec![0x81, 0xa9];
+    map.extend_from_slice(name);
+    map.extend_from_slice(value);
+    map
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use nomade_transport::tls::{client_config, PeerServerVerifier, ServerAcceptance};
 use nomade_transport::{DeviceIdentity, PairedSet};
 use rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
-use rustls::quic::{ClientConnection, KeyChange, Keys, Version};
+use rustls::quic::{ClientConnection, HeaderProtectionKey, KeyChange, Keys, Version};
 use rustls::Side;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
@@ -452,33 +452,33 @@ fn protect(space: &mut Space, mut header: Vec<u8>, frames: &[u8]) -> Vec<u8> {
     let mut packet = header;
     packet.extend_from_slice(&payload);
     packet.extend_from_slice(tag.as_ref());
+    mask_header(&mut packet, pn_offset, &*keys.local.header, Mask::Apply);
+    packet
+}
+
+/// Whether [`mask_header`] applies header protection or removes it.
+enum Mask {
+    Apply,
+    Remove,
+}
+
+/// Applies or removes the header protection of `packet`, whose packet
+/// number starts at `pn_offset` (RFC 9001 section 5.4).
+fn mask_header(packet: &mut [u8], pn_offset: usize, key: &dyn HeaderProtectionKey, mask: Mask) {
     let sample_at = pn_offset + 4;
     let sample = packet[sample_at..sample_at + SAMPLE_LEN].to_vec();
     let (first, rest) = packet.split_at_mut(1);
-    keys.local
-        .header
-        .encrypt_in_place(
-            &sample,
-            &mut first[0],
-            &mut rest[pn_offset - 1..pn_offset - 1 + PACKET_NUMBER_LEN],
-        )
-        .expect("header protection");
-    packet
+    let packet_number = &mut rest[pn_offset - 1..pn_offset - 1 + PACKET_NUMBER_LEN];
+    let result = match mask {
+        Mask::Apply => key.encrypt_in_place(&sample, &mut first[0], packet_number),
+        Mask::Remove => key.decrypt_in_place(&sample, &mut first[0], packet_number),
+    };
+    result.expect("header protection");
 }
 
 /// Removes header protection and decrypts; returns the frames.
 fn unprotect(packet: &mut [u8], pn_offset: usize, keys: &Keys) -> Vec<u8> {
-    let sample_at = pn_offset + 4;
-    let sample = packet[sample_at..sample_at + SAMPLE_LEN].to_vec();
-    let (first, rest) = packet.split_at_mut(1);
-    keys.remote
-        .header
-        .decrypt_in_place(
-            &sample,
-            &mut first[0],
-            &mut rest[pn_offset - 1..pn_offset - 1 + PACKET_NUMBER_LEN],
-        )
-        .expect("remove header protection");
+    mask_header(packet, pn_offset, &*keys.remote.header, Mask::Remove);
     let pn_len = usize::from(packet[0] & 0x03) + 1;
     // The server's packet numbers stay small here: the truncated number is
     // the whole number.
