@@ -687,4 +687,10 @@ impl Replica {
     pub fn state_hash(&self) -> Hash32 {
         crate::hash::state_hash(self)
     }
+
+    /// Everything [`Replica::state_hash`] covers, in its order: what to
+    /// compare when two devices' hashes differ.
+    pub fn canonical_state(&self) -> crate::hash::CanonicalState {
+        crate::hash::canonical_state(self)
+    }
 }

@@ -104,8 +104,8 @@ pub enum PairCommand {
         /// The UDP address to listen on.
         #[arg(long, default_value = "0.0.0.0:4433")]
         listen: SocketAddr,
-        /// How long the code stays valid, in seconds.
-        #[arg(long, default_value_t = 120)]
+        /// How long the code stays valid, in seconds (the protocol's default: 5 minutes).
+        #[arg(long, default_value_t = 300)]
         ttl: u64,
     },
     /// Join a device that is showing a code.

@@ -3,12 +3,22 @@
 //! The dialer sends `HELLO`; the acceptor checks it and answers `HELLO_ACK`
 //! (or `ERROR`); the dialer checks the answer. Both check that the device id
 //! announced in the message is the one TLS authenticated, and that the
-//! protocol versions match.
+//! protocol versions match. The announced id may be written in either text
+//! form (32 characters, or 39 with dashes, in either case): it is compared as
+//! a device id, not as a string.
 
+use nomade_transport::DeviceId;
 use nomade_wire::{ErrorCode, ErrorMessage, Hash32, Hello, HelloAck, PROTOCOL_VERSION};
 
-/// Capabilities this node announces.
-pub const CAPABILITIES: [&str; 3] = ["crdt-sync", "artifact-transfer", "presence"];
+/// The capability of serving and pulling operations on sync streams.
+pub const CRDT_SYNC: &str = "crdt-sync";
+/// The capability of serving artifacts on artifact streams.
+pub const ARTIFACT_TRANSFER: &str = "artifact-transfer";
+/// The capability of sending and reading a presence stream (heartbeats).
+pub const PRESENCE: &str = "presence";
+
+/// Capabilities this node announces: all three of version 1.
+pub const CAPABILITIES: [&str; 3] = [CRDT_SYNC, ARTIFACT_TRANSFER, PRESENCE];
 
 /// What a node says about itself in HELLO / HELLO_ACK.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,14 +34,22 @@ pub struct LocalInfo {
 /// What the handshake established about the peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
-    /// The peer's device id (equal to the TLS-authenticated one).
-    pub device_id: String,
+    /// The peer's device id: the TLS-authenticated one, which the message
+    /// announced (in whichever text form).
+    pub device_id: DeviceId,
     /// The peer's name.
     pub device_name: String,
     /// The peer's capabilities.
     pub capabilities: Vec<String>,
     /// Whether the two states differed at handshake time.
     pub sync_required: bool,
+}
+
+impl PeerInfo {
+    /// Whether the peer announced `capability` (one of [`CAPABILITIES`]).
+    pub fn has(&self, capability: &str) -> bool {
+        self.capabilities.iter().any(|c| c == capability)
+    }
 }
 
 /// Why a handshake failed.
@@ -101,16 +119,20 @@ pub fn hello(local: &LocalInfo) -> Hello {
     }
 }
 
-fn check_peer(version: u8, announced: &str, authenticated: &str) -> Result<(), HandshakeError> {
+fn check_peer(
+    version: u8,
+    announced: &str,
+    authenticated: &DeviceId,
+) -> Result<(), HandshakeError> {
     if version != PROTOCOL_VERSION {
         return Err(HandshakeError::VersionMismatch {
             theirs: version,
             ours: PROTOCOL_VERSION,
         });
     }
-    if announced != authenticated {
+    if announced.parse::<DeviceId>().ok().as_ref() != Some(authenticated) {
         return Err(HandshakeError::IdentityMismatch {
-            announced: announced.to_string(),
+            announced: announced.chars().take(80).collect(),
             authenticated: authenticated.to_string(),
         });
     }
@@ -121,7 +143,7 @@ fn check_peer(version: u8, announced: &str, authenticated: &str) -> Result<(), H
 pub fn answer_hello(
     local: &LocalInfo,
     hello: &Hello,
-    peer_id: &str,
+    peer_id: &DeviceId,
 ) -> Result<(HelloAck, PeerInfo), HandshakeError> {
     check_peer(hello.protocol_version, &hello.device_id, peer_id)?;
     let sync_required = hello.sync_state_hash != local.state_hash;
@@ -134,7 +156,7 @@ pub fn answer_hello(
         sync_required,
     };
     let peer = PeerInfo {
-        device_id: hello.device_id.clone(),
+        device_id: *peer_id,
         device_name: hello.device_name.clone(),
         capabilities: hello.capabilities.clone(),
         sync_required,
@@ -143,10 +165,10 @@ pub fn answer_hello(
 }
 
 /// The dialer's check of the acceptor's `HELLO_ACK`.
-pub fn check_hello_ack(ack: &HelloAck, peer_id: &str) -> Result<PeerInfo, HandshakeError> {
+pub fn check_hello_ack(ack: &HelloAck, peer_id: &DeviceId) -> Result<PeerInfo, HandshakeError> {
     check_peer(ack.protocol_version, &ack.device_id, peer_id)?;
     Ok(PeerInfo {
-        device_id: ack.device_id.clone(),
+        device_id: *peer_id,
         device_name: ack.device_name.clone(),
         capabilities: ack.capabilities.clone(),
         sync_required: ack.sync_required,
@@ -157,32 +179,36 @@ pub fn check_hello_ack(ack: &HelloAck, peer_id: &str) -> Result<PeerInfo, Handsh
 mod tests {
     use super::*;
 
-    fn info(id: &str, hash: u8) -> LocalInfo {
+    fn id(n: u8) -> DeviceId {
+        DeviceId::from_bytes([n; 20])
+    }
+
+    fn info(n: u8, hash: u8) -> LocalInfo {
         LocalInfo {
-            device_id: id.into(),
-            device_name: format!("{id}'s device"),
+            device_id: id(n).to_string(),
+            device_name: format!("device {n}"),
             state_hash: Hash32::from([hash; 32]),
         }
     }
 
     #[test]
     fn equal_hashes_need_no_sync_and_different_ones_do() {
-        let a = info("a", 1);
-        let (ack, peer) = answer_hello(&info("b", 1), &hello(&a), "a").unwrap();
+        let a = info(1, 1);
+        let (ack, peer) = answer_hello(&info(2, 1), &hello(&a), &id(1)).unwrap();
         assert!(!ack.sync_required);
-        assert_eq!(peer.device_id, "a");
-        let (ack, _) = answer_hello(&info("b", 2), &hello(&a), "a").unwrap();
+        assert_eq!(peer.device_id, id(1));
+        let (ack, _) = answer_hello(&info(2, 2), &hello(&a), &id(1)).unwrap();
         assert!(ack.sync_required);
-        let peer = check_hello_ack(&ack, "b").unwrap();
+        let peer = check_hello_ack(&ack, &id(2)).unwrap();
         assert!(peer.sync_required);
-        assert_eq!(peer.device_name, "b's device");
+        assert_eq!(peer.device_name, "device 2");
     }
 
     #[test]
     fn version_mismatch_is_permanent_and_maps_to_its_code() {
-        let mut h = hello(&info("a", 1));
+        let mut h = hello(&info(1, 1));
         h.protocol_version = 2;
-        let err = answer_hello(&info("b", 1), &h, "a").unwrap_err();
+        let err = answer_hello(&info(2, 1), &h, &id(1)).unwrap_err();
         assert_eq!(err, HandshakeError::VersionMismatch { theirs: 2, ours: 1 });
         assert!(err.is_permanent());
         assert_eq!(
@@ -193,13 +219,41 @@ mod tests {
 
     #[test]
     fn announced_id_must_match_the_tls_identity() {
-        let err = answer_hello(&info("b", 1), &hello(&info("mallory", 1)), "a").unwrap_err();
+        let err = answer_hello(&info(2, 1), &hello(&info(3, 1)), &id(1)).unwrap_err();
         assert!(matches!(err, HandshakeError::IdentityMismatch { .. }));
         assert_eq!(
             err.to_error_message().error_code,
             ErrorCode::AUTHENTICATION_FAILED
         );
-        let (ack, _) = answer_hello(&info("b", 1), &hello(&info("a", 1)), "a").unwrap();
-        assert!(check_hello_ack(&ack, "c").is_err());
+        let mut not_an_id = hello(&info(1, 1));
+        not_an_id.device_id = "mallory".into();
+        assert!(matches!(
+            answer_hello(&info(2, 1), &not_an_id, &id(1)),
+            Err(HandshakeError::IdentityMismatch { .. })
+        ));
+        let (ack, _) = answer_hello(&info(2, 1), &hello(&info(1, 1)), &id(1)).unwrap();
+        assert!(check_hello_ack(&ack, &id(3)).is_err());
+    }
+
+    /// Issue: a HELLO carrying the 32-character form (or upper case) was
+    /// refused with a permanent AUTHENTICATION_FAILED, though a parser must
+    /// accept either form.
+    #[test]
+    fn the_announced_id_is_accepted_in_either_text_form_and_either_case() {
+        let me = id(1);
+        for form in [
+            me.to_string(),
+            me.to_compact(),
+            me.to_string().to_ascii_uppercase(),
+            me.to_compact().to_ascii_uppercase(),
+        ] {
+            let mut h = hello(&info(1, 1));
+            h.device_id = form.clone();
+            let (mut ack, peer) =
+                answer_hello(&info(2, 1), &h, &me).unwrap_or_else(|e| panic!("{form}: {e}"));
+            assert_eq!(peer.device_id, me, "{form}");
+            ack.device_id = id(2).to_compact();
+            assert_eq!(check_hello_ack(&ack, &id(2)).unwrap().device_id, id(2));
+        }
     }
 }

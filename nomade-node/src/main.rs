@@ -87,7 +87,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Pair(PairCommand::Show { listen, ttl }) => {
             let node = open()?;
             let addr = node.start(*listen).await?;
-            let code = node.pairing_code()?;
+            let code = node.pairing_code_valid_for(Duration::from_secs(*ttl))?;
             println!("pairing code: {code}");
             println!("device id:    {}", node.device_id());
             println!(

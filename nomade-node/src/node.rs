@@ -18,7 +18,7 @@ use nomade_transport::{
     PairingCode, RateLimits, Transport, TransportEvent,
 };
 use nomade_wire::{
-    ConnectivityStatus, EntityType, Envelope, ErrorCode, Hash32, Heartbeat, Message,
+    ConnectivityStatus, EntityType, Envelope, ErrorCode, ErrorMessage, Hash32, Heartbeat, Message,
     PresenceStatus, PresenceUpdate, StreamRole, SyncOperation, Value,
 };
 use tokio::sync::{broadcast, watch};
@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use crate::artifact_io;
 use crate::core::{now_ms, Change, Core};
 use crate::error::NodeError;
-use crate::handshake::{self, HandshakeError, LocalInfo};
+use crate::handshake::{self, HandshakeError, LocalInfo, PeerInfo};
 use crate::lock;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::store::PeerRecord;
@@ -536,12 +536,19 @@ impl Node {
         Ok(addr)
     }
 
-    /// Opens a pairing window and returns the short code to show the user.
+    /// Opens a pairing window of the protocol's default length (5 minutes)
+    /// and returns the short code to show the user.
     pub fn pairing_code(&self) -> Result<PairingCode, NodeError> {
+        self.pairing_code_valid_for(nomade_transport::PAIRING_TTL)
+    }
+
+    /// Opens a pairing window that closes after `ttl` (or after one attempt)
+    /// and returns the short code to show the user.
+    pub fn pairing_code_valid_for(&self, ttl: Duration) -> Result<PairingCode, NodeError> {
         let t = self
             .transport()
             .ok_or_else(|| NodeError::NotFound("a started node".into()))?;
-        Ok(t.start_pairing())
+        Ok(t.start_pairing_for(ttl))
     }
 
     /// Pairs with the device at `addr` that shows `code`, then syncs with it.
@@ -763,7 +770,7 @@ impl Node {
         self.inner.session_events.send_modify(|n| *n += 1);
     }
 
-    async fn handshake(&self, conn: &Connection, dialer: bool) -> Result<String, NodeError> {
+    async fn handshake(&self, conn: &Connection, dialer: bool) -> Result<PeerInfo, NodeError> {
         let peer = conn.peer();
         let local = LocalInfo {
             device_id: self.inner.device_id.to_string(),
@@ -785,11 +792,16 @@ impl Node {
                 .await
                 .map_err(|_| peer_err(&peer, "no HELLO_ACK"))??;
             match answer.map(|e| e.message) {
-                Some(Message::HelloAck(ack)) => {
-                    let info =
-                        handshake::check_hello_ack(&ack, &peer.to_string()).map_err(to_node_err)?;
-                    Ok(info.device_name)
-                }
+                Some(Message::HelloAck(ack)) => match handshake::check_hello_ack(&ack, &peer) {
+                    Ok(info) => Ok(info),
+                    Err(e) => {
+                        // Nobody reads the control stream after HELLO_ACK:
+                        // the dialer says why in the connection close.
+                        let code = e.to_error_message().error_code;
+                        conn.close(u32::from(code.0), &e.to_string());
+                        Err(to_node_err(e))
+                    }
+                },
                 Some(Message::Error(e)) => {
                     let err = HandshakeError::Refused(e.clone());
                     if e.error_code == ErrorCode::PROTOCOL_VERSION_MISMATCH {
@@ -827,18 +839,29 @@ impl Node {
             let hello = tokio::time::timeout(Duration::from_secs(10), recv.recv())
                 .await
                 .map_err(|_| peer_err(&peer, "no HELLO"))??;
-            let Some(Envelope {
-                message: Message::Hello(hello),
-                message_id,
-                ..
-            }) = hello
-            else {
-                return Err(peer_err(&peer, "expected HELLO"));
+            let (hello, message_id) = match hello {
+                Some(Envelope {
+                    message: Message::Hello(hello),
+                    message_id,
+                    ..
+                }) => (hello, message_id),
+                other => {
+                    let related = other.as_ref().map(|e| e.message_id);
+                    let error = ErrorMessage {
+                        error_code: ErrorCode::INVALID_MESSAGE,
+                        error_message: "the control stream starts with HELLO".into(),
+                        related_message_id: related,
+                    };
+                    let _ = tx.send(&envelope(error)).await;
+                    let _ = tx.finish().await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    return Err(peer_err(&peer, "expected HELLO"));
+                }
             };
-            match handshake::answer_hello(&local, &hello, &peer.to_string()) {
+            match handshake::answer_hello(&local, &hello, &peer) {
                 Ok((ack, info)) => {
                     tx.send(&envelope(ack)).await?;
-                    Ok(info.device_name)
+                    Ok(info)
                 }
                 Err(e) => {
                     let mut msg = e.to_error_message();
@@ -860,8 +883,8 @@ impl Node {
         ready: Option<tokio::sync::oneshot::Sender<Result<(), NodeError>>>,
     ) -> Result<(), NodeError> {
         let peer = conn.peer();
-        let name = match self.handshake(&conn, dialer).await {
-            Ok(n) => n,
+        let info = match self.handshake(&conn, dialer).await {
+            Ok(info) => info,
             Err(e) => {
                 if let Some(r) = ready {
                     let _ = r.send(Err(peer_err(&peer, e.to_string())));
@@ -869,7 +892,8 @@ impl Node {
                 return Err(e);
             }
         };
-        tracing::info!(%peer, name, dialer, "session established");
+        let name = info.device_name.clone();
+        tracing::info!(%peer, name, dialer, capabilities = ?info.capabilities, "session established");
         let (initial_tx, initial_rx) = watch::channel(None);
         // Offline once more than `missed_heartbeats` periods pass without a beat.
         let liveness = Arc::new(Mutex::new(Liveness::new(
@@ -918,13 +942,20 @@ impl Node {
         // an operation refused) asks again on a new stream after a backoff:
         // the new SYNC_REQUEST carries this device's version vector, so the
         // peer resends what is missing in an order that applies.
-        let first = conn.open_bi(StreamRole::Sync).await?;
+        // What the peer did not announce is not asked of it (PROTOCOL.md,
+        // "Capabilities").
+        let first = if info.has(handshake::CRDT_SYNC) {
+            Some(conn.open_bi(StreamRole::Sync).await?)
+        } else {
+            None
+        };
         let core = self.inner.core.clone();
         let p = peer.to_string();
         let node = self.clone();
         let mut summary_rx = initial_tx.subscribe();
         let (pull_conn, config) = (conn.clone(), self.inner.config.clone());
         let puller = tokio::spawn(async move {
+            let Some(first) = first else { return };
             let mut stream = Some(first);
             let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
             loop {
@@ -958,8 +989,9 @@ impl Node {
         });
         // Once the initial sync is in, fetch the artifacts it references.
         let c2 = conn.clone();
+        let fetches = info.has(handshake::ARTIFACT_TRANSFER);
         let fetcher = tokio::spawn(async move {
-            while summary_rx.changed().await.is_ok() {
+            while fetches && summary_rx.changed().await.is_ok() {
                 if summary_rx.borrow().is_some() {
                     node.inner.session_events.send_modify(|n| *n += 1);
                     node.fetch_missing_artifacts(&c2).await;
@@ -970,7 +1002,11 @@ impl Node {
         // Heartbeats and presence out.
         let hb = self.clone();
         let c3 = conn.clone();
+        let presence_on = info.has(handshake::PRESENCE);
         let heart = tokio::spawn(async move {
+            if !presence_on {
+                return;
+            }
             if let Err(e) = hb.send_heartbeats(&c3).await {
                 tracing::debug!(peer = %c3.peer(), error = %e, "heartbeats stopped");
             }
@@ -979,7 +1015,8 @@ impl Node {
         let result = loop {
             let incoming = tokio::select! {
                 s = conn.accept_stream() => s,
-                _ = self.watch_liveness(&liveness) => {
+                _ = self.watch_liveness(&liveness), if presence_on => {
+                    conn.close(0, "missed heartbeats");
                     break Err(peer_err(&peer, "missed heartbeats: peer offline"));
                 }
             };
@@ -1069,7 +1106,13 @@ impl Node {
                     Err(e) => break Err(e.into()),
                 }
             },
-            (role, _) => Err(peer_err(&peer, format!("unexpected {role:?} stream"))),
+            (role, _) => {
+                // The push role (0x04) is reserved: version 1 pushes live
+                // operations on the sync stream (PROTOCOL.md, "Roles").
+                recv.refuse(ErrorCode::INVALID_MESSAGE, "no such stream is served")
+                    .await;
+                Err(peer_err(&peer, format!("unexpected {role:?} stream")))
+            }
         };
         if let Err(e) = result {
             tracing::debug!(%peer, ?role, error = %e, "stream ended");

@@ -850,7 +850,9 @@ async fn g_garbage_frames_do_not_disturb_a_good_peer() {
             device_id: bad_id.to_string(),
             device_name: "bad".into(),
             protocol_version: nomade_wire::PROTOCOL_VERSION,
-            capabilities: vec![],
+            capabilities: nomade_node::handshake::CAPABILITIES
+                .map(String::from)
+                .to_vec(),
             sync_state_hash: Hash32::default(),
         };
         ctl.send(&Envelope::new(MessageId::from([1; 16]), 0, hello))

@@ -126,13 +126,14 @@ async fn pair_by_code_sync_both_ways_and_move_an_artifact() {
 }
 
 /// A device driven by hand: a bare transport paired with `node` (at `addr`)
-/// and connected to it, which has sent a HELLO speaking `protocol_version`
-/// on a control stream. Returns the transport, the connection and what the
-/// node answered.
+/// and connected to it, which has sent a HELLO on a control stream: all
+/// capabilities, the current protocol version, its id in the shown form,
+/// then changed by `shape`. Returns the transport, the connection and what
+/// the node answered.
 async fn hand_driven_peer(
     node: &Node,
     addr: std::net::SocketAddr,
-    protocol_version: u8,
+    shape: impl FnOnce(&mut nomade_wire::Hello),
 ) -> (
     nomade_transport::Transport,
     nomade_transport::Connection,
@@ -161,18 +162,132 @@ async fn hand_driven_peer(
         .open_bi(StreamRole::Control)
         .await
         .expect("control stream");
-    let hello = Hello {
+    let mut hello = Hello {
         device_id: id.to_string(),
         device_name: "by hand".into(),
-        protocol_version,
-        capabilities: vec![],
+        protocol_version: nomade_wire::PROTOCOL_VERSION,
+        capabilities: nomade_node::handshake::CAPABILITIES
+            .map(String::from)
+            .to_vec(),
         sync_state_hash: Hash32::default(),
     };
+    shape(&mut hello);
     tx.send(&Envelope::new(MessageId::from([1; 16]), 0, hello))
         .await
         .expect("send");
     let answer = rx.recv().await.expect("recv").expect("an answer");
     (transport, conn, answer)
+}
+
+/// PROTOCOL.md, "Capabilities" and "device_id": a HELLO may carry the id in
+/// its 32-character form, in upper case; a peer that does not announce
+/// `presence` is neither sent heartbeats nor cut off for sending none, and
+/// one that announces `crdt-sync` is pulled from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compact_id_is_accepted_and_what_a_peer_does_not_announce_is_not_asked_of_it() {
+    use nomade_wire::{Message, StreamRole};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::open(&dir.path().join("node"), config("node")).expect("open");
+    let addr = online(&node).await;
+    let (transport, conn, answer) = hand_driven_peer(&node, addr, |h| {
+        h.device_id = h.device_id.replace('-', "").to_ascii_uppercase();
+        h.capabilities = vec!["crdt-sync".into()];
+    })
+    .await;
+    assert!(matches!(answer.message, Message::HelloAck(_)), "{answer:?}");
+    let mut others = Vec::new();
+    let _sync = next_sync_stream(&conn, &mut others).await;
+    // Several times the heartbeat timeout (4 periods of 500 ms) without a beat.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        node.is_connected(&transport.device_id()),
+        "cut off for silence"
+    );
+    assert!(conn.close_reason().is_none());
+    while let Ok(Ok(s)) =
+        tokio::time::timeout(Duration::from_millis(200), conn.accept_stream()).await
+    {
+        others.push(s);
+    }
+    assert!(
+        others.iter().all(|s| s.role != StreamRole::Presence),
+        "a presence stream was opened: {:?}",
+        others.iter().map(|s| s.role).collect::<Vec<_>>()
+    );
+    node.shutdown().await;
+}
+
+/// PROTOCOL.md, "Where ERROR travels": nobody reads the control stream after
+/// HELLO_ACK, so a dialer that refuses the answer says why in the
+/// connection close: code 6 for an answer naming another device, 1 for
+/// another protocol version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialer_refusing_hello_ack_closes_with_the_error_code() {
+    use nomade_transport::{Config, DeviceIdentity, PairedSet, Transport};
+    use nomade_wire::{Envelope, Hash32, HelloAck, Message, MessageId, StreamRole};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::open(&dir.path().join("node"), config("node")).expect("open");
+    online(&node).await;
+    for (case, expected_code) in [("another device", 6u32), ("another version", 1)] {
+        let identity = DeviceIdentity::generate().expect("identity");
+        let id = identity.device_id();
+        node.add_peer(id, "acceptor", &[]).expect("pair");
+        let paired = PairedSet::new();
+        paired.insert(node.device_id());
+        let acceptor = Transport::bind(
+            identity,
+            paired,
+            "127.0.0.1:0".parse().expect("addr"),
+            Config::default(),
+        )
+        .expect("bind");
+        let addr = acceptor.local_addr().expect("addr");
+        let dial = {
+            let node = node.clone();
+            tokio::spawn(async move { node.connect(addr, id).await })
+        };
+        let conn = acceptor.accept().await.expect("accept");
+        let mut control = conn.accept_stream().await.expect("control");
+        assert_eq!(control.role, StreamRole::Control);
+        let hello = control.recv.recv().await.expect("recv").expect("HELLO");
+        assert!(matches!(hello.message, Message::Hello(_)), "{hello:?}");
+        let ack = HelloAck {
+            device_id: if case == "another device" {
+                DeviceIdentity::generate()
+                    .expect("id")
+                    .device_id()
+                    .to_string()
+            } else {
+                id.to_string()
+            },
+            device_name: "acceptor".into(),
+            protocol_version: if case == "another version" { 2 } else { 1 },
+            capabilities: vec![],
+            sync_state_hash: Hash32::default(),
+            sync_required: true,
+        };
+        let mut tx = control.send.take().expect("bidirectional");
+        tx.send(&Envelope::new(MessageId::from([9; 16]), 0, ack))
+            .await
+            .expect("send");
+        let closed = tokio::time::timeout(Duration::from_secs(5), conn.quinn().closed())
+            .await
+            .expect("the dialer closes");
+        match closed {
+            quinn::ConnectionError::ApplicationClosed(c) => {
+                assert_eq!(
+                    c.error_code.into_inner(),
+                    u64::from(expected_code),
+                    "{case}"
+                )
+            }
+            other => panic!("{case}: {other:?}"),
+        }
+        assert!(dial.await.expect("join").is_err(), "{case}");
+    }
+    node.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,7 +298,7 @@ async fn a_peer_with_another_protocol_version_is_told_to_update() {
     let node = Node::open(&dir.path().join("node"), config("node")).expect("open");
     let addr = online(&node).await;
     // A future device, speaking protocol version 2, paired with the node.
-    let (transport, conn, answer) = hand_driven_peer(&node, addr, 2).await;
+    let (transport, conn, answer) = hand_driven_peer(&node, addr, |h| h.protocol_version = 2).await;
     let future_id = transport.device_id();
     match answer.message {
         Message::Error(e) => {
@@ -362,8 +477,7 @@ async fn bad_input_21_a_peer_overflowing_the_causal_buffer_is_asked_to_resync() 
     )
     .expect("open");
     let addr = online(&node).await;
-    let (_transport, conn, answer) =
-        hand_driven_peer(&node, addr, nomade_wire::PROTOCOL_VERSION).await;
+    let (_transport, conn, answer) = hand_driven_peer(&node, addr, |_| {}).await;
     assert!(matches!(answer.message, Message::HelloAck(_)), "{answer:?}");
     let mut presence = conn.open_uni(StreamRole::Presence).await.expect("presence");
     let beats = tokio::spawn(async move {

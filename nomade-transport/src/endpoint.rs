@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nomade_wire::{Limits, RecentIds, StreamHeader, StreamRole};
+use nomade_wire::{ErrorCode, Limits, RecentIds, StreamHeader, StreamRole};
 use quinn_proto::TransportErrorCode;
 use tokio::sync::{broadcast, mpsc};
 
@@ -959,13 +959,9 @@ async fn read_header(
     let header = match header {
         Ok(h) if h.role.is_bidirectional() == send.is_some() => h,
         other => {
-            tracing::warn!(result = ?other.map(|h| h.role), "bad stream header: stream reset");
+            tracing::warn!(result = ?other.as_ref().map(|h| h.role), "bad stream header: stream refused");
             settings.rejected.count(Rejected::StreamHeader);
-            let code = quinn::VarInt::from_u32(close_code::INVALID_MESSAGE);
-            let _ = recv.stop(code);
-            if let Some(mut s) = send {
-                let _ = s.reset(code);
-            }
+            refuse_stream(send, recv, other).await;
             return;
         }
     };
@@ -982,6 +978,34 @@ async fn read_header(
         settings.recv_checks(role),
     );
     let _ = tx.send(IncomingStream { role, send, recv }).await;
+}
+
+/// Refuses a stream whose header was bad (`header`: what reading it gave).
+/// A bidirectional stream gets an `ERROR` and FIN on its reply half (no
+/// RESET_STREAM, which may discard the ERROR); the receive half gets
+/// STOP_SENDING with the same code.
+async fn refuse_stream(
+    send: Option<quinn::SendStream>,
+    mut recv: quinn::RecvStream,
+    header: Result<StreamHeader>,
+) {
+    let (code, why) = match &header {
+        Ok(h) => (
+            ErrorCode::INVALID_MESSAGE,
+            format!("a {:?} stream in the wrong direction", h.role),
+        ),
+        Err(TransportError::Decode(e)) => (e.error_code(), e.to_string()),
+        Err(e) => (ErrorCode::INVALID_MESSAGE, e.to_string()),
+    };
+    let _ = recv.stop(quinn::VarInt::from_u32(u32::from(code.0)));
+    let Some(mut send) = send else { return };
+    if let Ok(frame) = crate::stream::error_envelope(code, &why, None).to_bytes() {
+        let write = tokio::time::timeout(Duration::from_secs(2), send.write_all(&frame));
+        if !matches!(write.await, Ok(Ok(()))) {
+            tracing::debug!("could not deliver ERROR for a bad stream header");
+        }
+    }
+    let _ = send.finish();
 }
 
 #[cfg(test)]

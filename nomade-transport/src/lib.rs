@@ -74,7 +74,7 @@ pub use counters::RejectedInput;
 pub use endpoint::{Config, Connection, Transport, TransportEvent};
 pub use error::{close_code, Result, TransportError};
 pub use identity::{DeviceId, DeviceIdentity};
-pub use pairing::PairingCode;
+pub use pairing::{PairingCode, PAIRING_TTL};
 pub use ratelimit::{RateLimiter, RateLimits, TokenBucket};
 pub use stream::{FramedRecv, FramedSend, IncomingStream};
 pub use tls::PairedSet;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use nomade_wire::{
-    Decoder, Envelope, ErrorCode, ErrorMessage, Limits, Message, MessageId, RecentIds,
+    Decoder, Envelope, ErrorCode, ErrorMessage, FrameHeader, Limits, Message, MessageId, RecentIds,
     StreamHeader, StreamRole,
 };
 use tokio::sync::Mutex;
@@ -253,7 +253,8 @@ impl FramedRecv {
                 Err(e) => {
                     tracing::warn!(role = ?self.role, error = %e, "bad frame: ending stream");
                     self.checks.rejected.count(Rejected::Frame);
-                    self.fail(e.error_code(), &e.to_string()).await;
+                    let related = self.decoder.rejected_message_id();
+                    self.fail(e.error_code(), &e.to_string(), related).await;
                     return Err(e.into());
                 }
             }
@@ -273,8 +274,13 @@ impl FramedRecv {
                     Err(_) => {
                         tracing::warn!(role = ?self.role, deadline = ?self.checks.deadline, "message deadline passed: ending stream");
                         self.checks.rejected.count(Rejected::Deadline);
-                        self.fail(ErrorCode::INVALID_MESSAGE, "message not completed in time")
-                            .await;
+                        let related = FrameHeader::peek_message_id(&self.buf);
+                        self.fail(
+                            ErrorCode::INVALID_MESSAGE,
+                            "message not completed in time",
+                            related,
+                        )
+                        .await;
                         return Err(TransportError::Deadline(self.checks.deadline));
                     }
                 }
@@ -294,7 +300,8 @@ impl FramedRecv {
                     let e = self.decoder.truncation(&self.buf);
                     tracing::warn!(role = ?self.role, error = %e, "stream ended mid-frame");
                     self.checks.rejected.count(Rejected::Frame);
-                    self.fail(e.error_code(), &e.to_string()).await;
+                    let related = FrameHeader::peek_message_id(&self.buf);
+                    self.fail(e.error_code(), &e.to_string(), related).await;
                     return Err(e.into());
                 }
             }
@@ -318,13 +325,24 @@ impl FramedRecv {
         !first
     }
 
-    /// Ends this stream after bad input: ERROR on the reply half (if any),
-    /// then STOP_SENDING on the receive half.
-    async fn fail(&mut self, code: ErrorCode, why: &str) {
+    /// Refuses this stream: `ERROR { code, why }` on the reply half (when
+    /// the stream is bidirectional), then FIN, then STOP_SENDING with `code`
+    /// on the receive half. For a stream the application does not serve
+    /// (the push role, for one); later [`FramedRecv::recv`] calls return
+    /// `Ok(None)`.
+    pub async fn refuse(&mut self, code: ErrorCode, why: &str) {
+        self.fail(code, why, None).await
+    }
+
+    /// Ends this stream after bad input: ERROR (naming the offending frame
+    /// when its header was readable) on the reply half, if any, then FIN on
+    /// that half (never RESET_STREAM, which may discard the ERROR), then
+    /// STOP_SENDING on the receive half.
+    async fn fail(&mut self, code: ErrorCode, why: &str, related: Option<MessageId>) {
         self.done = true;
         self.buf.clear();
         if let Some(reply) = self.reply.take() {
-            let env = error_envelope(code, why, None);
+            let env = error_envelope(code, why, related);
             let mut s = reply.lock().await;
             let mut frame = BytesMut::new();
             if env.encode_into(&mut frame).is_ok() {

@@ -460,6 +460,22 @@ impl FrameHeader {
         }))
     }
 
+    /// The `message_id` of the frame that `buf` starts, once its 31-byte
+    /// header is there with a valid version and message type, whatever else
+    /// is wrong with the frame: what an `ERROR` names as its
+    /// `related_message_id`. `None` while the header is incomplete or unusable.
+    pub fn peek_message_id(buf: &[u8]) -> Option<MessageId> {
+        let header = buf.get(..HEADER_LEN)?;
+        if header[0] != PROTOCOL_VERSION
+            || MessageType::from_code(u16::from_be_bytes([header[1], header[2]])).is_none()
+        {
+            return None;
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&header[3..19]);
+        Some(MessageId::from(id))
+    }
+
     /// Length of the whole frame this header starts.
     pub fn frame_len(&self) -> usize {
         HEADER_LEN + self.payload_length as usize + CHECKSUM_LEN
@@ -473,6 +489,7 @@ impl FrameHeader {
 #[derive(Debug, Clone, Default)]
 pub struct Decoder {
     limits: Limits,
+    rejected: Option<MessageId>,
 }
 
 impl Decoder {
@@ -483,7 +500,10 @@ impl Decoder {
 
     /// A decoder with the given limits.
     pub fn with_limits(limits: Limits) -> Self {
-        Decoder { limits }
+        Decoder {
+            limits,
+            rejected: None,
+        }
     }
 
     /// The limits in force.
@@ -497,6 +517,19 @@ impl Decoder {
     /// frame's bytes were removed from `buf`. `Err`: the frame is invalid; its
     /// bytes (when complete) were removed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Envelope>, DecodeError> {
+        let id = FrameHeader::peek_message_id(buf);
+        let result = self.decode_frame(buf);
+        self.rejected = if result.is_err() { id } else { None };
+        result
+    }
+
+    /// The `message_id` of the frame the last [`Decoder::decode`] rejected,
+    /// when its header was readable (see [`FrameHeader::peek_message_id`]).
+    pub fn rejected_message_id(&self) -> Option<MessageId> {
+        self.rejected
+    }
+
+    fn decode_frame(&mut self, buf: &mut BytesMut) -> Result<Option<Envelope>, DecodeError> {
         let Some(header) = FrameHeader::parse(buf, &self.limits)? else {
             return Ok(None);
         };
@@ -549,6 +582,38 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An ERROR for a frame whose header was readable names that frame
+    /// (`related_message_id`), whatever was wrong with its payload.
+    #[test]
+    fn the_rejected_frame_is_named_once_its_header_was_readable() {
+        let mut dec = Decoder::new();
+        let good = chunk_envelope(Bytes::from_static(b"abc"));
+        let mut bad = BytesMut::from(&good.to_bytes().expect("encode")[..]);
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert_eq!(dec.decode(&mut bad), Err(DecodeError::ChecksumMismatch));
+        assert_eq!(dec.rejected_message_id(), Some(good.message_id));
+        // A payload that is not the message's map: still named.
+        let mut frame = BytesMut::from(&good.to_bytes().expect("encode")[..HEADER_LEN]);
+        frame[27..31].copy_from_slice(&1u32.to_be_bytes());
+        frame.extend_from_slice(&[0xc0]);
+        frame.extend_from_slice(blake3::hash(&[0xc0]).as_bytes());
+        assert!(matches!(
+            dec.decode(&mut frame),
+            Err(DecodeError::MalformedPayload { .. })
+        ));
+        assert_eq!(dec.rejected_message_id(), Some(good.message_id));
+        // An unknown type: the header is not usable, nothing is named.
+        let mut unknown = BytesMut::from(&good.to_bytes().expect("encode")[..]);
+        unknown[1] = 0x7f;
+        assert!(dec.decode(&mut unknown).is_err());
+        assert_eq!(dec.rejected_message_id(), None);
+        assert_eq!(
+            FrameHeader::peek_message_id(&unknown[..HEADER_LEN - 1]),
+            None
+        );
+    }
 
     fn chunk_envelope(data: Bytes) -> Envelope {
         Envelope::new(

@@ -37,28 +37,31 @@ fn hash(n: u8) -> Hash32 {
     Hash32::from([n; 32])
 }
 
-const LAPTOP: &str = "k3x9-2mfa-q8d1-7pzr-c4hn-wt6e-b5ys-0gvu";
-const PHONE: &str = "m7ae-dq3r-9x2k-fh8p-1wzc-u5tn-6jgb-v0ls";
+/// A valid device id (the worked vector of PROTOCOL.md, "Device identity").
+const LAPTOP: &str = "cvml-efwx-x7jt-253v-yrk5-ma4a-2orm-6ypr";
+/// Another valid device id: 32 characters of `a-z2-7`, shown in groups of 4.
+const PHONE: &str = "m7ae-dq3r-2x2k-fh7p-lwzc-u5tn-6jgb-vals";
 
 fn vv(entries: &[(&str, u64)]) -> VersionVector {
     entries.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
-/// A ~100-byte `SYNC_OPERATION`: a short string written into a document field.
+/// A small `SYNC_OPERATION` (a 259-byte payload, most of it the two
+/// device ids): a short string written into a document field.
 pub fn small_sync_operation() -> SyncOperation {
     SyncOperation {
         entity_id: "notes/todo".into(),
         entity_type: EntityType::Document,
         operation: CrdtOperation {
             counter: 42,
-            deps: vv(&[("laptop", 41), ("phone", 7)]),
+            deps: vv(&[(LAPTOP, 41), (PHONE, 7)]),
             edit: Edit::Set {
                 key: "title".into(),
                 value: Value::String("Groceries".into()),
             },
         },
         timestamp: SAMPLE_TIMESTAMP,
-        actor_id: "laptop".into(),
+        actor_id: LAPTOP.into(),
     }
 }
 
@@ -128,7 +131,7 @@ pub fn all() -> Vec<Sample> {
             entity_types: vec![EntityType::Document, EntityType::Conversation],
             since_timestamp: Some(SAMPLE_TIMESTAMP - 60_000),
             full_sync: false,
-            version_vector: Some(vv(&[("laptop", 41), ("phone", 7)])),
+            version_vector: Some(vv(&[(LAPTOP, 41), (PHONE, 7)])),
         }
         .into(),
     );
@@ -144,14 +147,14 @@ pub fn all() -> Vec<Sample> {
             entity_type: EntityType::Document,
             operation: CrdtOperation {
                 counter: 43,
-                deps: vv(&[("laptop", 42)]),
+                deps: vv(&[(LAPTOP, 42)]),
                 edit: Edit::Set {
                     key: "meta".into(),
                     value: Value::Map(fields.clone()),
                 },
             },
             timestamp: SAMPLE_TIMESTAMP,
-            actor_id: "laptop".into(),
+            actor_id: LAPTOP.into(),
         }
         .into(),
     );
@@ -162,11 +165,11 @@ pub fn all() -> Vec<Sample> {
             entity_type: EntityType::Document,
             operation: CrdtOperation {
                 counter: 8,
-                deps: vv(&[("laptop", 43), ("phone", 7)]),
+                deps: vv(&[(LAPTOP, 43), (PHONE, 7)]),
                 edit: Edit::Delete { key: "meta".into() },
             },
             timestamp: SAMPLE_TIMESTAMP,
-            actor_id: "phone".into(),
+            actor_id: PHONE.into(),
         }
         .into(),
     );
@@ -177,11 +180,11 @@ pub fn all() -> Vec<Sample> {
             entity_type: EntityType::Conversation,
             operation: CrdtOperation {
                 counter: 9,
-                deps: vv(&[("phone", 8)]),
+                deps: vv(&[(PHONE, 8)]),
                 edit: Edit::Insert {
                     field: None,
                     after: Some(crate::ElementId {
-                        actor: "laptop".into(),
+                        actor: LAPTOP.into(),
                         counter: 3,
                         offset: 0,
                     }),
@@ -194,7 +197,7 @@ pub fn all() -> Vec<Sample> {
                 },
             },
             timestamp: SAMPLE_TIMESTAMP,
-            actor_id: "phone".into(),
+            actor_id: PHONE.into(),
         }
         .into(),
     );
@@ -205,7 +208,7 @@ pub fn all() -> Vec<Sample> {
             entity_type: EntityType::Document,
             operation: CrdtOperation {
                 counter: 44,
-                deps: vv(&[("laptop", 43)]),
+                deps: vv(&[(LAPTOP, 43)]),
                 edit: Edit::InsertText {
                     field: "body".into(),
                     after: None,
@@ -213,7 +216,7 @@ pub fn all() -> Vec<Sample> {
                 },
             },
             timestamp: SAMPLE_TIMESTAMP,
-            actor_id: "laptop".into(),
+            actor_id: LAPTOP.into(),
         }
         .into(),
     );
@@ -224,18 +227,18 @@ pub fn all() -> Vec<Sample> {
             entity_type: EntityType::Document,
             operation: CrdtOperation {
                 counter: 45,
-                deps: vv(&[("laptop", 44)]),
+                deps: vv(&[(LAPTOP, 44)]),
                 edit: Edit::Remove {
                     field: Some("body".into()),
                     targets: vec![crate::ElementId {
-                        actor: "laptop".into(),
+                        actor: LAPTOP.into(),
                         counter: 44,
                         offset: 1,
                     }],
                 },
             },
             timestamp: SAMPLE_TIMESTAMP,
-            actor_id: "laptop".into(),
+            actor_id: LAPTOP.into(),
         }
         .into(),
     );
@@ -261,7 +264,7 @@ pub fn all() -> Vec<Sample> {
             operations: vec![small_sync_operation(), {
                 let mut op = small_sync_operation();
                 op.operation.counter = 43;
-                op.operation.deps = vv(&[("laptop", 42), ("phone", 7)]);
+                op.operation.deps = vv(&[(LAPTOP, 42), (PHONE, 7)]);
                 op.operation.edit = Edit::Delete {
                     key: "title".into(),
                 };
@@ -275,9 +278,9 @@ pub fn all() -> Vec<Sample> {
         DeltaSync {
             entity_id: "notes/todo".into(),
             changed_fields: fields,
-            actor_id: "laptop".into(),
+            actor_id: LAPTOP.into(),
             first_counter: 50,
-            deps: vv(&[("laptop", 49), ("phone", 7)]),
+            deps: vv(&[(LAPTOP, 49), (PHONE, 7)]),
             timestamp: SAMPLE_TIMESTAMP,
         }
         .into(),

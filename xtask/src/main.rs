@@ -247,8 +247,8 @@ fn layering() -> Result<()> {
     Ok(())
 }
 
-/// Checks docs/PROTOCOL.md against the test vectors with an independent
-/// Python decoder (msgpack + blake3 from PyPI).
+/// Checks docs/PROTOCOL.md against the test vectors (frames, and the state
+/// hash) with an independent Python decoder (msgpack + blake3 from PyPI).
 fn spec_check() -> Result<()> {
     let script = Path::new("nomade-wire/tests/interop/check_vectors.py");
     if !script.exists() {
@@ -260,6 +260,13 @@ fn spec_check() -> Result<()> {
         Command::new(&py)
             .arg(script)
             .arg("nomade-wire/tests/vectors.json"),
+    )?;
+    run(
+        "spec check of the state hash (independent Python)",
+        Command::new(&py)
+            .arg(script)
+            .arg("--state-hash")
+            .arg("nomade-crdt/tests/state_hash_vectors.json"),
     )
 }
 

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use nomade_transport::{Connection, TransportError};
-use nomade_wire::{Ack, ErrorCode, Message, MessageId, StreamRole};
+use nomade_wire::{Ack, Envelope, ErrorCode, Message, MessageId, StreamRole};
 
 use crate::{beat, pair};
 
@@ -80,7 +80,11 @@ async fn garbage_on_one_stream_leaves_the_others_working() {
     // The sender gets an ERROR (INVALID_MESSAGE) on that stream.
     let reply = bad_rx.recv().await.expect("error frame").expect("some");
     match reply.message {
-        Message::Error(e) => assert_eq!(e.error_code, ErrorCode::INVALID_MESSAGE),
+        Message::Error(e) => {
+            assert_eq!(e.error_code, ErrorCode::INVALID_MESSAGE);
+            // The header was readable: the ERROR names the frame.
+            assert_eq!(e.related_message_id, Some(beat(2).message_id));
+        }
         other => panic!("expected ERROR, got {other:?}"),
     }
     // The other stream and the connection still work.
@@ -97,27 +101,39 @@ async fn garbage_on_one_stream_leaves_the_others_working() {
     assert!(ca.close_reason().is_none());
 }
 
+/// An unknown stream role is answered with an ERROR (code 2) and FIN, never
+/// RESET_STREAM (which may discard the ERROR), and the stream is not
+/// delivered; an unsupported stream version gets code 1.
 #[tokio::test]
-async fn unknown_stream_role_is_reset_and_not_delivered() {
+async fn unknown_stream_role_is_refused_with_an_error_and_not_delivered() {
     let (_a, b, ca, cb) = connected().await;
-    let (mut raw, mut raw_recv) = ca.quinn().open_bi().await.expect("raw stream");
-    raw.write_all(&[0x09, 0x01]).await.expect("header");
-    // The peer resets it: our read side sees a reset with INVALID_MESSAGE.
-    let mut buf = [0u8; 8];
-    let r = tokio::time::timeout(Duration::from_secs(5), raw_recv.read(&mut buf))
-        .await
-        .expect("in time");
-    assert!(
-        matches!(r, Err(quinn::ReadError::Reset(code)) if code == quinn::VarInt::from_u32(2)),
-        "{r:?}"
-    );
+    for (header, code) in [
+        ([0x09, 0x01], ErrorCode::INVALID_MESSAGE),
+        ([0x07, 0x01], ErrorCode::INVALID_MESSAGE),
+        ([0x01, 0x02], ErrorCode::PROTOCOL_VERSION_MISMATCH),
+    ] {
+        let (mut raw, mut raw_recv) = ca.quinn().open_bi().await.expect("raw stream");
+        raw.write_all(&header).await.expect("header");
+        let reply = tokio::time::timeout(Duration::from_secs(5), raw_recv.read_to_end(4096))
+            .await
+            .expect("in time")
+            .expect("an ERROR then FIN, not a reset");
+        let env = Envelope::decode(&reply).expect("one ERROR frame");
+        match env.message {
+            Message::Error(e) => {
+                assert_eq!(e.error_code, code, "{header:?}");
+                assert_eq!(e.related_message_id, None);
+            }
+            other => panic!("expected ERROR, got {other:?}"),
+        }
+    }
     // A good stream afterwards is the first one delivered.
     let mut s = ca.open_uni(StreamRole::Presence).await.expect("open");
     s.send(&beat(7)).await.expect("send");
     let mut inc = cb.accept_stream().await.expect("accept");
     assert_eq!(inc.role, StreamRole::Presence);
     assert_eq!(inc.recv.recv().await.expect("recv"), Some(beat(7)));
-    assert_eq!(b.rejected_input().stream_headers, 1);
+    assert_eq!(b.rejected_input().stream_headers, 3);
 }
 
 /// A connection to a transport whose per-message deadline is `deadline`.

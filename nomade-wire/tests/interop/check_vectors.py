@@ -19,6 +19,11 @@ and exits 1. It also fails when some message type has no vector.
 
 `--self-test` runs the checker on frames it builds itself from the spec (the
 worked example of PROTOCOL.md "Test vectors" among them) instead of a file.
+
+`--state-hash PATH` checks state-hash vectors (nomade-crdt/tests/
+state_hash_vectors.json): each operation frame decodes, and the hash of the
+written-out state, computed by the rules of PROTOCOL.md "State hash", is the
+published one.
 """
 
 from __future__ import annotations
@@ -406,6 +411,54 @@ def decode_payload(mtype: int, payload: bytes):
     return obj
 
 
+# --- PROTOCOL.md "Device identity": the text forms of a device id ------------
+
+B32 = set("abcdefghijklmnopqrstuvwxyz234567")
+
+
+def is_device_id(s: str) -> bool:
+    """Any accepted form: 32 base32 characters once dashes are removed, either case."""
+    compact = s.replace("-", "").lower()
+    return len(compact) == 32 and set(compact) <= B32
+
+
+def is_shown_device_id(s: str) -> bool:
+    """The one form that travels as an actor: 8 dash-joined groups of 4, lower case."""
+    groups = s.split("-")
+    return len(groups) == 8 and all(len(g) == 4 and set(g) <= B32 for g in groups)
+
+
+def actors_of(mtype: int, obj):
+    """Every actor id a message carries (SYNC_OPERATION and the messages built of it)."""
+    def of_op(op):
+        yield op["actor_id"]
+        yield from op["operation"]["deps"].keys()
+        ((_, body),) = op["operation"]["edit"].items()
+        if body.get("after") is not None:
+            yield body["after"]["actor"]
+        for t in body.get("targets", []):
+            yield t["actor"]
+    if mtype == 0x0102:
+        yield from of_op(obj)
+    elif mtype == 0x0105:
+        for op in obj["operations"]:
+            yield from of_op(op)
+    elif mtype == 0x0106:
+        yield obj["actor_id"]
+        yield from obj["deps"].keys()
+    elif mtype == 0x0101 and "version_vector" in obj:
+        yield from obj["version_vector"].keys()
+
+
+def check_identities(mtype: int, obj) -> None:
+    """HELLO/HELLO_ACK name a valid device id; actor ids are in the shown form."""
+    if mtype in (0x0001, 0x0002) and not is_device_id(obj["device_id"]):
+        raise SpecError(f"device_id {obj['device_id']!r} is not a device id")
+    for actor in actors_of(mtype, obj):
+        if not is_shown_device_id(actor):
+            raise SpecError(f"actor {actor!r} is not a device id in its shown form")
+
+
 def expect_rejected(frame: bytes, what: str, exc=SpecError) -> None:
     try:
         decode_frame(frame)
@@ -436,7 +489,8 @@ def check_vector(v) -> None:
         raise SpecError(f"unknown message type 0x{mtype:04x}")
     if HEADER_LEN + length + CHECKSUM_LEN != len(frame):
         raise SpecError(f"payload_length {length} does not match a frame of {len(frame)} bytes")
-    got_type, got_id, got_ts, payload, _obj = decode_frame(frame)
+    got_type, got_id, got_ts, payload, obj = decode_frame(frame)
+    check_identities(got_type, obj)
     rebuilt = build_frame(got_type, got_id, got_ts, payload)
     if rebuilt != frame:
         raise SpecError("the frame rebuilt from its parts differs from frame_hex")
@@ -515,19 +569,20 @@ def self_test_vectors():
     ts = 1_700_000_000_000
     h = lambda n: bytes([n]) * 32  # noqa: E731
     mid = lambda n: bytes((n * 16 + i) & 0xFF for i in range(16))  # noqa: E731
-    vv = {"laptop": 41, "phone": 7}
+    laptop, phone = "cvml-efwx-x7jt-253v-yrk5-ma4a-2orm-6ypr", "m7ae-dq3r-2x2k-fh7p-lwzc-u5tn-6jgb-vals"
+    vv = {laptop: 41, phone: 7}
     set_op = {
         "entity_id": "notes/todo",
         "entity_type": "document",
         "operation": {"counter": 42, "deps": vv, "edit": {"set": {"key": "title", "value": "Groceries"}}},
         "timestamp": ts,
-        "actor_id": "laptop",
+        "actor_id": laptop,
     }
     fields = {"done": False, "n": -3, "score": 0.5}
     msgs = [
-        ("hello", 0x0001, {"device_id": "k3x9", "device_name": "Ana's laptop", "protocol_version": 1,
+        ("hello", 0x0001, {"device_id": laptop, "device_name": "Ana's laptop", "protocol_version": 1,
                            "capabilities": ["crdt-sync", "artifact-transfer"], "sync_state_hash": h(0x11)}),
-        ("hello_ack", 0x0002, {"device_id": "m7ae", "device_name": "Ana's phone", "protocol_version": 1,
+        ("hello_ack", 0x0002, {"device_id": phone.replace("-", ""), "device_name": "Ana's phone", "protocol_version": 1,
                                "capabilities": ["crdt-sync"], "sync_state_hash": h(0x22), "sync_required": True}),
         ("sync_request_full", 0x0101, {"entity_types": [], "since_timestamp": None, "full_sync": True}),
         ("sync_request_incremental", 0x0101, {"entity_types": ["document", "conversation"],
@@ -536,26 +591,26 @@ def self_test_vectors():
         ("sync_operation_set", 0x0102, set_op),
         ("sync_operation_insert", 0x0102, {
             "entity_id": "chat/family", "entity_type": "conversation",
-            "operation": {"counter": 9, "deps": {"phone": 8}, "edit": {"insert": {
-                "field": None, "after": {"actor": "laptop", "counter": 3, "offset": 0},
+            "operation": {"counter": 9, "deps": {phone: 8}, "edit": {"insert": {
+                "field": None, "after": {"actor": laptop, "counter": 3, "offset": 0},
                 "values": ["see you at 8", b"\x00\x01\x02", None, [1, 300], {"a": -40000, "b": 2**63 - 1}]}}},
-            "timestamp": -1, "actor_id": "phone"}),
+            "timestamp": -1, "actor_id": phone}),
         ("sync_operation_insert_text", 0x0102, {
             "entity_id": "notes/todo", "entity_type": "document",
-            "operation": {"counter": 44, "deps": {"laptop": 43}, "edit": {"insert_text": {
+            "operation": {"counter": 44, "deps": {laptop: 43}, "edit": {"insert_text": {
                 "field": "body", "after": None, "text": "h\u00e9llo \U0001F44B"}}},
-            "timestamp": ts, "actor_id": "laptop"}),
+            "timestamp": ts, "actor_id": laptop}),
         ("sync_operation_remove", 0x0102, {
             "entity_id": "notes/todo", "entity_type": "document",
-            "operation": {"counter": 45, "deps": {"laptop": 44}, "edit": {"remove": {
-                "field": "body", "targets": [{"actor": "laptop", "counter": 44, "offset": 1}]}}},
-            "timestamp": ts, "actor_id": "laptop"}),
+            "operation": {"counter": 45, "deps": {laptop: 44}, "edit": {"remove": {
+                "field": "body", "targets": [{"actor": laptop, "counter": 44, "offset": 1}]}}},
+            "timestamp": ts, "actor_id": laptop}),
         ("sync_complete", 0x0103, {"entity_types": ["document"], "operations_count": 1234, "new_state_hash": h(0x33)}),
         ("ack", 0x0104, {"message_ids": [mid(200), mid(201)]}),
         ("batched_sync", 0x0105, {"operations": [set_op, dict(set_op, operation={
-            "counter": 43, "deps": {"laptop": 42, "phone": 7}, "edit": {"delete": {"key": "title"}}})]}),
-        ("delta_sync", 0x0106, {"entity_id": "notes/todo", "changed_fields": fields, "actor_id": "laptop",
-                                "first_counter": 50, "deps": {"laptop": 49, "phone": 7}, "timestamp": ts}),
+            "counter": 43, "deps": {laptop: 42, phone: 7}, "edit": {"delete": {"key": "title"}}})]}),
+        ("delta_sync", 0x0106, {"entity_id": "notes/todo", "changed_fields": fields, "actor_id": laptop,
+                                "first_counter": 50, "deps": {laptop: 49, phone: 7}, "timestamp": ts}),
         ("artifact_request", 0x0201, {"artifact_id": h(0xA1), "priority": 128}),
         ("artifact_request_resume", 0x0201, {"artifact_id": h(0xA1), "priority": 255, "resume_from": 17}),
         ("artifact_request_sealed", 0x0201, {"artifact_id": h(0xA1), "priority": 128, "resume_from": 2,
@@ -644,9 +699,126 @@ def self_test_rejections():
             decode_frame(frame)
         else:
             expect_rejected(frame, f"{n} nested arrays in changed_fields")
+    # Device ids outside the base32 alphabet (0, 1, 8, 9), and actors not in the shown form.
+    hello = {"device_id": "k3x9-2mfa-q8d1-7pzr-c4hn-wt6e-b5ys-0gvu", "device_name": "", "protocol_version": 1,
+             "capabilities": [], "sync_state_hash": b"\x00" * 32}
+    delta = {"entity_id": "d", "changed_fields": {}, "actor_id": "cvmlefwxx7jt253vyrk5ma4a2orm6ypr",
+             "first_counter": 1, "deps": {}, "timestamp": 0}
+    for what, code, obj in (("a HELLO with digits 0, 1, 8, 9 in its device id", 0x0001, hello),
+                            ("an actor id without its dashes", 0x0106, delta)):
+        try:
+            check_identities(code, obj)
+        except SpecError:
+            continue
+        raise SpecError(f"{what}: accepted, but must be rejected")
     # payload_length above the limit: rejected from the header alone.
     big = HEADER.pack(1, 0x0203, b"\x00" * 16, ts, MAX_PAYLOAD + 1)
     expect_rejected(big, "payload_length above the limit")
+
+
+# --- PROTOCOL.md "State hash" ---------------------------------------------------
+
+# Entities are hashed documents first, then conversations (not by type name).
+ENTITY_TYPE_ORDER = {"document": 0, "conversation": 1}
+
+
+def canonical_value_bytes(hex_str: str, where: str) -> bytes:
+    b = bytes.fromhex(hex_str)
+    v = msgpack.unpackb(b, raw=False, strict_map_key=True)
+    check_value(v, where, 1)
+    if msgpack.packb(v, use_bin_type=True) != b:
+        raise SpecError(f"{where}: value not in canonical encoding")
+    return b
+
+
+def state_hash(state) -> bytes:
+    """sync_state_hash of a state written out as in state_hash_vectors.json,
+    computed by the rules of PROTOCOL.md alone: this function sorts whatever
+    the rules sort, and takes only the sequence order from the file."""
+    h = blake3.blake3()
+    h.update(b"nomade-state-v1")
+    u64 = lambda n: h.update(struct.pack(">Q", n))  # noqa: E731
+
+    def text(x: str):
+        b = x.encode("utf-8")
+        u64(len(b))
+        h.update(b)
+
+    def raw(b: bytes):
+        u64(len(b))
+        h.update(b)
+
+    def element_id(el):
+        text(el["actor"])
+        u64(el["counter"])
+        u64(el["offset"])
+
+    entities = sorted(state["entities"],
+                      key=lambda e: (ENTITY_TYPE_ORDER[e["entity_type"]], e["entity_id"].encode("utf-8")))
+    for e in entities:
+        where = f"{e['entity_type']}:{e['entity_id']}"
+        text(e["entity_type"])
+        text(e["entity_id"])
+        if e["entity_type"] == "document":
+            fields = sorted((f for f in e["fields"] if f["values"]), key=lambda f: f["key"].encode("utf-8"))
+            u64(len(fields))
+            for f in fields:
+                text(f["key"])
+                values = sorted(f["values"], key=lambda v: (v["lamport"], v["actor"].encode("utf-8")), reverse=True)
+                u64(len(values))
+                for v in values:
+                    u64(v["lamport"])
+                    text(v["actor"])
+                    raw(canonical_value_bytes(v["value_msgpack_hex"], f"{where}.{f['key']}"))
+            # Every text field counts, also one whose characters were all removed.
+            texts = sorted(e["texts"], key=lambda t: t["field"].encode("utf-8"))
+            u64(len(texts))
+            for t in texts:
+                text(t["field"])
+                u64(len(t["chars"]))
+                for c in t["chars"]:
+                    element_id(c)
+                    u64(c["content"])
+        else:
+            u64(len(e["items"]))
+            for item in e["items"]:
+                element_id(item)
+                raw(canonical_value_bytes(item["content"], f"{where} item"))
+    return h.digest()
+
+
+def run_state_hash(path: str) -> int:
+    try:
+        with open(path, encoding="utf-8") as f:
+            vectors = json.load(f)
+    except (OSError, ValueError) as e:
+        print(f"FAIL: cannot read {path}: {e}", file=sys.stderr)
+        return 1
+    failures = 0
+    for v in vectors:
+        name = v.get("name", "?")
+        try:
+            held = set()
+            for fh in v["operations_frame_hex"]:
+                mtype, _, _, _, obj = decode_frame(bytes.fromhex(fh))
+                if mtype != 0x0102:
+                    raise SpecError(f"operation frame of type 0x{mtype:04x}")
+                check_identities(mtype, obj)
+                held.add((obj["entity_type"], obj["entity_id"]))
+            listed = {(e["entity_type"], e["entity_id"]) for e in v["state"]["entities"]}
+            if listed != held:
+                raise SpecError(f"the state lists {sorted(listed)}, the operations create {sorted(held)}")
+            got = state_hash(v["state"]).hex()
+            if got != v["state_hash"]:
+                raise SpecError(f"state hash {got}, the vector says {v['state_hash']}")
+            print(f"ok state hash {name}")
+        except (SpecError, ValueError, KeyError, TypeError, struct.error) as e:
+            failures += 1
+            print(f"FAIL state hash {name}: {e}", file=sys.stderr)
+    if failures:
+        return 1
+    print(f"all {len(vectors)} state-hash vectors ok")
+    return 0
 
 
 def _nest(n):
@@ -678,6 +850,8 @@ def self_test() -> int:
 def main(argv) -> int:
     if len(argv) > 1 and argv[1] == "--self-test":
         return self_test()
+    if len(argv) > 2 and argv[1] == "--state-hash":
+        return run_state_hash(argv[2])
     if len(argv) > 1:
         path = argv[1]
     else:
