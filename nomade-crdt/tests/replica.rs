@@ -219,6 +219,20 @@ fn bad_input_23_malformed_ops_are_refused_and_change_nothing() {
     jump.operation.deps.insert("a".into(), 999_999_999);
     let mut wrong_type = good.clone();
     wrong_type.entity_type = CONV;
+    // PROTOCOL.md: `insert` is for conversations only, with `field` nil;
+    // text goes in with `insert_text`.
+    let insert = |field: Option<&str>, entity_type| {
+        let mut op = good.clone();
+        op.entity_type = entity_type;
+        op.operation.edit = nomade_wire::Edit::Insert {
+            field: field.map(String::from),
+            after: None,
+            values: vec![Value::from("x")],
+        };
+        op
+    };
+    let insert_into_text_field = insert(Some("t"), DOC);
+    let insert_with_a_field_on_a_conversation = insert(Some("t"), CONV);
     let mut dangling = a
         .apply_local(
             DOC,
@@ -246,6 +260,11 @@ fn bad_input_23_malformed_ops_are_refused_and_change_nothing() {
         ("max", max),
         ("deps", bad_deps),
         ("type", wrong_type),
+        ("insert with a field on a document", insert_into_text_field),
+        (
+            "insert with a field on a conversation",
+            insert_with_a_field_on_a_conversation,
+        ),
     ] {
         assert!(
             matches!(b.apply_remote(op), Err(CrdtError::InvalidOperation { .. })),

@@ -215,6 +215,37 @@ async fn a_compact_id_is_accepted_and_what_a_peer_does_not_announce_is_not_asked
         "a presence stream was opened: {:?}",
         others.iter().map(|s| s.role).collect::<Vec<_>>()
     );
+    // The reserved push role is refused with STOP_SENDING 0x2, unread; the
+    // connection goes on.
+    let mut push = conn.quinn().open_uni().await.expect("uni");
+    push.write_all(&[0x04, 0x01]).await.expect("header");
+    let stopped = tokio::time::timeout(Duration::from_secs(5), push.stopped())
+        .await
+        .expect("in time");
+    assert_eq!(stopped.expect("stopped"), Some(quinn::VarInt::from_u32(2)));
+    assert!(conn.close_reason().is_none());
+    node.shutdown().await;
+}
+
+/// PROTOCOL.md, "Presence": a peer that announced `presence` and sends no
+/// heartbeat is cut off after `missed + 1` periods, with code 0 and the
+/// reason `missed heartbeats`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_announcing_presence_is_closed_with_missed_heartbeats() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::open(&dir.path().join("node"), config("node")).expect("open");
+    let addr = online(&node).await;
+    let (_transport, conn, _answer) = hand_driven_peer(&node, addr, |_| {}).await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.quinn().closed())
+        .await
+        .expect("cut off within 4 periods of 500 ms, and some slack");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code.into_inner(), 0);
+            assert_eq!(&c.reason[..], b"missed heartbeats");
+        }
+        other => panic!("{other:?}"),
+    }
     node.shutdown().await;
 }
 
