@@ -5,9 +5,19 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// The exit statuses, in `nomade --help`.
+pub const EXIT_STATUSES: &str = "\
+Exit status: 0 success; 1 failure; 2 usage error (bad arguments or values);
+3 a peer is unreachable; 4 a peer refused this device (not paired, another
+protocol version, a wrong pairing code).
+
+While `nomade serve` runs on a directory, every other command on that
+directory goes through it (its control socket, control.sock), with the same
+output as without it.";
+
 /// Nomade: keep documents, conversations and files in sync across your devices, peer to peer.
 #[derive(Debug, Parser)]
-#[command(name = "nomade", version, about, long_about = None)]
+#[command(name = "nomade", version, about, long_about = None, after_help = EXIT_STATUSES)]
 pub struct Cli {
     /// The device's data directory (identity, database, artifacts).
     #[arg(long, global = true, env = "NOMADE_DIR", default_value = ".nomade")]
@@ -15,7 +25,7 @@ pub struct Cli {
     /// Log filter (e.g. `info`, `nomade_node=debug`); RUST_LOG takes precedence.
     #[arg(long, global = true, default_value = "warn")]
     pub log: String,
-    /// This device's name, shown to peers.
+    /// Names this device (kept in its data directory, shown to peers); see also `nomade name`.
     #[arg(long, global = true, env = "NOMADE_NAME")]
     pub name: Option<String>,
     /// Switch the application rate limits off (default: on, per the protocol).
@@ -33,6 +43,11 @@ pub enum Command {
     Init,
     /// Print this device's id (compare it by eye when pairing out of band).
     Id,
+    /// Print this device's name, or change it.
+    Name {
+        /// The new name.
+        new: Option<String>,
+    },
     /// Pair with another device using a short-lived code.
     #[command(subcommand)]
     Pair(PairCommand),
@@ -54,6 +69,12 @@ pub enum Command {
     /// Edit or read conversations.
     #[command(subcommand)]
     Conv(ConvCommand),
+    /// Edit or read collaborative text fields of documents.
+    #[command(subcommand)]
+    Text(TextCommand),
+    /// Set this device's presence, or show the peers'.
+    #[command(subcommand)]
+    Presence(PresenceCommand),
     /// Store a file as an artifact (encrypted at rest) and print its id.
     Put {
         /// The file.
@@ -75,8 +96,23 @@ pub enum Command {
         #[arg(long)]
         peer: Option<String>,
     },
-    /// Show the node's state: id, peers, state hash, metrics.
+    /// Show the node's state: id, peers (online, address, RTT, last sync, bytes each way), metrics.
     Status {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every second (needs `nomade serve` running).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Print changes as they are applied (needs `nomade serve` running).
+    Watch {
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Explain why each paired device is syncing or not, and what to do.
+    Doctor {
         /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -101,9 +137,10 @@ pub enum Command {
 pub enum PairCommand {
     /// Show a pairing code and wait for one device to join with it.
     Show {
-        /// The UDP address to listen on.
-        #[arg(long, default_value = "0.0.0.0:4433")]
-        listen: SocketAddr,
+        /// The UDP address to listen on, when no `nomade serve` runs (default:
+        /// where this device last served, else 0.0.0.0:4433).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
         /// How long the code stays valid, in seconds (the protocol's default: 5 minutes).
         #[arg(long, default_value_t = 300)]
         ttl: u64,
@@ -114,6 +151,11 @@ pub enum PairCommand {
         code: String,
         /// Its address.
         addr: SocketAddr,
+        /// The UDP address to dial from, when no `nomade serve` runs (default:
+        /// where this device last served, else 0.0.0.0:4433); the other
+        /// device remembers it as this device's address.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
     },
 }
 
@@ -201,4 +243,51 @@ pub enum ConvCommand {
         /// Conversation id.
         conv: String,
     },
+}
+
+/// `nomade text ...`
+#[derive(Debug, Subcommand)]
+pub enum TextCommand {
+    /// Print a text field.
+    Show {
+        /// Document id.
+        doc: String,
+        /// Text field.
+        field: String,
+    },
+    /// Replace DELETE characters at POSITION with INSERT.
+    Splice {
+        /// Document id.
+        doc: String,
+        /// Text field.
+        field: String,
+        /// Where (in characters, 0 = the start).
+        position: usize,
+        /// How many characters to remove.
+        delete: usize,
+        /// What to insert (may be empty).
+        insert: String,
+    },
+    /// Edit a text field in $EDITOR (or $VISUAL, else vi); the difference is
+    /// sent as splices, so concurrent edits elsewhere in the text merge.
+    Edit {
+        /// Document id.
+        doc: String,
+        /// Text field.
+        field: String,
+    },
+}
+
+/// `nomade presence ...`
+#[derive(Debug, Subcommand)]
+pub enum PresenceCommand {
+    /// Announce this device's presence to its peers (a running node).
+    Set {
+        /// online, away, busy or offline.
+        status: String,
+        /// A message shown beside it.
+        message: Option<String>,
+    },
+    /// Show each peer's presence.
+    Show,
 }

@@ -44,6 +44,9 @@ pub struct Core {
     appended: watch::Sender<u64>,
     /// Per peer: the operations it acknowledged (stored durably), as a version vector.
     acked: Mutex<HashMap<String, VersionVector>>,
+    /// Per peer: when operations last went either way (received from it and
+    /// applied, or acknowledged by it), in ms since the Unix epoch.
+    last_sync: Mutex<HashMap<String, i64>>,
     /// Added to the system clock for the timestamps of new operations (tests
     /// of skewed clocks; timestamps never decide anything).
     clock_skew_ms: std::sync::atomic::AtomicI64,
@@ -94,6 +97,7 @@ impl Core {
             changes,
             appended: watch::Sender::new(last),
             acked: Mutex::new(HashMap::new()),
+            last_sync: Mutex::new(HashMap::new()),
             clock_skew_ms: std::sync::atomic::AtomicI64::new(0),
         }))
     }
@@ -183,7 +187,20 @@ impl Core {
         &self,
         edits: Vec<(EntityType, String, LocalEdit)>,
     ) -> Result<Vec<SyncOperation>, NodeError> {
+        self.edit_many_if(|_| Ok(()), edits)
+    }
+
+    /// [`Core::edit_many`], if `check` accepts the replica as it is when the
+    /// edits are applied (under the same lock, so nothing comes in between):
+    /// for edits computed against a state read earlier, such as splices
+    /// computed from the text a user edited.
+    pub fn edit_many_if(
+        &self,
+        check: impl FnOnce(&Replica) -> Result<(), NodeError>,
+        edits: Vec<(EntityType, String, LocalEdit)>,
+    ) -> Result<Vec<SyncOperation>, NodeError> {
         let mut replica = self.replica();
+        check(&replica)?;
         let start = replica.log().len();
         let mut ops = Vec::new();
         let mut changed = Vec::with_capacity(edits.len());
@@ -270,10 +287,24 @@ impl Core {
             last = Some(op);
         }
         drop(replica);
+        if applied > 0 {
+            self.note_sync(peer);
+        }
         match first_err {
             Some(e) if applied == 0 => Err(e.into()),
             _ => Ok(applied),
         }
+    }
+
+    fn note_sync(&self, peer: &str) {
+        lock(&self.last_sync).insert(peer.to_string(), now_ms());
+    }
+
+    /// When operations last went between this device and `peer` (applied
+    /// from it, or acknowledged by it) since the node started, in ms since
+    /// the Unix epoch.
+    pub fn last_sync_ms(&self, peer: &str) -> Option<i64> {
+        lock(&self.last_sync).get(peer).copied()
     }
 
     /// Every operation a peer with version vector `peer` lacks, in causal order.
@@ -306,11 +337,14 @@ impl Core {
 
     /// Records that `peer` acknowledged (durably stored) the operations `vv` covers.
     pub fn record_ack(&self, peer: &str, vv: &VersionVector) {
-        let mut acked = lock(&self.acked);
-        let entry = acked.entry(peer.to_string()).or_default();
-        for (actor, &c) in vv {
-            nomade_crdt::raise_counter(entry, actor, c);
+        {
+            let mut acked = lock(&self.acked);
+            let entry = acked.entry(peer.to_string()).or_default();
+            for (actor, &c) in vv {
+                nomade_crdt::raise_counter(entry, actor, c);
+            }
         }
+        self.note_sync(peer);
     }
 
     /// What `peer` has acknowledged so far in this process's lifetime.

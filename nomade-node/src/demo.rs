@@ -240,9 +240,11 @@ pub async fn run(
     let id = a.put_artifact(&src, Some("video/mp4"))?;
     a.set("trip", "video", id.to_reference())?;
     let t = Instant::now();
-    let mut bar = ProgressBar::new(artifact_bytes, live);
-    b.fetch_artifact(&a.device_id(), id, |p| bar.update(p.bytes_done))
-        .await?;
+    let mut bar = ProgressBar::new("laptop -> phone", artifact_bytes, live);
+    b.fetch_artifact(&a.device_id(), id, |p| {
+        bar.update(p.bytes_done);
+    })
+    .await?;
     let secs = t.elapsed().as_secs_f64().max(1e-6);
     let copy = tmp.path().join("video.copy");
     b.export_artifact(&id, &copy)?;

@@ -109,6 +109,23 @@ pub enum NodeError {
     /// Not found (an entity, a peer, an artifact).
     #[error("{0} not found")]
     NotFound(String),
+    /// The peer refused this device: it does not (or no longer) have it
+    /// paired. Pair the two again.
+    #[error("peer {peer} refused this device ({reason}): pair the two devices again")]
+    Refused {
+        /// The peer.
+        peer: String,
+        /// What it said.
+        reason: String,
+    },
+    /// The state moved on under an edit computed from an older one; nothing
+    /// was changed.
+    #[error("{0}")]
+    Conflict(String),
+    /// A request that cannot be carried out as asked (an empty name, a
+    /// position past the end...); nothing was changed.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl NodeError {

@@ -56,20 +56,23 @@
 mod artifact_io;
 pub mod batch;
 pub mod cli;
+pub mod control;
 pub mod core;
 pub mod demo;
+pub mod doctor;
 pub mod error;
 pub mod handshake;
 pub mod json;
 pub mod metrics;
 pub mod metrics_http;
 mod node;
+pub mod peers;
 pub mod progress;
 pub mod store;
 pub mod sync;
 
 pub use error::NodeError;
-pub use node::{Node, NodeConfig, NodeStatus, PeerPresence, PeerStatus};
+pub use node::{Node, NodeConfig, NodeStatus, PeerPresence, PeerStatus, SessionStatus};
 
 /// Locks `mutex`, recovering it if a panic elsewhere poisoned it. Every
 /// update the node makes under one of its locks (the replica, the session

@@ -1,17 +1,29 @@
 //! The `nomade` program: run a device, edit and read its data, pair, move
 //! files, and a self-contained demonstration (`nomade demo`).
+//!
+//! Every command but `serve` and `demo` is a [`Request`]: sent to the node
+//! serving the data directory over its control socket when one runs,
+//! carried out on the directory directly when none does; either way the
+//! answer is the same JSON, printed here by one function per command.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
 use clap::Parser;
-use nomade_artifact::ArtifactId;
-use nomade_node::cli::{Cli, Command, ConvCommand, DocCommand, PairCommand, PeersCommand};
-use nomade_node::progress::ProgressBar;
-use nomade_node::{demo, json, Node, NodeConfig};
-use nomade_transport::{DeviceId, PairingCode, RateLimits};
-use nomade_wire::Value;
+use nomade_node::cli::{
+    Cli, Command, ConvCommand, DocCommand, PairCommand, PeersCommand, PresenceCommand, TextCommand,
+};
+use nomade_node::control::{
+    self, ControlClient, ControlError, ControlLimits, ErrorKind, Event, EventSink, Request,
+};
+use nomade_node::doctor::ago;
+use nomade_node::progress::{bytes, ProgressBar};
+use nomade_node::{demo, Node, NodeConfig, NodeError};
+use nomade_transport::RateLimits;
+use nomade_wire::PresenceStatus;
+use serde_json::Value as Json;
 
 fn main() {
     let cli = Cli::parse();
@@ -20,6 +32,8 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours on a terminal only: a log file gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -31,33 +45,46 @@ fn main() {
             std::process::exit(1);
         }
     };
-    match runtime.block_on(run(cli)) {
-        Ok(code) => std::process::exit(code),
+    let code = match runtime.block_on(run(cli)) {
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::exit(1);
+            eprintln!("error: {}", e.message);
+            exit_status(e.kind)
         }
+    };
+    // Background tasks (a redial in flight) must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    std::process::exit(code);
+}
+
+/// The exit status of a failure (see `nomade --help`).
+fn exit_status(kind: ErrorKind) -> i32 {
+    match kind {
+        ErrorKind::Invalid | ErrorKind::BadRequest => 2,
+        ErrorKind::Unreachable => 3,
+        ErrorKind::Refused => 4,
+        _ => 1,
     }
+}
+
+fn usage(message: impl Into<String>) -> ControlError {
+    ControlError::new(ErrorKind::Invalid, message)
 }
 
 /// A command-line value: JSON if it parses, a plain string otherwise.
-fn parse_value(s: &str) -> Value {
-    match serde_json::from_str::<serde_json::Value>(s) {
-        Ok(v) => json::from_json(&v),
-        Err(_) => Value::String(s.to_string()),
-    }
+fn parse_value(s: &str) -> Json {
+    serde_json::from_str::<Json>(s).unwrap_or_else(|_| Json::String(s.to_string()))
 }
 
-fn print_json(v: &serde_json::Value) -> Result<()> {
+fn print_json(v: &Json) {
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, v)?;
-    writeln!(out)?;
-    Ok(())
+    let _ = serde_json::to_writer_pretty(&mut out, v);
+    let _ = writeln!(out);
 }
 
 fn config(cli: &Cli) -> NodeConfig {
     NodeConfig {
-        device_name: cli.name.clone().unwrap_or_else(|| "nomade device".into()),
+        device_name: cli.name.clone().unwrap_or_default(),
         rate_limits: if cli.no_rate_limits {
             RateLimits::OFF
         } else {
@@ -67,250 +94,649 @@ fn config(cli: &Cli) -> NodeConfig {
     }
 }
 
-fn any_addr() -> std::net::SocketAddr {
-    std::net::SocketAddr::from(([0, 0, 0, 0], 0))
+/// An absolute path (the node serving the directory has its own working
+/// directory).
+fn absolute(p: &Path) -> Result<PathBuf, ControlError> {
+    std::path::absolute(p).map_err(|e| usage(format!("{}: {e}", p.display())))
 }
 
-async fn run(cli: Cli) -> Result<i32> {
-    let config = config(&cli);
-    let open = || {
-        Node::open(&cli.dir, config.clone())
-            .with_context(|| format!("opening {}", cli.dir.display()))
+fn open_error(dir: &Path, e: NodeError) -> ControlError {
+    let mut err = ControlError::from(e);
+    if err.message.contains("in use by another process") {
+        err.message = format!(
+            "{} is in use by another nomade process (one that does not serve commands, such as a long `put`): wait for it to finish",
+            dir.display()
+        );
+    } else {
+        err.message = format!("opening {}: {}", dir.display(), err.message);
+    }
+    err
+}
+
+/// Carries out `request` on the node serving `cli.dir`, or on the directory
+/// itself if none serves it; `on_event` sees the events either way.
+async fn execute(
+    cli: &Cli,
+    request: Request,
+    mut on_event: impl FnMut(Event),
+) -> Result<Json, ControlError> {
+    let connected = ControlClient::connect(&cli.dir).await.map_err(|e| {
+        ControlError::new(
+            ErrorKind::Failed,
+            format!("cannot reach the node serving {}: {e}", cli.dir.display()),
+        )
+    })?;
+    if let Some(mut client) = connected {
+        if let Some(name) = &cli.name {
+            client
+                .request(
+                    &Request::Name {
+                        name: Some(name.clone()),
+                    },
+                    |_| {},
+                )
+                .await?;
+        }
+        return client.request(&request, on_event).await;
+    }
+    let node = Node::open(&cli.dir, config(cli)).map_err(|e| open_error(&cli.dir, e))?;
+    let (sink, mut events) = EventSink::channel(64);
+    let result = {
+        let handling = control::handle(&node, false, request, &sink);
+        tokio::pin!(handling);
+        loop {
+            tokio::select! {
+                r = &mut handling => break r,
+                Some(ev) = events.recv() => on_event(ev),
+            }
+        }
     };
-    match &cli.command {
-        Command::Init => {
-            let node = open()?;
-            println!("initialised {}", cli.dir.display());
-            println!("device id: {}", node.device_id());
-        }
-        Command::Id => println!("{}", open()?.device_id()),
-        Command::Pair(PairCommand::Show { listen, ttl }) => {
-            let node = open()?;
-            let addr = node.start(*listen).await?;
-            let code = node.pairing_code_valid_for(Duration::from_secs(*ttl))?;
-            println!("pairing code: {code}");
-            println!("device id:    {}", node.device_id());
-            println!(
-                "on the other device run: nomade pair join {code} <this host>:{}",
-                addr.port()
-            );
-            let before = node.peers()?.len();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(*ttl);
-            loop {
-                let peers = node.peers()?;
-                if peers.len() > before {
-                    if let Some(p) = peers.last() {
-                        println!("paired with {}", p.device_id);
-                    }
-                    break;
-                }
-                if tokio::time::Instant::now() > deadline {
-                    node.shutdown().await;
-                    bail!("no device joined before the code expired");
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    while let Ok(ev) = events.try_recv() {
+        on_event(ev);
+    }
+    node.shutdown().await;
+    result
+}
+
+/// Draws the progress events of a `put` or `get`.
+struct Progress {
+    label: String,
+    bar: Option<(String, ProgressBar)>,
+}
+
+impl Progress {
+    fn new(label: String) -> Self {
+        Progress { label, bar: None }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        if let Event::Progress { phase, done, total } = ev {
+            let start_new = self.bar.as_ref().is_none_or(|(p, _)| p != &phase);
+            if start_new {
+                let what = format!("{} ({phase})", self.label);
+                self.bar = Some((phase.clone(), ProgressBar::new(what, total, true)));
             }
-            // Give the new peer's first sync a moment before exiting.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            node.shutdown().await;
-        }
-        Command::Pair(PairCommand::Join { code, addr }) => {
-            let node = open()?;
-            node.start(any_addr()).await?;
-            let code = PairingCode::parse(code)
-                .context("a pairing code is 8 letters and digits as shown")?;
-            let peer = node.pair_with(*addr, &code).await?;
-            node.wait_initial_sync(&peer, Duration::from_secs(30))
-                .await?;
-            println!("paired with {peer} and synced");
-            node.shutdown().await;
-        }
-        Command::Peers(PeersCommand::List) => {
-            let node = open()?;
-            let peers = node.peers()?;
-            if peers.is_empty() {
-                println!("no paired devices");
-            }
-            for p in peers {
-                println!(
-                    "{}  {}  {}",
-                    p.device_id,
-                    p.name.as_deref().unwrap_or("-"),
-                    p.addresses.join(",")
-                );
+            if let Some((_, bar)) = &mut self.bar {
+                bar.set_total(total);
+                bar.update(done);
             }
         }
-        Command::Peers(PeersCommand::Add { device_id, addr }) => {
-            let node = open()?;
-            let id: DeviceId = device_id.parse()?;
-            let addrs: Vec<_> = addr.iter().copied().collect();
-            node.add_peer(id, "", &addrs)?;
-            println!("paired with {id}");
-        }
-        Command::Peers(PeersCommand::Remove { device_id }) => {
-            let node = open()?;
-            let id: DeviceId = device_id.parse()?;
-            if !node.remove_peer(&id)? {
-                bail!("{id} is not paired");
-            }
-            println!("unpaired {id}");
-        }
-        Command::Serve {
-            listen,
-            metrics_addr,
-        } => {
-            let node = open()?;
-            let addr = node.start(*listen).await?;
-            node.connect_known_peers()?;
-            eprintln!(
-                "nomade {} ({}) listening on {addr}",
-                node.device_id(),
-                node.device_name()
-            );
-            if let Some(m) = metrics_addr {
-                let bound = nomade_node::metrics_http::serve(node.clone(), *m).await?;
-                eprintln!("metrics on http://{bound}/metrics");
-            }
-            tokio::signal::ctrl_c().await?;
-            node.shutdown().await;
-        }
-        Command::Doc(cmd) => {
-            let node = open()?;
-            match cmd {
-                DocCommand::Set { doc, key, value } => node.set(doc, key, parse_value(value))?,
-                DocCommand::Delete { doc, key } => node.delete(doc, key)?,
-                DocCommand::Get { doc, key } => {
-                    match node.document(doc).and_then(|d| d.get(key).cloned()) {
-                        Some(v) => print_json(&json::to_json(&v))?,
-                        None => match node.text(doc, key) {
-                            Some(t) => print_json(&serde_json::Value::String(t))?,
-                            None => bail!("{doc} has no field {key}"),
-                        },
-                    }
-                }
-                DocCommand::Show { doc } => {
-                    let mut map: serde_json::Map<String, serde_json::Value> = node
-                        .document(doc)
-                        .unwrap_or_default()
-                        .iter()
-                        .map(|(k, v)| (k.clone(), json::to_json(v)))
-                        .collect();
-                    for field in node.core().text_fields(doc) {
-                        let text = node.text(doc, &field).unwrap_or_default();
-                        map.insert(field, serde_json::Value::String(text));
-                    }
-                    print_json(&serde_json::Value::Object(map))?;
-                }
-            }
-        }
-        Command::Conv(cmd) => {
-            let node = open()?;
-            match cmd {
-                ConvCommand::Append { conv, value } => {
-                    node.conv_append(conv, parse_value(value))?
-                }
-                ConvCommand::Insert { conv, index, value } => {
-                    node.conv_insert(conv, *index, parse_value(value))?
-                }
-                ConvCommand::Remove { conv, index } => node.conv_remove(conv, *index)?,
-                ConvCommand::Show { conv } => {
-                    for (i, item) in node
-                        .conversation(conv)
-                        .unwrap_or_default()
-                        .iter()
-                        .enumerate()
-                    {
-                        println!("{i}: {}", json::to_json(item));
-                    }
-                }
-            }
-        }
-        Command::Put { file, mime } => {
-            let node = open()?;
-            let id = node.put_artifact(file, mime.as_deref())?;
-            println!("{}", id.to_hex());
-            println!("reference it in a document with: {}", id.to_reference());
-        }
-        Command::Get {
-            id,
-            out,
-            from,
-            peer,
-        } => {
-            let node = open()?;
-            let id = ArtifactId::from_hex(id)
-                .or_else(|| ArtifactId::from_reference(id))
-                .context("an artifact id is 64 hex characters")?;
-            if !node.artifacts().has(&id) {
-                let Some(addr) = from else {
-                    bail!("artifact {} is not held here; pass --from ADDR to fetch it from a paired device", id.to_hex());
-                };
-                let peer_id: DeviceId = match peer {
-                    Some(p) => p.parse()?,
-                    None => node
-                        .peers()?
-                        .into_iter()
-                        .find(|p| p.addresses.iter().any(|a| a == &addr.to_string()))
-                        .context("no paired device has that address: pass --peer DEVICE_ID")?
-                        .device_id
-                        .parse()?,
-                };
-                node.start(any_addr()).await?;
-                node.connect(*addr, peer_id).await?;
-                let mut bar: Option<ProgressBar> = None;
-                node.fetch_artifact(&peer_id, id, |p| {
-                    bar.get_or_insert_with(|| ProgressBar::new(p.bytes_total, true))
-                        .update(p.bytes_done)
-                })
-                .await?;
-                node.shutdown().await;
-            }
-            node.export_artifact(&id, out)?;
-            println!("wrote {}", out.display());
-        }
-        Command::Status { json } => {
-            let node = open()?;
-            let status = node.status();
-            if *json {
-                print_json(&serde_json::to_value(&status)?)?;
-            } else {
-                println!("device   {} ({})", status.device_id, status.device_name);
-                println!("data     {}", status.dir.display());
-                println!("state    {}", status.state_hash);
-                println!(
-                    "content  {} operations, {} entities, {} artifacts",
-                    status.operations, status.entities, status.artifacts
-                );
-                println!("peers    {}", status.peers.len());
-                for p in &status.peers {
-                    println!(
-                        "  {}  {}  {}",
-                        p.device_id,
-                        p.name.as_deref().unwrap_or("-"),
-                        p.addresses.join(",")
-                    );
-                }
-                let m = &status.metrics;
-                println!(
-                    "metrics  {} ops applied from peers, {} sent",
-                    m.ops_applied, m.ops_sent
-                );
-            }
-        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<i32, ControlError> {
+    let request = match &cli.command {
         Command::Demo {
             json,
             artifact_mib,
             rate_limits,
         } => {
-            let report = demo::run(artifact_mib << 20, !*json, *rate_limits).await?;
+            let report = demo::run(artifact_mib << 20, !*json, *rate_limits)
+                .await
+                .map_err(|e| ControlError::new(ErrorKind::Failed, format!("{e:#}")))?;
             if *json {
-                print_json(&serde_json::to_value(&report)?)?;
+                print_json(&serde_json::to_value(&report).unwrap_or(Json::Null));
             } else {
                 print!("{report}");
             }
             let ok = report.converged && report.restart_recovered && report.artifact.verified;
             return Ok(if ok { 0 } else { 1 });
         }
+        Command::Serve {
+            listen,
+            metrics_addr,
+        } => return serve(&cli, *listen, *metrics_addr).await,
+        Command::Text(TextCommand::Edit { doc, field }) => {
+            return text_edit(&cli, doc, field).await
+        }
+        Command::Status { json, watch: true } => return status_watch(&cli, *json).await,
+        Command::Init => Request::Id,
+        Command::Id => Request::Id,
+        Command::Name { new } => Request::Name { name: new.clone() },
+        Command::Pair(PairCommand::Show { listen, ttl }) => Request::PairShow {
+            ttl_secs: *ttl,
+            listen: listen.map(|l| l.to_string()),
+        },
+        Command::Pair(PairCommand::Join { code, addr, listen }) => Request::PairJoin {
+            code: code.clone(),
+            addr: addr.to_string(),
+            listen: listen.map(|l| l.to_string()),
+        },
+        Command::Peers(PeersCommand::List) => Request::PeersList,
+        Command::Peers(PeersCommand::Add { device_id, addr }) => Request::PeersAdd {
+            device_id: device_id.clone(),
+            addr: addr.map(|a| a.to_string()),
+        },
+        Command::Peers(PeersCommand::Remove { device_id }) => Request::PeersRemove {
+            device_id: device_id.clone(),
+        },
+        Command::Doc(DocCommand::Set { doc, key, value }) => Request::DocSet {
+            doc: doc.clone(),
+            key: key.clone(),
+            value: parse_value(value),
+        },
+        Command::Doc(DocCommand::Get { doc, key }) => Request::DocGet {
+            doc: doc.clone(),
+            key: key.clone(),
+        },
+        Command::Doc(DocCommand::Delete { doc, key }) => Request::DocDelete {
+            doc: doc.clone(),
+            key: key.clone(),
+        },
+        Command::Doc(DocCommand::Show { doc }) => Request::DocShow { doc: doc.clone() },
+        Command::Conv(ConvCommand::Append { conv, value }) => Request::ConvAppend {
+            conv: conv.clone(),
+            value: parse_value(value),
+        },
+        Command::Conv(ConvCommand::Insert { conv, index, value }) => Request::ConvInsert {
+            conv: conv.clone(),
+            index: *index,
+            value: parse_value(value),
+        },
+        Command::Conv(ConvCommand::Remove { conv, index }) => Request::ConvRemove {
+            conv: conv.clone(),
+            index: *index,
+        },
+        Command::Conv(ConvCommand::Show { conv }) => Request::ConvShow { conv: conv.clone() },
+        Command::Text(TextCommand::Show { doc, field }) => Request::TextShow {
+            doc: doc.clone(),
+            field: field.clone(),
+        },
+        Command::Text(TextCommand::Splice {
+            doc,
+            field,
+            position,
+            delete,
+            insert,
+        }) => Request::TextSplice {
+            doc: doc.clone(),
+            field: field.clone(),
+            position: *position,
+            delete: *delete,
+            insert: insert.clone(),
+        },
+        Command::Presence(PresenceCommand::Set { status, message }) => Request::PresenceSet {
+            status: parse_presence(status)?,
+            message: message.clone(),
+        },
+        Command::Presence(PresenceCommand::Show) => Request::PeersList,
+        Command::Put { file, mime } => Request::Put {
+            path: absolute(file)?,
+            mime: mime.clone(),
+        },
+        Command::Get {
+            id,
+            out,
+            from,
+            peer,
+        } => Request::Get {
+            id: id.clone(),
+            out: absolute(out)?,
+            from: from.map(|a| a.to_string()),
+            peer: peer.clone(),
+        },
+        Command::Status { .. } => Request::Status,
+        Command::Watch { .. } => Request::Watch,
+        Command::Doctor { .. } => Request::Doctor,
+    };
+    let mut progress = Progress::new(match &cli.command {
+        Command::Put { file, .. } => format!("put {}", file.display()),
+        Command::Get { id, .. } => format!("get {}", id.get(..12).unwrap_or(id)),
+        _ => String::new(),
+    });
+    let watch_json = matches!(cli.command, Command::Watch { json: true });
+    let result = execute(&cli, request, |ev| match ev {
+        Event::Progress { .. } => progress.on_event(ev),
+        Event::PairingCode {
+            code,
+            device_id,
+            listening,
+        } => {
+            let port = listening.rsplit(':').next().unwrap_or("4433").to_string();
+            println!("pairing code: {code}");
+            println!("device id:    {device_id}");
+            println!("on the other device run: nomade pair join {code} <this host>:{port}");
+            let _ = std::io::stdout().flush();
+        }
+        Event::Change { .. } | Event::Lagged { .. } => print_change(&ev, watch_json),
+        _ => {}
+    })
+    .await?;
+    Ok(print_result(&cli, &result))
+}
+
+fn parse_presence(s: &str) -> Result<PresenceStatus, ControlError> {
+    serde_json::from_value(Json::String(s.to_ascii_lowercase())).map_err(|_| {
+        usage(format!(
+            "{s:?} is not a presence: online, away, busy or offline"
+        ))
+    })
+}
+
+fn print_change(ev: &Event, json: bool) {
+    if json {
+        if let Ok(line) = serde_json::to_string(ev) {
+            println!("{line}");
+        }
+    } else {
+        match ev {
+            Event::Change {
+                entity_type,
+                entity_id,
+                actor_id,
+                remote,
+                ..
+            } => println!(
+                "{} {entity_id} changed by {actor_id}{}",
+                entity_type.as_str(),
+                if *remote { "" } else { " (this device)" }
+            ),
+            Event::Lagged { missed } => println!("({missed} changes missed: read faster)"),
+            _ => {}
+        }
     }
+    let _ = std::io::stdout().flush();
+}
+
+/// Prints a request's result as its command shows it; returns the exit status.
+fn print_result(cli: &Cli, result: &Json) -> i32 {
+    let s = |v: &Json| v.as_str().unwrap_or_default().to_string();
+    match &cli.command {
+        Command::Init => {
+            println!("initialised {}", cli.dir.display());
+            println!("device id: {}", s(&result["device_id"]));
+        }
+        Command::Id => println!("{}", s(&result["device_id"])),
+        Command::Name { .. } => println!("{}", s(&result["name"])),
+        Command::Pair(PairCommand::Show { .. }) => {
+            println!("paired with {}", with_name(result))
+        }
+        Command::Pair(PairCommand::Join { .. }) => {
+            println!("paired with {} and synced", with_name(result))
+        }
+        Command::Peers(PeersCommand::List) => print_peers(result),
+        Command::Peers(PeersCommand::Add { .. }) => {
+            println!("paired with {}", s(&result["device_id"]))
+        }
+        Command::Peers(PeersCommand::Remove { .. }) => {
+            println!("unpaired {}", s(&result["device_id"]))
+        }
+        Command::Doc(DocCommand::Get { .. } | DocCommand::Show { .. }) => print_json(result),
+        Command::Conv(ConvCommand::Show { .. }) => {
+            for (i, item) in result.as_array().into_iter().flatten().enumerate() {
+                println!("{i}: {item}");
+            }
+        }
+        Command::Text(TextCommand::Show { .. }) => {
+            let text = s(result);
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+        }
+        Command::Presence(PresenceCommand::Show) => {
+            for p in result.as_array().into_iter().flatten() {
+                let presence = &p["presence"];
+                let state = if p["online"].as_bool() == Some(true) {
+                    presence["status"].as_str().unwrap_or("online")
+                } else {
+                    "offline"
+                };
+                let message = presence["message"].as_str().unwrap_or("");
+                println!("{}  {state}  {message}", peer_label(p));
+            }
+        }
+        Command::Put { .. } => {
+            println!("{}", s(&result["id"]));
+            println!(
+                "reference it in a document with: {}",
+                s(&result["reference"])
+            );
+        }
+        Command::Get { .. } => println!("wrote {}", s(&result["path"])),
+        Command::Status { json: true, .. } | Command::Doctor { json: true } => print_json(result),
+        Command::Status { .. } => print_status(result),
+        Command::Doctor { .. } => return print_doctor(result),
+        _ => {}
+    }
+    0
+}
+
+fn with_name(result: &Json) -> String {
+    let id = result["device_id"].as_str().unwrap_or_default();
+    match result["name"].as_str() {
+        Some(n) => format!("{id} ({n})"),
+        None => id.to_string(),
+    }
+}
+
+fn peer_label(p: &Json) -> String {
+    format!(
+        "{}  {}",
+        p["device_id"].as_str().unwrap_or_default(),
+        p["name"].as_str().unwrap_or("-")
+    )
+}
+
+fn now_ms() -> i64 {
+    nomade_node::core::now_ms()
+}
+
+/// `online`, `last seen 5 min ago`, or `never seen`.
+fn seen(p: &Json) -> String {
+    if p["session"].is_object() {
+        return "online".into();
+    }
+    match p["last_seen_ms"].as_i64() {
+        Some(t) => format!("last seen {} ago", ago(now_ms().saturating_sub(t))),
+        None => "never seen".into(),
+    }
+}
+
+fn print_peers(result: &Json) {
+    let peers = result.as_array().cloned().unwrap_or_default();
+    if peers.is_empty() {
+        println!("no paired devices");
+    }
+    for p in &peers {
+        let addrs: Vec<&str> = p["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Json::as_str)
+            .collect();
+        println!(
+            "{}  {}  {}",
+            peer_label(p),
+            seen(p),
+            if addrs.is_empty() {
+                "(no address)".to_string()
+            } else {
+                addrs.join(",")
+            }
+        );
+    }
+}
+
+fn print_status(st: &Json) {
+    let s = |v: &Json| v.as_str().unwrap_or_default().to_string();
+    println!(
+        "device   {} ({})",
+        s(&st["device_id"]),
+        s(&st["device_name"])
+    );
+    println!("data     {}", s(&st["dir"]));
+    match st["listening"].as_str() {
+        Some(a) => println!("serving  on {a}"),
+        None => println!("serving  no (start it with `nomade serve`)"),
+    }
+    if let Some(t) = st["disk_full_since_ms"].as_i64() {
+        println!(
+            "disk     FULL for {}: nothing more can be stored",
+            ago(now_ms().saturating_sub(t))
+        );
+    }
+    println!("state    {}", s(&st["state_hash"]));
+    println!(
+        "content  {} operations, {} entities, {} artifacts",
+        st["operations"], st["entities"], st["artifacts"]
+    );
+    let peers = st["peers"].as_array().cloned().unwrap_or_default();
+    println!("peers    {}", peers.len());
+    for p in &peers {
+        let session = &p["session"];
+        if session.is_object() {
+            let last_sync = match session["last_sync_ms"].as_i64() {
+                Some(t) => format!("last sync {} ago", ago(now_ms().saturating_sub(t))),
+                None => "no sync yet".into(),
+            };
+            println!(
+                "  {}  online via {}  rtt {:.1} ms  {}  sent {} received {}",
+                peer_label(p),
+                s(&session["address"]),
+                session["rtt_ms"].as_f64().unwrap_or(0.0),
+                last_sync,
+                bytes(session["bytes_sent"].as_u64().unwrap_or(0)),
+                bytes(session["bytes_received"].as_u64().unwrap_or(0)),
+            );
+        } else {
+            let why = p["last_dial"]["outcome"]["kind"]
+                .as_str()
+                .map(|k| format!("  (last dial: {})", k.replace('_', " ")))
+                .unwrap_or_default();
+            println!("  {}  {}{why}", peer_label(p), seen(p));
+        }
+    }
+    let m = &st["metrics"];
+    println!(
+        "metrics  {} ops applied from peers, {} sent",
+        m["ops_applied"], m["ops_sent"]
+    );
+}
+
+/// Prints the doctor's report; exit status 0 when every peer syncs.
+fn print_doctor(report: &Json) -> i32 {
+    let mut all_ok = report["serving"].as_bool() == Some(true);
+    if !all_ok {
+        println!("this device: no node is running, so nothing syncs until `nomade serve` runs");
+    }
+    let peers = report["peers"].as_array().cloned().unwrap_or_default();
+    if peers.is_empty() {
+        println!("no paired devices: pair one with `nomade pair show` and `nomade pair join`");
+    }
+    for p in &peers {
+        let ok = p["ok"].as_bool() == Some(true);
+        all_ok &= ok;
+        println!(
+            "{}: {} ({}): {}",
+            peer_label(p),
+            if ok { "ok" } else { "NOT SYNCING" },
+            p["cause"].as_str().unwrap_or_default().replace('_', " "),
+            p["advice"].as_str().unwrap_or_default()
+        );
+    }
+    if all_ok {
+        0
+    } else {
+        1
+    }
+}
+
+async fn serve(
+    cli: &Cli,
+    listen: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+) -> Result<i32, ControlError> {
+    if control::node_serves(&cli.dir).await {
+        return Err(ControlError::new(
+            ErrorKind::Failed,
+            format!(
+                "a node already serves {}: stop it first (one node per directory)",
+                cli.dir.display()
+            ),
+        ));
+    }
+    let node = Node::open(&cli.dir, config(cli)).map_err(|e| open_error(&cli.dir, e))?;
+    let addr = node.start(listen).await.map_err(ControlError::from)?;
+    node.remember_listen_addr(listen)
+        .map_err(ControlError::from)?;
+    let control = control::serve(&node, ControlLimits::default())
+        .await
+        .map_err(ControlError::from)?;
+    node.connect_known_peers().map_err(ControlError::from)?;
+    eprintln!(
+        "nomade {} ({}) listening on {addr}; commands on {}",
+        node.device_id(),
+        node.device_name(),
+        control.path().display()
+    );
+    if let Some(m) = metrics_addr {
+        let bound = nomade_node::metrics_http::serve(node.clone(), m)
+            .await
+            .map_err(|e| ControlError::new(ErrorKind::Failed, format!("metrics on {m}: {e}")))?;
+        eprintln!("metrics on http://{bound}/metrics");
+    }
+    wait_for_stop().await;
+    eprintln!("stopping");
+    node.shutdown().await;
+    drop(control);
     Ok(0)
+}
+
+/// Ctrl-C or SIGTERM.
+async fn wait_for_stop() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
+async fn status_watch(cli: &Cli, json: bool) -> Result<i32, ControlError> {
+    let Some(mut client) = ControlClient::connect(&cli.dir)
+        .await
+        .map_err(|e| ControlError::new(ErrorKind::Failed, e.to_string()))?
+    else {
+        return Err(ControlError::new(
+            ErrorKind::NoNode,
+            format!(
+                "no node is running on {}: start it with `nomade --dir {} serve`",
+                cli.dir.display(),
+                cli.dir.display()
+            ),
+        ));
+    };
+    let terminal = std::io::stdout().is_terminal();
+    let mut last = String::new();
+    loop {
+        let st = client.request(&Request::Status, |_| {}).await?;
+        if json {
+            println!("{}", serde_json::to_string(&st).unwrap_or_default());
+        } else if terminal {
+            // Clear the screen and draw again.
+            print!("\x1b[2J\x1b[H");
+            print_status(&st);
+        } else {
+            // Into a file or a pipe: a block only when the peers changed.
+            let summary = peers_summary(&st);
+            if summary != last {
+                println!("{summary}");
+                last = summary;
+            }
+        }
+        let _ = std::io::stdout().flush();
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(0),
+        }
+    }
+}
+
+/// One line per peer: what `status --watch` prints into a file when it changes.
+fn peers_summary(st: &Json) -> String {
+    st["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let via = p["session"]["address"]
+                .as_str()
+                .map(|a| format!(" via {a}"))
+                .unwrap_or_default();
+            format!("{}  {}{via}", peer_label(p), seen(p))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `nomade text edit`: the field in $EDITOR, the difference sent as splices.
+async fn text_edit(cli: &Cli, doc: &str, field: &str) -> Result<i32, ControlError> {
+    let show = Request::TextShow {
+        doc: doc.to_string(),
+        field: field.to_string(),
+    };
+    let base = match execute(cli, show, |_| {}).await {
+        Ok(v) => v.as_str().unwrap_or_default().to_string(),
+        Err(e) if e.kind == ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    let file = tempfile::Builder::new()
+        .prefix(&format!("nomade-{doc}-{field}-"))
+        .suffix(".txt")
+        .tempfile()
+        .map_err(|e| ControlError::new(ErrorKind::Failed, format!("a temporary file: {e}")))?;
+    std::fs::write(file.path(), &base)
+        .map_err(|e| ControlError::new(ErrorKind::Failed, e.to_string()))?;
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".into());
+    // The editor may carry arguments ("code --wait"): run it through the shell.
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("sh")
+        .arg(file.path())
+        .status()
+        .map_err(|e| usage(format!("cannot run the editor {editor:?}: {e}")))?;
+    if !status.success() {
+        return Err(ControlError::new(
+            ErrorKind::Failed,
+            format!("the editor {editor:?} failed ({status}): nothing was changed"),
+        ));
+    }
+    let new = std::fs::read_to_string(file.path())
+        .map_err(|e| ControlError::new(ErrorKind::Failed, e.to_string()))?;
+    let replace = Request::TextReplace {
+        doc: doc.to_string(),
+        field: field.to_string(),
+        base,
+        new: new.clone(),
+    };
+    match execute(cli, replace, |_| {}).await {
+        Ok(v) => {
+            let n = v["splices"].as_u64().unwrap_or(0);
+            if n == 0 {
+                println!("no change");
+            } else {
+                println!("{n} change(s) sent");
+            }
+            Ok(0)
+        }
+        Err(e) if e.kind == ErrorKind::Conflict => {
+            let keep = file.into_temp_path().keep().ok();
+            Err(ControlError::new(
+                ErrorKind::Conflict,
+                match keep {
+                    Some(p) => format!("{}; your version is kept in {}", e.message, p.display()),
+                    None => e.message,
+                },
+            ))
+        }
+        Err(e) => Err(e),
+    }
 }

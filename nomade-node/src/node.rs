@@ -30,13 +30,14 @@ use crate::error::NodeError;
 use crate::handshake::{self, HandshakeError, LocalInfo, PeerInfo};
 use crate::lock;
 use crate::metrics::{Metrics, MetricsSnapshot};
-use crate::store::PeerRecord;
 use crate::sync::{self, envelope, FrameSink, FrameSource, SyncSummary};
 
 /// Settings of a node. The defaults suit a phone or laptop.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// A human-readable name shown to peers.
+    /// A human-readable name shown to peers. Empty (the default): the name
+    /// stored in the data directory, or "nomade device" if none was ever
+    /// set. Not empty: this name, stored for the next start.
     pub device_name: String,
     /// Application rate limits (the protocol's defaults: 100 sync messages/s
     /// per stream, 10 MB/s of artifact bytes).
@@ -75,7 +76,7 @@ pub struct NodeConfig {
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
-            device_name: "nomade device".into(),
+            device_name: String::new(),
             rate_limits: RateLimits::default(),
             heartbeat_period: Duration::from_secs(5),
             missed_heartbeats: 3,
@@ -107,29 +108,40 @@ pub struct PeerPresence {
     pub last_heard_ms_ago: Option<u64>,
 }
 
-struct Session {
-    conn: Connection,
+pub(crate) struct Session {
+    pub(crate) conn: Connection,
     initial: watch::Receiver<Option<SyncSummary>>,
     liveness: Arc<Mutex<Liveness>>,
     presence: Arc<Mutex<(Option<PresenceUpdate>, Option<Heartbeat>)>>,
+    /// When it started (ms since the Unix epoch).
+    pub(crate) started_ms: i64,
+    /// Whether this device dialed.
+    pub(crate) dialed: bool,
+    /// The peer's clock minus ours, from the timestamp of its HELLO or
+    /// HELLO_ACK frame (ms; informational, as every timestamp).
+    pub(crate) clock_offset_ms: i64,
 }
 
-struct Inner {
-    core: Arc<Core>,
+pub(crate) struct Inner {
+    pub(crate) core: Arc<Core>,
     identity: DeviceIdentity,
-    device_id: DeviceId,
-    config: NodeConfig,
-    paired: PairedSet,
+    pub(crate) device_id: DeviceId,
+    pub(crate) config: NodeConfig,
+    /// This device's name, as announced in HELLO (changeable at run time).
+    pub(crate) name: Mutex<String>,
+    pub(crate) paired: PairedSet,
     artifacts: ArtifactStore,
     transport: Mutex<Option<Transport>>,
-    sessions: Mutex<HashMap<DeviceId, Session>>,
+    pub(crate) sessions: Mutex<HashMap<DeviceId, Session>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     status: Mutex<PresenceUpdate>,
     /// Fires when a session starts or ends, or an initial sync completes.
-    session_events: watch::Sender<u64>,
+    pub(crate) session_events: watch::Sender<u64>,
     /// Fires when a session starts: wakes the redials waiting out a backoff
     /// (the count is the `sessions_started` metric).
-    session_started: watch::Sender<()>,
+    pub(crate) session_started: watch::Sender<()>,
+    /// Redialing and its findings, per peer (see `peers.rs`).
+    pub(crate) redial: crate::peers::Redial,
 }
 
 /// A Nomade device. Cheap to clone; every clone is the same device.
@@ -146,7 +158,7 @@ struct Inner {
 /// ```
 #[derive(Clone)]
 pub struct Node {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Node {
@@ -179,15 +191,16 @@ impl FrameSource for Source {
 /// Errors after which redialing is pointless until the user acts: the peer
 /// speaks another protocol version (update), or no longer accepts this device
 /// (pair again).
-fn is_permanent(e: &NodeError) -> bool {
+pub(crate) fn is_permanent(e: &NodeError) -> bool {
     matches!(
         e,
         NodeError::VersionMismatch { .. }
+            | NodeError::Refused { .. }
             | NodeError::Transport(nomade_transport::TransportError::NotPaired)
     )
 }
 
-fn peer_err(peer: &DeviceId, reason: impl Into<String>) -> NodeError {
+pub(crate) fn peer_err(peer: &DeviceId, reason: impl Into<String>) -> NodeError {
     NodeError::Peer {
         peer: peer.to_string(),
         reason: reason.into(),
@@ -219,13 +232,15 @@ impl Node {
                 }
             }
         }
-        tracing::info!(device = %device_id, dir = %dir.display(), ops = core.op_count(), "node opened");
+        let name = crate::peers::settle_device_name(core.store(), &config.device_name)?;
+        tracing::info!(device = %device_id, name, dir = %dir.display(), ops = core.op_count(), "node opened");
         Ok(Node {
             inner: Arc::new(Inner {
                 core,
                 identity,
                 device_id,
                 config,
+                name: Mutex::new(name),
                 paired,
                 artifacts,
                 transport: Mutex::new(None),
@@ -237,6 +252,7 @@ impl Node {
                 }),
                 session_events: watch::Sender::new(0),
                 session_started: watch::Sender::new(()),
+                redial: crate::peers::Redial::default(),
             }),
         })
     }
@@ -247,8 +263,8 @@ impl Node {
     }
 
     /// This device's name.
-    pub fn device_name(&self) -> &str {
-        &self.inner.config.device_name
+    pub fn device_name(&self) -> String {
+        lock(&self.inner.name).clone()
     }
 
     /// The data directory.
@@ -305,6 +321,61 @@ impl Node {
             LocalEdit::Delete { key: key.into() },
         )
         .map(drop)
+    }
+
+    /// Turns the text field's `base` text into `new` by the splices of
+    /// their difference (by character), if the field still holds `base`
+    /// (an absent field counts as empty); otherwise nothing changes and the
+    /// error says the text moved on. Returns the number of splices.
+    pub fn replace_text(
+        &self,
+        doc: &str,
+        field: &str,
+        base: &str,
+        new: &str,
+    ) -> Result<usize, NodeError> {
+        let old: Vec<char> = base.chars().collect();
+        let wanted: Vec<char> = new.chars().collect();
+        let ops = similar::capture_diff_slices(similar::Algorithm::Myers, &old, &wanted);
+        // From the end backwards: each splice leaves the positions of the
+        // ones before it as they were in `base`.
+        let edits: Vec<_> = ops
+            .iter()
+            .rev()
+            .filter_map(|op| {
+                let (tag, from, to) = op.as_tag_tuple();
+                (tag != similar::DiffTag::Equal).then(|| {
+                    (
+                        EntityType::Document,
+                        doc.to_string(),
+                        LocalEdit::Splice {
+                            field: field.to_string(),
+                            position: from.start,
+                            delete: from.len(),
+                            insert: wanted[to].iter().collect(),
+                        },
+                    )
+                })
+            })
+            .collect();
+        let count = edits.len();
+        if count == 0 {
+            return Ok(0);
+        }
+        self.inner.core.edit_many_if(
+            |replica| {
+                let current = replica.text(doc, field).unwrap_or_default();
+                if current == base {
+                    Ok(())
+                } else {
+                    Err(NodeError::Conflict(format!(
+                        "{doc}/{field} changed while it was being edited: nothing was changed"
+                    )))
+                }
+            },
+            edits,
+        )?;
+        Ok(count)
     }
 
     /// Edits a collaborative text field: at `position` (in characters) removes
@@ -387,8 +458,23 @@ impl Node {
     /// returns its id. Reference it in a document with
     /// [`ArtifactId::to_reference`]; peers fetch it after syncing.
     pub fn put_artifact(&self, path: &Path, mime: Option<&str>) -> Result<ArtifactId, NodeError> {
+        self.put_artifact_with_progress(path, mime, |_, _| {})
+    }
+
+    /// [`Node::put_artifact`], calling `progress(done, total)` as the file
+    /// is read: it is read twice (to hash it, then to seal it), so `total`
+    /// is twice its size.
+    pub fn put_artifact_with_progress(
+        &self,
+        path: &Path,
+        mime: Option<&str>,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<ArtifactId, NodeError> {
         let me = self.inner.artifacts.public_key();
-        Ok(self.inner.artifacts.put_file(path, mime, &[me])?)
+        let file = std::fs::File::open(path)?;
+        let total = file.metadata()?.len().saturating_mul(2);
+        let reader = crate::progress::CountingReader::new(file, total, progress);
+        Ok(self.inner.artifacts.put_reader(reader, mime, &[me])?)
     }
 
     /// Writes an artifact's plaintext to `out`, verified against its id.
@@ -397,40 +483,6 @@ impl Node {
     }
 
     // ----- peers ----------------------------------------------------------
-
-    /// Pins a device id (compared out of band) and remembers its addresses.
-    pub fn add_peer(
-        &self,
-        id: DeviceId,
-        name: &str,
-        addresses: &[SocketAddr],
-    ) -> Result<(), NodeError> {
-        self.inner.core.store().put_peer(&PeerRecord {
-            device_id: id.to_string(),
-            name: (!name.is_empty()).then(|| name.to_string()),
-            addresses: addresses.iter().map(|a| a.to_string()).collect(),
-        })?;
-        self.inner.paired.insert(id);
-        if let Some(t) = self.transport() {
-            t.pair(id);
-        }
-        Ok(())
-    }
-
-    /// Unpairs a device: forgets it and closes its connections.
-    pub fn remove_peer(&self, id: &DeviceId) -> Result<bool, NodeError> {
-        let known = self.inner.core.store().remove_peer(&id.to_string())?;
-        self.inner.paired.remove(id);
-        if let Some(t) = self.transport() {
-            t.unpair(id);
-        }
-        Ok(known)
-    }
-
-    /// The paired devices.
-    pub fn peers(&self) -> Result<Vec<PeerRecord>, NodeError> {
-        Ok(self.inner.core.store().peers()?)
-    }
 
     /// What is known of a peer's presence.
     pub fn presence(&self, peer: &DeviceId) -> PeerPresence {
@@ -459,7 +511,7 @@ impl Node {
 
     // ----- networking -----------------------------------------------------
 
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Session>> {
+    pub(crate) fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Session>> {
         lock(&self.inner.sessions)
     }
 
@@ -468,11 +520,11 @@ impl Node {
         self.sessions().get(peer).map(|s| s.conn.clone())
     }
 
-    fn transport(&self) -> Option<Transport> {
+    pub(crate) fn transport(&self) -> Option<Transport> {
         lock(&self.inner.transport).clone()
     }
 
-    fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+    pub(crate) fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
         let handle = tokio::spawn(fut);
         let mut tasks = lock(&self.inner.tasks);
         tasks.retain(|t| !t.is_finished());
@@ -525,8 +577,10 @@ impl Node {
         let mut events = transport.events();
         self.spawn(async move {
             while let Ok(e) = events.recv().await {
-                if let TransportEvent::Paired { peer } = e {
-                    if let Err(e) = node.add_peer(peer, "", &[]) {
+                if let TransportEvent::Paired { peer, addr } = e {
+                    // Merged into what the joiner's side of this process may
+                    // have stored meanwhile, never over it.
+                    if let Err(e) = node.add_peer(peer, "", &[addr]) {
                         tracing::error!(%peer, error = %e, "could not store the new peer");
                     }
                 }
@@ -572,112 +626,21 @@ impl Node {
         let t = self
             .transport()
             .ok_or_else(|| NodeError::NotFound("a started node".into()))?;
-        let conn = t.connect(addr, Some(peer)).await?;
-        self.remember_address(peer, addr)?;
-        self.start_session(conn).await
-    }
-
-    fn remember_address(&self, peer: DeviceId, addr: SocketAddr) -> Result<(), NodeError> {
-        let store = self.inner.core.store();
-        let mut rec = store
-            .peers()?
-            .into_iter()
-            .find(|p| p.device_id == peer.to_string())
-            .unwrap_or(PeerRecord {
-                device_id: peer.to_string(),
-                name: None,
-                addresses: vec![],
-            });
-        let a = addr.to_string();
-        rec.addresses.retain(|x| x != &a);
-        rec.addresses.insert(0, a);
-        store.put_peer(&rec)?;
-        Ok(())
-    }
-
-    /// Keeps a session with every stored peer: dials their addresses in order,
-    /// and redials with exponential backoff and jitter whenever it drops.
-    pub fn connect_known_peers(&self) -> Result<(), NodeError> {
-        for rec in self.peers()? {
-            let Ok(peer) = rec.device_id.parse::<DeviceId>() else {
-                continue;
-            };
-            let addrs: Vec<SocketAddr> = rec
-                .addresses
-                .iter()
-                .filter_map(|a| a.parse().ok())
-                .collect();
-            if addrs.is_empty() {
-                continue;
+        let conn = match t.connect(addr, Some(peer)).await {
+            Ok(c) => c,
+            Err(e) => {
+                let e = NodeError::from(e);
+                self.note_dial_failure(peer, addr, &e);
+                return Err(e);
             }
-            let node = self.clone();
-            self.spawn(async move { node.keep_connected(peer, addrs).await });
+        };
+        self.update_peer(peer, |p| p.remember_address(&addr.to_string()))?;
+        let result = self.start_session(conn).await;
+        match &result {
+            Ok(()) => self.note_dial_success(peer, addr),
+            Err(e) => self.note_dial_failure(peer, addr, e),
         }
-        Ok(())
-    }
-
-    async fn keep_connected(&self, peer: DeviceId, addrs: Vec<SocketAddr>) {
-        let mut backoff =
-            Backoff::new(self.inner.config.min_backoff, self.inner.config.max_backoff);
-        let mut session_started = self.inner.session_started.subscribe();
-        loop {
-            if !self.inner.paired.contains(&peer) {
-                return;
-            }
-            if !self.is_connected(&peer) {
-                let mut ok = false;
-                for addr in &addrs {
-                    match self.connect(*addr, peer).await {
-                        Ok(()) => {
-                            ok = true;
-                            break;
-                        }
-                        Err(e) if is_permanent(&e) => {
-                            tracing::error!(%peer, %addr, error = %e, "giving up on this peer until the user acts");
-                            return;
-                        }
-                        Err(e) => {
-                            Metrics::add(&self.metrics().dial_failures, 1);
-                            tracing::info!(%peer, %addr, error = %e, "dial failed");
-                        }
-                    }
-                }
-                if ok {
-                    backoff.on_success();
-                } else {
-                    let delay = backoff.on_failure(Instant::now(), &mut rand::thread_rng());
-                    // Only sessions that start from now on count.
-                    session_started.borrow_and_update();
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        // A session with some peer just started: the network
-                        // is back (a partition healed, the device woke up or
-                        // changed networks), so this peer is worth a try now
-                        // rather than at the end of a delay that grew while
-                        // nothing worked. The delay itself keeps growing
-                        // while this peer stays out of reach.
-                        Ok(()) = session_started.changed() => {
-                            tracing::debug!(%peer, "another session started: redialing now");
-                        }
-                    }
-                    continue;
-                }
-            }
-            self.wait_disconnected(&peer).await;
-            if self.inner.device_id > peer {
-                // Both sides notice a lost connection at about the same time.
-                // Were both to redial at once, each would keep the newer of
-                // the two connections, which is a different one on each side,
-                // and both would close again. The larger id therefore leaves
-                // the smaller one a moment to dial first.
-                let wait = self
-                    .inner
-                    .config
-                    .min_backoff
-                    .mul_f64(1.0 + rand::random::<f64>());
-                tokio::time::sleep(wait).await;
-            }
-        }
+        result
     }
 
     /// Whether a session with `peer` is up.
@@ -688,7 +651,7 @@ impl Node {
             .is_some_and(|s| s.conn.close_reason().is_none())
     }
 
-    async fn wait_disconnected(&self, peer: &DeviceId) {
+    pub(crate) async fn wait_disconnected(&self, peer: &DeviceId) {
         let conn = self.session_conn(peer);
         if let Some(c) = conn {
             let _ = c.closed().await;
@@ -756,6 +719,12 @@ impl Node {
             Err(e) => tracing::warn!(%peer, error = %e, "session ended with an error"),
         }
         conn.close(0, "session over");
+        // (Not for a peer unpaired meanwhile: its record is gone for good.)
+        if self.inner.paired.contains(&peer) {
+            if let Err(e) = self.update_peer(peer, |p| p.last_seen_ms = Some(now_ms())) {
+                tracing::debug!(%peer, error = %e, "could not record when the peer was last seen");
+            }
+        }
         let stats = conn.quinn().stats();
         Metrics::add(&self.metrics().bytes_sent, stats.udp_tx.bytes);
         Metrics::add(&self.metrics().bytes_received, stats.udp_rx.bytes);
@@ -770,11 +739,17 @@ impl Node {
         self.inner.session_events.send_modify(|n| *n += 1);
     }
 
-    async fn handshake(&self, conn: &Connection, dialer: bool) -> Result<PeerInfo, NodeError> {
+    /// Runs HELLO / HELLO_ACK. Returns what the peer announced and its clock
+    /// minus ours, read off its frame's timestamp (ms).
+    async fn handshake(
+        &self,
+        conn: &Connection,
+        dialer: bool,
+    ) -> Result<(PeerInfo, i64), NodeError> {
         let peer = conn.peer();
         let local = LocalInfo {
             device_id: self.inner.device_id.to_string(),
-            device_name: self.inner.config.device_name.clone(),
+            device_name: self.device_name(),
             state_hash: self.state_hash(),
         };
         let to_node_err = |e: HandshakeError| match e {
@@ -791,9 +766,12 @@ impl Node {
             let answer = tokio::time::timeout(Duration::from_secs(10), rx.recv())
                 .await
                 .map_err(|_| peer_err(&peer, "no HELLO_ACK"))??;
+            let offset = answer
+                .as_ref()
+                .map_or(0, |e| e.timestamp.saturating_sub(now_ms()));
             match answer.map(|e| e.message) {
                 Some(Message::HelloAck(ack)) => match handshake::check_hello_ack(&ack, &peer) {
-                    Ok(info) => Ok(info),
+                    Ok(info) => Ok((info, offset)),
                     Err(e) => {
                         // Nobody reads the control stream after HELLO_ACK:
                         // the dialer says why in the connection close.
@@ -803,7 +781,6 @@ impl Node {
                     }
                 },
                 Some(Message::Error(e)) => {
-                    let err = HandshakeError::Refused(e.clone());
                     if e.error_code == ErrorCode::PROTOCOL_VERSION_MISMATCH {
                         return Err(NodeError::VersionMismatch {
                             peer: peer.to_string(),
@@ -811,7 +788,13 @@ impl Node {
                             ours: nomade_wire::PROTOCOL_VERSION,
                         });
                     }
-                    Err(to_node_err(err))
+                    if e.error_code == ErrorCode::AUTHENTICATION_FAILED {
+                        return Err(NodeError::Refused {
+                            peer: peer.to_string(),
+                            reason: e.error_message,
+                        });
+                    }
+                    Err(to_node_err(HandshakeError::Refused(e)))
                 }
                 other => Err(peer_err(
                     &peer,
@@ -839,12 +822,12 @@ impl Node {
             let hello = tokio::time::timeout(Duration::from_secs(10), recv.recv())
                 .await
                 .map_err(|_| peer_err(&peer, "no HELLO"))??;
-            let (hello, message_id) = match hello {
+            let (hello, message_id, offset) = match hello {
                 Some(Envelope {
                     message: Message::Hello(hello),
                     message_id,
-                    ..
-                }) => (hello, message_id),
+                    timestamp,
+                }) => (hello, message_id, timestamp.saturating_sub(now_ms())),
                 other => {
                     let related = other.as_ref().map(|e| e.message_id);
                     let error = ErrorMessage {
@@ -861,7 +844,7 @@ impl Node {
             match handshake::answer_hello(&local, &hello, &peer) {
                 Ok((ack, info)) => {
                     tx.send(&envelope(ack)).await?;
-                    Ok(info)
+                    Ok((info, offset))
                 }
                 Err(e) => {
                     let mut msg = e.to_error_message();
@@ -883,8 +866,8 @@ impl Node {
         ready: Option<tokio::sync::oneshot::Sender<Result<(), NodeError>>>,
     ) -> Result<(), NodeError> {
         let peer = conn.peer();
-        let info = match self.handshake(&conn, dialer).await {
-            Ok(info) => info,
+        let (info, clock_offset_ms) = match self.handshake(&conn, dialer).await {
+            Ok(answer) => answer,
             Err(e) => {
                 if let Some(r) = ready {
                     let _ = r.send(Err(peer_err(&peer, e.to_string())));
@@ -911,6 +894,9 @@ impl Node {
                     initial: initial_rx,
                     liveness: liveness.clone(),
                     presence: presence.clone(),
+                    started_ms: now_ms(),
+                    dialed: dialer,
+                    clock_offset_ms,
                 },
             ) {
                 if old.conn.quinn().stable_id() != conn.quinn().stable_id() {
@@ -918,17 +904,20 @@ impl Node {
                 }
             }
         }
-        if !name.is_empty() {
-            let store = self.inner.core.store();
-            if let Ok(Some(mut rec)) = store
-                .peers()
-                .map(|v| v.into_iter().find(|p| p.device_id == peer.to_string()))
-            {
-                if rec.name.as_deref() != Some(name.as_str()) {
-                    rec.name = Some(name.clone());
-                    let _ = store.put_peer(&rec);
-                }
+        // What the session tells of the peer: its name, and, when it
+        // dialed in, its address (a device dials from the socket it listens
+        // on, so that is where to reach it back).
+        let remote = conn.quinn().remote_address();
+        if let Err(e) = self.update_peer(peer, |p| {
+            if !name.is_empty() {
+                p.name = Some(name.clone());
             }
+            if !dialer {
+                p.remember_address(&remote.to_string());
+            }
+            p.last_seen_ms = Some(now_ms());
+        }) {
+            tracing::warn!(%peer, error = %e, "could not update the peer's record");
         }
         self.inner.session_events.send_modify(|n| *n += 1);
         Metrics::add(&self.metrics().sessions_started, 1);
@@ -1283,23 +1272,33 @@ impl Node {
             .unwrap_or_default()
             .into_iter()
             .map(|p| {
-                let presence = p
-                    .device_id
-                    .parse::<DeviceId>()
-                    .map(|id| self.presence(&id))
-                    .ok();
+                let id = p.device_id.parse::<DeviceId>().ok();
+                let presence = id.map(|id| self.presence(&id));
+                let session = id.and_then(|id| self.session_status(&id));
                 PeerStatus {
+                    online: presence.as_ref().is_some_and(|x| x.online),
+                    last_seen_ms: if session.is_some() {
+                        Some(now_ms())
+                    } else {
+                        p.last_seen_ms
+                    },
+                    last_dial: id.and_then(|id| self.dial_reports().remove(&id)),
                     device_id: p.device_id,
                     name: p.name,
                     addresses: p.addresses,
-                    online: presence.as_ref().is_some_and(|x| x.online),
                     presence,
+                    session,
                 }
             })
             .collect();
         NodeStatus {
             device_id: self.inner.device_id.to_string(),
-            device_name: self.inner.config.device_name.clone(),
+            device_name: self.device_name(),
+            listening: self
+                .transport()
+                .and_then(|t| t.local_addr().ok())
+                .map(|a| a.to_string()),
+            disk_full_since_ms: self.inner.core.store().full_since_ms(),
             dir: self.dir().to_path_buf(),
             state_hash: self.state_hash().to_hex(),
             version_vector: self.inner.core.version_vector(),
@@ -1309,6 +1308,27 @@ impl Node {
             peers,
             metrics: self.metrics_snapshot(),
         }
+    }
+
+    /// The session with `peer`, while one is up.
+    pub fn session_status(&self, peer: &DeviceId) -> Option<SessionStatus> {
+        let sessions = self.sessions();
+        let s = sessions.get(peer)?;
+        if s.conn.close_reason().is_some() {
+            return None;
+        }
+        let q = s.conn.quinn();
+        let stats = q.stats();
+        Some(SessionStatus {
+            address: q.remote_address().to_string(),
+            dialed: s.dialed,
+            rtt_ms: q.rtt().as_secs_f64() * 1000.0,
+            bytes_sent: stats.udp_tx.bytes,
+            bytes_received: stats.udp_rx.bytes,
+            since_ms: s.started_ms,
+            last_sync_ms: self.inner.core.last_sync_ms(&peer.to_string()),
+            clock_offset_ms: s.clock_offset_ms,
+        })
     }
 
     /// The metrics, with the bytes on the wire of every connection so far
@@ -1357,12 +1377,42 @@ pub struct PeerStatus {
     pub device_id: String,
     /// Its name, as it announced it.
     pub name: Option<String>,
-    /// Addresses it was reached at.
+    /// Addresses it can be reached at, best first.
     pub addresses: Vec<String>,
-    /// Whether a session is up.
+    /// Whether a session is up and the peer is heard from.
     pub online: bool,
+    /// When it was last seen (ms since the Unix epoch): now while a session
+    /// is up.
+    pub last_seen_ms: Option<i64>,
     /// Its presence, when known.
     pub presence: Option<PeerPresence>,
+    /// The session with it, while one is up.
+    pub session: Option<SessionStatus>,
+    /// How the last attempt to dial it ended (since the node started).
+    pub last_dial: Option<crate::peers::DialReport>,
+}
+
+/// A session with a peer, in [`PeerStatus`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionStatus {
+    /// The peer's address on this connection.
+    pub address: String,
+    /// Whether this device dialed it.
+    pub dialed: bool,
+    /// The connection's smoothed round-trip time, in milliseconds.
+    pub rtt_ms: f64,
+    /// Bytes sent to the peer on this connection (UDP payload).
+    pub bytes_sent: u64,
+    /// Bytes received from it.
+    pub bytes_received: u64,
+    /// When the session started (ms since the Unix epoch).
+    pub since_ms: i64,
+    /// When operations last went either way (ms since the Unix epoch).
+    pub last_sync_ms: Option<i64>,
+    /// The peer's clock minus this device's, as read off its handshake (ms).
+    /// Clocks never decide anything in Nomade; a large value only explains
+    /// odd timestamps.
+    pub clock_offset_ms: i64,
 }
 
 /// A summary of a device.
@@ -1372,6 +1422,11 @@ pub struct NodeStatus {
     pub device_id: String,
     /// Its name.
     pub device_name: String,
+    /// The address it listens on, when it is online.
+    pub listening: Option<String>,
+    /// When a write last failed for want of disk space, if nothing was
+    /// stored since (ms since the Unix epoch).
+    pub disk_full_since_ms: Option<i64>,
     /// Its data directory.
     pub dir: PathBuf,
     /// Its state hash (hex).

@@ -1,69 +1,207 @@
-//! A text progress bar for long transfers.
+//! Progress of long operations (a `put` of a large file, a transfer), as
+//! people expect it: on a terminal, a bar with bytes, rate and time left
+//! (indicatif); into a file or a pipe, a plain line now and then, never a
+//! redrawn bar.
 
-use std::io::Write;
-use std::time::Instant;
+use std::io::{IsTerminal, Read, Seek, SeekFrom};
+use std::time::{Duration, Instant};
 
-/// Draws `[=====>    ] 12.0/32.0 MiB 180 MiB/s` on stderr, at most ~10 times a second.
+/// Shows the progress of one operation on stderr.
 #[derive(Debug)]
 pub struct ProgressBar {
+    what: String,
     total: u64,
     started: Instant,
-    last_draw: Option<Instant>,
-    enabled: bool,
+    display: Display,
 }
 
+#[derive(Debug)]
+enum Display {
+    /// A live bar on a terminal.
+    Bar(indicatif::ProgressBar),
+    /// Plain lines: at most one per `every`, and one at the end.
+    Lines {
+        every: Duration,
+        last: Option<Instant>,
+        done: bool,
+    },
+    /// Nothing (a caller that asked for quiet).
+    Hidden,
+}
+
+/// A plain progress line is written at most this often.
+pub const LINE_INTERVAL: Duration = Duration::from_secs(5);
+
 impl ProgressBar {
-    /// A bar for `total` bytes; draws nothing when `enabled` is false.
-    pub fn new(total: u64, enabled: bool) -> Self {
+    /// Progress of `what` (`"put photo.jpg"`) over `total` bytes: a bar when
+    /// stderr is a terminal and `enabled`, plain lines when it is not, and
+    /// nothing at all when `enabled` is false.
+    pub fn new(what: impl Into<String>, total: u64, enabled: bool) -> Self {
+        let display = if !enabled {
+            Display::Hidden
+        } else if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(total);
+            let style = indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ({eta} left)",
+            )
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            bar.set_style(style);
+            Display::Bar(bar)
+        } else {
+            Display::Lines {
+                every: LINE_INTERVAL,
+                last: None,
+                done: false,
+            }
+        };
+        let what = what.into();
+        if let Display::Bar(b) = &display {
+            b.set_message(what.clone());
+        }
         ProgressBar {
+            what,
             total,
             started: Instant::now(),
-            last_draw: None,
-            enabled,
+            display,
         }
     }
 
-    /// The text for `done` bytes after `secs` seconds.
-    pub fn render(done: u64, total: u64, secs: f64) -> String {
-        const WIDTH: usize = 30;
-        let frac = if total == 0 {
-            1.0
+    /// A bar that writes plain lines whatever stderr is (for tests of the
+    /// line format).
+    pub fn lines(what: impl Into<String>, total: u64, every: Duration) -> Self {
+        ProgressBar {
+            what: what.into(),
+            total,
+            started: Instant::now(),
+            display: Display::Lines {
+                every,
+                last: None,
+                done: false,
+            },
+        }
+    }
+
+    /// The plain line for `done` of `total` bytes after `secs` seconds:
+    /// `put photo.jpg: 512.0 MiB of 1.0 GiB (50%), 180.2 MiB/s, 3 s left`.
+    pub fn line(what: &str, done: u64, total: u64, secs: f64) -> String {
+        let pct = if total == 0 {
+            100.0
         } else {
-            (done as f64 / total as f64).clamp(0.0, 1.0)
+            done as f64 * 100.0 / total as f64
         };
-        let filled = (frac * WIDTH as f64) as usize;
-        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-        let rate = if secs > 0.0 { mib(done) / secs } else { 0.0 };
+        let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
+        let left = if done >= total {
+            "done".to_string()
+        } else if rate > 0.0 {
+            format!("{:.0} s left", (total - done) as f64 / rate)
+        } else {
+            "time left unknown".to_string()
+        };
         format!(
-            "[{}{}] {:.1}/{:.1} MiB {:.0} MiB/s",
-            "=".repeat(filled),
-            " ".repeat(WIDTH - filled),
-            mib(done),
-            mib(total),
-            rate
+            "{what}: {} of {} ({pct:.0}%), {}/s, {left}",
+            bytes(done),
+            bytes(total),
+            bytes(rate as u64)
         )
     }
 
-    /// Reports `done` bytes.
-    pub fn update(&mut self, done: u64) {
-        if !self.enabled {
-            return;
+    /// Changes the total (a transfer learns it from the first metadata).
+    pub fn set_total(&mut self, total: u64) {
+        self.total = total;
+        if let Display::Bar(b) = &self.display {
+            b.set_length(total);
         }
-        let now = Instant::now();
-        let due = self
-            .last_draw
-            .is_none_or(|t| now.duration_since(t).as_millis() >= 100)
-            || done >= self.total;
-        if due {
-            self.last_draw = Some(now);
-            let line = Self::render(done, self.total, self.started.elapsed().as_secs_f64());
-            let mut err = std::io::stderr();
-            let _ = write!(err, "\r{line}");
-            if done >= self.total {
-                let _ = writeln!(err);
+    }
+
+    /// Reports `done` bytes. Returns the plain line written, if one was.
+    pub fn update(&mut self, done: u64) -> Option<String> {
+        let total = self.total;
+        match &mut self.display {
+            Display::Hidden => None,
+            Display::Bar(b) => {
+                b.set_position(done);
+                if done >= total {
+                    b.finish();
+                }
+                None
             }
-            let _ = err.flush();
+            Display::Lines {
+                every,
+                last,
+                done: finished,
+            } => {
+                let now = Instant::now();
+                let at_end = done >= total;
+                let due = last.is_none_or(|t| now.duration_since(t) >= *every);
+                if *finished || !(due || at_end) {
+                    return None;
+                }
+                *last = Some(now);
+                *finished = at_end;
+                let line = Self::line(
+                    &self.what,
+                    done,
+                    total,
+                    self.started.elapsed().as_secs_f64(),
+                );
+                eprintln!("{line}");
+                Some(line)
+            }
         }
+    }
+}
+
+/// `n` bytes for people: `512 B`, `12.5 KiB`, `1.0 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// A reader that reports how much has been read through it (`total` is
+/// what the caller expects to read in all, passed back to `progress`).
+/// A seek keeps the count: a reader read twice counts twice.
+pub struct CountingReader<R, F> {
+    inner: R,
+    done: u64,
+    total: u64,
+    progress: F,
+}
+
+impl<R, F: FnMut(u64, u64)> CountingReader<R, F> {
+    /// Wraps `inner`.
+    pub fn new(inner: R, total: u64, progress: F) -> Self {
+        CountingReader {
+            inner,
+            done: 0,
+            total,
+            progress,
+        }
+    }
+}
+
+impl<R: Read, F: FnMut(u64, u64)> Read for CountingReader<R, F> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done = self.done.saturating_add(n as u64);
+        (self.progress)(self.done.min(self.total), self.total);
+        Ok(n)
+    }
+}
+
+impl<R: Seek, F> Seek for CountingReader<R, F> {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(pos)
     }
 }
 
@@ -72,10 +210,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_fraction_and_rate() {
-        let s = ProgressBar::render(16 << 20, 32 << 20, 2.0);
-        assert!(s.starts_with("[==============="), "{s}");
-        assert!(s.contains("16.0/32.0 MiB 8 MiB/s"), "{s}");
-        assert!(ProgressBar::render(0, 0, 0.0).contains("0.0/0.0 MiB"));
+    fn a_plain_line_says_bytes_share_rate_and_time_left() {
+        let s = ProgressBar::line("put a", 512 << 20, 1 << 30, 2.0);
+        assert_eq!(
+            s,
+            "put a: 512.0 MiB of 1.0 GiB (50%), 256.0 MiB/s, 2 s left"
+        );
+        assert!(ProgressBar::line("get b", 0, 0, 0.0).ends_with("(100%), 0 B/s, done"));
+        assert!(ProgressBar::line("x", 0, 10, 0.0).ends_with("time left unknown"));
+    }
+
+    #[test]
+    fn plain_lines_are_few_and_the_last_one_is_written_once() {
+        let mut p = ProgressBar::lines("put f", 100, Duration::from_secs(3600));
+        assert!(p.update(1).is_some(), "the first report is shown");
+        for done in 2..100 {
+            assert!(
+                p.update(done).is_none(),
+                "{done}: no line before the interval"
+            );
+        }
+        assert!(p.update(100).expect("the end is shown").contains("done"));
+        assert!(p.update(100).is_none(), "and only once");
+    }
+
+    #[test]
+    fn counting_reader_reports_both_passes() {
+        let mut seen = Vec::new();
+        let mut r = CountingReader::new(std::io::Cursor::new(vec![1u8; 10]), 20, |d, t| {
+            seen.push((d, t))
+        });
+        let mut buf = Vec::new();
+        r.read_to_end(&mut buf).expect("read");
+        r.seek(SeekFrom::Start(0)).expect("seek");
+        r.read_to_end(&mut buf).expect("read");
+        drop(r);
+        assert_eq!(seen.iter().map(|s| s.0).max(), Some(20));
+        assert!(seen.iter().all(|s| s.1 == 20));
+    }
+
+    #[test]
+    fn bytes_are_written_for_people() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(1 << 30), "1.0 GiB");
     }
 }

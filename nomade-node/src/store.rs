@@ -26,7 +26,10 @@
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{PoisonError, RwLock};
+
+use nomade_transport::stream::now_ms;
 
 use nomade_wire::SyncOperation;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -45,8 +48,36 @@ pub struct PeerRecord {
     pub device_id: String,
     /// The name it announced, if any.
     pub name: Option<String>,
-    /// Addresses it can be reached at, best first.
+    /// Addresses it can be reached at, best first: typed by the user, used
+    /// to pair, or learned from its connections (the most recent first).
     pub addresses: Vec<String>,
+    /// When a session with it last ended or was last up (ms since the Unix
+    /// epoch), if ever.
+    #[serde(default)]
+    pub last_seen_ms: Option<i64>,
+}
+
+/// Most addresses kept per peer; the oldest learned one goes first.
+pub const MAX_PEER_ADDRESSES: usize = 8;
+
+impl PeerRecord {
+    /// A record of `device_id` with nothing known yet.
+    pub fn new(device_id: &str) -> PeerRecord {
+        PeerRecord {
+            device_id: device_id.to_string(),
+            name: None,
+            addresses: Vec::new(),
+            last_seen_ms: None,
+        }
+    }
+
+    /// Puts `addr` first among the addresses (once), keeping at most
+    /// [`MAX_PEER_ADDRESSES`].
+    pub fn remember_address(&mut self, addr: &str) {
+        self.addresses.retain(|a| a != addr);
+        self.addresses.insert(0, addr.to_string());
+        self.addresses.truncate(MAX_PEER_ADDRESSES);
+    }
 }
 
 /// First byte of a row holding a run of operations.
@@ -165,6 +196,11 @@ fn db_err<E: Into<redb::Error>>(e: E) -> StoreError {
 pub struct Store {
     path: PathBuf,
     slot: RwLock<Slot>,
+    /// When a write last failed for want of space (ms since the Unix
+    /// epoch), and when operations were last appended: the disk is full
+    /// while the first is the later.
+    full_at_ms: AtomicI64,
+    appended_at_ms: AtomicI64,
 }
 
 /// The open database, or none once an I/O error closed it.
@@ -203,6 +239,8 @@ impl Store {
                 db: Some(db),
                 generation: 0,
             }),
+            full_at_ms: AtomicI64::new(i64::MIN),
+            appended_at_ms: AtomicI64::new(i64::MIN),
         })
     }
 
@@ -228,6 +266,9 @@ impl Store {
             (f(db), slot.generation)
         };
         if let Err(e) = &result {
+            if matches!(e, StoreError::Full(_)) {
+                self.full_at_ms.store(now_ms(), Ordering::Relaxed);
+            }
             if e.needs_reopen() {
                 let mut slot = self.slot.write().unwrap_or_else(PoisonError::into_inner);
                 if slot.generation == generation && slot.db.is_some() {
@@ -272,8 +313,17 @@ impl Store {
                 next - 1
             };
             txn.commit().map_err(db_err)?;
+            self.appended_at_ms.store(now_ms(), Ordering::Relaxed);
             Ok(last)
         })
+    }
+
+    /// When a write failed for want of space (disk full, quota, file size
+    /// limit), if no operations were appended since: the disk is then
+    /// evidently still full.
+    pub fn full_since_ms(&self) -> Option<i64> {
+        let full = self.full_at_ms.load(Ordering::Relaxed);
+        (full != i64::MIN && full >= self.appended_at_ms.load(Ordering::Relaxed)).then_some(full)
     }
 
     /// Calls `f` with every stored operation whose sequence number is above
@@ -329,6 +379,34 @@ impl Store {
         self.put(PEERS, &peer.device_id, &bytes)
     }
 
+    /// Changes the record of `device_id` (a new one if there is none) with
+    /// `change`, in one write transaction: concurrent updates of one peer
+    /// (a pairing, a session starting, the user adding an address) never
+    /// overwrite each other. Returns the record as stored.
+    pub fn update_peer(
+        &self,
+        device_id: &str,
+        change: impl Fn(&mut PeerRecord),
+    ) -> Result<PeerRecord, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let record = {
+                let mut table = txn.open_table(PEERS).map_err(db_err)?;
+                let mut record = match table.get(device_id).map_err(db_err)? {
+                    Some(v) => decode_peer(device_id, v.value())?,
+                    None => PeerRecord::new(device_id),
+                };
+                change(&mut record);
+                let bytes = rmp_serde::to_vec_named(&record)
+                    .map_err(|e| StoreError::Encode(e.to_string()))?;
+                table.insert(device_id, bytes.as_slice()).map_err(db_err)?;
+                record
+            };
+            txn.commit().map_err(db_err)?;
+            Ok(record)
+        })
+    }
+
     /// Forgets a paired device. Returns whether it was known.
     pub fn remove_peer(&self, device_id: &str) -> Result<bool, StoreError> {
         self.with_db(|db| {
@@ -351,11 +429,7 @@ impl Store {
             let mut out = Vec::new();
             for entry in table.iter().map_err(db_err)? {
                 let (k, v) = entry.map_err(db_err)?;
-                let peer: PeerRecord =
-                    rmp_serde::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
-                        what: format!("peer {}: {e}", k.value()),
-                    })?;
-                out.push(peer);
+                out.push(decode_peer(k.value(), v.value())?);
             }
             Ok(out)
         })
@@ -391,6 +465,12 @@ impl Store {
             Ok(())
         })
     }
+}
+
+fn decode_peer(device_id: &str, bytes: &[u8]) -> Result<PeerRecord, StoreError> {
+    rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        what: format!("peer {device_id}: {e}"),
+    })
 }
 
 /// The database is the replica's durable operation log.
@@ -637,12 +717,63 @@ mod tests {
             device_id: "abcd".into(),
             name: Some("laptop".into()),
             addresses: vec!["127.0.0.1:4000".into()],
+            last_seen_ms: None,
         };
         store.put_peer(&peer).unwrap();
         assert_eq!(store.peers().unwrap(), vec![peer]);
         assert!(store.remove_peer("abcd").unwrap());
         assert!(!store.remove_peer("abcd").unwrap());
         assert!(store.peers().unwrap().is_empty());
+    }
+
+    /// Issue: a pairing stored the new peer with no address over the
+    /// address the joiner had just stored. Updates merge, in one transaction.
+    #[test]
+    fn peer_updates_merge_and_never_drop_what_another_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("node.redb")).unwrap();
+        store
+            .update_peer("abcd", |p| p.remember_address("10.0.0.1:4433"))
+            .unwrap();
+        // Another writer that only knows the peer exists.
+        store.update_peer("abcd", |_| {}).unwrap();
+        let rec = store
+            .update_peer("abcd", |p| p.name = Some("phone".into()))
+            .unwrap();
+        assert_eq!(rec.addresses, vec!["10.0.0.1:4433"]);
+        assert_eq!(rec.name.as_deref(), Some("phone"));
+        for i in 0..20 {
+            store
+                .update_peer("abcd", |p| p.remember_address(&format!("10.0.0.2:{i}")))
+                .unwrap();
+        }
+        let rec = store
+            .update_peer("abcd", |p| p.remember_address("10.0.0.2:5"))
+            .unwrap();
+        assert_eq!(rec.addresses.len(), MAX_PEER_ADDRESSES);
+        assert_eq!(rec.addresses[0], "10.0.0.2:5");
+        assert_eq!(rec.addresses[1], "10.0.0.2:19");
+        assert_eq!(store.peers().unwrap(), vec![rec]);
+    }
+
+    /// A record written before `last_seen_ms` existed still reads.
+    #[test]
+    fn a_peer_record_of_the_previous_format_reads() {
+        #[derive(Serialize)]
+        struct Old {
+            device_id: String,
+            name: Option<String>,
+            addresses: Vec<String>,
+        }
+        let old = rmp_serde::to_vec_named(&Old {
+            device_id: "abcd".into(),
+            name: None,
+            addresses: vec!["127.0.0.1:1".into()],
+        })
+        .unwrap();
+        let rec = decode_peer("abcd", &old).unwrap();
+        assert_eq!(rec.addresses, vec!["127.0.0.1:1"]);
+        assert_eq!(rec.last_seen_ms, None);
     }
 
     // BAD_INPUTS #31: a truncated or corrupt store at start-up is a clear error.

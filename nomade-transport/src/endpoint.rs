@@ -143,6 +143,11 @@ pub enum TransportEvent {
     Paired {
         /// The new peer.
         peer: DeviceId,
+        /// Its address on the pairing connection: the one dialed (joiner's
+        /// side), or the one it dialed from (responder's side; a device
+        /// dials from the socket it listens on, so this is where it can be
+        /// reached back when it serves).
+        addr: SocketAddr,
     },
     /// A pairing attempt failed; nothing was pinned.
     PairingFailed {
@@ -523,7 +528,7 @@ impl Transport {
         }
         self.inner.paired.insert(peer);
         tracing::info!(%peer, "paired by code");
-        self.inner.emit(TransportEvent::Paired { peer });
+        self.inner.emit(TransportEvent::Paired { peer, addr });
         Ok(self.inner.wrap(peer, conn, true))
     }
 
@@ -716,7 +721,10 @@ async fn respond_pairing(inner: &Inner, conn: &quinn::Connection, peer: DeviceId
     send.write_all(&answer).await?;
     send.finish()?;
     tracing::info!(%peer, "paired by code");
-    inner.emit(TransportEvent::Paired { peer });
+    inner.emit(TransportEvent::Paired {
+        peer,
+        addr: conn.remote_address(),
+    });
     Ok(())
 }
 

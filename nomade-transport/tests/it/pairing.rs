@@ -25,7 +25,9 @@ async fn right_code_pairs_both_sides() {
     assert_eq!(
         ev,
         TransportEvent::Paired {
-            peer: joiner.device_id()
+            peer: joiner.device_id(),
+            // The joiner dials from the socket it listens on.
+            addr: joiner.local_addr().expect("addr"),
         }
     );
     // The pairing connection carries frames like any other.
