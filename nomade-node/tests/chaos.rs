@@ -162,10 +162,10 @@ async fn device_with_clock(dir: &Path, name: &str, plan: FaultPlan, skew_ms: i64
 /// with backoff), `b` only accepts.
 fn link(a: &Dev, b: &Dev) {
     a.node
-        .add_peer(b.node.device_id(), b.node.device_name(), &[b.addr])
+        .add_peer(b.node.device_id(), &b.node.device_name(), &[b.addr])
         .expect("pair");
     b.node
-        .add_peer(a.node.device_id(), a.node.device_name(), &[])
+        .add_peer(a.node.device_id(), &a.node.device_name(), &[])
         .expect("pair");
 }
 
