@@ -22,9 +22,10 @@ pub struct Cli {
     /// The device's data directory (identity, database, artifacts).
     #[arg(long, global = true, env = "NOMADE_DIR", default_value = ".nomade")]
     pub dir: PathBuf,
-    /// Log filter (e.g. `info`, `nomade_node=debug`); RUST_LOG takes precedence.
-    #[arg(long, global = true, default_value = "warn")]
-    pub log: String,
+    /// Log filter (e.g. `info`, `nomade_node=debug`; default: `warn` for
+    /// `serve`, `error` for other commands); RUST_LOG takes precedence.
+    #[arg(long, global = true)]
+    pub log: Option<String>,
     /// Names this device (kept in its data directory, shown to peers); see also `nomade name`.
     #[arg(long, global = true, env = "NOMADE_NAME")]
     pub name: Option<String>,

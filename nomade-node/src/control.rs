@@ -1002,6 +1002,7 @@ pub async fn serve(node: &Node, limits: ControlLimits) -> Result<ControlServer, 
 
 async fn accept_loop(node: Node, listener: UnixListener, owner: u32, limits: ControlLimits) {
     let permits = Arc::new(Semaphore::new(limits.max_clients));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let limits = Arc::new(limits);
     let mut accept_errors = 0u64;
     loop {
@@ -1021,17 +1022,18 @@ async fn accept_loop(node: Node, listener: UnixListener, owner: u32, limits: Con
         if uid.as_ref().ok() != Some(&owner) {
             tracing::warn!(peer_uid = ?uid.as_ref().ok(), "control socket: refused a client of another user");
             refuse(
-                &stream,
+                stream,
                 ControlError::new(
                     ErrorKind::Forbidden,
                     "this node takes commands from its own user only",
                 ),
+                &refusing,
             );
             continue;
         }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             refuse(
-                &stream,
+                stream,
                 ControlError::new(
                     ErrorKind::Busy,
                     format!(
@@ -1039,6 +1041,7 @@ async fn accept_loop(node: Node, listener: UnixListener, owner: u32, limits: Con
                         limits.max_clients
                     ),
                 ),
+                &refusing,
             );
             continue;
         };
@@ -1050,10 +1053,35 @@ async fn accept_loop(node: Node, listener: UnixListener, owner: u32, limits: Con
     }
 }
 
-/// Answers a client that is not served with one line, without waiting (the
-/// line fits the socket buffer; a client that does not read loses it).
-fn refuse(stream: &UnixStream, e: ControlError) {
+/// Refusals being delivered at once, at most; past it a client is dropped
+/// without a word.
+const MAX_REFUSING: usize = 256;
+
+/// Answers a client that is not served with one line. The line fits the
+/// socket buffer, so it is written without waiting; then what the client
+/// sent is read and thrown away for a moment (bounded in time and bytes)
+/// before closing, since closing a Unix socket with unread bytes resets
+/// it and the client might lose the line.
+fn refuse(stream: UnixStream, e: ControlError, refusing: &Arc<Semaphore>) {
     let _ = stream.try_write(&Reply::error(None, e).to_line());
+    let Ok(permit) = refusing.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut stream = stream;
+        let mut sink = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_millis(200), async {
+            let mut left = 64 * 1024usize;
+            while left > 0 {
+                match tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        })
+        .await;
+        drop(permit);
+    });
 }
 
 async fn serve_client(node: &Node, stream: UnixStream, limits: &ControlLimits) {

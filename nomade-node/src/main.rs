@@ -27,8 +27,15 @@ use serde_json::Value as Json;
 
 fn main() {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    // A running node logs warnings; a one-shot command only what stops it
+    // (its own error line says the rest).
+    let default_log = match cli.command {
+        Command::Serve { .. } => "warn",
+        _ => "error",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(cli.log.as_deref().unwrap_or(default_log))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -53,7 +60,7 @@ fn main() {
         }
     };
     // Background tasks (a redial in flight) must not hold the exit.
-    runtime.shutdown_timeout(Duration::from_secs(2));
+    runtime.shutdown_background();
     std::process::exit(code);
 }
 

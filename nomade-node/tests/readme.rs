@@ -162,7 +162,12 @@ fn stdout(o: &Output) -> String {
 }
 
 /// Runs `line` until `check` accepts its output, for at most `within`.
-fn eventually(flow: &Flow, line: &str, within: Duration, check: impl Fn(&Output) -> bool) -> Output {
+fn eventually(
+    flow: &Flow,
+    line: &str,
+    within: Duration,
+    check: impl Fn(&Output) -> bool,
+) -> Output {
     let deadline = Instant::now() + within;
     loop {
         let out = flow.run(line);
@@ -212,7 +217,11 @@ fn the_readme_flow_works_as_written() {
             flow.start(line);
             let i = flow.background.len() - 1;
             if cmd.contains(" serve") {
-                let dir = if cmd.contains("--dir laptop") { "laptop" } else { "phone" };
+                let dir = if cmd.contains("--dir laptop") {
+                    "laptop"
+                } else {
+                    "phone"
+                };
                 wait_for_socket(&flow, dir);
             } else if cmd.contains("pair show") {
                 let deadline = Instant::now() + within;
@@ -221,7 +230,11 @@ fn the_readme_flow_works_as_written() {
                     if let Some(l) = out.lines().find(|l| l.starts_with("pairing code: ")) {
                         break l.trim_start_matches("pairing code: ").trim().to_string();
                     }
-                    assert!(Instant::now() < deadline, "no pairing code:\n{}", flow.logs());
+                    assert!(
+                        Instant::now() < deadline,
+                        "no pairing code:\n{}",
+                        flow.logs()
+                    );
                     std::thread::sleep(Duration::from_millis(50));
                 };
                 assert_eq!(code.len(), 9, "{code}");
@@ -250,9 +263,19 @@ fn the_readme_flow_works_as_written() {
         );
         let text = stdout(&out);
         if cmd.contains("--dir laptop --name laptop init") {
-            laptop_id = text.trim().rsplit(' ').next().unwrap_or_default().to_string();
+            laptop_id = text
+                .trim()
+                .rsplit(' ')
+                .next()
+                .unwrap_or_default()
+                .to_string();
         } else if cmd.contains("--dir phone --name phone init") {
-            phone_id = text.trim().rsplit(' ').next().unwrap_or_default().to_string();
+            phone_id = text
+                .trim()
+                .rsplit(' ')
+                .next()
+                .unwrap_or_default()
+                .to_string();
         } else if cmd.contains("pair join") {
             assert_eq!(
                 text.trim(),
@@ -279,8 +302,13 @@ fn the_readme_flow_works_as_written() {
                 peer["session"]["address"],
                 format!("127.0.0.1:{}", flow.port(0))
             );
-            assert!(peer["session"]["rtt_ms"].as_f64().is_some_and(|r| r > 0.0), "{peer}");
-            assert!(peer["session"]["bytes_received"].as_u64().is_some_and(|b| b > 0));
+            assert!(
+                peer["session"]["rtt_ms"].as_f64().is_some_and(|r| r > 0.0),
+                "{peer}"
+            );
+            assert!(peer["session"]["bytes_received"]
+                .as_u64()
+                .is_some_and(|b| b > 0));
             assert!(peer["session"]["last_sync_ms"].as_i64().is_some(), "{peer}");
         } else if cmd.contains("doctor") {
             assert!(text.contains("ok (syncing)"), "doctor: {text}");
@@ -296,7 +324,11 @@ fn the_readme_flow_works_as_written() {
         .expect("pair show ran");
     let deadline = Instant::now() + within;
     while flow.background[show].1.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "pair show did not end:\n{}", flow.logs());
+        assert!(
+            Instant::now() < deadline,
+            "pair show did not end:\n{}",
+            flow.logs()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(
@@ -332,13 +364,20 @@ fn the_readme_flow_works_as_written() {
     assert!(edit.status.success());
     // With no node behind the stale socket, commands open the directory.
     let offline = flow.run("nomade --dir laptop status --json");
-    assert!(offline.status.success(), "{}", String::from_utf8_lossy(&offline.stderr));
+    assert!(
+        offline.status.success(),
+        "{}",
+        String::from_utf8_lossy(&offline.stderr)
+    );
     assert_eq!(json(&offline)["listening"], serde_json::Value::Null);
     flow.start(&serve_line);
     wait_for_socket(&flow, "laptop");
-    eventually(&flow, "nomade --dir laptop doc get trip title", Duration::from_secs(30), |o| {
-        stdout(o).trim() == "\"Porto\""
-    });
+    eventually(
+        &flow,
+        "nomade --dir laptop doc get trip title",
+        Duration::from_secs(30),
+        |o| stdout(o).trim() == "\"Porto\"",
+    );
     eventually(&flow, "nomade --dir laptop doctor", within, |o| {
         o.status.success() && stdout(o).contains("ok (syncing)")
     });
