@@ -5,7 +5,7 @@
 //! this device's disk is full; a session is up (syncing, perhaps with a
 //! clock far off); no address is known; or how dialing it ends (nothing
 //! answers, it refuses this device, it speaks another protocol version).
-//! A peer not dialed yet is dialed now, so the answer is first-hand.
+//! A peer without a session is dialed now, so the answer is first-hand.
 
 use std::time::Duration;
 
@@ -145,31 +145,26 @@ async fn diagnose_peer(node: &Node, peer: DeviceId, has_address: bool) -> Cause 
     if !has_address {
         return Cause::NoAddress;
     }
-    let report = node.dial_reports().remove(&peer);
-    let tried = match report {
-        Some(r) if r.outcome != DialOutcome::Connected => Some(r),
-        // Never dialed (or it was up and dropped): dial now.
-        _ => {
-            if crate::control::ensure_online(node, None).await.is_ok() {
-                for addr in node.addresses_of(peer) {
-                    let dial = tokio::time::timeout(DIAL_TIMEOUT, node.connect(addr, peer)).await;
-                    if dial.is_err() {
-                        node.note_dial_failure(
-                            peer,
-                            addr,
-                            &crate::NodeError::Transport(
-                                nomade_transport::TransportError::ConnectTimeout { addr },
-                            ),
-                        );
-                    }
-                    if let Some(s) = node.session_status(&peer) {
-                        return session_cause(s);
-                    }
-                }
+    // Not connected: dial now, so the answer is first-hand (the last
+    // redial may be old, or made before an address was added).
+    if crate::control::ensure_online(node, None).await.is_ok() {
+        for addr in node.addresses_of(peer) {
+            let dial = tokio::time::timeout(DIAL_TIMEOUT, node.connect(addr, peer)).await;
+            if dial.is_err() {
+                node.note_dial_failure(
+                    peer,
+                    addr,
+                    &crate::NodeError::Transport(
+                        nomade_transport::TransportError::ConnectTimeout { addr },
+                    ),
+                );
             }
-            node.dial_reports().remove(&peer)
+            if let Some(s) = node.session_status(&peer) {
+                return session_cause(s);
+            }
         }
-    };
+    }
+    let tried = node.dial_reports().remove(&peer);
     match tried {
         None => Cause::NoAddress,
         Some(r) => match r.outcome {

@@ -869,10 +869,16 @@ impl Node {
         let (info, clock_offset_ms) = match self.handshake(&conn, dialer).await {
             Ok(answer) => answer,
             Err(e) => {
-                if let Some(r) = ready {
-                    let _ = r.send(Err(peer_err(&peer, e.to_string())));
-                }
-                return Err(e);
+                // The dialer waiting on `ready` gets the error itself (its
+                // kind decides whether to redial); the log gets its text.
+                let logged = peer_err(&peer, e.to_string());
+                return match ready {
+                    Some(r) => {
+                        let _ = r.send(Err(e));
+                        Err(logged)
+                    }
+                    None => Err(e),
+                };
             }
         };
         let name = info.device_name.clone();
