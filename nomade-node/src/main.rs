@@ -421,9 +421,16 @@ fn print_result(cli: &Cli, result: &Json) -> i32 {
             );
         }
         Command::Get { .. } => println!("wrote {}", s(&result["path"])),
-        Command::Status { json: true, .. } | Command::Doctor { json: true } => print_json(result),
+        Command::Status { json: true, .. } => print_json(result),
         Command::Status { .. } => print_status(result),
-        Command::Doctor { .. } => return print_doctor(result),
+        Command::Doctor { json: true } => {
+            print_json(result);
+            return doctor_exit(result);
+        }
+        Command::Doctor { .. } => {
+            print_doctor(result);
+            return doctor_exit(result);
+        }
         _ => {}
     }
     0
@@ -541,10 +548,24 @@ fn print_status(st: &Json) {
     );
 }
 
-/// Prints the doctor's report; exit status 0 when every peer syncs.
-fn print_doctor(report: &Json) -> i32 {
-    let mut all_ok = report["serving"].as_bool() == Some(true);
-    if !all_ok {
+/// The doctor's exit status: 0 when a node serves and every peer syncs.
+fn doctor_exit(report: &Json) -> i32 {
+    let serving = report["serving"].as_bool() == Some(true);
+    let all_ok = report["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|p| p["ok"].as_bool() == Some(true));
+    if serving && all_ok {
+        0
+    } else {
+        1
+    }
+}
+
+/// Prints the doctor's report.
+fn print_doctor(report: &Json) {
+    if report["serving"].as_bool() != Some(true) {
         println!("this device: no node is running, so nothing syncs until `nomade serve` runs");
     }
     let peers = report["peers"].as_array().cloned().unwrap_or_default();
@@ -553,7 +574,6 @@ fn print_doctor(report: &Json) -> i32 {
     }
     for p in &peers {
         let ok = p["ok"].as_bool() == Some(true);
-        all_ok &= ok;
         println!(
             "{}: {} ({}): {}",
             peer_label(p),
@@ -561,11 +581,6 @@ fn print_doctor(report: &Json) -> i32 {
             p["cause"].as_str().unwrap_or_default().replace('_', " "),
             p["advice"].as_str().unwrap_or_default()
         );
-    }
-    if all_ok {
-        0
-    } else {
-        1
     }
 }
 

@@ -255,7 +255,10 @@ impl Store {
             let mut slot = self.slot.read().unwrap_or_else(PoisonError::into_inner);
             if slot.db.is_none() {
                 drop(slot);
-                self.reopen()?;
+                if let Err(e) = self.reopen() {
+                    self.note_failure(&e);
+                    return Err(e);
+                }
                 slot = self.slot.read().unwrap_or_else(PoisonError::into_inner);
             }
             let Some(db) = slot.db.as_ref() else {
@@ -266,9 +269,7 @@ impl Store {
             (f(db), slot.generation)
         };
         if let Err(e) = &result {
-            if matches!(e, StoreError::Full(_)) {
-                self.full_at_ms.store(now_ms(), Ordering::Relaxed);
-            }
+            self.note_failure(e);
             if e.needs_reopen() {
                 let mut slot = self.slot.write().unwrap_or_else(PoisonError::into_inner);
                 if slot.generation == generation && slot.db.is_some() {
@@ -278,6 +279,12 @@ impl Store {
             }
         }
         result
+    }
+
+    fn note_failure(&self, e: &StoreError) {
+        if matches!(e, StoreError::Full(_)) {
+            self.full_at_ms.store(now_ms(), Ordering::Relaxed);
+        }
     }
 
     /// Reopens the database an I/O error closed (unless another call did).

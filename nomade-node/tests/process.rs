@@ -356,6 +356,16 @@ async fn bad_input_32_a_full_disk_acknowledges_nothing_and_recovers_when_space_r
         (10..50).contains(&while_full),
         "{while_full} of 50 acknowledged on a full disk"
     );
+    // The doctor, asked through the running node, says why.
+    let doctor = nomade(&desk_dir, &["doctor", "--json"]);
+    assert_eq!(doctor.status.code(), Some(1), "a device is not syncing: {}\n{}", String::from_utf8_lossy(&doctor.stdout), desk_log());
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).expect("json");
+    assert_eq!(report["serving"], true, "{report}");
+    assert_eq!(report["peers"][0]["cause"], "disk_full", "{report}");
+    assert!(report["peers"][0]["advice"]
+        .as_str()
+        .is_some_and(|a| a.contains("free some space")));
+    assert!(ok(nomade(&desk_dir, &["status"])).contains("disk     FULL"));
 
     // Space again: the same process stores everything.
     let lifted = Command::new("prlimit")
@@ -370,6 +380,10 @@ async fn bad_input_32_a_full_disk_acknowledges_nothing_and_recovers_when_space_r
         matches!(child.try_wait(), Ok(None)),
         "the desk exited instead of carrying on"
     );
+    let doctor = nomade(&desk_dir, &["doctor", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).expect("json");
+    assert_eq!(report["peers"][0]["cause"], "syncing", "{report}");
+    assert_eq!(doctor.status.code(), Some(0));
     child.kill().expect("SIGKILL");
     let _ = child.wait();
     let after = status(&desk_dir);
