@@ -29,6 +29,9 @@ pub struct Cli {
     /// Names this device (kept in its data directory, shown to peers); see also `nomade name`.
     #[arg(long, global = true, env = "NOMADE_NAME")]
     pub name: Option<String>,
+    /// Longest a connection attempt to a peer may take, in seconds.
+    #[arg(long, global = true, default_value_t = 10.0)]
+    pub connect_timeout: f64,
     /// Switch the application rate limits off (default: on, per the protocol).
     #[arg(long, global = true)]
     pub no_rate_limits: bool,

@@ -97,6 +97,8 @@ fn config(cli: &Cli) -> NodeConfig {
         } else {
             RateLimits::default()
         },
+        handshake_timeout: Duration::try_from_secs_f64(cli.connect_timeout)
+            .unwrap_or(Duration::from_secs(10)),
         ..NodeConfig::default()
     }
 }

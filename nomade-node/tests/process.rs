@@ -358,7 +358,13 @@ async fn bad_input_32_a_full_disk_acknowledges_nothing_and_recovers_when_space_r
     );
     // The doctor, asked through the running node, says why.
     let doctor = nomade(&desk_dir, &["doctor", "--json"]);
-    assert_eq!(doctor.status.code(), Some(1), "a device is not syncing: {}\n{}", String::from_utf8_lossy(&doctor.stdout), desk_log());
+    assert_eq!(
+        doctor.status.code(),
+        Some(1),
+        "a device is not syncing: {}\n{}",
+        String::from_utf8_lossy(&doctor.stdout),
+        desk_log()
+    );
     let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).expect("json");
     assert_eq!(report["serving"], true, "{report}");
     assert_eq!(report["peers"][0]["cause"], "disk_full", "{report}");

@@ -1,0 +1,336 @@
+//! The `nomade` program's manners, as real processes: exit statuses that
+//! tell usage errors, unreachable peers and refusals apart; one node per
+//! directory; a pairing window that lasts what `--ttl` says; logs and
+//! progress written into files as plain lines; a peer out of reach reported
+//! once; `text edit` through `$EDITOR`, and what happens when the text
+//! changed meanwhile; `put` and `get` through a running node.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_nomade")
+}
+
+fn nomade(dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run nomade")
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "nomade failed ({:?}): {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn free_addr() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+}
+
+/// `nomade serve` with its stderr in `log`.
+struct Serve {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Serve {
+    fn start(dir: &Path, listen: SocketAddr, extra: &[&str]) -> Serve {
+        let log = dir.with_extension("log");
+        let file = std::fs::File::create(&log).expect("log");
+        let child = Command::new(bin())
+            .arg("--dir")
+            .arg(dir)
+            .args(extra)
+            .args(["serve", "--listen", &listen.to_string()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn serve");
+        let sock = dir.join("control.sock");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            assert!(Instant::now() < deadline, "serve did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Serve { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn exit_statuses_tell_usage_unreachable_and_refused_apart() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = tmp.path().join("a");
+    ok(nomade(&a, &["init"]));
+    // Usage: a bad value, a bad id, a position past the end; and clap's own.
+    for args in [
+        &["peers", "add", "not-a-device-id"][..],
+        &["conv", "remove", "chat", "9"],
+        &["presence", "set", "sleepy"],
+        &["doc"],
+    ] {
+        let out = nomade(&a, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).is_empty());
+    }
+    // Unreachable: nothing listens at the peer's address.
+    let b = tmp.path().join("b");
+    let b_id = ok(nomade(&b, &["id"])).trim().to_string();
+    let nowhere = free_addr().to_string();
+    ok(nomade(&a, &["peers", "add", &b_id, "--addr", &nowhere]));
+    let id = "ab".repeat(32);
+    let out = nomade(
+        &a,
+        &[
+            "--connect-timeout",
+            "0.5",
+            "get",
+            &id,
+            "out.bin",
+            "--from",
+            &nowhere,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let message = stderr(&out);
+    assert_eq!(message.lines().count(), 1, "one line: {message}");
+    assert!(message.starts_with("error: "), "{message}");
+    // Refused: a wrong pairing code.
+    let shower = tmp.path().join("shower");
+    let listen = free_addr();
+    let mut show = Command::new(bin())
+        .arg("--dir")
+        .arg(&shower)
+        .args([
+            "pair",
+            "show",
+            "--ttl",
+            "20",
+            "--listen",
+            &listen.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("pair show");
+    let mut first = String::new();
+    {
+        use std::io::BufRead;
+        let out = show.stdout.as_mut().expect("stdout");
+        std::io::BufReader::new(out)
+            .read_line(&mut first)
+            .expect("the code line");
+    }
+    let shown = first
+        .trim()
+        .trim_start_matches("pairing code: ")
+        .to_string();
+    let wrong = if shown.starts_with('a') {
+        "bbbb-bbbb"
+    } else {
+        "aaaa-aaaa"
+    };
+    let out = nomade(&a, &["pair", "join", wrong, &listen.to_string()]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let _ = show.kill();
+    let _ = show.wait();
+}
+
+#[test]
+fn one_node_per_directory_and_a_pairing_window_lasts_its_ttl() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = tmp.path().join("a");
+    let serve = Serve::start(&a, free_addr(), &[]);
+    let second = nomade(&a, &["serve", "--listen", &free_addr().to_string()]);
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        stderr(&second).contains("already serves"),
+        "{}",
+        stderr(&second)
+    );
+    // The window closes after --ttl (not the old fixed 5 minutes), and says so.
+    let started = Instant::now();
+    let out = nomade(&a, &["pair", "show", "--ttl", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pairing code: "));
+    assert!(stderr(&out).contains("expired"), "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        serve.log().contains("ttl=1s"),
+        "the node opened a 1 s window: {}",
+        serve.log()
+    );
+}
+
+/// Into a file, logs have no terminal colour codes, progress is plain
+/// lines (no bar redrawn with carriage returns), and a peer out of reach is
+/// warned about once, however many times it is dialed.
+#[test]
+fn logs_and_progress_in_files_are_plain_and_an_unreachable_peer_is_warned_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = tmp.path().join("a");
+    ok(nomade(&a, &["init"]));
+    let b_id = ok(nomade(&tmp.path().join("b"), &["id"]))
+        .trim()
+        .to_string();
+    let nowhere = free_addr().to_string();
+    ok(nomade(&a, &["peers", "add", &b_id, "--addr", &nowhere]));
+    let serve = Serve::start(&a, free_addr(), &["--connect-timeout", "0.2"]);
+    // A large file put through the running node, its stderr a pipe.
+    let file = tmp.path().join("big.bin");
+    std::fs::write(&file, vec![42u8; 48 << 20]).expect("write");
+    let put = nomade(&a, &["put", file.to_str().expect("path")]);
+    let progress = stderr(&put);
+    let id = ok(put).lines().next().expect("id").to_string();
+    assert!(
+        !progress.contains('\r'),
+        "a bar was redrawn into a pipe: {progress:?}"
+    );
+    assert!(
+        progress
+            .lines()
+            .any(|l| l.contains("(put)") && l.contains("(100%)")),
+        "{progress}"
+    );
+    assert!(progress.lines().count() <= 20, "{progress}");
+    assert_eq!(id.len(), 64);
+    // Give the redial loop a few attempts at the dead address.
+    std::thread::sleep(Duration::from_secs(3));
+    let log = serve.log();
+    assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
+    let warned = log.matches("cannot reach peer").count();
+    assert_eq!(warned, 1, "{log}");
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(nomade(&a, &["status", "--json"]))).expect("json");
+    let dial = &st["peers"][0]["last_dial"];
+    assert_eq!(dial["outcome"]["kind"], "unreachable", "{st}");
+    assert!(
+        dial["failures_in_a_row"].as_u64().is_some_and(|n| n >= 2),
+        "{dial}"
+    );
+}
+
+#[test]
+fn text_edit_sends_the_difference_and_keeps_the_users_version_on_a_conflict() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = tmp.path().join("a");
+    ok(nomade(
+        &a,
+        &["text", "splice", "notes", "body", "0", "0", "hello world"],
+    ));
+    let edit = |editor: String| {
+        Command::new(bin())
+            .arg("--dir")
+            .arg(&a)
+            .args(["text", "edit", "notes", "body"])
+            .env("EDITOR", editor)
+            .env_remove("VISUAL")
+            .output()
+            .expect("text edit")
+    };
+    let out = edit("sed -i s/world/there/".into());
+    assert!(ok(out).contains("change(s) sent"));
+    assert_eq!(
+        ok(nomade(&a, &["text", "show", "notes", "body"])),
+        "hello there\n"
+    );
+    // The text changes while the editor is open (another command edits it).
+    let racing = format!(
+        "{} --dir {} text splice notes body 0 0 '>> ' && sed -i s/there/again/",
+        bin(),
+        a.display()
+    );
+    let out = edit(racing);
+    assert_eq!(out.status.code(), Some(1));
+    let message = stderr(&out);
+    assert!(
+        message.contains("changed while it was being edited"),
+        "{message}"
+    );
+    let kept = message
+        .split("kept in ")
+        .nth(1)
+        .map(str::trim)
+        .expect("where the user's version is");
+    assert_eq!(std::fs::read_to_string(kept).expect("kept"), "hello again");
+    let _ = std::fs::remove_file(kept);
+    // Nothing of the edit was applied; the other change was.
+    assert_eq!(
+        ok(nomade(&a, &["text", "show", "notes", "body"])),
+        ">> hello there\n"
+    );
+}
+
+/// `get` through a running node fetches from a connected device without
+/// being told where, with plain progress lines, then writes the file.
+#[test]
+fn put_and_get_through_running_nodes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let a_id = ok(nomade(&a, &["id"])).trim().to_string();
+    let b_id = ok(nomade(&b, &["id"])).trim().to_string();
+    ok(nomade(
+        &a,
+        &["peers", "add", &b_id, "--addr", &b_addr.to_string()],
+    ));
+    ok(nomade(
+        &b,
+        &["peers", "add", &a_id, "--addr", &a_addr.to_string()],
+    ));
+    let _sa = Serve::start(&a, a_addr, &["--no-rate-limits"]);
+    let _sb = Serve::start(&b, b_addr, &["--no-rate-limits"]);
+    let file = tmp.path().join("photo.bin");
+    let data: Vec<u8> = (0..(3 << 20)).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &data).expect("write");
+    let id = ok(nomade(&a, &["put", file.to_str().expect("path")]))
+        .lines()
+        .next()
+        .expect("id")
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st: serde_json::Value =
+            serde_json::from_str(&ok(nomade(&b, &["status", "--json"]))).expect("json");
+        if st["peers"][0]["online"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never connected: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out_path = tmp.path().join("copy.bin");
+    let got = nomade(&b, &["get", &id, out_path.to_str().expect("path")]);
+    let progress = stderr(&got);
+    assert!(ok(got).starts_with("wrote "));
+    assert_eq!(std::fs::read(&out_path).expect("read"), data);
+    assert!(progress.contains("(fetch)"), "{progress}");
+    assert!(!progress.contains('\r'));
+}
