@@ -334,3 +334,90 @@ fn put_and_get_through_running_nodes() {
     assert!(progress.contains("(fetch)"), "{progress}");
     assert!(!progress.contains('\r'));
 }
+
+/// Reads one line of `child`'s stdout within `within`.
+fn line_within(child: &mut Child, within: Duration) -> Option<String> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(within).ok()
+}
+
+/// `watch` prints each change as it is applied; `status --watch` into a
+/// file writes the peers when they change; `name` renames the device and
+/// the name stays.
+#[test]
+fn live_commands_watch_status_watch_and_renaming() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let a_id = ok(nomade(&a, &["--name", "laptop", "id"]))
+        .trim()
+        .to_string();
+    let b_id = ok(nomade(&b, &["id"])).trim().to_string();
+    ok(nomade(
+        &a,
+        &["peers", "add", &b_id, "--addr", &b_addr.to_string()],
+    ));
+    ok(nomade(
+        &b,
+        &["peers", "add", &a_id, "--addr", &a_addr.to_string()],
+    ));
+    let mut sa = Serve::start(&a, a_addr, &[]);
+    let _sb = Serve::start(&b, b_addr, &[]);
+
+    let mut watch = Command::new(bin())
+        .arg("--dir")
+        .arg(&b)
+        .args(["watch", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("watch");
+    let status_file = tmp.path().join("status.txt");
+    let mut status_watch = Command::new(bin())
+        .arg("--dir")
+        .arg(&b)
+        .args(["status", "--watch"])
+        .stdout(Stdio::from(
+            std::fs::File::create(&status_file).expect("file"),
+        ))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("status --watch");
+    std::thread::sleep(Duration::from_millis(300));
+    ok(nomade(&a, &["doc", "set", "trip", "title", "Lisbon"]));
+    let line = line_within(&mut watch, Duration::from_secs(20)).expect("a change line");
+    let change: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(change["change"]["entity_id"], "trip", "{line}");
+    assert_eq!(change["change"]["actor_id"], a_id.as_str());
+    assert_eq!(change["change"]["remote"], true);
+    let _ = watch.kill();
+    let _ = watch.wait();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = status_watch.kill();
+    let _ = status_watch.wait();
+    let written = std::fs::read_to_string(&status_file).expect("read");
+    assert!(
+        written.contains(&a_id) && written.contains("online via"),
+        "{written}"
+    );
+    assert!(!written.contains('\x1b'), "no screen clearing into a file");
+
+    assert_eq!(ok(nomade(&a, &["name"])).trim(), "laptop");
+    assert_eq!(
+        ok(nomade(&a, &["name", "Ana's laptop"])).trim(),
+        "Ana's laptop"
+    );
+    let _ = sa.child.kill();
+    let _ = sa.child.wait();
+    assert_eq!(ok(nomade(&a, &["name"])).trim(), "Ana's laptop", "kept");
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(nomade(&a, &["status", "--json"]))).expect("json");
+    assert_eq!(st["device_name"], "Ana's laptop");
+}
