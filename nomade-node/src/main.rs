@@ -55,7 +55,7 @@ fn main() {
     let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", e.message);
+            eprintln!("error: {}{}", e.message, hint(e.kind));
             exit_status(e.kind)
         }
     };
@@ -71,6 +71,18 @@ fn exit_status(kind: ErrorKind) -> i32 {
         ErrorKind::Unreachable => 3,
         ErrorKind::Refused => 4,
         _ => 1,
+    }
+}
+
+/// What to do next, for the failures whose message cannot know it.
+fn hint(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Unreachable => {
+            " (is `nomade serve` running there, on that port? `nomade doctor` tells more)"
+        }
+        ErrorKind::Refused => " (`nomade doctor` tells why; the devices may need pairing again)",
+        ErrorKind::Busy => " (the running node is busy: try again in a moment)",
+        _ => "",
     }
 }
 
@@ -604,15 +616,26 @@ async fn serve(
     let addr = node.start(listen).await.map_err(ControlError::from)?;
     node.remember_listen_addr(listen)
         .map_err(ControlError::from)?;
-    let control = control::serve(&node, ControlLimits::default())
-        .await
-        .map_err(ControlError::from)?;
+    // Without its control socket (a directory path too long for one, say)
+    // the node still syncs; commands then cannot reach it, and say so.
+    let control = match control::serve(&node, ControlLimits::default()).await {
+        Ok(c) => Some(c),
+        Err(NodeError::Invalid(why)) => return Err(ControlError::new(ErrorKind::Failed, why)),
+        Err(e) => {
+            eprintln!(
+                "warning: no control socket ({e}): other commands cannot reach this node while it runs"
+            );
+            None
+        }
+    };
     node.connect_known_peers().map_err(ControlError::from)?;
     eprintln!(
         "nomade {} ({}) listening on {addr}; commands on {}",
         node.device_id(),
         node.device_name(),
-        control.path().display()
+        control
+            .as_ref()
+            .map_or("no socket".into(), |c| c.path().display().to_string())
     );
     if let Some(m) = metrics_addr {
         let bound = nomade_node::metrics_http::serve(node.clone(), m)

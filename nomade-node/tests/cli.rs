@@ -228,6 +228,11 @@ fn logs_and_progress_in_files_are_plain_and_an_unreachable_peer_is_warned_once()
     assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
     let warned = log.matches("cannot reach peer").count();
     assert_eq!(warned, 1, "{log}");
+    let warnings_about_it = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains(&nowhere))
+        .count();
+    assert_eq!(warnings_about_it, 1, "one warning in all: {log}");
     let st: serde_json::Value =
         serde_json::from_str(&ok(nomade(&a, &["status", "--json"]))).expect("json");
     let dial = &st["peers"][0]["last_dial"];

@@ -453,7 +453,9 @@ impl Transport {
         let (conn, peer) = self
             .handshake(addr, ServerAcceptance::Paired { expected })
             .await
-            .inspect_err(|e| tracing::warn!(%addr, error = %e, "connect failed"))?;
+            // Debug only: the caller decides what a failed dial is worth
+            // telling (a node redialing a device that is off says it once).
+            .inspect_err(|e| tracing::debug!(%addr, error = %e, "connect failed"))?;
         if let Some(expected) = expected {
             if expected != peer {
                 conn.close(
