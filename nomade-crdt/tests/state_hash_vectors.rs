@@ -22,6 +22,11 @@ fn path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/state_hash_vectors.json")
 }
 
+fn load() -> serde_json::Value {
+    let text = std::fs::read_to_string(path()).expect("tests/state_hash_vectors.json is present");
+    serde_json::from_str(&text).expect("json")
+}
+
 fn edit(r: &mut Replica, t: EntityType, id: &str, e: LocalEdit) -> Vec<SyncOperation> {
     r.apply_local(t, id, e, TIMESTAMP).expect("local edit")
 }
@@ -203,8 +208,7 @@ fn state_hash_vectors_file_matches_the_code() {
         let text = serde_json::to_string_pretty(&expected()).expect("json") + "\n";
         std::fs::write(path(), text).expect("write state_hash_vectors.json");
     }
-    let text = std::fs::read_to_string(path()).expect("tests/state_hash_vectors.json is present");
-    let file: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let file = load();
     assert_eq!(
         file,
         expected(),
@@ -216,9 +220,7 @@ fn state_hash_vectors_file_matches_the_code() {
 /// replica, give the published hash: the vector is self-consistent.
 #[test]
 fn replaying_the_vector_operations_gives_its_hash() {
-    let text = std::fs::read_to_string(path()).expect("present");
-    let file: serde_json::Value = serde_json::from_str(&text).expect("json");
-    for v in file.as_array().expect("array") {
+    for v in load().as_array().expect("array") {
         let mut r = Replica::new("cvml-efwx-x7jt-253v-yrk5-ma4a-aaaa-aaaa");
         for f in v["operations_frame_hex"].as_array().expect("frames") {
             let frame = hex::decode(f.as_str().expect("hex")).expect("hex");

@@ -44,6 +44,40 @@ fn free_addr() -> SocketAddr {
         .expect("addr")
 }
 
+/// Two data directories `a` and `b` pinned to each other with `peers add`,
+/// each knowing where the other will serve.
+struct Paired {
+    a: PathBuf,
+    b: PathBuf,
+    a_addr: SocketAddr,
+    b_addr: SocketAddr,
+    a_id: String,
+}
+
+fn paired_out_of_band(tmp: &Path, a_flags: &[&str]) -> Paired {
+    let (a, b) = (tmp.join("a"), tmp.join("b"));
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let a_id = ok(nomade(&a, &[a_flags, &["id"]].concat()))
+        .trim()
+        .to_string();
+    let b_id = ok(nomade(&b, &["id"])).trim().to_string();
+    ok(nomade(
+        &a,
+        &["peers", "add", &b_id, "--addr", &b_addr.to_string()],
+    ));
+    ok(nomade(
+        &b,
+        &["peers", "add", &a_id, "--addr", &a_addr.to_string()],
+    ));
+    Paired {
+        a,
+        b,
+        a_addr,
+        b_addr,
+        a_id,
+    }
+}
+
 /// `nomade serve` with its stderr in `log`.
 struct Serve {
     child: Child,
@@ -299,18 +333,13 @@ fn text_edit_sends_the_difference_and_keeps_the_users_version_on_a_conflict() {
 #[test]
 fn put_and_get_through_running_nodes() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let (a_addr, b_addr) = (free_addr(), free_addr());
-    let a_id = ok(nomade(&a, &["id"])).trim().to_string();
-    let b_id = ok(nomade(&b, &["id"])).trim().to_string();
-    ok(nomade(
-        &a,
-        &["peers", "add", &b_id, "--addr", &b_addr.to_string()],
-    ));
-    ok(nomade(
-        &b,
-        &["peers", "add", &a_id, "--addr", &a_addr.to_string()],
-    ));
+    let Paired {
+        a,
+        b,
+        a_addr,
+        b_addr,
+        ..
+    } = paired_out_of_band(tmp.path(), &[]);
     let _sa = Serve::start(&a, a_addr, &["--no-rate-limits"]);
     let _sb = Serve::start(&b, b_addr, &["--no-rate-limits"]);
     let file = tmp.path().join("photo.bin");
@@ -359,20 +388,13 @@ fn line_within(child: &mut Child, within: Duration) -> Option<String> {
 #[test]
 fn live_commands_watch_status_watch_and_renaming() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let (a_addr, b_addr) = (free_addr(), free_addr());
-    let a_id = ok(nomade(&a, &["--name", "laptop", "id"]))
-        .trim()
-        .to_string();
-    let b_id = ok(nomade(&b, &["id"])).trim().to_string();
-    ok(nomade(
-        &a,
-        &["peers", "add", &b_id, "--addr", &b_addr.to_string()],
-    ));
-    ok(nomade(
-        &b,
-        &["peers", "add", &a_id, "--addr", &a_addr.to_string()],
-    ));
+    let Paired {
+        a,
+        b,
+        a_addr,
+        b_addr,
+        a_id,
+    } = paired_out_of_band(tmp.path(), &["--name", "laptop"]);
     let mut sa = Serve::start(&a, a_addr, &[]);
     let _sb = Serve::start(&b, b_addr, &[]);
 

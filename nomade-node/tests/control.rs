@@ -8,19 +8,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use nomade_node::control::{self, ControlClient, ControlLimits, ErrorKind, Reply, Request};
-use nomade_node::{Node, NodeConfig};
-use nomade_transport::RateLimits;
+use nomade_node::Node;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-fn config(name: &str) -> NodeConfig {
-    NodeConfig {
-        device_name: name.into(),
-        rate_limits: RateLimits::OFF,
-        heartbeat_period: Duration::from_millis(500),
-        ..NodeConfig::default()
-    }
-}
+mod common;
+use common::config;
 
 fn limits() -> ControlLimits {
     ControlLimits {

@@ -9,17 +9,17 @@ use std::time::Duration;
 
 use nomade_node::doctor::{diagnose, Cause};
 use nomade_node::{Node, NodeConfig};
-use nomade_transport::{Config, DeviceIdentity, PairedSet, RateLimits, Transport};
 use nomade_wire::{
     Envelope, ErrorCode, ErrorMessage, Hash32, Hello, HelloAck, Message, MessageId, StreamRole,
 };
 
+mod common;
+use common::bare_transport_paired_with as hand_driven;
+
 fn config(name: &str) -> NodeConfig {
     NodeConfig {
-        device_name: name.into(),
-        rate_limits: RateLimits::OFF,
         handshake_timeout: Duration::from_secs(1),
-        ..NodeConfig::default()
+        ..common::config(name)
     }
 }
 
@@ -34,20 +34,6 @@ fn closed_port() -> SocketAddr {
         .expect("bind")
         .local_addr()
         .expect("addr")
-}
-
-/// A bare transport paired with `node`, as another device would be.
-fn hand_driven(node: &Node) -> Transport {
-    let identity = DeviceIdentity::generate().expect("identity");
-    let paired = PairedSet::new();
-    paired.insert(node.device_id());
-    Transport::bind(
-        identity,
-        paired,
-        "127.0.0.1:0".parse().expect("addr"),
-        Config::default(),
-    )
-    .expect("bind")
 }
 
 async fn only_cause(node: &Node) -> Cause {

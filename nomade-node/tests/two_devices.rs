@@ -3,17 +3,10 @@
 use std::time::Duration;
 
 use nomade_node::{Node, NodeConfig};
-use nomade_transport::RateLimits;
 use nomade_wire::Value;
 
-fn config(name: &str) -> NodeConfig {
-    NodeConfig {
-        device_name: name.into(),
-        rate_limits: RateLimits::OFF,
-        heartbeat_period: Duration::from_millis(500),
-        ..NodeConfig::default()
-    }
-}
+mod common;
+use common::{bare_transport_paired_with, config};
 
 /// Starts `node` on a free loopback port; returns its address.
 async fn online(node: &Node) -> std::net::SocketAddr {
@@ -139,21 +132,11 @@ async fn hand_driven_peer(
     nomade_transport::Connection,
     nomade_wire::Envelope,
 ) {
-    use nomade_transport::{Config, DeviceIdentity, PairedSet, Transport};
     use nomade_wire::{Envelope, Hash32, Hello, MessageId, StreamRole};
 
-    let identity = DeviceIdentity::generate().expect("identity");
-    let id = identity.device_id();
+    let transport = bare_transport_paired_with(node);
+    let id = transport.device_id();
     node.add_peer(id, "by hand", &[]).expect("pair");
-    let paired = PairedSet::new();
-    paired.insert(node.device_id());
-    let transport = Transport::bind(
-        identity,
-        paired,
-        "127.0.0.1:0".parse().expect("addr"),
-        Config::default(),
-    )
-    .expect("bind");
     let conn = transport
         .connect(addr, Some(node.device_id()))
         .await
@@ -255,25 +238,16 @@ async fn a_silent_peer_announcing_presence_is_closed_with_missed_heartbeats() {
 /// another protocol version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dialer_refusing_hello_ack_closes_with_the_error_code() {
-    use nomade_transport::{Config, DeviceIdentity, PairedSet, Transport};
+    use nomade_transport::DeviceIdentity;
     use nomade_wire::{Envelope, Hash32, HelloAck, Message, MessageId, StreamRole};
 
     let dir = tempfile::tempdir().expect("tempdir");
     let node = Node::open(&dir.path().join("node"), config("node")).expect("open");
     online(&node).await;
     for (case, expected_code) in [("another device", 6u32), ("another version", 1)] {
-        let identity = DeviceIdentity::generate().expect("identity");
-        let id = identity.device_id();
+        let acceptor = bare_transport_paired_with(&node);
+        let id = acceptor.device_id();
         node.add_peer(id, "acceptor", &[]).expect("pair");
-        let paired = PairedSet::new();
-        paired.insert(node.device_id());
-        let acceptor = Transport::bind(
-            identity,
-            paired,
-            "127.0.0.1:0".parse().expect("addr"),
-            Config::default(),
-        )
-        .expect("bind");
         let addr = acceptor.local_addr().expect("addr");
         let dial = {
             let node = node.clone();

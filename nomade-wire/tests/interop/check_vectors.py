@@ -511,11 +511,8 @@ def check_vector(v) -> None:
 
 
 def run(path: str) -> int:
-    try:
-        with open(path, encoding="utf-8") as f:
-            vectors = json.load(f)
-    except (OSError, ValueError) as e:
-        print(f"FAIL: cannot read {path}: {e}", file=sys.stderr)
+    vectors = load_json(path)
+    if vectors is None:
         return 1
     if not isinstance(vectors, list) or not vectors:
         print(f"FAIL: {path} must hold a non-empty JSON array", file=sys.stderr)
@@ -787,12 +784,19 @@ def state_hash(state) -> bytes:
     return h.digest()
 
 
-def run_state_hash(path: str) -> int:
+def load_json(path: str):
+    """The JSON in `path`, or None (and a FAIL line) when it cannot be read."""
     try:
         with open(path, encoding="utf-8") as f:
-            vectors = json.load(f)
+            return json.load(f)
     except (OSError, ValueError) as e:
         print(f"FAIL: cannot read {path}: {e}", file=sys.stderr)
+        return None
+
+
+def run_state_hash(path: str) -> int:
+    vectors = load_json(path)
+    if vectors is None:
         return 1
     failures = 0
     for v in vectors:
