@@ -754,35 +754,45 @@ async fn get(
                 None => None,
             },
         };
-        let peer = match peer {
-            Some(p) => p,
-            // Without --from or --peer: a connected device.
-            None => node.connected_peers().into_iter().next().ok_or_else(|| {
-                ControlError::new(
-                    ErrorKind::NotFound,
-                    format!(
-                        "artifact {} is not held here and no paired device is connected: pass --from ADDR",
-                        id.to_hex()
-                    ),
-                )
-            })?,
+        // Without --from or --peer: the connected devices, then the other
+        // paired ones, until one has it.
+        let candidates = match peer {
+            Some(p) => vec![p],
+            None => {
+                let mut all = node.connected_peers();
+                for rec in node.peers()? {
+                    if let Ok(p) = rec.device_id.parse::<DeviceId>() {
+                        if !all.contains(&p) {
+                            all.push(p);
+                        }
+                    }
+                }
+                all
+            }
         };
-        if !node.is_connected(&peer) {
-            ensure_online(node, None).await?;
-            let addr = match from {
-                Some(a) => a,
-                None => node.addresses_of(peer).into_iter().next().ok_or_else(|| {
-                    ControlError::new(
-                        ErrorKind::NotFound,
-                        format!("no address known for {peer}: pass --from ADDR"),
-                    )
-                })?,
-            };
-            node.connect(addr, peer).await?;
+        let mut last_error = ControlError::new(
+            ErrorKind::NotFound,
+            format!(
+                "artifact {} is not held here and there is no paired device to fetch it from",
+                id.to_hex()
+            ),
+        );
+        let mut fetched = false;
+        for peer in candidates {
+            match fetch_from(node, peer, from, id, events).await {
+                Ok(()) => {
+                    fetched = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::info!(%peer, error = %e, "artifact not fetched from this device");
+                    last_error = e;
+                }
+            }
         }
-        let mut progress = throttled(events, "fetch");
-        node.fetch_artifact(&peer, id, |p| progress(p.bytes_done, p.bytes_total))
-            .await?;
+        if !fetched {
+            return Err(last_error);
+        }
     }
     let (node2, out2) = (node.clone(), out.to_path_buf());
     let size = node.artifacts().metadata(&id).map(|m| m.size).unwrap_or(0);
@@ -792,6 +802,39 @@ async fn get(
         .map_err(NodeError::from)??;
     events.progress("export", size, size);
     Ok(json!({ "path": out, "id": id.to_hex() }))
+}
+
+/// Fetches artifact `id` from `peer`, connecting first (at `from`, else at
+/// its known addresses in order) if no session is up.
+async fn fetch_from(
+    node: &Node,
+    peer: DeviceId,
+    from: Option<SocketAddr>,
+    id: ArtifactId,
+    events: &EventSink,
+) -> Result<(), ControlError> {
+    if !node.is_connected(&peer) {
+        ensure_online(node, None).await?;
+        let addrs = match from {
+            Some(a) => vec![a],
+            None => node.addresses_of(peer),
+        };
+        let mut result = Err(ControlError::new(
+            ErrorKind::NotFound,
+            format!("no address known for {peer}: pass --from ADDR"),
+        ));
+        for addr in addrs {
+            result = node.connect(addr, peer).await.map_err(ControlError::from);
+            if result.is_ok() {
+                break;
+            }
+        }
+        result?;
+    }
+    let mut progress = throttled(events, "fetch");
+    node.fetch_artifact(&peer, id, |p| progress(p.bytes_done, p.bytes_total))
+        .await?;
+    Ok(())
 }
 
 async fn watch(node: &Node, events: &EventSink) -> Result<Json, ControlError> {

@@ -367,6 +367,19 @@ fn put_and_get_through_running_nodes() {
     assert_eq!(std::fs::read(&out_path).expect("read"), data);
     assert!(progress.contains("(fetch)"), "{progress}");
     assert!(!progress.contains('\r'));
+    // A device that does not serve fetches from a paired one it dials,
+    // without being told where (its known address).
+    let c = tmp.path().join("c");
+    let c_id = ok(nomade(&c, &["id"])).trim().to_string();
+    ok(nomade(&a, &["peers", "add", &c_id]));
+    let a_id = ok(nomade(&a, &["id"])).trim().to_string();
+    ok(nomade(
+        &c,
+        &["peers", "add", &a_id, "--addr", &a_addr.to_string()],
+    ));
+    let c_copy = tmp.path().join("c-copy.bin");
+    ok(nomade(&c, &["get", &id, c_copy.to_str().expect("path")]));
+    assert_eq!(std::fs::read(&c_copy).expect("read"), data);
 }
 
 /// Reads one line of `child`'s stdout within `within`.
