@@ -18,7 +18,16 @@
 //! - [`store`]: the redb database.
 //! - [`metrics`] and [`metrics_http`]: counters, the latency histogram, and
 //!   the Prometheus endpoint.
-//! - [`cli`] and [`demo`]: the `nomade` program.
+//! - [`peers`]: what the node remembers of each paired device, redialing,
+//!   and how each dial ended.
+//! - [`control`]: the local control socket of a running node (the protocol
+//!   is in `docs/CONTROL.md`), and [`doctor`]: why a peer syncs or not.
+//!
+//! The `nomade` program (`src/bin/nomade`: its command line, the progress
+//! bars, `nomade demo`) is built with the default `cli` feature; an
+//! application embedding the library can leave it out with
+//! `default-features = false`, and clap, indicatif and tracing-subscriber
+//! with it.
 //!
 //! ```
 //! use std::time::Duration;
@@ -55,10 +64,8 @@
 
 mod artifact_io;
 pub mod batch;
-pub mod cli;
 pub mod control;
 pub mod core;
-pub mod demo;
 pub mod doctor;
 pub mod error;
 pub mod handshake;

@@ -11,16 +11,21 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod bar;
+mod cli;
+mod demo;
+
+use bar::ProgressBar;
 use clap::Parser;
-use nomade_node::cli::{
+use cli::{
     Cli, Command, ConvCommand, DocCommand, PairCommand, PeersCommand, PresenceCommand, TextCommand,
 };
 use nomade_node::control::{
     self, ControlClient, ControlError, ControlLimits, ErrorKind, Event, EventSink, Request,
 };
 use nomade_node::doctor::ago;
-use nomade_node::progress::{bytes, ProgressBar};
-use nomade_node::{demo, Node, NodeConfig, NodeError};
+use nomade_node::progress::bytes;
+use nomade_node::{Node, NodeConfig, NodeError};
 use nomade_transport::RateLimits;
 use nomade_wire::PresenceStatus;
 use serde_json::Value as Json;

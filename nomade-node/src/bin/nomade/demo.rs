@@ -12,9 +12,10 @@ use std::net::SocketAddr;
 
 use nomade_transport::RateLimits;
 
-use crate::error::{NodeError, StoreError};
-use crate::progress::ProgressBar;
-use crate::{Node, NodeConfig};
+use nomade_node::error::{NodeError, StoreError};
+use nomade_node::{Node, NodeConfig};
+
+use crate::bar::ProgressBar;
 
 /// One device in the report.
 #[derive(Debug, Clone, Serialize)]
