@@ -63,6 +63,7 @@
 #![warn(missing_docs)]
 
 mod artifact_io;
+mod artifacts;
 pub mod batch;
 pub mod control;
 pub mod core;
@@ -74,12 +75,17 @@ pub mod metrics;
 pub mod metrics_http;
 mod node;
 pub mod peers;
+mod presence;
 pub mod progress;
+mod session;
+mod status;
 pub mod store;
 pub mod sync;
 
 pub use error::NodeError;
-pub use node::{Node, NodeConfig, NodeStatus, PeerPresence, PeerStatus, SessionStatus};
+pub use node::{Node, NodeConfig};
+pub use presence::PeerPresence;
+pub use status::{NodeStatus, PeerStatus, SessionStatus};
 
 /// Locks `mutex`, recovering it if a panic elsewhere poisoned it. Every
 /// update the node makes under one of its locks (the replica, the session
