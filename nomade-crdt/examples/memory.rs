@@ -6,10 +6,11 @@
 //!
 //! Each workload runs in a child process of its own (so that memory freed by
 //! one is not reused by the next) and applies OPS local edits (default
-//! 100,000) to a fresh replica. It prints, per operation: the growth of the
-//! process's resident memory (Linux `/proc/self/status`), the part of it
-//! that is the replica's log of applied operations (measured by cloning the
-//! log), and the size of an operation encoded as on the wire.
+//! 100,000) to a fresh replica, handing each edit's operations over as a
+//! node does (to be stored: here they are measured and dropped). It prints,
+//! per operation: the growth of the process's resident memory (Linux
+//! `/proc/self/status`), which is the replica's state alone (a replica
+//! keeps no history), and the size of an operation encoded as on the wire.
 
 use std::process::Command;
 
@@ -70,28 +71,24 @@ fn edit(workload: &str, i: usize) -> (EntityType, String, LocalEdit) {
 fn measure(workload: &str, ops: usize) {
     let before = rss_kib().unwrap_or(0);
     let mut replica = Replica::new("abcd-efgh-ijkl-mnop-qrst-uvwx-yz23-4567");
+    let (mut count, mut encoded) = (0usize, 0usize);
     for i in 0..ops {
         let (t, id, e) = edit(workload, i);
         if let Err(err) = replica.apply_local(t, &id, e, 0) {
             eprintln!("{workload}: edit {i} failed: {err}");
             std::process::exit(1);
         }
+        for op in replica.take_applied() {
+            count += 1;
+            encoded += rmp_serde::to_vec_named(&op).map(|v| v.len()).unwrap_or(0);
+        }
     }
     let with_replica = rss_kib().unwrap_or(0);
-    let log_copy = replica.log().to_vec();
-    let with_copy = rss_kib().unwrap_or(0);
-    let encoded: usize = log_copy
-        .iter()
-        .map(|op| rmp_serde::to_vec_named(op).map(|v| v.len()).unwrap_or(0))
-        .sum();
-    let count = log_copy.len().max(1) as f64;
-    let per_op = |kib: i64| kib as f64 * 1024.0 / count;
+    let n = count.max(1) as f64;
     println!(
-        "| {workload} | {} | {:.0} | {:.0} | {:.0} |",
-        log_copy.len(),
-        per_op(with_replica - before),
-        per_op(with_copy - with_replica),
-        encoded as f64 / count,
+        "| {workload} | {count} | {:.0} | {:.0} |",
+        (with_replica - before) as f64 * 1024.0 / n,
+        encoded as f64 / n,
     );
 }
 
@@ -111,8 +108,8 @@ fn main() {
         eprintln!("resident memory is read from /proc/self/status: Linux only");
         std::process::exit(1);
     }
-    println!("| workload | operations | bytes/op, whole replica | of which the operation log | one operation encoded |");
-    println!("|---|---|---|---|---|");
+    println!("| workload | operations | bytes/op, whole replica | one operation encoded |");
+    println!("|---|---|---|---|");
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {

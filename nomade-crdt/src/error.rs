@@ -51,9 +51,6 @@ pub enum CrdtError {
         /// The buffer's capacity.
         capacity: usize,
     },
-    /// The operations a peer asks for were compacted into a snapshot.
-    #[error("operations before the snapshot are no longer held: send a snapshot instead")]
-    SnapshotRequired,
     /// A snapshot could not be encoded or decoded.
     #[error("bad snapshot: {0}")]
     BadSnapshot(String),

@@ -30,6 +30,23 @@ impl MemoryOpLog {
     pub fn ops(&self) -> &[SyncOperation] {
         &self.ops
     }
+
+    /// Stores what `replica` applied since it last handed it over
+    /// ([`Replica::take_applied`]).
+    pub fn record(&mut self, replica: &mut Replica) {
+        self.ops.extend(replica.take_applied());
+    }
+
+    /// The operations a peer with version vector `peer` lacks, in the
+    /// order stored (a causal order).
+    pub fn missing<'a>(
+        &'a self,
+        peer: &'a nomade_wire::VersionVector,
+    ) -> impl Iterator<Item = &'a SyncOperation> + 'a {
+        self.ops
+            .iter()
+            .filter(move |op| op.operation.counter > peer.get(&op.actor_id).copied().unwrap_or(0))
+    }
 }
 
 impl OpLog for MemoryOpLog {
@@ -72,6 +89,8 @@ impl Replica {
                 if let Err(e) = replica.apply_remote(op) {
                     failure = Some(e);
                 }
+                // What the log holds is stored already: nothing to hand over.
+                replica.applied.clear();
             }
         })
         .map_err(RestoreError::Store)?;

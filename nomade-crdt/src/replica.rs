@@ -143,10 +143,10 @@ pub struct Replica {
     pub(crate) actors: Actors,
     pub(crate) vv: VersionVector,
     pub(crate) entities: BTreeMap<EntityKey, Entity>,
-    /// Every operation applied since `log_base`, in the order applied (a causal order).
-    pub(crate) log: Vec<SyncOperation>,
-    /// What the replica's snapshot (if it started from one) already covers.
-    pub(crate) log_base: VersionVector,
+    /// The operations applied since the last [`Replica::take_applied`], in
+    /// the order applied (a causal order): for the caller to store. The
+    /// replica keeps no history of its own.
+    pub(crate) applied: Vec<SyncOperation>,
     /// Remote operations waiting for their dependencies, per actor by counter.
     buffer: HashMap<String, BTreeMap<u64, SyncOperation>>,
     buffered: usize,
@@ -168,8 +168,7 @@ impl Replica {
             actors: Actors::default(),
             vv: VersionVector::new(),
             entities: BTreeMap::new(),
-            log: Vec::new(),
-            log_base: VersionVector::new(),
+            applied: Vec::new(),
             buffer: HashMap::new(),
             buffered: 0,
             entity_vv: BTreeMap::new(),
@@ -200,9 +199,18 @@ impl Replica {
         self.buffered
     }
 
-    /// Every operation applied (since the snapshot it started from), in causal order.
-    pub fn log(&self) -> &[SyncOperation] {
-        &self.log
+    /// The operations applied (local edits and remote operations that left
+    /// the causal buffer) since the last [`Replica::take_applied`], in the
+    /// order applied, which is a causal order.
+    pub fn applied(&self) -> &[SyncOperation] {
+        &self.applied
+    }
+
+    /// Hands over the operations applied since the last call, for the
+    /// caller to store or send: history lives with the caller (a database),
+    /// not in the replica, whose memory holds the current state only.
+    pub fn take_applied(&mut self) -> Vec<SyncOperation> {
+        std::mem::take(&mut self.applied)
     }
 
     /// Applies a local edit and returns the operations to send to peers (one
@@ -611,26 +619,7 @@ impl Replica {
         };
         debug_assert!(result.is_ok(), "checked before apply: {result:?}");
         raise_counter(&mut self.vv, &op.actor_id, counter);
-        self.log.push(op);
-    }
-
-    /// Every operation a peer whose version vector is `peer` lacks, in an order
-    /// it can apply them (causal). Fails if some were compacted into a snapshot.
-    pub fn ops_missing<'a>(
-        &'a self,
-        peer: &'a VersionVector,
-    ) -> Result<impl Iterator<Item = &'a SyncOperation> + 'a, CrdtError> {
-        let covers_base = self
-            .log_base
-            .iter()
-            .all(|(a, &c)| peer.get(a).copied().unwrap_or(0) >= c);
-        if !covers_base {
-            return Err(CrdtError::SnapshotRequired);
-        }
-        Ok(self
-            .log
-            .iter()
-            .filter(move |op| op.operation.counter > peer.get(&op.actor_id).copied().unwrap_or(0)))
+        self.applied.push(op);
     }
 
     /// The entities held, by type and id.

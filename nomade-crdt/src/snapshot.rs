@@ -81,7 +81,7 @@ fn restore_seq<T: Clone>(r: &mut Replica, elems: Vec<SnapElem<T>>) -> Sequence<T
 
 impl Replica {
     /// The whole state as MessagePack bytes: entities with their tombstones and
-    /// the version vector, without the operation log. A device restored from it
+    /// the version vector (history is not part of a replica). A device restored from it
     /// continues exactly where this one stands.
     pub fn snapshot(&self) -> Result<Vec<u8>, CrdtError> {
         let entities = self
@@ -123,9 +123,8 @@ impl Replica {
         rmp_serde::to_vec_named(&snap).map_err(|e| CrdtError::BadSnapshot(e.to_string()))
     }
 
-    /// Restores a replica for `actor` from [`Replica::snapshot`] bytes. Its log
-    /// starts empty: peers that lack operations older than the snapshot get
-    /// [`CrdtError::SnapshotRequired`] from [`Replica::ops_missing`].
+    /// Restores a replica for `actor` from [`Replica::snapshot`] bytes; the
+    /// operations after the snapshot are applied to it as to any replica.
     pub fn from_snapshot(
         actor: impl Into<String>,
         bytes: &[u8],
@@ -169,8 +168,7 @@ impl Replica {
         for (t, id, vv) in snap.entity_version_vectors {
             r.entity_vv.insert((t, id), vv);
         }
-        r.vv = snap.version_vector.clone();
-        r.log_base = snap.version_vector;
+        r.vv = snap.version_vector;
         Ok(r)
     }
 }

@@ -3,7 +3,9 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-use nomade_crdt::{from_delta, to_delta, CrdtError, LocalEdit, Replica, ReplicaConfig};
+use nomade_crdt::{
+    from_delta, to_delta, CrdtError, LocalEdit, MemoryOpLog, Replica, ReplicaConfig,
+};
 use nomade_wire::{EntityType, SyncOperation, Value, VersionVector};
 
 const DOC: EntityType = EntityType::Document;
@@ -57,13 +59,14 @@ fn delete_removes_what_it_saw_and_keeps_concurrent_writes() {
     // Operations on other entities make counters and deps run ahead of this document.
     set(&mut a, "other", "z", 1);
     let first = set(&mut a, "d", "k", 1);
-    deliver(&mut b, a.log());
+    deliver(&mut b, &a.take_applied());
+    b.take_applied();
     set(&mut b, "elsewhere", "q", 2);
     let del = b
         .apply_local(DOC, "d", LocalEdit::Delete { key: "k".into() }, 0)
         .unwrap();
     let concurrent = set(&mut a, "d", "k", 2);
-    deliver(&mut a, &b.log()[2..]);
+    deliver(&mut a, &b.take_applied());
     deliver(&mut b, &concurrent);
     assert_eq!(a.field_values("d", "k"), vec![Value::Int(2)]);
     assert_eq!(b.field_values("d", "k"), vec![Value::Int(2)]);
@@ -142,9 +145,8 @@ fn bad_input_21_an_op_with_missing_dependencies_waits_in_the_buffer() {
     assert_eq!(b.document("d"), None, "never applied early");
     let applied = b.apply_remote(o1[0].clone()).unwrap();
     assert_eq!(applied, 2, "the buffered op follows its dependency");
-    // They are the log's last entries, in the order applied.
-    let log = b.log();
-    assert_eq!(&log[log.len() - 2..], &[o1[0].clone(), o2[0].clone()]);
+    // Both are handed over to be stored, in the order applied.
+    assert_eq!(b.take_applied(), vec![o1[0].clone(), o2[0].clone()]);
     assert_eq!(b.buffered(), 0);
     assert_eq!(b.field_values("d", "k"), vec![Value::Int(2)]);
 
@@ -286,37 +288,38 @@ fn bad_input_23_malformed_ops_are_refused_and_change_nothing() {
     assert_eq!(b.buffered(), 0);
 }
 
+/// History lives with the caller: a log the replica hands its operations
+/// to knows what a peer lacks.
 #[test]
-fn ops_missing_sends_exactly_what_a_peer_lacks() {
-    let mut a = Replica::new("a");
-    let mut b = Replica::new("b");
+fn a_log_fed_by_take_applied_sends_exactly_what_a_peer_lacks() {
+    let (mut a, mut log_a) = (Replica::new("a"), MemoryOpLog::default());
+    let (mut b, mut log_b) = (Replica::new("b"), MemoryOpLog::default());
     set(&mut a, "d", "k", 1);
     set(&mut a, "d", "j", 2);
+    log_a.record(&mut a);
     deliver(
         &mut b,
-        &a.ops_missing(&VersionVector::new())
-            .unwrap()
+        &log_a
+            .missing(&VersionVector::new())
             .cloned()
             .collect::<Vec<_>>(),
     );
+    log_b.record(&mut b);
     set(&mut a, "d", "k", 3);
     set(&mut b, "e", "k", 4);
-    let missing: Vec<_> = a
-        .ops_missing(b.version_vector())
-        .unwrap()
-        .cloned()
-        .collect();
+    log_a.record(&mut a);
+    log_b.record(&mut b);
+    let missing: Vec<_> = log_a.missing(b.version_vector()).cloned().collect();
     assert_eq!(missing.len(), 1);
     assert_eq!(missing[0].operation.counter, 3);
     deliver(&mut b, &missing);
-    let back: Vec<_> = b
-        .ops_missing(a.version_vector())
-        .unwrap()
-        .cloned()
-        .collect();
+    log_b.record(&mut b);
+    let back: Vec<_> = log_b.missing(a.version_vector()).cloned().collect();
     deliver(&mut a, &back);
+    log_a.record(&mut a);
     assert_eq!(a.state_hash(), b.state_hash());
-    assert!(a.ops_missing(b.version_vector()).unwrap().next().is_none());
+    assert!(log_a.missing(b.version_vector()).next().is_none());
+    assert!(a.applied().is_empty(), "the replica keeps no history");
 }
 
 #[test]
@@ -422,12 +425,8 @@ fn snapshot_restores_the_same_state_and_editing_continues() {
         .unwrap();
     assert_eq!(op, op2);
     assert_eq!(restored.state_hash(), a.state_hash());
-    // A peer that lacks history from before the snapshot needs the snapshot.
-    assert!(matches!(
-        restored.ops_missing(&VersionVector::new()),
-        Err(CrdtError::SnapshotRequired)
-    ));
-    assert!(restored.ops_missing(a.version_vector()).is_ok());
+    // Only what was applied after the snapshot is handed over.
+    assert_eq!(restored.take_applied(), op);
     // Garbage is a typed error.
     assert!(matches!(
         Replica::from_snapshot("a", &bytes[..bytes.len() / 2], ReplicaConfig::default()),

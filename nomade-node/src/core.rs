@@ -2,6 +2,7 @@
 //! directory, with edits, reads and change subscriptions.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -150,15 +151,32 @@ impl Core {
         self.changes.subscribe()
     }
 
-    /// Stores the replica's log entries from `start` on (the operations just
-    /// applied) durably or, if that fails, rebuilds the replica from the store
-    /// so that memory never runs ahead of the disk.
-    fn persist(&self, replica: &mut Replica, start: usize) -> Result<(), NodeError> {
-        let log = replica.log();
-        match self.store.append_ops(&log[start.min(log.len())..]) {
+    /// Stores the operations the replica just applied durably, and returns
+    /// them; if that fails, rebuilds the replica from the store so that
+    /// memory never runs ahead of the disk. The history is the store's: the
+    /// replica holds none.
+    fn persist(&self, replica: &mut Replica) -> Result<Vec<SyncOperation>, NodeError> {
+        let ops = replica.take_applied();
+        if ops.is_empty() {
+            return Ok(ops);
+        }
+        // What was stored before them: the replica's version vector without
+        // them (each device's counters in a batch follow what came before).
+        let mut before = replica.version_vector().clone();
+        for op in &ops {
+            let prior = op.operation.counter - 1;
+            match before.get_mut(&op.actor_id) {
+                Some(c) if *c > prior && prior == 0 => {
+                    before.remove(&op.actor_id);
+                }
+                Some(c) if *c > prior => *c = prior,
+                _ => {}
+            }
+        }
+        match self.store.append_ops(&ops, Some(&before)) {
             Ok(seq) => {
                 self.appended.send_replace(seq);
-                Ok(())
+                Ok(ops)
             }
             Err(e) => {
                 tracing::error!(error = %e, "could not store operations; reloading the replica from disk");
@@ -201,7 +219,6 @@ impl Core {
     ) -> Result<Vec<SyncOperation>, NodeError> {
         let mut replica = self.replica();
         check(&replica)?;
-        let start = replica.log().len();
         let mut ops = Vec::new();
         let mut changed = Vec::with_capacity(edits.len());
         let mut failure = None;
@@ -229,7 +246,7 @@ impl Core {
             }
             return Err(e);
         }
-        self.persist(&mut replica, start)?;
+        self.persist(&mut replica)?;
         drop(replica);
         for (entity_type, entity_id) in changed {
             let _ = self.changes.send(Change {
@@ -247,7 +264,6 @@ impl Core {
     /// how many were applied. Only then may they be acknowledged.
     pub fn apply_remote(&self, peer: &str, ops: Vec<SyncOperation>) -> Result<usize, NodeError> {
         let mut replica = self.replica();
-        let start = replica.log().len();
         let mut first_err = None;
         for op in ops {
             if let Err(e) = replica.apply_remote(op) {
@@ -256,17 +272,16 @@ impl Core {
                 first_err.get_or_insert(e);
             }
         }
-        // What was applied is the log's tail, in the order applied.
-        let applied = replica.log().len() - start;
-        if applied > 0 {
-            self.persist(&mut replica, start)?;
-        }
+        // What was applied (these and buffered ones they released), in the
+        // order applied.
+        let applied_ops = self.persist(&mut replica)?;
+        let applied = applied_ops.len();
         // Counted while the replica is still locked: whoever sees the new
         // state also sees it in the metrics.
         Metrics::add(&self.metrics.ops_applied, applied as u64);
         let now = now_ms();
         let mut last: Option<&SyncOperation> = None;
-        for op in &replica.log()[start..] {
+        for op in &applied_ops {
             tracing::debug!(peer, entity = %op.entity_id, actor = %op.actor_id, counter = op.operation.counter, "applied");
             self.metrics
                 .record_latency_us(now.saturating_sub(op.timestamp).saturating_mul(1000));
@@ -307,32 +322,43 @@ impl Core {
         lock(&self.last_sync).get(peer).copied()
     }
 
-    /// Every operation a peer with version vector `peer` lacks, in causal order.
-    pub fn ops_missing(&self, peer: &VersionVector) -> Result<Vec<SyncOperation>, NodeError> {
-        let replica = self.replica();
-        let ops = replica.ops_missing(peer)?.cloned().collect();
-        Ok(ops)
+    /// Where to start scanning for a peer whose version vector is `peer`:
+    /// every operation stored up to it is covered by `peer` (see
+    /// [`Store::resume_point`]), so a reconnect reads what is missing, not
+    /// the history.
+    pub fn resume_point(&self, peer: &VersionVector) -> Result<u64, NodeError> {
+        Ok(self.store.resume_point(peer)?)
     }
 
-    /// The operations among log positions `cursor..cursor + limit` that a
-    /// peer with version vector `peer` lacks, the position to continue from,
-    /// and whether the log goes on past it.
+    /// The operations stored after sequence number `cursor` that a peer with
+    /// version vector `peer` lacks, reading at most `limit` stored operations:
+    /// those found, the sequence number to continue from, and whether the
+    /// store goes on past it. Read from the database, in the order stored
+    /// (a causal order): a node's memory holds no history.
     pub fn ops_after(
         &self,
-        cursor: usize,
+        cursor: u64,
         peer: &VersionVector,
         limit: usize,
-    ) -> Result<(Vec<SyncOperation>, usize, bool), NodeError> {
-        let replica = self.replica();
-        let log = replica.log();
-        let start = cursor.min(log.len());
-        let end = start.saturating_add(limit).min(log.len());
-        let ops = log[start..end]
-            .iter()
-            .filter(|op| op.operation.counter > peer.get(&op.actor_id).copied().unwrap_or(0))
-            .cloned()
-            .collect();
-        Ok((ops, end, end < log.len()))
+    ) -> Result<(Vec<SyncOperation>, u64, bool), NodeError> {
+        let mut ops = Vec::new();
+        let mut next = cursor;
+        let mut read = 0usize;
+        let mut more = false;
+        self.store.scan_ops(cursor, |seq, op| {
+            if read == limit {
+                more = true;
+                return ControlFlow::Break(());
+            }
+            read += 1;
+            next = seq;
+            if op.operation.counter > peer.get(&op.actor_id).copied().unwrap_or(0) {
+                ops.push(op);
+            }
+            ControlFlow::Continue(())
+        })?;
+        Metrics::add(&self.metrics.ops_scanned, read as u64);
+        Ok((ops, next, more))
     }
 
     /// Records that `peer` acknowledged (durably stored) the operations `vv` covers.
@@ -398,6 +424,6 @@ impl Core {
 
     /// Number of operations applied.
     pub fn op_count(&self) -> usize {
-        self.replica().log().len()
+        usize::try_from(*self.appended.borrow()).unwrap_or(usize::MAX)
     }
 }

@@ -45,6 +45,9 @@ pub struct Metrics {
     pub sessions_started: AtomicU64,
     /// Dials to a known peer that failed (unreachable, timed out, refused).
     pub dial_failures: AtomicU64,
+    /// Stored operations read back to find what peers lack (the history a
+    /// pusher scanned).
+    pub ops_scanned: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
     latency_sum_us: AtomicU64,
     latency_count: AtomicU64,
@@ -63,6 +66,7 @@ impl Default for Metrics {
             artifact_bytes_received: AtomicU64::new(0),
             sessions_started: AtomicU64::new(0),
             dial_failures: AtomicU64::new(0),
+            ops_scanned: AtomicU64::new(0),
             latency_buckets: Default::default(),
             latency_sum_us: AtomicU64::new(0),
             latency_count: AtomicU64::new(0),
@@ -96,6 +100,8 @@ pub struct MetricsSnapshot {
     pub sessions_started: u64,
     /// Dials to a known peer that failed.
     pub dial_failures: u64,
+    /// Stored operations read back to find what peers lack.
+    pub ops_scanned: u64,
     /// Sync latency (created on the peer -> applied here) histogram: bucket
     /// upper bound in µs -> cumulative count.
     pub sync_latency_us: Vec<(u64, u64)>,
@@ -166,6 +172,7 @@ impl Metrics {
             artifact_bytes_received: self.artifact_bytes_received.load(Ordering::Relaxed),
             sessions_started: self.sessions_started.load(Ordering::Relaxed),
             dial_failures: self.dial_failures.load(Ordering::Relaxed),
+            ops_scanned: self.ops_scanned.load(Ordering::Relaxed),
             sync_latency_us,
             sync_latency_count: count,
             sync_latency_mean_us: if count == 0 {
@@ -224,6 +231,11 @@ impl MetricsSnapshot {
                 "nomade_dial_failures_total",
                 "Dials to a known peer that failed",
                 self.dial_failures,
+            ),
+            (
+                "nomade_ops_scanned_total",
+                "Stored operations read back to find what peers lack",
+                self.ops_scanned,
             ),
         ];
         for (name, help, v) in counters {

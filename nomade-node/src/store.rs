@@ -31,7 +31,7 @@ use std::sync::{PoisonError, RwLock};
 
 use nomade_transport::stream::now_ms;
 
-use nomade_wire::SyncOperation;
+use nomade_wire::{SyncOperation, VersionVector};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +40,17 @@ use crate::error::StoreError;
 const OPS: TableDefinition<u64, &[u8]> = TableDefinition::new("ops");
 const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// For each row of `OPS` (by its first sequence number): the version vector
+/// of the operations stored before it. Those are exactly the operations it
+/// covers (the log is in applied order, each device's operations in counter
+/// order without gaps), so a peer whose version vector covers it lacks
+/// nothing before that row: a pusher starts there, not at the beginning.
+const FRONTIERS: TableDefinition<u64, &[u8]> = TableDefinition::new("frontiers");
+
+/// Operations between two recorded frontiers, at least: a reconnecting peer
+/// is sent from at most about this many operations (plus a row) before
+/// what it lacks.
+const FRONTIER_EVERY: u64 = 256;
 
 /// What the node remembers about a paired device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,6 +214,13 @@ pub struct Store {
     appended_at_ms: AtomicI64,
 }
 
+/// redb's page cache. Its default (1 GiB) keeps every page a scan touched:
+/// opening a store replays the whole log, so the cache ended up holding the
+/// whole file, resident for as long as the node ran. The history is read
+/// sequentially (replay, a pusher's scan), which a cache does not help; the
+/// B-tree's interior pages and a commit's dirty pages fit in far less.
+const CACHE_BYTES: usize = 32 << 20;
+
 /// The open database, or none once an I/O error closed it.
 #[derive(Debug)]
 struct Slot {
@@ -214,15 +232,19 @@ struct Slot {
 
 /// Opens the file and makes sure the tables exist.
 fn open_database(path: &Path) -> Result<Database, StoreError> {
-    let db = Database::create(path).map_err(|e| match db_err(e) {
-        StoreError::Database(what) => StoreError::Corrupt { what },
-        other => other,
-    })?;
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|e| match db_err(e) {
+            StoreError::Database(what) => StoreError::Corrupt { what },
+            other => other,
+        })?;
     let txn = db.begin_write().map_err(db_err)?;
     {
         txn.open_table(OPS).map_err(db_err)?;
         txn.open_table(PEERS).map_err(db_err)?;
         txn.open_table(META).map_err(db_err)?;
+        txn.open_table(FRONTIERS).map_err(db_err)?;
     }
     txn.commit().map_err(db_err)?;
     Ok(db)
@@ -300,21 +322,57 @@ impl Store {
 
     /// Durably appends operations (already applied to the replica) in order,
     /// in one transaction. Returns the sequence number of the last one.
-    pub fn append_ops(&self, ops: &[SyncOperation]) -> Result<u64, StoreError> {
+    /// `before`, when given, is the version vector of everything stored
+    /// before `ops`: each new row's frontier is recorded from it (see
+    /// [`Store::resume_point`]).
+    pub fn append_ops(
+        &self,
+        ops: &[SyncOperation],
+        before: Option<&VersionVector>,
+    ) -> Result<u64, StoreError> {
         if ops.is_empty() {
             return self.last_seq();
         }
         let rows = encode_runs(ops)?;
+        // The frontier at the start of each row.
+        let frontiers = before
+            .map(|vv| {
+                let mut at = vv.clone();
+                let mut ops = ops.iter();
+                rows.iter()
+                    .map(|(count, _)| {
+                        let here = rmp_serde::to_vec_named(&at)
+                            .map_err(|e| StoreError::Encode(e.to_string()));
+                        for op in ops.by_ref().take(*count as usize) {
+                            nomade_crdt::raise_counter(&mut at, &op.actor_id, op.operation.counter);
+                        }
+                        here
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
         self.with_db(|db| {
             let txn = db.begin_write().map_err(db_err)?;
             let last = {
                 let mut table = txn.open_table(OPS).map_err(db_err)?;
+                let mut marks = txn.open_table(FRONTIERS).map_err(db_err)?;
                 let mut next = match table.last().map_err(db_err)? {
                     Some((k, v)) => k.value() + run_len(k.value(), v.value())?,
                     None => 1,
                 };
-                for (count, row) in &rows {
+                let mut last_mark = match marks.last().map_err(db_err)? {
+                    Some((k, _)) => Some(k.value()),
+                    None => None,
+                };
+                for (i, (count, row)) in rows.iter().enumerate() {
                     table.insert(next, row.as_slice()).map_err(db_err)?;
+                    // One frontier per FRONTIER_EVERY operations at most:
+                    // small commits (one per keystroke) do not each add one.
+                    let due = last_mark.is_none_or(|m| next >= m + FRONTIER_EVERY);
+                    if let (true, Some(f)) = (due, frontiers.as_ref().and_then(|f| f.get(i))) {
+                        marks.insert(next, f.as_slice()).map_err(db_err)?;
+                        last_mark = Some(next);
+                    }
                     next += u64::from(*count);
                 }
                 next - 1
@@ -331,6 +389,34 @@ impl Store {
     pub fn full_since_ms(&self) -> Option<i64> {
         let full = self.full_at_ms.load(Ordering::Relaxed);
         (full != i64::MIN && full >= self.appended_at_ms.load(Ordering::Relaxed)).then_some(full)
+    }
+
+    /// Where a pusher serving a peer whose version vector is `peer` may
+    /// start: a sequence number such that every operation up to it is
+    /// covered by `peer` (0 when no row's frontier is). Pass it to
+    /// [`Store::scan_ops`] as `after`.
+    pub fn resume_point(&self, peer: &VersionVector) -> Result<u64, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let marks = txn.open_table(FRONTIERS).map_err(db_err)?;
+            // Frontiers grow with the sequence number: the last covered one
+            // is found from the end (a peer that is nearly up to date stops
+            // at once).
+            for entry in marks.iter().map_err(db_err)?.rev() {
+                let (k, v) = entry.map_err(db_err)?;
+                let frontier: VersionVector =
+                    rmp_serde::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                        what: format!("frontier of row {}: {e}", k.value()),
+                    })?;
+                if frontier
+                    .iter()
+                    .all(|(a, &c)| peer.get(a).copied().unwrap_or(0) >= c)
+                {
+                    return Ok(k.value() - 1);
+                }
+            }
+            Ok(0)
+        })
     }
 
     /// Calls `f` with every stored operation whose sequence number is above
@@ -485,7 +571,7 @@ impl nomade_crdt::OpLog for Store {
     type Error = StoreError;
 
     fn append(&mut self, ops: &[SyncOperation]) -> Result<(), StoreError> {
-        self.append_ops(ops).map(drop)
+        self.append_ops(ops, None).map(drop)
     }
 
     fn for_each(&self, f: &mut dyn FnMut(SyncOperation)) -> Result<(), StoreError> {
@@ -535,8 +621,8 @@ mod tests {
         let path = dir.path().join("node.redb");
         {
             let store = Store::open(&path).unwrap();
-            assert_eq!(store.append_ops(&[op(1), op(2)]).unwrap(), 2);
-            assert_eq!(store.append_ops(&[op(3)]).unwrap(), 3);
+            assert_eq!(store.append_ops(&[op(1), op(2)], None).unwrap(), 2);
+            assert_eq!(store.append_ops(&[op(3)], None).unwrap(), 3);
         }
         let store = Store::open(&path).unwrap();
         assert_eq!(store.last_seq().unwrap(), 3);
@@ -561,10 +647,10 @@ mod tests {
     fn runs_are_scanned_from_any_position() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("node.redb")).unwrap();
-        assert_eq!(store.append_ops(&[op(1), op(2), op(3)]).unwrap(), 3);
-        assert_eq!(store.append_ops(&[]).unwrap(), 3);
-        assert_eq!(store.append_ops(&[op(4)]).unwrap(), 4);
-        assert_eq!(store.append_ops(&[op(5), op(6)]).unwrap(), 6);
+        assert_eq!(store.append_ops(&[op(1), op(2), op(3)], None).unwrap(), 3);
+        assert_eq!(store.append_ops(&[], None).unwrap(), 3);
+        assert_eq!(store.append_ops(&[op(4)], None).unwrap(), 4);
+        assert_eq!(store.append_ops(&[op(5), op(6)], None).unwrap(), 6);
         assert_eq!(store.last_seq().unwrap(), 6);
         for after in 0..=7u64 {
             let got = collect(&store, after);
@@ -593,9 +679,9 @@ mod tests {
     fn a_large_append_is_stored_as_rows_of_bounded_size() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("node.redb")).unwrap();
-        assert_eq!(store.append_ops(&[op(1)]).unwrap(), 1);
+        assert_eq!(store.append_ops(&[op(1)], None).unwrap(), 1);
         let many: Vec<SyncOperation> = (2..=3001).map(op).collect();
-        assert_eq!(store.append_ops(&many).unwrap(), 3001);
+        assert_eq!(store.append_ops(&many, None).unwrap(), 3001);
         let op_len = rmp_serde::to_vec_named(&op(3001)).unwrap().len();
         let slot = store.slot.read().unwrap();
         let txn = slot.db.as_ref().unwrap().begin_read().unwrap();
@@ -633,7 +719,7 @@ mod tests {
         put_row(&store, 1, &rmp_serde::to_vec_named(&op(1)).unwrap());
         put_row(&store, 2, &rmp_serde::to_vec_named(&op(2)).unwrap());
         assert_eq!(store.last_seq().unwrap(), 2);
-        assert_eq!(store.append_ops(&[op(3), op(4)]).unwrap(), 4);
+        assert_eq!(store.append_ops(&[op(3), op(4)], None).unwrap(), 4);
         let all = collect(&store, 0);
         assert_eq!(all.len(), 4);
         for (seq, o) in all {
@@ -763,6 +849,43 @@ mod tests {
         assert_eq!(store.peers().unwrap(), vec![rec]);
     }
 
+    /// A pusher starts where the peer's version vector covers everything
+    /// stored before: never after an operation the peer lacks, and (with
+    /// frontiers every 256 operations) not far before the first one.
+    #[test]
+    fn the_resume_point_skips_only_what_a_peer_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("node.redb")).unwrap();
+        let vv = |n: u64| -> VersionVector {
+            if n == 0 {
+                VersionVector::new()
+            } else {
+                [("a".to_string(), n)].into()
+            }
+        };
+        // 1,000 operations in commits of 10, each with its frontier.
+        for batch in 0..100u64 {
+            let ops: Vec<_> = (1..=10).map(|i| op(batch * 10 + i)).collect();
+            store.append_ops(&ops, Some(&vv(batch * 10))).unwrap();
+        }
+        assert_eq!(store.resume_point(&vv(0)).unwrap(), 0);
+        for have in [0u64, 5, 255, 256, 257, 600, 999, 1000] {
+            let start = store.resume_point(&vv(have)).unwrap();
+            assert!(
+                start <= have,
+                "{have}: skipped what the peer lacks ({start})"
+            );
+            assert!(have - start <= 256 + 10, "{have}: started at {start}");
+        }
+        // Another actor the peer lacks: back to the start.
+        let other: VersionVector = [("a".to_string(), 1000), ("b".to_string(), 0)].into();
+        assert!(store.resume_point(&other).unwrap() <= 1000);
+        // Rows without a frontier (an older store) are never skipped to.
+        let plain = Store::open(&dir.path().join("plain.redb")).unwrap();
+        plain.append_ops(&[op(1), op(2)], None).unwrap();
+        assert_eq!(plain.resume_point(&vv(2)).unwrap(), 0);
+    }
+
     /// A record written before `last_seen_ms` existed still reads.
     #[test]
     fn a_peer_record_of_the_previous_format_reads() {
@@ -803,7 +926,7 @@ mod tests {
         {
             let store = Store::open(&path).unwrap();
             let many: Vec<_> = (1..200).map(op).collect();
-            store.append_ops(&many).unwrap();
+            store.append_ops(&many, None).unwrap();
         }
         let len = std::fs::metadata(&path).unwrap().len();
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
@@ -843,7 +966,7 @@ mod tests {
     fn an_io_error_closes_the_database_and_the_next_call_reopens_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("node.redb")).unwrap();
-        store.append_ops(&[op(1), op(2)]).unwrap();
+        store.append_ops(&[op(1), op(2)], None).unwrap();
         let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
         let failed = store.with_db(|_| -> Result<(), StoreError> { Err(full.into()) });
         assert!(matches!(failed, Err(StoreError::Full(_))), "{failed:?}");
@@ -857,7 +980,7 @@ mod tests {
         });
         assert!(other.is_err());
         assert!(store.slot.read().unwrap().db.is_some());
-        store.append_ops(&[op(3)]).unwrap();
+        store.append_ops(&[op(3)], None).unwrap();
         let all: Vec<u64> = collect(&store, 0).into_iter().map(|(s, _)| s).collect();
         assert_eq!(all, vec![1, 2, 3]);
         assert_eq!(store.slot.read().unwrap().generation, 1);

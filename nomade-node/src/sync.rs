@@ -335,7 +335,8 @@ pub async fn push(
         request.version_vector.unwrap_or_default()
     };
     let mut appended = core.appended();
-    let mut cursor = 0usize;
+    // Everything up to the resume point is covered by what the peer has.
+    let mut cursor = core.resume_point(&peer_vv)?;
     let mut initial_done = false;
     // Frames sent and not yet acknowledged, with what each one carries.
     let mut unacked: HashMap<MessageId, VersionVector> = HashMap::new();

@@ -674,3 +674,62 @@ async fn a_session_starting_wakes_the_redials_waiting_out_their_backoff() {
     assert_eq!(metrics.dial_failures, 1, "{metrics:?}");
     assert_eq!(metrics.sessions_started, 2, "{metrics:?}");
 }
+
+/// The history lives in the store: a node pushes it from there, and a
+/// reconnecting peer that lacks one operation makes the pusher read about
+/// that much (at most a frontier interval), not the whole history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_reads_what_is_missing_not_the_history() {
+    use nomade_crdt::LocalEdit;
+    use nomade_wire::EntityType;
+    use std::sync::atomic::Ordering;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Node::open(&dir.path().join("a"), config("a")).expect("open");
+    for commit in 0..30 {
+        let edits = (0..100)
+            .map(|i| {
+                (
+                    EntityType::Document,
+                    format!("doc-{}", commit % 7),
+                    LocalEdit::Set {
+                        key: format!("k{i}"),
+                        value: Value::Int(commit * 100 + i),
+                    },
+                )
+            })
+            .collect();
+        a.core().edit_many(edits).expect("edits");
+    }
+    let a_addr = online(&a).await;
+    let b_dir = dir.path().join("b");
+    let b = Node::open(&b_dir, config("b")).expect("open");
+    online(&b).await;
+    a.add_peer(b.device_id(), "b", &[]).expect("pair");
+    b.add_peer(a.device_id(), "a", &[a_addr]).expect("pair");
+    b.connect(a_addr, a.device_id()).await.expect("connect");
+    b.wait_initial_sync(&a.device_id(), Duration::from_secs(30))
+        .await
+        .expect("initial sync");
+    assert_eq!(b.state_hash(), a.state_hash());
+    let full = a.metrics().ops_scanned.load(Ordering::Relaxed);
+    assert!(full >= 3000, "the first sync read the history: {full}");
+
+    // b goes away and comes back; one operation is new meanwhile.
+    b.shutdown().await;
+    drop(b);
+    wait_for(|| !a.is_connected(&a.device_id()), "a to notice").await;
+    a.set("doc-0", "late", 1).expect("edit");
+    let before = a.metrics().ops_scanned.load(Ordering::Relaxed);
+    let b = Node::open(&b_dir, config("b")).expect("reopen");
+    online(&b).await;
+    b.connect(a_addr, a.device_id()).await.expect("reconnect");
+    b.wait_initial_sync(&a.device_id(), Duration::from_secs(30))
+        .await
+        .expect("sync");
+    assert_eq!(b.state_hash(), a.state_hash());
+    let read = a.metrics().ops_scanned.load(Ordering::Relaxed) - before;
+    assert!(read <= 400, "a reconnect read {read} stored operations");
+    a.shutdown().await;
+    b.shutdown().await;
+}
