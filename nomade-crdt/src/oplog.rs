@@ -90,7 +90,7 @@ impl Replica {
                     failure = Some(e);
                 }
                 // What the log holds is stored already: nothing to hand over.
-                replica.applied.clear();
+                replica.discard_applied();
             }
         })
         .map_err(RestoreError::Store)?;

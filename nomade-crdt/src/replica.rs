@@ -206,6 +206,12 @@ impl Replica {
         &self.applied
     }
 
+    /// Forgets the operations applied since the last [`Replica::take_applied`]
+    /// (a caller replaying what it stored already).
+    pub fn discard_applied(&mut self) {
+        self.applied.clear();
+    }
+
     /// Hands over the operations applied since the last call, for the
     /// caller to store or send: history lives with the caller (a database),
     /// not in the replica, whose memory holds the current state only.

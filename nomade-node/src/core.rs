@@ -4,9 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use nomade_crdt::{LocalEdit, Replica, ReplicaConfig, RestoreError};
+use nomade_crdt::{LocalEdit, Replica, ReplicaConfig};
 use nomade_wire::{EntityType, Hash32, SyncOperation, Value, VersionVector};
 use tokio::sync::{broadcast, watch};
 
@@ -43,6 +44,9 @@ pub struct Core {
     changes: broadcast::Sender<Change>,
     /// Bumped after every durable append; sync tasks wait on it to push new ops.
     appended: watch::Sender<u64>,
+    /// The sequence number the latest snapshot covers, and its size.
+    snapshot_seq: std::sync::atomic::AtomicU64,
+    snapshot_len: std::sync::atomic::AtomicU64,
     /// Per peer: the operations it acknowledged (stored durably), as a version vector.
     acked: Mutex<HashMap<String, VersionVector>>,
     /// Per peer: when operations last went either way (received from it and
@@ -64,15 +68,54 @@ impl std::fmt::Debug for Core {
 
 pub use nomade_transport::stream::now_ms;
 
+/// A snapshot is written once this many operations were stored after the
+/// last one, or an eighth of the last snapshot's size in bytes if that is
+/// more (writing the state again then costs at most about 8 bytes per
+/// operation stored, against 400-500 for the operation itself), and when
+/// the node shuts down. Opening replays the operations after it.
+pub const SNAPSHOT_EVERY: u64 = 20_000;
+
+/// Operations stored between two snapshots, at least, per byte of the last
+/// snapshot.
+const SNAPSHOT_BYTES_PER_OP: u64 = 8;
+
+/// At shutdown, a snapshot is written if at least this many operations were
+/// stored since the last one.
+pub const SNAPSHOT_AT_SHUTDOWN: u64 = 1_000;
+
+/// Rebuilds the replica: from the latest snapshot, then the operations
+/// stored after it. Returns it, the sequence number its snapshot covers and
+/// the snapshot's size.
 fn load_replica(
     store: &Store,
     device_id: &str,
     config: ReplicaConfig,
-) -> Result<Replica, NodeError> {
-    Replica::restore(device_id, config, store).map_err(|e| match e {
-        RestoreError::Store(e) => NodeError::Store(e),
-        RestoreError::Operation(e) => NodeError::CorruptLog(e.to_string()),
-    })
+) -> Result<(Replica, u64, u64), NodeError> {
+    let (mut replica, after, len) = match store.snapshot()? {
+        Some((seq, bytes)) => {
+            let r = Replica::from_snapshot(device_id, &bytes, config).map_err(|e| {
+                NodeError::CorruptLog(format!("the snapshot of the first {seq} operations: {e}"))
+            })?;
+            (r, seq, bytes.len() as u64)
+        }
+        None => (Replica::with_config(device_id, config), 0, 0),
+    };
+    let mut failure = None;
+    store.scan_ops(after, |seq, op| match replica.apply_remote(op) {
+        Ok(_) => {
+            // Stored already: nothing to hand over.
+            replica.discard_applied();
+            ControlFlow::Continue(())
+        }
+        Err(e) => {
+            failure = Some(format!("stored operation {seq}: {e}"));
+            ControlFlow::Break(())
+        }
+    })?;
+    match failure {
+        Some(what) => Err(NodeError::CorruptLog(what)),
+        None => Ok((replica, after, len)),
+    }
 }
 
 impl Core {
@@ -85,7 +128,8 @@ impl Core {
     ) -> Result<Arc<Core>, NodeError> {
         std::fs::create_dir_all(dir)?;
         let store = Store::open(&dir.join("nomade.redb"))?;
-        let replica = load_replica(&store, device_id, replica_config)?;
+        let (replica, snapshot_seq, snapshot_len) =
+            load_replica(&store, device_id, replica_config)?;
         let last = store.last_seq()?;
         let (changes, _) = broadcast::channel(4096);
         Ok(Arc::new(Core {
@@ -97,10 +141,47 @@ impl Core {
             metrics: Metrics::default(),
             changes,
             appended: watch::Sender::new(last),
+            snapshot_seq: std::sync::atomic::AtomicU64::new(snapshot_seq),
+            snapshot_len: std::sync::atomic::AtomicU64::new(snapshot_len),
             acked: Mutex::new(HashMap::new()),
             last_sync: Mutex::new(HashMap::new()),
             clock_skew_ms: std::sync::atomic::AtomicI64::new(0),
         }))
+    }
+
+    /// Snapshots `replica`, which holds every operation up to `seq`. A
+    /// failure is logged, not returned: the operations are stored, and the
+    /// next start replays more of them.
+    fn write_snapshot(&self, replica: &Replica, seq: u64) {
+        let started = std::time::Instant::now();
+        let result = replica
+            .snapshot()
+            .map_err(NodeError::from)
+            .and_then(|bytes| {
+                self.store.put_snapshot(seq, &bytes)?;
+                Ok(bytes.len())
+            });
+        match result {
+            Ok(len) => {
+                self.snapshot_seq.store(seq, Ordering::Relaxed);
+                self.snapshot_len.store(len as u64, Ordering::Relaxed);
+                tracing::debug!(seq, bytes = len, took = ?started.elapsed(), "snapshot written");
+            }
+            Err(e) => tracing::warn!(seq, error = %e, "could not write a snapshot"),
+        }
+    }
+
+    /// Writes a snapshot if [`SNAPSHOT_AT_SHUTDOWN`] operations or more were
+    /// stored since the last one, so that the next start loads it instead of
+    /// replaying them (called when the node shuts down).
+    pub fn checkpoint(&self) {
+        let replica = self.replica();
+        let seq = *self.appended.borrow();
+        // A few edits (a command-line `doc set`) are quicker replayed than
+        // a whole state written again.
+        if seq >= self.snapshot_seq.load(Ordering::Relaxed) + SNAPSHOT_AT_SHUTDOWN {
+            self.write_snapshot(&replica, seq);
+        }
     }
 
     /// Skews this device's clock by `ms` for the timestamps of new operations.
@@ -176,11 +257,17 @@ impl Core {
         match self.store.append_ops(&ops, Some(&before)) {
             Ok(seq) => {
                 self.appended.send_replace(seq);
+                let every = SNAPSHOT_EVERY
+                    .max(self.snapshot_len.load(Ordering::Relaxed) / SNAPSHOT_BYTES_PER_OP);
+                if seq >= self.snapshot_seq.load(Ordering::Relaxed) + every {
+                    self.write_snapshot(replica, seq);
+                }
                 Ok(ops)
             }
             Err(e) => {
                 tracing::error!(error = %e, "could not store operations; reloading the replica from disk");
-                if let Ok(r) = load_replica(&self.store, &self.device_id, self.replica_config) {
+                if let Ok((r, ..)) = load_replica(&self.store, &self.device_id, self.replica_config)
+                {
                     *replica = r;
                 }
                 Err(e.into())
@@ -242,7 +329,7 @@ impl Core {
         if let Some(e) = failure {
             // Undo what was applied (nothing is on disk yet) by reloading.
             if !ops.is_empty() {
-                *replica = load_replica(&self.store, &self.device_id, self.replica_config)?;
+                *replica = load_replica(&self.store, &self.device_id, self.replica_config)?.0;
             }
             return Err(e);
         }

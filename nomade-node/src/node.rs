@@ -584,5 +584,6 @@ impl Node {
         if let Some(t) = transport {
             t.close().await;
         }
+        self.inner.core.checkpoint();
     }
 }

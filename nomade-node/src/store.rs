@@ -47,6 +47,33 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// nothing before that row: a pusher starts there, not at the beginning.
 const FRONTIERS: TableDefinition<u64, &[u8]> = TableDefinition::new("frontiers");
 
+/// The latest snapshot of the replica, in chunks (index -> bytes); its
+/// header (format, sequence number covered, length, BLAKE3) is the `META`
+/// entry [`SNAPSHOT_KEY`].
+const SNAPSHOT: TableDefinition<u32, &[u8]> = TableDefinition::new("snapshot");
+
+/// The `META` key of the snapshot's header.
+const SNAPSHOT_KEY: &str = "snapshot";
+
+/// Snapshot chunk size: each fills about one 64 KiB page.
+const SNAPSHOT_CHUNK: usize = 60 * 1024;
+
+/// The snapshot's header in `META`.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotHeader {
+    /// Layout of this header and its chunks: 1.
+    format: u32,
+    /// The operations it covers: every one stored up to this sequence number.
+    seq: u64,
+    /// Its length in bytes.
+    len: u64,
+    /// BLAKE3 of its bytes.
+    blake3: [u8; 32],
+}
+
+/// The snapshot format this build writes and reads.
+const SNAPSHOT_FORMAT: u32 = 1;
+
 /// Operations between two recorded frontiers, at least: a reconnecting peer
 /// is sent from at most about this many operations (plus a row) before
 /// what it lacks.
@@ -245,6 +272,7 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
         txn.open_table(PEERS).map_err(db_err)?;
         txn.open_table(META).map_err(db_err)?;
         txn.open_table(FRONTIERS).map_err(db_err)?;
+        txn.open_table(SNAPSHOT).map_err(db_err)?;
     }
     txn.commit().map_err(db_err)?;
     Ok(db)
@@ -525,6 +553,80 @@ impl Store {
                 out.push(decode_peer(k.value(), v.value())?);
             }
             Ok(out)
+        })
+    }
+
+    /// Replaces the snapshot with `bytes`, which covers every operation
+    /// stored up to sequence number `seq`, in one transaction: a crash
+    /// leaves the old snapshot or the new one, whole.
+    pub fn put_snapshot(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        let header = rmp_serde::to_vec_named(&SnapshotHeader {
+            format: SNAPSHOT_FORMAT,
+            seq,
+            len: bytes.len() as u64,
+            blake3: *blake3::hash(bytes).as_bytes(),
+        })
+        .map_err(|e| StoreError::Encode(e.to_string()))?;
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut chunks = txn.open_table(SNAPSHOT).map_err(db_err)?;
+                chunks.retain(|_, _| false).map_err(db_err)?;
+                for (i, chunk) in bytes.chunks(SNAPSHOT_CHUNK).enumerate() {
+                    let index = u32::try_from(i)
+                        .map_err(|_| StoreError::Encode("snapshot larger than 256 TB".into()))?;
+                    chunks.insert(index, chunk).map_err(db_err)?;
+                }
+                let mut meta = txn.open_table(META).map_err(db_err)?;
+                meta.insert(SNAPSHOT_KEY, header.as_slice())
+                    .map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(())
+        })
+    }
+
+    /// The latest snapshot and the sequence number it covers, checked
+    /// against its header: a damaged one is [`StoreError::Corrupt`], never
+    /// half-read state.
+    pub fn snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let bad = |what: String| StoreError::Corrupt {
+            what: format!("the snapshot: {what}"),
+        };
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let meta = txn.open_table(META).map_err(db_err)?;
+            let Some(raw) = meta.get(SNAPSHOT_KEY).map_err(db_err)? else {
+                return Ok(None);
+            };
+            let header: SnapshotHeader =
+                rmp_serde::from_slice(raw.value()).map_err(|e| bad(format!("header: {e}")))?;
+            if header.format != SNAPSHOT_FORMAT {
+                return Err(bad(format!(
+                    "format {} (this build reads {SNAPSHOT_FORMAT}): update Nomade",
+                    header.format
+                )));
+            }
+            let chunks = txn.open_table(SNAPSHOT).map_err(db_err)?;
+            let mut bytes = Vec::with_capacity(header.len.min(1 << 30) as usize);
+            for entry in chunks.iter().map_err(db_err)? {
+                let (_, v) = entry.map_err(db_err)?;
+                bytes.extend_from_slice(v.value());
+                if bytes.len() as u64 > header.len {
+                    break;
+                }
+            }
+            if bytes.len() as u64 != header.len {
+                return Err(bad(format!(
+                    "{} bytes where its header says {}",
+                    bytes.len(),
+                    header.len
+                )));
+            }
+            if *blake3::hash(&bytes).as_bytes() != header.blake3 {
+                return Err(bad("checksum mismatch".into()));
+            }
+            Ok(Some((header.seq, bytes)))
         })
     }
 

@@ -1,0 +1,169 @@
+//! A node's history lives on disk: the replica starts from the latest
+//! snapshot and the operations stored after it, and gets the state a full
+//! replay would; a damaged snapshot stops it with a message saying so,
+//! never a half-loaded state.
+
+use std::path::Path;
+
+use nomade_crdt::{LocalEdit, Replica, ReplicaConfig};
+use nomade_node::core::{Core, SNAPSHOT_EVERY};
+use nomade_node::store::Store;
+use nomade_node::NodeError;
+use nomade_wire::{EntityType, Value};
+
+const ME: &str = "cvml-efwx-x7jt-253v-yrk5-ma4a-2orm-6ypr";
+
+/// `n` edits of several kinds, committed 500 at a time.
+fn edit(core: &Core, from: u64, n: u64) {
+    let mut batch = Vec::new();
+    for i in from..from + n {
+        let edit = match i % 3 {
+            0 => (
+                EntityType::Document,
+                format!("doc-{}", i % 17),
+                LocalEdit::Set {
+                    key: format!("k{}", i % 5),
+                    value: Value::Int(i as i64),
+                },
+            ),
+            1 => (
+                EntityType::Document,
+                "notes".to_string(),
+                LocalEdit::Splice {
+                    field: "body".into(),
+                    position: 0,
+                    delete: 0,
+                    insert: "x".into(),
+                },
+            ),
+            _ => (
+                EntityType::Conversation,
+                "chat".to_string(),
+                LocalEdit::Insert {
+                    index: 0,
+                    value: Value::Int(i as i64),
+                },
+            ),
+        };
+        batch.push(edit);
+        if batch.len() == 500 {
+            core.edit_many(std::mem::take(&mut batch)).expect("edits");
+        }
+    }
+    if !batch.is_empty() {
+        core.edit_many(batch).expect("edits");
+    }
+}
+
+/// The state a replay of the whole stored log gives, ignoring any snapshot.
+fn replayed_hash(dir: &Path) -> nomade_wire::Hash32 {
+    let store = Store::open(&dir.join("nomade.redb")).expect("store");
+    Replica::restore(ME, ReplicaConfig::default(), &store)
+        .expect("replay")
+        .state_hash()
+}
+
+#[test]
+fn a_node_starts_from_its_snapshot_and_the_tail_with_the_state_of_a_full_replay() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("a");
+    let total = SNAPSHOT_EVERY + 2_345;
+    let hash = {
+        let core = Core::open(&dir, ME, ReplicaConfig::default()).expect("open");
+        edit(&core, 0, total);
+        core.state_hash()
+    };
+    // A snapshot was written on the way (the core was not shut down: no
+    // checkpoint), covering part of the log; the rest is the tail.
+    let store = Store::open(&dir.join("nomade.redb")).expect("store");
+    let (covered, _) = store.snapshot().expect("read").expect("a snapshot");
+    assert!(covered >= SNAPSHOT_EVERY && covered < total, "{covered}");
+    drop(store);
+    let reopened = Core::open(&dir, ME, ReplicaConfig::default()).expect("reopen");
+    assert_eq!(reopened.state_hash(), hash);
+    assert_eq!(reopened.op_count() as u64, total);
+    // Editing goes on where it stopped, and a later start agrees again.
+    edit(&reopened, total, 10);
+    let hash = reopened.state_hash();
+    reopened.checkpoint();
+    drop(reopened);
+    assert_eq!(replayed_hash(&dir), hash);
+    let store = Store::open(&dir.join("nomade.redb")).expect("store");
+    assert_eq!(
+        store.snapshot().expect("read").expect("some").0,
+        total + 10,
+        "checkpointed"
+    );
+    drop(store);
+    let again = Core::open(&dir, ME, ReplicaConfig::default()).expect("reopen");
+    assert_eq!(again.state_hash(), hash);
+}
+
+/// A snapshot damaged on disk (one byte of it flipped in the file) stops
+/// the node with a message naming the snapshot: it does not start on a
+/// half-loaded or wrong state.
+#[test]
+fn a_damaged_snapshot_stops_the_node_with_a_clear_message() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("a");
+    {
+        let core = Core::open(&dir, ME, ReplicaConfig::default()).expect("open");
+        edit(&core, 0, 1_500);
+        core.checkpoint();
+    }
+    let path = dir.join("nomade.redb");
+    let (_, bytes) = Store::open(&path)
+        .expect("store")
+        .snapshot()
+        .expect("read")
+        .expect("a snapshot");
+    let probe = &bytes[bytes.len() / 2..bytes.len() / 2 + 48];
+    let mut file = std::fs::read(&path).expect("read");
+    let at = file
+        .windows(probe.len())
+        .position(|w| w == probe)
+        .expect("the snapshot's bytes are in the file");
+    file[at + 20] ^= 0x40;
+    std::fs::write(&path, &file).expect("write");
+    match Core::open(&dir, ME, ReplicaConfig::default()) {
+        Err(e) => {
+            assert!(matches!(e, NodeError::Store(_)), "{e:?}");
+            assert!(e.to_string().contains("snapshot"), "{e}");
+        }
+        Ok(_) => panic!("opened on a damaged snapshot"),
+    }
+}
+
+#[test]
+fn a_snapshot_damaged_under_its_header_is_refused_by_the_store() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("s.redb");
+    let store = Store::open(&path).expect("store");
+    assert!(store.snapshot().expect("read").is_none());
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    store.put_snapshot(42, &big).expect("write");
+    assert_eq!(store.snapshot().expect("read"), Some((42, big.clone())));
+    // A smaller one replaces it whole.
+    store.put_snapshot(50, b"small").expect("write");
+    assert_eq!(
+        store.snapshot().expect("read"),
+        Some((50, b"small".to_vec()))
+    );
+    drop(store);
+    // Damage the chunk on disk behind the header's back: find its bytes in
+    // the file and flip one.
+    let mut file = std::fs::read(&path).expect("read");
+    let at = file
+        .windows(5)
+        .position(|w| w == b"small")
+        .expect("the chunk is in the file");
+    file[at] ^= 1;
+    std::fs::write(&path, &file).expect("write");
+    let store = Store::open(&path).expect("store");
+    match store.snapshot() {
+        Err(nomade_node::error::StoreError::Corrupt { what }) => {
+            assert!(what.contains("snapshot"), "{what}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
