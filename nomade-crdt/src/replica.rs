@@ -1,5 +1,5 @@
-//! A replica: every entity of one device, its version vector, its op log and
-//! the causal buffer for remote operations.
+//! A replica: every entity of one device, its version vector, the operations
+//! it applied and not yet handed over, and the causal buffer for remote operations.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -456,8 +456,9 @@ impl Replica {
     /// Receives a remote operation. Returns how many operations were applied
     /// as a result: none for a duplicate or an operation that must wait for
     /// its dependencies, possibly several when it unblocks buffered ones.
-    /// Those are the last entries of [`log`](Self::log), in the order they
-    /// were applied (a store persists them from there, without a copy).
+    /// Those are the last entries of [`applied`](Self::applied), in the
+    /// order they were applied, for the caller to store
+    /// ([`take_applied`](Self::take_applied)).
     ///
     /// An invalid operation is refused with an error and changes nothing.
     pub fn apply_remote(&mut self, op: SyncOperation) -> Result<usize, CrdtError> {

@@ -388,10 +388,7 @@ impl Store {
                     Some((k, v)) => k.value() + run_len(k.value(), v.value())?,
                     None => 1,
                 };
-                let mut last_mark = match marks.last().map_err(db_err)? {
-                    Some((k, _)) => Some(k.value()),
-                    None => None,
-                };
+                let mut last_mark = marks.last().map_err(db_err)?.map(|(k, _)| k.value());
                 for (i, (count, row)) in rows.iter().enumerate() {
                     table.insert(next, row.as_slice()).map_err(db_err)?;
                     // One frontier per FRONTIER_EVERY operations at most:
