@@ -461,3 +461,42 @@ fn live_commands_watch_status_watch_and_renaming() {
         serde_json::from_str(&ok(nomade(&a, &["status", "--json"]))).expect("json");
     assert_eq!(st["device_name"], "Ana's laptop");
 }
+
+/// A command prints the same whether it opens the directory itself or goes
+/// through the node serving it.
+#[test]
+fn commands_print_the_same_with_and_without_a_running_node() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = tmp.path().join("a");
+    ok(nomade(&a, &["doc", "set", "trip", "title", "\"Lisbon\""]));
+    ok(nomade(&a, &["doc", "set", "trip", "nights", "4"]));
+    ok(nomade(
+        &a,
+        &["conv", "append", "chat", "{\"from\":\"ana\"}"],
+    ));
+    ok(nomade(
+        &a,
+        &["text", "splice", "trip", "notes", "0", "0", "pack light"],
+    ));
+    let reads: [&[&str]; 6] = [
+        &["doc", "show", "trip"],
+        &["doc", "get", "trip", "nights"],
+        &["conv", "show", "chat"],
+        &["text", "show", "trip", "notes"],
+        &["id"],
+        &["name"],
+    ];
+    let offline: Vec<String> = reads.iter().map(|r| ok(nomade(&a, r))).collect();
+    let _serve = Serve::start(&a, free_addr(), &[]);
+    let online: Vec<String> = reads.iter().map(|r| ok(nomade(&a, r))).collect();
+    assert_eq!(offline, online);
+    // And a failure is the same failure.
+    let missing = |o: Output| (o.status.code(), stderr(&o));
+    let served = missing(nomade(&a, &["doc", "get", "trip", "budget"]));
+    assert_eq!(served.0, Some(1));
+    assert!(
+        served.1.contains("trip has no field budget"),
+        "{}",
+        served.1
+    );
+}
