@@ -486,17 +486,19 @@ fn commands_print_the_same_with_and_without_a_running_node() {
         &["id"],
         &["name"],
     ];
+    // A failure too: the same status and message.
+    let failure = |o: Output| (o.status.code(), stderr(&o));
+    let missing = ["doc", "get", "trip", "budget"];
     let offline: Vec<String> = reads.iter().map(|r| ok(nomade(&a, r))).collect();
+    let offline_failure = failure(nomade(&a, &missing));
     let _serve = Serve::start(&a, free_addr(), &[]);
     let online: Vec<String> = reads.iter().map(|r| ok(nomade(&a, r))).collect();
     assert_eq!(offline, online);
-    // And a failure is the same failure.
-    let missing = |o: Output| (o.status.code(), stderr(&o));
-    let served = missing(nomade(&a, &["doc", "get", "trip", "budget"]));
-    assert_eq!(served.0, Some(1));
+    assert_eq!(failure(nomade(&a, &missing)), offline_failure);
+    assert_eq!(offline_failure.0, Some(1));
     assert!(
-        served.1.contains("trip has no field budget"),
+        offline_failure.1.contains("trip has no field budget"),
         "{}",
-        served.1
+        offline_failure.1
     );
 }
