@@ -505,7 +505,7 @@ pub async fn handle(
             }
             Ok(json!({ "name": node.device_name() }))
         }
-        Request::PeersList => Ok(to_json(&node.status().peers)?),
+        Request::PeersList => Ok(to_json(&node.peer_statuses())?),
         Request::PeersAdd { device_id, addr } => {
             let id = parse_device_id(&device_id)?;
             let addrs = addr.as_deref().map(parse_addr).transpose()?;
@@ -655,12 +655,17 @@ fn to_json(v: &impl Serialize) -> Result<Json, ControlError> {
 
 /// The error for a request that needs `nomade serve` running.
 pub fn no_node(node: &Node) -> ControlError {
+    no_node_at(node.dir())
+}
+
+/// The error for a request that needs `nomade serve` running on `dir`.
+pub fn no_node_at(dir: &Path) -> ControlError {
     ControlError::new(
         ErrorKind::NoNode,
         format!(
             "no node is running on {}: start it with `nomade --dir {} serve`",
-            node.dir().display(),
-            node.dir().display()
+            dir.display(),
+            dir.display()
         ),
     )
 }

@@ -246,14 +246,11 @@ impl Core {
         let mut before = replica.version_vector().clone();
         for op in &ops {
             let prior = op.operation.counter - 1;
-            match before.get_mut(&op.actor_id) {
-                Some(c) if *c > prior && prior == 0 => {
-                    before.remove(&op.actor_id);
-                }
-                Some(c) if *c > prior => *c = prior,
-                _ => {}
+            if before.get(&op.actor_id).is_some_and(|&c| c > prior) {
+                before.insert(op.actor_id.clone(), prior);
             }
         }
+        before.retain(|_, c| *c > 0);
         match self.store.append_ops(&ops, Some(&before)) {
             Ok(seq) => {
                 self.appended.send_replace(seq);

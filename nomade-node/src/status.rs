@@ -15,30 +15,7 @@ impl Node {
 
     /// A summary of the device for `nomade status`.
     pub fn status(&self) -> NodeStatus {
-        let peers = self
-            .peers()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|p| {
-                let id = p.device_id.parse::<DeviceId>().ok();
-                let presence = id.map(|id| self.presence(&id));
-                let session = id.and_then(|id| self.session_status(&id));
-                PeerStatus {
-                    online: presence.as_ref().is_some_and(|x| x.online),
-                    last_seen_ms: if session.is_some() {
-                        Some(now_ms())
-                    } else {
-                        p.last_seen_ms
-                    },
-                    last_dial: id.and_then(|id| self.dial_reports().remove(&id)),
-                    device_id: p.device_id,
-                    name: p.name,
-                    addresses: p.addresses,
-                    presence,
-                    session,
-                }
-            })
-            .collect();
+        let peers = self.peer_statuses();
         NodeStatus {
             device_id: self.inner.device_id.to_string(),
             device_name: self.device_name(),
@@ -56,6 +33,35 @@ impl Node {
             peers,
             metrics: self.metrics_snapshot(),
         }
+    }
+
+    /// Each paired device, as `peers list` and `status` show it (without
+    /// the state hash, metrics or artifact count a whole status computes).
+    pub fn peer_statuses(&self) -> Vec<PeerStatus> {
+        let mut dials = self.dial_reports();
+        self.peers()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| {
+                let id = p.device_id.parse::<DeviceId>().ok();
+                let presence = id.map(|id| self.presence(&id));
+                let session = id.and_then(|id| self.session_status(&id));
+                PeerStatus {
+                    online: presence.as_ref().is_some_and(|x| x.online),
+                    last_seen_ms: if session.is_some() {
+                        Some(now_ms())
+                    } else {
+                        p.last_seen_ms
+                    },
+                    last_dial: id.and_then(|id| dials.remove(&id)),
+                    device_id: p.device_id,
+                    name: p.name,
+                    addresses: p.addresses,
+                    presence,
+                    session,
+                }
+            })
+            .collect()
     }
 
     /// The session with `peer`, while one is up.

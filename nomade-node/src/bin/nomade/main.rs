@@ -674,14 +674,7 @@ async fn status_watch(cli: &Cli, json: bool) -> Result<i32, ControlError> {
         .await
         .map_err(|e| ControlError::new(ErrorKind::Failed, e.to_string()))?
     else {
-        return Err(ControlError::new(
-            ErrorKind::NoNode,
-            format!(
-                "no node is running on {}: start it with `nomade --dir {} serve`",
-                cli.dir.display(),
-                cli.dir.display()
-            ),
-        ));
+        return Err(control::no_node_at(&cli.dir));
     };
     let terminal = std::io::stdout().is_terminal();
     let mut last = String::new();
