@@ -30,6 +30,11 @@ impl Actors {
         self.by_name.get(name).copied()
     }
 
+    /// How many actors are interned.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
     /// The name of an index.
     pub fn name(&self, i: ActorIdx) -> &str {
         self.names.get(i as usize).map(String::as_str).unwrap_or("")

@@ -1,13 +1,25 @@
 //! `DELTA_SYNC`: consecutive field writes of one document by one actor, sent as
 //! one message instead of one operation each.
 
-use nomade_wire::{CrdtOperation, DeltaSync, Edit, EntityType, SyncOperation};
+use nomade_wire::{CrdtOperation, DeltaSync, Edit, EntityType, SyncOperation, VersionVector};
 
 use crate::error::CrdtError;
 
+/// The deps of the `i`-th write of a delta whose first write has `deps`:
+/// those, and for every later write the actor's entry set to the write
+/// before it (each write follows the previous one).
+fn write_deps(deps: &VersionVector, actor: &str, i: usize, counter: u64) -> VersionVector {
+    let mut deps = deps.clone();
+    if i > 0 {
+        deps.insert(actor.to_string(), counter - 1);
+    }
+    deps
+}
+
 /// Packs operations into a [`DeltaSync`] when they qualify: all `Set` on the
 /// same document by the same actor, consecutive counters, keys in strictly
-/// increasing order, the same deps apart from the actor's own entry, the same
+/// increasing order, each write's deps those of the first with the actor's
+/// own entry set to the write before it, the same
 /// timestamp. Returns `None` otherwise (send them as `BATCHED_SYNC`).
 pub fn to_delta(ops: &[SyncOperation]) -> Option<DeltaSync> {
     let first = ops.first()?;
@@ -21,11 +33,7 @@ pub fn to_delta(ops: &[SyncOperation]) -> Option<DeltaSync> {
             return None;
         };
         let counter = first.operation.counter.checked_add(i as u64)?;
-        let mut expected_deps = first.operation.deps.clone();
-        expected_deps.insert(first.actor_id.clone(), counter - 1);
-        if counter == 1 {
-            expected_deps.remove(&first.actor_id);
-        }
+        let expected_deps = write_deps(&first.operation.deps, &first.actor_id, i, counter);
         if op.entity_id != first.entity_id
             || op.entity_type != first.entity_type
             || op.actor_id != first.actor_id
@@ -62,12 +70,7 @@ pub fn from_delta(delta: &DeltaSync) -> Result<Vec<SyncOperation>, CrdtError> {
                 counter: delta.first_counter,
                 reason: "delta counters out of range".into(),
             })?;
-        let mut deps = delta.deps.clone();
-        if counter > 1 {
-            deps.insert(delta.actor_id.clone(), counter - 1);
-        } else {
-            deps.remove(&delta.actor_id);
-        }
+        let deps = write_deps(&delta.deps, &delta.actor_id, i, counter);
         ops.push(SyncOperation {
             entity_id: delta.entity_id.clone(),
             entity_type: EntityType::Document,

@@ -51,6 +51,16 @@ pub enum CrdtError {
         /// The buffer's capacity.
         capacity: usize,
     },
+    /// The operation's actor would be one more distinct actor than the
+    /// replica accepts ([`crate::ReplicaConfig::max_actors`]): refused, so
+    /// that no peer can grow this device's actor table without bound.
+    #[error("operation from {actor}: more than {limit} distinct actors")]
+    TooManyActors {
+        /// The new actor.
+        actor: String,
+        /// The bound.
+        limit: usize,
+    },
     /// A snapshot could not be encoded or decoded.
     #[error("bad snapshot: {0}")]
     BadSnapshot(String),

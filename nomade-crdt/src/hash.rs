@@ -71,15 +71,13 @@ pub struct CanonicalText {
     pub chars: Vec<CanonicalElement<char>>,
 }
 
-/// A visible sequence element with its id `(actor, counter, offset)`.
+/// A visible sequence element with its id `(actor, counter)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CanonicalElement<T> {
     /// The inserting actor.
     pub actor: String,
-    /// The counter of the insert operation.
+    /// The element's counter.
     pub counter: u64,
-    /// The element's offset within that insert.
-    pub offset: u32,
     /// The character or item.
     pub content: T,
 }
@@ -92,9 +90,9 @@ trait Walk {
     fn value(&mut self, lamport: u64, actor: &str, value: &Value);
     fn texts(&mut self, count: usize);
     fn text(&mut self, field: &str, visible: usize);
-    fn char(&mut self, actor: &str, counter: u64, offset: u32, c: char);
+    fn char(&mut self, actor: &str, counter: u64, c: char);
     fn items(&mut self, visible: usize);
-    fn item(&mut self, actor: &str, counter: u64, offset: u32, value: &Value);
+    fn item(&mut self, actor: &str, counter: u64, value: &Value);
 }
 
 /// The replica's entities in hashing order: documents, then conversations
@@ -115,7 +113,7 @@ fn walk(r: &Replica, w: &mut impl Walk) {
                 for (field, text) in &d.texts {
                     w.text(field, text.len());
                     for (eid, c) in text.iter() {
-                        w.char(r.actors.name(eid.actor), eid.counter, eid.offset, *c);
+                        w.char(r.actors.name(eid.actor), eid.counter, *c);
                     }
                 }
             }
@@ -123,7 +121,7 @@ fn walk(r: &Replica, w: &mut impl Walk) {
                 w.entity(*entity_type, id, 0);
                 w.items(s.len());
                 for (eid, v) in s.iter() {
-                    w.item(r.actors.name(eid.actor), eid.counter, eid.offset, v);
+                    w.item(r.actors.name(eid.actor), eid.counter, v);
                 }
             }
         }
@@ -146,10 +144,9 @@ impl Canon {
         self.u64(bytes.len() as u64);
         self.0.update(&bytes);
     }
-    fn element_id(&mut self, actor: &str, counter: u64, offset: u32) {
+    fn element_id(&mut self, actor: &str, counter: u64) {
         self.str(actor);
         self.u64(counter);
-        self.u64(u64::from(offset));
     }
 }
 
@@ -177,22 +174,22 @@ impl Walk for Canon {
         self.str(field);
         self.u64(visible as u64);
     }
-    fn char(&mut self, actor: &str, counter: u64, offset: u32, c: char) {
-        self.element_id(actor, counter, offset);
+    fn char(&mut self, actor: &str, counter: u64, c: char) {
+        self.element_id(actor, counter);
         self.u64(u64::from(u32::from(c)));
     }
     fn items(&mut self, visible: usize) {
         self.u64(visible as u64);
     }
-    fn item(&mut self, actor: &str, counter: u64, offset: u32, value: &Value) {
-        self.element_id(actor, counter, offset);
+    fn item(&mut self, actor: &str, counter: u64, value: &Value) {
+        self.element_id(actor, counter);
         self.msgpack(value);
     }
 }
 
 pub(crate) fn state_hash(r: &Replica) -> Hash32 {
     let mut h = Canon(blake3::Hasher::new());
-    h.0.update(b"nomade-state-v1");
+    h.0.update(b"nomade-state-v2");
     walk(r, &mut h);
     Hash32::from(*h.0.finalize().as_bytes())
 }
@@ -242,24 +239,23 @@ impl Walk for Collect {
             });
         }
     }
-    fn char(&mut self, actor: &str, counter: u64, offset: u32, c: char) {
+    fn char(&mut self, actor: &str, counter: u64, c: char) {
         if let Some(t) = self.last().and_then(|e| e.texts.last_mut()) {
-            t.chars.push(element(actor, counter, offset, c));
+            t.chars.push(element(actor, counter, c));
         }
     }
     fn items(&mut self, _visible: usize) {}
-    fn item(&mut self, actor: &str, counter: u64, offset: u32, value: &Value) {
+    fn item(&mut self, actor: &str, counter: u64, value: &Value) {
         if let Some(e) = self.last() {
-            e.items.push(element(actor, counter, offset, value.clone()));
+            e.items.push(element(actor, counter, value.clone()));
         }
     }
 }
 
-fn element<T>(actor: &str, counter: u64, offset: u32, content: T) -> CanonicalElement<T> {
+fn element<T>(actor: &str, counter: u64, content: T) -> CanonicalElement<T> {
     CanonicalElement {
         actor: actor.to_string(),
         counter,
-        offset,
         content,
     }
 }

@@ -45,7 +45,7 @@ impl MemoryOpLog {
     ) -> impl Iterator<Item = &'a SyncOperation> + 'a {
         self.ops
             .iter()
-            .filter(move |op| op.operation.counter > peer.get(&op.actor_id).copied().unwrap_or(0))
+            .filter(move |op| op.operation.last_counter() > peer.get(&op.actor_id).copied().unwrap_or(0))
     }
 }
 

@@ -4,25 +4,34 @@
 use std::collections::{BTreeMap, HashMap};
 
 use nomade_wire::{
-    CrdtOperation, Edit, ElementId, EntityType, Hash32, SyncOperation, Value, VersionVector,
+    CrdtOperation, Edit, ElementId, EntityType, Hash32, IdRange, SyncOperation, Value,
+    VersionVector,
 };
 
 use crate::actors::Actors;
 use crate::document::Document;
 use crate::error::CrdtError;
-use crate::sequence::{Eid, OrderKey, SeqError, Sequence};
+use crate::sequence::{Eid, OrderKey, RunLamport, SeqError, Sequence};
 
 /// Tunables of a replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplicaConfig {
     /// Most remote operations held while waiting for their dependencies.
     pub max_buffered: usize,
+    /// Most counters a remote operation may be ahead of what was applied of
+    /// its actor; one further ahead is refused ([`CrdtError::CounterJump`]).
+    pub max_counter_jump: u64,
+    /// Most distinct actors (devices) the replica accepts operations from;
+    /// an operation from one more is refused ([`CrdtError::TooManyActors`]).
+    pub max_actors: usize,
 }
 
 impl Default for ReplicaConfig {
     fn default() -> Self {
         ReplicaConfig {
             max_buffered: 100_000,
+            max_counter_jump: 1 << 32,
+            max_actors: 4096,
         }
     }
 }
@@ -112,11 +121,95 @@ pub fn raise_counter(vv: &mut VersionVector, actor: &str, counter: u64) {
     }
 }
 
-/// The Lamport number of an operation: one more than the sum of its deps.
-/// Grows along causality, so an element's order key exceeds that of every
-/// element it was inserted after.
-pub fn lamport(op: &CrdtOperation) -> u64 {
-    op.deps.values().fold(1u64, |acc, c| acc.saturating_add(*c))
+/// The Lamport numbers of an operation's elements: one more than the sum of
+/// its deps for the first; for element `k >= 1` (which follows element
+/// `k - 1` of the same run, its deps being the run's with the actor's entry
+/// set to `counter + k - 1`), one more than the sum of those. Grows along
+/// causality within an entity, so an element's order key exceeds that of
+/// every element it was inserted after.
+pub fn lamport(op: &SyncOperation) -> RunLamport {
+    let deps = &op.operation.deps;
+    let others = deps
+        .iter()
+        .filter(|(actor, _)| **actor != op.actor_id)
+        .fold(1u64, |acc, (_, c)| acc.saturating_add(*c));
+    let own = deps.get(&op.actor_id).copied().unwrap_or(0);
+    RunLamport {
+        first: others.saturating_add(own),
+        next: others.saturating_add(op.operation.counter),
+    }
+}
+
+/// Drops the elements of a run that a replica which applied its actor's
+/// counters up to `known` (at least the run's first counter, less than its
+/// last) has already: what is left is the same run from `known + 1` on,
+/// following element `known` (see docs/PROTOCOL.md, "Operations": a run is
+/// shorthand for one-element operations, each following the previous).
+pub fn trim_front(mut op: SyncOperation, known: u64) -> SyncOperation {
+    let first = op.operation.counter;
+    if known < first {
+        return op;
+    }
+    let skip = known - first + 1;
+    let after = Some(ElementId {
+        actor: op.actor_id.clone(),
+        counter: known,
+    });
+    match &mut op.operation.edit {
+        Edit::Insert { after: a, values } => {
+            values.drain(..(skip as usize).min(values.len()));
+            *a = after;
+        }
+        Edit::InsertText { after: a, text, .. } => {
+            let cut = text
+                .char_indices()
+                .nth(skip as usize)
+                .map_or(text.len(), |(i, _)| i);
+            text.drain(..cut);
+            *a = after;
+        }
+        Edit::Remove { ranges, .. } => {
+            let mut left = skip;
+            let mut kept = Vec::with_capacity(ranges.len());
+            for r in ranges.drain(..) {
+                if left >= r.len {
+                    left -= r.len;
+                    continue;
+                }
+                kept.push(IdRange {
+                    counter: r.counter + left,
+                    len: r.len - left,
+                    actor: r.actor,
+                });
+                left = 0;
+            }
+            *ranges = kept;
+        }
+        Edit::Set { .. } | Edit::Delete { .. } => {}
+    }
+    op.operation.deps.insert(op.actor_id.clone(), known);
+    op.operation.counter = known + 1;
+    op
+}
+
+/// Ids as ranges of consecutive counters of one actor, in their order.
+fn ranges_of(ids: &[Eid], actors: &Actors) -> Vec<IdRange> {
+    let mut out: Vec<IdRange> = Vec::new();
+    let mut last: Option<Eid> = None;
+    for id in ids {
+        match (out.last_mut(), last) {
+            (Some(r), Some(prev)) if prev.actor == id.actor && prev.counter.checked_add(1) == Some(id.counter) => {
+                r.len += 1;
+            }
+            _ => out.push(IdRange {
+                actor: actors.name(id.actor).to_string(),
+                counter: id.counter,
+                len: 1,
+            }),
+        }
+        last = Some(*id);
+    }
+    out
 }
 
 /// All the entities of one device, with causal delivery of remote operations.
@@ -276,7 +369,7 @@ impl Replica {
                         let targets = text.ids_from(*position, *delete);
                         out.push(Edit::Remove {
                             field: Some(field.clone()),
-                            targets: targets.iter().map(|e| self.element_id(e)).collect(),
+                            ranges: ranges_of(&targets, &self.actors),
                         });
                     }
                     if !insert.is_empty() {
@@ -299,7 +392,6 @@ impl Replica {
                     }
                     let after = index.checked_sub(1).and_then(|p| seq.id_at(p));
                     vec![Edit::Insert {
-                        field: None,
                         after: after.map(|e| self.element_id(&e)),
                         values: vec![value.clone()],
                     }]
@@ -313,7 +405,7 @@ impl Replica {
                         })?;
                     vec![Edit::Remove {
                         field: None,
-                        targets: vec![self.element_id(&target)],
+                        ranges: ranges_of(&[target], &self.actors),
                     }]
                 }
                 _ => return Err(wrong(&edit)),
@@ -322,12 +414,15 @@ impl Replica {
         let mut out = Vec::with_capacity(edits.len());
         for edit in edits {
             let counter = self.vv.get(&self.actor).copied().unwrap_or(0) + 1;
+            // The causal context within the entity: what this device has
+            // applied of it (a splice's insertion follows its removal).
+            let deps = self.entity_vv.get(&key).cloned().unwrap_or_default();
             let op = SyncOperation {
                 entity_id: entity_id.to_string(),
                 entity_type,
                 operation: CrdtOperation {
                     counter,
-                    deps: self.vv.clone(),
+                    deps,
                     edit,
                 },
                 timestamp: now_ms,
@@ -344,7 +439,6 @@ impl Replica {
         ElementId {
             actor: self.actors.name(e.actor).to_string(),
             counter: e.counter,
-            offset: e.offset,
         }
     }
 
@@ -352,8 +446,21 @@ impl Replica {
         Eid {
             actor: self.actors.intern(&e.actor),
             counter: e.counter,
-            offset: e.offset,
         }
+    }
+
+    /// The ids of every element a removal names, in order; `None` when one
+    /// of its actors is unknown (so it names elements that do not exist).
+    fn range_eids(&self, ranges: &[IdRange]) -> Option<Vec<Eid>> {
+        let mut out = Vec::new();
+        for r in ranges {
+            let actor = self.actors.get(&r.actor)?;
+            out.extend((0..r.len).map(|k| Eid {
+                actor,
+                counter: r.counter + k,
+            }));
+        }
+        Some(out)
     }
 
     fn invalid(op: &SyncOperation, reason: impl Into<String>) -> CrdtError {
@@ -373,10 +480,22 @@ impl Replica {
         if c == 0 || c == u64::MAX {
             return Err(Self::invalid(op, "counter must be between 1 and 2^64-2"));
         }
-        if op.operation.deps.get(&op.actor_id).copied().unwrap_or(0) != c - 1 {
+        let span = op.operation.edit.span();
+        if span == 0 {
+            return Err(Self::invalid(op, "an edit that inserts or removes nothing"));
+        }
+        if c.checked_add(span - 1).is_none_or(|last| last == u64::MAX) {
+            return Err(Self::invalid(op, "the operation's counters wrap past 2^64-2"));
+        }
+        if op
+            .operation
+            .deps
+            .get(&op.actor_id)
+            .is_some_and(|&own| own >= c)
+        {
             return Err(Self::invalid(
                 op,
-                "deps must include the actor's previous operation",
+                "deps name the actor's own operation at or after this one",
             ));
         }
         if op.operation.deps.values().any(|&d| d == u64::MAX) {
@@ -391,64 +510,89 @@ impl Replica {
                     | Edit::Remove { field: Some(_), .. },
                 EntityType::Document,
             ) | (
-                Edit::Insert { field: None, .. } | Edit::Remove { field: None, .. },
+                Edit::Insert { .. } | Edit::Remove { field: None, .. },
                 EntityType::Conversation,
             )
         );
         if !ok {
             return Err(Self::invalid(op, "edit does not apply to this entity type"));
         }
-        let count = match &op.operation.edit {
-            Edit::Insert { values, .. } => values.len(),
-            Edit::InsertText { text, .. } => text.chars().count(),
-            _ => 0,
-        };
-        if count > u32::MAX as usize {
-            return Err(Self::invalid(op, "too many elements in one insert"));
+        if let Edit::Remove { ranges, .. } = &op.operation.edit {
+            let bad = ranges.iter().any(|r| {
+                r.len == 0
+                    || r.counter == 0
+                    || r.counter
+                        .checked_add(r.len - 1)
+                        .is_none_or(|last| last == u64::MAX)
+            });
+            if bad {
+                return Err(Self::invalid(
+                    op,
+                    "a removed range is empty or its counters wrap past 2^64-2",
+                ));
+            }
+        }
+        if span > u64::from(u32::MAX) {
+            return Err(Self::invalid(op, "too many elements in one operation"));
         }
         Ok(())
     }
 
     /// Checks, once its dependencies are applied, that the operation refers
-    /// only to what exists.
+    /// only to what exists, and that its actor fits the actor table.
     fn check_applicable(&self, op: &SyncOperation) -> Result<(), CrdtError> {
-        let no_targets: &[ElementId] = &[];
-        let (after, targets) = match &op.operation.edit {
-            Edit::Insert { after, .. } | Edit::InsertText { after, .. } => {
-                (after.as_ref(), no_targets)
-            }
-            Edit::Remove { targets, .. } => (None, targets.as_slice()),
+        if self.actors.get(&op.actor_id).is_none() && self.actors.len() >= self.config.max_actors
+        {
+            return Err(CrdtError::TooManyActors {
+                actor: op.actor_id.clone(),
+                limit: self.config.max_actors,
+            });
+        }
+        let (field, after, ranges) = match &op.operation.edit {
+            Edit::Insert { after, .. } => (None, after.as_ref(), None),
+            Edit::InsertText { field, after, .. } => (Some(field), after.as_ref(), None),
+            Edit::Remove { field, ranges } => (field.as_ref(), None, Some(ranges)),
             _ => return Ok(()),
         };
         let entity = self.entities.get(&(op.entity_type, op.entity_id.clone()));
         // The edit's shape was validated: text edits name a field of a
         // document, the others apply to a conversation.
-        let contains = |e: &ElementId| -> bool {
-            let Some(actor) = self.actors.get(&e.actor) else {
-                return false;
-            };
-            let id = Eid {
-                actor,
-                counter: e.counter,
-                offset: e.offset,
-            };
-            match (&op.operation.edit, entity) {
-                (
-                    Edit::InsertText { field, .. }
-                    | Edit::Remove {
-                        field: Some(field), ..
-                    },
-                    Some(Entity::Document(d)),
-                ) => d.texts.get(field).is_some_and(|s| s.contains(&id)),
-                (_, Some(Entity::Conversation(s))) => s.contains(&id),
+        let seq_len = |f: Option<&String>| -> usize {
+            match (f, entity) {
+                (Some(f), Some(Entity::Document(d))) => d.texts.get(f).map_or(0, |s| s.total_len()),
+                (None, Some(Entity::Conversation(s))) => s.total_len(),
+                _ => 0,
+            }
+        };
+        let contains = |id: &Eid| -> bool {
+            match (field, entity) {
+                (Some(f), Some(Entity::Document(d))) => d.texts.get(f).is_some_and(|s| s.contains(id)),
+                (None, Some(Entity::Conversation(s))) => s.contains(id),
                 _ => false,
             }
         };
-        if after.is_some_and(|a| !contains(a)) {
-            return Err(Self::invalid(op, "inserts after an unknown element"));
+        if let Some(a) = after {
+            let known = self.actors.get(&a.actor).is_some_and(|actor| {
+                contains(&Eid {
+                    actor,
+                    counter: a.counter,
+                })
+            });
+            if !known {
+                return Err(Self::invalid(op, "inserts after an unknown element"));
+            }
         }
-        if targets.iter().any(|t| !contains(t)) {
-            return Err(Self::invalid(op, "removes an unknown element"));
+        if let Some(ranges) = ranges {
+            // Never expand more ids than the sequence holds.
+            if op.operation.edit.span() > seq_len(field) as u64 {
+                return Err(Self::invalid(op, "removes more elements than exist"));
+            }
+            let all_known = self
+                .range_eids(ranges)
+                .is_some_and(|ids| ids.iter().all(contains));
+            if !all_known {
+                return Err(Self::invalid(op, "removes an unknown element"));
+            }
         }
         Ok(())
     }
@@ -465,19 +609,22 @@ impl Replica {
         self.validate_shape(&op)?;
         let known = self.vv.get(&op.actor_id).copied().unwrap_or(0);
         let counter = op.operation.counter;
-        if counter <= known {
+        if op.operation.last_counter() <= known {
             return Ok(0); // duplicate
         }
-        if counter - known > self.config.max_buffered as u64 {
+        if counter - known > self.config.max_counter_jump {
             return Err(CrdtError::CounterJump {
                 actor: op.actor_id.clone(),
                 counter,
                 known,
             });
         }
-        if !self.is_ready(&op) {
+        // A run partly applied already (it reached this device in pieces
+        // another way): apply the rest.
+        let op = trim_front(op, known);
+        if op.operation.counter != known + 1 || !self.deps_applied(&op) {
             let waiting = self.buffer.entry(op.actor_id.clone()).or_default();
-            if waiting.contains_key(&counter) {
+            if waiting.contains_key(&op.operation.counter) {
                 return Ok(0);
             }
             if self.buffered >= self.config.max_buffered {
@@ -485,7 +632,7 @@ impl Replica {
                     capacity: self.config.max_buffered,
                 });
             }
-            waiting.insert(counter, op);
+            waiting.insert(op.operation.counter, op);
             self.buffered += 1;
             return Ok(0);
         }
@@ -494,7 +641,8 @@ impl Replica {
         Ok(1 + self.drain_buffer())
     }
 
-    fn is_ready(&self, op: &SyncOperation) -> bool {
+    /// True when every operation named in `deps` is applied.
+    fn deps_applied(&self, op: &SyncOperation) -> bool {
         op.operation
             .deps
             .iter()
@@ -510,29 +658,24 @@ impl Replica {
             for actor in actors {
                 loop {
                     let known = self.vv.get(&actor).copied().unwrap_or(0);
-                    let Some(waiting) = self.buffer.get_mut(&actor) else {
-                        break;
-                    };
-                    // Drop duplicates that arrived while buffered.
-                    while let Some(entry) = waiting.first_entry() {
-                        if *entry.key() <= known {
-                            entry.remove();
-                            self.buffered -= 1;
-                        } else {
-                            break;
-                        }
-                    }
-                    let Some((&next, op)) = self.buffer.get(&actor).and_then(|w| w.iter().next())
+                    let Some((&first, op)) = self.buffer.get(&actor).and_then(|w| w.iter().next())
                     else {
                         break;
                     };
-                    if next != known + 1 || !self.is_ready(op) {
+                    let duplicate = op.operation.last_counter() <= known;
+                    if !duplicate && (first > known + 1 || !self.deps_applied(op)) {
                         break;
                     }
-                    let Some(op) = self.buffer.get_mut(&actor).and_then(|w| w.remove(&next)) else {
+                    let Some(op) = self.buffer.get_mut(&actor).and_then(|w| w.remove(&first))
+                    else {
                         break;
                     };
                     self.buffered -= 1;
+                    if duplicate {
+                        // Arrived again another way while it waited.
+                        continue;
+                    }
+                    let op = trim_front(op, known);
                     if self.check_applicable(&op).is_err() {
                         // Its causal past is complete and it still refers to
                         // nothing: a corrupt operation. Drop it.
@@ -552,14 +695,14 @@ impl Replica {
 
     /// Applies an operation whose dependencies are all applied and which was checked.
     fn apply_ready(&mut self, op: SyncOperation) {
-        let lamport = lamport(&op.operation);
+        let lamport = lamport(&op);
         let actor_idx = self.actors.intern(&op.actor_id);
         let key = (op.entity_type, op.entity_id.clone());
         let counter = op.operation.counter;
+        let last = op.operation.last_counter();
         let first = Eid {
             actor: actor_idx,
             counter,
-            offset: 0,
         };
         let mut after_eid = None;
         let mut target_eids = Vec::new();
@@ -567,8 +710,8 @@ impl Replica {
             Edit::Insert { after, .. } | Edit::InsertText { after, .. } => {
                 after_eid = after.as_ref().map(|a| self.eid(a));
             }
-            Edit::Remove { targets, .. } => {
-                target_eids = targets.iter().map(|t| self.eid(t)).collect();
+            Edit::Remove { ranges, .. } => {
+                target_eids = self.range_eids(ranges).unwrap_or_default();
             }
             _ => {}
         }
@@ -577,14 +720,14 @@ impl Replica {
             a.lamport
                 .cmp(&b.lamport)
                 .then_with(|| actors.name(a.id.actor).cmp(actors.name(b.id.actor)))
-                .then_with(|| a.id.offset.cmp(&b.id.offset))
+                .then_with(|| a.id.counter.cmp(&b.id.counter))
                 .is_gt()
         };
         // The common case (a known entity, a known actor) allocates nothing.
         match self.entity_vv.get_mut(&key) {
-            Some(vv) => raise_counter(vv, &op.actor_id, counter),
+            Some(vv) => raise_counter(vv, &op.actor_id, last),
             None => {
-                let vv = VersionVector::from([(op.actor_id.clone(), counter)]);
+                let vv = VersionVector::from([(op.actor_id.clone(), last)]);
                 self.entity_vv.insert(key.clone(), vv);
             }
         }
@@ -598,7 +741,7 @@ impl Replica {
                     &op.actor_id,
                     counter,
                     &op.operation.deps,
-                    lamport,
+                    lamport.first,
                     key.clone(),
                     value.clone(),
                 );
@@ -625,7 +768,7 @@ impl Replica {
             _ => Ok(0),
         };
         debug_assert!(result.is_ok(), "checked before apply: {result:?}");
-        raise_counter(&mut self.vv, &op.actor_id, counter);
+        raise_counter(&mut self.vv, &op.actor_id, last);
         self.applied.push(op);
     }
 

@@ -20,18 +20,55 @@ use crate::actors::ActorIdx;
 /// Largest number of elements in one block before it is split.
 pub const MAX_BLOCK: usize = 512;
 
-/// The identity of one element: `(actor, counter, offset)` with the actor interned.
+/// The identity of one element: `(actor, counter)` with the actor interned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Eid {
     /// The inserting actor (interned in the replica's actor table).
     pub actor: ActorIdx,
-    /// The counter of the insert operation.
+    /// The element's counter (an insertion of `n` elements covers `n` counters).
     pub counter: u64,
-    /// The element's offset within that operation.
-    pub offset: u32,
 }
 
-/// The total order among concurrent siblings: `(lamport, actor name, offset)`,
+impl Eid {
+    /// The id of the element `k` places after this one in the same run.
+    pub fn plus(&self, k: u64) -> Eid {
+        Eid {
+            actor: self.actor,
+            counter: self.counter.saturating_add(k),
+        }
+    }
+}
+
+/// The Lamport numbers of the elements of one run: element 0 has `first`,
+/// element `k >= 1` has `next + k - 1` (a run is shorthand for one-element
+/// insertions, each following the previous; see docs/PROTOCOL.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunLamport {
+    /// The first element's Lamport number.
+    pub first: u64,
+    /// The second element's.
+    pub next: u64,
+}
+
+impl RunLamport {
+    /// A run in which every element has the same Lamport number (tests).
+    pub fn flat(lamport: u64) -> RunLamport {
+        RunLamport {
+            first: lamport,
+            next: lamport,
+        }
+    }
+
+    /// The Lamport number of element `k`.
+    pub fn at(&self, k: u64) -> u64 {
+        match k {
+            0 => self.first,
+            _ => self.next.saturating_add(k - 1),
+        }
+    }
+}
+
+/// The total order among concurrent siblings: `(lamport, actor name, counter)`,
 /// compared with the actor's name, not its local index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OrderKey {
@@ -176,11 +213,8 @@ impl<T: Clone> Sequence<T> {
                 return Err(SeqError::UnknownElement(*a));
             }
         }
-        for offset in 0..count as u32 {
-            let id = Eid {
-                offset: first.offset + offset,
-                ..*first
-            };
+        for k in 0..count as u64 {
+            let id = first.plus(k);
             if self.index.contains_key(&id) {
                 return Err(SeqError::DuplicateElement(id));
             }
@@ -189,13 +223,13 @@ impl<T: Clone> Sequence<T> {
     }
 
     /// Inserts `values` after `after` (or at the start), the `i`-th getting the
-    /// id `first` with offset `first.offset + i`, all with Lamport number
-    /// `lamport`. `greater(a, b)` orders two keys (it resolves actor names).
+    /// id `first.plus(i)` and the Lamport number `lamport.at(i)`.
+    /// `greater(a, b)` orders two keys (it resolves actor names).
     pub fn insert(
         &mut self,
         after: Option<&Eid>,
         first: Eid,
-        lamport: u64,
+        lamport: RunLamport,
         values: impl IntoIterator<Item = T>,
         greater: impl Fn(&OrderKey, &OrderKey) -> bool,
     ) -> Result<usize, SeqError> {
@@ -204,7 +238,10 @@ impl<T: Clone> Sequence<T> {
         if values.is_empty() {
             return Ok(0);
         }
-        let new_key = OrderKey { lamport, id: first };
+        let new_key = OrderKey {
+            lamport: lamport.first,
+            id: first,
+        };
         // Start right after the reference element, or at the very beginning.
         let (mut pos, mut i) = match after {
             Some(a) => {
@@ -245,25 +282,16 @@ impl<T: Clone> Sequence<T> {
         let block = &mut self.blocks[b as usize];
         let new_elems = values.into_iter().enumerate().map(|(k, value)| Elem {
             key: OrderKey {
-                lamport,
-                id: Eid {
-                    offset: first.offset + k as u32,
-                    ..first
-                },
+                lamport: lamport.at(k as u64),
+                id: first.plus(k as u64),
             },
             value,
             deleted: false,
         });
         block.elems.splice(i..i, new_elems);
         block.visible += n;
-        for k in 0..n as u32 {
-            self.index.insert(
-                Eid {
-                    offset: first.offset + k,
-                    ..first
-                },
-                b,
-            );
+        for k in 0..n as u64 {
+            self.index.insert(first.plus(k), b);
         }
         self.visible += n;
         if self.blocks[b as usize].elems.len() > MAX_BLOCK {
@@ -399,16 +427,12 @@ impl Sequence<char> {
 mod tests {
     use super::*;
 
-    fn eid(actor: u32, counter: u64, offset: u32) -> Eid {
-        Eid {
-            actor,
-            counter,
-            offset,
-        }
+    fn eid(actor: u32, counter: u64) -> Eid {
+        Eid { actor, counter }
     }
 
     fn by_lamport_then_actor(a: &OrderKey, b: &OrderKey) -> bool {
-        (a.lamport, a.id.actor, a.id.offset) > (b.lamport, b.id.actor, b.id.offset)
+        (a.lamport, a.id.actor, a.id.counter) > (b.lamport, b.id.actor, b.id.counter)
     }
 
     #[test]
@@ -416,8 +440,8 @@ mod tests {
         let mut s = Sequence::new();
         s.insert(
             None,
-            eid(0, 1, 0),
-            1,
+            eid(0, 1),
+            RunLamport::flat(1),
             "hello".chars(),
             by_lamport_then_actor,
         )
@@ -425,8 +449,8 @@ mod tests {
         let after_o = s.id_at(4).unwrap();
         s.insert(
             Some(&after_o),
-            eid(0, 2, 0),
-            2,
+            eid(0, 6),
+            RunLamport::flat(6),
             " world".chars(),
             by_lamport_then_actor,
         )
@@ -445,38 +469,38 @@ mod tests {
     fn concurrent_siblings_order_by_key_and_keep_subtrees_together() {
         // Two actors insert after the same element at the same Lamport time.
         let mut a = Sequence::new();
-        a.insert(None, eid(0, 1, 0), 1, "x".chars(), by_lamport_then_actor)
+        a.insert(None, eid(0, 1), RunLamport::flat(1), "x".chars(), by_lamport_then_actor)
             .unwrap();
-        let x = eid(0, 1, 0);
+        let x = eid(0, 1);
         let mut b = a.clone();
         a.insert(
             Some(&x),
-            eid(1, 1, 0),
-            2,
+            eid(1, 1),
+            RunLamport::flat(2),
             "AA".chars(),
             by_lamport_then_actor,
         )
         .unwrap();
         a.insert(
             Some(&x),
-            eid(2, 1, 0),
-            2,
+            eid(2, 1),
+            RunLamport::flat(2),
             "BB".chars(),
             by_lamport_then_actor,
         )
         .unwrap();
         b.insert(
             Some(&x),
-            eid(2, 1, 0),
-            2,
+            eid(2, 1),
+            RunLamport::flat(2),
             "BB".chars(),
             by_lamport_then_actor,
         )
         .unwrap();
         b.insert(
             Some(&x),
-            eid(1, 1, 0),
-            2,
+            eid(1, 1),
+            RunLamport::flat(2),
             "AA".chars(),
             by_lamport_then_actor,
         )
@@ -489,23 +513,23 @@ mod tests {
     fn unknown_reference_is_an_error_and_changes_nothing() {
         let mut s: Sequence<char> = Sequence::new();
         let err = s.insert(
-            Some(&eid(0, 9, 0)),
-            eid(0, 10, 0),
-            5,
+            Some(&eid(0, 9)),
+            eid(0, 10),
+            RunLamport::flat(5),
             "z".chars(),
             by_lamport_then_actor,
         );
-        assert_eq!(err, Err(SeqError::UnknownElement(eid(0, 9, 0))));
+        assert_eq!(err, Err(SeqError::UnknownElement(eid(0, 9))));
         assert_eq!(
-            s.remove(&[eid(1, 1, 1)]),
-            Err(SeqError::UnknownElement(eid(1, 1, 1)))
+            s.remove(&[eid(1, 1)]),
+            Err(SeqError::UnknownElement(eid(1, 1)))
         );
         assert_eq!(s.total_len(), 0);
-        s.insert(None, eid(0, 1, 0), 1, "a".chars(), by_lamport_then_actor)
+        s.insert(None, eid(0, 1), RunLamport::flat(1), "a".chars(), by_lamport_then_actor)
             .unwrap();
         assert_eq!(
-            s.insert(None, eid(0, 1, 0), 1, "a".chars(), by_lamport_then_actor),
-            Err(SeqError::DuplicateElement(eid(0, 1, 0)))
+            s.insert(None, eid(0, 1), RunLamport::flat(1), "a".chars(), by_lamport_then_actor),
+            Err(SeqError::DuplicateElement(eid(0, 1)))
         );
     }
 
@@ -521,8 +545,8 @@ mod tests {
             let after = if pos == 0 { None } else { s.id_at(pos - 1) };
             s.insert(
                 after.as_ref(),
-                eid(0, counter, 0),
-                counter,
+                eid(0, counter),
+                RunLamport::flat(counter),
                 [c],
                 by_lamport_then_actor,
             )
@@ -534,8 +558,8 @@ mod tests {
         let tail = s.id_at(s.len() - 1);
         s.insert(
             tail.as_ref(),
-            eid(1, 1, 0),
-            10_000,
+            eid(1, 1),
+            RunLamport::flat(10_000),
             std::iter::repeat_n('z', 3000),
             by_lamport_then_actor,
         )

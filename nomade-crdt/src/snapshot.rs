@@ -10,6 +10,10 @@ use crate::error::CrdtError;
 use crate::replica::{Entity, Replica, ReplicaConfig};
 use crate::sequence::{Eid, OrderKey, Sequence};
 
+/// The snapshot format: 2 since operations version 2 (element ids without
+/// offsets). A snapshot of another format is refused, never misread.
+pub const SNAPSHOT_VERSION: u8 = 2;
+
 /// Depth limit when decoding a snapshot (values nest inside maps and arrays).
 const MAX_DEPTH: usize = 64;
 
@@ -18,7 +22,6 @@ struct SnapElem<T> {
     lamport: u64,
     actor: String,
     counter: u64,
-    offset: u32,
     value: T,
     deleted: bool,
 }
@@ -36,7 +39,7 @@ enum SnapEntity {
 }
 
 #[derive(Serialize, Deserialize)]
-struct SnapshotV1 {
+struct Snapshot {
     version: u8,
     version_vector: VersionVector,
     entities: Vec<(EntityType, String, SnapEntity)>,
@@ -49,7 +52,6 @@ fn snap_seq<T: Clone>(r: &Replica, s: &Sequence<T>) -> Vec<SnapElem<T>> {
             lamport: key.lamport,
             actor: r.actors.name(key.id.actor).to_string(),
             counter: key.id.counter,
-            offset: key.id.offset,
             value: value.clone(),
             deleted,
         })
@@ -64,7 +66,6 @@ fn restore_seq<T: Clone>(r: &mut Replica, elems: Vec<SnapElem<T>>) -> Sequence<T
             let id = Eid {
                 actor,
                 counter: e.counter,
-                offset: e.offset,
             };
             (
                 OrderKey {
@@ -114,9 +115,9 @@ impl Replica {
             .iter()
             .map(|((t, id), vv)| (*t, id.clone(), vv.clone()))
             .collect();
-        let snap = SnapshotV1 {
+        let snap = Snapshot {
             entity_version_vectors,
-            version: 1,
+            version: SNAPSHOT_VERSION,
             version_vector: self.vv.clone(),
             entities,
         };
@@ -133,8 +134,8 @@ impl Replica {
         let mut de = rmp_serde::Deserializer::new(bytes);
         de.set_max_depth(MAX_DEPTH);
         let snap =
-            SnapshotV1::deserialize(&mut de).map_err(|e| CrdtError::BadSnapshot(e.to_string()))?;
-        if snap.version != 1 {
+            Snapshot::deserialize(&mut de).map_err(|e| CrdtError::BadSnapshot(e.to_string()))?;
+        if snap.version != SNAPSHOT_VERSION {
             return Err(CrdtError::BadSnapshot(format!(
                 "unsupported snapshot version {}",
                 snap.version

@@ -160,7 +160,10 @@ fn bad_input_21_an_op_with_missing_dependencies_waits_in_the_buffer() {
     let (c1, c2) = two_ops("c");
     let (_, d2) = two_ops("d");
     let (_, e2) = two_ops("e");
-    let mut tiny = Replica::with_config("t", ReplicaConfig { max_buffered: 2 });
+    let mut tiny = Replica::with_config("t", ReplicaConfig {
+            max_buffered: 2,
+            ..ReplicaConfig::default()
+        });
     tiny.apply_remote(c2).unwrap();
     tiny.apply_remote(d2).unwrap();
     assert_eq!(tiny.buffered(), 2);
@@ -217,24 +220,51 @@ fn bad_input_23_malformed_ops_are_refused_and_change_nothing() {
     let mut bad_deps = good.clone();
     bad_deps.operation.deps.insert("a".into(), 7);
     let mut jump = good.clone();
-    jump.operation.counter = 1_000_000_000;
-    jump.operation.deps.insert("a".into(), 999_999_999);
+    jump.operation.counter = 1 << 40;
+    jump.operation.deps.insert("a".into(), (1 << 40) - 1);
     let mut wrong_type = good.clone();
     wrong_type.entity_type = CONV;
-    // PROTOCOL.md: `insert` is for conversations only, with `field` nil;
-    // text goes in with `insert_text`.
-    let insert = |field: Option<&str>, entity_type| {
+    // PROTOCOL.md: `insert` is for conversations only; text goes in with
+    // `insert_text`. A run covers one counter per element: never none, and
+    // never past 2^64-2.
+    let with_edit = |entity_type, counter, edit| {
         let mut op = good.clone();
         op.entity_type = entity_type;
-        op.operation.edit = nomade_wire::Edit::Insert {
-            field: field.map(String::from),
-            after: None,
-            values: vec![Value::from("x")],
-        };
+        op.operation.counter = counter;
+        op.operation.edit = edit;
         op
     };
-    let insert_into_text_field = insert(Some("t"), DOC);
-    let insert_with_a_field_on_a_conversation = insert(Some("t"), CONV);
+    let insert = |values: Vec<Value>| nomade_wire::Edit::Insert {
+        after: None,
+        values,
+    };
+    let remove = |counter, len| nomade_wire::Edit::Remove {
+        field: None,
+        ranges: vec![nomade_wire::IdRange {
+            actor: "a".into(),
+            counter,
+            len,
+        }],
+    };
+    let text = |text: &str| nomade_wire::Edit::InsertText {
+        field: "t".into(),
+        after: None,
+        text: text.into(),
+    };
+    let insert_into_a_document = with_edit(DOC, 1, insert(vec![Value::from("x")]));
+    let empty_insert = with_edit(CONV, 1, insert(vec![]));
+    let empty_text = with_edit(DOC, 1, text(""));
+    let wrapping_run = with_edit(DOC, u64::MAX - 2, text("abc"));
+    let empty_range = with_edit(CONV, 1, remove(1, 0));
+    let wrapping_range = with_edit(CONV, 1, remove(u64::MAX - 1, 2));
+    let no_ranges = with_edit(
+        CONV,
+        1,
+        nomade_wire::Edit::Remove {
+            field: None,
+            ranges: vec![],
+        },
+    );
     let mut dangling = a
         .apply_local(
             DOC,
@@ -251,10 +281,19 @@ fn bad_input_23_malformed_ops_are_refused_and_change_nothing() {
         .remove(0);
     dangling.operation.edit = nomade_wire::Edit::Remove {
         field: Some("t".into()),
-        targets: vec![nomade_wire::ElementId {
+        ranges: vec![nomade_wire::IdRange {
             actor: "nobody".into(),
             counter: 1,
-            offset: 0,
+            len: 1,
+        }],
+    };
+    let mut beyond = dangling.clone();
+    beyond.operation.edit = nomade_wire::Edit::Remove {
+        field: Some("t".into()),
+        ranges: vec![nomade_wire::IdRange {
+            actor: "a".into(),
+            counter: 1,
+            len: 1_000_000_000,
         }],
     };
     for (what, op) in [
@@ -262,11 +301,13 @@ fn bad_input_23_malformed_ops_are_refused_and_change_nothing() {
         ("max", max),
         ("deps", bad_deps),
         ("type", wrong_type),
-        ("insert with a field on a document", insert_into_text_field),
-        (
-            "insert with a field on a conversation",
-            insert_with_a_field_on_a_conversation,
-        ),
+        ("insert on a document", insert_into_a_document),
+        ("empty insert", empty_insert),
+        ("empty text", empty_text),
+        ("a run whose counters wrap", wrapping_run),
+        ("an empty range", empty_range),
+        ("a range whose counters wrap", wrapping_range),
+        ("a removal of nothing", no_ranges),
     ] {
         assert!(
             matches!(b.apply_remote(op), Err(CrdtError::InvalidOperation { .. })),
@@ -279,10 +320,12 @@ fn bad_input_23_malformed_ops_are_refused_and_change_nothing() {
     ));
     b.apply_remote(good).unwrap();
     let before = b.state_hash();
-    assert!(matches!(
-        b.apply_remote(dangling),
-        Err(CrdtError::InvalidOperation { .. })
-    ));
+    for (what, op) in [("dangling", dangling), ("beyond the text", beyond)] {
+        assert!(
+            matches!(b.apply_remote(op), Err(CrdtError::InvalidOperation { .. })),
+            "{what}"
+        );
+    }
     assert_eq!(b.state_hash(), before);
     assert_ne!(before, empty_hash);
     assert_eq!(b.buffered(), 0);
@@ -395,7 +438,8 @@ fn snapshot_restores_the_same_state_and_editing_continues() {
         restored.entity_version_vector(DOC, "d"),
         a.entity_version_vector(DOC, "d")
     );
-    assert_eq!(a.entity_version_vector(DOC, "d").get("a"), Some(&3));
+    // One counter per field write, inserted and removed character: 1 + 11 + 6.
+    assert_eq!(a.entity_version_vector(DOC, "d").get("a"), Some(&18));
     // Both continue identically.
     let op = a
         .apply_local(

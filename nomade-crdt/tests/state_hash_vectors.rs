@@ -130,7 +130,7 @@ fn scenario() -> (Vec<SyncOperation>, Replica) {
 }
 
 fn element<T>(e: &CanonicalElement<T>, content: serde_json::Value) -> serde_json::Value {
-    json!({"actor": e.actor, "counter": e.counter, "offset": e.offset, "content": content})
+    json!({"actor": e.actor, "counter": e.counter, "content": content})
 }
 
 fn msgpack_hex(v: &Value) -> String {

@@ -436,7 +436,7 @@ impl Core {
             }
             read += 1;
             next = seq;
-            if op.operation.counter > peer.get(&op.actor_id).copied().unwrap_or(0) {
+            if op.operation.last_counter() > peer.get(&op.actor_id).copied().unwrap_or(0) {
                 ops.push(op);
             }
             ControlFlow::Continue(())

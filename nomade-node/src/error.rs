@@ -23,12 +23,39 @@ pub enum StoreError {
         "the database is in use by another process (is a node already running on this directory?)"
     )]
     Locked,
+    /// The database was written in another store format: by an older
+    /// Nomade (its operations are of an earlier protocol revision and cannot
+    /// be converted) or by a newer one. Nothing was changed.
+    #[error("{}", format_advice(*found, *supported))]
+    Format {
+        /// The format found.
+        found: u32,
+        /// The format this build reads and writes.
+        supported: u32,
+    },
     /// Any other database failure.
     #[error("database error: {0}")]
     Database(String),
     /// A record could not be encoded.
     #[error("cannot encode record: {0}")]
     Encode(String),
+}
+
+/// What to do about a database of another format.
+fn format_advice(found: u32, supported: u32) -> String {
+    if found < supported {
+        format!(
+            "the database was written by an older Nomade (store format {found}; this build \
+             reads {supported}) and its operations cannot be converted: move nomade.redb out \
+             of the data directory and start again; the device keeps its identity, pairings \
+             must be made again, and a paired device sends everything back"
+        )
+    } else {
+        format!(
+            "the database was written by a newer Nomade (store format {found}; this build \
+             reads {supported}): update Nomade"
+        )
+    }
 }
 
 impl StoreError {

@@ -45,6 +45,11 @@ pub struct NodeConfig {
     /// with `SYNC_CONFLICT` and the peer is asked to sync again (from this
     /// device's version vector, so in an order that applies).
     pub max_buffered_ops: usize,
+    /// Most distinct devices whose operations this device accepts (its
+    /// actor table). An operation from one more is refused and counted
+    /// (`nomade_rejected_ops_total{reason="too_many_actors"}`), so a paired
+    /// device inventing actors cannot grow this device's state without bound.
+    pub max_actors: usize,
     /// First delay before redialing a lost peer; doubles up to `max_backoff`.
     pub min_backoff: Duration,
     /// Longest delay between redials. A redial waiting out its delay tries
@@ -74,6 +79,7 @@ impl Default for NodeConfig {
             missed_heartbeats: 3,
             artifact_quota: None,
             max_buffered_ops: ReplicaConfig::default().max_buffered,
+            max_actors: ReplicaConfig::default().max_actors,
             min_backoff: Duration::from_millis(200),
             clock_skew_ms: 0,
             max_backoff: Duration::from_secs(30),
@@ -158,6 +164,8 @@ impl Node {
         let device_id = identity.device_id();
         let replica_config = ReplicaConfig {
             max_buffered: config.max_buffered_ops,
+            max_actors: config.max_actors,
+            ..ReplicaConfig::default()
         };
         let core = Core::open(dir, &device_id.to_string(), replica_config)?;
         core.set_clock_skew(config.clock_skew_ms);

@@ -10,11 +10,12 @@
 //!   then each operation's MessagePack, one after the other. An append cuts
 //!   its operations into runs of about 60 KiB: a sync that applies
 //!   thousands of operations in one transaction writes a few rows, not
-//!   thousands, and each fits a 64 KiB page. (A row not starting with `0x00`
-//!   is one operation's MessagePack, as an older version wrote; it is still
-//!   read.)
+//!   thousands, and each fits a 64 KiB page.
 //! - `peers`: device id -> MessagePack [`PeerRecord`].
-//! - `meta`: small settings (device name).
+//! - `meta`: small settings (device name), the snapshot's header, and the
+//!   store's format ([`STORE_FORMAT`], 4 bytes big-endian under
+//!   `store_format`). A database of another format is refused when opened
+//!   ([`StoreError::Format`]), never misread.
 //!
 //! Every write is one redb transaction committed with immediate durability:
 //! when a method returns `Ok`, the data survives a crash or `kill -9`.
@@ -32,7 +33,7 @@ use std::sync::{PoisonError, RwLock};
 use nomade_transport::stream::now_ms;
 
 use nomade_wire::{SyncOperation, VersionVector};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
@@ -51,6 +52,15 @@ const FRONTIERS: TableDefinition<u64, &[u8]> = TableDefinition::new("frontiers")
 /// header (format, sequence number covered, length, BLAKE3) is the `META`
 /// entry [`SNAPSHOT_KEY`].
 const SNAPSHOT: TableDefinition<u32, &[u8]> = TableDefinition::new("snapshot");
+
+/// The `META` key of the store's format.
+const FORMAT_KEY: &str = "store_format";
+
+/// The store format this build writes and reads: 2 since operations
+/// version 2 (per-entity deps, element ids without offsets, range removals).
+/// A database whose `OPS` holds rows and that has no format entry was
+/// written by an earlier build: format 1.
+pub const STORE_FORMAT: u32 = 2;
 
 /// The `META` key of the snapshot's header.
 const SNAPSHOT_KEY: &str = "snapshot";
@@ -172,7 +182,7 @@ fn split_run(first: u64, row: &[u8]) -> Result<(u64, &[u8]), StoreError> {
             n => Ok((u64::from(n), ops)),
         },
         [RUN_MARKER, ..] => Err(corrupt_op(first, "truncated run header")),
-        _ => Ok((1, row)),
+        _ => Err(corrupt_op(first, "not a run of operations")),
     }
 }
 
@@ -268,11 +278,38 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
         })?;
     let txn = db.begin_write().map_err(db_err)?;
     {
-        txn.open_table(OPS).map_err(db_err)?;
+        let ops = txn.open_table(OPS).map_err(db_err)?;
         txn.open_table(PEERS).map_err(db_err)?;
-        txn.open_table(META).map_err(db_err)?;
+        let mut meta = txn.open_table(META).map_err(db_err)?;
         txn.open_table(FRONTIERS).map_err(db_err)?;
         txn.open_table(SNAPSHOT).map_err(db_err)?;
+        let found = match meta.get(FORMAT_KEY).map_err(db_err)? {
+            Some(raw) => match <[u8; 4]>::try_from(raw.value()) {
+                Ok(b) => Some(u32::from_be_bytes(b)),
+                Err(_) => {
+                    return Err(StoreError::Corrupt {
+                        what: format!("the store format entry ({} bytes)", raw.value().len()),
+                    })
+                }
+            },
+            // Operations without a format entry: an earlier build's.
+            None if !ops.is_empty().map_err(db_err)? => Some(1),
+            None => None,
+        };
+        match found {
+            Some(STORE_FORMAT) => {}
+            Some(found) => {
+                // Dropped without committing: nothing changes on disk.
+                return Err(StoreError::Format {
+                    found,
+                    supported: STORE_FORMAT,
+                });
+            }
+            None => {
+                meta.insert(FORMAT_KEY, STORE_FORMAT.to_be_bytes().as_slice())
+                    .map_err(db_err)?;
+            }
+        }
     }
     txn.commit().map_err(db_err)?;
     Ok(db)
@@ -372,7 +409,7 @@ impl Store {
                         let here = rmp_serde::to_vec_named(&at)
                             .map_err(|e| StoreError::Encode(e.to_string()));
                         for op in ops.by_ref().take(*count as usize) {
-                            nomade_crdt::raise_counter(&mut at, &op.actor_id, op.operation.counter);
+                            nomade_crdt::raise_counter(&mut at, &op.actor_id, op.operation.last_counter());
                         }
                         here
                     })
@@ -811,19 +848,64 @@ mod tests {
         }
     }
 
+    /// A database of another store format is refused, with both formats
+    /// named, and left as it was; one of this format opens again.
     #[test]
-    fn rows_of_one_operation_from_older_versions_are_read() {
+    fn a_store_of_another_format_is_refused_and_left_untouched() {
+        let open_raw = |path: &Path| Database::create(path).unwrap();
+        // An earlier build's: operations, and no format entry.
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("node.redb")).unwrap();
-        put_row(&store, 1, &rmp_serde::to_vec_named(&op(1)).unwrap());
-        put_row(&store, 2, &rmp_serde::to_vec_named(&op(2)).unwrap());
-        assert_eq!(store.last_seq().unwrap(), 2);
-        assert_eq!(store.append_ops(&[op(3), op(4)], None).unwrap(), 4);
-        let all = collect(&store, 0);
-        assert_eq!(all.len(), 4);
-        for (seq, o) in all {
-            assert_eq!(o, op(seq));
+        let path = dir.path().join("node.redb");
+        {
+            let db = open_raw(&path);
+            let txn = db.begin_write().unwrap();
+            txn.open_table(OPS)
+                .unwrap()
+                .insert(1, rmp_serde::to_vec_named(&op(1)).unwrap().as_slice())
+                .unwrap();
+            txn.commit().unwrap();
         }
+        let refused = Store::open(&path).unwrap_err();
+        assert!(
+            matches!(refused, StoreError::Format { found: 1, supported: STORE_FORMAT }),
+            "{refused:?}"
+        );
+        let message = refused.to_string();
+        assert!(message.contains("older Nomade") && message.contains("nomade.redb"), "{message}");
+        // Nothing written: the row is there, no format was stamped, and the
+        // next opening refuses the same way.
+        {
+            let db = open_raw(&path);
+            let txn = db.begin_read().unwrap();
+            let row = txn.open_table(OPS).unwrap().get(1).unwrap().map(|r| r.value().to_vec());
+            assert!(row == Some(rmp_serde::to_vec_named(&op(1)).unwrap()), "the row is kept");
+            let stamped = txn
+                .open_table(META)
+                .is_ok_and(|meta| meta.get(FORMAT_KEY).unwrap().is_some());
+            assert!(!stamped, "no format stamped");
+        }
+        assert!(matches!(Store::open(&path), Err(StoreError::Format { found: 1, .. })));
+        // A later build's.
+        let newer = dir.path().join("newer.redb");
+        {
+            let db = open_raw(&newer);
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(FORMAT_KEY, 9u32.to_be_bytes().as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let refused = Store::open(&newer).unwrap_err();
+        assert!(matches!(refused, StoreError::Format { found: 9, .. }), "{refused:?}");
+        assert!(refused.to_string().contains("newer Nomade"), "{refused}");
+        // A new store is stamped with this format and opens again.
+        let fresh = dir.path().join("fresh.redb");
+        drop(Store::open(&fresh).unwrap());
+        let store = Store::open(&fresh).unwrap();
+        store.append_ops(&[op(1)], None).unwrap();
+        drop(store);
+        assert_eq!(collect(&Store::open(&fresh).unwrap(), 0).len(), 1);
     }
 
     // BAD_INPUTS #31: damaged rows are typed errors, never a panic.
@@ -847,6 +929,7 @@ mod tests {
                 r
             }),
             ("garbage", vec![RUN_MARKER, 0, 0, 0, 1, 0xc1, 0xff]),
+            ("not a run", rmp_serde::to_vec_named(&op(1)).unwrap()),
         ];
         for (what, row) in cases {
             let dir = tempfile::tempdir().unwrap();

@@ -283,7 +283,7 @@ async fn send_batches(
         let op = &ops[i];
         let added = batch.push(op)?;
         if added {
-            raise_counter(&mut covered, &op.actor_id, op.operation.counter);
+            raise_counter(&mut covered, &op.actor_id, op.operation.last_counter());
             i += 1;
         }
         if !added || i == ops.len() {

@@ -94,22 +94,46 @@ pub struct SyncRequest {
     pub version_vector: Option<VersionVector>,
 }
 
-/// The identity of one element of a sequence (a conversation item or a character).
-///
-/// Element `offset` of the insert operation `(actor, counter)`.
+/// The identity of one sequence element (a conversation item or a
+/// character): the dot of the operation that inserted it. An insertion of
+/// `n` elements with counter `c` covers the counters `c..c+n`, one per
+/// element, so element `i` is `(actor, c + i)`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ElementId {
     /// The device that inserted the element.
     pub actor: String,
-    /// The counter of the insert operation.
+    /// The element's counter.
     pub counter: u64,
-    /// The element's position within that insert operation (0 for the first).
-    pub offset: u32,
+}
+
+/// Consecutive elements inserted by one actor: the ids `(actor, counter)`
+/// to `(actor, counter + len - 1)`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdRange {
+    /// The device that inserted the elements.
+    pub actor: String,
+    /// The counter of the first element.
+    pub counter: u64,
+    /// How many elements (at least 1).
+    pub len: u64,
+}
+
+impl IdRange {
+    /// The counter of the last element (saturating; a valid range does not wrap).
+    pub fn last(&self) -> u64 {
+        self.counter.saturating_add(self.len.saturating_sub(1))
+    }
 }
 
 /// The change a CRDT operation makes. Travels as a map with one key, the
 /// variant's snake_case name, whose value is the map of its fields.
+///
+/// An operation covers [`Edit::span`] consecutive counters of its actor:
+/// one per inserted or removed element, one for a field write. A run is
+/// shorthand for that many one-element operations, each following the
+/// previous (see docs/PROTOCOL.md, "Operations").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Edit {
@@ -126,47 +150,71 @@ pub enum Edit {
         /// The field name.
         key: String,
     },
-    /// Insert items into a sequence after an existing element (or at the start).
-    /// The new elements get the ids `(actor, counter, 0..values.len())`.
+    /// Insert items into a conversation after an existing item (or at the
+    /// start). Item `i` gets the id `(actor, counter + i)`.
     Insert {
-        /// The document text field, or `None` for the conversation itself.
-        field: Option<String>,
-        /// The element to insert after; `None` for the start.
+        /// The item to insert after; `None` for the start.
         after: Option<ElementId>,
-        /// The inserted items.
+        /// The inserted items (at least one).
         values: Vec<Value>,
     },
     /// Insert characters into a collaborative text field of a document.
-    /// Character `i` (in Unicode scalar values) gets the id `(actor, counter, i)`.
+    /// Character `i` (in Unicode scalar values) gets the id `(actor, counter + i)`.
     InsertText {
         /// The text field.
         field: String,
         /// The character to insert after; `None` for the start.
         after: Option<ElementId>,
-        /// The inserted text.
+        /// The inserted text (at least one character).
         text: String,
     },
-    /// Remove elements of a sequence or characters of a text field.
+    /// Remove elements of a conversation or characters of a text field.
     Remove {
         /// The document text field, or `None` for the conversation itself.
         field: Option<String>,
-        /// The removed elements.
-        targets: Vec<ElementId>,
+        /// The removed elements, as ranges of ids (at least one).
+        ranges: Vec<IdRange>,
     },
+}
+
+impl Edit {
+    /// How many counters the edit covers: one per inserted or removed
+    /// element, one for a field write (0 only for an invalid, empty edit).
+    pub fn span(&self) -> u64 {
+        match self {
+            Edit::Set { .. } | Edit::Delete { .. } => 1,
+            Edit::Insert { values, .. } => values.len() as u64,
+            Edit::InsertText { text, .. } => text.chars().count() as u64,
+            Edit::Remove { ranges, .. } => ranges
+                .iter()
+                .fold(0u64, |acc, r| acc.saturating_add(r.len)),
+        }
+    }
 }
 
 /// A CRDT operation as it travels: its identity, its causal context, its edit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CrdtOperation {
-    /// The operation's sequence number for its actor (1, 2, 3... across the replica).
-    /// With `actor_id` it forms the operation's dot.
+    /// The first counter the operation covers (its actor numbers its
+    /// operations' counters 1, 2, 3... across the replica); it covers
+    /// `edit.span()` counters. With `actor_id` it forms the operation's dot.
     pub counter: u64,
-    /// The replica version vector the operation was made on: every operation it
-    /// may depend on. It is applied only after all of them.
+    /// The operation's causal context within its entity: for each actor
+    /// that changed the entity, the highest counter of its changes to the
+    /// entity that this operation follows. It is applied only after them.
     pub deps: VersionVector,
     /// The change.
     pub edit: Edit,
+}
+
+impl CrdtOperation {
+    /// The last counter the operation covers (its first for an empty edit;
+    /// saturating: a valid operation does not wrap).
+    pub fn last_counter(&self) -> u64 {
+        self.counter
+            .saturating_add(self.edit.span().saturating_sub(1))
+    }
 }
 
 /// `SYNC_OPERATION` (0x0102): one CRDT operation.

@@ -182,11 +182,9 @@ pub fn all() -> Vec<Sample> {
                 counter: 9,
                 deps: vv(&[(PHONE, 8)]),
                 edit: Edit::Insert {
-                    field: None,
                     after: Some(crate::ElementId {
                         actor: LAPTOP.into(),
                         counter: 3,
-                        offset: 0,
                     }),
                     values: vec![
                         Value::String("see you at 8".into()),
@@ -226,14 +224,14 @@ pub fn all() -> Vec<Sample> {
             entity_id: "notes/todo".into(),
             entity_type: EntityType::Document,
             operation: CrdtOperation {
-                counter: 45,
-                deps: vv(&[(LAPTOP, 44)]),
+                counter: 51,
+                deps: vv(&[(LAPTOP, 50)]),
                 edit: Edit::Remove {
                     field: Some("body".into()),
-                    targets: vec![crate::ElementId {
+                    ranges: vec![crate::IdRange {
                         actor: LAPTOP.into(),
-                        counter: 44,
-                        offset: 1,
+                        counter: 45,
+                        len: 2,
                     }],
                 },
             },

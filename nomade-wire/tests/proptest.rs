@@ -46,10 +46,14 @@ fn version_vector() -> impl Strategy<Value = VersionVector> {
 }
 
 fn element_id() -> impl Strategy<Value = ElementId> {
-    (text(), any::<u64>(), any::<u32>()).prop_map(|(actor, counter, offset)| ElementId {
+    (text(), any::<u64>()).prop_map(|(actor, counter)| ElementId { actor, counter })
+}
+
+fn id_range() -> impl Strategy<Value = IdRange> {
+    (text(), any::<u64>(), any::<u64>()).prop_map(|(actor, counter, len)| IdRange {
         actor,
         counter,
-        offset,
+        len,
     })
 }
 
@@ -57,20 +61,12 @@ fn edit() -> impl Strategy<Value = Edit> {
     prop_oneof![
         (text(), value()).prop_map(|(key, value)| Edit::Set { key, value }),
         text().prop_map(|key| Edit::Delete { key }),
-        (
-            option::of(text()),
-            option::of(element_id()),
-            vec(value(), 0..4)
-        )
-            .prop_map(|(field, after, values)| Edit::Insert {
-                field,
-                after,
-                values
-            }),
+        (option::of(element_id()), vec(value(), 0..4))
+            .prop_map(|(after, values)| Edit::Insert { after, values }),
         (text(), option::of(element_id()), text())
             .prop_map(|(field, after, text)| Edit::InsertText { field, after, text }),
-        (option::of(text()), vec(element_id(), 0..4))
-            .prop_map(|(field, targets)| Edit::Remove { field, targets }),
+        (option::of(text()), vec(id_range(), 0..4))
+            .prop_map(|(field, ranges)| Edit::Remove { field, ranges }),
     ]
 }
 

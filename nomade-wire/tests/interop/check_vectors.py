@@ -733,7 +733,7 @@ def state_hash(state) -> bytes:
     computed by the rules of PROTOCOL.md alone: this function sorts whatever
     the rules sort, and takes only the sequence order from the file."""
     h = blake3.blake3()
-    h.update(b"nomade-state-v1")
+    h.update(b"nomade-state-v2")
     u64 = lambda n: h.update(struct.pack(">Q", n))  # noqa: E731
 
     def text(x: str):
