@@ -17,8 +17,10 @@
 //!   same state, whatever order operations arrived in.
 //!
 //! Operations identify elements by id, never by index. Each operation carries
-//! its actor's counter (1, 2, 3... across the replica) and `deps`, the replica
-//! version vector it was made on; clocks never decide anything.
+//! its actor's first counter (1, 2, 3... across the replica, one per element
+//! inserted or removed, so a run of keystrokes is one operation, see
+//! [`runs`]) and `deps`, what it follows within its entity; clocks never
+//! decide anything.
 //!
 //! ```
 //! use nomade_crdt::{LocalEdit, Replica};
@@ -51,6 +53,7 @@ mod error;
 pub mod hash;
 mod oplog;
 mod replica;
+pub mod runs;
 pub mod sequence;
 mod snapshot;
 
@@ -58,4 +61,6 @@ pub use delta::{from_delta, to_delta};
 pub use document::Tagged;
 pub use error::CrdtError;
 pub use oplog::{MemoryOpLog, OpLog, RestoreError};
-pub use replica::{lamport, raise_counter, EntityKey, LocalEdit, Replica, ReplicaConfig};
+pub use replica::{
+    lamport, raise_counter, trim_front, EntityKey, LocalEdit, Replica, ReplicaConfig,
+};

@@ -612,7 +612,7 @@ impl Replica {
         if op.operation.last_counter() <= known {
             return Ok(0); // duplicate
         }
-        if counter - known > self.config.max_counter_jump {
+        if counter.saturating_sub(known) > self.config.max_counter_jump {
             return Err(CrdtError::CounterJump {
                 actor: op.actor_id.clone(),
                 counter,
@@ -624,7 +624,12 @@ impl Replica {
         let op = trim_front(op, known);
         if op.operation.counter != known + 1 || !self.deps_applied(&op) {
             let waiting = self.buffer.entry(op.actor_id.clone()).or_default();
-            if waiting.contains_key(&op.operation.counter) {
+            if let Some(held) = waiting.get_mut(&op.operation.counter) {
+                // The same start: keep the longer run (a run and its first
+                // keystroke may both arrive, the keystroke first).
+                if op.operation.last_counter() > held.operation.last_counter() {
+                    *held = op;
+                }
                 return Ok(0);
             }
             if self.buffered >= self.config.max_buffered {

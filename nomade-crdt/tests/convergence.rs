@@ -163,3 +163,106 @@ proptest! {
         prop_assert_eq!(replicas[1].state_hash(), before);
     }
 }
+
+/// What one of two devices does to a shared text field.
+#[derive(Debug, Clone)]
+enum TextAction {
+    /// Type a character right after the device's cursor (where a run grows).
+    Type { device: usize, c: char },
+    /// Delete the character before the cursor (a backspace).
+    Backspace { device: usize },
+    /// Move the cursor anywhere.
+    Jump { device: usize, to: Index },
+    /// Deliver everything one device has to the other.
+    Sync { from: usize },
+}
+
+fn text_action() -> impl Strategy<Value = TextAction> {
+    prop_oneof![
+        6 => (0..2usize, proptest::char::range('a', 'e')).prop_map(|(device, c)| TextAction::Type { device, c }),
+        2 => (0..2usize).prop_map(|device| TextAction::Backspace { device }),
+        1 => (0..2usize, any::<Index>()).prop_map(|(device, to)| TextAction::Jump { device, to }),
+        1 => (0..2usize).prop_map(|from| TextAction::Sync { from }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// A run is shorthand for its one-element operations (PROTOCOL.md,
+    /// "Operations"): two devices typing concurrently, their keystrokes
+    /// delivered one by one, joined into runs, or partly one by one and then
+    /// as runs overlapping what arrived (the rest of each run applied) all
+    /// give the state of the two devices.
+    #[test]
+    fn runs_apply_as_their_keystrokes_whole_or_in_part(
+        actions in proptest::collection::vec(text_action(), 1..80),
+        cut in any::<Index>(),
+    ) {
+        let mut devices = [Replica::new("ana"), Replica::new("bob")];
+        let mut cursors = [0usize, 0];
+        let mut authored: [Vec<SyncOperation>; 2] = [Vec::new(), Vec::new()];
+        let mut delivered = [0usize, 0];
+        let len = |r: &Replica| r.text("d", "t").map_or(0, |t| t.chars().count());
+        let splice = |r: &mut Replica, position, delete, insert: &str| {
+            let edit = LocalEdit::Splice { field: "t".into(), position, delete, insert: insert.into() };
+            r.apply_local(EntityType::Document, "d", edit, 0).unwrap()
+        };
+        for action in actions {
+            match action {
+                TextAction::Type { device, c } => {
+                    let at = cursors[device].min(len(&devices[device]));
+                    authored[device].extend(splice(&mut devices[device], at, 0, &c.to_string()));
+                    cursors[device] = at + 1;
+                }
+                TextAction::Backspace { device } => {
+                    let at = cursors[device].min(len(&devices[device]));
+                    if at > 0 {
+                        authored[device].extend(splice(&mut devices[device], at - 1, 1, ""));
+                        cursors[device] = at - 1;
+                    }
+                }
+                TextAction::Jump { device, to } => {
+                    cursors[device] = to.index(len(&devices[device]) + 1);
+                }
+                TextAction::Sync { from } => {
+                    let to = 1 - from;
+                    for op in authored[from][delivered[from]..].to_vec() {
+                        devices[to].apply_remote(op).unwrap();
+                    }
+                    delivered[from] = authored[from].len();
+                }
+            }
+        }
+        for from in 0..2 {
+            for op in authored[from][delivered[from]..].to_vec() {
+                devices[1 - from].apply_remote(op).unwrap();
+            }
+        }
+        let expected = devices[0].state_hash();
+        prop_assert_eq!(devices[1].state_hash(), expected);
+
+        let joined: Vec<Vec<SyncOperation>> =
+            authored.iter().map(|ops| nomade_crdt::runs::join(ops.clone())).collect();
+        // One by one, bob's first (the causal buffer orders them).
+        let mut singles = Replica::new("carol");
+        for op in authored[1].iter().chain(&authored[0]) {
+            singles.apply_remote(op.clone()).unwrap();
+        }
+        prop_assert_eq!(singles.state_hash(), expected);
+        // As runs.
+        let mut runs = Replica::new("dave");
+        for op in joined[0].iter().chain(&joined[1]) {
+            runs.apply_remote(op.clone()).unwrap();
+        }
+        prop_assert_eq!(runs.state_hash(), expected);
+        // Part of ana's keystrokes one by one, then all as runs.
+        let mut parts = Replica::new("erin");
+        let k = cut.index(authored[0].len() + 1);
+        for op in authored[0][..k].iter().chain(&joined[0]).chain(&joined[1]) {
+            parts.apply_remote(op.clone()).unwrap();
+        }
+        prop_assert_eq!(parts.state_hash(), expected);
+        prop_assert_eq!(parts.buffered(), 0);
+    }
+}

@@ -352,6 +352,9 @@ impl Core {
         for op in ops {
             if let Err(e) = replica.apply_remote(op) {
                 self.metrics.record_error("SYNC_OPERATION");
+                if matches!(e, nomade_crdt::CrdtError::TooManyActors { .. }) {
+                    self.metrics.record_error("TOO_MANY_ACTORS");
+                }
                 tracing::warn!(peer, error = %e, "refused an operation");
                 first_err.get_or_insert(e);
             }

@@ -47,7 +47,7 @@ pub struct NodeConfig {
     pub max_buffered_ops: usize,
     /// Most distinct devices whose operations this device accepts (its
     /// actor table). An operation from one more is refused and counted
-    /// (`nomade_rejected_ops_total{reason="too_many_actors"}`), so a paired
+    /// (`nomade_errors_total{type="TOO_MANY_ACTORS"}`), so a paired
     /// device inventing actors cannot grow this device's state without bound.
     pub max_actors: usize,
     /// First delay before redialing a lost peer; doubles up to `max_backoff`.

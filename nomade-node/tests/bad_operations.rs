@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use nomade_node::{Node, NodeConfig};
-use nomade_wire::{CrdtOperation, Edit, EntityType, SyncOperation, Value};
+use nomade_wire::{CrdtOperation, Edit, EntityType, IdRange, SyncOperation, Value};
 
 fn open(dir: &Path) -> Node {
     Node::open(dir, NodeConfig::default()).expect("open")
@@ -36,6 +36,33 @@ fn set(actor: &str, counter: u64, deps: &[(&str, u64)], key: &str, value: i64) -
         timestamp: 1_700_000_000_000,
         actor_id: actor.into(),
     }
+}
+
+/// `actor`'s run of `text` typed at the start of the text field `t` of
+/// document `doc`, its first counter `counter`.
+fn text(actor: &str, counter: u64, text: &str) -> SyncOperation {
+    let mut op = set(actor, counter, &[], "k", 0);
+    op.operation.edit = Edit::InsertText {
+        field: "t".into(),
+        after: None,
+        text: text.into(),
+    };
+    op
+}
+
+/// `actor`'s removal, at `counter`, of `len` characters of the text field
+/// `t` inserted by `of` from counter `from`.
+fn remove(actor: &str, counter: u64, of: &str, from: u64, len: u64) -> SyncOperation {
+    let mut op = set(actor, counter, &[], "k", 0);
+    op.operation.edit = Edit::Remove {
+        field: Some("t".into()),
+        ranges: vec![IdRange {
+            actor: of.into(),
+            counter: from,
+            len,
+        }],
+    };
+    op
 }
 
 fn refused_count(node: &Node) -> u64 {
@@ -70,11 +97,12 @@ fn bad_input_23_malformed_operations_are_refused_counted_and_change_nothing() {
         ("counter 2^64-1", set("ana", u64::MAX, &[], "k", 2)),
         ("wrong own deps entry", wrong_own_entry),
         ("deps entry 2^64-1", huge_dep),
-        (
-            "far ahead of its actor",
-            set("ana", 10_000_000, &[], "k", 2),
-        ),
+        ("far ahead of its actor", set("ana", 1 << 40, &[], "k", 2)),
         ("a field edit on a conversation", wrong_type),
+        ("an empty run", text("ana", 2, "")),
+        ("a run whose counters wrap", text("ana", u64::MAX - 2, "abc")),
+        ("a removal beyond the text", remove("ana", 2, "ana", 1, 1_000)),
+        ("a removal of an unknown element", remove("ana", 2, "bob", 1, 1)),
     ];
     for (i, (what, op)) in bad.into_iter().enumerate() {
         let result = node.core().apply_remote("peer", vec![op]);
@@ -87,6 +115,71 @@ fn bad_input_23_malformed_operations_are_refused_counted_and_change_nothing() {
     let reopened = open(dir.path());
     assert_eq!(reopened.state_hash(), hash);
     assert_eq!(reopened.core().op_count(), ops);
+}
+
+/// Sets a field locally; the encoded size of the operation made.
+fn own_set_size(node: &Node, value: i64) -> usize {
+    let edit = nomade_crdt::LocalEdit::Set {
+        key: "mine".into(),
+        value: Value::Int(value),
+    };
+    let ops = node
+        .core()
+        .edit(EntityType::Document, "doc", edit)
+        .expect("local edit");
+    rmp_serde::to_vec_named(&ops[0]).expect("encode").len()
+}
+
+/// Operations from more distinct actors than the node accepts
+/// (`NodeConfig::max_actors`): refused, counted, nothing stored, and this
+/// device's own editing and its operations' size are untouched.
+#[test]
+fn operations_from_more_actors_than_the_bound_are_refused_and_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = NodeConfig {
+        max_actors: 3,
+        ..NodeConfig::default()
+    };
+    let node = Node::open(dir.path(), config.clone()).expect("open");
+    own_set_size(&node, 0);
+    // With its own previous write in its deps, as every later one has.
+    let own_size = own_set_size(&node, 1);
+    // This device and two others fill the table (writing another document:
+    // an operation's deps name only writers of its own entity).
+    let elsewhere = |mut op: SyncOperation| {
+        op.entity_id = "other".into();
+        op
+    };
+    for actor in ["ana", "bob"] {
+        node.core()
+            .apply_remote("peer", vec![elsewhere(set(actor, 1, &[], actor, 1))])
+            .expect("within the bound");
+    }
+    let (hash, ops) = (node.state_hash(), node.core().op_count());
+    for (i, actor) in ["carol", "dave", "erin"].into_iter().enumerate() {
+        let refused = node
+            .core()
+            .apply_remote("peer", vec![elsewhere(set(actor, 1, &[], actor, 1))]);
+        assert!(refused.is_err(), "{actor}: accepted");
+        let errors = node.metrics_snapshot().errors;
+        assert_eq!(errors.get("TOO_MANY_ACTORS"), Some(&(i as u64 + 1)));
+        assert_eq!(node.state_hash(), hash, "{actor}: changed the state");
+        assert_eq!(node.core().op_count(), ops, "{actor}: stored");
+    }
+    // Known actors still sync, and local editing goes on, its operations
+    // no larger than before the flood.
+    node.core()
+        .apply_remote("peer", vec![elsewhere(set("ana", 2, &[], "ana", 2))])
+        .expect("a known actor");
+    let size = own_set_size(&node, 2);
+    assert!(size <= own_size + 2, "own operation grew from {own_size} to {size} bytes");
+    let hash = node.state_hash();
+    drop(node);
+    let reopened = Node::open(dir.path(), config).expect("reopen");
+    assert_eq!(reopened.state_hash(), hash);
+    let other = reopened.document("other").expect("the other document");
+    assert_eq!(other.get("ana"), Some(&Value::Int(2)));
+    assert!(!other.contains_key("carol"), "a refused actor's write was stored");
 }
 
 /// BAD_INPUTS #21: an operation whose dependency has not arrived waits; it

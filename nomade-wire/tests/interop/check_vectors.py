@@ -104,14 +104,14 @@ WRAPPED_DATA_KEY = struct_(
     ("sealed", ("bin", 48), REQ),
 )
 
-ELEMENT_ID = struct_("ElementId", ("actor", STR, REQ), ("counter", U64, REQ), ("offset", U32, REQ))
+ELEMENT_ID = struct_("ElementId", ("actor", STR, REQ), ("counter", U64, REQ))
+ID_RANGE = struct_("IdRange", ("actor", STR, REQ), ("counter", U64, REQ), ("len", U64, REQ))
 
 EDIT_VARIANTS = {
     "set": struct_("Edit.set", ("key", STR, REQ), ("value", VALUE, REQ)),
     "delete": struct_("Edit.delete", ("key", STR, REQ)),
     "insert": struct_(
         "Edit.insert",
-        ("field", nil_or(STR), REQ),
         ("after", nil_or(ELEMENT_ID), REQ),
         ("values", array(VALUE), REQ),
     ),
@@ -124,7 +124,7 @@ EDIT_VARIANTS = {
     "remove": struct_(
         "Edit.remove",
         ("field", nil_or(STR), REQ),
-        ("targets", array(ELEMENT_ID), REQ),
+        ("ranges", array(ID_RANGE), REQ),
     ),
 }
 
@@ -436,8 +436,8 @@ def actors_of(mtype: int, obj):
         ((_, body),) = op["operation"]["edit"].items()
         if body.get("after") is not None:
             yield body["after"]["actor"]
-        for t in body.get("targets", []):
-            yield t["actor"]
+        for r in body.get("ranges", []):
+            yield r["actor"]
     if mtype == 0x0102:
         yield from of_op(obj)
     elif mtype == 0x0105:
@@ -450,6 +450,55 @@ def actors_of(mtype: int, obj):
         yield from obj["version_vector"].keys()
 
 
+MAX_COUNTER = 2**64 - 2
+VALID_EDITS = {
+    "document": {"set", "delete", "insert_text", "remove_field"},
+    "conversation": {"insert", "remove"},
+}
+
+
+def span(edit) -> int:
+    """How many counters an edit covers (PROTOCOL.md, SYNC_OPERATION "Span")."""
+    ((variant, body),) = edit.items()
+    if variant in ("set", "delete"):
+        return 1
+    if variant == "insert":
+        return len(body["values"])
+    if variant == "insert_text":
+        return len(body["text"])  # Python strings count Unicode scalar values
+    return sum(r["len"] for r in body["ranges"])
+
+
+def check_operation(op) -> None:
+    """The rules of PROTOCOL.md "Operations" that need no state: a run covers
+    at least one counter and never wraps, its own deps entry comes before it,
+    the edit fits the entity type, ranges are non-empty and do not wrap."""
+    o = op["operation"]
+    ((variant, body),) = o["edit"].items()
+    kind = "remove_field" if variant == "remove" and body["field"] is not None else variant
+    if kind not in VALID_EDITS[op["entity_type"]]:
+        raise SpecError(f"{variant} does not apply to a {op['entity_type']}")
+    n = span(o["edit"])
+    if not op["actor_id"]:
+        raise SpecError("an empty actor id")
+    if n == 0 or o["counter"] == 0 or o["counter"] + n - 1 > MAX_COUNTER:
+        raise SpecError(f"an operation covering {n} counters from {o['counter']}")
+    if o["deps"].get(op["actor_id"], 0) >= o["counter"]:
+        raise SpecError("deps name the actor's own operation at or after this one")
+    if any(c == 2**64 - 1 for c in o["deps"].values()):
+        raise SpecError("a dependency counter of 2^64-1")
+    for r in body.get("ranges", []):
+        if r["len"] == 0 or r["counter"] == 0 or r["counter"] + r["len"] - 1 > MAX_COUNTER:
+            raise SpecError(f"a removed range of {r['len']} from {r['counter']}")
+
+
+def operations_of(mtype: int, obj):
+    if mtype == 0x0102:
+        yield obj
+    elif mtype == 0x0105:
+        yield from obj["operations"]
+
+
 def check_identities(mtype: int, obj) -> None:
     """HELLO/HELLO_ACK name a valid device id; actor ids are in the shown form."""
     if mtype in (0x0001, 0x0002) and not is_device_id(obj["device_id"]):
@@ -457,6 +506,8 @@ def check_identities(mtype: int, obj) -> None:
     for actor in actors_of(mtype, obj):
         if not is_shown_device_id(actor):
             raise SpecError(f"actor {actor!r} is not a device id in its shown form")
+    for op in operations_of(mtype, obj):
+        check_operation(op)
 
 
 def expect_rejected(frame: bytes, what: str, exc=SpecError) -> None:
@@ -589,7 +640,7 @@ def self_test_vectors():
         ("sync_operation_insert", 0x0102, {
             "entity_id": "chat/family", "entity_type": "conversation",
             "operation": {"counter": 9, "deps": {phone: 8}, "edit": {"insert": {
-                "field": None, "after": {"actor": laptop, "counter": 3, "offset": 0},
+                "after": {"actor": laptop, "counter": 3},
                 "values": ["see you at 8", b"\x00\x01\x02", None, [1, 300], {"a": -40000, "b": 2**63 - 1}]}}},
             "timestamp": -1, "actor_id": phone}),
         ("sync_operation_insert_text", 0x0102, {
@@ -599,8 +650,8 @@ def self_test_vectors():
             "timestamp": ts, "actor_id": laptop}),
         ("sync_operation_remove", 0x0102, {
             "entity_id": "notes/todo", "entity_type": "document",
-            "operation": {"counter": 45, "deps": {laptop: 44}, "edit": {"remove": {
-                "field": "body", "targets": [{"actor": laptop, "counter": 44, "offset": 1}]}}},
+            "operation": {"counter": 51, "deps": {laptop: 50}, "edit": {"remove": {
+                "field": "body", "ranges": [{"actor": laptop, "counter": 45, "len": 2}]}}},
             "timestamp": ts, "actor_id": laptop}),
         ("sync_complete", 0x0103, {"entity_types": ["document"], "operations_count": 1234, "new_state_hash": h(0x33)}),
         ("ack", 0x0104, {"message_ids": [mid(200), mid(201)]}),
@@ -701,6 +752,32 @@ def self_test_rejections():
              "capabilities": [], "sync_state_hash": b"\x00" * 32}
     delta = {"entity_id": "d", "changed_fields": {}, "actor_id": "cvmlefwxx7jt253vyrk5ma4a2orm6ypr",
              "first_counter": 1, "deps": {}, "timestamp": 0}
+    laptop = "cvml-efwx-x7jt-253v-yrk5-ma4a-2orm-6ypr"
+
+    def op(entity_type, counter, deps, edit):
+        return {"entity_id": "d", "entity_type": entity_type,
+                "operation": {"counter": counter, "deps": deps, "edit": edit},
+                "timestamp": 0, "actor_id": laptop}
+    text = lambda t: {"insert_text": {"field": "t", "after": None, "text": t}}  # noqa: E731
+    remove = lambda c, n: {"remove": {"field": None, "ranges": [{"actor": laptop, "counter": c, "len": n}]}}  # noqa: E731
+    bad_ops = (
+        ("an empty run of text", op("document", 1, {}, text(""))),
+        ("an empty insert", op("conversation", 1, {}, {"insert": {"after": None, "values": []}})),
+        ("a run whose counters wrap", op("document", 2**64 - 3, {}, text("abc"))),
+        ("counter 0", op("document", 0, {}, text("a"))),
+        ("an own deps entry at the counter", op("document", 5, {laptop: 5}, text("a"))),
+        ("an empty range", op("conversation", 1, {}, remove(1, 0))),
+        ("a range that wraps", op("conversation", 1, {}, remove(2**64 - 2, 2))),
+        ("insert on a document", op("document", 1, {}, {"insert": {"after": None, "values": [1]}})),
+        ("text on a conversation", op("conversation", 1, {}, text("a"))),
+    )
+    for what, obj in bad_ops:
+        try:
+            check_identities(0x0102, obj)
+        except SpecError:
+            continue
+        raise SpecError(f"{what}: accepted, but must be rejected")
+    check_identities(0x0102, op("document", 5, {laptop: 2}, text("ab")))
     for what, code, obj in (("a HELLO with digits 0, 1, 8, 9 in its device id", 0x0001, hello),
                             ("an actor id without its dashes", 0x0106, delta)):
         try:
@@ -748,7 +825,6 @@ def state_hash(state) -> bytes:
     def element_id(el):
         text(el["actor"])
         u64(el["counter"])
-        u64(el["offset"])
 
     entities = sorted(state["entities"],
                       key=lambda e: (ENTITY_TYPE_ORDER[e["entity_type"]], e["entity_id"].encode("utf-8")))

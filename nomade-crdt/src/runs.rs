@@ -1,0 +1,203 @@
+//! Runs: consecutive operations of one actor joined into one.
+//!
+//! An operation covering `n` counters is shorthand for `n` one-element
+//! operations, each following the one before it (docs/PROTOCOL.md,
+//! "Operations"). So two operations of one actor on one entity can become
+//! one exactly when the second is what the first's next element would be:
+//! its first counter follows the first's last, its deps are the first's
+//! with the actor's entry at that last counter, and it continues the same
+//! edit (characters typed after the last character of the first, items
+//! appended after its last item, or more elements removed). A device that
+//! types a word one keystroke at a time thus stores and sends one operation,
+//! and every receiver reaches the same state as from the keystrokes.
+
+use nomade_wire::{Edit, ElementId, SyncOperation};
+
+/// Appends `next` to `run` if it continues it (see the module's doc);
+/// returns whether it did. `run` keeps its timestamp.
+///
+/// ```
+/// use nomade_crdt::{runs::try_append, LocalEdit, Replica};
+/// use nomade_wire::EntityType;
+///
+/// let mut laptop = Replica::new("laptop");
+/// let mut typed = Vec::new();
+/// for (i, c) in "hey".chars().enumerate() {
+///     let edit = LocalEdit::Splice { field: "body".into(), position: i, delete: 0, insert: c.into() };
+///     typed.extend(laptop.apply_local(EntityType::Document, "note", edit, 0)?);
+/// }
+/// let mut run = typed[0].clone();
+/// assert!(typed[1..].iter().all(|op| try_append(&mut run, op)));
+/// let mut phone = Replica::new("phone");
+/// phone.apply_remote(run)?;
+/// assert_eq!(phone.state_hash(), laptop.state_hash());
+/// # Ok::<(), nomade_crdt::CrdtError>(())
+/// ```
+pub fn try_append(run: &mut SyncOperation, next: &SyncOperation) -> bool {
+    if run.actor_id != next.actor_id
+        || run.entity_type != next.entity_type
+        || run.entity_id != next.entity_id
+    {
+        return false;
+    }
+    let last = run.operation.last_counter();
+    if run.operation.edit.span() == 0 || last.checked_add(1) != Some(next.operation.counter) {
+        return false;
+    }
+    // The deps of the run's next element: the run's, the actor's entry at
+    // its last counter.
+    let mut expected = run.operation.deps.clone();
+    expected.insert(run.actor_id.clone(), last);
+    let follows = next.operation.deps == expected;
+    if !follows {
+        return false;
+    }
+    let after_last = Some(ElementId {
+        actor: run.actor_id.clone(),
+        counter: last,
+    });
+    match (&mut run.operation.edit, &next.operation.edit) {
+        (
+            Edit::InsertText { field, text, .. },
+            Edit::InsertText {
+                field: f,
+                after,
+                text: t,
+            },
+        ) if field == f && *after == after_last && !t.is_empty() => {
+            text.push_str(t);
+            true
+        }
+        (
+            Edit::Insert { values, .. },
+            Edit::Insert {
+                after, values: v, ..
+            },
+        ) if *after == after_last && !v.is_empty() => {
+            values.extend(v.iter().cloned());
+            true
+        }
+        (
+            Edit::Remove { field, ranges },
+            Edit::Remove {
+                field: f,
+                ranges: r,
+            },
+        ) if field == f && !r.is_empty() && r.iter().all(|r| r.len > 0) => {
+            for range in r {
+                match ranges.last_mut() {
+                    Some(prev)
+                        if prev.actor == range.actor
+                            && prev.counter.checked_add(prev.len) == Some(range.counter) =>
+                    {
+                        prev.len += range.len;
+                    }
+                    _ => ranges.push(range.clone()),
+                }
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Joins every operation of `ops` that continues the one before it (see
+/// [`try_append`]), keeping their order.
+pub fn join(ops: impl IntoIterator<Item = SyncOperation>) -> Vec<SyncOperation> {
+    let mut out: Vec<SyncOperation> = Vec::new();
+    for op in ops {
+        let joined = out.last_mut().is_some_and(|run| try_append(run, &op));
+        if !joined {
+            out.push(op);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LocalEdit, Replica};
+    use nomade_wire::EntityType;
+
+    fn splice(r: &mut Replica, position: usize, delete: usize, insert: &str) -> Vec<SyncOperation> {
+        let edit = LocalEdit::Splice {
+            field: "t".into(),
+            position,
+            delete,
+            insert: insert.into(),
+        };
+        r.apply_local(EntityType::Document, "d", edit, 0).unwrap()
+    }
+
+    #[test]
+    fn typing_then_backspacing_joins_into_two_runs() {
+        let mut a = Replica::new("a");
+        let mut ops = Vec::new();
+        for (i, c) in "hello".chars().enumerate() {
+            ops.extend(splice(&mut a, i, 0, &c.to_string()));
+        }
+        for i in (2..5).rev() {
+            ops.extend(splice(&mut a, i, 1, ""));
+        }
+        let runs = join(ops.clone());
+        assert_eq!(runs.len(), 2, "{runs:?}");
+        assert_eq!(runs[0].operation.edit.span(), 5);
+        assert_eq!(runs[1].operation.edit.span(), 3);
+        let mut whole = Replica::new("b");
+        for op in runs {
+            whole.apply_remote(op).unwrap();
+        }
+        assert_eq!(whole.text("d", "t").as_deref(), Some("he"));
+        assert_eq!(whole.state_hash(), a.state_hash());
+    }
+
+    #[test]
+    fn what_does_not_continue_the_run_stays_apart() {
+        let mut a = Replica::new("a");
+        let mut ops = splice(&mut a, 0, 0, "ab");
+        // Typed elsewhere: not after the run's last character.
+        ops.extend(splice(&mut a, 0, 0, "c"));
+        // Another entity, then a field write.
+        ops.extend(
+            a.apply_local(
+                EntityType::Document,
+                "e",
+                LocalEdit::Splice {
+                    field: "t".into(),
+                    position: 0,
+                    delete: 0,
+                    insert: "x".into(),
+                },
+                0,
+            )
+            .unwrap(),
+        );
+        ops.extend(
+            a.apply_local(
+                EntityType::Document,
+                "d",
+                LocalEdit::Set {
+                    key: "k".into(),
+                    value: 1.into(),
+                },
+                0,
+            )
+            .unwrap(),
+        );
+        assert_eq!(join(ops.clone()).len(), ops.len());
+        // Another device's operation in between changes the deps: no join.
+        let mut b = Replica::new("b");
+        for op in &ops {
+            b.apply_remote(op.clone()).unwrap();
+        }
+        let theirs = splice(&mut b, 3, 0, "y");
+        for op in &theirs {
+            a.apply_remote(op.clone()).unwrap();
+        }
+        let len = a.text("d", "t").map_or(0, |t| t.chars().count());
+        let mine = splice(&mut a, len, 0, "z");
+        let mut run = theirs[0].clone();
+        assert!(!try_append(&mut run, &mine[0]));
+    }
+}
