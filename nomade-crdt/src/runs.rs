@@ -13,6 +13,10 @@
 
 use nomade_wire::{Edit, ElementId, SyncOperation};
 
+/// The most elements [`join`] puts in one run, so that a run stays well
+/// within a frame (4,096 characters of text are at most 16 KiB).
+pub const MAX_JOINED_SPAN: u64 = 4096;
+
 /// Appends `next` to `run` if it continues it (see the module's doc);
 /// returns whether it did. `run` keeps its timestamp.
 ///
@@ -102,11 +106,15 @@ pub fn try_append(run: &mut SyncOperation, next: &SyncOperation) -> bool {
 }
 
 /// Joins every operation of `ops` that continues the one before it (see
-/// [`try_append`]), keeping their order.
+/// [`try_append`]), keeping their order, into runs of at most
+/// [`MAX_JOINED_SPAN`] elements.
 pub fn join(ops: impl IntoIterator<Item = SyncOperation>) -> Vec<SyncOperation> {
     let mut out: Vec<SyncOperation> = Vec::new();
     for op in ops {
-        let joined = out.last_mut().is_some_and(|run| try_append(run, &op));
+        let joined = out.last_mut().is_some_and(|run| {
+            run.operation.edit.span() + op.operation.edit.span() <= MAX_JOINED_SPAN
+                && try_append(run, &op)
+        });
         if !joined {
             out.push(op);
         }
@@ -186,6 +194,14 @@ mod tests {
             .unwrap(),
         );
         assert_eq!(join(ops.clone()).len(), ops.len());
+        // Runs stop at the bound.
+        let mut long = Replica::new("l");
+        let typed: Vec<_> = (0..MAX_JOINED_SPAN as usize + 10)
+            .flat_map(|i| splice(&mut long, i, 0, "x"))
+            .collect();
+        let runs = join(typed);
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[0].operation.edit.span(), MAX_JOINED_SPAN);
         // Another device's operation in between changes the deps: no join.
         let mut b = Replica::new("b");
         for op in &ops {

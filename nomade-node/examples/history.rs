@@ -62,8 +62,11 @@ fn trace() -> Trace {
     serde_json::from_str(&json).expect("trace JSON")
 }
 
-/// Writes the workload into `dir`; returns the number of operations.
-fn write(workload: &str, dir: &Path) -> usize {
+/// Writes the workload into `dir`; returns the number of edits (keystroke
+/// patches or field writes) and of operations stored (typing joins
+/// keystrokes into runs).
+fn write(workload: &str, dir: &Path) -> (usize, usize) {
+    let mut edits = 0;
     let node = Node::open(dir, NodeConfig::default()).expect("open");
     let core = node.core();
     let mut batch = Vec::new();
@@ -76,6 +79,7 @@ fn write(workload: &str, dir: &Path) -> usize {
         "typing" => {
             for txn in trace().txns {
                 for p in txn.patches {
+                    edits += 1;
                     batch.push((
                         EntityType::Document,
                         "paper".into(),
@@ -94,6 +98,7 @@ fn write(workload: &str, dir: &Path) -> usize {
         }
         _ => {
             for i in 0..1_000_000usize {
+                edits += 1;
                 batch.push((
                     EntityType::Document,
                     format!("doc-{}", (i / 7) % 10_000),
@@ -111,7 +116,7 @@ fn write(workload: &str, dir: &Path) -> usize {
     flush(&mut batch);
     // What a clean stop does (Node::shutdown): a snapshot of what is new.
     core.checkpoint();
-    core.op_count()
+    (edits, core.op_count())
 }
 
 /// Opens `dir` and prints `rss_before rss_after open_ms ops`.
@@ -139,7 +144,9 @@ fn measure(workload: &str, tmp: &Path) {
     let dir = tmp.join(workload);
     let empty = tmp.join(format!("{workload}-empty"));
     let d = dir.to_str().expect("path");
-    let ops: usize = child(&["--write", workload, d]).parse().expect("count");
+    let written = child(&["--write", workload, d]);
+    let mut counts = written.split_whitespace().map(|n| n.parse::<usize>().expect("count"));
+    let (edits, ops) = (counts.next().unwrap_or(0), counts.next().unwrap_or(0));
     let disk = std::fs::metadata(dir.join("nomade.redb"))
         .map(|m| m.len())
         .unwrap_or(0);
@@ -154,9 +161,9 @@ fn measure(workload: &str, tmp: &Path) {
     let (b0, a0, _) = parse(child(&["--open", empty.to_str().expect("path")]));
     let (b1, a1, ms) = parse(child(&["--open", d]));
     let above_empty_kib = (a1 - b1) - (a0 - b0);
-    let n = ops.max(1) as f64;
+    let n = edits.max(1) as f64;
     println!(
-        "| {workload} | {ops} | {:.0} MB ({:.0} B/op) | {:.1} MiB ({:.0} B/op) | {ms:.0} ms |",
+        "| {workload} | {edits} | {ops} | {:.1} MB ({:.1} B/edit) | {:.1} MiB ({:.0} B/edit) | {ms:.0} ms |",
         disk as f64 / 1e6,
         disk as f64 / n,
         above_empty_kib as f64 / 1024.0,
@@ -168,7 +175,8 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.as_slice() {
         [flag, workload, dir] if flag == "--write" => {
-            println!("{}", write(workload, &PathBuf::from(dir)));
+            let (edits, ops) = write(workload, &PathBuf::from(dir));
+            println!("{edits} {ops}");
             return;
         }
         [flag, dir] if flag == "--open" => {
@@ -179,8 +187,8 @@ fn main() {
     }
     let which = args.first().map(String::as_str).unwrap_or("both");
     let tmp = tempfile::tempdir().expect("tempdir");
-    println!("| store | operations | on disk | resident after `Node::open`, above an empty node | `Node::open` |");
-    println!("|---|---|---|---|---|");
+    println!("| store | edits | operations stored | on disk | resident after `Node::open`, above an empty node | `Node::open` |");
+    println!("|---|---|---|---|---|---|");
     for workload in ["typing", "fields"] {
         if which == workload || which == "both" {
             measure(workload, tmp.path());

@@ -236,10 +236,27 @@ impl Core {
     /// them; if that fails, rebuilds the replica from the store so that
     /// memory never runs ahead of the disk. The history is the store's: the
     /// replica holds none.
-    fn persist(&self, replica: &mut Replica) -> Result<Vec<SyncOperation>, NodeError> {
-        let ops = replica.take_applied();
+    ///
+    /// `join_runs` (for this device's own edits) stores operations that
+    /// continue one another as one run ([`nomade_crdt::runs`]): a hundred
+    /// keystrokes typed in a row are one operation on disk and on the wire.
+    /// Operations from peers are stored as they came, so that every device
+    /// holds the same operations.
+    fn persist(
+        &self,
+        replica: &mut Replica,
+        join_runs: bool,
+    ) -> Result<Vec<SyncOperation>, NodeError> {
+        let mut ops = replica.take_applied();
         if ops.is_empty() {
             return Ok(ops);
+        }
+        if join_runs {
+            let joined = nomade_crdt::runs::join(ops.iter().cloned());
+            // Each operation fits a frame; a run of them must too.
+            if joined.iter().all(|op| check_op_size(op).is_ok()) {
+                ops = joined;
+            }
         }
         // What was stored before them: the replica's version vector without
         // them (each device's counters in a batch follow what came before).
@@ -330,7 +347,7 @@ impl Core {
             }
             return Err(e);
         }
-        self.persist(&mut replica)?;
+        let ops = self.persist(&mut replica, true)?;
         drop(replica);
         for (entity_type, entity_id) in changed {
             let _ = self.changes.send(Change {
@@ -361,7 +378,7 @@ impl Core {
         }
         // What was applied (these and buffered ones they released), in the
         // order applied.
-        let applied_ops = self.persist(&mut replica)?;
+        let applied_ops = self.persist(&mut replica, false)?;
         let applied = applied_ops.len();
         // Counted while the replica is still locked: whoever sees the new
         // state also sees it in the metrics.
