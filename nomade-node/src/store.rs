@@ -7,7 +7,9 @@
 //!   and scanning it from a cursor yields what a subscriber has not yet seen.
 //!   Each row holds a *run* of consecutive operations, keyed by the sequence
 //!   number of its first: a `0x00` byte, the run's length (u32, big-endian),
-//!   then each operation's MessagePack, one after the other. An append cuts
+//!   then the operations as the payload of a `BATCHED_SYNC` (the device ids
+//!   they name in a table, once, and the operations naming them by index;
+//!   decoded with the wire's checks, canonical form included). An append cuts
 //!   its operations into runs of about 60 KiB: a sync that applies
 //!   thousands of operations in one transaction writes a few rows, not
 //!   thousands, and each fits a 64 KiB page.
@@ -32,7 +34,8 @@ use std::sync::{PoisonError, RwLock};
 
 use nomade_transport::stream::now_ms;
 
-use nomade_wire::{SyncOperation, VersionVector};
+use bytes::BytesMut;
+use nomade_wire::{BatchEncoder, Limits, Message, MessageType, SyncOperation, VersionVector};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -141,29 +144,42 @@ const RUN_ROW_TARGET: usize = 60 * 1024;
 /// The operations as runs: (count, row) pairs, each row at most about
 /// [`RUN_ROW_TARGET`] bytes (or one operation, if larger).
 fn encode_runs(ops: &[SyncOperation]) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
+    let encode = |e: nomade_wire::EncodeError| StoreError::Encode(e.to_string());
     let mut rows = Vec::new();
-    let mut row = Vec::new();
-    let mut count = 0u32;
-    let mut close = |row: &mut Vec<u8>, count: &mut u32| {
-        if *count > 0 {
-            row[1..5].copy_from_slice(&count.to_be_bytes());
-            rows.push((*count, std::mem::take(row)));
-            *count = 0;
-        }
+    let mut batch = BatchEncoder::new(RUN_ROW_TARGET);
+    let close = |batch: &mut BatchEncoder, rows: &mut Vec<(u32, Vec<u8>)>| {
+        let count = batch.len() as u32;
+        let mut row = BytesMut::with_capacity(RUN_ROW_TARGET + 1024);
+        row.extend_from_slice(&[RUN_MARKER]);
+        row.extend_from_slice(&count.to_be_bytes());
+        batch.finish_payload(&mut row)?;
+        rows.push((count, row.to_vec()));
+        Ok::<(), nomade_wire::EncodeError>(())
     };
     for op in ops {
-        if row.is_empty() {
-            row.reserve(RUN_ROW_TARGET + 1024);
-            row.extend_from_slice(&[RUN_MARKER, 0, 0, 0, 0]);
-        }
-        rmp_serde::encode::write_named(&mut row, op)
-            .map_err(|e| StoreError::Encode(e.to_string()))?;
-        count += 1;
-        if row.len() >= RUN_ROW_TARGET {
-            close(&mut row, &mut count);
+        match batch.push(op) {
+            Ok(true) => {}
+            Ok(false) => {
+                close(&mut batch, &mut rows).map_err(encode)?;
+                if !batch.push(op).map_err(encode)? {
+                    return Err(StoreError::Encode("an operation fits no row".into()));
+                }
+            }
+            // Larger than a row: a row of its own.
+            Err(nomade_wire::EncodeError::PayloadTooLarge { .. }) => {
+                if !batch.is_empty() {
+                    close(&mut batch, &mut rows).map_err(encode)?;
+                }
+                let mut alone = BatchEncoder::new(u32::MAX as usize);
+                alone.push(op).map_err(encode)?;
+                close(&mut alone, &mut rows).map_err(encode)?;
+            }
+            Err(e) => return Err(encode(e)),
         }
     }
-    close(&mut row, &mut count);
+    if !batch.is_empty() {
+        close(&mut batch, &mut rows).map_err(encode)?;
+    }
     Ok(rows)
 }
 
@@ -198,20 +214,26 @@ fn decode_run(
     row: &[u8],
     mut f: impl FnMut(u64, SyncOperation) -> ControlFlow<()>,
 ) -> Result<(), StoreError> {
-    let (count, mut rest) = split_run(first, row)?;
-    for i in 0..count {
-        let seq = first + i;
-        let op: SyncOperation =
-            rmp_serde::decode::from_read(&mut rest).map_err(|e| corrupt_op(seq, e))?;
-        if f(seq, op).is_break() {
-            return Ok(());
-        }
-    }
-    if !rest.is_empty() {
+    let (count, payload) = split_run(first, row)?;
+    let limits = Limits {
+        max_payload: u32::MAX,
+        ..Limits::default()
+    };
+    let ops = match Message::decode_payload(MessageType::BatchedSync, payload, &limits) {
+        Ok(Message::BatchedSync(batch)) => batch.operations,
+        Ok(_) => return Err(corrupt_op(first, "not a run of operations")),
+        Err(e) => return Err(corrupt_op(first, e)),
+    };
+    if ops.len() as u64 != count {
         return Err(corrupt_op(
             first,
-            format!("{} bytes after the run", rest.len()),
+            format!("{} operations where the run announces {count}", ops.len()),
         ));
+    }
+    for (i, op) in ops.into_iter().enumerate() {
+        if f(first + i as u64, op).is_break() {
+            return Ok(());
+        }
     }
     Ok(())
 }
@@ -914,9 +936,10 @@ mod tests {
         let run_of = |ops: &[SyncOperation], count: u32| {
             let mut row = vec![RUN_MARKER];
             row.extend_from_slice(&count.to_be_bytes());
-            for o in ops {
-                row.extend(rmp_serde::to_vec_named(o).unwrap());
-            }
+            let batch = nomade_wire::BatchedSync {
+                operations: ops.to_vec(),
+            };
+            row.extend(rmp_serde::to_vec_named(&batch).unwrap());
             row
         };
         let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -929,6 +952,11 @@ mod tests {
                 r
             }),
             ("garbage", vec![RUN_MARKER, 0, 0, 0, 1, 0xc1, 0xff]),
+            ("operations one after the other, without a table", {
+                let mut r = vec![RUN_MARKER, 0, 0, 0, 1];
+                r.extend(rmp_serde::to_vec_named(&op(1)).unwrap());
+                r
+            }),
             ("not a run", rmp_serde::to_vec_named(&op(1)).unwrap()),
         ];
         for (what, row) in cases {

@@ -6,17 +6,23 @@
 //! once in the frame) and copy each one into the batch. [`BatchEncoder`]
 //! appends each operation's encoding to the payload being built, so the
 //! frame it writes is byte for byte the frame of the equivalent
-//! [`Envelope`](crate::Envelope), at half the cost.
+//! [`Envelope`](crate::Envelope), at half the cost: its actor table grows
+//! as operations are pushed, each operation is encoded against it once, and
+//! the table goes in front of them when the frame is written.
 
 use bytes::{BufMut, BytesMut};
 
+use crate::actor_table::{encoding_with, ActorTable};
 use crate::error::EncodeError;
 use crate::frame::{put_header, CHECKSUM_LEN, HEADER_LEN};
 use crate::message::SyncOperation;
 use crate::{MessageId, MessageType};
 
-/// The payload's map header and its one key, `"operations"`.
-const PAYLOAD_PREFIX: &[u8] = b"\x81\xaaoperations";
+/// The payload's map header (two entries) and its first key, `"actors"`.
+const PAYLOAD_PREFIX: &[u8] = b"\x82\xa6actors";
+
+/// The payload's second key.
+const OPERATIONS_KEY: &[u8] = b"\xaaoperations";
 
 /// Length of the canonical MessagePack array header for `n` elements.
 fn array_header_len(n: usize) -> usize {
@@ -27,9 +33,15 @@ fn array_header_len(n: usize) -> usize {
     }
 }
 
-/// Length of the payload holding `count` operations encoded in `ops_len` bytes.
-fn payload_len(ops_len: usize, count: usize) -> usize {
-    PAYLOAD_PREFIX.len() + array_header_len(count) + ops_len
+/// Length of the payload holding `table` and `count` operations encoded in
+/// `ops_len` bytes.
+fn payload_len(table: &ActorTable, ops_len: usize, count: usize) -> usize {
+    PAYLOAD_PREFIX.len()
+        + array_header_len(table.len())
+        + table.encoded_len()
+        + OPERATIONS_KEY.len()
+        + array_header_len(count)
+        + ops_len
 }
 
 /// Builds `BATCHED_SYNC` frames whose payloads stay within a limit.
@@ -59,6 +71,8 @@ fn payload_len(ops_len: usize, count: usize) -> usize {
 #[derive(Debug, Clone)]
 pub struct BatchEncoder {
     max_payload: usize,
+    /// The device ids the operations pushed so far name.
+    table: ActorTable,
     ops: BytesMut,
     count: usize,
 }
@@ -70,6 +84,7 @@ impl BatchEncoder {
     pub fn new(max_payload: usize) -> Self {
         BatchEncoder {
             max_payload,
+            table: ActorTable::default(),
             ops: BytesMut::new(),
             count: 0,
         }
@@ -91,22 +106,34 @@ impl BatchEncoder {
     /// of its own is [`EncodeError::PayloadTooLarge`].
     pub fn push(&mut self, op: &SyncOperation) -> Result<bool, EncodeError> {
         let before = self.ops.len();
-        let mut w = (&mut self.ops).writer();
-        rmp_serde::encode::write_named(&mut w, op).map_err(|e| {
-            self.ops.truncate(before);
-            EncodeError::Serialize(e.to_string())
-        })?;
+        let actors_before = self.table.len();
+        self.table.note(op);
+        let ops = &mut self.ops;
+        let written = encoding_with(&mut self.table, || {
+            rmp_serde::encode::write_named(&mut ops.writer(), op)
+        });
+        let undo = |enc: &mut BatchEncoder| {
+            enc.ops.truncate(before);
+            enc.table.truncate(actors_before);
+        };
+        if let Err(e) = written {
+            undo(self);
+            return Err(EncodeError::Serialize(e.to_string()));
+        }
         let op_len = self.ops.len() - before;
-        let alone = payload_len(op_len, 1);
+        // On its own: a table of its actors alone.
+        let mut own = ActorTable::default();
+        own.note(op);
+        let alone = payload_len(&own, op_len, 1);
         if alone > self.max_payload {
-            self.ops.truncate(before);
+            undo(self);
             return Err(EncodeError::PayloadTooLarge {
                 len: alone,
                 max: self.max_payload,
             });
         }
-        if payload_len(self.ops.len(), self.count + 1) > self.max_payload {
-            self.ops.truncate(before);
+        if payload_len(&self.table, self.ops.len(), self.count + 1) > self.max_payload {
+            undo(self);
             return Ok(false);
         }
         self.count += 1;
@@ -121,7 +148,7 @@ impl BatchEncoder {
         timestamp: i64,
         dst: &mut BytesMut,
     ) -> Result<(), EncodeError> {
-        let len = payload_len(self.ops.len(), self.count);
+        let len = payload_len(&self.table, self.ops.len(), self.count);
         let len32 = u32::try_from(len).map_err(|_| EncodeError::PayloadTooLarge {
             len,
             max: u32::MAX as usize,
@@ -129,16 +156,31 @@ impl BatchEncoder {
         dst.reserve(HEADER_LEN + len + CHECKSUM_LEN);
         put_header(dst, MessageType::BatchedSync, message_id, timestamp, len32);
         let payload_start = dst.len();
-        dst.put_slice(PAYLOAD_PREFIX);
-        let mut w = (&mut *dst).writer();
-        // `count` fits a u32: each operation takes at least one byte of a
-        // payload whose length fits a u32.
-        rmp::encode::write_array_len(&mut w, self.count as u32)
-            .map_err(|e| EncodeError::Serialize(e.to_string()))?;
-        dst.put_slice(&self.ops);
+        self.finish_payload(dst)?;
         let checksum = blake3::hash(&dst[payload_start..]);
         dst.put_slice(checksum.as_bytes());
+        Ok(())
+    }
+
+    /// Appends the `BATCHED_SYNC` payload of the operations pushed so far
+    /// (without the frame around it: a stored run of operations) to `dst`
+    /// and empties the batch.
+    pub fn finish_payload(&mut self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        let fail = |e: rmp::encode::ValueWriteError| EncodeError::Serialize(e.to_string());
+        dst.put_slice(PAYLOAD_PREFIX);
+        // The counts fit a u32: each actor and operation takes at least one
+        // byte of a payload whose length fits a u32.
+        rmp::encode::write_array_len(&mut (&mut *dst).writer(), self.table.len() as u32)
+            .map_err(fail)?;
+        for name in self.table.names() {
+            rmp::encode::write_str(&mut (&mut *dst).writer(), name).map_err(fail)?;
+        }
+        dst.put_slice(OPERATIONS_KEY);
+        rmp::encode::write_array_len(&mut (&mut *dst).writer(), self.count as u32)
+            .map_err(fail)?;
+        dst.put_slice(&self.ops);
         self.ops.clear();
+        self.table.clear();
         self.count = 0;
         Ok(())
     }

@@ -40,6 +40,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod actor_table;
 mod batch;
 mod bytes_fixed;
 mod checksum;

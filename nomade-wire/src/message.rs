@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::actor_table::{decoding_with, encoding_with, ActorTable};
 use crate::bytes_fixed::{bin_bytes, FixedBytes, Hash32, MessageId};
 use crate::value::Value;
 
@@ -102,6 +103,7 @@ pub struct SyncRequest {
 #[serde(deny_unknown_fields)]
 pub struct ElementId {
     /// The device that inserted the element.
+    #[serde(with = "crate::actor_table::actor_ref")]
     pub actor: String,
     /// The element's counter.
     pub counter: u64,
@@ -113,6 +115,7 @@ pub struct ElementId {
 #[serde(deny_unknown_fields)]
 pub struct IdRange {
     /// The device that inserted the elements.
+    #[serde(with = "crate::actor_table::actor_ref")]
     pub actor: String,
     /// The counter of the first element.
     pub counter: u64,
@@ -203,6 +206,7 @@ pub struct CrdtOperation {
     /// The operation's causal context within its entity: for each actor
     /// that changed the entity, the highest counter of its changes to the
     /// entity that this operation follows. It is applied only after them.
+    #[serde(with = "crate::actor_table::deps")]
     pub deps: VersionVector,
     /// The change.
     pub edit: Edit,
@@ -230,6 +234,7 @@ pub struct SyncOperation {
     /// Creation time (ms since the Unix epoch) on the author's clock. Informational.
     pub timestamp: i64,
     /// The device that made the operation.
+    #[serde(with = "crate::actor_table::actor_ref")]
     pub actor_id: String,
 }
 
@@ -254,11 +259,75 @@ pub struct Ack {
 }
 
 /// `BATCHED_SYNC` (0x0105): several operations in one frame.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+///
+/// Travels as `{ actors, operations }`: `actors` lists each device id the
+/// operations name once, in the order of first mention, and inside
+/// `operations` every actor field is that device id's index in `actors`
+/// (docs/PROTOCOL.md). In memory the operations name their actors as
+/// usual.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchedSync {
     /// The operations, in the order they are to be applied.
     pub operations: Vec<SyncOperation>,
+}
+
+impl Serialize for BatchedSync {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut table = ActorTable::default();
+        for op in &self.operations {
+            table.note(op);
+        }
+        let mut st = s.serialize_struct("BatchedSync", 2)?;
+        st.serialize_field("actors", table.names())?;
+        encoding_with(&mut table, || st.serialize_field("operations", &self.operations))?;
+        st.end()
+    }
+}
+
+/// Reads the next key of a map, which must be `name`.
+fn expect_key<'de, A: serde::de::MapAccess<'de>>(
+    map: &mut A,
+    name: &'static str,
+) -> Result<(), A::Error> {
+    use serde::de::Error;
+    match map.next_key::<String>()? {
+        Some(key) if key == name => Ok(()),
+        Some(key) => Err(A::Error::custom(format!(
+            "field {key:?} where {name:?} belongs"
+        ))),
+        None => Err(A::Error::missing_field(name)),
+    }
+}
+
+impl<'de> Deserialize<'de> for BatchedSync {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = BatchedSync;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of actors, then operations")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<BatchedSync, A::Error> {
+                use serde::de::Error;
+                expect_key(&mut map, "actors")?;
+                let actors: Vec<String> = map.next_value()?;
+                expect_key(&mut map, "operations")?;
+                let operations: Vec<SyncOperation> =
+                    decoding_with(actors, || map.next_value())?;
+                if map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(A::Error::custom("fields after operations"));
+                }
+                Ok(BatchedSync { operations })
+            }
+        }
+        d.deserialize_struct("BatchedSync", &["actors", "operations"], Fields)
+    }
 }
 
 /// `DELTA_SYNC` (0x0106): several field writes of one document by one actor,

@@ -272,6 +272,50 @@ pub fn all() -> Vec<Sample> {
         .into(),
     );
     push(
+        "batched_sync_text",
+        BatchedSync {
+            operations: vec![
+                SyncOperation {
+                    entity_id: "notes/todo".into(),
+                    entity_type: EntityType::Document,
+                    operation: CrdtOperation {
+                        counter: 9,
+                        deps: vv(&[(LAPTOP, 43), (PHONE, 8)]),
+                        edit: Edit::InsertText {
+                            field: "body".into(),
+                            after: Some(crate::ElementId {
+                                actor: LAPTOP.into(),
+                                counter: 40,
+                            }),
+                            text: "abc".into(),
+                        },
+                    },
+                    timestamp: SAMPLE_TIMESTAMP,
+                    actor_id: PHONE.into(),
+                },
+                SyncOperation {
+                    entity_id: "notes/todo".into(),
+                    entity_type: EntityType::Document,
+                    operation: CrdtOperation {
+                        counter: 44,
+                        deps: vv(&[(LAPTOP, 43), (PHONE, 11)]),
+                        edit: Edit::Remove {
+                            field: Some("body".into()),
+                            ranges: vec![crate::IdRange {
+                                actor: PHONE.into(),
+                                counter: 9,
+                                len: 3,
+                            }],
+                        },
+                    },
+                    timestamp: SAMPLE_TIMESTAMP,
+                    actor_id: LAPTOP.into(),
+                },
+            ],
+        }
+        .into(),
+    );
+    push(
         "delta_sync",
         DeltaSync {
             entity_id: "notes/todo".into(),

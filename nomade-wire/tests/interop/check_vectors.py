@@ -104,42 +104,49 @@ WRAPPED_DATA_KEY = struct_(
     ("sealed", ("bin", 48), REQ),
 )
 
-ELEMENT_ID = struct_("ElementId", ("actor", STR, REQ), ("counter", U64, REQ))
-ID_RANGE = struct_("IdRange", ("actor", STR, REQ), ("counter", U64, REQ), ("len", U64, REQ))
+def operation_types(actor, deps):
+    """The operation's types with actors written as `actor` (a str in
+    SYNC_OPERATION, a uint32 index into the table in BATCHED_SYNC) and
+    `deps` keyed the same way."""
+    element_id = struct_("ElementId", ("actor", actor, REQ), ("counter", U64, REQ))
+    id_range = struct_("IdRange", ("actor", actor, REQ), ("counter", U64, REQ), ("len", U64, REQ))
+    variants = {
+        "set": struct_("Edit.set", ("key", STR, REQ), ("value", VALUE, REQ)),
+        "delete": struct_("Edit.delete", ("key", STR, REQ)),
+        "insert": struct_(
+            "Edit.insert",
+            ("after", nil_or(element_id), REQ),
+            ("values", array(VALUE), REQ),
+        ),
+        "insert_text": struct_(
+            "Edit.insert_text",
+            ("field", STR, REQ),
+            ("after", nil_or(element_id), REQ),
+            ("text", STR, REQ),
+        ),
+        "remove": struct_(
+            "Edit.remove",
+            ("field", nil_or(STR), REQ),
+            ("ranges", array(id_range), REQ),
+        ),
+    }
+    crdt_operation = struct_(
+        "CrdtOperation", ("counter", U64, REQ), ("deps", deps, REQ), ("edit", ("edit", variants), REQ)
+    )
+    return struct_(
+        "SYNC_OPERATION",
+        ("entity_id", STR, REQ),
+        ("entity_type", ENTITY_TYPE, REQ),
+        ("operation", crdt_operation, REQ),
+        ("timestamp", I64, REQ),
+        ("actor_id", actor, REQ),
+    )
 
-EDIT_VARIANTS = {
-    "set": struct_("Edit.set", ("key", STR, REQ), ("value", VALUE, REQ)),
-    "delete": struct_("Edit.delete", ("key", STR, REQ)),
-    "insert": struct_(
-        "Edit.insert",
-        ("after", nil_or(ELEMENT_ID), REQ),
-        ("values", array(VALUE), REQ),
-    ),
-    "insert_text": struct_(
-        "Edit.insert_text",
-        ("field", STR, REQ),
-        ("after", nil_or(ELEMENT_ID), REQ),
-        ("text", STR, REQ),
-    ),
-    "remove": struct_(
-        "Edit.remove",
-        ("field", nil_or(STR), REQ),
-        ("ranges", array(ID_RANGE), REQ),
-    ),
-}
 
-CRDT_OPERATION = struct_(
-    "CrdtOperation", ("counter", U64, REQ), ("deps", VV, REQ), ("edit", ("edit",), REQ)
-)
-
-SYNC_OPERATION = struct_(
-    "SYNC_OPERATION",
-    ("entity_id", STR, REQ),
-    ("entity_type", ENTITY_TYPE, REQ),
-    ("operation", CRDT_OPERATION, REQ),
-    ("timestamp", I64, REQ),
-    ("actor_id", STR, REQ),
-)
+SYNC_OPERATION = operation_types(STR, VV)
+# Inside BATCHED_SYNC: actors are indices into `actors`; deps keys too (their
+# order, by the device ids they stand for, is checked once resolved).
+BATCH_OPERATION = operation_types(U32, ("vv_ref",))
 
 MESSAGES = {
     0x0001: struct_(
@@ -174,7 +181,7 @@ MESSAGES = {
         ("new_state_hash", HASH32, REQ),
     ),
     0x0104: struct_("ACK", ("message_ids", array(MESSAGE_ID), REQ)),
-    0x0105: struct_("BATCHED_SYNC", ("operations", array(SYNC_OPERATION), REQ)),
+    0x0105: struct_("BATCHED_SYNC", ("actors", array(STR), REQ), ("operations", array(BATCH_OPERATION), REQ)),
     0x0106: struct_(
         "DELTA_SYNC",
         ("entity_id", STR, REQ),
@@ -245,7 +252,7 @@ def check(t, x, where: str, depth: int) -> None:
     """Checks value `x` against type `t`. `depth` is the number of counted
     containers (maps/arrays) enclosing `x`."""
     kind = t[0]
-    if kind in ("array", "vv", "value_map", "struct"):
+    if kind in ("array", "vv", "vv_ref", "value_map", "struct"):
         # This container is at nesting level depth + 1.
         if depth + 1 >= MAX_DEPTH:
             raise SpecError(f"{where}: nesting depth {depth + 1} reaches the limit {MAX_DEPTH}")
@@ -287,6 +294,12 @@ def check(t, x, where: str, depth: int) -> None:
         for k, v in x.items():
             check(STR, k, f"{where} key", depth + 1)
             check(U64, v, f"{where}[{k!r}]", depth + 1)
+    elif kind == "vv_ref":
+        if type(x) is not dict:
+            raise SpecError(f"{where}: expected map uint32 -> uint64, got {type(x).__name__}")
+        for k, v in x.items():
+            check(U32, k, f"{where} key", depth + 1)
+            check(U64, v, f"{where}[{k!r}]", depth + 1)
     elif kind == "value_map":
         if type(x) is not dict:
             raise SpecError(f"{where}: expected map str -> Value, got {type(x).__name__}")
@@ -303,9 +316,10 @@ def check(t, x, where: str, depth: int) -> None:
         if type(x) is not dict or len(x) != 1:
             raise SpecError(f"{where}: Edit must be a map with exactly one key, got {x!r:.80}")
         ((variant, body),) = x.items()
-        if variant not in EDIT_VARIANTS:
+        variants = t[1]
+        if variant not in variants:
             raise SpecError(f"{where}: unknown Edit variant {variant!r}")
-        check(EDIT_VARIANTS[variant], body, f"{where}.{variant}", depth)
+        check(variants[variant], body, f"{where}.{variant}", depth)
     else:  # pragma: no cover
         raise AssertionError(kind)
 
@@ -396,7 +410,9 @@ def decode_payload(mtype: int, payload: bytes):
     spec = MESSAGES[mtype]
     name = spec[1]
     try:
-        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        # Only BATCHED_SYNC's deps have integer keys (actor indices); the
+        # type check refuses them anywhere else.
+        obj = msgpack.unpackb(payload, raw=False, strict_map_key=mtype != 0x0105)
     except msgpack.ExtraData as e:
         raise SpecError(f"{name}: {len(e.extra)} trailing bytes after the payload value")
     except Exception as e:
@@ -441,7 +457,7 @@ def actors_of(mtype: int, obj):
     if mtype == 0x0102:
         yield from of_op(obj)
     elif mtype == 0x0105:
-        for op in obj["operations"]:
+        for op in resolve_batch(obj):
             yield from of_op(op)
     elif mtype == 0x0106:
         yield obj["actor_id"]
@@ -492,11 +508,77 @@ def check_operation(op) -> None:
             raise SpecError(f"a removed range of {r['len']} from {r['counter']}")
 
 
+def resolve_batch(batch):
+    """BATCHED_SYNC's operations with their device ids (PROTOCOL.md,
+    BATCHED_SYNC): every index inside the table, deps in the byte-wise order
+    of the device ids, and the table exactly the device ids named, each
+    once, in order of first mention."""
+    actors = batch["actors"]
+
+    def name(i):
+        if i >= len(actors):
+            raise SpecError(f"actor index {i} outside a table of {len(actors)}")
+        return actors[i]
+
+    resolved, mentioned = [], []
+
+    def mention(n):
+        if n not in mentioned:
+            mentioned.append(n)
+    for op in batch["operations"]:
+        o = op["operation"]
+        deps = [(name(k), c) for k, c in o["deps"].items()]
+        if [n.encode("utf-8") for n, _ in deps] != sorted(n.encode("utf-8") for n, _ in deps):
+            raise SpecError("deps are not in the byte-wise order of the device ids")
+        ((variant, body),) = o["edit"].items()
+        body = dict(body)
+        if body.get("after") is not None:
+            body["after"] = dict(body["after"], actor=name(body["after"]["actor"]))
+        if "ranges" in body:
+            body["ranges"] = [dict(r, actor=name(r["actor"])) for r in body["ranges"]]
+        author = name(op["actor_id"])
+        mention(author)
+        for n, _ in deps:
+            mention(n)
+        if body.get("after") is not None:
+            mention(body["after"]["actor"])
+        for r in body.get("ranges", []):
+            mention(r["actor"])
+        resolved.append(dict(op, actor_id=author,
+                             operation=dict(o, deps=dict(deps), edit={variant: body})))
+    if mentioned != actors:
+        raise SpecError(f"the actor table {actors} is not the device ids named, in order: {mentioned}")
+    return resolved
+
+
+def to_batch(ops):
+    """The BATCHED_SYNC payload object of operations written with device ids."""
+    actors = []
+
+    def ref(n):
+        if n not in actors:
+            actors.append(n)
+        return actors.index(n)
+    out = []
+    for op in ops:
+        o = op["operation"]
+        author = ref(op["actor_id"])
+        deps = {ref(n): c for n, c in sorted(o["deps"].items(), key=lambda e: e[0].encode("utf-8"))}
+        ((variant, body),) = o["edit"].items()
+        body = dict(body)
+        if body.get("after") is not None:
+            body["after"] = dict(body["after"], actor=ref(body["after"]["actor"]))
+        if "ranges" in body:
+            body["ranges"] = [dict(r, actor=ref(r["actor"])) for r in body["ranges"]]
+        out.append(dict(op, actor_id=author, operation=dict(o, deps=deps, edit={variant: body})))
+    return {"actors": actors, "operations": out}
+
+
 def operations_of(mtype: int, obj):
     if mtype == 0x0102:
         yield obj
     elif mtype == 0x0105:
-        yield from obj["operations"]
+        yield from resolve_batch(obj)
 
 
 def check_identities(mtype: int, obj) -> None:
@@ -655,8 +737,15 @@ def self_test_vectors():
             "timestamp": ts, "actor_id": laptop}),
         ("sync_complete", 0x0103, {"entity_types": ["document"], "operations_count": 1234, "new_state_hash": h(0x33)}),
         ("ack", 0x0104, {"message_ids": [mid(200), mid(201)]}),
-        ("batched_sync", 0x0105, {"operations": [set_op, dict(set_op, operation={
-            "counter": 43, "deps": {laptop: 42, phone: 7}, "edit": {"delete": {"key": "title"}}})]}),
+        ("batched_sync", 0x0105, to_batch([set_op, dict(set_op, operation={
+            "counter": 43, "deps": {laptop: 42, phone: 7}, "edit": {"delete": {"key": "title"}}})])),
+        ("batched_sync_text", 0x0105, to_batch([
+            dict(set_op, actor_id=phone, operation={"counter": 9, "deps": {laptop: 43, phone: 8},
+                 "edit": {"insert_text": {"field": "body", "after": {"actor": laptop, "counter": 40},
+                                          "text": "abc"}}}),
+            dict(set_op, operation={"counter": 44, "deps": {laptop: 43, phone: 11},
+                 "edit": {"remove": {"field": "body", "ranges": [{"actor": phone, "counter": 9, "len": 3}]}}}),
+        ])),
         ("delta_sync", 0x0106, {"entity_id": "notes/todo", "changed_fields": fields, "actor_id": laptop,
                                 "first_counter": 50, "deps": {laptop: 49, phone: 7}, "timestamp": ts}),
         ("artifact_request", 0x0201, {"artifact_id": h(0xA1), "priority": 128}),
@@ -778,6 +867,21 @@ def self_test_rejections():
             continue
         raise SpecError(f"{what}: accepted, but must be rejected")
     check_identities(0x0102, op("document", 5, {laptop: 2}, text("ab")))
+    # BATCHED_SYNC's table: exactly the device ids named, in order of first mention.
+    phone = "m7ae-dq3r-2x2k-fh7p-lwzc-u5tn-6jgb-vals"
+    two = [op("document", 5, {laptop: 2, phone: 3}, text("ab"))]
+    good = to_batch(two)
+    check_identities(0x0105, good)
+    for what, batch in (
+        ("a table out of order", dict(good, actors=list(reversed(good["actors"])))),
+        ("a table with an extra device id", dict(good, actors=good["actors"] + ["x"])),
+        ("an index outside the table", dict(good, actors=good["actors"][:1])),
+    ):
+        try:
+            check_identities(0x0105, batch)
+        except SpecError:
+            continue
+        raise SpecError(f"{what}: accepted, but must be rejected")
     for what, code, obj in (("a HELLO with digits 0, 1, 8, 9 in its device id", 0x0001, hello),
                             ("an actor id without its dashes", 0x0106, delta)):
         try:
