@@ -35,6 +35,11 @@ impl Actors {
         self.names.len()
     }
 
+    /// Every name, by index.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
     /// The name of an index.
     pub fn name(&self, i: ActorIdx) -> &str {
         self.names.get(i as usize).map(String::as_str).unwrap_or("")

@@ -8,76 +8,99 @@ use serde::{Deserialize, Serialize};
 use crate::document::{Document, FieldMap};
 use crate::error::CrdtError;
 use crate::replica::{Entity, Replica, ReplicaConfig};
+use crate::actors::ActorIdx;
 use crate::sequence::{Eid, OrderKey, Sequence};
 
 /// The snapshot format: 2 since operations version 2 (element ids without
-/// offsets). A snapshot of another format is refused, never misread.
+/// offsets, sequences as runs of elements, an actor table). A snapshot of
+/// another format is refused, never misread.
 pub const SNAPSHOT_VERSION: u8 = 2;
 
 /// Depth limit when decoding a snapshot (values nest inside maps and arrays).
 const MAX_DEPTH: usize = 64;
 
+/// Consecutive elements of a sequence, in document order, that one run of
+/// typing leaves: `(actor, counter, lamport, deleted, values)`, the `k`-th
+/// value being the element `(actor, counter + k)` with Lamport number
+/// `lamport + k`, all removed or all visible. The actor is an index into
+/// the snapshot's actor table. Written as an array: a typed sentence is one
+/// of these, not one map per character.
 #[derive(Serialize, Deserialize)]
-struct SnapElem<T> {
-    lamport: u64,
-    actor: String,
-    counter: u64,
-    value: T,
-    deleted: bool,
-}
+struct SnapRun<V>(u32, u64, u64, bool, V);
 
 #[derive(Serialize, Deserialize)]
 enum SnapEntity {
     Document {
         fields: FieldMap,
         write_counters: BTreeMap<String, Vec<u64>>,
-        texts: BTreeMap<String, Vec<SnapElem<char>>>,
+        texts: BTreeMap<String, Vec<SnapRun<String>>>,
     },
     Conversation {
-        items: Vec<SnapElem<Value>>,
+        items: Vec<SnapRun<Vec<Value>>>,
     },
 }
 
 #[derive(Serialize, Deserialize)]
 struct Snapshot {
     version: u8,
+    /// The replica's actor table, by index.
+    actors: Vec<String>,
     version_vector: VersionVector,
     entities: Vec<(EntityType, String, SnapEntity)>,
     entity_version_vectors: Vec<(EntityType, String, VersionVector)>,
 }
 
-fn snap_seq<T: Clone>(r: &Replica, s: &Sequence<T>) -> Vec<SnapElem<T>> {
-    s.iter_all()
-        .map(|(key, value, deleted)| SnapElem {
-            lamport: key.lamport,
-            actor: r.actors.name(key.id.actor).to_string(),
-            counter: key.id.counter,
-            value: value.clone(),
-            deleted,
-        })
-        .collect()
+/// A sequence as runs of elements (see [`SnapRun`]).
+fn snap_seq<T: Clone, V: Default + Extend<T>>(s: &Sequence<T>) -> Vec<SnapRun<V>> {
+    let mut runs: Vec<SnapRun<V>> = Vec::new();
+    let mut last: Option<OrderKey> = None;
+    for (key, value, deleted) in s.iter_all() {
+        let continues = last.is_some_and(|prev| {
+            prev.id.actor == key.id.actor
+                && prev.id.counter.checked_add(1) == Some(key.id.counter)
+                && prev.lamport.checked_add(1) == Some(key.lamport)
+        }) && runs.last().is_some_and(|r| r.3 == deleted);
+        match runs.last_mut() {
+            Some(run) if continues => run.4.extend([value.clone()]),
+            _ => {
+                let mut values = V::default();
+                values.extend([value.clone()]);
+                runs.push(SnapRun(key.id.actor, key.id.counter, key.lamport, deleted, values));
+            }
+        }
+        last = Some(key);
+    }
+    runs
 }
 
-fn restore_seq<T: Clone>(r: &mut Replica, elems: Vec<SnapElem<T>>) -> Sequence<T> {
-    let items: Vec<(OrderKey, T, bool)> = elems
-        .into_iter()
-        .map(|e| {
-            let actor = r.actors.intern(&e.actor);
-            let id = Eid {
-                actor,
-                counter: e.counter,
+/// Rebuilds a sequence from its runs; `values` lists a run's values.
+fn restore_seq<T: Clone, V, I: IntoIterator<Item = T>>(
+    actors: &[ActorIdx],
+    runs: Vec<SnapRun<V>>,
+    values: impl Fn(V) -> I,
+) -> Result<Sequence<T>, CrdtError> {
+    let mut items: Vec<(OrderKey, T, bool)> = Vec::new();
+    for SnapRun(actor, counter, lamport, deleted, run) in runs {
+        let actor = *actors.get(actor as usize).ok_or_else(|| {
+            CrdtError::BadSnapshot(format!("actor {actor} outside the table of {}", actors.len()))
+        })?;
+        for (k, value) in values(run).into_iter().enumerate() {
+            let k = k as u64;
+            let (Some(counter), Some(lamport)) = (counter.checked_add(k), lamport.checked_add(k))
+            else {
+                return Err(CrdtError::BadSnapshot("a run's counters overflow".into()));
             };
-            (
+            items.push((
                 OrderKey {
-                    lamport: e.lamport,
-                    id,
+                    lamport,
+                    id: Eid { actor, counter },
                 },
-                e.value,
-                e.deleted,
-            )
-        })
-        .collect();
-    Sequence::from_ordered(items)
+                value,
+                deleted,
+            ));
+        }
+    }
+    Ok(Sequence::from_ordered(items))
 }
 
 impl Replica {
@@ -100,11 +123,11 @@ impl Replica {
                         texts: d
                             .texts
                             .iter()
-                            .map(|(f, s)| (f.clone(), snap_seq(self, s)))
+                            .map(|(f, s)| (f.clone(), snap_seq(s)))
                             .collect(),
                     },
                     Entity::Conversation(s) => SnapEntity::Conversation {
-                        items: snap_seq(self, s),
+                        items: snap_seq(s),
                     },
                 };
                 (*t, id.clone(), snap)
@@ -118,6 +141,7 @@ impl Replica {
         let snap = Snapshot {
             entity_version_vectors,
             version: SNAPSHOT_VERSION,
+            actors: self.actors.names().to_vec(),
             version_vector: self.vv.clone(),
             entities,
         };
@@ -142,6 +166,7 @@ impl Replica {
             )));
         }
         let mut r = Replica::with_config(actor, config);
+        let actors: Vec<ActorIdx> = snap.actors.iter().map(|a| r.actors.intern(a)).collect();
         for (t, id, e) in snap.entities {
             let entity = match e {
                 SnapEntity::Document {
@@ -154,14 +179,16 @@ impl Replica {
                         write_counters: write_counters.into_iter().collect(),
                         ..Document::default()
                     };
-                    for (f, elems) in texts {
-                        let seq = restore_seq(&mut r, elems);
+                    for (f, runs) in texts {
+                        let seq = restore_seq(&actors, runs, |text: String| {
+                            text.chars().collect::<Vec<_>>()
+                        })?;
                         doc.texts.insert(f, seq);
                     }
                     Entity::Document(doc)
                 }
                 SnapEntity::Conversation { items } => {
-                    Entity::Conversation(restore_seq(&mut r, items))
+                    Entity::Conversation(restore_seq(&actors, items, |values| values)?)
                 }
             };
             r.entities.insert((t, id), entity);

@@ -150,6 +150,11 @@ fn measure(workload: &str, tmp: &Path) {
     let disk = std::fs::metadata(dir.join("nomade.redb"))
         .map(|m| m.len())
         .unwrap_or(0);
+    let snapshot = nomade_node::store::Store::open(&dir.join("nomade.redb"))
+        .and_then(|s| s.snapshot())
+        .ok()
+        .flatten()
+        .map_or(0, |(_, bytes)| bytes.len());
     let parse = |line: String| -> (i64, i64, f64) {
         let f: Vec<&str> = line.split_whitespace().collect();
         (
@@ -163,9 +168,10 @@ fn measure(workload: &str, tmp: &Path) {
     let above_empty_kib = (a1 - b1) - (a0 - b0);
     let n = edits.max(1) as f64;
     println!(
-        "| {workload} | {edits} | {ops} | {:.1} MB ({:.1} B/edit) | {:.1} MiB ({:.0} B/edit) | {ms:.0} ms |",
+        "| {workload} | {edits} | {ops} | {:.1} MB ({:.1} B/edit) | {:.1} MB | {:.1} MiB ({:.0} B/edit) | {ms:.0} ms |",
         disk as f64 / 1e6,
         disk as f64 / n,
+        snapshot as f64 / 1e6,
         above_empty_kib as f64 / 1024.0,
         above_empty_kib as f64 * 1024.0 / n,
     );
@@ -187,8 +193,8 @@ fn main() {
     }
     let which = args.first().map(String::as_str).unwrap_or("both");
     let tmp = tempfile::tempdir().expect("tempdir");
-    println!("| store | edits | operations stored | on disk | resident after `Node::open`, above an empty node | `Node::open` |");
-    println!("|---|---|---|---|---|---|");
+    println!("| store | edits | operations stored | on disk | of which the snapshot | resident after `Node::open`, above an empty node | `Node::open` |");
+    println!("|---|---|---|---|---|---|---|");
     for workload in ["typing", "fields"] {
         if which == workload || which == "both" {
             measure(workload, tmp.path());

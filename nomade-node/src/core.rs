@@ -181,6 +181,17 @@ impl Core {
         // a whole state written again.
         if seq >= self.snapshot_seq.load(Ordering::Relaxed) + SNAPSHOT_AT_SHUTDOWN {
             self.write_snapshot(&replica, seq);
+            // The replaced snapshot's pages, and those every commit left,
+            // go back to the file system.
+            let before = std::fs::metadata(self.dir.join("nomade.redb")).map_or(0, |m| m.len());
+            match self.store.compact() {
+                Ok(_) => {
+                    let after =
+                        std::fs::metadata(self.dir.join("nomade.redb")).map_or(0, |m| m.len());
+                    tracing::debug!(before, after, "database compacted");
+                }
+                Err(e) => tracing::warn!(error = %e, "could not compact the database"),
+            }
         }
     }
 

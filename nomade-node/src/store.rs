@@ -407,6 +407,28 @@ impl Store {
         Ok(())
     }
 
+    /// Gives the space of pages no longer used (rows of a replaced snapshot,
+    /// the copies every commit leaves) back to the file system: redb keeps
+    /// them for reuse, so without this the file only grows. Waits for the
+    /// transactions under way; returns whether anything moved.
+    pub fn compact(&self) -> Result<bool, StoreError> {
+        let mut slot = self.slot.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(db) = slot.db.as_mut() else {
+            return Ok(false);
+        };
+        let mut moved = false;
+        // Each pass moves what it can; a few passes reach the fixed point.
+        for _ in 0..4 {
+            match db.compact() {
+                Ok(true) => moved = true,
+                Ok(false) => break,
+                Err(redb::CompactionError::Storage(e)) => return Err(db_err(e)),
+                Err(e) => return Err(StoreError::Database(e.to_string())),
+            }
+        }
+        Ok(moved)
+    }
+
     /// Durably appends operations (already applied to the replica) in order,
     /// in one transaction. Returns the sequence number of the last one.
     /// `before`, when given, is the version vector of everything stored
