@@ -7,6 +7,7 @@ use crdts::{CmRDT, Dot, MVReg, Map, VClock};
 use nomade_wire::{Value, VersionVector};
 use serde::{Deserialize, Serialize};
 
+use crate::actors::{ActorIdx, Actors};
 use crate::sequence::Sequence;
 
 /// A register value tagged with the identity of the write that made it, so
@@ -15,22 +16,24 @@ use crate::sequence::Sequence;
 pub struct Tagged {
     /// Lamport number of the write.
     pub lamport: u64,
-    /// The writing actor.
-    pub actor: String,
+    /// The writing actor, interned in the replica's actor table.
+    pub actor: ActorIdx,
     /// The value written.
     pub value: Value,
 }
 
 impl Tagged {
     /// The deterministic order of concurrent values: higher Lamport number
-    /// first, then higher actor name.
-    pub fn rank(&self) -> (u64, &str) {
-        (self.lamport, &self.actor)
+    /// first, then higher actor name (names, not local indices, so that
+    /// every device agrees).
+    pub fn rank<'a>(&self, actors: &'a Actors) -> (u64, &'a str) {
+        (self.lamport, actors.name(self.actor))
     }
 }
 
-/// The field map: field name -> multi-value register, with device ids as actors.
-pub type FieldMap = Map<String, MVReg<Tagged, String>, String>;
+/// The field map: field name -> multi-value register, with interned actors
+/// (a small integer per write instead of a device id).
+pub type FieldMap = Map<String, MVReg<Tagged, ActorIdx>, ActorIdx>;
 
 /// A document entity.
 #[derive(Debug, Clone, Default)]
@@ -38,9 +41,11 @@ pub struct Document {
     /// Register fields.
     pub(crate) fields: FieldMap,
     /// For each actor, the counters of its field writes on this document, in
-    /// order. Used to project an operation's replica-wide `deps` onto the dots
-    /// this map has seen (see [`Document::projected_clock`]).
-    pub(crate) write_counters: HashMap<String, Vec<u64>>,
+    /// order, as ranges `(first, count)` of consecutive counters (a batch of
+    /// field writes is one range). Used to project an operation's `deps`,
+    /// which also count its changes to the document's text fields, onto the
+    /// dots this map has seen (see [`Document::projected_clock`]).
+    pub(crate) write_counters: HashMap<ActorIdx, Vec<(u64, u64)>>,
     /// Collaborative text fields.
     pub(crate) texts: BTreeMap<String, Sequence<char>>,
 }
@@ -49,38 +54,43 @@ impl Document {
     /// `deps` restricted to this document's field writes: for each actor, the
     /// highest counter of one of its writes here that `deps` covers.
     ///
-    /// Operation counters are per actor across the whole replica, so `deps`
-    /// mentions operations on other entities that this map never sees. Giving
-    /// `crdts` those would make removals wait forever in its deferred set and
-    /// keep superseded values alive. The projection depends only on the
-    /// operation's causal past, so every device computes the same clock.
-    pub(crate) fn projected_clock(&self, deps: &VersionVector) -> VClock<String> {
+    /// An operation's deps count every change to the document, text
+    /// included, which this map never sees. Giving `crdts` those would make
+    /// removals wait forever in its deferred set and keep superseded values
+    /// alive. The projection depends only on the operation's causal past, so
+    /// every device computes the same clock.
+    pub(crate) fn projected_clock(&self, deps: &VersionVector, actors: &Actors) -> VClock<ActorIdx> {
         let mut clock = VClock::new();
-        for (actor, counters) in &self.write_counters {
-            let Some(&limit) = deps.get(actor) else {
+        for (&actor, counters) in &self.write_counters {
+            let Some(&limit) = deps.get(actors.name(actor)) else {
                 continue;
             };
-            let seen = counters.partition_point(|&c| c <= limit);
-            if seen > 0 {
-                clock.apply(Dot::new(actor.clone(), counters[seen - 1]));
+            // The last range starting at or below the limit holds the
+            // highest write the limit covers.
+            let before = counters.partition_point(|&(first, _)| first <= limit);
+            if let Some(&(first, count)) = before.checked_sub(1).and_then(|i| counters.get(i)) {
+                let last = first.saturating_add(count.saturating_sub(1)).min(limit);
+                clock.apply(Dot::new(actor, last));
             }
         }
         clock
     }
 
     /// Applies a field write whose causal dependencies are all applied.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn set(
         &mut self,
-        actor: &str,
+        actor: ActorIdx,
         counter: u64,
         deps: &VersionVector,
         lamport: u64,
         key: String,
         value: Value,
+        actors: &Actors,
     ) {
-        let dot = Dot::new(actor.to_string(), counter);
-        let mut clock = self.projected_clock(deps);
-        clock.apply(dot.clone());
+        let dot = Dot::new(actor, counter);
+        let mut clock = self.projected_clock(deps, actors);
+        clock.apply(dot);
         let op = crdts::map::Op::Up {
             dot,
             key,
@@ -88,17 +98,16 @@ impl Document {
                 clock,
                 val: Tagged {
                     lamport,
-                    actor: actor.to_string(),
+                    actor,
                     value,
                 },
             },
         };
         self.fields.apply(op);
-        match self.write_counters.get_mut(actor) {
-            Some(counters) => counters.push(counter),
-            None => {
-                self.write_counters.insert(actor.to_string(), vec![counter]);
-            }
+        let ranges = self.write_counters.entry(actor).or_default();
+        match ranges.last_mut() {
+            Some((first, count)) if first.saturating_add(*count) == counter => *count += 1,
+            _ => ranges.push((counter, 1)),
         }
     }
 
@@ -114,8 +123,8 @@ impl Document {
     }
 
     /// Applies a field removal whose causal dependencies are all applied.
-    pub(crate) fn delete(&mut self, deps: &VersionVector, key: String) {
-        let clock = self.projected_clock(deps);
+    pub(crate) fn delete(&mut self, deps: &VersionVector, key: String, actors: &Actors) {
+        let clock = self.projected_clock(deps, actors);
         let op = crdts::map::Op::Rm {
             clock,
             keyset: BTreeSet::from([key]),
@@ -124,37 +133,39 @@ impl Document {
     }
 
     /// The concurrent values of a field, best first.
-    pub fn values(&self, key: &str) -> Vec<Tagged> {
+    pub fn values(&self, key: &str, actors: &Actors) -> Vec<Tagged> {
         let mut vals = self
             .fields
             .get(&key.to_string())
             .val
             .map(|reg| reg.read().val)
             .unwrap_or_default();
-        vals.sort_by(|a, b| b.rank().cmp(&a.rank()));
+        vals.sort_by(|a, b| b.rank(actors).cmp(&a.rank(actors)));
         vals
     }
 
     /// Every field with its winning value (the highest-ranked concurrent value).
-    pub fn fields(&self) -> BTreeMap<String, Value> {
+    pub fn fields(&self, actors: &Actors) -> BTreeMap<String, Value> {
         self.fields
             .iter()
             .filter_map(|ctx| {
                 let (key, reg) = ctx.val;
                 let vals = reg.read().val;
-                let best = vals.into_iter().max_by(|a, b| a.rank().cmp(&b.rank()))?;
+                let best = vals
+                    .into_iter()
+                    .max_by(|a, b| a.rank(actors).cmp(&b.rank(actors)))?;
                 Some((key.clone(), best.value))
             })
             .collect()
     }
 
     /// Every field with all its concurrent values, best first.
-    pub fn all_values(&self) -> BTreeMap<String, Vec<Tagged>> {
+    pub fn all_values(&self, actors: &Actors) -> BTreeMap<String, Vec<Tagged>> {
         self.fields
             .iter()
             .map(|ctx| {
                 let (key, _) = ctx.val;
-                (key.clone(), self.values(key))
+                (key.clone(), self.values(key, actors))
             })
             .filter(|(_, v)| !v.is_empty())
             .collect()

@@ -101,12 +101,12 @@ fn walk(r: &Replica, w: &mut impl Walk) {
     for ((entity_type, id), entity) in &r.entities {
         match entity {
             Entity::Document(d) => {
-                let fields = d.all_values();
+                let fields = d.all_values(&r.actors);
                 w.entity(*entity_type, id, fields.len());
                 for (key, vals) in &fields {
                     w.field(key, vals.len());
                     for t in vals {
-                        w.value(t.lamport, &t.actor, &t.value);
+                        w.value(t.lamport, r.actors.name(t.actor), &t.value);
                     }
                 }
                 w.texts(d.texts.len());

@@ -743,17 +743,18 @@ impl Replica {
         let result: Result<usize, SeqError> = match (&op.operation.edit, entity) {
             (Edit::Set { key, value }, Entity::Document(d)) => {
                 d.set(
-                    &op.actor_id,
+                    actor_idx,
                     counter,
                     &op.operation.deps,
                     lamport.first,
                     key.clone(),
                     value.clone(),
+                    actors,
                 );
                 Ok(0)
             }
             (Edit::Delete { key }, Entity::Document(d)) => {
-                d.delete(&op.operation.deps, key.clone());
+                d.delete(&op.operation.deps, key.clone(), actors);
                 Ok(0)
             }
             (Edit::InsertText { field, text, .. }, Entity::Document(d)) => d
@@ -785,7 +786,7 @@ impl Replica {
     /// A document's register fields with their winning values.
     pub fn document(&self, id: &str) -> Option<BTreeMap<String, Value>> {
         match self.entities.get(&(EntityType::Document, id.to_string()))? {
-            Entity::Document(d) => Some(d.fields()),
+            Entity::Document(d) => Some(d.fields(&self.actors)),
             Entity::Conversation(_) => None,
         }
     }
@@ -795,7 +796,11 @@ impl Replica {
     /// no later write has resolved: an app may show them.
     pub fn field_values(&self, id: &str, key: &str) -> Vec<Value> {
         match self.entities.get(&(EntityType::Document, id.to_string())) {
-            Some(Entity::Document(d)) => d.values(key).into_iter().map(|t| t.value).collect(),
+            Some(Entity::Document(d)) => d
+                .values(key, &self.actors)
+                .into_iter()
+                .map(|t| t.value)
+                .collect(),
             _ => Vec::new(),
         }
     }

@@ -32,7 +32,7 @@ struct SnapRun<V>(u32, u64, u64, bool, V);
 enum SnapEntity {
     Document {
         fields: FieldMap,
-        write_counters: BTreeMap<String, Vec<u64>>,
+        write_counters: BTreeMap<ActorIdx, Vec<(u64, u64)>>,
         texts: BTreeMap<String, Vec<SnapRun<String>>>,
     },
     Conversation {
@@ -167,6 +167,13 @@ impl Replica {
         }
         let mut r = Replica::with_config(actor, config);
         let actors: Vec<ActorIdx> = snap.actors.iter().map(|a| r.actors.intern(a)).collect();
+        // Field registers hold the indices as they were: the table must
+        // intern to the same ones (it does, unless it repeats a name).
+        if actors.iter().enumerate().any(|(i, &a)| a as usize != i) {
+            return Err(CrdtError::BadSnapshot(
+                "the actor table repeats a device id".into(),
+            ));
+        }
         for (t, id, e) in snap.entities {
             let entity = match e {
                 SnapEntity::Document {

@@ -3,8 +3,11 @@
 //! the same run), and the time `Node::open` takes.
 //!
 //! ```sh
-//! cargo run --release -p nomade-node --example history [-- typing|fields|both]
+//! cargo run --release -p nomade-node --example history [-- typing|fields|both] [--json FILE]
 //! ```
+//!
+//! `cargo xtask bench` runs it with `--json target/bench/history.json` and
+//! puts the figures in its report.
 //!
 //! - `typing`: the automerge-paper editing trace (259,778 keystrokes, Martin
 //!   Kleppmann's, see `nomade-crdt/tests/data/editing-traces/README.md`)
@@ -140,7 +143,8 @@ fn child(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn measure(workload: &str, tmp: &Path) {
+/// Writes and reopens one workload; prints its row and returns its figures.
+fn measure(workload: &str, tmp: &Path) -> serde_json::Value {
     let dir = tmp.join(workload);
     let empty = tmp.join(format!("{workload}-empty"));
     let d = dir.to_str().expect("path");
@@ -175,6 +179,17 @@ fn measure(workload: &str, tmp: &Path) {
         above_empty_kib as f64 / 1024.0,
         above_empty_kib as f64 * 1024.0 / n,
     );
+    serde_json::json!({
+        "workload": workload,
+        "edits": edits,
+        "operations_stored": ops,
+        "disk_bytes": disk,
+        "disk_bytes_per_edit": disk as f64 / n,
+        "snapshot_bytes": snapshot,
+        "resident_above_empty_bytes": above_empty_kib * 1024,
+        "resident_bytes_per_edit": above_empty_kib as f64 * 1024.0 / n,
+        "open_ms": ms,
+    })
 }
 
 fn main() {
@@ -191,13 +206,30 @@ fn main() {
         }
         _ => {}
     }
-    let which = args.first().map(String::as_str).unwrap_or("both");
+    let json_out = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from);
+    let which = args
+        .first()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with("--"))
+        .unwrap_or("both");
     let tmp = tempfile::tempdir().expect("tempdir");
+    let mut rows = Vec::new();
     println!("| store | edits | operations stored | on disk | of which the snapshot | resident after `Node::open`, above an empty node | `Node::open` |");
     println!("|---|---|---|---|---|---|---|");
     for workload in ["typing", "fields"] {
         if which == workload || which == "both" {
-            measure(workload, tmp.path());
+            rows.push(measure(workload, tmp.path()));
         }
+    }
+    if let Some(path) = json_out {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("the report's directory");
+        }
+        let text = serde_json::to_string_pretty(&rows).expect("JSON");
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
 }

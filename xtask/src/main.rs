@@ -435,6 +435,21 @@ fn bench(quick: bool) -> Result<()> {
         peers.arg("--quick");
     }
     run("text replay beside yrs and automerge", &mut peers)?;
+    // What history costs a node: disk, memory and time to open, measured
+    // against an empty node in the same run.
+    let mut history = cargo();
+    history.args([
+        "run",
+        "--release",
+        "-p",
+        "nomade-node",
+        "--example",
+        "history",
+        "--",
+        "--json",
+        "target/bench/history.json",
+    ]);
+    run("history on disk and at start-up", &mut history)?;
     report_ratios()
 }
 
@@ -477,7 +492,7 @@ fn report_ratios() -> Result<()> {
     std::fs::create_dir_all("target/bench")?;
     // The end-to-end, CRDT and peer bench binaries write their own figures; gather them.
     let mut report = serde_json::json!({ "criterion": rows });
-    for name in ["e2e", "crdt", "peers"] {
+    for name in ["e2e", "crdt", "peers", "history"] {
         if let Ok(text) = std::fs::read_to_string(format!("target/bench/{name}.json")) {
             report[name] = serde_json::from_str(&text)?;
         }
