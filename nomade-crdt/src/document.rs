@@ -59,7 +59,11 @@ impl Document {
     /// removals wait forever in its deferred set and keep superseded values
     /// alive. The projection depends only on the operation's causal past, so
     /// every device computes the same clock.
-    pub(crate) fn projected_clock(&self, deps: &VersionVector, actors: &Actors) -> VClock<ActorIdx> {
+    pub(crate) fn projected_clock(
+        &self,
+        deps: &VersionVector,
+        actors: &Actors,
+    ) -> VClock<ActorIdx> {
         let mut clock = VClock::new();
         for (&actor, counters) in &self.write_counters {
             let Some(&limit) = deps.get(actors.name(actor)) else {

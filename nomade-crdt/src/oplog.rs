@@ -43,9 +43,9 @@ impl MemoryOpLog {
         &'a self,
         peer: &'a nomade_wire::VersionVector,
     ) -> impl Iterator<Item = &'a SyncOperation> + 'a {
-        self.ops
-            .iter()
-            .filter(move |op| op.operation.last_counter() > peer.get(&op.actor_id).copied().unwrap_or(0))
+        self.ops.iter().filter(move |op| {
+            op.operation.last_counter() > peer.get(&op.actor_id).copied().unwrap_or(0)
+        })
     }
 }
 

@@ -198,7 +198,9 @@ fn ranges_of(ids: &[Eid], actors: &Actors) -> Vec<IdRange> {
     let mut last: Option<Eid> = None;
     for id in ids {
         match (out.last_mut(), last) {
-            (Some(r), Some(prev)) if prev.actor == id.actor && prev.counter.checked_add(1) == Some(id.counter) => {
+            (Some(r), Some(prev))
+                if prev.actor == id.actor && prev.counter.checked_add(1) == Some(id.counter) =>
+            {
                 r.len += 1;
             }
             _ => out.push(IdRange {
@@ -485,7 +487,10 @@ impl Replica {
             return Err(Self::invalid(op, "an edit that inserts or removes nothing"));
         }
         if c.checked_add(span - 1).is_none_or(|last| last == u64::MAX) {
-            return Err(Self::invalid(op, "the operation's counters wrap past 2^64-2"));
+            return Err(Self::invalid(
+                op,
+                "the operation's counters wrap past 2^64-2",
+            ));
         }
         if op
             .operation
@@ -541,8 +546,7 @@ impl Replica {
     /// Checks, once its dependencies are applied, that the operation refers
     /// only to what exists, and that its actor fits the actor table.
     fn check_applicable(&self, op: &SyncOperation) -> Result<(), CrdtError> {
-        if self.actors.get(&op.actor_id).is_none() && self.actors.len() >= self.config.max_actors
-        {
+        if self.actors.get(&op.actor_id).is_none() && self.actors.len() >= self.config.max_actors {
             return Err(CrdtError::TooManyActors {
                 actor: op.actor_id.clone(),
                 limit: self.config.max_actors,
@@ -566,7 +570,9 @@ impl Replica {
         };
         let contains = |id: &Eid| -> bool {
             match (field, entity) {
-                (Some(f), Some(Entity::Document(d))) => d.texts.get(f).is_some_and(|s| s.contains(id)),
+                (Some(f), Some(Entity::Document(d))) => {
+                    d.texts.get(f).is_some_and(|s| s.contains(id))
+                }
                 (None, Some(Entity::Conversation(s))) => s.contains(id),
                 _ => false,
             }

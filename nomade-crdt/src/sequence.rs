@@ -469,8 +469,14 @@ mod tests {
     fn concurrent_siblings_order_by_key_and_keep_subtrees_together() {
         // Two actors insert after the same element at the same Lamport time.
         let mut a = Sequence::new();
-        a.insert(None, eid(0, 1), RunLamport::flat(1), "x".chars(), by_lamport_then_actor)
-            .unwrap();
+        a.insert(
+            None,
+            eid(0, 1),
+            RunLamport::flat(1),
+            "x".chars(),
+            by_lamport_then_actor,
+        )
+        .unwrap();
         let x = eid(0, 1);
         let mut b = a.clone();
         a.insert(
@@ -525,10 +531,22 @@ mod tests {
             Err(SeqError::UnknownElement(eid(1, 1)))
         );
         assert_eq!(s.total_len(), 0);
-        s.insert(None, eid(0, 1), RunLamport::flat(1), "a".chars(), by_lamport_then_actor)
-            .unwrap();
+        s.insert(
+            None,
+            eid(0, 1),
+            RunLamport::flat(1),
+            "a".chars(),
+            by_lamport_then_actor,
+        )
+        .unwrap();
         assert_eq!(
-            s.insert(None, eid(0, 1), RunLamport::flat(1), "a".chars(), by_lamport_then_actor),
+            s.insert(
+                None,
+                eid(0, 1),
+                RunLamport::flat(1),
+                "a".chars(),
+                by_lamport_then_actor
+            ),
             Err(SeqError::DuplicateElement(eid(0, 1)))
         );
     }

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use nomade_wire::{EntityType, Value, VersionVector};
 use serde::{Deserialize, Serialize};
 
+use crate::actors::ActorIdx;
 use crate::document::{Document, FieldMap};
 use crate::error::CrdtError;
 use crate::replica::{Entity, Replica, ReplicaConfig};
-use crate::actors::ActorIdx;
 use crate::sequence::{Eid, OrderKey, Sequence};
 
 /// The snapshot format: 2 since operations version 2 (element ids without
@@ -65,7 +65,13 @@ fn snap_seq<T: Clone, V: Default + Extend<T>>(s: &Sequence<T>) -> Vec<SnapRun<V>
             _ => {
                 let mut values = V::default();
                 values.extend([value.clone()]);
-                runs.push(SnapRun(key.id.actor, key.id.counter, key.lamport, deleted, values));
+                runs.push(SnapRun(
+                    key.id.actor,
+                    key.id.counter,
+                    key.lamport,
+                    deleted,
+                    values,
+                ));
             }
         }
         last = Some(key);
@@ -82,7 +88,10 @@ fn restore_seq<T: Clone, V, I: IntoIterator<Item = T>>(
     let mut items: Vec<(OrderKey, T, bool)> = Vec::new();
     for SnapRun(actor, counter, lamport, deleted, run) in runs {
         let actor = *actors.get(actor as usize).ok_or_else(|| {
-            CrdtError::BadSnapshot(format!("actor {actor} outside the table of {}", actors.len()))
+            CrdtError::BadSnapshot(format!(
+                "actor {actor} outside the table of {}",
+                actors.len()
+            ))
         })?;
         for (k, value) in values(run).into_iter().enumerate() {
             let k = k as u64;
@@ -118,7 +127,7 @@ impl Replica {
                         write_counters: d
                             .write_counters
                             .iter()
-                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .map(|(k, v)| (*k, v.clone()))
                             .collect(),
                         texts: d
                             .texts
@@ -126,9 +135,7 @@ impl Replica {
                             .map(|(f, s)| (f.clone(), snap_seq(s)))
                             .collect(),
                     },
-                    Entity::Conversation(s) => SnapEntity::Conversation {
-                        items: snap_seq(s),
-                    },
+                    Entity::Conversation(s) => SnapEntity::Conversation { items: snap_seq(s) },
                 };
                 (*t, id.clone(), snap)
             })

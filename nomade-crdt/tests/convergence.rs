@@ -227,7 +227,7 @@ proptest! {
                 }
                 TextAction::Sync { from } => {
                     let to = 1 - from;
-                    for op in authored[from][delivered[from]..].to_vec() {
+                    for op in authored[from][delivered[from]..].iter().cloned() {
                         devices[to].apply_remote(op).unwrap();
                     }
                     delivered[from] = authored[from].len();
@@ -235,7 +235,7 @@ proptest! {
             }
         }
         for from in 0..2 {
-            for op in authored[from][delivered[from]..].to_vec() {
+            for op in authored[from][delivered[from]..].iter().cloned() {
                 devices[1 - from].apply_remote(op).unwrap();
             }
         }

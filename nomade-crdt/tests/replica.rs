@@ -160,10 +160,13 @@ fn bad_input_21_an_op_with_missing_dependencies_waits_in_the_buffer() {
     let (c1, c2) = two_ops("c");
     let (_, d2) = two_ops("d");
     let (_, e2) = two_ops("e");
-    let mut tiny = Replica::with_config("t", ReplicaConfig {
+    let mut tiny = Replica::with_config(
+        "t",
+        ReplicaConfig {
             max_buffered: 2,
             ..ReplicaConfig::default()
-        });
+        },
+    );
     tiny.apply_remote(c2).unwrap();
     tiny.apply_remote(d2).unwrap();
     assert_eq!(tiny.buffered(), 2);

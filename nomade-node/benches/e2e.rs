@@ -349,11 +349,32 @@ async fn full_sync(ops: usize, docs: usize, limits: RateLimits) -> FullSync {
     let m = b.status().metrics;
     a.shutdown().await;
     b.shutdown().await;
+    drop((a, b));
+    // Reconnect: both devices hold the whole history; A makes one new
+    // operation while apart. What goes between them (both ways, every
+    // stream) and how long until B has it.
+    let a = Node::open(&tmp.path().join("a"), limited_config("a", limits)).unwrap();
+    let b = Node::open(&tmp.path().join("b"), limited_config("b", limits)).unwrap();
+    a.set("doc-0", "after", 1).unwrap();
+    let addr_a = a.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    b.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let target = a.core().version_vector();
+    let start = Instant::now();
+    b.connect(addr_a, a.device_id()).await.unwrap();
+    while b.core().version_vector() != target {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let reconnect_ms = start.elapsed().as_secs_f64() * 1e3;
+    let r = b.status().metrics;
+    a.shutdown().await;
+    b.shutdown().await;
     FullSync {
         ops_per_sec: ops as f64 / secs,
         bytes_per_op: m.bytes_received as f64 / ops as f64,
         frames_per_sec: m.sync_frames_received as f64 / secs,
         secs,
+        reconnect_bytes: r.bytes_received + r.bytes_sent,
+        reconnect_ms,
     }
 }
 
@@ -369,6 +390,10 @@ struct FullSync {
     /// Frames carrying operations received per second (what the limit counts).
     frames_per_sec: f64,
     secs: f64,
+    /// Bytes both ways when the two reconnect differing by one operation.
+    reconnect_bytes: u64,
+    /// From the reconnecting dial to the new operation applied.
+    reconnect_ms: f64,
 }
 
 /// Live sync latency: one operation at a time, created on A, applied on B.
@@ -468,8 +493,8 @@ fn main() {
         if run("sync") {
             let f = rt.block_on(full_sync(ops, docs, RateLimits::OFF));
             println!(
-                "e2e: full sync {:.0} ops/s, {:.0} bytes/op, {:.0} frames/s",
-                f.ops_per_sec, f.bytes_per_op, f.frames_per_sec
+                "e2e: full sync {:.0} ops/s, {:.0} bytes/op, {:.0} frames/s; reconnect differing by one operation: {} bytes, {:.1} ms",
+                f.ops_per_sec, f.bytes_per_op, f.frames_per_sec, f.reconnect_bytes, f.reconnect_ms
             );
         }
         if run("latency") {
@@ -518,6 +543,8 @@ fn main() {
         "full_sync_ops": ops,
         "full_sync_docs": docs,
         "full_sync_secs": sync.secs,
+        "reconnect_bytes": sync.reconnect_bytes,
+        "reconnect_ms": sync.reconnect_ms,
         "full_sync_ops_per_sec": ops_per_sec,
         "full_sync_bytes_per_op": bytes_per_op,
         "full_sync_frames_per_sec": sync.frames_per_sec,
@@ -545,8 +572,8 @@ fn main() {
         rss_bytes / MIB
     );
     println!(
-        "e2e: full sync of {ops} ops over {docs} docs: {ops_per_sec:.0} ops/s ({:.1} s), {bytes_per_op:.0} bytes/op on the wire; live latency p50 {p50:.2} ms, p99 {p99:.2} ms ({lat_n} ops)",
-        sync.secs
+        "e2e: full sync of {ops} ops over {docs} docs: {ops_per_sec:.0} ops/s ({:.1} s), {bytes_per_op:.0} bytes/op on the wire; reconnect differing by one operation: {} bytes, {:.1} ms; live latency p50 {p50:.2} ms, p99 {p99:.2} ms ({lat_n} ops)",
+        sync.secs, sync.reconnect_bytes, sync.reconnect_ms
     );
     println!(
         "e2e: with the default limits: sync {:.0} ops/s in {:.0} frames/s, {:.0} beyond the initial burst (limit {}), artifact {:.2} MB/s (limit {:.0} MB/s)",

@@ -149,7 +149,9 @@ fn measure(workload: &str, tmp: &Path) -> serde_json::Value {
     let empty = tmp.join(format!("{workload}-empty"));
     let d = dir.to_str().expect("path");
     let written = child(&["--write", workload, d]);
-    let mut counts = written.split_whitespace().map(|n| n.parse::<usize>().expect("count"));
+    let mut counts = written
+        .split_whitespace()
+        .map(|n| n.parse::<usize>().expect("count"));
     let (edits, ops) = (counts.next().unwrap_or(0), counts.next().unwrap_or(0));
     let disk = std::fs::metadata(dir.join("nomade.redb"))
         .map(|m| m.len())

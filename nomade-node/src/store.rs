@@ -453,7 +453,11 @@ impl Store {
                         let here = rmp_serde::to_vec_named(&at)
                             .map_err(|e| StoreError::Encode(e.to_string()));
                         for op in ops.by_ref().take(*count as usize) {
-                            nomade_crdt::raise_counter(&mut at, &op.actor_id, op.operation.last_counter());
+                            nomade_crdt::raise_counter(
+                                &mut at,
+                                &op.actor_id,
+                                op.operation.last_counter(),
+                            );
                         }
                         here
                     })
@@ -911,24 +915,44 @@ mod tests {
         }
         let refused = Store::open(&path).unwrap_err();
         assert!(
-            matches!(refused, StoreError::Format { found: 1, supported: STORE_FORMAT }),
+            matches!(
+                refused,
+                StoreError::Format {
+                    found: 1,
+                    supported: STORE_FORMAT
+                }
+            ),
             "{refused:?}"
         );
         let message = refused.to_string();
-        assert!(message.contains("older Nomade") && message.contains("nomade.redb"), "{message}");
+        assert!(
+            message.contains("older Nomade") && message.contains("nomade.redb"),
+            "{message}"
+        );
         // Nothing written: the row is there, no format was stamped, and the
         // next opening refuses the same way.
         {
             let db = open_raw(&path);
             let txn = db.begin_read().unwrap();
-            let row = txn.open_table(OPS).unwrap().get(1).unwrap().map(|r| r.value().to_vec());
-            assert!(row == Some(rmp_serde::to_vec_named(&op(1)).unwrap()), "the row is kept");
+            let row = txn
+                .open_table(OPS)
+                .unwrap()
+                .get(1)
+                .unwrap()
+                .map(|r| r.value().to_vec());
+            assert!(
+                row == Some(rmp_serde::to_vec_named(&op(1)).unwrap()),
+                "the row is kept"
+            );
             let stamped = txn
                 .open_table(META)
                 .is_ok_and(|meta| meta.get(FORMAT_KEY).unwrap().is_some());
             assert!(!stamped, "no format stamped");
         }
-        assert!(matches!(Store::open(&path), Err(StoreError::Format { found: 1, .. })));
+        assert!(matches!(
+            Store::open(&path),
+            Err(StoreError::Format { found: 1, .. })
+        ));
         // A later build's.
         let newer = dir.path().join("newer.redb");
         {
@@ -941,7 +965,10 @@ mod tests {
             txn.commit().unwrap();
         }
         let refused = Store::open(&newer).unwrap_err();
-        assert!(matches!(refused, StoreError::Format { found: 9, .. }), "{refused:?}");
+        assert!(
+            matches!(refused, StoreError::Format { found: 9, .. }),
+            "{refused:?}"
+        );
         assert!(refused.to_string().contains("newer Nomade"), "{refused}");
         // A new store is stamped with this format and opens again.
         let fresh = dir.path().join("fresh.redb");

@@ -100,9 +100,18 @@ fn bad_input_23_malformed_operations_are_refused_counted_and_change_nothing() {
         ("far ahead of its actor", set("ana", 1 << 40, &[], "k", 2)),
         ("a field edit on a conversation", wrong_type),
         ("an empty run", text("ana", 2, "")),
-        ("a run whose counters wrap", text("ana", u64::MAX - 2, "abc")),
-        ("a removal beyond the text", remove("ana", 2, "ana", 1, 1_000)),
-        ("a removal of an unknown element", remove("ana", 2, "bob", 1, 1)),
+        (
+            "a run whose counters wrap",
+            text("ana", u64::MAX - 2, "abc"),
+        ),
+        (
+            "a removal beyond the text",
+            remove("ana", 2, "ana", 1, 1_000),
+        ),
+        (
+            "a removal of an unknown element",
+            remove("ana", 2, "bob", 1, 1),
+        ),
     ];
     for (i, (what, op)) in bad.into_iter().enumerate() {
         let result = node.core().apply_remote("peer", vec![op]);
@@ -172,14 +181,20 @@ fn operations_from_more_actors_than_the_bound_are_refused_and_counted() {
         .apply_remote("peer", vec![elsewhere(set("ana", 2, &[], "ana", 2))])
         .expect("a known actor");
     let size = own_set_size(&node, 2);
-    assert!(size <= own_size + 2, "own operation grew from {own_size} to {size} bytes");
+    assert!(
+        size <= own_size + 2,
+        "own operation grew from {own_size} to {size} bytes"
+    );
     let hash = node.state_hash();
     drop(node);
     let reopened = Node::open(dir.path(), config).expect("reopen");
     assert_eq!(reopened.state_hash(), hash);
     let other = reopened.document("other").expect("the other document");
     assert_eq!(other.get("ana"), Some(&Value::Int(2)));
-    assert!(!other.contains_key("carol"), "a refused actor's write was stored");
+    assert!(
+        !other.contains_key("carol"),
+        "a refused actor's write was stored"
+    );
 }
 
 /// BAD_INPUTS #21: an operation whose dependency has not arrived waits; it

@@ -239,7 +239,11 @@ fn bad_input_killed_while_snapshots_are_written_loses_nothing_acknowledged() {
         );
         let hash = core.state_hash();
         drop(core);
-        assert_eq!(replayed_hash(&dir), hash, "round {round}: not the state of a replay");
+        assert_eq!(
+            replayed_hash(&dir),
+            hash,
+            "round {round}: not the state of a replay"
+        );
         let store = Store::open(&dir.join("nomade.redb")).expect("store");
         if let Some((covered, _)) = store.snapshot().expect("a readable snapshot") {
             snapshots_seen.insert(covered);

@@ -212,9 +212,7 @@ pub(crate) mod deps {
     }
 
     /// Reads the entries, each key through [`actor_ref`].
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<VersionVector, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<VersionVector, D::Error> {
         let entries = BTreeMap::<ActorKey, u64>::deserialize(d)?;
         Ok(entries.into_iter().map(|(k, c)| (k.0, c)).collect())
     }

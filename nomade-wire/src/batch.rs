@@ -176,8 +176,7 @@ impl BatchEncoder {
             rmp::encode::write_str(&mut (&mut *dst).writer(), name).map_err(fail)?;
         }
         dst.put_slice(OPERATIONS_KEY);
-        rmp::encode::write_array_len(&mut (&mut *dst).writer(), self.count as u32)
-            .map_err(fail)?;
+        rmp::encode::write_array_len(&mut (&mut *dst).writer(), self.count as u32).map_err(fail)?;
         dst.put_slice(&self.ops);
         self.ops.clear();
         self.table.clear();

@@ -188,9 +188,9 @@ impl Edit {
             Edit::Set { .. } | Edit::Delete { .. } => 1,
             Edit::Insert { values, .. } => values.len() as u64,
             Edit::InsertText { text, .. } => text.chars().count() as u64,
-            Edit::Remove { ranges, .. } => ranges
-                .iter()
-                .fold(0u64, |acc, r| acc.saturating_add(r.len)),
+            Edit::Remove { ranges, .. } => {
+                ranges.iter().fold(0u64, |acc, r| acc.saturating_add(r.len))
+            }
         }
     }
 }
@@ -280,7 +280,9 @@ impl Serialize for BatchedSync {
         }
         let mut st = s.serialize_struct("BatchedSync", 2)?;
         st.serialize_field("actors", table.names())?;
-        encoding_with(&mut table, || st.serialize_field("operations", &self.operations))?;
+        encoding_with(&mut table, || {
+            st.serialize_field("operations", &self.operations)
+        })?;
         st.end()
     }
 }
@@ -318,8 +320,7 @@ impl<'de> Deserialize<'de> for BatchedSync {
                 expect_key(&mut map, "actors")?;
                 let actors: Vec<String> = map.next_value()?;
                 expect_key(&mut map, "operations")?;
-                let operations: Vec<SyncOperation> =
-                    decoding_with(actors, || map.next_value())?;
+                let operations: Vec<SyncOperation> = decoding_with(actors, || map.next_value())?;
                 if map.next_key::<serde::de::IgnoredAny>()?.is_some() {
                     return Err(A::Error::custom("fields after operations"));
                 }

@@ -6,9 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use nomade_wire::{
-    samples, BatchedSync, DecodeError, Envelope, Message, MessageId, SyncOperation,
-};
+use nomade_wire::{samples, BatchedSync, DecodeError, Envelope, Message, MessageId, SyncOperation};
 use serde::Serialize;
 
 const LAPTOP: &str = "cvml-efwx-x7jt-253v-yrk5-ma4a-2orm-6ypr";
@@ -123,7 +121,10 @@ fn the_canonical_table_decodes_to_device_ids() {
         .to_bytes()
         .expect("encode");
     let frame = samples::frame_with_payload(0x0105, &payload(&good));
-    assert_eq!(&written[31..written.len() - 32], &frame[31..frame.len() - 32]);
+    assert_eq!(
+        &written[31..written.len() - 32],
+        &frame[31..frame.len() - 32]
+    );
 }
 
 #[test]
