@@ -27,6 +27,7 @@
 //! failed write until the database is reopened; the store reopens it on the
 //! next call, so a node whose disk filled up carries on once space is freed.
 
+use std::borrow::Cow;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -131,8 +132,23 @@ impl PeerRecord {
     }
 }
 
-/// First byte of a row holding a run of operations.
+/// First byte of a row holding a run of operations as they are.
 const RUN_MARKER: u8 = 0x00;
+
+/// First byte of a row holding a run of operations compressed with LZ4
+/// (block format), its uncompressed length after the count.
+const RUN_MARKER_LZ4: u8 = 0x01;
+
+/// Most bytes a compressed row may unpack to: no row written is larger
+/// (rows are cut at about 60 KiB, an operation fits a frame), so a damaged
+/// length can never make a read allocate more.
+const MAX_ROW_PAYLOAD: usize = 16 << 20;
+
+/// A commit whose operations follow a row stored smaller than this joins
+/// that row (rewritten in the same transaction) instead of starting its
+/// own: a commit per keystroke does not leave a row per keystroke, and rows
+/// grow large enough to compress.
+const JOIN_ROWS_BELOW: usize = 4096;
 
 /// A run's row is closed once it reaches this size. redb gives a row that
 /// does not fit a 4 KiB leaf a page of its own, rounded up to a power of two:
@@ -149,11 +165,21 @@ fn encode_runs(ops: &[SyncOperation]) -> Result<Vec<(u32, Vec<u8>)>, StoreError>
     let mut batch = BatchEncoder::new(RUN_ROW_TARGET);
     let close = |batch: &mut BatchEncoder, rows: &mut Vec<(u32, Vec<u8>)>| {
         let count = batch.len() as u32;
-        let mut row = BytesMut::with_capacity(RUN_ROW_TARGET + 1024);
-        row.extend_from_slice(&[RUN_MARKER]);
-        row.extend_from_slice(&count.to_be_bytes());
-        batch.finish_payload(&mut row)?;
-        rows.push((count, row.to_vec()));
+        let mut payload = BytesMut::with_capacity(RUN_ROW_TARGET + 1024);
+        batch.finish_payload(&mut payload)?;
+        let packed = lz4_flex::block::compress(&payload);
+        let mut row = Vec::with_capacity(9 + packed.len().min(payload.len()));
+        if packed.len() + 4 < payload.len() {
+            row.push(RUN_MARKER_LZ4);
+            row.extend_from_slice(&count.to_be_bytes());
+            row.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            row.extend_from_slice(&packed);
+        } else {
+            row.push(RUN_MARKER);
+            row.extend_from_slice(&count.to_be_bytes());
+            row.extend_from_slice(&payload);
+        }
+        rows.push((count, row));
         Ok::<(), nomade_wire::EncodeError>(())
     };
     for op in ops {
@@ -189,22 +215,46 @@ fn corrupt_op(seq: u64, what: impl std::fmt::Display) -> StoreError {
     }
 }
 
-/// The row keyed `first` as the number of operations it holds and their
-/// concatenated MessagePack.
-fn split_run(first: u64, row: &[u8]) -> Result<(u64, &[u8]), StoreError> {
+/// How many operations the row keyed `first` holds, from its header.
+fn run_len(first: u64, row: &[u8]) -> Result<u64, StoreError> {
     match row {
-        [RUN_MARKER, a, b, c, d, ops @ ..] => match u32::from_be_bytes([*a, *b, *c, *d]) {
-            0 => Err(corrupt_op(first, "empty run")),
-            n => Ok((u64::from(n), ops)),
-        },
-        [RUN_MARKER, ..] => Err(corrupt_op(first, "truncated run header")),
+        [RUN_MARKER | RUN_MARKER_LZ4, a, b, c, d, ..] => {
+            match u32::from_be_bytes([*a, *b, *c, *d]) {
+                0 => Err(corrupt_op(first, "empty run")),
+                n => Ok(u64::from(n)),
+            }
+        }
+        [RUN_MARKER | RUN_MARKER_LZ4, ..] => Err(corrupt_op(first, "truncated run header")),
         _ => Err(corrupt_op(first, "not a run of operations")),
     }
 }
 
-/// How many operations the row keyed `first` holds.
-fn run_len(first: u64, row: &[u8]) -> Result<u64, StoreError> {
-    split_run(first, row).map(|(count, _)| count)
+/// The row keyed `first` as the number of operations it holds and their
+/// `BATCHED_SYNC` payload (unpacked if the row is compressed).
+fn split_run(first: u64, row: &[u8]) -> Result<(u64, Cow<'_, [u8]>), StoreError> {
+    let count = run_len(first, row)?;
+    match row {
+        [RUN_MARKER, _, _, _, _, payload @ ..] => Ok((count, Cow::Borrowed(payload))),
+        [RUN_MARKER_LZ4, _, _, _, _, a, b, c, d, packed @ ..] => {
+            let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+            if len > MAX_ROW_PAYLOAD {
+                return Err(corrupt_op(first, format!("a row unpacking to {len} bytes")));
+            }
+            let payload = lz4_flex::block::decompress(packed, len)
+                .map_err(|e| corrupt_op(first, format!("compressed run: {e}")))?;
+            if payload.len() != len {
+                return Err(corrupt_op(
+                    first,
+                    format!(
+                        "a row of {} bytes where {len} were announced",
+                        payload.len()
+                    ),
+                ));
+            }
+            Ok((count, Cow::Owned(payload)))
+        }
+        _ => Err(corrupt_op(first, "truncated run header")),
+    }
 }
 
 /// Decodes the row keyed `first`, calling `f` with each operation and its
@@ -219,7 +269,7 @@ fn decode_run(
         max_payload: u32::MAX,
         ..Limits::default()
     };
-    let ops = match Message::decode_payload(MessageType::BatchedSync, payload, &limits) {
+    let ops = match Message::decode_payload(MessageType::BatchedSync, &payload, &limits) {
         Ok(Message::BatchedSync(batch)) => batch.operations,
         Ok(_) => return Err(corrupt_op(first, "not a run of operations")),
         Err(e) => return Err(corrupt_op(first, e)),
@@ -442,46 +492,59 @@ impl Store {
         if ops.is_empty() {
             return self.last_seq();
         }
-        let rows = encode_runs(ops)?;
-        // The frontier at the start of each row.
-        let frontiers = before
-            .map(|vv| {
-                let mut at = vv.clone();
-                let mut ops = ops.iter();
-                rows.iter()
-                    .map(|(count, _)| {
-                        let here = rmp_serde::to_vec_named(&at)
-                            .map_err(|e| StoreError::Encode(e.to_string()));
-                        for op in ops.by_ref().take(*count as usize) {
-                            nomade_crdt::raise_counter(
-                                &mut at,
-                                &op.actor_id,
-                                op.operation.last_counter(),
-                            );
-                        }
-                        here
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .transpose()?;
         self.with_db(|db| {
             let txn = db.begin_write().map_err(db_err)?;
             let last = {
                 let mut table = txn.open_table(OPS).map_err(db_err)?;
                 let mut marks = txn.open_table(FRONTIERS).map_err(db_err)?;
-                let mut next = match table.last().map_err(db_err)? {
-                    Some((k, v)) => k.value() + run_len(k.value(), v.value())?,
-                    None => 1,
+                let tail = table
+                    .last()
+                    .map_err(db_err)?
+                    .map(|(k, v)| (k.value(), v.value().to_vec()));
+                // A small last row is rewritten with these operations after
+                // its own; otherwise they start a row after it.
+                let (start, joined, rows) = match tail {
+                    Some((first, row)) if row.len() < JOIN_ROWS_BELOW => {
+                        let mut all = Vec::new();
+                        decode_run(first, &row, |_, op| {
+                            all.push(op);
+                            ControlFlow::Continue(())
+                        })?;
+                        all.extend_from_slice(ops);
+                        let rows = encode_runs(&all)?;
+                        (first, Some(all), rows)
+                    }
+                    Some((first, row)) => (first + run_len(first, &row)?, None, encode_runs(ops)?),
+                    None => (1, None, encode_runs(ops)?),
                 };
+                let all = joined.as_deref().unwrap_or(ops);
+                // The frontier at the start of each new row: what `before`
+                // covers and the operations ahead of it (the joined row
+                // keeps the frontier it had).
+                let mut at = before.cloned();
+                let mut pending = all.iter();
+                let mut next = start;
                 let mut last_mark = marks.last().map_err(db_err)?.map(|(k, _)| k.value());
                 for (i, (count, row)) in rows.iter().enumerate() {
                     table.insert(next, row.as_slice()).map_err(db_err)?;
                     // One frontier per FRONTIER_EVERY operations at most:
                     // small commits (one per keystroke) do not each add one.
                     let due = last_mark.is_none_or(|m| next >= m + FRONTIER_EVERY);
-                    if let (true, Some(f)) = (due, frontiers.as_ref().and_then(|f| f.get(i))) {
-                        marks.insert(next, f.as_slice()).map_err(db_err)?;
+                    let keeps_its_own = i == 0 && joined.is_some();
+                    if let (true, false, Some(vv)) = (due, keeps_its_own, at.as_ref()) {
+                        let frontier = rmp_serde::to_vec_named(vv)
+                            .map_err(|e| StoreError::Encode(e.to_string()))?;
+                        marks.insert(next, frontier.as_slice()).map_err(db_err)?;
                         last_mark = Some(next);
+                    }
+                    for op in pending.by_ref().take(*count as usize) {
+                        if let Some(vv) = at.as_mut() {
+                            nomade_crdt::raise_counter(
+                                vv,
+                                &op.actor_id,
+                                op.operation.last_counter(),
+                            );
+                        }
                     }
                     next += u64::from(*count);
                 }
@@ -896,6 +959,54 @@ mod tests {
         }
     }
 
+    /// Commits of one operation each (a keystroke at a time) join the last
+    /// row while it is small, so they leave a few compressed rows, not one
+    /// row each; every operation reads back with its sequence number, from
+    /// any position, also after reopening.
+    #[test]
+    fn small_commits_join_the_last_row_and_rows_are_compressed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        let store = Store::open(&path).unwrap();
+        let mut before = VersionVector::new();
+        for n in 1..=600 {
+            assert_eq!(store.append_ops(&[op(n)], Some(&before)).unwrap(), n);
+            before.insert("a".into(), n);
+        }
+        let (rows, compressed) = {
+            let slot = store.slot.read().unwrap();
+            let txn = slot.db.as_ref().unwrap().begin_read().unwrap();
+            let table = txn.open_table(OPS).unwrap();
+            let mut rows = 0;
+            let mut compressed = 0;
+            for entry in table.iter().unwrap() {
+                let (_, v) = entry.unwrap();
+                rows += 1;
+                compressed += usize::from(v.value()[0] == RUN_MARKER_LZ4);
+            }
+            (rows, compressed)
+        };
+        assert!(rows <= 20, "600 one-operation commits in {rows} rows");
+        assert!(
+            compressed >= rows - 1,
+            "{compressed} of {rows} rows compressed"
+        );
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.last_seq().unwrap(), 600);
+        for after in [0, 1, 299, 599] {
+            let got = collect(&store, after);
+            assert_eq!(got.len() as u64, 600 - after);
+            for (seq, o) in got {
+                assert_eq!(o, op(seq));
+            }
+        }
+        // Frontiers still let a nearly up-to-date peer start near the end.
+        let peer = VersionVector::from([("a".to_string(), 590)]);
+        let resume = store.resume_point(&peer).unwrap();
+        assert!(resume > 0 && resume <= 590, "resume at {resume}");
+    }
+
     /// A database of another store format is refused, with both formats
     /// named, and left as it was; one of this format opens again.
     #[test]
@@ -1007,6 +1118,32 @@ mod tests {
                 r
             }),
             ("not a run", rmp_serde::to_vec_named(&op(1)).unwrap()),
+            ("a compressed row cut short", {
+                let mut r = vec![RUN_MARKER_LZ4, 0, 0, 0, 1];
+                r.extend_from_slice(&100u32.to_be_bytes());
+                r.extend(lz4_flex::block::compress(&[0x90; 100])[..4].iter());
+                r
+            }),
+            ("a compressed row announcing 4 GiB", {
+                let mut r = vec![RUN_MARKER_LZ4, 0, 0, 0, 1];
+                r.extend_from_slice(&u32::MAX.to_be_bytes());
+                r.extend(lz4_flex::block::compress(&[0x90; 100]));
+                r
+            }),
+            ("a compressed row longer than announced", {
+                let batch = nomade_wire::BatchedSync {
+                    operations: vec![op(1)],
+                };
+                let payload = rmp_serde::to_vec_named(&batch).unwrap();
+                let mut r = vec![RUN_MARKER_LZ4, 0, 0, 0, 1];
+                r.extend_from_slice(&((payload.len() - 1) as u32).to_be_bytes());
+                r.extend(lz4_flex::block::compress(&payload));
+                r
+            }),
+            (
+                "a compressed header cut short",
+                vec![RUN_MARKER_LZ4, 0, 0, 0, 1, 0],
+            ),
         ];
         for (what, row) in cases {
             let dir = tempfile::tempdir().unwrap();
