@@ -160,9 +160,16 @@ const RUN_ROW_TARGET: usize = 60 * 1024;
 /// The operations as runs: (count, row) pairs, each row at most about
 /// [`RUN_ROW_TARGET`] bytes (or one operation, if larger).
 fn encode_runs(ops: &[SyncOperation]) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
+    encode_runs_after(BatchEncoder::new(RUN_ROW_TARGET), ops)
+}
+
+/// [`encode_runs`], the first row starting with what `batch` holds.
+fn encode_runs_after(
+    mut batch: BatchEncoder,
+    ops: &[SyncOperation],
+) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
     let encode = |e: nomade_wire::EncodeError| StoreError::Encode(e.to_string());
     let mut rows = Vec::new();
-    let mut batch = BatchEncoder::new(RUN_ROW_TARGET);
     let close = |batch: &mut BatchEncoder, rows: &mut Vec<(u32, Vec<u8>)>| {
         let count = batch.len() as u32;
         let mut payload = BytesMut::with_capacity(RUN_ROW_TARGET + 1024);
@@ -503,26 +510,30 @@ impl Store {
                     .map(|(k, v)| (k.value(), v.value().to_vec()));
                 // A small last row is rewritten with these operations after
                 // its own; otherwise they start a row after it.
+                // The operations already in the row they join (its bytes
+                // taken as they are, nothing decoded), if they join one.
                 let (start, joined, rows) = match tail {
                     Some((first, row)) if row.len() < JOIN_ROWS_BELOW => {
-                        let mut all = Vec::new();
-                        decode_run(first, &row, |_, op| {
-                            all.push(op);
-                            ControlFlow::Continue(())
-                        })?;
-                        all.extend_from_slice(ops);
-                        let rows = encode_runs(&all)?;
-                        (first, Some(all), rows)
+                        let (count, payload) = split_run(first, &row)?;
+                        let resumed = BatchEncoder::resume(RUN_ROW_TARGET, &payload)
+                            .map_err(|e| corrupt_op(first, e))?;
+                        if resumed.len() as u64 != count {
+                            return Err(corrupt_op(
+                                first,
+                                "the run's count and its operations differ",
+                            ));
+                        }
+                        (first, count, encode_runs_after(resumed, ops)?)
                     }
-                    Some((first, row)) => (first + run_len(first, &row)?, None, encode_runs(ops)?),
-                    None => (1, None, encode_runs(ops)?),
+                    Some((first, row)) => (first + run_len(first, &row)?, 0, encode_runs(ops)?),
+                    None => (1, 0, encode_runs(ops)?),
                 };
-                let all = joined.as_deref().unwrap_or(ops);
                 // The frontier at the start of each new row: what `before`
                 // covers and the operations ahead of it (the joined row
                 // keeps the frontier it had).
                 let mut at = before.cloned();
-                let mut pending = all.iter();
+                let mut pending = ops.iter();
+                let mut already = joined;
                 let mut next = start;
                 let mut last_mark = marks.last().map_err(db_err)?.map(|(k, _)| k.value());
                 for (i, (count, row)) in rows.iter().enumerate() {
@@ -530,14 +541,15 @@ impl Store {
                     // One frontier per FRONTIER_EVERY operations at most:
                     // small commits (one per keystroke) do not each add one.
                     let due = last_mark.is_none_or(|m| next >= m + FRONTIER_EVERY);
-                    let keeps_its_own = i == 0 && joined.is_some();
+                    let keeps_its_own = i == 0 && joined > 0;
                     if let (true, false, Some(vv)) = (due, keeps_its_own, at.as_ref()) {
                         let frontier = rmp_serde::to_vec_named(vv)
                             .map_err(|e| StoreError::Encode(e.to_string()))?;
                         marks.insert(next, frontier.as_slice()).map_err(db_err)?;
                         last_mark = Some(next);
                     }
-                    for op in pending.by_ref().take(*count as usize) {
+                    let new_here = u64::from(*count).saturating_sub(std::mem::take(&mut already));
+                    for op in pending.by_ref().take(new_here as usize) {
                         if let Some(vv) = at.as_mut() {
                             nomade_crdt::raise_counter(
                                 vv,

@@ -321,10 +321,21 @@ async fn bad_input_32_a_full_disk_acknowledges_nothing_and_recovers_when_space_r
     laptop.connect_known_peers().expect("dial");
     wait_acked(10, "the small operations").await;
 
-    let big = "x".repeat(60_000);
+    // Values that do not compress (the store compresses its rows).
+    let big = |i: u64| -> String {
+        let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..60_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'a' + (x % 26) as u8)
+            })
+            .collect()
+    };
     for i in 0..40 {
         laptop
-            .set("photos", &format!("p{i}"), big.as_str())
+            .set("photos", &format!("p{i}"), big(i).as_str())
             .expect("edit");
     }
     let log_says_so = || desk_log().contains("could not store operations");

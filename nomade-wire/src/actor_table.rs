@@ -48,7 +48,7 @@ fn str_len(len: usize) -> usize {
 }
 
 impl ActorTable {
-    fn add(&mut self, name: &str) {
+    pub(crate) fn add(&mut self, name: &str) {
         if !self.index.contains_key(name) {
             self.index.insert(name.to_string(), self.names.len() as u32);
             self.names.push(name.to_string());

@@ -13,7 +13,7 @@
 use bytes::{BufMut, BytesMut};
 
 use crate::actor_table::{encoding_with, ActorTable};
-use crate::error::EncodeError;
+use crate::error::{DecodeError, EncodeError};
 use crate::frame::{put_header, CHECKSUM_LEN, HEADER_LEN};
 use crate::message::SyncOperation;
 use crate::{MessageId, MessageType};
@@ -88,6 +88,47 @@ impl BatchEncoder {
             ops: BytesMut::new(),
             count: 0,
         }
+    }
+
+    /// Resumes a batch from a payload written by
+    /// [`finish_payload`](Self::finish_payload): its actor table and its
+    /// operations' bytes are taken as they are (nothing is decoded), and
+    /// operations pushed next follow them. A node appends to its last
+    /// stored row this way.
+    pub fn resume(max_payload: usize, payload: &[u8]) -> Result<BatchEncoder, DecodeError> {
+        let bad = |reason: &str| DecodeError::MalformedPayload {
+            message: "BATCHED_SYNC",
+            reason: reason.to_string(),
+        };
+        let mut rest = payload
+            .strip_prefix(PAYLOAD_PREFIX)
+            .ok_or_else(|| bad("not a batch's payload"))?;
+        let mut table = ActorTable::default();
+        let actors = rmp::decode::read_array_len(&mut rest).map_err(|e| bad(&e.to_string()))?;
+        for _ in 0..actors {
+            let len = rmp::decode::read_str_len(&mut rest).map_err(|e| bad(&e.to_string()))?;
+            let len = len as usize;
+            if rest.len() < len {
+                return Err(bad("an actor cut short"));
+            }
+            let (name, after) = rest.split_at(len);
+            let name = std::str::from_utf8(name).map_err(|_| bad("an actor that is not UTF-8"))?;
+            table.add(name);
+            rest = after;
+        }
+        let mut rest = rest
+            .strip_prefix(OPERATIONS_KEY)
+            .ok_or_else(|| bad("no operations after the actors"))?;
+        let count = rmp::decode::read_array_len(&mut rest).map_err(|e| bad(&e.to_string()))?;
+        if table.len() != actors as usize {
+            return Err(bad("an actor listed twice"));
+        }
+        Ok(BatchEncoder {
+            max_payload,
+            table,
+            ops: BytesMut::from(rest),
+            count: count as usize,
+        })
     }
 
     /// Operations in the batch being built.
@@ -252,6 +293,46 @@ mod tests {
             }
             prop_assert_eq!(all, ops);
         }
+    }
+
+    /// A batch resumed from its payload and pushed more gives the payload
+    /// of all the operations, as one batch of them all would.
+    #[test]
+    fn a_resumed_batch_continues_where_its_payload_ended() {
+        let mut other = op(3, 5);
+        other.actor_id = "dev-b".into();
+        let first = [op(1, 10), op(2, 0)];
+        let then = [other, op(4, 7)];
+        let mut enc = BatchEncoder::new(usize::MAX >> 1);
+        for o in &first {
+            assert!(enc.push(o).unwrap());
+        }
+        let mut payload = BytesMut::new();
+        enc.finish_payload(&mut payload).unwrap();
+        let mut resumed = BatchEncoder::resume(usize::MAX >> 1, &payload).unwrap();
+        assert_eq!(resumed.len(), 2);
+        for o in &then {
+            assert!(resumed.push(o).unwrap());
+        }
+        let mut joined = BytesMut::new();
+        resumed.finish_payload(&mut joined).unwrap();
+        let mut all = BatchEncoder::new(usize::MAX >> 1);
+        for o in first.iter().chain(&then) {
+            assert!(all.push(o).unwrap());
+        }
+        let mut expected = BytesMut::new();
+        all.finish_payload(&mut expected).unwrap();
+        assert_eq!(joined, expected);
+        // What is not a batch's payload is an error, not a panic.
+        for bad in [
+            &b""[..],
+            b"\x82\xa6actors",
+            b"\x82\xa6actors\x91\xa5ab",
+            &payload[..payload.len() / 2],
+        ] {
+            let _ = BatchEncoder::resume(1000, bad);
+        }
+        assert!(BatchEncoder::resume(1000, b"\x82\xa6actors\x91\xa5ab").is_err());
     }
 
     #[test]
