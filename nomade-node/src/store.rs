@@ -73,20 +73,27 @@ const SNAPSHOT_KEY: &str = "snapshot";
 const SNAPSHOT_CHUNK: usize = 60 * 1024;
 
 /// The snapshot's header in `META`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct SnapshotHeader {
-    /// Layout of this header and its chunks: 1.
+    /// Layout of this header and its chunks: 2 (LZ4-compressed).
     format: u32,
     /// The operations it covers: every one stored up to this sequence number.
     seq: u64,
-    /// Its length in bytes.
+    /// Its length in bytes, as stored (compressed).
     len: u64,
-    /// BLAKE3 of its bytes.
+    /// BLAKE3 of its bytes as stored.
     blake3: [u8; 32],
+    /// Its length once unpacked.
+    raw_len: u64,
 }
 
-/// The snapshot format this build writes and reads.
-const SNAPSHOT_FORMAT: u32 = 1;
+/// The snapshot format this build writes and reads: 2, the snapshot
+/// compressed with LZ4 (block format).
+const SNAPSHOT_FORMAT: u32 = 2;
+
+/// LZ4 never unpacks a byte to more than this many: a header announcing
+/// more than that is damaged, and is refused before anything is allocated.
+const LZ4_MAX_RATIO: u64 = 255;
 
 /// Operations between two recorded frontiers, at least: a reconnecting peer
 /// is sent from at most about this many operations (plus a row) before
@@ -716,12 +723,15 @@ impl Store {
     /// Replaces the snapshot with `bytes`, which covers every operation
     /// stored up to sequence number `seq`, in one transaction: a crash
     /// leaves the old snapshot or the new one, whole.
-    pub fn put_snapshot(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+    pub fn put_snapshot(&self, seq: u64, raw: &[u8]) -> Result<(), StoreError> {
+        let packed = lz4_flex::block::compress(raw);
+        let bytes = packed.as_slice();
         let header = rmp_serde::to_vec_named(&SnapshotHeader {
             format: SNAPSHOT_FORMAT,
             seq,
             len: bytes.len() as u64,
             blake3: *blake3::hash(bytes).as_bytes(),
+            raw_len: raw.len() as u64,
         })
         .map_err(|e| StoreError::Encode(e.to_string()))?;
         self.with_db(|db| {
@@ -783,7 +793,24 @@ impl Store {
             if *blake3::hash(&bytes).as_bytes() != header.blake3 {
                 return Err(bad("checksum mismatch".into()));
             }
-            Ok(Some((header.seq, bytes)))
+            let bound = header.len.saturating_mul(LZ4_MAX_RATIO).saturating_add(64);
+            if header.raw_len > bound {
+                return Err(bad(format!(
+                    "{} bytes cannot unpack to {}",
+                    header.len, header.raw_len
+                )));
+            }
+            let raw_len = usize::try_from(header.raw_len)
+                .map_err(|_| bad(format!("{} bytes unpacked", header.raw_len)))?;
+            let raw = lz4_flex::block::decompress(&bytes, raw_len)
+                .map_err(|e| bad(format!("compressed data: {e}")))?;
+            if raw.len() != raw_len {
+                return Err(bad(format!(
+                    "{} bytes unpacked where its header says {raw_len}",
+                    raw.len()
+                )));
+            }
+            Ok(Some((header.seq, raw)))
         })
     }
 
@@ -1017,6 +1044,35 @@ mod tests {
         let peer = VersionVector::from([("a".to_string(), 590)]);
         let resume = store.resume_point(&peer).unwrap();
         assert!(resume > 0 && resume <= 590, "resume at {resume}");
+    }
+
+    /// A snapshot is stored compressed; a header announcing more than its
+    /// bytes can unpack to, or another length than they do, is refused
+    /// before anything is allocated for it.
+    #[test]
+    fn a_snapshot_header_announcing_the_wrong_size_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("node.redb")).unwrap();
+        let state: Vec<u8> = (0..100_000u32).map(|i| (i % 7) as u8).collect();
+        store.put_snapshot(9, &state).unwrap();
+        assert_eq!(store.snapshot().unwrap(), Some((9, state.clone())));
+        let stored = |store: &Store| -> SnapshotHeader {
+            rmp_serde::from_slice(&store.meta(SNAPSHOT_KEY).unwrap().unwrap()).unwrap()
+        };
+        assert!(stored(&store).len < 10_000, "stored compressed");
+        for raw_len in [u64::MAX, state.len() as u64 + 1, state.len() as u64 - 1] {
+            let header = SnapshotHeader {
+                raw_len,
+                ..stored(&store)
+            };
+            store
+                .set_meta(SNAPSHOT_KEY, &rmp_serde::to_vec_named(&header).unwrap())
+                .unwrap();
+            assert!(
+                matches!(store.snapshot(), Err(StoreError::Corrupt { .. })),
+                "raw length {raw_len}"
+            );
+        }
     }
 
     /// A database of another store format is refused, with both formats
