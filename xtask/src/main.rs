@@ -17,6 +17,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "decode_frame",
     "decode_stream",
     "roundtrip",
+    "apply_operations",
     "peer_identity",
 ];
 
