@@ -13,7 +13,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use nomade_crdt::{Replica, ReplicaConfig};
-use nomade_wire::{Envelope, Message, SyncOperation, CHECKSUM_LEN, HEADER_LEN};
+use nomade_wire::{Envelope, Message, SyncOperation};
 
 fn config() -> ReplicaConfig {
     ReplicaConfig {
@@ -58,15 +58,7 @@ fuzz_target!(|data: &[u8]| {
     if let Some(ops) = operations(data) {
         check(ops);
     }
-    if data.len() >= HEADER_LEN {
-        let payload = &data[HEADER_LEN..];
-        let mut frame = Vec::with_capacity(data.len() + CHECKSUM_LEN);
-        frame.extend_from_slice(&data[..HEADER_LEN]);
-        frame[27..31].copy_from_slice(&(payload.len() as u32).to_be_bytes());
-        frame.extend_from_slice(payload);
-        frame.extend_from_slice(blake3::hash(payload).as_bytes());
-        if let Some(ops) = operations(&frame) {
-            check(ops);
-        }
+    if let Some(ops) = nomade_fuzz::with_length_and_checksum_fixed(data).and_then(|f| operations(&f)) {
+        check(ops);
     }
 });

@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nomade_wire::{Envelope, CHECKSUM_LEN, HEADER_LEN};
+use nomade_wire::Envelope;
 
 fn check(frame: &[u8]) {
     if let Ok(env) = Envelope::decode(frame) {
@@ -25,13 +25,7 @@ fn check(frame: &[u8]) {
 
 fuzz_target!(|data: &[u8]| {
     check(data);
-    if data.len() >= HEADER_LEN {
-        let payload = &data[HEADER_LEN..];
-        let mut frame = Vec::with_capacity(data.len() + CHECKSUM_LEN);
-        frame.extend_from_slice(&data[..HEADER_LEN]);
-        frame[27..31].copy_from_slice(&(payload.len() as u32).to_be_bytes());
-        frame.extend_from_slice(payload);
-        frame.extend_from_slice(blake3::hash(payload).as_bytes());
+    if let Some(frame) = nomade_fuzz::with_length_and_checksum_fixed(data) {
         check(&frame);
     }
 });

@@ -508,44 +508,40 @@ def check_operation(op) -> None:
             raise SpecError(f"a removed range of {r['len']} from {r['counter']}")
 
 
+def map_actors(op, f):
+    """`op` with `f` applied to every actor it names, in the order of first
+    mention (PROTOCOL.md, BATCHED_SYNC): its actor_id, the keys of its deps
+    in their order, then its after element's actor or its ranges' actors."""
+    o = op["operation"]
+    author = f(op["actor_id"])
+    deps = {f(k): c for k, c in o["deps"].items()}
+    ((variant, body),) = o["edit"].items()
+    body = dict(body)
+    if body.get("after") is not None:
+        body["after"] = dict(body["after"], actor=f(body["after"]["actor"]))
+    if "ranges" in body:
+        body["ranges"] = [dict(r, actor=f(r["actor"])) for r in body["ranges"]]
+    return dict(op, actor_id=author, operation=dict(o, deps=deps, edit={variant: body}))
+
+
 def resolve_batch(batch):
     """BATCHED_SYNC's operations with their device ids (PROTOCOL.md,
     BATCHED_SYNC): every index inside the table, deps in the byte-wise order
     of the device ids, and the table exactly the device ids named, each
     once, in order of first mention."""
-    actors = batch["actors"]
+    actors, mentioned = batch["actors"], []
 
     def name(i):
         if i >= len(actors):
             raise SpecError(f"actor index {i} outside a table of {len(actors)}")
+        if actors[i] not in mentioned:
+            mentioned.append(actors[i])
         return actors[i]
-
-    resolved, mentioned = [], []
-
-    def mention(n):
-        if n not in mentioned:
-            mentioned.append(n)
-    for op in batch["operations"]:
-        o = op["operation"]
-        deps = [(name(k), c) for k, c in o["deps"].items()]
-        if [n.encode("utf-8") for n, _ in deps] != sorted(n.encode("utf-8") for n, _ in deps):
+    resolved = [map_actors(op, name) for op in batch["operations"]]
+    for op in resolved:
+        keys = [k.encode("utf-8") for k in op["operation"]["deps"]]
+        if keys != sorted(keys):
             raise SpecError("deps are not in the byte-wise order of the device ids")
-        ((variant, body),) = o["edit"].items()
-        body = dict(body)
-        if body.get("after") is not None:
-            body["after"] = dict(body["after"], actor=name(body["after"]["actor"]))
-        if "ranges" in body:
-            body["ranges"] = [dict(r, actor=name(r["actor"])) for r in body["ranges"]]
-        author = name(op["actor_id"])
-        mention(author)
-        for n, _ in deps:
-            mention(n)
-        if body.get("after") is not None:
-            mention(body["after"]["actor"])
-        for r in body.get("ranges", []):
-            mention(r["actor"])
-        resolved.append(dict(op, actor_id=author,
-                             operation=dict(o, deps=dict(deps), edit={variant: body})))
     if mentioned != actors:
         raise SpecError(f"the actor table {actors} is not the device ids named, in order: {mentioned}")
     return resolved
@@ -559,19 +555,11 @@ def to_batch(ops):
         if n not in actors:
             actors.append(n)
         return actors.index(n)
-    out = []
-    for op in ops:
-        o = op["operation"]
-        author = ref(op["actor_id"])
-        deps = {ref(n): c for n, c in sorted(o["deps"].items(), key=lambda e: e[0].encode("utf-8"))}
-        ((variant, body),) = o["edit"].items()
-        body = dict(body)
-        if body.get("after") is not None:
-            body["after"] = dict(body["after"], actor=ref(body["after"]["actor"]))
-        if "ranges" in body:
-            body["ranges"] = [dict(r, actor=ref(r["actor"])) for r in body["ranges"]]
-        out.append(dict(op, actor_id=author, operation=dict(o, deps=deps, edit={variant: body})))
-    return {"actors": actors, "operations": out}
+
+    def deps_by_name(op):
+        deps = sorted(op["operation"]["deps"].items(), key=lambda e: e[0].encode("utf-8"))
+        return dict(op, operation=dict(op["operation"], deps=dict(deps)))
+    return {"actors": actors, "operations": [map_actors(deps_by_name(op), ref) for op in ops]}
 
 
 def operations_of(mtype: int, obj):

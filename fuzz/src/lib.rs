@@ -1,0 +1,17 @@
+//! What the fuzz targets share.
+
+use nomade_wire::{CHECKSUM_LEN, HEADER_LEN};
+
+/// `data` taken as `header | payload`, with the header's length and the
+/// checksum made right: random bytes rarely carry a valid BLAKE3 checksum,
+/// and this sends the fuzzer deep into payload decoding. `None` when
+/// `data` is shorter than a header.
+pub fn with_length_and_checksum_fixed(data: &[u8]) -> Option<Vec<u8>> {
+    let payload = data.get(HEADER_LEN..)?;
+    let mut frame = Vec::with_capacity(data.len() + CHECKSUM_LEN);
+    frame.extend_from_slice(&data[..HEADER_LEN]);
+    frame[27..31].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame.extend_from_slice(blake3::hash(payload).as_bytes());
+    Some(frame)
+}
