@@ -44,21 +44,35 @@ fn check(ops: Vec<SyncOperation>) {
             .apply_remote(op)
             .expect("what was applied applies again, in the order applied");
     }
-    assert_eq!(replay.state_hash(), hash, "a replay of what was applied differs");
+    assert_eq!(
+        replay.state_hash(),
+        hash,
+        "a replay of what was applied differs"
+    );
     for op in applied {
         let _ = replica.apply_remote(op);
     }
-    assert_eq!(replica.state_hash(), hash, "applying again changed the state");
+    assert_eq!(
+        replica.state_hash(),
+        hash,
+        "applying again changed the state"
+    );
     let bytes = replica.snapshot().expect("a snapshot");
     let restored = Replica::from_snapshot("fuzz-device", &bytes, config()).expect("restores");
-    assert_eq!(restored.state_hash(), hash, "the snapshot restores another state");
+    assert_eq!(
+        restored.state_hash(),
+        hash,
+        "the snapshot restores another state"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
     if let Some(ops) = operations(data) {
         check(ops);
     }
-    if let Some(ops) = nomade_fuzz::with_length_and_checksum_fixed(data).and_then(|f| operations(&f)) {
+    if let Some(ops) =
+        nomade_fuzz::with_length_and_checksum_fixed(data).and_then(|f| operations(&f))
+    {
         check(ops);
     }
 });
