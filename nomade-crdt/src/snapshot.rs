@@ -162,7 +162,7 @@ impl Replica {
         bytes: &[u8],
         config: ReplicaConfig,
     ) -> Result<Replica, CrdtError> {
-        let mut de = rmp_serde::Deserializer::new(bytes);
+        let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
         de.set_max_depth(MAX_DEPTH);
         let snap =
             Snapshot::deserialize(&mut de).map_err(|e| CrdtError::BadSnapshot(e.to_string()))?;
