@@ -409,6 +409,58 @@ async fn bad_input_32_a_full_disk_acknowledges_nothing_and_recovers_when_space_r
     laptop.shutdown().await;
 }
 
+/// A data directory of an earlier build (store format 1: operation rows and
+/// no format entry): every command, `serve` included, exits with the
+/// message that says what to do, and the file stays as it was.
+#[test]
+fn a_database_of_an_earlier_build_is_refused_with_what_to_do() {
+    use redb::ReadableDatabase;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("desk");
+    ok(nomade(&dir, &["name", "desk"]));
+    let db = dir.join("nomade.redb");
+    std::fs::remove_file(&db).expect("start from an earlier build's file");
+    {
+        let old = redb::Database::create(&db).expect("create");
+        let txn = old.begin_write().expect("write");
+        let ops: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("ops");
+        txn.open_table(ops)
+            .expect("ops")
+            .insert(1, b"\x85an operation of the earlier form".as_slice())
+            .expect("row");
+        txn.commit().expect("commit");
+    }
+    for args in [
+        &["status"][..],
+        &["doc", "show", "trip"][..],
+        &["serve", "--listen", "127.0.0.1:0"][..],
+    ] {
+        let out = nomade(&dir, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr.contains("older Nomade") && stderr.contains("move nomade.redb"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // The operations are there as they were, and no format was stamped.
+    let old = redb::Database::create(&db).expect("reopen");
+    let txn = old.begin_read().expect("read");
+    let ops: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("ops");
+    let table = txn.open_table(ops).expect("ops");
+    let row = table.get(1).expect("get").map(|r| r.value().to_vec());
+    assert_eq!(
+        row.as_deref(),
+        Some(&b"\x85an operation of the earlier form"[..])
+    );
+    let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+    let stamped = txn
+        .open_table(meta)
+        .is_ok_and(|m| m.get("store_format").expect("get").is_some());
+    assert!(!stamped, "a format was stamped on the earlier build's file");
+}
+
 /// BAD_INPUTS #31 at start-up: a truncated or overwritten database makes
 /// every command, `serve` included, exit at once with a clear message and a
 /// failure status (no panic, no retry loop), and leaves the file as it was
