@@ -71,6 +71,14 @@ pub enum LocalEdit {
         /// The item.
         value: Value,
     },
+    /// Append an item to a conversation: after its last visible item as
+    /// the replica holds it when the edit is applied (not at an index read
+    /// earlier, which another edit may have changed meanwhile). Finds the
+    /// last item without walking the conversation.
+    Append {
+        /// The item.
+        value: Value,
+    },
     /// Remove the conversation item at `index`.
     Remove {
         /// The item's position.
@@ -85,6 +93,7 @@ impl LocalEdit {
             LocalEdit::Delete { .. } => "Delete",
             LocalEdit::Splice { .. } => "Splice",
             LocalEdit::Insert { .. } => "Insert",
+            LocalEdit::Append { .. } => "Append",
             LocalEdit::Remove { .. } => "Remove",
         }
     }
@@ -395,6 +404,12 @@ impl Replica {
                     let after = index.checked_sub(1).and_then(|p| seq.id_at(p));
                     vec![Edit::Insert {
                         after: after.map(|e| self.element_id(&e)),
+                        values: vec![value.clone()],
+                    }]
+                }
+                (LocalEdit::Append { value }, EntityType::Conversation) => {
+                    vec![Edit::Insert {
+                        after: conversation.last_id().map(|e| self.element_id(&e)),
                         values: vec![value.clone()],
                     }]
                 }

@@ -176,6 +176,23 @@ impl<T: Clone> Sequence<T> {
         None
     }
 
+    /// The id of the last visible element, found from the end: the last
+    /// block with a visible element, then that element.
+    pub fn last_id(&self) -> Option<Eid> {
+        let block = self
+            .order
+            .iter()
+            .rev()
+            .map(|&b| &self.blocks[b as usize])
+            .find(|b| b.visible > 0)?;
+        block
+            .elems
+            .iter()
+            .rev()
+            .find(|e| !e.deleted)
+            .map(|e| e.key.id)
+    }
+
     /// The ids of `count` visible elements starting at visible index `start`
     /// (fewer if the sequence ends first).
     pub fn ids_from(&self, start: usize, count: usize) -> Vec<Eid> {

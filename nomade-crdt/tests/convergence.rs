@@ -76,7 +76,15 @@ fn local_edit(
         }
         _ => {
             let len = r.conversation("c0").map(|c| c.len()).unwrap_or(0);
-            if kind % 2 == 0 || len == 0 {
+            if kind == 3 {
+                (
+                    EntityType::Conversation,
+                    "c0",
+                    LocalEdit::Append {
+                        value: Value::from(text),
+                    },
+                )
+            } else if kind % 2 == 0 || len == 0 {
                 (
                     EntityType::Conversation,
                     "c0",

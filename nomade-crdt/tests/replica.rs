@@ -512,3 +512,50 @@ fn different_states_hash_differently() {
     .unwrap();
     assert_ne!(a.state_hash(), c.state_hash());
 }
+
+/// An append goes after the last item the replica holds when it is
+/// applied, and the last items removed, after the last one still there.
+#[test]
+fn append_goes_after_the_last_visible_item() {
+    let mut r = Replica::new("a");
+    let append = |r: &mut Replica, v: i64| {
+        r.apply_local(
+            CONV,
+            "c",
+            LocalEdit::Append {
+                value: Value::Int(v),
+            },
+            0,
+        )
+        .unwrap()
+    };
+    for v in 0..1200 {
+        append(&mut r, v);
+    }
+    let items: Vec<Value> = (0..1200).map(Value::Int).collect();
+    assert_eq!(r.conversation("c"), Some(items));
+    for _ in 0..3 {
+        r.apply_local(CONV, "c", LocalEdit::Remove { index: 1196 }, 0)
+            .unwrap();
+    }
+    append(&mut r, -1);
+    let got = r.conversation("c").unwrap();
+    assert_eq!(got.len(), 1198);
+    assert_eq!(
+        got[1195..],
+        [Value::Int(1195), Value::Int(1199), Value::Int(-1)]
+    );
+    // Not on a document.
+    let mut peer = Replica::new("b");
+    assert!(matches!(
+        peer.apply_local(
+            DOC,
+            "c",
+            LocalEdit::Append {
+                value: Value::Int(0)
+            },
+            0
+        ),
+        Err(CrdtError::WrongEntityType { .. })
+    ));
+}

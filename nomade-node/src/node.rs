@@ -365,10 +365,14 @@ impl Node {
         .map(drop)
     }
 
-    /// Appends an item to a conversation.
+    /// Appends an item to a conversation: after its last item as this device
+    /// holds it when the edit is applied, in one step under the replica's
+    /// lock (no length read beforehand that another edit could change, and
+    /// no copy of the conversation).
     pub fn conv_append(&self, conv: &str, value: impl Into<Value>) -> Result<(), NodeError> {
-        let len = self.conversation(conv).map(|c| c.len()).unwrap_or(0);
-        self.conv_insert(conv, len, value)
+        let value = value.into();
+        self.edit(EntityType::Conversation, conv, LocalEdit::Append { value })
+            .map(drop)
     }
 
     /// Removes the conversation item at `index`.
