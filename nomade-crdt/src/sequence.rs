@@ -150,7 +150,9 @@ impl<T: Clone> Sequence<T> {
 
     fn locate(&self, id: &Eid) -> Option<(usize, usize)> {
         let block = *self.index.get(id)?;
-        let pos = self.order.iter().position(|&b| b == block)?;
+        // From the end: appending, and typing at the end of a text, find
+        // their block at once.
+        let pos = self.order.iter().rposition(|&b| b == block)?;
         let i = self.blocks[block as usize]
             .elems
             .iter()
