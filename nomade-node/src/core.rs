@@ -47,8 +47,11 @@ pub struct Core {
     /// The sequence number the latest snapshot covers, and its size.
     snapshot_seq: std::sync::atomic::AtomicU64,
     snapshot_len: std::sync::atomic::AtomicU64,
-    /// Per peer: the operations it acknowledged (stored durably), as a version vector.
+    /// Per peer: the operations it acknowledged (stored durably), as a
+    /// version vector, kept in the store too (see [`Core::record_ack`]).
     acked: Mutex<HashMap<String, VersionVector>>,
+    /// Per peer: when its acknowledgements were last written to the store.
+    acked_saved: Mutex<HashMap<String, std::time::Instant>>,
     /// Per peer: when operations last went either way (received from it and
     /// applied, or acknowledged by it), in ms since the Unix epoch.
     last_sync: Mutex<HashMap<String, i64>>,
@@ -78,6 +81,10 @@ pub const SNAPSHOT_EVERY: u64 = 20_000;
 /// Operations stored between two snapshots, at least, per byte of the last
 /// snapshot.
 const SNAPSHOT_BYTES_PER_OP: u64 = 8;
+
+/// Acknowledgements from one peer are written to the store at most this
+/// often (and at every checkpoint).
+pub const ACKED_SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// At shutdown, a snapshot is written if at least this many operations were
 /// stored since the last one.
@@ -131,6 +138,7 @@ impl Core {
         let (replica, snapshot_seq, snapshot_len) =
             load_replica(&store, device_id, replica_config)?;
         let last = store.last_seq()?;
+        let acked = store.acked()?.into_iter().collect();
         let (changes, _) = broadcast::channel(4096);
         Ok(Arc::new(Core {
             dir: dir.to_path_buf(),
@@ -143,7 +151,8 @@ impl Core {
             appended: watch::Sender::new(last),
             snapshot_seq: std::sync::atomic::AtomicU64::new(snapshot_seq),
             snapshot_len: std::sync::atomic::AtomicU64::new(snapshot_len),
-            acked: Mutex::new(HashMap::new()),
+            acked: Mutex::new(acked),
+            acked_saved: Mutex::new(HashMap::new()),
             last_sync: Mutex::new(HashMap::new()),
             clock_skew_ms: std::sync::atomic::AtomicI64::new(0),
         }))
@@ -175,6 +184,7 @@ impl Core {
     /// stored since the last one, so that the next start loads it instead of
     /// replaying them (called when the node shuts down).
     pub fn checkpoint(&self) {
+        self.save_acked();
         let replica = self.replica();
         let seq = *self.appended.borrow();
         // A few edits (a command-line `doc set`) are quicker replayed than
@@ -476,22 +486,93 @@ impl Core {
         Ok((ops, next, more))
     }
 
-    /// Records that `peer` acknowledged (durably stored) the operations `vv` covers.
+    /// Records that `peer` acknowledged (durably stored) the operations `vv`
+    /// covers. It is written to the store at most every
+    /// [`ACKED_SAVE_EVERY`] per peer (and at [`Core::checkpoint`]), without
+    /// a disk sync of its own: what a device is known to hold survives
+    /// restarts, which is what compacting the history below what every
+    /// paired device holds needs ([`Core::compaction_floor`]).
     pub fn record_ack(&self, peer: &str, vv: &VersionVector) {
-        {
+        let merged = {
             let mut acked = lock(&self.acked);
             let entry = acked.entry(peer.to_string()).or_default();
             for (actor, &c) in vv {
                 nomade_crdt::raise_counter(entry, actor, c);
             }
+            entry.clone()
+        };
+        let due = {
+            let mut saved = lock(&self.acked_saved);
+            let now = std::time::Instant::now();
+            match saved.get(peer) {
+                Some(at) if now.duration_since(*at) < ACKED_SAVE_EVERY => false,
+                _ => {
+                    saved.insert(peer.to_string(), now);
+                    true
+                }
+            }
+        };
+        if due {
+            if let Err(e) = self.store.put_acked(&[(peer.to_string(), merged)], false) {
+                tracing::debug!(%peer, error = %e, "could not record an acknowledgement");
+            }
         }
         self.note_sync(peer);
     }
 
-    /// What `peer` has acknowledged so far in this process's lifetime.
+    /// Writes every acknowledgement recorded, synced to disk (at a
+    /// checkpoint: the node is stopping).
+    fn save_acked(&self) {
+        let rows: Vec<(String, VersionVector)> = lock(&self.acked)
+            .iter()
+            .map(|(peer, vv)| (peer.clone(), vv.clone()))
+            .collect();
+        if let Err(e) = self.store.put_acked(&rows, true) {
+            tracing::warn!(error = %e, "could not record acknowledgements");
+        }
+    }
+
+    /// What `peer` has acknowledged (kept across restarts).
     pub fn acked_by(&self, peer: &str) -> VersionVector {
         let acked = lock(&self.acked);
         acked.get(peer).cloned().unwrap_or_default()
+    }
+
+    /// What every one of `peers` (the paired devices) has acknowledged: the
+    /// pointwise minimum of their acknowledgements, the history below it
+    /// being held by all of them. A device not seen for longer than `hold`
+    /// no longer holds it back (the rule compaction of the history will
+    /// use: such a device, when it returns, resyncs from a snapshot); one
+    /// never seen since pairing does.
+    pub fn compaction_floor(
+        &self,
+        peers: &[crate::store::PeerRecord],
+        now_ms: i64,
+        hold: std::time::Duration,
+    ) -> VersionVector {
+        let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
+        let acked = lock(&self.acked);
+        let mut floor: Option<VersionVector> = None;
+        for peer in peers {
+            let silent = peer
+                .last_seen_ms
+                .is_some_and(|seen| now_ms.saturating_sub(seen) > hold_ms);
+            if silent {
+                continue;
+            }
+            let theirs = acked.get(&peer.device_id).cloned().unwrap_or_default();
+            floor = Some(match floor {
+                None => theirs,
+                Some(f) => f
+                    .into_iter()
+                    .filter_map(|(actor, c)| {
+                        let t = theirs.get(&actor).copied().unwrap_or(0);
+                        (c.min(t) > 0).then_some((actor, c.min(t)))
+                    })
+                    .collect(),
+            });
+        }
+        floor.unwrap_or_default()
     }
 
     /// A document's fields (concurrent writes resolved deterministically).

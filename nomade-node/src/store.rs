@@ -45,6 +45,12 @@ use crate::error::StoreError;
 const OPS: TableDefinition<u64, &[u8]> = TableDefinition::new("ops");
 const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// What each paired device acknowledged (stored durably on its side), as a
+/// version vector: device id -> MessagePack `VersionVector`. Written
+/// without a disk sync of its own (it becomes durable with the next
+/// commit that has one); after a crash a device is known to hold a little
+/// less than it does, which only holds more history back.
+const ACKED: TableDefinition<&str, &[u8]> = TableDefinition::new("acked");
 /// For each row of `OPS` (by its first sequence number): the version vector
 /// of the operations stored before it. Those are exactly the operations it
 /// covers (the log is in applied order, each device's operations in counter
@@ -369,6 +375,7 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
         let mut meta = txn.open_table(META).map_err(db_err)?;
         txn.open_table(FRONTIERS).map_err(db_err)?;
         txn.open_table(SNAPSHOT).map_err(db_err)?;
+        txn.open_table(ACKED).map_err(db_err)?;
         let found = match meta.get(FORMAT_KEY).map_err(db_err)? {
             Some(raw) => match <[u8; 4]>::try_from(raw.value()) {
                 Ok(b) => Some(u32::from_be_bytes(b)),
@@ -715,6 +722,60 @@ impl Store {
             for entry in table.iter().map_err(db_err)? {
                 let (k, v) = entry.map_err(db_err)?;
                 out.push(decode_peer(k.value(), v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Records what these devices acknowledged (replacing what was recorded
+    /// for them), in one transaction: synced to disk when `durable`, else
+    /// durable with the next commit that is.
+    pub fn put_acked(
+        &self,
+        acked: &[(String, VersionVector)],
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        if acked.is_empty() {
+            return Ok(());
+        }
+        let rows = acked
+            .iter()
+            .map(|(peer, vv)| {
+                rmp_serde::to_vec_named(vv)
+                    .map(|bytes| (peer.as_str(), bytes))
+                    .map_err(|e| StoreError::Encode(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.with_db(|db| {
+            let mut txn = db.begin_write().map_err(db_err)?;
+            if !durable {
+                txn.set_durability(redb::Durability::None)
+                    .map_err(|e| StoreError::Database(e.to_string()))?;
+            }
+            {
+                let mut table = txn.open_table(ACKED).map_err(db_err)?;
+                for (peer, bytes) in &rows {
+                    table.insert(*peer, bytes.as_slice()).map_err(db_err)?;
+                }
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(())
+        })
+    }
+
+    /// What each paired device acknowledged, as recorded.
+    pub fn acked(&self) -> Result<Vec<(String, VersionVector)>, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(ACKED).map_err(db_err)?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(db_err)? {
+                let (k, v) = entry.map_err(db_err)?;
+                let vv: VersionVector =
+                    rmp_serde::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                        what: format!("what {} acknowledged: {e}", k.value()),
+                    })?;
+                out.push((k.value().to_string(), vv));
             }
             Ok(out)
         })

@@ -733,3 +733,78 @@ async fn a_reconnect_reads_what_is_missing_not_the_history() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// What a paired device acknowledged is kept across restarts (history
+/// issue: each device persists what every paired device holds), and the
+/// floor below which every paired device holds the history leaves out a
+/// device silent for longer than the hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_survive_a_restart_and_give_the_compaction_floor() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (laptop_dir, desk_dir) = (tmp.path().join("laptop"), tmp.path().join("desk"));
+    let laptop = Node::open(&laptop_dir, config("laptop")).expect("open");
+    let desk = Node::open(&desk_dir, config("desk")).expect("open");
+    for i in 0..30 {
+        laptop.set("trip", &format!("k{i}"), i).expect("edit");
+    }
+    let me = laptop.device_id().to_string();
+    let desk_id = desk.device_id().to_string();
+    let addr = online(&laptop).await;
+    online(&desk).await;
+    laptop
+        .add_peer(desk.device_id(), "desk", &[])
+        .expect("pair");
+    desk.add_peer(laptop.device_id(), "laptop", &[addr])
+        .expect("pair");
+    desk.connect(addr, laptop.device_id())
+        .await
+        .expect("connect");
+    let acked = || {
+        laptop
+            .core()
+            .acked_by(&desk_id)
+            .get(&me)
+            .copied()
+            .unwrap_or(0)
+    };
+    wait_for(|| acked() >= 30, "the desk acknowledging 30 operations").await;
+    // More, acknowledged within a second of the first: written at shutdown.
+    laptop.set("trip", "late", 1).expect("edit");
+    wait_for(|| acked() >= 31, "the desk acknowledging the last one").await;
+    laptop.shutdown().await;
+    desk.shutdown().await;
+    drop(laptop);
+
+    let laptop = Node::open(&laptop_dir, config("laptop")).expect("reopen");
+    assert_eq!(
+        laptop.core().acked_by(&desk_id).get(&me).copied(),
+        Some(31),
+        "what the desk acknowledged, after a restart"
+    );
+    let peers = laptop.peers().expect("peers");
+    let now = nomade_node::core::now_ms();
+    let hold = Duration::from_secs(30 * 24 * 3600);
+    let floor = laptop.core().compaction_floor(&peers, now, hold);
+    assert_eq!(floor.get(&me).copied(), Some(31));
+    // A second paired device that never acknowledged anything holds it all back...
+    let phone = nomade_transport::DeviceIdentity::generate().expect("identity");
+    laptop
+        .add_peer(phone.device_id(), "phone", &[])
+        .expect("pair");
+    let mut peers = laptop.peers().expect("peers");
+    assert!(laptop.core().compaction_floor(&peers, now, hold).is_empty());
+    // ...until it has been silent for longer than the hold.
+    for p in &mut peers {
+        if p.device_id == phone.device_id().to_string() {
+            p.last_seen_ms = Some(now - 31 * 24 * 3600 * 1000);
+        }
+    }
+    assert_eq!(
+        laptop
+            .core()
+            .compaction_floor(&peers, now, hold)
+            .get(&me)
+            .copied(),
+        Some(31)
+    );
+}
