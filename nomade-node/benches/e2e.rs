@@ -350,32 +350,48 @@ async fn full_sync(ops: usize, docs: usize, limits: RateLimits) -> FullSync {
     a.shutdown().await;
     b.shutdown().await;
     drop((a, b));
-    // Reconnect: both devices hold the whole history; A makes one new
-    // operation while apart. What goes between them (both ways, every
-    // stream) and how long until B has it.
-    let a = Node::open(&tmp.path().join("a"), limited_config("a", limits)).unwrap();
-    let b = Node::open(&tmp.path().join("b"), limited_config("b", limits)).unwrap();
-    a.set("doc-0", "after", 1).unwrap();
-    let addr_a = a.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    b.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let target = a.core().version_vector();
-    let start = Instant::now();
-    b.connect(addr_a, a.device_id()).await.unwrap();
-    while b.core().version_vector() != target {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let reconnect_ms = start.elapsed().as_secs_f64() * 1e3;
-    let r = b.status().metrics;
-    a.shutdown().await;
-    b.shutdown().await;
+    // Reconnect: both devices hold the whole history. First with nothing
+    // new (what a reconnect costs: the QUIC and TLS handshake, HELLO, both
+    // sync requests), then with one new operation on A made while apart.
+    let (idle_bytes, _) = reconnect(tmp.path(), limits, false).await;
+    let (reconnect_bytes, reconnect_ms) = reconnect(tmp.path(), limits, true).await;
     FullSync {
         ops_per_sec: ops as f64 / secs,
         bytes_per_op: m.bytes_received as f64 / ops as f64,
         frames_per_sec: m.sync_frames_received as f64 / secs,
         secs,
-        reconnect_bytes: r.bytes_received + r.bytes_sent,
+        reconnect_bytes,
         reconnect_ms,
+        reconnect_idle_bytes: idle_bytes,
     }
+}
+
+/// Reopens the two devices of [`full_sync`] and connects them, A having
+/// made one new operation while apart if `change`. Returns the bytes that
+/// went between them (UDP, both ways, every stream) and the time from the
+/// dial until B completed its sync from A with that operation.
+async fn reconnect(dir: &Path, limits: RateLimits, change: bool) -> (u64, f64) {
+    let a = Node::open(&dir.join("a"), limited_config("a", limits)).unwrap();
+    let b = Node::open(&dir.join("b"), limited_config("b", limits)).unwrap();
+    if change {
+        a.set("doc-0", "after", 1).unwrap();
+    }
+    let addr_a = a.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    b.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let target = a.core().version_vector();
+    let start = Instant::now();
+    b.connect(addr_a, a.device_id()).await.unwrap();
+    b.wait_initial_sync(&a.device_id(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    while b.core().version_vector() != target {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    let m = b.status().metrics;
+    a.shutdown().await;
+    b.shutdown().await;
+    (m.bytes_received + m.bytes_sent, ms)
 }
 
 /// The rate after the limiter's initial burst (one second's worth of tokens).
@@ -394,6 +410,8 @@ struct FullSync {
     reconnect_bytes: u64,
     /// From the reconnecting dial to the new operation applied.
     reconnect_ms: f64,
+    /// Bytes both ways when the two reconnect with nothing new.
+    reconnect_idle_bytes: u64,
 }
 
 /// Live sync latency: one operation at a time, created on A, applied on B.
@@ -493,8 +511,8 @@ fn main() {
         if run("sync") {
             let f = rt.block_on(full_sync(ops, docs, RateLimits::OFF));
             println!(
-                "e2e: full sync {:.0} ops/s, {:.0} bytes/op, {:.0} frames/s; reconnect differing by one operation: {} bytes, {:.1} ms",
-                f.ops_per_sec, f.bytes_per_op, f.frames_per_sec, f.reconnect_bytes, f.reconnect_ms
+                "e2e: full sync {:.0} ops/s, {:.0} bytes/op, {:.0} frames/s; reconnect differing by one operation: {} bytes ({} with nothing new), {:.1} ms",
+                f.ops_per_sec, f.bytes_per_op, f.frames_per_sec, f.reconnect_bytes, f.reconnect_idle_bytes, f.reconnect_ms
             );
         }
         if run("latency") {
@@ -545,6 +563,7 @@ fn main() {
         "full_sync_secs": sync.secs,
         "reconnect_bytes": sync.reconnect_bytes,
         "reconnect_ms": sync.reconnect_ms,
+        "reconnect_idle_bytes": sync.reconnect_idle_bytes,
         "full_sync_ops_per_sec": ops_per_sec,
         "full_sync_bytes_per_op": bytes_per_op,
         "full_sync_frames_per_sec": sync.frames_per_sec,
