@@ -18,6 +18,9 @@ pub struct Tagged {
     pub lamport: u64,
     /// The writing actor, interned in the replica's actor table.
     pub actor: ActorIdx,
+    /// The write's counter: with `actor`, its dot (what a snapshot keeps
+    /// of the write besides the value).
+    pub counter: u64,
     /// The value written.
     pub value: Value,
 }
@@ -103,6 +106,7 @@ impl Document {
                 val: Tagged {
                     lamport,
                     actor,
+                    counter,
                     value,
                 },
             },

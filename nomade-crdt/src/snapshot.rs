@@ -1,20 +1,19 @@
 //! Compact snapshots: the whole state without the history that built it.
 
-use std::collections::BTreeMap;
-
 use nomade_wire::{EntityType, Value, VersionVector};
 use serde::{Deserialize, Serialize};
 
 use crate::actors::ActorIdx;
-use crate::document::{Document, FieldMap};
+use crate::document::Document;
 use crate::error::CrdtError;
 use crate::replica::{Entity, Replica, ReplicaConfig};
 use crate::sequence::{Eid, OrderKey, Sequence};
 
-/// The snapshot format: 2 since operations version 2 (element ids without
-/// offsets, sequences as runs of elements, an actor table). A snapshot of
-/// another format is refused, never misread.
-pub const SNAPSHOT_VERSION: u8 = 2;
+/// The snapshot format: 3 since a snapshot became a message a device may
+/// send another (docs/PROTOCOL.md, "Snapshots"): fields as their concurrent
+/// values with their dots, sequences as runs of elements, an actor table.
+/// A snapshot of another format is refused, never misread.
+pub const SNAPSHOT_VERSION: u8 = 3;
 
 /// Depth limit when decoding a snapshot (values nest inside maps and arrays).
 const MAX_DEPTH: usize = 64;
@@ -28,17 +27,26 @@ const MAX_DEPTH: usize = 64;
 #[derive(Serialize, Deserialize)]
 struct SnapRun<V>(u32, u64, u64, bool, V);
 
+/// One concurrent value of a document field: `(actor, counter, lamport,
+/// value)`, the write's dot (actor as an index into the actor table), its
+/// Lamport number and the value written.
 #[derive(Serialize, Deserialize)]
-enum SnapEntity {
-    Document {
-        fields: FieldMap,
-        write_counters: BTreeMap<ActorIdx, Vec<(u64, u64)>>,
-        texts: BTreeMap<String, Vec<SnapRun<String>>>,
-    },
-    Conversation {
-        items: Vec<SnapRun<Vec<Value>>>,
-    },
-}
+struct SnapValue(u32, u64, u64, Value);
+
+/// One entity: `(type, id, entity version vector, fields, texts, items)`.
+/// A document has fields (each with its concurrent values, the field's
+/// name first) and texts (each a text field's runs); a conversation has
+/// items (its runs). The parts another type has are empty.
+#[derive(Serialize, Deserialize)]
+#[allow(clippy::type_complexity)]
+struct SnapEntity(
+    EntityType,
+    String,
+    VersionVector,
+    Vec<(String, Vec<SnapValue>)>,
+    Vec<(String, Vec<SnapRun<String>>)>,
+    Vec<SnapRun<Vec<Value>>>,
+);
 
 #[derive(Serialize, Deserialize)]
 struct Snapshot {
@@ -46,8 +54,31 @@ struct Snapshot {
     /// The replica's actor table, by index.
     actors: Vec<String>,
     version_vector: VersionVector,
-    entities: Vec<(EntityType, String, SnapEntity)>,
-    entity_version_vectors: Vec<(EntityType, String, VersionVector)>,
+    entities: Vec<SnapEntity>,
+}
+
+/// Just the version vector of a snapshot (its other parts skipped, not
+/// built).
+#[derive(Deserialize)]
+struct SnapshotCover {
+    version: u8,
+    version_vector: VersionVector,
+}
+
+/// The version vector of [`Replica::snapshot`] bytes: what the state it
+/// holds covers, read without restoring it.
+pub fn snapshot_version_vector(bytes: &[u8]) -> Result<VersionVector, CrdtError> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_DEPTH);
+    let cover =
+        SnapshotCover::deserialize(&mut de).map_err(|e| CrdtError::BadSnapshot(e.to_string()))?;
+    if cover.version != SNAPSHOT_VERSION {
+        return Err(CrdtError::BadSnapshot(format!(
+            "unsupported snapshot version {} (this build reads {SNAPSHOT_VERSION})",
+            cover.version
+        )));
+    }
+    Ok(cover.version_vector)
 }
 
 /// A sequence as runs of elements (see [`SnapRun`]).
@@ -80,29 +111,32 @@ fn snap_seq<T: Clone, V: Default + Extend<T>>(s: &Sequence<T>) -> Vec<SnapRun<V>
 }
 
 /// Rebuilds a sequence from its runs; `values` lists a run's values.
+/// `limits[i]` is the highest counter of actor `i` the snapshot covers: an
+/// element above it is refused (it would be an operation the snapshot's
+/// version vector says was never applied).
 fn restore_seq<T: Clone, V, I: IntoIterator<Item = T>>(
     actors: &[ActorIdx],
+    limits: &[u64],
     runs: Vec<SnapRun<V>>,
     values: impl Fn(V) -> I,
 ) -> Result<Sequence<T>, CrdtError> {
     let mut items: Vec<(OrderKey, T, bool)> = Vec::new();
     for SnapRun(actor, counter, lamport, deleted, run) in runs {
-        let actor = *actors.get(actor as usize).ok_or_else(|| {
-            CrdtError::BadSnapshot(format!(
-                "actor {actor} outside the table of {}",
-                actors.len()
-            ))
-        })?;
+        let (index, limit) = checked_actor(actors, limits, actor)?;
         for (k, value) in values(run).into_iter().enumerate() {
             let k = k as u64;
             let (Some(counter), Some(lamport)) = (counter.checked_add(k), lamport.checked_add(k))
             else {
                 return Err(CrdtError::BadSnapshot("a run's counters overflow".into()));
             };
+            check_dot(counter, limit)?;
             items.push((
                 OrderKey {
                     lamport,
-                    id: Eid { actor, counter },
+                    id: Eid {
+                        actor: index,
+                        counter,
+                    },
                 },
                 value,
                 deleted,
@@ -112,41 +146,86 @@ fn restore_seq<T: Clone, V, I: IntoIterator<Item = T>>(
     Ok(Sequence::from_ordered(items))
 }
 
+/// The replica's index of the snapshot's actor `actor`, and the highest
+/// counter of it the snapshot covers.
+fn checked_actor(
+    actors: &[ActorIdx],
+    limits: &[u64],
+    actor: u32,
+) -> Result<(ActorIdx, u64), CrdtError> {
+    match (actors.get(actor as usize), limits.get(actor as usize)) {
+        (Some(&index), Some(&limit)) => Ok((index, limit)),
+        _ => Err(CrdtError::BadSnapshot(format!(
+            "actor {actor} outside the table of {}",
+            actors.len()
+        ))),
+    }
+}
+
+/// A dot a snapshot names must be one its version vector covers.
+fn check_dot(counter: u64, limit: u64) -> Result<(), CrdtError> {
+    if counter == 0 || counter > limit {
+        return Err(CrdtError::BadSnapshot(format!(
+            "counter {counter} outside what the version vector covers ({limit})"
+        )));
+    }
+    Ok(())
+}
+
+/// A document's fields as their concurrent values.
+fn snap_fields(doc: &Document) -> Vec<(String, Vec<SnapValue>)> {
+    doc.fields
+        .iter()
+        .filter_map(|ctx| {
+            let (key, reg) = ctx.val;
+            let mut values: Vec<SnapValue> = reg
+                .read()
+                .val
+                .into_iter()
+                .map(|t| SnapValue(t.actor, t.counter, t.lamport, t.value))
+                .collect();
+            values.sort_by_key(|v| (v.0, v.1));
+            (!values.is_empty()).then(|| (key.clone(), values))
+        })
+        .collect()
+}
+
 impl Replica {
-    /// The whole state as MessagePack bytes: entities with their tombstones and
-    /// the version vector (history is not part of a replica). A device restored from it
-    /// continues exactly where this one stands.
+    /// The whole state as MessagePack bytes, in the snapshot format of
+    /// docs/PROTOCOL.md ("Snapshots"): entities with their tombstones, the
+    /// fields' concurrent values, the version vectors (history is not part
+    /// of a replica). A device restored from it continues exactly where
+    /// this one stands; a device that receives it from a peer adopts it
+    /// ([`Replica::from_snapshot`]).
     pub fn snapshot(&self) -> Result<Vec<u8>, CrdtError> {
         let entities = self
             .entities
             .iter()
             .map(|((t, id), e)| {
-                let snap = match e {
-                    Entity::Document(d) => SnapEntity::Document {
-                        fields: d.fields.clone(),
-                        write_counters: d
-                            .write_counters
-                            .iter()
-                            .map(|(k, v)| (*k, v.clone()))
-                            .collect(),
-                        texts: d
-                            .texts
+                let vv = self
+                    .entity_vv
+                    .get(&(*t, id.clone()))
+                    .cloned()
+                    .unwrap_or_default();
+                match e {
+                    Entity::Document(d) => SnapEntity(
+                        *t,
+                        id.clone(),
+                        vv,
+                        snap_fields(d),
+                        d.texts
                             .iter()
                             .map(|(f, s)| (f.clone(), snap_seq(s)))
                             .collect(),
-                    },
-                    Entity::Conversation(s) => SnapEntity::Conversation { items: snap_seq(s) },
-                };
-                (*t, id.clone(), snap)
+                        Vec::new(),
+                    ),
+                    Entity::Conversation(s) => {
+                        SnapEntity(*t, id.clone(), vv, Vec::new(), Vec::new(), snap_seq(s))
+                    }
+                }
             })
             .collect();
-        let entity_version_vectors = self
-            .entity_vv
-            .iter()
-            .map(|((t, id), vv)| (*t, id.clone(), vv.clone()))
-            .collect();
         let snap = Snapshot {
-            entity_version_vectors,
             version: SNAPSHOT_VERSION,
             actors: self.actors.names().to_vec(),
             version_vector: self.vv.clone(),
@@ -155,8 +234,11 @@ impl Replica {
         rmp_serde::to_vec_named(&snap).map_err(|e| CrdtError::BadSnapshot(e.to_string()))
     }
 
-    /// Restores a replica for `actor` from [`Replica::snapshot`] bytes; the
-    /// operations after the snapshot are applied to it as to any replica.
+    /// Restores a replica for `actor` from [`Replica::snapshot`] bytes (its
+    /// own or a peer's); the operations after the snapshot are applied to
+    /// it as to any replica. Bytes that are not a valid snapshot are a
+    /// [`CrdtError::BadSnapshot`] saying what is wrong; more actors than
+    /// `config.max_actors` is [`CrdtError::TooManyActors`].
     pub fn from_snapshot(
         actor: impl Into<String>,
         bytes: &[u8],
@@ -168,49 +250,99 @@ impl Replica {
             Snapshot::deserialize(&mut de).map_err(|e| CrdtError::BadSnapshot(e.to_string()))?;
         if snap.version != SNAPSHOT_VERSION {
             return Err(CrdtError::BadSnapshot(format!(
-                "unsupported snapshot version {}",
+                "unsupported snapshot version {} (this build reads {SNAPSHOT_VERSION})",
                 snap.version
             )));
         }
+        if snap.actors.len() > config.max_actors {
+            return Err(CrdtError::TooManyActors {
+                actor: snap.actors.get(config.max_actors).cloned().unwrap_or_default(),
+                limit: config.max_actors,
+            });
+        }
         let mut r = Replica::with_config(actor, config);
         let actors: Vec<ActorIdx> = snap.actors.iter().map(|a| r.actors.intern(a)).collect();
-        // Field registers hold the indices as they were: the table must
-        // intern to the same ones (it does, unless it repeats a name).
-        if actors.iter().enumerate().any(|(i, &a)| a as usize != i) {
+        if r.actors.len() != snap.actors.len() {
             return Err(CrdtError::BadSnapshot(
                 "the actor table repeats a device id".into(),
             ));
         }
-        for (t, id, e) in snap.entities {
-            let entity = match e {
-                SnapEntity::Document {
-                    fields,
-                    write_counters,
-                    texts,
-                } => {
-                    let mut doc = Document {
-                        fields,
-                        write_counters: write_counters.into_iter().collect(),
-                        ..Document::default()
-                    };
+        let limits: Vec<u64> = snap
+            .actors
+            .iter()
+            .map(|a| snap.version_vector.get(a).copied().unwrap_or(0))
+            .collect();
+        let covered = |vv: &VersionVector| {
+            vv.iter()
+                .all(|(a, &c)| snap.version_vector.get(a).is_some_and(|&v| v >= c))
+        };
+        for SnapEntity(t, id, vv, fields, texts, items) in snap.entities {
+            if !covered(&vv) {
+                return Err(CrdtError::BadSnapshot(format!(
+                    "entity {id}: its version vector exceeds the snapshot's"
+                )));
+            }
+            let entity = match t {
+                EntityType::Conversation if fields.is_empty() && texts.is_empty() => {
+                    Entity::Conversation(restore_seq(&actors, &limits, items, |values| values)?)
+                }
+                EntityType::Document if items.is_empty() => {
+                    let mut doc = Document::default();
+                    restore_fields(&mut doc, &actors, &limits, fields, &r.actors)?;
                     for (f, runs) in texts {
-                        let seq = restore_seq(&actors, runs, |text: String| {
+                        let seq = restore_seq(&actors, &limits, runs, |text: String| {
                             text.chars().collect::<Vec<_>>()
                         })?;
                         doc.texts.insert(f, seq);
                     }
                     Entity::Document(doc)
                 }
-                SnapEntity::Conversation { items } => {
-                    Entity::Conversation(restore_seq(&actors, items, |values| values)?)
+                _ => {
+                    return Err(CrdtError::BadSnapshot(format!(
+                        "entity {id}: parts its type does not have"
+                    )))
                 }
             };
-            r.entities.insert((t, id), entity);
-        }
-        for (t, id, vv) in snap.entity_version_vectors {
+            if r.entities.insert((t, id.clone()), entity).is_some() {
+                return Err(CrdtError::BadSnapshot(format!("entity {id} listed twice")));
+            }
             r.entity_vv.insert((t, id), vv);
         }
         r.vv = snap.version_vector;
         Ok(r)
     }
+}
+
+/// Rebuilds a document's field registers from their concurrent values:
+/// each value written again as a write whose only context is its own dot.
+/// A later operation removes a value exactly when its `deps` cover the
+/// value's dot (see [`Document::set`]), so this is the same state for every
+/// operation still to come, without the write history the registers'
+/// clocks held.
+fn restore_fields(
+    doc: &mut Document,
+    actors: &[ActorIdx],
+    limits: &[u64],
+    fields: Vec<(String, Vec<SnapValue>)>,
+    names: &crate::actors::Actors,
+) -> Result<(), CrdtError> {
+    let mut writes = Vec::new();
+    for (key, values) in fields {
+        for SnapValue(actor, counter, lamport, value) in values {
+            let (index, limit) = checked_actor(actors, limits, actor)?;
+            check_dot(counter, limit)?;
+            writes.push((index, counter, lamport, key.clone(), value));
+        }
+    }
+    // The field map ignores a dot at or below one it has seen of the same
+    // actor: each actor's writes go in in counter order.
+    writes.sort_by_key(|w| (w.0, w.1));
+    if writes.windows(2).any(|w| (w[0].0, w[0].1) == (w[1].0, w[1].1)) {
+        return Err(CrdtError::BadSnapshot("two values with one dot".into()));
+    }
+    let none = VersionVector::new();
+    for (actor, counter, lamport, key, value) in writes {
+        doc.set(actor, counter, &none, lamport, key, value, names);
+    }
+    Ok(())
 }

@@ -1,8 +1,9 @@
 //! Convergence under any interleaving: three replicas edit random entities
 //! while operations are delivered to each other in random order, with
-//! duplicates; in the end every replica holds the same state.
+//! duplicates, some of them restarted from their own snapshot on the way;
+//! in the end every replica holds the same state.
 
-use nomade_crdt::{LocalEdit, Replica};
+use nomade_crdt::{LocalEdit, Replica, ReplicaConfig};
 use nomade_wire::{EntityType, SyncOperation, Value};
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -22,6 +23,11 @@ enum Action {
         op: Index,
         to: usize,
     },
+    /// The replica is replaced by one restored from its snapshot (what a
+    /// node does at every start, and a device that adopts a peer's).
+    Restore {
+        replica: usize,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -30,6 +36,7 @@ fn action() -> impl Strategy<Value = Action> {
             |(replica, entity, kind, a, b, text, n)| Action::Edit { replica, entity, kind, a, b, text, n }
         ),
         2 => (any::<Index>(), 0..3usize).prop_map(|(op, to)| Action::Deliver { op, to }),
+        1 => (0..3usize).prop_map(|replica| Action::Restore { replica }),
     ]
 }
 
@@ -140,6 +147,18 @@ proptest! {
                         let op = pool[op.index(pool.len())].clone();
                         replicas[*to].apply_remote(op).expect("valid op");
                     }
+                }
+                Action::Restore { replica } => {
+                    let r = &replicas[*replica];
+                    let bytes = r.snapshot().expect("a snapshot");
+                    let restored = Replica::from_snapshot(r.actor(), &bytes, ReplicaConfig::default())
+                        .expect("its own snapshot restores");
+                    // What was applied is the same; only the causal buffer
+                    // (never part of a snapshot) is gone.
+                    prop_assert_eq!(restored.state_hash(), r.state_hash());
+                    prop_assert_eq!(view(&restored), view(r));
+                    prop_assert_eq!(restored.version_vector(), r.version_vector());
+                    replicas[*replica] = restored;
                 }
             }
         }

@@ -58,6 +58,11 @@ pub struct Core {
     /// Added to the system clock for the timestamps of new operations (tests
     /// of skewed clocks; timestamps never decide anything).
     clock_skew_ms: std::sync::atomic::AtomicI64,
+    /// What the log no longer holds (the store's compacted frontier).
+    compacted: Mutex<VersionVector>,
+    /// How long a paired device may stay silent and still hold compaction
+    /// back, in ms (see [`Core::compaction_floor`]).
+    compaction_hold_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Core {
@@ -89,6 +94,13 @@ pub const ACKED_SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs
 /// At shutdown, a snapshot is written if at least this many operations were
 /// stored since the last one.
 pub const SNAPSHOT_AT_SHUTDOWN: u64 = 1_000;
+
+/// How long a paired device may stay silent and still hold the history
+/// back by default: 14 days. One silent longer no longer stops this
+/// device from compacting what it has not acknowledged; when it returns it
+/// is sent a snapshot (see [`Core::compaction_floor`]).
+pub const DEFAULT_COMPACTION_HOLD: std::time::Duration =
+    std::time::Duration::from_secs(14 * 24 * 3600);
 
 /// Rebuilds the replica: from the latest snapshot, then the operations
 /// stored after it. Returns it, the sequence number its snapshot covers and
@@ -139,6 +151,7 @@ impl Core {
             load_replica(&store, device_id, replica_config)?;
         let last = store.last_seq()?;
         let acked = store.acked()?.into_iter().collect();
+        let compacted = store.compacted()?;
         let (changes, _) = broadcast::channel(4096);
         Ok(Arc::new(Core {
             dir: dir.to_path_buf(),
@@ -155,6 +168,10 @@ impl Core {
             acked_saved: Mutex::new(HashMap::new()),
             last_sync: Mutex::new(HashMap::new()),
             clock_skew_ms: std::sync::atomic::AtomicI64::new(0),
+            compacted: Mutex::new(compacted),
+            compaction_hold_ms: std::sync::atomic::AtomicU64::new(
+                DEFAULT_COMPACTION_HOLD.as_millis() as u64,
+            ),
         }))
     }
 
@@ -175,9 +192,151 @@ impl Core {
                 self.snapshot_seq.store(seq, Ordering::Relaxed);
                 self.snapshot_len.store(len as u64, Ordering::Relaxed);
                 tracing::debug!(seq, bytes = len, took = ?started.elapsed(), "snapshot written");
+                self.compact_history(replica);
             }
             Err(e) => tracing::warn!(seq, error = %e, "could not write a snapshot"),
         }
+    }
+
+    /// Drops the stored operations that this device and every paired
+    /// device hold and that the snapshot covers ([`Store::compact_log`],
+    /// below [`Core::compaction_floor`]). A failure is logged: the history
+    /// stays, nothing is lost.
+    fn compact_history(&self, replica: &Replica) {
+        let result = self.store.peers().and_then(|peers| {
+            let floor = self.compaction_floor(
+                replica.version_vector(),
+                &peers,
+                now_ms(),
+                self.compaction_hold(),
+            );
+            let dropped = self.store.compact_log(&floor)?;
+            if dropped > 0 {
+                *lock(&self.compacted) = self.store.compacted()?;
+            }
+            Ok(dropped)
+        });
+        match result {
+            Ok(0) => {}
+            Ok(dropped) => {
+                Metrics::add(&self.metrics.ops_compacted, dropped);
+                tracing::debug!(dropped, "history compacted");
+            }
+            Err(e) => tracing::warn!(error = %e, "could not compact the history"),
+        }
+    }
+
+    /// How long a paired device may stay silent and still hold the history
+    /// back ([`DEFAULT_COMPACTION_HOLD`] unless set).
+    pub fn compaction_hold(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.compaction_hold_ms.load(Ordering::Relaxed))
+    }
+
+    /// Sets [`Core::compaction_hold`].
+    pub fn set_compaction_hold(&self, hold: std::time::Duration) {
+        self.compaction_hold_ms.store(
+            u64::try_from(hold.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// What the log no longer holds: the version vector of the operations
+    /// compacted away (or adopted in a snapshot). A peer whose version
+    /// vector does not cover it is sent a snapshot.
+    pub fn compacted(&self) -> VersionVector {
+        lock(&self.compacted).clone()
+    }
+
+    /// The latest stored snapshot, for a peer that lacks compacted
+    /// operations: the sequence number it covers, its version vector and
+    /// its bytes (the format of docs/PROTOCOL.md, "Snapshots"). Read from
+    /// the store: the replica is not locked.
+    pub fn stored_snapshot(&self) -> Result<Option<(u64, VersionVector, Vec<u8>)>, NodeError> {
+        let Some((seq, raw)) = self.store.snapshot()? else {
+            return Ok(None);
+        };
+        let vv = nomade_crdt::snapshot_version_vector(&raw).map_err(|e| {
+            NodeError::CorruptLog(format!("the snapshot of the first {seq} operations: {e}"))
+        })?;
+        Ok(Some((seq, vv, raw)))
+    }
+
+    /// Adopts a peer's snapshot (`bytes`, received whole): the state it holds
+    /// replaces this device's, and the operations this device holds that it
+    /// does not cover are applied again on top, so nothing is lost. Decoded
+    /// and checked before the replica is locked; stored in one transaction
+    /// ([`Store::rebase`]) before it is visible. Returns the snapshot's
+    /// version vector, what the peer can be told this device now holds.
+    ///
+    /// Refused ([`NodeError::SnapshotRefused`], nothing changed) when this
+    /// device compacted operations the snapshot lacks: adopting it would
+    /// lose them.
+    pub fn adopt_snapshot(&self, peer: &str, bytes: &[u8]) -> Result<VersionVector, NodeError> {
+        let incoming = Replica::from_snapshot(self.device_id.as_str(), bytes, self.replica_config)
+            .map_err(|e| match e {
+                nomade_crdt::CrdtError::TooManyActors { .. } => {
+                    self.metrics.record_error("TOO_MANY_ACTORS");
+                    NodeError::from(e)
+                }
+                e => NodeError::from(e),
+            })?;
+        let base = incoming.version_vector().clone();
+        let mut replica = self.replica();
+        if crate::store::covers(replica.version_vector(), &base) {
+            // Nothing this device lacks (another peer brought it meanwhile).
+            return Ok(base);
+        }
+        if !crate::store::covers(&base, &self.compacted()) {
+            return Err(NodeError::SnapshotRefused(format!(
+                "{peer}'s snapshot lacks operations this device compacted: adopting it would lose them"
+            )));
+        }
+        let mut next = incoming;
+        let start = self.store.resume_point(&base)?;
+        let mut failure = None;
+        self.store.scan_ops(start, |seq, op| {
+            if op.operation.last_counter() > base.get(&op.actor_id).copied().unwrap_or(0) {
+                if let Err(e) = next.apply_remote(op) {
+                    failure = Some(format!("stored operation {seq} on top of the snapshot: {e}"));
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        })?;
+        if let Some(what) = failure {
+            return Err(NodeError::SnapshotRefused(what));
+        }
+        let tail = next.take_applied();
+        if !crate::store::covers(next.version_vector(), replica.version_vector()) {
+            return Err(NodeError::SnapshotRefused(format!(
+                "{peer}'s snapshot and this device's log do not rebuild everything it holds"
+            )));
+        }
+        let raw = next.snapshot()?;
+        let seq = self.store.rebase(&raw, &base, &tail)?;
+        *lock(&self.compacted) = base.clone();
+        self.snapshot_seq.store(seq, Ordering::Relaxed);
+        self.snapshot_len.store(raw.len() as u64, Ordering::Relaxed);
+        *replica = next;
+        self.appended.send_replace(seq);
+        Metrics::add(&self.metrics.snapshots_adopted, 1);
+        // Any entity may have changed.
+        let changed: Vec<(EntityType, String)> = replica
+            .entities()
+            .map(|(t, id)| (t, id.to_string()))
+            .collect();
+        drop(replica);
+        for (entity_type, entity_id) in changed {
+            let _ = self.changes.send(Change {
+                entity_id,
+                entity_type,
+                actor_id: peer.to_string(),
+                remote: true,
+            });
+        }
+        self.note_sync(peer);
+        tracing::info!(%peer, seq, tail = tail.len(), "adopted a snapshot");
+        Ok(base)
     }
 
     /// Writes a snapshot if [`SNAPSHOT_AT_SHUTDOWN`] operations or more were
@@ -538,21 +697,22 @@ impl Core {
         acked.get(peer).cloned().unwrap_or_default()
     }
 
-    /// What every one of `peers` (the paired devices) has acknowledged: the
-    /// pointwise minimum of their acknowledgements, the history below it
-    /// being held by all of them. A device not seen for longer than `hold`
-    /// no longer holds it back (the rule compaction of the history will
-    /// use: such a device, when it returns, resyncs from a snapshot); one
-    /// never seen since pairing does.
+    /// What this device (`own`, its version vector) and every one of
+    /// `peers` (the paired devices) hold: the pointwise minimum of `own` and
+    /// their acknowledgements, the history below it being held by all of
+    /// them. A device not seen for longer than `hold` no longer holds it
+    /// back: the history it lacks may be compacted, and when it returns it
+    /// is sent a snapshot first. With no paired device the floor is `own`.
     pub fn compaction_floor(
         &self,
+        own: &VersionVector,
         peers: &[crate::store::PeerRecord],
         now_ms: i64,
         hold: std::time::Duration,
     ) -> VersionVector {
         let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
         let acked = lock(&self.acked);
-        let mut floor: Option<VersionVector> = None;
+        let mut floor: Option<VersionVector> = Some(own.clone());
         for peer in peers {
             let silent = peer
                 .last_seen_ms

@@ -98,6 +98,9 @@ pub enum NodeError {
     /// An operation is too large to travel in one frame.
     #[error("operation too large to send: {0}")]
     TooLarge(#[from] nomade_wire::EncodeError),
+    /// A peer's snapshot was not adopted (nothing changed): the reason.
+    #[error("snapshot refused: {0}")]
+    SnapshotRefused(String),
     /// The stored operation log could not be replayed.
     #[error("the operation log is corrupt: {0}")]
     CorruptLog(String),

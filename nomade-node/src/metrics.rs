@@ -48,6 +48,12 @@ pub struct Metrics {
     /// Stored operations read back to find what peers lack (the history a
     /// pusher scanned).
     pub ops_scanned: AtomicU64,
+    /// Stored operations dropped by compaction (below what every paired device holds, covered by the snapshot).
+    pub ops_compacted: AtomicU64,
+    /// Snapshots sent to peers that lacked compacted operations.
+    pub snapshots_sent: AtomicU64,
+    /// Snapshots received from peers and adopted.
+    pub snapshots_adopted: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
     latency_sum_us: AtomicU64,
     latency_count: AtomicU64,
@@ -67,6 +73,9 @@ impl Default for Metrics {
             sessions_started: AtomicU64::new(0),
             dial_failures: AtomicU64::new(0),
             ops_scanned: AtomicU64::new(0),
+            ops_compacted: AtomicU64::new(0),
+            snapshots_sent: AtomicU64::new(0),
+            snapshots_adopted: AtomicU64::new(0),
             latency_buckets: Default::default(),
             latency_sum_us: AtomicU64::new(0),
             latency_count: AtomicU64::new(0),
@@ -102,6 +111,12 @@ pub struct MetricsSnapshot {
     pub dial_failures: u64,
     /// Stored operations read back to find what peers lack.
     pub ops_scanned: u64,
+    /// Stored operations dropped by compaction (below what every paired device holds, covered by the snapshot).
+    pub ops_compacted: u64,
+    /// Snapshots sent to peers that lacked compacted operations.
+    pub snapshots_sent: u64,
+    /// Snapshots received from peers and adopted.
+    pub snapshots_adopted: u64,
     /// Sync latency (created on the peer -> applied here) histogram: bucket
     /// upper bound in µs -> cumulative count.
     pub sync_latency_us: Vec<(u64, u64)>,
@@ -173,6 +188,9 @@ impl Metrics {
             sessions_started: self.sessions_started.load(Ordering::Relaxed),
             dial_failures: self.dial_failures.load(Ordering::Relaxed),
             ops_scanned: self.ops_scanned.load(Ordering::Relaxed),
+            ops_compacted: self.ops_compacted.load(Ordering::Relaxed),
+            snapshots_sent: self.snapshots_sent.load(Ordering::Relaxed),
+            snapshots_adopted: self.snapshots_adopted.load(Ordering::Relaxed),
             sync_latency_us,
             sync_latency_count: count,
             sync_latency_mean_us: if count == 0 {
@@ -236,6 +254,21 @@ impl MetricsSnapshot {
                 "nomade_ops_scanned_total",
                 "Stored operations read back to find what peers lack",
                 self.ops_scanned,
+            ),
+            (
+                "nomade_ops_compacted_total",
+                "Stored operations dropped by compaction (below what every paired device holds, covered by the snapshot)",
+                self.ops_compacted,
+            ),
+            (
+                "nomade_snapshots_sent_total",
+                "Snapshots sent to peers that lacked compacted operations",
+                self.snapshots_sent,
+            ),
+            (
+                "nomade_snapshots_adopted_total",
+                "Snapshots received from peers and adopted",
+                self.snapshots_adopted,
             ),
         ];
         for (name, help, v) in counters {

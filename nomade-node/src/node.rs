@@ -50,6 +50,10 @@ pub struct NodeConfig {
     /// (`nomade_errors_total{type="TOO_MANY_ACTORS"}`), so a paired
     /// device inventing actors cannot grow this device's state without bound.
     pub max_actors: usize,
+    /// How long a paired device may stay silent and still hold back the
+    /// compaction of the history it has not acknowledged (default 14 days).
+    /// One silent longer is sent a snapshot when it returns.
+    pub compaction_hold: Duration,
     /// First delay before redialing a lost peer; doubles up to `max_backoff`.
     pub min_backoff: Duration,
     /// Longest delay between redials. A redial waiting out its delay tries
@@ -80,6 +84,7 @@ impl Default for NodeConfig {
             artifact_quota: None,
             max_buffered_ops: ReplicaConfig::default().max_buffered,
             max_actors: ReplicaConfig::default().max_actors,
+            compaction_hold: crate::core::DEFAULT_COMPACTION_HOLD,
             min_backoff: Duration::from_millis(200),
             clock_skew_ms: 0,
             max_backoff: Duration::from_secs(30),
@@ -169,6 +174,7 @@ impl Node {
         };
         let core = Core::open(dir, &device_id.to_string(), replica_config)?;
         core.set_clock_skew(config.clock_skew_ms);
+        core.set_compaction_hold(config.compaction_hold);
         let key = DeviceKey::load_or_create(&dir.join("identity"))?;
         let artifacts = ArtifactStore::open(&dir.join("artifacts"), key, config.artifact_quota)?;
         let paired = PairedSet::new();

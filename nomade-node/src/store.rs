@@ -66,11 +66,23 @@ const SNAPSHOT: TableDefinition<u32, &[u8]> = TableDefinition::new("snapshot");
 /// The `META` key of the store's format.
 const FORMAT_KEY: &str = "store_format";
 
-/// The store format this build writes and reads: 2 since operations
-/// version 2 (per-entity deps, element ids without offsets, range removals).
-/// A database whose `OPS` holds rows and that has no format entry was
-/// written by an earlier build: format 1.
-pub const STORE_FORMAT: u32 = 2;
+/// The store format this build writes and reads: 3 since snapshots became
+/// the format a device may send another (fields as their concurrent values)
+/// and the log may be compacted (format 2 came with operations version 2,
+/// format 1 before). A database whose `OPS` holds rows and that has no
+/// format entry was written by an earlier build: format 1.
+pub const STORE_FORMAT: u32 = 3;
+
+/// The `META` key of the compacted frontier: the version vector (MessagePack)
+/// of the operations the log no longer holds (dropped by compaction, or
+/// never received as operations because they came in a peer's snapshot).
+/// Absent: the log holds every operation applied.
+const COMPACTED_KEY: &str = "compacted";
+
+/// The `META` key of the log's base: the sequence number the log's first
+/// row follows once rows were dropped (8 bytes big-endian), so that
+/// sequence numbers keep growing when every row is gone.
+const LOG_BASE_KEY: &str = "log_base";
 
 /// The `META` key of the snapshot's header.
 const SNAPSHOT_KEY: &str = "snapshot";
@@ -515,70 +527,142 @@ impl Store {
         }
         self.with_db(|db| {
             let txn = db.begin_write().map_err(db_err)?;
-            let last = {
-                let mut table = txn.open_table(OPS).map_err(db_err)?;
-                let mut marks = txn.open_table(FRONTIERS).map_err(db_err)?;
-                let tail = table
-                    .last()
-                    .map_err(db_err)?
-                    .map(|(k, v)| (k.value(), v.value().to_vec()));
-                // A small last row is rewritten with these operations after
-                // its own; otherwise they start a row after it.
-                // The operations already in the row they join (its bytes
-                // taken as they are, nothing decoded), if they join one.
-                let (start, joined, rows) = match tail {
-                    Some((first, row)) if row.len() < JOIN_ROWS_BELOW => {
-                        let (count, payload) = split_run(first, &row)?;
-                        let resumed = BatchEncoder::resume(RUN_ROW_TARGET, &payload)
-                            .map_err(|e| corrupt_op(first, e))?;
-                        if resumed.len() as u64 != count {
-                            return Err(corrupt_op(
-                                first,
-                                "the run's count and its operations differ",
-                            ));
-                        }
-                        (first, count, encode_runs_after(resumed, ops)?)
-                    }
-                    Some((first, row)) => (first + run_len(first, &row)?, 0, encode_runs(ops)?),
-                    None => (1, 0, encode_runs(ops)?),
-                };
-                // The frontier at the start of each new row: what `before`
-                // covers and the operations ahead of it (the joined row
-                // keeps the frontier it had).
-                let mut at = before.cloned();
-                let mut pending = ops.iter();
-                let mut already = joined;
-                let mut next = start;
-                let mut last_mark = marks.last().map_err(db_err)?.map(|(k, _)| k.value());
-                for (i, (count, row)) in rows.iter().enumerate() {
-                    table.insert(next, row.as_slice()).map_err(db_err)?;
-                    // One frontier per FRONTIER_EVERY operations at most:
-                    // small commits (one per keystroke) do not each add one.
-                    let due = last_mark.is_none_or(|m| next >= m + FRONTIER_EVERY);
-                    let keeps_its_own = i == 0 && joined > 0;
-                    if let (true, false, Some(vv)) = (due, keeps_its_own, at.as_ref()) {
-                        let frontier = rmp_serde::to_vec_named(vv)
-                            .map_err(|e| StoreError::Encode(e.to_string()))?;
-                        marks.insert(next, frontier.as_slice()).map_err(db_err)?;
-                        last_mark = Some(next);
-                    }
-                    let new_here = u64::from(*count).saturating_sub(std::mem::take(&mut already));
-                    for op in pending.by_ref().take(new_here as usize) {
-                        if let Some(vv) = at.as_mut() {
-                            nomade_crdt::raise_counter(
-                                vv,
-                                &op.actor_id,
-                                op.operation.last_counter(),
-                            );
-                        }
-                    }
-                    next += u64::from(*count);
-                }
-                next - 1
-            };
+            let last = write_rows(&txn, ops, before)?;
             txn.commit().map_err(db_err)?;
             self.appended_at_ms.store(now_ms(), Ordering::Relaxed);
             Ok(last)
+        })
+    }
+
+    /// The compacted frontier: the version vector of the operations the log
+    /// no longer holds (empty when it holds every one applied). A peer
+    /// whose version vector does not cover it is sent a snapshot first.
+    pub fn compacted(&self) -> Result<VersionVector, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let meta = txn.open_table(META).map_err(db_err)?;
+            meta_vv(&meta, COMPACTED_KEY)
+        })
+    }
+
+    /// Drops the log's rows that every holder of `floor` has and that the
+    /// snapshot covers, in one transaction: those before the last row whose
+    /// frontier `floor` covers and that the snapshot's sequence number
+    /// reaches. The compacted frontier becomes that row's frontier. Returns
+    /// how many operations were dropped (0 when nothing could be). A crash
+    /// leaves the log as it was or compacted, never in between.
+    pub fn compact_log(&self, floor: &VersionVector) -> Result<u64, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let dropped = {
+                let snapshot_seq = {
+                    let meta = txn.open_table(META).map_err(db_err)?;
+                    let header = meta.get(SNAPSHOT_KEY).map_err(db_err)?;
+                    match header {
+                        None => return Ok(0),
+                        Some(h) => rmp_serde::from_slice::<SnapshotHeader>(h.value())
+                            .map_err(|e| StoreError::Corrupt {
+                                what: format!("the snapshot's header: {e}"),
+                            })?
+                            .seq,
+                    }
+                };
+                let mut marks = txn.open_table(FRONTIERS).map_err(db_err)?;
+                // The cut: the last recorded frontier at or before the
+                // snapshot that the floor covers (frontiers grow with the
+                // sequence number).
+                let mut cut = None;
+                for entry in marks
+                    .range(..=snapshot_seq.saturating_add(1))
+                    .map_err(db_err)?
+                    .rev()
+                {
+                    let (k, v) = entry.map_err(db_err)?;
+                    let frontier: VersionVector =
+                        rmp_serde::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                            what: format!("frontier of row {}: {e}", k.value()),
+                        })?;
+                    if covers(floor, &frontier) {
+                        cut = Some((k.value(), frontier));
+                        break;
+                    }
+                }
+                let Some((cut, frontier)) = cut else {
+                    return Ok(0);
+                };
+                let mut table = txn.open_table(OPS).map_err(db_err)?;
+                let first = match table.first().map_err(db_err)? {
+                    Some((k, _)) => k.value(),
+                    None => return Ok(0),
+                };
+                if first >= cut {
+                    return Ok(0);
+                }
+                table.retain_in(..cut, |_, _| false).map_err(db_err)?;
+                marks.retain_in(..cut, |_, _| false).map_err(db_err)?;
+                let mut meta = txn.open_table(META).map_err(db_err)?;
+                let mut compacted = meta_vv(&meta, COMPACTED_KEY)?;
+                for (actor, &c) in &frontier {
+                    nomade_crdt::raise_counter(&mut compacted, actor, c);
+                }
+                let compacted = rmp_serde::to_vec_named(&compacted)
+                    .map_err(|e| StoreError::Encode(e.to_string()))?;
+                meta.insert(COMPACTED_KEY, compacted.as_slice())
+                    .map_err(db_err)?;
+                meta.insert(LOG_BASE_KEY, (cut - 1).to_be_bytes().as_slice())
+                    .map_err(db_err)?;
+                cut - first
+            };
+            txn.commit().map_err(db_err)?;
+            Ok(dropped)
+        })
+    }
+
+    /// Replaces the whole history with a state adopted from a peer's
+    /// snapshot, in one transaction: the log is emptied, `tail` (the
+    /// operations this device holds that `base`, the adopted snapshot's
+    /// version vector, does not cover, in an order they apply in) becomes
+    /// the log, `raw` (the state after them) the snapshot, and `base` the
+    /// compacted frontier. Sequence numbers go on from the last one.
+    /// Returns the new last sequence number.
+    pub fn rebase(
+        &self,
+        raw: &[u8],
+        base: &VersionVector,
+        tail: &[SyncOperation],
+    ) -> Result<u64, StoreError> {
+        let last = self.last_seq()?;
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let seq = {
+                txn.open_table(OPS)
+                    .map_err(db_err)?
+                    .retain(|_, _| false)
+                    .map_err(db_err)?;
+                txn.open_table(FRONTIERS)
+                    .map_err(db_err)?
+                    .retain(|_, _| false)
+                    .map_err(db_err)?;
+                {
+                    let mut meta = txn.open_table(META).map_err(db_err)?;
+                    meta.insert(LOG_BASE_KEY, last.to_be_bytes().as_slice())
+                        .map_err(db_err)?;
+                    let compacted = rmp_serde::to_vec_named(base)
+                        .map_err(|e| StoreError::Encode(e.to_string()))?;
+                    meta.insert(COMPACTED_KEY, compacted.as_slice())
+                        .map_err(db_err)?;
+                }
+                let seq = if tail.is_empty() {
+                    last
+                } else {
+                    write_rows(&txn, tail, Some(base))?
+                };
+                write_snapshot(&txn, seq, raw)?;
+                seq
+            };
+            txn.commit().map_err(db_err)?;
+            self.appended_at_ms.store(now_ms(), Ordering::Relaxed);
+            Ok(seq)
         })
     }
 
@@ -659,7 +743,12 @@ impl Store {
             let table = txn.open_table(OPS).map_err(db_err)?;
             let last = match table.last().map_err(db_err)? {
                 Some((k, v)) => k.value() + run_len(k.value(), v.value())? - 1,
-                None => 0,
+                None => {
+                    let meta = txn.open_table(META).map_err(db_err)?;
+                    let base = meta.get(LOG_BASE_KEY).map_err(db_err)?;
+                    base.and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+                        .map_or(0, u64::from_be_bytes)
+                }
             };
             Ok(last)
         })
@@ -686,7 +775,12 @@ impl Store {
                 let mut table = txn.open_table(PEERS).map_err(db_err)?;
                 let mut record = match table.get(device_id).map_err(db_err)? {
                     Some(v) => decode_peer(device_id, v.value())?,
-                    None => PeerRecord::new(device_id),
+                    // A device is first recorded when it pairs: that
+                    // counts as seeing it.
+                    None => PeerRecord {
+                        last_seen_ms: Some(now_ms()),
+                        ..PeerRecord::new(device_id)
+                    },
                 };
                 change(&mut record);
                 let bytes = rmp_serde::to_vec_named(&record)
@@ -785,30 +879,9 @@ impl Store {
     /// stored up to sequence number `seq`, in one transaction: a crash
     /// leaves the old snapshot or the new one, whole.
     pub fn put_snapshot(&self, seq: u64, raw: &[u8]) -> Result<(), StoreError> {
-        let packed = lz4_flex::block::compress(raw);
-        let bytes = packed.as_slice();
-        let header = rmp_serde::to_vec_named(&SnapshotHeader {
-            format: SNAPSHOT_FORMAT,
-            seq,
-            len: bytes.len() as u64,
-            blake3: *blake3::hash(bytes).as_bytes(),
-            raw_len: raw.len() as u64,
-        })
-        .map_err(|e| StoreError::Encode(e.to_string()))?;
         self.with_db(|db| {
             let txn = db.begin_write().map_err(db_err)?;
-            {
-                let mut chunks = txn.open_table(SNAPSHOT).map_err(db_err)?;
-                chunks.retain(|_, _| false).map_err(db_err)?;
-                for (i, chunk) in bytes.chunks(SNAPSHOT_CHUNK).enumerate() {
-                    let index = u32::try_from(i)
-                        .map_err(|_| StoreError::Encode("snapshot larger than 256 TB".into()))?;
-                    chunks.insert(index, chunk).map_err(db_err)?;
-                }
-                let mut meta = txn.open_table(META).map_err(db_err)?;
-                meta.insert(SNAPSHOT_KEY, header.as_slice())
-                    .map_err(db_err)?;
-            }
+            write_snapshot(&txn, seq, raw)?;
             txn.commit().map_err(db_err)?;
             Ok(())
         })
@@ -905,6 +978,128 @@ impl Store {
             Ok(())
         })
     }
+}
+
+/// The sequence number the log's first row follows (0 unless rows were
+/// dropped: see [`LOG_BASE_KEY`]).
+fn log_base(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
+    let meta = txn.open_table(META).map_err(db_err)?;
+    let base = meta.get(LOG_BASE_KEY).map_err(db_err)?;
+    match base {
+        None => Ok(0),
+        Some(v) => <[u8; 8]>::try_from(v.value())
+            .map(u64::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt {
+                what: "the log's base sequence number".into(),
+            }),
+    }
+}
+
+/// Appends `ops` to the log in `txn` (see [`Store::append_ops`]); returns
+/// the sequence number of the last.
+fn write_rows(
+    txn: &redb::WriteTransaction,
+    ops: &[SyncOperation],
+    before: Option<&VersionVector>,
+) -> Result<u64, StoreError> {
+    let base = log_base(txn)?;
+    let mut table = txn.open_table(OPS).map_err(db_err)?;
+    let mut marks = txn.open_table(FRONTIERS).map_err(db_err)?;
+    let tail = table
+        .last()
+        .map_err(db_err)?
+        .map(|(k, v)| (k.value(), v.value().to_vec()));
+    // A small last row is rewritten with these operations after
+    // its own; otherwise they start a row after it.
+    // The operations already in the row they join (its bytes
+    // taken as they are, nothing decoded), if they join one.
+    let (start, joined, rows) = match tail {
+        Some((first, row)) if row.len() < JOIN_ROWS_BELOW => {
+            let (count, payload) = split_run(first, &row)?;
+            let resumed =
+                BatchEncoder::resume(RUN_ROW_TARGET, &payload).map_err(|e| corrupt_op(first, e))?;
+            if resumed.len() as u64 != count {
+                return Err(corrupt_op(
+                    first,
+                    "the run's count and its operations differ",
+                ));
+            }
+            (first, count, encode_runs_after(resumed, ops)?)
+        }
+        Some((first, row)) => (first + run_len(first, &row)?, 0, encode_runs(ops)?),
+        None => (base + 1, 0, encode_runs(ops)?),
+    };
+    // The frontier at the start of each new row: what `before`
+    // covers and the operations ahead of it (the joined row
+    // keeps the frontier it had).
+    let mut at = before.cloned();
+    let mut pending = ops.iter();
+    let mut already = joined;
+    let mut next = start;
+    let mut last_mark = marks.last().map_err(db_err)?.map(|(k, _)| k.value());
+    for (i, (count, row)) in rows.iter().enumerate() {
+        table.insert(next, row.as_slice()).map_err(db_err)?;
+        // One frontier per FRONTIER_EVERY operations at most:
+        // small commits (one per keystroke) do not each add one.
+        let due = last_mark.is_none_or(|m| next >= m + FRONTIER_EVERY);
+        let keeps_its_own = i == 0 && joined > 0;
+        if let (true, false, Some(vv)) = (due, keeps_its_own, at.as_ref()) {
+            let frontier =
+                rmp_serde::to_vec_named(vv).map_err(|e| StoreError::Encode(e.to_string()))?;
+            marks.insert(next, frontier.as_slice()).map_err(db_err)?;
+            last_mark = Some(next);
+        }
+        let new_here = u64::from(*count).saturating_sub(std::mem::take(&mut already));
+        for op in pending.by_ref().take(new_here as usize) {
+            if let Some(vv) = at.as_mut() {
+                nomade_crdt::raise_counter(vv, &op.actor_id, op.operation.last_counter());
+            }
+        }
+        next += u64::from(*count);
+    }
+    Ok(next - 1)
+}
+
+/// Replaces the snapshot in `txn` (see [`Store::put_snapshot`]).
+fn write_snapshot(txn: &redb::WriteTransaction, seq: u64, raw: &[u8]) -> Result<(), StoreError> {
+    let packed = lz4_flex::block::compress(raw);
+    let bytes = packed.as_slice();
+    let header = rmp_serde::to_vec_named(&SnapshotHeader {
+        format: SNAPSHOT_FORMAT,
+        seq,
+        len: bytes.len() as u64,
+        blake3: *blake3::hash(bytes).as_bytes(),
+        raw_len: raw.len() as u64,
+    })
+    .map_err(|e| StoreError::Encode(e.to_string()))?;
+    let mut chunks = txn.open_table(SNAPSHOT).map_err(db_err)?;
+    chunks.retain(|_, _| false).map_err(db_err)?;
+    for (i, chunk) in bytes.chunks(SNAPSHOT_CHUNK).enumerate() {
+        let index = u32::try_from(i)
+            .map_err(|_| StoreError::Encode("snapshot larger than 256 TB".into()))?;
+        chunks.insert(index, chunk).map_err(db_err)?;
+    }
+    let mut meta = txn.open_table(META).map_err(db_err)?;
+    meta.insert(SNAPSHOT_KEY, header.as_slice())
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// Reads a version vector kept under `key` in `META` (empty when absent).
+fn meta_vv(meta: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<VersionVector, StoreError> {
+    match meta.get(key).map_err(db_err)? {
+        None => Ok(VersionVector::new()),
+        Some(v) => rmp_serde::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+            what: format!("{key}: {e}"),
+        }),
+    }
+}
+
+/// Whether `vv` covers every entry of `floor`.
+pub fn covers(vv: &VersionVector, floor: &VersionVector) -> bool {
+    floor
+        .iter()
+        .all(|(a, &c)| vv.get(a).copied().unwrap_or(0) >= c)
 }
 
 fn decode_peer(device_id: &str, bytes: &[u8]) -> Result<PeerRecord, StoreError> {

@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use nomade_crdt::raise_counter;
 use nomade_wire::{
     Ack, BatchEncoder, EntityType, Envelope, ErrorCode, ErrorMessage, Message, MessageId,
-    SyncComplete, SyncOperation, SyncRequest, VersionVector,
+    SyncComplete, SyncOperation, SyncRequest, SyncSnapshot, VersionVector,
 };
 use tokio::sync::watch;
 
@@ -27,6 +27,7 @@ use crate::batch::MAX_BATCH_PAYLOAD;
 /// is sent in pieces rather than copied at once.
 const SCAN_LIMIT: usize = 20_000;
 use crate::core::{now_ms, Core};
+use crate::store::covers;
 use crate::error::NodeError;
 use crate::metrics::Metrics;
 
@@ -121,6 +122,7 @@ pub async fn pull(
         }
         Ok::<(), NodeError>(())
     };
+    let mut snapshot = SnapshotAssembly::default();
     let applier = async {
         while let Some(first) = queue.recv().await {
             let mut group = vec![first];
@@ -137,6 +139,28 @@ pub async fn pull(
                     Message::BatchedSync(b) => ops.extend(b.operations),
                     Message::SyncOperation(op) => ops.push(op),
                     Message::DeltaSync(d) => ops.extend(nomade_crdt::from_delta(&d)?),
+                    Message::SyncSnapshot(piece) => {
+                        // A snapshot comes before any operation that follows it.
+                        apply_and_ack(
+                            &core,
+                            &peer,
+                            tx,
+                            std::mem::take(&mut ops),
+                            std::mem::take(&mut ids),
+                        )
+                        .await?;
+                        match snapshot.add(env.message_id, piece) {
+                            Ok(None) => {}
+                            Ok(Some((bytes, piece_ids))) => {
+                                adopt_and_ack(&core, &peer, tx, bytes, piece_ids).await?;
+                            }
+                            Err(reason) => {
+                                send_error(tx, ErrorCode::INVALID_MESSAGE, reason.clone(), Some(env.message_id)).await;
+                                return Err(NodeError::Peer { peer: peer.clone(), reason });
+                            }
+                        }
+                        continue;
+                    }
                     other => {
                         // Apply what came before it, then handle it.
                         apply_and_ack(
@@ -185,10 +209,42 @@ async fn apply_and_ack(
     }
     let c = core.clone();
     let p = peer.to_string();
-    let result = tokio::task::spawn_blocking(move || c.apply_remote(&p, ops)).await?;
+    let result = tokio::task::spawn_blocking(move || c.apply_remote(&p, ops).map(|_| ())).await?;
+    acknowledge(peer, tx, result, ids).await
+}
+
+/// Adopts a snapshot received whole (see [`Core::adopt_snapshot`]), then
+/// acknowledges the messages that carried it.
+async fn adopt_and_ack(
+    core: &Arc<Core>,
+    peer: &str,
+    tx: &mut impl FrameSink,
+    snapshot: Vec<u8>,
+    ids: Vec<MessageId>,
+) -> Result<(), NodeError> {
+    let c = core.clone();
+    let p = peer.to_string();
+    let result =
+        tokio::task::spawn_blocking(move || c.adopt_snapshot(&p, &snapshot).map(|_| ())).await?;
+    if let Err(e) = &result {
+        core.metrics().record_error("SNAPSHOT_REFUSED");
+        tracing::warn!(%peer, error = %e, "did not adopt the peer's snapshot");
+    }
+    acknowledge(peer, tx, result, ids).await
+}
+
+/// Acknowledges `ids` when what they carried is durably applied (`result`
+/// is `Ok`); otherwise tells the peer why with an `ERROR` and ends the
+/// pull.
+async fn acknowledge(
+    peer: &str,
+    tx: &mut impl FrameSink,
+    result: Result<(), NodeError>,
+    ids: Vec<MessageId>,
+) -> Result<(), NodeError> {
     let related = ids.first().copied();
     match result {
-        Ok(_) => {
+        Ok(()) => {
             let ack = Ack { message_ids: ids };
             tx.send(&envelope(ack)).await
         }
@@ -205,6 +261,10 @@ async fn apply_and_ack(
                 reason: "causal buffer full".into(),
             })
         }
+        Err(NodeError::SnapshotRefused(reason)) => {
+            send_error(tx, ErrorCode::SYNC_CONFLICT, reason.clone(), related).await;
+            Err(NodeError::SnapshotRefused(reason))
+        }
         Err(NodeError::Store(e)) => {
             // Not durable: not acknowledged. The peer sends it again after reconnecting.
             send_error(
@@ -220,6 +280,62 @@ async fn apply_and_ack(
             send_error(tx, ErrorCode::INVALID_MESSAGE, e.to_string(), related).await;
             Err(e)
         }
+    }
+}
+
+/// Largest snapshot a puller accepts (1 GiB): a piece announcing more is
+/// refused before anything is gathered.
+pub const MAX_SNAPSHOT_LEN: u64 = 1 << 30;
+
+/// A snapshot being received, piece by piece.
+#[derive(Default)]
+struct SnapshotAssembly {
+    total_len: u64,
+    bytes: Vec<u8>,
+    ids: Vec<MessageId>,
+}
+
+impl SnapshotAssembly {
+    /// Takes the next piece; returns the whole snapshot and the ids of the
+    /// messages that carried it once the last piece is in. A piece out of
+    /// order, empty, past the announced length or announcing another one is
+    /// an error naming what is wrong.
+    fn add(
+        &mut self,
+        id: MessageId,
+        piece: SyncSnapshot,
+    ) -> Result<Option<(Vec<u8>, Vec<MessageId>)>, String> {
+        if self.ids.is_empty() {
+            if piece.total_len > MAX_SNAPSHOT_LEN {
+                return Err(format!(
+                    "a snapshot of {} bytes (at most {MAX_SNAPSHOT_LEN} accepted)",
+                    piece.total_len
+                ));
+            }
+            self.total_len = piece.total_len;
+        } else if piece.total_len != self.total_len {
+            return Err(format!(
+                "a snapshot piece announcing {} bytes in a snapshot of {}",
+                piece.total_len, self.total_len
+            ));
+        }
+        let expected = self.bytes.len() as u64;
+        let end = piece.offset.saturating_add(piece.data.len() as u64);
+        if piece.data.is_empty() || piece.offset != expected || end > self.total_len {
+            return Err(format!(
+                "a snapshot piece of {} bytes at offset {} (expected offset {expected} of {})",
+                piece.data.len(),
+                piece.offset,
+                self.total_len
+            ));
+        }
+        self.bytes.extend_from_slice(&piece.data);
+        self.ids.push(id);
+        if end == self.total_len {
+            let done = std::mem::take(self);
+            return Ok(Some((done.bytes, done.ids)));
+        }
+        Ok(None)
     }
 }
 
@@ -301,6 +417,49 @@ async fn send_batches(
     Ok(frames)
 }
 
+/// Sends the stored snapshot in `SYNC_SNAPSHOT` pieces of at most
+/// [`nomade_wire::MAX_CHUNK_DATA`] bytes; the last piece's acknowledgement
+/// stands for the whole. Returns the sequence number it covers (where the
+/// operations after it start).
+async fn send_snapshot(
+    core: &Arc<Core>,
+    peer: &str,
+    tx: &mut impl FrameSink,
+    peer_vv: &mut VersionVector,
+    unacked: &mut HashMap<MessageId, VersionVector>,
+) -> Result<u64, NodeError> {
+    let c = core.clone();
+    let stored = tokio::task::spawn_blocking(move || c.stored_snapshot()).await??;
+    let Some((seq, vv, raw)) = stored else {
+        return Err(NodeError::CorruptLog(
+            "operations were compacted but no snapshot is stored".into(),
+        ));
+    };
+    let raw = bytes::Bytes::from(raw);
+    let total_len = raw.len() as u64;
+    let mut offset = 0usize;
+    while offset < raw.len() {
+        let end = raw.len().min(offset + nomade_wire::MAX_CHUNK_DATA);
+        let id = new_message_id();
+        let piece = SyncSnapshot {
+            total_len,
+            offset: offset as u64,
+            data: raw.slice(offset..end),
+        };
+        tx.send(&Envelope::new(id, now_ms(), piece)).await?;
+        if end == raw.len() {
+            unacked.insert(id, vv.clone());
+        }
+        offset = end;
+    }
+    for (actor, &c) in &vv {
+        raise_counter(peer_vv, actor, c);
+    }
+    Metrics::add(&core.metrics().snapshots_sent, 1);
+    tracing::info!(%peer, bytes = total_len, seq, "sent a snapshot");
+    Ok(seq)
+}
+
 /// Runs the pusher side: answers the peer's `SYNC_REQUEST`, then pushes new
 /// operations as they are stored, until the stream or the node ends.
 pub async fn push(
@@ -342,8 +501,17 @@ pub async fn push(
     let mut unacked: HashMap<MessageId, VersionVector> = HashMap::new();
     let mut initial_count = 0usize;
     let mut batch = BatchEncoder::new(MAX_BATCH_PAYLOAD);
+    // What the peer says it holds counts as acknowledged: with what it
+    // acknowledges later, it is what compaction may drop.
+    core.record_ack(&peer, &peer_vv);
     loop {
         appended.borrow_and_update();
+        if !covers(&peer_vv, &core.compacted()) {
+            // The peer lacks operations this device no longer holds (it was
+            // away longer than the hold, or is new): the snapshot first,
+            // then the operations after it.
+            cursor = send_snapshot(&core, &peer, tx, &mut peer_vv, &mut unacked).await?;
+        }
         let (ops, next, more) = core.ops_after(cursor, &peer_vv, SCAN_LIMIT)?;
         cursor = next;
         if !ops.is_empty() {

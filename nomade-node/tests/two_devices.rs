@@ -784,15 +784,25 @@ async fn acknowledgements_survive_a_restart_and_give_the_compaction_floor() {
     let peers = laptop.peers().expect("peers");
     let now = nomade_node::core::now_ms();
     let hold = Duration::from_secs(30 * 24 * 3600);
-    let floor = laptop.core().compaction_floor(&peers, now, hold);
+    let own = laptop.core().version_vector();
+    let floor = laptop.core().compaction_floor(&own, &peers, now, hold);
     assert_eq!(floor.get(&me).copied(), Some(31));
+    // What this device itself holds bounds it too.
+    let less = nomade_wire::VersionVector::from([(me.clone(), 5)]);
+    assert_eq!(
+        laptop.core().compaction_floor(&less, &peers, now, hold),
+        less
+    );
     // A second paired device that never acknowledged anything holds it all back...
     let phone = nomade_transport::DeviceIdentity::generate().expect("identity");
     laptop
         .add_peer(phone.device_id(), "phone", &[])
         .expect("pair");
     let mut peers = laptop.peers().expect("peers");
-    assert!(laptop.core().compaction_floor(&peers, now, hold).is_empty());
+    assert!(laptop
+        .core()
+        .compaction_floor(&own, &peers, now, hold)
+        .is_empty());
     // ...until it has been silent for longer than the hold.
     for p in &mut peers {
         if p.device_id == phone.device_id().to_string() {
@@ -802,9 +812,174 @@ async fn acknowledgements_survive_a_restart_and_give_the_compaction_floor() {
     assert_eq!(
         laptop
             .core()
-            .compaction_floor(&peers, now, hold)
+            .compaction_floor(&own, &peers, now, hold)
             .get(&me)
             .copied(),
         Some(31)
     );
+}
+
+/// Many edits of several kinds, committed a thousand at a time.
+fn history(node: &Node, tag: &str, n: usize) {
+    let core = node.core();
+    let mut batch = Vec::new();
+    for i in 0..n {
+        batch.push(match i % 3 {
+            0 => (
+                nomade_wire::EntityType::Document,
+                format!("{tag}-doc-{}", i % 50),
+                nomade_crdt::LocalEdit::Set {
+                    key: format!("k{}", i % 7),
+                    value: Value::Int(i as i64),
+                },
+            ),
+            1 => (
+                nomade_wire::EntityType::Document,
+                format!("{tag}-notes"),
+                nomade_crdt::LocalEdit::Splice {
+                    field: "body".into(),
+                    position: 0,
+                    delete: usize::from(i % 4 == 1 && i > 4),
+                    insert: "ab".into(),
+                },
+            ),
+            _ => (
+                nomade_wire::EntityType::Conversation,
+                format!("{tag}-chat"),
+                nomade_crdt::LocalEdit::Append {
+                    value: Value::Int(i as i64),
+                },
+            ),
+        });
+        if batch.len() == 1_000 {
+            core.edit_many(std::mem::take(&mut batch)).expect("edits");
+        }
+    }
+    if !batch.is_empty() {
+        core.edit_many(batch).expect("edits");
+    }
+}
+
+/// The history issue: a device with no paired device compacts everything
+/// its snapshot covers. A device paired with it afterwards (which made edits
+/// of its own meanwhile) gets the snapshot first over real QUIC, then the
+/// operations after it; it keeps its own edits, the two converge, and the
+/// adopted state survives a restart of the newcomer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_history_reaches_a_new_device_as_a_snapshot_then_the_tail() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (laptop_dir, desk_dir) = (tmp.path().join("laptop"), tmp.path().join("desk"));
+    {
+        let laptop = Node::open(&laptop_dir, config("laptop")).expect("open");
+        history(&laptop, "l", 30_000);
+        laptop.shutdown().await;
+    }
+    let laptop = Node::open(&laptop_dir, config("laptop")).expect("reopen");
+    let compacted = laptop.core().compacted();
+    let me = laptop.device_id().to_string();
+    assert!(
+        compacted.get(&me).copied().unwrap_or(0) >= 20_000,
+        "compacted at the checkpoint: {compacted:?}"
+    );
+    let desk = Node::open(&desk_dir, config("desk")).expect("open");
+    history(&desk, "d", 500);
+    let desk_own = desk.core().version_vector();
+    let addr = online(&laptop).await;
+    online(&desk).await;
+    laptop.add_peer(desk.device_id(), "desk", &[]).expect("pair");
+    desk.add_peer(laptop.device_id(), "laptop", &[addr])
+        .expect("pair");
+    desk.connect(addr, laptop.device_id())
+        .await
+        .expect("connect");
+    wait_for(
+        || laptop.state_hash() == desk.state_hash() && desk.core().version_vector().get(&me) == laptop.core().version_vector().get(&me),
+        "the two to converge",
+    )
+    .await;
+    assert!(laptop.metrics_snapshot().snapshots_sent >= 1);
+    assert_eq!(desk.metrics_snapshot().snapshots_adopted, 1);
+    assert_eq!(
+        desk.text("d-notes", "body"),
+        laptop.text("d-notes", "body"),
+        "the desk's own edits kept and sent"
+    );
+    assert!(nomade_node::store::covers(
+        &desk.core().version_vector(),
+        &desk_own
+    ));
+    // The tail: a live edit after the snapshot.
+    laptop.set("after", "k", 1).expect("edit");
+    wait_for(
+        || desk.document("after").is_some(),
+        "a live edit after the snapshot",
+    )
+    .await;
+    wait_for(|| laptop.state_hash() == desk.state_hash(), "convergence").await;
+    let hash = desk.state_hash();
+    desk.shutdown().await;
+    laptop.shutdown().await;
+    drop(desk);
+    let desk = Node::open(&desk_dir, config("desk")).expect("reopen");
+    assert_eq!(desk.state_hash(), hash, "the adopted state, after a restart");
+}
+
+/// The silent-peer rule: a paired device silent for longer than the hold
+/// no longer holds the history back; when it returns, with edits of its own
+/// made while away, it is sent a snapshot, keeps its edits, and the two
+/// converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_silent_past_the_hold_returns_to_a_snapshot() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (laptop_dir, desk_dir) = (tmp.path().join("laptop"), tmp.path().join("desk"));
+    let hold = Duration::from_millis(300);
+    let laptop_config = || NodeConfig {
+        compaction_hold: hold,
+        ..config("laptop")
+    };
+    let laptop = Node::open(&laptop_dir, laptop_config()).expect("open");
+    let desk = Node::open(&desk_dir, config("desk")).expect("open");
+    let addr = online(&laptop).await;
+    online(&desk).await;
+    laptop.add_peer(desk.device_id(), "desk", &[]).expect("pair");
+    desk.add_peer(laptop.device_id(), "laptop", &[addr])
+        .expect("pair");
+    desk.connect(addr, laptop.device_id())
+        .await
+        .expect("connect");
+    laptop.set("trip", "day", 1).expect("edit");
+    wait_for(|| desk.document("trip").is_some(), "the first sync").await;
+    desk.shutdown().await;
+    drop(desk);
+    // Away longer than the hold: the laptop compacts what the desk lacks.
+    tokio::time::sleep(hold * 3).await;
+    history(&laptop, "l", 3_000);
+    laptop.shutdown().await;
+    drop(laptop);
+    let laptop = Node::open(&laptop_dir, laptop_config()).expect("reopen");
+    let me = laptop.device_id().to_string();
+    assert!(
+        laptop.core().compacted().get(&me).copied().unwrap_or(0) > 1,
+        "the silent desk did not hold the history back: {:?}",
+        laptop.core().compacted()
+    );
+    let desk = Node::open(&desk_dir, config("desk")).expect("reopen");
+    desk.set("away", "note", "written offline").expect("edit");
+    let addr = online(&laptop).await;
+    online(&desk).await;
+    desk.connect(addr, laptop.device_id())
+        .await
+        .expect("connect");
+    wait_for(
+        || laptop.state_hash() == desk.state_hash() && laptop.document("away").is_some(),
+        "the two to converge",
+    )
+    .await;
+    assert_eq!(desk.metrics_snapshot().snapshots_adopted, 1);
+    assert_eq!(
+        laptop.document("away").and_then(|d| d.get("note").cloned()),
+        Some(Value::from("written offline"))
+    );
+    desk.shutdown().await;
+    laptop.shutdown().await;
 }

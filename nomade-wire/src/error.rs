@@ -78,8 +78,8 @@ pub enum DecodeError {
         /// The message type being decoded.
         message: &'static str,
     },
-    /// An `ARTIFACT_CHUNK` carries more than 64 KiB of data.
-    #[error("artifact chunk of {len} bytes exceeds {max} bytes")]
+    /// An `ARTIFACT_CHUNK` or a `SYNC_SNAPSHOT` carries more than 64 KiB of data.
+    #[error("chunk of {len} bytes exceeds {max} bytes")]
     ChunkTooLarge {
         /// The chunk's data length.
         len: usize,
@@ -123,8 +123,8 @@ pub enum EncodeError {
         /// The limit.
         max: usize,
     },
-    /// An `ARTIFACT_CHUNK` carries more than 64 KiB of data.
-    #[error("artifact chunk of {len} bytes exceeds {max} bytes")]
+    /// An `ARTIFACT_CHUNK` or a `SYNC_SNAPSHOT` carries more than 64 KiB of data.
+    #[error("chunk of {len} bytes exceeds {max} bytes")]
     ChunkTooLarge {
         /// The chunk's data length.
         len: usize,

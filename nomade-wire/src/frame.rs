@@ -149,6 +149,8 @@ messages! {
     BatchedSync(BatchedSync) = 0x0105, "BATCHED_SYNC";
     /// `DELTA_SYNC`
     DeltaSync(DeltaSync) = 0x0106, "DELTA_SYNC";
+    /// `SYNC_SNAPSHOT`
+    SyncSnapshot(SyncSnapshot) = 0x0107, "SYNC_SNAPSHOT";
     /// `ARTIFACT_REQUEST`
     ArtifactRequest(ArtifactRequest) = 0x0201, "ARTIFACT_REQUEST";
     /// `ARTIFACT_METADATA`
@@ -163,6 +165,19 @@ messages! {
     PresenceUpdate(PresenceUpdate) = 0x0302, "PRESENCE_UPDATE";
     /// `ERROR`
     Error(ErrorMessage) = 0x0401, "ERROR";
+}
+
+impl Message {
+    /// The length of the bulk bytes a message carries (an `ARTIFACT_CHUNK`'s
+    /// data, a `SYNC_SNAPSHOT`'s piece), which may not exceed
+    /// [`MAX_CHUNK_DATA`]; `None` for the other types.
+    pub fn bulk_data_len(&self) -> Option<usize> {
+        match self {
+            Message::ArtifactChunk(c) => Some(c.chunk_data.len()),
+            Message::SyncSnapshot(s) => Some(s.data.len()),
+            _ => None,
+        }
+    }
 }
 
 fn write_payload<T: Serialize>(msg: &T, w: &mut impl std::io::Write) -> Result<(), EncodeError> {
@@ -367,13 +382,11 @@ impl Envelope {
     }
 
     fn check_chunk_size(&self) -> Result<(), EncodeError> {
-        match &self.message {
-            Message::ArtifactChunk(c) if c.chunk_data.len() > MAX_CHUNK_DATA => {
-                Err(EncodeError::ChunkTooLarge {
-                    len: c.chunk_data.len(),
-                    max: MAX_CHUNK_DATA,
-                })
-            }
+        match self.message.bulk_data_len() {
+            Some(len) if len > MAX_CHUNK_DATA => Err(EncodeError::ChunkTooLarge {
+                len,
+                max: MAX_CHUNK_DATA,
+            }),
             _ => Ok(()),
         }
     }
@@ -547,10 +560,10 @@ impl Decoder {
         let message = crate::bytes_fixed::bin_bytes::decoding_from(&frame, || {
             Message::decode_payload(header.message_type, payload, &self.limits)
         })?;
-        if let Message::ArtifactChunk(c) = &message {
-            if c.chunk_data.len() > MAX_CHUNK_DATA {
+        if let Some(len) = message.bulk_data_len() {
+            if len > MAX_CHUNK_DATA {
                 return Err(DecodeError::ChunkTooLarge {
-                    len: c.chunk_data.len(),
+                    len,
                     max: MAX_CHUNK_DATA,
                 });
             }

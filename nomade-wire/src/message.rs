@@ -354,6 +354,21 @@ pub struct DeltaSync {
     pub timestamp: i64,
 }
 
+/// `SYNC_SNAPSHOT` (0x0107): one piece of a snapshot of the pusher's state
+/// (docs/PROTOCOL.md, "Snapshots"), sent instead of operations it no longer
+/// holds. The pieces go in order, each starting where the previous ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSnapshot {
+    /// The whole snapshot's length in bytes.
+    pub total_len: u64,
+    /// Where `data` starts in the snapshot.
+    pub offset: u64,
+    /// The piece: at most [`crate::MAX_CHUNK_DATA`] bytes, at least one.
+    #[serde(with = "bin_bytes")]
+    pub data: Bytes,
+}
+
 /// `ARTIFACT_REQUEST` (0x0201): ask for an artifact by content id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

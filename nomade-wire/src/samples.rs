@@ -328,6 +328,15 @@ pub fn all() -> Vec<Sample> {
         .into(),
     );
     push(
+        "sync_snapshot",
+        SyncSnapshot {
+            total_len: 70_000,
+            offset: 65_536,
+            data: Bytes::from_static(b"\x85\xa7version\x03 the snapshot's last bytes"),
+        }
+        .into(),
+    );
+    push(
         "artifact_request",
         ArtifactRequest {
             artifact_id: hash(0xa1),

@@ -191,6 +191,12 @@ MESSAGES = {
         ("deps", VV, REQ),
         ("timestamp", I64, REQ),
     ),
+    0x0107: struct_(
+        "SYNC_SNAPSHOT",
+        ("total_len", U64, REQ),
+        ("offset", U64, REQ),
+        ("data", ("binmax", MAX_CHUNK_DATA), REQ),
+    ),
     0x0201: struct_(
         "ARTIFACT_REQUEST",
         ("artifact_id", HASH32, REQ),
@@ -736,6 +742,8 @@ def self_test_vectors():
         ])),
         ("delta_sync", 0x0106, {"entity_id": "notes/todo", "changed_fields": fields, "actor_id": laptop,
                                 "first_counter": 50, "deps": {laptop: 49, phone: 7}, "timestamp": ts}),
+        ("sync_snapshot", 0x0107, {"total_len": 70_000, "offset": 65_536,
+                                   "data": b"\x85\xa7version\x03 the snapshot's last bytes"}),
         ("artifact_request", 0x0201, {"artifact_id": h(0xA1), "priority": 128}),
         ("artifact_request_resume", 0x0201, {"artifact_id": h(0xA1), "priority": 255, "resume_from": 17}),
         ("artifact_request_sealed", 0x0201, {"artifact_id": h(0xA1), "priority": 128, "resume_from": 2,
