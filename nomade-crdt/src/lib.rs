@@ -61,7 +61,7 @@ pub use delta::{from_delta, to_delta};
 pub use document::Tagged;
 pub use error::CrdtError;
 pub use oplog::{MemoryOpLog, OpLog, RestoreError};
-pub use snapshot::{snapshot_version_vector, SNAPSHOT_VERSION};
 pub use replica::{
     lamport, raise_counter, trim_front, EntityKey, LocalEdit, Replica, ReplicaConfig,
 };
+pub use snapshot::{snapshot_version_vector, SNAPSHOT_VERSION};

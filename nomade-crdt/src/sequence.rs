@@ -390,6 +390,12 @@ impl<T: Clone> Sequence<T> {
         })
     }
 
+    /// Whether every element has an id of its own (a sequence rebuilt with
+    /// [`Sequence::from_ordered`] from untrusted bytes may not).
+    pub fn ids_are_unique(&self) -> bool {
+        self.index.len() == self.blocks.iter().map(|b| b.elems.len()).sum::<usize>()
+    }
+
     /// Rebuilds a sequence from elements in document order (as `iter_all` gave them).
     pub fn from_ordered(elems: impl IntoIterator<Item = (OrderKey, T, bool)>) -> Self {
         let mut seq = Sequence::new();

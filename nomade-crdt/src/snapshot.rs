@@ -143,7 +143,13 @@ fn restore_seq<T: Clone, V, I: IntoIterator<Item = T>>(
             ));
         }
     }
-    Ok(Sequence::from_ordered(items))
+    let seq = Sequence::from_ordered(items);
+    if !seq.ids_are_unique() {
+        return Err(CrdtError::BadSnapshot(
+            "a sequence lists an element twice".into(),
+        ));
+    }
+    Ok(seq)
 }
 
 /// The replica's index of the snapshot's actor `actor`, and the highest
@@ -256,7 +262,11 @@ impl Replica {
         }
         if snap.actors.len() > config.max_actors {
             return Err(CrdtError::TooManyActors {
-                actor: snap.actors.get(config.max_actors).cloned().unwrap_or_default(),
+                actor: snap
+                    .actors
+                    .get(config.max_actors)
+                    .cloned()
+                    .unwrap_or_default(),
                 limit: config.max_actors,
             });
         }
@@ -337,7 +347,10 @@ fn restore_fields(
     // The field map ignores a dot at or below one it has seen of the same
     // actor: each actor's writes go in in counter order.
     writes.sort_by_key(|w| (w.0, w.1));
-    if writes.windows(2).any(|w| (w[0].0, w[0].1) == (w[1].0, w[1].1)) {
+    if writes
+        .windows(2)
+        .any(|w| (w[0].0, w[0].1) == (w[1].0, w[1].1))
+    {
         return Err(CrdtError::BadSnapshot("two values with one dot".into()));
     }
     let none = VersionVector::new();
@@ -345,4 +358,128 @@ fn restore_fields(
         doc.set(actor, counter, &none, lamport, key, value, names);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::LocalEdit;
+
+    fn sample() -> Snapshot {
+        let mut a = Replica::new("a");
+        for (t, id, edit) in [
+            (
+                EntityType::Document,
+                "d",
+                LocalEdit::Set {
+                    key: "k".into(),
+                    value: Value::from("v"),
+                },
+            ),
+            (
+                EntityType::Conversation,
+                "c",
+                LocalEdit::Insert {
+                    index: 0,
+                    value: Value::from("m"),
+                },
+            ),
+        ] {
+            a.apply_local(t, id, edit, 0).expect("edit");
+        }
+        rmp_serde::from_slice(&a.snapshot().expect("snapshot")).expect("decodes")
+    }
+
+    fn refused(snap: &Snapshot, config: ReplicaConfig) -> CrdtError {
+        let bytes = rmp_serde::to_vec_named(snap).expect("encodes");
+        match Replica::from_snapshot("b", &bytes, config) {
+            Err(e) => e,
+            Ok(_) => panic!("a hostile snapshot was restored"),
+        }
+    }
+
+    fn says(e: CrdtError, what: &str) {
+        match e {
+            CrdtError::BadSnapshot(m) => assert!(m.contains(what), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A snapshot from a peer is checked before anything is built from it:
+    /// another version, a dot beyond its version vector, an entity version
+    /// vector beyond it, an actor named twice or an index outside the
+    /// table, an element or a dot listed twice, parts of another entity
+    /// type, more actors than the bound: each a typed error saying what.
+    #[test]
+    fn hostile_snapshots_are_refused_with_what_is_wrong() {
+        let config = ReplicaConfig::default();
+        let mut s = sample();
+        s.version = 9;
+        says(refused(&s, config), "version 9");
+
+        let mut s = sample();
+        s.version_vector.insert("a".into(), 1);
+        for e in &mut s.entities {
+            e.2.insert("a".into(), 1);
+        }
+        says(
+            refused(&s, config),
+            "outside what the version vector covers",
+        );
+
+        let mut s = sample();
+        s.entities[0].2.insert("a".into(), 99);
+        says(refused(&s, config), "exceeds the snapshot's");
+
+        let mut s = sample();
+        s.actors.push("a".into());
+        says(refused(&s, config), "repeats");
+
+        let mut s = sample();
+        s.actors.clear();
+        says(refused(&s, config), "outside the table");
+
+        let mut s = sample();
+        let conv = s
+            .entities
+            .iter_mut()
+            .find(|e| e.0 == EntityType::Conversation)
+            .expect("the conversation");
+        let SnapRun(a, c, l, d, v) = &conv.5[0];
+        let again = SnapRun(*a, *c, *l, *d, v.clone());
+        conv.5.push(again);
+        says(refused(&s, config), "twice");
+
+        let mut s = sample();
+        let doc = s
+            .entities
+            .iter_mut()
+            .find(|e| e.0 == EntityType::Document)
+            .expect("the document");
+        let SnapValue(a, c, l, v) = &doc.3[0].1[0];
+        let again = SnapValue(*a, *c, *l, v.clone());
+        doc.3.push(("other".into(), vec![again]));
+        says(refused(&s, config), "one dot");
+
+        let mut s = sample();
+        let conv = s
+            .entities
+            .iter_mut()
+            .find(|e| e.0 == EntityType::Conversation)
+            .expect("the conversation");
+        conv.3.push(("k".into(), Vec::new()));
+        says(refused(&s, config), "does not have");
+
+        let small = ReplicaConfig {
+            max_actors: 0,
+            ..config
+        };
+        assert!(matches!(
+            refused(&sample(), small),
+            CrdtError::TooManyActors { .. }
+        ));
+        // And the untouched one restores.
+        let bytes = rmp_serde::to_vec_named(&sample()).expect("encodes");
+        assert!(Replica::from_snapshot("b", &bytes, config).is_ok());
+    }
 }

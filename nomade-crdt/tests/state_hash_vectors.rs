@@ -4,6 +4,10 @@
 //! `nomade-wire/tests/interop/check_vectors.py --state-hash` recomputes each
 //! hash from the state with the rules of PROTOCOL.md ("State hash") alone.
 //!
+//! Each vector also carries the converged replica's snapshot
+//! (`snapshot_hex`, the format of PROTOCOL.md "Snapshots"); the checker
+//! decodes it and hashes the state it holds.
+//!
 //! Regenerate after a deliberate change with
 //! `NOMADE_WRITE_VECTORS=1 cargo test -p nomade-crdt --test state_hash_vectors`.
 
@@ -199,6 +203,7 @@ fn expected() -> serde_json::Value {
         "operations_frame_hex": frames,
         "state": state_json(&replica.canonical_state()),
         "state_hash": hex::encode(replica.state_hash().as_bytes()),
+        "snapshot_hex": hex::encode(replica.snapshot().expect("snapshot")),
     }])
 }
 
@@ -235,5 +240,31 @@ fn replaying_the_vector_operations_gives_its_hash() {
             hex::encode(r.state_hash().as_bytes()),
             v["state_hash"].as_str().expect("hash")
         );
+    }
+}
+
+/// The vector's snapshot restores to a replica with its hash, which goes on
+/// applying operations (a duplicate of the vector's changes nothing).
+#[test]
+fn the_vector_snapshot_restores_the_state_with_its_hash() {
+    for v in load().as_array().expect("array") {
+        let bytes = hex::decode(v["snapshot_hex"].as_str().expect("hex")).expect("hex");
+        let mut r = Replica::from_snapshot(
+            "cvml-efwx-x7jt-253v-yrk5-ma4a-aaaa-aaaa",
+            &bytes,
+            nomade_crdt::ReplicaConfig::default(),
+        )
+        .expect("restores");
+        let hash = v["state_hash"].as_str().expect("hash");
+        assert_eq!(hex::encode(r.state_hash().as_bytes()), hash);
+        for f in v["operations_frame_hex"].as_array().expect("frames") {
+            let frame = hex::decode(f.as_str().expect("hex")).expect("hex");
+            if let nomade_wire::Message::SyncOperation(op) =
+                Envelope::decode(&frame).expect("frame").message
+            {
+                assert_eq!(r.apply_remote(op).expect("a duplicate"), 0);
+            }
+        }
+        assert_eq!(hex::encode(r.state_hash().as_bytes()), hash);
     }
 }

@@ -297,7 +297,9 @@ impl Core {
         self.store.scan_ops(start, |seq, op| {
             if op.operation.last_counter() > base.get(&op.actor_id).copied().unwrap_or(0) {
                 if let Err(e) = next.apply_remote(op) {
-                    failure = Some(format!("stored operation {seq} on top of the snapshot: {e}"));
+                    failure = Some(format!(
+                        "stored operation {seq} on top of the snapshot: {e}"
+                    ));
                     return ControlFlow::Break(());
                 }
             }

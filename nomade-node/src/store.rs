@@ -560,11 +560,13 @@ impl Store {
                     let header = meta.get(SNAPSHOT_KEY).map_err(db_err)?;
                     match header {
                         None => return Ok(0),
-                        Some(h) => rmp_serde::from_slice::<SnapshotHeader>(h.value())
-                            .map_err(|e| StoreError::Corrupt {
-                                what: format!("the snapshot's header: {e}"),
-                            })?
-                            .seq,
+                        Some(h) => {
+                            rmp_serde::from_slice::<SnapshotHeader>(h.value())
+                                .map_err(|e| StoreError::Corrupt {
+                                    what: format!("the snapshot's header: {e}"),
+                                })?
+                                .seq
+                        }
                     }
                 };
                 let mut marks = txn.open_table(FRONTIERS).map_err(db_err)?;
@@ -1086,7 +1088,10 @@ fn write_snapshot(txn: &redb::WriteTransaction, seq: u64, raw: &[u8]) -> Result<
 }
 
 /// Reads a version vector kept under `key` in `META` (empty when absent).
-fn meta_vv(meta: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<VersionVector, StoreError> {
+fn meta_vv(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<VersionVector, StoreError> {
     match meta.get(key).map_err(db_err)? {
         None => Ok(VersionVector::new()),
         Some(v) => rmp_serde::from_slice(v.value()).map_err(|e| StoreError::Corrupt {

@@ -27,9 +27,9 @@ use crate::batch::MAX_BATCH_PAYLOAD;
 /// is sent in pieces rather than copied at once.
 const SCAN_LIMIT: usize = 20_000;
 use crate::core::{now_ms, Core};
-use crate::store::covers;
 use crate::error::NodeError;
 use crate::metrics::Metrics;
+use crate::store::covers;
 
 /// Sends frames on a stream.
 pub trait FrameSink: Send {
@@ -155,8 +155,17 @@ pub async fn pull(
                                 adopt_and_ack(&core, &peer, tx, bytes, piece_ids).await?;
                             }
                             Err(reason) => {
-                                send_error(tx, ErrorCode::INVALID_MESSAGE, reason.clone(), Some(env.message_id)).await;
-                                return Err(NodeError::Peer { peer: peer.clone(), reason });
+                                send_error(
+                                    tx,
+                                    ErrorCode::INVALID_MESSAGE,
+                                    reason.clone(),
+                                    Some(env.message_id),
+                                )
+                                .await;
+                                return Err(NodeError::Peer {
+                                    peer: peer.clone(),
+                                    reason,
+                                });
                             }
                         }
                         continue;
@@ -287,6 +296,9 @@ async fn acknowledge(
 /// refused before anything is gathered.
 pub const MAX_SNAPSHOT_LEN: u64 = 1 << 30;
 
+/// A snapshot received whole, and the ids of the messages that carried it.
+type WholeSnapshot = (Vec<u8>, Vec<MessageId>);
+
 /// A snapshot being received, piece by piece.
 #[derive(Default)]
 struct SnapshotAssembly {
@@ -300,11 +312,7 @@ impl SnapshotAssembly {
     /// messages that carried it once the last piece is in. A piece out of
     /// order, empty, past the announced length or announcing another one is
     /// an error naming what is wrong.
-    fn add(
-        &mut self,
-        id: MessageId,
-        piece: SyncSnapshot,
-    ) -> Result<Option<(Vec<u8>, Vec<MessageId>)>, String> {
+    fn add(&mut self, id: MessageId, piece: SyncSnapshot) -> Result<Option<WholeSnapshot>, String> {
         if self.ids.is_empty() {
             if piece.total_len > MAX_SNAPSHOT_LEN {
                 return Err(format!(
@@ -560,6 +568,89 @@ pub async fn push(
                         return Err(NodeError::Peer { peer, reason: format!("sent {name} to a pusher") });
                     }
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(total_len: u64, offset: u64, data: &'static [u8]) -> SyncSnapshot {
+        SyncSnapshot {
+            total_len,
+            offset,
+            data: bytes::Bytes::from_static(data),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_is_gathered_in_order_and_whole() {
+        let mut a = SnapshotAssembly::default();
+        let (one, two) = (new_message_id(), new_message_id());
+        assert_eq!(a.add(one, piece(6, 0, b"abc")), Ok(None));
+        let (bytes, ids) = a
+            .add(two, piece(6, 3, b"def"))
+            .expect("in order")
+            .expect("whole");
+        assert_eq!(bytes, b"abcdef");
+        assert_eq!(ids, vec![one, two]);
+        // Ready for the next one.
+        assert_eq!(
+            a.add(one, piece(1, 0, b"z")).expect("ok").expect("whole").0,
+            b"z"
+        );
+    }
+
+    /// BAD_INPUTS: snapshot pieces out of order, overlapping, empty, past
+    /// their announced length, changing it, or announcing more than a
+    /// puller accepts: refused with what is wrong, before anything large is
+    /// held.
+    #[test]
+    fn bad_snapshot_pieces_are_refused() {
+        let id = new_message_id();
+        let cases: Vec<(&str, Vec<SyncSnapshot>, &str)> = vec![
+            (
+                "too large",
+                vec![piece(MAX_SNAPSHOT_LEN + 1, 0, b"a")],
+                "at most",
+            ),
+            (
+                "not from the start",
+                vec![piece(6, 3, b"def")],
+                "expected offset 0",
+            ),
+            (
+                "a gap",
+                vec![piece(6, 0, b"ab"), piece(6, 3, b"def")],
+                "expected offset 2",
+            ),
+            (
+                "an overlap",
+                vec![piece(6, 0, b"abc"), piece(6, 2, b"cde")],
+                "expected offset 3",
+            ),
+            ("empty", vec![piece(6, 0, b"")], "of 0 bytes"),
+            ("past the end", vec![piece(2, 0, b"abc")], "of 2"),
+            (
+                "another length",
+                vec![piece(6, 0, b"abc"), piece(7, 3, b"def")],
+                "announcing 7",
+            ),
+        ];
+        for (what, pieces, says) in cases {
+            let mut a = SnapshotAssembly::default();
+            let mut result = Ok(None);
+            for p in pieces {
+                result = a.add(id, p);
+                if result.is_err() {
+                    break;
+                }
+            }
+            match result {
+                Err(m) => assert!(m.contains(says), "{what}: {m}"),
+                Ok(r) => panic!("{what}: accepted ({r:?})"),
             }
         }
     }

@@ -285,7 +285,9 @@ async fn converge(devs: &[&Dev], seed: u64) {
         // at least the operations it made: an operation may cover several).
         let holds_all = |vv: &VersionVector| {
             devs.iter().all(|d| {
-                vv.get(&d.node.device_id().to_string()).copied().unwrap_or(0)
+                vv.get(&d.node.device_id().to_string())
+                    .copied()
+                    .unwrap_or(0)
                     >= d.created.load(Ordering::Relaxed)
             })
         };

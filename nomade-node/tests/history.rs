@@ -278,5 +278,77 @@ fn bad_input_killed_while_snapshots_are_written_and_history_compacted_loses_noth
         snapshots_seen.len() >= 2,
         "snapshots were written along the way: {snapshots_seen:?}"
     );
-    assert!(compactions_seen >= 2, "the history was compacted along the way");
+    assert!(
+        compactions_seen >= 2,
+        "the history was compacted along the way"
+    );
+}
+
+const OTHER: &str = "m7ae-dq3r-2x2k-fh7p-lwzc-u5tn-6jgb-vals";
+
+/// A peer's snapshot adopted by a device that has its own edits: the state
+/// becomes the snapshot's with those edits on top, stored in one
+/// transaction (the log restarts after it), and it survives a restart. One
+/// that would lose operations this device compacted is refused, and bytes
+/// that are not a snapshot are a typed error; both change nothing, in
+/// memory or on disk.
+#[test]
+fn adopting_a_peer_snapshot_keeps_own_edits_and_refuses_to_lose_any() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // The peer: its whole history in a snapshot.
+    let peer = Core::open(&tmp.path().join("peer"), OTHER, ReplicaConfig::default()).expect("open");
+    peer.edit_many((0..3_000).map(edit_at).collect())
+        .expect("edits");
+    peer.checkpoint();
+    let (_, _, peer_state) = peer.stored_snapshot().expect("read").expect("a snapshot");
+
+    // A device with a few edits of its own, not compacted (a paired device
+    // that holds none of them holds compaction back).
+    let dir = tmp.path().join("mine");
+    let mine = Core::open(&dir, ME, ReplicaConfig::default()).expect("open");
+    mine.store().update_peer(OTHER, |_| {}).expect("pair");
+    mine.edit(
+        EntityType::Document,
+        "mine",
+        LocalEdit::Set {
+            key: "k".into(),
+            value: Value::Int(7),
+        },
+    )
+    .expect("edit");
+    // Garbage: a typed error, nothing changes.
+    let before = mine.state_hash();
+    assert!(matches!(
+        mine.adopt_snapshot(OTHER, b"\x93not a snapshot"),
+        Err(NodeError::Crdt(_))
+    ));
+    assert_eq!(mine.state_hash(), before);
+    // Adopted: the peer's state and this device's edit.
+    mine.adopt_snapshot(OTHER, &peer_state).expect("adopted");
+    assert_eq!(mine.document("mine").expect("kept")["k"], Value::Int(7));
+    assert_eq!(mine.document("doc-3"), peer.document("doc-3"));
+    let hash = mine.state_hash();
+    assert_eq!(mine.compacted().get(OTHER).copied(), Some(3_000));
+    drop(mine);
+    let mine = Core::open(&dir, ME, ReplicaConfig::default()).expect("reopen");
+    assert_eq!(mine.state_hash(), hash, "after a restart");
+
+    // A device that compacted its own edits (no paired device) cannot adopt
+    // a snapshot that lacks them.
+    let alone_dir = tmp.path().join("alone");
+    let alone = Core::open(&alone_dir, ME, ReplicaConfig::default()).expect("open");
+    edit(&alone, 0, SNAPSHOT_EVERY + 10);
+    assert!(
+        alone.compacted().get(ME).copied().unwrap_or(0) > 0,
+        "compacted"
+    );
+    let before = alone.state_hash();
+    match alone.adopt_snapshot(OTHER, &peer_state) {
+        Err(NodeError::SnapshotRefused(why)) => assert!(why.contains("compacted"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(alone.state_hash(), before);
+    drop(alone);
+    let alone = Core::open(&alone_dir, ME, ReplicaConfig::default()).expect("reopen");
+    assert_eq!(alone.state_hash(), before, "nothing stored");
 }

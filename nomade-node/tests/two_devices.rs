@@ -886,14 +886,19 @@ async fn a_compacted_history_reaches_a_new_device_as_a_snapshot_then_the_tail() 
     let desk_own = desk.core().version_vector();
     let addr = online(&laptop).await;
     online(&desk).await;
-    laptop.add_peer(desk.device_id(), "desk", &[]).expect("pair");
+    laptop
+        .add_peer(desk.device_id(), "desk", &[])
+        .expect("pair");
     desk.add_peer(laptop.device_id(), "laptop", &[addr])
         .expect("pair");
     desk.connect(addr, laptop.device_id())
         .await
         .expect("connect");
     wait_for(
-        || laptop.state_hash() == desk.state_hash() && desk.core().version_vector().get(&me) == laptop.core().version_vector().get(&me),
+        || {
+            laptop.state_hash() == desk.state_hash()
+                && desk.core().version_vector().get(&me) == laptop.core().version_vector().get(&me)
+        },
         "the two to converge",
     )
     .await;
@@ -921,7 +926,11 @@ async fn a_compacted_history_reaches_a_new_device_as_a_snapshot_then_the_tail() 
     laptop.shutdown().await;
     drop(desk);
     let desk = Node::open(&desk_dir, config("desk")).expect("reopen");
-    assert_eq!(desk.state_hash(), hash, "the adopted state, after a restart");
+    assert_eq!(
+        desk.state_hash(),
+        hash,
+        "the adopted state, after a restart"
+    );
 }
 
 /// The silent-peer rule: a paired device silent for longer than the hold
@@ -941,7 +950,9 @@ async fn a_device_silent_past_the_hold_returns_to_a_snapshot() {
     let desk = Node::open(&desk_dir, config("desk")).expect("open");
     let addr = online(&laptop).await;
     online(&desk).await;
-    laptop.add_peer(desk.device_id(), "desk", &[]).expect("pair");
+    laptop
+        .add_peer(desk.device_id(), "desk", &[])
+        .expect("pair");
     desk.add_peer(laptop.device_id(), "laptop", &[addr])
         .expect("pair");
     desk.connect(addr, laptop.device_id())

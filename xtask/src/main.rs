@@ -18,6 +18,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "decode_stream",
     "roundtrip",
     "apply_operations",
+    "restore_snapshot",
     "peer_identity",
 ];
 
