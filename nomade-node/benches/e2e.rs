@@ -315,13 +315,8 @@ fn artifact_peak_rss_mib(bytes: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// Full sync: A holds `ops` operations over `docs` documents; B joins.
-/// Returns operations per second applied (durably) on B, and UDP bytes
-/// received by B per operation.
-async fn full_sync(ops: usize, docs: usize, limits: RateLimits) -> FullSync {
-    let tmp = tempfile::tempdir().unwrap();
-    let a = Node::open(&tmp.path().join("a"), limited_config("a", limits)).unwrap();
-    let b = Node::open(&tmp.path().join("b"), limited_config("b", limits)).unwrap();
+/// `ops` field writes over `docs` documents on `node`, in commits of 10,000.
+fn fill(node: &Node, ops: usize, docs: usize) {
     for start in (0..ops).step_by(10_000) {
         let edits = (start..(start + 10_000).min(ops))
             .map(|i| {
@@ -332,11 +327,22 @@ async fn full_sync(ops: usize, docs: usize, limits: RateLimits) -> FullSync {
                 (EntityType::Document, format!("doc-{}", i % docs), edit)
             })
             .collect();
-        a.core().edit_many(edits).unwrap();
+        node.core().edit_many(edits).unwrap();
     }
+}
+
+/// Full sync: A holds `ops` operations over `docs` documents, made while
+/// paired with B (so A keeps the history B has not acknowledged); B joins.
+/// Returns operations per second applied (durably) on B, and UDP bytes
+/// received by B per operation.
+async fn full_sync(ops: usize, docs: usize, limits: RateLimits) -> FullSync {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Node::open(&tmp.path().join("a"), limited_config("a", limits)).unwrap();
+    let b = Node::open(&tmp.path().join("b"), limited_config("b", limits)).unwrap();
+    a.add_peer(b.device_id(), "b", &[]).unwrap();
+    fill(&a, ops, docs);
     let addr_a = a.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
     b.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    a.add_peer(b.device_id(), "b", &[]).unwrap();
     b.add_peer(a.device_id(), "a", &[addr_a]).unwrap();
     let target = a.core().version_vector();
     let start = Instant::now();
@@ -364,6 +370,42 @@ async fn full_sync(ops: usize, docs: usize, limits: RateLimits) -> FullSync {
         reconnect_ms,
         reconnect_idle_bytes: idle_bytes,
     }
+}
+
+/// A snapshot-first sync: A made `ops` operations over `docs` documents with
+/// no paired device, so that its history was compacted (only its snapshot
+/// is left); B, new, pairs and is sent the snapshot. Returns the seconds
+/// from the dial until B holds everything, and the bytes B received.
+async fn snapshot_sync(ops: usize, docs: usize) -> (f64, u64) {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let a = Node::open(&tmp.path().join("a"), limited_config("a", RateLimits::OFF)).unwrap();
+        fill(&a, ops, docs);
+        a.shutdown().await;
+    }
+    let a = Node::open(&tmp.path().join("a"), limited_config("a", RateLimits::OFF)).unwrap();
+    assert!(
+        !a.core().compacted().is_empty(),
+        "the history was compacted"
+    );
+    let b = Node::open(&tmp.path().join("b"), limited_config("b", RateLimits::OFF)).unwrap();
+    let addr_a = a.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    b.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    a.add_peer(b.device_id(), "b", &[]).unwrap();
+    b.add_peer(a.device_id(), "a", &[addr_a]).unwrap();
+    let target = a.core().version_vector();
+    let start = Instant::now();
+    b.connect(addr_a, a.device_id()).await.unwrap();
+    while b.core().version_vector() != target {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(a.state_hash(), b.state_hash());
+    let m = b.status().metrics;
+    assert_eq!(m.snapshots_adopted, 1, "a snapshot-first sync");
+    a.shutdown().await;
+    b.shutdown().await;
+    (secs, m.bytes_received)
 }
 
 /// Reopens the two devices of [`full_sync`] and connects them, A having
@@ -515,6 +557,10 @@ fn main() {
                 f.ops_per_sec, f.bytes_per_op, f.frames_per_sec, f.reconnect_bytes, f.reconnect_idle_bytes, f.reconnect_ms
             );
         }
+        if run("snapshot") {
+            let (secs, bytes) = rt.block_on(snapshot_sync(ops, docs));
+            println!("e2e: snapshot-first sync of a compacted store of {ops} ops: {secs:.2} s, {bytes} bytes received");
+        }
         if run("latency") {
             let (p50, p99) = rt.block_on(latency(lat_n));
             println!("e2e: latency p50 {p50:.2} ms, p99 {p99:.2} ms");
@@ -537,6 +583,7 @@ fn main() {
     // gigabytes of their files back to disk, which slows every commit's fsync.
     let sync = rt.block_on(full_sync(ops, docs, RateLimits::OFF));
     let (ops_per_sec, bytes_per_op) = (sync.ops_per_sec, sync.bytes_per_op);
+    let (snapshot_secs, snapshot_bytes) = rt.block_on(snapshot_sync(ops, docs));
     let (p50, p99) = rt.block_on(latency(lat_n));
     let limited = rt.block_on(full_sync(limited_ops, 100, RateLimits::default()));
     let rounds = rt.block_on(artifact_vs_raw(bulk, ARTIFACT_ROUNDS));
@@ -567,6 +614,9 @@ fn main() {
         "full_sync_ops_per_sec": ops_per_sec,
         "full_sync_bytes_per_op": bytes_per_op,
         "full_sync_frames_per_sec": sync.frames_per_sec,
+        "snapshot_sync_ops": ops,
+        "snapshot_sync_secs": snapshot_secs,
+        "snapshot_sync_bytes": snapshot_bytes,
         "latency_samples": lat_n,
         "latency_p50_ms": p50,
         "latency_p99_ms": p99,
@@ -593,6 +643,9 @@ fn main() {
     println!(
         "e2e: full sync of {ops} ops over {docs} docs: {ops_per_sec:.0} ops/s ({:.1} s), {bytes_per_op:.0} bytes/op on the wire; reconnect differing by one operation: {} bytes, {:.1} ms; live latency p50 {p50:.2} ms, p99 {p99:.2} ms ({lat_n} ops)",
         sync.secs, sync.reconnect_bytes, sync.reconnect_ms
+    );
+    println!(
+        "e2e: snapshot-first sync of a compacted store of {ops} ops over {docs} docs: {snapshot_secs:.2} s, {snapshot_bytes} bytes received"
     );
     println!(
         "e2e: with the default limits: sync {:.0} ops/s in {:.0} frames/s, {:.0} beyond the initial burst (limit {}), artifact {:.2} MB/s (limit {:.0} MB/s)",

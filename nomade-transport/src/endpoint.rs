@@ -80,6 +80,11 @@ impl Default for Config {
     }
 }
 
+/// The smallest MTU change for which path MTU discovery sends another
+/// probe: half the distance between QUIC's minimum (1,200) and the search's
+/// upper bound (1,452).
+const MTU_SEARCH_STEP: u16 = 126;
+
 impl Config {
     fn quinn_transport(&self) -> Result<quinn::TransportConfig> {
         let mut t = quinn::TransportConfig::default();
@@ -96,6 +101,15 @@ impl Config {
             .stream_receive_window(self.stream_receive_window.into())
             .receive_window(self.receive_window.into())
             .send_window(u64::from(self.receive_window));
+        // Path MTU discovery in two probes (1,326 then 1,452 bytes) rather
+        // than quinn's binary search to within 20 bytes (four or five
+        // probes, each a full-size datagram, on every connection): a
+        // reconnect sends about 5 KB less, and a bulk transfer loses at
+        // most the last few percent of payload per packet on a path whose
+        // MTU is just under 1,452.
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.minimum_change(MTU_SEARCH_STEP);
+        t.mtu_discovery_config(Some(mtu));
         Ok(t)
     }
 }
