@@ -265,7 +265,10 @@ impl Core {
     /// replaces this device's, and the operations this device holds that it
     /// does not cover are applied again on top, so nothing is lost. Decoded
     /// and checked before the replica is locked; stored in one transaction
-    /// ([`Store::rebase`]) before it is visible. Returns the snapshot's
+    /// ([`Store::rebase`]: the peer's bytes as the snapshot, this device's
+    /// operations after it) before it is visible. Under the lock: only the
+    /// operations applied again and that write, so the application's reads
+    /// and edits wait for no decoding. Returns the snapshot's
     /// version vector, what the peer can be told this device now holds.
     ///
     /// Refused ([`NodeError::SnapshotRefused`], nothing changed) when this
@@ -314,11 +317,12 @@ impl Core {
                 "{peer}'s snapshot and this device's log do not rebuild everything it holds"
             )));
         }
-        let raw = next.snapshot()?;
-        let seq = self.store.rebase(&raw, &base, &tail)?;
+        // The peer's bytes are the snapshot; the tail is replayed after it
+        // at the next start.
+        let (snapshot_seq, seq) = self.store.rebase(bytes, &base, &tail)?;
         *lock(&self.compacted) = base.clone();
-        self.snapshot_seq.store(seq, Ordering::Relaxed);
-        self.snapshot_len.store(raw.len() as u64, Ordering::Relaxed);
+        self.snapshot_seq.store(snapshot_seq, Ordering::Relaxed);
+        self.snapshot_len.store(bytes.len() as u64, Ordering::Relaxed);
         *replica = next;
         self.appended.send_replace(seq);
         Metrics::add(&self.metrics.snapshots_adopted, 1);

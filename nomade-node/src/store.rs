@@ -621,18 +621,18 @@ impl Store {
     }
 
     /// Replaces the whole history with a state adopted from a peer's
-    /// snapshot, in one transaction: the log is emptied, `tail` (the
-    /// operations this device holds that `base`, the adopted snapshot's
-    /// version vector, does not cover, in an order they apply in) becomes
-    /// the log, `raw` (the state after them) the snapshot, and `base` the
-    /// compacted frontier. Sequence numbers go on from the last one.
-    /// Returns the new last sequence number.
+    /// snapshot, in one transaction: `raw` (the peer's snapshot, whose
+    /// version vector is `base`) becomes the snapshot, covering every
+    /// sequence number so far, and `tail` (the operations this device holds
+    /// that `base` does not cover, in an order they apply in) the whole log
+    /// after it; `base` becomes the compacted frontier. Returns the
+    /// snapshot's sequence number and the new last one.
     pub fn rebase(
         &self,
         raw: &[u8],
         base: &VersionVector,
         tail: &[SyncOperation],
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(u64, u64), StoreError> {
         let last = self.last_seq()?;
         self.with_db(|db| {
             let txn = db.begin_write().map_err(db_err)?;
@@ -654,17 +654,16 @@ impl Store {
                     meta.insert(COMPACTED_KEY, compacted.as_slice())
                         .map_err(db_err)?;
                 }
-                let seq = if tail.is_empty() {
+                write_snapshot(&txn, last, raw)?;
+                if tail.is_empty() {
                     last
                 } else {
                     write_rows(&txn, tail, Some(base))?
-                };
-                write_snapshot(&txn, seq, raw)?;
-                seq
+                }
             };
             txn.commit().map_err(db_err)?;
             self.appended_at_ms.store(now_ms(), Ordering::Relaxed);
-            Ok(seq)
+            Ok((last, seq))
         })
     }
 
