@@ -338,10 +338,17 @@ fn restore_fields(
 ) -> Result<(), CrdtError> {
     let mut writes = Vec::new();
     for (key, values) in fields {
-        for SnapValue(actor, counter, lamport, value) in values {
+        // Usually one value: the key is moved, not copied.
+        let mut key = Some(key);
+        let n = values.len();
+        for (i, SnapValue(actor, counter, lamport, value)) in values.into_iter().enumerate() {
             let (index, limit) = checked_actor(actors, limits, actor)?;
             check_dot(counter, limit)?;
-            writes.push((index, counter, lamport, key.clone(), value));
+            let key = match i + 1 == n {
+                true => key.take().unwrap_or_default(),
+                false => key.clone().unwrap_or_default(),
+            };
+            writes.push((index, counter, lamport, key, value));
         }
     }
     // The field map ignores a dot at or below one it has seen of the same
