@@ -32,6 +32,24 @@ pub struct Change {
     pub remote: bool,
 }
 
+/// Something a pusher sends (see [`Core::push_items`]).
+#[derive(Debug)]
+pub enum PushItem {
+    /// A stored row the peer lacks entirely, sent as stored: the payload of
+    /// a `BATCHED_SYNC` frame.
+    Run {
+        /// The payload, canonical.
+        payload: Vec<u8>,
+        /// How many operations it carries.
+        count: u64,
+        /// The highest counter of each actor in it: what the peer holds
+        /// once it acknowledges the frame.
+        covers: VersionVector,
+    },
+    /// Operations the peer lacks, decoded from stored rows it has part of.
+    Operations(Vec<SyncOperation>),
+}
+
 /// The local state of a device, shared by every task of a running node.
 pub struct Core {
     dir: PathBuf,
@@ -322,7 +340,8 @@ impl Core {
         let (snapshot_seq, seq) = self.store.rebase(bytes, &base, &tail)?;
         *lock(&self.compacted) = base.clone();
         self.snapshot_seq.store(snapshot_seq, Ordering::Relaxed);
-        self.snapshot_len.store(bytes.len() as u64, Ordering::Relaxed);
+        self.snapshot_len
+            .store(bytes.len() as u64, Ordering::Relaxed);
         *replica = next;
         self.appended.send_replace(seq);
         Metrics::add(&self.metrics.snapshots_adopted, 1);
@@ -620,35 +639,96 @@ impl Core {
         Ok(self.store.resume_point(peer)?)
     }
 
-    /// The operations stored after sequence number `cursor` that a peer with
-    /// version vector `peer` lacks, reading at most `limit` stored operations:
-    /// those found, the sequence number to continue from, and whether the
-    /// store goes on past it. Read from the database, in the order stored
-    /// (a causal order): a node's memory holds no history.
-    pub fn ops_after(
+    /// What to send a peer whose version vector is `peer`, from the
+    /// operations stored after sequence number `cursor`, reading at most
+    /// about `limit` stored operations: the items in order, the sequence
+    /// number to continue from, and whether the store goes on past it. Read
+    /// from the database, in the order stored (a causal order): a node's
+    /// memory holds no history.
+    ///
+    /// A stored row the peer lacks entirely (its frontiers show the peer
+    /// has none of it) goes as it is stored, a `BATCHED_SYNC` payload
+    /// already encoded ([`PushItem::Run`]); from the others, the operations
+    /// the peer lacks are decoded ([`PushItem::Operations`]).
+    pub fn push_items(
         &self,
         cursor: u64,
         peer: &VersionVector,
         limit: usize,
-    ) -> Result<(Vec<SyncOperation>, u64, bool), NodeError> {
-        let mut ops = Vec::new();
+    ) -> Result<(Vec<PushItem>, u64, bool), NodeError> {
+        let mut items: Vec<PushItem> = Vec::new();
         let mut next = cursor;
-        let mut read = 0usize;
+        let mut read = 0u64;
         let mut more = false;
-        self.store.scan_ops(cursor, |seq, op| {
-            if read == limit {
+        let mut failure = None;
+        let lacks = |actor: &str, counter: u64| counter > peer.get(actor).copied().unwrap_or(0);
+        self.store.scan_runs(cursor, |run| {
+            if read >= limit as u64 {
                 more = true;
                 return ControlFlow::Break(());
             }
-            read += 1;
-            next = seq;
-            if op.operation.last_counter() > peer.get(&op.actor_id).copied().unwrap_or(0) {
-                ops.push(op);
+            read += run.count;
+            let end = run.first + run.count - 1;
+            let whole = run.first > cursor
+                && run.payload.len() <= crate::batch::MAX_BATCH_PAYLOAD
+                && match (&run.before, &run.after) {
+                    // Each actor with operations in the row: the peer has
+                    // none of them (it stops at or before the row's start).
+                    (Some(before), Some(after)) => after.iter().all(|(a, &c)| {
+                        let b = before.get(a).copied().unwrap_or(0);
+                        c <= b || peer.get(a).copied().unwrap_or(0) <= b
+                    }),
+                    _ => false,
+                };
+            if whole {
+                let (Some(before), Some(after)) = (&run.before, &run.after) else {
+                    return ControlFlow::Break(());
+                };
+                let covers = after
+                    .iter()
+                    .filter(|(a, &c)| c > before.get(*a).copied().unwrap_or(0))
+                    .map(|(a, &c)| (a.clone(), c))
+                    .collect();
+                items.push(PushItem::Run {
+                    payload: run.payload,
+                    count: run.count,
+                    covers,
+                });
+            } else {
+                match run.operations() {
+                    Ok(ops) => {
+                        let wanted = ops
+                            .into_iter()
+                            .enumerate()
+                            .filter(|(i, op)| {
+                                run.first + *i as u64 > cursor
+                                    && lacks(&op.actor_id, op.operation.last_counter())
+                            })
+                            .map(|(_, op)| op);
+                        match items.last_mut() {
+                            Some(PushItem::Operations(ops)) => ops.extend(wanted),
+                            _ => {
+                                let ops: Vec<SyncOperation> = wanted.collect();
+                                if !ops.is_empty() {
+                                    items.push(PushItem::Operations(ops));
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        return ControlFlow::Break(());
+                    }
+                }
             }
+            next = end;
             ControlFlow::Continue(())
         })?;
-        Metrics::add(&self.metrics.ops_scanned, read as u64);
-        Ok((ops, next, more))
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        Metrics::add(&self.metrics.ops_scanned, read);
+        Ok((items, next, more))
     }
 
     /// Records that `peer` acknowledged (durably stored) the operations `vv`

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub snapshots_sent: AtomicU64,
     /// Snapshots received from peers and adopted.
     pub snapshots_adopted: AtomicU64,
+    /// Stored rows of operations sent to peers as they are stored (a BATCHED_SYNC payload not decoded or encoded again).
+    pub runs_sent_as_stored: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
     latency_sum_us: AtomicU64,
     latency_count: AtomicU64,
@@ -76,6 +78,7 @@ impl Default for Metrics {
             ops_compacted: AtomicU64::new(0),
             snapshots_sent: AtomicU64::new(0),
             snapshots_adopted: AtomicU64::new(0),
+            runs_sent_as_stored: AtomicU64::new(0),
             latency_buckets: Default::default(),
             latency_sum_us: AtomicU64::new(0),
             latency_count: AtomicU64::new(0),
@@ -117,6 +120,8 @@ pub struct MetricsSnapshot {
     pub snapshots_sent: u64,
     /// Snapshots received from peers and adopted.
     pub snapshots_adopted: u64,
+    /// Stored rows of operations sent to peers as they are stored (a BATCHED_SYNC payload not decoded or encoded again).
+    pub runs_sent_as_stored: u64,
     /// Sync latency (created on the peer -> applied here) histogram: bucket
     /// upper bound in µs -> cumulative count.
     pub sync_latency_us: Vec<(u64, u64)>,
@@ -191,6 +196,7 @@ impl Metrics {
             ops_compacted: self.ops_compacted.load(Ordering::Relaxed),
             snapshots_sent: self.snapshots_sent.load(Ordering::Relaxed),
             snapshots_adopted: self.snapshots_adopted.load(Ordering::Relaxed),
+            runs_sent_as_stored: self.runs_sent_as_stored.load(Ordering::Relaxed),
             sync_latency_us,
             sync_latency_count: count,
             sync_latency_mean_us: if count == 0 {
@@ -269,6 +275,11 @@ impl MetricsSnapshot {
                 "nomade_snapshots_adopted_total",
                 "Snapshots received from peers and adopted",
                 self.snapshots_adopted,
+            ),
+            (
+                "nomade_runs_sent_as_stored_total",
+                "Stored rows of operations sent to peers as they are stored (a BATCHED_SYNC payload not decoded or encoded again)",
+                self.runs_sent_as_stored,
             ),
         ];
         for (name, help, v) in counters {

@@ -297,11 +297,29 @@ fn decode_run(
     mut f: impl FnMut(u64, SyncOperation) -> ControlFlow<()>,
 ) -> Result<(), StoreError> {
     let (count, payload) = split_run(first, row)?;
+    for (i, op) in decode_payload_ops(first, count, &payload)?
+        .into_iter()
+        .enumerate()
+    {
+        if f(first + i as u64, op).is_break() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// The `count` operations of the `BATCHED_SYNC` payload of the row keyed
+/// `first`, checked like any received payload.
+fn decode_payload_ops(
+    first: u64,
+    count: u64,
+    payload: &[u8],
+) -> Result<Vec<SyncOperation>, StoreError> {
     let limits = Limits {
         max_payload: u32::MAX,
         ..Limits::default()
     };
-    let ops = match Message::decode_payload(MessageType::BatchedSync, &payload, &limits) {
+    let ops = match Message::decode_payload(MessageType::BatchedSync, payload, &limits) {
         Ok(Message::BatchedSync(batch)) => batch.operations,
         Ok(_) => return Err(corrupt_op(first, "not a run of operations")),
         Err(e) => return Err(corrupt_op(first, e)),
@@ -312,12 +330,32 @@ fn decode_run(
             format!("{} operations where the run announces {count}", ops.len()),
         ));
     }
-    for (i, op) in ops.into_iter().enumerate() {
-        if f(first + i as u64, op).is_break() {
-            return Ok(());
-        }
+    Ok(ops)
+}
+
+/// One stored row, as a pusher reads it: its operations' `BATCHED_SYNC`
+/// payload as stored (unpacked), and the frontiers recorded before and
+/// after it, when there are.
+#[derive(Debug)]
+pub struct StoredRun {
+    /// The sequence number of its first operation.
+    pub first: u64,
+    /// How many operations it holds.
+    pub count: u64,
+    /// Their `BATCHED_SYNC` payload, canonical, as stored.
+    pub payload: Vec<u8>,
+    /// The version vector of everything stored before it, if recorded.
+    pub before: Option<VersionVector>,
+    /// The version vector of everything up to its end, if recorded (the
+    /// next row's frontier).
+    pub after: Option<VersionVector>,
+}
+
+impl StoredRun {
+    /// Its operations, decoded and checked.
+    pub fn operations(&self) -> Result<Vec<SyncOperation>, StoreError> {
+        decode_payload_ops(self.first, self.count, &self.payload)
     }
-    Ok(())
 }
 
 fn db_err<E: Into<redb::Error>>(e: E) -> StoreError {
@@ -730,6 +768,52 @@ impl Store {
                     flow
                 })?;
                 if flow.is_break() {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Calls `f` with every stored row that holds an operation above
+    /// `after` (the first one may also hold some at or below it), in order,
+    /// until it returns `ControlFlow::Break`: what a pusher sends, as stored.
+    pub fn scan_runs(
+        &self,
+        after: u64,
+        mut f: impl FnMut(StoredRun) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(OPS).map_err(db_err)?;
+            let marks = txn.open_table(FRONTIERS).map_err(db_err)?;
+            let frontier = |key: u64| -> Result<Option<VersionVector>, StoreError> {
+                match marks.get(key).map_err(db_err)? {
+                    None => Ok(None),
+                    Some(v) => rmp_serde::from_slice(v.value()).map(Some).map_err(|e| {
+                        StoreError::Corrupt {
+                            what: format!("frontier of row {key}: {e}"),
+                        }
+                    }),
+                }
+            };
+            let wanted = after.saturating_add(1);
+            let start = match table.range(..=wanted).map_err(db_err)?.next_back() {
+                Some(entry) => entry.map_err(db_err)?.0.value(),
+                None => wanted,
+            };
+            for entry in table.range(start..).map_err(db_err)? {
+                let (k, v) = entry.map_err(db_err)?;
+                let first = k.value();
+                let (count, payload) = split_run(first, v.value())?;
+                let run = StoredRun {
+                    first,
+                    count,
+                    payload: payload.into_owned(),
+                    before: frontier(first)?,
+                    after: frontier(first + count)?,
+                };
+                if f(run).is_break() {
                     break;
                 }
             }

@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use nomade_crdt::raise_counter;
 use nomade_wire::{
     Ack, BatchEncoder, EntityType, Envelope, ErrorCode, ErrorMessage, Message, MessageId,
-    SyncComplete, SyncOperation, SyncRequest, SyncSnapshot, VersionVector,
+    MessageType, SyncComplete, SyncOperation, SyncRequest, SyncSnapshot, VersionVector,
 };
 use tokio::sync::watch;
 
@@ -26,7 +26,7 @@ use crate::batch::MAX_BATCH_PAYLOAD;
 /// Most log entries examined per scan when pushing, so that a large backlog
 /// is sent in pieces rather than copied at once.
 const SCAN_LIMIT: usize = 20_000;
-use crate::core::{now_ms, Core};
+use crate::core::{now_ms, Core, PushItem};
 use crate::error::NodeError;
 use crate::metrics::Metrics;
 use crate::store::covers;
@@ -520,15 +520,44 @@ pub async fn push(
             // then the operations after it.
             cursor = send_snapshot(&core, &peer, tx, &mut peer_vv, &mut unacked).await?;
         }
-        let (ops, next, more) = core.ops_after(cursor, &peer_vv, SCAN_LIMIT)?;
+        let (items, next, more) = core.push_items(cursor, &peer_vv, SCAN_LIMIT)?;
         cursor = next;
-        if !ops.is_empty() {
-            let frames = send_batches(&mut batch, &ops, tx, &mut peer_vv, &mut unacked).await?;
-            Metrics::add(&core.metrics().ops_sent, ops.len() as u64);
+        for item in items {
+            let (count, frames) = match item {
+                PushItem::Run {
+                    payload,
+                    count,
+                    covers,
+                } => {
+                    // As stored: no operation decoded or encoded again.
+                    let id = new_message_id();
+                    let mut buf = BytesMut::new();
+                    nomade_wire::put_frame(
+                        &mut buf,
+                        MessageType::BatchedSync,
+                        id,
+                        now_ms(),
+                        &payload,
+                    )?;
+                    for (actor, &c) in &covers {
+                        raise_counter(&mut peer_vv, actor, c);
+                    }
+                    unacked.insert(id, covers);
+                    tx.send_frame(buf.freeze()).await?;
+                    Metrics::add(&core.metrics().runs_sent_as_stored, 1);
+                    (count as usize, 1)
+                }
+                PushItem::Operations(ops) => {
+                    let frames =
+                        send_batches(&mut batch, &ops, tx, &mut peer_vv, &mut unacked).await?;
+                    (ops.len(), frames)
+                }
+            };
+            Metrics::add(&core.metrics().ops_sent, count as u64);
             if !initial_done {
-                initial_count += ops.len();
+                initial_count += count;
             }
-            tracing::debug!(%peer, ops = ops.len(), frames, "pushed operations");
+            tracing::debug!(%peer, ops = count, frames, "pushed operations");
         }
         if more {
             continue;

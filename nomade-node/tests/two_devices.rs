@@ -994,3 +994,34 @@ async fn a_device_silent_past_the_hold_returns_to_a_snapshot() {
     desk.shutdown().await;
     laptop.shutdown().await;
 }
+
+/// The history issue: a pusher sends the rows of its log a peer lacks
+/// entirely as they are stored (no operation decoded and encoded again),
+/// and the peer, which checks every frame, converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_rows_travel_as_stored_and_converge() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let laptop = Node::open(&tmp.path().join("laptop"), config("laptop")).expect("open");
+    let desk = Node::open(&tmp.path().join("desk"), config("desk")).expect("open");
+    // Paired first: the laptop keeps the history the desk lacks.
+    laptop.add_peer(desk.device_id(), "desk", &[]).expect("pair");
+    history(&laptop, "l", 20_000);
+    let addr = online(&laptop).await;
+    online(&desk).await;
+    desk.add_peer(laptop.device_id(), "laptop", &[addr])
+        .expect("pair");
+    desk.connect(addr, laptop.device_id())
+        .await
+        .expect("connect");
+    wait_for(
+        || desk.core().version_vector() == laptop.core().version_vector(),
+        "the full sync",
+    )
+    .await;
+    assert_eq!(desk.state_hash(), laptop.state_hash());
+    let sent = laptop.metrics_snapshot();
+    assert!(sent.runs_sent_as_stored > 0, "rows sent as stored");
+    assert_eq!(sent.snapshots_sent, 0, "the history was kept");
+    laptop.shutdown().await;
+    desk.shutdown().await;
+}

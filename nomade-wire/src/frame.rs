@@ -295,6 +295,29 @@ pub(crate) fn put_header(
     dst.put_u32(payload_len);
 }
 
+/// Appends to `dst` the frame of a payload already encoded: its header,
+/// `payload` as it is, and its checksum. For payloads this crate wrote and
+/// that were kept as bytes (a node's stored `BATCHED_SYNC` runs), so that
+/// they travel without being decoded and encoded again; a payload not in
+/// the canonical encoding of its type makes a frame every receiver rejects.
+pub fn put_frame(
+    dst: &mut BytesMut,
+    message_type: MessageType,
+    message_id: MessageId,
+    timestamp: i64,
+    payload: &[u8],
+) -> Result<(), EncodeError> {
+    let len = u32::try_from(payload.len()).map_err(|_| EncodeError::PayloadTooLarge {
+        len: payload.len(),
+        max: u32::MAX as usize,
+    })?;
+    dst.reserve(HEADER_LEN + payload.len() + CHECKSUM_LEN);
+    put_header(dst, message_type, message_id, timestamp, len);
+    dst.put_slice(payload);
+    dst.put_slice(blake3::hash(payload).as_bytes());
+    Ok(())
+}
+
 /// One protocol message with its envelope fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
