@@ -118,8 +118,9 @@ fn write(workload: &str, dir: &Path) -> (usize, usize) {
     }
     flush(&mut batch);
     // What a clean stop does (Node::shutdown): a snapshot of what is new.
+    let stored = core.store().last_seq().unwrap_or(0) as usize;
     core.checkpoint();
-    (edits, core.op_count())
+    (edits, stored)
 }
 
 /// Opens `dir` and prints `rss_before rss_after open_ms ops`.

@@ -864,8 +864,16 @@ impl Core {
         self.replica().version_vector().clone()
     }
 
-    /// Number of operations applied.
+    /// The changes this device holds: the sum of its version vector, one
+    /// per field write and per element inserted or removed (a run of
+    /// keystrokes counts each), however they were stored, compacted or
+    /// received in a snapshot.
     pub fn op_count(&self) -> usize {
-        usize::try_from(*self.appended.borrow()).unwrap_or(usize::MAX)
+        let total = self
+            .replica()
+            .version_vector()
+            .values()
+            .fold(0u64, |sum, &c| sum.saturating_add(c));
+        usize::try_from(total).unwrap_or(usize::MAX)
     }
 }

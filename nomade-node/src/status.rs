@@ -170,7 +170,8 @@ pub struct NodeStatus {
     pub state_hash: String,
     /// The highest operation counter applied, per device.
     pub version_vector: nomade_wire::VersionVector,
-    /// Operations applied.
+    /// Changes held: the sum of the version vector (one per field write and
+    /// per element inserted or removed).
     pub operations: usize,
     /// Entities held.
     pub entities: usize,

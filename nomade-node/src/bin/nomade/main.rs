@@ -531,7 +531,7 @@ fn print_status(st: &Json) {
     }
     println!("state    {}", s(&st["state_hash"]));
     println!(
-        "content  {} operations, {} entities, {} artifacts",
+        "content  {} changes, {} entities, {} artifacts",
         st["operations"], st["entities"], st["artifacts"]
     );
     let peers = st["peers"].as_array().cloned().unwrap_or_default();
