@@ -1004,7 +1004,9 @@ async fn stored_rows_travel_as_stored_and_converge() {
     let laptop = Node::open(&tmp.path().join("laptop"), config("laptop")).expect("open");
     let desk = Node::open(&tmp.path().join("desk"), config("desk")).expect("open");
     // Paired first: the laptop keeps the history the desk lacks.
-    laptop.add_peer(desk.device_id(), "desk", &[]).expect("pair");
+    laptop
+        .add_peer(desk.device_id(), "desk", &[])
+        .expect("pair");
     history(&laptop, "l", 20_000);
     let addr = online(&laptop).await;
     online(&desk).await;
