@@ -864,6 +864,20 @@ impl Core {
         self.replica().version_vector().clone()
     }
 
+    /// How the history is kept: the snapshot's size, the operations stored
+    /// after it, what was compacted away.
+    pub fn history_status(&self) -> crate::status::HistoryStatus {
+        let snapshot_seq = self.snapshot_seq.load(Ordering::Relaxed);
+        crate::status::HistoryStatus {
+            snapshot_bytes: self.snapshot_len.load(Ordering::Relaxed),
+            operations_after_snapshot: self.appended.borrow().saturating_sub(snapshot_seq),
+            compacted: self
+                .compacted()
+                .values()
+                .fold(0u64, |sum, &c| sum.saturating_add(c)),
+        }
+    }
+
     /// The changes this device holds: the sum of its version vector, one
     /// per field write and per element inserted or removed (a run of
     /// keystrokes counts each), however they were stored, compacted or

@@ -30,6 +30,7 @@ impl Node {
             operations: self.inner.core.op_count(),
             entities: self.inner.core.entities().len(),
             artifacts: self.inner.artifacts.list().map(|l| l.len()).unwrap_or(0),
+            history: self.inner.core.history_status(),
             peers,
             metrics: self.metrics_snapshot(),
         }
@@ -177,8 +178,22 @@ pub struct NodeStatus {
     pub entities: usize,
     /// Artifacts held.
     pub artifacts: usize,
+    /// How its history is kept.
+    pub history: HistoryStatus,
     /// Paired devices.
     pub peers: Vec<PeerStatus>,
     /// Metrics.
     pub metrics: MetricsSnapshot,
+}
+
+/// How a device keeps its history (see docs/PROTOCOL.md, "Snapshots").
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HistoryStatus {
+    /// The size of its latest snapshot, unpacked, in bytes (0: none yet).
+    pub snapshot_bytes: u64,
+    /// Operations stored after that snapshot, replayed at the next start.
+    pub operations_after_snapshot: u64,
+    /// The changes compacted away from the log (the sum of the compacted
+    /// frontier): a peer lacking any of them is sent the snapshot.
+    pub compacted: u64,
 }

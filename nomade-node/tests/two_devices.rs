@@ -881,6 +881,11 @@ async fn a_compacted_history_reaches_a_new_device_as_a_snapshot_then_the_tail() 
         compacted.get(&me).copied().unwrap_or(0) >= 20_000,
         "compacted at the checkpoint: {compacted:?}"
     );
+    let kept = laptop.status().history;
+    assert!(
+        kept.compacted >= 20_000 && kept.snapshot_bytes > 0,
+        "{kept:?}"
+    );
     let desk = Node::open(&desk_dir, config("desk")).expect("open");
     history(&desk, "d", 500);
     let desk_own = desk.core().version_vector();

@@ -534,6 +534,13 @@ fn print_status(st: &Json) {
         "content  {} changes, {} entities, {} artifacts",
         st["operations"], st["entities"], st["artifacts"]
     );
+    let h = &st["history"];
+    println!(
+        "history  snapshot of {} KB, {} operations after it, {} changes compacted",
+        h["snapshot_bytes"].as_u64().unwrap_or(0) / 1024,
+        h["operations_after_snapshot"],
+        h["compacted"]
+    );
     let peers = st["peers"].as_array().cloned().unwrap_or_default();
     println!("peers    {}", peers.len());
     for p in &peers {
