@@ -78,6 +78,9 @@ pub struct Core {
     clock_skew_ms: std::sync::atomic::AtomicI64,
     /// What the log no longer holds (the store's compacted frontier).
     compacted: Mutex<VersionVector>,
+    /// Per peer: what it sent this device that is applied here (so the
+    /// peer holds it): a pusher never sends it back.
+    received: Mutex<HashMap<String, VersionVector>>,
     /// How long a paired device may stay silent and still hold compaction
     /// back, in ms (see [`Core::compaction_floor`]).
     compaction_hold_ms: std::sync::atomic::AtomicU64,
@@ -187,6 +190,7 @@ impl Core {
             last_sync: Mutex::new(HashMap::new()),
             clock_skew_ms: std::sync::atomic::AtomicI64::new(0),
             compacted: Mutex::new(compacted),
+            received: Mutex::new(HashMap::new()),
             compaction_hold_ms: std::sync::atomic::AtomicU64::new(
                 DEFAULT_COMPACTION_HOLD.as_millis() as u64,
             ),
@@ -571,6 +575,10 @@ impl Core {
     pub fn apply_remote(&self, peer: &str, ops: Vec<SyncOperation>) -> Result<usize, NodeError> {
         let mut replica = self.replica();
         let mut first_err = None;
+        let sent: Vec<(String, u64)> = ops
+            .iter()
+            .map(|op| (op.actor_id.clone(), op.operation.last_counter()))
+            .collect();
         for op in ops {
             if let Err(e) = replica.apply_remote(op) {
                 self.metrics.record_error("SYNC_OPERATION");
@@ -579,6 +587,20 @@ impl Core {
                 }
                 tracing::warn!(peer, error = %e, "refused an operation");
                 first_err.get_or_insert(e);
+            }
+        }
+        // What the peer sent and this device now holds, the peer holds too
+        // (noted before the store wakes the pushers; operations still
+        // waiting for their dependencies are not counted: they may never be
+        // valid).
+        {
+            let vv = replica.version_vector();
+            let mut received = lock(&self.received);
+            let theirs = received.entry(peer.to_string()).or_default();
+            for (actor, last) in &sent {
+                if vv.get(actor).is_some_and(|c| c >= last) {
+                    nomade_crdt::raise_counter(theirs, actor, *last);
+                }
             }
         }
         // What was applied (these and buffered ones they released), in the
@@ -618,6 +640,18 @@ impl Core {
             Some(e) if applied == 0 => Err(e.into()),
             _ => Ok(applied),
         }
+    }
+
+    /// What `peer` sent this device that is applied here (it holds it:
+    /// sending it back would be an echo).
+    pub fn received_from(&self, peer: &str) -> VersionVector {
+        lock(&self.received).get(peer).cloned().unwrap_or_default()
+    }
+
+    /// Forgets what `peer` sent: a new sync stream from it starts from the
+    /// version vector it announces.
+    pub fn forget_received(&self, peer: &str) {
+        lock(&self.received).remove(peer);
     }
 
     fn note_sync(&self, peer: &str) {

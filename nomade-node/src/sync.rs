@@ -512,8 +512,13 @@ pub async fn push(
     // What the peer says it holds counts as acknowledged: with what it
     // acknowledges later, it is what compaction may drop.
     core.record_ack(&peer, &peer_vv);
+    core.forget_received(&peer);
     loop {
         appended.borrow_and_update();
+        // What the peer sent this device since: not sent back.
+        for (actor, &c) in &core.received_from(&peer) {
+            raise_counter(&mut peer_vv, actor, c);
+        }
         if !covers(&peer_vv, &core.compacted()) {
             // The peer lacks operations this device no longer holds (it was
             // away longer than the hold, or is new): the snapshot first,

@@ -1032,3 +1032,45 @@ async fn stored_rows_travel_as_stored_and_converge() {
     laptop.shutdown().await;
     desk.shutdown().await;
 }
+
+/// Nothing is echoed: what a device receives from a peer it does not send
+/// back to that peer (the sync issue's line of devices at 1x).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_received_from_a_peer_are_not_sent_back_to_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let laptop = Node::open(&tmp.path().join("laptop"), config("laptop")).expect("open");
+    let desk = Node::open(&tmp.path().join("desk"), config("desk")).expect("open");
+    let addr = online(&laptop).await;
+    online(&desk).await;
+    laptop
+        .add_peer(desk.device_id(), "desk", &[])
+        .expect("pair");
+    desk.add_peer(laptop.device_id(), "laptop", &[addr])
+        .expect("pair");
+    desk.connect(addr, laptop.device_id())
+        .await
+        .expect("connect");
+    desk.wait_initial_sync(&laptop.device_id(), Duration::from_secs(10))
+        .await
+        .expect("initial sync");
+    for i in 0..200 {
+        laptop
+            .set("trip", &format!("k{}", i % 10), i)
+            .expect("edit");
+    }
+    wait_for(
+        || desk.core().version_vector() == laptop.core().version_vector(),
+        "the edits to reach the desk",
+    )
+    .await;
+    // Give an echo time to happen.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(laptop.metrics_snapshot().ops_sent, 200);
+    assert_eq!(
+        desk.metrics_snapshot().ops_sent,
+        0,
+        "the desk sent the laptop's operations back"
+    );
+    laptop.shutdown().await;
+    desk.shutdown().await;
+}
