@@ -1074,3 +1074,46 @@ async fn operations_received_from_a_peer_are_not_sent_back_to_it() {
     laptop.shutdown().await;
     desk.shutdown().await;
 }
+
+/// A line of three devices (phone - laptop - desk, the phone and the desk
+/// not paired): the phone's edits reach the desk through the laptop, and
+/// each operation crosses each link once, forwards only: 2x the edits in
+/// all, nothing echoed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_of_three_relays_each_operation_once_per_link() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let phone = Node::open(&tmp.path().join("phone"), config("phone")).expect("open");
+    let laptop = Node::open(&tmp.path().join("laptop"), config("laptop")).expect("open");
+    let desk = Node::open(&tmp.path().join("desk"), config("desk")).expect("open");
+    let laptop_addr = online(&laptop).await;
+    online(&phone).await;
+    online(&desk).await;
+    for (node, name) in [(&phone, "phone"), (&desk, "desk")] {
+        laptop.add_peer(node.device_id(), name, &[]).expect("pair");
+        node.add_peer(laptop.device_id(), "laptop", &[laptop_addr])
+            .expect("pair");
+        node.connect(laptop_addr, laptop.device_id())
+            .await
+            .expect("connect");
+        node.wait_initial_sync(&laptop.device_id(), Duration::from_secs(10))
+            .await
+            .expect("initial sync");
+    }
+    for i in 0..100 {
+        phone.set("note", &format!("k{}", i % 10), i).expect("edit");
+    }
+    wait_for(
+        || desk.core().version_vector() == phone.core().version_vector(),
+        "the phone's edits to reach the desk",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent: Vec<u64> = [&phone, &laptop, &desk]
+        .iter()
+        .map(|n| n.metrics_snapshot().ops_sent)
+        .collect();
+    assert_eq!(sent, vec![100, 100, 0], "sent by the phone, laptop, desk");
+    for node in [&phone, &laptop, &desk] {
+        node.shutdown().await;
+    }
+}
