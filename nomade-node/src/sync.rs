@@ -476,6 +476,22 @@ pub async fn push(
     tx: &mut impl FrameSink,
     rx: &mut impl FrameSource,
 ) -> Result<(), NodeError> {
+    push_with_window(core, peer, tx, rx, MAX_UNACKED_FRAMES).await
+}
+
+/// Frames a pusher sends without their acknowledgement before it waits for
+/// one (1,024, about 60 MB of operations at most): what it remembers of
+/// frames in flight stays bounded, whatever the peer does.
+pub const MAX_UNACKED_FRAMES: usize = 1024;
+
+/// [`push`] with a window of `window` unacknowledged frames.
+async fn push_with_window(
+    core: Arc<Core>,
+    peer: String,
+    tx: &mut impl FrameSink,
+    rx: &mut impl FrameSource,
+    window: usize,
+) -> Result<(), NodeError> {
     let Some(first) = rx.recv().await? else {
         return Ok(());
     };
@@ -514,70 +530,74 @@ pub async fn push(
     core.record_ack(&peer, &peer_vv);
     core.forget_received(&peer);
     loop {
-        appended.borrow_and_update();
-        // What the peer sent this device since: not sent back.
-        for (actor, &c) in &core.received_from(&peer) {
-            raise_counter(&mut peer_vv, actor, c);
-        }
-        if !covers(&peer_vv, &core.compacted()) {
-            // The peer lacks operations this device no longer holds (it was
-            // away longer than the hold, or is new): the snapshot first,
-            // then the operations after it.
-            cursor = send_snapshot(&core, &peer, tx, &mut peer_vv, &mut unacked).await?;
-        }
-        let (items, next, more) = core.push_items(cursor, &peer_vv, SCAN_LIMIT)?;
-        cursor = next;
-        for item in items {
-            let (count, frames) = match item {
-                PushItem::Run {
-                    payload,
-                    count,
-                    covers,
-                } => {
-                    // As stored: no operation decoded or encoded again.
-                    let id = new_message_id();
-                    let mut buf = BytesMut::new();
-                    nomade_wire::put_frame(
-                        &mut buf,
-                        MessageType::BatchedSync,
-                        id,
-                        now_ms(),
-                        &payload,
-                    )?;
-                    for (actor, &c) in &covers {
-                        raise_counter(&mut peer_vv, actor, c);
-                    }
-                    unacked.insert(id, covers);
-                    tx.send_frame(buf.freeze()).await?;
-                    Metrics::add(&core.metrics().runs_sent_as_stored, 1);
-                    (count as usize, 1)
-                }
-                PushItem::Operations(ops) => {
-                    let frames =
-                        send_batches(&mut batch, &ops, tx, &mut peer_vv, &mut unacked).await?;
-                    (ops.len(), frames)
-                }
-            };
-            Metrics::add(&core.metrics().ops_sent, count as u64);
-            if !initial_done {
-                initial_count += count;
+        // A full window: nothing more is sent until acknowledgements come.
+        let window_full = unacked.len() >= window;
+        if !window_full {
+            appended.borrow_and_update();
+            // What the peer sent this device since: not sent back.
+            for (actor, &c) in &core.received_from(&peer) {
+                raise_counter(&mut peer_vv, actor, c);
             }
-            tracing::debug!(%peer, ops = count, frames, "pushed operations");
-        }
-        if more {
-            continue;
-        }
-        if !initial_done {
-            initial_done = true;
-            let complete = SyncComplete {
-                entity_types: vec![EntityType::Document, EntityType::Conversation],
-                operations_count: u32::try_from(initial_count).unwrap_or(u32::MAX),
-                new_state_hash: core.state_hash(),
-            };
-            tx.send(&envelope(complete)).await?;
+            if !covers(&peer_vv, &core.compacted()) {
+                // The peer lacks operations this device no longer holds (it was
+                // away longer than the hold, or is new): the snapshot first,
+                // then the operations after it.
+                cursor = send_snapshot(&core, &peer, tx, &mut peer_vv, &mut unacked).await?;
+            }
+            let (items, next, more) = core.push_items(cursor, &peer_vv, SCAN_LIMIT)?;
+            cursor = next;
+            for item in items {
+                let (count, frames) = match item {
+                    PushItem::Run {
+                        payload,
+                        count,
+                        covers,
+                    } => {
+                        // As stored: no operation decoded or encoded again.
+                        let id = new_message_id();
+                        let mut buf = BytesMut::new();
+                        nomade_wire::put_frame(
+                            &mut buf,
+                            MessageType::BatchedSync,
+                            id,
+                            now_ms(),
+                            &payload,
+                        )?;
+                        for (actor, &c) in &covers {
+                            raise_counter(&mut peer_vv, actor, c);
+                        }
+                        unacked.insert(id, covers);
+                        tx.send_frame(buf.freeze()).await?;
+                        Metrics::add(&core.metrics().runs_sent_as_stored, 1);
+                        (count as usize, 1)
+                    }
+                    PushItem::Operations(ops) => {
+                        let frames =
+                            send_batches(&mut batch, &ops, tx, &mut peer_vv, &mut unacked).await?;
+                        (ops.len(), frames)
+                    }
+                };
+                Metrics::add(&core.metrics().ops_sent, count as u64);
+                if !initial_done {
+                    initial_count += count;
+                }
+                tracing::debug!(%peer, ops = count, frames, "pushed operations");
+            }
+            if more {
+                continue;
+            }
+            if !initial_done {
+                initial_done = true;
+                let complete = SyncComplete {
+                    entity_types: vec![EntityType::Document, EntityType::Conversation],
+                    operations_count: u32::try_from(initial_count).unwrap_or(u32::MAX),
+                    new_state_hash: core.state_hash(),
+                };
+                tx.send(&envelope(complete)).await?;
+            }
         }
         tokio::select! {
-            changed = appended.changed() => {
+            changed = appended.changed(), if !window_full => {
                 if changed.is_err() {
                     return Ok(());
                 }
@@ -687,5 +707,119 @@ mod tests {
                 Ok(r) => panic!("{what}: accepted ({r:?})"),
             }
         }
+    }
+
+    /// Frames to and from a pusher under test, over channels: the sync
+    /// flow without sockets.
+    struct ChannelSink(tokio::sync::mpsc::UnboundedSender<Envelope>);
+    struct ChannelSource(tokio::sync::mpsc::UnboundedReceiver<Envelope>);
+
+    impl FrameSink for ChannelSink {
+        async fn send(&mut self, env: &Envelope) -> Result<(), NodeError> {
+            let _ = self.0.send(env.clone());
+            Ok(())
+        }
+
+        async fn send_frame(&mut self, frame: bytes::Bytes) -> Result<(), NodeError> {
+            let env = Envelope::decode(&frame).map_err(|e| NodeError::Peer {
+                peer: "test".into(),
+                reason: e.to_string(),
+            })?;
+            let _ = self.0.send(env);
+            Ok(())
+        }
+    }
+
+    impl FrameSource for ChannelSource {
+        async fn recv(&mut self) -> Result<Option<Envelope>, NodeError> {
+            Ok(self.0.recv().await)
+        }
+    }
+
+    fn set(core: &Core, i: i64) {
+        core.edit(
+            EntityType::Document,
+            "doc",
+            nomade_crdt::LocalEdit::Set {
+                key: format!("k{i}"),
+                value: nomade_wire::Value::Int(i),
+            },
+        )
+        .expect("edit");
+    }
+
+    async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Envelope>) -> Envelope {
+        tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a frame in time")
+            .expect("the pusher is running")
+    }
+
+    /// The sync issue: a pusher keeps at most its window of frames without
+    /// acknowledgement, then waits (a peer that never acknowledges costs
+    /// bounded memory); an acknowledgement opens the window again, and one
+    /// naming frames never sent changes nothing.
+    #[tokio::test]
+    async fn a_pusher_waits_when_its_window_of_unacknowledged_frames_is_full() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let core =
+            Core::open(dir.path(), "pusher", nomade_crdt::ReplicaConfig::default()).expect("open");
+        let (to_peer, mut from_pusher) = tokio::sync::mpsc::unbounded_channel();
+        let (to_pusher, from_peer) = tokio::sync::mpsc::unbounded_channel();
+        let pusher = tokio::spawn({
+            let core = core.clone();
+            async move {
+                let (mut tx, mut rx) = (ChannelSink(to_peer), ChannelSource(from_peer));
+                push_with_window(core, "peer".into(), &mut tx, &mut rx, 2).await
+            }
+        });
+        let request = SyncRequest {
+            entity_types: vec![],
+            since_timestamp: None,
+            full_sync: true,
+            version_vector: None,
+        };
+        to_pusher.send(envelope(request)).expect("send");
+        assert!(matches!(
+            next(&mut from_pusher).await.message,
+            Message::SyncComplete(_)
+        ));
+        // Two frames, each acknowledged by nobody.
+        let mut sent = Vec::new();
+        for i in 0..2 {
+            set(&core, i);
+            let env = next(&mut from_pusher).await;
+            assert!(matches!(env.message, Message::BatchedSync(_)));
+            sent.push(env.message_id);
+        }
+        // The window is full: more edits are not sent.
+        for i in 2..5 {
+            set(&core, i);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(from_pusher.try_recv().is_err(), "sent past a full window");
+        // An acknowledgement of frames never sent changes nothing.
+        let ack = Ack {
+            message_ids: vec![new_message_id()],
+        };
+        to_pusher.send(envelope(ack)).expect("send");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            from_pusher.try_recv().is_err(),
+            "a bogus ACK opened the window"
+        );
+        assert!(!core.acked_by("peer").contains_key("pusher"));
+        // A real one opens it: the three waiting edits go, together.
+        let ack = Ack {
+            message_ids: vec![sent[0]],
+        };
+        to_pusher.send(envelope(ack)).expect("send");
+        match next(&mut from_pusher).await.message {
+            Message::BatchedSync(b) => assert_eq!(b.operations.len(), 3),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(core.acked_by("peer").get("pusher"), Some(&1));
+        drop(to_pusher);
+        assert!(pusher.await.expect("joins").is_ok());
     }
 }
