@@ -123,6 +123,9 @@ pub async fn pull(
         Ok::<(), NodeError>(())
     };
     let mut snapshot = SnapshotAssembly::default();
+    // Messages whose operations are not all applied yet (some wait in the
+    // causal buffer, in memory only): acknowledged once they are.
+    let mut pending: Vec<Carried> = Vec::new();
     let applier = async {
         while let Some(first) = queue.recv().await {
             let mut group = vec![first];
@@ -132,9 +135,10 @@ pub async fn pull(
                     Err(_) => break,
                 }
             }
-            let mut ops = Vec::new();
-            let mut ids = Vec::new();
+            let mut ops: Vec<SyncOperation> = Vec::new();
+            let mut ids: Vec<Carried> = Vec::new();
             for env in group {
+                let before = ops.len();
                 match env.message {
                     Message::BatchedSync(b) => ops.extend(b.operations),
                     Message::SyncOperation(op) => ops.push(op),
@@ -147,6 +151,7 @@ pub async fn pull(
                             tx,
                             std::mem::take(&mut ops),
                             std::mem::take(&mut ids),
+                            &mut pending,
                         )
                         .await?;
                         match snapshot.add(env.message_id, piece) {
@@ -178,16 +183,21 @@ pub async fn pull(
                             tx,
                             std::mem::take(&mut ops),
                             std::mem::take(&mut ids),
+                            &mut pending,
                         )
                         .await?;
                         handle_control(&core, &peer, tx, env.message_id, other, initial).await?;
                         continue;
                     }
                 }
-                ids.push(env.message_id);
+                let carried = ops[before..]
+                    .iter()
+                    .map(|op| (op.actor_id.clone(), op.operation.last_counter()))
+                    .collect();
+                ids.push((env.message_id, carried));
                 Metrics::add(&core.metrics().sync_frames_received, 1);
             }
-            apply_and_ack(&core, &peer, tx, ops, ids).await?;
+            apply_and_ack(&core, &peer, tx, ops, ids, &mut pending).await?;
         }
         Ok::<(), NodeError>(())
     };
@@ -204,22 +214,52 @@ pub async fn pull(
     }
 }
 
+/// A message that carried operations: its id, and each operation's actor
+/// and last counter.
+type Carried = (MessageId, Vec<(String, u64)>);
+
+/// Most messages held back from acknowledgement while their operations wait
+/// for dependencies (the causal buffer bounds them too); beyond, the oldest
+/// are never acknowledged: the pusher sends them again after a reconnection.
+const MAX_PENDING_ACKS: usize = 4096;
+
 /// Applies a group of operations in one transaction, then acknowledges the
-/// messages that carried them.
+/// messages whose operations are all applied, so durably stored: those of
+/// `carried`, and those of `pending` that became so. The others wait in
+/// `pending`: an operation held in the causal buffer is only in memory.
 async fn apply_and_ack(
     core: &Arc<Core>,
     peer: &str,
     tx: &mut impl FrameSink,
     ops: Vec<nomade_wire::SyncOperation>,
-    ids: Vec<MessageId>,
+    carried: Vec<Carried>,
+    pending: &mut Vec<Carried>,
 ) -> Result<(), NodeError> {
-    if ids.is_empty() {
+    if carried.is_empty() {
         return Ok(());
     }
     let c = core.clone();
     let p = peer.to_string();
     let result = tokio::task::spawn_blocking(move || c.apply_remote(&p, ops).map(|_| ())).await?;
-    acknowledge(peer, tx, result, ids).await
+    if result.is_err() {
+        let ids = carried.into_iter().map(|(id, _)| id).collect();
+        return acknowledge(peer, tx, result, ids).await;
+    }
+    pending.extend(carried);
+    let vv = core.version_vector();
+    let (ready, waiting): (Vec<Carried>, Vec<Carried>) =
+        std::mem::take(pending).into_iter().partition(|(_, ops)| {
+            ops.iter()
+                .all(|(actor, last)| vv.get(actor).is_some_and(|c| c >= last))
+        });
+    *pending = waiting;
+    let excess = pending.len().saturating_sub(MAX_PENDING_ACKS);
+    pending.drain(..excess);
+    if ready.is_empty() {
+        return Ok(());
+    }
+    let ids = ready.into_iter().map(|(id, _)| id).collect();
+    acknowledge(peer, tx, Ok(()), ids).await
 }
 
 /// Adopts a snapshot received whole (see [`Core::adopt_snapshot`]), then
@@ -821,5 +861,75 @@ mod tests {
         assert_eq!(core.acked_by("peer").get("pusher"), Some(&1));
         drop(to_pusher);
         assert!(pusher.await.expect("joins").is_ok());
+    }
+
+    fn remote_set(counter: u64) -> SyncOperation {
+        let mut deps = VersionVector::new();
+        if counter > 1 {
+            deps.insert("far".into(), counter - 1);
+        }
+        SyncOperation {
+            entity_id: "doc".into(),
+            entity_type: EntityType::Document,
+            operation: nomade_wire::CrdtOperation {
+                counter,
+                deps,
+                edit: nomade_wire::Edit::Set {
+                    key: format!("k{counter}"),
+                    value: nomade_wire::Value::Int(counter as i64),
+                },
+            },
+            timestamp: 0,
+            actor_id: "far".into(),
+        }
+    }
+
+    /// ACK means durable: a message whose operation waits in the causal
+    /// buffer (in memory only) is not acknowledged until it is applied and
+    /// stored; then both messages are.
+    #[tokio::test]
+    async fn a_puller_acknowledges_only_what_is_applied_and_stored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let core =
+            Core::open(dir.path(), "puller", nomade_crdt::ReplicaConfig::default()).expect("open");
+        let (to_pusher, mut from_puller) = tokio::sync::mpsc::unbounded_channel();
+        let (to_puller, from_pusher) = tokio::sync::mpsc::unbounded_channel();
+        let (initial, _) = watch::channel(None);
+        let puller = tokio::spawn({
+            let core = core.clone();
+            async move {
+                let (mut tx, mut rx) = (ChannelSink(to_pusher), ChannelSource(from_pusher));
+                pull(core, "peer".into(), &mut tx, &mut rx, &initial).await
+            }
+        });
+        assert!(matches!(
+            next(&mut from_puller).await.message,
+            Message::SyncRequest(_)
+        ));
+        // The second operation first: it waits for the first.
+        let second = envelope(remote_set(2));
+        to_puller.send(second.clone()).expect("send");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            from_puller.try_recv().is_err(),
+            "acknowledged a buffered operation"
+        );
+        assert_eq!(core.replica().buffered(), 1);
+        // The first: both applied and stored, both acknowledged.
+        let first = envelope(remote_set(1));
+        to_puller.send(first.clone()).expect("send");
+        match next(&mut from_puller).await.message {
+            Message::Ack(a) => {
+                let mut got = a.message_ids.clone();
+                got.sort_by_key(|id| *id.as_bytes());
+                let mut want = vec![first.message_id, second.message_id];
+                want.sort_by_key(|id| *id.as_bytes());
+                assert_eq!(got, want);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(core.version_vector().get("far"), Some(&2));
+        drop(to_puller);
+        assert!(puller.await.expect("joins").is_ok());
     }
 }
