@@ -12,16 +12,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nomade_crdt::{Replica, ReplicaConfig};
+use nomade_crdt::Replica;
 use nomade_wire::{Envelope, Message, SyncOperation};
-
-fn config() -> ReplicaConfig {
-    ReplicaConfig {
-        max_buffered: 256,
-        max_counter_jump: 1 << 20,
-        max_actors: 16,
-    }
-}
 
 fn operations(frame: &[u8]) -> Option<Vec<SyncOperation>> {
     match Envelope::decode(frame).ok()?.message {
@@ -32,13 +24,13 @@ fn operations(frame: &[u8]) -> Option<Vec<SyncOperation>> {
 }
 
 fn check(ops: Vec<SyncOperation>) {
-    let mut replica = Replica::with_config("fuzz-device", config());
+    let mut replica = Replica::with_config("fuzz-device", nomade_fuzz::small_replica_config());
     for op in ops {
         let _ = replica.apply_remote(op);
     }
     let applied = replica.take_applied();
     let hash = replica.state_hash();
-    let mut replay = Replica::with_config("fuzz-device", config());
+    let mut replay = Replica::with_config("fuzz-device", nomade_fuzz::small_replica_config());
     for op in applied.iter().cloned() {
         replay
             .apply_remote(op)
@@ -58,7 +50,7 @@ fn check(ops: Vec<SyncOperation>) {
         "applying again changed the state"
     );
     let bytes = replica.snapshot().expect("a snapshot");
-    let restored = Replica::from_snapshot("fuzz-device", &bytes, config()).expect("restores");
+    let restored = Replica::from_snapshot("fuzz-device", &bytes, nomade_fuzz::small_replica_config()).expect("restores");
     assert_eq!(
         restored.state_hash(),
         hash,

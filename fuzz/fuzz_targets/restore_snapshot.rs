@@ -9,25 +9,17 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nomade_crdt::{LocalEdit, Replica, ReplicaConfig};
+use nomade_crdt::{LocalEdit, Replica};
 use nomade_wire::{EntityType, Value};
 
-fn config() -> ReplicaConfig {
-    ReplicaConfig {
-        max_buffered: 256,
-        max_counter_jump: 1 << 20,
-        max_actors: 16,
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
-    let Ok(mut replica) = Replica::from_snapshot("fuzz-device", data, config()) else {
+    let Ok(mut replica) = Replica::from_snapshot("fuzz-device", data, nomade_fuzz::small_replica_config()) else {
         return;
     };
     let hash = replica.state_hash();
     let again = replica.snapshot().expect("a restored replica snapshots");
     let restored =
-        Replica::from_snapshot("fuzz-device", &again, config()).expect("its own snapshot restores");
+        Replica::from_snapshot("fuzz-device", &again, nomade_fuzz::small_replica_config()).expect("its own snapshot restores");
     assert_eq!(restored.state_hash(), hash, "a snapshot round trip changed the state");
     // Editing goes on (the actor table may be full: then refused, typed).
     let _ = replica.apply_local(

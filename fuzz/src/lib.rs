@@ -15,3 +15,14 @@ pub fn with_length_and_checksum_fixed(data: &[u8]) -> Option<Vec<u8>> {
     frame.extend_from_slice(blake3::hash(payload).as_bytes());
     Some(frame)
 }
+
+/// The replica settings of the targets that apply or restore what the
+/// fuzzer made: a small causal buffer, counter jump and actor table, so
+/// that memory stays bounded while the checks still bite.
+pub fn small_replica_config() -> nomade_crdt::ReplicaConfig {
+    nomade_crdt::ReplicaConfig {
+        max_buffered: 256,
+        max_counter_jump: 1 << 20,
+        max_actors: 16,
+    }
+}

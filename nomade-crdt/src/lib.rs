@@ -62,6 +62,6 @@ pub use document::Tagged;
 pub use error::CrdtError;
 pub use oplog::{MemoryOpLog, OpLog, RestoreError};
 pub use replica::{
-    lamport, raise_counter, trim_front, EntityKey, LocalEdit, Replica, ReplicaConfig,
+    lamport, last_counters, raise_counter, trim_front, EntityKey, LocalEdit, Replica, ReplicaConfig,
 };
 pub use snapshot::{snapshot_version_vector, SNAPSHOT_VERSION};

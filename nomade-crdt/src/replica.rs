@@ -130,6 +130,17 @@ pub fn raise_counter(vv: &mut VersionVector, actor: &str, counter: u64) {
     }
 }
 
+/// The highest last counter of each actor among `ops`: what a device that
+/// holds them holds at least (each actor's counters are applied in order,
+/// without gaps). A device id is copied once per actor, not per operation.
+pub fn last_counters<'a>(ops: impl IntoIterator<Item = &'a SyncOperation>) -> VersionVector {
+    let mut vv = VersionVector::new();
+    for op in ops {
+        raise_counter(&mut vv, &op.actor_id, op.operation.last_counter());
+    }
+    vv
+}
+
 /// The Lamport numbers of an operation's elements: one more than the sum of
 /// its deps for the first; for element `k >= 1` (which follows element
 /// `k - 1` of the same run, its deps being the run's with the actor's entry

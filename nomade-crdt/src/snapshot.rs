@@ -68,17 +68,26 @@ struct SnapshotCover {
 /// The version vector of [`Replica::snapshot`] bytes: what the state it
 /// holds covers, read without restoring it.
 pub fn snapshot_version_vector(bytes: &[u8]) -> Result<VersionVector, CrdtError> {
+    let cover = decode_checked(bytes, |c: &SnapshotCover| c.version)?;
+    Ok(cover.version_vector)
+}
+
+/// Decodes snapshot bytes as `T` (the whole snapshot, or the parts of it
+/// `T` names), under the depth limit, refusing another format `version`.
+fn decode_checked<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    version: impl Fn(&T) -> u8,
+) -> Result<T, CrdtError> {
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
     de.set_max_depth(MAX_DEPTH);
-    let cover =
-        SnapshotCover::deserialize(&mut de).map_err(|e| CrdtError::BadSnapshot(e.to_string()))?;
-    if cover.version != SNAPSHOT_VERSION {
+    let decoded = T::deserialize(&mut de).map_err(|e| CrdtError::BadSnapshot(e.to_string()))?;
+    let found = version(&decoded);
+    if found != SNAPSHOT_VERSION {
         return Err(CrdtError::BadSnapshot(format!(
-            "unsupported snapshot version {} (this build reads {SNAPSHOT_VERSION})",
-            cover.version
+            "unsupported snapshot version {found} (this build reads {SNAPSHOT_VERSION})"
         )));
     }
-    Ok(cover.version_vector)
+    Ok(decoded)
 }
 
 /// A sequence as runs of elements (see [`SnapRun`]).
@@ -250,16 +259,7 @@ impl Replica {
         bytes: &[u8],
         config: ReplicaConfig,
     ) -> Result<Replica, CrdtError> {
-        let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
-        de.set_max_depth(MAX_DEPTH);
-        let snap =
-            Snapshot::deserialize(&mut de).map_err(|e| CrdtError::BadSnapshot(e.to_string()))?;
-        if snap.version != SNAPSHOT_VERSION {
-            return Err(CrdtError::BadSnapshot(format!(
-                "unsupported snapshot version {} (this build reads {SNAPSHOT_VERSION})",
-                snap.version
-            )));
-        }
+        let snap = decode_checked(bytes, |s: &Snapshot| s.version)?;
         if snap.actors.len() > config.max_actors {
             return Err(CrdtError::TooManyActors {
                 actor: snap

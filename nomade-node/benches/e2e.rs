@@ -331,16 +331,10 @@ fn fill(node: &Node, ops: usize, docs: usize) {
     }
 }
 
-/// Full sync: A holds `ops` operations over `docs` documents, made while
-/// paired with B (so A keeps the history B has not acknowledged); B joins.
-/// Returns operations per second applied (durably) on B, and UDP bytes
-/// received by B per operation.
-async fn full_sync(ops: usize, docs: usize, limits: RateLimits) -> FullSync {
-    let tmp = tempfile::tempdir().unwrap();
-    let a = Node::open(&tmp.path().join("a"), limited_config("a", limits)).unwrap();
-    let b = Node::open(&tmp.path().join("b"), limited_config("b", limits)).unwrap();
-    a.add_peer(b.device_id(), "b", &[]).unwrap();
-    fill(&a, ops, docs);
+/// Puts A (paired with B already) and B online, B pairs with A and dials
+/// it; returns the seconds until B holds everything A holds (checked by
+/// their state hashes) and B's metrics.
+async fn sync_from(a: &Node, b: &Node) -> (f64, nomade_node::metrics::MetricsSnapshot) {
     let addr_a = a.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
     b.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
     b.add_peer(a.device_id(), "a", &[addr_a]).unwrap();
@@ -352,7 +346,20 @@ async fn full_sync(ops: usize, docs: usize, limits: RateLimits) -> FullSync {
     }
     let secs = start.elapsed().as_secs_f64();
     assert_eq!(a.state_hash(), b.state_hash());
-    let m = b.status().metrics;
+    (secs, b.status().metrics)
+}
+
+/// Full sync: A holds `ops` operations over `docs` documents, made while
+/// paired with B (so A keeps the history B has not acknowledged); B joins.
+/// Returns operations per second applied (durably) on B, and UDP bytes
+/// received by B per operation.
+async fn full_sync(ops: usize, docs: usize, limits: RateLimits) -> FullSync {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Node::open(&tmp.path().join("a"), limited_config("a", limits)).unwrap();
+    let b = Node::open(&tmp.path().join("b"), limited_config("b", limits)).unwrap();
+    a.add_peer(b.device_id(), "b", &[]).unwrap();
+    fill(&a, ops, docs);
+    let (secs, m) = sync_from(&a, &b).await;
     a.shutdown().await;
     b.shutdown().await;
     drop((a, b));
@@ -389,19 +396,8 @@ async fn snapshot_sync(ops: usize, docs: usize) -> (f64, u64) {
         "the history was compacted"
     );
     let b = Node::open(&tmp.path().join("b"), limited_config("b", RateLimits::OFF)).unwrap();
-    let addr_a = a.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    b.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
     a.add_peer(b.device_id(), "b", &[]).unwrap();
-    b.add_peer(a.device_id(), "a", &[addr_a]).unwrap();
-    let target = a.core().version_vector();
-    let start = Instant::now();
-    b.connect(addr_a, a.device_id()).await.unwrap();
-    while b.core().version_vector() != target {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let secs = start.elapsed().as_secs_f64();
-    assert_eq!(a.state_hash(), b.state_hash());
-    let m = b.status().metrics;
+    let (secs, m) = sync_from(&a, &b).await;
     assert_eq!(m.snapshots_adopted, 1, "a snapshot-first sync");
     a.shutdown().await;
     b.shutdown().await;

@@ -575,10 +575,7 @@ impl Core {
     pub fn apply_remote(&self, peer: &str, ops: Vec<SyncOperation>) -> Result<usize, NodeError> {
         let mut replica = self.replica();
         let mut first_err = None;
-        let sent: Vec<(String, u64)> = ops
-            .iter()
-            .map(|op| (op.actor_id.clone(), op.operation.last_counter()))
-            .collect();
+        let sent = nomade_crdt::last_counters(&ops);
         for op in ops {
             if let Err(e) = replica.apply_remote(op) {
                 self.metrics.record_error("SYNC_OPERATION");
@@ -589,18 +586,16 @@ impl Core {
                 first_err.get_or_insert(e);
             }
         }
-        // What the peer sent and this device now holds, the peer holds too
-        // (noted before the store wakes the pushers; operations still
-        // waiting for their dependencies are not counted: they may never be
-        // valid).
+        // What the peer sent, as far as this device now holds it, the peer
+        // holds too (noted before the store wakes the pushers; beyond what
+        // is applied here, operations may never be valid).
         {
             let vv = replica.version_vector();
             let mut received = lock(&self.received);
             let theirs = received.entry(peer.to_string()).or_default();
-            for (actor, last) in &sent {
-                if vv.get(actor).is_some_and(|c| c >= last) {
-                    nomade_crdt::raise_counter(theirs, actor, *last);
-                }
+            for (actor, &last) in &sent {
+                let held = vv.get(actor).copied().unwrap_or(0);
+                nomade_crdt::raise_counter(theirs, actor, last.min(held));
             }
         }
         // What was applied (these and buffered ones they released), in the

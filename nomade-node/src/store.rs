@@ -618,10 +618,7 @@ impl Store {
                     .rev()
                 {
                     let (k, v) = entry.map_err(db_err)?;
-                    let frontier: VersionVector =
-                        rmp_serde::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
-                            what: format!("frontier of row {}: {e}", k.value()),
-                        })?;
+                    let frontier = decode_frontier(k.value(), v.value())?;
                     if covers(floor, &frontier) {
                         cut = Some((k.value(), frontier));
                         break;
@@ -726,14 +723,7 @@ impl Store {
             // at once).
             for entry in marks.iter().map_err(db_err)?.rev() {
                 let (k, v) = entry.map_err(db_err)?;
-                let frontier: VersionVector =
-                    rmp_serde::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
-                        what: format!("frontier of row {}: {e}", k.value()),
-                    })?;
-                if frontier
-                    .iter()
-                    .all(|(a, &c)| peer.get(a).copied().unwrap_or(0) >= c)
-                {
+                if covers(peer, &decode_frontier(k.value(), v.value())?) {
                     return Ok(k.value() - 1);
                 }
             }
@@ -752,11 +742,7 @@ impl Store {
             let txn = db.begin_read().map_err(db_err)?;
             let table = txn.open_table(OPS).map_err(db_err)?;
             let wanted = after.saturating_add(1);
-            // The run holding `wanted` starts at or before it.
-            let start = match table.range(..=wanted).map_err(db_err)?.next_back() {
-                Some(entry) => entry.map_err(db_err)?.0.value(),
-                None => wanted,
-            };
+            let start = row_holding(&table, wanted)?;
             for entry in table.range(start..).map_err(db_err)? {
                 let (k, v) = entry.map_err(db_err)?;
                 let first = k.value();
@@ -790,18 +776,10 @@ impl Store {
             let frontier = |key: u64| -> Result<Option<VersionVector>, StoreError> {
                 match marks.get(key).map_err(db_err)? {
                     None => Ok(None),
-                    Some(v) => rmp_serde::from_slice(v.value()).map(Some).map_err(|e| {
-                        StoreError::Corrupt {
-                            what: format!("frontier of row {key}: {e}"),
-                        }
-                    }),
+                    Some(v) => decode_frontier(key, v.value()).map(Some),
                 }
             };
-            let wanted = after.saturating_add(1);
-            let start = match table.range(..=wanted).map_err(db_err)?.next_back() {
-                Some(entry) => entry.map_err(db_err)?.0.value(),
-                None => wanted,
-            };
+            let start = row_holding(&table, after.saturating_add(1))?;
             for entry in table.range(start..).map_err(db_err)? {
                 let (k, v) = entry.map_err(db_err)?;
                 let first = k.value();
@@ -828,12 +806,7 @@ impl Store {
             let table = txn.open_table(OPS).map_err(db_err)?;
             let last = match table.last().map_err(db_err)? {
                 Some((k, v)) => k.value() + run_len(k.value(), v.value())? - 1,
-                None => {
-                    let meta = txn.open_table(META).map_err(db_err)?;
-                    let base = meta.get(LOG_BASE_KEY).map_err(db_err)?;
-                    base.and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
-                        .map_or(0, u64::from_be_bytes)
-                }
+                None => log_base(&txn.open_table(META).map_err(db_err)?)?,
             };
             Ok(last)
         })
@@ -1067,10 +1040,8 @@ impl Store {
 
 /// The sequence number the log's first row follows (0 unless rows were
 /// dropped: see [`LOG_BASE_KEY`]).
-fn log_base(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
-    let meta = txn.open_table(META).map_err(db_err)?;
-    let base = meta.get(LOG_BASE_KEY).map_err(db_err)?;
-    match base {
+fn log_base(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<u64, StoreError> {
+    match meta.get(LOG_BASE_KEY).map_err(db_err)? {
         None => Ok(0),
         Some(v) => <[u8; 8]>::try_from(v.value())
             .map(u64::from_be_bytes)
@@ -1087,7 +1058,7 @@ fn write_rows(
     ops: &[SyncOperation],
     before: Option<&VersionVector>,
 ) -> Result<u64, StoreError> {
-    let base = log_base(txn)?;
+    let base = log_base(&txn.open_table(META).map_err(db_err)?)?;
     let mut table = txn.open_table(OPS).map_err(db_err)?;
     let mut marks = txn.open_table(FRONTIERS).map_err(db_err)?;
     let tail = table
@@ -1168,6 +1139,25 @@ fn write_snapshot(txn: &redb::WriteTransaction, seq: u64, raw: &[u8]) -> Result<
     meta.insert(SNAPSHOT_KEY, header.as_slice())
         .map_err(db_err)?;
     Ok(())
+}
+
+/// A recorded frontier (the `FRONTIERS` row of `key`), decoded.
+fn decode_frontier(key: u64, bytes: &[u8]) -> Result<VersionVector, StoreError> {
+    rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        what: format!("frontier of row {key}: {e}"),
+    })
+}
+
+/// The key of the row holding sequence number `wanted`: the last starting
+/// at or before it (`wanted` itself when there is none).
+fn row_holding(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    wanted: u64,
+) -> Result<u64, StoreError> {
+    match table.range(..=wanted).map_err(db_err)?.next_back() {
+        Some(entry) => Ok(entry.map_err(db_err)?.0.value()),
+        None => Ok(wanted),
+    }
 }
 
 /// Reads a version vector kept under `key` in `META` (empty when absent).

@@ -143,8 +143,10 @@ pub async fn pull(
                     Message::BatchedSync(b) => ops.extend(b.operations),
                     Message::SyncOperation(op) => ops.push(op),
                     Message::DeltaSync(d) => ops.extend(nomade_crdt::from_delta(&d)?),
-                    Message::SyncSnapshot(piece) => {
-                        // A snapshot comes before any operation that follows it.
+                    other => {
+                        // Apply what came before it (a snapshot too comes
+                        // before the operations that follow it), then
+                        // handle it.
                         apply_and_ack(
                             &core,
                             &peer,
@@ -154,47 +156,27 @@ pub async fn pull(
                             &mut pending,
                         )
                         .await?;
-                        match snapshot.add(env.message_id, piece) {
-                            Ok(None) => {}
-                            Ok(Some((bytes, piece_ids))) => {
-                                adopt_and_ack(&core, &peer, tx, bytes, piece_ids).await?;
-                            }
-                            Err(reason) => {
-                                send_error(
+                        match other {
+                            Message::SyncSnapshot(piece) => {
+                                receive_piece(
+                                    &core,
+                                    &peer,
                                     tx,
-                                    ErrorCode::INVALID_MESSAGE,
-                                    reason.clone(),
-                                    Some(env.message_id),
+                                    &mut snapshot,
+                                    env.message_id,
+                                    piece,
                                 )
-                                .await;
-                                return Err(NodeError::Peer {
-                                    peer: peer.clone(),
-                                    reason,
-                                });
+                                .await?
+                            }
+                            other => {
+                                handle_control(&core, &peer, tx, env.message_id, other, initial)
+                                    .await?
                             }
                         }
                         continue;
                     }
-                    other => {
-                        // Apply what came before it, then handle it.
-                        apply_and_ack(
-                            &core,
-                            &peer,
-                            tx,
-                            std::mem::take(&mut ops),
-                            std::mem::take(&mut ids),
-                            &mut pending,
-                        )
-                        .await?;
-                        handle_control(&core, &peer, tx, env.message_id, other, initial).await?;
-                        continue;
-                    }
                 }
-                let carried = ops[before..]
-                    .iter()
-                    .map(|op| (op.actor_id.clone(), op.operation.last_counter()))
-                    .collect();
-                ids.push((env.message_id, carried));
+                ids.push((env.message_id, nomade_crdt::last_counters(&ops[before..])));
                 Metrics::add(&core.metrics().sync_frames_received, 1);
             }
             apply_and_ack(&core, &peer, tx, ops, ids, &mut pending).await?;
@@ -214,9 +196,9 @@ pub async fn pull(
     }
 }
 
-/// A message that carried operations: its id, and each operation's actor
-/// and last counter.
-type Carried = (MessageId, Vec<(String, u64)>);
+/// A message that carried operations: its id, and the last counter of each
+/// actor among them.
+type Carried = (MessageId, VersionVector);
 
 /// Most messages held back from acknowledgement while their operations wait
 /// for dependencies (the causal buffer bounds them too); beyond, the oldest
@@ -247,11 +229,9 @@ async fn apply_and_ack(
     }
     pending.extend(carried);
     let vv = core.version_vector();
-    let (ready, waiting): (Vec<Carried>, Vec<Carried>) =
-        std::mem::take(pending).into_iter().partition(|(_, ops)| {
-            ops.iter()
-                .all(|(actor, last)| vv.get(actor).is_some_and(|c| c >= last))
-        });
+    let (ready, waiting): (Vec<Carried>, Vec<Carried>) = std::mem::take(pending)
+        .into_iter()
+        .partition(|(_, carried)| covers(&vv, carried));
     *pending = waiting;
     let excess = pending.len().saturating_sub(MAX_PENDING_ACKS);
     pending.drain(..excess);
@@ -260,6 +240,36 @@ async fn apply_and_ack(
     }
     let ids = ready.into_iter().map(|(id, _)| id).collect();
     acknowledge(peer, tx, Ok(()), ids).await
+}
+
+/// Takes one `SYNC_SNAPSHOT` piece; once the snapshot is whole, adopts it
+/// and acknowledges its pieces. A piece out of place ends the pull with
+/// `INVALID_MESSAGE`.
+async fn receive_piece(
+    core: &Arc<Core>,
+    peer: &str,
+    tx: &mut impl FrameSink,
+    snapshot: &mut SnapshotAssembly,
+    message_id: MessageId,
+    piece: SyncSnapshot,
+) -> Result<(), NodeError> {
+    match snapshot.add(message_id, piece) {
+        Ok(None) => Ok(()),
+        Ok(Some((bytes, piece_ids))) => adopt_and_ack(core, peer, tx, bytes, piece_ids).await,
+        Err(reason) => {
+            send_error(
+                tx,
+                ErrorCode::INVALID_MESSAGE,
+                reason.clone(),
+                Some(message_id),
+            )
+            .await;
+            Err(NodeError::Peer {
+                peer: peer.to_string(),
+                reason,
+            })
+        }
+    }
 }
 
 /// Adopts a snapshot received whole (see [`Core::adopt_snapshot`]), then

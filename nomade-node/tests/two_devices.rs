@@ -15,6 +15,21 @@ async fn online(node: &Node) -> std::net::SocketAddr {
         .expect("start")
 }
 
+/// Pairs `acceptor` (online at `addr`) and `dialer` both ways, and
+/// connects the dialer to it.
+async fn pair_and_dial(acceptor: &Node, addr: std::net::SocketAddr, dialer: &Node) {
+    acceptor
+        .add_peer(dialer.device_id(), &dialer.device_name(), &[])
+        .expect("pair");
+    dialer
+        .add_peer(acceptor.device_id(), &acceptor.device_name(), &[addr])
+        .expect("pair");
+    dialer
+        .connect(addr, acceptor.device_id())
+        .await
+        .expect("connect");
+}
+
 async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
     for _ in 0..200 {
         if cond() {
@@ -333,9 +348,7 @@ async fn presence_heartbeats_and_metrics_are_reported() {
     b.start("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("start");
-    a.add_peer(b.device_id(), "b", &[]).expect("pair");
-    b.add_peer(a.device_id(), "a", &[addr_a]).expect("pair");
-    b.connect(addr_a, a.device_id()).await.expect("connect");
+    pair_and_dial(&a, addr_a, &b).await;
     a.set_presence(PresenceStatus::Busy, Some("in a meeting".into()));
     wait_for(
         || b.presence(&a.device_id()).status == Some(PresenceStatus::Busy),
@@ -705,9 +718,7 @@ async fn a_reconnect_reads_what_is_missing_not_the_history() {
     let b_dir = dir.path().join("b");
     let b = Node::open(&b_dir, config("b")).expect("open");
     online(&b).await;
-    a.add_peer(b.device_id(), "b", &[]).expect("pair");
-    b.add_peer(a.device_id(), "a", &[a_addr]).expect("pair");
-    b.connect(a_addr, a.device_id()).await.expect("connect");
+    pair_and_dial(&a, a_addr, &b).await;
     b.wait_initial_sync(&a.device_id(), Duration::from_secs(30))
         .await
         .expect("initial sync");
@@ -751,14 +762,7 @@ async fn acknowledgements_survive_a_restart_and_give_the_compaction_floor() {
     let desk_id = desk.device_id().to_string();
     let addr = online(&laptop).await;
     online(&desk).await;
-    laptop
-        .add_peer(desk.device_id(), "desk", &[])
-        .expect("pair");
-    desk.add_peer(laptop.device_id(), "laptop", &[addr])
-        .expect("pair");
-    desk.connect(addr, laptop.device_id())
-        .await
-        .expect("connect");
+    pair_and_dial(&laptop, addr, &desk).await;
     let acked = || {
         laptop
             .core()
@@ -891,14 +895,7 @@ async fn a_compacted_history_reaches_a_new_device_as_a_snapshot_then_the_tail() 
     let desk_own = desk.core().version_vector();
     let addr = online(&laptop).await;
     online(&desk).await;
-    laptop
-        .add_peer(desk.device_id(), "desk", &[])
-        .expect("pair");
-    desk.add_peer(laptop.device_id(), "laptop", &[addr])
-        .expect("pair");
-    desk.connect(addr, laptop.device_id())
-        .await
-        .expect("connect");
+    pair_and_dial(&laptop, addr, &desk).await;
     wait_for(
         || {
             laptop.state_hash() == desk.state_hash()
@@ -955,14 +952,7 @@ async fn a_device_silent_past_the_hold_returns_to_a_snapshot() {
     let desk = Node::open(&desk_dir, config("desk")).expect("open");
     let addr = online(&laptop).await;
     online(&desk).await;
-    laptop
-        .add_peer(desk.device_id(), "desk", &[])
-        .expect("pair");
-    desk.add_peer(laptop.device_id(), "laptop", &[addr])
-        .expect("pair");
-    desk.connect(addr, laptop.device_id())
-        .await
-        .expect("connect");
+    pair_and_dial(&laptop, addr, &desk).await;
     laptop.set("trip", "day", 1).expect("edit");
     wait_for(|| desk.document("trip").is_some(), "the first sync").await;
     desk.shutdown().await;
@@ -1042,14 +1032,7 @@ async fn operations_received_from_a_peer_are_not_sent_back_to_it() {
     let desk = Node::open(&tmp.path().join("desk"), config("desk")).expect("open");
     let addr = online(&laptop).await;
     online(&desk).await;
-    laptop
-        .add_peer(desk.device_id(), "desk", &[])
-        .expect("pair");
-    desk.add_peer(laptop.device_id(), "laptop", &[addr])
-        .expect("pair");
-    desk.connect(addr, laptop.device_id())
-        .await
-        .expect("connect");
+    pair_and_dial(&laptop, addr, &desk).await;
     desk.wait_initial_sync(&laptop.device_id(), Duration::from_secs(10))
         .await
         .expect("initial sync");
