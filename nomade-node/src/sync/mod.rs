@@ -1,0 +1,531 @@
+//! The sync flows on a sync stream: sans-IO state machines, and the thin
+//! async drivers that run them over any framed channel.
+//!
+//! Each side of a connection opens its own sync stream as the *puller*: it
+//! sends `SYNC_REQUEST` with its version vector; the other side (the
+//! *pusher*) answers with every operation the vector does not cover, in
+//! `BATCHED_SYNC` frames, then `SYNC_COMPLETE` with its state hash, and from
+//! then on pushes each new operation (micro-batched: whatever accumulated
+//! while the previous frame was being written goes in the next one). The
+//! puller applies what it receives, stores it durably, and only then sends
+//! `ACK` for the frame. Version vectors, not clocks, decide what is missing,
+//! so after a reconnection everything unacknowledged is simply sent again.
+//!
+//! The protocol lives in [`Puller`] and [`Pusher`]: messages in, messages
+//! out, the device's state read and written through [`Core`], no sockets and
+//! no tasks, so that it is tested (and simulated, see [`crate::sim`])
+//! without a network. [`pull`] and [`push`] drive them over a
+//! [`FrameSink`] and a [`FrameSource`].
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use nomade_wire::{EncodeError, Envelope, ErrorCode, ErrorMessage, Message, MessageId};
+use tokio::sync::watch;
+
+use crate::core::{now_ms, Core};
+use crate::error::NodeError;
+
+mod pull;
+mod push;
+
+pub use pull::{Puller, MAX_PENDING_ACKS, MAX_SNAPSHOT_LEN};
+pub use push::{Pusher, MAX_UNACKED_FRAMES, SCAN_LIMIT};
+
+/// Sends frames on a stream.
+pub trait FrameSink: Send {
+    /// Sends one envelope.
+    fn send(
+        &mut self,
+        env: &Envelope,
+    ) -> impl std::future::Future<Output = Result<(), NodeError>> + Send;
+
+    /// Sends one frame that is already encoded (a `BATCHED_SYNC` built by
+    /// [`nomade_wire::BatchEncoder`]).
+    fn send_frame(
+        &mut self,
+        frame: Bytes,
+    ) -> impl std::future::Future<Output = Result<(), NodeError>> + Send;
+}
+
+/// Receives frames from a stream.
+pub trait FrameSource: Send {
+    /// The next envelope, or `None` when the peer finished the stream.
+    fn recv(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Option<Envelope>, NodeError>> + Send;
+}
+
+/// A fresh random message id.
+pub fn new_message_id() -> MessageId {
+    MessageId::from(rand::random::<[u8; 16]>())
+}
+
+/// `message` in an envelope with a fresh id, stamped now.
+pub fn envelope(message: impl Into<Message>) -> Envelope {
+    Envelope::new(new_message_id(), now_ms(), message)
+}
+
+/// An `ERROR` message.
+fn error_message(code: ErrorCode, text: String, related: Option<MessageId>) -> Envelope {
+    envelope(ErrorMessage {
+        error_code: code,
+        error_message: text,
+        related_message_id: related,
+    })
+}
+
+/// What the puller learned when the pusher's initial batch ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncSummary {
+    /// Operations the pusher said it sent.
+    pub operations: u32,
+    /// Whether our state hash equalled the pusher's once everything was applied.
+    pub hashes_match: bool,
+}
+
+/// Something a [`Pusher`] sends: a message, or a frame already encoded
+/// (operations batched once, or a stored row as it is stored).
+#[derive(Debug, Clone)]
+pub enum Transmit {
+    /// A message to encode.
+    Message(Envelope),
+    /// An encoded frame.
+    Frame(Bytes),
+}
+
+impl Transmit {
+    /// The frame's bytes.
+    pub fn into_frame(self) -> Result<Bytes, EncodeError> {
+        match self {
+            Transmit::Frame(f) => Ok(f),
+            Transmit::Message(env) => {
+                let mut buf = BytesMut::new();
+                env.encode_into(&mut buf)?;
+                Ok(buf.freeze())
+            }
+        }
+    }
+}
+
+/// Most sync messages applied in one database transaction.
+const MAX_MESSAGES_PER_COMMIT: usize = 64;
+
+/// Runs a [`Puller`]: requests what this device lacks, applies and
+/// acknowledges everything the peer pushes, until the peer ends the stream.
+/// `initial` receives the summary of the first full exchange.
+///
+/// Reading and applying overlap: while one group of messages is being applied
+/// and committed (on a blocking thread), the next ones are read; everything
+/// that arrived meanwhile is applied in one transaction and acknowledged with
+/// one `ACK`.
+pub async fn pull(
+    core: Arc<Core>,
+    peer: String,
+    tx: &mut impl FrameSink,
+    rx: &mut impl FrameSource,
+    initial: &watch::Sender<Option<SyncSummary>>,
+) -> Result<(), NodeError> {
+    let mut puller = Puller::new(peer);
+    tx.send(&puller.request(&core)).await?;
+    let (queue_tx, mut queue) = tokio::sync::mpsc::channel::<Envelope>(MAX_MESSAGES_PER_COMMIT);
+    let reader = async move {
+        while let Some(env) = rx.recv().await? {
+            if queue_tx.send(env).await.is_err() {
+                break;
+            }
+        }
+        Ok::<(), NodeError>(())
+    };
+    let applier = async move {
+        while let Some(first) = queue.recv().await {
+            let mut group = vec![first];
+            while group.len() < MAX_MESSAGES_PER_COMMIT {
+                match queue.try_recv() {
+                    Ok(env) => group.push(env),
+                    Err(_) => break,
+                }
+            }
+            let c = core.clone();
+            let (back, out, result) = tokio::task::spawn_blocking(move || {
+                let mut out = Vec::new();
+                let result = puller.receive(&c, group, &mut out);
+                (puller, out, result)
+            })
+            .await?;
+            puller = back;
+            for env in &out {
+                // An ERROR is best effort: the pull ends with `result`.
+                let sent = tx.send(env).await;
+                if result.is_ok() {
+                    sent?;
+                }
+            }
+            if let Some(summary) = puller.take_summary() {
+                initial.send_replace(Some(summary));
+            }
+            result?;
+        }
+        Ok::<(), NodeError>(())
+    };
+    // The applier ends when the reader has ended (the queue closes) and it
+    // has applied what was read. A failing applier ends the pull at once,
+    // the reader with it, even if the peer keeps the stream open.
+    tokio::pin!(reader, applier);
+    let mut read = None;
+    loop {
+        tokio::select! {
+            r = &mut reader, if read.is_none() => read = Some(r),
+            applied = &mut applier => return applied.and(read.unwrap_or(Ok(()))),
+        }
+    }
+}
+
+/// Runs a [`Pusher`]: answers the peer's `SYNC_REQUEST`, then pushes new
+/// operations as they are stored, until the stream or the node ends.
+pub async fn push(
+    core: Arc<Core>,
+    peer: String,
+    tx: &mut impl FrameSink,
+    rx: &mut impl FrameSource,
+) -> Result<(), NodeError> {
+    push_with_window(core, peer, tx, rx, MAX_UNACKED_FRAMES).await
+}
+
+/// Sends what a state machine produced, in order. When `result` is an
+/// error, sending is best effort (an `ERROR` before the stream ends) and
+/// `result` is what counts.
+async fn flush(
+    tx: &mut impl FrameSink,
+    out: &mut Vec<Transmit>,
+    result: Result<(), NodeError>,
+) -> Result<(), NodeError> {
+    for t in out.drain(..) {
+        let sent = match t {
+            Transmit::Message(env) => tx.send(&env).await,
+            Transmit::Frame(f) => tx.send_frame(f).await,
+        };
+        if result.is_ok() {
+            sent?;
+        }
+    }
+    result
+}
+
+/// [`push`] with a window of `window` unacknowledged frames.
+async fn push_with_window(
+    core: Arc<Core>,
+    peer: String,
+    tx: &mut impl FrameSink,
+    rx: &mut impl FrameSource,
+    window: usize,
+) -> Result<(), NodeError> {
+    let mut pusher = Pusher::new(peer, window);
+    let mut appended = core.appended();
+    let mut out = Vec::new();
+    let Some(first) = rx.recv().await? else {
+        return Ok(());
+    };
+    let r = pusher.receive(&core, first, &mut out);
+    flush(tx, &mut out, r).await?;
+    loop {
+        if !pusher.window_full() {
+            appended.borrow_and_update();
+            let polled = pusher.poll(&core, &mut out);
+            let more = matches!(polled, Ok(true));
+            flush(tx, &mut out, polled.map(drop)).await?;
+            if more {
+                continue;
+            }
+        }
+        tokio::select! {
+            changed = appended.changed(), if !pusher.window_full() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+            msg = rx.recv() => {
+                let Some(env) = msg? else { return Ok(()) };
+                let r = pusher.receive(&core, env, &mut out);
+                flush(tx, &mut out, r).await?;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The sync flows without sockets or tasks: each state machine is fed
+    //! messages and a real [`Core`] on disk, and what it sends is checked.
+
+    use super::*;
+    use nomade_wire::{Ack, EntityType, SyncOperation, SyncRequest, VersionVector};
+
+    fn core(dir: &tempfile::TempDir, device: &str) -> Arc<Core> {
+        Core::open(dir.path(), device, nomade_crdt::ReplicaConfig::default()).expect("open")
+    }
+
+    fn set(core: &Core, i: i64) {
+        core.edit(
+            EntityType::Document,
+            "doc",
+            nomade_crdt::LocalEdit::Set {
+                key: format!("k{i}"),
+                value: nomade_wire::Value::Int(i),
+            },
+        )
+        .expect("edit");
+    }
+
+    fn messages(out: &mut Vec<Transmit>) -> Vec<Envelope> {
+        out.drain(..)
+            .map(|t| {
+                let frame = t.into_frame().expect("encodes");
+                Envelope::decode(&frame).expect("decodes")
+            })
+            .collect()
+    }
+
+    fn full_request() -> Envelope {
+        envelope(SyncRequest {
+            entity_types: vec![],
+            since_timestamp: None,
+            full_sync: true,
+            version_vector: None,
+        })
+    }
+
+    /// The sync issue: a pusher keeps at most its window of frames without
+    /// acknowledgement, then sends nothing (a peer that never acknowledges
+    /// costs bounded memory); an acknowledgement opens the window again, and
+    /// one naming frames never sent changes nothing.
+    #[test]
+    fn a_pusher_waits_when_its_window_of_unacknowledged_frames_is_full() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let core = core(&dir, "pusher");
+        let mut pusher = Pusher::new("peer", 2);
+        let mut out = Vec::new();
+        assert!(!pusher.poll(&core, &mut out).expect("poll"));
+        assert!(out.is_empty(), "sent before the request");
+        pusher
+            .receive(&core, full_request(), &mut out)
+            .expect("request");
+        assert!(!pusher.poll(&core, &mut out).expect("poll"));
+        assert!(matches!(
+            messages(&mut out).as_slice(),
+            [Envelope {
+                message: Message::SyncComplete(_),
+                ..
+            }]
+        ));
+        // Two frames, each acknowledged by nobody.
+        let mut sent = Vec::new();
+        for i in 0..2 {
+            set(&core, i);
+            pusher.poll(&core, &mut out).expect("poll");
+            let envs = messages(&mut out);
+            assert_eq!(envs.len(), 1);
+            assert!(matches!(envs[0].message, Message::BatchedSync(_)));
+            sent.push(envs[0].message_id);
+        }
+        // The window is full: more edits are not sent.
+        assert!(pusher.window_full());
+        for i in 2..5 {
+            set(&core, i);
+        }
+        pusher.poll(&core, &mut out).expect("poll");
+        assert!(out.is_empty(), "sent past a full window");
+        // An acknowledgement of frames never sent changes nothing.
+        let bogus = envelope(Ack {
+            message_ids: vec![new_message_id()],
+        });
+        pusher.receive(&core, bogus, &mut out).expect("ack");
+        assert!(pusher.window_full(), "a bogus ACK opened the window");
+        assert!(!core.acked_by("peer").contains_key("pusher"));
+        // A real one opens it: the three waiting edits go, together.
+        let ack = envelope(Ack {
+            message_ids: vec![sent[0]],
+        });
+        pusher.receive(&core, ack, &mut out).expect("ack");
+        pusher.poll(&core, &mut out).expect("poll");
+        match &messages(&mut out)[..] {
+            [Envelope {
+                message: Message::BatchedSync(b),
+                ..
+            }] => assert_eq!(b.operations.len(), 3),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(core.acked_by("peer").get("pusher"), Some(&1));
+        assert_eq!(pusher.unacked(), 2);
+    }
+
+    /// A pusher answers anything but `SYNC_REQUEST` first, and anything but
+    /// `ACK` afterwards, with an `ERROR` naming it, and ends.
+    #[test]
+    fn a_pusher_refuses_messages_out_of_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let core = core(&dir, "pusher");
+        let ack = || {
+            envelope(Ack {
+                message_ids: vec![],
+            })
+        };
+        let mut out = Vec::new();
+        let mut pusher = Pusher::new("peer", 4);
+        let e = pusher.receive(&core, ack(), &mut out).expect_err("refused");
+        assert!(
+            e.to_string().contains("opened a sync stream with ACK"),
+            "{e}"
+        );
+        match &messages(&mut out)[..] {
+            [Envelope {
+                message: Message::Error(m),
+                ..
+            }] => assert!(m.error_message.contains("expected SYNC_REQUEST"), "{m:?}"),
+            other => panic!("{other:?}"),
+        }
+        let mut pusher = Pusher::new("peer", 4);
+        pusher
+            .receive(&core, full_request(), &mut out)
+            .expect("request");
+        let e = pusher
+            .receive(&core, full_request(), &mut out)
+            .expect_err("a second request is refused");
+        assert!(e.to_string().contains("SYNC_REQUEST to a pusher"), "{e}");
+        assert_eq!(messages(&mut out).len(), 1);
+    }
+
+    /// Nothing is echoed: what the peer sent this device is not pushed back
+    /// to it, while this device's own edits are.
+    #[test]
+    fn a_pusher_does_not_send_back_what_the_peer_sent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let core = core(&dir, "pusher");
+        let mut pusher = Pusher::new("far", 8);
+        let mut out = Vec::new();
+        pusher
+            .receive(&core, full_request(), &mut out)
+            .expect("request");
+        pusher.poll(&core, &mut out).expect("poll");
+        out.clear();
+        core.apply_remote("far", vec![remote_set(1)])
+            .expect("applies");
+        set(&core, 7);
+        pusher.poll(&core, &mut out).expect("poll");
+        let sent: Vec<SyncOperation> = messages(&mut out)
+            .into_iter()
+            .flat_map(|env| match env.message {
+                Message::BatchedSync(b) => b.operations,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].actor_id, "pusher");
+    }
+
+    fn remote_set(counter: u64) -> SyncOperation {
+        let mut deps = VersionVector::new();
+        if counter > 1 {
+            deps.insert("far".into(), counter - 1);
+        }
+        SyncOperation {
+            entity_id: "doc".into(),
+            entity_type: EntityType::Document,
+            operation: nomade_wire::CrdtOperation {
+                counter,
+                deps,
+                edit: nomade_wire::Edit::Set {
+                    key: format!("k{counter}"),
+                    value: nomade_wire::Value::Int(counter as i64),
+                },
+            },
+            timestamp: 0,
+            actor_id: "far".into(),
+        }
+    }
+
+    /// ACK means durable: a message whose operation waits in the causal
+    /// buffer (in memory only) is not acknowledged until it is applied and
+    /// stored; then both messages are.
+    #[test]
+    fn a_puller_acknowledges_only_what_is_applied_and_stored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let core = core(&dir, "puller");
+        let mut puller = Puller::new("far");
+        assert!(matches!(
+            puller.request(&core).message,
+            Message::SyncRequest(SyncRequest {
+                full_sync: true,
+                ..
+            })
+        ));
+        let mut out = Vec::new();
+        // The second operation first: it waits for the first.
+        let second = envelope(remote_set(2));
+        puller
+            .receive(&core, vec![second.clone()], &mut out)
+            .expect("receives");
+        assert!(out.is_empty(), "acknowledged a buffered operation");
+        assert_eq!(core.replica().buffered(), 1);
+        assert_eq!(puller.pending_acks(), 1);
+        // The first: both applied and stored, both acknowledged.
+        let first = envelope(remote_set(1));
+        puller
+            .receive(&core, vec![first.clone()], &mut out)
+            .expect("receives");
+        match &out[..] {
+            [Envelope {
+                message: Message::Ack(a),
+                ..
+            }] => {
+                let mut got = a.message_ids.clone();
+                got.sort_by_key(|id| *id.as_bytes());
+                let mut want = vec![first.message_id, second.message_id];
+                want.sort_by_key(|id| *id.as_bytes());
+                assert_eq!(got, want);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(core.version_vector().get("far"), Some(&2));
+        assert_eq!(puller.pending_acks(), 0);
+    }
+
+    /// A whole exchange between two devices' state machines, message by
+    /// message: the puller ends with the pusher's state and the summary of
+    /// the initial exchange, and the pusher with everything acknowledged.
+    #[test]
+    fn a_pusher_and_a_puller_converge_without_a_network() {
+        let (da, db) = (tempfile::tempdir(), tempfile::tempdir());
+        let (da, db) = (da.expect("tempdir"), db.expect("tempdir"));
+        let (a, b) = (core(&da, "a"), core(&db, "b"));
+        for i in 0..50 {
+            set(&a, i);
+        }
+        let (mut pusher, mut puller) = (Pusher::new("b", 4), Puller::new("a"));
+        let (mut to_puller, mut to_pusher) = (Vec::new(), Vec::new());
+        pusher
+            .receive(&a, puller.request(&b), &mut to_puller)
+            .expect("request");
+        loop {
+            pusher.poll(&a, &mut to_puller).expect("poll");
+            let group = messages(&mut to_puller);
+            if group.is_empty() {
+                break;
+            }
+            puller.receive(&b, group, &mut to_pusher).expect("receive");
+            for env in to_pusher.drain(..) {
+                pusher.receive(&a, env, &mut to_puller).expect("ack");
+            }
+        }
+        assert_eq!(b.state_hash(), a.state_hash());
+        assert_eq!(
+            puller.take_summary(),
+            Some(SyncSummary {
+                operations: 50,
+                hashes_match: true
+            })
+        );
+        assert_eq!(pusher.unacked(), 0);
+        assert_eq!(a.acked_by("b").get("a"), Some(&50));
+    }
+}

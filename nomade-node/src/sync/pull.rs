@@ -1,0 +1,399 @@
+//! The puller's side of a sync stream, sans-IO: what this device asks of a
+//! peer, and what it does with what the peer sends.
+//!
+//! A [`Puller`] is fed the messages that arrive (in order, in groups: one
+//! group is applied in one database transaction) and answers with the
+//! messages to send back (`ACK`, or `ERROR` before the pull ends). It reads
+//! and writes the device's state through [`Core`], synchronously: a driver
+//! on an async runtime calls it from a blocking thread.
+
+use nomade_wire::{
+    Ack, EntityType, Envelope, ErrorCode, Message, MessageId, SyncOperation, SyncRequest,
+    SyncSnapshot, VersionVector,
+};
+
+use super::{envelope, error_message, SyncSummary};
+use crate::core::Core;
+use crate::error::NodeError;
+use crate::metrics::Metrics;
+use crate::store::covers;
+
+/// A message that carried operations: its id, and the last counter of each
+/// actor among them.
+type Carried = (MessageId, VersionVector);
+
+/// Most messages held back from acknowledgement while their operations wait
+/// for dependencies (the causal buffer bounds them too); beyond, the oldest
+/// are never acknowledged: the pusher sends them again after a reconnection.
+pub const MAX_PENDING_ACKS: usize = 4096;
+
+/// Largest snapshot a puller accepts (1 GiB): a piece announcing more is
+/// refused before anything is gathered.
+pub const MAX_SNAPSHOT_LEN: u64 = 1 << 30;
+
+/// The puller's state on one sync stream.
+#[derive(Debug)]
+pub struct Puller {
+    peer: String,
+    snapshot: SnapshotAssembly,
+    /// Messages whose operations are not all applied yet (some wait in the
+    /// causal buffer, in memory only): acknowledged once they are.
+    pending: Vec<Carried>,
+    /// The summary of the initial exchange, once `SYNC_COMPLETE` came and
+    /// until it is taken.
+    summary: Option<SyncSummary>,
+}
+
+impl Puller {
+    /// A puller of operations from `peer`.
+    pub fn new(peer: impl Into<String>) -> Puller {
+        Puller {
+            peer: peer.into(),
+            snapshot: SnapshotAssembly::default(),
+            pending: Vec::new(),
+            summary: None,
+        }
+    }
+
+    /// The `SYNC_REQUEST` that opens the stream: everything this device's
+    /// version vector does not cover.
+    pub fn request(&self, core: &Core) -> Envelope {
+        let vv = core.version_vector();
+        envelope(SyncRequest {
+            entity_types: vec![EntityType::Document, EntityType::Conversation],
+            since_timestamp: None,
+            full_sync: vv.is_empty(),
+            version_vector: Some(vv),
+        })
+    }
+
+    /// Takes a group of messages received in order: the operations they
+    /// carry are applied and stored in one transaction (a snapshot, or a
+    /// message that is not operations, first applies what came before it).
+    /// Appends to `out` what to send back: one `ACK` naming every message
+    /// whose operations are all durably stored, and, when the pull must end,
+    /// an `ERROR` saying why, followed by `Err`.
+    pub fn receive(
+        &mut self,
+        core: &Core,
+        group: Vec<Envelope>,
+        out: &mut Vec<Envelope>,
+    ) -> Result<(), NodeError> {
+        let mut ops: Vec<SyncOperation> = Vec::new();
+        let mut carried: Vec<Carried> = Vec::new();
+        for env in group {
+            let before = ops.len();
+            match env.message {
+                Message::BatchedSync(b) => ops.extend(b.operations),
+                Message::SyncOperation(op) => ops.push(op),
+                Message::DeltaSync(d) => ops.extend(nomade_crdt::from_delta(&d)?),
+                other => {
+                    self.apply(
+                        core,
+                        std::mem::take(&mut ops),
+                        std::mem::take(&mut carried),
+                        out,
+                    )?;
+                    match other {
+                        Message::SyncSnapshot(piece) => {
+                            self.receive_piece(core, env.message_id, piece, out)?
+                        }
+                        other => self.handle_control(core, env.message_id, other, out)?,
+                    }
+                    continue;
+                }
+            }
+            carried.push((env.message_id, nomade_crdt::last_counters(&ops[before..])));
+            Metrics::add(&core.metrics().sync_frames_received, 1);
+        }
+        self.apply(core, ops, carried, out)
+    }
+
+    /// The summary of the initial exchange, once, when `SYNC_COMPLETE` has
+    /// been received.
+    pub fn take_summary(&mut self) -> Option<SyncSummary> {
+        self.summary.take()
+    }
+
+    /// Messages held back from acknowledgement (their operations wait in
+    /// the causal buffer).
+    pub fn pending_acks(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Applies a group of operations in one transaction, then acknowledges
+    /// the messages whose operations are all applied, so durably stored:
+    /// those of `carried`, and those pending that became so. The others wait:
+    /// an operation held in the causal buffer is only in memory.
+    fn apply(
+        &mut self,
+        core: &Core,
+        ops: Vec<SyncOperation>,
+        carried: Vec<Carried>,
+        out: &mut Vec<Envelope>,
+    ) -> Result<(), NodeError> {
+        if carried.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = core.apply_remote(&self.peer, ops) {
+            let ids = carried.into_iter().map(|(id, _)| id).collect();
+            return self.acknowledge(Err(e), ids, out);
+        }
+        self.pending.extend(carried);
+        let vv = core.version_vector();
+        let (ready, waiting): (Vec<Carried>, Vec<Carried>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|(_, carried)| covers(&vv, carried));
+        self.pending = waiting;
+        let excess = self.pending.len().saturating_sub(MAX_PENDING_ACKS);
+        self.pending.drain(..excess);
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let ids = ready.into_iter().map(|(id, _)| id).collect();
+        self.acknowledge(Ok(()), ids, out)
+    }
+
+    /// Takes one `SYNC_SNAPSHOT` piece; once the snapshot is whole, adopts
+    /// it (see [`Core::adopt_snapshot`]) and acknowledges its pieces. A
+    /// piece out of place ends the pull with `INVALID_MESSAGE`.
+    fn receive_piece(
+        &mut self,
+        core: &Core,
+        message_id: MessageId,
+        piece: SyncSnapshot,
+        out: &mut Vec<Envelope>,
+    ) -> Result<(), NodeError> {
+        match self.snapshot.add(message_id, piece) {
+            Ok(None) => Ok(()),
+            Ok(Some((bytes, ids))) => {
+                let result = core.adopt_snapshot(&self.peer, &bytes).map(|_| ());
+                if let Err(e) = &result {
+                    core.metrics().record_error("SNAPSHOT_REFUSED");
+                    tracing::warn!(peer = %self.peer, error = %e, "did not adopt the peer's snapshot");
+                }
+                self.acknowledge(result, ids, out)
+            }
+            Err(reason) => {
+                out.push(error_message(
+                    ErrorCode::INVALID_MESSAGE,
+                    reason.clone(),
+                    Some(message_id),
+                ));
+                Err(self.peer_error(reason))
+            }
+        }
+    }
+
+    /// Acknowledges `ids` when what they carried is durably applied
+    /// (`result` is `Ok`); otherwise tells the peer why with an `ERROR` and
+    /// ends the pull.
+    fn acknowledge(
+        &self,
+        result: Result<(), NodeError>,
+        ids: Vec<MessageId>,
+        out: &mut Vec<Envelope>,
+    ) -> Result<(), NodeError> {
+        let related = ids.first().copied();
+        let (code, text, error) = match result {
+            Ok(()) => {
+                out.push(envelope(Ack { message_ids: ids }));
+                return Ok(());
+            }
+            Err(NodeError::Crdt(nomade_crdt::CrdtError::BufferFull { .. })) => (
+                ErrorCode::SYNC_CONFLICT,
+                "causal buffer full: resync needed".to_string(),
+                self.peer_error("causal buffer full"),
+            ),
+            Err(NodeError::SnapshotRefused(reason)) => (
+                ErrorCode::SYNC_CONFLICT,
+                reason.clone(),
+                NodeError::SnapshotRefused(reason),
+            ),
+            // Not durable: not acknowledged. The peer sends it again after
+            // reconnecting.
+            Err(NodeError::Store(e)) => (
+                ErrorCode::QUOTA_EXCEEDED,
+                format!("cannot store operations: {e}"),
+                NodeError::Store(e),
+            ),
+            Err(e) => (ErrorCode::INVALID_MESSAGE, e.to_string(), e),
+        };
+        out.push(error_message(code, text, related));
+        Err(error)
+    }
+
+    /// Handles a message other than operations or snapshot pieces.
+    fn handle_control(
+        &mut self,
+        core: &Core,
+        message_id: MessageId,
+        message: Message,
+        out: &mut Vec<Envelope>,
+    ) -> Result<(), NodeError> {
+        match message {
+            Message::SyncComplete(c) => {
+                let summary = SyncSummary {
+                    operations: c.operations_count,
+                    hashes_match: core.state_hash() == c.new_state_hash,
+                };
+                tracing::info!(peer = %self.peer, operations = c.operations_count, hashes_match = summary.hashes_match, "initial sync received");
+                self.summary = Some(summary);
+                Ok(())
+            }
+            Message::Error(e) => {
+                Err(self.peer_error(format!("{} ({})", e.error_message, e.error_code.name())))
+            }
+            other => {
+                let name = other.message_type().name();
+                out.push(error_message(
+                    ErrorCode::INVALID_MESSAGE,
+                    format!("{name} on a sync stream"),
+                    Some(message_id),
+                ));
+                Err(self.peer_error(format!("sent {name} on a sync stream")))
+            }
+        }
+    }
+
+    fn peer_error(&self, reason: impl Into<String>) -> NodeError {
+        NodeError::Peer {
+            peer: self.peer.clone(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A snapshot received whole, and the ids of the messages that carried it.
+type WholeSnapshot = (Vec<u8>, Vec<MessageId>);
+
+/// A snapshot being received, piece by piece.
+#[derive(Debug, Default)]
+struct SnapshotAssembly {
+    total_len: u64,
+    bytes: Vec<u8>,
+    ids: Vec<MessageId>,
+}
+
+impl SnapshotAssembly {
+    /// Takes the next piece; returns the whole snapshot and the ids of the
+    /// messages that carried it once the last piece is in. A piece out of
+    /// order, empty, past the announced length or announcing another one is
+    /// an error naming what is wrong.
+    fn add(&mut self, id: MessageId, piece: SyncSnapshot) -> Result<Option<WholeSnapshot>, String> {
+        if self.ids.is_empty() {
+            if piece.total_len > MAX_SNAPSHOT_LEN {
+                return Err(format!(
+                    "a snapshot of {} bytes (at most {MAX_SNAPSHOT_LEN} accepted)",
+                    piece.total_len
+                ));
+            }
+            self.total_len = piece.total_len;
+        } else if piece.total_len != self.total_len {
+            return Err(format!(
+                "a snapshot piece announcing {} bytes in a snapshot of {}",
+                piece.total_len, self.total_len
+            ));
+        }
+        let expected = self.bytes.len() as u64;
+        let end = piece.offset.saturating_add(piece.data.len() as u64);
+        if piece.data.is_empty() || piece.offset != expected || end > self.total_len {
+            return Err(format!(
+                "a snapshot piece of {} bytes at offset {} (expected offset {expected} of {})",
+                piece.data.len(),
+                piece.offset,
+                self.total_len
+            ));
+        }
+        self.bytes.extend_from_slice(&piece.data);
+        self.ids.push(id);
+        if end == self.total_len {
+            let done = std::mem::take(self);
+            return Ok(Some((done.bytes, done.ids)));
+        }
+        Ok(None)
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::new_message_id;
+
+    fn piece(total_len: u64, offset: u64, data: &'static [u8]) -> SyncSnapshot {
+        SyncSnapshot {
+            total_len,
+            offset,
+            data: bytes::Bytes::from_static(data),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_is_gathered_in_order_and_whole() {
+        let mut a = SnapshotAssembly::default();
+        let (one, two) = (new_message_id(), new_message_id());
+        assert_eq!(a.add(one, piece(6, 0, b"abc")), Ok(None));
+        let (bytes, ids) = a
+            .add(two, piece(6, 3, b"def"))
+            .expect("in order")
+            .expect("whole");
+        assert_eq!(bytes, b"abcdef");
+        assert_eq!(ids, vec![one, two]);
+        // Ready for the next one.
+        assert_eq!(
+            a.add(one, piece(1, 0, b"z")).expect("ok").expect("whole").0,
+            b"z"
+        );
+    }
+
+    /// BAD_INPUTS: snapshot pieces out of order, overlapping, empty, past
+    /// their announced length, changing it, or announcing more than a
+    /// puller accepts: refused with what is wrong, before anything large is
+    /// held.
+    #[test]
+    fn bad_snapshot_pieces_are_refused() {
+        let id = new_message_id();
+        let cases: Vec<(&str, Vec<SyncSnapshot>, &str)> = vec![
+            (
+                "too large",
+                vec![piece(MAX_SNAPSHOT_LEN + 1, 0, b"a")],
+                "at most",
+            ),
+            (
+                "not from the start",
+                vec![piece(6, 3, b"def")],
+                "expected offset 0",
+            ),
+            (
+                "a gap",
+                vec![piece(6, 0, b"ab"), piece(6, 3, b"def")],
+                "expected offset 2",
+            ),
+            (
+                "an overlap",
+                vec![piece(6, 0, b"abc"), piece(6, 2, b"cde")],
+                "expected offset 3",
+            ),
+            ("empty", vec![piece(6, 0, b"")], "of 0 bytes"),
+            ("past the end", vec![piece(2, 0, b"abc")], "of 2"),
+            (
+                "another length",
+                vec![piece(6, 0, b"abc"), piece(7, 3, b"def")],
+                "announcing 7",
+            ),
+        ];
+        for (what, pieces, says) in cases {
+            let mut a = SnapshotAssembly::default();
+            let mut result = Ok(None);
+            for p in pieces {
+                result = a.add(id, p);
+                if result.is_err() {
+                    break;
+                }
+            }
+            match result {
+                Err(m) => assert!(m.contains(says), "{what}: {m}"),
+                Ok(r) => panic!("{what}: accepted ({r:?})"),
+            }
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The pusher's side of a sync stream, sans-IO: what this device sends a
+//! peer that asked, and what the peer's acknowledgements change.
+//!
+//! A [`Pusher`] is fed the messages the peer sends on the stream
+//! ([`Pusher::receive`]: the `SYNC_REQUEST` first, then `ACK`s) and asked for
+//! the frames to send ([`Pusher::poll`]) whenever the store may hold
+//! something new. It reads the store through [`Core`], synchronously.
+
+use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
+use nomade_crdt::raise_counter;
+use nomade_wire::{
+    BatchEncoder, EntityType, Envelope, ErrorCode, Message, MessageId, MessageType, SyncComplete,
+    SyncOperation, SyncSnapshot, VersionVector,
+};
+
+use super::{envelope, error_message, new_message_id, Transmit};
+use crate::batch::MAX_BATCH_PAYLOAD;
+use crate::core::{now_ms, Core, PushItem};
+use crate::error::NodeError;
+use crate::metrics::Metrics;
+use crate::store::covers;
+
+/// Most log entries examined per [`Pusher::poll`], so that a large backlog
+/// is sent in pieces rather than copied at once.
+pub const SCAN_LIMIT: usize = 20_000;
+
+/// Frames a pusher sends without their acknowledgement before it waits for
+/// one (1,024, about 60 MB of operations at most): what it remembers of
+/// frames in flight stays bounded, whatever the peer does.
+pub const MAX_UNACKED_FRAMES: usize = 1024;
+
+/// The pusher's state on one sync stream.
+#[derive(Debug)]
+pub struct Pusher {
+    peer: String,
+    window: usize,
+    /// What the peer has, as far as this pusher knows: what it asked with,
+    /// what was sent to it, and what it sent this device.
+    knowledge: VersionVector,
+    /// The store's sequence number up to which everything the peer lacks was
+    /// sent. `None` until the `SYNC_REQUEST`.
+    cursor: Option<u64>,
+    /// Operations sent in the initial exchange, until `SYNC_COMPLETE`.
+    initial: Option<usize>,
+    /// Frames sent and not yet acknowledged, with what each one carries.
+    unacked: HashMap<MessageId, VersionVector>,
+    batch: BatchEncoder,
+}
+
+impl Pusher {
+    /// A pusher to `peer`, keeping at most `window` frames unacknowledged.
+    pub fn new(peer: impl Into<String>, window: usize) -> Pusher {
+        Pusher {
+            peer: peer.into(),
+            window: window.max(1),
+            knowledge: VersionVector::new(),
+            cursor: None,
+            initial: Some(0),
+            unacked: HashMap::new(),
+            batch: BatchEncoder::new(MAX_BATCH_PAYLOAD),
+        }
+    }
+
+    /// Whether the window of unacknowledged frames is full: [`Pusher::poll`]
+    /// sends nothing until an acknowledgement comes.
+    pub fn window_full(&self) -> bool {
+        self.unacked.len() >= self.window
+    }
+
+    /// Frames sent and not acknowledged yet.
+    pub fn unacked(&self) -> usize {
+        self.unacked.len()
+    }
+
+    /// Whether the peer's `SYNC_REQUEST` has come: before, there is nothing
+    /// to send.
+    pub fn started(&self) -> bool {
+        self.cursor.is_some()
+    }
+
+    /// Takes a message from the peer: the `SYNC_REQUEST` first, then `ACK`s.
+    /// An `ERROR`, or anything else, ends the push (`Err`; for anything else
+    /// an `ERROR` is appended to `out` first).
+    pub fn receive(
+        &mut self,
+        core: &Core,
+        env: Envelope,
+        out: &mut Vec<Transmit>,
+    ) -> Result<(), NodeError> {
+        match (env.message, self.cursor) {
+            (Message::SyncRequest(request), None) => {
+                self.knowledge = if request.full_sync {
+                    VersionVector::new()
+                } else {
+                    request.version_vector.unwrap_or_default()
+                };
+                // Everything up to the resume point is covered by what the
+                // peer has.
+                self.cursor = Some(core.resume_point(&self.knowledge)?);
+                // What the peer says it holds counts as acknowledged: with
+                // what it acknowledges later, it is what compaction may drop.
+                core.record_ack(&self.peer, &self.knowledge);
+                core.forget_received(&self.peer);
+                Ok(())
+            }
+            (Message::Ack(a), Some(_)) => {
+                for id in &a.message_ids {
+                    if let Some(vv) = self.unacked.remove(id) {
+                        core.record_ack(&self.peer, &vv);
+                    }
+                }
+                tracing::trace!(peer = %self.peer, unacked = self.unacked.len(), "ack");
+                Ok(())
+            }
+            (Message::Error(e), _) => {
+                Err(self.peer_error(format!("{} ({})", e.error_message, e.error_code.name())))
+            }
+            (other, cursor) => {
+                let name = other.message_type().name();
+                let (said, reason) = match cursor {
+                    None => (
+                        format!("expected SYNC_REQUEST, got {name}"),
+                        format!("opened a sync stream with {name}"),
+                    ),
+                    Some(_) => (
+                        format!("{name} not expected here"),
+                        format!("sent {name} to a pusher"),
+                    ),
+                };
+                out.push(Transmit::Message(error_message(
+                    ErrorCode::INVALID_MESSAGE,
+                    said,
+                    Some(env.message_id),
+                )));
+                Err(self.peer_error(reason))
+            }
+        }
+    }
+
+    /// Appends to `out` the frames that send the peer what it lacks, reading
+    /// at most about [`SCAN_LIMIT`] stored operations: the stored snapshot
+    /// first when the peer lacks operations compacted away, then operations
+    /// (stored rows the peer lacks entirely as they are stored), then, at
+    /// the end of the initial exchange, `SYNC_COMPLETE`. Returns whether
+    /// more is waiting (call again). Sends nothing before the request or
+    /// while the window is full.
+    pub fn poll(&mut self, core: &Core, out: &mut Vec<Transmit>) -> Result<bool, NodeError> {
+        let Some(mut cursor) = self.cursor else {
+            return Ok(false);
+        };
+        if self.window_full() {
+            return Ok(false);
+        }
+        // What the peer sent this device since: not sent back.
+        for (actor, &c) in &core.received_from(&self.peer) {
+            raise_counter(&mut self.knowledge, actor, c);
+        }
+        if !covers(&self.knowledge, &core.compacted()) {
+            // The peer lacks operations this device no longer holds (it was
+            // away longer than the hold, or is new): the snapshot first,
+            // then the operations after it.
+            cursor = self.send_snapshot(core, out)?;
+        }
+        let (items, next, more) = core.push_items(cursor, &self.knowledge, SCAN_LIMIT)?;
+        self.cursor = Some(next);
+        for item in items {
+            let (count, frames) = match item {
+                PushItem::Run {
+                    payload,
+                    count,
+                    covers,
+                } => {
+                    // As stored: no operation decoded or encoded again.
+                    let id = new_message_id();
+                    let mut buf = BytesMut::new();
+                    nomade_wire::put_frame(
+                        &mut buf,
+                        MessageType::BatchedSync,
+                        id,
+                        now_ms(),
+                        &payload,
+                    )?;
+                    self.sent(id, covers);
+                    out.push(Transmit::Frame(buf.freeze()));
+                    Metrics::add(&core.metrics().runs_sent_as_stored, 1);
+                    (count as usize, 1)
+                }
+                PushItem::Operations(ops) => (ops.len(), self.send_batches(&ops, out)?),
+            };
+            Metrics::add(&core.metrics().ops_sent, count as u64);
+            if let Some(n) = &mut self.initial {
+                *n += count;
+            }
+            tracing::debug!(peer = %self.peer, ops = count, frames, "pushed operations");
+        }
+        if more {
+            return Ok(true);
+        }
+        if let Some(count) = self.initial.take() {
+            out.push(Transmit::Message(envelope(SyncComplete {
+                entity_types: vec![EntityType::Document, EntityType::Conversation],
+                operations_count: u32::try_from(count).unwrap_or(u32::MAX),
+                new_state_hash: core.state_hash(),
+            })));
+        }
+        Ok(false)
+    }
+
+    /// Records a frame sent: what it carries is awaited in an ACK, and the
+    /// peer will have it (later scans skip it).
+    fn sent(&mut self, id: MessageId, carries: VersionVector) {
+        for (actor, &c) in &carries {
+            raise_counter(&mut self.knowledge, actor, c);
+        }
+        self.unacked.insert(id, carries);
+    }
+
+    /// Appends `ops` (in order) in as few `BATCHED_SYNC` frames as fit the
+    /// payload limit, each operation encoded once. Returns the number of
+    /// frames.
+    fn send_batches(
+        &mut self,
+        ops: &[SyncOperation],
+        out: &mut Vec<Transmit>,
+    ) -> Result<usize, NodeError> {
+        let mut frames = 0;
+        let mut covered = VersionVector::new();
+        let mut buf = BytesMut::new();
+        let mut i = 0;
+        while i < ops.len() {
+            let op = &ops[i];
+            let added = self.batch.push(op)?;
+            if added {
+                raise_counter(&mut covered, &op.actor_id, op.operation.last_counter());
+                i += 1;
+            }
+            if !added || i == ops.len() {
+                let id = new_message_id();
+                self.batch.finish_frame(id, now_ms(), &mut buf)?;
+                self.sent(id, std::mem::take(&mut covered));
+                out.push(Transmit::Frame(buf.split().freeze()));
+                frames += 1;
+            }
+        }
+        Ok(frames)
+    }
+
+    /// Appends the stored snapshot in `SYNC_SNAPSHOT` pieces of at most
+    /// [`nomade_wire::MAX_CHUNK_DATA`] bytes; the last piece's
+    /// acknowledgement stands for the whole. Returns the sequence number it
+    /// covers (where the operations after it start).
+    fn send_snapshot(&mut self, core: &Core, out: &mut Vec<Transmit>) -> Result<u64, NodeError> {
+        let Some((seq, vv, raw)) = core.stored_snapshot()? else {
+            return Err(NodeError::CorruptLog(
+                "operations were compacted but no snapshot is stored".into(),
+            ));
+        };
+        if raw.is_empty() {
+            return Err(NodeError::CorruptLog("the stored snapshot is empty".into()));
+        }
+        let raw = Bytes::from(raw);
+        let total_len = raw.len() as u64;
+        let mut offset = 0usize;
+        while offset < raw.len() {
+            let end = raw.len().min(offset + nomade_wire::MAX_CHUNK_DATA);
+            let id = new_message_id();
+            let piece = SyncSnapshot {
+                total_len,
+                offset: offset as u64,
+                data: raw.slice(offset..end),
+            };
+            out.push(Transmit::Message(Envelope::new(id, now_ms(), piece)));
+            if end == raw.len() {
+                self.sent(id, vv.clone());
+            }
+            offset = end;
+        }
+        Metrics::add(&core.metrics().snapshots_sent, 1);
+        tracing::info!(peer = %self.peer, bytes = total_len, seq, "sent a snapshot");
+        Ok(seq)
+    }
+
+    fn peer_error(&self, reason: impl Into<String>) -> NodeError {
+        NodeError::Peer {
+            peer: self.peer.clone(),
+            reason: reason.into(),
+        }
+    }
+}
