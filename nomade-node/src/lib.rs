@@ -78,6 +78,7 @@ pub mod peers;
 mod presence;
 pub mod progress;
 mod session;
+pub mod sim;
 mod status;
 pub mod store;
 pub mod sync;
