@@ -32,6 +32,22 @@ pub struct Change {
     pub remote: bool,
 }
 
+/// What a pusher's scan of the store found (see [`Core::push_items`]).
+#[derive(Debug)]
+pub struct PushScan {
+    /// What to send, in order.
+    pub items: Vec<PushItem>,
+    /// The sequence number to continue from: everything up to it is sent or
+    /// covered by what the peer has.
+    pub next: u64,
+    /// Whether the store goes on past what was read (the scan stopped at
+    /// its limit).
+    pub more: bool,
+    /// Whether operations of other devices were held back (they are after
+    /// `next`).
+    pub held: bool,
+}
+
 /// Something a pusher sends (see [`Core::push_items`]).
 #[derive(Debug)]
 pub enum PushItem {
@@ -81,6 +97,10 @@ pub struct Core {
     /// Per peer: what it sent this device that is applied here (so the
     /// peer holds it): a pusher never sends it back.
     received: Mutex<HashMap<String, VersionVector>>,
+    /// Per peer: the last counters of what it sent that are not applied
+    /// yet (they wait in the causal buffer); moved into `received` as they
+    /// are, whichever peer's operations release them.
+    claimed: Mutex<HashMap<String, VersionVector>>,
     /// How long a paired device may stay silent and still hold compaction
     /// back, in ms (see [`Core::compaction_floor`]).
     compaction_hold_ms: std::sync::atomic::AtomicU64,
@@ -191,6 +211,7 @@ impl Core {
             clock_skew_ms: std::sync::atomic::AtomicI64::new(0),
             compacted: Mutex::new(compacted),
             received: Mutex::new(HashMap::new()),
+            claimed: Mutex::new(HashMap::new()),
             compaction_hold_ms: std::sync::atomic::AtomicU64::new(
                 DEFAULT_COMPACTION_HOLD.as_millis() as u64,
             ),
@@ -588,15 +609,26 @@ impl Core {
         }
         // What the peer sent, as far as this device now holds it, the peer
         // holds too (noted before the store wakes the pushers; beyond what
-        // is applied here, operations may never be valid).
+        // is applied here, operations may never be valid). What any peer
+        // sent that waited in the causal buffer and is applied now counts
+        // too: sending it back would be an echo.
         {
             let vv = replica.version_vector();
+            let mut claimed = lock(&self.claimed);
             let mut received = lock(&self.received);
-            let theirs = received.entry(peer.to_string()).or_default();
+            let theirs = claimed.entry(peer.to_string()).or_default();
             for (actor, &last) in &sent {
-                let held = vv.get(actor).copied().unwrap_or(0);
-                nomade_crdt::raise_counter(theirs, actor, last.min(held));
+                nomade_crdt::raise_counter(theirs, actor, last);
             }
+            claimed.retain(|p, claims| {
+                let got = received.entry(p.clone()).or_default();
+                claims.retain(|actor, last| {
+                    let held = vv.get(actor).copied().unwrap_or(0);
+                    nomade_crdt::raise_counter(got, actor, (*last).min(held));
+                    *last > held
+                });
+                !claims.is_empty()
+            });
         }
         // What was applied (these and buffered ones they released), in the
         // order applied.
@@ -643,10 +675,12 @@ impl Core {
         lock(&self.received).get(peer).cloned().unwrap_or_default()
     }
 
-    /// Forgets what `peer` sent: a new sync stream from it starts from the
-    /// version vector it announces.
+    /// Forgets what `peer` sent (it is no longer paired). A new sync stream
+    /// from it does not: what a peer sent it stored durably before, and
+    /// still holds.
     pub fn forget_received(&self, peer: &str) {
         lock(&self.received).remove(peer);
+        lock(&self.claimed).remove(peer);
     }
 
     fn note_sync(&self, peer: &str) {
@@ -670,53 +704,77 @@ impl Core {
 
     /// What to send a peer whose version vector is `peer`, from the
     /// operations stored after sequence number `cursor`, reading at most
-    /// about `limit` stored operations: the items in order, the sequence
-    /// number to continue from, and whether the store goes on past it. Read
-    /// from the database, in the order stored (a causal order): a node's
-    /// memory holds no history.
+    /// about `limit` stored operations. Read from the database, in the order
+    /// stored (a causal order): a node's memory holds no history.
     ///
     /// A stored row the peer lacks entirely (its frontiers show the peer
     /// has none of it) goes as it is stored, a `BATCHED_SYNC` payload
     /// already encoded ([`PushItem::Run`]); from the others, the operations
     /// the peer lacks are decoded ([`PushItem::Operations`]).
+    ///
+    /// Operations of other devices stored after sequence number
+    /// `relay_after` are held back (docs/PROTOCOL.md, "Forwarding"): the
+    /// scan goes on past them, sending this device's own, and the cursor it
+    /// returns stops before the first one held, so a later scan finds them.
     pub fn push_items(
         &self,
         cursor: u64,
         peer: &VersionVector,
         limit: usize,
-    ) -> Result<(Vec<PushItem>, u64, bool), NodeError> {
-        let mut items: Vec<PushItem> = Vec::new();
-        let mut next = cursor;
+        relay_after: u64,
+    ) -> Result<PushScan, NodeError> {
+        let own = self.device_id.as_str();
+        let mut scan = PushScan {
+            items: Vec::new(),
+            next: cursor,
+            more: false,
+            held: false,
+        };
+        let mut first_held: Option<u64> = None;
         let mut read = 0u64;
-        let mut more = false;
         let mut failure = None;
         let lacks = |actor: &str, counter: u64| counter > peer.get(actor).copied().unwrap_or(0);
+        let items = &mut scan.items;
         self.store.scan_runs(cursor, |run| {
             if read >= limit as u64 {
-                more = true;
+                scan.more = true;
                 return ControlFlow::Break(());
             }
             read += run.count;
             let end = run.first + run.count - 1;
+            // The actors with operations in the row, if its frontiers say.
+            let written: Option<Vec<(&String, u64)>> = match (&run.before, &run.after) {
+                (Some(before), Some(after)) => Some(
+                    after
+                        .iter()
+                        .filter_map(|(a, &c)| {
+                            let b = before.get(a).copied().unwrap_or(0);
+                            (c > b).then_some((a, b))
+                        })
+                        .collect(),
+                ),
+                _ => None,
+            };
+            let relayed_held = end > relay_after
+                && written
+                    .as_ref()
+                    .is_none_or(|w| w.iter().any(|(a, _)| a.as_str() != own));
             let whole = run.first > cursor
+                && !relayed_held
                 && run.payload.len() <= crate::batch::MAX_BATCH_PAYLOAD
-                && match (&run.before, &run.after) {
-                    // Each actor with operations in the row: the peer has
-                    // none of them (it stops at or before the row's start).
-                    (Some(before), Some(after)) => after.iter().all(|(a, &c)| {
-                        let b = before.get(a).copied().unwrap_or(0);
-                        c <= b || peer.get(a).copied().unwrap_or(0) <= b
-                    }),
-                    _ => false,
-                };
+                // Each actor with operations in the row: the peer has none
+                // of them (it stops at or before the row's start).
+                && written.as_ref().is_some_and(|w| {
+                    w.iter()
+                        .all(|(a, b)| peer.get(a.as_str()).copied().unwrap_or(0) <= *b)
+                });
             if whole {
-                let (Some(before), Some(after)) = (&run.before, &run.after) else {
+                let (Some(after), Some(w)) = (&run.after, &written) else {
                     return ControlFlow::Break(());
                 };
-                let covers = after
+                let covers = w
                     .iter()
-                    .filter(|(a, &c)| c > before.get(*a).copied().unwrap_or(0))
-                    .map(|(a, &c)| (a.clone(), c))
+                    .map(|(a, _)| ((*a).clone(), after.get(a.as_str()).copied().unwrap_or(0)))
                     .collect();
                 items.push(PushItem::Run {
                     payload: run.payload,
@@ -726,22 +784,22 @@ impl Core {
             } else {
                 match run.operations() {
                     Ok(ops) => {
-                        let wanted = ops
-                            .into_iter()
-                            .enumerate()
-                            .filter(|(i, op)| {
-                                run.first + *i as u64 > cursor
-                                    && lacks(&op.actor_id, op.operation.last_counter())
-                            })
-                            .map(|(_, op)| op);
+                        let mut wanted = Vec::new();
+                        for (i, op) in ops.into_iter().enumerate() {
+                            let seq = run.first + i as u64;
+                            if seq <= cursor || !lacks(&op.actor_id, op.operation.last_counter()) {
+                                continue;
+                            }
+                            if seq > relay_after && op.actor_id != own {
+                                first_held.get_or_insert(seq);
+                                continue;
+                            }
+                            wanted.push(op);
+                        }
                         match items.last_mut() {
                             Some(PushItem::Operations(ops)) => ops.extend(wanted),
-                            _ => {
-                                let ops: Vec<SyncOperation> = wanted.collect();
-                                if !ops.is_empty() {
-                                    items.push(PushItem::Operations(ops));
-                                }
-                            }
+                            _ if wanted.is_empty() => {}
+                            _ => items.push(PushItem::Operations(wanted)),
                         }
                     }
                     Err(e) => {
@@ -750,14 +808,23 @@ impl Core {
                     }
                 }
             }
-            next = end;
+            scan.next = end;
             ControlFlow::Continue(())
         })?;
         if let Some(e) = failure {
             return Err(e.into());
         }
+        if let Some(seq) = first_held {
+            scan.next = scan.next.min(seq - 1);
+            scan.held = true;
+        }
         Metrics::add(&self.metrics.ops_scanned, read);
-        Ok((items, next, more))
+        Ok(scan)
+    }
+
+    /// The sequence number of the last operation stored.
+    pub fn last_seq(&self) -> u64 {
+        *self.appended.borrow()
     }
 
     /// Records that `peer` acknowledged (durably stored) the operations `vv`

@@ -17,8 +17,12 @@ pub const ARTIFACT_TRANSFER: &str = "artifact-transfer";
 /// The capability of sending and reading a presence stream (heartbeats).
 pub const PRESENCE: &str = "presence";
 
-/// Capabilities this node announces: all three of version 1.
-pub const CAPABILITIES: [&str; 3] = [CRDT_SYNC, ARTIFACT_TRANSFER, PRESENCE];
+/// The capability of taking `HAVE` on the sync streams it pushes on (what
+/// the puller holds from elsewhere, so that it is not relayed).
+pub const SYNC_HAVE: &str = "sync-have";
+
+/// Capabilities this node announces.
+pub const CAPABILITIES: [&str; 4] = [CRDT_SYNC, ARTIFACT_TRANSFER, PRESENCE, SYNC_HAVE];
 
 /// What a node says about itself in HELLO / HELLO_ACK.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -191,6 +191,7 @@ impl Node {
     /// Unpairs a device: forgets it and closes its connections.
     pub fn remove_peer(&self, id: &DeviceId) -> Result<bool, NodeError> {
         let known = self.inner.core.store().remove_peer(&id.to_string())?;
+        self.inner.core.forget_received(&id.to_string());
         self.inner.paired.remove(id);
         if let Some(t) = self.transport() {
             t.unpair(id);

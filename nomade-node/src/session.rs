@@ -315,6 +315,7 @@ impl Node {
         let node = self.clone();
         let mut summary_rx = initial_tx.subscribe();
         let (pull_conn, config) = (conn.clone(), self.inner.config.clone());
+        let announce = info.has(handshake::SYNC_HAVE);
         let puller = tokio::spawn(async move {
             let Some(first) = first else { return };
             let mut stream = Some(first);
@@ -329,7 +330,16 @@ impl Node {
                 };
                 let (mut tx, mut rx) = (Sink(tx), Source(rx));
                 let started = Instant::now();
-                match sync::pull(core.clone(), p.clone(), &mut tx, &mut rx, &initial_tx).await {
+                match sync::pull(
+                    core.clone(),
+                    p.clone(),
+                    &mut tx,
+                    &mut rx,
+                    &initial_tx,
+                    announce,
+                )
+                .await
+                {
                     Ok(()) | Err(NodeError::Transport(_)) => {
                         tracing::debug!(peer = %p, "pull ended");
                         break;

@@ -236,6 +236,8 @@ struct Flow {
     puller: Puller,
     to_puller_at: Duration,
     to_pusher_at: Duration,
+    /// The earliest timer scheduled for this flow, if any.
+    wake_at: Option<Duration>,
 }
 
 /// A pair of paired devices.
@@ -261,6 +263,13 @@ enum Event {
         flow: usize,
         epoch: u64,
         frame: Bytes,
+    },
+    /// A flow's timer: the pusher's held operations may go, or the
+    /// puller's `HAVE` that waited for its interval.
+    Wake {
+        link: usize,
+        flow: usize,
+        epoch: u64,
     },
     Crash(usize),
     Restart(usize),
@@ -438,9 +447,10 @@ impl<'a> Sim<'a> {
             from,
             to,
             pusher: Pusher::new(self.devices[to].id.clone(), MAX_UNACKED_FRAMES),
-            puller: Puller::new(self.devices[from].id.clone()),
+            puller: Puller::announcing(self.devices[from].id.clone()),
             to_puller_at: self.now,
             to_pusher_at: self.now,
+            wake_at: None,
         };
         let flows = [flow(a, b), flow(b, a)];
         let requests: Vec<(usize, Envelope)> = flows
@@ -520,31 +530,86 @@ impl<'a> Sim<'a> {
         Ok(())
     }
 
-    /// Lets every pusher on `device` send what it has.
-    fn push_from(&mut self, device: usize) -> Result<(), SimError> {
-        let Some(core) = self.core(device) else {
-            return Ok(());
-        };
+    /// The simulated clock as an instant, for the state machines.
+    fn instant(&self) -> Instant {
+        self.start + self.now
+    }
+
+    /// Lets the state machines of `device` act on what changed: every
+    /// pusher on it sends what it has, every puller on it announces what it
+    /// holds; then their timers are set.
+    fn device_changed(&mut self, device: usize) -> Result<(), SimError> {
         for link in 0..self.links.len() {
             for flow in 0..2 {
-                if self.flow(link, flow).map(|f| f.from) != Some(device) {
-                    continue;
-                }
-                loop {
-                    let mut out = Vec::new();
-                    let polled = match self.flow_mut(link, flow) {
-                        Some(f) => f.pusher.poll(&core, &mut out),
-                        None => break,
-                    };
-                    let more = self.node(device, polled)?;
-                    self.send(link, flow, true, out, device)?;
-                    if !more {
-                        break;
-                    }
+                match self.flow(link, flow).map(|f| (f.from, f.to)) {
+                    Some((from, _)) if from == device => self.push(link, flow)?,
+                    Some((_, to)) if to == device => self.announce(link, flow)?,
+                    _ => {}
                 }
             }
         }
         Ok(())
+    }
+
+    /// Lets a flow's pusher send what it has.
+    fn push(&mut self, link: usize, flow: usize) -> Result<(), SimError> {
+        let Some(device) = self.flow(link, flow).map(|f| f.from) else {
+            return Ok(());
+        };
+        let Some(core) = self.core(device) else {
+            return Ok(());
+        };
+        let now = self.instant();
+        loop {
+            let mut out = Vec::new();
+            let polled = match self.flow_mut(link, flow) {
+                Some(f) => f.pusher.poll(&core, now, &mut out),
+                None => return Ok(()),
+            };
+            let more = self.node(device, polled)?;
+            self.send(link, flow, true, out, device)?;
+            if !more {
+                break;
+            }
+        }
+        let timeout = self.flow(link, flow).and_then(|f| f.pusher.poll_timeout());
+        self.set_timer(link, flow, timeout);
+        Ok(())
+    }
+
+    /// Lets a flow's puller announce what its device holds.
+    fn announce(&mut self, link: usize, flow: usize) -> Result<(), SimError> {
+        let Some(device) = self.flow(link, flow).map(|f| f.to) else {
+            return Ok(());
+        };
+        let Some(core) = self.core(device) else {
+            return Ok(());
+        };
+        let now = self.instant();
+        let have = self
+            .flow_mut(link, flow)
+            .and_then(|f| f.puller.poll_have(&core, now));
+        if let Some(env) = have {
+            self.send(link, flow, false, vec![Transmit::Message(env)], device)?;
+        }
+        let timeout = self.flow(link, flow).and_then(|f| f.puller.have_timeout());
+        self.set_timer(link, flow, timeout);
+        Ok(())
+    }
+
+    /// Schedules a flow's timer at `at`, unless one as early is pending.
+    fn set_timer(&mut self, link: usize, flow: usize, at: Option<Instant>) {
+        let Some(at) = at else { return };
+        let at = at.saturating_duration_since(self.start).max(self.now);
+        let epoch = self.links[link].epoch;
+        let Some(f) = self.flow_mut(link, flow) else {
+            return;
+        };
+        if f.wake_at.is_some_and(|w| w <= at) {
+            return;
+        }
+        f.wake_at = Some(at);
+        self.schedule(at, Event::Wake { link, flow, epoch });
     }
 
     fn run(&mut self) -> Result<(), SimError> {
@@ -582,7 +647,7 @@ impl<'a> Sim<'a> {
                 self.node(d, core.edit(EntityType::Document, &doc, edit))?;
                 self.devices[d].edits += 1;
                 self.converged = false;
-                self.push_from(d)?;
+                self.device_changed(d)?;
             }
             Event::ToPuller {
                 link,
@@ -600,6 +665,24 @@ impl<'a> Sim<'a> {
                     return Ok(());
                 };
                 let env = self.decode(to, &frame)?;
+                if std::env::var_os("SIM_DEBUG").is_some() {
+                    if let nomade_wire::Message::BatchedSync(b) = &env.message {
+                        let vv = core.version_vector();
+                        for op in &b.operations {
+                            if vv.get(&op.actor_id).copied().unwrap_or(0) >= op.operation.counter {
+                                let from = self.flow(link, flow).map(|f| f.from);
+                                eprintln!(
+                                    "dup at {:?}: {} -> {}: {} {}",
+                                    self.now,
+                                    from.unwrap_or(0),
+                                    to,
+                                    op.actor_id,
+                                    op.operation.counter
+                                );
+                            }
+                        }
+                    }
+                }
                 let mut out = Vec::new();
                 let received = match self.flow_mut(link, flow) {
                     Some(f) => f.puller.receive(&core, vec![env], &mut out),
@@ -608,7 +691,7 @@ impl<'a> Sim<'a> {
                 self.node(to, received)?;
                 let out = out.into_iter().map(Transmit::Message).collect();
                 self.send(link, flow, false, out, to)?;
-                self.push_from(to)?;
+                self.device_changed(to)?;
                 self.note_convergence();
             }
             Event::ToPusher {
@@ -628,13 +711,26 @@ impl<'a> Sim<'a> {
                 };
                 let env = self.decode(from, &frame)?;
                 let mut out = Vec::new();
+                let now = self.instant();
                 let received = match self.flow_mut(link, flow) {
-                    Some(f) => f.pusher.receive(&core, env, &mut out),
+                    Some(f) => f.pusher.receive(&core, env, now, &mut out),
                     None => return Ok(()),
                 };
                 self.node(from, received)?;
                 self.send(link, flow, true, out, from)?;
-                self.push_from(from)?;
+                self.push(link, flow)?;
+            }
+            Event::Wake { link, flow, epoch } => {
+                if self.links[link].epoch != epoch {
+                    return Ok(());
+                }
+                let now = self.now;
+                match self.flow_mut(link, flow) {
+                    Some(f) if f.wake_at.is_some_and(|w| w <= now) => f.wake_at = None,
+                    _ => return Ok(()),
+                }
+                self.push(link, flow)?;
+                self.announce(link, flow)?;
             }
             Event::Crash(d) => {
                 if let Some(core) = self.devices[d].core.take() {

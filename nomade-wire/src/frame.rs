@@ -151,6 +151,8 @@ messages! {
     DeltaSync(DeltaSync) = 0x0106, "DELTA_SYNC";
     /// `SYNC_SNAPSHOT`
     SyncSnapshot(SyncSnapshot) = 0x0107, "SYNC_SNAPSHOT";
+    /// `HAVE`
+    Have(Have) = 0x0108, "HAVE";
     /// `ARTIFACT_REQUEST`
     ArtifactRequest(ArtifactRequest) = 0x0201, "ARTIFACT_REQUEST";
     /// `ARTIFACT_METADATA`

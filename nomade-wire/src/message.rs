@@ -369,6 +369,17 @@ pub struct SyncSnapshot {
     pub data: Bytes,
 }
 
+/// `HAVE` (0x0108): what the puller durably holds, sent on its sync stream
+/// to the pusher (docs/PROTOCOL.md, "Forwarding"): counters of devices other
+/// than the two ends, each raised since the previous `HAVE`. The pusher
+/// counts them as known to the peer and does not relay what they cover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Have {
+    /// The counters held, by device; devices not named are unchanged.
+    pub version_vector: VersionVector,
+}
+
 /// `ARTIFACT_REQUEST` (0x0201): ask for an artifact by content id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -337,6 +337,13 @@ pub fn all() -> Vec<Sample> {
         .into(),
     );
     push(
+        "have",
+        Have {
+            version_vector: vv(&[(LAPTOP, 44)]),
+        }
+        .into(),
+    );
+    push(
         "artifact_request",
         ArtifactRequest {
             artifact_id: hash(0xa1),

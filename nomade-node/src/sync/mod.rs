@@ -111,9 +111,23 @@ impl Transmit {
 /// Most sync messages applied in one database transaction.
 const MAX_MESSAGES_PER_COMMIT: usize = 64;
 
+/// The shortest time between two `HAVE`s a puller sends (docs/PROTOCOL.md,
+/// "Forwarding"): what it received from elsewhere meanwhile goes in the next.
+pub const HAVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs a [`Puller`]: requests what this device lacks, applies and
 /// acknowledges everything the peer pushes, until the peer ends the stream.
-/// `initial` receives the summary of the first full exchange.
+/// `initial` receives the summary of the first full exchange. With
+/// `announce` (the peer takes `HAVE`), what this device gets from elsewhere
+/// is announced to the peer as it comes.
 ///
 /// Reading and applying overlap: while one group of messages is being applied
 /// and committed (on a blocking thread), the next ones are read; everything
@@ -125,8 +139,14 @@ pub async fn pull(
     tx: &mut impl FrameSink,
     rx: &mut impl FrameSource,
     initial: &watch::Sender<Option<SyncSummary>>,
+    announce: bool,
 ) -> Result<(), NodeError> {
-    let mut puller = Puller::new(peer);
+    let mut puller = if announce {
+        Puller::announcing(peer)
+    } else {
+        Puller::new(peer)
+    };
+    let mut appended = core.appended();
     tx.send(&puller.request(&core)).await?;
     let (queue_tx, mut queue) = tokio::sync::mpsc::channel::<Envelope>(MAX_MESSAGES_PER_COMMIT);
     let reader = async move {
@@ -138,7 +158,28 @@ pub async fn pull(
         Ok::<(), NodeError>(())
     };
     let applier = async move {
-        while let Some(first) = queue.recv().await {
+        loop {
+            let first = tokio::select! {
+                env = queue.recv() => match env {
+                    Some(env) => env,
+                    None => break,
+                },
+                changed = appended.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    if let Some(have) = puller.poll_have(&core, std::time::Instant::now()) {
+                        tx.send(&have).await?;
+                    }
+                    continue;
+                }
+                () = sleep_until(puller.have_timeout()) => {
+                    if let Some(have) = puller.poll_have(&core, std::time::Instant::now()) {
+                        tx.send(&have).await?;
+                    }
+                    continue;
+                }
+            };
             let mut group = vec![first];
             while group.len() < MAX_MESSAGES_PER_COMMIT {
                 match queue.try_recv() {
@@ -226,12 +267,12 @@ async fn push_with_window(
     let Some(first) = rx.recv().await? else {
         return Ok(());
     };
-    let r = pusher.receive(&core, first, &mut out);
+    let r = pusher.receive(&core, first, std::time::Instant::now(), &mut out);
     flush(tx, &mut out, r).await?;
     loop {
         if !pusher.window_full() {
             appended.borrow_and_update();
-            let polled = pusher.poll(&core, &mut out);
+            let polled = pusher.poll(&core, std::time::Instant::now(), &mut out);
             let more = matches!(polled, Ok(true));
             flush(tx, &mut out, polled.map(drop)).await?;
             if more {
@@ -244,9 +285,10 @@ async fn push_with_window(
                     return Ok(());
                 }
             }
+            () = sleep_until(pusher.poll_timeout()) => {}
             msg = rx.recv() => {
                 let Some(env) = msg? else { return Ok(()) };
-                let r = pusher.receive(&core, env, &mut out);
+                let r = pusher.receive(&core, env, std::time::Instant::now(), &mut out);
                 flush(tx, &mut out, r).await?;
             }
         }
@@ -260,6 +302,7 @@ mod tests {
 
     use super::*;
     use nomade_wire::{Ack, EntityType, SyncOperation, SyncRequest, VersionVector};
+    use std::time::Instant;
 
     fn core(dir: &tempfile::TempDir, device: &str) -> Arc<Core> {
         Core::open(dir.path(), device, nomade_crdt::ReplicaConfig::default()).expect("open")
@@ -305,12 +348,12 @@ mod tests {
         let core = core(&dir, "pusher");
         let mut pusher = Pusher::new("peer", 2);
         let mut out = Vec::new();
-        assert!(!pusher.poll(&core, &mut out).expect("poll"));
+        assert!(!pusher.poll(&core, Instant::now(), &mut out).expect("poll"));
         assert!(out.is_empty(), "sent before the request");
         pusher
-            .receive(&core, full_request(), &mut out)
+            .receive(&core, full_request(), Instant::now(), &mut out)
             .expect("request");
-        assert!(!pusher.poll(&core, &mut out).expect("poll"));
+        assert!(!pusher.poll(&core, Instant::now(), &mut out).expect("poll"));
         assert!(matches!(
             messages(&mut out).as_slice(),
             [Envelope {
@@ -322,7 +365,7 @@ mod tests {
         let mut sent = Vec::new();
         for i in 0..2 {
             set(&core, i);
-            pusher.poll(&core, &mut out).expect("poll");
+            pusher.poll(&core, Instant::now(), &mut out).expect("poll");
             let envs = messages(&mut out);
             assert_eq!(envs.len(), 1);
             assert!(matches!(envs[0].message, Message::BatchedSync(_)));
@@ -333,21 +376,25 @@ mod tests {
         for i in 2..5 {
             set(&core, i);
         }
-        pusher.poll(&core, &mut out).expect("poll");
+        pusher.poll(&core, Instant::now(), &mut out).expect("poll");
         assert!(out.is_empty(), "sent past a full window");
         // An acknowledgement of frames never sent changes nothing.
         let bogus = envelope(Ack {
             message_ids: vec![new_message_id()],
         });
-        pusher.receive(&core, bogus, &mut out).expect("ack");
+        pusher
+            .receive(&core, bogus, Instant::now(), &mut out)
+            .expect("ack");
         assert!(pusher.window_full(), "a bogus ACK opened the window");
         assert!(!core.acked_by("peer").contains_key("pusher"));
         // A real one opens it: the three waiting edits go, together.
         let ack = envelope(Ack {
             message_ids: vec![sent[0]],
         });
-        pusher.receive(&core, ack, &mut out).expect("ack");
-        pusher.poll(&core, &mut out).expect("poll");
+        pusher
+            .receive(&core, ack, Instant::now(), &mut out)
+            .expect("ack");
+        pusher.poll(&core, Instant::now(), &mut out).expect("poll");
         match &messages(&mut out)[..] {
             [Envelope {
                 message: Message::BatchedSync(b),
@@ -372,7 +419,9 @@ mod tests {
         };
         let mut out = Vec::new();
         let mut pusher = Pusher::new("peer", 4);
-        let e = pusher.receive(&core, ack(), &mut out).expect_err("refused");
+        let e = pusher
+            .receive(&core, ack(), Instant::now(), &mut out)
+            .expect_err("refused");
         assert!(
             e.to_string().contains("opened a sync stream with ACK"),
             "{e}"
@@ -386,10 +435,10 @@ mod tests {
         }
         let mut pusher = Pusher::new("peer", 4);
         pusher
-            .receive(&core, full_request(), &mut out)
+            .receive(&core, full_request(), Instant::now(), &mut out)
             .expect("request");
         let e = pusher
-            .receive(&core, full_request(), &mut out)
+            .receive(&core, full_request(), Instant::now(), &mut out)
             .expect_err("a second request is refused");
         assert!(e.to_string().contains("SYNC_REQUEST to a pusher"), "{e}");
         assert_eq!(messages(&mut out).len(), 1);
@@ -404,14 +453,14 @@ mod tests {
         let mut pusher = Pusher::new("far", 8);
         let mut out = Vec::new();
         pusher
-            .receive(&core, full_request(), &mut out)
+            .receive(&core, full_request(), Instant::now(), &mut out)
             .expect("request");
-        pusher.poll(&core, &mut out).expect("poll");
+        pusher.poll(&core, Instant::now(), &mut out).expect("poll");
         out.clear();
         core.apply_remote("far", vec![remote_set(1)])
             .expect("applies");
         set(&core, 7);
-        pusher.poll(&core, &mut out).expect("poll");
+        pusher.poll(&core, Instant::now(), &mut out).expect("poll");
         let sent: Vec<SyncOperation> = messages(&mut out)
             .into_iter()
             .flat_map(|env| match env.message {
@@ -504,17 +553,21 @@ mod tests {
         let (mut pusher, mut puller) = (Pusher::new("b", 4), Puller::new("a"));
         let (mut to_puller, mut to_pusher) = (Vec::new(), Vec::new());
         pusher
-            .receive(&a, puller.request(&b), &mut to_puller)
+            .receive(&a, puller.request(&b), Instant::now(), &mut to_puller)
             .expect("request");
         loop {
-            pusher.poll(&a, &mut to_puller).expect("poll");
+            pusher
+                .poll(&a, Instant::now(), &mut to_puller)
+                .expect("poll");
             let group = messages(&mut to_puller);
             if group.is_empty() {
                 break;
             }
             puller.receive(&b, group, &mut to_pusher).expect("receive");
             for env in to_pusher.drain(..) {
-                pusher.receive(&a, env, &mut to_puller).expect("ack");
+                pusher
+                    .receive(&a, env, Instant::now(), &mut to_puller)
+                    .expect("ack");
             }
         }
         assert_eq!(b.state_hash(), a.state_hash());

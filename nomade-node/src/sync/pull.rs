@@ -6,13 +6,19 @@
 //! messages to send back (`ACK`, or `ERROR` before the pull ends). It reads
 //! and writes the device's state through [`Core`], synchronously: a driver
 //! on an async runtime calls it from a blocking thread.
+//!
+//! When the pusher takes them, the puller also announces what this device
+//! got from elsewhere ([`Puller::poll_have`]: `HAVE`), so that the pusher
+//! does not relay it (docs/PROTOCOL.md, "Forwarding").
+
+use std::time::Instant;
 
 use nomade_wire::{
-    Ack, EntityType, Envelope, ErrorCode, Message, MessageId, SyncOperation, SyncRequest,
+    Ack, EntityType, Envelope, ErrorCode, Have, Message, MessageId, SyncOperation, SyncRequest,
     SyncSnapshot, VersionVector,
 };
 
-use super::{envelope, error_message, SyncSummary};
+use super::{envelope, error_message, SyncSummary, HAVE_INTERVAL};
 use crate::core::Core;
 use crate::error::NodeError;
 use crate::metrics::Metrics;
@@ -42,6 +48,14 @@ pub struct Puller {
     /// The summary of the initial exchange, once `SYNC_COMPLETE` came and
     /// until it is taken.
     summary: Option<SyncSummary>,
+    /// Whether the pusher takes `HAVE`.
+    announce: bool,
+    /// What was announced with `HAVE` so far.
+    announced: VersionVector,
+    /// When the last `HAVE` was sent.
+    last_have: Option<Instant>,
+    /// Whether a `HAVE` was due but waited for the interval.
+    have_waiting: bool,
 }
 
 impl Puller {
@@ -52,7 +66,72 @@ impl Puller {
             snapshot: SnapshotAssembly::default(),
             pending: Vec::new(),
             summary: None,
+            announce: false,
+            announced: VersionVector::new(),
+            last_have: None,
+            have_waiting: false,
         }
+    }
+
+    /// A puller that announces what it holds with `HAVE` (the peer has the
+    /// [`crate::handshake::SYNC_HAVE`] capability).
+    pub fn announcing(peer: impl Into<String>) -> Puller {
+        Puller {
+            announce: true,
+            ..Puller::new(peer)
+        }
+    }
+
+    /// A `HAVE` to send now, if this device holds operations of devices
+    /// other than itself and the peer beyond what the peer is known to have
+    /// (announced before, or sent by the peer itself), and the last `HAVE`
+    /// is at least [`HAVE_INTERVAL`] old. Only the counters raised are
+    /// named.
+    pub fn poll_have(&mut self, core: &Core, now: Instant) -> Option<Envelope> {
+        if !self.announce {
+            return None;
+        }
+        self.have_waiting = self
+            .last_have
+            .is_some_and(|at| now.saturating_duration_since(at) < HAVE_INTERVAL);
+        if self.have_waiting {
+            return None;
+        }
+        let from_peer = core.received_from(&self.peer);
+        let own = core.device_id();
+        let mut raised = VersionVector::new();
+        for (actor, &c) in &core.version_vector() {
+            if actor == own || *actor == self.peer {
+                continue;
+            }
+            let known = self
+                .announced
+                .get(actor)
+                .copied()
+                .unwrap_or(0)
+                .max(from_peer.get(actor).copied().unwrap_or(0));
+            if c > known {
+                raised.insert(actor.clone(), c);
+            }
+        }
+        if raised.is_empty() {
+            return None;
+        }
+        for (actor, &c) in &raised {
+            nomade_crdt::raise_counter(&mut self.announced, actor, c);
+        }
+        self.last_have = Some(now);
+        Some(envelope(Have {
+            version_vector: raised,
+        }))
+    }
+
+    /// When [`Puller::poll_have`] should run again although nothing new was
+    /// stored: when a `HAVE` that had to wait for the interval may go.
+    pub fn have_timeout(&self) -> Option<Instant> {
+        self.last_have
+            .filter(|_| self.have_waiting)
+            .map(|at| at + HAVE_INTERVAL)
     }
 
     /// The `SYNC_REQUEST` that opens the stream: everything this device's

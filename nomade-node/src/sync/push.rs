@@ -2,11 +2,20 @@
 //! peer that asked, and what the peer's acknowledgements change.
 //!
 //! A [`Pusher`] is fed the messages the peer sends on the stream
-//! ([`Pusher::receive`]: the `SYNC_REQUEST` first, then `ACK`s) and asked for
-//! the frames to send ([`Pusher::poll`]) whenever the store may hold
-//! something new. It reads the store through [`Core`], synchronously.
+//! ([`Pusher::receive`]: the `SYNC_REQUEST` first, then `ACK`s and `HAVE`s)
+//! and asked for the frames to send ([`Pusher::poll`]) whenever the store may
+//! hold something new or its timer ([`Pusher::poll_timeout`]) expires. It
+//! reads the store through [`Core`], synchronously, and is told the time.
+//!
+//! Forwarding (docs/PROTOCOL.md, "Forwarding"): this device's own operations
+//! go at once; operations of other devices that arrived while the peer was
+//! connected are held for [`Pusher::relay_hold`] (about two round trips
+//! and the peer's `HAVE` interval), then sent only if the peer is not known
+//! to have them meanwhile. In a mesh every device receives an operation from
+//! its author, and announces it with `HAVE`, before a neighbour relays it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use nomade_crdt::raise_counter;
@@ -31,11 +40,32 @@ pub const SCAN_LIMIT: usize = 20_000;
 /// frames in flight stays bounded, whatever the peer does.
 pub const MAX_UNACKED_FRAMES: usize = 1024;
 
+/// How long a relayed operation is held at least, on top of two round
+/// trips: the longest a puller waits between two `HAVE`s
+/// ([`super::HAVE_INTERVAL`]) and a margin for its commit.
+const RELAY_HOLD_BASE: Duration = Duration::from_millis(15);
+
+/// The longest a relayed operation is held, however slow the round trips.
+const MAX_RELAY_HOLD: Duration = Duration::from_secs(2);
+
+/// The round-trip estimate before any acknowledgement is measured.
+const INITIAL_RTT: Duration = Duration::from_millis(5);
+
 /// The pusher's state on one sync stream.
 #[derive(Debug)]
 pub struct Pusher {
     peer: String,
     window: usize,
+    /// When the store's last sequence number was first seen at each value,
+    /// oldest first, while rows after `relay_after` may be held.
+    seen: VecDeque<(u64, Instant)>,
+    /// Rows up to this sequence number were stored before the request or
+    /// long enough ago: every operation in them may be relayed.
+    relay_after: u64,
+    /// Whether the last scan held operations back.
+    held: bool,
+    /// Smoothed round trip from a frame to its acknowledgement.
+    srtt: Duration,
     /// What the peer has, as far as this pusher knows: what it asked with,
     /// what was sent to it, and what it sent this device.
     knowledge: VersionVector,
@@ -44,8 +74,9 @@ pub struct Pusher {
     cursor: Option<u64>,
     /// Operations sent in the initial exchange, until `SYNC_COMPLETE`.
     initial: Option<usize>,
-    /// Frames sent and not yet acknowledged, with what each one carries.
-    unacked: HashMap<MessageId, VersionVector>,
+    /// Frames sent and not yet acknowledged, with what each one carries and
+    /// when it was sent.
+    unacked: HashMap<MessageId, (VersionVector, Instant)>,
     batch: BatchEncoder,
 }
 
@@ -55,6 +86,10 @@ impl Pusher {
         Pusher {
             peer: peer.into(),
             window: window.max(1),
+            seen: VecDeque::new(),
+            relay_after: 0,
+            held: false,
+            srtt: INITIAL_RTT,
             knowledge: VersionVector::new(),
             cursor: None,
             initial: Some(0),
@@ -80,6 +115,27 @@ impl Pusher {
         self.cursor.is_some()
     }
 
+    /// How long an operation of another device is held before it is relayed
+    /// to this peer: two smoothed round trips (a frame to its `ACK`) and
+    /// [`RELAY_HOLD_BASE`], at most [`MAX_RELAY_HOLD`].
+    pub fn relay_hold(&self) -> Duration {
+        (self.srtt * 2 + RELAY_HOLD_BASE).min(MAX_RELAY_HOLD)
+    }
+
+    /// When [`Pusher::poll`] should run again although nothing new was
+    /// stored and nothing was received: when held operations may go.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if !self.held || self.window_full() {
+            return None;
+        }
+        self.seen.front().map(|&(_, at)| at + self.relay_hold())
+    }
+
+    /// The smoothed round trip measured so far.
+    pub fn rtt(&self) -> Duration {
+        self.srtt
+    }
+
     /// Takes a message from the peer: the `SYNC_REQUEST` first, then `ACK`s.
     /// An `ERROR`, or anything else, ends the push (`Err`; for anything else
     /// an `ERROR` is appended to `out` first).
@@ -87,6 +143,7 @@ impl Pusher {
         &mut self,
         core: &Core,
         env: Envelope,
+        now: Instant,
         out: &mut Vec<Transmit>,
     ) -> Result<(), NodeError> {
         match (env.message, self.cursor) {
@@ -99,19 +156,32 @@ impl Pusher {
                 // Everything up to the resume point is covered by what the
                 // peer has.
                 self.cursor = Some(core.resume_point(&self.knowledge)?);
+                // What is stored now is the peer's catch-up: nothing of it
+                // is held.
+                self.relay_after = core.last_seq();
                 // What the peer says it holds counts as acknowledged: with
                 // what it acknowledges later, it is what compaction may drop.
                 core.record_ack(&self.peer, &self.knowledge);
-                core.forget_received(&self.peer);
                 Ok(())
             }
             (Message::Ack(a), Some(_)) => {
                 for id in &a.message_ids {
-                    if let Some(vv) = self.unacked.remove(id) {
+                    if let Some((vv, sent)) = self.unacked.remove(id) {
                         core.record_ack(&self.peer, &vv);
+                        let sample = now.saturating_duration_since(sent);
+                        self.srtt = (self.srtt * 7 + sample) / 8;
                     }
                 }
                 tracing::trace!(peer = %self.peer, unacked = self.unacked.len(), "ack");
+                Ok(())
+            }
+            (Message::Have(h), Some(_)) => {
+                // Durably held by the peer: known, and as good as
+                // acknowledged.
+                for (actor, &c) in &h.version_vector {
+                    raise_counter(&mut self.knowledge, actor, c);
+                }
+                core.record_ack(&self.peer, &h.version_vector);
                 Ok(())
             }
             (Message::Error(e), _) => {
@@ -146,13 +216,19 @@ impl Pusher {
     /// the end of the initial exchange, `SYNC_COMPLETE`. Returns whether
     /// more is waiting (call again). Sends nothing before the request or
     /// while the window is full.
-    pub fn poll(&mut self, core: &Core, out: &mut Vec<Transmit>) -> Result<bool, NodeError> {
+    pub fn poll(
+        &mut self,
+        core: &Core,
+        now: Instant,
+        out: &mut Vec<Transmit>,
+    ) -> Result<bool, NodeError> {
         let Some(mut cursor) = self.cursor else {
             return Ok(false);
         };
         if self.window_full() {
             return Ok(false);
         }
+        self.age_relayed(core.last_seq(), now);
         // What the peer sent this device since: not sent back.
         for (actor, &c) in &core.received_from(&self.peer) {
             raise_counter(&mut self.knowledge, actor, c);
@@ -161,11 +237,13 @@ impl Pusher {
             // The peer lacks operations this device no longer holds (it was
             // away longer than the hold, or is new): the snapshot first,
             // then the operations after it.
-            cursor = self.send_snapshot(core, out)?;
+            cursor = self.send_snapshot(core, now, out)?;
         }
-        let (items, next, more) = core.push_items(cursor, &self.knowledge, SCAN_LIMIT)?;
-        self.cursor = Some(next);
-        for item in items {
+        let scan = core.push_items(cursor, &self.knowledge, SCAN_LIMIT, self.relay_after)?;
+        self.cursor = Some(scan.next);
+        self.held = scan.held;
+        let more = scan.more;
+        for item in scan.items {
             let (count, frames) = match item {
                 PushItem::Run {
                     payload,
@@ -182,12 +260,12 @@ impl Pusher {
                         now_ms(),
                         &payload,
                     )?;
-                    self.sent(id, covers);
+                    self.sent(id, covers, now);
                     out.push(Transmit::Frame(buf.freeze()));
                     Metrics::add(&core.metrics().runs_sent_as_stored, 1);
                     (count as usize, 1)
                 }
-                PushItem::Operations(ops) => (ops.len(), self.send_batches(&ops, out)?),
+                PushItem::Operations(ops) => (ops.len(), self.send_batches(&ops, now, out)?),
             };
             Metrics::add(&core.metrics().ops_sent, count as u64);
             if let Some(n) = &mut self.initial {
@@ -208,13 +286,30 @@ impl Pusher {
         Ok(false)
     }
 
+    /// Notes that the store's last sequence number is `last` at `now`, and
+    /// lets relayed operations stored at least [`Pusher::relay_hold`] ago
+    /// go.
+    fn age_relayed(&mut self, last: u64, now: Instant) {
+        if last > self.seen.back().map_or(self.relay_after, |&(s, _)| s) {
+            self.seen.push_back((last, now));
+        }
+        let hold = self.relay_hold();
+        while let Some(&(seq, at)) = self.seen.front() {
+            if now.saturating_duration_since(at) < hold {
+                break;
+            }
+            self.relay_after = self.relay_after.max(seq);
+            self.seen.pop_front();
+        }
+    }
+
     /// Records a frame sent: what it carries is awaited in an ACK, and the
     /// peer will have it (later scans skip it).
-    fn sent(&mut self, id: MessageId, carries: VersionVector) {
+    fn sent(&mut self, id: MessageId, carries: VersionVector, now: Instant) {
         for (actor, &c) in &carries {
             raise_counter(&mut self.knowledge, actor, c);
         }
-        self.unacked.insert(id, carries);
+        self.unacked.insert(id, (carries, now));
     }
 
     /// Appends `ops` (in order) in as few `BATCHED_SYNC` frames as fit the
@@ -223,6 +318,7 @@ impl Pusher {
     fn send_batches(
         &mut self,
         ops: &[SyncOperation],
+        now: Instant,
         out: &mut Vec<Transmit>,
     ) -> Result<usize, NodeError> {
         let mut frames = 0;
@@ -239,7 +335,7 @@ impl Pusher {
             if !added || i == ops.len() {
                 let id = new_message_id();
                 self.batch.finish_frame(id, now_ms(), &mut buf)?;
-                self.sent(id, std::mem::take(&mut covered));
+                self.sent(id, std::mem::take(&mut covered), now);
                 out.push(Transmit::Frame(buf.split().freeze()));
                 frames += 1;
             }
@@ -251,7 +347,12 @@ impl Pusher {
     /// [`nomade_wire::MAX_CHUNK_DATA`] bytes; the last piece's
     /// acknowledgement stands for the whole. Returns the sequence number it
     /// covers (where the operations after it start).
-    fn send_snapshot(&mut self, core: &Core, out: &mut Vec<Transmit>) -> Result<u64, NodeError> {
+    fn send_snapshot(
+        &mut self,
+        core: &Core,
+        now: Instant,
+        out: &mut Vec<Transmit>,
+    ) -> Result<u64, NodeError> {
         let Some((seq, vv, raw)) = core.stored_snapshot()? else {
             return Err(NodeError::CorruptLog(
                 "operations were compacted but no snapshot is stored".into(),
@@ -273,7 +374,7 @@ impl Pusher {
             };
             out.push(Transmit::Message(Envelope::new(id, now_ms(), piece)));
             if end == raw.len() {
-                self.sent(id, vv.clone());
+                self.sent(id, vv.clone(), now);
             }
             offset = end;
         }
