@@ -665,24 +665,6 @@ impl<'a> Sim<'a> {
                     return Ok(());
                 };
                 let env = self.decode(to, &frame)?;
-                if std::env::var_os("SIM_DEBUG").is_some() {
-                    if let nomade_wire::Message::BatchedSync(b) = &env.message {
-                        let vv = core.version_vector();
-                        for op in &b.operations {
-                            if vv.get(&op.actor_id).copied().unwrap_or(0) >= op.operation.counter {
-                                let from = self.flow(link, flow).map(|f| f.from);
-                                eprintln!(
-                                    "dup at {:?}: {} -> {}: {} {}",
-                                    self.now,
-                                    from.unwrap_or(0),
-                                    to,
-                                    op.actor_id,
-                                    op.operation.counter
-                                );
-                            }
-                        }
-                    }
-                }
                 let mut out = Vec::new();
                 let received = match self.flow_mut(link, flow) {
                     Some(f) => f.puller.receive(&core, vec![env], &mut out),

@@ -1,0 +1,46 @@
+//! Bounded runs of the deterministic simulator (`cargo xtask sim` runs more).
+
+use nomade_node::sim::{run, SimConfig, Topology};
+
+/// A full mesh of 8: everything converges, each operation applied once on
+/// each device, and forwarding keeps traffic near the minimum (7x before).
+#[test]
+fn a_mesh_of_eight_converges_at_about_one_copy_per_device() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = SimConfig {
+        devices: 8,
+        ..SimConfig::default()
+    };
+    let r = run(&config, dir.path()).expect("converges");
+    assert!(r.traffic_ratio() <= 1.3, "{r:?}");
+}
+
+/// A line of 8: nothing echoed.
+#[test]
+fn a_line_of_eight_sends_each_operation_once_per_link() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = SimConfig {
+        devices: 8,
+        topology: Topology::Line,
+        ..SimConfig::default()
+    };
+    let r = run(&config, dir.path()).expect("converges");
+    assert!(r.traffic_ratio() <= 1.05, "{r:?}");
+}
+
+/// Loss, a partition and a crash-restart, over several seeds: all converge,
+/// exactly once, nothing acknowledged lost.
+#[test]
+fn faults_converge_exactly_once() {
+    for seed in 1..=4 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = SimConfig {
+            loss: 0.1,
+            partition: true,
+            crash: true,
+            seed,
+            ..SimConfig::default()
+        };
+        run(&config, dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
