@@ -240,6 +240,15 @@ struct Flow {
     wake_at: Option<Duration>,
 }
 
+/// One end of a [`Flow`].
+#[derive(Clone, Copy)]
+enum Side {
+    /// The device that pushes.
+    Pusher,
+    /// The device that pulls.
+    Puller,
+}
+
 /// A pair of paired devices.
 struct Link {
     ends: (usize, usize),
@@ -530,6 +539,37 @@ impl<'a> Sim<'a> {
         Ok(())
     }
 
+    /// A flow's end on `side`: the device and its core, if the flow is up
+    /// and the device running.
+    fn end(&self, link: usize, flow: usize, side: Side) -> Option<(usize, Arc<Core>)> {
+        let f = self.flow(link, flow)?;
+        let device = match side {
+            Side::Pusher => f.from,
+            Side::Puller => f.to,
+        };
+        Some((device, self.core(device)?))
+    }
+
+    /// A frame arriving at a flow's `side`, decoded, with the device and its
+    /// core; `None` when its connection or its device is gone.
+    fn arrival(
+        &self,
+        link: usize,
+        flow: usize,
+        epoch: u64,
+        side: Side,
+        frame: &[u8],
+    ) -> Result<Option<(usize, Arc<Core>, Envelope)>, SimError> {
+        if self.links[link].epoch != epoch {
+            return Ok(None);
+        }
+        let Some((device, core)) = self.end(link, flow, side) else {
+            return Ok(None);
+        };
+        let env = self.decode(device, frame)?;
+        Ok(Some((device, core, env)))
+    }
+
     /// The simulated clock as an instant, for the state machines.
     fn instant(&self) -> Instant {
         self.start + self.now
@@ -553,10 +593,7 @@ impl<'a> Sim<'a> {
 
     /// Lets a flow's pusher send what it has.
     fn push(&mut self, link: usize, flow: usize) -> Result<(), SimError> {
-        let Some(device) = self.flow(link, flow).map(|f| f.from) else {
-            return Ok(());
-        };
-        let Some(core) = self.core(device) else {
+        let Some((device, core)) = self.end(link, flow, Side::Pusher) else {
             return Ok(());
         };
         let now = self.instant();
@@ -579,10 +616,7 @@ impl<'a> Sim<'a> {
 
     /// Lets a flow's puller announce what its device holds.
     fn announce(&mut self, link: usize, flow: usize) -> Result<(), SimError> {
-        let Some(device) = self.flow(link, flow).map(|f| f.to) else {
-            return Ok(());
-        };
-        let Some(core) = self.core(device) else {
+        let Some((device, core)) = self.end(link, flow, Side::Puller) else {
             return Ok(());
         };
         let now = self.instant();
@@ -655,16 +689,11 @@ impl<'a> Sim<'a> {
                 epoch,
                 frame,
             } => {
-                if self.links[link].epoch != epoch {
-                    return Ok(());
-                }
-                let Some(to) = self.flow(link, flow).map(|f| f.to) else {
-                    return Ok(());
-                };
-                let Some(core) = self.core(to) else {
+                let Some((to, core, env)) =
+                    self.arrival(link, flow, epoch, Side::Puller, &frame)?
+                else {
                     return Ok(());
                 };
-                let env = self.decode(to, &frame)?;
                 let mut out = Vec::new();
                 let received = match self.flow_mut(link, flow) {
                     Some(f) => f.puller.receive(&core, vec![env], &mut out),
@@ -682,16 +711,11 @@ impl<'a> Sim<'a> {
                 epoch,
                 frame,
             } => {
-                if self.links[link].epoch != epoch {
-                    return Ok(());
-                }
-                let Some(from) = self.flow(link, flow).map(|f| f.from) else {
-                    return Ok(());
-                };
-                let Some(core) = self.core(from) else {
+                let Some((from, core, env)) =
+                    self.arrival(link, flow, epoch, Side::Pusher, &frame)?
+                else {
                     return Ok(());
                 };
-                let env = self.decode(from, &frame)?;
                 let mut out = Vec::new();
                 let now = self.instant();
                 let received = match self.flow_mut(link, flow) {

@@ -75,6 +75,22 @@ fn error_message(code: ErrorCode, text: String, related: Option<MessageId>) -> E
     })
 }
 
+/// The error that ends a flow because of what `peer` did.
+fn peer_error(peer: &str, reason: impl Into<String>) -> NodeError {
+    NodeError::Peer {
+        peer: peer.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The error that ends a flow when `peer` sent an `ERROR`.
+fn refused_by(peer: &str, e: &ErrorMessage) -> NodeError {
+    peer_error(
+        peer,
+        format!("{} ({})", e.error_message, e.error_code.name()),
+    )
+}
+
 /// What the puller learned when the pusher's initial batch ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncSummary {
@@ -159,26 +175,26 @@ pub async fn pull(
     };
     let applier = async move {
         loop {
+            // The next message, or, when the store changed or the HAVE
+            // interval passed, a HAVE to send.
             let first = tokio::select! {
                 env = queue.recv() => match env {
-                    Some(env) => env,
+                    Some(env) => Some(env),
                     None => break,
                 },
                 changed = appended.changed() => {
                     if changed.is_err() {
                         break;
                     }
-                    if let Some(have) = puller.poll_have(&core, std::time::Instant::now()) {
-                        tx.send(&have).await?;
-                    }
-                    continue;
+                    None
                 }
-                () = sleep_until(puller.have_timeout()) => {
-                    if let Some(have) = puller.poll_have(&core, std::time::Instant::now()) {
-                        tx.send(&have).await?;
-                    }
-                    continue;
+                () = sleep_until(puller.have_timeout()) => None,
+            };
+            let Some(first) = first else {
+                if let Some(have) = puller.poll_have(&core, std::time::Instant::now()) {
+                    tx.send(&have).await?;
                 }
+                continue;
             };
             let mut group = vec![first];
             while group.len() < MAX_MESSAGES_PER_COMMIT {

@@ -18,7 +18,7 @@ use nomade_wire::{
     SyncSnapshot, VersionVector,
 };
 
-use super::{envelope, error_message, SyncSummary, HAVE_INTERVAL};
+use super::{envelope, error_message, peer_error, refused_by, SyncSummary, HAVE_INTERVAL};
 use crate::core::Core;
 use crate::error::NodeError;
 use crate::metrics::Metrics;
@@ -259,7 +259,7 @@ impl Puller {
                     reason.clone(),
                     Some(message_id),
                 ));
-                Err(self.peer_error(reason))
+                Err(peer_error(&self.peer, reason))
             }
         }
     }
@@ -282,7 +282,7 @@ impl Puller {
             Err(NodeError::Crdt(nomade_crdt::CrdtError::BufferFull { .. })) => (
                 ErrorCode::SYNC_CONFLICT,
                 "causal buffer full: resync needed".to_string(),
-                self.peer_error("causal buffer full"),
+                peer_error(&self.peer, "causal buffer full"),
             ),
             Err(NodeError::SnapshotRefused(reason)) => (
                 ErrorCode::SYNC_CONFLICT,
@@ -320,9 +320,7 @@ impl Puller {
                 self.summary = Some(summary);
                 Ok(())
             }
-            Message::Error(e) => {
-                Err(self.peer_error(format!("{} ({})", e.error_message, e.error_code.name())))
-            }
+            Message::Error(e) => Err(refused_by(&self.peer, &e)),
             other => {
                 let name = other.message_type().name();
                 out.push(error_message(
@@ -330,15 +328,11 @@ impl Puller {
                     format!("{name} on a sync stream"),
                     Some(message_id),
                 ));
-                Err(self.peer_error(format!("sent {name} on a sync stream")))
+                Err(peer_error(
+                    &self.peer,
+                    format!("sent {name} on a sync stream"),
+                ))
             }
-        }
-    }
-
-    fn peer_error(&self, reason: impl Into<String>) -> NodeError {
-        NodeError::Peer {
-            peer: self.peer.clone(),
-            reason: reason.into(),
         }
     }
 }

@@ -24,7 +24,7 @@ use nomade_wire::{
     SyncOperation, SyncSnapshot, VersionVector,
 };
 
-use super::{envelope, error_message, new_message_id, Transmit};
+use super::{envelope, error_message, new_message_id, peer_error, refused_by, Transmit};
 use crate::batch::MAX_BATCH_PAYLOAD;
 use crate::core::{now_ms, Core, PushItem};
 use crate::error::NodeError;
@@ -184,9 +184,7 @@ impl Pusher {
                 core.record_ack(&self.peer, &h.version_vector);
                 Ok(())
             }
-            (Message::Error(e), _) => {
-                Err(self.peer_error(format!("{} ({})", e.error_message, e.error_code.name())))
-            }
+            (Message::Error(e), _) => Err(refused_by(&self.peer, &e)),
             (other, cursor) => {
                 let name = other.message_type().name();
                 let (said, reason) = match cursor {
@@ -204,7 +202,7 @@ impl Pusher {
                     said,
                     Some(env.message_id),
                 )));
-                Err(self.peer_error(reason))
+                Err(peer_error(&self.peer, reason))
             }
         }
     }
@@ -381,12 +379,5 @@ impl Pusher {
         Metrics::add(&core.metrics().snapshots_sent, 1);
         tracing::info!(peer = %self.peer, bytes = total_len, seq, "sent a snapshot");
         Ok(seq)
-    }
-
-    fn peer_error(&self, reason: impl Into<String>) -> NodeError {
-        NodeError::Peer {
-            peer: self.peer.clone(),
-            reason: reason.into(),
-        }
     }
 }
