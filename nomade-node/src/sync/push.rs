@@ -177,11 +177,21 @@ impl Pusher {
             }
             (Message::Have(h), Some(_)) => {
                 // Durably held by the peer: known, and as good as
-                // acknowledged.
-                for (actor, &c) in &h.version_vector {
+                // acknowledged. Only devices this one knows, up to what it
+                // holds: a peer naming others grows nothing here.
+                let ours = core.version_vector();
+                let held: VersionVector = h
+                    .version_vector
+                    .into_iter()
+                    .filter_map(|(actor, c)| {
+                        let own = ours.get(&actor).copied()?;
+                        Some((actor, c.min(own)))
+                    })
+                    .collect();
+                for (actor, &c) in &held {
                     raise_counter(&mut self.knowledge, actor, c);
                 }
-                core.record_ack(&self.peer, &h.version_vector);
+                core.record_ack(&self.peer, &held);
                 Ok(())
             }
             (Message::Error(e), _) => Err(refused_by(&self.peer, &e)),
