@@ -30,7 +30,9 @@ mod pull;
 mod push;
 
 pub use pull::{Puller, MAX_PENDING_ACKS, MAX_SNAPSHOT_LEN};
-pub use push::{Pusher, MAX_UNACKED_FRAMES, SCAN_LIMIT};
+pub use push::{
+    Pusher, INITIAL_RTT, MAX_RELAY_HOLD, MAX_UNACKED_FRAMES, RELAY_HOLD_BASE, SCAN_LIMIT,
+};
 
 /// Sends frames on a stream.
 pub trait FrameSink: Send {

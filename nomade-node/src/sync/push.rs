@@ -43,13 +43,13 @@ pub const MAX_UNACKED_FRAMES: usize = 1024;
 /// How long a relayed operation is held at least, on top of two round
 /// trips: the longest a puller waits between two `HAVE`s
 /// ([`super::HAVE_INTERVAL`]) and a margin for its commit.
-const RELAY_HOLD_BASE: Duration = Duration::from_millis(15);
+pub const RELAY_HOLD_BASE: Duration = Duration::from_millis(15);
 
 /// The longest a relayed operation is held, however slow the round trips.
-const MAX_RELAY_HOLD: Duration = Duration::from_secs(2);
+pub const MAX_RELAY_HOLD: Duration = Duration::from_secs(2);
 
 /// The round-trip estimate before any acknowledgement is measured.
-const INITIAL_RTT: Duration = Duration::from_millis(5);
+pub const INITIAL_RTT: Duration = Duration::from_millis(5);
 
 /// The pusher's state on one sync stream.
 #[derive(Debug)]
