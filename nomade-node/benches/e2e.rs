@@ -6,7 +6,9 @@
 //!   settings and one with quinn's defaults;
 //! - peak RSS of a process holding both ends of a large artifact transfer;
 //! - full sync throughput (operations per second applied on the joining device);
-//! - live sync latency (created on A -> applied on B), p50 / p99.
+//! - live sync latency (created on A -> applied on B), p50 / p99;
+//! - full meshes of 2, 8 and 32 devices: operations sent against the
+//!   minimum, bytes per delivered operation, time to converge.
 //!
 //! Run: `cargo xtask bench` (or `cargo bench -p nomade-node --bench e2e`;
 //! `-- --quick` for small sizes). Writes `target/bench/e2e.json`.
@@ -432,6 +434,143 @@ async fn reconnect(dir: &Path, limits: RateLimits, change: bool) -> (u64, f64) {
     (m.bytes_received + m.bytes_sent, ms)
 }
 
+/// A full mesh of devices on loopback, each making edits while all are online.
+struct Mesh {
+    devices: usize,
+    ops_made: u64,
+    /// Operations sent, by all devices together.
+    ops_sent: u64,
+    /// Each operation sent once to each other device.
+    ops_minimum: u64,
+    /// UDP bytes received by all devices during the burst, per operation
+    /// delivered (the minimum).
+    bytes_per_delivered_op: f64,
+    /// From the last edit until every device holds every edit.
+    converge_ms: f64,
+}
+
+impl Mesh {
+    fn ratio(&self) -> f64 {
+        self.ops_sent as f64 / self.ops_minimum as f64
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "devices": self.devices,
+            "ops_made": self.ops_made,
+            "ops_sent": self.ops_sent,
+            "ops_minimum": self.ops_minimum,
+            "ops_sent_vs_minimum": self.ratio(),
+            "bytes_per_delivered_op": self.bytes_per_delivered_op,
+            "converge_ms": self.converge_ms,
+        })
+    }
+}
+
+/// `devices` nodes on loopback, every pair paired and connected (a full
+/// mesh); each device sets `edits` fields (one commit each, the devices
+/// taking turns) while all are online. Counts, from the first edit until
+/// all state hashes agree and a settling time has passed, the operations
+/// sent and the bytes received by all devices.
+async fn mesh(devices: usize, edits: usize) -> Mesh {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::with_capacity(devices);
+    let mut addrs = Vec::with_capacity(devices);
+    for i in 0..devices {
+        let name = format!("d{i}");
+        let node = Node::open(
+            &tmp.path().join(&name),
+            limited_config(&name, RateLimits::OFF),
+        )
+        .unwrap();
+        addrs.push(node.start("127.0.0.1:0".parse().unwrap()).await.unwrap());
+        nodes.push(node);
+    }
+    for (i, a) in nodes.iter().enumerate() {
+        for (j, b) in nodes.iter().enumerate() {
+            if i != j {
+                a.add_peer(b.device_id(), &format!("d{j}"), &[]).unwrap();
+            }
+        }
+    }
+    for j in 0..devices {
+        for i in 0..j {
+            let (a, b) = (&nodes[i], &nodes[j]);
+            b.connect(addrs[i], a.device_id()).await.unwrap();
+        }
+    }
+    for a in &nodes {
+        for b in &nodes {
+            if a.device_id() != b.device_id() {
+                a.wait_initial_sync(&b.device_id(), Duration::from_secs(60))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    let before: Vec<_> = nodes.iter().map(|n| n.metrics_snapshot()).collect();
+    for e in 0..edits {
+        for (i, node) in nodes.iter().enumerate() {
+            node.set(
+                &format!("doc-{}", e % 10),
+                &format!("d{i}-f{}", e % 20),
+                e as i64,
+            )
+            .unwrap();
+        }
+        // The edits come from the devices' users, not from the runtime's
+        // workers: let the nodes run between rounds.
+        tokio::task::yield_now().await;
+    }
+    let last_edit = Instant::now();
+    let mut target = nomade_wire::VersionVector::new();
+    for node in &nodes {
+        for (actor, &counter) in &node.core().version_vector() {
+            nomade_crdt::raise_counter(&mut target, actor, counter);
+        }
+    }
+    while nodes.iter().any(|n| n.core().version_vector() != target) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let converge_ms = last_edit.elapsed().as_secs_f64() * 1e3;
+    let hash = nodes[0].state_hash();
+    assert!(nodes.iter().all(|n| n.state_hash() == hash), "converged");
+    // Late sends (relays held back, then sent anyway) count too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut ops_sent, mut bytes) = (0, 0);
+    for (node, before) in nodes.iter().zip(&before) {
+        let m = node.metrics_snapshot();
+        ops_sent += m.ops_sent - before.ops_sent;
+        bytes += m.bytes_received - before.bytes_received;
+    }
+    for node in &nodes {
+        node.shutdown().await;
+    }
+    let ops_made = (devices * edits) as u64;
+    let ops_minimum = ops_made * (devices as u64 - 1);
+    Mesh {
+        devices,
+        ops_made,
+        ops_sent,
+        ops_minimum,
+        bytes_per_delivered_op: bytes as f64 / ops_minimum as f64,
+        converge_ms,
+    }
+}
+
+fn print_mesh(m: &Mesh) {
+    println!(
+        "e2e: full mesh of {} devices, {} edits: {} ops sent for a minimum of {} ({:.2}x), {:.0} bytes per delivered op, converged {:.0} ms after the last edit",
+        m.devices,
+        m.ops_made,
+        m.ops_sent,
+        m.ops_minimum,
+        m.ratio(),
+        m.bytes_per_delivered_op,
+        m.converge_ms
+    );
+}
+
 /// The rate after the limiter's initial burst (one second's worth of tokens).
 fn beyond_burst(total: f64, rate: f64, secs: f64) -> f64 {
     (total - rate) / secs
@@ -499,6 +638,12 @@ fn main() {
     // With the protocol's default limits: 100 sync frames/s, 10 MB/s of
     // artifacts, each with a burst of one second's worth; the sizes make the
     // transfers last well beyond the burst.
+    // Full meshes: (devices, edits per device).
+    let meshes: &[(usize, usize)] = if quick {
+        &[(2, 50), (8, 50), (32, 10)]
+    } else {
+        &[(2, 200), (8, 200), (32, 50)]
+    };
     let (limited_ops, limited_bytes) = if quick {
         (60_000, 24 * MIB)
     } else {
@@ -561,6 +706,11 @@ fn main() {
             let (p50, p99) = rt.block_on(latency(lat_n));
             println!("e2e: latency p50 {p50:.2} ms, p99 {p99:.2} ms");
         }
+        if run("mesh") {
+            for &(devices, edits) in meshes {
+                print_mesh(&rt.block_on(mesh(devices, edits)));
+            }
+        }
         if run("limited") {
             let f = rt.block_on(full_sync(limited_ops, 100, RateLimits::default()));
             let art = rt
@@ -590,6 +740,10 @@ fn main() {
     let limited_art = rt
         .block_on(artifact_fetch(limited_bytes, RateLimits::default()))
         .mib_per_sec;
+    let meshes: Vec<Mesh> = meshes
+        .iter()
+        .map(|&(devices, edits)| rt.block_on(mesh(devices, edits)))
+        .collect();
     let report = serde_json::json!({
         "quick": quick,
         "raw_quinn_mib_per_sec": raw,
@@ -613,6 +767,7 @@ fn main() {
         "snapshot_sync_ops": ops,
         "snapshot_sync_secs": snapshot_secs,
         "snapshot_sync_bytes": snapshot_bytes,
+        "mesh": meshes.iter().map(Mesh::to_json).collect::<Vec<_>>(),
         "latency_samples": lat_n,
         "latency_p50_ms": p50,
         "latency_p99_ms": p99,
@@ -656,6 +811,9 @@ fn main() {
         limited_art * MIB as f64 / 1e6,
         nomade_transport::ratelimit::DEFAULT_ARTIFACT_BYTES_PER_SEC as f64 / 1e6
     );
+    for m in &meshes {
+        print_mesh(m);
+    }
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/e2e.json");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();

@@ -1,7 +1,7 @@
 //! The embedding API's local half: a device's replica, persisted in its data
 //! directory, with edits, reads and change subscriptions.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -46,6 +46,53 @@ pub struct PushScan {
     /// Whether operations of other devices were held back (they are after
     /// `next`).
     pub held: bool,
+}
+
+/// Which operations of other devices a pusher may relay now (see
+/// [`Core::push_items`] and docs/PROTOCOL.md, "Forwarding"): those stored
+/// up to `after`, and, for the devices in `served` (the peer announced
+/// getting their operations from elsewhere), up to `served_after`.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayCutoff<'a> {
+    /// Rows up to this sequence number may be relayed.
+    pub after: u64,
+    /// For a device in `served`, rows up to this one (at most `after`).
+    pub served_after: u64,
+    /// Devices whose operations the peer gets from elsewhere.
+    pub served: &'a BTreeSet<String>,
+}
+
+impl RelayCutoff<'_> {
+    /// The last sequence number at which an operation of `actor` may be
+    /// relayed now.
+    pub fn for_actor(&self, actor: &str) -> u64 {
+        if self.served.contains(actor) {
+            self.served_after.min(self.after)
+        } else {
+            self.after
+        }
+    }
+}
+
+/// Returned by [`Core::pulling_from`]: while it lives, the device counts
+/// as pulling from the peer.
+#[derive(Debug)]
+pub struct PullingGuard {
+    pulling: watch::Sender<BTreeMap<String, usize>>,
+    peer: String,
+}
+
+impl Drop for PullingGuard {
+    fn drop(&mut self) {
+        self.pulling.send_modify(|m| {
+            if let Some(n) = m.get_mut(&self.peer) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.peer);
+                }
+            }
+        });
+    }
 }
 
 /// Something a pusher sends (see [`Core::push_items`]).
@@ -101,8 +148,12 @@ pub struct Core {
     /// yet (they wait in the causal buffer); moved into `received` as they
     /// are, whichever peer's operations release them.
     claimed: Mutex<HashMap<String, VersionVector>>,
+    /// The devices this one pulls operations from now (one entry per pull
+    /// running, see [`Core::pulling_from`]): they send it their own
+    /// operations directly.
+    pulling: watch::Sender<BTreeMap<String, usize>>,
     /// How long a paired device may stay silent and still hold compaction
-    /// back, in ms (see [`Core::compaction_floor`]).
+    /// back, in ms (see [`Core::compaction_hold`]).
     compaction_hold_ms: std::sync::atomic::AtomicU64,
 }
 
@@ -212,6 +263,7 @@ impl Core {
             compacted: Mutex::new(compacted),
             received: Mutex::new(HashMap::new()),
             claimed: Mutex::new(HashMap::new()),
+            pulling: watch::Sender::new(BTreeMap::new()),
             compaction_hold_ms: std::sync::atomic::AtomicU64::new(
                 DEFAULT_COMPACTION_HOLD.as_millis() as u64,
             ),
@@ -435,6 +487,11 @@ impl Core {
     /// This device's id (its actor id in operations).
     pub fn device_id(&self) -> &str {
         &self.device_id
+    }
+
+    /// The bounds of the replica (devices, sizes) it was opened with.
+    pub fn replica_config(&self) -> ReplicaConfig {
+        self.replica_config
     }
 
     /// The data directory.
@@ -669,6 +726,28 @@ impl Core {
         }
     }
 
+    /// Notes that this device pulls from `peer` until the guard returned is
+    /// dropped: `peer` sends it its own operations directly, which other
+    /// peers' pushers need not relay (pullers announce it with `HAVE`).
+    pub fn pulling_from(&self, peer: &str) -> PullingGuard {
+        self.pulling
+            .send_modify(|m| *m.entry(peer.to_string()).or_default() += 1);
+        PullingGuard {
+            pulling: self.pulling.clone(),
+            peer: peer.to_string(),
+        }
+    }
+
+    /// The devices this device pulls from now.
+    pub fn pulling(&self) -> Vec<String> {
+        self.pulling.borrow().keys().cloned().collect()
+    }
+
+    /// Changes whenever the devices this device pulls from change.
+    pub fn pulling_changes(&self) -> watch::Receiver<BTreeMap<String, usize>> {
+        self.pulling.subscribe()
+    }
+
     /// What `peer` sent this device that is applied here (it holds it:
     /// sending it back would be an echo).
     pub fn received_from(&self, peer: &str) -> VersionVector {
@@ -712,16 +791,16 @@ impl Core {
     /// already encoded ([`PushItem::Run`]); from the others, the operations
     /// the peer lacks are decoded ([`PushItem::Operations`]).
     ///
-    /// Operations of other devices stored after sequence number
-    /// `relay_after` are held back (docs/PROTOCOL.md, "Forwarding"): the
-    /// scan goes on past them, sending this device's own, and the cursor it
-    /// returns stops before the first one held, so a later scan finds them.
+    /// Operations of other devices stored after their cutoff in
+    /// `relay` are held back (docs/PROTOCOL.md, "Forwarding"): the scan goes
+    /// on past them, sending this device's own, and the cursor it returns
+    /// stops before the first one held, so a later scan finds them.
     pub fn push_items(
         &self,
         cursor: u64,
         peer: &VersionVector,
         limit: usize,
-        relay_after: u64,
+        relay: RelayCutoff<'_>,
     ) -> Result<PushScan, NodeError> {
         let own = self.device_id.as_str();
         let mut scan = PushScan {
@@ -755,10 +834,12 @@ impl Core {
                 ),
                 _ => None,
             };
-            let relayed_held = end > relay_after
-                && written
-                    .as_ref()
-                    .is_none_or(|w| w.iter().any(|(a, _)| a.as_str() != own));
+            let relayed_held = match &written {
+                Some(w) => w
+                    .iter()
+                    .any(|(a, _)| a.as_str() != own && end > relay.for_actor(a)),
+                None => end > relay.after.min(relay.served_after),
+            };
             let whole = run.first > cursor
                 && !relayed_held
                 && run.payload.len() <= crate::batch::MAX_BATCH_PAYLOAD
@@ -790,7 +871,7 @@ impl Core {
                             if seq <= cursor || !lacks(&op.actor_id, op.operation.last_counter()) {
                                 continue;
                             }
-                            if seq > relay_after && op.actor_id != own {
+                            if op.actor_id != own && seq > relay.for_actor(&op.actor_id) {
                                 first_held.get_or_insert(seq);
                                 continue;
                             }

@@ -461,16 +461,18 @@ impl<'a> Sim<'a> {
             to_pusher_at: self.now,
             wake_at: None,
         };
-        let flows = [flow(a, b), flow(b, a)];
+        let mut flows = [flow(a, b), flow(b, a)];
         let requests: Vec<(usize, Envelope)> = flows
-            .iter()
+            .iter_mut()
             .filter_map(|f| self.core(f.to).map(|core| (f.to, f.puller.request(&core))))
             .collect();
         self.links[link].flows = Some(flows);
         for (f, (to, request)) in requests.into_iter().enumerate() {
             self.send(link, f, false, vec![Transmit::Message(request)], to)?;
         }
-        Ok(())
+        // Each end pulls from one more device: its other pullers say so.
+        self.device_changed(a)?;
+        self.device_changed(b)
     }
 
     fn disconnect(&mut self, link: usize) {

@@ -31,7 +31,8 @@ mod push;
 
 pub use pull::{Puller, MAX_PENDING_ACKS, MAX_SNAPSHOT_LEN};
 pub use push::{
-    Pusher, INITIAL_RTT, MAX_RELAY_HOLD, MAX_UNACKED_FRAMES, RELAY_HOLD_BASE, SCAN_LIMIT,
+    Pusher, INITIAL_RELAY_HOLD, MAX_RELAY_HOLD, MAX_UNACKED_FRAMES, RELAY_HOLD_BASE, SCAN_LIMIT,
+    SERVED_RELAY_HOLD,
 };
 
 /// Sends frames on a stream.
@@ -165,6 +166,7 @@ pub async fn pull(
         Puller::new(peer)
     };
     let mut appended = core.appended();
+    let mut pulling = core.pulling_changes();
     tx.send(&puller.request(&core)).await?;
     let (queue_tx, mut queue) = tokio::sync::mpsc::channel::<Envelope>(MAX_MESSAGES_PER_COMMIT);
     let reader = async move {
@@ -185,6 +187,12 @@ pub async fn pull(
                     None => break,
                 },
                 changed = appended.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    None
+                }
+                changed = pulling.changed() => {
                     if changed.is_err() {
                         break;
                     }
@@ -320,7 +328,7 @@ mod tests {
 
     use super::*;
     use nomade_wire::{Ack, EntityType, SyncOperation, SyncRequest, VersionVector};
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     fn core(dir: &tempfile::TempDir, device: &str) -> Arc<Core> {
         Core::open(dir.path(), device, nomade_crdt::ReplicaConfig::default()).expect("open")
@@ -491,9 +499,14 @@ mod tests {
     }
 
     fn remote_set(counter: u64) -> SyncOperation {
+        remote_op("far", counter)
+    }
+
+    /// `actor`'s `counter`th edit, setting a field of its own.
+    fn remote_op(actor: &str, counter: u64) -> SyncOperation {
         let mut deps = VersionVector::new();
         if counter > 1 {
-            deps.insert("far".into(), counter - 1);
+            deps.insert(actor.into(), counter - 1);
         }
         SyncOperation {
             entity_id: "doc".into(),
@@ -502,13 +515,173 @@ mod tests {
                 counter,
                 deps,
                 edit: nomade_wire::Edit::Set {
-                    key: format!("k{counter}"),
+                    key: format!("{actor}{counter}"),
                     value: nomade_wire::Value::Int(counter as i64),
                 },
             },
             timestamp: 0,
-            actor_id: "far".into(),
+            actor_id: actor.into(),
         }
+    }
+
+    /// The operations in `out`'s frames, as (actor, counter).
+    fn sent_ops(out: &mut Vec<Transmit>) -> Vec<(String, u64)> {
+        messages(out)
+            .into_iter()
+            .flat_map(|env| match env.message {
+                Message::BatchedSync(b) => b.operations,
+                Message::SyncComplete(_) => Vec::new(),
+                other => panic!("{other:?}"),
+            })
+            .map(|op| (op.actor_id, op.operation.counter))
+            .collect()
+    }
+
+    fn have(vv: &[(&str, u64)]) -> Envelope {
+        envelope(nomade_wire::Have {
+            version_vector: vv.iter().map(|&(a, c)| (a.to_string(), c)).collect(),
+        })
+    }
+
+    /// Forwarding: another device's operation is held for the relay hold,
+    /// then sent if the peer is not known to have it; what the peer
+    /// announced with `HAVE` is never relayed to it, even when it announced
+    /// it before this device had it.
+    #[test]
+    fn a_relay_waits_its_hold_and_skips_what_the_peer_announced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let core = core(&dir, "hub");
+        let mut pusher = Pusher::new("c", 8);
+        let mut out = Vec::new();
+        let t0 = Instant::now();
+        pusher
+            .receive(&core, full_request(), t0, &mut out)
+            .expect("request");
+        pusher.poll(&core, t0, &mut out).expect("poll");
+        out.clear();
+        core.apply_remote("x", vec![remote_op("x", 1)])
+            .expect("applies");
+        pusher.poll(&core, t0, &mut out).expect("poll");
+        assert!(sent_ops(&mut out).is_empty(), "relayed at once");
+        assert_eq!(pusher.relay_hold(), INITIAL_RELAY_HOLD);
+        let later = t0 + INITIAL_RELAY_HOLD;
+        assert_eq!(pusher.poll_timeout(), Some(later));
+        pusher.poll(&core, later, &mut out).expect("poll");
+        assert_eq!(sent_ops(&mut out), vec![("x".to_string(), 1)]);
+        // The peer announces y's first two operations before they reach
+        // this device: when they do, they are not relayed; the third is.
+        pusher
+            .receive(&core, have(&[("y", 2)]), later, &mut out)
+            .expect("have");
+        core.apply_remote(
+            "y",
+            vec![remote_op("y", 1), remote_op("y", 2), remote_op("y", 3)],
+        )
+        .expect("applies");
+        let mut now = later;
+        let mut relayed = Vec::new();
+        while now < later + SERVED_RELAY_HOLD * 2 {
+            pusher.poll(&core, now, &mut out).expect("poll");
+            relayed.extend(sent_ops(&mut out));
+            now += Duration::from_millis(100);
+        }
+        assert_eq!(relayed, vec![("y".to_string(), 3)]);
+    }
+
+    /// A device the peer announced pulling from directly is served there:
+    /// its operations are held for [`SERVED_RELAY_HOLD`], not the (shorter)
+    /// relay hold, before they are relayed.
+    #[test]
+    fn relays_of_a_device_the_peer_pulls_from_wait_longer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let core = core(&dir, "hub");
+        let mut pusher = Pusher::new("c", 8);
+        let mut out = Vec::new();
+        let t0 = Instant::now();
+        pusher
+            .receive(&core, full_request(), t0, &mut out)
+            .expect("request");
+        pusher
+            .receive(&core, have(&[("y", 0)]), t0, &mut out)
+            .expect("have");
+        pusher.poll(&core, t0, &mut out).expect("poll");
+        out.clear();
+        core.apply_remote("y", vec![remote_op("y", 1)])
+            .expect("applies");
+        core.apply_remote("x", vec![remote_op("x", 1)])
+            .expect("applies");
+        pusher.poll(&core, t0, &mut out).expect("poll");
+        assert!(sent_ops(&mut out).is_empty(), "relayed at once");
+        let hold = pusher.relay_hold();
+        assert!(hold < SERVED_RELAY_HOLD);
+        pusher.poll(&core, t0 + hold, &mut out).expect("poll");
+        assert_eq!(
+            sent_ops(&mut out),
+            vec![("x".to_string(), 1)],
+            "x is not served elsewhere"
+        );
+        assert_eq!(pusher.poll_timeout(), Some(t0 + SERVED_RELAY_HOLD));
+        pusher
+            .poll(&core, t0 + SERVED_RELAY_HOLD, &mut out)
+            .expect("poll");
+        assert_eq!(sent_ops(&mut out), vec![("y".to_string(), 1)]);
+    }
+
+    /// A pusher remembers what a peer announced of devices it does not know
+    /// only up to the replica's bound on devices.
+    #[test]
+    fn announcements_of_unknown_devices_are_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = nomade_crdt::ReplicaConfig {
+            max_actors: 4,
+            ..nomade_crdt::ReplicaConfig::default()
+        };
+        let core = Core::open(dir.path(), "hub", config).expect("open");
+        let mut pusher = Pusher::new("c", 8);
+        let mut out = Vec::new();
+        let now = Instant::now();
+        pusher
+            .receive(&core, full_request(), now, &mut out)
+            .expect("request");
+        let names: Vec<String> = (0..100).map(|i| format!("d{i}")).collect();
+        let many: Vec<(&str, u64)> = names.iter().map(|n| (n.as_str(), 5)).collect();
+        pusher
+            .receive(&core, have(&many), now, &mut out)
+            .expect("have");
+        assert_eq!(pusher.known_devices(), 4);
+        assert!(out.is_empty());
+        // Nothing counts as acknowledged of devices this one does not hold.
+        assert!(core.acked_by("c").is_empty());
+    }
+
+    /// A puller announces, once, each device this one pulls from directly
+    /// (other than its own peer), at the counter held, 0 for none.
+    #[test]
+    fn a_puller_announces_the_devices_this_one_pulls_from() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let core = core(&dir, "me");
+        let mut from_b = Puller::announcing("b");
+        let mut from_c = Puller::announcing("c");
+        from_b.request(&core);
+        from_c.request(&core);
+        assert_eq!(core.pulling(), vec!["b".to_string(), "c".to_string()]);
+        let now = Instant::now();
+        let names = |env: Option<Envelope>| match env.map(|e| e.message) {
+            Some(Message::Have(h)) => h.version_vector,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            names(from_b.poll_have(&core, now)),
+            [("c".to_string(), 0)].into()
+        );
+        assert_eq!(
+            names(from_c.poll_have(&core, now)),
+            [("b".to_string(), 0)].into()
+        );
+        let later = now + HAVE_INTERVAL;
+        assert!(from_b.poll_have(&core, later).is_none(), "announced twice");
+        drop(from_c);
+        assert_eq!(core.pulling(), vec!["b".to_string()]);
     }
 
     /// ACK means durable: a message whose operation waits in the causal

@@ -11,6 +11,7 @@
 //! got from elsewhere ([`Puller::poll_have`]: `HAVE`), so that the pusher
 //! does not relay it (docs/PROTOCOL.md, "Forwarding").
 
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use nomade_wire::{
@@ -19,7 +20,7 @@ use nomade_wire::{
 };
 
 use super::{envelope, error_message, peer_error, refused_by, SyncSummary, HAVE_INTERVAL};
-use crate::core::Core;
+use crate::core::{Core, PullingGuard};
 use crate::error::NodeError;
 use crate::metrics::Metrics;
 use crate::store::covers;
@@ -56,6 +57,11 @@ pub struct Puller {
     last_have: Option<Instant>,
     /// Whether a `HAVE` was due but waited for the interval.
     have_waiting: bool,
+    /// The devices announced as pulled from directly.
+    announced_direct: BTreeSet<String>,
+    /// While it lives, this device counts as pulling from the peer (from
+    /// the request on).
+    pulling: Option<PullingGuard>,
 }
 
 impl Puller {
@@ -70,6 +76,8 @@ impl Puller {
             announced: VersionVector::new(),
             last_have: None,
             have_waiting: false,
+            announced_direct: BTreeSet::new(),
+            pulling: None,
         }
     }
 
@@ -84,9 +92,10 @@ impl Puller {
 
     /// A `HAVE` to send now, if this device holds operations of devices
     /// other than itself and the peer beyond what the peer is known to have
-    /// (announced before, or sent by the peer itself), and the last `HAVE`
-    /// is at least [`HAVE_INTERVAL`] old. Only the counters raised are
-    /// named.
+    /// (announced before, or sent by the peer itself), or pulls from a
+    /// device it has not announced yet ([`Core::pulling_from`]), and the
+    /// last `HAVE` is at least [`HAVE_INTERVAL`] old. Only the counters
+    /// raised, and the devices newly pulled from, are named.
     pub fn poll_have(&mut self, core: &Core, now: Instant) -> Option<Envelope> {
         if !self.announce {
             return None;
@@ -99,8 +108,17 @@ impl Puller {
         }
         let from_peer = core.received_from(&self.peer);
         let own = core.device_id();
+        let ours = core.version_vector();
         let mut raised = VersionVector::new();
-        for (actor, &c) in &core.version_vector() {
+        // The devices this one pulls from directly, at the counter held
+        // (0 for none yet): the pusher need not relay theirs.
+        for device in core.pulling() {
+            if device != self.peer && device != own && !self.announced_direct.contains(&device) {
+                raised.insert(device.clone(), ours.get(&device).copied().unwrap_or(0));
+                self.announced_direct.insert(device);
+            }
+        }
+        for (actor, &c) in &ours {
             if actor == own || *actor == self.peer {
                 continue;
             }
@@ -136,7 +154,8 @@ impl Puller {
 
     /// The `SYNC_REQUEST` that opens the stream: everything this device's
     /// version vector does not cover.
-    pub fn request(&self, core: &Core) -> Envelope {
+    pub fn request(&mut self, core: &Core) -> Envelope {
+        self.pulling = Some(core.pulling_from(&self.peer));
         let vv = core.version_vector();
         envelope(SyncRequest {
             entity_types: vec![EntityType::Document, EntityType::Conversation],

@@ -11,10 +11,13 @@
 //! go at once; operations of other devices that arrived while the peer was
 //! connected are held for [`Pusher::relay_hold`] (about two round trips
 //! and the peer's `HAVE` interval), then sent only if the peer is not known
-//! to have them meanwhile. In a mesh every device receives an operation from
-//! its author, and announces it with `HAVE`, before a neighbour relays it.
+//! to have them meanwhile. Once the peer has announced getting a device's
+//! operations from elsewhere, that device's are held for
+//! [`SERVED_RELAY_HOLD`]: in a mesh every device receives an operation from
+//! its author, and announces it with `HAVE`, before a neighbour relays it,
+//! however loaded the devices are.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -26,7 +29,7 @@ use nomade_wire::{
 
 use super::{envelope, error_message, new_message_id, peer_error, refused_by, Transmit};
 use crate::batch::MAX_BATCH_PAYLOAD;
-use crate::core::{now_ms, Core, PushItem};
+use crate::core::{now_ms, Core, PushItem, RelayCutoff};
 use crate::error::NodeError;
 use crate::metrics::Metrics;
 use crate::store::covers;
@@ -48,8 +51,15 @@ pub const RELAY_HOLD_BASE: Duration = Duration::from_millis(15);
 /// The longest a relayed operation is held, however slow the round trips.
 pub const MAX_RELAY_HOLD: Duration = Duration::from_secs(2);
 
-/// The round-trip estimate before any acknowledgement is measured.
-pub const INITIAL_RTT: Duration = Duration::from_millis(5);
+/// How long an operation is held before it is relayed when its author is
+/// one the peer announced getting operations from elsewhere (at least
+/// [`Pusher::relay_hold`]): the peer is likely to get this one there too.
+pub const SERVED_RELAY_HOLD: Duration = Duration::from_secs(1);
+
+/// The relay hold before any round trip is measured (the first frames of a
+/// stream): a mesh coming together is loaded, and its devices' first
+/// operations take longer than on a quiet one.
+pub const INITIAL_RELAY_HOLD: Duration = Duration::from_millis(200);
 
 /// The pusher's state on one sync stream.
 #[derive(Debug)]
@@ -57,15 +67,23 @@ pub struct Pusher {
     peer: String,
     window: usize,
     /// When the store's last sequence number was first seen at each value,
-    /// oldest first, while rows after `relay_after` may be held.
+    /// oldest first, while rows after `served_after` may be held.
     seen: VecDeque<(u64, Instant)>,
+    /// How many entries at the front of `seen` are older than the relay
+    /// hold (counted into `relay_after`).
+    aged: usize,
     /// Rows up to this sequence number were stored before the request or
     /// long enough ago: every operation in them may be relayed.
     relay_after: u64,
+    /// The same for the devices in `served`, after [`SERVED_RELAY_HOLD`].
+    served_after: u64,
+    /// Devices whose operations the peer announced getting from elsewhere
+    /// (in its knowledge, so bounded as it is).
+    served: BTreeSet<String>,
     /// Whether the last scan held operations back.
     held: bool,
-    /// Smoothed round trip from a frame to its acknowledgement.
-    srtt: Duration,
+    /// Round trips from a frame to its acknowledgement.
+    rtt: RoundTrip,
     /// What the peer has, as far as this pusher knows: what it asked with,
     /// what was sent to it, and what it sent this device.
     knowledge: VersionVector,
@@ -74,10 +92,33 @@ pub struct Pusher {
     cursor: Option<u64>,
     /// Operations sent in the initial exchange, until `SYNC_COMPLETE`.
     initial: Option<usize>,
-    /// Frames sent and not yet acknowledged, with what each one carries and
-    /// when it was sent.
-    unacked: HashMap<MessageId, (VersionVector, Instant)>,
+    /// Frames sent and not yet acknowledged.
+    unacked: HashMap<MessageId, Unacked>,
     batch: BatchEncoder,
+}
+
+/// A smoothed round trip, the first sample taken as it is.
+#[derive(Debug, Default)]
+struct RoundTrip {
+    smoothed: Option<Duration>,
+}
+
+impl RoundTrip {
+    fn sample(&mut self, rtt: Duration) {
+        self.smoothed = Some(match self.smoothed {
+            None => rtt,
+            Some(srtt) => (srtt * 7 + rtt) / 8,
+        });
+    }
+}
+
+/// A frame sent and not yet acknowledged.
+#[derive(Debug)]
+struct Unacked {
+    /// The last counter of each device's operations in it.
+    carries: VersionVector,
+    /// When it was sent (its acknowledgement measures the round trip).
+    sent: Instant,
 }
 
 impl Pusher {
@@ -87,9 +128,12 @@ impl Pusher {
             peer: peer.into(),
             window: window.max(1),
             seen: VecDeque::new(),
+            aged: 0,
             relay_after: 0,
+            served_after: 0,
+            served: BTreeSet::new(),
             held: false,
-            srtt: INITIAL_RTT,
+            rtt: RoundTrip::default(),
             knowledge: VersionVector::new(),
             cursor: None,
             initial: Some(0),
@@ -117,9 +161,23 @@ impl Pusher {
 
     /// How long an operation of another device is held before it is relayed
     /// to this peer: two smoothed round trips (a frame to its `ACK`) and
-    /// [`RELAY_HOLD_BASE`], at most [`MAX_RELAY_HOLD`].
+    /// [`RELAY_HOLD_BASE`], at most [`MAX_RELAY_HOLD`];
+    /// [`INITIAL_RELAY_HOLD`] before any round trip is measured. (Not
+    /// TCP's mean deviation: an `ACK` waits for the causal buffer, so round
+    /// trips vary with what arrives out of order, not with the network.) For a device the peer gets operations of from
+    /// elsewhere: [`Pusher::served_relay_hold`].
     pub fn relay_hold(&self) -> Duration {
-        (self.srtt * 2 + RELAY_HOLD_BASE).min(MAX_RELAY_HOLD)
+        match self.rtt.smoothed {
+            None => INITIAL_RELAY_HOLD,
+            Some(srtt) => (srtt * 2 + RELAY_HOLD_BASE).min(MAX_RELAY_HOLD),
+        }
+    }
+
+    /// How long an operation is held when its author is one the peer
+    /// announced getting operations of from elsewhere:
+    /// [`SERVED_RELAY_HOLD`], or [`Pusher::relay_hold`] if longer.
+    pub fn served_relay_hold(&self) -> Duration {
+        SERVED_RELAY_HOLD.max(self.relay_hold())
     }
 
     /// When [`Pusher::poll`] should run again although nothing new was
@@ -128,12 +186,26 @@ impl Pusher {
         if !self.held || self.window_full() {
             return None;
         }
-        self.seen.front().map(|&(_, at)| at + self.relay_hold())
+        let served = self
+            .seen
+            .front()
+            .map(|&(_, at)| at + self.served_relay_hold());
+        let unserved = self
+            .seen
+            .get(self.aged)
+            .map(|&(_, at)| at + self.relay_hold());
+        served.into_iter().chain(unserved).min()
     }
 
-    /// The smoothed round trip measured so far.
-    pub fn rtt(&self) -> Duration {
-        self.srtt
+    /// How many devices the pusher knows something of the peer holds
+    /// (bounded by the replica's bound on devices).
+    pub fn known_devices(&self) -> usize {
+        self.knowledge.len()
+    }
+
+    /// The smoothed round trip measured so far, if any.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt.smoothed
     }
 
     /// Takes a message from the peer: the `SYNC_REQUEST` first, then `ACK`s.
@@ -159,6 +231,7 @@ impl Pusher {
                 // What is stored now is the peer's catch-up: nothing of it
                 // is held.
                 self.relay_after = core.last_seq();
+                self.served_after = self.relay_after;
                 // What the peer says it holds counts as acknowledged: with
                 // what it acknowledges later, it is what compaction may drop.
                 core.record_ack(&self.peer, &self.knowledge);
@@ -166,31 +239,40 @@ impl Pusher {
             }
             (Message::Ack(a), Some(_)) => {
                 for id in &a.message_ids {
-                    if let Some((vv, sent)) = self.unacked.remove(id) {
-                        core.record_ack(&self.peer, &vv);
-                        let sample = now.saturating_duration_since(sent);
-                        self.srtt = (self.srtt * 7 + sample) / 8;
+                    if let Some(frame) = self.unacked.remove(id) {
+                        core.record_ack(&self.peer, &frame.carries);
+                        self.rtt.sample(now.saturating_duration_since(frame.sent));
                     }
                 }
                 tracing::trace!(peer = %self.peer, unacked = self.unacked.len(), "ack");
                 Ok(())
             }
             (Message::Have(h), Some(_)) => {
-                // Durably held by the peer: known, and as good as
-                // acknowledged. Only devices this one knows, up to what it
-                // holds: a peer naming others grows nothing here.
+                // What the peer holds is not sent to it, even beyond what
+                // this device holds yet (it may announce a device's
+                // operations before they reach this one: they must not be
+                // relayed when they do). Claiming more than it holds only
+                // keeps operations from the peer itself. Devices this one
+                // does not know count up to the replica's bound on devices:
+                // a peer naming others cannot grow this map beyond it. The
+                // devices named are served elsewhere: theirs are held
+                // longer.
                 let ours = core.version_vector();
-                let held: VersionVector = h
-                    .version_vector
-                    .into_iter()
-                    .filter_map(|(actor, c)| {
-                        let own = ours.get(&actor).copied()?;
-                        Some((actor, c.min(own)))
-                    })
-                    .collect();
-                for (actor, &c) in &held {
+                let bound = core.replica_config().max_actors;
+                let mut held = VersionVector::new();
+                for (actor, &c) in &h.version_vector {
+                    if let Some(&own) = ours.get(actor) {
+                        held.insert(actor.clone(), c.min(own));
+                    } else if !self.knowledge.contains_key(actor) && self.knowledge.len() >= bound {
+                        continue;
+                    }
                     raise_counter(&mut self.knowledge, actor, c);
+                    if !self.served.contains(actor) {
+                        self.served.insert(actor.clone());
+                    }
                 }
+                // Durably held by the peer, as far as it exists here: as
+                // good as acknowledged.
                 core.record_ack(&self.peer, &held);
                 Ok(())
             }
@@ -247,7 +329,12 @@ impl Pusher {
             // then the operations after it.
             cursor = self.send_snapshot(core, now, out)?;
         }
-        let scan = core.push_items(cursor, &self.knowledge, SCAN_LIMIT, self.relay_after)?;
+        let relay = RelayCutoff {
+            after: self.relay_after,
+            served_after: self.served_after,
+            served: &self.served,
+        };
+        let scan = core.push_items(cursor, &self.knowledge, SCAN_LIMIT, relay)?;
         self.cursor = Some(scan.next);
         self.held = scan.held;
         let more = scan.more;
@@ -295,19 +382,30 @@ impl Pusher {
     }
 
     /// Notes that the store's last sequence number is `last` at `now`, and
-    /// lets relayed operations stored at least [`Pusher::relay_hold`] ago
-    /// go.
+    /// lets relayed operations go: those stored at least
+    /// [`Pusher::relay_hold`] ago, and, of devices in `served`, those stored
+    /// at least [`Pusher::served_relay_hold`] ago.
     fn age_relayed(&mut self, last: u64, now: Instant) {
         if last > self.seen.back().map_or(self.relay_after, |&(s, _)| s) {
             self.seen.push_back((last, now));
         }
         let hold = self.relay_hold();
-        while let Some(&(seq, at)) = self.seen.front() {
+        while let Some(&(seq, at)) = self.seen.get(self.aged) {
             if now.saturating_duration_since(at) < hold {
                 break;
             }
             self.relay_after = self.relay_after.max(seq);
+            self.aged += 1;
+        }
+        let served_hold = self.served_relay_hold();
+        while let Some(&(seq, at)) = self.seen.front() {
+            if now.saturating_duration_since(at) < served_hold {
+                break;
+            }
+            self.relay_after = self.relay_after.max(seq);
+            self.served_after = self.served_after.max(seq);
             self.seen.pop_front();
+            self.aged = self.aged.saturating_sub(1);
         }
     }
 
@@ -317,7 +415,7 @@ impl Pusher {
         for (actor, &c) in &carries {
             raise_counter(&mut self.knowledge, actor, c);
         }
-        self.unacked.insert(id, (carries, now));
+        self.unacked.insert(id, Unacked { carries, sent: now });
     }
 
     /// Appends `ops` (in order) in as few `BATCHED_SYNC` frames as fit the
