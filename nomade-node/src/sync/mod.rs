@@ -134,6 +134,12 @@ const MAX_MESSAGES_PER_COMMIT: usize = 64;
 /// "Forwarding"): what it received from elsewhere meanwhile goes in the next.
 pub const HAVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// The shortest time between two `HAVE`s that only raise counters of
+/// devices already named to the pusher: it holds their operations for
+/// [`SERVED_RELAY_HOLD`], so counters raised meanwhile can wait and go
+/// together, a small part of the hold later.
+pub const SERVED_HAVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until(deadline: Option<std::time::Instant>) {
     match deadline {
@@ -655,7 +661,8 @@ mod tests {
     }
 
     /// A puller announces, once, each device this one pulls from directly
-    /// (other than its own peer), at the counter held, 0 for none.
+    /// (other than its own peer), at the counter held, 0 for none; later
+    /// counters of a device named before wait for the longer interval.
     #[test]
     fn a_puller_announces_the_devices_this_one_pulls_from() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -680,6 +687,27 @@ mod tests {
         );
         let later = now + HAVE_INTERVAL;
         assert!(from_b.poll_have(&core, later).is_none(), "announced twice");
+        // c's first operation, from c: a counter of a device named before
+        // waits for the longer interval.
+        core.apply_remote("c", vec![remote_op("c", 1)])
+            .expect("applies");
+        assert!(
+            from_b.poll_have(&core, later).is_none(),
+            "a raise went early"
+        );
+        assert_eq!(from_b.have_timeout(), Some(now + SERVED_HAVE_INTERVAL));
+        assert_eq!(
+            names(from_b.poll_have(&core, now + SERVED_HAVE_INTERVAL)),
+            [("c".to_string(), 1)].into()
+        );
+        // A device never named goes at the short interval.
+        core.apply_remote("x", vec![remote_op("x", 1)])
+            .expect("applies");
+        let soon = now + SERVED_HAVE_INTERVAL + HAVE_INTERVAL;
+        assert_eq!(
+            names(from_b.poll_have(&core, soon)),
+            [("x".to_string(), 1)].into()
+        );
         drop(from_c);
         assert_eq!(core.pulling(), vec!["b".to_string()]);
     }

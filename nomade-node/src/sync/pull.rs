@@ -19,7 +19,10 @@ use nomade_wire::{
     SyncSnapshot, VersionVector,
 };
 
-use super::{envelope, error_message, peer_error, refused_by, SyncSummary, HAVE_INTERVAL};
+use super::{
+    envelope, error_message, peer_error, refused_by, SyncSummary, HAVE_INTERVAL,
+    SERVED_HAVE_INTERVAL,
+};
 use crate::core::{Core, PullingGuard};
 use crate::error::NodeError;
 use crate::metrics::Metrics;
@@ -55,8 +58,8 @@ pub struct Puller {
     announced: VersionVector,
     /// When the last `HAVE` was sent.
     last_have: Option<Instant>,
-    /// Whether a `HAVE` was due but waited for the interval.
-    have_waiting: bool,
+    /// When a `HAVE` that waited for its interval may go.
+    next_have: Option<Instant>,
     /// The devices announced as pulled from directly.
     announced_direct: BTreeSet<String>,
     /// While it lives, this device counts as pulling from the peer (from
@@ -75,7 +78,7 @@ impl Puller {
             announce: false,
             announced: VersionVector::new(),
             last_have: None,
-            have_waiting: false,
+            next_have: None,
             announced_direct: BTreeSet::new(),
             pulling: None,
         }
@@ -93,17 +96,15 @@ impl Puller {
     /// A `HAVE` to send now, if this device holds operations of devices
     /// other than itself and the peer beyond what the peer is known to have
     /// (announced before, or sent by the peer itself), or pulls from a
-    /// device it has not announced yet ([`Core::pulling_from`]), and the
-    /// last `HAVE` is at least [`HAVE_INTERVAL`] old. Only the counters
-    /// raised, and the devices newly pulled from, are named.
+    /// device it has not announced yet ([`Core::pulling_from`]). Only the
+    /// counters raised, and the devices newly pulled from, are named. A
+    /// `HAVE` naming a device for the first time goes at most every
+    /// [`HAVE_INTERVAL`]; one only raising counters of devices named before
+    /// (the pusher holds theirs longer) at most every
+    /// [`SERVED_HAVE_INTERVAL`].
     pub fn poll_have(&mut self, core: &Core, now: Instant) -> Option<Envelope> {
+        self.next_have = None;
         if !self.announce {
-            return None;
-        }
-        self.have_waiting = self
-            .last_have
-            .is_some_and(|at| now.saturating_duration_since(at) < HAVE_INTERVAL);
-        if self.have_waiting {
             return None;
         }
         let from_peer = core.received_from(&self.peer);
@@ -112,11 +113,13 @@ impl Puller {
         let mut raised = VersionVector::new();
         // The devices this one pulls from directly, at the counter held
         // (0 for none yet): the pusher need not relay theirs.
-        for device in core.pulling() {
-            if device != self.peer && device != own && !self.announced_direct.contains(&device) {
-                raised.insert(device.clone(), ours.get(&device).copied().unwrap_or(0));
-                self.announced_direct.insert(device);
-            }
+        let direct: Vec<String> = core
+            .pulling()
+            .into_iter()
+            .filter(|d| *d != self.peer && d != own && !self.announced_direct.contains(d))
+            .collect();
+        for device in &direct {
+            raised.insert(device.clone(), ours.get(device).copied().unwrap_or(0));
         }
         for (actor, &c) in &ours {
             if actor == own || *actor == self.peer {
@@ -135,6 +138,19 @@ impl Puller {
         if raised.is_empty() {
             return None;
         }
+        let first_naming = raised.keys().any(|d| !self.announced.contains_key(d));
+        let interval = if first_naming {
+            HAVE_INTERVAL
+        } else {
+            SERVED_HAVE_INTERVAL
+        };
+        if let Some(at) = self.last_have {
+            if now.saturating_duration_since(at) < interval {
+                self.next_have = Some(at + interval);
+                return None;
+            }
+        }
+        self.announced_direct.extend(direct);
         for (actor, &c) in &raised {
             nomade_crdt::raise_counter(&mut self.announced, actor, c);
         }
@@ -145,11 +161,9 @@ impl Puller {
     }
 
     /// When [`Puller::poll_have`] should run again although nothing new was
-    /// stored: when a `HAVE` that had to wait for the interval may go.
+    /// stored: when a `HAVE` that had to wait for its interval may go.
     pub fn have_timeout(&self) -> Option<Instant> {
-        self.last_have
-            .filter(|_| self.have_waiting)
-            .map(|at| at + HAVE_INTERVAL)
+        self.next_have
     }
 
     /// The `SYNC_REQUEST` that opens the stream: everything this device's
