@@ -43,9 +43,13 @@ pub struct PushScan {
     /// Whether the store goes on past what was read (the scan stopped at
     /// its limit).
     pub more: bool,
-    /// Whether operations of other devices were held back (they are after
-    /// `next`).
-    pub held: bool,
+    /// Operations of other devices held back, with their sequence numbers
+    /// in the order stored (at most the `hold_room` asked for): the caller
+    /// sends them when their hold ends.
+    pub held: Vec<(u64, SyncOperation)>,
+    /// Whether more operations were held than `hold_room` took: the scan
+    /// stopped before the first of them (`next` is before it).
+    pub held_back: bool,
 }
 
 /// Which operations of other devices a pusher may relay now (see
@@ -73,6 +77,10 @@ impl RelayCutoff<'_> {
         }
     }
 }
+
+/// What identifies a stored row's contents: its first sequence number, its
+/// number of operations and the BLAKE3 hash of its payload.
+type DecodedRowKey = (u64, u64, [u8; 32]);
 
 /// Returned by [`Core::pulling_from`]: while it lives, the device counts
 /// as pulling from the peer.
@@ -152,6 +160,9 @@ pub struct Core {
     /// running, see [`Core::pulling_from`]): they send it their own
     /// operations directly.
     pulling: watch::Sender<BTreeMap<String, usize>>,
+    /// The stored row decoded last, by its first sequence number, length
+    /// and payload hash (see [`Core::row_operations`]).
+    decoded_row: Mutex<Option<(DecodedRowKey, Arc<Vec<SyncOperation>>)>>,
     /// How long a paired device may stay silent and still hold compaction
     /// back, in ms (see [`Core::compaction_hold`]).
     compaction_hold_ms: std::sync::atomic::AtomicU64,
@@ -264,6 +275,7 @@ impl Core {
             received: Mutex::new(HashMap::new()),
             claimed: Mutex::new(HashMap::new()),
             pulling: watch::Sender::new(BTreeMap::new()),
+            decoded_row: Mutex::new(None),
             compaction_hold_ms: std::sync::atomic::AtomicU64::new(
                 DEFAULT_COMPACTION_HOLD.as_millis() as u64,
             ),
@@ -793,21 +805,24 @@ impl Core {
     ///
     /// Operations of other devices stored after their cutoff in
     /// `relay` are held back (docs/PROTOCOL.md, "Forwarding"): the scan goes
-    /// on past them, sending this device's own, and the cursor it returns
-    /// stops before the first one held, so a later scan finds them.
+    /// on past them, sending this device's own, and returns them, at most
+    /// `hold_room` of them; if there are more, the cursor it returns stops
+    /// before the first that did not fit, so a later scan finds it.
     pub fn push_items(
         &self,
         cursor: u64,
         peer: &VersionVector,
         limit: usize,
         relay: RelayCutoff<'_>,
+        hold_room: usize,
     ) -> Result<PushScan, NodeError> {
         let own = self.device_id.as_str();
         let mut scan = PushScan {
             items: Vec::new(),
             next: cursor,
             more: false,
-            held: false,
+            held: Vec::new(),
+            held_back: false,
         };
         let mut first_held: Option<u64> = None;
         let mut read = 0u64;
@@ -849,6 +864,17 @@ impl Core {
                     w.iter()
                         .all(|(a, b)| peer.get(a.as_str()).copied().unwrap_or(0) <= *b)
                 });
+            // A row the peer has all of is passed over without decoding it.
+            let covered = match (&written, &run.after) {
+                (Some(w), Some(after)) => w
+                    .iter()
+                    .all(|(a, _)| !lacks(a, after.get(a.as_str()).copied().unwrap_or(0))),
+                _ => false,
+            };
+            if covered {
+                scan.next = end;
+                return ControlFlow::Continue(());
+            }
             if whole {
                 let (Some(after), Some(w)) = (&run.after, &written) else {
                     return ControlFlow::Break(());
@@ -863,19 +889,23 @@ impl Core {
                     covers,
                 });
             } else {
-                match run.operations() {
+                match self.row_operations(&run) {
                     Ok(ops) => {
                         let mut wanted = Vec::new();
-                        for (i, op) in ops.into_iter().enumerate() {
+                        for (i, op) in ops.iter().enumerate() {
                             let seq = run.first + i as u64;
                             if seq <= cursor || !lacks(&op.actor_id, op.operation.last_counter()) {
                                 continue;
                             }
                             if op.actor_id != own && seq > relay.for_actor(&op.actor_id) {
-                                first_held.get_or_insert(seq);
+                                if first_held.is_none() && scan.held.len() < hold_room {
+                                    scan.held.push((seq, op.clone()));
+                                } else {
+                                    first_held.get_or_insert(seq);
+                                }
                                 continue;
                             }
-                            wanted.push(op);
+                            wanted.push(op.clone());
                         }
                         match items.last_mut() {
                             Some(PushItem::Operations(ops)) => ops.extend(wanted),
@@ -897,10 +927,28 @@ impl Core {
         }
         if let Some(seq) = first_held {
             scan.next = scan.next.min(seq - 1);
-            scan.held = true;
+            scan.held_back = true;
         }
         Metrics::add(&self.metrics.ops_scanned, read);
         Ok(scan)
+    }
+
+    /// The operations of a stored row, decoded once for every pusher: the
+    /// last row grows as small commits join it, and each pusher reads it
+    /// again after each one.
+    fn row_operations(
+        &self,
+        run: &crate::store::StoredRun,
+    ) -> Result<Arc<Vec<SyncOperation>>, crate::error::StoreError> {
+        let key = (run.first, run.count, *blake3::hash(&run.payload).as_bytes());
+        if let Some((k, ops)) = lock(&self.decoded_row).as_ref() {
+            if *k == key {
+                return Ok(ops.clone());
+            }
+        }
+        let ops = Arc::new(run.operations()?);
+        *lock(&self.decoded_row) = Some((key, ops.clone()));
+        Ok(ops)
     }
 
     /// The sequence number of the last operation stored.

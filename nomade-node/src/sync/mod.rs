@@ -633,6 +633,47 @@ mod tests {
         assert_eq!(sent_ops(&mut out), vec![("y".to_string(), 1)]);
     }
 
+    /// A scan hands held operations back, at most the room asked for; the
+    /// cursor stops before the first that did not fit, so a later scan
+    /// finds it (a pusher's memory of held operations is bounded).
+    #[test]
+    fn a_scan_holds_at_most_the_room_given() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let core = core(&dir, "hub");
+        for c in 1..=3 {
+            core.apply_remote("x", vec![remote_op("x", c)])
+                .expect("applies");
+        }
+        set(&core, 1);
+        let served = std::collections::BTreeSet::new();
+        let nothing_yet = crate::core::RelayCutoff {
+            after: 0,
+            served_after: 0,
+            served: &served,
+        };
+        let scan = core
+            .push_items(0, &VersionVector::new(), SCAN_LIMIT, nothing_yet, 2)
+            .expect("scan");
+        let held: Vec<u64> = scan
+            .held
+            .iter()
+            .map(|(_, op)| op.operation.counter)
+            .collect();
+        assert_eq!(held, vec![1, 2]);
+        assert!(scan.held_back);
+        assert_eq!(scan.next, scan.held[1].0, "the cursor passed x's third");
+        // This device's own edit is not held.
+        let own: usize = scan
+            .items
+            .iter()
+            .map(|item| match item {
+                crate::core::PushItem::Operations(ops) => ops.len(),
+                crate::core::PushItem::Run { count, .. } => *count as usize,
+            })
+            .sum();
+        assert_eq!(own, 1);
+    }
+
     /// A pusher remembers what a peer announced of devices it does not know
     /// only up to the replica's bound on devices.
     #[test]

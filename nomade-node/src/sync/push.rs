@@ -43,6 +43,11 @@ pub const SCAN_LIMIT: usize = 20_000;
 /// frames in flight stays bounded, whatever the peer does.
 pub const MAX_UNACKED_FRAMES: usize = 1024;
 
+/// Most operations a pusher keeps in memory while their relay hold runs;
+/// beyond, its cursor waits before them in the store and reads them again
+/// later.
+pub const MAX_HELD_OPS: usize = 16_384;
+
 /// How long a relayed operation is held at least, on top of two round
 /// trips: the longest a puller waits between two `HAVE`s
 /// ([`super::HAVE_INTERVAL`]) and a margin for its commit.
@@ -80,7 +85,11 @@ pub struct Pusher {
     /// Devices whose operations the peer announced getting from elsewhere
     /// (in its knowledge, so bounded as it is).
     served: BTreeSet<String>,
-    /// Whether the last scan held operations back.
+    /// Operations of other devices read from the store and held until
+    /// their hold ends, in the order stored, at most [`MAX_HELD_OPS`].
+    held_ops: VecDeque<(u64, SyncOperation)>,
+    /// Whether operations are held back (in `held_ops`, or in the store
+    /// after the cursor).
     held: bool,
     /// Round trips from a frame to its acknowledgement.
     rtt: RoundTrip,
@@ -132,6 +141,7 @@ impl Pusher {
             relay_after: 0,
             served_after: 0,
             served: BTreeSet::new(),
+            held_ops: VecDeque::new(),
             held: false,
             rtt: RoundTrip::default(),
             knowledge: VersionVector::new(),
@@ -328,15 +338,43 @@ impl Pusher {
             // away longer than the hold, or is new): the snapshot first,
             // then the operations after it.
             cursor = self.send_snapshot(core, now, out)?;
+            self.held_ops.clear();
         }
-        let relay = RelayCutoff {
-            after: self.relay_after,
-            served_after: self.served_after,
-            served: &self.served,
-        };
-        let scan = core.push_items(cursor, &self.knowledge, SCAN_LIMIT, relay)?;
+
+        // Held operations whose hold ended go first (they were stored
+        // before anything the scan finds), if the peer still lacks them.
+        let held = std::mem::take(&mut self.held_ops);
+        let relay = self.relay_cutoff();
+        let mut released = Vec::new();
+        let mut still = VecDeque::with_capacity(held.len());
+        for (seq, op) in held {
+            let known = self.knowledge.get(&op.actor_id).copied().unwrap_or(0);
+            if op.operation.last_counter() <= known {
+                continue;
+            }
+            if seq <= relay.for_actor(&op.actor_id) {
+                released.push(op);
+            } else {
+                still.push_back((seq, op));
+            }
+        }
+        self.held_ops = still;
+        if !released.is_empty() {
+            let frames = self.send_batches(&released, now, out)?;
+            Metrics::add(&core.metrics().ops_sent, released.len() as u64);
+            tracing::debug!(peer = %self.peer, ops = released.len(), frames, "relayed held operations");
+        }
+        let room = MAX_HELD_OPS.saturating_sub(self.held_ops.len());
+        let scan = core.push_items(
+            cursor,
+            &self.knowledge,
+            SCAN_LIMIT,
+            self.relay_cutoff(),
+            room,
+        )?;
         self.cursor = Some(scan.next);
-        self.held = scan.held;
+        self.held_ops.extend(scan.held);
+        self.held = !self.held_ops.is_empty() || scan.held_back;
         let more = scan.more;
         for item in scan.items {
             let (count, frames) = match item {
@@ -379,6 +417,15 @@ impl Pusher {
             })));
         }
         Ok(false)
+    }
+
+    /// Which operations of other devices may be relayed now.
+    fn relay_cutoff(&self) -> RelayCutoff<'_> {
+        RelayCutoff {
+            after: self.relay_after,
+            served_after: self.served_after,
+            served: &self.served,
+        }
     }
 
     /// Notes that the store's last sequence number is `last` at `now`, and
