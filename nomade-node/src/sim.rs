@@ -224,6 +224,9 @@ struct Device {
     sent: u64,
     /// Edits made so far.
     edits: u64,
+    /// Operations it holds (the sum of its version vector), as of the last
+    /// change of its store.
+    holds: u64,
 }
 
 /// One direction of sync between two connected devices: the pusher on
@@ -295,6 +298,8 @@ struct Sim<'a> {
     seq: u64,
     devices: Vec<Device>,
     links: Vec<Link>,
+    /// Per device, the links it is an end of.
+    links_of: Vec<Vec<usize>>,
     split: bool,
     /// Whether every device held every operation made, at the last check.
     converged: bool,
@@ -347,6 +352,13 @@ impl<'a> Sim<'a> {
                     flows: None,
                 })
                 .collect(),
+            links_of: (0..n)
+                .map(|d| {
+                    (0..pairs.len())
+                        .filter(|&l| pairs[l].0 == d || pairs[l].1 == d)
+                        .collect()
+                })
+                .collect(),
             split: false,
             converged: false,
             bytes: 0,
@@ -373,6 +385,7 @@ impl<'a> Sim<'a> {
                 applied: 0,
                 sent: 0,
                 edits: 0,
+                holds: 0,
             });
         }
         let window = config.edit_window;
@@ -581,7 +594,11 @@ impl<'a> Sim<'a> {
     /// pusher on it sends what it has, every puller on it announces what it
     /// holds; then their timers are set.
     fn device_changed(&mut self, device: usize) -> Result<(), SimError> {
-        for link in 0..self.links.len() {
+        if let Some(core) = self.core(device) {
+            self.devices[device].holds = core.version_vector().values().sum();
+        }
+        for i in 0..self.links_of[device].len() {
+            let link = self.links_of[device][i];
             for flow in 0..2 {
                 match self.flow(link, flow).map(|f| (f.from, f.to)) {
                     Some((from, _)) if from == device => self.push(link, flow)?,
@@ -747,11 +764,8 @@ impl<'a> Sim<'a> {
                         m.ops_applied.load(std::sync::atomic::Ordering::Relaxed);
                     self.devices[d].sent += m.ops_sent.load(std::sync::atomic::Ordering::Relaxed);
                 }
-                for l in 0..self.links.len() {
-                    let (a, b) = self.links[l].ends;
-                    if a == d || b == d {
-                        self.disconnect(l);
-                    }
+                for i in 0..self.links_of[d].len() {
+                    self.disconnect(self.links_of[d][i]);
                 }
             }
             Event::Restart(d) => {
@@ -771,8 +785,8 @@ impl<'a> Sim<'a> {
                     }
                 }
                 self.devices[d].core = Some(core);
-                for l in 0..self.links.len() {
-                    self.connect(l)?;
+                for i in 0..self.links_of[d].len() {
+                    self.connect(self.links_of[d][i])?;
                 }
             }
             Event::Split => {
@@ -796,11 +810,10 @@ impl<'a> Sim<'a> {
     /// Records the time at which every device held every operation made.
     fn note_convergence(&mut self) {
         let made: u64 = self.devices.iter().map(|d| d.edits).sum();
-        let all = self.devices.iter().all(|d| {
-            d.core
-                .as_ref()
-                .is_some_and(|c| c.version_vector().values().sum::<u64>() == made)
-        });
+        let all = self
+            .devices
+            .iter()
+            .all(|d| d.core.is_some() && d.holds == made);
         if all && !self.converged {
             self.converged_after = self.now;
         }

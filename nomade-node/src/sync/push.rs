@@ -88,6 +88,8 @@ pub struct Pusher {
     /// Operations of other devices read from the store and held until
     /// their hold ends, in the order stored, at most [`MAX_HELD_OPS`].
     held_ops: VecDeque<(u64, SyncOperation)>,
+    /// The relay cutoffs when `held_ops` was last looked through.
+    released_at: (u64, u64),
     /// Whether operations are held back (in `held_ops`, or in the store
     /// after the cursor).
     held: bool,
@@ -142,6 +144,7 @@ impl Pusher {
             served_after: 0,
             served: BTreeSet::new(),
             held_ops: VecDeque::new(),
+            released_at: (0, 0),
             held: false,
             rtt: RoundTrip::default(),
             knowledge: VersionVector::new(),
@@ -343,7 +346,14 @@ impl Pusher {
 
         // Held operations whose hold ended go first (they were stored
         // before anything the scan finds), if the peer still lacks them.
-        let held = std::mem::take(&mut self.held_ops);
+        // Only when a hold ended since the last look: until then none may go.
+        let cutoffs = (self.relay_after, self.served_after);
+        let held = if cutoffs == self.released_at {
+            VecDeque::new()
+        } else {
+            std::mem::take(&mut self.held_ops)
+        };
+        self.released_at = cutoffs;
         let relay = self.relay_cutoff();
         let mut released = Vec::new();
         let mut still = VecDeque::with_capacity(held.len());
@@ -358,7 +368,10 @@ impl Pusher {
                 still.push_back((seq, op));
             }
         }
-        self.held_ops = still;
+        if !still.is_empty() {
+            still.extend(self.held_ops.drain(..));
+            self.held_ops = still;
+        }
         if !released.is_empty() {
             let frames = self.send_batches(&released, now, out)?;
             Metrics::add(&core.metrics().ops_sent, released.len() as u64);
