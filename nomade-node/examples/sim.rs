@@ -15,6 +15,15 @@ use std::process::ExitCode;
 
 use nomade_node::sim::{run, SimConfig, SimReport, Topology};
 
+/// Says what is wrong with the arguments, and how to call, and exits.
+fn usage(problem: &str) -> ! {
+    eprintln!("{problem}");
+    eprintln!(
+        "usage: sim [--devices N] [--seeds K | --seed S] [--topology mesh|line] [--edits E] [--loss P] [--partition] [--crash] [--faults] [--json PATH]"
+    );
+    std::process::exit(2)
+}
+
 fn main() -> ExitCode {
     let mut config = SimConfig::default();
     let mut seeds = 1..2u64;
@@ -23,22 +32,40 @@ fn main() -> ExitCode {
     while let Some(arg) = args.next() {
         let mut value = |name: &str| {
             args.next()
-                .unwrap_or_else(|| panic!("{name} needs a value"))
+                .unwrap_or_else(|| usage(&format!("{name} needs a value")))
         };
         match arg.as_str() {
-            "--devices" => config.devices = value("--devices").parse().expect("a number"),
-            "--seeds" => seeds = 1..1 + value("--seeds").parse::<u64>().expect("a number"),
+            "--devices" => {
+                config.devices = value("--devices")
+                    .parse()
+                    .unwrap_or_else(|_| usage("expected a number"))
+            }
+            "--seeds" => {
+                seeds = 1..1 + value("--seeds")
+                    .parse::<u64>()
+                    .unwrap_or_else(|_| usage("expected a number"))
+            }
             "--seed" => {
-                let s: u64 = value("--seed").parse().expect("a number");
+                let s: u64 = value("--seed")
+                    .parse()
+                    .unwrap_or_else(|_| usage("expected a number"));
                 seeds = s..s + 1;
             }
-            "--edits" => config.edits_per_device = value("--edits").parse().expect("a number"),
-            "--loss" => config.loss = value("--loss").parse().expect("a probability"),
+            "--edits" => {
+                config.edits_per_device = value("--edits")
+                    .parse()
+                    .unwrap_or_else(|_| usage("expected a number"))
+            }
+            "--loss" => {
+                config.loss = value("--loss")
+                    .parse()
+                    .unwrap_or_else(|_| usage("expected a probability"))
+            }
             "--topology" => {
                 config.topology = match value("--topology").as_str() {
                     "mesh" => Topology::FullMesh,
                     "line" => Topology::Line,
-                    other => panic!("no topology {other}: mesh or line"),
+                    other => usage(&format!("no topology {other}: mesh or line")),
                 }
             }
             "--partition" => config.partition = true,
@@ -49,7 +76,7 @@ fn main() -> ExitCode {
                 config.crash = true;
             }
             "--json" => json = Some(value("--json")),
-            other => panic!("unknown argument {other}"),
+            other => usage(&format!("unknown argument {other}")),
         }
     }
     let mut failed = Vec::new();

@@ -5,6 +5,8 @@
 //! cargo xtask fuzz --secs N     # every fuzz target for N seconds each
 //! cargo xtask bench [--quick]   # criterion benchmarks of every crate
 //! cargo xtask chaos --seeds N --secs S   # the chaos suite, N seeds, S-second live phases (release)
+//! cargo xtask sim --devices N --seeds K  # the deterministic mesh simulator (release; more options:
+//!                                        # --topology mesh|line --edits E --faults --seed S --json PATH)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -50,9 +52,10 @@ fn main() -> Result<()> {
         Some("layering") => layering(),
         Some("spec") => spec_check(),
         Some("chaos") => chaos(&args[1..]),
+        Some("sim") => sim(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--fuzz-secs N] | fuzz [--secs N] | bench [--quick] | layering | spec | chaos [--seeds N] [--secs S]>"
+                "usage: cargo xtask <test [--fuzz-secs N] | fuzz [--secs N] | bench [--quick] | layering | spec | chaos [--seeds N] [--secs S] | sim [--devices N] [--seeds K] [...]>"
             );
             std::process::exit(2)
         }
@@ -101,6 +104,28 @@ fn chaos(args: &[String]) -> Result<()> {
             .env("NOMADE_CHAOS_SEEDS", seeds.to_string())
             .env("NOMADE_CHAOS_SECS", secs.to_string()),
     )
+}
+
+/// The simulator (`nomade-node/examples/sim.rs`), built in release, with
+/// the arguments given: failing seeds are printed and make it fail.
+fn sim(args: &[String]) -> Result<()> {
+    run("simulator", &mut sim_command(args))
+}
+
+fn sim_command<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Command {
+    let mut c = cargo();
+    c.args([
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "nomade-node",
+        "--example",
+        "sim",
+        "--",
+    ])
+    .args(args);
+    c
 }
 
 fn run(step: &str, cmd: &mut Command) -> Result<()> {
@@ -452,8 +477,25 @@ fn bench(quick: bool) -> Result<()> {
         "target/bench/history.json",
     ]);
     run("history on disk and at start-up", &mut history)?;
+    // Meshes in the simulator: traffic against the minimum, bytes per
+    // delivered operation, time to converge.
+    for (name, args) in SIM_BENCHES {
+        let json = format!("target/bench/sim-{name}.json");
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--json", &json]);
+        run(&format!("simulated {name}"), &mut sim_command(&all))?;
+    }
     report_ratios()
 }
+
+/// The simulated meshes `cargo xtask bench` measures: a name, and the
+/// simulator's arguments.
+const SIM_BENCHES: &[(&str, &[&str])] = &[
+    ("mesh-2", &["--devices", "2"]),
+    ("mesh-8", &["--devices", "8"]),
+    ("mesh-32", &["--devices", "32", "--edits", "20"]),
+    ("line-8", &["--devices", "8", "--topology", "line"]),
+];
 
 /// Reads criterion's estimates and reports, for every benchmark group that
 /// has a `baseline` member, each member's speed relative to it (same run).
@@ -497,6 +539,11 @@ fn report_ratios() -> Result<()> {
     for name in ["e2e", "crdt", "peers", "history"] {
         if let Ok(text) = std::fs::read_to_string(format!("target/bench/{name}.json")) {
             report[name] = serde_json::from_str(&text)?;
+        }
+    }
+    for (name, _) in SIM_BENCHES {
+        if let Ok(text) = std::fs::read_to_string(format!("target/bench/sim-{name}.json")) {
+            report["sim"][name] = serde_json::from_str(&text)?;
         }
     }
     std::fs::write(
