@@ -160,6 +160,9 @@ pub struct Core {
     /// running, see [`Core::pulling_from`]): they send it their own
     /// operations directly.
     pulling: watch::Sender<BTreeMap<String, usize>>,
+    /// How long operations of other devices recently took to get here, in
+    /// ms (see [`Core::delivery_lag`]).
+    delivery_lag_ms: std::sync::atomic::AtomicU64,
     /// The stored row decoded last, by its first sequence number, length
     /// and payload hash (see [`Core::row_operations`]).
     decoded_row: Mutex<Option<(DecodedRowKey, Arc<Vec<SyncOperation>>)>>,
@@ -276,6 +279,7 @@ impl Core {
             claimed: Mutex::new(HashMap::new()),
             pulling: watch::Sender::new(BTreeMap::new()),
             decoded_row: Mutex::new(None),
+            delivery_lag_ms: std::sync::atomic::AtomicU64::new(0),
             compaction_hold_ms: std::sync::atomic::AtomicU64::new(
                 DEFAULT_COMPACTION_HOLD.as_millis() as u64,
             ),
@@ -712,6 +716,7 @@ impl Core {
             tracing::debug!(peer, entity = %op.entity_id, actor = %op.actor_id, counter = op.operation.counter, "applied");
             self.metrics
                 .record_latency_us(now.saturating_sub(op.timestamp).saturating_mul(1000));
+            self.note_delivery_lag(now.saturating_sub(op.timestamp));
             // A run of operations on one entity by one device is one change.
             let same = last.is_some_and(|l| {
                 l.entity_id == op.entity_id
@@ -931,6 +936,25 @@ impl Core {
         }
         Metrics::add(&self.metrics.ops_scanned, read);
         Ok(scan)
+    }
+
+    /// How long operations of other devices recently took from their
+    /// creation to being applied here: the largest lately seen, decaying
+    /// by a sixteenth with each operation applied (from the authors'
+    /// clocks: a skewed clock makes it wrong, never negative). Pushers hold
+    /// relays longer when it is long (a loaded mesh: see
+    /// [`crate::sync::Pusher::served_relay_hold`]).
+    pub fn delivery_lag(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.delivery_lag_ms.load(Ordering::Relaxed))
+    }
+
+    fn note_delivery_lag(&self, lag_ms: i64) {
+        let lag = u64::try_from(lag_ms).unwrap_or(0);
+        let _ = self
+            .delivery_lag_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |est| {
+                Some(lag.max(est - est / 16))
+            });
     }
 
     /// The operations of a stored row, decoded once for every pusher: the

@@ -31,8 +31,8 @@ mod push;
 
 pub use pull::{Puller, MAX_PENDING_ACKS, MAX_SNAPSHOT_LEN};
 pub use push::{
-    Pusher, INITIAL_RELAY_HOLD, MAX_RELAY_HOLD, MAX_UNACKED_FRAMES, RELAY_HOLD_BASE, SCAN_LIMIT,
-    SERVED_RELAY_HOLD,
+    Pusher, INITIAL_RELAY_HOLD, MAX_RELAY_HOLD, MAX_SERVED_RELAY_HOLD, MAX_UNACKED_FRAMES,
+    RELAY_HOLD_BASE, SCAN_LIMIT, SERVED_RELAY_HOLD,
 };
 
 /// Sends frames on a stream.
@@ -525,7 +525,8 @@ mod tests {
                     value: nomade_wire::Value::Int(counter as i64),
                 },
             },
-            timestamp: 0,
+            // Made just now: applying it shows no delivery lag.
+            timestamp: crate::core::now_ms(),
             actor_id: actor.into(),
         }
     }
@@ -672,6 +673,37 @@ mod tests {
             })
             .sum();
         assert_eq!(own, 1);
+    }
+
+    /// Operations that took long to get here (a loaded mesh) make the
+    /// served hold longer: twice the recent delivery lag, at most
+    /// [`MAX_SERVED_RELAY_HOLD`].
+    #[test]
+    fn a_slow_mesh_holds_relays_of_served_devices_longer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let core = core(&dir, "hub");
+        let mut pusher = Pusher::new("c", 8);
+        let mut out = Vec::new();
+        let now = Instant::now();
+        pusher
+            .receive(&core, full_request(), now, &mut out)
+            .expect("request");
+        pusher.poll(&core, now, &mut out).expect("poll");
+        assert_eq!(pusher.served_relay_hold(), SERVED_RELAY_HOLD);
+        let mut late = remote_op("x", 1);
+        late.timestamp = crate::core::now_ms() - 3_000;
+        core.apply_remote("x", vec![late]).expect("applies");
+        assert!(core.delivery_lag() >= Duration::from_millis(3_000));
+        pusher.poll(&core, now, &mut out).expect("poll");
+        let hold = pusher.served_relay_hold();
+        assert!(hold >= Duration::from_secs(6), "{hold:?}");
+        assert!(hold <= MAX_SERVED_RELAY_HOLD);
+        // A clock far off is bounded.
+        let mut skewed = remote_op("x", 2);
+        skewed.timestamp = 0;
+        core.apply_remote("x", vec![skewed]).expect("applies");
+        pusher.poll(&core, now, &mut out).expect("poll");
+        assert_eq!(pusher.served_relay_hold(), MAX_SERVED_RELAY_HOLD);
     }
 
     /// A pusher remembers what a peer announced of devices it does not know

@@ -61,6 +61,9 @@ pub const MAX_RELAY_HOLD: Duration = Duration::from_secs(2);
 /// [`Pusher::relay_hold`]): the peer is likely to get this one there too.
 pub const SERVED_RELAY_HOLD: Duration = Duration::from_secs(1);
 
+/// The longest [`Pusher::served_relay_hold`] grows to.
+pub const MAX_SERVED_RELAY_HOLD: Duration = Duration::from_secs(60);
+
 /// The relay hold before any round trip is measured (the first frames of a
 /// stream): a mesh coming together is loaded, and its devices' first
 /// operations take longer than on a quiet one.
@@ -95,6 +98,8 @@ pub struct Pusher {
     held: bool,
     /// Round trips from a frame to its acknowledgement.
     rtt: RoundTrip,
+    /// [`Core::delivery_lag`] at the last poll.
+    delivery_lag: Duration,
     /// What the peer has, as far as this pusher knows: what it asked with,
     /// what was sent to it, and what it sent this device.
     knowledge: VersionVector,
@@ -147,6 +152,7 @@ impl Pusher {
             released_at: (0, 0),
             held: false,
             rtt: RoundTrip::default(),
+            delivery_lag: Duration::ZERO,
             knowledge: VersionVector::new(),
             cursor: None,
             initial: Some(0),
@@ -188,9 +194,16 @@ impl Pusher {
 
     /// How long an operation is held when its author is one the peer
     /// announced getting operations of from elsewhere:
-    /// [`SERVED_RELAY_HOLD`], or [`Pusher::relay_hold`] if longer.
+    /// [`SERVED_RELAY_HOLD`], or twice the time operations recently took to
+    /// reach this device ([`Core::delivery_lag`], as of the last poll: a
+    /// loaded mesh takes as long to reach the peer), or
+    /// [`Pusher::relay_hold`], whichever is longest; at most
+    /// [`MAX_SERVED_RELAY_HOLD`].
     pub fn served_relay_hold(&self) -> Duration {
-        SERVED_RELAY_HOLD.max(self.relay_hold())
+        SERVED_RELAY_HOLD
+            .max(self.delivery_lag * 2)
+            .min(MAX_SERVED_RELAY_HOLD)
+            .max(self.relay_hold())
     }
 
     /// When [`Pusher::poll`] should run again although nothing new was
@@ -331,6 +344,7 @@ impl Pusher {
         if self.window_full() {
             return Ok(false);
         }
+        self.delivery_lag = core.delivery_lag();
         self.age_relayed(core.last_seq(), now);
         // What the peer sent this device since: not sent back.
         for (actor, &c) in &core.received_from(&self.peer) {
