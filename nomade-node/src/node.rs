@@ -66,8 +66,10 @@ pub struct NodeConfig {
     /// informational (ordering uses version vectors), so a skewed clock
     /// changes nothing; this exists to prove it in tests.
     pub clock_skew_ms: i64,
-    /// Test only: network faults injected under the QUIC endpoint, and the
-    /// partition switch (`None`: the real network, untouched).
+    /// Test only (the `faults` feature): network faults injected under the
+    /// QUIC endpoint, and the partition switch (`None`: the real network,
+    /// untouched).
+    #[cfg(feature = "faults")]
     pub faults: Option<(
         nomade_transport::faulty::FaultPlan,
         nomade_transport::faulty::Partition,
@@ -89,6 +91,7 @@ impl Default for NodeConfig {
             clock_skew_ms: 0,
             max_backoff: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
+            #[cfg(feature = "faults")]
             faults: None,
         }
     }
@@ -437,13 +440,18 @@ impl Node {
             handshake_timeout: self.inner.config.handshake_timeout,
             ..Default::default()
         };
-        let transport = match self.inner.config.faults.clone() {
+        #[cfg(feature = "faults")]
+        let faults = self.inner.config.faults.clone();
+        #[cfg(not(feature = "faults"))]
+        let faults: Option<std::convert::Infallible> = None;
+        let transport = match faults {
             None => Transport::bind(
                 self.inner.identity.clone(),
                 self.inner.paired.clone(),
                 listen,
                 config,
             )?,
+            #[cfg(feature = "faults")]
             Some((plan, partition)) => Transport::bind_faulty(
                 self.inner.identity.clone(),
                 self.inner.paired.clone(),
@@ -452,6 +460,8 @@ impl Node {
                 plan,
                 partition,
             )?,
+            #[cfg(not(feature = "faults"))]
+            Some(never) => match never {},
         };
         let addr = transport.local_addr()?;
         *lock(&self.inner.transport) = Some(transport.clone());

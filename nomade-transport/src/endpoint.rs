@@ -11,6 +11,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::counters::{InputCounters, Rejected, RejectedInput};
 use crate::error::{close_code, Result, TransportError};
+#[cfg(feature = "faults")]
 use crate::faulty::{FaultPlan, FaultySocket, Partition};
 use crate::identity::{DeviceId, DeviceIdentity};
 use crate::pairing::{
@@ -265,7 +266,8 @@ impl Transport {
 
     /// Like [`Transport::bind`], over a [`FaultySocket`] that injects the
     /// faults of `plan` and drops everything while `partition` is set. For
-    /// tests of behaviour under a bad network.
+    /// tests of behaviour under a bad network (the `faults` feature).
+    #[cfg(feature = "faults")]
     pub fn bind_faulty(
         identity: DeviceIdentity,
         paired: PairedSet,

@@ -4,9 +4,9 @@
 //! made with rcgen, mutual TLS 1.3 (ALPN `nomade/1`) pinned to paired devices,
 //! pairing by short-lived code, stream roles with priorities, framed streams
 //! on `nomade-wire`'s decoder, token-bucket rate limits, heartbeats and
-//! endpoint dialing with backoff. For tests, [`faulty`] injects loss,
-//! duplication, delay, reordering and partitions under QUIC
-//! ([`Transport::bind_faulty`]).
+//! endpoint dialing with backoff. For tests, the `faults` cargo feature adds
+//! `faulty`, which injects loss, duplication, delay, reordering and
+//! partitions under QUIC (`Transport::bind_faulty`).
 //!
 //! ```
 //! use nomade_transport::{Config, DeviceIdentity, PairedSet, Transport};
@@ -62,6 +62,7 @@ mod counters;
 pub mod dial;
 pub mod endpoint;
 mod error;
+#[cfg(feature = "faults")]
 pub mod faulty;
 pub mod heartbeat;
 pub mod identity;

@@ -99,7 +99,8 @@ fn chaos(args: &[String]) -> Result<()> {
     run(
         "chaos",
         cargo()
-            .args(["test", "-p", "nomade-node", "--test", "chaos", "--release"])
+            .args(["test", "-p", "nomade-node", "--features", "faults"])
+            .args(["--test", "chaos", "--release"])
             .args(["--", "--nocapture"])
             .env("NOMADE_CHAOS_SEEDS", seeds.to_string())
             .env("NOMADE_CHAOS_SECS", secs.to_string()),
@@ -203,6 +204,7 @@ fn test(args: &[String]) -> Result<()> {
             "clippy",
             "--workspace",
             "--all-targets",
+            "--all-features",
             "--",
             "-D",
             "warnings",
@@ -211,22 +213,28 @@ fn test(args: &[String]) -> Result<()> {
     if have("cargo-nextest", "--version") || have("cargo", "nextest") {
         run(
             "tests",
-            test_cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]),
+            test_cargo().args([
+                "nextest",
+                "run",
+                "--workspace",
+                "--all-features",
+                "--no-fail-fast",
+            ]),
         )?;
     } else {
         run(
             "tests",
-            test_cargo().args(["test", "--workspace", "--no-fail-fast"]),
+            test_cargo().args(["test", "--workspace", "--all-features", "--no-fail-fast"]),
         )?;
     }
     run(
         "doc tests",
-        test_cargo().args(["test", "--workspace", "--doc"]),
+        test_cargo().args(["test", "--workspace", "--all-features", "--doc"]),
     )?;
     run(
         "docs",
         test_cargo()
-            .args(["doc", "--workspace", "--no-deps"])
+            .args(["doc", "--workspace", "--all-features", "--no-deps"])
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     spec_check()?;

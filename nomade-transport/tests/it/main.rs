@@ -4,6 +4,7 @@
 
 mod auth;
 mod dial;
+#[cfg(feature = "faults")]
 mod faulty;
 mod hostile;
 mod pairing;
