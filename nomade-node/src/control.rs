@@ -488,6 +488,19 @@ pub async fn ensure_online(node: &Node, listen: Option<&str>) -> Result<SocketAd
     }
 }
 
+/// Runs an edit, whose durable commit waits for the disk, on the blocking
+/// pool rather than on a runtime worker that serves other requests and the
+/// sync streams.
+async fn commit<T: Send + 'static>(
+    node: &Node,
+    edit: impl FnOnce(&Node) -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, ControlError> {
+    let node = node.clone();
+    Ok(tokio::task::spawn_blocking(move || edit(&node))
+        .await
+        .map_err(NodeError::from)??)
+}
+
 /// Carries out `request` on `node`. `served`: the node runs (`nomade
 /// serve`), so requests that need a running node are allowed.
 pub async fn handle(
@@ -539,11 +552,12 @@ pub async fn handle(
             Ok(json!({ "device_id": peer.to_string(), "name": peer_name(node, &peer) }))
         }
         Request::DocSet { doc, key, value } => {
-            node.set(&doc, &key, json::from_json(&value))?;
+            let value = json::from_json(&value);
+            commit(node, move |n| n.set(&doc, &key, value)).await?;
             Ok(Json::Null)
         }
         Request::DocDelete { doc, key } => {
-            node.delete(&doc, &key)?;
+            commit(node, move |n| n.delete(&doc, &key)).await?;
             Ok(Json::Null)
         }
         Request::DocGet { doc, key } => {
@@ -572,15 +586,17 @@ pub async fn handle(
             Ok(Json::Object(map))
         }
         Request::ConvAppend { conv, value } => {
-            node.conv_append(&conv, json::from_json(&value))?;
+            let value = json::from_json(&value);
+            commit(node, move |n| n.conv_append(&conv, value)).await?;
             Ok(Json::Null)
         }
         Request::ConvInsert { conv, index, value } => {
-            node.conv_insert(&conv, index, json::from_json(&value))?;
+            let value = json::from_json(&value);
+            commit(node, move |n| n.conv_insert(&conv, index, value)).await?;
             Ok(Json::Null)
         }
         Request::ConvRemove { conv, index } => {
-            node.conv_remove(&conv, index)?;
+            commit(node, move |n| n.conv_remove(&conv, index)).await?;
             Ok(Json::Null)
         }
         Request::ConvShow { conv } => Ok(Json::Array(
@@ -604,7 +620,10 @@ pub async fn handle(
             delete,
             insert,
         } => {
-            node.splice_text(&doc, &field, position, delete, &insert)?;
+            commit(node, move |n| {
+                n.splice_text(&doc, &field, position, delete, &insert)
+            })
+            .await?;
             Ok(Json::Null)
         }
         Request::TextReplace {
@@ -613,7 +632,7 @@ pub async fn handle(
             base,
             new,
         } => {
-            let splices = node.replace_text(&doc, &field, &base, &new)?;
+            let splices = commit(node, move |n| n.replace_text(&doc, &field, &base, &new)).await?;
             Ok(json!({ "splices": splices }))
         }
         Request::Put { path, mime } => {
