@@ -96,6 +96,17 @@ fn main() -> ExitCode {
                     r.converged_after.as_secs_f64() * 1e3,
                     r.connections,
                 );
+                let by_type: Vec<String> = r
+                    .bytes_by_type
+                    .iter()
+                    .map(|(name, bytes)| {
+                        format!("{name} {:.0}", *bytes as f64 / r.ops_minimum.max(1) as f64)
+                    })
+                    .collect();
+                println!(
+                    "  bytes per delivered op by message type: {}",
+                    by_type.join(", ")
+                );
                 last = Some(r);
             }
             Err(e) => {

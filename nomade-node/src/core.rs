@@ -15,6 +15,7 @@ use crate::batch::check_op_size;
 use crate::error::NodeError;
 use crate::lock;
 use crate::metrics::Metrics;
+use crate::recent::{CounterJournal, RecentOps};
 use crate::store::Store;
 
 /// A change applied to the local replica. Operations applied together on
@@ -46,7 +47,7 @@ pub struct PushScan {
     /// Operations of other devices held back, with their sequence numbers
     /// in the order stored (at most the `hold_room` asked for): the caller
     /// sends them when their hold ends.
-    pub held: Vec<(u64, SyncOperation)>,
+    pub held: Vec<(u64, Arc<SyncOperation>)>,
     /// Whether more operations were held than `hold_room` took: the scan
     /// stopped before the first of them (`next` is before it).
     pub held_back: bool,
@@ -75,6 +76,44 @@ impl RelayCutoff<'_> {
         } else {
             self.after
         }
+    }
+}
+
+/// Sorts the operations a pusher's scan finds: to send, held back (see
+/// [`Core::push_items`]), or already with the peer.
+struct Sorter<'a> {
+    own: &'a str,
+    cursor: u64,
+    peer: &'a VersionVector,
+    relay: RelayCutoff<'a>,
+    hold_room: usize,
+    /// The first operation held back that did not fit the room.
+    first_held: Option<u64>,
+    held: Vec<(u64, Arc<SyncOperation>)>,
+}
+
+impl Sorter<'_> {
+    /// Sorts the operation stored at `seq`: returns it if it is to be sent
+    /// now; keeps it (made shared by `shared`) if it is held back.
+    fn sort<'o>(
+        &mut self,
+        seq: u64,
+        op: &'o SyncOperation,
+        shared: impl FnOnce() -> Arc<SyncOperation>,
+    ) -> Option<&'o SyncOperation> {
+        let known = self.peer.get(&op.actor_id).copied().unwrap_or(0);
+        if seq <= self.cursor || op.operation.last_counter() <= known {
+            return None;
+        }
+        if op.actor_id != self.own && seq > self.relay.for_actor(&op.actor_id) {
+            if self.first_held.is_none() && self.held.len() < self.hold_room {
+                self.held.push((seq, shared()));
+            } else {
+                self.first_held.get_or_insert(seq);
+            }
+            return None;
+        }
+        Some(op)
     }
 }
 
@@ -150,8 +189,9 @@ pub struct Core {
     /// What the log no longer holds (the store's compacted frontier).
     compacted: Mutex<VersionVector>,
     /// Per peer: what it sent this device that is applied here (so the
-    /// peer holds it): a pusher never sends it back.
-    received: Mutex<HashMap<String, VersionVector>>,
+    /// peer holds it): a pusher never sends it back. With it, a generation
+    /// bumped whenever it rises (see [`Core::received_since`]).
+    received: Mutex<HashMap<String, (u64, VersionVector)>>,
     /// Per peer: the last counters of what it sent that are not applied
     /// yet (they wait in the causal buffer); moved into `received` as they
     /// are, whichever peer's operations release them.
@@ -166,6 +206,14 @@ pub struct Core {
     /// The stored row decoded last, by its first sequence number, length
     /// and payload hash (see [`Core::row_operations`]).
     decoded_row: Mutex<Option<(DecodedRowKey, Arc<Vec<SyncOperation>>)>>,
+    /// The operations stored last, decoded: pushers that are up to date
+    /// read them here, not in the store.
+    recent: Mutex<RecentOps>,
+    /// Which devices' counters in the version vector rose, in order (see
+    /// [`Core::counters_since`]).
+    journal: Mutex<CounterJournal>,
+    /// Bumped whenever `compacted` changes.
+    compaction_generation: std::sync::atomic::AtomicU64,
     /// How long a paired device may stay silent and still hold compaction
     /// back, in ms (see [`Core::compaction_hold`]).
     compaction_hold_ms: std::sync::atomic::AtomicU64,
@@ -258,6 +306,10 @@ impl Core {
         let last = store.last_seq()?;
         let acked = store.acked()?.into_iter().collect();
         let compacted = store.compacted()?;
+        let mut journal = CounterJournal::default();
+        for (actor, &c) in replica.version_vector() {
+            journal.raise(actor, c);
+        }
         let (changes, _) = broadcast::channel(4096);
         Ok(Arc::new(Core {
             dir: dir.to_path_buf(),
@@ -279,6 +331,9 @@ impl Core {
             claimed: Mutex::new(HashMap::new()),
             pulling: watch::Sender::new(BTreeMap::new()),
             decoded_row: Mutex::new(None),
+            recent: Mutex::new(RecentOps::default()),
+            journal: Mutex::new(journal),
+            compaction_generation: std::sync::atomic::AtomicU64::new(0),
             delivery_lag_ms: std::sync::atomic::AtomicU64::new(0),
             compaction_hold_ms: std::sync::atomic::AtomicU64::new(
                 DEFAULT_COMPACTION_HOLD.as_millis() as u64,
@@ -324,6 +379,7 @@ impl Core {
             let dropped = self.store.compact_log(&floor)?;
             if dropped > 0 {
                 *lock(&self.compacted) = self.store.compacted()?;
+                self.compaction_generation.fetch_add(1, Ordering::Relaxed);
             }
             Ok(dropped)
         });
@@ -356,6 +412,12 @@ impl Core {
     /// vector does not cover it is sent a snapshot.
     pub fn compacted(&self) -> VersionVector {
         lock(&self.compacted).clone()
+    }
+
+    /// Changes whenever [`Core::compacted`] does: a caller that found a
+    /// version vector covering it need not look again until then.
+    pub fn compaction_generation(&self) -> u64 {
+        self.compaction_generation.load(Ordering::Relaxed)
     }
 
     /// The latest stored snapshot, for a peer that lacks compacted
@@ -432,6 +494,17 @@ impl Core {
         // at the next start.
         let (snapshot_seq, seq) = self.store.rebase(bytes, &base, &tail)?;
         *lock(&self.compacted) = base.clone();
+        self.compaction_generation.fetch_add(1, Ordering::Relaxed);
+        // The log was written again: its sequence numbers changed.
+        lock(&self.recent).clear();
+        {
+            let mut journal = lock(&self.journal);
+            for (actor, &c) in next.version_vector() {
+                if replica.version_vector().get(actor) != Some(&c) {
+                    journal.raise(actor, c);
+                }
+            }
+        }
         self.snapshot_seq.store(snapshot_seq, Ordering::Relaxed);
         self.snapshot_len
             .store(bytes.len() as u64, Ordering::Relaxed);
@@ -573,6 +646,13 @@ impl Core {
         before.retain(|_, c| *c > 0);
         match self.store.append_ops(&ops, Some(&before)) {
             Ok(seq) => {
+                lock(&self.recent).extend(seq, &ops);
+                {
+                    let mut journal = lock(&self.journal);
+                    for op in &ops {
+                        journal.raise(&op.actor_id, op.operation.last_counter());
+                    }
+                }
                 self.appended.send_replace(seq);
                 let every = SNAPSHOT_EVERY
                     .max(self.snapshot_len.load(Ordering::Relaxed) / SNAPSHOT_BYTES_PER_OP);
@@ -694,10 +774,14 @@ impl Core {
                 nomade_crdt::raise_counter(theirs, actor, last);
             }
             claimed.retain(|p, claims| {
-                let got = received.entry(p.clone()).or_default();
+                let (generation, got) = received.entry(p.clone()).or_default();
                 claims.retain(|actor, last| {
                     let held = vv.get(actor).copied().unwrap_or(0);
-                    nomade_crdt::raise_counter(got, actor, (*last).min(held));
+                    let now = (*last).min(held);
+                    if got.get(actor).is_none_or(|&had| had < now) {
+                        got.insert(actor.clone(), now);
+                        *generation += 1;
+                    }
                     *last > held
                 });
                 !claims.is_empty()
@@ -768,7 +852,59 @@ impl Core {
     /// What `peer` sent this device that is applied here (it holds it:
     /// sending it back would be an echo).
     pub fn received_from(&self, peer: &str) -> VersionVector {
-        lock(&self.received).get(peer).cloned().unwrap_or_default()
+        lock(&self.received)
+            .get(peer)
+            .map(|(_, vv)| vv.clone())
+            .unwrap_or_default()
+    }
+
+    /// Of [`Core::received_from`], the counters of `actors` (0 for one the
+    /// peer sent nothing of), in order, without copying the rest.
+    pub fn received_counters<'a>(
+        &self,
+        peer: &str,
+        actors: impl IntoIterator<Item = &'a String>,
+    ) -> Vec<u64> {
+        let received = lock(&self.received);
+        let vv = received.get(peer).map(|(_, vv)| vv);
+        actors
+            .into_iter()
+            .map(|a| vv.and_then(|vv| vv.get(a)).copied().unwrap_or(0))
+            .collect()
+    }
+
+    /// [`Core::received_from`], if it rose since `*generation` (0 at first),
+    /// which is updated: a caller polling often copies it only when it
+    /// changed.
+    pub fn received_since(&self, peer: &str, generation: &mut u64) -> Option<VersionVector> {
+        let received = lock(&self.received);
+        let (current, vv) = received.get(peer)?;
+        if *current == *generation {
+            return None;
+        }
+        *generation = *current;
+        Some(vv.clone())
+    }
+
+    /// Of the devices in this device's version vector, those whose counter
+    /// rose after `*generation` (0: every device), with their counter now;
+    /// `*generation` is updated. It costs what changed, not the version
+    /// vector.
+    pub fn counters_since(&self, generation: &mut u64) -> Vec<(String, u64)> {
+        let (current, changed) = lock(&self.journal).since(*generation);
+        *generation = current;
+        changed
+    }
+
+    /// The counters of `actors` in this device's version vector (0 for one
+    /// it holds nothing of), read without copying the version vector.
+    pub fn counters_of<'a>(&self, actors: impl IntoIterator<Item = &'a str>) -> Vec<u64> {
+        let replica = self.replica();
+        let vv = replica.version_vector();
+        actors
+            .into_iter()
+            .map(|a| vv.get(a).copied().unwrap_or(0))
+            .collect()
     }
 
     /// Forgets what `peer` sent (it is no longer paired). A new sync stream
@@ -800,13 +936,17 @@ impl Core {
 
     /// What to send a peer whose version vector is `peer`, from the
     /// operations stored after sequence number `cursor`, reading at most
-    /// about `limit` stored operations. Read from the database, in the order
-    /// stored (a causal order): a node's memory holds no history.
+    /// about `limit` stored operations, in the order stored (a causal
+    /// order). The operations stored last are kept decoded in memory (at
+    /// most [`crate::recent::RECENT_OPS`]): a pusher that is up to date
+    /// reads them there; one further behind reads the database (a node's
+    /// memory holds no history).
     ///
-    /// A stored row the peer lacks entirely (its frontiers show the peer
-    /// has none of it) goes as it is stored, a `BATCHED_SYNC` payload
-    /// already encoded ([`PushItem::Run`]); from the others, the operations
-    /// the peer lacks are decoded ([`PushItem::Operations`]).
+    /// From the database, a stored row the peer lacks entirely (its
+    /// frontiers show the peer has none of it) goes as it is stored, a
+    /// `BATCHED_SYNC` payload already encoded ([`PushItem::Run`]); from the
+    /// others, the operations the peer lacks are decoded
+    /// ([`PushItem::Operations`]).
     ///
     /// Operations of other devices stored after their cutoff in
     /// `relay` are held back (docs/PROTOCOL.md, "Forwarding"): the scan goes
@@ -821,7 +961,15 @@ impl Core {
         relay: RelayCutoff<'_>,
         hold_room: usize,
     ) -> Result<PushScan, NodeError> {
-        let own = self.device_id.as_str();
+        let mut sorter = Sorter {
+            own: self.device_id.as_str(),
+            cursor,
+            peer,
+            relay,
+            hold_room,
+            first_held: None,
+            held: Vec::new(),
+        };
         let mut scan = PushScan {
             items: Vec::new(),
             next: cursor,
@@ -829,7 +977,48 @@ impl Core {
             held: Vec::new(),
             held_back: false,
         };
-        let mut first_held: Option<u64> = None;
+        let last = self.last_seq();
+        let recent = if cursor >= last {
+            Some(Vec::new())
+        } else {
+            lock(&self.recent).after(cursor, last, limit)
+        };
+        let read = match recent {
+            Some(recent) => {
+                let mut wanted = Vec::new();
+                for (seq, op) in recent {
+                    if let Some(op) = sorter.sort(seq, &op, || op.clone()) {
+                        wanted.push(op.clone());
+                    }
+                    scan.next = seq;
+                }
+                scan.more = scan.next < last;
+                if !wanted.is_empty() {
+                    scan.items.push(PushItem::Operations(wanted));
+                }
+                // Nothing read from the database.
+                0
+            }
+            None => self.scan_stored(&mut sorter, &mut scan, limit)?,
+        };
+        scan.held = sorter.held;
+        if let Some(seq) = sorter.first_held {
+            scan.next = scan.next.min(seq - 1);
+            scan.held_back = true;
+        }
+        Metrics::add(&self.metrics.ops_scanned, read);
+        Ok(scan)
+    }
+
+    /// [`Core::push_items`] from the database: fills `scan` and returns how
+    /// many stored operations were read.
+    fn scan_stored(
+        &self,
+        sorter: &mut Sorter<'_>,
+        scan: &mut PushScan,
+        limit: usize,
+    ) -> Result<u64, NodeError> {
+        let (own, cursor, peer, relay) = (sorter.own, sorter.cursor, sorter.peer, sorter.relay);
         let mut read = 0u64;
         let mut failure = None;
         let lacks = |actor: &str, counter: u64| counter > peer.get(actor).copied().unwrap_or(0);
@@ -899,18 +1088,9 @@ impl Core {
                         let mut wanted = Vec::new();
                         for (i, op) in ops.iter().enumerate() {
                             let seq = run.first + i as u64;
-                            if seq <= cursor || !lacks(&op.actor_id, op.operation.last_counter()) {
-                                continue;
+                            if let Some(op) = sorter.sort(seq, op, || Arc::new(op.clone())) {
+                                wanted.push(op.clone());
                             }
-                            if op.actor_id != own && seq > relay.for_actor(&op.actor_id) {
-                                if first_held.is_none() && scan.held.len() < hold_room {
-                                    scan.held.push((seq, op.clone()));
-                                } else {
-                                    first_held.get_or_insert(seq);
-                                }
-                                continue;
-                            }
-                            wanted.push(op.clone());
                         }
                         match items.last_mut() {
                             Some(PushItem::Operations(ops)) => ops.extend(wanted),
@@ -927,15 +1107,10 @@ impl Core {
             scan.next = end;
             ControlFlow::Continue(())
         })?;
-        if let Some(e) = failure {
-            return Err(e.into());
+        match failure {
+            Some(e) => Err(e.into()),
+            None => Ok(read),
         }
-        if let Some(seq) = first_held {
-            scan.next = scan.next.min(seq - 1);
-            scan.held_back = true;
-        }
-        Metrics::add(&self.metrics.ops_scanned, read);
-        Ok(scan)
     }
 
     /// How long operations of other devices recently took from their
@@ -987,14 +1162,6 @@ impl Core {
     /// restarts, which is what compacting the history below what every
     /// paired device holds needs ([`Core::compaction_floor`]).
     pub fn record_ack(&self, peer: &str, vv: &VersionVector) {
-        let merged = {
-            let mut acked = lock(&self.acked);
-            let entry = acked.entry(peer.to_string()).or_default();
-            for (actor, &c) in vv {
-                nomade_crdt::raise_counter(entry, actor, c);
-            }
-            entry.clone()
-        };
         let due = {
             let mut saved = lock(&self.acked_saved);
             let now = std::time::Instant::now();
@@ -1006,7 +1173,16 @@ impl Core {
                 }
             }
         };
-        if due {
+        let merged = {
+            let mut acked = lock(&self.acked);
+            let entry = acked.entry(peer.to_string()).or_default();
+            for (actor, &c) in vv {
+                nomade_crdt::raise_counter(entry, actor, c);
+            }
+            // Copied only when it is written.
+            due.then(|| entry.clone())
+        };
+        if let Some(merged) = merged {
             if let Err(e) = self.store.put_acked(&[(peer.to_string(), merged)], false) {
                 tracing::debug!(%peer, error = %e, "could not record an acknowledgement");
             }

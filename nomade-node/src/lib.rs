@@ -77,6 +77,7 @@ mod node;
 pub mod peers;
 mod presence;
 pub mod progress;
+mod recent;
 mod session;
 pub mod sim;
 mod status;

@@ -45,8 +45,9 @@ pub struct Metrics {
     pub sessions_started: AtomicU64,
     /// Dials to a known peer that failed (unreachable, timed out, refused).
     pub dial_failures: AtomicU64,
-    /// Stored operations read back to find what peers lack (the history a
-    /// pusher scanned).
+    /// Stored operations read back from the database to find what peers
+    /// lack (the history a pusher scanned; a pusher that is up to date
+    /// reads the operations stored last from memory, not counted here).
     pub ops_scanned: AtomicU64,
     /// Stored operations dropped by compaction (below what every paired device holds, covered by the snapshot).
     pub ops_compacted: AtomicU64,
@@ -112,7 +113,8 @@ pub struct MetricsSnapshot {
     pub sessions_started: u64,
     /// Dials to a known peer that failed.
     pub dial_failures: u64,
-    /// Stored operations read back to find what peers lack.
+    /// Stored operations read back from the database to find what peers
+    /// lack.
     pub ops_scanned: u64,
     /// Stored operations dropped by compaction (below what every paired device holds, covered by the snapshot).
     pub ops_compacted: u64,
@@ -258,7 +260,7 @@ impl MetricsSnapshot {
             ),
             (
                 "nomade_ops_scanned_total",
-                "Stored operations read back to find what peers lack",
+                "Stored operations read back from the database to find what peers lack",
                 self.ops_scanned,
             ),
             (

@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use nomade_crdt::{LocalEdit, ReplicaConfig};
-use nomade_wire::{EntityType, Envelope, Value};
+use nomade_wire::{EntityType, Envelope, MessageType, Value};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -118,6 +118,8 @@ pub struct SimReport {
     pub ops_minimum: u64,
     /// Bytes of sync frames, both ways (operations, acknowledgements, requests).
     pub bytes: u64,
+    /// The same bytes by message type (`"BATCHED_SYNC"`, `"ACK"`, ...).
+    pub bytes_by_type: BTreeMap<&'static str, u64>,
     /// Simulated time from the start until every device holds everything.
     pub converged_after: Duration,
     /// Connections made (first ones and reconnections).
@@ -304,6 +306,7 @@ struct Sim<'a> {
     /// Whether every device held every operation made, at the last check.
     converged: bool,
     bytes: u64,
+    bytes_by_type: BTreeMap<&'static str, u64>,
     connections: u64,
     converged_after: Duration,
 }
@@ -320,6 +323,7 @@ pub fn run(config: &SimConfig, dir: &Path) -> Result<SimReport, SimError> {
         ops_sent: sim.devices.iter().map(|d| d.sent).sum(),
         ops_minimum: ops_made * (config.devices as u64).saturating_sub(1),
         bytes: sim.bytes,
+        bytes_by_type: std::mem::take(&mut sim.bytes_by_type),
         converged_after: sim.converged_after,
         connections: sim.connections,
     })
@@ -362,6 +366,7 @@ impl<'a> Sim<'a> {
             split: false,
             converged: false,
             bytes: 0,
+            bytes_by_type: BTreeMap::new(),
             connections: 0,
             converged_after: Duration::ZERO,
         };
@@ -520,6 +525,11 @@ impl<'a> Sim<'a> {
         for t in out {
             let frame = self.node(device, t.into_frame().map_err(NodeError::from))?;
             self.bytes += frame.len() as u64;
+            let name = frame
+                .get(1..3)
+                .and_then(|code| MessageType::from_code(u16::from_be_bytes([code[0], code[1]])))
+                .map_or("unknown", |t| t.name());
+            *self.bytes_by_type.entry(name).or_default() += frame.len() as u64;
             let mut at = self.now + self.random_duration(min, max);
             if self.config.loss > 0.0 && self.rng.gen_bool(self.config.loss.min(1.0)) {
                 at += max * 3;

@@ -714,6 +714,10 @@ async fn a_reconnect_reads_what_is_missing_not_the_history() {
             .collect();
         a.core().edit_many(edits).expect("edits");
     }
+    // Opened again: the operations stored last are no longer in memory,
+    // the history is read from the database.
+    drop(a);
+    let a = Node::open(&dir.path().join("a"), config("a")).expect("reopen");
     let a_addr = online(&a).await;
     let b_dir = dir.path().join("b");
     let b = Node::open(&b_dir, config("b")).expect("open");

@@ -637,42 +637,74 @@ mod tests {
     /// A scan hands held operations back, at most the room asked for; the
     /// cursor stops before the first that did not fit, so a later scan
     /// finds it (a pusher's memory of held operations is bounded).
+    ///
+    /// The same from the operations kept in memory (stored just now) and
+    /// from the database (after reopening, nothing is kept), from the start
+    /// and from a cursor in the middle.
     #[test]
     fn a_scan_holds_at_most_the_room_given() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let core = core(&dir, "hub");
+        let mut core = core(&dir, "hub");
         for c in 1..=3 {
             core.apply_remote("x", vec![remote_op("x", c)])
                 .expect("applies");
         }
         set(&core, 1);
+        set(&core, 2);
         let served = std::collections::BTreeSet::new();
         let nothing_yet = crate::core::RelayCutoff {
             after: 0,
             served_after: 0,
             served: &served,
         };
-        let scan = core
-            .push_items(0, &VersionVector::new(), SCAN_LIMIT, nothing_yet, 2)
-            .expect("scan");
-        let held: Vec<u64> = scan
-            .held
-            .iter()
-            .map(|(_, op)| op.operation.counter)
-            .collect();
-        assert_eq!(held, vec![1, 2]);
-        assert!(scan.held_back);
-        assert_eq!(scan.next, scan.held[1].0, "the cursor passed x's third");
-        // This device's own edit is not held.
-        let own: usize = scan
-            .items
-            .iter()
-            .map(|item| match item {
-                crate::core::PushItem::Operations(ops) => ops.len(),
-                crate::core::PushItem::Run { count, .. } => *count as usize,
-            })
-            .sum();
-        assert_eq!(own, 1);
+        let sent = |scan: &crate::core::PushScan| -> usize {
+            scan.items
+                .iter()
+                .map(|item| match item {
+                    crate::core::PushItem::Operations(ops) => ops.len(),
+                    crate::core::PushItem::Run { count, .. } => *count as usize,
+                })
+                .sum()
+        };
+        for from in ["memory", "the database"] {
+            let scan = core
+                .push_items(0, &VersionVector::new(), SCAN_LIMIT, nothing_yet, 2)
+                .expect("scan");
+            let held: Vec<u64> = scan
+                .held
+                .iter()
+                .map(|(_, op)| op.operation.counter)
+                .collect();
+            assert_eq!(held, vec![1, 2], "from {from}");
+            assert!(scan.held_back);
+            assert_eq!(scan.next, scan.held[1].0, "the cursor passed x's second");
+            // This device's own edits are not held.
+            assert_eq!(sent(&scan), 2, "from {from}");
+            // From the cursor on: x's third is held, the edits were read.
+            let scan = core
+                .push_items(scan.next, &VersionVector::new(), SCAN_LIMIT, nothing_yet, 2)
+                .expect("scan");
+            assert_eq!(scan.held.len(), 1, "from {from}");
+            assert_eq!(scan.held[0].1.operation.counter, 3);
+            assert!(!scan.held_back && !scan.more);
+            assert_eq!(
+                (scan.next, sent(&scan)),
+                (core.last_seq(), 2),
+                "from {from}"
+            );
+            // Nothing new after the last: nothing read.
+            let scan = core
+                .push_items(core.last_seq(), &VersionVector::new(), 1, nothing_yet, 2)
+                .expect("scan");
+            assert!(scan.items.is_empty() && scan.held.is_empty() && !scan.more);
+            let scanned = core.metrics().snapshot().ops_scanned;
+            match from {
+                "memory" => assert_eq!(scanned, 0, "nothing read from the database"),
+                _ => assert!(scanned >= 5, "read from the database: {scanned}"),
+            }
+            drop(core);
+            core = self::core(&dir, "hub");
+        }
     }
 
     /// Operations that took long to get here (a loaded mesh) make the

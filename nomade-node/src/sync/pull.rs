@@ -11,7 +11,7 @@
 //! got from elsewhere ([`Puller::poll_have`]: `HAVE`), so that the pusher
 //! does not relay it (docs/PROTOCOL.md, "Forwarding").
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use nomade_wire::{
@@ -62,6 +62,20 @@ pub struct Puller {
     next_have: Option<Instant>,
     /// The devices announced as pulled from directly.
     announced_direct: BTreeSet<String>,
+    /// Devices whose counters rose here and may be announced, with their
+    /// counters (gathered from [`Core::counters_since`], so a poll costs
+    /// what changed since the last, not the version vector).
+    candidates: BTreeMap<String, u64>,
+    /// Whether a candidate names a device never announced.
+    unnamed: bool,
+    /// The generation of [`Core::counters_since`] gathered up to.
+    counters_seen: u64,
+    /// Tells when the devices this one pulls from change.
+    pulling_changes: Option<tokio::sync::watch::Receiver<BTreeMap<String, usize>>>,
+    /// Whether the devices this one pulls from are to be looked at even if
+    /// they did not change (at first, and after a `HAVE` naming new ones
+    /// had to wait).
+    look_at_pulling: bool,
     /// While it lives, this device counts as pulling from the peer (from
     /// the request on).
     pulling: Option<PullingGuard>,
@@ -80,6 +94,11 @@ impl Puller {
             last_have: None,
             next_have: None,
             announced_direct: BTreeSet::new(),
+            candidates: BTreeMap::new(),
+            counters_seen: 0,
+            unnamed: false,
+            pulling_changes: None,
+            look_at_pulling: true,
             pulling: None,
         }
     }
@@ -107,38 +126,44 @@ impl Puller {
         if !self.announce {
             return None;
         }
-        let from_peer = core.received_from(&self.peer);
         let own = core.device_id();
-        let ours = core.version_vector();
-        let mut raised = VersionVector::new();
+        let changed: Vec<(String, u64)> = core
+            .counters_since(&mut self.counters_seen)
+            .into_iter()
+            .filter(|(actor, _)| actor != own && *actor != self.peer)
+            .collect();
+        // Beyond what the peer is known to have: announced before, or sent
+        // by the peer itself.
+        let from_peer = core.received_counters(&self.peer, changed.iter().map(|(a, _)| a));
+        for ((actor, c), sent) in changed.into_iter().zip(from_peer) {
+            let announced = self.announced.get(&actor).copied();
+            if c > announced.unwrap_or(0).max(sent) {
+                self.unnamed |= announced.is_none();
+                self.candidates.insert(actor, c);
+            }
+        }
         // The devices this one pulls from directly, at the counter held
         // (0 for none yet): the pusher need not relay theirs.
-        let direct: Vec<String> = core
-            .pulling()
-            .into_iter()
-            .filter(|d| *d != self.peer && d != own && !self.announced_direct.contains(d))
-            .collect();
-        for device in &direct {
-            raised.insert(device.clone(), ours.get(device).copied().unwrap_or(0));
-        }
-        for (actor, &c) in &ours {
-            if actor == own || *actor == self.peer {
-                continue;
+        let pulling_changed = match &mut self.pulling_changes {
+            Some(rx) => rx.has_changed().unwrap_or(false),
+            None => true,
+        };
+        let direct: Vec<String> = if pulling_changed || self.look_at_pulling {
+            if let Some(rx) = &mut self.pulling_changes {
+                rx.mark_unchanged();
             }
-            let known = self
-                .announced
-                .get(actor)
-                .copied()
-                .unwrap_or(0)
-                .max(from_peer.get(actor).copied().unwrap_or(0));
-            if c > known {
-                raised.insert(actor.clone(), c);
-            }
-        }
-        if raised.is_empty() {
+            self.look_at_pulling = false;
+            core.pulling()
+                .into_iter()
+                .filter(|d| *d != self.peer && d != own && !self.announced_direct.contains(d))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if self.candidates.is_empty() && direct.is_empty() {
             return None;
         }
-        let first_naming = raised.keys().any(|d| !self.announced.contains_key(d));
+        let first_naming = self.unnamed || !direct.is_empty();
         let interval = if first_naming {
             HAVE_INTERVAL
         } else {
@@ -147,10 +172,25 @@ impl Puller {
         if let Some(at) = self.last_have {
             if now.saturating_duration_since(at) < interval {
                 self.next_have = Some(at + interval);
+                // The devices newly pulled from are looked at again then.
+                self.look_at_pulling |= !direct.is_empty();
                 return None;
             }
         }
+        // What the peer sent meanwhile need not be announced.
+        let mut raised = std::mem::take(&mut self.candidates);
+        self.unnamed = false;
+        let from_peer = core.received_counters(&self.peer, raised.keys());
+        let mut from_peer = from_peer.into_iter();
+        raised.retain(|_, c| *c > from_peer.next().unwrap_or(0));
+        let held = core.counters_of(direct.iter().map(String::as_str));
+        for (device, c) in direct.iter().zip(held) {
+            raised.entry(device.clone()).or_insert(c);
+        }
         self.announced_direct.extend(direct);
+        if raised.is_empty() {
+            return None;
+        }
         for (actor, &c) in &raised {
             nomade_crdt::raise_counter(&mut self.announced, actor, c);
         }
@@ -170,6 +210,7 @@ impl Puller {
     /// version vector does not cover.
     pub fn request(&mut self, core: &Core) -> Envelope {
         self.pulling = Some(core.pulling_from(&self.peer));
+        self.pulling_changes = Some(core.pulling_changes());
         let vv = core.version_vector();
         envelope(SyncRequest {
             entity_types: vec![EntityType::Document, EntityType::Conversation],

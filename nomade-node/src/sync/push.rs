@@ -17,7 +17,9 @@
 //! its author, and announces it with `HAVE`, before a neighbour relays it,
 //! however loaded the devices are.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -89,10 +91,8 @@ pub struct Pusher {
     /// (in its knowledge, so bounded as it is).
     served: BTreeSet<String>,
     /// Operations of other devices read from the store and held until
-    /// their hold ends, in the order stored, at most [`MAX_HELD_OPS`].
-    held_ops: VecDeque<(u64, SyncOperation)>,
-    /// The relay cutoffs when `held_ops` was last looked through.
-    released_at: (u64, u64),
+    /// their hold ends, at most [`MAX_HELD_OPS`].
+    held_ops: HeldOps,
     /// Whether operations are held back (in `held_ops`, or in the store
     /// after the cursor).
     held: bool,
@@ -103,6 +103,12 @@ pub struct Pusher {
     /// What the peer has, as far as this pusher knows: what it asked with,
     /// what was sent to it, and what it sent this device.
     knowledge: VersionVector,
+    /// The generation of [`Core::received_since`] last merged into
+    /// `knowledge`.
+    received_generation: u64,
+    /// The [`Core::compaction_generation`] at which `knowledge` was last
+    /// found to cover what the log no longer holds.
+    covers_compacted: Option<u64>,
     /// The store's sequence number up to which everything the peer lacks was
     /// sent. `None` until the `SYNC_REQUEST`.
     cursor: Option<u64>,
@@ -111,6 +117,87 @@ pub struct Pusher {
     /// Frames sent and not yet acknowledged.
     unacked: HashMap<MessageId, Unacked>,
     batch: BatchEncoder,
+}
+
+/// Operations of other devices held back, in two queues by whether the
+/// peer gets their author's operations from elsewhere (their holds end at
+/// different times), each in the order stored: releasing what may go costs
+/// what is released, not what is held.
+#[derive(Debug, Default)]
+struct HeldOps {
+    unserved: VecDeque<(u64, Arc<SyncOperation>)>,
+    served: VecDeque<(u64, Arc<SyncOperation>)>,
+}
+
+impl HeldOps {
+    fn len(&self) -> usize {
+        self.unserved.len() + self.served.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.unserved.is_empty() && self.served.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.unserved.clear();
+        self.served.clear();
+    }
+
+    /// Holds the operation stored at `seq` (after those held already).
+    fn push(&mut self, seq: u64, op: Arc<SyncOperation>, served: &BTreeSet<String>) {
+        if served.contains(&op.actor_id) {
+            self.served.push_back((seq, op));
+        } else {
+            self.unserved.push_back((seq, op));
+        }
+    }
+
+    /// Takes the operations whose hold ended under `cutoff` and that the
+    /// peer still lacks (as `knowledge` says), in the order stored. One
+    /// whose author became served while it was held moves to the longer
+    /// hold; those the peer got meanwhile are dropped.
+    fn release(
+        &mut self,
+        cutoff: RelayCutoff<'_>,
+        knowledge: &VersionVector,
+    ) -> Vec<Arc<SyncOperation>> {
+        let lacks = |op: &SyncOperation| {
+            op.operation.last_counter() > knowledge.get(&op.actor_id).copied().unwrap_or(0)
+        };
+        let mut released = Vec::new();
+        while let Some((seq, _)) = self.unserved.front() {
+            if *seq > cutoff.after {
+                break;
+            }
+            let Some((seq, op)) = self.unserved.pop_front() else {
+                break;
+            };
+            if !lacks(&op) {
+                continue;
+            }
+            if seq <= cutoff.for_actor(&op.actor_id) {
+                released.push((seq, op));
+            } else {
+                let at = self.served.partition_point(|(s, _)| *s < seq);
+                self.served.insert(at, (seq, op));
+            }
+        }
+        let from_unserved = released.len();
+        while let Some((seq, _)) = self.served.front() {
+            if *seq > cutoff.served_after.min(cutoff.after) {
+                break;
+            }
+            if let Some((seq, op)) = self.served.pop_front() {
+                if lacks(&op) {
+                    released.push((seq, op));
+                }
+            }
+        }
+        if from_unserved > 0 && released.len() > from_unserved {
+            released.sort_by_key(|(seq, _)| *seq);
+        }
+        released.into_iter().map(|(_, op)| op).collect()
+    }
 }
 
 /// A smoothed round trip, the first sample taken as it is.
@@ -148,12 +235,13 @@ impl Pusher {
             relay_after: 0,
             served_after: 0,
             served: BTreeSet::new(),
-            held_ops: VecDeque::new(),
-            released_at: (0, 0),
+            held_ops: HeldOps::default(),
             held: false,
             rtt: RoundTrip::default(),
             delivery_lag: Duration::ZERO,
             knowledge: VersionVector::new(),
+            received_generation: 0,
+            covers_compacted: None,
             cursor: None,
             initial: Some(0),
             unacked: HashMap::new(),
@@ -283,11 +371,11 @@ impl Pusher {
                 // a peer naming others cannot grow this map beyond it. The
                 // devices named are served elsewhere: theirs are held
                 // longer.
-                let ours = core.version_vector();
+                let ours = core.counters_of(h.version_vector.keys().map(String::as_str));
                 let bound = core.replica_config().max_actors;
                 let mut held = VersionVector::new();
-                for (actor, &c) in &h.version_vector {
-                    if let Some(&own) = ours.get(actor) {
+                for ((actor, &c), own) in h.version_vector.iter().zip(ours) {
+                    if own > 0 {
                         held.insert(actor.clone(), c.min(own));
                     } else if !self.knowledge.contains_key(actor) && self.knowledge.len() >= bound {
                         continue;
@@ -347,45 +435,33 @@ impl Pusher {
         self.delivery_lag = core.delivery_lag();
         self.age_relayed(core.last_seq(), now);
         // What the peer sent this device since: not sent back.
-        for (actor, &c) in &core.received_from(&self.peer) {
-            raise_counter(&mut self.knowledge, actor, c);
+        if let Some(received) = core.received_since(&self.peer, &mut self.received_generation) {
+            for (actor, &c) in &received {
+                raise_counter(&mut self.knowledge, actor, c);
+            }
         }
-        if !covers(&self.knowledge, &core.compacted()) {
-            // The peer lacks operations this device no longer holds (it was
-            // away longer than the hold, or is new): the snapshot first,
-            // then the operations after it.
-            cursor = self.send_snapshot(core, now, out)?;
-            self.held_ops.clear();
+        // Knowledge only grows: once it covers what the log no longer
+        // holds, it does until the log is compacted again.
+        let compaction = core.compaction_generation();
+        if self.covers_compacted != Some(compaction) {
+            if !covers(&self.knowledge, &core.compacted()) {
+                // The peer lacks operations this device no longer holds (it
+                // was away longer than the hold, or is new): the snapshot
+                // first, then the operations after it.
+                cursor = self.send_snapshot(core, now, out)?;
+                self.held_ops.clear();
+            }
+            self.covers_compacted = Some(compaction);
         }
 
         // Held operations whose hold ended go first (they were stored
         // before anything the scan finds), if the peer still lacks them.
-        // Only when a hold ended since the last look: until then none may go.
-        let cutoffs = (self.relay_after, self.served_after);
-        let held = if cutoffs == self.released_at {
-            VecDeque::new()
-        } else {
-            std::mem::take(&mut self.held_ops)
+        let cutoff = RelayCutoff {
+            after: self.relay_after,
+            served_after: self.served_after,
+            served: &self.served,
         };
-        self.released_at = cutoffs;
-        let relay = self.relay_cutoff();
-        let mut released = Vec::new();
-        let mut still = VecDeque::with_capacity(held.len());
-        for (seq, op) in held {
-            let known = self.knowledge.get(&op.actor_id).copied().unwrap_or(0);
-            if op.operation.last_counter() <= known {
-                continue;
-            }
-            if seq <= relay.for_actor(&op.actor_id) {
-                released.push(op);
-            } else {
-                still.push_back((seq, op));
-            }
-        }
-        if !still.is_empty() {
-            still.extend(self.held_ops.drain(..));
-            self.held_ops = still;
-        }
+        let released = self.held_ops.release(cutoff, &self.knowledge);
         if !released.is_empty() {
             let frames = self.send_batches(&released, now, out)?;
             Metrics::add(&core.metrics().ops_sent, released.len() as u64);
@@ -400,7 +476,9 @@ impl Pusher {
             room,
         )?;
         self.cursor = Some(scan.next);
-        self.held_ops.extend(scan.held);
+        for (seq, op) in scan.held {
+            self.held_ops.push(seq, op, &self.served);
+        }
         self.held = !self.held_ops.is_empty() || scan.held_back;
         let more = scan.more;
         for item in scan.items {
@@ -497,7 +575,7 @@ impl Pusher {
     /// frames.
     fn send_batches(
         &mut self,
-        ops: &[SyncOperation],
+        ops: &[impl Borrow<SyncOperation>],
         now: Instant,
         out: &mut Vec<Transmit>,
     ) -> Result<usize, NodeError> {
@@ -506,7 +584,7 @@ impl Pusher {
         let mut buf = BytesMut::new();
         let mut i = 0;
         while i < ops.len() {
-            let op = &ops[i];
+            let op: &SyncOperation = ops[i].borrow();
             let added = self.batch.push(op)?;
             if added {
                 raise_counter(&mut covered, &op.actor_id, op.operation.last_counter());
