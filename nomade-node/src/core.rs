@@ -56,7 +56,8 @@ pub struct PushScan {
 /// Which operations of other devices a pusher may relay now (see
 /// [`Core::push_items`] and docs/PROTOCOL.md, "Forwarding"): those stored
 /// up to `after`, and, for the devices in `served` (the peer announced
-/// getting their operations from elsewhere), up to `served_after`.
+/// getting their operations from elsewhere), up to `served_after`; none of
+/// the devices in `direct` (the peer pulls from them directly).
 #[derive(Debug, Clone, Copy)]
 pub struct RelayCutoff<'a> {
     /// Rows up to this sequence number may be relayed.
@@ -65,9 +66,18 @@ pub struct RelayCutoff<'a> {
     pub served_after: u64,
     /// Devices whose operations the peer gets from elsewhere.
     pub served: &'a BTreeSet<String>,
+    /// Devices the peer pulls from directly: theirs are never relayed to
+    /// it (passed over, as if the peer had them).
+    pub direct: &'a BTreeSet<String>,
 }
 
 impl RelayCutoff<'_> {
+    /// Whether operations of `actor` are never relayed to the peer (it
+    /// pulls from `actor` directly; this device's own always go).
+    pub fn skips(&self, actor: &str, own: &str) -> bool {
+        actor != own && self.direct.contains(actor)
+    }
+
     /// The last sequence number at which an operation of `actor` may be
     /// relayed now.
     pub fn for_actor(&self, actor: &str) -> u64 {
@@ -102,7 +112,10 @@ impl Sorter<'_> {
         shared: impl FnOnce() -> Arc<SyncOperation>,
     ) -> Option<&'o SyncOperation> {
         let known = self.peer.get(&op.actor_id).copied().unwrap_or(0);
-        if seq <= self.cursor || op.operation.last_counter() <= known {
+        if seq <= self.cursor
+            || op.operation.last_counter() <= known
+            || self.relay.skips(&op.actor_id, self.own)
+        {
             return None;
         }
         if op.actor_id != self.own && seq > self.relay.for_actor(&op.actor_id) {
@@ -1044,10 +1057,10 @@ impl Core {
                 _ => None,
             };
             let relayed_held = match &written {
-                Some(w) => w
-                    .iter()
-                    .any(|(a, _)| a.as_str() != own && end > relay.for_actor(a)),
-                None => end > relay.after.min(relay.served_after),
+                Some(w) => w.iter().any(|(a, _)| {
+                    a.as_str() != own && (relay.skips(a, own) || end > relay.for_actor(a))
+                }),
+                None => end > relay.after.min(relay.served_after) || !relay.direct.is_empty(),
             };
             let whole = run.first > cursor
                 && !relayed_held
@@ -1058,11 +1071,12 @@ impl Core {
                     w.iter()
                         .all(|(a, b)| peer.get(a.as_str()).copied().unwrap_or(0) <= *b)
                 });
-            // A row the peer has all of is passed over without decoding it.
+            // A row the peer has all of (or gets directly) is passed over
+            // without decoding it.
             let covered = match (&written, &run.after) {
-                (Some(w), Some(after)) => w
-                    .iter()
-                    .all(|(a, _)| !lacks(a, after.get(a.as_str()).copied().unwrap_or(0))),
+                (Some(w), Some(after)) => w.iter().all(|(a, _)| {
+                    relay.skips(a, own) || !lacks(a, after.get(a.as_str()).copied().unwrap_or(0))
+                }),
                 _ => false,
             };
             if covered {
@@ -1148,6 +1162,14 @@ impl Core {
         let ops = Arc::new(run.operations()?);
         *lock(&self.decoded_row) = Some((key, ops.clone()));
         Ok(ops)
+    }
+
+    /// The sequence number of the oldest of the operations stored last
+    /// that are kept in memory ([`crate::recent::RECENT_OPS`] at most), if
+    /// any: a pusher holds relays among them when a peer connects, since
+    /// the peer may well get them from their authors.
+    pub fn recent_start(&self) -> Option<u64> {
+        lock(&self.recent).first()
     }
 
     /// The sequence number of the last operation stored.

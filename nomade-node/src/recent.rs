@@ -48,6 +48,11 @@ impl RecentOps {
         self.ops.drain(..excess);
     }
 
+    /// The sequence number of the oldest operation kept, if any.
+    pub fn first(&self) -> Option<u64> {
+        self.ops.front().map(|&(seq, _)| seq)
+    }
+
     /// Forgets everything (the store's sequence numbers changed).
     pub fn clear(&mut self) {
         self.ops.clear();

@@ -340,6 +340,15 @@ pub fn all() -> Vec<Sample> {
         "have",
         Have {
             version_vector: vv(&[(LAPTOP, 44)]),
+            direct: None,
+        }
+        .into(),
+    );
+    push(
+        "have_direct",
+        Have {
+            version_vector: vv(&[]),
+            direct: Some(vec![LAPTOP.to_string(), PHONE.to_string()]),
         }
         .into(),
     );

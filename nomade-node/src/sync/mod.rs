@@ -140,6 +140,12 @@ pub const HAVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(
 /// together, a small part of the hold later.
 pub const SERVED_HAVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// The shortest time between two `HAVE`s that only raise counters of
+/// devices the puller pulls from directly: the pusher relays nothing of
+/// theirs anyway, so these only tell it what the puller durably holds (for
+/// compaction), which can wait.
+pub const DIRECT_HAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until(deadline: Option<std::time::Instant>) {
     match deadline {
@@ -547,6 +553,14 @@ mod tests {
     fn have(vv: &[(&str, u64)]) -> Envelope {
         envelope(nomade_wire::Have {
             version_vector: vv.iter().map(|&(a, c)| (a.to_string(), c)).collect(),
+            direct: None,
+        })
+    }
+
+    fn have_direct(devices: &[&str]) -> Envelope {
+        envelope(nomade_wire::Have {
+            version_vector: VersionVector::new(),
+            direct: Some(devices.iter().map(|d| d.to_string()).collect()),
         })
     }
 
@@ -595,11 +609,11 @@ mod tests {
         assert_eq!(relayed, vec![("y".to_string(), 3)]);
     }
 
-    /// A device the peer announced pulling from directly is served there:
-    /// its operations are held for [`SERVED_RELAY_HOLD`], not the (shorter)
-    /// relay hold, before they are relayed.
+    /// A device the peer announced getting operations of from elsewhere is
+    /// served there: its operations are held for [`SERVED_RELAY_HOLD`], not
+    /// the (shorter) relay hold, before they are relayed.
     #[test]
-    fn relays_of_a_device_the_peer_pulls_from_wait_longer() {
+    fn relays_of_a_served_device_wait_longer() {
         let dir = tempfile::tempdir().expect("tempdir");
         let core = core(&dir, "hub");
         let mut pusher = Pusher::new("c", 8);
@@ -634,6 +648,118 @@ mod tests {
         assert_eq!(sent_ops(&mut out), vec![("y".to_string(), 1)]);
     }
 
+    /// Nothing of a device the peer pulls from directly is relayed to it,
+    /// however long it waits (held or stored); once the peer no longer
+    /// pulls from it, what it lacks of it goes, from memory or from the
+    /// database.
+    #[test]
+    fn a_device_the_peer_pulls_from_is_never_relayed_until_it_stops() {
+        for reopened in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut core = core(&dir, "hub");
+            core.apply_remote("y", vec![remote_op("y", 1)])
+                .expect("applies");
+            if reopened {
+                drop(core);
+                core = self::core(&dir, "hub");
+            }
+            let mut pusher = Pusher::new("c", 8);
+            let mut out = Vec::new();
+            let t0 = Instant::now();
+            pusher
+                .receive(&core, full_request(), t0, &mut out)
+                .expect("request");
+            pusher
+                .receive(&core, have_direct(&["y"]), t0, &mut out)
+                .expect("have");
+            core.apply_remote("y", vec![remote_op("y", 2)])
+                .expect("applies");
+            core.apply_remote("x", vec![remote_op("x", 1)])
+                .expect("applies");
+            let mut now = t0;
+            let mut relayed = Vec::new();
+            while now < t0 + MAX_SERVED_RELAY_HOLD {
+                pusher.poll(&core, now, &mut out).expect("poll");
+                relayed.extend(sent_ops(&mut out));
+                now += Duration::from_millis(500);
+            }
+            assert_eq!(relayed, vec![("x".to_string(), 1)], "reopened: {reopened}");
+            assert_eq!(pusher.poll_timeout(), None, "nothing held");
+            // The peer's link to y broke: y's operations go at once.
+            pusher
+                .receive(&core, have_direct(&[]), now, &mut out)
+                .expect("have");
+            pusher.poll(&core, now, &mut out).expect("poll");
+            assert_eq!(
+                sent_ops(&mut out),
+                vec![("y".to_string(), 1), ("y".to_string(), 2)],
+                "reopened: {reopened}"
+            );
+        }
+    }
+
+    /// A peer connecting: relays among the operations stored last are held
+    /// from the request like new ones (the peer may pull from their authors
+    /// and say so meanwhile), and `SYNC_COMPLETE` waits for them; this
+    /// device's own go at once. Relays stored long before (after a restart
+    /// nothing is kept in memory) go at once, the catch-up of a device that
+    /// was away.
+    #[test]
+    fn relays_stored_just_before_a_request_wait_and_the_initial_exchange_with_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut core = core(&dir, "hub");
+        core.apply_remote("x", vec![remote_op("x", 1)])
+            .expect("applies");
+        core.apply_remote("y", vec![remote_op("y", 1)])
+            .expect("applies");
+        set(&core, 1);
+        let completes = |envs: &[Envelope]| {
+            envs.iter()
+                .any(|e| matches!(e.message, Message::SyncComplete(_)))
+        };
+        let ops = |envs: &[Envelope]| -> Vec<String> {
+            envs.iter()
+                .flat_map(|e| match &e.message {
+                    Message::BatchedSync(b) => b.operations.clone(),
+                    _ => Vec::new(),
+                })
+                .map(|op| op.actor_id)
+                .collect()
+        };
+        let t0 = Instant::now();
+        let mut pusher = Pusher::new("c", 8);
+        let mut out = Vec::new();
+        pusher
+            .receive(&core, full_request(), t0, &mut out)
+            .expect("request");
+        pusher.poll(&core, t0, &mut out).expect("poll");
+        let first = messages(&mut out);
+        assert_eq!(ops(&first), vec!["hub".to_string()], "own at once");
+        assert!(!completes(&first), "completed before the held relays");
+        // The peer pulls from y directly: only x's goes, then the end.
+        pusher
+            .receive(&core, have_direct(&["y"]), t0, &mut out)
+            .expect("have");
+        let later = t0 + INITIAL_RELAY_HOLD;
+        assert_eq!(pusher.poll_timeout(), Some(later));
+        pusher.poll(&core, later, &mut out).expect("poll");
+        let then = messages(&mut out);
+        assert_eq!(ops(&then), vec!["x".to_string()]);
+        assert!(completes(&then));
+        // After a restart nothing is kept in memory: all of it at once.
+        drop(pusher);
+        drop(core);
+        core = self::core(&dir, "hub");
+        let mut pusher = Pusher::new("c", 8);
+        pusher
+            .receive(&core, full_request(), t0, &mut out)
+            .expect("request");
+        pusher.poll(&core, t0, &mut out).expect("poll");
+        let all = messages(&mut out);
+        assert_eq!(ops(&all).len(), 3);
+        assert!(completes(&all));
+    }
+
     /// A scan hands held operations back, at most the room asked for; the
     /// cursor stops before the first that did not fit, so a later scan
     /// finds it (a pusher's memory of held operations is bounded).
@@ -656,6 +782,7 @@ mod tests {
             after: 0,
             served_after: 0,
             served: &served,
+            direct: &served,
         };
         let sent = |scan: &crate::core::PushScan| -> usize {
             scan.items
@@ -765,9 +892,12 @@ mod tests {
         assert!(core.acked_by("c").is_empty());
     }
 
-    /// A puller announces, once, each device this one pulls from directly
-    /// (other than its own peer), at the counter held, 0 for none; later
-    /// counters of a device named before wait for the longer interval.
+    /// A puller lists the devices this one pulls from directly (other than
+    /// its own peer) when they change, at the short interval; counters of
+    /// those devices wait for [`DIRECT_HAVE_INTERVAL`], counters of a
+    /// device named before and not pulled from for
+    /// [`SERVED_HAVE_INTERVAL`], a device never named for
+    /// [`HAVE_INTERVAL`].
     #[test]
     fn a_puller_announces_the_devices_this_one_pulls_from() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -778,43 +908,54 @@ mod tests {
         from_c.request(&core);
         assert_eq!(core.pulling(), vec!["b".to_string(), "c".to_string()]);
         let now = Instant::now();
-        let names = |env: Option<Envelope>| match env.map(|e| e.message) {
-            Some(Message::Have(h)) => h.version_vector,
+        let have = |env: Option<Envelope>| match env.map(|e| e.message) {
+            Some(Message::Have(h)) => (h.version_vector, h.direct),
             other => panic!("{other:?}"),
         };
+        let list = |devices: &[&str]| Some(devices.iter().map(|d| d.to_string()).collect());
         assert_eq!(
-            names(from_b.poll_have(&core, now)),
-            [("c".to_string(), 0)].into()
+            have(from_b.poll_have(&core, now)),
+            (VersionVector::new(), list(&["c"]))
         );
         assert_eq!(
-            names(from_c.poll_have(&core, now)),
-            [("b".to_string(), 0)].into()
+            have(from_c.poll_have(&core, now)),
+            (VersionVector::new(), list(&["b"]))
         );
         let later = now + HAVE_INTERVAL;
         assert!(from_b.poll_have(&core, later).is_none(), "announced twice");
-        // c's first operation, from c: a counter of a device named before
-        // waits for the longer interval.
+        // c's first operation, from c: c is pulled from directly, its
+        // counter waits for the longest interval.
         core.apply_remote("c", vec![remote_op("c", 1)])
             .expect("applies");
         assert!(
             from_b.poll_have(&core, later).is_none(),
             "a raise went early"
         );
-        assert_eq!(from_b.have_timeout(), Some(now + SERVED_HAVE_INTERVAL));
-        assert_eq!(
-            names(from_b.poll_have(&core, now + SERVED_HAVE_INTERVAL)),
-            [("c".to_string(), 1)].into()
-        );
-        // A device never named goes at the short interval.
+        assert_eq!(from_b.have_timeout(), Some(now + DIRECT_HAVE_INTERVAL));
+        // A device never named goes at the short interval, with c's.
         core.apply_remote("x", vec![remote_op("x", 1)])
             .expect("applies");
-        let soon = now + SERVED_HAVE_INTERVAL + HAVE_INTERVAL;
         assert_eq!(
-            names(from_b.poll_have(&core, soon)),
-            [("x".to_string(), 1)].into()
+            have(from_b.poll_have(&core, later)),
+            ([("c".to_string(), 1), ("x".to_string(), 1)].into(), None)
         );
+        // Named before and not pulled from: the served interval.
+        core.apply_remote("x", vec![remote_op("x", 2)])
+            .expect("applies");
+        assert!(from_b.poll_have(&core, later + HAVE_INTERVAL).is_none());
+        assert_eq!(from_b.have_timeout(), Some(later + SERVED_HAVE_INTERVAL));
+        let then = later + SERVED_HAVE_INTERVAL;
+        assert_eq!(
+            have(from_b.poll_have(&core, then)),
+            ([("x".to_string(), 2)].into(), None)
+        );
+        // This device stops pulling from c: b is told at once.
         drop(from_c);
         assert_eq!(core.pulling(), vec!["b".to_string()]);
+        assert_eq!(
+            have(from_b.poll_have(&core, then + HAVE_INTERVAL)),
+            (VersionVector::new(), list(&[]))
+        );
     }
 
     /// ACK means durable: a message whose operation waits in the causal

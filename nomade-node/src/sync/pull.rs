@@ -20,8 +20,8 @@ use nomade_wire::{
 };
 
 use super::{
-    envelope, error_message, peer_error, refused_by, SyncSummary, HAVE_INTERVAL,
-    SERVED_HAVE_INTERVAL,
+    envelope, error_message, peer_error, refused_by, SyncSummary, DIRECT_HAVE_INTERVAL,
+    HAVE_INTERVAL, SERVED_HAVE_INTERVAL,
 };
 use crate::core::{Core, PullingGuard};
 use crate::error::NodeError;
@@ -60,14 +60,20 @@ pub struct Puller {
     last_have: Option<Instant>,
     /// When a `HAVE` that waited for its interval may go.
     next_have: Option<Instant>,
-    /// The devices announced as pulled from directly.
+    /// The devices announced as pulled from directly, as last sent.
     announced_direct: BTreeSet<String>,
+    /// The devices this device pulls from directly (other than the peer),
+    /// as last looked at.
+    direct: BTreeSet<String>,
     /// Devices whose counters rose here and may be announced, with their
     /// counters (gathered from [`Core::counters_since`], so a poll costs
     /// what changed since the last, not the version vector).
     candidates: BTreeMap<String, u64>,
-    /// Whether a candidate names a device never announced.
-    unnamed: bool,
+    /// How soon the candidates are to be announced: [`HAVE_INTERVAL`] when
+    /// one names a device never announced, [`SERVED_HAVE_INTERVAL`] when
+    /// one raises a device the puller does not pull from directly,
+    /// [`DIRECT_HAVE_INTERVAL`] otherwise.
+    urgency: Option<std::time::Duration>,
     /// The generation of [`Core::counters_since`] gathered up to.
     counters_seen: u64,
     /// Tells when the devices this one pulls from change.
@@ -94,9 +100,10 @@ impl Puller {
             last_have: None,
             next_have: None,
             announced_direct: BTreeSet::new(),
+            direct: BTreeSet::new(),
             candidates: BTreeMap::new(),
             counters_seen: 0,
-            unnamed: false,
+            urgency: None,
             pulling_changes: None,
             look_at_pulling: true,
             pulling: None,
@@ -114,19 +121,42 @@ impl Puller {
 
     /// A `HAVE` to send now, if this device holds operations of devices
     /// other than itself and the peer beyond what the peer is known to have
-    /// (announced before, or sent by the peer itself), or pulls from a
-    /// device it has not announced yet ([`Core::pulling_from`]). Only the
-    /// counters raised, and the devices newly pulled from, are named. A
-    /// `HAVE` naming a device for the first time goes at most every
-    /// [`HAVE_INTERVAL`]; one only raising counters of devices named before
-    /// (the pusher holds theirs longer) at most every
-    /// [`SERVED_HAVE_INTERVAL`].
+    /// (announced before, or sent by the peer itself), or the devices it
+    /// pulls from directly ([`Core::pulling_from`]) changed since it last
+    /// said. Only the counters raised are named; the devices pulled from
+    /// are listed whole when they changed. A `HAVE` naming a device for
+    /// the first time or with a new list goes at most every
+    /// [`HAVE_INTERVAL`]; one raising counters of devices named before at
+    /// most every [`SERVED_HAVE_INTERVAL`], or every
+    /// [`DIRECT_HAVE_INTERVAL`] when they are all devices this one pulls
+    /// from directly (the pusher relays nothing of theirs).
     pub fn poll_have(&mut self, core: &Core, now: Instant) -> Option<Envelope> {
         self.next_have = None;
         if !self.announce {
             return None;
         }
         let own = core.device_id();
+        let pulling_changed = match &mut self.pulling_changes {
+            Some(rx) => rx.has_changed().unwrap_or(false),
+            None => true,
+        };
+        if pulling_changed || self.look_at_pulling {
+            if let Some(rx) = &mut self.pulling_changes {
+                rx.mark_unchanged();
+            }
+            self.look_at_pulling = false;
+            self.direct = core
+                .pulling()
+                .into_iter()
+                .filter(|d| *d != self.peer && d != own)
+                .collect();
+            // What the candidates wait for depends on which are direct.
+            let candidates = std::mem::take(&mut self.candidates);
+            self.urgency = None;
+            for (actor, c) in candidates {
+                self.add_candidate(actor, c);
+            }
+        }
         let changed: Vec<(String, u64)> = core
             .counters_since(&mut self.counters_seen)
             .into_iter()
@@ -136,60 +166,34 @@ impl Puller {
         // by the peer itself.
         let from_peer = core.received_counters(&self.peer, changed.iter().map(|(a, _)| a));
         for ((actor, c), sent) in changed.into_iter().zip(from_peer) {
-            let announced = self.announced.get(&actor).copied();
-            if c > announced.unwrap_or(0).max(sent) {
-                self.unnamed |= announced.is_none();
-                self.candidates.insert(actor, c);
+            if c > sent {
+                self.add_candidate(actor, c);
             }
         }
-        // The devices this one pulls from directly, at the counter held
-        // (0 for none yet): the pusher need not relay theirs.
-        let pulling_changed = match &mut self.pulling_changes {
-            Some(rx) => rx.has_changed().unwrap_or(false),
-            None => true,
-        };
-        let direct: Vec<String> = if pulling_changed || self.look_at_pulling {
-            if let Some(rx) = &mut self.pulling_changes {
-                rx.mark_unchanged();
-            }
-            self.look_at_pulling = false;
-            core.pulling()
-                .into_iter()
-                .filter(|d| *d != self.peer && d != own && !self.announced_direct.contains(d))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        if self.candidates.is_empty() && direct.is_empty() {
-            return None;
-        }
-        let first_naming = self.unnamed || !direct.is_empty();
-        let interval = if first_naming {
-            HAVE_INTERVAL
-        } else {
-            SERVED_HAVE_INTERVAL
+        let new_list = self.direct != self.announced_direct;
+        let interval = match (new_list, self.urgency) {
+            (true, _) => HAVE_INTERVAL,
+            (false, Some(interval)) => interval,
+            (false, None) => return None,
         };
         if let Some(at) = self.last_have {
             if now.saturating_duration_since(at) < interval {
                 self.next_have = Some(at + interval);
-                // The devices newly pulled from are looked at again then.
-                self.look_at_pulling |= !direct.is_empty();
                 return None;
             }
         }
         // What the peer sent meanwhile need not be announced.
         let mut raised = std::mem::take(&mut self.candidates);
-        self.unnamed = false;
+        self.urgency = None;
         let from_peer = core.received_counters(&self.peer, raised.keys());
         let mut from_peer = from_peer.into_iter();
         raised.retain(|_, c| *c > from_peer.next().unwrap_or(0));
-        let held = core.counters_of(direct.iter().map(String::as_str));
-        for (device, c) in direct.iter().zip(held) {
-            raised.entry(device.clone()).or_insert(c);
-        }
-        self.announced_direct.extend(direct);
-        if raised.is_empty() {
+        let direct = new_list.then(|| self.direct.iter().cloned().collect::<Vec<_>>());
+        if raised.is_empty() && direct.is_none() {
             return None;
+        }
+        if new_list {
+            self.announced_direct = self.direct.clone();
         }
         for (actor, &c) in &raised {
             nomade_crdt::raise_counter(&mut self.announced, actor, c);
@@ -197,7 +201,26 @@ impl Puller {
         self.last_have = Some(now);
         Some(envelope(Have {
             version_vector: raised,
+            direct,
         }))
+    }
+
+    /// Adds a device's counter to what the next `HAVE` announces, if above
+    /// what was announced, and notes how soon that must go.
+    fn add_candidate(&mut self, actor: String, counter: u64) {
+        let announced = self.announced.get(&actor).copied();
+        if counter <= announced.unwrap_or(0) {
+            return;
+        }
+        let interval = if self.direct.contains(&actor) {
+            DIRECT_HAVE_INTERVAL
+        } else if announced.is_none() {
+            HAVE_INTERVAL
+        } else {
+            SERVED_HAVE_INTERVAL
+        };
+        self.urgency = Some(self.urgency.map_or(interval, |u| u.min(interval)));
+        self.candidates.insert(actor, counter);
     }
 
     /// When [`Puller::poll_have`] should run again although nothing new was

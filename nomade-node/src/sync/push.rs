@@ -90,6 +90,9 @@ pub struct Pusher {
     /// Devices whose operations the peer announced getting from elsewhere
     /// (in its knowledge, so bounded as it is).
     served: BTreeSet<String>,
+    /// Devices the peer pulls from directly, as it last said: nothing of
+    /// theirs is relayed to it (at most the replica's bound on devices).
+    direct: BTreeSet<String>,
     /// Operations of other devices read from the store and held until
     /// their hold ends, at most [`MAX_HELD_OPS`].
     held_ops: HeldOps,
@@ -114,6 +117,9 @@ pub struct Pusher {
     cursor: Option<u64>,
     /// Operations sent in the initial exchange, until `SYNC_COMPLETE`.
     initial: Option<usize>,
+    /// The store's last sequence number when the request came: the initial
+    /// exchange ends once everything up to it the peer lacks is sent.
+    initial_upto: u64,
     /// Frames sent and not yet acknowledged.
     unacked: HashMap<MessageId, Unacked>,
     batch: BatchEncoder,
@@ -136,6 +142,15 @@ impl HeldOps {
 
     fn is_empty(&self) -> bool {
         self.unserved.is_empty() && self.served.is_empty()
+    }
+
+    /// The sequence number of the first operation held, if any.
+    fn first_seq(&self) -> Option<u64> {
+        let first = |q: &VecDeque<(u64, Arc<SyncOperation>)>| q.front().map(|&(s, _)| s);
+        match (first(&self.unserved), first(&self.served)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn clear(&mut self) {
@@ -163,6 +178,7 @@ impl HeldOps {
     ) -> Vec<Arc<SyncOperation>> {
         let lacks = |op: &SyncOperation| {
             op.operation.last_counter() > knowledge.get(&op.actor_id).copied().unwrap_or(0)
+                && !cutoff.direct.contains(&op.actor_id)
         };
         let mut released = Vec::new();
         while let Some((seq, _)) = self.unserved.front() {
@@ -235,6 +251,7 @@ impl Pusher {
             relay_after: 0,
             served_after: 0,
             served: BTreeSet::new(),
+            direct: BTreeSet::new(),
             held_ops: HeldOps::default(),
             held: false,
             rtt: RoundTrip::default(),
@@ -244,6 +261,7 @@ impl Pusher {
             covers_compacted: None,
             cursor: None,
             initial: Some(0),
+            initial_upto: 0,
             unacked: HashMap::new(),
             batch: BatchEncoder::new(MAX_BATCH_PAYLOAD),
         }
@@ -343,9 +361,19 @@ impl Pusher {
                 // peer has.
                 self.cursor = Some(core.resume_point(&self.knowledge)?);
                 // What is stored now is the peer's catch-up: nothing of it
-                // is held.
-                self.relay_after = core.last_seq();
+                // is held, but for the relays among the operations stored
+                // last (kept in memory), which are held from now like new
+                // ones: the peer, connecting, may well pull from their
+                // authors too, and say so with `HAVE` meanwhile.
+                let last = core.last_seq();
+                self.initial_upto = last;
+                self.relay_after = core
+                    .recent_start()
+                    .map_or(last, |first| last.min(first.saturating_sub(1)));
                 self.served_after = self.relay_after;
+                if self.relay_after < last {
+                    self.seen.push_back((last, now));
+                }
                 // What the peer says it holds counts as acknowledged: with
                 // what it acknowledges later, it is what compaction may drop.
                 core.record_ack(&self.peer, &self.knowledge);
@@ -388,6 +416,22 @@ impl Pusher {
                 // Durably held by the peer, as far as it exists here: as
                 // good as acknowledged.
                 core.record_ack(&self.peer, &held);
+                if let Some(direct) = h.direct {
+                    let direct: BTreeSet<String> = direct.into_iter().take(bound).collect();
+                    // A device the peer no longer pulls from: what it lacks
+                    // of it was passed over, so the scan goes back to where
+                    // everything is covered by what the peer is known to
+                    // have.
+                    if self.direct.iter().any(|d| !direct.contains(d)) {
+                        if let Some(cursor) = self.cursor {
+                            let back = core.resume_point(&self.knowledge)?;
+                            self.cursor = Some(cursor.min(back));
+                            // Found again by the scan.
+                            self.held_ops.clear();
+                        }
+                    }
+                    self.direct = direct;
+                }
                 Ok(())
             }
             (Message::Error(e), _) => Err(refused_by(&self.peer, &e)),
@@ -460,9 +504,13 @@ impl Pusher {
             after: self.relay_after,
             served_after: self.served_after,
             served: &self.served,
+            direct: &self.direct,
         };
         let released = self.held_ops.release(cutoff, &self.knowledge);
         if !released.is_empty() {
+            if let Some(n) = &mut self.initial {
+                *n += released.len();
+            }
             let frames = self.send_batches(&released, now, out)?;
             Metrics::add(&core.metrics().ops_sent, released.len() as u64);
             tracing::debug!(peer = %self.peer, ops = released.len(), frames, "relayed held operations");
@@ -514,6 +562,16 @@ impl Pusher {
         if more {
             return Ok(true);
         }
+        // The initial exchange ends when nothing stored before the request
+        // waits any more (held, or after the cursor).
+        let pending = scan.held_back && self.cursor.is_some_and(|c| c < self.initial_upto)
+            || self
+                .held_ops
+                .first_seq()
+                .is_some_and(|s| s <= self.initial_upto);
+        if pending {
+            return Ok(false);
+        }
         if let Some(count) = self.initial.take() {
             out.push(Transmit::Message(envelope(SyncComplete {
                 entity_types: vec![EntityType::Document, EntityType::Conversation],
@@ -530,6 +588,7 @@ impl Pusher {
             after: self.relay_after,
             served_after: self.served_after,
             served: &self.served,
+            direct: &self.direct,
         }
     }
 
