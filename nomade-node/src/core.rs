@@ -89,6 +89,22 @@ impl RelayCutoff<'_> {
     }
 }
 
+/// Operations from peers waiting to be committed together (see
+/// [`Core::apply_remote`]).
+#[derive(Default)]
+struct CommitQueue {
+    /// The last ticket handed out.
+    last_ticket: u64,
+    /// Waiting: ticket, peer, operations.
+    pending: Vec<(u64, String, Vec<SyncOperation>)>,
+    /// Committed by another caller, by ticket: how many of the operations
+    /// were applied, or why not.
+    done: HashMap<u64, Result<usize, NodeError>>,
+}
+
+/// Proof that the log's writer lock is held ([`Core::commit_lock`]).
+struct CommitGuard<'a>(#[allow(dead_code)] MutexGuard<'a, ()>);
+
 /// Sorts the operations a pusher's scan finds: to send, held back (see
 /// [`Core::push_items`]), or already with the peer.
 struct Sorter<'a> {
@@ -227,6 +243,16 @@ pub struct Core {
     journal: Mutex<CounterJournal>,
     /// Bumped whenever `compacted` changes.
     compaction_generation: std::sync::atomic::AtomicU64,
+    /// Held by whoever writes the log (see [`Core::apply_remote`]): the log
+    /// is appended in the order the replica applied, while the replica
+    /// itself is unlocked during the disk write.
+    commit: Mutex<()>,
+    /// Operations from peers waiting for the next commit, and the results
+    /// of those committed for callers still waiting.
+    commit_queue: Mutex<CommitQueue>,
+    /// The version vector of what the log durably holds (the replica's
+    /// may be ahead while a commit is being written).
+    durable: Mutex<VersionVector>,
     /// How long a paired device may stay silent and still hold compaction
     /// back, in ms (see [`Core::compaction_hold`]).
     compaction_hold_ms: std::sync::atomic::AtomicU64,
@@ -323,6 +349,7 @@ impl Core {
         for (actor, &c) in replica.version_vector() {
             journal.raise(actor, c);
         }
+        let durable = replica.version_vector().clone();
         let (changes, _) = broadcast::channel(4096);
         Ok(Arc::new(Core {
             dir: dir.to_path_buf(),
@@ -347,6 +374,9 @@ impl Core {
             recent: Mutex::new(RecentOps::default()),
             journal: Mutex::new(journal),
             compaction_generation: std::sync::atomic::AtomicU64::new(0),
+            commit: Mutex::new(()),
+            commit_queue: Mutex::new(CommitQueue::default()),
+            durable: Mutex::new(durable),
             delivery_lag_ms: std::sync::atomic::AtomicU64::new(0),
             compaction_hold_ms: std::sync::atomic::AtomicU64::new(
                 DEFAULT_COMPACTION_HOLD.as_millis() as u64,
@@ -470,6 +500,7 @@ impl Core {
                 e => NodeError::from(e),
             })?;
         let base = incoming.version_vector().clone();
+        let _writer = self.commit_lock();
         let mut replica = self.replica();
         if crate::store::covers(replica.version_vector(), &base) {
             // Nothing this device lacks (another peer brought it meanwhile).
@@ -521,6 +552,7 @@ impl Core {
         self.snapshot_seq.store(snapshot_seq, Ordering::Relaxed);
         self.snapshot_len
             .store(bytes.len() as u64, Ordering::Relaxed);
+        *lock(&self.durable) = next.version_vector().clone();
         *replica = next;
         self.appended.send_replace(seq);
         Metrics::add(&self.metrics.snapshots_adopted, 1);
@@ -548,6 +580,7 @@ impl Core {
     /// replaying them (called when the node shuts down).
     pub fn checkpoint(&self) {
         self.save_acked();
+        let _writer = self.commit_lock();
         let replica = self.replica();
         let seq = *self.appended.borrow();
         // A few edits (a command-line `doc set`) are quicker replayed than
@@ -621,19 +654,28 @@ impl Core {
         self.changes.subscribe()
     }
 
+    /// Takes the log's writer lock: whoever holds it is the only one to
+    /// apply operations to the replica and append them to the log.
+    fn commit_lock(&self) -> CommitGuard<'_> {
+        CommitGuard(lock(&self.commit))
+    }
+
     /// Stores the operations the replica just applied durably, and returns
     /// them; if that fails, rebuilds the replica from the store so that
-    /// memory never runs ahead of the disk. The history is the store's: the
-    /// replica holds none.
+    /// memory never runs ahead of the disk for long. The history is the
+    /// store's: the replica holds none. The replica is unlocked (`replica`
+    /// dropped) while the disk syncs, so that reads go on; the writer lock
+    /// keeps anything else from applying meanwhile.
     ///
     /// `join_runs` (for this device's own edits) stores operations that
     /// continue one another as one run ([`nomade_crdt::runs`]): a hundred
     /// keystrokes typed in a row are one operation on disk and on the wire.
     /// Operations from peers are stored as they came, so that every device
     /// holds the same operations.
-    fn persist(
+    fn write_log(
         &self,
-        replica: &mut Replica,
+        _writer: &CommitGuard<'_>,
+        mut replica: MutexGuard<'_, Replica>,
         join_runs: bool,
     ) -> Result<Vec<SyncOperation>, NodeError> {
         let mut ops = replica.take_applied();
@@ -657,20 +699,26 @@ impl Core {
             }
         }
         before.retain(|_, c| *c > 0);
+        drop(replica);
         match self.store.append_ops(&ops, Some(&before)) {
             Ok(seq) => {
                 lock(&self.recent).extend(seq, &ops);
                 {
                     let mut journal = lock(&self.journal);
+                    let mut durable = lock(&self.durable);
                     for op in &ops {
-                        journal.raise(&op.actor_id, op.operation.last_counter());
+                        let last = op.operation.last_counter();
+                        journal.raise(&op.actor_id, last);
+                        nomade_crdt::raise_counter(&mut durable, &op.actor_id, last);
                     }
                 }
                 self.appended.send_replace(seq);
                 let every = SNAPSHOT_EVERY
                     .max(self.snapshot_len.load(Ordering::Relaxed) / SNAPSHOT_BYTES_PER_OP);
                 if seq >= self.snapshot_seq.load(Ordering::Relaxed) + every {
-                    self.write_snapshot(replica, seq);
+                    // Under the writer lock: the replica holds what the log
+                    // holds, up to `seq`.
+                    self.write_snapshot(&self.replica(), seq);
                 }
                 Ok(ops)
             }
@@ -678,11 +726,18 @@ impl Core {
                 tracing::error!(error = %e, "could not store operations; reloading the replica from disk");
                 if let Ok((r, ..)) = load_replica(&self.store, &self.device_id, self.replica_config)
                 {
-                    *replica = r;
+                    *self.replica() = r;
                 }
                 Err(e.into())
             }
         }
+    }
+
+    /// The version vector of what this device durably holds: its log
+    /// (the replica's, [`Core::version_vector`], may be ahead while a
+    /// commit is being written). What a peer is told this device holds.
+    pub fn durable_version_vector(&self) -> VersionVector {
+        lock(&self.durable).clone()
     }
 
     /// Applies a local edit and stores its operations durably before returning them.
@@ -714,6 +769,7 @@ impl Core {
         check: impl FnOnce(&Replica) -> Result<(), NodeError>,
         edits: Vec<(EntityType, String, LocalEdit)>,
     ) -> Result<Vec<SyncOperation>, NodeError> {
+        let writer = self.commit_lock();
         let mut replica = self.replica();
         check(&replica)?;
         let mut ops = Vec::new();
@@ -743,8 +799,8 @@ impl Core {
             }
             return Err(e);
         }
-        let ops = self.persist(&mut replica, true)?;
-        drop(replica);
+        let ops = self.write_log(&writer, replica, true)?;
+        drop(writer);
         for (entity_type, entity_id) in changed {
             let _ = self.changes.send(Change {
                 entity_id,
@@ -758,59 +814,141 @@ impl Core {
 
     /// Applies operations received from `peer` (through the causal buffer) and
     /// stores every operation that became applied, durably, before returning
-    /// how many were applied. Only then may they be acknowledged.
+    /// how many of these were applied. Only then may they be acknowledged.
+    ///
+    /// Commits are grouped: operations that peers' pulls hand over while a
+    /// commit is being written wait, and the next caller to take the
+    /// writer lock applies all of them and stores them in one transaction
+    /// (one disk sync for many peers), then hands each caller its result.
     pub fn apply_remote(&self, peer: &str, ops: Vec<SyncOperation>) -> Result<usize, NodeError> {
+        let ticket = {
+            let mut queue = lock(&self.commit_queue);
+            queue.last_ticket += 1;
+            let ticket = queue.last_ticket;
+            queue.pending.push((ticket, peer.to_string(), ops));
+            ticket
+        };
+        let writer = self.commit_lock();
+        // Committed by the caller that held the lock before?
+        if let Some(result) = lock(&self.commit_queue).done.remove(&ticket) {
+            return result;
+        }
+        let group = std::mem::take(&mut lock(&self.commit_queue).pending);
+        Metrics::add(&self.metrics.remote_commits, 1);
+        let mut results = self.commit_remote(&writer, group);
+        drop(writer);
+        let mine = results.remove(&ticket);
+        if !results.is_empty() {
+            lock(&self.commit_queue).done.extend(results);
+        }
+        mine.unwrap_or_else(|| Err(NodeError::CorruptLog("a commit lost its operations".into())))
+    }
+
+    /// Applies a group of peers' operations and stores what became applied
+    /// in one transaction; returns each caller's result by ticket.
+    fn commit_remote(
+        &self,
+        writer: &CommitGuard<'_>,
+        group: Vec<(u64, String, Vec<SyncOperation>)>,
+    ) -> HashMap<u64, Result<usize, NodeError>> {
         let mut replica = self.replica();
-        let mut first_err = None;
-        let sent = nomade_crdt::last_counters(&ops);
-        for op in ops {
-            if let Err(e) = replica.apply_remote(op) {
-                self.metrics.record_error("SYNC_OPERATION");
-                if matches!(e, nomade_crdt::CrdtError::TooManyActors { .. }) {
-                    self.metrics.record_error("TOO_MANY_ACTORS");
-                }
-                tracing::warn!(peer, error = %e, "refused an operation");
-                first_err.get_or_insert(e);
-            }
-        }
-        // What the peer sent, as far as this device now holds it, the peer
-        // holds too (noted before the store wakes the pushers; beyond what
-        // is applied here, operations may never be valid). What any peer
-        // sent that waited in the causal buffer and is applied now counts
-        // too: sending it back would be an echo.
-        {
-            let vv = replica.version_vector();
-            let mut claimed = lock(&self.claimed);
-            let mut received = lock(&self.received);
-            let theirs = claimed.entry(peer.to_string()).or_default();
-            for (actor, &last) in &sent {
-                nomade_crdt::raise_counter(theirs, actor, last);
-            }
-            claimed.retain(|p, claims| {
-                let (generation, got) = received.entry(p.clone()).or_default();
-                claims.retain(|actor, last| {
-                    let held = vv.get(actor).copied().unwrap_or(0);
-                    let now = (*last).min(held);
-                    if got.get(actor).is_none_or(|&had| had < now) {
-                        got.insert(actor.clone(), now);
-                        *generation += 1;
+        let mut outcomes = Vec::with_capacity(group.len());
+        for (ticket, peer, ops) in group {
+            let before = replica.applied().len();
+            let mut first_err = None;
+            let sent = nomade_crdt::last_counters(&ops);
+            for op in ops {
+                if let Err(e) = replica.apply_remote(op) {
+                    self.metrics.record_error("SYNC_OPERATION");
+                    if matches!(e, nomade_crdt::CrdtError::TooManyActors { .. }) {
+                        self.metrics.record_error("TOO_MANY_ACTORS");
                     }
-                    *last > held
-                });
-                !claims.is_empty()
-            });
+                    tracing::warn!(%peer, error = %e, "refused an operation");
+                    first_err.get_or_insert(e);
+                }
+            }
+            self.note_received(&replica, &peer, &sent);
+            let applied = replica.applied().len() - before;
+            outcomes.push((ticket, peer, applied, first_err));
         }
-        // What was applied (these and buffered ones they released), in the
-        // order applied.
-        let applied_ops = self.persist(&mut replica, false)?;
-        let applied = applied_ops.len();
         // Counted while the replica is still locked: whoever sees the new
         // state also sees it in the metrics.
-        Metrics::add(&self.metrics.ops_applied, applied as u64);
+        let applied = replica.applied().len() as u64;
+        Metrics::add(&self.metrics.ops_applied, applied);
+        // What was applied (these and buffered ones they released), in the
+        // order applied.
+        let stored = match self.write_log(writer, replica, false) {
+            Ok(ops) => ops,
+            Err(e) => {
+                // Nothing of it is kept.
+                self.metrics
+                    .ops_applied
+                    .fetch_sub(applied, Ordering::Relaxed);
+                let why = e.to_string();
+                let mut e = Some(e);
+                return outcomes
+                    .into_iter()
+                    .map(|(ticket, ..)| {
+                        let error = e.take().unwrap_or_else(|| {
+                            NodeError::Store(crate::error::StoreError::Database(why.clone()))
+                        });
+                        (ticket, Err(error))
+                    })
+                    .collect();
+            }
+        };
+        self.announce_applied(&stored);
+        outcomes
+            .into_iter()
+            .map(|(ticket, peer, applied, first_err)| {
+                if applied > 0 {
+                    self.note_sync(&peer);
+                }
+                let result = match first_err {
+                    Some(e) if applied == 0 => Err(e.into()),
+                    _ => Ok(applied),
+                };
+                (ticket, result)
+            })
+            .collect()
+    }
+
+    /// Notes what `peer` sent (`sent`: the last counter of each device in
+    /// it) as far as the replica now holds it: the peer holds it too
+    /// (noted before the store wakes the pushers; beyond what is applied
+    /// here, operations may never be valid). What any peer sent that
+    /// waited in the causal buffer and is applied now counts too: sending
+    /// it back would be an echo.
+    fn note_received(&self, replica: &Replica, peer: &str, sent: &VersionVector) {
+        let vv = replica.version_vector();
+        let mut claimed = lock(&self.claimed);
+        let mut received = lock(&self.received);
+        let theirs = claimed.entry(peer.to_string()).or_default();
+        for (actor, &last) in sent {
+            nomade_crdt::raise_counter(theirs, actor, last);
+        }
+        claimed.retain(|p, claims| {
+            let (generation, got) = received.entry(p.clone()).or_default();
+            claims.retain(|actor, last| {
+                let held = vv.get(actor).copied().unwrap_or(0);
+                let now = (*last).min(held);
+                if got.get(actor).is_none_or(|&had| had < now) {
+                    got.insert(actor.clone(), now);
+                    *generation += 1;
+                }
+                *last > held
+            });
+            !claims.is_empty()
+        });
+    }
+
+    /// Tells subscribers about operations from peers just stored, and
+    /// notes how long they took to arrive.
+    fn announce_applied(&self, ops: &[SyncOperation]) {
         let now = now_ms();
         let mut last: Option<&SyncOperation> = None;
-        for op in &applied_ops {
-            tracing::debug!(peer, entity = %op.entity_id, actor = %op.actor_id, counter = op.operation.counter, "applied");
+        for op in ops {
+            tracing::debug!(entity = %op.entity_id, actor = %op.actor_id, counter = op.operation.counter, "applied");
             self.metrics
                 .record_latency_us(now.saturating_sub(op.timestamp).saturating_mul(1000));
             self.note_delivery_lag(now.saturating_sub(op.timestamp));
@@ -829,14 +967,6 @@ impl Core {
                 });
             }
             last = Some(op);
-        }
-        drop(replica);
-        if applied > 0 {
-            self.note_sync(peer);
-        }
-        match first_err {
-            Some(e) if applied == 0 => Err(e.into()),
-            _ => Ok(applied),
         }
     }
 
@@ -1336,5 +1466,71 @@ impl Core {
             .values()
             .fold(0u64, |sum, &c| sum.saturating_add(c));
         usize::try_from(total).unwrap_or(usize::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nomade_wire::{CrdtOperation, Edit};
+
+    fn op(actor: &str) -> SyncOperation {
+        SyncOperation {
+            entity_id: format!("doc-{actor}"),
+            entity_type: EntityType::Document,
+            operation: CrdtOperation {
+                counter: 1,
+                deps: VersionVector::new(),
+                edit: Edit::Set {
+                    key: "k".into(),
+                    value: Value::Int(1),
+                },
+            },
+            timestamp: now_ms(),
+            actor_id: actor.into(),
+        }
+    }
+
+    /// Group commit: operations that pulls hand over while a commit is
+    /// being written wait, and go to the disk together in the next one;
+    /// each caller gets its own result once they are durable.
+    #[test]
+    fn operations_handed_over_during_a_commit_go_in_the_next_one_together() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let core = Core::open(dir.path(), "me", ReplicaConfig::default()).expect("open");
+        // A commit being written.
+        let writer = core.commit_lock();
+        let pulls: Vec<_> = (0..8)
+            .map(|i| {
+                let core = core.clone();
+                std::thread::spawn(move || {
+                    let peer = format!("p{i}");
+                    core.apply_remote(&peer, vec![op(&peer)])
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while lock(&core.commit_queue).pending.len() < 8 {
+            assert!(std::time::Instant::now() < deadline, "pulls never queued");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(
+            core.durable_version_vector().is_empty(),
+            "nothing is durable yet"
+        );
+        drop(writer);
+        for pull in pulls {
+            let applied = pull.join().expect("no panic").expect("applied");
+            assert_eq!(applied, 1, "each caller gets its own count");
+        }
+        assert_eq!(core.metrics().snapshot().remote_commits, 1, "one commit");
+        assert_eq!(core.durable_version_vector().len(), 8);
+        assert!(lock(&core.commit_queue).done.is_empty());
+        // Durable: all of them are there after reopening.
+        let hash = core.state_hash();
+        drop(core);
+        let core = Core::open(dir.path(), "me", ReplicaConfig::default()).expect("reopen");
+        assert_eq!(core.version_vector().len(), 8);
+        assert_eq!(core.state_hash(), hash);
     }
 }

@@ -57,6 +57,9 @@ pub struct Metrics {
     pub snapshots_adopted: AtomicU64,
     /// Stored rows of operations sent to peers as they are stored (a BATCHED_SYNC payload not decoded or encoded again).
     pub runs_sent_as_stored: AtomicU64,
+    /// Commits of peers' operations to the log (operations that several
+    /// pulls hand over at once go in one).
+    pub remote_commits: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
     latency_sum_us: AtomicU64,
     latency_count: AtomicU64,
@@ -80,6 +83,7 @@ impl Default for Metrics {
             snapshots_sent: AtomicU64::new(0),
             snapshots_adopted: AtomicU64::new(0),
             runs_sent_as_stored: AtomicU64::new(0),
+            remote_commits: AtomicU64::new(0),
             latency_buckets: Default::default(),
             latency_sum_us: AtomicU64::new(0),
             latency_count: AtomicU64::new(0),
@@ -124,6 +128,8 @@ pub struct MetricsSnapshot {
     pub snapshots_adopted: u64,
     /// Stored rows of operations sent to peers as they are stored (a BATCHED_SYNC payload not decoded or encoded again).
     pub runs_sent_as_stored: u64,
+    /// Commits of peers' operations to the log.
+    pub remote_commits: u64,
     /// Sync latency (created on the peer -> applied here) histogram: bucket
     /// upper bound in µs -> cumulative count.
     pub sync_latency_us: Vec<(u64, u64)>,
@@ -199,6 +205,7 @@ impl Metrics {
             snapshots_sent: self.snapshots_sent.load(Ordering::Relaxed),
             snapshots_adopted: self.snapshots_adopted.load(Ordering::Relaxed),
             runs_sent_as_stored: self.runs_sent_as_stored.load(Ordering::Relaxed),
+            remote_commits: self.remote_commits.load(Ordering::Relaxed),
             sync_latency_us,
             sync_latency_count: count,
             sync_latency_mean_us: if count == 0 {
@@ -282,6 +289,11 @@ impl MetricsSnapshot {
                 "nomade_runs_sent_as_stored_total",
                 "Stored rows of operations sent to peers as they are stored (a BATCHED_SYNC payload not decoded or encoded again)",
                 self.runs_sent_as_stored,
+            ),
+            (
+                "nomade_remote_commits_total",
+                "Commits of peers' operations to the log (operations several pulls hand over at once go in one)",
+                self.remote_commits,
             ),
         ];
         for (name, help, v) in counters {

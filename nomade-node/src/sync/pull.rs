@@ -230,11 +230,12 @@ impl Puller {
     }
 
     /// The `SYNC_REQUEST` that opens the stream: everything this device's
-    /// version vector does not cover.
+    /// version vector does not cover (what it durably holds: the pusher
+    /// counts it as acknowledged).
     pub fn request(&mut self, core: &Core) -> Envelope {
         self.pulling = Some(core.pulling_from(&self.peer));
         self.pulling_changes = Some(core.pulling_changes());
-        let vv = core.version_vector();
+        let vv = core.durable_version_vector();
         envelope(SyncRequest {
             entity_types: vec![EntityType::Document, EntityType::Conversation],
             since_timestamp: None,
@@ -316,7 +317,9 @@ impl Puller {
             return self.acknowledge(Err(e), ids, out);
         }
         self.pending.extend(carried);
-        let vv = core.version_vector();
+        // Durably held, not only applied: another commit may be on its way
+        // to the disk.
+        let vv = core.durable_version_vector();
         let (ready, waiting): (Vec<Carried>, Vec<Carried>) = std::mem::take(&mut self.pending)
             .into_iter()
             .partition(|(_, carried)| covers(&vv, carried));
