@@ -116,13 +116,19 @@ fn main() -> ExitCode {
         }
     }
     if let (Some(path), Some(r)) = (json, &last) {
+        let by_type: Vec<String> = r
+            .bytes_by_type
+            .iter()
+            .map(|(name, bytes)| format!("\"{name}\": {bytes}"))
+            .collect();
         let text = format!(
-            "{{\"devices\": {}, \"topology\": \"{:?}\", \"ops_made\": {}, \"traffic_ratio\": {:.4}, \"bytes_per_delivered_op\": {:.1}, \"converged_ms\": {:.1}}}\n",
+            "{{\"devices\": {}, \"topology\": \"{:?}\", \"ops_made\": {}, \"traffic_ratio\": {:.4}, \"bytes_per_delivered_op\": {:.1}, \"bytes_by_type\": {{{}}}, \"converged_ms\": {:.1}}}\n",
             config.devices,
             config.topology,
             r.ops_made,
             r.traffic_ratio(),
             r.bytes_per_delivered_op(),
+            by_type.join(", "),
             r.converged_after.as_secs_f64() * 1e3
         );
         std::fs::write(&path, text).expect("write the figures");

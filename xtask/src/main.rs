@@ -502,6 +502,7 @@ const SIM_BENCHES: &[(&str, &[&str])] = &[
     ("mesh-2", &["--devices", "2"]),
     ("mesh-8", &["--devices", "8"]),
     ("mesh-32", &["--devices", "32", "--edits", "20"]),
+    ("mesh-100", &["--devices", "100", "--edits", "10"]),
     ("line-8", &["--devices", "8", "--topology", "line"]),
 ];
 
