@@ -447,6 +447,9 @@ struct Mesh {
     bytes_per_delivered_op: f64,
     /// From the last edit until every device holds every edit.
     converge_ms: f64,
+    /// Sessions started during the burst (reconnections: 0 on a quiet
+    /// machine).
+    sessions_started: u64,
 }
 
 impl Mesh {
@@ -462,6 +465,7 @@ impl Mesh {
             "ops_minimum": self.ops_minimum,
             "ops_sent_vs_minimum": self.ratio(),
             "bytes_per_delivered_op": self.bytes_per_delivered_op,
+            "sessions_started": self.sessions_started,
             "converge_ms": self.converge_ms,
         })
     }
@@ -537,11 +541,12 @@ async fn mesh(devices: usize, edits: usize) -> Mesh {
     assert!(nodes.iter().all(|n| n.state_hash() == hash), "converged");
     // Late sends (relays held back, then sent anyway) count too.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (mut ops_sent, mut bytes) = (0, 0);
+    let (mut ops_sent, mut bytes, mut sessions_started) = (0, 0, 0);
     for (node, before) in nodes.iter().zip(&before) {
         let m = node.metrics_snapshot();
         ops_sent += m.ops_sent - before.ops_sent;
         bytes += m.bytes_received - before.bytes_received;
+        sessions_started += m.sessions_started - before.sessions_started;
     }
     for node in &nodes {
         node.shutdown().await;
@@ -555,19 +560,21 @@ async fn mesh(devices: usize, edits: usize) -> Mesh {
         ops_minimum,
         bytes_per_delivered_op: bytes as f64 / ops_minimum as f64,
         converge_ms,
+        sessions_started,
     }
 }
 
 fn print_mesh(m: &Mesh) {
     println!(
-        "e2e: full mesh of {} devices, {} edits: {} ops sent for a minimum of {} ({:.2}x), {:.0} bytes per delivered op, converged {:.0} ms after the last edit",
+        "e2e: full mesh of {} devices, {} edits: {} ops sent for a minimum of {} ({:.2}x), {:.0} bytes per delivered op, converged {:.0} ms after the last edit, {} sessions started meanwhile",
         m.devices,
         m.ops_made,
         m.ops_sent,
         m.ops_minimum,
         m.ratio(),
         m.bytes_per_delivered_op,
-        m.converge_ms
+        m.converge_ms,
+        m.sessions_started
     );
 }
 

@@ -836,11 +836,13 @@ impl Core {
         let group = std::mem::take(&mut lock(&self.commit_queue).pending);
         Metrics::add(&self.metrics.remote_commits, 1);
         let mut results = self.commit_remote(&writer, group);
-        drop(writer);
         let mine = results.remove(&ticket);
+        // Handed over before the lock goes: the next to take it looks
+        // for its result first.
         if !results.is_empty() {
             lock(&self.commit_queue).done.extend(results);
         }
+        drop(writer);
         mine.unwrap_or_else(|| Err(NodeError::CorruptLog("a commit lost its operations".into())))
     }
 
@@ -1526,11 +1528,30 @@ mod tests {
         assert_eq!(core.metrics().snapshot().remote_commits, 1, "one commit");
         assert_eq!(core.durable_version_vector().len(), 8);
         assert!(lock(&core.commit_queue).done.is_empty());
+        // Without a commit in the way, many pulls at once: each gets its
+        // own result, whoever commits it.
+        let pulls: Vec<_> = (0..8)
+            .map(|i| {
+                let core = core.clone();
+                std::thread::spawn(move || {
+                    let peer = format!("q{i}");
+                    (1..=100).all(|counter| {
+                        let mut next = op(&peer);
+                        next.operation.counter = counter;
+                        matches!(core.apply_remote(&peer, vec![next]), Ok(1))
+                    })
+                })
+            })
+            .collect();
+        for pull in pulls {
+            assert!(pull.join().expect("no panic"), "a pull lost its result");
+        }
+        assert_eq!(core.durable_version_vector().len(), 16);
         // Durable: all of them are there after reopening.
         let hash = core.state_hash();
         drop(core);
         let core = Core::open(dir.path(), "me", ReplicaConfig::default()).expect("reopen");
-        assert_eq!(core.version_vector().len(), 8);
+        assert_eq!(core.version_vector().len(), 16);
         assert_eq!(core.state_hash(), hash);
     }
 }
