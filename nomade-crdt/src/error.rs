@@ -14,6 +14,15 @@ pub enum CrdtError {
         /// The sequence length.
         len: usize,
     },
+    /// A local edit names a conversation item that was never in it (an id
+    /// from another conversation, or made up).
+    #[error("no item {actor}#{counter} in this conversation")]
+    UnknownItem {
+        /// The item's author.
+        actor: String,
+        /// The item's counter.
+        counter: u64,
+    },
     /// The edit does not apply to this kind of entity (e.g. text on a conversation).
     #[error("{edit} does not apply to a {entity_type:?}")]
     WrongEntityType {

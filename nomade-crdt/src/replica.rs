@@ -84,6 +84,24 @@ pub enum LocalEdit {
         /// The item's position.
         index: usize,
     },
+    /// Insert an item into a conversation right after the item `after`,
+    /// wherever that item is now (even if it was removed since: the new
+    /// item takes its place), or first when `after` is `None`. Unlike an
+    /// index, an item id read earlier still means the same place after
+    /// other devices' edits. The new item's id is its operation's author
+    /// and counter.
+    InsertAfter {
+        /// The item to insert after (`None`: at the start).
+        after: Option<ElementId>,
+        /// The item.
+        value: Value,
+    },
+    /// Remove the conversation item `item`, wherever it is now; nothing
+    /// if it is removed already.
+    RemoveItem {
+        /// The item's id.
+        item: ElementId,
+    },
 }
 
 impl LocalEdit {
@@ -95,6 +113,8 @@ impl LocalEdit {
             LocalEdit::Insert { .. } => "Insert",
             LocalEdit::Append { .. } => "Append",
             LocalEdit::Remove { .. } => "Remove",
+            LocalEdit::InsertAfter { .. } => "InsertAfter",
+            LocalEdit::RemoveItem { .. } => "RemoveItem",
         }
     }
 }
@@ -424,6 +444,26 @@ impl Replica {
                         values: vec![value.clone()],
                     }]
                 }
+                (LocalEdit::InsertAfter { after, value }, EntityType::Conversation) => {
+                    if let Some(item) = after {
+                        self.known_item(conversation, item)?;
+                    }
+                    vec![Edit::Insert {
+                        after: after.clone(),
+                        values: vec![value.clone()],
+                    }]
+                }
+                (LocalEdit::RemoveItem { item }, EntityType::Conversation) => {
+                    let target = self.known_item(conversation, item)?;
+                    if !conversation.is_visible(&target) {
+                        Vec::new()
+                    } else {
+                        vec![Edit::Remove {
+                            field: None,
+                            ranges: ranges_of(&[target], &self.actors),
+                        }]
+                    }
+                }
                 (LocalEdit::Remove { index }, EntityType::Conversation) => {
                     let target = conversation
                         .id_at(*index)
@@ -468,6 +508,26 @@ impl Replica {
             actor: self.actors.name(e.actor).to_string(),
             counter: e.counter,
         }
+    }
+
+    /// The local id of the conversation item `item`, if it was ever in
+    /// `conversation`.
+    fn known_item(
+        &self,
+        conversation: &Sequence<Value>,
+        item: &ElementId,
+    ) -> Result<Eid, CrdtError> {
+        self.actors
+            .get(&item.actor)
+            .map(|actor| Eid {
+                actor,
+                counter: item.counter,
+            })
+            .filter(|eid| conversation.contains(eid))
+            .ok_or_else(|| CrdtError::UnknownItem {
+                actor: item.actor.clone(),
+                counter: item.counter,
+            })
     }
 
     fn eid(&mut self, e: &ElementId) -> Eid {
@@ -850,6 +910,24 @@ impl Replica {
         match self.entities.get(&(EntityType::Document, id.to_string())) {
             Some(Entity::Document(d)) => d.texts.keys().cloned().collect(),
             _ => Vec::new(),
+        }
+    }
+
+    /// A conversation's items in order, each with its id (its author and
+    /// counter: stable across devices and edits, for an application to
+    /// refer to an item by, see [`LocalEdit::InsertAfter`] and
+    /// [`LocalEdit::RemoveItem`]).
+    pub fn conversation_items(&self, id: &str) -> Option<Vec<(ElementId, Value)>> {
+        match self
+            .entities
+            .get(&(EntityType::Conversation, id.to_string()))?
+        {
+            Entity::Conversation(s) => Some(
+                s.iter()
+                    .map(|(eid, v)| (self.element_id(&eid), v.clone()))
+                    .collect(),
+            ),
+            Entity::Document(_) => None,
         }
     }
 

@@ -369,6 +369,16 @@ impl<T: Clone> Sequence<T> {
         Ok(removed)
     }
 
+    /// Whether the element `id` is in the sequence and not removed.
+    pub fn is_visible(&self, id: &Eid) -> bool {
+        self.index.get(id).is_some_and(|&block| {
+            self.blocks[block as usize]
+                .elems
+                .iter()
+                .any(|e| e.key.id == *id && !e.deleted)
+        })
+    }
+
     /// Visible elements in order, with their ids.
     pub fn iter(&self) -> impl Iterator<Item = (Eid, &T)> + '_ {
         self.order.iter().flat_map(move |&b| {

@@ -81,6 +81,146 @@ fn delete_removes_what_it_saw_and_keeps_concurrent_writes() {
     let _ = (first, del);
 }
 
+/// Items have stable ids: an application refers to an item by id (reply
+/// after it, remove it) and means the same item after other devices' edits
+/// moved it; removing it twice changes nothing; an id never in the
+/// conversation is a typed error that changes nothing.
+#[test]
+fn conversation_items_are_edited_by_their_ids() {
+    let mut a = Replica::new("a");
+    let mut b = Replica::new("b");
+    let append = |r: &mut Replica, v: &str| {
+        r.apply_local(CONV, "chat", LocalEdit::Append { value: v.into() }, 0)
+            .unwrap()
+    };
+    let first = append(&mut a, "first");
+    let question = append(&mut a, "question?");
+    deliver(&mut b, &first);
+    deliver(&mut b, &question);
+    let items = b.conversation_items("chat").unwrap();
+    let (question_id, value) = items[1].clone();
+    assert_eq!(value, Value::from("question?"));
+    assert_eq!((question_id.actor.as_str(), question_id.counter), ("a", 2));
+    // a inserts two items before the question (its index moves); b, not
+    // having seen them, answers right after the question, by its id.
+    let before: Vec<SyncOperation> = (0..2)
+        .flat_map(|i| {
+            a.apply_local(
+                CONV,
+                "chat",
+                LocalEdit::Insert {
+                    index: 0,
+                    value: Value::Int(i),
+                },
+                0,
+            )
+            .unwrap()
+        })
+        .collect();
+    let answer = b
+        .apply_local(
+            CONV,
+            "chat",
+            LocalEdit::InsertAfter {
+                after: Some(question_id.clone()),
+                value: "answer".into(),
+            },
+            0,
+        )
+        .unwrap();
+    deliver(&mut a, &answer);
+    deliver(&mut b, &before);
+    let want: Vec<Value> = vec![
+        Value::Int(1),
+        Value::Int(0),
+        "first".into(),
+        "question?".into(),
+        "answer".into(),
+    ];
+    assert_eq!(a.conversation("chat").unwrap(), want);
+    assert_eq!(a.state_hash(), b.state_hash());
+    // The answer's id is its operation's author and counter.
+    let answer_id = a.conversation_items("chat").unwrap()[4].0.clone();
+    assert_eq!(
+        (answer_id.actor.as_str(), answer_id.counter),
+        ("b", answer[0].operation.counter)
+    );
+    // Removed by id, wherever it is; a second removal sends nothing.
+    let removed = a
+        .apply_local(
+            CONV,
+            "chat",
+            LocalEdit::RemoveItem {
+                item: question_id.clone(),
+            },
+            0,
+        )
+        .unwrap();
+    assert_eq!(removed.len(), 1);
+    let again = a
+        .apply_local(
+            CONV,
+            "chat",
+            LocalEdit::RemoveItem {
+                item: question_id.clone(),
+            },
+            0,
+        )
+        .unwrap();
+    assert!(again.is_empty());
+    // Inserting after a removed item puts the new one in its place.
+    a.apply_local(
+        CONV,
+        "chat",
+        LocalEdit::InsertAfter {
+            after: Some(question_id),
+            value: "edited question?".into(),
+        },
+        0,
+    )
+    .unwrap();
+    assert_eq!(
+        a.conversation("chat").unwrap()[2..],
+        ["first".into(), "edited question?".into(), "answer".into()]
+    );
+    // An id never in the conversation: refused, nothing changes.
+    let hash = a.state_hash();
+    for bogus in [("a", 99), ("nobody", 1)] {
+        let item = nomade_wire::ElementId {
+            actor: bogus.0.into(),
+            counter: bogus.1,
+        };
+        let err = a
+            .apply_local(
+                CONV,
+                "chat",
+                LocalEdit::RemoveItem { item: item.clone() },
+                0,
+            )
+            .unwrap_err();
+        assert_eq!(
+            err,
+            CrdtError::UnknownItem {
+                actor: bogus.0.into(),
+                counter: bogus.1
+            }
+        );
+        let err = a
+            .apply_local(
+                CONV,
+                "chat",
+                LocalEdit::InsertAfter {
+                    after: Some(item),
+                    value: Value::Nil,
+                },
+                0,
+            )
+            .unwrap_err();
+        assert!(matches!(err, CrdtError::UnknownItem { .. }), "{err:?}");
+    }
+    assert_eq!(a.state_hash(), hash);
+}
+
 #[test]
 fn conversation_inserts_and_removes_by_index() {
     let mut a = Replica::new("a");

@@ -91,6 +91,11 @@ impl Default for ControlLimits {
     }
 }
 
+/// A conversation item's id as JSON: `{"actor", "counter"}`.
+fn item_json(id: &crate::ItemId) -> Json {
+    json!({"actor": id.actor, "counter": id.counter})
+}
+
 /// What a client asks. On the wire: `method` (the variant in snake case)
 /// and `params` (its fields).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -196,6 +201,27 @@ pub enum Request {
     ConvShow {
         /// The conversation.
         conv: String,
+    },
+    /// A conversation's items, in order, each with its id.
+    ConvItems {
+        /// The conversation.
+        conv: String,
+    },
+    /// Inserts an item right after the item `after` (by id; `null`: first).
+    ConvInsertAfter {
+        /// The conversation.
+        conv: String,
+        /// The item's id to insert after.
+        after: Option<crate::ItemId>,
+        /// The item.
+        value: Json,
+    },
+    /// Removes the item `item` (by id).
+    ConvRemoveItem {
+        /// The conversation.
+        conv: String,
+        /// The item's id.
+        item: crate::ItemId,
     },
     /// A text field's text.
     TextShow {
@@ -366,7 +392,8 @@ impl From<NodeError> for ControlError {
     fn from(e: NodeError) -> Self {
         use TransportError as T;
         let kind = match &e {
-            NodeError::NotFound(_) => ErrorKind::NotFound,
+            NodeError::NotFound(_)
+            | NodeError::Crdt(nomade_crdt::CrdtError::UnknownItem { .. }) => ErrorKind::NotFound,
             NodeError::Invalid(_) => ErrorKind::Invalid,
             NodeError::Conflict(_) => ErrorKind::Conflict,
             NodeError::Crdt(
@@ -587,9 +614,28 @@ pub async fn handle(
         }
         Request::ConvAppend { conv, value } => {
             let value = json::from_json(&value);
-            commit(node, move |n| n.conv_append(&conv, value)).await?;
+            let id = commit(node, move |n| n.conv_append(&conv, value)).await?;
+            Ok(item_json(&id))
+        }
+        Request::ConvInsertAfter { conv, after, value } => {
+            let value = json::from_json(&value);
+            let id = commit(node, move |n| {
+                n.conv_insert_after(&conv, after.as_ref(), value)
+            })
+            .await?;
+            Ok(item_json(&id))
+        }
+        Request::ConvRemoveItem { conv, item } => {
+            commit(node, move |n| n.conv_remove_item(&conv, &item)).await?;
             Ok(Json::Null)
         }
+        Request::ConvItems { conv } => Ok(Json::Array(
+            node.conv_items(&conv)
+                .unwrap_or_default()
+                .iter()
+                .map(|(id, value)| json!({"id": item_json(id), "value": json::to_json(value)}))
+                .collect(),
+        )),
         Request::ConvInsert { conv, index, value } => {
             let value = json::from_json(&value);
             commit(node, move |n| n.conv_insert(&conv, index, value)).await?;

@@ -1083,7 +1083,7 @@ impl Core {
     /// operations stored after sequence number `cursor`, reading at most
     /// about `limit` stored operations, in the order stored (a causal
     /// order). The operations stored last are kept decoded in memory (at
-    /// most [`crate::recent::RECENT_OPS`]): a pusher that is up to date
+    /// most 4,096): a pusher that is up to date
     /// reads them there; one further behind reads the database (a node's
     /// memory holds no history).
     ///
@@ -1297,7 +1297,7 @@ impl Core {
     }
 
     /// The sequence number of the oldest of the operations stored last
-    /// that are kept in memory ([`crate::recent::RECENT_OPS`] at most), if
+    /// that are kept in memory (4,096 at most), if
     /// any: a pusher holds relays among them when a peer connects, since
     /// the peer may well get them from their authors.
     pub fn recent_start(&self) -> Option<u64> {
@@ -1423,6 +1423,12 @@ impl Core {
     /// A conversation's items.
     pub fn conversation(&self, conv: &str) -> Option<Vec<Value>> {
         self.replica().conversation(conv)
+    }
+
+    /// A conversation's items with their ids (see
+    /// [`Replica::conversation_items`]).
+    pub fn conversation_items(&self, conv: &str) -> Option<Vec<(nomade_wire::ElementId, Value)>> {
+        self.replica().conversation_items(conv)
     }
 
     /// Every entity held.

@@ -86,6 +86,9 @@ pub mod sync;
 
 pub use error::NodeError;
 pub use node::{Node, NodeConfig};
+/// A conversation item's id: the device that wrote the item and its
+/// operation's counter (see [`Node::conv_items`]).
+pub use nomade_wire::ElementId as ItemId;
 pub use presence::PeerPresence;
 pub use status::{NodeStatus, PeerStatus, SessionStatus};
 

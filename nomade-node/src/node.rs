@@ -14,6 +14,8 @@ use nomade_transport::{
     TransportEvent,
 };
 use nomade_wire::{EntityType, Hash32, PresenceStatus, PresenceUpdate, SyncOperation, Value};
+
+use crate::ItemId;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
@@ -377,17 +379,64 @@ impl Node {
     /// Appends an item to a conversation: after its last item as this device
     /// holds it when the edit is applied, in one step under the replica's
     /// lock (no length read beforehand that another edit could change, and
-    /// no copy of the conversation).
-    pub fn conv_append(&self, conv: &str, value: impl Into<Value>) -> Result<(), NodeError> {
+    /// no copy of the conversation). Returns the new item's id.
+    pub fn conv_append(&self, conv: &str, value: impl Into<Value>) -> Result<ItemId, NodeError> {
         let value = value.into();
-        self.edit(EntityType::Conversation, conv, LocalEdit::Append { value })
-            .map(drop)
+        let ops = self.edit(EntityType::Conversation, conv, LocalEdit::Append { value })?;
+        item_made(&ops)
+    }
+
+    /// Inserts an item into a conversation right after the item `after`
+    /// (a reply after the message it answers, say), wherever that item is
+    /// now, or first with `None`; returns the new item's id. The id of an
+    /// item no longer shown still places the new one where it was; one
+    /// never in the conversation is [`nomade_crdt::CrdtError::UnknownItem`].
+    ///
+    /// ```
+    /// # use nomade_node::{Node, NodeConfig};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let node = Node::open(dir.path(), NodeConfig::default())?;
+    /// let question = node.conv_append("chat", "lunch?")?;
+    /// node.conv_append("chat", "(unrelated)")?;
+    /// let answer = node.conv_insert_after("chat", Some(&question), "yes")?;
+    /// let items = node.conv_items("chat").unwrap_or_default();
+    /// assert_eq!(items[1], (answer.clone(), "yes".into()));
+    /// node.conv_remove_item("chat", &answer)?;
+    /// assert_eq!(node.conversation("chat").map(|c| c.len()), Some(2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn conv_insert_after(
+        &self,
+        conv: &str,
+        after: Option<&ItemId>,
+        value: impl Into<Value>,
+    ) -> Result<ItemId, NodeError> {
+        let edit = LocalEdit::InsertAfter {
+            after: after.cloned(),
+            value: value.into(),
+        };
+        let ops = self.edit(EntityType::Conversation, conv, edit)?;
+        item_made(&ops)
     }
 
     /// Removes the conversation item at `index`.
     pub fn conv_remove(&self, conv: &str, index: usize) -> Result<(), NodeError> {
         self.edit(EntityType::Conversation, conv, LocalEdit::Remove { index })
             .map(drop)
+    }
+
+    /// Removes the conversation item `item`, wherever it is now (nothing if
+    /// it is removed already).
+    pub fn conv_remove_item(&self, conv: &str, item: &ItemId) -> Result<(), NodeError> {
+        let edit = LocalEdit::RemoveItem { item: item.clone() };
+        self.edit(EntityType::Conversation, conv, edit).map(drop)
+    }
+
+    /// A conversation's items in order, each with its id: its author and
+    /// counter, the same on every device and whatever is inserted or
+    /// removed around it (for replies, removals, references).
+    pub fn conv_items(&self, conv: &str) -> Option<Vec<(ItemId, Value)>> {
+        self.inner.core.conversation_items(conv)
     }
 
     /// A document's fields, concurrent writes resolved the same way on every device.
@@ -614,4 +663,14 @@ impl Node {
         }
         self.inner.core.checkpoint();
     }
+}
+
+/// The id of the item the operations of one conversation insertion made.
+fn item_made(ops: &[SyncOperation]) -> Result<ItemId, NodeError> {
+    ops.first()
+        .map(|op| ItemId {
+            actor: op.actor_id.clone(),
+            counter: op.operation.counter,
+        })
+        .ok_or_else(|| NodeError::CorruptLog("an insertion made no operation".into()))
 }

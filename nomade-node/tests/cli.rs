@@ -502,3 +502,48 @@ fn commands_print_the_same_with_and_without_a_running_node() {
         offline_failure.1
     );
 }
+
+/// Conversation items by id from the command line: `conv show --ids` prints
+/// each item's id, `conv insert-after` answers after an item wherever it
+/// moved and prints the new id, `conv remove-item` removes by id; an id
+/// never in the conversation is `not_found` (status 1), a malformed one a
+/// usage error (status 2).
+#[test]
+fn conversation_items_are_named_by_id_on_the_command_line() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = tmp.path().join("a");
+    ok(nomade(&a, &["conv", "append", "chat", "lunch?"]));
+    ok(nomade(&a, &["conv", "append", "chat", "dinner?"]));
+    let listed = ok(nomade(&a, &["conv", "show", "chat", "--ids"]));
+    let lunch = listed
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("an id")
+        .to_string();
+    assert!(lunch.ends_with("#1"), "{listed}");
+    ok(nomade(&a, &["conv", "insert", "chat", "0", "first"]));
+    let answer = ok(nomade(&a, &["conv", "insert-after", "chat", &lunch, "yes"]));
+    let answer = answer.trim();
+    assert!(answer.ends_with("#4"), "{answer}");
+    assert_eq!(
+        ok(nomade(&a, &["conv", "show", "chat"])),
+        "0: \"first\"\n1: \"lunch?\"\n2: \"yes\"\n3: \"dinner?\"\n"
+    );
+    ok(nomade(&a, &["conv", "remove-item", "chat", &lunch]));
+    ok(nomade(&a, &["conv", "remove-item", "chat", &lunch]));
+    assert_eq!(
+        ok(nomade(&a, &["conv", "show", "chat"])),
+        "0: \"first\"\n1: \"yes\"\n2: \"dinner?\"\n"
+    );
+    let missing = nomade(&a, &["conv", "remove-item", "chat", "nobody#1"]);
+    assert_eq!(missing.status.code(), Some(1), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("no item nobody#1"),
+        "{}",
+        stderr(&missing)
+    );
+    let malformed = nomade(&a, &["conv", "insert-after", "chat", "lunch", "x"]);
+    assert_eq!(malformed.status.code(), Some(2), "{}", stderr(&malformed));
+    assert!(stderr(&malformed).contains("not an item id"));
+}

@@ -246,6 +246,28 @@ pub enum ConvCommand {
     Show {
         /// Conversation id.
         conv: String,
+        /// Also print each item's id (`DEVICE#COUNTER`), which names it
+        /// whatever is inserted or removed around it.
+        #[arg(long)]
+        ids: bool,
+    },
+    /// Insert an item right after another, named by its id (a reply after
+    /// the message it answers); prints the new item's id.
+    InsertAfter {
+        /// Conversation id.
+        conv: String,
+        /// The item's id (`DEVICE#COUNTER`, from `conv show --ids`), or
+        /// `start` to insert first.
+        after: String,
+        /// The item (JSON, or a string).
+        value: String,
+    },
+    /// Remove an item named by its id.
+    RemoveItem {
+        /// Conversation id.
+        conv: String,
+        /// The item's id (`DEVICE#COUNTER`).
+        item: String,
     },
 }
 

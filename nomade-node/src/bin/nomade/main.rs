@@ -100,6 +100,29 @@ fn parse_value(s: &str) -> Json {
     serde_json::from_str::<Json>(s).unwrap_or_else(|_| Json::String(s.to_string()))
 }
 
+/// A conversation item's id as typed: `DEVICE#COUNTER`.
+fn parse_item_id(text: &str) -> Result<nomade_node::ItemId, ControlError> {
+    text.rsplit_once('#')
+        .and_then(|(actor, counter)| {
+            let counter = counter.parse::<u64>().ok()?;
+            (!actor.is_empty() && counter > 0).then(|| nomade_node::ItemId {
+                actor: actor.to_string(),
+                counter,
+            })
+        })
+        .ok_or_else(|| {
+            ControlError::new(
+                ErrorKind::Invalid,
+                format!("{text:?} is not an item id (DEVICE#COUNTER, as `conv show --ids` prints)"),
+            )
+        })
+}
+
+/// A conversation item's id as printed: `DEVICE#COUNTER`.
+fn item_id(id: &Json) -> String {
+    format!("{}#{}", id["actor"].as_str().unwrap_or("?"), id["counter"])
+}
+
 fn print_json(v: &Json) {
     let mut out = std::io::stdout().lock();
     let _ = serde_json::to_writer_pretty(&mut out, v);
@@ -283,7 +306,26 @@ async fn run(cli: Cli) -> Result<i32, ControlError> {
             conv: conv.clone(),
             index: *index,
         },
-        Command::Conv(ConvCommand::Show { conv }) => Request::ConvShow { conv: conv.clone() },
+        Command::Conv(ConvCommand::Show { conv, ids: false }) => {
+            Request::ConvShow { conv: conv.clone() }
+        }
+        Command::Conv(ConvCommand::Show { conv, ids: true }) => {
+            Request::ConvItems { conv: conv.clone() }
+        }
+        Command::Conv(ConvCommand::InsertAfter { conv, after, value }) => {
+            Request::ConvInsertAfter {
+                conv: conv.clone(),
+                after: match after.as_str() {
+                    "start" => None,
+                    id => Some(parse_item_id(id)?),
+                },
+                value: parse_value(value),
+            }
+        }
+        Command::Conv(ConvCommand::RemoveItem { conv, item }) => Request::ConvRemoveItem {
+            conv: conv.clone(),
+            item: parse_item_id(item)?,
+        },
         Command::Text(TextCommand::Show { doc, field }) => Request::TextShow {
             doc: doc.clone(),
             field: field.clone(),
@@ -408,11 +450,17 @@ fn print_result(cli: &Cli, result: &Json) -> i32 {
             println!("unpaired {}", s(&result["device_id"]))
         }
         Command::Doc(DocCommand::Get { .. } | DocCommand::Show { .. }) => print_json(result),
-        Command::Conv(ConvCommand::Show { .. }) => {
+        Command::Conv(ConvCommand::Show { ids: false, .. }) => {
             for (i, item) in result.as_array().into_iter().flatten().enumerate() {
                 println!("{i}: {item}");
             }
         }
+        Command::Conv(ConvCommand::Show { ids: true, .. }) => {
+            for (i, item) in result.as_array().into_iter().flatten().enumerate() {
+                println!("{i}: {}  {}", item_id(&item["id"]), item["value"]);
+            }
+        }
+        Command::Conv(ConvCommand::InsertAfter { .. }) => println!("{}", item_id(result)),
         Command::Text(TextCommand::Show { .. }) => {
             let text = s(result);
             print!("{text}");
