@@ -425,6 +425,11 @@ mod tests {
             .expect("ack");
         assert!(pusher.window_full(), "a bogus ACK opened the window");
         assert!(!core.acked_by("peer").contains_key("pusher"));
+        assert_eq!(
+            core.metrics().snapshot().errors.get("ACK_UNKNOWN"),
+            Some(&1),
+            "counted"
+        );
         // A real one opens it: the three waiting edits go, together.
         let ack = envelope(Ack {
             message_ids: vec![sent[0]],

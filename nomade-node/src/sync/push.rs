@@ -122,6 +122,9 @@ pub struct Pusher {
     initial_upto: u64,
     /// Frames sent and not yet acknowledged.
     unacked: HashMap<MessageId, Unacked>,
+    /// Snapshot pieces sent but the last (whose acknowledgement stands for
+    /// the whole): their acknowledgements are expected, and change nothing.
+    snapshot_pieces: std::collections::HashSet<MessageId>,
     batch: BatchEncoder,
 }
 
@@ -263,6 +266,7 @@ impl Pusher {
             initial: Some(0),
             initial_upto: 0,
             unacked: HashMap::new(),
+            snapshot_pieces: std::collections::HashSet::new(),
             batch: BatchEncoder::new(MAX_BATCH_PAYLOAD),
         }
     }
@@ -384,6 +388,10 @@ impl Pusher {
                     if let Some(frame) = self.unacked.remove(id) {
                         core.record_ack(&self.peer, &frame.carries);
                         self.rtt.sample(now.saturating_duration_since(frame.sent));
+                    } else if !self.snapshot_pieces.remove(id) {
+                        // A frame never sent, or acknowledged already:
+                        // nothing to do but count it.
+                        core.metrics().record_error("ACK_UNKNOWN");
                     }
                 }
                 tracing::trace!(peer = %self.peer, unacked = self.unacked.len(), "ack");
@@ -692,6 +700,8 @@ impl Pusher {
             out.push(Transmit::Message(Envelope::new(id, now_ms(), piece)));
             if end == raw.len() {
                 self.sent(id, vv.clone(), now);
+            } else {
+                self.snapshot_pieces.insert(id);
             }
             offset = end;
         }
