@@ -371,20 +371,25 @@ pub struct SyncSnapshot {
 
 /// `HAVE` (0x0108): what the puller durably holds, sent on its sync stream
 /// to the pusher (docs/PROTOCOL.md, "Forwarding"): counters of devices other
-/// than the two ends, each raised since the previous `HAVE`, and, when it
-/// changed, the devices the puller pulls from directly. The pusher counts
-/// the counters as known to the peer and does not relay what they cover,
-/// nor anything of a device the puller pulls from directly.
+/// than the two ends, each raised since the previous `HAVE`, and the
+/// devices the puller started or stopped pulling from directly since then.
+/// The pusher counts the counters as known to the peer and does not relay
+/// what they cover, nor anything of a device the puller pulls from
+/// directly.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Have {
     /// The counters held, by device; devices not named are unchanged.
     pub version_vector: VersionVector,
-    /// Every device the puller pulls from directly now (other than the
-    /// pusher), when the list changed since the previous `HAVE` on the
-    /// stream; absent when it did not.
+    /// Devices the puller started pulling from directly (other than the
+    /// pusher) since the previous `HAVE` on the stream (in the first: every
+    /// one it pulls from); absent when none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub direct: Option<Vec<String>>,
+    pub direct_added: Option<Vec<String>>,
+    /// Devices the puller stopped pulling from directly since the previous
+    /// `HAVE`; absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_removed: Option<Vec<String>>,
 }
 
 /// `ARTIFACT_REQUEST` (0x0201): ask for an artifact by content id.

@@ -340,7 +340,8 @@ pub fn all() -> Vec<Sample> {
         "have",
         Have {
             version_vector: vv(&[(LAPTOP, 44)]),
-            direct: None,
+            direct_added: None,
+            direct_removed: None,
         }
         .into(),
     );
@@ -348,7 +349,8 @@ pub fn all() -> Vec<Sample> {
         "have_direct",
         Have {
             version_vector: vv(&[]),
-            direct: Some(vec![LAPTOP.to_string(), PHONE.to_string()]),
+            direct_added: Some(vec![LAPTOP.to_string()]),
+            direct_removed: Some(vec![PHONE.to_string()]),
         }
         .into(),
     );

@@ -558,14 +558,19 @@ mod tests {
     fn have(vv: &[(&str, u64)]) -> Envelope {
         envelope(nomade_wire::Have {
             version_vector: vv.iter().map(|&(a, c)| (a.to_string(), c)).collect(),
-            direct: None,
+            direct_added: None,
+            direct_removed: None,
         })
     }
 
-    fn have_direct(devices: &[&str]) -> Envelope {
+    /// A `HAVE` saying the puller started pulling from `added` and stopped
+    /// pulling from `removed`.
+    fn have_direct(added: &[&str], removed: &[&str]) -> Envelope {
+        let list = |d: &[&str]| (!d.is_empty()).then(|| d.iter().map(|d| d.to_string()).collect());
         envelope(nomade_wire::Have {
             version_vector: VersionVector::new(),
-            direct: Some(devices.iter().map(|d| d.to_string()).collect()),
+            direct_added: list(added),
+            direct_removed: list(removed),
         })
     }
 
@@ -675,7 +680,7 @@ mod tests {
                 .receive(&core, full_request(), t0, &mut out)
                 .expect("request");
             pusher
-                .receive(&core, have_direct(&["y"]), t0, &mut out)
+                .receive(&core, have_direct(&["y"], &[]), t0, &mut out)
                 .expect("have");
             core.apply_remote("y", vec![remote_op("y", 2)])
                 .expect("applies");
@@ -692,7 +697,7 @@ mod tests {
             assert_eq!(pusher.poll_timeout(), None, "nothing held");
             // The peer's link to y broke: y's operations go at once.
             pusher
-                .receive(&core, have_direct(&[]), now, &mut out)
+                .receive(&core, have_direct(&[], &["y"]), now, &mut out)
                 .expect("have");
             pusher.poll(&core, now, &mut out).expect("poll");
             assert_eq!(
@@ -743,7 +748,7 @@ mod tests {
         assert!(!completes(&first), "completed before the held relays");
         // The peer pulls from y directly: only x's goes, then the end.
         pusher
-            .receive(&core, have_direct(&["y"]), t0, &mut out)
+            .receive(&core, have_direct(&["y"], &[]), t0, &mut out)
             .expect("have");
         let later = t0 + INITIAL_RELAY_HOLD;
         assert_eq!(pusher.poll_timeout(), Some(later));
@@ -914,17 +919,17 @@ mod tests {
         assert_eq!(core.pulling(), vec!["b".to_string(), "c".to_string()]);
         let now = Instant::now();
         let have = |env: Option<Envelope>| match env.map(|e| e.message) {
-            Some(Message::Have(h)) => (h.version_vector, h.direct),
+            Some(Message::Have(h)) => (h.version_vector, h.direct_added, h.direct_removed),
             other => panic!("{other:?}"),
         };
         let list = |devices: &[&str]| Some(devices.iter().map(|d| d.to_string()).collect());
         assert_eq!(
             have(from_b.poll_have(&core, now)),
-            (VersionVector::new(), list(&["c"]))
+            (VersionVector::new(), list(&["c"]), None)
         );
         assert_eq!(
             have(from_c.poll_have(&core, now)),
-            (VersionVector::new(), list(&["b"]))
+            (VersionVector::new(), list(&["b"]), None)
         );
         let later = now + HAVE_INTERVAL;
         assert!(from_b.poll_have(&core, later).is_none(), "announced twice");
@@ -942,7 +947,11 @@ mod tests {
             .expect("applies");
         assert_eq!(
             have(from_b.poll_have(&core, later)),
-            ([("c".to_string(), 1), ("x".to_string(), 1)].into(), None)
+            (
+                [("c".to_string(), 1), ("x".to_string(), 1)].into(),
+                None,
+                None
+            )
         );
         // Named before and not pulled from: the served interval.
         core.apply_remote("x", vec![remote_op("x", 2)])
@@ -952,14 +961,14 @@ mod tests {
         let then = later + SERVED_HAVE_INTERVAL;
         assert_eq!(
             have(from_b.poll_have(&core, then)),
-            ([("x".to_string(), 2)].into(), None)
+            ([("x".to_string(), 2)].into(), None, None)
         );
         // This device stops pulling from c: b is told at once.
         drop(from_c);
         assert_eq!(core.pulling(), vec!["b".to_string()]);
         assert_eq!(
             have(from_b.poll_have(&core, then + HAVE_INTERVAL)),
-            (VersionVector::new(), list(&[]))
+            (VersionVector::new(), None, list(&["c"]))
         );
     }
 

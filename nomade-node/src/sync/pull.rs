@@ -188,8 +188,20 @@ impl Puller {
         let from_peer = core.received_counters(&self.peer, raised.keys());
         let mut from_peer = from_peer.into_iter();
         raised.retain(|_, c| *c > from_peer.next().unwrap_or(0));
-        let direct = new_list.then(|| self.direct.iter().cloned().collect::<Vec<_>>());
-        if raised.is_empty() && direct.is_none() {
+        let nonempty = |v: Vec<String>| (!v.is_empty()).then_some(v);
+        let added = nonempty(
+            self.direct
+                .difference(&self.announced_direct)
+                .cloned()
+                .collect(),
+        );
+        let removed = nonempty(
+            self.announced_direct
+                .difference(&self.direct)
+                .cloned()
+                .collect(),
+        );
+        if raised.is_empty() && added.is_none() && removed.is_none() {
             return None;
         }
         if new_list {
@@ -201,7 +213,8 @@ impl Puller {
         self.last_have = Some(now);
         Some(envelope(Have {
             version_vector: raised,
-            direct,
+            direct_added: added,
+            direct_removed: removed,
         }))
     }
 

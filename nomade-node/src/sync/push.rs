@@ -424,21 +424,26 @@ impl Pusher {
                 // Durably held by the peer, as far as it exists here: as
                 // good as acknowledged.
                 core.record_ack(&self.peer, &held);
-                if let Some(direct) = h.direct {
-                    let direct: BTreeSet<String> = direct.into_iter().take(bound).collect();
-                    // A device the peer no longer pulls from: what it lacks
-                    // of it was passed over, so the scan goes back to where
-                    // everything is covered by what the peer is known to
-                    // have.
-                    if self.direct.iter().any(|d| !direct.contains(d)) {
-                        if let Some(cursor) = self.cursor {
-                            let back = core.resume_point(&self.knowledge)?;
-                            self.cursor = Some(cursor.min(back));
-                            // Found again by the scan.
-                            self.held_ops.clear();
-                        }
+                let mut stopped = false;
+                for device in h.direct_removed.into_iter().flatten() {
+                    stopped |= self.direct.remove(&device);
+                }
+                for device in h.direct_added.into_iter().flatten() {
+                    if self.direct.len() >= bound {
+                        break;
                     }
-                    self.direct = direct;
+                    self.direct.insert(device);
+                }
+                // A device the peer no longer pulls from: what it lacks of
+                // it was passed over, so the scan goes back to where
+                // everything is covered by what the peer is known to have.
+                if stopped {
+                    if let Some(cursor) = self.cursor {
+                        let back = core.resume_point(&self.knowledge)?;
+                        self.cursor = Some(cursor.min(back));
+                        // Found again by the scan.
+                        self.held_ops.clear();
+                    }
                 }
                 Ok(())
             }

@@ -197,7 +197,12 @@ MESSAGES = {
         ("offset", U64, REQ),
         ("data", ("binmax", MAX_CHUNK_DATA), REQ),
     ),
-    0x0108: struct_("HAVE", ("version_vector", VV, REQ), ("direct", array(STR), EXT)),
+    0x0108: struct_(
+        "HAVE",
+        ("version_vector", VV, REQ),
+        ("direct_added", array(STR), EXT),
+        ("direct_removed", array(STR), EXT),
+    ),
     0x0201: struct_(
         "ARTIFACT_REQUEST",
         ("artifact_id", HASH32, REQ),
@@ -746,7 +751,7 @@ def self_test_vectors():
         ("sync_snapshot", 0x0107, {"total_len": 70_000, "offset": 65_536,
                                    "data": b"\x85\xa7version\x03 the snapshot's last bytes"}),
         ("have", 0x0108, {"version_vector": {laptop: 44}}),
-        ("have_direct", 0x0108, {"version_vector": {}, "direct": [laptop, phone]}),
+        ("have_direct", 0x0108, {"version_vector": {}, "direct_added": [laptop], "direct_removed": [phone]}),
         ("artifact_request", 0x0201, {"artifact_id": h(0xA1), "priority": 128}),
         ("artifact_request_resume", 0x0201, {"artifact_id": h(0xA1), "priority": 255, "resume_from": 17}),
         ("artifact_request_sealed", 0x0201, {"artifact_id": h(0xA1), "priority": 128, "resume_from": 2,
