@@ -1104,3 +1104,85 @@ async fn a_line_of_three_relays_each_operation_once_per_link() {
         node.shutdown().await;
     }
 }
+
+/// A triangle (every device paired with every other): the phone's edits go
+/// from the phone only, nothing is relayed, since each device says with
+/// `HAVE` that it pulls from the phone directly. When the desk stops
+/// pulling from the phone (it unpairs it), it says so, and the laptop
+/// relays the phone's later edits to it, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_triangle_relays_nothing_until_a_link_breaks() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let names = ["phone", "laptop", "desk"];
+    let nodes: Vec<Node> = names
+        .iter()
+        .map(|n| Node::open(&tmp.path().join(n), config(n)).expect("open"))
+        .collect();
+    let mut addrs = Vec::new();
+    for node in &nodes {
+        addrs.push(online(node).await);
+    }
+    for (i, a) in nodes.iter().enumerate() {
+        for (j, b) in nodes.iter().enumerate() {
+            if i != j {
+                a.add_peer(b.device_id(), names[j], &[addrs[j]])
+                    .expect("pair");
+            }
+        }
+    }
+    for j in 0..3 {
+        for i in 0..j {
+            nodes[j]
+                .connect(addrs[i], nodes[i].device_id())
+                .await
+                .expect("connect");
+        }
+    }
+    for a in &nodes {
+        for b in &nodes {
+            if a.device_id() != b.device_id() {
+                a.wait_initial_sync(&b.device_id(), Duration::from_secs(10))
+                    .await
+                    .expect("initial sync");
+            }
+        }
+    }
+    let (phone, laptop, desk) = (&nodes[0], &nodes[1], &nodes[2]);
+    let sent = || -> Vec<u64> {
+        nodes
+            .iter()
+            .map(|n| n.metrics_snapshot().ops_sent)
+            .collect()
+    };
+    for i in 0..100 {
+        phone.set("note", &format!("k{}", i % 10), i).expect("edit");
+    }
+    let all_hold = |nodes: &[Node]| {
+        let want = nodes[0].core().version_vector();
+        nodes.iter().all(|n| n.core().version_vector() == want)
+    };
+    wait_for(|| all_hold(&nodes), "the phone's edits to reach both").await;
+    // Longer than any relay hold a pusher could use before the served one.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(sent(), vec![200, 0, 0], "sent by the phone, laptop, desk");
+
+    // The desk's link to the phone breaks: the laptop relays.
+    desk.remove_peer(&phone.device_id()).expect("unpair");
+    wait_for(
+        || !desk.is_connected(&phone.device_id()) && !phone.is_connected(&desk.device_id()),
+        "the desk and the phone to be apart",
+    )
+    .await;
+    for i in 0..50 {
+        phone
+            .set("later", &format!("k{}", i % 10), i)
+            .expect("edit");
+    }
+    wait_for(|| all_hold(&nodes), "the later edits to reach the desk").await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(sent(), vec![250, 50, 0], "after the desk dropped the phone");
+    assert_eq!(laptop.state_hash(), desk.state_hash());
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
