@@ -418,6 +418,9 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
             StoreError::Database(what) => StoreError::Corrupt { what },
             other => other,
         })?;
+    if ready(&db)? {
+        return Ok(db);
+    }
     let txn = db.begin_write().map_err(db_err)?;
     {
         let ops = txn.open_table(OPS).map_err(db_err)?;
@@ -456,6 +459,35 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
     }
     txn.commit().map_err(db_err)?;
     Ok(db)
+}
+
+/// Whether every table exists and the store is of this build's format,
+/// read without a write transaction (which would sync the disk at every
+/// start): then there is nothing to create or record.
+fn ready(db: &Database) -> Result<bool, StoreError> {
+    let txn = db.begin_read().map_err(db_err)?;
+    let exists = |result: Result<(), redb::TableError>| match result {
+        Ok(()) => Ok(true),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+        Err(e) => Err(db_err(e)),
+    };
+    let all = [
+        exists(txn.open_table(OPS).map(drop))?,
+        exists(txn.open_table(PEERS).map(drop))?,
+        exists(txn.open_table(FRONTIERS).map(drop))?,
+        exists(txn.open_table(SNAPSHOT).map(drop))?,
+        exists(txn.open_table(ACKED).map(drop))?,
+    ];
+    if all.contains(&false) {
+        return Ok(false);
+    }
+    let meta = match txn.open_table(META) {
+        Ok(meta) => meta,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+        Err(e) => return Err(db_err(e)),
+    };
+    let format = meta.get(FORMAT_KEY).map_err(db_err)?;
+    Ok(format.is_some_and(|raw| raw.value() == STORE_FORMAT.to_be_bytes().as_slice()))
 }
 
 impl Store {
