@@ -898,6 +898,13 @@ mod tests {
             .expect("have");
         assert_eq!(pusher.known_devices(), 4);
         assert!(out.is_empty());
+        // Nor can a list of devices pulled from directly grow beyond it.
+        let many: Vec<&str> = names.iter().map(String::as_str).collect();
+        pusher
+            .receive(&core, have_direct(&many, &[]), now, &mut out)
+            .expect("have");
+        assert_eq!(pusher.direct_devices(), 4);
+        assert!(out.is_empty());
         // Nothing counts as acknowledged of devices this one does not hold.
         assert!(core.acked_by("c").is_empty());
     }

@@ -339,6 +339,12 @@ impl Pusher {
         self.knowledge.len()
     }
 
+    /// How many devices the peer said it pulls from directly (at most the
+    /// replica's bound on devices, whatever it sends).
+    pub fn direct_devices(&self) -> usize {
+        self.direct.len()
+    }
+
     /// The smoothed round trip measured so far, if any.
     pub fn rtt(&self) -> Option<Duration> {
         self.rtt.smoothed
