@@ -102,6 +102,9 @@ struct CommitQueue {
     done: HashMap<u64, Result<usize, NodeError>>,
 }
 
+/// A clock: ms since the Unix epoch (see [`Core::set_time_source`]).
+pub(crate) type TimeSource = Box<dyn Fn() -> i64 + Send + Sync>;
+
 /// Proof that the log's writer lock is held ([`Core::commit_lock`]).
 struct CommitGuard<'a>(#[allow(dead_code)] MutexGuard<'a, ()>);
 
@@ -215,6 +218,9 @@ pub struct Core {
     /// Added to the system clock for the timestamps of new operations (tests
     /// of skewed clocks; timestamps never decide anything).
     clock_skew_ms: std::sync::atomic::AtomicI64,
+    /// Where the time comes from when not from the system clock (the
+    /// simulator's clock, see [`Core::set_time_source`]).
+    time_source: std::sync::OnceLock<TimeSource>,
     /// What the log no longer holds (the store's compacted frontier).
     compacted: Mutex<VersionVector>,
     /// Per peer: what it sent this device that is applied here (so the
@@ -366,6 +372,7 @@ impl Core {
             acked_saved: Mutex::new(HashMap::new()),
             last_sync: Mutex::new(HashMap::new()),
             clock_skew_ms: std::sync::atomic::AtomicI64::new(0),
+            time_source: std::sync::OnceLock::new(),
             compacted: Mutex::new(compacted),
             received: Mutex::new(HashMap::new()),
             claimed: Mutex::new(HashMap::new()),
@@ -609,10 +616,27 @@ impl Core {
 
     /// This device's clock (ms since the Unix epoch), skew included.
     pub fn clock(&self) -> i64 {
-        now_ms().saturating_add(
+        self.now().saturating_add(
             self.clock_skew_ms
                 .load(std::sync::atomic::Ordering::Relaxed),
         )
+    }
+
+    /// The time now, ms since the Unix epoch: the system clock's, or the
+    /// source set with [`Core::set_time_source`].
+    fn now(&self) -> i64 {
+        match self.time_source.get() {
+            Some(source) => source(),
+            None => now_ms(),
+        }
+    }
+
+    /// Takes the time from `source` instead of the system clock, for the
+    /// timestamps of new operations and the delivery lag of applied ones
+    /// (the simulator's clock: a run then depends on its seed alone). Once:
+    /// a later call changes nothing.
+    pub(crate) fn set_time_source(&self, source: TimeSource) {
+        let _ = self.time_source.set(source);
     }
 
     pub(crate) fn replica(&self) -> MutexGuard<'_, Replica> {
@@ -947,7 +971,7 @@ impl Core {
     /// Tells subscribers about operations from peers just stored, and
     /// notes how long they took to arrive.
     fn announce_applied(&self, ops: &[SyncOperation]) {
-        let now = now_ms();
+        let now = self.now();
         let mut last: Option<&SyncOperation> = None;
         for op in ops {
             tracing::debug!(entity = %op.entity_id, actor = %op.actor_id, counter = op.operation.counter, "applied");

@@ -39,6 +39,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -211,6 +212,11 @@ pub enum SimError {
     },
 }
 
+/// The simulated clock's start, in ms since the Unix epoch (a fixed time,
+/// 2026-01-01, so that timestamps, and the bytes they take, do not depend
+/// on when the run happens).
+const SIM_EPOCH_MS: i64 = 1_767_225_600_000;
+
 /// Most events a run processes before it is declared stalled.
 const MAX_EVENTS: u64 = 50_000_000;
 
@@ -295,6 +301,10 @@ struct Sim<'a> {
     config: &'a SimConfig,
     rng: StdRng,
     now: Duration,
+    /// The simulated time as ms since the Unix epoch, [`SIM_EPOCH_MS`]
+    /// at the start: every device's clock (operation timestamps, delivery
+    /// lags), so that a run depends on its seed alone.
+    clock_ms: Arc<AtomicI64>,
     start: Instant,
     queue: BTreeMap<(Duration, u64), Event>,
     seq: u64,
@@ -344,6 +354,7 @@ impl<'a> Sim<'a> {
             config,
             rng: StdRng::seed_from_u64(config.seed),
             now: Duration::ZERO,
+            clock_ms: Arc::new(AtomicI64::new(SIM_EPOCH_MS)),
             start: Instant::now(),
             queue: BTreeMap::new(),
             seq: 0,
@@ -373,7 +384,7 @@ impl<'a> Sim<'a> {
         for d in 0..n {
             let id = format!("device-{d:03}");
             let dir = dir.join(&id);
-            let core = sim.node(d, Core::open(&dir, &id, ReplicaConfig::default()))?;
+            let core = sim.open(d, &dir, &id)?;
             for &(a, b) in &pairs {
                 let other = match (a == d, b == d) {
                     (true, _) => b,
@@ -439,6 +450,14 @@ impl<'a> Sim<'a> {
             device,
             error,
         })
+    }
+
+    /// Opens device `device`'s core, on the simulated clock.
+    fn open(&self, device: usize, dir: &Path, id: &str) -> Result<Arc<Core>, SimError> {
+        let core = self.node(device, Core::open(dir, id, ReplicaConfig::default()))?;
+        let clock = self.clock_ms.clone();
+        core.set_time_source(Box::new(move || clock.load(Ordering::Relaxed)));
+        Ok(core)
     }
 
     /// A frame sent to `device`, decoded as a peer decodes it.
@@ -686,6 +705,10 @@ impl<'a> Sim<'a> {
                 });
             }
             self.now = at;
+            self.clock_ms.store(
+                SIM_EPOCH_MS.saturating_add(at.as_millis() as i64),
+                Ordering::Relaxed,
+            );
             self.handle(event)?;
         }
         Ok(())
@@ -770,17 +793,16 @@ impl<'a> Sim<'a> {
             Event::Crash(d) => {
                 if let Some(core) = self.devices[d].core.take() {
                     let m = core.metrics();
-                    self.devices[d].applied +=
-                        m.ops_applied.load(std::sync::atomic::Ordering::Relaxed);
-                    self.devices[d].sent += m.ops_sent.load(std::sync::atomic::Ordering::Relaxed);
+                    self.devices[d].applied += m.ops_applied.load(Ordering::Relaxed);
+                    self.devices[d].sent += m.ops_sent.load(Ordering::Relaxed);
                 }
                 for i in 0..self.links_of[d].len() {
                     self.disconnect(self.links_of[d][i]);
                 }
             }
             Event::Restart(d) => {
-                let dev = &self.devices[d];
-                let core = self.node(d, Core::open(&dev.dir, &dev.id, ReplicaConfig::default()))?;
+                let (dir, id) = (self.devices[d].dir.clone(), self.devices[d].id.clone());
+                let core = self.open(d, &dir, &id)?;
                 // Nothing it acknowledged is lost.
                 let vv = core.version_vector();
                 for (other, dev) in self.devices.iter().enumerate() {
@@ -850,8 +872,8 @@ impl<'a> Sim<'a> {
                 });
             }
             let m = core.metrics();
-            dev.applied += m.ops_applied.load(std::sync::atomic::Ordering::Relaxed);
-            dev.sent += m.ops_sent.load(std::sync::atomic::Ordering::Relaxed);
+            dev.applied += m.ops_applied.load(Ordering::Relaxed);
+            dev.sent += m.ops_sent.load(Ordering::Relaxed);
             let expected = made - dev.edits;
             if dev.applied != expected {
                 return Err(SimError::NotExactlyOnce {
