@@ -355,10 +355,14 @@ async fn sync_from(a: &Node, b: &Node) -> (f64, nomade_node::metrics::MetricsSna
 /// paired with B (so A keeps the history B has not acknowledged); B joins.
 /// Returns operations per second applied (durably) on B, and UDP bytes
 /// received by B per operation.
-async fn full_sync(ops: usize, docs: usize, limits: RateLimits) -> FullSync {
+async fn full_sync(ops: usize, docs: usize, limits: RateLimits, compress: bool) -> FullSync {
     let tmp = tempfile::tempdir().unwrap();
-    let a = Node::open(&tmp.path().join("a"), limited_config("a", limits)).unwrap();
-    let b = Node::open(&tmp.path().join("b"), limited_config("b", limits)).unwrap();
+    let config = |name: &str| NodeConfig {
+        compress,
+        ..limited_config(name, limits)
+    };
+    let a = Node::open(&tmp.path().join("a"), config("a")).unwrap();
+    let b = Node::open(&tmp.path().join("b"), config("b")).unwrap();
     a.add_peer(b.device_id(), "b", &[]).unwrap();
     fill(&a, ops, docs);
     let (secs, m) = sync_from(&a, &b).await;
@@ -699,10 +703,11 @@ fn main() {
             );
         }
         if run("sync") {
-            let f = rt.block_on(full_sync(ops, docs, RateLimits::OFF));
+            let f = rt.block_on(full_sync(ops, docs, RateLimits::OFF, true));
+            let plain = rt.block_on(full_sync(ops, docs, RateLimits::OFF, false));
             println!(
-                "e2e: full sync {:.0} ops/s, {:.0} bytes/op, {:.0} frames/s; reconnect differing by one operation: {} bytes ({} with nothing new), {:.1} ms",
-                f.ops_per_sec, f.bytes_per_op, f.frames_per_sec, f.reconnect_bytes, f.reconnect_idle_bytes, f.reconnect_ms
+                "e2e: full sync {:.0} ops/s, {:.0} bytes/op, {:.0} frames/s (without compression: {:.0} ops/s, {:.0} bytes/op); reconnect differing by one operation: {} bytes ({} with nothing new), {:.1} ms",
+                f.ops_per_sec, f.bytes_per_op, f.frames_per_sec, plain.ops_per_sec, plain.bytes_per_op, f.reconnect_bytes, f.reconnect_idle_bytes, f.reconnect_ms
             );
         }
         if run("snapshot") {
@@ -719,7 +724,7 @@ fn main() {
             }
         }
         if run("limited") {
-            let f = rt.block_on(full_sync(limited_ops, 100, RateLimits::default()));
+            let f = rt.block_on(full_sync(limited_ops, 100, RateLimits::default(), true));
             let art = rt
                 .block_on(artifact_fetch(limited_bytes, RateLimits::default()))
                 .mib_per_sec;
@@ -734,11 +739,12 @@ fn main() {
     }
     // Sync first: after the artifact runs, the kernel is still writing
     // gigabytes of their files back to disk, which slows every commit's fsync.
-    let sync = rt.block_on(full_sync(ops, docs, RateLimits::OFF));
+    let sync = rt.block_on(full_sync(ops, docs, RateLimits::OFF, true));
+    let plain = rt.block_on(full_sync(ops, docs, RateLimits::OFF, false));
     let (ops_per_sec, bytes_per_op) = (sync.ops_per_sec, sync.bytes_per_op);
     let (snapshot_secs, snapshot_bytes) = rt.block_on(snapshot_sync(ops, docs));
     let (p50, p99) = rt.block_on(latency(lat_n));
-    let limited = rt.block_on(full_sync(limited_ops, 100, RateLimits::default()));
+    let limited = rt.block_on(full_sync(limited_ops, 100, RateLimits::default(), true));
     let rounds = rt.block_on(artifact_vs_raw(bulk, ARTIFACT_ROUNDS));
     let median = median_round(&rounds);
     let (raw_rate, art_rate) = (median.raw(), median.artifact);
@@ -771,6 +777,8 @@ fn main() {
         "full_sync_ops_per_sec": ops_per_sec,
         "full_sync_bytes_per_op": bytes_per_op,
         "full_sync_frames_per_sec": sync.frames_per_sec,
+        "full_sync_uncompressed_ops_per_sec": plain.ops_per_sec,
+        "full_sync_uncompressed_bytes_per_op": plain.bytes_per_op,
         "snapshot_sync_ops": ops,
         "snapshot_sync_secs": snapshot_secs,
         "snapshot_sync_bytes": snapshot_bytes,

@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release -p nomade-node --example sim -- \
 //!     [--devices N] [--seeds K | --seed S] [--topology mesh|line] \
-//!     [--edits E] [--loss P] [--partition] [--crash] [--faults] [--json PATH]
+//!     [--edits E] [--loss P] [--partition] [--crash] [--faults] [--no-compress] [--json PATH]
 //! ```
 //!
 //! `--faults` is `--loss 0.1 --partition --crash`. Prints one line per seed
@@ -19,7 +19,7 @@ use nomade_node::sim::{run, SimConfig, SimReport, Topology};
 fn usage(problem: &str) -> ! {
     eprintln!("{problem}");
     eprintln!(
-        "usage: sim [--devices N] [--seeds K | --seed S] [--topology mesh|line] [--edits E] [--loss P] [--partition] [--crash] [--faults] [--json PATH]"
+        "usage: sim [--devices N] [--seeds K | --seed S] [--topology mesh|line] [--edits E] [--loss P] [--partition] [--crash] [--faults] [--no-compress] [--json PATH]"
     );
     std::process::exit(2)
 }
@@ -69,6 +69,7 @@ fn main() -> ExitCode {
                 }
             }
             "--partition" => config.partition = true,
+            "--no-compress" => config.compress = false,
             "--crash" => config.crash = true,
             "--faults" => {
                 config.loss = 0.1;

@@ -182,6 +182,9 @@ pub enum PushItem {
     Run {
         /// The payload, canonical.
         payload: Vec<u8>,
+        /// The same payload as stored compressed, if it is (the payload of
+        /// a compressed frame, sent as it is to a peer that takes them).
+        packed: Option<Vec<u8>>,
         /// How many operations it carries.
         count: u64,
         /// The highest counter of each actor in it: what the peer holds
@@ -1249,6 +1252,7 @@ impl Core {
                     .collect();
                 items.push(PushItem::Run {
                     payload: run.payload,
+                    packed: run.packed,
                     count: run.count,
                     covers,
                 });

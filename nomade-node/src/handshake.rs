@@ -21,8 +21,12 @@ pub const PRESENCE: &str = "presence";
 /// the puller holds from elsewhere, so that it is not relayed).
 pub const SYNC_HAVE: &str = "sync-have";
 
+/// The capability of taking frames whose payload is compressed (LZ4,
+/// docs/PROTOCOL.md, "Compressed frames").
+pub const LZ4: &str = "lz4";
+
 /// Capabilities this node announces.
-pub const CAPABILITIES: [&str; 4] = [CRDT_SYNC, ARTIFACT_TRANSFER, PRESENCE, SYNC_HAVE];
+pub const CAPABILITIES: [&str; 5] = [CRDT_SYNC, ARTIFACT_TRANSFER, PRESENCE, SYNC_HAVE, LZ4];
 
 /// What a node says about itself in HELLO / HELLO_ACK.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -68,6 +68,10 @@ pub struct NodeConfig {
     /// informational (ordering uses version vectors), so a skewed clock
     /// changes nothing; this exists to prove it in tests.
     pub clock_skew_ms: i64,
+    /// Whether sync frames to a peer that takes them (the `"lz4"`
+    /// capability) are compressed where that pays (default: yes). Frames
+    /// from peers are taken compressed either way.
+    pub compress: bool,
     /// Test only (the `faults` feature): network faults injected under the
     /// QUIC endpoint, and the partition switch (`None`: the real network,
     /// untouched).
@@ -91,6 +95,7 @@ impl Default for NodeConfig {
             compaction_hold: crate::core::DEFAULT_COMPACTION_HOLD,
             min_backoff: Duration::from_millis(200),
             clock_skew_ms: 0,
+            compress: true,
             max_backoff: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             #[cfg(feature = "faults")]

@@ -382,7 +382,9 @@ impl Node {
                 tracing::debug!(peer = %c3.peer(), error = %e, "heartbeats stopped");
             }
         });
-        // Streams the peer opens.
+        // Streams the peer opens; sync frames to it compressed if it takes
+        // them.
+        let compress = self.inner.config.compress && info.has(handshake::LZ4);
         let result = loop {
             let incoming = tokio::select! {
                 s = conn.accept_stream() => s,
@@ -398,7 +400,7 @@ impl Node {
             let node = self.clone();
             let lh = liveness.clone();
             let pr = presence.clone();
-            tokio::spawn(async move { node.serve_stream(peer, stream, lh, pr).await });
+            tokio::spawn(async move { node.serve_stream(peer, stream, lh, pr, compress).await });
         };
         puller.abort();
         fetcher.abort();
@@ -412,6 +414,7 @@ impl Node {
         stream: IncomingStream,
         liveness: Arc<Mutex<Liveness>>,
         presence: Arc<Mutex<(Option<PresenceUpdate>, Option<Heartbeat>)>>,
+        compress: bool,
     ) {
         let IncomingStream {
             role,
@@ -421,7 +424,9 @@ impl Node {
         let result: Result<(), NodeError> = match (role, send) {
             (StreamRole::Sync, Some(tx)) => {
                 let (mut tx, mut rx) = (Sink(tx), Source(recv));
-                sync::push(self.inner.core.clone(), peer.to_string(), &mut tx, &mut rx).await
+                let pusher = sync::Pusher::new(peer.to_string(), sync::MAX_UNACKED_FRAMES)
+                    .compressing(compress);
+                sync::push(self.inner.core.clone(), pusher, &mut tx, &mut rx).await
             }
             (StreamRole::Artifact, Some(tx)) => self.serve_artifact(peer, tx, recv).await,
             (StreamRole::Presence, _) => loop {

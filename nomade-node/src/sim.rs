@@ -86,6 +86,9 @@ pub struct SimConfig {
     /// Crash one device during the edits and open it again from disk a
     /// little later.
     pub crash: bool,
+    /// Compress operation frames where that pays, as a node does for a
+    /// peer that takes them (the `"lz4"` capability).
+    pub compress: bool,
     /// Everything random comes from it.
     pub seed: u64,
 }
@@ -101,6 +104,7 @@ impl Default for SimConfig {
             loss: 0.0,
             partition: false,
             crash: false,
+            compress: true,
             seed: 1,
         }
     }
@@ -492,7 +496,8 @@ impl<'a> Sim<'a> {
         let flow = |from: usize, to: usize| Flow {
             from,
             to,
-            pusher: Pusher::new(self.devices[to].id.clone(), MAX_UNACKED_FRAMES),
+            pusher: Pusher::new(self.devices[to].id.clone(), MAX_UNACKED_FRAMES)
+                .compressing(self.config.compress),
             puller: Puller::announcing(self.devices[from].id.clone()),
             to_puller_at: self.now,
             to_pusher_at: self.now,
@@ -546,7 +551,10 @@ impl<'a> Sim<'a> {
             self.bytes += frame.len() as u64;
             let name = frame
                 .get(1..3)
-                .and_then(|code| MessageType::from_code(u16::from_be_bytes([code[0], code[1]])))
+                .and_then(|code| {
+                    let code = u16::from_be_bytes([code[0], code[1]]);
+                    MessageType::from_code(code & !nomade_wire::COMPRESSED)
+                })
                 .map_or("unknown", |t| t.name());
             *self.bytes_by_type.entry(name).or_default() += frame.len() as u64;
             let mut at = self.now + self.random_duration(min, max);

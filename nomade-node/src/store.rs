@@ -344,6 +344,10 @@ pub struct StoredRun {
     pub count: u64,
     /// Their `BATCHED_SYNC` payload, canonical, as stored.
     pub payload: Vec<u8>,
+    /// The payload as stored compressed, if it is: its length as a `u32`
+    /// and an LZ4 block, the payload of a compressed frame as it is
+    /// (docs/PROTOCOL.md, "Compressed frames").
+    pub packed: Option<Vec<u8>>,
     /// The version vector of everything stored before it, if recorded.
     pub before: Option<VersionVector>,
     /// The version vector of everything up to its end, if recorded (the
@@ -816,10 +820,15 @@ impl Store {
                 let (k, v) = entry.map_err(db_err)?;
                 let first = k.value();
                 let (count, payload) = split_run(first, v.value())?;
+                let packed = match v.value() {
+                    [RUN_MARKER_LZ4, _, _, _, _, packed @ ..] => Some(packed.to_vec()),
+                    _ => None,
+                };
                 let run = StoredRun {
                     first,
                     count,
                     payload: payload.into_owned(),
+                    packed,
                     before: frontier(first)?,
                     after: frontier(first + count)?,
                 };

@@ -10,7 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let all = samples::all();
     let mut stream = BytesMut::new();
     for s in &all {
-        s.envelope.encode_into(&mut stream)?;
+        stream.extend_from_slice(&samples::frame(s)?);
     }
     println!(
         "{} frames, {} bytes in one stream\n",

@@ -92,6 +92,13 @@ pub enum DecodeError {
         /// How many bytes were left over.
         extra: usize,
     },
+    /// A compressed payload that does not expand to what it announces
+    /// (truncated, corrupt, or of another length).
+    #[error("compressed payload does not expand: {reason}")]
+    Decompression {
+        /// What is wrong.
+        reason: String,
+    },
     /// A stream header names a role this build does not know.
     #[error("unknown stream role {role}")]
     UnknownStreamRole {

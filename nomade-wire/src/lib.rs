@@ -57,8 +57,9 @@ pub use bytes_fixed::{FixedBytes, Hash32, MessageId};
 pub use dedup::{RecentIds, DEFAULT_DEDUP_WINDOW};
 pub use error::{DecodeError, EncodeError};
 pub use frame::{
-    put_frame, Decoder, Envelope, FrameHeader, Limits, Message, MessageType, CHECKSUM_LEN,
-    DEFAULT_MAX_DEPTH, DEFAULT_MAX_PAYLOAD, HEADER_LEN, MAX_CHUNK_DATA, PROTOCOL_VERSION,
+    compress_frame, put_compressed_frame, put_frame, Decoder, Envelope, FrameHeader, Limits,
+    Message, MessageType, CHECKSUM_LEN, COMPRESSED, DEFAULT_MAX_DEPTH, DEFAULT_MAX_PAYLOAD,
+    HEADER_LEN, MAX_CHUNK_DATA, MIN_COMPRESSED_PAYLOAD, PROTOCOL_VERSION,
 };
 pub use message::*;
 pub use stream::{StreamHeader, StreamRole};

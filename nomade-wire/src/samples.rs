@@ -80,6 +80,16 @@ pub fn full_chunk() -> ArtifactChunk {
     }
 }
 
+/// The frame a sample is published as: encoded, and compressed
+/// ([`crate::compress_frame`]) when its name ends in `_lz4`.
+pub fn frame(sample: &Sample) -> Result<Bytes, crate::EncodeError> {
+    let plain = sample.envelope.to_bytes()?;
+    match sample.name.ends_with("_lz4") {
+        true => Ok(crate::compress_frame(&plain).unwrap_or(plain)),
+        false => Ok(plain),
+    }
+}
+
 /// Every sample, in a stable order, covering every message type and each
 /// optional field both present and absent.
 pub fn all() -> Vec<Sample> {
@@ -432,6 +442,19 @@ pub fn all() -> Vec<Sample> {
             chunk_index: 3,
             chunk_data: Bytes::from_static(b"last bytes of the photo"),
             is_final: true,
+            chunk_hash: None,
+            seal: None,
+        }
+        .into(),
+    );
+    // Published compressed (a name ending in `_lz4`: see `compress_frame`).
+    push(
+        "artifact_chunk_lz4",
+        ArtifactChunk {
+            artifact_id: hash(0xa1),
+            chunk_index: 4,
+            chunk_data: Bytes::from_static(&[b'n'; 600]),
+            is_final: false,
             chunk_hash: None,
             seal: None,
         }

@@ -260,17 +260,6 @@ pub async fn pull(
     }
 }
 
-/// Runs a [`Pusher`]: answers the peer's `SYNC_REQUEST`, then pushes new
-/// operations as they are stored, until the stream or the node ends.
-pub async fn push(
-    core: Arc<Core>,
-    peer: String,
-    tx: &mut impl FrameSink,
-    rx: &mut impl FrameSource,
-) -> Result<(), NodeError> {
-    push_with_window(core, peer, tx, rx, MAX_UNACKED_FRAMES).await
-}
-
 /// Sends what a state machine produced, in order. When `result` is an
 /// error, sending is best effort (an `ERROR` before the stream ends) and
 /// `result` is what counts.
@@ -291,15 +280,15 @@ async fn flush(
     result
 }
 
-/// [`push`] with a window of `window` unacknowledged frames.
-async fn push_with_window(
+/// Runs `pusher` ([`Pusher::new`]): answers the peer's `SYNC_REQUEST`, then
+/// pushes new operations as they are stored, until the stream or the node
+/// ends.
+pub async fn push(
     core: Arc<Core>,
-    peer: String,
+    mut pusher: Pusher,
     tx: &mut impl FrameSink,
     rx: &mut impl FrameSource,
-    window: usize,
 ) -> Result<(), NodeError> {
-    let mut pusher = Pusher::new(peer, window);
     let mut appended = core.appended();
     let mut out = Vec::new();
     let Some(first) = rx.recv().await? else {

@@ -126,6 +126,9 @@ pub struct Pusher {
     /// the whole): their acknowledgements are expected, and change nothing.
     snapshot_pieces: std::collections::HashSet<MessageId>,
     batch: BatchEncoder,
+    /// Whether operation frames are compressed where that pays (the peer
+    /// takes compressed frames).
+    compress: bool,
 }
 
 /// Operations of other devices held back, in two queues by whether the
@@ -268,7 +271,23 @@ impl Pusher {
             unacked: HashMap::new(),
             snapshot_pieces: std::collections::HashSet::new(),
             batch: BatchEncoder::new(MAX_BATCH_PAYLOAD),
+            compress: false,
         }
+    }
+
+    /// This pusher, compressing its operation frames where that pays
+    /// ([`nomade_wire::compress_frame`]) if `compress`: for a peer that
+    /// announced the `"lz4"` capability.
+    pub fn compressing(mut self, compress: bool) -> Pusher {
+        self.compress = compress;
+        self
+    }
+
+    /// An operation frame to send: compressed, if this pusher compresses
+    /// and that pays.
+    fn frame(&self, frame: Bytes) -> Transmit {
+        let compressed = self.compress.then(|| nomade_wire::compress_frame(&frame));
+        Transmit::Frame(compressed.flatten().unwrap_or(frame))
     }
 
     /// Whether the window of unacknowledged frames is full: [`Pusher::poll`]
@@ -552,21 +571,39 @@ impl Pusher {
             let (count, frames) = match item {
                 PushItem::Run {
                     payload,
+                    packed,
                     count,
                     covers,
                 } => {
-                    // As stored: no operation decoded or encoded again.
+                    // As stored: no operation decoded or encoded again, and
+                    // to a peer that takes compressed frames, not compressed
+                    // again either.
                     let id = new_message_id();
                     let mut buf = BytesMut::new();
-                    nomade_wire::put_frame(
-                        &mut buf,
-                        MessageType::BatchedSync,
-                        id,
-                        now_ms(),
-                        &payload,
-                    )?;
+                    let frame = match packed.filter(|_| self.compress) {
+                        Some(packed) => {
+                            nomade_wire::put_compressed_frame(
+                                &mut buf,
+                                MessageType::BatchedSync,
+                                id,
+                                now_ms(),
+                                &packed,
+                            )?;
+                            Transmit::Frame(buf.freeze())
+                        }
+                        None => {
+                            nomade_wire::put_frame(
+                                &mut buf,
+                                MessageType::BatchedSync,
+                                id,
+                                now_ms(),
+                                &payload,
+                            )?;
+                            self.frame(buf.freeze())
+                        }
+                    };
                     self.sent(id, covers, now);
-                    out.push(Transmit::Frame(buf.freeze()));
+                    out.push(frame);
                     Metrics::add(&core.metrics().runs_sent_as_stored, 1);
                     (count as usize, 1)
                 }
@@ -672,7 +709,7 @@ impl Pusher {
                 let id = new_message_id();
                 self.batch.finish_frame(id, now_ms(), &mut buf)?;
                 self.sent(id, std::mem::take(&mut covered), now);
-                out.push(Transmit::Frame(buf.split().freeze()));
+                out.push(self.frame(buf.split().freeze()));
                 frames += 1;
             }
         }

@@ -393,13 +393,71 @@ def build_frame(message_type: int, message_id: bytes, timestamp: int, payload: b
     )
 
 
+COMPRESSED = 0x8000  # the message_type bit of a frame whose payload is compressed
+
+
+def lz4_block_decompress(block: bytes, size: int) -> bytes:
+    """Expands an LZ4 block (the block format, no frame header) that must give
+    exactly `size` bytes; anything else is a SpecError."""
+    out = bytearray()
+    i = 0
+    while True:
+        if i >= len(block):
+            raise SpecError("LZ4 block ends before its last sequence")
+        token = block[i]
+        i += 1
+        literals = token >> 4
+        if literals == 15:
+            while True:
+                if i >= len(block):
+                    raise SpecError("LZ4 literal length runs past the block")
+                b = block[i]
+                i += 1
+                literals += b
+                if b != 255:
+                    break
+        if i + literals > len(block):
+            raise SpecError("LZ4 literals run past the block")
+        out += block[i : i + literals]
+        i += literals
+        if len(out) > size:
+            raise SpecError(f"LZ4 block expands past the {size} bytes announced")
+        if i == len(block):
+            break  # the last sequence has literals only
+        if i + 2 > len(block):
+            raise SpecError("LZ4 match offset runs past the block")
+        offset = block[i] | (block[i + 1] << 8)
+        i += 2
+        if offset == 0 or offset > len(out):
+            raise SpecError(f"LZ4 match offset {offset} outside the {len(out)} bytes so far")
+        length = (token & 15) + 4
+        if token & 15 == 15:
+            while True:
+                if i >= len(block):
+                    raise SpecError("LZ4 match length runs past the block")
+                b = block[i]
+                i += 1
+                length += b
+                if b != 255:
+                    break
+        if len(out) + length > size:
+            raise SpecError(f"LZ4 block expands past the {size} bytes announced")
+        start = len(out) - offset
+        for k in range(length):  # may overlap what it copies
+            out.append(out[start + k])
+    if len(out) != size:
+        raise SpecError(f"LZ4 block expands to {len(out)} bytes, {size} announced")
+    return bytes(out)
+
+
 def decode_frame(frame: bytes):
-    """Decodes exactly one frame. Returns (message_type, message_id, timestamp, payload, obj)."""
+    """Decodes exactly one frame. Returns (message_type, message_id, timestamp, payload, obj):
+    the type as on the wire (with the COMPRESSED bit if set) and the payload as on the wire."""
     if len(frame) >= 1 and frame[0] != PROTOCOL_VERSION:
         raise SpecError(f"unsupported version {frame[0]}")
     if len(frame) >= 3:
         mtype = struct.unpack_from(">H", frame, 1)[0]
-        if mtype not in MESSAGES:
+        if mtype & ~COMPRESSED not in MESSAGES:
             raise SpecError(f"unknown message type 0x{mtype:04x}")
     if len(frame) < HEADER_LEN:
         raise SpecError(f"truncated header: {len(frame)} of {HEADER_LEN} bytes")
@@ -414,7 +472,15 @@ def decode_frame(frame: bytes):
     payload = frame[HEADER_LEN : HEADER_LEN + length]
     if checksum(payload) != frame[HEADER_LEN + length :]:
         raise ChecksumError("BLAKE3 checksum mismatch")
-    obj = decode_payload(mtype, payload)
+    if mtype & COMPRESSED:
+        if len(payload) < 4:
+            raise SpecError(f"compressed payload of {len(payload)} bytes has no length")
+        (size,) = struct.unpack_from(">I", payload)
+        if size > MAX_PAYLOAD:
+            raise SpecError(f"compressed payload announces {size} bytes, more than {MAX_PAYLOAD}")
+        obj = decode_payload(mtype & ~COMPRESSED, lz4_block_decompress(payload[4:], size))
+    else:
+        obj = decode_payload(mtype, payload)
     return mtype, message_id, timestamp, payload, obj
 
 
@@ -618,12 +684,12 @@ def check_vector(v) -> None:
         raise SpecError(f"version {version}, expected {PROTOCOL_VERSION}")
     if mtype != vtype:
         raise SpecError(f"header message_type 0x{mtype:04x} but the vector says 0x{vtype:04x}")
-    if mtype not in MESSAGES:
+    if mtype & ~COMPRESSED not in MESSAGES:
         raise SpecError(f"unknown message type 0x{mtype:04x}")
     if HEADER_LEN + length + CHECKSUM_LEN != len(frame):
         raise SpecError(f"payload_length {length} does not match a frame of {len(frame)} bytes")
     got_type, got_id, got_ts, payload, obj = decode_frame(frame)
-    check_identities(got_type, obj)
+    check_identities(got_type & ~COMPRESSED, obj)
     rebuilt = build_frame(got_type, got_id, got_ts, payload)
     if rebuilt != frame:
         raise SpecError("the frame rebuilt from its parts differs from frame_hex")
@@ -660,7 +726,7 @@ def run(path: str) -> int:
                 raise SpecError("duplicate vector name")
             seen_names.add(name)
             check_vector(v)
-            seen_types.add(v["message_type"])
+            seen_types.add(v["message_type"] & ~COMPRESSED)
             print(f"ok {name}")
         except (SpecError, ValueError, KeyError, TypeError, struct.error) as e:
             failures += 1
