@@ -146,28 +146,17 @@ fn conversation_items_are_edited_by_their_ids() {
         ("b", answer[0].operation.counter)
     );
     // Removed by id, wherever it is; a second removal sends nothing.
-    let removed = a
-        .apply_local(
+    let remove = |r: &mut Replica, item: &nomade_wire::ElementId| {
+        r.apply_local(
             CONV,
             "chat",
-            LocalEdit::RemoveItem {
-                item: question_id.clone(),
-            },
+            LocalEdit::RemoveItem { item: item.clone() },
             0,
         )
-        .unwrap();
-    assert_eq!(removed.len(), 1);
-    let again = a
-        .apply_local(
-            CONV,
-            "chat",
-            LocalEdit::RemoveItem {
-                item: question_id.clone(),
-            },
-            0,
-        )
-        .unwrap();
-    assert!(again.is_empty());
+        .unwrap()
+    };
+    assert_eq!(remove(&mut a, &question_id).len(), 1);
+    assert!(remove(&mut a, &question_id).is_empty());
     // Inserting after a removed item puts the new one in its place.
     a.apply_local(
         CONV,

@@ -298,8 +298,20 @@ pub(crate) fn put_header(
     timestamp: i64,
     payload_len: u32,
 ) {
+    put_coded_header(dst, message_type.code(), message_id, timestamp, payload_len);
+}
+
+/// [`put_header`] with the type's code as it goes on the wire (with the
+/// [`COMPRESSED`] bit, for a compressed frame).
+fn put_coded_header(
+    dst: &mut BytesMut,
+    code: u16,
+    message_id: MessageId,
+    timestamp: i64,
+    payload_len: u32,
+) {
     dst.put_u8(PROTOCOL_VERSION);
-    dst.put_u16(message_type.code());
+    dst.put_u16(code);
     dst.put_slice(message_id.as_bytes());
     dst.put_i64(timestamp);
     dst.put_u32(payload_len);
@@ -317,12 +329,23 @@ pub fn put_frame(
     timestamp: i64,
     payload: &[u8],
 ) -> Result<(), EncodeError> {
+    put_coded_frame(dst, message_type.code(), message_id, timestamp, payload)
+}
+
+/// [`put_frame`] with the type's code as it goes on the wire.
+fn put_coded_frame(
+    dst: &mut BytesMut,
+    code: u16,
+    message_id: MessageId,
+    timestamp: i64,
+    payload: &[u8],
+) -> Result<(), EncodeError> {
     let len = u32::try_from(payload.len()).map_err(|_| EncodeError::PayloadTooLarge {
         len: payload.len(),
         max: u32::MAX as usize,
     })?;
     dst.reserve(HEADER_LEN + payload.len() + CHECKSUM_LEN);
-    put_header(dst, message_type, message_id, timestamp, len);
+    put_coded_header(dst, code, message_id, timestamp, len);
     dst.put_slice(payload);
     dst.put_slice(blake3::hash(payload).as_bytes());
     Ok(())
@@ -339,19 +362,8 @@ pub fn put_compressed_frame(
     timestamp: i64,
     packed: &[u8],
 ) -> Result<(), EncodeError> {
-    let len = u32::try_from(packed.len()).map_err(|_| EncodeError::PayloadTooLarge {
-        len: packed.len(),
-        max: u32::MAX as usize,
-    })?;
-    dst.reserve(HEADER_LEN + packed.len() + CHECKSUM_LEN);
-    dst.put_u8(PROTOCOL_VERSION);
-    dst.put_u16(message_type.code() | COMPRESSED);
-    dst.put_slice(message_id.as_bytes());
-    dst.put_i64(timestamp);
-    dst.put_u32(len);
-    dst.put_slice(packed);
-    dst.put_slice(blake3::hash(packed).as_bytes());
-    Ok(())
+    let code = message_type.code() | COMPRESSED;
+    put_coded_frame(dst, code, message_id, timestamp, packed)
 }
 
 /// The frame `frame` (one whole frame, as this crate encodes them) with its
@@ -362,28 +374,23 @@ pub fn put_compressed_frame(
 /// (already-compressed media), or a frame already compressed. Send it only
 /// to a peer that announced the `"lz4"` capability.
 pub fn compress_frame(frame: &[u8]) -> Option<Bytes> {
-    let header = frame.get(..HEADER_LEN)?;
-    let code = u16::from_be_bytes([header[1], header[2]]);
+    let unlimited = Limits {
+        max_payload: u32::MAX,
+        ..Limits::default()
+    };
+    let header = FrameHeader::parse(frame, &unlimited).ok().flatten()?;
     let payload = frame.get(HEADER_LEN..frame.len().checked_sub(CHECKSUM_LEN)?)?;
-    if code & COMPRESSED != 0 || payload.len() < MIN_COMPRESSED_PAYLOAD {
+    if header.compressed || payload.len() < MIN_COMPRESSED_PAYLOAD {
         return None;
     }
-    let plain_len = u32::try_from(payload.len()).ok()?;
-    let packed = lz4_flex::block::compress(payload);
-    let wire_len = 4 + packed.len();
-    if wire_len > payload.len() - payload.len() / 8 {
+    let mut packed = u32::try_from(payload.len()).ok()?.to_be_bytes().to_vec();
+    packed.extend_from_slice(&lz4_flex::block::compress(payload));
+    if packed.len() > payload.len() - payload.len() / 8 {
         return None;
     }
-    let mut out = BytesMut::with_capacity(HEADER_LEN + wire_len + CHECKSUM_LEN);
-    out.put_slice(&header[..1]);
-    out.put_u16(code | COMPRESSED);
-    out.put_slice(&header[3..27]);
-    out.put_u32(u32::try_from(wire_len).ok()?);
-    let start = out.len();
-    out.put_u32(plain_len);
-    out.put_slice(&packed);
-    let checksum = blake3::hash(&out[start..]);
-    out.put_slice(checksum.as_bytes());
+    let mut out = BytesMut::new();
+    let (id, ts) = (header.message_id, header.timestamp);
+    put_compressed_frame(&mut out, header.message_type, id, ts, &packed).ok()?;
     Some(out.freeze())
 }
 

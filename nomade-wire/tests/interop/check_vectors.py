@@ -396,6 +396,19 @@ def build_frame(message_type: int, message_id: bytes, timestamp: int, payload: b
 COMPRESSED = 0x8000  # the message_type bit of a frame whose payload is compressed
 
 
+def lz4_length(block: bytes, i: int, what: str):
+    """An LZ4 length extension at `i`: bytes added up to the first below 255.
+    Returns (the sum, the index after it)."""
+    total = 0
+    while True:
+        if i >= len(block):
+            raise SpecError(f"LZ4 {what} length runs past the block")
+        total += block[i]
+        i += 1
+        if block[i - 1] != 255:
+            return total, i
+
+
 def lz4_block_decompress(block: bytes, size: int) -> bytes:
     """Expands an LZ4 block (the block format, no frame header) that must give
     exactly `size` bytes; anything else is a SpecError."""
@@ -408,14 +421,8 @@ def lz4_block_decompress(block: bytes, size: int) -> bytes:
         i += 1
         literals = token >> 4
         if literals == 15:
-            while True:
-                if i >= len(block):
-                    raise SpecError("LZ4 literal length runs past the block")
-                b = block[i]
-                i += 1
-                literals += b
-                if b != 255:
-                    break
+            more, i = lz4_length(block, i, "literal")
+            literals += more
         if i + literals > len(block):
             raise SpecError("LZ4 literals run past the block")
         out += block[i : i + literals]
@@ -432,14 +439,8 @@ def lz4_block_decompress(block: bytes, size: int) -> bytes:
             raise SpecError(f"LZ4 match offset {offset} outside the {len(out)} bytes so far")
         length = (token & 15) + 4
         if token & 15 == 15:
-            while True:
-                if i >= len(block):
-                    raise SpecError("LZ4 match length runs past the block")
-                b = block[i]
-                i += 1
-                length += b
-                if b != 255:
-                    break
+            more, i = lz4_length(block, i, "match")
+            length += more
         if len(out) + length > size:
             raise SpecError(f"LZ4 block expands past the {size} bytes announced")
         start = len(out) - offset
