@@ -9,18 +9,22 @@
 //! the trace's `endContent`.
 //!
 //! Each (trace, implementation) runs in its own child process, so that its
-//! heap is its own.
+//! heap is its own. A counting global allocator measures the heap the
+//! receiving document retains after the replay (what it holds once every
+//! update is applied and dropped), for every implementation alike.
 //!
 //! Run: `cargo run --release -- [--quick] [--runs N] [--out DIR]`.
 
 #[path = "../../nomade-crdt/tests/common/traces.rs"]
 mod traces;
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::RefCell;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use automerge::transaction::Transactable;
@@ -30,6 +34,43 @@ use nomade_wire::SyncOperation;
 use traces::{Patch, Trace};
 use yrs::updates::decoder::Decode;
 use yrs::{GetString, Text, TextRef, Transact, Update};
+
+/// The system allocator, counting the bytes currently allocated.
+struct Counting;
+
+static HEAP: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is passed to the system allocator unchanged; only a
+// counter is updated beside it.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            HEAP.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        HEAP.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            HEAP.fetch_sub(layout.size(), Ordering::Relaxed);
+            HEAP.fetch_add(new_size, Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Bytes currently allocated on the heap.
+fn heap_now() -> usize {
+    HEAP.load(Ordering::Relaxed)
+}
 
 /// The traces: (name, file).
 const TRACES: [(&str, &str); 2] = [
@@ -137,6 +178,9 @@ impl Peer for Nomade {
         receiver
             .apply_remote(update)
             .expect("nomade: the receiver rejected an operation");
+        // What a node does: the applied operations go to its store, not
+        // the replica.
+        drop(receiver.take_applied());
     }
     fn received_text(receiver: &mut Replica) -> String {
         receiver.text("paper", "text").unwrap_or_default()
@@ -430,19 +474,22 @@ fn truncate(trace: &mut Trace, limit: usize) {
 
 /// Applies `updates` to a fresh receiver `runs` times (stopping after the
 /// first run if it took over [`REPEAT_UNDER`]), checks the text against
-/// `expected` and returns the best time.
+/// `expected` and returns the best time, and the heap the receiver retains
+/// after the first run (the updates consumed and dropped).
 fn measure<P: Peer>(
     what: &str,
     updates: &[P::Wire],
     expected: &str,
     runs: usize,
     batch: bool,
-) -> Duration {
+) -> (Duration, usize) {
     let mut best = Duration::MAX;
+    let mut retained = 0;
     for run in 0..runs {
         if run > 0 && best > REPEAT_UNDER {
             break;
         }
+        let heap_before = heap_now();
         let received: Vec<P::Received> = updates.iter().map(P::receivable).collect();
         let start = Instant::now();
         let mut receiver = P::receiver();
@@ -455,6 +502,9 @@ fn measure<P: Peer>(
         }
         let elapsed = start.elapsed();
         best = best.min(elapsed);
+        if run == 0 {
+            retained = heap_now().saturating_sub(heap_before);
+        }
         let text = P::received_text(&mut receiver);
         if text != expected {
             let at = text.chars().zip(expected.chars()).position(|(x, y)| x != y);
@@ -467,7 +517,7 @@ fn measure<P: Peer>(
         }
         drop(receiver);
     }
-    best
+    (best, retained)
 }
 
 /// A run whose first repetition takes longer than this is not repeated.
@@ -479,7 +529,7 @@ const REPEAT_UNDER: Duration = Duration::from_secs(30);
 const AUTOMERGE_SEQUENTIAL_CAP: usize = 20_000;
 
 /// Child process: prepares, then measures; prints one line per mode:
-/// `mode best_secs updates keystrokes_applied capped`.
+/// `mode best_secs updates keystrokes_applied capped retained_heap_bytes`.
 fn child<P: Peer>(trace_name: &str, implementation: &str, runs: usize) {
     let file = TRACES
         .iter()
@@ -512,14 +562,14 @@ fn child<P: Peer>(trace_name: &str, implementation: &str, runs: usize) {
             }
             None => (&updates[..], trace.end_content.clone(), keys),
         };
-        let best = measure::<P>(&what, applied, &expected, runs, batch);
+        let (best, retained) = measure::<P>(&what, applied, &expected, runs, batch);
         eprintln!(
-            "  {what}: {:.3} s for {n} keystrokes{}",
+            "  {what}: {:.3} s for {n} keystrokes{}, {retained} bytes of heap retained",
             best.as_secs_f64(),
             if cap.is_some() { " (capped)" } else { "" }
         );
         println!(
-            "{mode} {} {} {n} {}",
+            "{mode} {} {} {n} {} {retained}",
             best.as_secs_f64(),
             applied.len(),
             cap.is_some()
@@ -534,11 +584,17 @@ struct Measured {
     updates: usize,
     keystrokes: usize,
     capped: bool,
+    /// Heap the receiving document retains after the replay.
+    retained: usize,
 }
 
 impl Measured {
     fn ns_per_keystroke(&self) -> f64 {
         self.secs * 1e9 / self.keystrokes as f64
+    }
+
+    fn heap_per_keystroke(&self) -> f64 {
+        self.retained as f64 / self.keystrokes as f64
     }
 }
 
@@ -558,13 +614,14 @@ fn run_child(trace: &str, implementation: &str, runs: usize) -> Vec<Measured> {
         .lines()
         .map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
-            assert_eq!(f.len(), 5, "unexpected child output {line:?}");
+            assert_eq!(f.len(), 6, "unexpected child output {line:?}");
             Measured {
                 mode: f[0].to_string(),
                 secs: f[1].parse().expect("child seconds"),
                 updates: f[2].parse().expect("child update count"),
                 keystrokes: f[3].parse().expect("child keystroke count"),
                 capped: f[4] == "true",
+                retained: f[5].parse().expect("child heap bytes"),
             }
         })
         .collect()
@@ -646,7 +703,7 @@ fn main() {
         let ratio = nomade / fastest_peer;
         for m in &results {
             table.push(format!(
-                "{name:<16} {:<16} {:>8}{} {:>8} {:>12.0} {:>10.1} {:>8.2}",
+                "{name:<16} {:<16} {:>8}{} {:>8} {:>12.0} {:>10.1} {:>8.2} {:>10.1}",
                 m.mode,
                 m.keystrokes,
                 if m.capped { "*" } else { " " },
@@ -654,6 +711,7 @@ fn main() {
                 m.ns_per_keystroke(),
                 m.secs * 1e3,
                 m.ns_per_keystroke() / fastest_peer,
+                m.heap_per_keystroke(),
             ));
         }
         report.push(serde_json::json!({
@@ -666,19 +724,22 @@ fn main() {
                 "updates": m.updates,
                 "keystrokes_applied": m.keystrokes,
                 "capped": m.capped,
+                "retained_heap_bytes": m.retained,
+                "heap_bytes_per_keystroke": m.heap_per_keystroke(),
             })).collect::<Vec<_>>(),
             "nomade_ratio_to_fastest_peer": ratio,
         }));
     }
     println!(
-        "\n{:<16} {:<16} {:>9} {:>8} {:>12} {:>10} {:>8}",
-        "trace", "impl", "keys", "updates", "ns/keystroke", "total ms", "vs peer"
+        "\n{:<16} {:<16} {:>9} {:>8} {:>12} {:>10} {:>8} {:>10}",
+        "trace", "impl", "keys", "updates", "ns/keystroke", "total ms", "vs peer", "heap B/key"
     );
     for row in &table {
         println!("{row}");
     }
     println!(
         "vs peer: ns/keystroke / fastest of yrs and automerge (one update at a time)\n\
+         heap B/key: heap the receiving document retains after the replay, per keystroke\n\
          *: only the first {AUTOMERGE_SEQUENTIAL_CAP} keystrokes (see README)\n\
          automerge-batch: all changes in one apply_changes call (for information, not a peer)"
     );

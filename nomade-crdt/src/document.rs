@@ -50,7 +50,7 @@ pub struct Document {
     /// dots this map has seen (see [`Document::projected_clock`]).
     pub(crate) write_counters: HashMap<ActorIdx, Vec<(u64, u64)>>,
     /// Collaborative text fields.
-    pub(crate) texts: BTreeMap<String, Sequence<char>>,
+    pub(crate) texts: BTreeMap<String, Sequence<String>>,
 }
 
 impl Document {
@@ -121,7 +121,7 @@ impl Document {
 
     /// The text field `field`, created empty if it does not exist yet (the
     /// name is cloned only then).
-    pub(crate) fn text_mut(&mut self, field: &str) -> &mut Sequence<char> {
+    pub(crate) fn text_mut(&mut self, field: &str) -> &mut Sequence<String> {
         if !self.texts.contains_key(field) {
             self.texts.insert(field.to_string(), Sequence::default());
         }

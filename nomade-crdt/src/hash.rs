@@ -112,15 +112,15 @@ fn walk(r: &Replica, w: &mut impl Walk) {
                 w.texts(d.texts.len());
                 for (field, text) in &d.texts {
                     w.text(field, text.len());
-                    for (eid, c) in text.iter() {
-                        w.char(r.actors.name(eid.actor), eid.counter, *c);
+                    for (eid, c) in text.chars() {
+                        w.char(r.actors.name(eid.actor), eid.counter, c);
                     }
                 }
             }
             Entity::Conversation(s) => {
                 w.entity(*entity_type, id, 0);
                 w.items(s.len());
-                for (eid, v) in s.iter() {
+                for (eid, v) in s.items() {
                     w.item(r.actors.name(eid.actor), eid.counter, v);
                 }
             }

@@ -123,7 +123,7 @@ impl LocalEdit {
 #[derive(Debug, Clone)]
 pub(crate) enum Entity {
     Document(Document),
-    Conversation(Sequence<Value>),
+    Conversation(Sequence<Vec<Value>>),
 }
 
 impl Entity {
@@ -232,26 +232,16 @@ pub fn trim_front(mut op: SyncOperation, known: u64) -> SyncOperation {
     op
 }
 
-/// Ids as ranges of consecutive counters of one actor, in their order.
-fn ranges_of(ids: &[Eid], actors: &Actors) -> Vec<IdRange> {
-    let mut out: Vec<IdRange> = Vec::new();
-    let mut last: Option<Eid> = None;
-    for id in ids {
-        match (out.last_mut(), last) {
-            (Some(r), Some(prev))
-                if prev.actor == id.actor && prev.counter.checked_add(1) == Some(id.counter) =>
-            {
-                r.len += 1;
-            }
-            _ => out.push(IdRange {
-                actor: actors.name(id.actor).to_string(),
-                counter: id.counter,
-                len: 1,
-            }),
-        }
-        last = Some(*id);
-    }
-    out
+/// Ranges `(first id, length)` as the wire's `IdRange`s.
+fn ranges_of(ranges: &[(Eid, u64)], actors: &Actors) -> Vec<IdRange> {
+    ranges
+        .iter()
+        .map(|(first, len)| IdRange {
+            actor: actors.name(first.actor).to_string(),
+            counter: first.counter,
+            len: *len,
+        })
+        .collect()
 }
 
 /// All the entities of one device, with causal delivery of remote operations.
@@ -408,7 +398,7 @@ impl Replica {
                     }
                     let mut out = Vec::new();
                     if *delete > 0 {
-                        let targets = text.ids_from(*position, *delete);
+                        let targets = text.visible_ranges(*position, *delete);
                         out.push(Edit::Remove {
                             field: Some(field.clone()),
                             ranges: ranges_of(&targets, &self.actors),
@@ -460,7 +450,7 @@ impl Replica {
                     } else {
                         vec![Edit::Remove {
                             field: None,
-                            ranges: ranges_of(&[target], &self.actors),
+                            ranges: ranges_of(&[(target, 1)], &self.actors),
                         }]
                     }
                 }
@@ -473,7 +463,7 @@ impl Replica {
                         })?;
                     vec![Edit::Remove {
                         field: None,
-                        ranges: ranges_of(&[target], &self.actors),
+                        ranges: ranges_of(&[(target, 1)], &self.actors),
                     }]
                 }
                 _ => return Err(wrong(&edit)),
@@ -514,7 +504,7 @@ impl Replica {
     /// `conversation`.
     fn known_item(
         &self,
-        conversation: &Sequence<Value>,
+        conversation: &Sequence<Vec<Value>>,
         item: &ElementId,
     ) -> Result<Eid, CrdtError> {
         self.actors
@@ -537,18 +527,22 @@ impl Replica {
         }
     }
 
-    /// The ids of every element a removal names, in order; `None` when one
-    /// of its actors is unknown (so it names elements that do not exist).
-    fn range_eids(&self, ranges: &[IdRange]) -> Option<Vec<Eid>> {
-        let mut out = Vec::new();
-        for r in ranges {
-            let actor = self.actors.get(&r.actor)?;
-            out.extend((0..r.len).map(|k| Eid {
-                actor,
-                counter: r.counter + k,
-            }));
-        }
-        Some(out)
+    /// A removal's ranges as `(first id, length)`; `None` when one of its
+    /// actors is unknown (so it names elements that do not exist).
+    fn local_ranges(&self, ranges: &[IdRange]) -> Option<Vec<(Eid, u64)>> {
+        ranges
+            .iter()
+            .map(|r| {
+                let actor = self.actors.get(&r.actor)?;
+                Some((
+                    Eid {
+                        actor,
+                        counter: r.counter,
+                    },
+                    r.len,
+                ))
+            })
+            .collect()
     }
 
     fn invalid(op: &SyncOperation, reason: impl Into<String>) -> CrdtError {
@@ -647,19 +641,19 @@ impl Replica {
         let entity = self.entities.get(&(op.entity_type, op.entity_id.clone()));
         // The edit's shape was validated: text edits name a field of a
         // document, the others apply to a conversation.
-        let seq_len = |f: Option<&String>| -> usize {
-            match (f, entity) {
-                (Some(f), Some(Entity::Document(d))) => d.texts.get(f).map_or(0, |s| s.total_len()),
-                (None, Some(Entity::Conversation(s))) => s.total_len(),
-                _ => 0,
-            }
+        let (text, items) = match (field, entity) {
+            (Some(f), Some(Entity::Document(d))) => (d.texts.get(f), None),
+            (None, Some(Entity::Conversation(s))) => (None, Some(s)),
+            _ => (None, None),
         };
+        let seq_len = text.map_or(0, |s| s.total_len()) + items.map_or(0, |s| s.total_len());
         let contains = |id: &Eid| -> bool {
-            match (field, entity) {
-                (Some(f), Some(Entity::Document(d))) => {
-                    d.texts.get(f).is_some_and(|s| s.contains(id))
-                }
-                (None, Some(Entity::Conversation(s))) => s.contains(id),
+            text.is_some_and(|s| s.contains(id)) || items.is_some_and(|s| s.contains(id))
+        };
+        let all_exist = |ranges: &[(Eid, u64)]| -> bool {
+            match (text, items) {
+                (Some(s), _) => s.check_remove(ranges).is_ok(),
+                (_, Some(s)) => s.check_remove(ranges).is_ok(),
                 _ => false,
             }
         };
@@ -676,12 +670,12 @@ impl Replica {
         }
         if let Some(ranges) = ranges {
             // Never expand more ids than the sequence holds.
-            if op.operation.edit.span() > seq_len(field) as u64 {
+            if op.operation.edit.span() > seq_len as u64 {
                 return Err(Self::invalid(op, "removes more elements than exist"));
             }
             let all_known = self
-                .range_eids(ranges)
-                .is_some_and(|ids| ids.iter().all(contains));
+                .local_ranges(ranges)
+                .is_some_and(|ranges| all_exist(&ranges));
             if !all_known {
                 return Err(Self::invalid(op, "removes an unknown element"));
             }
@@ -802,13 +796,13 @@ impl Replica {
             counter,
         };
         let mut after_eid = None;
-        let mut target_eids = Vec::new();
+        let mut targets = Vec::new();
         match &op.operation.edit {
             Edit::Insert { after, .. } | Edit::InsertText { after, .. } => {
                 after_eid = after.as_ref().map(|a| self.eid(a));
             }
             Edit::Remove { ranges, .. } => {
-                target_eids = self.range_eids(ranges).unwrap_or_default();
+                targets = self.local_ranges(ranges).unwrap_or_default();
             }
             _ => {}
         }
@@ -851,18 +845,14 @@ impl Replica {
             }
             (Edit::InsertText { field, text, .. }, Entity::Document(d)) => d
                 .text_mut(field)
-                .insert(after_eid.as_ref(), first, lamport, text.chars(), greater),
+                .insert(after_eid.as_ref(), first, lamport, text.clone(), greater),
             (Edit::Remove { field: Some(f), .. }, Entity::Document(d)) => {
-                d.text_mut(f).remove(&target_eids)
+                d.text_mut(f).remove(&targets)
             }
-            (Edit::Insert { values, .. }, Entity::Conversation(s)) => s.insert(
-                after_eid.as_ref(),
-                first,
-                lamport,
-                values.iter().cloned(),
-                greater,
-            ),
-            (Edit::Remove { .. }, Entity::Conversation(s)) => s.remove(&target_eids),
+            (Edit::Insert { values, .. }, Entity::Conversation(s)) => {
+                s.insert(after_eid.as_ref(), first, lamport, values.clone(), greater)
+            }
+            (Edit::Remove { .. }, Entity::Conversation(s)) => s.remove(&targets),
             _ => Ok(0),
         };
         debug_assert!(result.is_ok(), "checked before apply: {result:?}");
@@ -923,7 +913,7 @@ impl Replica {
             .get(&(EntityType::Conversation, id.to_string()))?
         {
             Entity::Conversation(s) => Some(
-                s.iter()
+                s.items()
                     .map(|(eid, v)| (self.element_id(&eid), v.clone()))
                     .collect(),
             ),
@@ -937,7 +927,7 @@ impl Replica {
             .entities
             .get(&(EntityType::Conversation, id.to_string()))?
         {
-            Entity::Conversation(s) => Some(s.iter().map(|(_, v)| v.clone()).collect()),
+            Entity::Conversation(s) => Some(s.items().map(|(_, v)| v.clone()).collect()),
             Entity::Document(_) => None,
         }
     }

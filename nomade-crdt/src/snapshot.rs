@@ -7,7 +7,7 @@ use crate::actors::ActorIdx;
 use crate::document::Document;
 use crate::error::CrdtError;
 use crate::replica::{Entity, Replica, ReplicaConfig};
-use crate::sequence::{Eid, OrderKey, Sequence};
+use crate::sequence::{Content, Eid, Run, RunLamport, Sequence};
 
 /// The snapshot format: 3 since a snapshot became a message a device may
 /// send another (docs/PROTOCOL.md, "Snapshots"): fields as their concurrent
@@ -90,75 +90,110 @@ fn decode_checked<T: serde::de::DeserializeOwned>(
     Ok(decoded)
 }
 
-/// A sequence as runs of elements (see [`SnapRun`]).
-fn snap_seq<T: Clone, V: Default + Extend<T>>(s: &Sequence<T>) -> Vec<SnapRun<V>> {
-    let mut runs: Vec<SnapRun<V>> = Vec::new();
-    let mut last: Option<OrderKey> = None;
-    for (key, value, deleted) in s.iter_all() {
-        let continues = last.is_some_and(|prev| {
-            prev.id.actor == key.id.actor
-                && prev.id.counter.checked_add(1) == Some(key.id.counter)
-                && prev.lamport.checked_add(1) == Some(key.lamport)
-        }) && runs.last().is_some_and(|r| r.3 == deleted);
-        match runs.last_mut() {
-            Some(run) if continues => run.4.extend([value.clone()]),
-            _ => {
-                let mut values = V::default();
-                values.extend([value.clone()]);
-                runs.push(SnapRun(
-                    key.id.actor,
-                    key.id.counter,
-                    key.lamport,
+/// A sequence as runs of elements (see [`SnapRun`]): the sequence's own
+/// runs, joined where they continue one another, and split after the first
+/// element where its Lamport number does not step by one to the second.
+fn snap_seq<C: Content + Clone>(s: &Sequence<C>) -> Vec<SnapRun<C>> {
+    let mut runs: Vec<SnapRun<C>> = Vec::new();
+    let mut last_len = 0u64;
+    let mut push = |runs: &mut Vec<SnapRun<C>>,
+                    counter: u64,
+                    lamport: u64,
+                    len: u64,
+                    actor,
                     deleted,
-                    values,
-                ));
+                    content: C| {
+        match runs.last_mut() {
+            Some(last)
+                if last.0 == actor
+                    && last.3 == deleted
+                    && last.1 + last_len == counter
+                    && last.2 + last_len == lamport =>
+            {
+                last.4.join(content);
+                last_len += len;
+            }
+            _ => {
+                runs.push(SnapRun(actor, counter, lamport, deleted, content));
+                last_len = len;
             }
         }
-        last = Some(key);
+    };
+    for run in s.runs() {
+        let len = u64::from(run.len);
+        let mut content = run.content.clone();
+        let (actor, deleted) = (run.id.actor, run.deleted);
+        if len > 1 && run.lamport.next != run.lamport.first.saturating_add(1) {
+            let rest = content.split_at_element(1, run.len as usize);
+            push(
+                &mut runs,
+                run.id.counter,
+                run.lamport.first,
+                1,
+                actor,
+                deleted,
+                content,
+            );
+            push(
+                &mut runs,
+                run.id.counter + 1,
+                run.lamport.next,
+                len - 1,
+                actor,
+                deleted,
+                rest,
+            );
+        } else {
+            push(
+                &mut runs,
+                run.id.counter,
+                run.lamport.first,
+                len,
+                actor,
+                deleted,
+                content,
+            );
+        }
     }
     runs
 }
 
-/// Rebuilds a sequence from its runs; `values` lists a run's values.
-/// `limits[i]` is the highest counter of actor `i` the snapshot covers: an
-/// element above it is refused (it would be an operation the snapshot's
-/// version vector says was never applied).
-fn restore_seq<T: Clone, V, I: IntoIterator<Item = T>>(
+/// Rebuilds a sequence from its runs. `limits[i]` is the highest counter of
+/// actor `i` the snapshot covers: an element above it is refused (it would
+/// be an operation the snapshot's version vector says was never applied).
+fn restore_seq<C: Content>(
     actors: &[ActorIdx],
     limits: &[u64],
-    runs: Vec<SnapRun<V>>,
-    values: impl Fn(V) -> I,
-) -> Result<Sequence<T>, CrdtError> {
-    let mut items: Vec<(OrderKey, T, bool)> = Vec::new();
-    for SnapRun(actor, counter, lamport, deleted, run) in runs {
+    runs: Vec<SnapRun<C>>,
+) -> Result<Sequence<C>, CrdtError> {
+    let mut items = Vec::with_capacity(runs.len());
+    for SnapRun(actor, counter, lamport, deleted, content) in runs {
         let (index, limit) = checked_actor(actors, limits, actor)?;
-        for (k, value) in values(run).into_iter().enumerate() {
-            let k = k as u64;
-            let (Some(counter), Some(lamport)) = (counter.checked_add(k), lamport.checked_add(k))
-            else {
-                return Err(CrdtError::BadSnapshot("a run's counters overflow".into()));
-            };
-            check_dot(counter, limit)?;
-            items.push((
-                OrderKey {
-                    lamport,
-                    id: Eid {
-                        actor: index,
-                        counter,
-                    },
-                },
-                value,
-                deleted,
-            ));
+        let n = content.count() as u64;
+        if n == 0 {
+            continue;
         }
+        let (Some(last), Some(_)) = (counter.checked_add(n - 1), lamport.checked_add(n)) else {
+            return Err(CrdtError::BadSnapshot("a run's counters overflow".into()));
+        };
+        check_dot(counter, limit)?;
+        check_dot(last, limit)?;
+        items.push(Run {
+            id: Eid {
+                actor: index,
+                counter,
+            },
+            lamport: RunLamport {
+                first: lamport,
+                next: lamport + 1,
+            },
+            len: u32::try_from(n).unwrap_or(u32::MAX),
+            deleted,
+            content,
+        });
     }
-    let seq = Sequence::from_ordered(items);
-    if !seq.ids_are_unique() {
-        return Err(CrdtError::BadSnapshot(
-            "a sequence lists an element twice".into(),
-        ));
-    }
-    Ok(seq)
+    Sequence::from_runs(items)
+        .map_err(|_| CrdtError::BadSnapshot("a sequence lists an element twice".into()))
 }
 
 /// The replica's index of the snapshot's actor `actor`, and the highest
@@ -294,16 +329,13 @@ impl Replica {
             }
             let entity = match t {
                 EntityType::Conversation if fields.is_empty() && texts.is_empty() => {
-                    Entity::Conversation(restore_seq(&actors, &limits, items, |values| values)?)
+                    Entity::Conversation(restore_seq(&actors, &limits, items)?)
                 }
                 EntityType::Document if items.is_empty() => {
                     let mut doc = Document::default();
                     restore_fields(&mut doc, &actors, &limits, fields, &r.actors)?;
                     for (f, runs) in texts {
-                        let seq = restore_seq(&actors, &limits, runs, |text: String| {
-                            text.chars().collect::<Vec<_>>()
-                        })?;
-                        doc.texts.insert(f, seq);
+                        doc.texts.insert(f, restore_seq(&actors, &limits, runs)?);
                     }
                     Entity::Document(doc)
                 }
