@@ -62,6 +62,7 @@ pub use document::Tagged;
 pub use error::CrdtError;
 pub use oplog::{MemoryOpLog, OpLog, RestoreError};
 pub use replica::{
-    lamport, last_counters, raise_counter, trim_front, EntityKey, LocalEdit, Replica, ReplicaConfig,
+    lamport, last_counters, raise_counter, trim_front, EntityKey, EntityKeyView, LocalEdit,
+    Replica, ReplicaConfig,
 };
 pub use snapshot::{snapshot_version_vector, SNAPSHOT_VERSION};

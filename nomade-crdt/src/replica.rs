@@ -139,6 +139,53 @@ impl Entity {
 /// with the same id, so concurrent creation can never conflict on type.
 pub type EntityKey = (EntityType, String);
 
+/// An entity key seen as its parts, so that maps keyed by [`EntityKey`] can
+/// be searched with a borrowed id (`&(entity_type, id) as &dyn EntityKeyView`)
+/// instead of an allocated one.
+pub trait EntityKeyView {
+    /// The entity's type and id.
+    fn parts(&self) -> (EntityType, &str);
+}
+
+impl EntityKeyView for EntityKey {
+    fn parts(&self) -> (EntityType, &str) {
+        (self.0, &self.1)
+    }
+}
+
+impl EntityKeyView for (EntityType, &str) {
+    fn parts(&self) -> (EntityType, &str) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn EntityKeyView + 'a> for EntityKey {
+    fn borrow(&self) -> &(dyn EntityKeyView + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn EntityKeyView + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn EntityKeyView + '_ {}
+
+impl PartialOrd for dyn EntityKeyView + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn EntityKeyView + '_ {
+    /// The order of [`EntityKey`]: type, then id byte-wise.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
+
 /// Raises `actor`'s entry of `vv` to at least `counter`, cloning the actor's
 /// name only when it is new to `vv` (so the common case allocates nothing).
 pub fn raise_counter(vv: &mut VersionVector, actor: &str, counter: u64) {
@@ -638,7 +685,9 @@ impl Replica {
             Edit::Remove { field, ranges } => (field.as_ref(), None, Some(ranges)),
             _ => return Ok(()),
         };
-        let entity = self.entities.get(&(op.entity_type, op.entity_id.clone()));
+        let entity = self
+            .entities
+            .get(&(op.entity_type, op.entity_id.as_str()) as &dyn EntityKeyView);
         // The edit's shape was validated: text edits name a field of a
         // document, the others apply to a conversation.
         let (text, items) = match (field, entity) {
@@ -788,7 +837,8 @@ impl Replica {
     fn apply_ready(&mut self, op: SyncOperation) {
         let lamport = lamport(&op);
         let actor_idx = self.actors.intern(&op.actor_id);
-        let key = (op.entity_type, op.entity_id.clone());
+        let key = (op.entity_type, op.entity_id.as_str());
+        let key = &key as &dyn EntityKeyView;
         let counter = op.operation.counter;
         let last = op.operation.last_counter();
         let first = Eid {
@@ -815,17 +865,23 @@ impl Replica {
                 .is_gt()
         };
         // The common case (a known entity, a known actor) allocates nothing.
-        match self.entity_vv.get_mut(&key) {
+        match self.entity_vv.get_mut(key) {
             Some(vv) => raise_counter(vv, &op.actor_id, last),
             None => {
                 let vv = VersionVector::from([(op.actor_id.clone(), last)]);
-                self.entity_vv.insert(key.clone(), vv);
+                self.entity_vv
+                    .insert((op.entity_type, op.entity_id.clone()), vv);
             }
         }
-        let entity = self
-            .entities
-            .entry(key)
-            .or_insert_with(|| Entity::new(op.entity_type));
+        if !self.entities.contains_key(key) {
+            self.entities.insert(
+                (op.entity_type, op.entity_id.clone()),
+                Entity::new(op.entity_type),
+            );
+        }
+        let Some(entity) = self.entities.get_mut(key) else {
+            return;
+        };
         let result: Result<usize, SeqError> = match (&op.operation.edit, entity) {
             (Edit::Set { key, value }, Entity::Document(d)) => {
                 d.set(
@@ -845,12 +901,12 @@ impl Replica {
             }
             (Edit::InsertText { field, text, .. }, Entity::Document(d)) => d
                 .text_mut(field)
-                .insert(after_eid.as_ref(), first, lamport, text.clone(), greater),
+                .insert(after_eid.as_ref(), first, lamport, text, greater),
             (Edit::Remove { field: Some(f), .. }, Entity::Document(d)) => {
                 d.text_mut(f).remove(&targets)
             }
             (Edit::Insert { values, .. }, Entity::Conversation(s)) => {
-                s.insert(after_eid.as_ref(), first, lamport, values.clone(), greater)
+                s.insert(after_eid.as_ref(), first, lamport, values, greater)
             }
             (Edit::Remove { .. }, Entity::Conversation(s)) => s.remove(&targets),
             _ => Ok(0),

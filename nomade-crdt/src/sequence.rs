@@ -29,7 +29,7 @@
 //! };
 //! let mut text: Sequence<String> = Sequence::new();
 //! let first = Eid { actor: 0, counter: 1 };
-//! text.insert(None, first, RunLamport { first: 1, next: 2 }, "hello".to_string(), greater)
+//! text.insert(None, first, RunLamport { first: 1, next: 2 }, "hello", greater)
 //!     .unwrap();
 //! // One run, whatever its length.
 //! assert_eq!(text.run_count(), 1);
@@ -125,22 +125,44 @@ pub struct OrderKey {
 /// What a run holds: the values of its elements, split and joined as the
 /// run is (a `String` of characters for text, a `Vec` of items).
 pub trait Content: Default {
+    /// The borrowed form an insertion passes (`str`, a slice of items).
+    type Slice: ?Sized;
     /// The number of elements (characters of a `String`, not bytes).
     fn count(&self) -> usize;
+    /// The number of elements of a borrowed content.
+    fn count_slice(slice: &Self::Slice) -> usize;
+    /// The content as its borrowed form.
+    fn as_slice(&self) -> &Self::Slice;
+    /// Appends a borrowed content's elements.
+    fn join_slice(&mut self, slice: &Self::Slice);
     /// Splits off the elements from `at` on; `count` is [`Content::count`],
     /// which the caller knows.
     fn split_at_element(&mut self, at: usize, count: usize) -> Self;
     /// Appends `other`'s elements.
     fn join(&mut self, other: Self);
-    /// Cuts the content into pieces of at most `max` elements, in order.
-    fn chunks(self, max: usize) -> Vec<Self>
+    /// Copies a borrowed content into pieces of at most `max` elements, in order.
+    fn chunks(slice: &Self::Slice, max: usize) -> Vec<Self>
     where
         Self: Sized;
 }
 
 impl Content for String {
+    type Slice = str;
+
     fn count(&self) -> usize {
         self.chars().count()
+    }
+
+    fn count_slice(slice: &str) -> usize {
+        slice.chars().count()
+    }
+
+    fn as_slice(&self) -> &str {
+        self
+    }
+
+    fn join_slice(&mut self, slice: &str) {
+        self.push_str(slice);
     }
 
     fn split_at_element(&mut self, at: usize, count: usize) -> Self {
@@ -156,23 +178,37 @@ impl Content for String {
         self.push_str(&other);
     }
 
-    fn chunks(self, max: usize) -> Vec<Self> {
+    fn chunks(slice: &str, max: usize) -> Vec<Self> {
         let mut out = Vec::new();
         let mut start = 0;
-        for (k, (byte, _)) in self.char_indices().enumerate() {
+        for (k, (byte, _)) in slice.char_indices().enumerate() {
             if k > 0 && k % max == 0 {
-                out.push(self[start..byte].to_string());
+                out.push(slice[start..byte].to_string());
                 start = byte;
             }
         }
-        out.push(self[start..].to_string());
+        out.push(slice[start..].to_string());
         out
     }
 }
 
-impl<V> Content for Vec<V> {
+impl<V: Clone> Content for Vec<V> {
+    type Slice = [V];
+
     fn count(&self) -> usize {
         self.len()
+    }
+
+    fn count_slice(slice: &[V]) -> usize {
+        slice.len()
+    }
+
+    fn as_slice(&self) -> &[V] {
+        self
+    }
+
+    fn join_slice(&mut self, slice: &[V]) {
+        self.extend_from_slice(slice);
     }
 
     fn split_at_element(&mut self, at: usize, _count: usize) -> Self {
@@ -183,77 +219,148 @@ impl<V> Content for Vec<V> {
         self.append(&mut other);
     }
 
-    fn chunks(self, max: usize) -> Vec<Self> {
-        let mut out = Vec::new();
-        let mut it = self.into_iter().peekable();
-        while it.peek().is_some() {
-            out.push(it.by_ref().take(max).collect());
-        }
-        out
+    fn chunks(slice: &[V], max: usize) -> Vec<Self> {
+        slice.chunks(max).map(<[V]>::to_vec).collect()
     }
 }
 
 /// Consecutive elements `id`, `id.plus(1)`, ... inserted one after the
 /// other, all visible or all removed.
+///
+/// Laid out in 56 bytes beside its content (the id's parts and the removed
+/// flag packed), since a text holds one per run it keeps.
 #[derive(Debug, Clone)]
 pub struct Run<C> {
-    /// The first element's id.
-    pub id: Eid,
+    counter: u64,
+    actor: ActorIdx,
+    /// The length, with [`REMOVED`] set for tombstones.
+    len_and_removed: u32,
     /// The elements' Lamport numbers.
     pub lamport: RunLamport,
-    /// How many elements.
-    pub len: u32,
-    /// Whether they are removed (tombstones).
-    pub deleted: bool,
     /// Their values.
     pub content: C,
 }
 
+/// The bit of [`Run::len_and_removed`] that marks a removed run; a run is
+/// at most [`MAX_RUN`] long, far below it.
+const REMOVED: u32 = 1 << 31;
+
+impl<C> Run<C> {
+    /// A run of the elements of `content` from `id` on; `len` is
+    /// `content`'s element count (at most [`MAX_RUN`]).
+    fn with_len(id: Eid, lamport: RunLamport, len: u32, deleted: bool, content: C) -> Run<C> {
+        Run {
+            counter: id.counter,
+            actor: id.actor,
+            len_and_removed: len | if deleted { REMOVED } else { 0 },
+            lamport,
+            content,
+        }
+    }
+
+    /// The first element's id.
+    pub fn id(&self) -> Eid {
+        Eid {
+            actor: self.actor,
+            counter: self.counter,
+        }
+    }
+
+    /// How many elements.
+    pub fn len(&self) -> u32 {
+        self.len_and_removed & !REMOVED
+    }
+
+    /// Whether the elements are removed (tombstones).
+    pub fn deleted(&self) -> bool {
+        self.len_and_removed & REMOVED != 0
+    }
+
+    fn set_len(&mut self, len: u32) {
+        self.len_and_removed = len | (self.len_and_removed & REMOVED);
+    }
+
+    fn set_deleted(&mut self) {
+        self.len_and_removed |= REMOVED;
+    }
+}
+
 impl<C: Content> Run<C> {
+    /// Runs of the elements of `content` from `first` on, with the Lamport
+    /// numbers `lamport`, cut at [`MAX_RUN`] elements.
+    pub fn pieces(
+        first: Eid,
+        lamport: RunLamport,
+        deleted: bool,
+        content: &C::Slice,
+    ) -> Vec<Run<C>> {
+        let mut pieces = Vec::new();
+        let mut offset = 0u64;
+        for part in C::chunks(content, MAX_RUN) {
+            let len = part.count() as u32;
+            pieces.push(Run::with_len(
+                first.plus(offset),
+                lamport.from(offset),
+                len,
+                deleted,
+                part,
+            ));
+            offset += u64::from(len);
+        }
+        pieces
+    }
+
     /// The first element's order key.
     pub fn key(&self) -> OrderKey {
         OrderKey {
             lamport: self.lamport.first,
-            id: self.id,
+            id: self.id(),
         }
     }
 
     fn end(&self) -> u64 {
-        self.id.counter + u64::from(self.len)
+        self.id().counter + u64::from(self.len())
     }
 
     fn visible(&self) -> usize {
-        if self.deleted {
+        if self.deleted() {
             0
         } else {
-            self.len as usize
+            self.len() as usize
         }
     }
 
     /// Whether `next` continues this run: the same actor's next counters,
     /// the Lamport numbers of the elements that would follow, the same state.
     fn continued_by(&self, next: &Run<C>) -> bool {
-        let len = u64::from(self.len);
-        self.id.actor == next.id.actor
-            && self.end() == next.id.counter
-            && self.deleted == next.deleted
-            && (self.len as usize) + (next.len as usize) <= MAX_RUN
-            && next.lamport.first == self.lamport.at(len)
-            && (next.len == 1 || next.lamport.next == self.lamport.at(len + 1))
+        self.continues_into(next.id(), next.lamport, next.len() as usize, next.deleted())
+    }
+
+    /// Whether `len` elements from `id` with the Lamport numbers `lamport`
+    /// and the state `deleted` continue this run.
+    fn continues_into(&self, id: Eid, lamport: RunLamport, len: usize, deleted: bool) -> bool {
+        let own = u64::from(self.len());
+        self.id().actor == id.actor
+            && self.end() == id.counter
+            && self.deleted() == deleted
+            && (self.len() as usize) + len <= MAX_RUN
+            && lamport.first == self.lamport.at(own)
+            && (len == 1 || lamport.next == self.lamport.at(own + 1))
     }
 
     /// Splits off the elements from `at` (0 < at < len) into a run of their own.
     fn split(&mut self, at: u32) -> Run<C> {
-        let tail = Run {
-            id: self.id.plus(u64::from(at)),
-            lamport: self.lamport.from(u64::from(at)),
-            len: self.len - at,
-            deleted: self.deleted,
-            content: self
-                .content
-                .split_at_element(at as usize, self.len as usize),
-        };
-        self.len = at;
+        let content = self
+            .content
+            .split_at_element(at as usize, self.len() as usize);
+        let tail = Run::with_len(
+            self.id().plus(u64::from(at)),
+            self.lamport.from(u64::from(at)),
+            self.len() - at,
+            self.deleted(),
+            content,
+        );
+        self.set_len(at);
         tail
     }
 }
@@ -371,9 +478,9 @@ impl<C: Content> Sequence<C> {
         let runs = &self.leaves[leaf as usize].runs;
         let run = runs
             .iter()
-            .position(|r| r.id.actor == id.actor && r.id.counter == start)?;
+            .position(|r| r.id().actor == id.actor && r.id().counter == start)?;
         let offset = id.counter - start;
-        (offset < u64::from(runs[run].len)).then_some((Place { leaf, run }, offset as u32))
+        (offset < u64::from(runs[run].len())).then_some((Place { leaf, run }, offset as u32))
     }
 
     fn run(&self, place: Place) -> &Run<C> {
@@ -414,7 +521,7 @@ impl<C: Content> Sequence<C> {
     /// returns that run's place.
     fn split_run(&mut self, place: Place, at: u32) -> Place {
         let tail = self.leaves[place.leaf as usize].runs[place.run].split(at);
-        self.index_run(tail.id, place.leaf);
+        self.index_run(tail.id(), place.leaf);
         let next = Place {
             leaf: place.leaf,
             run: place.run + 1,
@@ -477,10 +584,10 @@ impl<C: Content> Sequence<C> {
         after: Option<&Eid>,
         first: Eid,
         lamport: RunLamport,
-        content: C,
+        content: &C::Slice,
         greater: impl Fn(&OrderKey, &OrderKey) -> bool,
     ) -> Result<usize, SeqError> {
-        let n = content.count();
+        let n = C::count_slice(content);
         self.check_insert(after, &first, n)?;
         if n == 0 {
             return Ok(0);
@@ -493,7 +600,7 @@ impl<C: Content> Sequence<C> {
         let mut at = match after {
             Some(a) => {
                 let (place, offset) = self.locate(a).ok_or(SeqError::UnknownElement(*a))?;
-                if offset + 1 < self.run(place).len {
+                if offset + 1 < self.run(place).len() {
                     self.split_run(place, offset + 1)
                 } else {
                     Place {
@@ -527,21 +634,18 @@ impl<C: Content> Sequence<C> {
                 }
             }
         }
-        let mut pieces = Vec::new();
-        let mut offset = 0u64;
-        for part in content.chunks(MAX_RUN) {
-            let len = part.count() as u32;
-            pieces.push(Run {
-                id: first.plus(offset),
-                lamport: lamport.from(offset),
-                len,
-                deleted: false,
-                content: part,
-            });
-            offset += u64::from(len);
-        }
-        self.place_runs(at, pieces);
         self.total += n;
+        // Typing on: the run before takes the new elements.
+        let leaf = &mut self.leaves[at.leaf as usize];
+        if let Some(prev) = at.run.checked_sub(1).and_then(|p| leaf.runs.get_mut(p)) {
+            if prev.continues_into(first, lamport, n, false) {
+                prev.set_len(prev.len() + n as u32);
+                prev.content.join_slice(content);
+                self.add_visible(at.leaf, n as isize);
+                return Ok(n);
+            }
+        }
+        self.place_runs(at, Run::pieces(first, lamport, false, content));
         Ok(n)
     }
 
@@ -554,12 +658,12 @@ impl<C: Content> Sequence<C> {
             let leaf = &mut self.leaves[at.leaf as usize];
             if let Some(prev) = slot.checked_sub(1).and_then(|p| leaf.runs.get_mut(p)) {
                 if prev.continued_by(&run) {
-                    prev.len += run.len;
+                    prev.set_len(prev.len() + run.len());
                     prev.content.join(run.content);
                     continue;
                 }
             }
-            let id = run.id;
+            let id = run.id();
             insert_run(&mut leaf.runs, slot, run);
             self.index_run(id, at.leaf);
             slot += 1;
@@ -580,7 +684,7 @@ impl<C: Content> Sequence<C> {
             l.visible -= moved;
             let (parent, next) = (l.parent, l.next);
             l.next = new;
-            let moved_ids: Vec<Eid> = tail.iter().map(|r| r.id).collect();
+            let moved_ids: Vec<Eid> = tail.iter().map(|r| r.id()).collect();
             self.leaves.push(Leaf {
                 runs: tail,
                 parent,
@@ -691,7 +795,7 @@ impl<C: Content> Sequence<C> {
     /// The id of the `index`-th visible element.
     pub fn id_at(&self, index: usize) -> Option<Eid> {
         let (place, offset) = self.place_of_visible(index)?;
-        Some(self.run(place).id.plus(u64::from(offset)))
+        Some(self.run(place).id().plus(u64::from(offset)))
     }
 
     /// The id of the last visible element, found from the root down: the
@@ -723,11 +827,11 @@ impl<C: Content> Sequence<C> {
                 continue;
             };
             place.run += 1;
-            if run.deleted {
+            if run.deleted() {
                 continue;
             }
-            let take = (u64::from(run.len) - skip).min(left);
-            let id = run.id.plus(skip);
+            let take = (u64::from(run.len()) - skip).min(left);
+            let id = run.id().plus(skip);
             skip = 0;
             left -= take;
             match out.last_mut() {
@@ -768,7 +872,7 @@ impl<C: Content> Sequence<C> {
                 let (mut place, offset) = self.locate(&at).ok_or(SeqError::UnknownElement(at))?;
                 let run = self.run(place);
                 let run_end = run.end();
-                if run.deleted {
+                if run.deleted() {
                     at.counter = run_end;
                     continue;
                 }
@@ -777,10 +881,10 @@ impl<C: Content> Sequence<C> {
                 }
                 let piece_end = run_end.min(end);
                 let piece_len = (piece_end - at.counter) as u32;
-                if piece_len < self.run(place).len {
+                if piece_len < self.run(place).len() {
                     self.split_run(place, piece_len);
                 }
-                self.leaves[place.leaf as usize].runs[place.run].deleted = true;
+                self.leaves[place.leaf as usize].runs[place.run].set_deleted();
                 self.add_visible(place.leaf, -(piece_len as isize));
                 removed += piece_len as usize;
                 self.join_around(place);
@@ -800,15 +904,17 @@ impl<C: Content> Sequence<C> {
         let mut i = place.run;
         if i + 1 < runs.len() && runs[i].continued_by(&runs[i + 1]) {
             let next = runs.remove(i + 1);
-            gone.push(next.id);
-            runs[i].len += next.len;
+            gone.push(next.id());
+            let len = runs[i].len() + next.len();
+            runs[i].set_len(len);
             runs[i].content.join(next.content);
         }
         if i > 0 && runs[i - 1].continued_by(&runs[i]) {
             let run = runs.remove(i);
-            gone.push(run.id);
+            gone.push(run.id());
             i -= 1;
-            runs[i].len += run.len;
+            let len = runs[i].len() + run.len();
+            runs[i].set_len(len);
             runs[i].content.join(run.content);
         }
         for id in gone {
@@ -819,7 +925,7 @@ impl<C: Content> Sequence<C> {
     /// Whether the element `id` is in the sequence and not removed.
     pub fn is_visible(&self, id: &Eid) -> bool {
         self.locate(id)
-            .is_some_and(|(place, _)| !self.run(place).deleted)
+            .is_some_and(|(place, _)| !self.run(place).deleted())
     }
 
     /// Every run in document order, tombstones included.
@@ -846,22 +952,9 @@ impl<C: Content> Sequence<C> {
             if n == 0 {
                 continue;
             }
-            seq.check_insert(None, &run.id, n)?;
+            seq.check_insert(None, &run.id(), n)?;
             seq.total += n;
-            let mut pieces = Vec::new();
-            let (id, lamport, deleted) = (run.id, run.lamport, run.deleted);
-            let mut offset = 0;
-            for part in run.content.chunks(MAX_RUN) {
-                let len = part.count() as u32;
-                pieces.push(Run {
-                    id: id.plus(offset),
-                    lamport: lamport.from(offset),
-                    len,
-                    deleted,
-                    content: part,
-                });
-                offset += u64::from(len);
-            }
+            let pieces = Run::pieces(run.id(), run.lamport, run.deleted(), run.content.as_slice());
             // The last leaf: the one after the place of the last run.
             while seq.leaves[last.leaf as usize].next != NONE {
                 last.leaf = seq.leaves[last.leaf as usize].next;
@@ -877,7 +970,7 @@ impl Sequence<String> {
     /// The visible characters as a string.
     pub fn to_text(&self) -> String {
         let mut out = String::with_capacity(self.visible);
-        for run in self.runs().filter(|r| !r.deleted) {
+        for run in self.runs().filter(|r| !r.deleted()) {
             out.push_str(&run.content);
         }
         out
@@ -886,17 +979,17 @@ impl Sequence<String> {
     /// The visible characters in order, with their ids.
     pub fn chars(&self) -> impl Iterator<Item = (Eid, char)> + '_ {
         self.runs()
-            .filter(|r| !r.deleted)
-            .flat_map(|r| (0..).map(move |k| r.id.plus(k)).zip(r.content.chars()))
+            .filter(|r| !r.deleted())
+            .flat_map(|r| (0..).map(move |k| r.id().plus(k)).zip(r.content.chars()))
     }
 }
 
-impl<V> Sequence<Vec<V>> {
+impl<V: Clone> Sequence<Vec<V>> {
     /// The visible items in order, with their ids.
     pub fn items(&self) -> impl Iterator<Item = (Eid, &V)> + '_ {
         self.runs()
-            .filter(|r| !r.deleted)
-            .flat_map(|r| (0..).map(move |k| r.id.plus(k)).zip(r.content.iter()))
+            .filter(|r| !r.deleted())
+            .flat_map(|r| (0..).map(move |k| r.id().plus(k)).zip(r.content.iter()))
     }
 }
 
@@ -913,13 +1006,13 @@ mod tests {
         (a.lamport, a.id.actor, a.id.counter) > (b.lamport, b.id.actor, b.id.counter)
     }
 
-    fn text(s: &str) -> String {
-        s.to_string()
+    fn text(s: &str) -> &str {
+        s
     }
 
     #[test]
     fn inserts_and_removes_by_position() {
-        let mut s = Sequence::new();
+        let mut s: Sequence<String> = Sequence::new();
         s.insert(
             None,
             eid(0, 1),
@@ -949,6 +1042,11 @@ mod tests {
     }
 
     #[test]
+    fn a_run_of_text_takes_56_bytes_beside_its_characters() {
+        assert_eq!(std::mem::size_of::<Run<String>>(), 56);
+    }
+
+    #[test]
     fn typing_one_character_at_a_time_is_one_run() {
         let mut s: Sequence<String> = Sequence::new();
         let mut after = None;
@@ -961,7 +1059,7 @@ mod tests {
                     first: counter,
                     next: counter + 1,
                 },
-                c.to_string(),
+                &c.to_string(),
                 by_lamport_then_actor,
             )
             .unwrap();
@@ -980,7 +1078,7 @@ mod tests {
     #[test]
     fn concurrent_siblings_order_by_key_and_keep_subtrees_together() {
         // Two actors insert after the same element at the same Lamport time.
-        let mut a = Sequence::new();
+        let mut a: Sequence<String> = Sequence::new();
         a.insert(
             None,
             eid(0, 1),
@@ -1064,7 +1162,7 @@ mod tests {
 
     #[test]
     fn large_sequences_split_nodes_and_stay_consistent() {
-        let mut s = Sequence::new();
+        let mut s: Sequence<String> = Sequence::new();
         let mut expected: Vec<char> = Vec::new();
         for i in 0..20_000u64 {
             let c = char::from(b'a' + (i % 26) as u8);
@@ -1074,7 +1172,7 @@ mod tests {
                 after.as_ref(),
                 eid(0, i + 1),
                 RunLamport::flat(i + 1),
-                c.to_string(),
+                &c.to_string(),
                 by_lamport_then_actor,
             )
             .unwrap();
@@ -1091,12 +1189,12 @@ mod tests {
                 first: 30_000,
                 next: 30_001,
             },
-            "z".repeat(3000),
+            &"z".repeat(3000),
             by_lamport_then_actor,
         )
         .unwrap();
         assert_eq!(s.len(), 23_000);
-        assert!(s.runs().all(|r| r.len as usize <= MAX_RUN));
+        assert!(s.runs().all(|r| r.len() as usize <= MAX_RUN));
         assert_eq!(s.last_id(), Some(eid(1, 3000)));
         let rebuilt = Sequence::from_runs(s.runs().cloned()).unwrap();
         assert_eq!(rebuilt.to_text(), s.to_text());
@@ -1202,7 +1300,7 @@ mod tests {
                         let run_lamport = RunLamport { first: start, next: start + 1 };
                         lamport = lamport.max(start + len as u64);
                         let content: String = "xyz".chars().take(len).collect();
-                        s.insert(Some(&after), first, run_lamport, content.clone(), by_lamport_then_actor).unwrap();
+                        s.insert(Some(&after), first, run_lamport, &content, by_lamport_then_actor).unwrap();
                         model.insert(Some(after), first, run_lamport, &content);
                         last[actor as usize] = Some((first.plus(len as u64 - 1), run_lamport.at(len as u64 - 1)));
                     }
@@ -1214,7 +1312,7 @@ mod tests {
                         let run_lamport = RunLamport { first: lamport, next: lamport + 1 + lamport_gap };
                         lamport += len as u64 + lamport_gap;
                         let content: String = (0..len).map(|k| char::from(b'a' + ((k + actor as usize * 7) % 26) as u8)).collect();
-                        s.insert(after.as_ref(), first, run_lamport, content.clone(), by_lamport_then_actor).unwrap();
+                        s.insert(after.as_ref(), first, run_lamport, &content, by_lamport_then_actor).unwrap();
                         model.insert(after, first, run_lamport, &content);
                         last[actor as usize] = Some((first.plus(len as u64 - 1), run_lamport.at(len as u64 - 1)));
                     }
@@ -1257,7 +1355,7 @@ mod tests {
             // Every element, in order, with its key: the tombstones too.
             let all: Vec<(OrderKey, bool)> = s
                 .runs()
-                .flat_map(|r| (0..u64::from(r.len)).map(move |k| (OrderKey { lamport: r.lamport.at(k), id: r.id.plus(k) }, r.deleted)))
+                .flat_map(|r| (0..u64::from(r.len())).map(move |k| (OrderKey { lamport: r.lamport.at(k), id: r.id().plus(k) }, r.deleted())))
                 .collect();
             let model_all: Vec<(OrderKey, bool)> = model.elems.iter().map(|e| (e.0, e.2)).collect();
             prop_assert_eq!(all, model_all);

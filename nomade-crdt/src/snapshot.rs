@@ -120,14 +120,14 @@ fn snap_seq<C: Content + Clone>(s: &Sequence<C>) -> Vec<SnapRun<C>> {
         }
     };
     for run in s.runs() {
-        let len = u64::from(run.len);
+        let len = u64::from(run.len());
         let mut content = run.content.clone();
-        let (actor, deleted) = (run.id.actor, run.deleted);
+        let (actor, deleted, id) = (run.id().actor, run.deleted(), run.id());
         if len > 1 && run.lamport.next != run.lamport.first.saturating_add(1) {
-            let rest = content.split_at_element(1, run.len as usize);
+            let rest = content.split_at_element(1, run.len() as usize);
             push(
                 &mut runs,
-                run.id.counter,
+                id.counter,
                 run.lamport.first,
                 1,
                 actor,
@@ -136,7 +136,7 @@ fn snap_seq<C: Content + Clone>(s: &Sequence<C>) -> Vec<SnapRun<C>> {
             );
             push(
                 &mut runs,
-                run.id.counter + 1,
+                id.counter + 1,
                 run.lamport.next,
                 len - 1,
                 actor,
@@ -146,7 +146,7 @@ fn snap_seq<C: Content + Clone>(s: &Sequence<C>) -> Vec<SnapRun<C>> {
         } else {
             push(
                 &mut runs,
-                run.id.counter,
+                id.counter,
                 run.lamport.first,
                 len,
                 actor,
@@ -178,19 +178,18 @@ fn restore_seq<C: Content>(
         };
         check_dot(counter, limit)?;
         check_dot(last, limit)?;
-        items.push(Run {
-            id: Eid {
+        items.extend(Run::pieces(
+            Eid {
                 actor: index,
                 counter,
             },
-            lamport: RunLamport {
+            RunLamport {
                 first: lamport,
                 next: lamport + 1,
             },
-            len: u32::try_from(n).unwrap_or(u32::MAX),
             deleted,
-            content,
-        });
+            content.as_slice(),
+        ));
     }
     Sequence::from_runs(items)
         .map_err(|_| CrdtError::BadSnapshot("a sequence lists an element twice".into()))
