@@ -271,6 +271,11 @@ impl<C> Run<C> {
         self.len_and_removed & !REMOVED
     }
 
+    /// Whether the run holds no element (never the case in a sequence).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Whether the elements are removed (tombstones).
     pub fn deleted(&self) -> bool {
         self.len_and_removed & REMOVED != 0
