@@ -22,6 +22,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "apply_operations",
     "restore_snapshot",
     "peer_identity",
+    "sequence_orders",
 ];
 
 /// Which workspace crate may depend on which (DESIGN.md's table).
@@ -485,6 +486,21 @@ fn bench(quick: bool) -> Result<()> {
         "target/bench/history.json",
     ]);
     run("history on disk and at start-up", &mut history)?;
+    // Sequences at scale: random insertions into texts of up to 10M
+    // characters, appends to a conversation of 1M messages.
+    let mut scale = cargo();
+    scale.args([
+        "run",
+        "--release",
+        "-p",
+        "nomade-crdt",
+        "--example",
+        "scale",
+        "--",
+        "--json",
+        "target/bench/scale.json",
+    ]);
+    run("sequences at scale", &mut scale)?;
     // Meshes in the simulator: traffic against the minimum, bytes per
     // delivered operation, time to converge.
     for (name, args) in SIM_BENCHES {
@@ -545,7 +561,7 @@ fn report_ratios() -> Result<()> {
     std::fs::create_dir_all("target/bench")?;
     // The end-to-end, CRDT and peer bench binaries write their own figures; gather them.
     let mut report = serde_json::json!({ "criterion": rows });
-    for name in ["e2e", "crdt", "peers", "history"] {
+    for name in ["e2e", "crdt", "peers", "history", "scale"] {
         if let Ok(text) = std::fs::read_to_string(format!("target/bench/{name}.json")) {
             report[name] = serde_json::from_str(&text)?;
         }
