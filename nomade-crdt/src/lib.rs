@@ -8,7 +8,10 @@
 //!   higher Lamport number, then the higher device id). Documents also hold
 //!   **collaborative text** fields edited by `(position, deleted, inserted)`
 //!   splices.
-//! - A **conversation** is a sequence of items.
+//! - A **conversation** is a sequence of items. Texts and conversations are
+//!   [`sequence`]s: each element is placed between the element it was
+//!   inserted after and the one that followed it (YATA, as in Yjs), so two
+//!   devices typing at one place at once never interleave their characters.
 //! - A [`Replica`] holds every entity of a device. Local edits return the
 //!   [`SyncOperation`](nomade_wire::SyncOperation)s to send; remote operations
 //!   go through a bounded causal buffer keyed by version vectors: duplicates

@@ -8,10 +8,10 @@ use nomade_wire::{
     VersionVector,
 };
 
-use crate::actors::Actors;
+use crate::actors::{ActorIdx, Actors};
 use crate::document::Document;
 use crate::error::CrdtError;
-use crate::sequence::{Eid, OrderKey, RunLamport, SeqError, Sequence};
+use crate::sequence::{Eid, SeqError, Sequence};
 
 /// Tunables of a replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,23 +208,15 @@ pub fn last_counters<'a>(ops: impl IntoIterator<Item = &'a SyncOperation>) -> Ve
     vv
 }
 
-/// The Lamport numbers of an operation's elements: one more than the sum of
-/// its deps for the first; for element `k >= 1` (which follows element
-/// `k - 1` of the same run, its deps being the run's with the actor's entry
-/// set to `counter + k - 1`), one more than the sum of those. Grows along
-/// causality within an entity, so an element's order key exceeds that of
-/// every element it was inserted after.
-pub fn lamport(op: &SyncOperation) -> RunLamport {
-    let deps = &op.operation.deps;
-    let others = deps
-        .iter()
-        .filter(|(actor, _)| **actor != op.actor_id)
-        .fold(1u64, |acc, (_, c)| acc.saturating_add(*c));
-    let own = deps.get(&op.actor_id).copied().unwrap_or(0);
-    RunLamport {
-        first: others.saturating_add(own),
-        next: others.saturating_add(op.operation.counter),
-    }
+/// The Lamport number of an operation (of its first element): one more
+/// than the sum of its deps, saturating. Grows along causality within an
+/// entity, so a field write's number exceeds that of every write it
+/// supersedes; concurrent values of a field are ordered by it.
+pub fn lamport(op: &SyncOperation) -> u64 {
+    op.operation
+        .deps
+        .values()
+        .fold(1u64, |acc, c| acc.saturating_add(*c))
 }
 
 /// Drops the elements of a run that a replica which applied its actor's
@@ -243,7 +235,9 @@ pub fn trim_front(mut op: SyncOperation, known: u64) -> SyncOperation {
         counter: known,
     });
     match &mut op.operation.edit {
-        Edit::Insert { after: a, values } => {
+        Edit::Insert {
+            after: a, values, ..
+        } => {
             values.drain(..(skip as usize).min(values.len()));
             *a = after;
         }
@@ -453,9 +447,11 @@ impl Replica {
                     }
                     if !insert.is_empty() {
                         let after = position.checked_sub(1).and_then(|p| text.id_at(p));
+                        let before = text.next_id(after.as_ref());
                         out.push(Edit::InsertText {
                             field: field.clone(),
                             after: after.map(|e| self.element_id(&e)),
+                            before: before.map(|e| self.element_id(&e)),
                             text: insert.clone(),
                         });
                     }
@@ -470,25 +466,17 @@ impl Replica {
                         });
                     }
                     let after = index.checked_sub(1).and_then(|p| seq.id_at(p));
-                    vec![Edit::Insert {
-                        after: after.map(|e| self.element_id(&e)),
-                        values: vec![value.clone()],
-                    }]
+                    vec![self.insert_item(seq, after, value)]
                 }
                 (LocalEdit::Append { value }, EntityType::Conversation) => {
-                    vec![Edit::Insert {
-                        after: conversation.last_id().map(|e| self.element_id(&e)),
-                        values: vec![value.clone()],
-                    }]
+                    vec![self.insert_item(conversation, conversation.last_id(), value)]
                 }
                 (LocalEdit::InsertAfter { after, value }, EntityType::Conversation) => {
-                    if let Some(item) = after {
-                        self.known_item(conversation, item)?;
-                    }
-                    vec![Edit::Insert {
-                        after: after.clone(),
-                        values: vec![value.clone()],
-                    }]
+                    let after = match after {
+                        Some(item) => Some(self.known_item(conversation, item)?),
+                        None => None,
+                    };
+                    vec![self.insert_item(conversation, after, value)]
                 }
                 (LocalEdit::RemoveItem { item }, EntityType::Conversation) => {
                     let target = self.known_item(conversation, item)?;
@@ -538,6 +526,22 @@ impl Replica {
             out.push(op);
         }
         Ok(out)
+    }
+
+    /// The insertion of `value` into `conversation` after the item
+    /// `after` (`None`: at the start), before what follows it now.
+    fn insert_item(
+        &self,
+        conversation: &Sequence<Vec<Value>>,
+        after: Option<Eid>,
+        value: &Value,
+    ) -> Edit {
+        let before = conversation.next_id(after.as_ref());
+        Edit::Insert {
+            after: after.map(|e| self.element_id(&e)),
+            before: before.map(|e| self.element_id(&e)),
+            values: vec![value.clone()],
+        }
     }
 
     fn element_id(&self, e: &Eid) -> ElementId {
@@ -679,10 +683,15 @@ impl Replica {
                 limit: self.config.max_actors,
             });
         }
-        let (field, after, ranges) = match &op.operation.edit {
-            Edit::Insert { after, .. } => (None, after.as_ref(), None),
-            Edit::InsertText { field, after, .. } => (Some(field), after.as_ref(), None),
-            Edit::Remove { field, ranges } => (field.as_ref(), None, Some(ranges)),
+        let (field, after, before, ranges) = match &op.operation.edit {
+            Edit::Insert { after, before, .. } => (None, after.as_ref(), before.as_ref(), None),
+            Edit::InsertText {
+                field,
+                after,
+                before,
+                ..
+            } => (Some(field), after.as_ref(), before.as_ref(), None),
+            Edit::Remove { field, ranges } => (field.as_ref(), None, None, Some(ranges)),
             _ => return Ok(()),
         };
         let entity = self
@@ -706,16 +715,19 @@ impl Replica {
                 _ => false,
             }
         };
-        if let Some(a) = after {
-            let known = self.actors.get(&a.actor).is_some_and(|actor| {
+        let known = |e: &ElementId| {
+            self.actors.get(&e.actor).is_some_and(|actor| {
                 contains(&Eid {
                     actor,
-                    counter: a.counter,
+                    counter: e.counter,
                 })
-            });
-            if !known {
-                return Err(Self::invalid(op, "inserts after an unknown element"));
-            }
+            })
+        };
+        if after.is_some_and(|a| !known(a)) {
+            return Err(Self::invalid(op, "inserts after an unknown element"));
+        }
+        if before.is_some_and(|b| !known(b)) {
+            return Err(Self::invalid(op, "inserts before an unknown element"));
         }
         if let Some(ranges) = ranges {
             // Never expand more ids than the sequence holds.
@@ -845,11 +857,12 @@ impl Replica {
             actor: actor_idx,
             counter,
         };
-        let mut after_eid = None;
+        let (mut after_eid, mut before_eid) = (None, None);
         let mut targets = Vec::new();
         match &op.operation.edit {
-            Edit::Insert { after, .. } | Edit::InsertText { after, .. } => {
+            Edit::Insert { after, before, .. } | Edit::InsertText { after, before, .. } => {
                 after_eid = after.as_ref().map(|a| self.eid(a));
+                before_eid = before.as_ref().map(|b| self.eid(b));
             }
             Edit::Remove { ranges, .. } => {
                 targets = self.local_ranges(ranges).unwrap_or_default();
@@ -857,13 +870,8 @@ impl Replica {
             _ => {}
         }
         let actors = &self.actors;
-        let greater = |a: &OrderKey, b: &OrderKey| -> bool {
-            a.lamport
-                .cmp(&b.lamport)
-                .then_with(|| actors.name(a.id.actor).cmp(actors.name(b.id.actor)))
-                .then_with(|| a.id.counter.cmp(&b.id.counter))
-                .is_gt()
-        };
+        // Concurrent insertions between the same origins order by actor name.
+        let less = |a: ActorIdx, b: ActorIdx| actors.name(a) < actors.name(b);
         // The common case (a known entity, a known actor) allocates nothing.
         match self.entity_vv.get_mut(key) {
             Some(vv) => raise_counter(vv, &op.actor_id, last),
@@ -888,7 +896,7 @@ impl Replica {
                     actor_idx,
                     counter,
                     &op.operation.deps,
-                    lamport.first,
+                    lamport,
                     key.clone(),
                     value.clone(),
                     actors,
@@ -901,12 +909,12 @@ impl Replica {
             }
             (Edit::InsertText { field, text, .. }, Entity::Document(d)) => d
                 .text_mut(field)
-                .insert(after_eid.as_ref(), first, lamport, text, greater),
+                .insert(after_eid.as_ref(), before_eid.as_ref(), first, text, less),
             (Edit::Remove { field: Some(f), .. }, Entity::Document(d)) => {
                 d.text_mut(f).remove(&targets)
             }
             (Edit::Insert { values, .. }, Entity::Conversation(s)) => {
-                s.insert(after_eid.as_ref(), first, lamport, values, greater)
+                s.insert(after_eid.as_ref(), before_eid.as_ref(), first, values, less)
             }
             (Edit::Remove { .. }, Entity::Conversation(s)) => s.remove(&targets),
             _ => Ok(0),

@@ -6,7 +6,8 @@
 //! one exactly when the second is what the first's next element would be:
 //! its first counter follows the first's last, its deps are the first's
 //! with the actor's entry at that last counter, and it continues the same
-//! edit (characters typed after the last character of the first, items
+//! edit (characters typed after the last character of the first, before
+//! the same right origin, items
 //! appended after its last item, or more elements removed). A device that
 //! types a word one keystroke at a time thus stores and sends one operation,
 //! and every receiver reaches the same state as from the keystrokes.
@@ -62,22 +63,30 @@ pub fn try_append(run: &mut SyncOperation, next: &SyncOperation) -> bool {
     });
     match (&mut run.operation.edit, &next.operation.edit) {
         (
-            Edit::InsertText { field, text, .. },
+            Edit::InsertText {
+                field,
+                text,
+                before,
+                ..
+            },
             Edit::InsertText {
                 field: f,
                 after,
+                before: b,
                 text: t,
             },
-        ) if field == f && *after == after_last && !t.is_empty() => {
+        ) if field == f && *after == after_last && b == before && !t.is_empty() => {
             text.push_str(t);
             true
         }
         (
-            Edit::Insert { values, .. },
+            Edit::Insert { values, before, .. },
             Edit::Insert {
-                after, values: v, ..
+                after,
+                before: b,
+                values: v,
             },
-        ) if *after == after_last && !v.is_empty() => {
+        ) if *after == after_last && b == before && !v.is_empty() => {
             values.extend(v.iter().cloned());
             true
         }

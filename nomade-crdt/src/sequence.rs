@@ -1,36 +1,34 @@
-//! A replicated growable array (RGA) stored as runs in a counted B-tree.
+//! A replicated sequence (YATA, as in Yjs) stored as runs in a counted B-tree.
 //!
 //! Elements inserted one after the other by one actor (a typed word, a
 //! pasted paragraph, a batch of conversation items) are kept as one
-//! [`Run`]: one id, one Lamport pair, one deleted flag and the run's
-//! content (a `String` for text, a `Vec` for items), split only where
-//! another insertion or a removal lands inside it. Runs sit in the leaves
-//! of a B-tree whose inner nodes count the visible elements below each
-//! child, so finding the `i`-th visible element, inserting and removing are
-//! O(log n) in the number of runs; an index by `(actor, first counter)`
-//! finds the run holding an element id in O(log n) as well. Removed
-//! elements stay as tombstone runs (later insertions may refer to them).
+//! [`Run`]: one id, its origins, one removed flag and the run's content (a
+//! `String` for text, a `Vec` for items), split only where another
+//! insertion or a removal lands inside it. Runs sit in the leaves of a
+//! B-tree whose inner nodes count the visible elements below each child, so
+//! finding the `i`-th visible element, inserting and removing are O(log n)
+//! in the number of runs; an index by `(actor, first counter)` finds the run
+//! holding an element id in O(log n) as well. Removed elements stay as
+//! tombstone runs (later insertions may refer to them).
 //!
-//! Ordering rule (RGA): a new element goes right after the element it was
-//! inserted after, except that it skips over every element with a greater
-//! [`OrderKey`]. An element's key is greater than the key of everything it
-//! was inserted after (keys grow along causality), so this places concurrent
-//! siblings in descending key order and keeps each sibling's subtree
-//! together. Keys grow along a run, so a run whose first key is greater is
-//! skipped whole, and the first run whose first key is smaller stops the
-//! skip: the rule applied run by run places elements exactly as applied
-//! element by element.
+//! Ordering rule (YATA): every element has a left origin (the element it
+//! was inserted after) and a right origin (the element that followed that
+//! one where its author inserted it). A new element goes between its
+//! origins; concurrent elements between the same origins are ordered by
+//! the rule of docs/PROTOCOL.md ("Sequences"), which keeps each run typed
+//! by one device together whichever way it was typed: two devices typing
+//! words at one place at once never interleave their characters. Element
+//! `k >= 1` of a run has element `k - 1` as its left origin and the run's
+//! right origin, so the rule applied run by run places elements exactly as
+//! applied element by element.
 //!
 //! ```
-//! use nomade_crdt::sequence::{Eid, RunLamport, Sequence};
+//! use nomade_crdt::sequence::{Eid, Sequence};
 //!
-//! let greater = |a: &nomade_crdt::sequence::OrderKey, b: &nomade_crdt::sequence::OrderKey| {
-//!     (a.lamport, a.id) > (b.lamport, b.id)
-//! };
+//! let by_index = |a: u32, b: u32| a < b;
 //! let mut text: Sequence<String> = Sequence::new();
 //! let first = Eid { actor: 0, counter: 1 };
-//! text.insert(None, first, RunLamport { first: 1, next: 2 }, "hello", greater)
-//!     .unwrap();
+//! text.insert(None, None, first, "hello", by_index).unwrap();
 //! // One run, whatever its length.
 //! assert_eq!(text.run_count(), 1);
 //! // Remove "ell": one range of ids.
@@ -73,53 +71,6 @@ impl Eid {
             counter: self.counter.saturating_add(k),
         }
     }
-}
-
-/// The Lamport numbers of the elements of one run: element 0 has `first`,
-/// element `k >= 1` has `next + k - 1` (a run is shorthand for one-element
-/// insertions, each following the previous; see docs/PROTOCOL.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RunLamport {
-    /// The first element's Lamport number.
-    pub first: u64,
-    /// The second element's.
-    pub next: u64,
-}
-
-impl RunLamport {
-    /// A run in which every element has the same Lamport number (tests).
-    pub fn flat(lamport: u64) -> RunLamport {
-        RunLamport {
-            first: lamport,
-            next: lamport,
-        }
-    }
-
-    /// The Lamport number of element `k`.
-    pub fn at(&self, k: u64) -> u64 {
-        match k {
-            0 => self.first,
-            _ => self.next.saturating_add(k - 1),
-        }
-    }
-
-    /// The Lamport numbers of the run's elements from `k` on.
-    fn from(&self, k: u64) -> RunLamport {
-        RunLamport {
-            first: self.at(k),
-            next: self.at(k + 1),
-        }
-    }
-}
-
-/// The total order among concurrent siblings: `(lamport, actor name, counter)`,
-/// compared with the actor's name, not its local index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OrderKey {
-    /// The operation's Lamport number (greater than that of everything it saw).
-    pub lamport: u64,
-    /// The element's id.
-    pub id: Eid,
 }
 
 /// What a run holds: the values of its elements, split and joined as the
@@ -225,35 +176,62 @@ impl<V: Clone> Content for Vec<V> {
 }
 
 /// Consecutive elements `id`, `id.plus(1)`, ... inserted one after the
-/// other, all visible or all removed.
+/// other, all visible or all removed: element 0 has the run's left origin,
+/// element `k >= 1` has element `k - 1`, all have the run's right origin.
 ///
-/// Laid out in 56 bytes beside its content (the id's parts and the removed
-/// flag packed), since a text holds one per run it keeps.
+/// Laid out in 64 bytes beside its content (ids as their parts, the
+/// removed flag packed in the length), since a text holds one per run.
 #[derive(Debug, Clone)]
 pub struct Run<C> {
     counter: u64,
+    origin_counter: u64,
+    right_counter: u64,
     actor: ActorIdx,
     /// The length, with [`REMOVED`] set for tombstones.
     len_and_removed: u32,
-    /// The elements' Lamport numbers.
-    pub lamport: RunLamport,
-    /// Their values.
+    /// [`NO_ACTOR`] when the run has no left origin (inserted at the start).
+    origin_actor: ActorIdx,
+    /// [`NO_ACTOR`] when the run has no right origin (inserted at the end).
+    right_actor: ActorIdx,
+    /// The elements' values.
     pub content: C,
 }
 
 /// The bit of [`Run::len_and_removed`] that marks a removed run; a run is
 /// at most [`MAX_RUN`] long, far below it.
 const REMOVED: u32 = 1 << 31;
+/// No actor: an absent origin (actor indices are bounded far below it).
+const NO_ACTOR: ActorIdx = ActorIdx::MAX;
+
+fn pack(e: Option<Eid>) -> (ActorIdx, u64) {
+    e.map_or((NO_ACTOR, 0), |e| (e.actor, e.counter))
+}
+
+fn unpack(actor: ActorIdx, counter: u64) -> Option<Eid> {
+    (actor != NO_ACTOR).then_some(Eid { actor, counter })
+}
 
 impl<C> Run<C> {
-    /// A run of the elements of `content` from `id` on; `len` is
-    /// `content`'s element count (at most [`MAX_RUN`]).
-    fn with_len(id: Eid, lamport: RunLamport, len: u32, deleted: bool, content: C) -> Run<C> {
+    /// A run of the `len` elements of `content` from `id` on, with the
+    /// origins of its first element.
+    fn with_len(
+        id: Eid,
+        origin: Option<Eid>,
+        right: Option<Eid>,
+        len: u32,
+        deleted: bool,
+        content: C,
+    ) -> Run<C> {
+        let (origin_actor, origin_counter) = pack(origin);
+        let (right_actor, right_counter) = pack(right);
         Run {
             counter: id.counter,
+            origin_counter,
+            right_counter,
             actor: id.actor,
             len_and_removed: len | if deleted { REMOVED } else { 0 },
-            lamport,
+            origin_actor,
+            right_actor,
             content,
         }
     }
@@ -264,6 +242,17 @@ impl<C> Run<C> {
             actor: self.actor,
             counter: self.counter,
         }
+    }
+
+    /// The first element's left origin: what it was inserted after.
+    pub fn origin(&self) -> Option<Eid> {
+        unpack(self.origin_actor, self.origin_counter)
+    }
+
+    /// The elements' right origin: what followed the left origin where
+    /// they were inserted.
+    pub fn right(&self) -> Option<Eid> {
+        unpack(self.right_actor, self.right_counter)
     }
 
     /// How many elements.
@@ -288,43 +277,9 @@ impl<C> Run<C> {
     fn set_deleted(&mut self) {
         self.len_and_removed |= REMOVED;
     }
-}
-
-impl<C: Content> Run<C> {
-    /// Runs of the elements of `content` from `first` on, with the Lamport
-    /// numbers `lamport`, cut at [`MAX_RUN`] elements.
-    pub fn pieces(
-        first: Eid,
-        lamport: RunLamport,
-        deleted: bool,
-        content: &C::Slice,
-    ) -> Vec<Run<C>> {
-        let mut pieces = Vec::new();
-        let mut offset = 0u64;
-        for part in C::chunks(content, MAX_RUN) {
-            let len = part.count() as u32;
-            pieces.push(Run::with_len(
-                first.plus(offset),
-                lamport.from(offset),
-                len,
-                deleted,
-                part,
-            ));
-            offset += u64::from(len);
-        }
-        pieces
-    }
-
-    /// The first element's order key.
-    pub fn key(&self) -> OrderKey {
-        OrderKey {
-            lamport: self.lamport.first,
-            id: self.id(),
-        }
-    }
 
     fn end(&self) -> u64 {
-        self.id().counter + u64::from(self.len())
+        self.counter + u64::from(self.len())
     }
 
     fn visible(&self) -> usize {
@@ -335,22 +290,68 @@ impl<C: Content> Run<C> {
         }
     }
 
-    /// Whether `next` continues this run: the same actor's next counters,
-    /// the Lamport numbers of the elements that would follow, the same state.
-    fn continued_by(&self, next: &Run<C>) -> bool {
-        self.continues_into(next.id(), next.lamport, next.len() as usize, next.deleted())
-    }
-
-    /// Whether `len` elements from `id` with the Lamport numbers `lamport`
-    /// and the state `deleted` continue this run.
-    fn continues_into(&self, id: Eid, lamport: RunLamport, len: usize, deleted: bool) -> bool {
-        let own = u64::from(self.len());
-        self.id().actor == id.actor
+    /// Whether `len` elements from `id`, the first with the left origin
+    /// `origin`, with the right origin `right` and the state `deleted`,
+    /// continue this run: the same actor's next counters, following its
+    /// last element, between the same right origin.
+    fn continues_into(
+        &self,
+        id: Eid,
+        origin: Option<Eid>,
+        right: Option<Eid>,
+        len: usize,
+        deleted: bool,
+    ) -> bool {
+        self.actor == id.actor
             && self.end() == id.counter
             && self.deleted() == deleted
             && (self.len() as usize) + len <= MAX_RUN
-            && lamport.first == self.lamport.at(own)
-            && (len == 1 || lamport.next == self.lamport.at(own + 1))
+            && origin == Some(self.id().plus(u64::from(self.len()) - 1))
+            && right == self.right()
+    }
+
+    /// Whether `next` continues this run.
+    fn continued_by(&self, next: &Run<C>) -> bool {
+        self.continues_into(
+            next.id(),
+            next.origin(),
+            next.right(),
+            next.len() as usize,
+            next.deleted(),
+        )
+    }
+}
+
+impl<C: Content> Run<C> {
+    /// Runs of the elements of `content` from `first` on, the first with
+    /// the left origin `origin`, all with the right origin `right`, cut at
+    /// [`MAX_RUN`] elements.
+    pub fn pieces(
+        first: Eid,
+        origin: Option<Eid>,
+        right: Option<Eid>,
+        deleted: bool,
+        content: &C::Slice,
+    ) -> Vec<Run<C>> {
+        let mut pieces = Vec::new();
+        let mut offset = 0u64;
+        for part in C::chunks(content, MAX_RUN) {
+            let len = part.count() as u32;
+            let left = match offset {
+                0 => origin,
+                _ => Some(first.plus(offset - 1)),
+            };
+            pieces.push(Run::with_len(
+                first.plus(offset),
+                left,
+                right,
+                len,
+                deleted,
+                part,
+            ));
+            offset += u64::from(len);
+        }
+        pieces
     }
 
     /// Splits off the elements from `at` (0 < at < len) into a run of their own.
@@ -360,13 +361,37 @@ impl<C: Content> Run<C> {
             .split_at_element(at as usize, self.len() as usize);
         let tail = Run::with_len(
             self.id().plus(u64::from(at)),
-            self.lamport.from(u64::from(at)),
+            Some(self.id().plus(u64::from(at) - 1)),
+            self.right(),
             self.len() - at,
             self.deleted(),
             content,
         );
         self.set_len(at);
         tail
+    }
+}
+
+/// Sets of element ids, as ranges of consecutive counters of one actor:
+/// the runs an insertion's scan has passed.
+#[derive(Default)]
+struct IdRanges(BTreeMap<(ActorIdx, u64), u64>);
+
+impl IdRanges {
+    fn add(&mut self, first: Eid, len: u32) {
+        self.0
+            .insert((first.actor, first.counter), first.counter + u64::from(len));
+    }
+
+    fn contains(&self, id: Eid) -> bool {
+        self.0
+            .range(..=(id.actor, id.counter))
+            .next_back()
+            .is_some_and(|(&(actor, _), &end)| actor == id.actor && id.counter < end)
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
     }
 }
 
@@ -553,12 +578,13 @@ impl<C: Content> Sequence<C> {
     pub fn check_insert(
         &self,
         after: Option<&Eid>,
+        before: Option<&Eid>,
         first: &Eid,
         count: usize,
     ) -> Result<(), SeqError> {
-        if let Some(a) = after {
-            if self.locate(a).is_none() {
-                return Err(SeqError::UnknownElement(*a));
+        for e in [after, before].into_iter().flatten() {
+            if self.locate(e).is_none() {
+                return Err(SeqError::UnknownElement(*e));
             }
         }
         let end = first.counter.saturating_add(count as u64);
@@ -580,31 +606,69 @@ impl<C: Content> Sequence<C> {
         Ok(())
     }
 
-    /// Inserts `content` after `after` (or at the start), its `i`-th element
-    /// getting the id `first.plus(i)` and the Lamport number `lamport.at(i)`.
-    /// `greater(a, b)` orders two keys (it resolves actor names). Returns
-    /// how many elements were inserted.
+    /// The id of the element right after `after` (the first element when
+    /// `after` is `None`), removed or not: the right origin of an insertion
+    /// after `after`. `None` at the end.
+    pub fn next_id(&self, after: Option<&Eid>) -> Option<Eid> {
+        let mut at = match after {
+            Some(a) => {
+                let (place, offset) = self.locate(a)?;
+                if offset + 1 < self.run(place).len() {
+                    return Some(a.plus(1));
+                }
+                Place {
+                    leaf: place.leaf,
+                    run: place.run + 1,
+                }
+            }
+            None => Place { leaf: 0, run: 0 },
+        };
+        loop {
+            let leaf = self.leaves.get(at.leaf as usize)?;
+            match leaf.runs.get(at.run) {
+                Some(run) => return Some(run.id()),
+                None if leaf.next == NONE => return None,
+                None => {
+                    at = Place {
+                        leaf: leaf.next,
+                        run: 0,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Inserts `content` between `after` (its left origin; `None`: the
+    /// start) and `before` (its right origin; `None`: the end), its `i`-th
+    /// element getting the id `first.plus(i)`, among concurrent insertions
+    /// by the rule of docs/PROTOCOL.md ("Sequences"). `less(a, b)` orders
+    /// two actors (it compares their names). Returns how many elements were
+    /// inserted.
     pub fn insert(
         &mut self,
         after: Option<&Eid>,
+        before: Option<&Eid>,
         first: Eid,
-        lamport: RunLamport,
         content: &C::Slice,
-        greater: impl Fn(&OrderKey, &OrderKey) -> bool,
+        less: impl Fn(ActorIdx, ActorIdx) -> bool,
     ) -> Result<usize, SeqError> {
         let n = C::count_slice(content);
-        self.check_insert(after, &first, n)?;
+        self.check_insert(after, before, &first, n)?;
         if n == 0 {
             return Ok(0);
         }
-        let new_key = OrderKey {
-            lamport: lamport.first,
-            id: first,
-        };
-        // Start right after the reference element, or at the very beginning.
-        let mut at = match after {
+        let (origin, right) = (after.copied(), before.copied());
+        // The right origin starts a run, so that the scan meets it.
+        if let Some(b) = right {
+            let (place, offset) = self.locate(&b).ok_or(SeqError::UnknownElement(b))?;
+            if offset > 0 {
+                self.split_run(place, offset);
+            }
+        }
+        // Start right after the left origin, or at the very beginning.
+        let start = match origin {
             Some(a) => {
-                let (place, offset) = self.locate(a).ok_or(SeqError::UnknownElement(*a))?;
+                let (place, offset) = self.locate(&a).ok_or(SeqError::UnknownElement(a))?;
                 if offset + 1 < self.run(place).len() {
                     self.split_run(place, offset + 1)
                 } else {
@@ -619,39 +683,83 @@ impl<C: Content> Sequence<C> {
                 run: 0,
             },
         };
-        // Skip every run whose first key is greater (concurrent later
-        // siblings and their subtrees); stay at the end of a leaf rather
-        // than the start of the next, where the run before is at hand.
-        loop {
-            let leaf = &self.leaves[at.leaf as usize];
-            match leaf.runs.get(at.run) {
-                Some(run) if greater(&run.key(), &new_key) => at.run += 1,
-                Some(_) => break,
-                None => {
-                    let next = leaf.next;
-                    let next_first = self.leaves.get(next as usize).and_then(|l| l.runs.first());
-                    match next_first {
-                        Some(run) if greater(&run.key(), &new_key) => {
-                            at = Place { leaf: next, run: 1 };
-                        }
-                        _ => break,
-                    }
-                }
-            }
-        }
+        let at = self.integration_place(start, first.actor, origin, right, &less);
         self.total += n;
         // Typing on: the run before takes the new elements.
         let leaf = &mut self.leaves[at.leaf as usize];
         if let Some(prev) = at.run.checked_sub(1).and_then(|p| leaf.runs.get_mut(p)) {
-            if prev.continues_into(first, lamport, n, false) {
+            if prev.continues_into(first, origin, right, n, false) {
                 prev.set_len(prev.len() + n as u32);
                 prev.content.join_slice(content);
                 self.add_visible(at.leaf, n as isize);
                 return Ok(n);
             }
         }
-        self.place_runs(at, Run::pieces(first, lamport, false, content));
+        self.place_runs(at, Run::pieces(first, origin, right, false, content));
         Ok(n)
+    }
+
+    /// Where elements of `actor` with the origins `origin` and `right` go,
+    /// scanning from `start` (right after `origin`) towards `right`: YATA's
+    /// rule, run by run. A run with the same left origin goes first when
+    /// its actor is less; with a greater actor and the same right origin,
+    /// the new elements go first. A run whose left origin was passed in the
+    /// scan belongs to what is before it (unless that origin is among the
+    /// runs passed since the place last moved). Anything else ends the
+    /// scan. Stays at the end of a leaf rather than the start of the next,
+    /// where the run before is at hand.
+    fn integration_place(
+        &self,
+        start: Place,
+        actor: ActorIdx,
+        origin: Option<Eid>,
+        right: Option<Eid>,
+        less: &impl Fn(ActorIdx, ActorIdx) -> bool,
+    ) -> Place {
+        let mut place = start;
+        let mut o = start;
+        let mut passed = IdRanges::default();
+        let mut conflicting = IdRanges::default();
+        loop {
+            let leaf = &self.leaves[o.leaf as usize];
+            let Some(run) = leaf.runs.get(o.run) else {
+                if leaf.next == NONE {
+                    return place;
+                }
+                o = Place {
+                    leaf: leaf.next,
+                    run: 0,
+                };
+                continue;
+            };
+            if Some(run.id()) == right {
+                return place;
+            }
+            passed.add(run.id(), run.len());
+            conflicting.add(run.id(), run.len());
+            let after_o = Place {
+                leaf: o.leaf,
+                run: o.run + 1,
+            };
+            match run.origin() {
+                o_origin if o_origin == origin => {
+                    if less(run.actor, actor) {
+                        place = after_o;
+                        conflicting.clear();
+                    } else if run.right() == right {
+                        return place;
+                    }
+                }
+                Some(o_origin) if passed.contains(o_origin) => {
+                    if !conflicting.contains(o_origin) {
+                        place = after_o;
+                        conflicting.clear();
+                    }
+                }
+                _ => return place,
+            }
+            o.run += 1;
+        }
     }
 
     /// Puts `runs` (in order) at `at`, joining the first to the run before
@@ -957,9 +1065,15 @@ impl<C: Content> Sequence<C> {
             if n == 0 {
                 continue;
             }
-            seq.check_insert(None, &run.id(), n)?;
+            seq.check_insert(None, None, &run.id(), n)?;
             seq.total += n;
-            let pieces = Run::pieces(run.id(), run.lamport, run.deleted(), run.content.as_slice());
+            let pieces = Run::pieces(
+                run.id(),
+                run.origin(),
+                run.right(),
+                run.deleted(),
+                run.content.as_slice(),
+            );
             // The last leaf: the one after the place of the last run.
             while seq.leaves[last.leaf as usize].next != NONE {
                 last.leaf = seq.leaves[last.leaf as usize].next;
@@ -1007,35 +1121,31 @@ mod tests {
         Eid { actor, counter }
     }
 
-    fn by_lamport_then_actor(a: &OrderKey, b: &OrderKey) -> bool {
-        (a.lamport, a.id.actor, a.id.counter) > (b.lamport, b.id.actor, b.id.counter)
+    fn by_index(a: ActorIdx, b: ActorIdx) -> bool {
+        a < b
     }
 
-    fn text(s: &str) -> &str {
-        s
+    /// Inserts `text` by `first.actor` after `after`, before what follows
+    /// it now (as the author's device does).
+    fn type_at(s: &mut Sequence<String>, after: Option<Eid>, first: Eid, text: &str) {
+        let before = s.next_id(after.as_ref());
+        s.insert(after.as_ref(), before.as_ref(), first, text, by_index)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_run_of_text_takes_64_bytes_beside_its_characters() {
+        assert_eq!(std::mem::size_of::<Run<String>>(), 64);
     }
 
     #[test]
     fn inserts_and_removes_by_position() {
-        let mut s: Sequence<String> = Sequence::new();
-        s.insert(
-            None,
-            eid(0, 1),
-            RunLamport::flat(1),
-            text("hello"),
-            by_lamport_then_actor,
-        )
-        .unwrap();
-        let after_o = s.id_at(4).unwrap();
-        s.insert(
-            Some(&after_o),
-            eid(0, 6),
-            RunLamport { first: 6, next: 7 },
-            text(" world"),
-            by_lamport_then_actor,
-        )
-        .unwrap();
+        let mut s = Sequence::new();
+        type_at(&mut s, None, eid(0, 1), "hello");
+        let after_o = s.id_at(4);
+        type_at(&mut s, after_o, eid(0, 6), " world");
         assert_eq!(s.to_text(), "hello world");
+        assert_eq!(s.run_count(), 1, "typing on joins the run");
         let ranges = s.visible_ranges(0, 6);
         assert_eq!(ranges, vec![(eid(0, 1), 6)]);
         assert_eq!(s.remove(&ranges).unwrap(), 6);
@@ -1047,28 +1157,13 @@ mod tests {
     }
 
     #[test]
-    fn a_run_of_text_takes_56_bytes_beside_its_characters() {
-        assert_eq!(std::mem::size_of::<Run<String>>(), 56);
-    }
-
-    #[test]
     fn typing_one_character_at_a_time_is_one_run() {
-        let mut s: Sequence<String> = Sequence::new();
+        let mut s = Sequence::new();
         let mut after = None;
         for (k, c) in "a sentence typed one key at a time".chars().enumerate() {
-            let counter = k as u64 + 1;
-            s.insert(
-                after.as_ref(),
-                eid(0, counter),
-                RunLamport {
-                    first: counter,
-                    next: counter + 1,
-                },
-                &c.to_string(),
-                by_lamport_then_actor,
-            )
-            .unwrap();
-            after = Some(eid(0, counter));
+            let id = eid(0, k as u64 + 1);
+            type_at(&mut s, after, id, &c.to_string());
+            after = Some(id);
         }
         assert_eq!(s.run_count(), 1);
         // Backspacing the last word a character at a time leaves one
@@ -1081,80 +1176,77 @@ mod tests {
     }
 
     #[test]
-    fn concurrent_siblings_order_by_key_and_keep_subtrees_together() {
-        // Two actors insert after the same element at the same Lamport time.
-        let mut a: Sequence<String> = Sequence::new();
-        a.insert(
-            None,
-            eid(0, 1),
-            RunLamport::flat(1),
-            text("x"),
-            by_lamport_then_actor,
-        )
-        .unwrap();
-        let x = eid(0, 1);
+    fn concurrent_runs_between_the_same_origins_order_by_actor_either_way() {
+        let mut a = Sequence::new();
+        type_at(&mut a, None, eid(0, 1), "xy");
+        let x = Some(eid(0, 1));
         let mut b = a.clone();
-        let aa = |s: &mut Sequence<String>| {
-            s.insert(
-                Some(&x),
-                eid(1, 1),
-                RunLamport::flat(2),
-                text("AA"),
-                by_lamport_then_actor,
-            )
-            .unwrap()
+        // Both insert between x and y, unaware of each other.
+        let y = Some(eid(0, 2));
+        let insert = |s: &mut Sequence<String>, actor: u32, text: &str| {
+            s.insert(x.as_ref(), y.as_ref(), eid(actor, 1), text, by_index)
+                .unwrap();
         };
-        let bb = |s: &mut Sequence<String>| {
-            s.insert(
-                Some(&x),
-                eid(2, 1),
-                RunLamport::flat(2),
-                text("BB"),
-                by_lamport_then_actor,
-            )
-            .unwrap()
-        };
-        aa(&mut a);
-        bb(&mut a);
-        bb(&mut b);
-        aa(&mut b);
+        insert(&mut a, 1, "AA");
+        insert(&mut a, 2, "BB");
+        insert(&mut b, 2, "BB");
+        insert(&mut b, 1, "AA");
         assert_eq!(a.to_text(), b.to_text());
-        assert_eq!(a.to_text(), "xBBAA");
+        assert_eq!(a.to_text(), "xAABBy");
+    }
+
+    #[test]
+    fn words_typed_backwards_at_one_place_at_once_stay_whole() {
+        // Two devices type a word each backwards (each key before the last
+        // one) between x and y, unaware of each other; delivered in either
+        // order, neither word is cut by the other.
+        let mut base = Sequence::new();
+        type_at(&mut base, None, eid(0, 1), "xy");
+        let word = |actor: u32, text: &str| -> Vec<(Option<Eid>, Option<Eid>, Eid, String)> {
+            // The author's own view: each key goes after x, before the
+            // key typed last (or y).
+            let mut before = Some(eid(0, 2));
+            let mut ops = Vec::new();
+            for (k, c) in text.chars().rev().enumerate() {
+                let id = eid(actor, k as u64 + 1);
+                ops.push((Some(eid(0, 1)), before, id, c.to_string()));
+                before = Some(id);
+            }
+            ops
+        };
+        let (abc, xyz) = (word(1, "abc"), word(2, "uvw"));
+        let apply = |s: &mut Sequence<String>, ops: &[(Option<Eid>, Option<Eid>, Eid, String)]| {
+            for (after, before, id, text) in ops {
+                s.insert(after.as_ref(), before.as_ref(), *id, text, by_index)
+                    .unwrap();
+            }
+        };
+        let mut one = base.clone();
+        apply(&mut one, &abc);
+        apply(&mut one, &xyz);
+        let mut two = base.clone();
+        apply(&mut two, &xyz);
+        apply(&mut two, &abc);
+        assert_eq!(one.to_text(), two.to_text());
+        assert_eq!(one.to_text(), "xabcuvwy");
     }
 
     #[test]
     fn unknown_reference_is_an_error_and_changes_nothing() {
         let mut s: Sequence<String> = Sequence::new();
-        let err = s.insert(
-            Some(&eid(0, 9)),
-            eid(0, 10),
-            RunLamport::flat(5),
-            text("z"),
-            by_lamport_then_actor,
-        );
+        let err = s.insert(Some(&eid(0, 9)), None, eid(0, 10), "z", by_index);
         assert_eq!(err, Err(SeqError::UnknownElement(eid(0, 9))));
+        let err = s.insert(None, Some(&eid(3, 1)), eid(0, 10), "z", by_index);
+        assert_eq!(err, Err(SeqError::UnknownElement(eid(3, 1))));
         assert_eq!(
             s.remove(&[(eid(1, 1), 1)]),
             Err(SeqError::UnknownElement(eid(1, 1)))
         );
         assert_eq!(s.total_len(), 0);
-        s.insert(
-            None,
-            eid(0, 1),
-            RunLamport::flat(1),
-            text("abc"),
-            by_lamport_then_actor,
-        )
-        .unwrap();
+        type_at(&mut s, None, eid(0, 1), "abc");
         // Any overlap with an existing run is a duplicate.
         assert_eq!(
-            s.insert(
-                None,
-                eid(0, 3),
-                RunLamport::flat(1),
-                text("zz"),
-                by_lamport_then_actor
-            ),
+            s.insert(None, None, eid(0, 3), "zz", by_index),
             Err(SeqError::DuplicateElement(eid(0, 3)))
         );
         // A range reaching past what exists removes nothing.
@@ -1167,37 +1259,20 @@ mod tests {
 
     #[test]
     fn large_sequences_split_nodes_and_stay_consistent() {
-        let mut s: Sequence<String> = Sequence::new();
+        let mut s = Sequence::new();
         let mut expected: Vec<char> = Vec::new();
         for i in 0..20_000u64 {
             let c = char::from(b'a' + (i % 26) as u8);
             let pos = (i as usize * 7919) % (expected.len() + 1);
             let after = if pos == 0 { None } else { s.id_at(pos - 1) };
-            s.insert(
-                after.as_ref(),
-                eid(0, i + 1),
-                RunLamport::flat(i + 1),
-                &c.to_string(),
-                by_lamport_then_actor,
-            )
-            .unwrap();
+            type_at(&mut s, after, eid(0, i + 1), &c.to_string());
             expected.insert(pos, c);
         }
         assert!(s.height >= 2, "height {}", s.height);
         assert_eq!(s.to_text(), expected.iter().collect::<String>());
         // A big single insert becomes several runs of at most MAX_RUN.
         let tail = s.last_id();
-        s.insert(
-            tail.as_ref(),
-            eid(1, 1),
-            RunLamport {
-                first: 30_000,
-                next: 30_001,
-            },
-            &"z".repeat(3000),
-            by_lamport_then_actor,
-        )
-        .unwrap();
+        type_at(&mut s, tail, eid(1, 1), &"z".repeat(3000));
         assert_eq!(s.len(), 23_000);
         assert!(s.runs().all(|r| r.len() as usize <= MAX_RUN));
         assert_eq!(s.last_id(), Some(eid(1, 3000)));
@@ -1207,38 +1282,64 @@ mod tests {
         assert_eq!(rebuilt.visible_ranges(100, 50), s.visible_ranges(100, 50));
     }
 
-    /// The sequence element by element, the rule applied one element at a
-    /// time: what the runs must always agree with.
+    /// One element of the model: id, left origin, right origin, value,
+    /// removed.
+    type Elem = (Eid, Option<Eid>, Option<Eid>, char, bool);
+
+    /// The sequence element by element, YATA's rule applied one element at
+    /// a time as Yjs writes it: what the runs must always agree with.
     #[derive(Default, Clone)]
     struct Model {
-        elems: Vec<(OrderKey, char, bool)>,
+        elems: Vec<Elem>,
     }
 
     impl Model {
-        fn insert(&mut self, after: Option<Eid>, first: Eid, lamport: RunLamport, text: &str) {
-            let mut pos = match after {
-                Some(a) => self.elems.iter().position(|e| e.0.id == a).unwrap() + 1,
-                None => 0,
-            };
-            let key = OrderKey {
-                lamport: lamport.first,
-                id: first,
-            };
-            while pos < self.elems.len() && by_lamport_then_actor(&self.elems[pos].0, &key) {
-                pos += 1;
+        fn position(&self, id: Eid) -> usize {
+            self.elems.iter().position(|e| e.0 == id).unwrap()
+        }
+
+        fn integrate(&mut self, id: Eid, origin: Option<Eid>, right: Option<Eid>, c: char) {
+            let start = origin.map_or(0, |o| self.position(o) + 1);
+            let end = right.map_or(self.elems.len(), |r| self.position(r));
+            let mut left = start;
+            let mut passed = std::collections::HashSet::new();
+            let mut conflicting = std::collections::HashSet::new();
+            let mut i = start;
+            while i < end {
+                let o = self.elems[i];
+                passed.insert(o.0);
+                conflicting.insert(o.0);
+                if o.1 == origin {
+                    if o.0.actor < id.actor {
+                        left = i + 1;
+                        conflicting.clear();
+                    } else if o.2 == right {
+                        break;
+                    }
+                } else if o.1.is_some_and(|p| passed.contains(&p)) {
+                    if !o.1.is_some_and(|p| conflicting.contains(&p)) {
+                        left = i + 1;
+                        conflicting.clear();
+                    }
+                } else {
+                    break;
+                }
+                i += 1;
             }
+            self.elems.insert(left, (id, origin, right, c, false));
+        }
+
+        fn insert(&mut self, after: Option<Eid>, before: Option<Eid>, first: Eid, text: &str) {
+            let mut origin = after;
             for (k, c) in text.chars().enumerate() {
-                let k = k as u64;
-                let key = OrderKey {
-                    lamport: lamport.at(k),
-                    id: first.plus(k),
-                };
-                self.elems.insert(pos + k as usize, (key, c, false));
+                let id = first.plus(k as u64);
+                self.integrate(id, origin, before, c);
+                origin = Some(id);
             }
         }
 
         fn text(&self) -> String {
-            self.elems.iter().filter(|e| !e.2).map(|e| e.1).collect()
+            self.elems.iter().filter(|e| !e.4).map(|e| e.3).collect()
         }
     }
 
@@ -1246,37 +1347,34 @@ mod tests {
     enum Step {
         /// Insert `len` characters by `actor` after the visible element at
         /// `pos` (modulo the length; the start when the text is empty or
-        /// `at_start`).
+        /// `at_start`), before the element `skip` places after it (a
+        /// concurrent insertion may have come between).
         Insert {
             actor: u32,
             pos: usize,
             len: usize,
             at_start: bool,
-            lamport_gap: u64,
+            skip: usize,
         },
-        /// `actor` types on right after its last inserted element, its
-        /// Lamport numbers continuing (`jump` false) or not.
-        Continue { actor: u32, len: usize, jump: bool },
+        /// `actor` types on right after its last inserted element.
+        Continue { actor: u32, len: usize },
+        /// `actor` types backwards: before its last inserted element, after
+        /// that one's left origin.
+        Backwards { actor: u32 },
         /// Remove up to `len` visible elements from `pos`.
         Remove { pos: usize, len: usize },
-        /// Remove an element that is already removed, or a tombstone run's
-        /// neighbour (by id).
+        /// Remove an element by id, whether it exists or not.
         RemoveId { actor: u32, counter: u64 },
     }
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
-            3 => (0u32..3, any::<usize>(), 1usize..40, any::<bool>(), 0u64..3).prop_map(
-                |(actor, pos, len, at_start, lamport_gap)| Step::Insert {
-                    actor,
-                    pos,
-                    len,
-                    at_start,
-                    lamport_gap
-                }
+            3 => (0u32..3, any::<usize>(), 1usize..40, any::<bool>(), 0usize..3).prop_map(
+                |(actor, pos, len, at_start, skip)| Step::Insert { actor, pos, len, at_start, skip }
             ),
+            3 => (0u32..3, 1usize..4).prop_map(|(actor, len)| Step::Continue { actor, len }),
+            2 => (0u32..3).prop_map(|actor| Step::Backwards { actor }),
             1 => (any::<usize>(), 1usize..30).prop_map(|(pos, len)| Step::Remove { pos, len }),
-            3 => (0u32..3, 1usize..4, any::<bool>()).prop_map(|(actor, len, jump)| Step::Continue { actor, len, jump }),
             1 => (0u32..3, 1u64..200).prop_map(|(actor, counter)| Step::RemoveId { actor, counter }),
         ]
     }
@@ -1292,34 +1390,28 @@ mod tests {
             let mut s: Sequence<String> = Sequence::new();
             let mut model = Model::default();
             let mut counters = [0u64; 3];
-            let mut lamport = 0u64;
-            // Each actor's last inserted element and its Lamport number.
-            let mut last: [Option<(Eid, u64)>; 3] = [None; 3];
+            // Each actor's last inserted element, with its left origin.
+            let mut last: [Option<(Eid, Option<Eid>)>; 3] = [None; 3];
+            let letters = |len: usize, actor: u32| -> String {
+                (0..len).map(|k| char::from(b'a' + ((k + actor as usize * 7) % 26) as u8)).collect()
+            };
             for step in steps {
-                match step {
-                    Step::Continue { actor, len, jump } => {
-                        let Some((after, after_lamport)) = last[actor as usize] else { continue };
-                        let first = eid(actor, counters[actor as usize] + 1);
-                        counters[actor as usize] += len as u64;
-                        let start = if jump { lamport + 1 } else { after_lamport + 1 };
-                        let run_lamport = RunLamport { first: start, next: start + 1 };
-                        lamport = lamport.max(start + len as u64);
-                        let content: String = "xyz".chars().take(len).collect();
-                        s.insert(Some(&after), first, run_lamport, &content, by_lamport_then_actor).unwrap();
-                        model.insert(Some(after), first, run_lamport, &content);
-                        last[actor as usize] = Some((first.plus(len as u64 - 1), run_lamport.at(len as u64 - 1)));
-                    }
-                    Step::Insert { actor, pos, len, at_start, lamport_gap } => {
+                let (after, before, actor, len) = match step {
+                    Step::Insert { actor, pos, len, at_start, skip } => {
                         let after = if at_start || s.is_empty() { None } else { s.id_at(pos % s.len()) };
-                        let first = eid(actor, counters[actor as usize] + 1);
-                        counters[actor as usize] += len as u64;
-                        lamport += 1 + lamport_gap;
-                        let run_lamport = RunLamport { first: lamport, next: lamport + 1 + lamport_gap };
-                        lamport += len as u64 + lamport_gap;
-                        let content: String = (0..len).map(|k| char::from(b'a' + ((k + actor as usize * 7) % 26) as u8)).collect();
-                        s.insert(after.as_ref(), first, run_lamport, &content, by_lamport_then_actor).unwrap();
-                        model.insert(after, first, run_lamport, &content);
-                        last[actor as usize] = Some((first.plus(len as u64 - 1), run_lamport.at(len as u64 - 1)));
+                        let mut before = s.next_id(after.as_ref());
+                        for _ in 0..skip {
+                            if let Some(b) = before { before = s.next_id(Some(&b)); }
+                        }
+                        (after, before, actor, len)
+                    }
+                    Step::Continue { actor, len } => {
+                        let Some((after, _)) = last[actor as usize] else { continue };
+                        (Some(after), s.next_id(Some(&after)), actor, len)
+                    }
+                    Step::Backwards { actor } => {
+                        let Some((previous, origin)) = last[actor as usize] else { continue };
+                        (origin, Some(previous), actor, 1)
                     }
                     Step::Remove { pos, len } => {
                         if s.is_empty() { continue; }
@@ -1328,28 +1420,38 @@ mod tests {
                         let mut model_removed = 0;
                         for (first, n) in &ranges {
                             for k in 0..*n {
-                                let e = model.elems.iter_mut().find(|e| e.0.id == first.plus(k)).unwrap();
-                                prop_assert!(!e.2);
-                                e.2 = true;
+                                let i = model.position(first.plus(k));
+                                prop_assert!(!model.elems[i].4);
+                                model.elems[i].4 = true;
                                 model_removed += 1;
                             }
                         }
                         prop_assert_eq!(removed, model_removed);
+                        continue;
                     }
                     Step::RemoveId { actor, counter } => {
                         let id = eid(actor, counter);
-                        let exists = model.elems.iter().any(|e| e.0.id == id);
+                        let exists = model.elems.iter().any(|e| e.0 == id);
                         let result = s.remove(&[(id, 1)]);
                         prop_assert_eq!(result.is_ok(), exists);
-                        if let Some(e) = model.elems.iter_mut().find(|e| e.0.id == id) {
-                            e.2 = true;
+                        if exists {
+                            let i = model.position(id);
+                            model.elems[i].4 = true;
                         }
+                        continue;
                     }
-                }
+                };
+                let first = eid(actor, counters[actor as usize] + 1);
+                counters[actor as usize] += len as u64;
+                let content = letters(len, actor);
+                s.insert(after.as_ref(), before.as_ref(), first, &content, by_index).unwrap();
+                model.insert(after, before, first, &content);
+                let origin = if len == 1 { after } else { Some(first.plus(len as u64 - 2)) };
+                last[actor as usize] = Some((first.plus(len as u64 - 1), origin));
                 prop_assert_eq!(s.to_text(), model.text());
             }
             prop_assert_eq!(s.total_len(), model.elems.len());
-            let visible: Vec<Eid> = model.elems.iter().filter(|e| !e.2).map(|e| e.0.id).collect();
+            let visible: Vec<Eid> = model.elems.iter().filter(|e| !e.4).map(|e| e.0).collect();
             let from_runs: Vec<Eid> = s.chars().map(|(id, _)| id).collect();
             prop_assert_eq!(&from_runs, &visible);
             for (i, id) in visible.iter().enumerate().step_by(7) {
@@ -1357,12 +1459,16 @@ mod tests {
                 prop_assert!(s.is_visible(id));
             }
             prop_assert_eq!(s.last_id(), visible.last().copied());
-            // Every element, in order, with its key: the tombstones too.
-            let all: Vec<(OrderKey, bool)> = s
+            // Every element, in order, with its origins: the tombstones too.
+            let all: Vec<(Eid, Option<Eid>, Option<Eid>, bool)> = s
                 .runs()
-                .flat_map(|r| (0..u64::from(r.len())).map(move |k| (OrderKey { lamport: r.lamport.at(k), id: r.id().plus(k) }, r.deleted())))
+                .flat_map(|r| (0..u64::from(r.len())).map(move |k| {
+                    let origin = if k == 0 { r.origin() } else { Some(r.id().plus(k - 1)) };
+                    (r.id().plus(k), origin, r.right(), r.deleted())
+                }))
                 .collect();
-            let model_all: Vec<(OrderKey, bool)> = model.elems.iter().map(|e| (e.0, e.2)).collect();
+            let model_all: Vec<(Eid, Option<Eid>, Option<Eid>, bool)> =
+                model.elems.iter().map(|e| (e.0, e.1, e.2, e.4)).collect();
             prop_assert_eq!(all, model_all);
             let rebuilt = Sequence::from_runs(s.runs().cloned()).unwrap();
             prop_assert_eq!(rebuilt.to_text(), s.to_text());

@@ -7,25 +7,32 @@ use crate::actors::ActorIdx;
 use crate::document::Document;
 use crate::error::CrdtError;
 use crate::replica::{Entity, Replica, ReplicaConfig};
-use crate::sequence::{Content, Eid, Run, RunLamport, Sequence};
+use crate::sequence::{Content, Eid, Run, Sequence};
 
 /// The snapshot format: 3 since a snapshot became a message a device may
 /// send another (docs/PROTOCOL.md, "Snapshots"): fields as their concurrent
-/// values with their dots, sequences as runs of elements, an actor table.
-/// A snapshot of another format is refused, never misread.
-pub const SNAPSHOT_VERSION: u8 = 3;
+/// values with their dots, sequences as runs of elements, an actor table;
+/// 4 since sequence elements carry their origins instead of Lamport
+/// numbers. A snapshot of another format is refused, never misread.
+pub const SNAPSHOT_VERSION: u8 = 4;
 
 /// Depth limit when decoding a snapshot (values nest inside maps and arrays).
 const MAX_DEPTH: usize = 64;
 
+/// An element id in a snapshot: `(actor, counter)`, the actor an index
+/// into the snapshot's actor table.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq)]
+struct SnapId(u32, u64);
+
 /// Consecutive elements of a sequence, in document order, that one run of
-/// typing leaves: `(actor, counter, lamport, deleted, values)`, the `k`-th
-/// value being the element `(actor, counter + k)` with Lamport number
-/// `lamport + k`, all removed or all visible. The actor is an index into
-/// the snapshot's actor table. Written as an array: a typed sentence is one
-/// of these, not one map per character.
+/// typing leaves: `(actor, counter, origin, right, deleted, values)`, the
+/// `k`-th value being the element `(actor, counter + k)`, whose left
+/// origin is `origin` for `k = 0` and element `k - 1` after, and whose
+/// right origin is `right` (nil: none), all removed or all visible. Actors
+/// are indices into the snapshot's actor table. Written as an array: a
+/// typed sentence is one of these, not one map per character.
 #[derive(Serialize, Deserialize)]
-struct SnapRun<V>(u32, u64, u64, bool, V);
+struct SnapRun<V>(u32, u64, Option<SnapId>, Option<SnapId>, bool, V);
 
 /// One concurrent value of a document field: `(actor, counter, lamport,
 /// value)`, the write's dot (actor as an index into the actor table), its
@@ -91,89 +98,70 @@ fn decode_checked<T: serde::de::DeserializeOwned>(
 }
 
 /// A sequence as runs of elements (see [`SnapRun`]): the sequence's own
-/// runs, joined where they continue one another, and split after the first
-/// element where its Lamport number does not step by one to the second.
+/// runs, joined where one continues the other.
 fn snap_seq<C: Content + Clone>(s: &Sequence<C>) -> Vec<SnapRun<C>> {
+    let snap_id = |e: Eid| SnapId(e.actor, e.counter);
     let mut runs: Vec<SnapRun<C>> = Vec::new();
     let mut last_len = 0u64;
-    let mut push = |runs: &mut Vec<SnapRun<C>>,
-                    counter: u64,
-                    lamport: u64,
-                    len: u64,
-                    actor,
-                    deleted,
-                    content: C| {
+    for run in s.runs() {
+        let id = run.id();
+        let len = u64::from(run.len());
+        let (origin, right) = (run.origin().map(snap_id), run.right().map(snap_id));
         match runs.last_mut() {
             Some(last)
-                if last.0 == actor
-                    && last.3 == deleted
-                    && last.1 + last_len == counter
-                    && last.2 + last_len == lamport =>
+                if last.0 == id.actor
+                    && last.1 + last_len == id.counter
+                    && origin == Some(SnapId(id.actor, id.counter.wrapping_sub(1)))
+                    && last.3 == right
+                    && last.4 == run.deleted() =>
             {
-                last.4.join(content);
+                last.5.join(run.content.clone());
                 last_len += len;
             }
             _ => {
-                runs.push(SnapRun(actor, counter, lamport, deleted, content));
+                runs.push(SnapRun(
+                    id.actor,
+                    id.counter,
+                    origin,
+                    right,
+                    run.deleted(),
+                    run.content.clone(),
+                ));
                 last_len = len;
             }
-        }
-    };
-    for run in s.runs() {
-        let len = u64::from(run.len());
-        let mut content = run.content.clone();
-        let (actor, deleted, id) = (run.id().actor, run.deleted(), run.id());
-        if len > 1 && run.lamport.next != run.lamport.first.saturating_add(1) {
-            let rest = content.split_at_element(1, run.len() as usize);
-            push(
-                &mut runs,
-                id.counter,
-                run.lamport.first,
-                1,
-                actor,
-                deleted,
-                content,
-            );
-            push(
-                &mut runs,
-                id.counter + 1,
-                run.lamport.next,
-                len - 1,
-                actor,
-                deleted,
-                rest,
-            );
-        } else {
-            push(
-                &mut runs,
-                id.counter,
-                run.lamport.first,
-                len,
-                actor,
-                deleted,
-                content,
-            );
         }
     }
     runs
 }
 
 /// Rebuilds a sequence from its runs. `limits[i]` is the highest counter of
-/// actor `i` the snapshot covers: an element above it is refused (it would
-/// be an operation the snapshot's version vector says was never applied).
+/// actor `i` the snapshot covers: an element (or an origin) above it is
+/// refused (it would be an operation the snapshot's version vector says was
+/// never applied).
 fn restore_seq<C: Content>(
     actors: &[ActorIdx],
     limits: &[u64],
     runs: Vec<SnapRun<C>>,
 ) -> Result<Sequence<C>, CrdtError> {
+    let local = |id: Option<SnapId>| -> Result<Option<Eid>, CrdtError> {
+        let Some(SnapId(actor, counter)) = id else {
+            return Ok(None);
+        };
+        let (index, limit) = checked_actor(actors, limits, actor)?;
+        check_dot(counter, limit)?;
+        Ok(Some(Eid {
+            actor: index,
+            counter,
+        }))
+    };
     let mut items = Vec::with_capacity(runs.len());
-    for SnapRun(actor, counter, lamport, deleted, content) in runs {
+    for SnapRun(actor, counter, origin, right, deleted, content) in runs {
         let (index, limit) = checked_actor(actors, limits, actor)?;
         let n = content.count() as u64;
         if n == 0 {
             continue;
         }
-        let (Some(last), Some(_)) = (counter.checked_add(n - 1), lamport.checked_add(n)) else {
+        let Some(last) = counter.checked_add(n - 1) else {
             return Err(CrdtError::BadSnapshot("a run's counters overflow".into()));
         };
         check_dot(counter, limit)?;
@@ -183,10 +171,8 @@ fn restore_seq<C: Content>(
                 actor: index,
                 counter,
             },
-            RunLamport {
-                first: lamport,
-                next: lamport + 1,
-            },
+            local(origin)?,
+            local(right)?,
             deleted,
             content.as_slice(),
         ));
@@ -487,8 +473,8 @@ mod tests {
             .iter_mut()
             .find(|e| e.0 == EntityType::Conversation)
             .expect("the conversation");
-        let SnapRun(a, c, l, d, v) = &conv.5[0];
-        let again = SnapRun(*a, *c, *l, *d, v.clone());
+        let SnapRun(a, c, o, r, d, v) = &conv.5[0];
+        let again = SnapRun(*a, *c, *o, *r, *d, v.clone());
         conv.5.push(again);
         says(refused(&s, config), "twice");
 

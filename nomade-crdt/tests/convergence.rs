@@ -297,18 +297,19 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
-    /// No interleaving of words typed forward: two devices type a word
-    /// each, a keystroke at a time, at the same place of a shared text and
-    /// at the same time; once both have everything, each word is whole,
-    /// one after the other (which first is the same on both). (Typing
-    /// backwards, each keystroke before the previous one, is not covered:
-    /// concurrent runs typed that way can interleave.)
+    /// No interleaving: two devices type a word each, a keystroke at a
+    /// time, forwards or backwards (each keystroke before the previous one,
+    /// the word's last character first), at the same place of a shared
+    /// text and at the same time; once both have everything, each word is
+    /// whole, one after the other (which first is the same on both).
     #[test]
     fn words_typed_at_one_place_at_once_stay_whole(
         base in "[0-9]{0,12}",
         at in any::<Index>(),
         ana_word in "[A-E]{1,12}",
         bob_word in "[a-e]{1,12}",
+        ana_backwards in any::<bool>(),
+        bob_backwards in any::<bool>(),
         order in proptest::collection::vec(any::<bool>(), 0..30),
     ) {
         let mut ana = Replica::new("ana");
@@ -321,14 +322,21 @@ proptest! {
             bob.apply_remote(op).unwrap();
         }
         let at = at.index(base.chars().count() + 1);
-        let typed = |r: &mut Replica, word: &str| -> Vec<SyncOperation> {
-            word.chars()
-                .enumerate()
-                .flat_map(|(i, c)| splice(r, at + i, &c.to_string()))
-                .collect()
+        let typed = |r: &mut Replica, word: &str, backwards: bool| -> Vec<SyncOperation> {
+            if backwards {
+                word.chars()
+                    .rev()
+                    .flat_map(|c| splice(r, at, &c.to_string()))
+                    .collect()
+            } else {
+                word.chars()
+                    .enumerate()
+                    .flat_map(|(i, c)| splice(r, at + i, &c.to_string()))
+                    .collect()
+            }
         };
-        let from_ana = typed(&mut ana, &ana_word);
-        let from_bob = typed(&mut bob, &bob_word);
+        let from_ana = typed(&mut ana, &ana_word, ana_backwards);
+        let from_bob = typed(&mut bob, &bob_word, bob_backwards);
         // Delivered keystroke by keystroke, in an order the test picks.
         let (mut a, mut b) = (from_ana.into_iter(), from_bob.into_iter());
         for ana_first in order {

@@ -368,6 +368,7 @@ fn bad_input_23_malformed_ops_are_refused_and_change_nothing() {
     };
     let insert = |values: Vec<Value>| nomade_wire::Edit::Insert {
         after: None,
+        before: None,
         values,
     };
     let remove = |counter, len| nomade_wire::Edit::Remove {
@@ -381,6 +382,7 @@ fn bad_input_23_malformed_ops_are_refused_and_change_nothing() {
     let text = |text: &str| nomade_wire::Edit::InsertText {
         field: "t".into(),
         after: None,
+        before: None,
         text: text.into(),
     };
     let insert_into_a_document = with_edit(DOC, 1, insert(vec![Value::from("x")]));

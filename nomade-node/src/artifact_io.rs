@@ -78,7 +78,9 @@ impl Machine for Receiver {
     }
 }
 
-/// What the machine's thread hands to the writing task.
+/// What the machine's thread hands to the writing task. Nearly every item
+/// is a message, so it is not boxed (that would allocate once per chunk).
+#[allow(clippy::large_enum_variant)]
 enum Out<E> {
     Send(Message),
     Event(E),

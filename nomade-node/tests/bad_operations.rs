@@ -45,6 +45,7 @@ fn text(actor: &str, counter: u64, text: &str) -> SyncOperation {
     op.operation.edit = Edit::InsertText {
         field: "t".into(),
         after: None,
+        before: None,
         text: text.into(),
     };
     op

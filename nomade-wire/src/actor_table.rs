@@ -58,16 +58,17 @@ impl ActorTable {
 
     /// Adds the device ids `op` names that are new, in the canonical order:
     /// its `actor_id`, the keys of its `deps` (in their byte-wise order),
-    /// then its `after` element's actor or its ranges' actors, in order.
+    /// then its `after` and `before` elements' actors or its ranges'
+    /// actors, in order.
     pub(crate) fn note(&mut self, op: &SyncOperation) {
         self.add(&op.actor_id);
         for actor in op.operation.deps.keys() {
             self.add(actor);
         }
         match &op.operation.edit {
-            Edit::Insert { after, .. } | Edit::InsertText { after, .. } => {
-                if let Some(a) = after {
-                    self.add(&a.actor);
+            Edit::Insert { after, before, .. } | Edit::InsertText { after, before, .. } => {
+                for e in [after, before].into_iter().flatten() {
+                    self.add(&e.actor);
                 }
             }
             Edit::Remove { ranges, .. } => {

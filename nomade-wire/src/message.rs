@@ -158,6 +158,9 @@ pub enum Edit {
     Insert {
         /// The item to insert after; `None` for the start.
         after: Option<ElementId>,
+        /// The item that followed `after` where the author inserted (its
+        /// right origin, removed or not); `None` for the end.
+        before: Option<ElementId>,
         /// The inserted items (at least one).
         values: Vec<Value>,
     },
@@ -168,6 +171,9 @@ pub enum Edit {
         field: String,
         /// The character to insert after; `None` for the start.
         after: Option<ElementId>,
+        /// The character that followed `after` where the author inserted
+        /// (its right origin, removed or not); `None` for the end.
+        before: Option<ElementId>,
         /// The inserted text (at least one character).
         text: String,
     },

@@ -196,6 +196,10 @@ pub fn all() -> Vec<Sample> {
                         actor: LAPTOP.into(),
                         counter: 3,
                     }),
+                    before: Some(crate::ElementId {
+                        actor: PHONE.into(),
+                        counter: 5,
+                    }),
                     values: vec![
                         Value::String("see you at 8".into()),
                         Value::Bytes(vec![0, 1, 2]),
@@ -220,6 +224,7 @@ pub fn all() -> Vec<Sample> {
                 edit: Edit::InsertText {
                     field: "body".into(),
                     after: None,
+                    before: None,
                     text: "héllo 👋".into(),
                 },
             },
@@ -296,6 +301,10 @@ pub fn all() -> Vec<Sample> {
                             after: Some(crate::ElementId {
                                 actor: LAPTOP.into(),
                                 counter: 40,
+                            }),
+                            before: Some(crate::ElementId {
+                                actor: LAPTOP.into(),
+                                counter: 41,
                             }),
                             text: "abc".into(),
                         },

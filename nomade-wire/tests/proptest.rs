@@ -61,10 +61,28 @@ fn edit() -> impl Strategy<Value = Edit> {
     prop_oneof![
         (text(), value()).prop_map(|(key, value)| Edit::Set { key, value }),
         text().prop_map(|key| Edit::Delete { key }),
-        (option::of(element_id()), vec(value(), 0..4))
-            .prop_map(|(after, values)| Edit::Insert { after, values }),
-        (text(), option::of(element_id()), text())
-            .prop_map(|(field, after, text)| Edit::InsertText { field, after, text }),
+        (
+            option::of(element_id()),
+            option::of(element_id()),
+            vec(value(), 0..4)
+        )
+            .prop_map(|(after, before, values)| Edit::Insert {
+                after,
+                before,
+                values
+            }),
+        (
+            text(),
+            option::of(element_id()),
+            option::of(element_id()),
+            text()
+        )
+            .prop_map(|(field, after, before, text)| Edit::InsertText {
+                field,
+                after,
+                before,
+                text
+            }),
         (option::of(text()), vec(id_range(), 0..4))
             .prop_map(|(field, ranges)| Edit::Remove { field, ranges }),
     ]

@@ -116,12 +116,14 @@ def operation_types(actor, deps):
         "insert": struct_(
             "Edit.insert",
             ("after", nil_or(element_id), REQ),
+            ("before", nil_or(element_id), REQ),
             ("values", array(VALUE), REQ),
         ),
         "insert_text": struct_(
             "Edit.insert_text",
             ("field", STR, REQ),
             ("after", nil_or(element_id), REQ),
+            ("before", nil_or(element_id), REQ),
             ("text", STR, REQ),
         ),
         "remove": struct_(
@@ -529,8 +531,9 @@ def actors_of(mtype: int, obj):
         yield op["actor_id"]
         yield from op["operation"]["deps"].keys()
         ((_, body),) = op["operation"]["edit"].items()
-        if body.get("after") is not None:
-            yield body["after"]["actor"]
+        for end in ("after", "before"):
+            if body.get(end) is not None:
+                yield body[end]["actor"]
         for r in body.get("ranges", []):
             yield r["actor"]
     if mtype == 0x0102:
@@ -590,14 +593,16 @@ def check_operation(op) -> None:
 def map_actors(op, f):
     """`op` with `f` applied to every actor it names, in the order of first
     mention (PROTOCOL.md, BATCHED_SYNC): its actor_id, the keys of its deps
-    in their order, then its after element's actor or its ranges' actors."""
+    in their order, then its after and before elements' actors or its
+    ranges' actors."""
     o = op["operation"]
     author = f(op["actor_id"])
     deps = {f(k): c for k, c in o["deps"].items()}
     ((variant, body),) = o["edit"].items()
     body = dict(body)
-    if body.get("after") is not None:
-        body["after"] = dict(body["after"], actor=f(body["after"]["actor"]))
+    for end in ("after", "before"):
+        if body.get(end) is not None:
+            body[end] = dict(body[end], actor=f(body[end]["actor"]))
     if "ranges" in body:
         body["ranges"] = [dict(r, actor=f(r["actor"])) for r in body["ranges"]]
     return dict(op, actor_id=author, operation=dict(o, deps=deps, edit={variant: body}))
@@ -1041,7 +1046,7 @@ def snapshot_state(b: bytes):
     snap = msgpack.unpackb(b, raw=False, strict_map_key=False)
     if not isinstance(snap, dict) or set(snap) != {"version", "actors", "version_vector", "entities"}:
         raise SpecError("a snapshot is a map of version, actors, version_vector, entities")
-    if snap["version"] != 3:
+    if snap["version"] != 4:
         raise SpecError(f"snapshot version {snap['version']}")
     actors = snap["actors"]
     if len(set(actors)) != len(actors):
@@ -1058,7 +1063,10 @@ def snapshot_state(b: bytes):
 
     def visible(runs, split):
         out = []
-        for a, counter, _lamport, deleted, values in runs:
+        for a, counter, origin, right, deleted, values in runs:
+            for ref in (origin, right):
+                if ref is not None:
+                    actor(*ref)
             for k, value in enumerate(split(values)):
                 name = actor(a, counter + k)
                 if not deleted:
