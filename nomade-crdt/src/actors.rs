@@ -1,6 +1,6 @@
 //! The replica's table of actor names (device ids), interned to small integers.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 /// An interned actor.
 pub type ActorIdx = u32;
@@ -10,7 +10,10 @@ pub type ActorIdx = u32;
 #[derive(Debug, Clone, Default)]
 pub struct Actors {
     names: Vec<String>,
-    by_name: HashMap<String, ActorIdx>,
+    /// Fx-hashed: a device id is hashed at every operation applied, and a
+    /// replica holds at most a bounded number of actors (a peer cannot grow
+    /// the table past the limit to make collisions costly).
+    by_name: FxHashMap<String, ActorIdx>,
 }
 
 impl Actors {

@@ -105,7 +105,11 @@ impl Content for String {
     }
 
     fn count_slice(slice: &str) -> usize {
-        slice.chars().count()
+        if slice.is_ascii() {
+            slice.len()
+        } else {
+            slice.chars().count()
+        }
     }
 
     fn as_slice(&self) -> &str {
@@ -587,6 +591,11 @@ impl<C: Content> Sequence<C> {
                 return Err(SeqError::UnknownElement(*e));
             }
         }
+        self.check_new_ids(first, count)
+    }
+
+    /// Checks that no element has an id among the `count` from `first`.
+    fn check_new_ids(&self, first: &Eid, count: usize) -> Result<(), SeqError> {
         let end = first.counter.saturating_add(count as u64);
         let overlapping = self
             .index
@@ -653,7 +662,10 @@ impl<C: Content> Sequence<C> {
         less: impl Fn(ActorIdx, ActorIdx) -> bool,
     ) -> Result<usize, SeqError> {
         let n = C::count_slice(content);
-        self.check_insert(after, before, &first, n)?;
+        // The origins are checked as they are found below; splitting a run
+        // at the right origin before finding an unknown left origin changes
+        // how runs are cut, never the sequence.
+        self.check_new_ids(&first, n)?;
         if n == 0 {
             return Ok(0);
         }

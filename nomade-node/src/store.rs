@@ -66,12 +66,14 @@ const SNAPSHOT: TableDefinition<u32, &[u8]> = TableDefinition::new("snapshot");
 /// The `META` key of the store's format.
 const FORMAT_KEY: &str = "store_format";
 
-/// The store format this build writes and reads: 3 since snapshots became
-/// the format a device may send another (fields as their concurrent values)
+/// The store format this build writes and reads: 4 since sequence
+/// insertions carry their right origin (`before`) and snapshots their
+/// elements' origins (snapshot format 4); 3 since snapshots became the
+/// format a device may send another (fields as their concurrent values)
 /// and the log may be compacted (format 2 came with operations version 2,
 /// format 1 before). A database whose `OPS` holds rows and that has no
 /// format entry was written by an earlier build: format 1.
-pub const STORE_FORMAT: u32 = 3;
+pub const STORE_FORMAT: u32 = 4;
 
 /// The `META` key of the compacted frontier: the version vector (MessagePack)
 /// of the operations the log no longer holds (dropped by compaction, or

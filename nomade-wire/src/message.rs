@@ -193,6 +193,8 @@ impl Edit {
         match self {
             Edit::Set { .. } | Edit::Delete { .. } => 1,
             Edit::Insert { values, .. } => values.len() as u64,
+            // Typed text is mostly ASCII: one byte, one character.
+            Edit::InsertText { text, .. } if text.is_ascii() => text.len() as u64,
             Edit::InsertText { text, .. } => text.chars().count() as u64,
             Edit::Remove { ranges, .. } => {
                 ranges.iter().fold(0u64, |acc, r| acc.saturating_add(r.len))
