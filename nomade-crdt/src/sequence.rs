@@ -1067,31 +1067,108 @@ impl<C: Content> Sequence<C> {
     /// Builds a sequence from runs in document order (as [`Sequence::runs`]
     /// gives them). An id that two runs share is an error.
     pub fn from_runs(runs: impl IntoIterator<Item = Run<C>>) -> Result<Self, SeqError> {
-        let mut seq = Sequence::new();
-        let mut last = Place {
-            leaf: seq.first_leaf(),
-            run: 0,
+        // Runs of at most MAX_RUN elements, joined where one continues the
+        // one before.
+        let mut all: Vec<Run<C>> = Vec::new();
+        let push = |all: &mut Vec<Run<C>>, piece: Run<C>| match all.last_mut() {
+            Some(prev) if prev.continued_by(&piece) => {
+                prev.set_len(prev.len() + piece.len());
+                prev.content.join(piece.content);
+            }
+            _ => all.push(piece),
         };
-        for run in runs {
+        for mut run in runs {
             let n = run.content.count();
             if n == 0 {
                 continue;
             }
-            seq.check_insert(None, None, &run.id(), n)?;
-            seq.total += n;
-            let pieces = Run::pieces(
-                run.id(),
-                run.origin(),
-                run.right(),
-                run.deleted(),
-                run.content.as_slice(),
-            );
-            // The last leaf: the one after the place of the last run.
-            while seq.leaves[last.leaf as usize].next != NONE {
-                last.leaf = seq.leaves[last.leaf as usize].next;
+            if n <= MAX_RUN {
+                run.set_len(n as u32);
+                push(&mut all, run);
+            } else {
+                let pieces = Run::pieces(
+                    run.id(),
+                    run.origin(),
+                    run.right(),
+                    run.deleted(),
+                    run.content.as_slice(),
+                );
+                for piece in pieces {
+                    push(&mut all, piece);
+                }
             }
-            last.run = seq.leaves[last.leaf as usize].runs.len();
-            seq.place_runs(last, pieces);
+        }
+        // No id twice.
+        let mut spans: Vec<(ActorIdx, u64, u64)> =
+            all.iter().map(|r| (r.actor, r.counter, r.end())).collect();
+        spans.sort_unstable();
+        if let Some(w) = spans
+            .windows(2)
+            .find(|w| w[0].0 == w[1].0 && w[1].1 < w[0].2)
+        {
+            return Err(SeqError::DuplicateElement(Eid {
+                actor: w[1].0,
+                counter: w[1].1,
+            }));
+        }
+        // Leaves three quarters full, in order, then the inner levels
+        // bottom up.
+        let mut seq = Sequence::new();
+        let mut index: Vec<Vec<(u64, u32)>> = Vec::new();
+        let mut it = all.into_iter().peekable();
+        while it.peek().is_some() {
+            let runs: Vec<Run<C>> = it.by_ref().take(LEAF_CAP * 3 / 4).collect();
+            let leaf = seq.leaves.len() as u32;
+            let visible: usize = runs.iter().map(Run::visible).sum();
+            for r in &runs {
+                let actor = r.actor as usize;
+                if index.len() <= actor {
+                    index.resize_with(actor + 1, Vec::new);
+                }
+                index[actor].push((r.counter, leaf));
+                seq.total += r.len() as usize;
+            }
+            seq.visible += visible;
+            if let Some(prev) = seq.leaves.last_mut() {
+                prev.next = leaf;
+            }
+            seq.leaves.push(Leaf {
+                runs,
+                parent: NONE,
+                next: NONE,
+                visible,
+            });
+        }
+        seq.index = index.into_iter().map(BTreeMap::from_iter).collect();
+        let mut level: Vec<(u32, usize)> = seq
+            .leaves
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i as u32, l.visible))
+            .collect();
+        let mut over_leaves = true;
+        while level.len() > 1 {
+            let mut above = Vec::with_capacity(level.len() / (INNER_CAP / 2) + 1);
+            for group in level.chunks(INNER_CAP * 3 / 4) {
+                let node = seq.inners.len() as u32;
+                for &(child, _) in group {
+                    seq.set_parent(child, node, over_leaves);
+                }
+                let counts: Vec<usize> = group.iter().map(|g| g.1).collect();
+                above.push((node, counts.iter().sum()));
+                seq.inners.push(Inner {
+                    children: group.iter().map(|g| g.0).collect(),
+                    counts,
+                    parent: NONE,
+                    over_leaves,
+                });
+            }
+            level = above;
+            over_leaves = false;
+            seq.height += 1;
+        }
+        if let Some(&(root, _)) = level.first() {
+            seq.root = root;
         }
         Ok(seq)
     }
@@ -1482,8 +1559,26 @@ mod tests {
             let model_all: Vec<(Eid, Option<Eid>, Option<Eid>, bool)> =
                 model.elems.iter().map(|e| (e.0, e.1, e.2, e.4)).collect();
             prop_assert_eq!(all, model_all);
-            let rebuilt = Sequence::from_runs(s.runs().cloned()).unwrap();
+            // Rebuilt from its runs (as a snapshot restores it), the
+            // sequence reads and edits the same.
+            let mut rebuilt = Sequence::from_runs(s.runs().cloned()).unwrap();
             prop_assert_eq!(rebuilt.to_text(), s.to_text());
+            prop_assert_eq!(rebuilt.total_len(), s.total_len());
+            for k in 0..4u64 {
+                let after = if s.is_empty() { None } else { s.id_at((k as usize * 37) % s.len()) };
+                let before = s.next_id(after.as_ref());
+                prop_assert_eq!(rebuilt.next_id(after.as_ref()), before);
+                let id = eid(3, k * 10 + 1);
+                s.insert(after.as_ref(), before.as_ref(), id, "new", by_index).unwrap();
+                rebuilt.insert(after.as_ref(), before.as_ref(), id, "new", by_index).unwrap();
+                if !s.is_empty() {
+                    let ranges = s.visible_ranges((k as usize * 11) % s.len(), 5);
+                    prop_assert_eq!(&rebuilt.visible_ranges((k as usize * 11) % s.len(), 5), &ranges);
+                    s.remove(&ranges).unwrap();
+                    rebuilt.remove(&ranges).unwrap();
+                }
+                prop_assert_eq!(rebuilt.to_text(), s.to_text());
+            }
         }
     }
 }

@@ -51,6 +51,29 @@ fn text(actor: &str, counter: u64, text: &str) -> SyncOperation {
     op
 }
 
+/// `actor`'s character typed into the text field `t` of document `doc`
+/// between the elements `after` and `before` (`(actor, counter)`, `None`:
+/// the start, the end), its counter `counter`.
+fn text_between(
+    actor: &str,
+    counter: u64,
+    after: Option<(&str, u64)>,
+    before: Option<(&str, u64)>,
+) -> SyncOperation {
+    let element = |(actor, counter): (&str, u64)| nomade_wire::ElementId {
+        actor: actor.into(),
+        counter,
+    };
+    let mut op = text(actor, counter, "x");
+    op.operation.edit = Edit::InsertText {
+        field: "t".into(),
+        after: after.map(element),
+        before: before.map(element),
+        text: "x".into(),
+    };
+    op
+}
+
 /// `actor`'s removal, at `counter`, of `len` characters of the text field
 /// `t` inserted by `of` from counter `from`.
 fn remove(actor: &str, counter: u64, of: &str, from: u64, len: u64) -> SyncOperation {
@@ -112,6 +135,14 @@ fn bad_input_23_malformed_operations_are_refused_counted_and_change_nothing() {
         (
             "a removal of an unknown element",
             remove("ana", 2, "bob", 1, 1),
+        ),
+        (
+            "an insertion after an unknown element",
+            text_between("ana", 2, Some(("bob", 1)), None),
+        ),
+        (
+            "an insertion before an unknown element",
+            text_between("ana", 2, None, Some(("ana", 7))),
         ),
     ];
     for (i, (what, op)) in bad.into_iter().enumerate() {
