@@ -182,6 +182,8 @@ impl<V: Clone> Content for Vec<V> {
 /// Consecutive elements `id`, `id.plus(1)`, ... inserted one after the
 /// other, all visible or all removed: element 0 has the run's left origin,
 /// element `k >= 1` has element `k - 1`, all have the run's right origin.
+/// A removed run (a tombstone) holds no values: its content is empty and
+/// its length says how many elements it stands for.
 ///
 /// Laid out in 64 bytes beside its content (ids as their parts, the
 /// removed flag packed in the length), since a text holds one per run.
@@ -202,8 +204,11 @@ pub struct Run<C> {
 }
 
 /// The bit of [`Run::len_and_removed`] that marks a removed run; a run is
-/// at most [`MAX_RUN`] long, far below it.
+/// at most [`MAX_RUN`] long, or [`MAX_REMOVED`] when removed, below it.
 const REMOVED: u32 = 1 << 31;
+/// Largest number of elements in one removed run: it holds no values, so
+/// splitting it copies nothing, and only the length field bounds it.
+pub const MAX_REMOVED: usize = (REMOVED - 1) as usize;
 /// No actor: an absent origin (actor indices are bounded far below it).
 const NO_ACTOR: ActorIdx = ActorIdx::MAX;
 
@@ -306,10 +311,11 @@ impl<C> Run<C> {
         len: usize,
         deleted: bool,
     ) -> bool {
+        let cap = if deleted { MAX_REMOVED } else { MAX_RUN };
         self.actor == id.actor
             && self.end() == id.counter
             && self.deleted() == deleted
-            && (self.len() as usize) + len <= MAX_RUN
+            && (self.len() as usize) + len <= cap
             && origin == Some(self.id().plus(u64::from(self.len()) - 1))
             && right == self.right()
     }
@@ -354,6 +360,31 @@ impl<C: Content> Run<C> {
                 part,
             ));
             offset += u64::from(len);
+        }
+        pieces
+    }
+
+    /// Tombstone runs for the `len` removed elements from `first` on, the
+    /// first with the left origin `origin`, all with the right origin
+    /// `right`, cut at [`MAX_REMOVED`] elements.
+    pub fn removed(first: Eid, origin: Option<Eid>, right: Option<Eid>, len: u64) -> Vec<Run<C>> {
+        let mut pieces = Vec::new();
+        let mut offset = 0u64;
+        while offset < len {
+            let n = (len - offset).min(MAX_REMOVED as u64);
+            let left = match offset {
+                0 => origin,
+                _ => Some(first.plus(offset - 1)),
+            };
+            pieces.push(Run::with_len(
+                first.plus(offset),
+                left,
+                right,
+                n as u32,
+                true,
+                C::default(),
+            ));
+            offset += n;
         }
         pieces
     }
@@ -1009,7 +1040,10 @@ impl<C: Content> Sequence<C> {
                 if piece_len < self.run(place).len() {
                     self.split_run(place, piece_len);
                 }
-                self.leaves[place.leaf as usize].runs[place.run].set_deleted();
+                let run = &mut self.leaves[place.leaf as usize].runs[place.run];
+                run.set_deleted();
+                // A tombstone keeps its ids and origins, not its values.
+                run.content = C::default();
                 self.add_visible(place.leaf, -(piece_len as isize));
                 removed += piece_len as usize;
                 self.join_around(place);
@@ -1078,21 +1112,33 @@ impl<C: Content> Sequence<C> {
             _ => all.push(piece),
         };
         for mut run in runs {
-            let n = run.content.count();
+            let n = if run.deleted() {
+                run.len() as usize
+            } else {
+                run.content.count()
+            };
             if n == 0 {
                 continue;
             }
-            if n <= MAX_RUN {
+            let cap = if run.deleted() { MAX_REMOVED } else { MAX_RUN };
+            if n <= cap {
                 run.set_len(n as u32);
+                if run.deleted() {
+                    run.content = C::default();
+                }
                 push(&mut all, run);
             } else {
-                let pieces = Run::pieces(
-                    run.id(),
-                    run.origin(),
-                    run.right(),
-                    run.deleted(),
-                    run.content.as_slice(),
-                );
+                let pieces = if run.deleted() {
+                    Run::removed(run.id(), run.origin(), run.right(), n as u64)
+                } else {
+                    Run::pieces(
+                        run.id(),
+                        run.origin(),
+                        run.right(),
+                        false,
+                        run.content.as_slice(),
+                    )
+                };
                 for piece in pieces {
                     push(&mut all, piece);
                 }

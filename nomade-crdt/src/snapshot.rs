@@ -7,14 +7,15 @@ use crate::actors::ActorIdx;
 use crate::document::Document;
 use crate::error::CrdtError;
 use crate::replica::{Entity, Replica, ReplicaConfig};
-use crate::sequence::{Content, Eid, Run, Sequence};
+use crate::sequence::{Content, Eid, Run, Sequence, MAX_REMOVED};
 
 /// The snapshot format: 3 since a snapshot became a message a device may
 /// send another (docs/PROTOCOL.md, "Snapshots"): fields as their concurrent
 /// values with their dots, sequences as runs of elements, an actor table;
 /// 4 since sequence elements carry their origins instead of Lamport
-/// numbers. A snapshot of another format is refused, never misread.
-pub const SNAPSHOT_VERSION: u8 = 4;
+/// numbers; 5 since removed runs carry their length instead of their
+/// values. A snapshot of another format is refused, never misread.
+pub const SNAPSHOT_VERSION: u8 = 5;
 
 /// Depth limit when decoding a snapshot (values nest inside maps and arrays).
 const MAX_DEPTH: usize = 64;
@@ -25,14 +26,15 @@ const MAX_DEPTH: usize = 64;
 struct SnapId(u32, u64);
 
 /// Consecutive elements of a sequence, in document order, that one run of
-/// typing leaves: `(actor, counter, origin, right, deleted, values)`, the
-/// `k`-th value being the element `(actor, counter + k)`, whose left
-/// origin is `origin` for `k = 0` and element `k - 1` after, and whose
-/// right origin is `right` (nil: none), all removed or all visible. Actors
+/// typing leaves: `(actor, counter, origin, right, removed, values)`: the
+/// elements `(actor, counter + k)`, whose left origin is `origin` for
+/// `k = 0` and element `k - 1` after, and whose right origin is `right`
+/// (nil: none). A visible run has `removed` 0 and one value per element; a
+/// removed one (tombstones) has `removed` elements and no values. Actors
 /// are indices into the snapshot's actor table. Written as an array: a
 /// typed sentence is one of these, not one map per character.
 #[derive(Serialize, Deserialize)]
-struct SnapRun<V>(u32, u64, Option<SnapId>, Option<SnapId>, bool, V);
+struct SnapRun<V>(u32, u64, Option<SnapId>, Option<SnapId>, u64, V);
 
 /// One concurrent value of a document field: `(actor, counter, lamport,
 /// value)`, the write's dot (actor as an index into the actor table), its
@@ -107,25 +109,30 @@ fn snap_seq<C: Content + Clone>(s: &Sequence<C>) -> Vec<SnapRun<C>> {
         let id = run.id();
         let len = u64::from(run.len());
         let (origin, right) = (run.origin().map(snap_id), run.right().map(snap_id));
+        let removed = if run.deleted() { len } else { 0 };
         match runs.last_mut() {
             Some(last)
                 if last.0 == id.actor
                     && last.1 + last_len == id.counter
                     && origin == Some(SnapId(id.actor, id.counter.wrapping_sub(1)))
                     && last.3 == right
-                    && last.4 == run.deleted() =>
+                    && (last.4 > 0) == run.deleted() =>
             {
-                last.5.join(run.content.clone());
+                if run.deleted() {
+                    last.4 += len;
+                } else {
+                    last.5.join(run.content.clone());
+                }
                 last_len += len;
             }
             _ => {
+                let values = if run.deleted() {
+                    C::default()
+                } else {
+                    run.content.clone()
+                };
                 runs.push(SnapRun(
-                    id.actor,
-                    id.counter,
-                    origin,
-                    right,
-                    run.deleted(),
-                    run.content.clone(),
+                    id.actor, id.counter, origin, right, removed, values,
                 ));
                 last_len = len;
             }
@@ -155,9 +162,19 @@ fn restore_seq<C: Content>(
         }))
     };
     let mut items = Vec::with_capacity(runs.len());
-    for SnapRun(actor, counter, origin, right, deleted, content) in runs {
+    for SnapRun(actor, counter, origin, right, removed, content) in runs {
         let (index, limit) = checked_actor(actors, limits, actor)?;
-        let n = content.count() as u64;
+        let values = content.count() as u64;
+        let n = match (removed, values) {
+            (0, n) => n,
+            (n, 0) if n <= MAX_REMOVED as u64 => n,
+            (_, 0) => {
+                return Err(CrdtError::BadSnapshot(format!(
+                    "a removed run longer than {MAX_REMOVED}"
+                )))
+            }
+            _ => return Err(CrdtError::BadSnapshot("a removed run lists values".into())),
+        };
         if n == 0 {
             continue;
         }
@@ -166,16 +183,16 @@ fn restore_seq<C: Content>(
         };
         check_dot(counter, limit)?;
         check_dot(last, limit)?;
-        items.extend(Run::pieces(
-            Eid {
-                actor: index,
-                counter,
-            },
-            local(origin)?,
-            local(right)?,
-            deleted,
-            content.as_slice(),
-        ));
+        let first = Eid {
+            actor: index,
+            counter,
+        };
+        let (origin, right) = (local(origin)?, local(right)?);
+        if removed > 0 {
+            items.extend(Run::removed(first, origin, right, n));
+        } else {
+            items.extend(Run::pieces(first, origin, right, false, content.as_slice()));
+        }
     }
     Sequence::from_runs(items)
         .map_err(|_| CrdtError::BadSnapshot("a sequence lists an element twice".into()))

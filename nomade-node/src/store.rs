@@ -68,7 +68,8 @@ const FORMAT_KEY: &str = "store_format";
 
 /// The store format this build writes and reads: 4 since sequence
 /// insertions carry their right origin (`before`) and snapshots their
-/// elements' origins (snapshot format 4); 3 since snapshots became the
+/// elements' origins (snapshot format 4, then 5: a snapshot of another
+/// version in a store is refused when the store opens); 3 since snapshots became the
 /// format a device may send another (fields as their concurrent values)
 /// and the log may be compacted (format 2 came with operations version 2,
 /// format 1 before). A database whose `OPS` holds rows and that has no

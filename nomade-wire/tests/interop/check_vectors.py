@@ -1046,7 +1046,7 @@ def snapshot_state(b: bytes):
     snap = msgpack.unpackb(b, raw=False, strict_map_key=False)
     if not isinstance(snap, dict) or set(snap) != {"version", "actors", "version_vector", "entities"}:
         raise SpecError("a snapshot is a map of version, actors, version_vector, entities")
-    if snap["version"] != 4:
+    if snap["version"] != 5:
         raise SpecError(f"snapshot version {snap['version']}")
     actors = snap["actors"]
     if len(set(actors)) != len(actors):
@@ -1063,14 +1063,18 @@ def snapshot_state(b: bytes):
 
     def visible(runs, split):
         out = []
-        for a, counter, origin, right, deleted, values in runs:
+        for a, counter, origin, right, removed, values in runs:
             for ref in (origin, right):
                 if ref is not None:
                     actor(*ref)
+            if removed:
+                if len(values):
+                    raise SpecError("a removed run lists values")
+                actor(a, counter)
+                actor(a, counter + removed - 1)
+                continue
             for k, value in enumerate(split(values)):
-                name = actor(a, counter + k)
-                if not deleted:
-                    out.append((name, counter + k, value))
+                out.append((actor(a, counter + k), counter + k, value))
         return out
 
     entities = []
