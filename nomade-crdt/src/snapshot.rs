@@ -453,8 +453,9 @@ mod tests {
     /// A snapshot from a peer is checked before anything is built from it:
     /// another version, a dot beyond its version vector, an entity version
     /// vector beyond it, an actor named twice or an index outside the
-    /// table, an element or a dot listed twice, parts of another entity
-    /// type, more actors than the bound: each a typed error saying what.
+    /// table, an element or a dot listed twice, a removed run with values
+    /// or longer than 2^31-1, parts of another entity type, more actors
+    /// than the bound: each a typed error saying what.
     #[test]
     fn hostile_snapshots_are_refused_with_what_is_wrong() {
         let config = ReplicaConfig::default();
@@ -494,6 +495,29 @@ mod tests {
         let again = SnapRun(*a, *c, *o, *r, *d, v.clone());
         conv.5.push(again);
         says(refused(&s, config), "twice");
+
+        // A removed run that lists values, or longer than a run can be.
+        let removed_run = |removed: u64, values: Vec<Value>| {
+            let mut s = sample();
+            let conv = s
+                .entities
+                .iter_mut()
+                .find(|e| e.0 == EntityType::Conversation)
+                .expect("the conversation");
+            conv.5[0].4 = removed;
+            conv.5[0].5 = values;
+            s
+        };
+        says(
+            refused(&removed_run(1, vec![Value::from("m")]), config),
+            "lists values",
+        );
+        let huge = removed_run(1 << 40, Vec::new());
+        says(refused(&huge, config), "longer than");
+        // A removed run within bounds restores, as tombstones.
+        let bytes = rmp_serde::to_vec_named(&removed_run(1, Vec::new())).expect("encodes");
+        let restored = Replica::from_snapshot("b", &bytes, config).expect("restores");
+        assert_eq!(restored.conversation("c"), Some(Vec::new()));
 
         let mut s = sample();
         let doc = s
