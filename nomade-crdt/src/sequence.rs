@@ -364,6 +364,25 @@ impl<C: Content> Run<C> {
         pieces
     }
 
+    /// Runs of the elements of `content`, taken as they are when they fit
+    /// one run (no copy), cut at [`MAX_RUN`] elements otherwise (see
+    /// [`Run::pieces`]).
+    pub fn of_content(
+        first: Eid,
+        origin: Option<Eid>,
+        right: Option<Eid>,
+        content: C,
+    ) -> Vec<Run<C>> {
+        let n = content.count();
+        if n <= MAX_RUN {
+            vec![Run::with_len(
+                first, origin, right, n as u32, false, content,
+            )]
+        } else {
+            Run::pieces(first, origin, right, false, content.as_slice())
+        }
+    }
+
     /// Tombstone runs for the `len` removed elements from `first` on, the
     /// first with the left origin `origin`, all with the right origin
     /// `right`, cut at [`MAX_REMOVED`] elements.

@@ -191,7 +191,7 @@ fn restore_seq<C: Content>(
         if removed > 0 {
             items.extend(Run::removed(first, origin, right, n));
         } else {
-            items.extend(Run::pieces(first, origin, right, false, content.as_slice()));
+            items.extend(Run::of_content(first, origin, right, content));
         }
     }
     Sequence::from_runs(items)
