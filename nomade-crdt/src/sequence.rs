@@ -343,25 +343,10 @@ impl<C: Content> Run<C> {
         deleted: bool,
         content: &C::Slice,
     ) -> Vec<Run<C>> {
-        let mut pieces = Vec::new();
-        let mut offset = 0u64;
-        for part in C::chunks(content, MAX_RUN) {
-            let len = part.count() as u32;
-            let left = match offset {
-                0 => origin,
-                _ => Some(first.plus(offset - 1)),
-            };
-            pieces.push(Run::with_len(
-                first.plus(offset),
-                left,
-                right,
-                len,
-                deleted,
-                part,
-            ));
-            offset += u64::from(len);
-        }
-        pieces
+        let parts = C::chunks(content, MAX_RUN)
+            .into_iter()
+            .map(|part| (part.count() as u32, part));
+        Run::consecutive(first, origin, right, deleted, parts)
     }
 
     /// Runs of the elements of `content`, taken as they are when they fit
@@ -387,25 +372,35 @@ impl<C: Content> Run<C> {
     /// first with the left origin `origin`, all with the right origin
     /// `right`, cut at [`MAX_REMOVED`] elements.
     pub fn removed(first: Eid, origin: Option<Eid>, right: Option<Eid>, len: u64) -> Vec<Run<C>> {
-        let mut pieces = Vec::new();
+        let parts = (0..len)
+            .step_by(MAX_REMOVED)
+            .map(|start| ((len - start).min(MAX_REMOVED as u64) as u32, C::default()));
+        Run::consecutive(first, origin, right, true, parts)
+    }
+
+    /// Runs of consecutive parts `(length, content)` from `first` on: the
+    /// first with the left origin `origin`, each later one following the
+    /// last element of the one before, all with the right origin `right`.
+    fn consecutive(
+        first: Eid,
+        origin: Option<Eid>,
+        right: Option<Eid>,
+        deleted: bool,
+        parts: impl IntoIterator<Item = (u32, C)>,
+    ) -> Vec<Run<C>> {
         let mut offset = 0u64;
-        while offset < len {
-            let n = (len - offset).min(MAX_REMOVED as u64);
-            let left = match offset {
-                0 => origin,
-                _ => Some(first.plus(offset - 1)),
-            };
-            pieces.push(Run::with_len(
-                first.plus(offset),
-                left,
-                right,
-                n as u32,
-                true,
-                C::default(),
-            ));
-            offset += n;
-        }
-        pieces
+        parts
+            .into_iter()
+            .map(|(len, part)| {
+                let left = match offset {
+                    0 => origin,
+                    _ => Some(first.plus(offset - 1)),
+                };
+                let run = Run::with_len(first.plus(offset), left, right, len, deleted, part);
+                offset += u64::from(len);
+                run
+            })
+            .collect()
     }
 
     /// Splits off the elements from `at` (0 < at < len) into a run of their own.

@@ -435,6 +435,14 @@ mod tests {
         rmp_serde::from_slice(&a.snapshot().expect("snapshot")).expect("decodes")
     }
 
+    /// The sample's entity of type `t`.
+    fn entity(s: &mut Snapshot, t: EntityType) -> &mut SnapEntity {
+        s.entities
+            .iter_mut()
+            .find(|e| e.0 == t)
+            .expect("the sample has one entity of each type")
+    }
+
     fn refused(snap: &Snapshot, config: ReplicaConfig) -> CrdtError {
         let bytes = rmp_serde::to_vec_named(snap).expect("encodes");
         match Replica::from_snapshot("b", &bytes, config) {
@@ -486,11 +494,7 @@ mod tests {
         says(refused(&s, config), "outside the table");
 
         let mut s = sample();
-        let conv = s
-            .entities
-            .iter_mut()
-            .find(|e| e.0 == EntityType::Conversation)
-            .expect("the conversation");
+        let conv = entity(&mut s, EntityType::Conversation);
         let SnapRun(a, c, o, r, d, v) = &conv.5[0];
         let again = SnapRun(*a, *c, *o, *r, *d, v.clone());
         conv.5.push(again);
@@ -499,11 +503,7 @@ mod tests {
         // A removed run that lists values, or longer than a run can be.
         let removed_run = |removed: u64, values: Vec<Value>| {
             let mut s = sample();
-            let conv = s
-                .entities
-                .iter_mut()
-                .find(|e| e.0 == EntityType::Conversation)
-                .expect("the conversation");
+            let conv = entity(&mut s, EntityType::Conversation);
             conv.5[0].4 = removed;
             conv.5[0].5 = values;
             s
@@ -520,22 +520,14 @@ mod tests {
         assert_eq!(restored.conversation("c"), Some(Vec::new()));
 
         let mut s = sample();
-        let doc = s
-            .entities
-            .iter_mut()
-            .find(|e| e.0 == EntityType::Document)
-            .expect("the document");
+        let doc = entity(&mut s, EntityType::Document);
         let SnapValue(a, c, l, v) = &doc.3[0].1[0];
         let again = SnapValue(*a, *c, *l, v.clone());
         doc.3.push(("other".into(), vec![again]));
         says(refused(&s, config), "one dot");
 
         let mut s = sample();
-        let conv = s
-            .entities
-            .iter_mut()
-            .find(|e| e.0 == EntityType::Conversation)
-            .expect("the conversation");
+        let conv = entity(&mut s, EntityType::Conversation);
         conv.3.push(("k".into(), Vec::new()));
         says(refused(&s, config), "does not have");
 
