@@ -1,4 +1,4 @@
-//! The published state-hash vectors (`tests/state_hash_vectors.json`): a set
+//! The published state-hash vectors (`tests/state_hash_vectors.json`): sets
 //! of operations, the state they converge to (what the hash covers, written
 //! out) and its `sync_state_hash`. The file matches what this code computes;
 //! `nomade-wire/tests/interop/check_vectors.py --state-hash` recomputes each
@@ -133,6 +133,91 @@ fn scenario() -> (Vec<SyncOperation>, Replica) {
     (ops, laptop)
 }
 
+/// Two devices type at one place at once: the laptop a word forwards, the
+/// phone a word backwards (each key before the last), between the same two
+/// characters, and each appends to a conversation; then they exchange
+/// everything. The placement rule of PROTOCOL.md ("Sequences") keeps each
+/// word whole; the checker replays these operations with that rule alone.
+fn typing_scenario() -> (Vec<SyncOperation>, Replica) {
+    use EntityType::{Conversation, Document};
+    let mut laptop = Replica::new(LAPTOP);
+    let mut phone = Replica::new(PHONE);
+    let mut ops = Vec::new();
+    ops.extend(edit(
+        &mut laptop,
+        Document,
+        "letter",
+        splice("body", 0, 0, "[]"),
+    ));
+    for value in ["hi", "ho"] {
+        ops.extend(edit(
+            &mut laptop,
+            Conversation,
+            "chat",
+            LocalEdit::Append {
+                value: Value::from(value),
+            },
+        ));
+    }
+    for op in ops.clone() {
+        phone.apply_remote(op).expect("phone applies");
+    }
+    let mut from_laptop = Vec::new();
+    for (i, c) in "abc".chars().enumerate() {
+        let key = splice("body", 1 + i, 0, &c.to_string());
+        from_laptop.extend(edit(&mut laptop, Document, "letter", key));
+    }
+    from_laptop.extend(edit(
+        &mut laptop,
+        Conversation,
+        "chat",
+        LocalEdit::Insert {
+            index: 1,
+            value: Value::from("laptop"),
+        },
+    ));
+    let mut from_phone = Vec::new();
+    for c in "XYZ".chars().rev() {
+        from_phone.extend(edit(
+            &mut phone,
+            Document,
+            "letter",
+            splice("body", 1, 0, &c.to_string()),
+        ));
+    }
+    from_phone.extend(edit(
+        &mut phone,
+        Document,
+        "letter",
+        splice("body", 0, 1, ""),
+    ));
+    from_phone.extend(edit(
+        &mut phone,
+        Conversation,
+        "chat",
+        LocalEdit::Insert {
+            index: 1,
+            value: Value::from("phone"),
+        },
+    ));
+    for op in &from_laptop {
+        phone.apply_remote(op.clone()).expect("phone applies");
+    }
+    for op in &from_phone {
+        laptop.apply_remote(op.clone()).expect("laptop applies");
+    }
+    ops.extend(from_laptop);
+    ops.extend(from_phone);
+    assert_eq!(
+        laptop.state_hash(),
+        phone.state_hash(),
+        "the scenario converges"
+    );
+    let text = laptop.text("letter", "body").expect("the text");
+    assert!(text == "abcXYZ]" || text == "XYZabc]", "{text}");
+    (ops, laptop)
+}
+
 fn element<T>(e: &CanonicalElement<T>, content: serde_json::Value) -> serde_json::Value {
     json!({"actor": e.actor, "counter": e.counter, "content": content})
 }
@@ -188,8 +273,7 @@ fn state_json(s: &CanonicalState) -> serde_json::Value {
     json!({ "entities": entities })
 }
 
-fn expected() -> serde_json::Value {
-    let (ops, replica) = scenario();
+fn vector(name: &str, (ops, replica): (Vec<SyncOperation>, Replica)) -> serde_json::Value {
     let frames: Vec<_> = ops
         .into_iter()
         .enumerate()
@@ -198,13 +282,20 @@ fn expected() -> serde_json::Value {
             hex::encode(env.to_bytes().expect("encode"))
         })
         .collect();
-    json!([{
-        "name": "two_devices_concurrent_edits",
+    json!({
+        "name": name,
         "operations_frame_hex": frames,
         "state": state_json(&replica.canonical_state()),
         "state_hash": hex::encode(replica.state_hash().as_bytes()),
         "snapshot_hex": hex::encode(replica.snapshot().expect("snapshot")),
-    }])
+    })
+}
+
+fn expected() -> serde_json::Value {
+    json!([
+        vector("two_devices_concurrent_edits", scenario()),
+        vector("two_devices_typing_at_one_place", typing_scenario()),
+    ])
 }
 
 #[test]

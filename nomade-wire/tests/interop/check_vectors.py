@@ -1114,6 +1114,94 @@ def load_json(path: str):
         return None
 
 
+def place_element(elements, e) -> None:
+    """Places the element `e` (a dict: id, origin, right, value, removed) in
+    `elements`, the list of all elements of a sequence, by the rule of
+    PROTOCOL.md "Sequences" (YATA), written from that text alone."""
+    ids = [x["id"] for x in elements]
+    l, r = e["origin"], e["right"]
+    for ref in (l, r):
+        if ref is not None and ref not in ids:
+            raise SpecError(f"an insertion refers to the unknown element {ref}")
+    i = ids.index(l) + 1 if l is not None else 0
+    left = i
+    passed, conflicting = set(), set()
+    while i < len(elements):
+        o = elements[i]
+        if r is not None and o["id"] == r:
+            break
+        passed.add(o["id"])
+        conflicting.add(o["id"])
+        if o["origin"] == l:
+            if o["id"][0].encode() < e["id"][0].encode():
+                left = i + 1
+                conflicting.clear()
+            elif o["right"] == r:
+                break
+        elif o["origin"] is not None and o["origin"] in passed:
+            if o["origin"] not in conflicting:
+                left = i + 1
+                conflicting.clear()
+        else:
+            break
+        i += 1
+    elements.insert(left, e)
+
+
+def replay_sequences(ops):
+    """Applies the sequence edits of `ops` (in their order, a causal one) to
+    lists of all elements, one element at a time as "Runs" defines them.
+    Returns the visible elements of every sequence, by (entity_type,
+    entity_id, field or None): [(actor, counter, value)]."""
+    def eid(el):
+        return None if el is None else (el["actor"], el["counter"])
+    sequences = {}
+    for op in ops:
+        ((variant, body),) = op["operation"]["edit"].items()
+        if variant not in ("insert", "insert_text", "remove"):
+            continue
+        elements = sequences.setdefault((op["entity_type"], op["entity_id"], body.get("field")), [])
+        if variant == "remove":
+            for rng in body["ranges"]:
+                for k in range(rng["len"]):
+                    target = (rng["actor"], rng["counter"] + k)
+                    found = [x for x in elements if x["id"] == target]
+                    if not found:
+                        raise SpecError(f"a removal of the unknown element {target}")
+                    found[0]["removed"] = True
+            continue
+        values = list(body["text"]) if variant == "insert_text" else body["values"]
+        origin, right = eid(body["after"]), eid(body["before"])
+        for k, value in enumerate(values):
+            e = {"id": (op["actor_id"], op["operation"]["counter"] + k), "origin": origin,
+                 "right": right, "value": value, "removed": False}
+            place_element(elements, e)
+            origin = e["id"]
+    return {key: [(x["id"][0], x["id"][1], x["value"]) for x in elements if not x["removed"]]
+            for key, elements in sequences.items()}
+
+
+def check_replayed_sequences(ops, state) -> None:
+    """The sequences of `state` are exactly what replaying `ops` with the
+    placement rule gives: texts character for character, conversations item
+    for item (by id)."""
+    replayed = replay_sequences(ops)
+    for e in state["entities"]:
+        if e["entity_type"] == "document":
+            for t in e["texts"]:
+                want = [(c["actor"], c["counter"], chr(c["content"])) for c in t["chars"]]
+                got = replayed.get(("document", e["entity_id"], t["field"]), [])
+                if got != want:
+                    raise SpecError(f"{e['entity_id']}.{t['field']}: replayed "
+                                    f"{''.join(x[2] for x in got)!r}, the state has "
+                                    f"{''.join(x[2] for x in want)!r}")
+        else:
+            want = [(i["actor"], i["counter"]) for i in e["items"]]
+            got = [(a, c) for a, c, _ in replayed.get(("conversation", e["entity_id"], None), [])]
+            if got != want:
+                raise SpecError(f"{e['entity_id']}: replayed items {got}, the state has {want}")
+
+
 def run_state_hash(path: str) -> int:
     vectors = load_json(path)
     if vectors is None:
@@ -1123,12 +1211,15 @@ def run_state_hash(path: str) -> int:
         name = v.get("name", "?")
         try:
             held = set()
+            ops = []
             for fh in v["operations_frame_hex"]:
                 mtype, _, _, _, obj = decode_frame(bytes.fromhex(fh))
                 if mtype != 0x0102:
                     raise SpecError(f"operation frame of type 0x{mtype:04x}")
                 check_identities(mtype, obj)
                 held.add((obj["entity_type"], obj["entity_id"]))
+                ops.append(obj)
+            check_replayed_sequences(ops, v["state"])
             listed = {(e["entity_type"], e["entity_id"]) for e in v["state"]["entities"]}
             if listed != held:
                 raise SpecError(f"the state lists {sorted(listed)}, the operations create {sorted(held)}")
