@@ -197,8 +197,9 @@ impl Peer for Nomade {
                     .apply_remote(op)
                     .expect("nomade: the receiver rejected an operation");
                 // What a node does: the applied operations go to its
-                // store, not the replica.
-                drop(receiver.take_applied());
+                // store, not the replica (it takes them once per commit,
+                // not per operation: here they are dropped in place).
+                receiver.discard_applied();
             }
             NomadeUpdate::State(bytes) => {
                 *receiver = Replica::from_snapshot("reader", &bytes, ReplicaConfig::default())

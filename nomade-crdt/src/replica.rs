@@ -909,12 +909,12 @@ impl Replica {
             }
             (Edit::InsertText { field, text, .. }, Entity::Document(d)) => d
                 .text_mut(field)
-                .insert(after_eid.as_ref(), before_eid.as_ref(), first, text, less),
+                .insert_new(after_eid.as_ref(), before_eid.as_ref(), first, text, less),
             (Edit::Remove { field: Some(f), .. }, Entity::Document(d)) => {
                 d.text_mut(f).remove(&targets)
             }
             (Edit::Insert { values, .. }, Entity::Conversation(s)) => {
-                s.insert(after_eid.as_ref(), before_eid.as_ref(), first, values, less)
+                s.insert_new(after_eid.as_ref(), before_eid.as_ref(), first, values, less)
             }
             (Edit::Remove { .. }, Entity::Conversation(s)) => s.remove(&targets),
             _ => Ok(0),

@@ -706,11 +706,25 @@ impl<C: Content> Sequence<C> {
         content: &C::Slice,
         less: impl Fn(ActorIdx, ActorIdx) -> bool,
     ) -> Result<usize, SeqError> {
+        self.check_new_ids(&first, C::count_slice(content))?;
+        self.insert_new(after, before, first, content, less)
+    }
+
+    /// [`Sequence::insert`] for elements whose ids are known to be new (a
+    /// replica applies an actor's counters once each, in order, so an
+    /// operation it applies names no element that exists).
+    pub(crate) fn insert_new(
+        &mut self,
+        after: Option<&Eid>,
+        before: Option<&Eid>,
+        first: Eid,
+        content: &C::Slice,
+        less: impl Fn(ActorIdx, ActorIdx) -> bool,
+    ) -> Result<usize, SeqError> {
         let n = C::count_slice(content);
         // The origins are checked as they are found below; splitting a run
         // at the right origin before finding an unknown left origin changes
         // how runs are cut, never the sequence.
-        self.check_new_ids(&first, n)?;
         if n == 0 {
             return Ok(0);
         }
