@@ -705,8 +705,15 @@ impl Replica {
             _ => (None, None),
         };
         let seq_len = text.map_or(0, |s| s.total_len()) + items.map_or(0, |s| s.total_len());
-        let contains = |id: &Eid| -> bool {
-            text.is_some_and(|s| s.contains(id)) || items.is_some_and(|s| s.contains(id))
+        let origins = |after: Option<&Eid>, before: Option<&Eid>| match (text, items) {
+            (Some(s), _) => s.check_origins(after, before),
+            (_, Some(s)) => s.check_origins(after, before),
+            _ => Err(SeqError::UnknownElement(
+                after.or(before).copied().unwrap_or(Eid {
+                    actor: 0,
+                    counter: 0,
+                }),
+            )),
         };
         let all_exist = |ranges: &[(Eid, u64)]| -> bool {
             match (text, items) {
@@ -715,19 +722,37 @@ impl Replica {
                 _ => false,
             }
         };
-        let known = |e: &ElementId| {
-            self.actors.get(&e.actor).is_some_and(|actor| {
-                contains(&Eid {
-                    actor,
-                    counter: e.counter,
-                })
+        // Each origin as a local id; a device never seen makes it unknown.
+        let local = |e: &ElementId| {
+            self.actors.get(&e.actor).map(|actor| Eid {
+                actor,
+                counter: e.counter,
             })
         };
-        if after.is_some_and(|a| !known(a)) {
+        let (after_id, before_id) = (after.map(local), before.map(local));
+        if after_id.is_some_and(|a| a.is_none()) {
             return Err(Self::invalid(op, "inserts after an unknown element"));
         }
-        if before.is_some_and(|b| !known(b)) {
+        if before_id.is_some_and(|b| b.is_none()) {
             return Err(Self::invalid(op, "inserts before an unknown element"));
+        }
+        let (after_id, before_id) = (after_id.flatten(), before_id.flatten());
+        if after.is_some() || before.is_some() {
+            match origins(after_id.as_ref(), before_id.as_ref()) {
+                Ok(()) => {}
+                Err(SeqError::UnknownElement(e)) if Some(e) == after_id => {
+                    return Err(Self::invalid(op, "inserts after an unknown element"))
+                }
+                Err(SeqError::UnknownElement(_)) => {
+                    return Err(Self::invalid(op, "inserts before an unknown element"))
+                }
+                Err(_) => {
+                    return Err(Self::invalid(
+                        op,
+                        "its right origin (before) does not follow its left origin (after)",
+                    ))
+                }
+            }
         }
         if let Some(ranges) = ranges {
             // Never expand more ids than the sequence holds.

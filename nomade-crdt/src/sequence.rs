@@ -478,6 +478,14 @@ pub enum SeqError {
     UnknownElement(Eid),
     /// An element with this id already exists.
     DuplicateElement(Eid),
+    /// An insertion's right origin does not come after its left origin
+    /// (no author ever sees them so: elements never move).
+    MisorderedOrigins {
+        /// The left origin.
+        after: Eid,
+        /// The right origin.
+        before: Eid,
+    },
 }
 
 /// Where a run sits: its leaf and its index in the leaf.
@@ -631,12 +639,50 @@ impl<C: Content> Sequence<C> {
         first: &Eid,
         count: usize,
     ) -> Result<(), SeqError> {
-        for e in [after, before].into_iter().flatten() {
-            if self.locate(e).is_none() {
-                return Err(SeqError::UnknownElement(*e));
+        self.check_origins(after, before)?;
+        self.check_new_ids(first, count)
+    }
+
+    /// Checks an insertion's origins: each exists, and the right origin
+    /// comes after the left one.
+    pub fn check_origins(&self, after: Option<&Eid>, before: Option<&Eid>) -> Result<(), SeqError> {
+        let found = |e: &Eid| self.locate(e).ok_or(SeqError::UnknownElement(*e));
+        let a = after.map(found).transpose()?;
+        let b = before.map(found).transpose()?;
+        if let (Some(a), Some(b), Some(after), Some(before)) = (a, b, after, before) {
+            if !self.precedes(a, b) {
+                return Err(SeqError::MisorderedOrigins {
+                    after: *after,
+                    before: *before,
+                });
             }
         }
-        self.check_new_ids(first, count)
+        Ok(())
+    }
+
+    /// Whether the element at `a` (a place and an offset) comes before the
+    /// one at `b`: the same run, by offset; the same leaf, by run; else by
+    /// the leaves' paths from the root.
+    fn precedes(&self, a: (Place, u32), b: (Place, u32)) -> bool {
+        let ((pa, oa), (pb, ob)) = (a, b);
+        if pa.leaf == pb.leaf {
+            return (pa.run, oa) < (pb.run, ob);
+        }
+        self.path(pa.leaf) < self.path(pb.leaf)
+    }
+
+    /// The child indices from the root down to `leaf`.
+    fn path(&self, leaf: u32) -> Vec<usize> {
+        let mut path = Vec::with_capacity(self.height as usize);
+        let (mut child, mut parent) = (leaf, self.leaves[leaf as usize].parent);
+        while parent != NONE {
+            let node = &self.inners[parent as usize];
+            path.push(node.children.iter().position(|&c| c == child).unwrap_or(0));
+            child = parent;
+            parent = node.parent;
+        }
+        path.reverse();
+        path
     }
 
     /// Checks that no element has an id among the `count` from `first`.
@@ -706,7 +752,7 @@ impl<C: Content> Sequence<C> {
         content: &C::Slice,
         less: impl Fn(ActorIdx, ActorIdx) -> bool,
     ) -> Result<usize, SeqError> {
-        self.check_new_ids(&first, C::count_slice(content))?;
+        self.check_insert(after, before, &first, C::count_slice(content))?;
         self.insert_new(after, before, first, content, less)
     }
 
@@ -1421,6 +1467,34 @@ mod tests {
     }
 
     #[test]
+    fn a_right_origin_not_after_the_left_origin_is_refused() {
+        let mut s = Sequence::new();
+        type_at(&mut s, None, eid(0, 1), "abc");
+        let misordered = |s: &mut Sequence<String>, after: u64, before: u64| {
+            s.insert(
+                Some(&eid(0, after)),
+                Some(&eid(0, before)),
+                eid(1, 1),
+                "x",
+                by_index,
+            )
+        };
+        assert_eq!(
+            misordered(&mut s, 3, 1),
+            Err(SeqError::MisorderedOrigins {
+                after: eid(0, 3),
+                before: eid(0, 1)
+            })
+        );
+        assert!(matches!(
+            misordered(&mut s, 2, 2),
+            Err(SeqError::MisorderedOrigins { .. })
+        ));
+        assert_eq!(s.to_text(), "abc");
+        assert_eq!(misordered(&mut s, 1, 3), Ok(1));
+    }
+
+    #[test]
     fn large_sequences_split_nodes_and_stay_consistent() {
         let mut s = Sequence::new();
         let mut expected: Vec<char> = Vec::new();
@@ -1433,6 +1507,13 @@ mod tests {
         }
         assert!(s.height >= 2, "height {}", s.height);
         assert_eq!(s.to_text(), expected.iter().collect::<String>());
+        // Order across leaves and inner nodes: an element precedes every
+        // later one and follows every earlier one.
+        for (i, j) in [(0, 19_999), (17, 9_000), (4_000, 4_001), (12_345, 19_000)] {
+            let (a, b) = (s.id_at(i), s.id_at(j));
+            assert_eq!(s.check_origins(a.as_ref(), b.as_ref()), Ok(()));
+            assert!(s.check_origins(b.as_ref(), a.as_ref()).is_err());
+        }
         // A big single insert becomes several runs of at most MAX_RUN.
         let tail = s.last_id();
         type_at(&mut s, tail, eid(1, 1), &"z".repeat(3000));

@@ -108,6 +108,9 @@ fn bad_input_23_malformed_operations_are_refused_counted_and_change_nothing() {
     node.core()
         .apply_remote("peer", vec![set("ana", 1, &[], "k", 1)])
         .expect("a good operation");
+    node.core()
+        .apply_remote("peer", vec![text("cat", 1, "ab")])
+        .expect("a good text");
     let (hash, ops) = (node.state_hash(), node.core().op_count());
 
     let mut wrong_own_entry = set("ana", 2, &[], "k", 2);
@@ -143,6 +146,10 @@ fn bad_input_23_malformed_operations_are_refused_counted_and_change_nothing() {
         (
             "an insertion before an unknown element",
             text_between("ana", 2, None, Some(("ana", 7))),
+        ),
+        (
+            "an insertion whose right origin comes before its left one",
+            text_between("ana", 2, Some(("cat", 2)), Some(("cat", 1))),
         ),
     ];
     for (i, (what, op)) in bad.into_iter().enumerate() {
