@@ -72,11 +72,14 @@ fn heap_now() -> usize {
     HEAP.load(Ordering::Relaxed)
 }
 
-
 /// The traces: (name, file).
-const TRACES: [(&str, &str); 2] = [
+const TRACES: [(&str, &str); 6] = [
     ("automerge-paper", "automerge-paper.json.gz"),
+    ("rustcode", "rustcode.json.gz"),
+    ("sveltecomponent", "sveltecomponent.json.gz"),
+    ("seph-blog1", "seph-blog1.json.gz"),
     ("friendsforever", "friendsforever.json.gz"),
+    ("clownschool", "clownschool.json.gz"),
 ];
 
 /// The implementations, in report order.
@@ -805,7 +808,8 @@ fn main() {
             };
             ns_of(&yrs)
         };
-        let nomade_vs_yrs = |mode: &str| -> Option<f64> { Some(ns_of(mode)? / yrs_same_mode(mode)?) };
+        let nomade_vs_yrs =
+            |mode: &str| -> Option<f64> { Some(ns_of(mode)? / yrs_same_mode(mode)?) };
         for m in &results {
             table.push(format!(
                 "{name:<16} {:<16} {:>8}{} {:>8} {:>12.0} {:>10.1} {:>8.2} {:>10.1}",

@@ -73,6 +73,14 @@ pub fn replay_sequential(trace: &Trace) -> (Replica, Vec<SyncOperation>) {
     (author, ops)
 }
 
+/// The operations of one actor, in counter order, that cover the counters
+/// after `known` up to `target`.
+fn counters_between(ops: &[SyncOperation], known: u64, target: u64) -> &[SyncOperation] {
+    let start = ops.partition_point(|op| op.operation.last_counter() <= known);
+    let end = ops.partition_point(|op| op.operation.last_counter() <= target);
+    &ops[start..end.max(start)]
+}
+
 /// Replays a concurrent trace with each agent as a replica, delivering to an
 /// agent, before each of its transactions, exactly the operations of its
 /// parents; then a final full sync. Returns the replicas and each agent's
@@ -109,7 +117,7 @@ pub fn replay_concurrent(trace: &Trace) -> (Vec<Replica>, Vec<Vec<SyncOperation>
                 known <= target,
                 "replica {a} is ahead of the transaction's parents"
             );
-            for op in &own_ops[b][known as usize..target as usize] {
+            for op in counters_between(&own_ops[b], known, target) {
                 replicas[a].apply_remote(op.clone()).expect("valid op");
             }
         }
@@ -122,7 +130,12 @@ pub fn replay_concurrent(trace: &Trace) -> (Vec<Replica>, Vec<Vec<SyncOperation>
             let ops = splice(&mut replicas[a], p);
             own_ops[a].extend(ops);
         }
-        txn_end[a].push(own_ops[a].len() as u64);
+        // The counter the agent's operations reached (an operation covers
+        // one counter per character it inserts or removes).
+        let reached = own_ops[a]
+            .last()
+            .map_or(0, |op| op.operation.last_counter());
+        txn_end[a].push(reached);
         need[a] += 1;
         after.push(need);
     }
@@ -133,7 +146,7 @@ pub fn replay_concurrent(trace: &Trace) -> (Vec<Replica>, Vec<Vec<SyncOperation>
                 .get(&actors[b])
                 .copied()
                 .unwrap_or(0);
-            for op in &own_ops[b][known as usize..] {
+            for op in counters_between(&own_ops[b], known, u64::MAX) {
                 replicas[a].apply_remote(op.clone()).expect("valid op");
             }
         }
