@@ -705,15 +705,12 @@ impl Replica {
             _ => (None, None),
         };
         let seq_len = text.map_or(0, |s| s.total_len()) + items.map_or(0, |s| s.total_len());
+        // A sequence that does not exist yet holds no element: any origin
+        // is unknown, as in an empty one.
         let origins = |after: Option<&Eid>, before: Option<&Eid>| match (text, items) {
             (Some(s), _) => s.check_origins(after, before),
             (_, Some(s)) => s.check_origins(after, before),
-            _ => Err(SeqError::UnknownElement(
-                after.or(before).copied().unwrap_or(Eid {
-                    actor: 0,
-                    counter: 0,
-                }),
-            )),
+            _ => Sequence::<String>::new().check_origins(after, before),
         };
         let all_exist = |ranges: &[(Eid, u64)]| -> bool {
             match (text, items) {
