@@ -318,6 +318,9 @@ pub struct Replica {
     buffered: usize,
     /// Per entity: for each actor, the counter of its latest operation on it.
     pub(crate) entity_vv: BTreeMap<EntityKey, VersionVector>,
+    /// The state hash, once computed for the current state: a handshake and
+    /// the end of a sync ask for it, and it walks the whole state.
+    state_hash: std::sync::OnceLock<Hash32>,
 }
 
 impl Replica {
@@ -338,6 +341,7 @@ impl Replica {
             buffer: HashMap::new(),
             buffered: 0,
             entity_vv: BTreeMap::new(),
+            state_hash: std::sync::OnceLock::new(),
         }
     }
 
@@ -869,6 +873,7 @@ impl Replica {
 
     /// Applies an operation whose dependencies are all applied and which was checked.
     fn apply_ready(&mut self, op: SyncOperation) {
+        self.state_hash.take();
         let lamport = lamport(&op);
         let actor_idx = self.actors.intern(&op.actor_id);
         let key = (op.entity_type, op.entity_id.as_str());
@@ -1020,7 +1025,9 @@ impl Replica {
 
     /// The deterministic hash of the replica's state; see [`crate::hash`].
     pub fn state_hash(&self) -> Hash32 {
-        crate::hash::state_hash(self)
+        *self
+            .state_hash
+            .get_or_init(|| crate::hash::state_hash(self))
     }
 
     /// Everything [`Replica::state_hash`] covers, in its order: what to

@@ -690,3 +690,28 @@ fn append_goes_after_the_last_visible_item() {
         Err(CrdtError::WrongEntityType { .. })
     ));
 }
+
+/// The state hash is kept once computed: every change, local or remote,
+/// must drop it, or a device would announce the hash of a state it left.
+#[test]
+fn the_state_hash_follows_every_change() {
+    let mut a = Replica::new("a");
+    let mut b = Replica::new("b");
+    let empty = a.state_hash();
+    let ops = set(&mut a, "d", "k", 1);
+    let after_local = a.state_hash();
+    assert_ne!(after_local, empty, "a local edit changes the hash");
+    assert_eq!(b.state_hash(), empty);
+    deliver(&mut b, &ops);
+    assert_eq!(b.state_hash(), after_local, "a remote operation changes it");
+    let more = set(&mut b, "d", "k", 2);
+    deliver(&mut a, &more);
+    assert_eq!(a.state_hash(), b.state_hash());
+    assert_eq!(
+        a.state_hash(),
+        Replica::from_snapshot("c", &a.snapshot().unwrap(), ReplicaConfig::default())
+            .unwrap()
+            .state_hash(),
+        "the kept hash is the hash of the state"
+    );
+}

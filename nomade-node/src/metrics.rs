@@ -143,6 +143,10 @@ pub struct MetricsSnapshot {
     /// `stream_header`, `frame`, `deadline`, `duplicate_message`); filled in
     /// by the node from its transport.
     pub rejected_input: BTreeMap<String, u64>,
+    /// Retries the transport sent to validate a dialing device's address
+    /// (a round trip each; a device that connected before presents a token
+    /// instead); filled in by the node from its transport.
+    pub retries_sent: u64,
 }
 
 impl Metrics {
@@ -219,6 +223,7 @@ impl Metrics {
                 .map(|e| e.iter().map(|(k, v)| (k.to_string(), *v)).collect())
                 .unwrap_or_default(),
             rejected_input: BTreeMap::new(),
+            retries_sent: 0,
         }
     }
 }
@@ -334,6 +339,11 @@ impl MetricsSnapshot {
         for (kind, n) in &self.rejected_input {
             let _ = writeln!(s, "nomade_rejected_input_total{{kind=\"{kind}\"}} {n}");
         }
+        let _ = writeln!(
+            s,
+            "# HELP nomade_retries_sent_total Address validations (QUIC Retry) sent to dialing devices\n# TYPE nomade_retries_sent_total counter\nnomade_retries_sent_total {}",
+            self.retries_sent
+        );
         s
     }
 }

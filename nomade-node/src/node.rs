@@ -489,9 +489,16 @@ impl Node {
     /// Goes online: binds a QUIC endpoint on `listen` and accepts paired devices.
     /// Returns the bound address.
     pub async fn start(&self, listen: SocketAddr) -> Result<SocketAddr, NodeError> {
+        // Path hints from the last run: a damaged record costs only the
+        // probes and Retry they would have saved.
+        let known_paths = self.inner.core.store().known_paths().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "forgetting the remembered network paths");
+            Default::default()
+        });
         let config = nomade_transport::Config {
             rate_limits: self.inner.config.rate_limits,
             handshake_timeout: self.inner.config.handshake_timeout,
+            known_paths,
             ..Default::default()
         };
         #[cfg(feature = "faults")]
@@ -605,6 +612,13 @@ impl Node {
         result
     }
 
+    /// The QUIC statistics of the live connection to `peer` (bytes and
+    /// datagrams each way, RTT, congestion window, path MTU and its
+    /// probes): for diagnostics. `None` when no session is up.
+    pub fn connection_stats(&self, peer: &DeviceId) -> Option<quinn::ConnectionStats> {
+        self.session_conn(peer).map(|c| c.quinn().stats())
+    }
+
     /// Whether a session with `peer` is up.
     pub fn is_connected(&self, peer: &DeviceId) -> bool {
         let sessions = self.sessions();
@@ -664,7 +678,11 @@ impl Node {
             s.conn.close(0, "shutting down");
         }
         if let Some(t) = transport {
+            let known = t.known_paths();
             t.close().await;
+            if let Err(e) = self.inner.core.store().set_known_paths(&known) {
+                tracing::warn!(error = %e, "could not keep the network paths for the next run");
+            }
         }
         self.inner.core.checkpoint();
     }

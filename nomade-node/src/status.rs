@@ -103,6 +103,7 @@ impl Node {
                 .iter()
                 .map(|(kind, n)| (kind.to_string(), *n))
                 .collect();
+            m.retries_sent = t.retries_sent();
         }
         m
     }

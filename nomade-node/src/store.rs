@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{PoisonError, RwLock};
 
 use nomade_transport::stream::now_ms;
+use nomade_transport::KnownPaths;
 
 use bytes::BytesMut;
 use nomade_wire::{BatchEncoder, Limits, Message, MessageType, SyncOperation, VersionVector};
@@ -87,6 +88,9 @@ const COMPACTED_KEY: &str = "compacted";
 /// sequence numbers keep growing when every row is gone.
 const LOG_BASE_KEY: &str = "log_base";
 
+/// The `META` key of the remembered network paths (`KnownPaths`,
+/// MessagePack): hints for the transport, kept across restarts.
+const KNOWN_PATHS_KEY: &str = "known_paths";
 /// The `META` key of the snapshot's header.
 const SNAPSHOT_KEY: &str = "snapshot";
 
@@ -1064,6 +1068,24 @@ impl Store {
         self.put(META, key, value)
     }
 
+    /// What the last run learned about the paths to peers (MTUs and
+    /// address-validation tokens); empty when nothing was kept. A record
+    /// that does not decode is [`StoreError::Corrupt`].
+    pub fn known_paths(&self) -> Result<KnownPaths, StoreError> {
+        match self.meta(KNOWN_PATHS_KEY)? {
+            None => Ok(KnownPaths::default()),
+            Some(bytes) => rmp_serde::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                what: format!("the remembered network paths do not decode: {e}"),
+            }),
+        }
+    }
+
+    /// Keeps `known` for the next run (see [`Store::known_paths`]).
+    pub fn set_known_paths(&self, known: &KnownPaths) -> Result<(), StoreError> {
+        let bytes = rmp_serde::to_vec(known).map_err(|e| StoreError::Encode(e.to_string()))?;
+        self.set_meta(KNOWN_PATHS_KEY, &bytes)
+    }
+
     fn put(
         &self,
         def: TableDefinition<&str, &[u8]>,
@@ -1642,6 +1664,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn known_paths_round_trip_and_a_damaged_record_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("node.redb")).unwrap();
+        assert_eq!(store.known_paths().unwrap(), KnownPaths::default());
+        let known = KnownPaths {
+            mtus: vec![("10.0.0.1".parse().unwrap(), 1452)],
+            tokens: vec![(
+                nomade_transport::paths::TokenIssuer::Address("10.0.0.1:7000".parse().unwrap()),
+                vec![7; 40],
+            )],
+        };
+        store.set_known_paths(&known).unwrap();
+        assert_eq!(store.known_paths().unwrap(), known);
+        store.set_meta(KNOWN_PATHS_KEY, &[0xc1, 0xff]).unwrap();
+        assert!(matches!(
+            store.known_paths(),
+            Err(StoreError::Corrupt { what }) if what.contains("network paths")
+        ));
     }
 
     #[test]

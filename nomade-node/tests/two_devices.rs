@@ -1238,3 +1238,86 @@ async fn compressed_sync_frames_carry_the_same_history_in_fewer_bytes() {
         "{packed} bytes compressed, {plain} without"
     );
 }
+
+/// What a connection learned about the path (its MTU, an address-validation
+/// token) is kept in the store at shutdown, so that after both devices
+/// restart the next connection needs neither a Retry nor MTU probes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnection_after_both_restart_reuses_what_the_path_taught() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (laptop_dir, desk_dir) = (tmp.path().join("laptop"), tmp.path().join("desk"));
+    let laptop = Node::open(&laptop_dir, config("laptop")).expect("open");
+    let desk = Node::open(&desk_dir, config("desk")).expect("open");
+    laptop.set("trip", "day", 1).expect("edit");
+    let addr = online(&laptop).await;
+    online(&desk).await;
+    pair_and_dial(&laptop, addr, &desk).await;
+    desk.wait_initial_sync(&laptop.device_id(), Duration::from_secs(10))
+        .await
+        .expect("sync");
+    assert_eq!(
+        laptop.status().metrics.retries_sent,
+        1,
+        "a first dial is validated by a Retry"
+    );
+    // Path MTU discovery and the token take a few round trips after the
+    // handshake: give them time before shutting down.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    laptop.shutdown().await;
+    desk.shutdown().await;
+    let (laptop_id, desk_id) = (laptop.device_id(), desk.device_id());
+    drop((laptop, desk));
+
+    let known = |dir: &std::path::Path| {
+        nomade_node::store::Store::open(&dir.join("nomade.redb"))
+            .expect("store")
+            .known_paths()
+            .expect("known paths")
+    };
+    let (desk_known, laptop_known) = (known(&desk_dir), known(&laptop_dir));
+    let loopback: std::net::IpAddr = "127.0.0.1".parse().expect("ip");
+    assert!(desk_known
+        .mtus
+        .iter()
+        .any(|(ip, mtu)| *ip == loopback && *mtu > 1200));
+    assert!(laptop_known
+        .mtus
+        .iter()
+        .any(|(ip, mtu)| *ip == loopback && *mtu > 1200));
+    assert!(!desk_known.tokens.is_empty(), "the dialer kept a token");
+
+    let laptop = Node::open(&laptop_dir, config("laptop")).expect("reopen");
+    let desk = Node::open(&desk_dir, config("desk")).expect("reopen");
+    laptop.set("trip", "night", 2).expect("edit");
+    let addr = online(&laptop).await;
+    online(&desk).await;
+    desk.connect(addr, laptop_id).await.expect("reconnect");
+    desk.wait_initial_sync(&laptop_id, Duration::from_secs(10))
+        .await
+        .expect("sync");
+    assert_eq!(
+        desk.document("trip").and_then(|d| d.get("night").cloned()),
+        Some(Value::from(2))
+    );
+    assert_eq!(
+        laptop.status().metrics.retries_sent,
+        0,
+        "the token spared the Retry"
+    );
+    let probes = |node: &Node, peer| {
+        node.connection_stats(&peer)
+            .map(|s| s.path.sent_plpmtud_probes)
+    };
+    assert_eq!(
+        probes(&desk, laptop_id),
+        Some(0),
+        "no MTU probe from the dialer"
+    );
+    assert_eq!(
+        probes(&laptop, desk_id),
+        Some(0),
+        "no MTU probe from the acceptor"
+    );
+    laptop.shutdown().await;
+    desk.shutdown().await;
+}

@@ -18,6 +18,7 @@ use crate::pairing::{
     key_hash, proof, proofs_equal, PairingCode, PairingSlot, PairingWindow, ProofRole, PAIRING_TTL,
     PROOF_LEN,
 };
+use crate::paths::{self, KnownPaths, PathMemory, TokenIssuer};
 use crate::ratelimit::{RateLimiter, RateLimits};
 use crate::stream::{FramedRecv, FramedSend, IncomingStream, Limit, RecvChecks};
 use crate::tls::{self, PairedSet, PeerClientVerifier, PeerServerVerifier, ServerAcceptance};
@@ -60,6 +61,10 @@ pub struct Config {
     pub limits: Limits,
     /// Application rate limits.
     pub rate_limits: RateLimits,
+    /// What an earlier run learned about the paths to peers (path MTUs,
+    /// address-validation tokens): see [`crate::paths`]. Empty by default;
+    /// a node persists [`Transport::known_paths`] and hands it back here.
+    pub known_paths: KnownPaths,
 }
 
 impl Default for Config {
@@ -77,6 +82,7 @@ impl Default for Config {
             message_deadline: Duration::from_secs(10),
             limits: Limits::default(),
             rate_limits: RateLimits::default(),
+            known_paths: KnownPaths::default(),
         }
     }
 }
@@ -87,7 +93,9 @@ impl Default for Config {
 const MTU_SEARCH_STEP: u16 = 126;
 
 impl Config {
-    fn quinn_transport(&self) -> Result<quinn::TransportConfig> {
+    /// quinn's transport settings, starting at `initial_mtu` on a path whose
+    /// MTU is remembered (which skips the probes up to it).
+    fn quinn_transport(&self, initial_mtu: Option<u16>) -> Result<quinn::TransportConfig> {
         let mut t = quinn::TransportConfig::default();
         let idle = quinn::IdleTimeout::try_from(self.idle_timeout).map_err(|_| {
             TransportError::Io(std::io::Error::new(
@@ -111,6 +119,9 @@ impl Config {
         let mut mtu = quinn::MtuDiscoveryConfig::default();
         mtu.minimum_change(MTU_SEARCH_STEP);
         t.mtu_discovery_config(Some(mtu));
+        if let Some(initial) = initial_mtu {
+            t.initial_mtu(initial.clamp(paths::MIN_MTU, paths::MAX_MTU));
+        }
         Ok(t)
     }
 }
@@ -187,6 +198,12 @@ struct Inner {
     pairing: PairingSlot,
     config: Config,
     transport: Arc<quinn::TransportConfig>,
+    /// The server configuration, for incoming connections that start at a
+    /// remembered MTU (`Incoming::accept_with`).
+    server: quinn::ServerConfig,
+    paths: Arc<PathMemory>,
+    /// Retries sent (address validations).
+    retries: std::sync::atomic::AtomicU64,
     live: Mutex<HashMap<DeviceId, Vec<quinn::Connection>>>,
     accepted: tokio::sync::Mutex<mpsc::Receiver<Connection>>,
     events: broadcast::Sender<TransportEvent>,
@@ -205,6 +222,24 @@ impl Inner {
         let list = live.entry(peer).or_default();
         list.retain(|c| c.close_reason().is_none());
         list.push(conn.clone());
+        // The MTU the path reached, remembered when the connection ends.
+        let paths = self.paths.clone();
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            conn.closed().await;
+            learn_mtu(&paths, &conn);
+        });
+    }
+
+    /// The server configuration for a connection from `remote`: the
+    /// default one, or one starting at the MTU remembered for it.
+    fn server_config_for(&self, remote: SocketAddr) -> Result<Option<Arc<quinn::ServerConfig>>> {
+        let Some(mtu) = self.paths.mtu(remote.ip()) else {
+            return Ok(None);
+        };
+        let mut server = self.server.clone();
+        server.transport_config(Arc::new(self.config.quinn_transport(Some(mtu))?));
+        Ok(Some(Arc::new(server)))
     }
 
     fn wrap(
@@ -299,16 +334,25 @@ impl Transport {
         endpoint: impl FnOnce(quinn::ServerConfig) -> std::io::Result<quinn::Endpoint>,
     ) -> Result<Transport> {
         let pairing = PairingSlot::default();
-        let transport = Arc::new(config.quinn_transport()?);
+        let transport = Arc::new(config.quinn_transport(None)?);
+        let paths = Arc::new(PathMemory::new(config.known_paths.clone()));
         let verifier = Arc::new(PeerClientVerifier::new(paired.clone(), pairing.clone()));
         let server_tls = tls::server_config(&identity, verifier)?;
         let server_quic = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
             .map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_quic));
+        // Address validation: an unvalidated address gets a Retry (see the
+        // accept loop); once validated it gets one token for its next
+        // connection. The token key is derived from the device key, so
+        // tokens survive a restart of this device.
+        let mut validation = quinn::ValidationTokenConfig::default();
+        validation.sent(1);
         server
             .transport_config(transport.clone())
-            .max_incoming(config.max_incoming);
-        let endpoint = endpoint(server)?;
+            .max_incoming(config.max_incoming)
+            .validation_token_config(validation)
+            .token_key(Arc::new(token_key(&identity)));
+        let endpoint = endpoint(server.clone())?;
         let (tx, rx) = mpsc::channel(config.max_incoming.max(1));
         let (events, _) = broadcast::channel(256);
         let limits = config.rate_limits;
@@ -319,6 +363,9 @@ impl Transport {
             pairing,
             config,
             transport,
+            server,
+            paths,
+            retries: Default::default(),
             live: Mutex::new(HashMap::new()),
             accepted: tokio::sync::Mutex::new(rx),
             events,
@@ -392,6 +439,15 @@ impl Transport {
         self.inner.rejected.snapshot()
     }
 
+    /// How many Retries this transport has sent to validate a client's
+    /// address. Each costs the client a round trip; a client holding an
+    /// address-validation token from this device skips it.
+    pub fn retries_sent(&self) -> u64 {
+        self.inner
+            .retries
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Subscribes to connection, pairing and rejection events.
     pub fn events(&self) -> broadcast::Receiver<TransportEvent> {
         self.inner.events.subscribe()
@@ -428,13 +484,33 @@ impl Transport {
             .ok_or(TransportError::EndpointClosed)
     }
 
-    fn client_config(&self, mode: ServerAcceptance) -> Result<quinn::ClientConfig> {
+    /// The client configuration for dialing `server`: the MTU remembered
+    /// for its address, and the tokens of the device expected there.
+    fn client_config(
+        &self,
+        mode: ServerAcceptance,
+        server: SocketAddr,
+    ) -> Result<quinn::ClientConfig> {
+        let expected = match mode {
+            ServerAcceptance::Paired { expected } => expected,
+            ServerAcceptance::Pairing => None,
+        };
         let verifier = Arc::new(PeerServerVerifier::new(self.inner.paired.clone(), mode));
         let tls = tls::client_config(&self.inner.identity, verifier)?;
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-        cfg.transport_config(self.inner.transport.clone());
+        match self.inner.paths.mtu(server.ip()) {
+            Some(mtu) => {
+                cfg.transport_config(Arc::new(self.inner.config.quinn_transport(Some(mtu))?))
+            }
+            None => cfg.transport_config(self.inner.transport.clone()),
+        };
+        cfg.token_store(
+            self.inner
+                .paths
+                .token_store(TokenIssuer::of(server, expected)),
+        );
         Ok(cfg)
     }
 
@@ -443,10 +519,11 @@ impl Transport {
         addr: SocketAddr,
         mode: ServerAcceptance,
     ) -> Result<(quinn::Connection, DeviceId)> {
-        let connecting =
-            self.inner
-                .endpoint
-                .connect_with(self.client_config(mode)?, addr, tls::SERVER_NAME)?;
+        let connecting = self.inner.endpoint.connect_with(
+            self.client_config(mode, addr)?,
+            addr,
+            tls::SERVER_NAME,
+        )?;
         let conn = tokio::time::timeout(self.inner.config.handshake_timeout, async {
             let conn = connecting.await.map_err(classify)?;
             // The client's handshake completes before the server has checked
@@ -550,6 +627,18 @@ impl Transport {
         Ok(self.inner.wrap(peer, conn, true))
     }
 
+    /// What this transport has learned about the paths to its peers, to
+    /// hand to the next run's [`Config::known_paths`]. Includes the MTUs
+    /// of the connections still open.
+    pub fn known_paths(&self) -> KnownPaths {
+        let live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
+        for conn in live.values().flatten() {
+            learn_mtu(&self.inner.paths, conn);
+        }
+        drop(live);
+        self.inner.paths.known()
+    }
+
     /// Closes every connection and stops the endpoint. Waits at most
     /// [`CLOSE_GRACE`] for peers to acknowledge the close (a peer behind a
     /// lossy link may never answer; it times out on its side).
@@ -611,6 +700,19 @@ async fn wait_confirmed(conn: &quinn::Connection) -> Result<()> {
     }
 }
 
+/// Remembers the MTU `conn`'s path reached.
+fn learn_mtu(paths: &PathMemory, conn: &quinn::Connection) {
+    paths.learn_mtu(conn.remote_address().ip(), conn.stats().path.current_mtu);
+}
+
+/// The key sealing this device's address-validation tokens: derived from
+/// the device key, so that it is stable across restarts and differs between
+/// devices.
+fn token_key(identity: &DeviceIdentity) -> ring::hkdf::Prk {
+    let secret = identity.derive_secret("nomade 2026-12 quic address validation token key");
+    ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(&secret)
+}
+
 fn peer_cert(conn: &quinn::Connection) -> Result<rustls_pki_types::CertificateDer<'static>> {
     conn.peer_identity()
         .and_then(|any| {
@@ -634,6 +736,9 @@ async fn accept_loop(
         let Some(inner) = inner.upgrade() else { return };
         if !incoming.remote_address_validated() {
             let remote = incoming.remote_address();
+            inner
+                .retries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Err(e) = incoming.retry() {
                 tracing::debug!(%remote, "address validation failed: refusing");
                 inner.rejected.count(Rejected::Handshake);
@@ -656,7 +761,12 @@ async fn handle_incoming(
         inner.rejected.count(Rejected::Handshake);
         inner.emit(TransportEvent::HandshakeRejected { remote, reason });
     };
-    let connecting = match incoming.accept() {
+    let accepted = match inner.server_config_for(remote) {
+        Ok(Some(config)) => incoming.accept_with(config),
+        Ok(None) => incoming.accept(),
+        Err(e) => return reject(e.to_string()),
+    };
+    let connecting = match accepted {
         Ok(c) => c,
         Err(e) => return reject(e.to_string()),
     };

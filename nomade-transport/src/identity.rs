@@ -250,6 +250,13 @@ impl DeviceIdentity {
         &self.cert
     }
 
+    /// A 32-byte secret for `context`, derived from the device's private
+    /// key (BLAKE3's key derivation): stable for the device, unrelated
+    /// between contexts and devices, and revealing nothing of the key.
+    pub(crate) fn derive_secret(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, &self.key_pkcs8)
+    }
+
     /// The private key for rustls.
     pub(crate) fn private_key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8.clone()))

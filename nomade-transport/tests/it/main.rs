@@ -8,6 +8,7 @@ mod dial;
 mod faulty;
 mod hostile;
 mod pairing;
+mod paths;
 mod raw_quic;
 mod streams;
 
