@@ -1,17 +1,19 @@
 //! `DELTA_SYNC`: consecutive field writes of one document by one actor, sent as
 //! one message instead of one operation each.
 
-use nomade_wire::{CrdtOperation, DeltaSync, Edit, EntityType, SyncOperation, VersionVector};
+use nomade_wire::{
+    ActorId, CrdtOperation, DeltaSync, Edit, EntityType, SyncOperation, VersionVector,
+};
 
 use crate::error::CrdtError;
 
 /// The deps of the `i`-th write of a delta whose first write has `deps`:
 /// those, and for every later write the actor's entry set to the write
 /// before it (each write follows the previous one).
-fn write_deps(deps: &VersionVector, actor: &str, i: usize, counter: u64) -> VersionVector {
+fn write_deps(deps: &VersionVector, actor: &ActorId, i: usize, counter: u64) -> VersionVector {
     let mut deps = deps.clone();
     if i > 0 {
-        deps.insert(actor.to_string(), counter - 1);
+        deps.insert(actor.into(), counter - 1);
     }
     deps
 }
@@ -66,7 +68,7 @@ pub fn from_delta(delta: &DeltaSync) -> Result<Vec<SyncOperation>, CrdtError> {
             .checked_add(i as u64)
             .filter(|c| *c >= 1 && *c < u64::MAX)
             .ok_or_else(|| CrdtError::InvalidOperation {
-                actor: delta.actor_id.clone(),
+                actor: delta.actor_id.to_string(),
                 counter: delta.first_counter,
                 reason: "delta counters out of range".into(),
             })?;

@@ -1,7 +1,7 @@
 //! Persisting the operation log: the trait a store implements, an in-memory
 //! implementation, and rebuilding a replica from a log.
 
-use nomade_wire::SyncOperation;
+use nomade_wire::{ActorId, SyncOperation};
 
 use crate::error::CrdtError;
 use crate::replica::{Replica, ReplicaConfig};
@@ -78,7 +78,7 @@ impl Replica {
     /// Rebuilds the replica of `actor` by applying every operation of `log`.
     /// Operations of `actor` itself are taken as its own (its counter resumes after them).
     pub fn restore<L: OpLog>(
-        actor: impl Into<String>,
+        actor: impl Into<ActorId>,
         config: ReplicaConfig,
         log: &L,
     ) -> Result<Replica, RestoreError<L::Error>> {

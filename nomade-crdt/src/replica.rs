@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use nomade_wire::{
-    CrdtOperation, Edit, ElementId, EntityType, Hash32, IdRange, SyncOperation, Value,
+    ActorId, CrdtOperation, Edit, ElementId, EntityType, Hash32, IdRange, SyncOperation, Value,
     VersionVector,
 };
 
@@ -188,11 +188,11 @@ impl Ord for dyn EntityKeyView + '_ {
 
 /// Raises `actor`'s entry of `vv` to at least `counter`, cloning the actor's
 /// name only when it is new to `vv` (so the common case allocates nothing).
-pub fn raise_counter(vv: &mut VersionVector, actor: &str, counter: u64) {
+pub fn raise_counter(vv: &mut VersionVector, actor: &ActorId, counter: u64) {
     match vv.get_mut(actor) {
         Some(c) => *c = (*c).max(counter),
         None => {
-            vv.insert(actor.to_string(), counter);
+            vv.insert(actor.clone(), counter);
         }
     }
 }
@@ -278,7 +278,7 @@ fn ranges_of(ranges: &[(Eid, u64)], actors: &Actors) -> Vec<IdRange> {
     ranges
         .iter()
         .map(|(first, len)| IdRange {
-            actor: actors.name(first.actor).to_string(),
+            actor: actors.id(first.actor),
             counter: first.counter,
             len: *len,
         })
@@ -304,7 +304,7 @@ fn ranges_of(ranges: &[(Eid, u64)], actors: &Actors) -> Vec<IdRange> {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Replica {
-    actor: String,
+    actor: ActorId,
     config: ReplicaConfig,
     pub(crate) actors: Actors,
     pub(crate) vv: VersionVector,
@@ -314,7 +314,7 @@ pub struct Replica {
     /// replica keeps no history of its own.
     pub(crate) applied: Vec<SyncOperation>,
     /// Remote operations waiting for their dependencies, per actor by counter.
-    buffer: HashMap<String, BTreeMap<u64, SyncOperation>>,
+    buffer: HashMap<ActorId, BTreeMap<u64, SyncOperation>>,
     buffered: usize,
     /// Per entity: for each actor, the counter of its latest operation on it.
     pub(crate) entity_vv: BTreeMap<EntityKey, VersionVector>,
@@ -325,12 +325,12 @@ pub struct Replica {
 
 impl Replica {
     /// An empty replica for the device `actor`.
-    pub fn new(actor: impl Into<String>) -> Self {
+    pub fn new(actor: impl Into<ActorId>) -> Self {
         Self::with_config(actor, ReplicaConfig::default())
     }
 
     /// An empty replica with explicit tunables.
-    pub fn with_config(actor: impl Into<String>, config: ReplicaConfig) -> Self {
+    pub fn with_config(actor: impl Into<ActorId>, config: ReplicaConfig) -> Self {
         Replica {
             actor: actor.into(),
             config,
@@ -526,7 +526,7 @@ impl Replica {
                 actor_id: self.actor.clone(),
             };
             self.check_applicable(&op)?;
-            self.apply_ready(op.clone());
+            self.apply_ready(op.clone(), op.operation.last_counter());
             out.push(op);
         }
         Ok(out)
@@ -550,7 +550,7 @@ impl Replica {
 
     fn element_id(&self, e: &Eid) -> ElementId {
         ElementId {
-            actor: self.actors.name(e.actor).to_string(),
+            actor: self.actors.id(e.actor),
             counter: e.counter,
         }
     }
@@ -570,7 +570,7 @@ impl Replica {
             })
             .filter(|eid| conversation.contains(eid))
             .ok_or_else(|| CrdtError::UnknownItem {
-                actor: item.actor.clone(),
+                actor: item.actor.to_string(),
                 counter: item.counter,
             })
     }
@@ -602,14 +602,16 @@ impl Replica {
 
     fn invalid(op: &SyncOperation, reason: impl Into<String>) -> CrdtError {
         CrdtError::InvalidOperation {
-            actor: op.actor_id.clone(),
+            actor: op.actor_id.to_string(),
             counter: op.operation.counter,
             reason: reason.into(),
         }
     }
 
     /// Checks what can be checked without the operation's causal past.
-    fn validate_shape(&self, op: &SyncOperation) -> Result<(), CrdtError> {
+    /// Checks what can be checked of `op` alone; returns its last counter
+    /// (computed once: a text insertion counts its characters).
+    fn validate_shape(&self, op: &SyncOperation) -> Result<u64, CrdtError> {
         let c = op.operation.counter;
         if op.actor_id.is_empty() {
             return Err(Self::invalid(op, "empty actor id"));
@@ -621,12 +623,12 @@ impl Replica {
         if span == 0 {
             return Err(Self::invalid(op, "an edit that inserts or removes nothing"));
         }
-        if c.checked_add(span - 1).is_none_or(|last| last == u64::MAX) {
+        let Some(last) = c.checked_add(span - 1).filter(|&last| last != u64::MAX) else {
             return Err(Self::invalid(
                 op,
                 "the operation's counters wrap past 2^64-2",
             ));
-        }
+        };
         if op
             .operation
             .deps
@@ -675,7 +677,7 @@ impl Replica {
         if span > u64::from(u32::MAX) {
             return Err(Self::invalid(op, "too many elements in one operation"));
         }
-        Ok(())
+        Ok(last)
     }
 
     /// Checks, once its dependencies are applied, that the operation refers
@@ -683,7 +685,7 @@ impl Replica {
     fn check_applicable(&self, op: &SyncOperation) -> Result<(), CrdtError> {
         if self.actors.get(&op.actor_id).is_none() && self.actors.len() >= self.config.max_actors {
             return Err(CrdtError::TooManyActors {
-                actor: op.actor_id.clone(),
+                actor: op.actor_id.to_string(),
                 limit: self.config.max_actors,
             });
         }
@@ -779,15 +781,15 @@ impl Replica {
     ///
     /// An invalid operation is refused with an error and changes nothing.
     pub fn apply_remote(&mut self, op: SyncOperation) -> Result<usize, CrdtError> {
-        self.validate_shape(&op)?;
+        let last = self.validate_shape(&op)?;
         let known = self.vv.get(&op.actor_id).copied().unwrap_or(0);
         let counter = op.operation.counter;
-        if op.operation.last_counter() <= known {
+        if last <= known {
             return Ok(0); // duplicate
         }
         if counter.saturating_sub(known) > self.config.max_counter_jump {
             return Err(CrdtError::CounterJump {
-                actor: op.actor_id.clone(),
+                actor: op.actor_id.to_string(),
                 counter,
                 known,
             });
@@ -815,7 +817,7 @@ impl Replica {
             return Ok(0);
         }
         self.check_applicable(&op)?;
-        self.apply_ready(op);
+        self.apply_ready(op, last);
         Ok(1 + self.drain_buffer())
     }
 
@@ -832,7 +834,7 @@ impl Replica {
         let mut applied = 0;
         loop {
             let mut progressed = false;
-            let actors: Vec<String> = self.buffer.keys().cloned().collect();
+            let actors: Vec<ActorId> = self.buffer.keys().cloned().collect();
             for actor in actors {
                 loop {
                     let known = self.vv.get(&actor).copied().unwrap_or(0);
@@ -859,7 +861,8 @@ impl Replica {
                         // nothing: a corrupt operation. Drop it.
                         continue;
                     }
-                    self.apply_ready(op);
+                    let last = op.operation.last_counter();
+                    self.apply_ready(op, last);
                     applied += 1;
                     progressed = true;
                 }
@@ -871,15 +874,15 @@ impl Replica {
         }
     }
 
-    /// Applies an operation whose dependencies are all applied and which was checked.
-    fn apply_ready(&mut self, op: SyncOperation) {
+    /// Applies an operation whose dependencies are all applied and which
+    /// was checked; `last` is its last counter.
+    fn apply_ready(&mut self, op: SyncOperation, last: u64) {
         self.state_hash.take();
         let lamport = lamport(&op);
         let actor_idx = self.actors.intern(&op.actor_id);
         let key = (op.entity_type, op.entity_id.as_str());
         let key = &key as &dyn EntityKeyView;
         let counter = op.operation.counter;
-        let last = op.operation.last_counter();
         let first = Eid {
             actor: actor_idx,
             counter,

@@ -1,6 +1,6 @@
 //! Compact snapshots: the whole state without the history that built it.
 
-use nomade_wire::{EntityType, Value, VersionVector};
+use nomade_wire::{ActorId, EntityType, Value, VersionVector};
 use serde::{Deserialize, Serialize};
 
 use crate::actors::ActorIdx;
@@ -61,7 +61,7 @@ struct SnapEntity(
 struct Snapshot {
     version: u8,
     /// The replica's actor table, by index.
-    actors: Vec<String>,
+    actors: Vec<ActorId>,
     version_vector: VersionVector,
     entities: Vec<SnapEntity>,
 }
@@ -292,7 +292,7 @@ impl Replica {
     /// [`CrdtError::BadSnapshot`] saying what is wrong; more actors than
     /// `config.max_actors` is [`CrdtError::TooManyActors`].
     pub fn from_snapshot(
-        actor: impl Into<String>,
+        actor: impl Into<ActorId>,
         bytes: &[u8],
         config: ReplicaConfig,
     ) -> Result<Replica, CrdtError> {
@@ -302,7 +302,7 @@ impl Replica {
                 actor: snap
                     .actors
                     .get(config.max_actors)
-                    .cloned()
+                    .map(ActorId::to_string)
                     .unwrap_or_default(),
                 limit: config.max_actors,
             });

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use nomade_crdt::{LocalEdit, Replica, ReplicaConfig};
-use nomade_wire::{EntityType, Hash32, SyncOperation, Value, VersionVector};
+use nomade_wire::{ActorId, EntityType, Hash32, SyncOperation, Value, VersionVector};
 use tokio::sync::{broadcast, watch};
 
 use crate::batch::check_op_size;
@@ -991,7 +991,7 @@ impl Core {
                 let _ = self.changes.send(Change {
                     entity_id: op.entity_id.clone(),
                     entity_type: op.entity_type,
-                    actor_id: op.actor_id.clone(),
+                    actor_id: op.actor_id.to_string(),
                     remote: true,
                 });
             }
@@ -1035,7 +1035,7 @@ impl Core {
     pub fn received_counters<'a>(
         &self,
         peer: &str,
-        actors: impl IntoIterator<Item = &'a String>,
+        actors: impl IntoIterator<Item = &'a str>,
     ) -> Vec<u64> {
         let received = lock(&self.received);
         let vv = received.get(peer).map(|(_, vv)| vv);
@@ -1203,7 +1203,7 @@ impl Core {
             read += run.count;
             let end = run.first + run.count - 1;
             // The actors with operations in the row, if its frontiers say.
-            let written: Option<Vec<(&String, u64)>> = match (&run.before, &run.after) {
+            let written: Option<Vec<(&ActorId, u64)>> = match (&run.before, &run.after) {
                 (Some(before), Some(after)) => Some(
                     after
                         .iter()

@@ -1279,7 +1279,7 @@ mod tests {
             entity_type: EntityType::Document,
             operation: CrdtOperation {
                 counter,
-                deps: [("a".to_string(), counter - 1)].into(),
+                deps: [("a".into(), counter - 1)].into(),
                 edit: Edit::Set {
                     key: "k".into(),
                     value: Value::Int(counter as i64),
@@ -1441,7 +1441,7 @@ mod tests {
             }
         }
         // Frontiers still let a nearly up-to-date peer start near the end.
-        let peer = VersionVector::from([("a".to_string(), 590)]);
+        let peer = VersionVector::from([("a".into(), 590)]);
         let resume = store.resume_point(&peer).unwrap();
         assert!(resume > 0 && resume <= 590, "resume at {resume}");
     }
@@ -1745,7 +1745,7 @@ mod tests {
             if n == 0 {
                 VersionVector::new()
             } else {
-                [("a".to_string(), n)].into()
+                [("a".into(), n)].into()
             }
         };
         // 1,000 operations in commits of 10, each with its frontier.
@@ -1763,7 +1763,7 @@ mod tests {
             assert!(have - start <= 256 + 10, "{have}: started at {start}");
         }
         // Another actor the peer lacks: back to the start.
-        let other: VersionVector = [("a".to_string(), 1000), ("b".to_string(), 0)].into();
+        let other: VersionVector = [("a".into(), 1000), ("b".into(), 0)].into();
         assert!(store.resume_point(&other).unwrap() <= 1000);
         // Rows without a frontier (an older store) are never skipped to.
         let plain = Store::open(&dir.path().join("plain.redb")).unwrap();

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use nomade_node::{Node, NodeConfig};
-use nomade_wire::{CrdtOperation, Edit, EntityType, IdRange, SyncOperation, Value};
+use nomade_wire::{ActorId, CrdtOperation, Edit, EntityType, IdRange, SyncOperation, Value};
 
 fn open(dir: &Path) -> Node {
     Node::open(dir, NodeConfig::default()).expect("open")
@@ -18,9 +18,9 @@ fn open(dir: &Path) -> Node {
 /// made after the operations in `deps` (the actor's own previous one is
 /// added).
 fn set(actor: &str, counter: u64, deps: &[(&str, u64)], key: &str, value: i64) -> SyncOperation {
-    let mut vv: BTreeMap<String, u64> = deps.iter().map(|(a, c)| (a.to_string(), *c)).collect();
+    let mut vv: BTreeMap<ActorId, u64> = deps.iter().map(|(a, c)| ((*a).into(), *c)).collect();
     if counter > 1 {
-        vv.insert(actor.to_string(), counter - 1);
+        vv.insert(actor.into(), counter - 1);
     }
     SyncOperation {
         entity_id: "doc".into(),

@@ -285,7 +285,7 @@ async fn converge(devs: &[&Dev], seed: u64) {
         // at least the operations it made: an operation may cover several).
         let holds_all = |vv: &VersionVector| {
             devs.iter().all(|d| {
-                vv.get(&d.node.device_id().to_string())
+                vv.get(d.node.device_id().to_string().as_str())
                     .copied()
                     .unwrap_or(0)
                     >= d.created.load(Ordering::Relaxed)
@@ -317,7 +317,7 @@ async fn converge(devs: &[&Dev], seed: u64) {
         );
         // Every operation a device created is present everywhere.
         let own = vv
-            .get(&d.node.device_id().to_string())
+            .get(d.node.device_id().to_string().as_str())
             .copied()
             .unwrap_or(0);
         let created = d.created.load(Ordering::Relaxed);
@@ -565,20 +565,20 @@ async fn h_cut_in_the_middle_of_a_full_sync() {
         a.bulk("bulk-a", 100_000);
         let (ida, idb) = (a.node.device_id(), b.node.device_id());
         let me = ida.to_string();
-        let total = a.node.core().version_vector()[&me];
+        let total = a.node.core().version_vector()[me.as_str()];
         b.node.connect_known_peers().expect("dial");
         // Cut as soon as part of the backlog is in.
         wait_for(seed, "the full sync to start", CONVERGE_TIMEOUT, || {
-            b.node.core().version_vector().get(&me).copied().unwrap_or(0) > 0
+            b.node.core().version_vector().get(me.as_str()).copied().unwrap_or(0) > 0
         })
         .await;
         b.partition.set(true);
-        let at_cut = b.node.core().version_vector().get(&me).copied().unwrap_or(0);
+        let at_cut = b.node.core().version_vector().get(me.as_str()).copied().unwrap_or(0);
         wait_for(seed, "the cut to be noticed", CONVERGE_TIMEOUT, || {
             !a.node.is_connected(&idb) && !b.node.is_connected(&ida)
         })
         .await;
-        let while_cut = b.node.core().version_vector().get(&me).copied().unwrap_or(0);
+        let while_cut = b.node.core().version_vector().get(me.as_str()).copied().unwrap_or(0);
         assert!(while_cut < total, "seed {seed}: the sync finished before the cut ({at_cut}/{total})");
         b.partition.set(false);
         converge(&[&a, &b], seed).await;

@@ -241,20 +241,25 @@ async fn bad_input_30_sigkill_mid_sync_loses_nothing_acknowledged() {
     let me = laptop.device_id().to_string();
     let on_disk = after_crash["version_vector"][&me].as_u64().unwrap_or(0);
     assert!(
-        on_disk >= acked[&me],
+        on_disk >= acked[me.as_str()],
         "acknowledged {} but only {on_disk} survived",
-        acked[&me]
+        acked[me.as_str()]
     );
 
     // Restarted, it catches up: nothing lost, nothing doubled.
     let mut child = serve(&desk_dir, desk_addr);
-    let target = laptop.core().version_vector()[&me];
+    let target = laptop.core().version_vector()[me.as_str()];
     let mut caught_up = false;
     // Up to a minute: the restarted process, its redial and the catch-up
     // share two cores with the rest of the suite.
     for _ in 0..1200 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if laptop.core().acked_by(&desk_id.to_string()).get(&me) == Some(&target) {
+        if laptop
+            .core()
+            .acked_by(&desk_id.to_string())
+            .get(me.as_str())
+            == Some(&target)
+        {
             caught_up = true;
             break;
         }
@@ -290,7 +295,7 @@ async fn bad_input_32_a_full_disk_acknowledges_nothing_and_recovers_when_space_r
         laptop
             .core()
             .acked_by(&desk_id.to_string())
-            .get(&me)
+            .get(me.as_str())
             .copied()
             .unwrap_or(0)
     };
@@ -390,7 +395,7 @@ async fn bad_input_32_a_full_disk_acknowledges_nothing_and_recovers_when_space_r
         .status()
         .expect("run prlimit");
     assert!(lifted.success(), "prlimit failed");
-    let target = laptop.core().version_vector()[&me];
+    let target = laptop.core().version_vector()[me.as_str()];
     assert_eq!(target, 50);
     wait_acked(target, "after space returned").await;
     assert!(

@@ -524,7 +524,7 @@ async fn bad_input_21_a_peer_overflowing_the_causal_buffer_is_asked_to_resync() 
         operation: CrdtOperation {
             counter,
             deps: (counter > 1)
-                .then(|| (actor.to_string(), counter - 1))
+                .then(|| (actor.into(), counter - 1))
                 .into_iter()
                 .collect(),
             edit: Edit::Set {
@@ -771,7 +771,7 @@ async fn acknowledgements_survive_a_restart_and_give_the_compaction_floor() {
         laptop
             .core()
             .acked_by(&desk_id)
-            .get(&me)
+            .get(me.as_str())
             .copied()
             .unwrap_or(0)
     };
@@ -785,7 +785,7 @@ async fn acknowledgements_survive_a_restart_and_give_the_compaction_floor() {
 
     let laptop = Node::open(&laptop_dir, config("laptop")).expect("reopen");
     assert_eq!(
-        laptop.core().acked_by(&desk_id).get(&me).copied(),
+        laptop.core().acked_by(&desk_id).get(me.as_str()).copied(),
         Some(31),
         "what the desk acknowledged, after a restart"
     );
@@ -794,9 +794,9 @@ async fn acknowledgements_survive_a_restart_and_give_the_compaction_floor() {
     let hold = Duration::from_secs(30 * 24 * 3600);
     let own = laptop.core().version_vector();
     let floor = laptop.core().compaction_floor(&own, &peers, now, hold);
-    assert_eq!(floor.get(&me).copied(), Some(31));
+    assert_eq!(floor.get(me.as_str()).copied(), Some(31));
     // What this device itself holds bounds it too.
-    let less = nomade_wire::VersionVector::from([(me.clone(), 5)]);
+    let less = nomade_wire::VersionVector::from([(me.as_str().into(), 5)]);
     assert_eq!(
         laptop.core().compaction_floor(&less, &peers, now, hold),
         less
@@ -821,7 +821,7 @@ async fn acknowledgements_survive_a_restart_and_give_the_compaction_floor() {
         laptop
             .core()
             .compaction_floor(&own, &peers, now, hold)
-            .get(&me)
+            .get(me.as_str())
             .copied(),
         Some(31)
     );
@@ -886,7 +886,7 @@ async fn a_compacted_history_reaches_a_new_device_as_a_snapshot_then_the_tail() 
     let compacted = laptop.core().compacted();
     let me = laptop.device_id().to_string();
     assert!(
-        compacted.get(&me).copied().unwrap_or(0) >= 20_000,
+        compacted.get(me.as_str()).copied().unwrap_or(0) >= 20_000,
         "compacted at the checkpoint: {compacted:?}"
     );
     let kept = laptop.status().history;
@@ -903,7 +903,8 @@ async fn a_compacted_history_reaches_a_new_device_as_a_snapshot_then_the_tail() 
     wait_for(
         || {
             laptop.state_hash() == desk.state_hash()
-                && desk.core().version_vector().get(&me) == laptop.core().version_vector().get(&me)
+                && desk.core().version_vector().get(me.as_str())
+                    == laptop.core().version_vector().get(me.as_str())
         },
         "the two to converge",
     )
@@ -969,7 +970,13 @@ async fn a_device_silent_past_the_hold_returns_to_a_snapshot() {
     let laptop = Node::open(&laptop_dir, laptop_config()).expect("reopen");
     let me = laptop.device_id().to_string();
     assert!(
-        laptop.core().compacted().get(&me).copied().unwrap_or(0) > 1,
+        laptop
+            .core()
+            .compacted()
+            .get(me.as_str())
+            .copied()
+            .unwrap_or(0)
+            > 1,
         "the silent desk did not hold the history back: {:?}",
         laptop.core().compacted()
     );

@@ -18,13 +18,14 @@ use serde::de::Error as _;
 use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::actor_id::ActorId;
 use crate::message::{Edit, SyncOperation, VersionVector};
 
 thread_local! {
     /// The table actor ids are written against, while a batch is encoded.
     static ENCODING: RefCell<Option<ActorTable>> = const { RefCell::new(None) };
     /// The table actor indices are read against, while a batch is decoded.
-    static DECODING: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+    static DECODING: RefCell<Option<Vec<ActorId>>> = const { RefCell::new(None) };
 }
 
 /// The device ids of a batch, in the order of first mention (see
@@ -130,8 +131,8 @@ pub(crate) fn encoding_with<R>(table: &mut ActorTable, f: impl FnOnce() -> R) ->
 
 /// Runs `f` with `names` installed: the actor indices of the operations it
 /// deserializes are read as those device ids.
-pub(crate) fn decoding_with<R>(names: Vec<String>, f: impl FnOnce() -> R) -> R {
-    struct Uninstall(Option<Vec<String>>);
+pub(crate) fn decoding_with<R>(names: Vec<ActorId>, f: impl FnOnce() -> R) -> R {
+    struct Uninstall(Option<Vec<ActorId>>);
     impl Drop for Uninstall {
         fn drop(&mut self) {
             let previous = self.0.take();
@@ -165,9 +166,9 @@ pub(crate) mod actor_ref {
     }
 
     /// Reads an index into the installed table, or a device id.
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ActorId, D::Error> {
         if !DECODING.with(|c| c.borrow().is_some()) {
-            return String::deserialize(d);
+            return ActorId::deserialize(d);
         }
         let i = u32::deserialize(d)?;
         let found = DECODING.with(|c| match c.borrow().as_ref() {
@@ -194,7 +195,7 @@ impl Serialize for ActorKeyRef<'_> {
 
 /// A key of `deps` being read: an actor, through [`actor_ref`].
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct ActorKey(String);
+struct ActorKey(ActorId);
 
 impl<'de> Deserialize<'de> for ActorKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

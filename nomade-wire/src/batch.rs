@@ -238,7 +238,7 @@ mod tests {
             entity_type: EntityType::Document,
             operation: CrdtOperation {
                 counter,
-                deps: [("dev-a".to_string(), counter.saturating_sub(1))].into(),
+                deps: [("dev-a".into(), counter.saturating_sub(1))].into(),
                 edit: Edit::Set {
                     key: "body".into(),
                     value: Value::String("x".repeat(value_len)),

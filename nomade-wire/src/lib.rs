@@ -40,6 +40,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod actor_id;
 mod actor_table;
 mod batch;
 mod bytes_fixed;
@@ -52,6 +53,7 @@ pub mod samples;
 mod stream;
 mod value;
 
+pub use actor_id::ActorId;
 pub use batch::BatchEncoder;
 pub use bytes_fixed::{FixedBytes, Hash32, MessageId};
 pub use dedup::{RecentIds, DEFAULT_DEDUP_WINDOW};

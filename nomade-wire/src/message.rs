@@ -13,12 +13,13 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::actor_id::ActorId;
 use crate::actor_table::{decoding_with, encoding_with, ActorTable};
 use crate::bytes_fixed::{bin_bytes, FixedBytes, Hash32, MessageId};
 use crate::value::Value;
 
 /// A version vector: for each actor (device id), the highest operation counter seen.
-pub type VersionVector = BTreeMap<String, u64>;
+pub type VersionVector = BTreeMap<ActorId, u64>;
 
 /// The kind of entity an operation applies to. Travels as a lower-case string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -104,7 +105,7 @@ pub struct SyncRequest {
 pub struct ElementId {
     /// The device that inserted the element.
     #[serde(with = "crate::actor_table::actor_ref")]
-    pub actor: String,
+    pub actor: ActorId,
     /// The element's counter.
     pub counter: u64,
 }
@@ -116,7 +117,7 @@ pub struct ElementId {
 pub struct IdRange {
     /// The device that inserted the elements.
     #[serde(with = "crate::actor_table::actor_ref")]
-    pub actor: String,
+    pub actor: ActorId,
     /// The counter of the first element.
     pub counter: u64,
     /// How many elements (at least 1).
@@ -243,7 +244,7 @@ pub struct SyncOperation {
     pub timestamp: i64,
     /// The device that made the operation.
     #[serde(with = "crate::actor_table::actor_ref")]
-    pub actor_id: String,
+    pub actor_id: ActorId,
 }
 
 /// `SYNC_COMPLETE` (0x0103): the end of a sync response.
@@ -326,7 +327,7 @@ impl<'de> Deserialize<'de> for BatchedSync {
             ) -> Result<BatchedSync, A::Error> {
                 use serde::de::Error;
                 expect_key(&mut map, "actors")?;
-                let actors: Vec<String> = map.next_value()?;
+                let actors: Vec<ActorId> = map.next_value()?;
                 expect_key(&mut map, "operations")?;
                 let operations: Vec<SyncOperation> = decoding_with(actors, || map.next_value())?;
                 if map.next_key::<serde::de::IgnoredAny>()?.is_some() {
@@ -353,7 +354,7 @@ pub struct DeltaSync {
     /// The new values, by field name.
     pub changed_fields: BTreeMap<String, Value>,
     /// Extension: the device that wrote them.
-    pub actor_id: String,
+    pub actor_id: ActorId,
     /// Extension: the counter of the first write.
     pub first_counter: u64,
     /// Extension: the causal context of the first write.

@@ -43,7 +43,10 @@ const LAPTOP: &str = "cvml-efwx-x7jt-253v-yrk5-ma4a-2orm-6ypr";
 const PHONE: &str = "m7ae-dq3r-2x2k-fh7p-lwzc-u5tn-6jgb-vals";
 
 fn vv(entries: &[(&str, u64)]) -> VersionVector {
-    entries.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    entries
+        .iter()
+        .map(|(k, v)| (crate::ActorId::from(*k), *v))
+        .collect()
 }
 
 /// A small `SYNC_OPERATION` (a 259-byte payload, most of it the two

@@ -113,7 +113,7 @@ fn the_canonical_table_decodes_to_device_ids() {
     assert_eq!(first.actor_id, PHONE);
     assert_eq!(
         first.operation.deps,
-        BTreeMap::from([(LAPTOP.to_string(), 43), (PHONE.to_string(), 7)])
+        BTreeMap::from([(LAPTOP.into(), 43), (PHONE.into(), 7)])
     );
     assert_eq!(batch.operations[1].actor_id, LAPTOP);
     // And it is exactly what this implementation writes.

@@ -42,15 +42,19 @@ fn entity_type() -> impl Strategy<Value = EntityType> {
 }
 
 fn version_vector() -> impl Strategy<Value = VersionVector> {
-    btree_map(text(), any::<u64>(), 0..4)
+    btree_map(actor(), any::<u64>(), 0..4)
+}
+
+fn actor() -> impl Strategy<Value = ActorId> {
+    text().prop_map(ActorId::from)
 }
 
 fn element_id() -> impl Strategy<Value = ElementId> {
-    (text(), any::<u64>()).prop_map(|(actor, counter)| ElementId { actor, counter })
+    (actor(), any::<u64>()).prop_map(|(actor, counter)| ElementId { actor, counter })
 }
 
 fn id_range() -> impl Strategy<Value = IdRange> {
-    (text(), any::<u64>(), any::<u64>()).prop_map(|(actor, counter, len)| IdRange {
+    (actor(), any::<u64>(), any::<u64>()).prop_map(|(actor, counter, len)| IdRange {
         actor,
         counter,
         len,
@@ -96,7 +100,7 @@ fn sync_operation() -> impl Strategy<Value = SyncOperation> {
         version_vector(),
         edit(),
         any::<i64>(),
-        text(),
+        actor(),
     )
         .prop_map(
             |(entity_id, entity_type, counter, deps, edit, timestamp, actor_id)| SyncOperation {
@@ -170,7 +174,7 @@ fn message() -> impl Strategy<Value = Message> {
         (
             text(),
             btree_map(text(), value(), 0..4),
-            text(),
+            actor(),
             any::<u64>(),
             version_vector(),
             any::<i64>()

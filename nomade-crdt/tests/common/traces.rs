@@ -110,7 +110,7 @@ pub fn replay_concurrent(trace: &Trace) -> (Vec<Replica>, Vec<Vec<SyncOperation>
             let target = txn_end[b][need[b] - 1];
             let known = replicas[a]
                 .version_vector()
-                .get(&actors[b])
+                .get(actors[b].as_str())
                 .copied()
                 .unwrap_or(0);
             assert!(
@@ -143,7 +143,7 @@ pub fn replay_concurrent(trace: &Trace) -> (Vec<Replica>, Vec<Vec<SyncOperation>
         for b in (0..n).filter(|&b| b != a) {
             let known = replicas[a]
                 .version_vector()
-                .get(&actors[b])
+                .get(actors[b].as_str())
                 .copied()
                 .unwrap_or(0);
             for op in counters_between(&own_ops[b], known, u64::MAX) {

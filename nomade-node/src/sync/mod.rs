@@ -540,13 +540,13 @@ mod tests {
                 Message::SyncComplete(_) => Vec::new(),
                 other => panic!("{other:?}"),
             })
-            .map(|op| (op.actor_id, op.operation.counter))
+            .map(|op| (op.actor_id.to_string(), op.operation.counter))
             .collect()
     }
 
     fn have(vv: &[(&str, u64)]) -> Envelope {
         envelope(nomade_wire::Have {
-            version_vector: vv.iter().map(|&(a, c)| (a.to_string(), c)).collect(),
+            version_vector: vv.iter().map(|&(a, c)| (a.into(), c)).collect(),
             direct_added: None,
             direct_removed: None,
         })
@@ -722,7 +722,7 @@ mod tests {
                     Message::BatchedSync(b) => b.operations.clone(),
                     _ => Vec::new(),
                 })
-                .map(|op| op.actor_id)
+                .map(|op| op.actor_id.to_string())
                 .collect()
         };
         let t0 = Instant::now();
@@ -943,11 +943,7 @@ mod tests {
             .expect("applies");
         assert_eq!(
             have(from_b.poll_have(&core, later)),
-            (
-                [("c".to_string(), 1), ("x".to_string(), 1)].into(),
-                None,
-                None
-            )
+            ([("c".into(), 1), ("x".into(), 1)].into(), None, None)
         );
         // Named before and not pulled from: the served interval.
         core.apply_remote("x", vec![remote_op("x", 2)])
@@ -957,7 +953,7 @@ mod tests {
         let then = later + SERVED_HAVE_INTERVAL;
         assert_eq!(
             have(from_b.poll_have(&core, then)),
-            ([("x".to_string(), 2)].into(), None, None)
+            ([("x".into(), 2)].into(), None, None)
         );
         // This device stops pulling from c: b is told at once.
         drop(from_c);

@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use nomade_wire::{
-    Ack, EntityType, Envelope, ErrorCode, Have, Message, MessageId, SyncOperation, SyncRequest,
-    SyncSnapshot, VersionVector,
+    Ack, ActorId, EntityType, Envelope, ErrorCode, Have, Message, MessageId, SyncOperation,
+    SyncRequest, SyncSnapshot, VersionVector,
 };
 
 use super::{
@@ -68,7 +68,7 @@ pub struct Puller {
     /// Devices whose counters rose here and may be announced, with their
     /// counters (gathered from [`Core::counters_since`], so a poll costs
     /// what changed since the last, not the version vector).
-    candidates: BTreeMap<String, u64>,
+    candidates: VersionVector,
     /// How soon the candidates are to be announced: [`HAVE_INTERVAL`] when
     /// one names a device never announced, [`SERVED_HAVE_INTERVAL`] when
     /// one raises a device the puller does not pull from directly,
@@ -101,7 +101,7 @@ impl Puller {
             next_have: None,
             announced_direct: BTreeSet::new(),
             direct: BTreeSet::new(),
-            candidates: BTreeMap::new(),
+            candidates: VersionVector::new(),
             counters_seen: 0,
             urgency: None,
             pulling_changes: None,
@@ -164,10 +164,10 @@ impl Puller {
             .collect();
         // Beyond what the peer is known to have: announced before, or sent
         // by the peer itself.
-        let from_peer = core.received_counters(&self.peer, changed.iter().map(|(a, _)| a));
+        let from_peer = core.received_counters(&self.peer, changed.iter().map(|(a, _)| a.as_str()));
         for ((actor, c), sent) in changed.into_iter().zip(from_peer) {
             if c > sent {
-                self.add_candidate(actor, c);
+                self.add_candidate(actor.into(), c);
             }
         }
         let new_list = self.direct != self.announced_direct;
@@ -185,7 +185,7 @@ impl Puller {
         // What the peer sent meanwhile need not be announced.
         let mut raised = std::mem::take(&mut self.candidates);
         self.urgency = None;
-        let from_peer = core.received_counters(&self.peer, raised.keys());
+        let from_peer = core.received_counters(&self.peer, raised.keys().map(|a| a.as_str()));
         let mut from_peer = from_peer.into_iter();
         raised.retain(|_, c| *c > from_peer.next().unwrap_or(0));
         let nonempty = |v: Vec<String>| (!v.is_empty()).then_some(v);
@@ -220,12 +220,12 @@ impl Puller {
 
     /// Adds a device's counter to what the next `HAVE` announces, if above
     /// what was announced, and notes how soon that must go.
-    fn add_candidate(&mut self, actor: String, counter: u64) {
-        let announced = self.announced.get(&actor).copied();
+    fn add_candidate(&mut self, actor: ActorId, counter: u64) {
+        let announced = self.announced.get(actor.as_str()).copied();
         if counter <= announced.unwrap_or(0) {
             return;
         }
-        let interval = if self.direct.contains(&actor) {
+        let interval = if self.direct.contains(actor.as_str()) {
             DIRECT_HAVE_INTERVAL
         } else if announced.is_none() {
             HAVE_INTERVAL

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use nomade_crdt::raise_counter;
 use nomade_wire::{
-    BatchEncoder, EntityType, Envelope, ErrorCode, Message, MessageId, MessageType, SyncComplete,
-    SyncOperation, SyncSnapshot, VersionVector,
+    ActorId, BatchEncoder, EntityType, Envelope, ErrorCode, Message, MessageId, MessageType,
+    SyncComplete, SyncOperation, SyncSnapshot, VersionVector,
 };
 
 use super::{envelope, error_message, new_message_id, peer_error, refused_by, Transmit};
@@ -166,7 +166,7 @@ impl HeldOps {
 
     /// Holds the operation stored at `seq` (after those held already).
     fn push(&mut self, seq: u64, op: Arc<SyncOperation>, served: &BTreeSet<String>) {
-        if served.contains(&op.actor_id) {
+        if served.contains(op.actor_id.as_str()) {
             self.served.push_back((seq, op));
         } else {
             self.unserved.push_back((seq, op));
@@ -184,7 +184,7 @@ impl HeldOps {
     ) -> Vec<Arc<SyncOperation>> {
         let lacks = |op: &SyncOperation| {
             op.operation.last_counter() > knowledge.get(&op.actor_id).copied().unwrap_or(0)
-                && !cutoff.direct.contains(&op.actor_id)
+                && !cutoff.direct.contains(op.actor_id.as_str())
         };
         let mut released = Vec::new();
         while let Some((seq, _)) = self.unserved.front() {
@@ -432,7 +432,7 @@ impl Pusher {
                 // a peer naming others cannot grow this map beyond it. The
                 // devices named are served elsewhere: theirs are held
                 // longer.
-                let ours = core.counters_of(h.version_vector.keys().map(String::as_str));
+                let ours = core.counters_of(h.version_vector.keys().map(ActorId::as_str));
                 let bound = core.replica_config().max_actors;
                 let mut held = VersionVector::new();
                 for ((actor, &c), own) in h.version_vector.iter().zip(ours) {
@@ -442,8 +442,8 @@ impl Pusher {
                         continue;
                     }
                     raise_counter(&mut self.knowledge, actor, c);
-                    if !self.served.contains(actor) {
-                        self.served.insert(actor.clone());
+                    if !self.served.contains(actor.as_str()) {
+                        self.served.insert(actor.to_string());
                     }
                 }
                 // Durably held by the peer, as far as it exists here: as

@@ -106,7 +106,7 @@ fn parse_item_id(text: &str) -> Result<nomade_node::ItemId, ControlError> {
         .and_then(|(actor, counter)| {
             let counter = counter.parse::<u64>().ok()?;
             (!actor.is_empty() && counter > 0).then(|| nomade_node::ItemId {
-                actor: actor.to_string(),
+                actor: actor.into(),
                 counter,
             })
         })
