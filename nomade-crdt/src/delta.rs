@@ -50,7 +50,7 @@ pub fn to_delta(ops: &[SyncOperation]) -> Option<DeltaSync> {
         changed_fields.insert(key.clone(), value.clone());
     }
     Some(DeltaSync {
-        entity_id: first.entity_id.clone(),
+        entity_id: first.entity_id.to_string(),
         changed_fields,
         actor_id: first.actor_id.clone(),
         first_counter: first.operation.counter,
@@ -74,7 +74,7 @@ pub fn from_delta(delta: &DeltaSync) -> Result<Vec<SyncOperation>, CrdtError> {
             })?;
         let deps = write_deps(&delta.deps, &delta.actor_id, i, counter);
         ops.push(SyncOperation {
-            entity_id: delta.entity_id.clone(),
+            entity_id: delta.entity_id.as_str().into(),
             entity_type: EntityType::Document,
             operation: CrdtOperation {
                 counter,

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use nomade_wire::{
-    ActorId, CrdtOperation, Edit, ElementId, EntityType, Hash32, IdRange, SyncOperation, Value,
-    VersionVector,
+    ActorId, CrdtOperation, Edit, ElementId, EntityType, Hash32, IdRange, SmolStr, SyncOperation,
+    Value, VersionVector,
 };
 
 use crate::actors::{ActorIdx, Actors};
@@ -246,7 +246,7 @@ pub fn trim_front(mut op: SyncOperation, known: u64) -> SyncOperation {
                 .char_indices()
                 .nth(skip as usize)
                 .map_or(text.len(), |(i, _)| i);
-            text.drain(..cut);
+            *text = SmolStr::from(&text[cut..]);
             *a = after;
         }
         Edit::Remove { ranges, .. } => {
@@ -445,7 +445,7 @@ impl Replica {
                     if *delete > 0 {
                         let targets = text.visible_ranges(*position, *delete);
                         out.push(Edit::Remove {
-                            field: Some(field.clone()),
+                            field: Some(field.as_str().into()),
                             ranges: ranges_of(&targets, &self.actors),
                         });
                     }
@@ -453,10 +453,10 @@ impl Replica {
                         let after = position.checked_sub(1).and_then(|p| text.id_at(p));
                         let before = text.next_id(after.as_ref());
                         out.push(Edit::InsertText {
-                            field: field.clone(),
+                            field: field.as_str().into(),
                             after: after.map(|e| self.element_id(&e)),
                             before: before.map(|e| self.element_id(&e)),
-                            text: insert.clone(),
+                            text: insert.as_str().into(),
                         });
                     }
                     out
@@ -515,7 +515,7 @@ impl Replica {
             // applied of it (a splice's insertion follows its removal).
             let deps = self.entity_vv.get(&key).cloned().unwrap_or_default();
             let op = SyncOperation {
-                entity_id: entity_id.to_string(),
+                entity_id: entity_id.into(),
                 entity_type,
                 operation: CrdtOperation {
                     counter,
@@ -706,7 +706,7 @@ impl Replica {
         // The edit's shape was validated: text edits name a field of a
         // document, the others apply to a conversation.
         let (text, items) = match (field, entity) {
-            (Some(f), Some(Entity::Document(d))) => (d.texts.get(f), None),
+            (Some(f), Some(Entity::Document(d))) => (d.texts.get(f.as_str()), None),
             (None, Some(Entity::Conversation(s))) => (None, Some(s)),
             _ => (None, None),
         };
@@ -908,12 +908,12 @@ impl Replica {
             None => {
                 let vv = VersionVector::from([(op.actor_id.clone(), last)]);
                 self.entity_vv
-                    .insert((op.entity_type, op.entity_id.clone()), vv);
+                    .insert((op.entity_type, op.entity_id.to_string()), vv);
             }
         }
         if !self.entities.contains_key(key) {
             self.entities.insert(
-                (op.entity_type, op.entity_id.clone()),
+                (op.entity_type, op.entity_id.to_string()),
                 Entity::new(op.entity_type),
             );
         }

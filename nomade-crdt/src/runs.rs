@@ -12,7 +12,7 @@
 //! types a word one keystroke at a time thus stores and sends one operation,
 //! and every receiver reaches the same state as from the keystrokes.
 
-use nomade_wire::{Edit, ElementId, SyncOperation};
+use nomade_wire::{Edit, ElementId, SmolStr, SyncOperation};
 
 /// The most elements [`join`] puts in one run, so that a run stays well
 /// within a frame (4,096 characters of text are at most 16 KiB).
@@ -39,14 +39,36 @@ pub const MAX_JOINED_SPAN: u64 = 4096;
 /// # Ok::<(), nomade_crdt::CrdtError>(())
 /// ```
 pub fn try_append(run: &mut SyncOperation, next: &SyncOperation) -> bool {
+    let mut grown = None;
+    let joined = append(run, run.operation.edit.span(), next, &mut grown);
+    finish(run, grown);
+    joined
+}
+
+/// [`try_append`] for a run that covers `run_span` counters, its text as
+/// grown so far in `grown` when that is `Some` (a text is immutable: a run
+/// typed a character at a time is built in `grown`, then set once by
+/// [`finish`]).
+fn append(
+    run: &mut SyncOperation,
+    run_span: u64,
+    next: &SyncOperation,
+    grown: &mut Option<String>,
+) -> bool {
     if run.actor_id != next.actor_id
         || run.entity_type != next.entity_type
         || run.entity_id != next.entity_id
     {
         return false;
     }
-    let last = run.operation.last_counter();
-    if run.operation.edit.span() == 0 || last.checked_add(1) != Some(next.operation.counter) {
+    let Some(last) = run
+        .operation
+        .counter
+        .checked_add(run_span.saturating_sub(1))
+    else {
+        return false;
+    };
+    if run_span == 0 || last.checked_add(1) != Some(next.operation.counter) {
         return false;
     }
     // The deps of the run's next element: the run's, the actor's entry at
@@ -76,7 +98,7 @@ pub fn try_append(run: &mut SyncOperation, next: &SyncOperation) -> bool {
                 text: t,
             },
         ) if field == f && *after == after_last && b == before && !t.is_empty() => {
-            text.push_str(t);
+            grown.get_or_insert_with(|| text.to_string()).push_str(t);
             true
         }
         (
@@ -119,16 +141,35 @@ pub fn try_append(run: &mut SyncOperation, next: &SyncOperation) -> bool {
 /// [`MAX_JOINED_SPAN`] elements.
 pub fn join(ops: impl IntoIterator<Item = SyncOperation>) -> Vec<SyncOperation> {
     let mut out: Vec<SyncOperation> = Vec::new();
+    // The last run's span, and its text while it grows.
+    let mut span = 0;
+    let mut grown = None;
     for op in ops {
+        let op_span = op.operation.edit.span();
         let joined = out.last_mut().is_some_and(|run| {
-            run.operation.edit.span() + op.operation.edit.span() <= MAX_JOINED_SPAN
-                && try_append(run, &op)
+            span + op_span <= MAX_JOINED_SPAN && append(run, span, &op, &mut grown)
         });
-        if !joined {
-            out.push(op);
+        if joined {
+            span += op_span;
+            continue;
         }
+        if let Some(run) = out.last_mut() {
+            finish(run, grown.take());
+        }
+        out.push(op);
+        span = op_span;
+    }
+    if let Some(run) = out.last_mut() {
+        finish(run, grown.take());
     }
     out
+}
+
+/// Sets a text run's grown text (see [`append`]).
+fn finish(run: &mut SyncOperation, grown: Option<String>) {
+    if let (Some(grown), Edit::InsertText { text, .. }) = (grown, &mut run.operation.edit) {
+        *text = SmolStr::from(grown);
+    }
 }
 
 #[cfg(test)]

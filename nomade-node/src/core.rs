@@ -989,7 +989,7 @@ impl Core {
             });
             if !same {
                 let _ = self.changes.send(Change {
-                    entity_id: op.entity_id.clone(),
+                    entity_id: op.entity_id.to_string(),
                     entity_type: op.entity_type,
                     actor_id: op.actor_id.to_string(),
                     remote: true,
@@ -1512,7 +1512,7 @@ mod tests {
 
     fn op(actor: &str) -> SyncOperation {
         SyncOperation {
-            entity_id: format!("doc-{actor}"),
+            entity_id: format!("doc-{actor}").into(),
             entity_type: EntityType::Document,
             operation: CrdtOperation {
                 counter: 1,

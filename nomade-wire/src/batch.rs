@@ -234,7 +234,7 @@ mod tests {
 
     fn op(counter: u64, value_len: usize) -> SyncOperation {
         SyncOperation {
-            entity_id: format!("doc-{}", counter % 7),
+            entity_id: format!("doc-{}", counter % 7).into(),
             entity_type: EntityType::Document,
             operation: CrdtOperation {
                 counter,

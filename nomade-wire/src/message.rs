@@ -17,6 +17,7 @@ use crate::actor_id::ActorId;
 use crate::actor_table::{decoding_with, encoding_with, ActorTable};
 use crate::bytes_fixed::{bin_bytes, FixedBytes, Hash32, MessageId};
 use crate::value::Value;
+pub use smol_str::SmolStr;
 
 /// A version vector: for each actor (device id), the highest operation counter seen.
 pub type VersionVector = BTreeMap<ActorId, u64>;
@@ -169,19 +170,19 @@ pub enum Edit {
     /// Character `i` (in Unicode scalar values) gets the id `(actor, counter + i)`.
     InsertText {
         /// The text field.
-        field: String,
+        field: SmolStr,
         /// The character to insert after; `None` for the start.
         after: Option<ElementId>,
         /// The character that followed `after` where the author inserted
         /// (its right origin, removed or not); `None` for the end.
         before: Option<ElementId>,
         /// The inserted text (at least one character).
-        text: String,
+        text: SmolStr,
     },
     /// Remove elements of a conversation or characters of a text field.
     Remove {
         /// The document text field, or `None` for the conversation itself.
-        field: Option<String>,
+        field: Option<SmolStr>,
         /// The removed elements, as ranges of ids (at least one).
         ranges: Vec<IdRange>,
     },
@@ -235,7 +236,7 @@ impl CrdtOperation {
 #[serde(deny_unknown_fields)]
 pub struct SyncOperation {
     /// The entity changed.
-    pub entity_id: String,
+    pub entity_id: SmolStr,
     /// Its type.
     pub entity_type: EntityType,
     /// The operation.

@@ -82,13 +82,15 @@ fn edit() -> impl Strategy<Value = Edit> {
             text()
         )
             .prop_map(|(field, after, before, text)| Edit::InsertText {
-                field,
+                field: field.into(),
                 after,
                 before,
-                text
+                text: text.into()
             }),
-        (option::of(text()), vec(id_range(), 0..4))
-            .prop_map(|(field, ranges)| Edit::Remove { field, ranges }),
+        (option::of(text()), vec(id_range(), 0..4)).prop_map(|(field, ranges)| Edit::Remove {
+            field: field.map(SmolStr::from),
+            ranges
+        }),
     ]
 }
 
@@ -104,7 +106,7 @@ fn sync_operation() -> impl Strategy<Value = SyncOperation> {
     )
         .prop_map(
             |(entity_id, entity_type, counter, deps, edit, timestamp, actor_id)| SyncOperation {
-                entity_id,
+                entity_id: entity_id.into(),
                 entity_type,
                 operation: CrdtOperation {
                     counter,
