@@ -1,16 +1,14 @@
 //! `DELTA_SYNC`: consecutive field writes of one document by one actor, sent as
 //! one message instead of one operation each.
 
-use nomade_wire::{
-    ActorId, CrdtOperation, DeltaSync, Edit, EntityType, SyncOperation, VersionVector,
-};
+use nomade_wire::{ActorId, CrdtOperation, DeltaSync, Deps, Edit, EntityType, SyncOperation};
 
 use crate::error::CrdtError;
 
 /// The deps of the `i`-th write of a delta whose first write has `deps`:
 /// those, and for every later write the actor's entry set to the write
 /// before it (each write follows the previous one).
-fn write_deps(deps: &VersionVector, actor: &ActorId, i: usize, counter: u64) -> VersionVector {
+fn write_deps(deps: &Deps, actor: &ActorId, i: usize, counter: u64) -> Deps {
     let mut deps = deps.clone();
     if i > 0 {
         deps.insert(actor.into(), counter - 1);

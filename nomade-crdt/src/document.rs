@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crdts::{CmRDT, Dot, MVReg, Map, VClock};
-use nomade_wire::{Value, VersionVector};
+use nomade_wire::{Deps, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::actors::{ActorIdx, Actors};
@@ -62,11 +62,7 @@ impl Document {
     /// removals wait forever in its deferred set and keep superseded values
     /// alive. The projection depends only on the operation's causal past, so
     /// every device computes the same clock.
-    pub(crate) fn projected_clock(
-        &self,
-        deps: &VersionVector,
-        actors: &Actors,
-    ) -> VClock<ActorIdx> {
+    pub(crate) fn projected_clock(&self, deps: &Deps, actors: &Actors) -> VClock<ActorIdx> {
         let mut clock = VClock::new();
         for (&actor, counters) in &self.write_counters {
             let Some(&limit) = deps.get(actors.name(actor)) else {
@@ -89,7 +85,7 @@ impl Document {
         &mut self,
         actor: ActorIdx,
         counter: u64,
-        deps: &VersionVector,
+        deps: &Deps,
         lamport: u64,
         key: String,
         value: Value,
@@ -131,7 +127,7 @@ impl Document {
     }
 
     /// Applies a field removal whose causal dependencies are all applied.
-    pub(crate) fn delete(&mut self, deps: &VersionVector, key: String, actors: &Actors) {
+    pub(crate) fn delete(&mut self, deps: &Deps, key: String, actors: &Actors) {
         let clock = self.projected_clock(deps, actors);
         let op = crdts::map::Op::Rm {
             clock,

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use nomade_wire::{
-    ActorId, CrdtOperation, Edit, ElementId, EntityType, Hash32, IdRange, SmolStr, SyncOperation,
-    Value, VersionVector,
+    ActorId, CrdtOperation, Deps, Edit, ElementId, EntityType, Hash32, IdRange, SmolStr,
+    SyncOperation, Value, VersionVector,
 };
 
 use crate::actors::{ActorIdx, Actors};
@@ -513,7 +513,7 @@ impl Replica {
             let counter = self.vv.get(&self.actor).copied().unwrap_or(0) + 1;
             // The causal context within the entity: what this device has
             // applied of it (a splice's insertion follows its removal).
-            let deps = self.entity_vv.get(&key).cloned().unwrap_or_default();
+            let deps = self.entity_vv.get(&key).map(Deps::from).unwrap_or_default();
             let op = SyncOperation {
                 entity_id: entity_id.into(),
                 entity_type,

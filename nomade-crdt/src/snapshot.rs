@@ -394,7 +394,7 @@ fn restore_fields(
     {
         return Err(CrdtError::BadSnapshot("two values with one dot".into()));
     }
-    let none = VersionVector::new();
+    let none = nomade_wire::Deps::new();
     for (actor, counter, lamport, key, value) in writes {
         doc.set(actor, counter, &none, lamport, key, value, names);
     }

@@ -1516,7 +1516,7 @@ mod tests {
             entity_type: EntityType::Document,
             operation: CrdtOperation {
                 counter: 1,
-                deps: VersionVector::new(),
+                deps: Default::default(),
                 edit: Edit::Set {
                     key: "k".into(),
                     value: Value::Int(1),

@@ -120,7 +120,7 @@ impl CounterJournal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nomade_wire::{CrdtOperation, Edit, EntityType, SyncOperation, Value, VersionVector};
+    use nomade_wire::{CrdtOperation, Edit, EntityType, SyncOperation, Value};
 
     fn op(counter: u64) -> SyncOperation {
         SyncOperation {
@@ -130,7 +130,7 @@ mod tests {
             timestamp: 0,
             operation: CrdtOperation {
                 counter,
-                deps: VersionVector::new(),
+                deps: Default::default(),
                 edit: Edit::Set {
                     key: "k".into(),
                     value: Value::Int(1),

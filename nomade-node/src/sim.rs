@@ -510,7 +510,7 @@ impl<'a> Sim<'a> {
             .collect();
         self.links[link].flows = Some(flows);
         for (f, (to, request)) in requests.into_iter().enumerate() {
-            self.send(link, f, false, vec![Transmit::Message(request)], to)?;
+            self.send(link, f, false, vec![Transmit::message(request)], to)?;
         }
         // Each end pulls from one more device: its other pullers say so.
         self.device_changed(a)?;
@@ -680,7 +680,7 @@ impl<'a> Sim<'a> {
             .flow_mut(link, flow)
             .and_then(|f| f.puller.poll_have(&core, now));
         if let Some(env) = have {
-            self.send(link, flow, false, vec![Transmit::Message(env)], device)?;
+            self.send(link, flow, false, vec![Transmit::message(env)], device)?;
         }
         let timeout = self.flow(link, flow).and_then(|f| f.puller.have_timeout());
         self.set_timer(link, flow, timeout);
@@ -760,7 +760,7 @@ impl<'a> Sim<'a> {
                     None => return Ok(()),
                 };
                 self.node(to, received)?;
-                let out = out.into_iter().map(Transmit::Message).collect();
+                let out = out.into_iter().map(Transmit::message).collect();
                 self.send(link, flow, false, out, to)?;
                 self.device_changed(to)?;
                 self.note_convergence();

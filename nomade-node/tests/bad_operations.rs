@@ -27,7 +27,7 @@ fn set(actor: &str, counter: u64, deps: &[(&str, u64)], key: &str, value: i64) -
         entity_type: EntityType::Document,
         operation: CrdtOperation {
             counter,
-            deps: vv,
+            deps: vv.into(),
             edit: Edit::Set {
                 key: key.into(),
                 value: Value::Int(value),

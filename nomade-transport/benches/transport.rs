@@ -10,7 +10,6 @@
 
 #![allow(missing_docs)]
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -64,7 +63,7 @@ fn op(i: usize) -> Envelope {
             entity_type: EntityType::Document,
             operation: CrdtOperation {
                 counter: i as u64 + 1,
-                deps: BTreeMap::new(),
+                deps: Default::default(),
                 edit: Edit::Set {
                     key: "title".into(),
                     value: Value::from(format!("v{i}")),

@@ -12,14 +12,15 @@
 //! no table).
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde::de::Error as _;
 use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::actor_id::ActorId;
-use crate::message::{Edit, SyncOperation, VersionVector};
+use crate::deps::Deps;
+use crate::message::{Edit, SyncOperation};
 
 thread_local! {
     /// The table actor ids are written against, while a batch is encoded.
@@ -194,12 +195,17 @@ impl Serialize for ActorKeyRef<'_> {
 }
 
 /// A key of `deps` being read: an actor, through [`actor_ref`].
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct ActorKey(ActorId);
 
 impl<'de> Deserialize<'de> for ActorKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         actor_ref::deserialize(d).map(ActorKey)
+    }
+}
+
+impl From<ActorKey> for ActorId {
+    fn from(key: ActorKey) -> ActorId {
+        key.0
     }
 }
 
@@ -209,13 +215,12 @@ pub(crate) mod deps {
     use super::*;
 
     /// Writes the entries in key order, each key through [`actor_ref`].
-    pub(crate) fn serialize<S: Serializer>(vv: &VersionVector, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(vv.iter().map(|(actor, c)| (ActorKeyRef(actor), c)))
+    pub(crate) fn serialize<S: Serializer>(deps: &Deps, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(deps.iter().map(|(actor, c)| (ActorKeyRef(actor), c)))
     }
 
     /// Reads the entries, each key through [`actor_ref`].
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<VersionVector, D::Error> {
-        let entries = BTreeMap::<ActorKey, u64>::deserialize(d)?;
-        Ok(entries.into_iter().map(|(k, c)| (k.0, c)).collect())
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Deps, D::Error> {
+        crate::deps::deserialize_keyed::<ActorKey, D>(d)
     }
 }

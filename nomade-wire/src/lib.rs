@@ -46,6 +46,7 @@ mod batch;
 mod bytes_fixed;
 mod checksum;
 mod dedup;
+mod deps;
 mod error;
 mod frame;
 mod message;
@@ -57,6 +58,7 @@ pub use actor_id::ActorId;
 pub use batch::BatchEncoder;
 pub use bytes_fixed::{FixedBytes, Hash32, MessageId};
 pub use dedup::{RecentIds, DEFAULT_DEDUP_WINDOW};
+pub use deps::Deps;
 pub use error::{DecodeError, EncodeError};
 pub use frame::{
     compress_frame, put_compressed_frame, put_frame, Decoder, Envelope, FrameHeader, Limits,

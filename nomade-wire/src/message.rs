@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::actor_id::ActorId;
 use crate::actor_table::{decoding_with, encoding_with, ActorTable};
 use crate::bytes_fixed::{bin_bytes, FixedBytes, Hash32, MessageId};
+use crate::deps::Deps;
 use crate::value::Value;
 pub use smol_str::SmolStr;
 
@@ -217,7 +218,7 @@ pub struct CrdtOperation {
     /// that changed the entity, the highest counter of its changes to the
     /// entity that this operation follows. It is applied only after them.
     #[serde(with = "crate::actor_table::deps")]
-    pub deps: VersionVector,
+    pub deps: Deps,
     /// The change.
     pub edit: Edit,
 }
@@ -359,7 +360,7 @@ pub struct DeltaSync {
     /// Extension: the counter of the first write.
     pub first_counter: u64,
     /// Extension: the causal context of the first write.
-    pub deps: VersionVector,
+    pub deps: Deps,
     /// Extension: creation time (ms), informational.
     pub timestamp: i64,
 }

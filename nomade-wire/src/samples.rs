@@ -57,7 +57,7 @@ pub fn small_sync_operation() -> SyncOperation {
         entity_type: EntityType::Document,
         operation: CrdtOperation {
             counter: 42,
-            deps: vv(&[(LAPTOP, 41), (PHONE, 7)]),
+            deps: vv(&[(LAPTOP, 41), (PHONE, 7)]).into(),
             edit: Edit::Set {
                 key: "title".into(),
                 value: Value::String("Groceries".into()),
@@ -160,7 +160,7 @@ pub fn all() -> Vec<Sample> {
             entity_type: EntityType::Document,
             operation: CrdtOperation {
                 counter: 43,
-                deps: vv(&[(LAPTOP, 42)]),
+                deps: vv(&[(LAPTOP, 42)]).into(),
                 edit: Edit::Set {
                     key: "meta".into(),
                     value: Value::Map(fields.clone()),
@@ -178,7 +178,7 @@ pub fn all() -> Vec<Sample> {
             entity_type: EntityType::Document,
             operation: CrdtOperation {
                 counter: 8,
-                deps: vv(&[(LAPTOP, 43), (PHONE, 7)]),
+                deps: vv(&[(LAPTOP, 43), (PHONE, 7)]).into(),
                 edit: Edit::Delete { key: "meta".into() },
             },
             timestamp: SAMPLE_TIMESTAMP,
@@ -193,7 +193,7 @@ pub fn all() -> Vec<Sample> {
             entity_type: EntityType::Conversation,
             operation: CrdtOperation {
                 counter: 9,
-                deps: vv(&[(PHONE, 8)]),
+                deps: vv(&[(PHONE, 8)]).into(),
                 edit: Edit::Insert {
                     after: Some(crate::ElementId {
                         actor: LAPTOP.into(),
@@ -223,7 +223,7 @@ pub fn all() -> Vec<Sample> {
             entity_type: EntityType::Document,
             operation: CrdtOperation {
                 counter: 44,
-                deps: vv(&[(LAPTOP, 43)]),
+                deps: vv(&[(LAPTOP, 43)]).into(),
                 edit: Edit::InsertText {
                     field: "body".into(),
                     after: None,
@@ -243,7 +243,7 @@ pub fn all() -> Vec<Sample> {
             entity_type: EntityType::Document,
             operation: CrdtOperation {
                 counter: 51,
-                deps: vv(&[(LAPTOP, 50)]),
+                deps: vv(&[(LAPTOP, 50)]).into(),
                 edit: Edit::Remove {
                     field: Some("body".into()),
                     ranges: vec![crate::IdRange {
@@ -280,7 +280,7 @@ pub fn all() -> Vec<Sample> {
             operations: vec![small_sync_operation(), {
                 let mut op = small_sync_operation();
                 op.operation.counter = 43;
-                op.operation.deps = vv(&[(LAPTOP, 42), (PHONE, 7)]);
+                op.operation.deps = vv(&[(LAPTOP, 42), (PHONE, 7)]).into();
                 op.operation.edit = Edit::Delete {
                     key: "title".into(),
                 };
@@ -298,7 +298,7 @@ pub fn all() -> Vec<Sample> {
                     entity_type: EntityType::Document,
                     operation: CrdtOperation {
                         counter: 9,
-                        deps: vv(&[(LAPTOP, 43), (PHONE, 8)]),
+                        deps: vv(&[(LAPTOP, 43), (PHONE, 8)]).into(),
                         edit: Edit::InsertText {
                             field: "body".into(),
                             after: Some(crate::ElementId {
@@ -320,7 +320,7 @@ pub fn all() -> Vec<Sample> {
                     entity_type: EntityType::Document,
                     operation: CrdtOperation {
                         counter: 44,
-                        deps: vv(&[(LAPTOP, 43), (PHONE, 11)]),
+                        deps: vv(&[(LAPTOP, 43), (PHONE, 11)]).into(),
                         edit: Edit::Remove {
                             field: Some("body".into()),
                             ranges: vec![crate::IdRange {
@@ -344,7 +344,7 @@ pub fn all() -> Vec<Sample> {
             changed_fields: fields,
             actor_id: LAPTOP.into(),
             first_counter: 50,
-            deps: vv(&[(LAPTOP, 49), (PHONE, 7)]),
+            deps: vv(&[(LAPTOP, 49), (PHONE, 7)]).into(),
             timestamp: SAMPLE_TIMESTAMP,
         }
         .into(),

@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use nomade_wire::{samples, BatchedSync, DecodeError, Envelope, Message, MessageId, SyncOperation};
+use nomade_wire::{
+    samples, BatchedSync, DecodeError, Deps, Envelope, Message, MessageId, SyncOperation,
+};
 use serde::Serialize;
 
 const LAPTOP: &str = "cvml-efwx-x7jt-253v-yrk5-ma4a-2orm-6ypr";
@@ -113,7 +115,7 @@ fn the_canonical_table_decodes_to_device_ids() {
     assert_eq!(first.actor_id, PHONE);
     assert_eq!(
         first.operation.deps,
-        BTreeMap::from([(LAPTOP.into(), 43), (PHONE.into(), 7)])
+        Deps::from([(LAPTOP.into(), 43), (PHONE.into(), 7)])
     );
     assert_eq!(batch.operations[1].actor_id, LAPTOP);
     // And it is exactly what this implementation writes.

@@ -110,7 +110,7 @@ fn sync_operation() -> impl Strategy<Value = SyncOperation> {
                 entity_type,
                 operation: CrdtOperation {
                     counter,
-                    deps,
+                    deps: deps.into(),
                     edit,
                 },
                 timestamp,
@@ -188,7 +188,7 @@ fn message() -> impl Strategy<Value = Message> {
                         changed_fields,
                         actor_id,
                         first_counter,
-                        deps,
+                        deps: deps.into(),
                         timestamp,
                     })
                 }
@@ -385,7 +385,7 @@ proptest! {
             changed_fields: fields,
             actor_id: "a".into(),
             first_counter: 1,
-            deps: VersionVector::new(),
+            deps: Deps::new(),
             timestamp: 0,
         });
         let env = Envelope::new(MessageId::default(), 0, m);

@@ -107,13 +107,19 @@ pub struct SyncSummary {
 /// (operations batched once, or a stored row as it is stored).
 #[derive(Debug, Clone)]
 pub enum Transmit {
-    /// A message to encode.
-    Message(Envelope),
+    /// A message to encode (boxed: a message holding an operation is a
+    /// few hundred bytes, a frame is a pointer).
+    Message(Box<Envelope>),
     /// An encoded frame.
     Frame(Bytes),
 }
 
 impl Transmit {
+    /// A message to encode.
+    pub fn message(envelope: Envelope) -> Transmit {
+        Transmit::Message(Box::new(envelope))
+    }
+
     /// The frame's bytes.
     pub fn into_frame(self) -> Result<Bytes, EncodeError> {
         match self {
@@ -519,7 +525,7 @@ mod tests {
             entity_type: EntityType::Document,
             operation: nomade_wire::CrdtOperation {
                 counter,
-                deps,
+                deps: deps.into(),
                 edit: nomade_wire::Edit::Set {
                     key: format!("{actor}{counter}"),
                     value: nomade_wire::Value::Int(counter as i64),

@@ -485,7 +485,7 @@ impl Pusher {
                         format!("sent {name} to a pusher"),
                     ),
                 };
-                out.push(Transmit::Message(error_message(
+                out.push(Transmit::message(error_message(
                     ErrorCode::INVALID_MESSAGE,
                     said,
                     Some(env.message_id),
@@ -629,7 +629,7 @@ impl Pusher {
             return Ok(false);
         }
         if let Some(count) = self.initial.take() {
-            out.push(Transmit::Message(envelope(SyncComplete {
+            out.push(Transmit::message(envelope(SyncComplete {
                 entity_types: vec![EntityType::Document, EntityType::Conversation],
                 operations_count: u32::try_from(count).unwrap_or(u32::MAX),
                 new_state_hash: core.state_hash(),
@@ -745,7 +745,7 @@ impl Pusher {
                 offset: offset as u64,
                 data: raw.slice(offset..end),
             };
-            out.push(Transmit::Message(Envelope::new(id, now_ms(), piece)));
+            out.push(Transmit::message(Envelope::new(id, now_ms(), piece)));
             if end == raw.len() {
                 self.sent(id, vv.clone(), now);
             } else {
