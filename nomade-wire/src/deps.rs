@@ -228,4 +228,24 @@ mod tests {
         let back: Deps = rmp_serde::from_slice(&rmp_serde::to_vec(&vv).unwrap()).unwrap();
         assert_eq!(back, deps);
     }
+
+    /// A peer's map of many entries, out of order and with repeats, reads
+    /// as a map would (sorted, the last of a repeat kept) in one sort.
+    #[test]
+    fn a_large_unordered_map_from_a_peer_reads_as_a_map_would() {
+        let n = 50_000u64;
+        let mut bytes = Vec::new();
+        rmp::encode::write_map_len(&mut bytes, (n + 1) as u32).unwrap();
+        for i in (0..n).rev() {
+            rmp::encode::write_str(&mut bytes, &format!("d{i:06}")).unwrap();
+            rmp::encode::write_uint(&mut bytes, i).unwrap();
+        }
+        rmp::encode::write_str(&mut bytes, "d000007").unwrap();
+        rmp::encode::write_uint(&mut bytes, 1_000).unwrap();
+        let deps: Deps = rmp_serde::from_slice(&bytes).unwrap();
+        let vv: VersionVector = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(deps.len(), n as usize);
+        assert_eq!(deps.get("d000007"), Some(&1_000), "the last of a repeat");
+        assert_eq!(deps.to_version_vector(), vv);
+    }
 }
