@@ -179,6 +179,10 @@ impl<V: Clone> Content for Vec<V> {
     }
 }
 
+/// The runs one insertion or one snapshot entry makes: nearly always one,
+/// held inline (more when content is cut at [`MAX_RUN`]).
+pub type Runs<C> = smallvec::SmallVec<[Run<C>; 1]>;
+
 /// Consecutive elements `id`, `id.plus(1)`, ... inserted one after the
 /// other, all visible or all removed: element 0 has the run's left origin,
 /// element `k >= 1` has element `k - 1`, all have the run's right origin.
@@ -342,7 +346,7 @@ impl<C: Content> Run<C> {
         right: Option<Eid>,
         deleted: bool,
         content: &C::Slice,
-    ) -> Vec<Run<C>> {
+    ) -> Runs<C> {
         let parts = C::chunks(content, MAX_RUN)
             .into_iter()
             .map(|part| (part.count() as u32, part));
@@ -352,15 +356,10 @@ impl<C: Content> Run<C> {
     /// Runs of the elements of `content`, taken as they are when they fit
     /// one run (no copy), cut at [`MAX_RUN`] elements otherwise (see
     /// [`Run::pieces`]).
-    pub fn of_content(
-        first: Eid,
-        origin: Option<Eid>,
-        right: Option<Eid>,
-        content: C,
-    ) -> Vec<Run<C>> {
+    pub fn of_content(first: Eid, origin: Option<Eid>, right: Option<Eid>, content: C) -> Runs<C> {
         let n = content.count();
         if n <= MAX_RUN {
-            vec![Run::with_len(
+            smallvec::smallvec![Run::with_len(
                 first, origin, right, n as u32, false, content,
             )]
         } else {
@@ -371,7 +370,7 @@ impl<C: Content> Run<C> {
     /// Tombstone runs for the `len` removed elements from `first` on, the
     /// first with the left origin `origin`, all with the right origin
     /// `right`, cut at [`MAX_REMOVED`] elements.
-    pub fn removed(first: Eid, origin: Option<Eid>, right: Option<Eid>, len: u64) -> Vec<Run<C>> {
+    pub fn removed(first: Eid, origin: Option<Eid>, right: Option<Eid>, len: u64) -> Runs<C> {
         let parts = (0..len)
             .step_by(MAX_REMOVED)
             .map(|start| ((len - start).min(MAX_REMOVED as u64) as u32, C::default()));
@@ -387,7 +386,7 @@ impl<C: Content> Run<C> {
         right: Option<Eid>,
         deleted: bool,
         parts: impl IntoIterator<Item = (u32, C)>,
-    ) -> Vec<Run<C>> {
+    ) -> Runs<C> {
         let mut offset = 0u64;
         parts
             .into_iter()
@@ -881,7 +880,7 @@ impl<C: Content> Sequence<C> {
 
     /// Puts `runs` (in order) at `at`, joining the first to the run before
     /// when it continues it, then keeps the leaf within its capacity.
-    fn place_runs(&mut self, at: Place, runs: Vec<Run<C>>) {
+    fn place_runs(&mut self, at: Place, runs: Runs<C>) {
         let visible: usize = runs.iter().map(Run::visible).sum();
         let mut slot = at.run;
         for run in runs {
