@@ -43,6 +43,14 @@ pub type FieldMap = Map<String, MVReg<Tagged, ActorIdx>, ActorIdx>;
 pub struct Document {
     /// Register fields.
     pub(crate) fields: FieldMap,
+    /// Fields restored from a snapshot and not built into `fields` yet: by
+    /// key (sorted, each key once), the concurrent values. A document is
+    /// read from these as it is; the first write builds the registers from
+    /// them ([`Document::thaw`]), exactly as a restore would have. Opening
+    /// a store of many documents thus decodes them, without building tens
+    /// of thousands of registers with two vector clocks each. Empty once
+    /// built (and `fields` empty while not).
+    pub(crate) frozen: Vec<(String, Vec<Tagged>)>,
     /// For each actor, the counters of its field writes on this document, in
     /// order, as ranges `(first, count)` of consecutive counters (a batch of
     /// field writes is one range). Used to project an operation's `deps`,
@@ -79,6 +87,48 @@ impl Document {
         clock
     }
 
+    /// A document whose fields are `frozen` (see the field), each key once
+    /// and in order, every value with a dot of its own.
+    pub(crate) fn with_frozen(frozen: Vec<(String, Vec<Tagged>)>) -> Document {
+        Document {
+            frozen,
+            ..Document::default()
+        }
+    }
+
+    /// Builds the registers of frozen fields: each value written again as
+    /// a write whose only context is its own dot, each actor's in counter
+    /// order (the map ignores a dot at or below one it has seen of the
+    /// same actor). A later operation removes a value exactly when its
+    /// `deps` cover the value's dot, so this is the same state for every
+    /// operation still to come.
+    fn thaw(&mut self, actors: &Actors) {
+        if self.frozen.is_empty() {
+            return;
+        }
+        let mut writes: Vec<(String, Tagged)> = Vec::new();
+        for (key, values) in std::mem::take(&mut self.frozen) {
+            let n = values.len();
+            let mut key = Some(key);
+            for (i, value) in values.into_iter().enumerate() {
+                // Usually one value: the key is moved, not copied.
+                let key = match i + 1 == n {
+                    true => key.take().unwrap_or_default(),
+                    false => key.clone().unwrap_or_default(),
+                };
+                writes.push((key, value));
+            }
+        }
+        writes.sort_by_key(|(_, t)| (t.actor, t.counter));
+        let none = Deps::new();
+        for (key, t) in writes {
+            self.set(t.actor, t.counter, &none, t.lamport, key, t.value, actors);
+        }
+        // Written one by one, each register's vector of values has room
+        // for four; a clone has room for what it holds.
+        self.fields = self.fields.clone();
+    }
+
     /// Applies a field write whose causal dependencies are all applied.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn set(
@@ -91,6 +141,7 @@ impl Document {
         value: Value,
         actors: &Actors,
     ) {
+        self.thaw(actors);
         let dot = Dot::new(actor, counter);
         let mut clock = self.projected_clock(deps, actors);
         clock.apply(dot);
@@ -128,6 +179,7 @@ impl Document {
 
     /// Applies a field removal whose causal dependencies are all applied.
     pub(crate) fn delete(&mut self, deps: &Deps, key: String, actors: &Actors) {
+        self.thaw(actors);
         let clock = self.projected_clock(deps, actors);
         let op = crdts::map::Op::Rm {
             clock,
@@ -138,18 +190,36 @@ impl Document {
 
     /// The concurrent values of a field, best first.
     pub fn values(&self, key: &str, actors: &Actors) -> Vec<Tagged> {
-        let mut vals = self
-            .fields
-            .get(&key.to_string())
-            .val
-            .map(|reg| reg.read().val)
-            .unwrap_or_default();
+        let mut vals = if self.frozen.is_empty() {
+            self.fields
+                .get(&key.to_string())
+                .val
+                .map(|reg| reg.read().val)
+                .unwrap_or_default()
+        } else {
+            self.frozen
+                .binary_search_by(|(k, _)| k.as_str().cmp(key))
+                .map(|i| self.frozen[i].1.clone())
+                .unwrap_or_default()
+        };
         vals.sort_by(|a, b| b.rank(actors).cmp(&a.rank(actors)));
         vals
     }
 
     /// Every field with its winning value (the highest-ranked concurrent value).
     pub fn fields(&self, actors: &Actors) -> BTreeMap<String, Value> {
+        if !self.frozen.is_empty() {
+            return self
+                .frozen
+                .iter()
+                .filter_map(|(key, vals)| {
+                    let best = vals
+                        .iter()
+                        .max_by(|a, b| a.rank(actors).cmp(&b.rank(actors)))?;
+                    Some((key.clone(), best.value.clone()))
+                })
+                .collect();
+        }
         self.fields
             .iter()
             .filter_map(|ctx| {
@@ -165,12 +235,12 @@ impl Document {
 
     /// Every field with all its concurrent values, best first.
     pub fn all_values(&self, actors: &Actors) -> BTreeMap<String, Vec<Tagged>> {
-        self.fields
-            .iter()
-            .map(|ctx| {
-                let (key, _) = ctx.val;
-                (key.clone(), self.values(key, actors))
-            })
+        let keys: Box<dyn Iterator<Item = &String>> = if self.frozen.is_empty() {
+            Box::new(self.fields.iter().map(|ctx| ctx.val.0))
+        } else {
+            Box::new(self.frozen.iter().map(|(k, _)| k))
+        };
+        keys.map(|key| (key.clone(), self.values(key, actors)))
             .filter(|(_, v)| !v.is_empty())
             .collect()
     }

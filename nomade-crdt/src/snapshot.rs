@@ -4,7 +4,7 @@ use nomade_wire::{ActorId, EntityType, Value, VersionVector};
 use serde::{Deserialize, Serialize};
 
 use crate::actors::ActorIdx;
-use crate::document::Document;
+use crate::document::{Document, Tagged};
 use crate::error::CrdtError;
 use crate::replica::{Entity, Replica, ReplicaConfig};
 use crate::sequence::{Content, Eid, Run, Sequence, MAX_REMOVED};
@@ -226,18 +226,26 @@ fn check_dot(counter: u64, limit: u64) -> Result<(), CrdtError> {
 
 /// A document's fields as their concurrent values.
 fn snap_fields(doc: &Document) -> Vec<(String, Vec<SnapValue>)> {
+    let snap = |key: &String, values: Vec<Tagged>| {
+        let mut values: Vec<SnapValue> = values
+            .into_iter()
+            .map(|t| SnapValue(t.actor, t.counter, t.lamport, t.value))
+            .collect();
+        values.sort_by_key(|v| (v.0, v.1));
+        (!values.is_empty()).then(|| (key.clone(), values))
+    };
+    if !doc.frozen.is_empty() {
+        return doc
+            .frozen
+            .iter()
+            .filter_map(|(key, values)| snap(key, values.clone()))
+            .collect();
+    }
     doc.fields
         .iter()
         .filter_map(|ctx| {
             let (key, reg) = ctx.val;
-            let mut values: Vec<SnapValue> = reg
-                .read()
-                .val
-                .into_iter()
-                .map(|t| SnapValue(t.actor, t.counter, t.lamport, t.value))
-                .collect();
-            values.sort_by_key(|v| (v.0, v.1));
-            (!values.is_empty()).then(|| (key.clone(), values))
+            snap(key, reg.read().val)
         })
         .collect()
 }
@@ -334,8 +342,7 @@ impl Replica {
                     Entity::Conversation(restore_seq(&actors, &limits, items)?)
                 }
                 EntityType::Document if items.is_empty() => {
-                    let mut doc = Document::default();
-                    restore_fields(&mut doc, &actors, &limits, fields, &r.actors)?;
+                    let mut doc = restore_fields(&actors, &limits, fields)?;
                     for (f, runs) in texts {
                         doc.texts.insert(f, restore_seq(&actors, &limits, runs)?);
                     }
@@ -357,52 +364,55 @@ impl Replica {
     }
 }
 
-/// Rebuilds a document's field registers from their concurrent values:
-/// each value written again as a write whose only context is its own dot.
-/// A later operation removes a value exactly when its `deps` cover the
-/// value's dot (see [`Document::set`]), so this is the same state for every
+/// A document's fields from their concurrent values, checked (each actor
+/// in the table, each dot within the version vector, no dot twice) and
+/// kept frozen: the registers are built on the document's first write
+/// (`Document::thaw`), each value written again as a write whose only
+/// context is its own dot. A later operation removes a value exactly when
+/// its `deps` cover the value's dot, so this is the same state for every
 /// operation still to come, without the write history the registers'
 /// clocks held.
 fn restore_fields(
-    doc: &mut Document,
     actors: &[ActorIdx],
     limits: &[u64],
     fields: Vec<(String, Vec<SnapValue>)>,
-    names: &crate::actors::Actors,
-) -> Result<(), CrdtError> {
-    let mut writes = Vec::new();
+) -> Result<Document, CrdtError> {
+    let mut frozen: Vec<(String, Vec<Tagged>)> = Vec::with_capacity(fields.len());
+    let mut dots = Vec::new();
     for (key, values) in fields {
-        // Usually one value: the key is moved, not copied.
-        let mut key = Some(key);
-        let n = values.len();
-        for (i, SnapValue(actor, counter, lamport, value)) in values.into_iter().enumerate() {
+        let mut tagged = Vec::with_capacity(values.len());
+        for SnapValue(actor, counter, lamport, value) in values {
             let (index, limit) = checked_actor(actors, limits, actor)?;
             check_dot(counter, limit)?;
-            let key = match i + 1 == n {
-                true => key.take().unwrap_or_default(),
-                false => key.clone().unwrap_or_default(),
-            };
-            writes.push((index, counter, lamport, key, value));
+            dots.push((index, counter));
+            tagged.push(Tagged {
+                lamport,
+                actor: index,
+                counter,
+                value,
+            });
+        }
+        if !tagged.is_empty() {
+            frozen.push((key, tagged));
         }
     }
-    // The field map ignores a dot at or below one it has seen of the same
-    // actor: each actor's writes go in in counter order.
-    writes.sort_by_key(|w| (w.0, w.1));
-    if writes
-        .windows(2)
-        .any(|w| (w[0].0, w[0].1) == (w[1].0, w[1].1))
-    {
+    dots.sort_unstable();
+    if dots.windows(2).any(|w| w[0] == w[1]) {
         return Err(CrdtError::BadSnapshot("two values with one dot".into()));
     }
-    let none = nomade_wire::Deps::new();
-    for (actor, counter, lamport, key, value) in writes {
-        doc.set(actor, counter, &none, lamport, key, value, names);
+    // Each key once, in order: a key listed twice holds the values of both.
+    if !frozen.windows(2).all(|w| w[0].0 < w[1].0) {
+        frozen.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut merged: Vec<(String, Vec<Tagged>)> = Vec::with_capacity(frozen.len());
+        for (key, values) in frozen {
+            match merged.last_mut() {
+                Some((last, held)) if *last == key => held.extend(values),
+                _ => merged.push((key, values)),
+            }
+        }
+        frozen = merged;
     }
-    // Written one by one, each register's vector of values has room for
-    // four; a clone has room for what it holds (a quarter of the memory of
-    // a document's fields).
-    doc.fields = doc.fields.clone();
-    Ok(())
+    Ok(Document::with_frozen(frozen))
 }
 
 #[cfg(test)]
