@@ -188,9 +188,22 @@ impl Document {
         self.fields.apply(op);
     }
 
+    /// Every field with its concurrent values (in no particular order),
+    /// from the frozen values or the built registers, whichever holds them.
+    pub(crate) fn registers(&self) -> Box<dyn Iterator<Item = (&String, Vec<Tagged>)> + '_> {
+        if self.frozen.is_empty() {
+            Box::new(self.fields.iter().map(|ctx| {
+                let (key, reg) = ctx.val;
+                (key, reg.read().val)
+            }))
+        } else {
+            Box::new(self.frozen.iter().map(|(key, vals)| (key, vals.clone())))
+        }
+    }
+
     /// The concurrent values of a field, best first.
     pub fn values(&self, key: &str, actors: &Actors) -> Vec<Tagged> {
-        let mut vals = if self.frozen.is_empty() {
+        let vals = if self.frozen.is_empty() {
             self.fields
                 .get(&key.to_string())
                 .val
@@ -202,29 +215,13 @@ impl Document {
                 .map(|i| self.frozen[i].1.clone())
                 .unwrap_or_default()
         };
-        vals.sort_by(|a, b| b.rank(actors).cmp(&a.rank(actors)));
-        vals
+        best_first(vals, actors)
     }
 
     /// Every field with its winning value (the highest-ranked concurrent value).
     pub fn fields(&self, actors: &Actors) -> BTreeMap<String, Value> {
-        if !self.frozen.is_empty() {
-            return self
-                .frozen
-                .iter()
-                .filter_map(|(key, vals)| {
-                    let best = vals
-                        .iter()
-                        .max_by(|a, b| a.rank(actors).cmp(&b.rank(actors)))?;
-                    Some((key.clone(), best.value.clone()))
-                })
-                .collect();
-        }
-        self.fields
-            .iter()
-            .filter_map(|ctx| {
-                let (key, reg) = ctx.val;
-                let vals = reg.read().val;
+        self.registers()
+            .filter_map(|(key, vals)| {
                 let best = vals
                     .into_iter()
                     .max_by(|a, b| a.rank(actors).cmp(&b.rank(actors)))?;
@@ -235,13 +232,15 @@ impl Document {
 
     /// Every field with all its concurrent values, best first.
     pub fn all_values(&self, actors: &Actors) -> BTreeMap<String, Vec<Tagged>> {
-        let keys: Box<dyn Iterator<Item = &String>> = if self.frozen.is_empty() {
-            Box::new(self.fields.iter().map(|ctx| ctx.val.0))
-        } else {
-            Box::new(self.frozen.iter().map(|(k, _)| k))
-        };
-        keys.map(|key| (key.clone(), self.values(key, actors)))
-            .filter(|(_, v)| !v.is_empty())
+        self.registers()
+            .filter(|(_, vals)| !vals.is_empty())
+            .map(|(key, vals)| (key.clone(), best_first(vals, actors)))
             .collect()
     }
+}
+
+/// `vals` in rank order, highest first.
+fn best_first(mut vals: Vec<Tagged>, actors: &Actors) -> Vec<Tagged> {
+    vals.sort_by(|a, b| b.rank(actors).cmp(&a.rank(actors)));
+    vals
 }

@@ -234,19 +234,8 @@ fn snap_fields(doc: &Document) -> Vec<(String, Vec<SnapValue>)> {
         values.sort_by_key(|v| (v.0, v.1));
         (!values.is_empty()).then(|| (key.clone(), values))
     };
-    if !doc.frozen.is_empty() {
-        return doc
-            .frozen
-            .iter()
-            .filter_map(|(key, values)| snap(key, values.clone()))
-            .collect();
-    }
-    doc.fields
-        .iter()
-        .filter_map(|ctx| {
-            let (key, reg) = ctx.val;
-            snap(key, reg.read().val)
-        })
+    doc.registers()
+        .filter_map(|(key, values)| snap(key, values))
         .collect()
 }
 
