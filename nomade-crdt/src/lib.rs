@@ -65,7 +65,7 @@ pub use document::Tagged;
 pub use error::CrdtError;
 pub use oplog::{MemoryOpLog, OpLog, RestoreError};
 pub use replica::{
-    lamport, last_counters, raise_counter, trim_front, EntityKey, EntityKeyView, LocalEdit,
-    Replica, ReplicaConfig,
+    lamport, last_counters, raise_counter, trim_front, truncate_run, EntityKey, EntityKeyView,
+    LocalEdit, Replica, ReplicaConfig,
 };
 pub use snapshot::{snapshot_version_vector, SNAPSHOT_VERSION};

@@ -273,6 +273,40 @@ pub fn trim_front(mut op: SyncOperation, known: u64) -> SyncOperation {
     op
 }
 
+/// Cuts a run after counter `last` (at least its first counter, less than
+/// its last): what is left is the same run's first elements, up to `last`
+/// (a run is shorthand for one-element operations, so its first ones are
+/// an operation of their own). Field writes cover one counter and are
+/// never cut.
+pub fn truncate_run(mut op: SyncOperation, last: u64) -> SyncOperation {
+    let keep = last.saturating_sub(op.operation.counter).saturating_add(1);
+    match &mut op.operation.edit {
+        Edit::Insert { values, .. } => {
+            values.truncate(usize::try_from(keep).unwrap_or(usize::MAX));
+        }
+        Edit::InsertText { text, .. } => {
+            let cut = text
+                .char_indices()
+                .nth(usize::try_from(keep).unwrap_or(usize::MAX))
+                .map_or(text.len(), |(i, _)| i);
+            *text = SmolStr::from(&text[..cut]);
+        }
+        Edit::Remove { ranges, .. } => {
+            let mut left = keep;
+            ranges.retain_mut(|r| {
+                if left == 0 {
+                    return false;
+                }
+                r.len = r.len.min(left);
+                left -= r.len;
+                true
+            });
+        }
+        Edit::Set { .. } | Edit::Delete { .. } => {}
+    }
+    op
+}
+
 /// Ranges `(first id, length)` as the wire's `IdRange`s.
 fn ranges_of(ranges: &[(Eid, u64)], actors: &Actors) -> Vec<IdRange> {
     ranges
@@ -321,6 +355,12 @@ pub struct Replica {
     /// The state hash, once computed for the current state: a handshake and
     /// the end of a sync ask for it, and it walks the whole state.
     state_hash: std::sync::OnceLock<Hash32>,
+    /// Actors whose history is closed (a revoked device): the last counter
+    /// of each that is still applied. See [`Replica::close_actor`].
+    closed: HashMap<ActorId, u64>,
+    /// Remote operations (or parts of runs) refused because their actor's
+    /// history was closed before them.
+    refused_after_close: u64,
 }
 
 impl Replica {
@@ -342,7 +382,62 @@ impl Replica {
             buffered: 0,
             entity_vv: BTreeMap::new(),
             state_hash: std::sync::OnceLock::new(),
+            closed: HashMap::new(),
+            refused_after_close: 0,
         }
+    }
+
+    /// Closes `actor`'s history at `last`: from now on its remote operations
+    /// beyond counter `last` are refused (dropped and counted, not an
+    /// error: whoever relays them may not know yet), a run that straddles
+    /// `last` is cut there, and such operations waiting in the causal
+    /// buffer are dropped. Used for a revoked device (docs/PROTOCOL.md,
+    /// "Revocation"): what it did before stays, nothing after is taken.
+    ///
+    /// Closing an actor again keeps the higher of the two counters: a
+    /// device that applied more of it before it learned of the revocation
+    /// raises what every device keeps, so that all converge.
+    pub fn close_actor(&mut self, actor: &ActorId, last: u64) {
+        let cut = self.closed.get(actor).map_or(last, |&c| c.max(last));
+        self.closed.insert(actor.clone(), cut);
+        if let Some(waiting) = self.buffer.get_mut(actor) {
+            let before = waiting.len();
+            let held = std::mem::take(waiting);
+            for (first, op) in held {
+                if first > cut {
+                    self.refused_after_close += 1;
+                } else if op.operation.last_counter() > cut {
+                    self.refused_after_close += 1;
+                    waiting.insert(first, truncate_run(op, cut));
+                } else {
+                    waiting.insert(first, op);
+                }
+            }
+            self.buffered -= before - waiting.len();
+        }
+        self.buffer.retain(|_, w| !w.is_empty());
+    }
+
+    /// The closed actors and the last counter applied of each
+    /// ([`Replica::close_actor`]).
+    pub fn closed_actors(&self) -> &HashMap<ActorId, u64> {
+        &self.closed
+    }
+
+    /// How many remote operations (or tails of runs) were refused because
+    /// their actor's history was closed before them.
+    pub fn refused_after_close(&self) -> u64 {
+        self.refused_after_close
+    }
+
+    /// The first closed actor whose counter in `vv` goes beyond where its
+    /// history was closed, with both counters: a state (a snapshot) that
+    /// holds operations this replica refuses.
+    pub fn beyond_closed(&self, vv: &VersionVector) -> Option<(ActorId, u64, u64)> {
+        self.closed.iter().find_map(|(actor, &cut)| {
+            let held = vv.get(actor).copied().unwrap_or(0);
+            (held > cut).then(|| (actor.clone(), held, cut))
+        })
     }
 
     /// This device's actor id.
@@ -781,11 +876,24 @@ impl Replica {
     ///
     /// An invalid operation is refused with an error and changes nothing.
     pub fn apply_remote(&mut self, op: SyncOperation) -> Result<usize, CrdtError> {
-        let last = self.validate_shape(&op)?;
+        let mut last = self.validate_shape(&op)?;
         let known = self.vv.get(&op.actor_id).copied().unwrap_or(0);
         let counter = op.operation.counter;
         if last <= known {
             return Ok(0); // duplicate
+        }
+        let mut op = op;
+        if let Some(&cut) = self.closed.get(&op.actor_id) {
+            if last > cut {
+                // Made after its device was revoked: refused, and the
+                // stream goes on (the sender may not know yet).
+                self.refused_after_close += 1;
+                if counter > cut {
+                    return Ok(0);
+                }
+                op = truncate_run(op, cut);
+                last = cut;
+            }
         }
         if counter.saturating_sub(known) > self.config.max_counter_jump {
             return Err(CrdtError::CounterJump {

@@ -761,3 +761,58 @@ fn restored_fields_read_and_take_writes_as_the_original() {
     assert_eq!(a.state_hash(), restored.state_hash());
     assert_eq!(b.state_hash(), restored.state_hash());
 }
+
+#[test]
+fn a_closed_actor_keeps_what_it_did_before_and_nothing_after() {
+    let mut phone = Replica::new("phone");
+    let typed = phone
+        .apply_local(
+            DOC,
+            "note",
+            LocalEdit::Splice {
+                field: "body".into(),
+                position: 0,
+                delete: 0,
+                insert: "hello".into(),
+            },
+            0,
+        )
+        .unwrap();
+    assert_eq!(typed.len(), 1, "one run of five characters");
+    let written = set(&mut phone, "note", "title", "after");
+    let all: Vec<SyncOperation> = typed.iter().chain(&written).cloned().collect();
+
+    // Closed at 3: the run is cut after its third character, the write refused.
+    let mut laptop = Replica::new("laptop");
+    laptop.close_actor(&"phone".into(), 3);
+    deliver(&mut laptop, &all);
+    assert_eq!(laptop.text("note", "body").as_deref(), Some("hel"));
+    assert!(laptop.field_values("note", "title").is_empty());
+    assert_eq!(laptop.version_vector().get("phone"), Some(&3));
+    assert_eq!(laptop.refused_after_close(), 2);
+
+    // Another device had applied everything before it learned: it raises
+    // the close to 6, and the laptop, told the same, takes the rest.
+    laptop.close_actor(&"phone".into(), 6);
+    laptop.close_actor(&"phone".into(), 2); // never lowered
+    assert_eq!(laptop.closed_actors().get("phone"), Some(&6));
+    deliver(&mut laptop, &all);
+    assert_eq!(laptop.text("note", "body").as_deref(), Some("hello"));
+    assert_eq!(laptop.state_hash(), phone.state_hash());
+
+    // Operations waiting in the causal buffer are dropped when the close
+    // comes before them.
+    let mut desktop = Replica::new("desktop");
+    deliver(&mut desktop, &written);
+    assert_eq!(desktop.buffered(), 1);
+    desktop.close_actor(&"phone".into(), 5);
+    assert_eq!(desktop.buffered(), 0);
+    deliver(&mut desktop, &typed);
+    assert_eq!(desktop.text("note", "body").as_deref(), Some("hello"));
+    assert!(desktop.field_values("note", "title").is_empty());
+    assert_eq!(
+        desktop.beyond_closed(phone.version_vector()),
+        Some(("phone".into(), 6, 5))
+    );
+    assert_eq!(desktop.beyond_closed(desktop.version_vector()), None);
+}

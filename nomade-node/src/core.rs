@@ -207,6 +207,9 @@ pub struct Core {
     changes: broadcast::Sender<Change>,
     /// Bumped after every durable append; sync tasks wait on it to push new ops.
     appended: watch::Sender<u64>,
+    /// Bumped when a revoked device's history was closed later than
+    /// before: pulls start again, to fetch what was refused meanwhile.
+    resync: watch::Sender<u64>,
     /// The sequence number the latest snapshot covers, and its size.
     snapshot_seq: std::sync::atomic::AtomicU64,
     snapshot_len: std::sync::atomic::AtomicU64,
@@ -369,6 +372,7 @@ impl Core {
             metrics: Metrics::default(),
             changes,
             appended: watch::Sender::new(last),
+            resync: watch::Sender::new(0),
             snapshot_seq: std::sync::atomic::AtomicU64::new(snapshot_seq),
             snapshot_len: std::sync::atomic::AtomicU64::new(snapshot_len),
             acked: Mutex::new(acked),
@@ -512,6 +516,11 @@ impl Core {
         let base = incoming.version_vector().clone();
         let _writer = self.commit_lock();
         let mut replica = self.replica();
+        if let Some((actor, held, cut)) = replica.beyond_closed(&base) {
+            return Err(NodeError::SnapshotRefused(format!(
+                "{peer}'s snapshot holds operations of the revoked device {actor} up to {held}, beyond {cut}, where its history was closed"
+            )));
+        }
         if crate::store::covers(replica.version_vector(), &base) {
             // Nothing this device lacks (another peer brought it meanwhile).
             return Ok(base);
@@ -522,6 +531,9 @@ impl Core {
             )));
         }
         let mut next = incoming;
+        for (actor, &cut) in replica.closed_actors() {
+            next.close_actor(actor, cut);
+        }
         let start = self.store.resume_point(&base)?;
         let mut failure = None;
         self.store.scan_ops(start, |seq, op| {
@@ -674,6 +686,37 @@ impl Core {
     /// A receiver that changes value after every durable append.
     pub fn appended(&self) -> watch::Receiver<u64> {
         self.appended.subscribe()
+    }
+
+    /// A receiver that changes when pulls are to start again: a revoked
+    /// device's history was closed later than before, and what it did up
+    /// to there, refused meanwhile, is to be asked for again.
+    pub fn resyncs(&self) -> watch::Receiver<u64> {
+        self.resync.subscribe()
+    }
+
+    /// Closes `actor`'s history at `cutoff` (a revoked device,
+    /// [`Replica::close_actor`]): its operations after it are refused from
+    /// now on. When it was closed before at a lower counter, pulls start
+    /// again ([`Core::resyncs`]).
+    pub fn close_actor(&self, actor: &str, cutoff: u64) {
+        let actor = ActorId::from(actor);
+        let mut replica = self.replica();
+        let before = replica.closed_actors().get(&actor).copied();
+        replica.close_actor(&actor, cutoff);
+        drop(replica);
+        if before.is_some_and(|b| b < cutoff) {
+            self.resync.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// The last counter of `actor`'s operations applied here (0 if none).
+    pub fn applied_counter(&self, actor: &str) -> u64 {
+        self.replica()
+            .version_vector()
+            .get(actor)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Changes applied from now on (local and from peers).
@@ -881,6 +924,7 @@ impl Core {
         group: Vec<(u64, String, Vec<SyncOperation>)>,
     ) -> HashMap<u64, Result<usize, NodeError>> {
         let mut replica = self.replica();
+        let refused_before = replica.refused_after_close();
         let mut outcomes = Vec::with_capacity(group.len());
         for (ticket, peer, ops) in group {
             let before = replica.applied().len();
@@ -902,6 +946,14 @@ impl Core {
         }
         // Counted while the replica is still locked: whoever sees the new
         // state also sees it in the metrics.
+        let refused = replica.refused_after_close() - refused_before;
+        if refused > 0 {
+            self.metrics.record_errors("REVOKED_OPERATION", refused);
+            tracing::info!(
+                refused,
+                "refused operations a revoked device made after its revocation"
+            );
+        }
         let applied = replica.applied().len() as u64;
         Metrics::add(&self.metrics.ops_applied, applied);
         // What was applied (these and buffered ones they released), in the

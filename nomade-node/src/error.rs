@@ -156,6 +156,9 @@ pub enum NodeError {
     /// position past the end...); nothing was changed.
     #[error("{0}")]
     Invalid(String),
+    /// A revocation was refused (see [`crate::revocations`]); nothing changed.
+    #[error(transparent)]
+    Revocation(#[from] crate::revocations::RevocationRefused),
 }
 
 impl NodeError {

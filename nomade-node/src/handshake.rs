@@ -25,8 +25,19 @@ pub const SYNC_HAVE: &str = "sync-have";
 /// docs/PROTOCOL.md, "Compressed frames").
 pub const LZ4: &str = "lz4";
 
+/// The capability of reading revocation streams (docs/PROTOCOL.md,
+/// "Revocation").
+pub const REVOCATION: &str = "revocation";
+
 /// Capabilities this node announces.
-pub const CAPABILITIES: [&str; 5] = [CRDT_SYNC, ARTIFACT_TRANSFER, PRESENCE, SYNC_HAVE, LZ4];
+pub const CAPABILITIES: [&str; 6] = [
+    CRDT_SYNC,
+    ARTIFACT_TRANSFER,
+    PRESENCE,
+    SYNC_HAVE,
+    LZ4,
+    REVOCATION,
+];
 
 /// What a node says about itself in HELLO / HELLO_ACK.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -78,6 +78,7 @@ pub mod peers;
 mod presence;
 pub mod progress;
 mod recent;
+pub mod revocations;
 mod session;
 pub mod sim;
 mod status;

@@ -172,6 +172,13 @@ impl Metrics {
         }
     }
 
+    /// Counts `n` errors of `kind` at once.
+    pub fn record_errors(&self, kind: &'static str, n: u64) {
+        if let Ok(mut e) = self.errors.lock() {
+            *e.entry(kind).or_insert(0) += n;
+        }
+    }
+
     /// Adds `n` to a counter.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);

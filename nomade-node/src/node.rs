@@ -124,6 +124,11 @@ pub(crate) struct Inner {
     pub(crate) session_started: watch::Sender<()>,
     /// Redialing and its findings, per peer (see `peers.rs`).
     pub(crate) redial: crate::peers::Redial,
+    /// The revocations this device holds (see `revocations.rs`).
+    pub(crate) revocations: crate::revocations::Revocations,
+    /// The runtime the node was started on, for work begun from a thread
+    /// outside it (a revocation made by the application).
+    pub(crate) runtime: Mutex<Option<tokio::runtime::Handle>>,
 }
 
 /// A Nomade device. Cheap to clone; every clone is the same device.
@@ -198,6 +203,18 @@ impl Node {
                 }
             }
         }
+        // Revoked devices stay refused, and their histories closed, across
+        // restarts.
+        let revocations = crate::revocations::Revocations::load(core.store())?;
+        for r in revocations.revoked() {
+            let Ok(id) = r.device_id.parse::<DeviceId>() else {
+                continue;
+            };
+            if id != device_id {
+                paired.revoke(id);
+                core.close_actor(&r.device_id, r.cutoff);
+            }
+        }
         let name = crate::peers::settle_device_name(core.store(), &config.device_name)?;
         tracing::info!(device = %device_id, name, dir = %dir.display(), ops = core.op_count(), "node opened");
         Ok(Node {
@@ -219,6 +236,8 @@ impl Node {
                 session_events: watch::Sender::new(0),
                 session_started: watch::Sender::new(()),
                 redial: crate::peers::Redial::default(),
+                revocations,
+                runtime: Mutex::new(None),
             }),
         })
     }
@@ -489,6 +508,7 @@ impl Node {
     /// Goes online: binds a QUIC endpoint on `listen` and accepts paired devices.
     /// Returns the bound address.
     pub async fn start(&self, listen: SocketAddr) -> Result<SocketAddr, NodeError> {
+        *lock(&self.inner.runtime) = Some(tokio::runtime::Handle::current());
         // Path hints from the last run: a damaged record costs only the
         // probes and Retry they would have saved.
         let known_paths = self.inner.core.store().known_paths().unwrap_or_else(|e| {

@@ -158,6 +158,11 @@ impl Node {
         name: &str,
         addresses: &[SocketAddr],
     ) -> Result<(), NodeError> {
+        if self.inner.paired.is_revoked(&id) {
+            return Err(NodeError::Invalid(format!(
+                "{id} was revoked: it can be paired again only with a new identity"
+            )));
+        }
         self.update_peer(id, |p| {
             if !name.is_empty() {
                 p.name = Some(name.to_string());

@@ -33,6 +33,9 @@ pub(crate) struct Session {
     /// The peer's clock minus ours, from the timestamp of its HELLO or
     /// HELLO_ACK frame (ms; informational, as every timestamp).
     pub(crate) clock_offset_ms: i64,
+    /// Whether the peer takes revocation streams (it announced
+    /// [`handshake::REVOCATION`]).
+    pub(crate) takes_revocations: bool,
 }
 
 struct Sink(FramedSend);
@@ -269,6 +272,7 @@ impl Node {
                     started_ms: now_ms(),
                     dialed: dialer,
                     clock_offset_ms,
+                    takes_revocations: info.has(handshake::REVOCATION),
                 },
             ) {
                 if old.conn.quinn().stable_id() != conn.quinn().stable_id() {
@@ -296,6 +300,17 @@ impl Node {
         self.inner.session_started.send_replace(());
         if let Some(r) = ready {
             let _ = r.send(Ok(()));
+        }
+        // The revocations this device holds, first thing: a device that
+        // missed one learns it from whichever device it meets.
+        if info.has(handshake::REVOCATION) {
+            let records = self.inner.revocations.all();
+            let c = conn.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::revocations::send_revocations(&c, records).await {
+                    tracing::debug!(peer = %c.peer(), error = %e, "could not send the revocations");
+                }
+            });
         }
 
         // Pull: our own sync stream asks for what we lack. A pull that fails
@@ -340,7 +355,11 @@ impl Node {
                 )
                 .await
                 {
-                    Ok(()) | Err(NodeError::Transport(_)) => {
+                    Ok(sync::PullEnd::Resync) => {
+                        tracing::info!(peer = %p, "pulling again: a revoked device's history was closed later");
+                        continue;
+                    }
+                    Ok(sync::PullEnd::Ended) | Err(NodeError::Transport(_)) => {
                         tracing::debug!(peer = %p, "pull ended");
                         break;
                     }
@@ -429,6 +448,7 @@ impl Node {
                 sync::push(self.inner.core.clone(), pusher, &mut tx, &mut rx).await
             }
             (StreamRole::Artifact, Some(tx)) => self.serve_artifact(peer, tx, recv).await,
+            (StreamRole::Revocation, None) => self.read_revocations(peer, recv).await,
             (StreamRole::Presence, _) => loop {
                 match recv.recv().await {
                     Ok(Some(env)) => {

@@ -257,6 +257,29 @@ impl DeviceIdentity {
         blake3::derive_key(context, &self.key_pkcs8)
     }
 
+    /// The DER `SubjectPublicKeyInfo` of the device key (its SHA-256
+    /// starts with the device id).
+    pub fn spki_der(&self) -> Result<Vec<u8>> {
+        spki_of_cert(&self.cert)
+    }
+
+    /// Signs `message` with the device key, as its TLS handshakes are
+    /// signed, with the first of `schemes` the key can use. Returns the
+    /// scheme and the signature.
+    pub fn sign(
+        &self,
+        message: &[u8],
+        schemes: &[rustls::SignatureScheme],
+    ) -> Result<(rustls::SignatureScheme, Vec<u8>)> {
+        let key = crate::tls::provider()
+            .key_provider
+            .load_private_key(self.private_key())?;
+        let signer = key.choose_scheme(schemes).ok_or(rustls::Error::General(
+            "the device key signs with none of these schemes".into(),
+        ))?;
+        Ok((signer.scheme(), signer.sign(message)?))
+    }
+
     /// The private key for rustls.
     pub(crate) fn private_key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8.clone()))

@@ -69,6 +69,7 @@ pub mod identity;
 pub mod pairing;
 pub mod paths;
 pub mod ratelimit;
+pub mod revocation;
 pub mod stream;
 pub mod tls;
 

@@ -14,11 +14,11 @@ use crate::counters::{InputCounters, Rejected};
 use crate::error::{Result, TransportError};
 use crate::ratelimit::RateLimiter;
 
-/// The quinn send priority of a role: control 3 > sync 2 > artifact 1 >
-/// presence and push 0.
+/// The quinn send priority of a role: control and revocation 3 > sync 2 >
+/// artifact 1 > presence and push 0.
 pub fn priority(role: StreamRole) -> i32 {
     match role {
-        StreamRole::Control => 3,
+        StreamRole::Control | StreamRole::Revocation => 3,
         StreamRole::Sync => 2,
         StreamRole::Artifact => 1,
         StreamRole::Presence | StreamRole::Push => 0,

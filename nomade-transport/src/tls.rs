@@ -28,9 +28,17 @@ pub const MAX_CERT_LEN: usize = 16 * 1024;
 pub const SERVER_NAME: &str = "nomade";
 
 /// The set of paired device ids, shared by the verifiers of an endpoint and
-/// changeable while it runs (cloning shares the same set).
+/// changeable while it runs (cloning shares the same set), and the revoked
+/// ones, which are refused for good: never paired again, by code or out
+/// of band (a revoked device comes back only with a new identity).
 #[derive(Clone, Default)]
-pub struct PairedSet(Arc<RwLock<HashSet<DeviceId>>>);
+pub struct PairedSet(Arc<RwLock<Sets>>);
+
+#[derive(Default)]
+struct Sets {
+    paired: HashSet<DeviceId>,
+    revoked: HashSet<DeviceId>,
+}
 
 impl fmt::Debug for PairedSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -44,33 +52,46 @@ impl PairedSet {
         Self::default()
     }
 
-    /// Adds `id`; returns whether it was new.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Sets> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Sets> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `id`; returns whether it was new. A revoked id is not added.
     pub fn insert(&self, id: DeviceId) -> bool {
-        self.0.write().unwrap_or_else(|e| e.into_inner()).insert(id)
+        let mut sets = self.write();
+        !sets.revoked.contains(&id) && sets.paired.insert(id)
     }
 
     /// Removes `id`; returns whether it was there.
     pub fn remove(&self, id: &DeviceId) -> bool {
-        self.0.write().unwrap_or_else(|e| e.into_inner()).remove(id)
+        self.write().paired.remove(id)
+    }
+
+    /// Removes `id` and refuses it from now on; returns whether it was
+    /// paired.
+    pub fn revoke(&self, id: DeviceId) -> bool {
+        let mut sets = self.write();
+        sets.revoked.insert(id);
+        sets.paired.remove(&id)
+    }
+
+    /// Whether `id` was revoked.
+    pub fn is_revoked(&self, id: &DeviceId) -> bool {
+        self.read().revoked.contains(id)
     }
 
     /// Whether `id` is paired.
     pub fn contains(&self, id: &DeviceId) -> bool {
-        self.0
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(id)
+        self.read().paired.contains(id)
     }
 
     /// A snapshot of the paired ids, sorted.
     pub fn list(&self) -> Vec<DeviceId> {
-        let mut v: Vec<DeviceId> = self
-            .0
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .copied()
-            .collect();
+        let mut v: Vec<DeviceId> = self.read().paired.iter().copied().collect();
         v.sort();
         v
     }
@@ -155,6 +176,12 @@ impl ServerCertVerifier for PeerServerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let id = check_end_entity(end_entity)?;
         match self.mode {
+            ServerAcceptance::Pairing if self.paired.is_revoked(&id) => {
+                tracing::warn!(peer = %id, "refused to pair: device revoked");
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::ApplicationVerificationFailure,
+                ))
+            }
             ServerAcceptance::Pairing => Ok(ServerCertVerified::assertion()),
             ServerAcceptance::Paired { expected } => {
                 if let Some(expected) = expected {
@@ -246,6 +273,12 @@ impl ClientCertVerifier for PeerClientVerifier {
         let id = check_end_entity(end_entity)?;
         if self.paired.contains(&id) {
             return Ok(ClientCertVerified::assertion());
+        }
+        if self.paired.is_revoked(&id) {
+            tracing::warn!(peer = %id, "refused handshake: device revoked");
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
         }
         if self.pairing.claim(id, std::time::Instant::now()) {
             tracing::info!(peer = %id, "unknown device admitted to the open pairing window");

@@ -161,6 +161,8 @@ messages! {
     SyncSnapshot(SyncSnapshot) = 0x0107, "SYNC_SNAPSHOT";
     /// `HAVE`
     Have(Have) = 0x0108, "HAVE";
+    /// `REVOCATION`
+    Revocation(Revocation) = 0x0109, "REVOCATION";
     /// `ARTIFACT_REQUEST`
     ArtifactRequest(ArtifactRequest) = 0x0201, "ARTIFACT_REQUEST";
     /// `ARTIFACT_METADATA`

@@ -403,6 +403,35 @@ pub struct Have {
     pub direct_removed: Option<Vec<String>>,
 }
 
+/// `REVOCATION` (0x0109): a device's signed statement that another device
+/// is revoked (lost or stolen), sent on a revocation stream
+/// (docs/PROTOCOL.md, "Revocation"). Every device that accepts it refuses
+/// the revoked device's connections and every operation it made after
+/// `cutoff`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revocation {
+    /// The revoked device's id, in its shown form.
+    pub revoked: String,
+    /// The last counter of the revoked device's operations the signer
+    /// keeps (those it had applied when it signed); later ones are refused.
+    pub cutoff: u64,
+    /// When it was signed (ms since the Unix epoch); informational.
+    pub issued_at: i64,
+    /// The signing device's id, in its shown form.
+    pub signer: String,
+    /// The signer's DER `SubjectPublicKeyInfo`, whose SHA-256 starts with
+    /// the signer's id.
+    #[serde(with = "bin_bytes")]
+    pub signer_key: Bytes,
+    /// The TLS 1.3 `SignatureScheme` code of `signature` (0x0403 for
+    /// ECDSA P-256 with SHA-256).
+    pub scheme: u16,
+    /// The signature of the statement (docs/PROTOCOL.md, "Revocation").
+    #[serde(with = "bin_bytes")]
+    pub signature: Bytes,
+}
+
 /// `ARTIFACT_REQUEST` (0x0201): ask for an artifact by content id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

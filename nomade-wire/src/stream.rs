@@ -20,16 +20,19 @@ pub enum StreamRole {
     Presence = 3,
     /// Unidirectional: pushed notifications (SYNC_OPERATION, PRESENCE_UPDATE).
     Push = 4,
+    /// Unidirectional: REVOCATION records.
+    Revocation = 5,
 }
 
 impl StreamRole {
     /// Every role.
-    pub const ALL: [StreamRole; 5] = [
+    pub const ALL: [StreamRole; 6] = [
         StreamRole::Control,
         StreamRole::Sync,
         StreamRole::Artifact,
         StreamRole::Presence,
         StreamRole::Push,
+        StreamRole::Revocation,
     ];
 
     /// Whether streams of this role are bidirectional.

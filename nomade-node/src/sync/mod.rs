@@ -161,7 +161,8 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
 }
 
 /// Runs a [`Puller`]: requests what this device lacks, applies and
-/// acknowledges everything the peer pushes, until the peer ends the stream.
+/// acknowledges everything the peer pushes, until the peer ends the stream
+/// (or, [`PullEnd::Resync`], until pulls are to start again).
 /// `initial` receives the summary of the first full exchange. With
 /// `announce` (the peer takes `HAVE`), what this device gets from elsewhere
 /// is announced to the peer as it comes.
@@ -177,7 +178,7 @@ pub async fn pull(
     rx: &mut impl FrameSource,
     initial: &watch::Sender<Option<SyncSummary>>,
     announce: bool,
-) -> Result<(), NodeError> {
+) -> Result<PullEnd, NodeError> {
     let mut puller = if announce {
         Puller::announcing(peer)
     } else {
@@ -185,6 +186,7 @@ pub async fn pull(
     };
     let mut appended = core.appended();
     let mut pulling = core.pulling_changes();
+    let mut resync = core.resyncs();
     tx.send(&puller.request(&core)).await?;
     let (queue_tx, mut queue) = tokio::sync::mpsc::channel::<Envelope>(MAX_MESSAGES_PER_COMMIT);
     let reader = async move {
@@ -215,6 +217,12 @@ pub async fn pull(
                         break;
                     }
                     None
+                }
+                changed = resync.changed() => {
+                    if changed.is_ok() {
+                        return Ok(PullEnd::Resync);
+                    }
+                    break;
                 }
                 () = sleep_until(puller.have_timeout()) => None,
             };
@@ -251,7 +259,7 @@ pub async fn pull(
             }
             result?;
         }
-        Ok::<(), NodeError>(())
+        Ok::<PullEnd, NodeError>(PullEnd::Ended)
     };
     // The applier ends when the reader has ended (the queue closes) and it
     // has applied what was read. A failing applier ends the pull at once,
@@ -261,9 +269,24 @@ pub async fn pull(
     loop {
         tokio::select! {
             r = &mut reader, if read.is_none() => read = Some(r),
-            applied = &mut applier => return applied.and(read.unwrap_or(Ok(()))),
+            applied = &mut applier => {
+                let end = applied?;
+                read.unwrap_or(Ok(()))?;
+                return Ok(end);
+            }
         }
     }
+}
+
+/// How a pull ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullEnd {
+    /// The stream ended.
+    Ended,
+    /// It is to start again on a new stream (a revoked device's history
+    /// was closed later than before: what was refused meanwhile is asked
+    /// for again, [`Core::resyncs`]).
+    Resync,
 }
 
 /// Sends what a state machine produced, in order. When `result` is an
@@ -1057,5 +1080,55 @@ mod tests {
         );
         assert_eq!(pusher.unacked(), 0);
         assert_eq!(a.acked_by("b").get("a"), Some(&50));
+    }
+
+    struct Collect(Vec<Envelope>);
+
+    impl FrameSink for Collect {
+        async fn send(&mut self, env: &Envelope) -> Result<(), NodeError> {
+            self.0.push(env.clone());
+            Ok(())
+        }
+
+        async fn send_frame(&mut self, _frame: Bytes) -> Result<(), NodeError> {
+            Ok(())
+        }
+    }
+
+    /// A peer that sends nothing and keeps the stream open.
+    struct Silent;
+
+    impl FrameSource for Silent {
+        async fn recv(&mut self) -> Result<Option<Envelope>, NodeError> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pull_starts_again_when_a_revoked_device_is_closed_later() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let b = core(&d, "b");
+        b.close_actor("x", 1);
+        let (initial, _) = watch::channel(None);
+        let c = b.clone();
+        let pull = tokio::spawn(async move {
+            let mut sink = Collect(Vec::new());
+            let end = pull(c, "a".into(), &mut sink, &mut Silent, &initial, false).await;
+            (end, sink.0.len())
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // Closing again at the same counter, or lower, changes nothing.
+        b.close_actor("x", 1);
+        b.close_actor("x", 0);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!pull.is_finished());
+        // Later: what was refused meanwhile is to be asked for again.
+        b.close_actor("x", 5);
+        let (end, sent) = tokio::time::timeout(std::time::Duration::from_secs(5), pull)
+            .await
+            .expect("the pull ends")
+            .expect("join");
+        assert_eq!(end.expect("no error"), PullEnd::Resync);
+        assert_eq!(sent, 1, "the SYNC_REQUEST");
     }
 }
