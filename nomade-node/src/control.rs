@@ -127,6 +127,12 @@ pub enum Request {
         /// Its id.
         device_id: String,
     },
+    /// Revokes a device (lost or stolen): a signed record that every
+    /// device it reaches enforces (docs/PROTOCOL.md, "Revocation").
+    PeersRevoke {
+        /// Its id.
+        device_id: String,
+    },
     /// Opens a pairing window: sends a `pairing_code` event, then answers
     /// once a device joined (or fails when the window closes).
     PairShow {
@@ -561,6 +567,14 @@ pub async fn handle(
                 ));
             }
             Ok(json!({ "device_id": id.to_string() }))
+        }
+        Request::PeersRevoke { device_id } => {
+            let id = parse_device_id(&device_id)?;
+            let node = node.clone();
+            let revoked = tokio::task::spawn_blocking(move || node.revoke_peer(&id))
+                .await
+                .map_err(|e| ControlError::new(ErrorKind::Failed, e.to_string()))??;
+            Ok(to_json(&revoked)?)
         }
         Request::PairShow { ttl_secs, listen } => {
             pair_show(node, served, ttl_secs, listen.as_deref(), events).await

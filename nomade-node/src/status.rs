@@ -32,6 +32,8 @@ impl Node {
             artifacts: self.inner.artifacts.list().map(|l| l.len()).unwrap_or(0),
             history: self.inner.core.history_status(),
             peers,
+            revoked: self.revoked_devices(),
+            this_device_revoked: self.is_revoked(),
             metrics: self.metrics_snapshot(),
         }
     }
@@ -183,6 +185,12 @@ pub struct NodeStatus {
     pub history: HistoryStatus,
     /// Paired devices.
     pub peers: Vec<PeerStatus>,
+    /// Revoked devices: refused for good, their operations after the
+    /// cutoff refused (see [`crate::revocations`]).
+    pub revoked: Vec<crate::revocations::RevokedDevice>,
+    /// Whether another device revoked this one (the devices that know
+    /// refuse it; it syncs again only with a new identity).
+    pub this_device_revoked: bool,
     /// Metrics.
     pub metrics: MetricsSnapshot,
 }

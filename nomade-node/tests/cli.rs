@@ -547,3 +547,69 @@ fn conversation_items_are_named_by_id_on_the_command_line() {
     assert_eq!(malformed.status.code(), Some(2), "{}", stderr(&malformed));
     assert!(stderr(&malformed).contains("not an item id"));
 }
+
+/// `nomade peers revoke` on one running node reaches the other running
+/// node, which shows it in `status` and refuses to pair the device again,
+/// also after a restart.
+#[test]
+fn a_revocation_from_the_command_line_reaches_the_other_running_node() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = paired_out_of_band(tmp.path(), &[]);
+    let phone = tmp.path().join("phone");
+    let phone_id = ok(nomade(&phone, &["id"])).trim().to_string();
+    for dir in [&p.a, &p.b] {
+        ok(nomade(dir, &["peers", "add", &phone_id]));
+    }
+    let _a = Serve::start(&p.a, p.a_addr, &[]);
+    let b = Serve::start(&p.b, p.b_addr, &[]);
+    let connected = |dir: &Path| {
+        let st: serde_json::Value =
+            serde_json::from_str(&ok(nomade(dir, &["status", "--json"]))).expect("json");
+        st["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|peer| peer["session"].is_object())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !connected(&p.b) {
+        assert!(Instant::now() < deadline, "the nodes did not connect");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let said = ok(nomade(&p.a, &["peers", "revoke", &phone_id]));
+    assert!(said.starts_with(&format!("revoked {phone_id}")), "{said}");
+    let revoked_on_b = || {
+        let st: serde_json::Value =
+            serde_json::from_str(&ok(nomade(&p.b, &["status", "--json"]))).expect("json");
+        st["revoked"].as_array().into_iter().flatten().any(|r| {
+            r["device_id"] == phone_id.as_str() && r["revoked_by"][0][0] == p.a_id.as_str()
+        })
+    };
+    while !revoked_on_b() {
+        assert!(Instant::now() < deadline, "the revocation did not reach b");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = ok(nomade(&p.b, &["status"]));
+    assert!(status.contains("revoked  1"), "{status}");
+    assert!(!ok(nomade(&p.b, &["peers", "list"])).contains(&phone_id));
+    let again = nomade(&p.b, &["peers", "add", &phone_id]);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("revoked"), "{}", stderr(&again));
+    // The device cannot revoke itself.
+    assert!(!nomade(
+        &p.b,
+        &[
+            "peers",
+            "revoke",
+            &ok(nomade(&p.b, &["id"])).trim().to_string()
+        ]
+    )
+    .status
+    .success());
+
+    // After a restart, without a running node, it still holds.
+    drop(b);
+    assert!(revoked_on_b());
+    assert!(!nomade(&p.b, &["peers", "add", &phone_id]).status.success());
+}

@@ -327,6 +327,16 @@ mod tests {
         }
     }
 
+    /// The record of the wire's test vectors verifies: what an
+    /// implementation in another language checks against.
+    #[test]
+    fn the_sample_record_verifies() {
+        let r = nomade_wire::samples::sample_revocation();
+        let v = verify_revocation(&r).unwrap();
+        assert_eq!(v.cutoff, 41);
+        assert_eq!(v.signer.to_string(), r.signer);
+    }
+
     #[test]
     fn a_device_cannot_sign_its_own_revocation() {
         let me = DeviceIdentity::generate().unwrap();

@@ -68,6 +68,30 @@ pub fn small_sync_operation() -> SyncOperation {
     }
 }
 
+/// A real `REVOCATION`: the device `nf2o-jmkl-...` (an ECDSA P-256 key,
+/// `signer_key`) revokes [`PHONE`], keeping its changes up to 41. The
+/// signature verifies (docs/PROTOCOL.md, "Revocation"); ECDSA signatures
+/// are randomised, so this one was made once and is kept.
+pub fn sample_revocation() -> Revocation {
+    let hex = |s: &str| {
+        Bytes::from(
+            (0..s.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap_or(0))
+                .collect::<Vec<u8>>(),
+        )
+    };
+    Revocation {
+        revoked: PHONE.into(),
+        cutoff: 41,
+        issued_at: 1_764_000_000_000,
+        signer: "nf2o-jmkl-m4qs-y3fv-27cq-lguv-qpki-26c6".into(),
+        signer_key: hex("3059301306072a8648ce3d020106082a8648ce3d03010703420004c115d57e26b01b9295db991885889982ced638bd4a939768c2e59ce7301366a2a2fbf297f267451e9edf9dda0bf8bd4d90790ffc66327df65a4503e7377b865a"),
+        scheme: 0x0403,
+        signature: hex("3045022100cabe58bae72928fb84cc6ce10a7bd2a83cac082e408956b04222b7cb363529ab02205755872bee3b701503fdcba2c5b2983ba1b289671903cf250041cfc73da6364e"),
+    }
+}
+
 /// A full 64 KiB `ARTIFACT_CHUNK` with a patterned payload.
 pub fn full_chunk() -> ArtifactChunk {
     let data: Vec<u8> = (0..crate::MAX_CHUNK_DATA)
@@ -376,6 +400,7 @@ pub fn all() -> Vec<Sample> {
         }
         .into(),
     );
+    push("revocation", sample_revocation().into());
     push(
         "artifact_request",
         ArtifactRequest {

@@ -284,7 +284,8 @@ fn layering() -> Result<()> {
 }
 
 /// Checks docs/PROTOCOL.md against the test vectors (frames, and the state
-/// hash) with an independent Python decoder (msgpack + blake3 from PyPI).
+/// hash) with an independent Python decoder (msgpack, blake3 and
+/// cryptography from PyPI).
 fn spec_check() -> Result<()> {
     let script = Path::new("nomade-wire/tests/interop/check_vectors.py");
     if !script.exists() {
@@ -306,9 +307,9 @@ fn spec_check() -> Result<()> {
     )
 }
 
-/// A Python interpreter that can import msgpack and blake3: `$PYTHON` (or
+/// A Python interpreter that can import msgpack, blake3 and cryptography: `$PYTHON` (or
 /// `python3`) if it already can, otherwise a private virtual environment in
-/// `target/spec-venv` with both installed there. A virtual environment works
+/// `target/spec-venv` with them installed there. A virtual environment works
 /// where the system Python refuses `pip install` (Debian's "externally
 /// managed" interpreter); on Debian, `python3-venv` is installed first (after
 /// refreshing the package lists, empty on a fresh image) if the interpreter
@@ -318,7 +319,8 @@ fn python_with_spec_libs() -> Result<PathBuf> {
     let system = std::env::var_os("PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("python3"));
-    let can_import = |py: &Path| succeeds(Command::new(py).args(["-c", "import msgpack, blake3"]));
+    let can_import =
+        |py: &Path| succeeds(Command::new(py).args(["-c", "import msgpack, blake3, cryptography"]));
     if can_import(&system) {
         return Ok(system);
     }
@@ -352,8 +354,16 @@ fn python_with_spec_libs() -> Result<PathBuf> {
     }
     if !can_import(&venv_py) {
         run(
-            "install python msgpack + blake3 (target/spec-venv)",
-            Command::new(&venv_py).args(["-m", "pip", "install", "--quiet", "msgpack", "blake3"]),
+            "install python msgpack + blake3 + cryptography (target/spec-venv)",
+            Command::new(&venv_py).args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "msgpack",
+                "blake3",
+                "cryptography",
+            ]),
         )?;
     }
     Ok(venv_py)

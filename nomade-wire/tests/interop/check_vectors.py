@@ -2,9 +2,10 @@
 """Independent checker of the Nomade wire-format test vectors.
 
 Written from docs/PROTOCOL.md alone (not from the Rust code), with only the
-`msgpack` and `blake3` packages from PyPI and the standard library:
+`msgpack`, `blake3` and `cryptography` packages from PyPI and the standard
+library (`cryptography` checks the signature of a REVOCATION):
 
-    python3 -m pip install msgpack blake3
+    python3 -m pip install msgpack blake3 cryptography
     python3 nomade-wire/tests/interop/check_vectors.py [path/to/vectors.json]
 
 For every vector of nomade-wire/tests/vectors.json (a JSON array of
@@ -204,6 +205,16 @@ MESSAGES = {
         ("version_vector", VV, REQ),
         ("direct_added", array(STR), EXT),
         ("direct_removed", array(STR), EXT),
+    ),
+    0x0109: struct_(
+        "REVOCATION",
+        ("revoked", STR, REQ),
+        ("cutoff", U64, REQ),
+        ("issued_at", I64, REQ),
+        ("signer", STR, REQ),
+        ("signer_key", ("binmax", 1024), REQ),
+        ("scheme", U16, REQ),
+        ("signature", ("binmax", 512), REQ),
     ),
     0x0201: struct_(
         "ARTIFACT_REQUEST",
@@ -653,10 +664,46 @@ def operations_of(mtype: int, obj):
         yield from resolve_batch(obj)
 
 
+def device_id_of_spki(spki: bytes) -> str:
+    """PROTOCOL.md "device_id": the first 20 bytes of SHA-256(spki), base32, shown form."""
+    import base64
+    import hashlib
+    text = base64.b32encode(hashlib.sha256(spki).digest()[:20]).decode().lower().rstrip("=")
+    return "-".join(text[i:i + 4] for i in range(0, 32, 4))
+
+
+def check_revocation(r) -> None:
+    """PROTOCOL.md "Revocation": the ids, the key is the signer's, the signature verifies."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+    for field in ("revoked", "signer"):
+        if not is_shown_device_id(r[field]):
+            raise SpecError(f"REVOCATION {field} {r[field]!r} is not a device id in its shown form")
+    if r["revoked"] == r["signer"]:
+        raise SpecError("a REVOCATION of its own signer")
+    if device_id_of_spki(r["signer_key"]) != r["signer"]:
+        raise SpecError("REVOCATION signer_key is not the signer's key")
+    def raw_id(shown):
+        import base64
+        return base64.b32decode(shown.replace("-", "").upper())
+    statement = (b"nomade/1 revocation\x00" + raw_id(r["revoked"]) + raw_id(r["signer"])
+                 + struct.pack(">Qq", r["cutoff"], r["issued_at"]))
+    if r["scheme"] != 0x0403:
+        raise SpecError(f"this checker verifies ECDSA P-256 (0x0403) only, not 0x{r['scheme']:04x}")
+    try:
+        load_der_public_key(r["signer_key"]).verify(r["signature"], statement, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise SpecError("REVOCATION signature does not verify")
+
+
 def check_identities(mtype: int, obj) -> None:
     """HELLO/HELLO_ACK name a valid device id; actor ids are in the shown form."""
     if mtype in (0x0001, 0x0002) and not is_device_id(obj["device_id"]):
         raise SpecError(f"device_id {obj['device_id']!r} is not a device id")
+    if mtype == 0x0109:
+        check_revocation(obj)
     for actor in actors_of(mtype, obj):
         if not is_shown_device_id(actor):
             raise SpecError(f"actor {actor!r} is not a device id in its shown form")
@@ -824,6 +871,17 @@ def self_test_vectors():
                                    "data": b"\x85\xa7version\x03 the snapshot's last bytes"}),
         ("have", 0x0108, {"version_vector": {laptop: 44}}),
         ("have_direct", 0x0108, {"version_vector": {}, "direct_added": [laptop], "direct_removed": [phone]}),
+        ("revocation", 0x0109, {
+            "revoked": phone, "cutoff": 41, "issued_at": 1_764_000_000_000,
+            "signer": "nf2o-jmkl-m4qs-y3fv-27cq-lguv-qpki-26c6",
+            "signer_key": bytes.fromhex(
+                "3059301306072a8648ce3d020106082a8648ce3d03010703420004c115d57e26b01b9295db991885889982"
+                "ced638bd4a939768c2e59ce7301366a2a2fbf297f267451e9edf9dda0bf8bd4d90790ffc66327df65a4503"
+                "e7377b865a"),
+            "scheme": 0x0403,
+            "signature": bytes.fromhex(
+                "3045022100cabe58bae72928fb84cc6ce10a7bd2a83cac082e408956b04222b7cb363529ab02205755872b"
+                "ee3b701503fdcba2c5b2983ba1b289671903cf250041cfc73da6364e")}),
         ("artifact_request", 0x0201, {"artifact_id": h(0xA1), "priority": 128}),
         ("artifact_request_resume", 0x0201, {"artifact_id": h(0xA1), "priority": 255, "resume_from": 17}),
         ("artifact_request_sealed", 0x0201, {"artifact_id": h(0xA1), "priority": 128, "resume_from": 2,

@@ -181,6 +181,13 @@ pub enum PeersCommand {
         /// The device id.
         device_id: String,
     },
+    /// Revoke a lost or stolen device: every device of yours that this
+    /// one reaches refuses it from then on, and nothing it writes
+    /// afterwards is taken. It comes back only with a new identity.
+    Revoke {
+        /// The device id.
+        device_id: String,
+    },
 }
 
 /// `nomade doc ...`

@@ -279,6 +279,9 @@ async fn run(cli: Cli) -> Result<i32, ControlError> {
         Command::Peers(PeersCommand::Remove { device_id }) => Request::PeersRemove {
             device_id: device_id.clone(),
         },
+        Command::Peers(PeersCommand::Revoke { device_id }) => Request::PeersRevoke {
+            device_id: device_id.clone(),
+        },
         Command::Doc(DocCommand::Set { doc, key, value }) => Request::DocSet {
             doc: doc.clone(),
             key: key.clone(),
@@ -449,6 +452,14 @@ fn print_result(cli: &Cli, result: &Json) -> i32 {
         Command::Peers(PeersCommand::Remove { .. }) => {
             println!("unpaired {}", s(&result["device_id"]))
         }
+        Command::Peers(PeersCommand::Revoke { .. }) => {
+            println!(
+                "revoked {}: your devices refuse it as they learn of it, and keep its changes up to {} only",
+                s(&result["device_id"]),
+                result["cutoff"]
+            );
+            println!("to use that device again, give it a new identity (a new data directory) and pair it");
+        }
         Command::Doc(DocCommand::Get { .. } | DocCommand::Show { .. }) => print_json(result),
         Command::Conv(ConvCommand::Show { ids: false, .. }) => {
             for (i, item) in result.as_array().into_iter().flatten().enumerate() {
@@ -613,6 +624,27 @@ fn print_status(st: &Json) {
                 .map(|k| format!("  (last dial: {})", k.replace('_', " ")))
                 .unwrap_or_default();
             println!("  {}  {}{why}", peer_label(p), seen(p));
+        }
+    }
+    if st["this_device_revoked"].as_bool() == Some(true) {
+        println!("REVOKED  another of your devices revoked this one: they refuse it; pair it again with a new identity");
+    }
+    let revoked = st["revoked"].as_array().cloned().unwrap_or_default();
+    if !revoked.is_empty() {
+        println!("revoked  {}", revoked.len());
+        for r in &revoked {
+            let by: Vec<String> = r["revoked_by"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|b| b[0].as_str().map(|x| x.chars().take(9).collect()))
+                .collect();
+            println!(
+                "  {}  changes kept up to {}, revoked by {}",
+                s(&r["device_id"]),
+                r["cutoff"],
+                by.join(", ")
+            );
         }
     }
     let m = &st["metrics"];
