@@ -1640,4 +1640,38 @@ mod tests {
         assert_eq!(core.version_vector().len(), 16);
         assert_eq!(core.state_hash(), hash);
     }
+
+    /// A snapshot holding operations of a revoked device beyond where its
+    /// history was closed is refused, and nothing changes.
+    #[test]
+    fn a_snapshot_beyond_a_closed_history_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let core = Core::open(dir.path(), "me", ReplicaConfig::default()).expect("open");
+        let mut phone = Replica::new("phone");
+        for i in 0..3 {
+            phone
+                .apply_local(
+                    EntityType::Document,
+                    "d",
+                    nomade_crdt::LocalEdit::Set {
+                        key: "k".into(),
+                        value: Value::from(i),
+                    },
+                    0,
+                )
+                .expect("edit");
+        }
+        let bytes = phone.snapshot().expect("snapshot");
+        core.close_actor("phone", 2);
+        let refused = core.adopt_snapshot("laptop", &bytes);
+        assert!(
+            matches!(&refused, Err(NodeError::SnapshotRefused(why)) if why.contains("revoked")),
+            "{refused:?}"
+        );
+        assert!(core.version_vector().is_empty());
+        // Closed at 3 (a device that applied more raised it), it is taken.
+        core.close_actor("phone", 3);
+        core.adopt_snapshot("laptop", &bytes).expect("adopted");
+        assert_eq!(core.version_vector().get("phone"), Some(&3));
+    }
 }

@@ -52,6 +52,10 @@ pub struct NodeConfig {
     /// (`nomade_errors_total{type="TOO_MANY_ACTORS"}`), so a paired
     /// device inventing actors cannot grow this device's state without bound.
     pub max_actors: usize,
+    /// Most revocation records kept (one per revoked device and signer;
+    /// default [`crate::revocations::MAX_REVOCATIONS`]): one more is
+    /// refused and counted (`REVOCATION_TOO_MANY`).
+    pub max_revocations: usize,
     /// How long a paired device may stay silent and still hold back the
     /// compaction of the history it has not acknowledged (default 14 days).
     /// One silent longer is sent a snapshot when it returns.
@@ -92,6 +96,7 @@ impl Default for NodeConfig {
             artifact_quota: None,
             max_buffered_ops: ReplicaConfig::default().max_buffered,
             max_actors: ReplicaConfig::default().max_actors,
+            max_revocations: crate::revocations::MAX_REVOCATIONS,
             compaction_hold: crate::core::DEFAULT_COMPACTION_HOLD,
             min_backoff: Duration::from_millis(200),
             clock_skew_ms: 0,

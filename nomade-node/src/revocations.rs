@@ -38,8 +38,9 @@ use crate::node::Node;
 use crate::store::Store;
 use crate::sync::envelope;
 
-/// Most records a device keeps (one per revoked device and signer): a
-/// paired device cannot make another keep an unbounded list.
+/// Most records a device keeps by default (one per revoked device and
+/// signer; [`crate::NodeConfig::max_revocations`]): a paired device cannot
+/// make another keep an unbounded list.
 pub const MAX_REVOCATIONS: usize = 4096;
 
 /// Where the records are kept in the store.
@@ -69,9 +70,13 @@ pub enum RevocationRefused {
         /// The signer.
         signer: String,
     },
-    /// This device holds [`MAX_REVOCATIONS`] records already.
-    #[error("too many revocations held ({MAX_REVOCATIONS})")]
-    TooMany,
+    /// This device holds as many records as it keeps
+    /// ([`crate::NodeConfig::max_revocations`]).
+    #[error("too many revocations held ({limit})")]
+    TooMany {
+        /// The most kept.
+        limit: usize,
+    },
     /// The record could not be stored; nothing changed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -85,7 +90,7 @@ impl RevocationRefused {
             RevocationRefused::Invalid(_) => "REVOCATION_INVALID",
             RevocationRefused::UnknownSigner { .. } => "REVOCATION_UNKNOWN_SIGNER",
             RevocationRefused::Replayed { .. } => "REVOCATION_REPLAYED",
-            RevocationRefused::TooMany => "REVOCATION_TOO_MANY",
+            RevocationRefused::TooMany { .. } => "REVOCATION_TOO_MANY",
             RevocationRefused::Store(_) => "REVOCATION_STORE",
         }
     }
@@ -273,8 +278,9 @@ impl Node {
                     signer: record.signer.clone(),
                 });
             }
-            if !records.contains_key(&key) && records.len() >= MAX_REVOCATIONS {
-                return Err(RevocationRefused::TooMany);
+            let limit = self.inner.config.max_revocations;
+            if !records.contains_key(&key) && records.len() >= limit {
+                return Err(RevocationRefused::TooMany { limit });
             }
             let previous = records.insert(key, record.clone());
             if let Err(e) = Revocations::save(self.inner.core.store(), &records) {

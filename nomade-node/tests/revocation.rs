@@ -429,3 +429,60 @@ async fn a_device_that_learned_late_raises_the_cutoff_and_all_converge() {
         n.shutdown().await;
     }
 }
+
+/// A device keeps at most `max_revocations` records: one more is refused
+/// and counted, and changes nothing. A damaged list of records in the
+/// store stops the node from opening (it must not start without knowing
+/// whom it revoked), with a typed error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_are_bounded_and_a_damaged_list_is_a_typed_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("laptop");
+    let laptop = Node::open(
+        &path,
+        nomade_node::NodeConfig {
+            max_revocations: 2,
+            ..config("laptop")
+        },
+    )
+    .expect("open");
+    let others: Vec<_> = (0..3)
+        .map(|_| DeviceIdentity::generate().expect("identity").device_id())
+        .collect();
+    for id in &others {
+        laptop.add_peer(*id, "", &[]).expect("pair");
+    }
+    laptop.revoke_peer(&others[0]).expect("first");
+    laptop.revoke_peer(&others[1]).expect("second");
+    let third = laptop.revoke_peer(&others[2]);
+    assert!(
+        matches!(
+            third,
+            Err(NodeError::Revocation(
+                nomade_node::revocations::RevocationRefused::TooMany { limit: 2 }
+            ))
+        ),
+        "{third:?}"
+    );
+    assert_eq!(errors(&laptop, "REVOCATION_TOO_MANY"), 1);
+    assert_eq!(laptop.revoked_devices().len(), 2);
+    assert!(laptop
+        .peers()
+        .expect("peers")
+        .iter()
+        .any(|p| p.device_id == others[2].to_string()));
+
+    laptop
+        .core()
+        .store()
+        .set_meta("revocations", b"\x92\xa7garbage\x01")
+        .expect("damage");
+    laptop.shutdown().await;
+    drop(laptop);
+    match Node::open(&path, config("laptop")) {
+        Err(NodeError::Store(nomade_node::error::StoreError::Corrupt { what })) => {
+            assert!(what.contains("revocations"), "{what}")
+        }
+        other => panic!("expected a corrupt store, got {:?}", other.map(|_| ())),
+    }
+}

@@ -69,7 +69,7 @@ pub fn small_sync_operation() -> SyncOperation {
 }
 
 /// A real `REVOCATION`: the device `nf2o-jmkl-...` (an ECDSA P-256 key,
-/// `signer_key`) revokes [`PHONE`], keeping its changes up to 41. The
+/// `signer_key`) revokes `m7ae-dq3r-...`, keeping its changes up to 41. The
 /// signature verifies (docs/PROTOCOL.md, "Revocation"); ECDSA signatures
 /// are randomised, so this one was made once and is kept.
 pub fn sample_revocation() -> Revocation {
