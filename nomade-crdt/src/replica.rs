@@ -418,6 +418,15 @@ impl Replica {
         self.buffer.retain(|_, w| !w.is_empty());
     }
 
+    /// Closes every actor `other` closed, where `other` closed it (a
+    /// replica rebuilt from a snapshot or from disk keeps the closures of
+    /// the one it replaces).
+    pub fn close_actors_of(&mut self, other: &Replica) {
+        for (actor, &cut) in &other.closed {
+            self.close_actor(actor, cut);
+        }
+    }
+
     /// The closed actors and the last counter applied of each
     /// ([`Replica::close_actor`]).
     pub fn closed_actors(&self) -> &HashMap<ActorId, u64> {

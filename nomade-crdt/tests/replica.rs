@@ -815,4 +815,9 @@ fn a_closed_actor_keeps_what_it_did_before_and_nothing_after() {
         Some(("phone".into(), 6, 5))
     );
     assert_eq!(desktop.beyond_closed(desktop.version_vector()), None);
+
+    // A replica rebuilt (from disk, from a snapshot) keeps the closures.
+    let mut rebuilt = Replica::new("desktop");
+    rebuilt.close_actors_of(&desktop);
+    assert_eq!(rebuilt.closed_actors(), desktop.closed_actors());
 }

@@ -531,9 +531,7 @@ impl Core {
             )));
         }
         let mut next = incoming;
-        for (actor, &cut) in replica.closed_actors() {
-            next.close_actor(actor, cut);
-        }
+        next.close_actors_of(&replica);
         let start = self.store.resume_point(&base)?;
         let mut failure = None;
         self.store.scan_ops(start, |seq, op| {
@@ -794,9 +792,12 @@ impl Core {
             }
             Err(e) => {
                 tracing::error!(error = %e, "could not store operations; reloading the replica from disk");
-                if let Ok((r, ..)) = load_replica(&self.store, &self.device_id, self.replica_config)
+                if let Ok((mut r, ..)) =
+                    load_replica(&self.store, &self.device_id, self.replica_config)
                 {
-                    *self.replica() = r;
+                    let mut replica = self.replica();
+                    r.close_actors_of(&replica);
+                    *replica = r;
                 }
                 Err(e.into())
             }
@@ -865,7 +866,10 @@ impl Core {
         if let Some(e) = failure {
             // Undo what was applied (nothing is on disk yet) by reloading.
             if !ops.is_empty() {
-                *replica = load_replica(&self.store, &self.device_id, self.replica_config)?.0;
+                let mut reloaded =
+                    load_replica(&self.store, &self.device_id, self.replica_config)?.0;
+                reloaded.close_actors_of(&replica);
+                *replica = reloaded;
             }
             return Err(e);
         }

@@ -12,13 +12,13 @@ use nomade_artifact::{ArtifactError, ArtifactStore, DeviceKey};
 use nomade_crdt::LocalEdit;
 use nomade_node::{Node, NodeError};
 use nomade_transport::revocation::sign_revocation;
-use nomade_transport::{Config, DeviceIdentity, PairedSet, Transport};
+use nomade_transport::DeviceIdentity;
 use nomade_wire::{
     EntityType, Envelope, Hash32, Hello, Message, MessageId, Revocation, StreamRole, Value,
 };
 
 mod common;
-use common::config;
+use common::{bare_transport_of, config};
 
 async fn online(node: &Node) -> SocketAddr {
     node.start("127.0.0.1:0".parse().expect("addr"))
@@ -43,6 +43,19 @@ async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out waiting for {what}");
+}
+
+/// A laptop, a desktop and a phone in `dir`, online, the laptop and the
+/// phone paired with the desktop and connected to it; the desktop's address.
+async fn around_the_desktop(dir: &std::path::Path) -> (Node, Node, Node, SocketAddr) {
+    let open = |name: &str| Node::open(&dir.join(name), config(name)).expect("open");
+    let (laptop, desktop, phone) = (open("laptop"), open("desktop"), open("phone"));
+    let da = online(&desktop).await;
+    online(&laptop).await;
+    online(&phone).await;
+    link(&desktop, da, &laptop).await;
+    link(&desktop, da, &phone).await;
+    (laptop, desktop, phone, da)
 }
 
 fn title(node: &Node) -> Vec<Value> {
@@ -211,13 +224,7 @@ async fn a_lost_phone_is_revoked_everywhere_and_nothing_new_reaches_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_devices_revoking_each_other_are_both_revoked() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let open = |name: &str| Node::open(&dir.path().join(name), config(name)).expect("open");
-    let (laptop, desktop, phone) = (open("laptop"), open("desktop"), open("phone"));
-    let da = online(&desktop).await;
-    online(&laptop).await;
-    online(&phone).await;
-    link(&desktop, da, &laptop).await;
-    link(&desktop, da, &phone).await;
+    let (laptop, desktop, phone, da) = around_the_desktop(dir.path()).await;
     laptop
         .add_peer(phone.device_id(), "phone", &[])
         .expect("pair");
@@ -261,15 +268,7 @@ async fn forged_replayed_and_self_revocations_are_refused_and_counted() {
     // A paired device driven by hand, sending records on a revocation stream.
     let tablet_identity = DeviceIdentity::generate().expect("identity");
     let tablet_id = tablet_identity.device_id();
-    let paired = PairedSet::new();
-    paired.insert(laptop.device_id());
-    let tablet = Transport::bind(
-        tablet_identity.clone(),
-        paired,
-        "127.0.0.1:0".parse().expect("addr"),
-        Config::default(),
-    )
-    .expect("bind");
+    let tablet = bare_transport_of(tablet_identity.clone(), &laptop);
     laptop.add_peer(tablet_id, "tablet", &[]).expect("pair");
     let conn = tablet
         .connect(addr, Some(laptop.device_id()))
@@ -362,13 +361,7 @@ async fn forged_replayed_and_self_revocations_are_refused_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_learned_late_raises_the_cutoff_and_all_converge() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let open = |name: &str| Node::open(&dir.path().join(name), config(name)).expect("open");
-    let (laptop, desktop, phone) = (open("laptop"), open("desktop"), open("phone"));
-    let da = online(&desktop).await;
-    online(&laptop).await;
-    online(&phone).await;
-    link(&desktop, da, &laptop).await;
-    link(&desktop, da, &phone).await;
+    let (laptop, desktop, phone, da) = around_the_desktop(dir.path()).await;
     set_title(&phone, "one");
     wait_for(|| !title(&laptop).is_empty(), "the first edit").await;
 

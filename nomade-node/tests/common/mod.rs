@@ -21,7 +21,11 @@ pub fn config(name: &str) -> NodeConfig {
 /// paired: another device driven by hand. (Pair it on the node's side too
 /// for the node to accept it.)
 pub fn bare_transport_paired_with(node: &Node) -> Transport {
-    let identity = DeviceIdentity::generate().expect("identity");
+    bare_transport_of(DeviceIdentity::generate().expect("identity"), node)
+}
+
+/// [`bare_transport_paired_with`], with `identity` (to sign with it too).
+pub fn bare_transport_of(identity: DeviceIdentity, node: &Node) -> Transport {
     let paired = PairedSet::new();
     paired.insert(node.device_id());
     Transport::bind(
