@@ -75,6 +75,12 @@ pub enum SenderEvent {
         /// The artifact.
         id: ArtifactId,
     },
+    /// The request asked for the metadata only: it was sent, and the
+    /// exchange is over.
+    Described {
+        /// The artifact.
+        id: ArtifactId,
+    },
 }
 
 enum SenderState {
@@ -227,6 +233,11 @@ impl Sender {
             ));
         }
         let mut metadata = reader.info().to_wire();
+        if req.metadata_only {
+            self.outbox.push_back(Message::ArtifactMetadata(metadata));
+            self.state = SenderState::Finished;
+            return Ok(SenderEvent::Described { id });
+        }
         if let Some(key) = req.sealed_for {
             // The requester asks for the chunks as stored: wrap their data key
             // for it. Giving an authorised peer the key is no more than giving
@@ -393,6 +404,7 @@ impl Receiver {
             priority,
             resume_from: (resume > 0).then_some(resume),
             sealed_for: sealed_for(&store, true),
+            metadata_only: false,
         };
         Ok(Receiver {
             store,
@@ -1050,6 +1062,7 @@ mod tests {
             priority: 0,
             resume_from: None,
             sealed_for: None,
+            metadata_only: false,
         }))
         .expect("request");
         assert!(matches!(
@@ -1079,6 +1092,7 @@ mod tests {
                 priority: 0,
                 resume_from: Some(2),
                 sealed_for: None,
+                metadata_only: false,
             }))
             .expect_err("beyond");
         assert!(matches!(err, ArtifactError::Protocol(_)));
@@ -1286,6 +1300,7 @@ mod tests {
                 priority: 0,
                 resume_from: None,
                 sealed_for,
+                metadata_only: false,
             }))
             .expect("request");
             let mut out = Vec::new();

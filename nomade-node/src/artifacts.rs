@@ -1,18 +1,118 @@
 //! Artifacts of a node: putting files in, exporting them, fetching what
 //! documents reference from the peers that have it, serving peers' fetches.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use nomade_artifact::{ArtifactId, ArtifactStore, Progress, Receiver, ReceiverEvent, Sender};
 use nomade_transport::{Connection, DeviceId, FramedRecv, FramedSend};
-use nomade_wire::StreamRole;
-use nomade_wire::{EntityType, Value};
+use nomade_wire::{ArtifactRequest, EntityType, Message, StreamRole, Value};
+use serde::{Deserialize, Serialize};
 
 use crate::artifact_io;
 use crate::error::NodeError;
 use crate::metrics::Metrics;
 use crate::node::{peer_err, Node};
+use crate::store::ArtifactRecord;
+
+/// Which artifact contents a device fetches by itself after a sync; the
+/// others it knows by their metadata and fetches when asked (`nomade get`,
+/// [`Node::fetch_artifact`]). Pinned artifacts are always fetched.
+///
+/// ```
+/// use nomade_node::ArtifactPolicy;
+/// // A phone: photos up to 20 MB, nothing else until asked.
+/// let phone = ArtifactPolicy {
+///     max_size: Some(20_000_000),
+///     mime_types: vec!["image/".into()],
+///     ..ArtifactPolicy::default()
+/// };
+/// assert!(phone.wants(3_000_000, Some("image/jpeg")));
+/// assert!(!phone.wants(3_000_000, Some("video/mp4")));
+/// assert!(!phone.wants(30_000_000, Some("image/png")));
+/// assert!(!ArtifactPolicy::metadata_only().wants(1, None));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactPolicy {
+    /// Fetch content after a sync at all (false: metadata only).
+    pub prefetch: bool,
+    /// Only artifacts up to this size (bytes).
+    pub max_size: Option<u64>,
+    /// Only these MIME types: `image/jpeg`, or `image/` for a family.
+    /// Empty: any type, and artifacts of no known type.
+    pub mime_types: Vec<String>,
+}
+
+impl Default for ArtifactPolicy {
+    /// Everything: every referenced artifact is fetched.
+    fn default() -> Self {
+        ArtifactPolicy {
+            prefetch: true,
+            max_size: None,
+            mime_types: Vec::new(),
+        }
+    }
+}
+
+impl ArtifactPolicy {
+    /// Fetch nothing by itself: every artifact is known by its metadata
+    /// and fetched when asked.
+    pub fn metadata_only() -> Self {
+        ArtifactPolicy {
+            prefetch: false,
+            ..ArtifactPolicy::default()
+        }
+    }
+
+    /// Whether an artifact of this size and type is fetched without being
+    /// asked.
+    pub fn wants(&self, size: u64, mime_type: Option<&str>) -> bool {
+        self.prefetch
+            && self.max_size.is_none_or(|max| size <= max)
+            && (self.mime_types.is_empty()
+                || mime_type.is_some_and(|m| {
+                    self.mime_types.iter().any(|t| match t.strip_suffix('/') {
+                        Some(family) => m.split('/').next() == Some(family),
+                        None => t.eq_ignore_ascii_case(m),
+                    })
+                }))
+    }
+
+    /// Whether judging an artifact needs its metadata.
+    fn filters(&self) -> bool {
+        self.max_size.is_some() || !self.mime_types.is_empty()
+    }
+}
+
+/// Where an artifact's content is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactState {
+    /// Held here, whole and verified.
+    Local,
+    /// Partly fetched: the next fetch resumes after the last verified chunk.
+    Partial,
+    /// Known (referenced, or evicted), its content on other devices only.
+    RemoteOnly,
+}
+
+/// One artifact as `nomade artifacts` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ArtifactEntry {
+    /// Its id (SHA-256 of the content, hex).
+    pub id: String,
+    /// Where its content is.
+    pub state: ArtifactState,
+    /// Its size, when known (held, or described by a holder).
+    pub size: Option<u64>,
+    /// Its MIME type, when known.
+    pub mime_type: Option<String>,
+    /// Whether it is pinned.
+    pub pinned: bool,
+    /// The entities that refer to it (`document:ID`, `conversation:ID`).
+    pub referenced_by: Vec<String>,
+}
 
 impl Node {
     // ----- artifacts ------------------------------------------------------
@@ -75,6 +175,12 @@ impl Node {
 
     /// Artifact ids referenced by the values of every document and conversation.
     pub fn referenced_artifacts(&self) -> Vec<ArtifactId> {
+        self.artifact_references().into_keys().collect()
+    }
+
+    /// Each referenced artifact with the entities that refer to it
+    /// (`document:ID`, `conversation:ID`), in id order.
+    pub fn artifact_references(&self) -> BTreeMap<ArtifactId, Vec<String>> {
         fn walk(v: &Value, out: &mut Vec<ArtifactId>) {
             match v {
                 Value::String(s) => {
@@ -88,29 +194,73 @@ impl Node {
             }
         }
         let core = &self.inner.core;
-        let mut out = Vec::new();
+        let mut refs: BTreeMap<ArtifactId, Vec<String>> = BTreeMap::new();
         for (t, id) in core.entities() {
+            let mut found = Vec::new();
             match t {
                 EntityType::Conversation => {
                     for v in core.conversation(&id).unwrap_or_default() {
-                        walk(&v, &mut out);
+                        walk(&v, &mut found);
                     }
                 }
                 _ => {
                     for v in core.document(&id).unwrap_or_default().values() {
-                        walk(v, &mut out);
+                        walk(v, &mut found);
                     }
                 }
             }
+            for a in found {
+                let by = refs.entry(a).or_default();
+                let name = format!("{}:{id}", t.as_str());
+                if !by.contains(&name) {
+                    by.push(name);
+                }
+            }
         }
-        out.sort_by_key(|a| a.to_hex());
-        out.dedup();
-        out
+        refs
     }
 
-    pub(crate) async fn fetch_missing_artifacts(&self, conn: &Connection) {
+    /// After the first sync with a peer: fetches what the artifact policy
+    /// ([`NodeConfig::artifact_policy`]) wants of the referenced artifacts
+    /// this device lacks, and pinned ones, from that peer; of the others,
+    /// asks their metadata only (when the peer `describes`: it announced
+    /// [`crate::handshake::ARTIFACT_METADATA`]), so that `nomade artifacts`
+    /// shows their size and type without their content on disk.
+    pub(crate) async fn fetch_missing_artifacts(&self, conn: &Connection, describes: bool) {
+        let policy = self.inner.config.artifact_policy.clone();
+        let records = self.artifact_records();
         for id in self.referenced_artifacts() {
             if self.inner.artifacts.has(&id) {
+                continue;
+            }
+            let record = records.get(&id.to_hex()).cloned().unwrap_or_default();
+            let wanted = if record.pinned || self.inner.artifacts.has_partial(&id) {
+                true
+            } else if !policy.prefetch {
+                false
+            } else if policy.filters() {
+                match record.size {
+                    Some(size) => policy.wants(size, record.mime_type.as_deref()),
+                    None if describes => match self.describe_artifact(conn, id).await {
+                        Ok(r) => policy.wants(r.size.unwrap_or(0), r.mime_type.as_deref()),
+                        Err(e) => {
+                            tracing::info!(peer = %conn.peer(), artifact = %id, error = %e, "could not describe an artifact");
+                            false
+                        }
+                    },
+                    // Nothing to judge by: fetched when asked for.
+                    None => false,
+                }
+            } else {
+                true
+            };
+            if !wanted {
+                if describes && record.size.is_none() && !policy.filters() {
+                    if let Err(e) = self.describe_artifact(conn, id).await {
+                        tracing::info!(peer = %conn.peer(), artifact = %id, error = %e, "could not describe an artifact");
+                    }
+                }
+                tracing::debug!(artifact = %id, "left remote by the artifact policy");
                 continue;
             }
             match self.fetch_on(conn, id, |_| {}).await {
@@ -125,6 +275,174 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Asks the connected `peer` for the metadata of artifact `id` only
+    /// and keeps it (size and type, shown by [`Node::artifact_entries`]),
+    /// without fetching any content.
+    pub async fn describe_artifact_from(
+        &self,
+        peer: &DeviceId,
+        id: ArtifactId,
+    ) -> Result<ArtifactRecord, NodeError> {
+        let conn = self.session_conn(peer);
+        let conn = conn.ok_or_else(|| peer_err(peer, "not connected"))?;
+        self.describe_artifact(&conn, id).await
+    }
+
+    /// Asks `conn`'s peer for the metadata of artifact `id` only (an
+    /// `ARTIFACT_REQUEST` with `metadata_only`) and keeps it. Metadata that
+    /// contradicts itself (another id, a chunk count that does not fit the
+    /// size) is refused: [`NodeError::Artifact`], counted, nothing kept.
+    pub(crate) async fn describe_artifact(
+        &self,
+        conn: &Connection,
+        id: ArtifactId,
+    ) -> Result<ArtifactRecord, NodeError> {
+        let (mut tx, mut rx) = conn.open_bi(StreamRole::Artifact).await?;
+        tx.send(&crate::sync::envelope(ArtifactRequest {
+            artifact_id: id.hash32(),
+            priority: 0,
+            resume_from: None,
+            sealed_for: None,
+            metadata_only: true,
+        }))
+        .await?;
+        let _ = tx.finish().await;
+        let answer = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .map_err(|_| peer_err(&conn.peer(), "no answer to a metadata request"))??;
+        let bad = |why: String| {
+            self.metrics().record_error("ARTIFACT");
+            NodeError::Artifact(nomade_artifact::ArtifactError::Protocol(why))
+        };
+        let meta = match answer.map(|e| e.message) {
+            Some(Message::ArtifactMetadata(m)) => m,
+            Some(Message::Error(e)) => {
+                return Err(NodeError::NotFound(format!(
+                    "{} does not hold artifact {id}: {}",
+                    conn.peer(),
+                    e.error_message
+                )))
+            }
+            other => {
+                return Err(bad(format!(
+                    "expected ARTIFACT_METADATA, got {:?}",
+                    other.map(|m| m.message_type().name())
+                )))
+            }
+        };
+        if ArtifactId::from(meta.artifact_id) != id {
+            return Err(bad(format!("metadata of {} for {id}", meta.artifact_id)));
+        }
+        if u64::from(meta.chunk_count) != meta.size.div_ceil(nomade_artifact::CHUNK_SIZE as u64) {
+            return Err(bad(format!(
+                "metadata of {id}: {} chunks for {} bytes",
+                meta.chunk_count, meta.size
+            )));
+        }
+        let mime = meta.mime_type.filter(|m| m.len() <= 255);
+        Ok(self
+            .inner
+            .core
+            .store()
+            .update_artifact_record(&id.to_hex(), |r| {
+                r.size = Some(meta.size);
+                r.mime_type = mime.clone();
+            })?)
+    }
+
+    fn artifact_records(&self) -> BTreeMap<String, ArtifactRecord> {
+        self.inner
+            .core
+            .store()
+            .artifact_records()
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "could not read the artifact records");
+                BTreeMap::new()
+            })
+    }
+
+    /// Every artifact this device knows of: held here (whole or in part),
+    /// referenced by its documents and conversations, or pinned; with its
+    /// state, size and type when known, and who refers to it.
+    pub fn artifact_entries(&self) -> Result<Vec<ArtifactEntry>, NodeError> {
+        let mut records = self.inner.core.store().artifact_records()?;
+        let refs = self.artifact_references();
+        let mut ids: std::collections::BTreeSet<ArtifactId> = refs.keys().copied().collect();
+        ids.extend(self.inner.artifacts.list()?);
+        ids.extend(records.keys().filter_map(|h| ArtifactId::from_hex(h)));
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let record = records.remove(&id.to_hex()).unwrap_or_default();
+            let (state, size, mime_type) = match self.inner.artifacts.metadata(&id) {
+                Ok(info) => (
+                    ArtifactState::Local,
+                    Some(info.size),
+                    info.mime_type.clone(),
+                ),
+                Err(_) => {
+                    let state = match self.inner.artifacts.has_partial(&id) {
+                        true => ArtifactState::Partial,
+                        false => ArtifactState::RemoteOnly,
+                    };
+                    (state, record.size, record.mime_type.clone())
+                }
+            };
+            out.push(ArtifactEntry {
+                id: id.to_hex(),
+                state,
+                size,
+                mime_type,
+                pinned: record.pinned,
+                referenced_by: refs.get(&id).cloned().unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Pins (or unpins) an artifact: a pinned one is fetched whatever the
+    /// policy (at the next sync, or by `nomade get`) and never evicted.
+    pub fn pin_artifact(&self, id: &ArtifactId, pinned: bool) -> Result<(), NodeError> {
+        self.inner
+            .core
+            .store()
+            .update_artifact_record(&id.to_hex(), |r| r.pinned = pinned)?;
+        Ok(())
+    }
+
+    /// Drops an artifact's content (and any partial transfer of it) from
+    /// this device, keeping what is known of it (size, type): it stays
+    /// listed as remote only and is fetched again when asked. Returns the
+    /// bytes freed. Refused for a pinned artifact.
+    pub fn evict_artifact(&self, id: &ArtifactId) -> Result<u64, NodeError> {
+        let store = self.inner.core.store();
+        let record = store
+            .artifact_records()?
+            .remove(&id.to_hex())
+            .unwrap_or_default();
+        if record.pinned {
+            return Err(NodeError::Invalid(format!(
+                "artifact {id} is pinned: unpin it first"
+            )));
+        }
+        let before = self.inner.artifacts.used_bytes()?;
+        if let Ok(info) = self.inner.artifacts.metadata(id) {
+            let (size, mime) = (info.size, info.mime_type.clone());
+            store.update_artifact_record(&id.to_hex(), |r| {
+                r.size = Some(size);
+                r.mime_type = mime.clone();
+            })?;
+            self.inner.artifacts.remove(id)?;
+        } else if !self.inner.artifacts.has_partial(id) {
+            return Err(NodeError::NotFound(format!(
+                "artifact {id} is not held here"
+            )));
+        }
+        if self.inner.artifacts.has_partial(id) {
+            self.inner.artifacts.discard_partial(id)?;
+        }
+        Ok(before.saturating_sub(self.inner.artifacts.used_bytes()?))
     }
 
     /// Fetches an artifact from a connected peer, resuming a partial transfer.

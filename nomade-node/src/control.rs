@@ -127,6 +127,20 @@ pub enum Request {
         /// Its id.
         device_id: String,
     },
+    /// Every artifact this device knows of, with its state.
+    ArtifactsList,
+    /// Pins or unpins an artifact.
+    ArtifactsPin {
+        /// The artifact id (hex).
+        id: String,
+        /// Pin (true) or unpin (false).
+        pinned: bool,
+    },
+    /// Drops an artifact's content, keeping its metadata.
+    ArtifactsEvict {
+        /// The artifact id (hex).
+        id: String,
+    },
     /// Revokes a device (lost or stolen): a signed record that every
     /// device it reaches enforces (docs/PROTOCOL.md, "Revocation").
     PeersRevoke {
@@ -568,6 +582,15 @@ pub async fn handle(
             }
             Ok(json!({ "device_id": id.to_string() }))
         }
+        Request::ArtifactsList => Ok(to_json(&node.artifact_entries()?)?),
+        Request::ArtifactsPin { id, pinned } => {
+            node.pin_artifact(&parse_artifact_id(&id)?, pinned)?;
+            Ok(json!({ "id": id, "pinned": pinned }))
+        }
+        Request::ArtifactsEvict { id } => {
+            let freed = node.evict_artifact(&parse_artifact_id(&id)?)?;
+            Ok(json!({ "id": id, "freed": freed }))
+        }
         Request::PeersRevoke { device_id } => {
             let id = parse_device_id(&device_id)?;
             let node = node.clone();
@@ -806,6 +829,14 @@ async fn pair_show(
     Ok(json!({ "device_id": joined, "name": peer_name(node, &peer) }))
 }
 
+fn parse_artifact_id(id: &str) -> Result<ArtifactId, ControlError> {
+    ArtifactId::from_hex(id)
+        .or_else(|| ArtifactId::from_reference(id))
+        .ok_or_else(|| {
+            invalid("an artifact id is 64 hex characters (or a nomade:artifact/ reference)")
+        })
+}
+
 async fn get(
     node: &Node,
     id: &str,
@@ -814,11 +845,7 @@ async fn get(
     peer: Option<&str>,
     events: &EventSink,
 ) -> Result<Json, ControlError> {
-    let id = ArtifactId::from_hex(id)
-        .or_else(|| ArtifactId::from_reference(id))
-        .ok_or_else(|| {
-            invalid("an artifact id is 64 hex characters (or a nomade:artifact/ reference)")
-        })?;
+    let id = parse_artifact_id(id)?;
     if !node.artifacts().has(&id) {
         let from = from.map(parse_addr).transpose()?;
         let peer = match peer {

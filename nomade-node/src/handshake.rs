@@ -29,14 +29,19 @@ pub const LZ4: &str = "lz4";
 /// "Revocation").
 pub const REVOCATION: &str = "revocation";
 
+/// The capability of answering an artifact request for the metadata only
+/// (`ARTIFACT_REQUEST.metadata_only`).
+pub const ARTIFACT_METADATA: &str = "artifact-metadata";
+
 /// Capabilities this node announces.
-pub const CAPABILITIES: [&str; 6] = [
+pub const CAPABILITIES: [&str; 7] = [
     CRDT_SYNC,
     ARTIFACT_TRANSFER,
     PRESENCE,
     SYNC_HAVE,
     LZ4,
     REVOCATION,
+    ARTIFACT_METADATA,
 ];
 
 /// What a node says about itself in HELLO / HELLO_ACK.

@@ -85,6 +85,7 @@ mod status;
 pub mod store;
 pub mod sync;
 
+pub use artifacts::{ArtifactEntry, ArtifactPolicy, ArtifactState};
 pub use error::NodeError;
 pub use node::{Node, NodeConfig};
 /// A conversation item's id: the device that wrote the item and its

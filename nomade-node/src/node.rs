@@ -56,6 +56,10 @@ pub struct NodeConfig {
     /// default [`crate::revocations::MAX_REVOCATIONS`]): one more is
     /// refused and counted (`REVOCATION_TOO_MANY`).
     pub max_revocations: usize,
+    /// Which artifact contents this device fetches by itself after a sync
+    /// (default: every referenced one); the others it knows by their
+    /// metadata and fetches when asked.
+    pub artifact_policy: crate::ArtifactPolicy,
     /// How long a paired device may stay silent and still hold back the
     /// compaction of the history it has not acknowledged (default 14 days).
     /// One silent longer is sent a snapshot when it returns.
@@ -97,6 +101,7 @@ impl Default for NodeConfig {
             max_buffered_ops: ReplicaConfig::default().max_buffered,
             max_actors: ReplicaConfig::default().max_actors,
             max_revocations: crate::revocations::MAX_REVOCATIONS,
+            artifact_policy: crate::ArtifactPolicy::default(),
             compaction_hold: crate::core::DEFAULT_COMPACTION_HOLD,
             min_backoff: Duration::from_millis(200),
             clock_skew_ms: 0,

@@ -380,11 +380,12 @@ impl Node {
         // Once the initial sync is in, fetch the artifacts it references.
         let c2 = conn.clone();
         let fetches = info.has(handshake::ARTIFACT_TRANSFER);
+        let describes = info.has(handshake::ARTIFACT_METADATA);
         let fetcher = tokio::spawn(async move {
             while fetches && summary_rx.changed().await.is_ok() {
                 if summary_rx.borrow().is_some() {
                     node.inner.session_events.send_modify(|n| *n += 1);
-                    node.fetch_missing_artifacts(&c2).await;
+                    node.fetch_missing_artifacts(&c2, describes).await;
                     break;
                 }
             }

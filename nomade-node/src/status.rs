@@ -34,6 +34,7 @@ impl Node {
             peers,
             revoked: self.revoked_devices(),
             this_device_revoked: self.is_revoked(),
+            artifact_policy: self.inner.config.artifact_policy.clone(),
             metrics: self.metrics_snapshot(),
         }
     }
@@ -191,6 +192,8 @@ pub struct NodeStatus {
     /// Whether another device revoked this one (the devices that know
     /// refuse it; it syncs again only with a new identity).
     pub this_device_revoked: bool,
+    /// Which artifact contents this device fetches by itself.
+    pub artifact_policy: crate::ArtifactPolicy,
     /// Metrics.
     pub metrics: MetricsSnapshot,
 }

@@ -28,6 +28,7 @@
 //! next call, so a node whose disk filled up carries on once space is freed.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -63,6 +64,25 @@ const FRONTIERS: TableDefinition<u64, &[u8]> = TableDefinition::new("frontiers")
 /// header (format, sequence number covered, length, BLAKE3) is the `META`
 /// entry [`SNAPSHOT_KEY`].
 const SNAPSHOT: TableDefinition<u32, &[u8]> = TableDefinition::new("snapshot");
+
+/// What this device knows of artifacts whose content it may not hold
+/// (artifact id in hex -> MessagePack [`ArtifactRecord`]): their metadata,
+/// asked of a holder, and whether the user pinned them.
+const ARTIFACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("artifacts");
+
+/// What the node keeps of an artifact besides its content (which lives in
+/// the artifact store): its metadata as a holder described it, and whether
+/// it is pinned (its content is fetched whatever the policy, and never
+/// evicted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    /// Its size in bytes, when known.
+    pub size: Option<u64>,
+    /// Its MIME type, when known.
+    pub mime_type: Option<String>,
+    /// Whether the user pinned it.
+    pub pinned: bool,
+}
 
 /// The `META` key of the store's format.
 const FORMAT_KEY: &str = "store_format";
@@ -440,6 +460,7 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
         txn.open_table(FRONTIERS).map_err(db_err)?;
         txn.open_table(SNAPSHOT).map_err(db_err)?;
         txn.open_table(ACKED).map_err(db_err)?;
+        txn.open_table(ARTIFACTS).map_err(db_err)?;
         let found = match meta.get(FORMAT_KEY).map_err(db_err)? {
             Some(raw) => match <[u8; 4]>::try_from(raw.value()) {
                 Ok(b) => Some(u32::from_be_bytes(b)),
@@ -488,6 +509,7 @@ fn ready(db: &Database) -> Result<bool, StoreError> {
         exists(txn.open_table(FRONTIERS).map(drop))?,
         exists(txn.open_table(SNAPSHOT).map(drop))?,
         exists(txn.open_table(ACKED).map(drop))?,
+        exists(txn.open_table(ARTIFACTS).map(drop))?,
     ];
     if all.contains(&false) {
         return Ok(false);
@@ -910,6 +932,58 @@ impl Store {
             };
             txn.commit().map_err(db_err)?;
             Ok(existed)
+        })
+    }
+
+    /// Every artifact record (see [`ArtifactRecord`]), by artifact id in
+    /// hex. A record that does not decode is [`StoreError::Corrupt`].
+    pub fn artifact_records(&self) -> Result<BTreeMap<String, ArtifactRecord>, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(ARTIFACTS).map_err(db_err)?;
+            let mut out = BTreeMap::new();
+            for entry in table.iter().map_err(db_err)? {
+                let (k, v) = entry.map_err(db_err)?;
+                let record = rmp_serde::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                    what: format!("the record of artifact {}: {e}", k.value()),
+                })?;
+                out.insert(k.value().to_string(), record);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Changes the record of artifact `id` (hex) in one transaction,
+    /// creating it if needed; a record left empty is removed.
+    pub fn update_artifact_record(
+        &self,
+        id: &str,
+        change: impl Fn(&mut ArtifactRecord),
+    ) -> Result<ArtifactRecord, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let record = {
+                let mut table = txn.open_table(ARTIFACTS).map_err(db_err)?;
+                let mut record: ArtifactRecord = match table.get(id).map_err(db_err)? {
+                    Some(v) => {
+                        rmp_serde::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                            what: format!("the record of artifact {id}: {e}"),
+                        })?
+                    }
+                    None => ArtifactRecord::default(),
+                };
+                change(&mut record);
+                if record == ArtifactRecord::default() {
+                    table.remove(id).map_err(db_err)?;
+                } else {
+                    let bytes = rmp_serde::to_vec_named(&record)
+                        .map_err(|e| StoreError::Encode(e.to_string()))?;
+                    table.insert(id, bytes.as_slice()).map_err(db_err)?;
+                }
+                record
+            };
+            txn.commit().map_err(db_err)?;
+            Ok(record)
         })
     }
 

@@ -6,7 +6,7 @@ use nomade_node::{Node, NodeConfig};
 use nomade_wire::Value;
 
 mod common;
-use common::{bare_transport_paired_with, config};
+use common::{bare_transport_paired_with, config, hand_driven_peer};
 
 /// Starts `node` on a free loopback port; returns its address.
 async fn online(node: &Node) -> std::net::SocketAddr {
@@ -131,50 +131,6 @@ async fn pair_by_code_sync_both_ways_and_move_an_artifact() {
     assert_eq!(laptop.state_hash(), phone.state_hash());
     laptop.shutdown().await;
     phone.shutdown().await;
-}
-
-/// A device driven by hand: a bare transport paired with `node` (at `addr`)
-/// and connected to it, which has sent a HELLO on a control stream: all
-/// capabilities, the current protocol version, its id in the shown form,
-/// then changed by `shape`. Returns the transport, the connection and what
-/// the node answered.
-async fn hand_driven_peer(
-    node: &Node,
-    addr: std::net::SocketAddr,
-    shape: impl FnOnce(&mut nomade_wire::Hello),
-) -> (
-    nomade_transport::Transport,
-    nomade_transport::Connection,
-    nomade_wire::Envelope,
-) {
-    use nomade_wire::{Envelope, Hash32, Hello, MessageId, StreamRole};
-
-    let transport = bare_transport_paired_with(node);
-    let id = transport.device_id();
-    node.add_peer(id, "by hand", &[]).expect("pair");
-    let conn = transport
-        .connect(addr, Some(node.device_id()))
-        .await
-        .expect("connect");
-    let (mut tx, mut rx) = conn
-        .open_bi(StreamRole::Control)
-        .await
-        .expect("control stream");
-    let mut hello = Hello {
-        device_id: id.to_string(),
-        device_name: "by hand".into(),
-        protocol_version: nomade_wire::PROTOCOL_VERSION,
-        capabilities: nomade_node::handshake::CAPABILITIES
-            .map(String::from)
-            .to_vec(),
-        sync_state_hash: Hash32::default(),
-    };
-    shape(&mut hello);
-    tx.send(&Envelope::new(MessageId::from([1; 16]), 0, hello))
-        .await
-        .expect("send");
-    let answer = rx.recv().await.expect("recv").expect("an answer");
-    (transport, conn, answer)
 }
 
 /// PROTOCOL.md, "Capabilities" and "device_id": a HELLO may carry the id in

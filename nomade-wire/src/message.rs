@@ -448,6 +448,12 @@ pub struct ArtifactRequest {
     /// this key in [`ArtifactMetadata::data_key`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed_for: Option<Hash32>,
+    /// Extension: ask for the metadata only (size, chunk count, MIME type):
+    /// the holder answers `ARTIFACT_METADATA` and sends no chunk. Left out
+    /// of the map when false (so present only as `true`); sent only to a
+    /// holder that announced `"artifact-metadata"`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub metadata_only: bool,
 }
 
 /// A per-artifact data key wrapped for one device: X25519 with an ephemeral

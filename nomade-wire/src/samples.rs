@@ -408,6 +408,7 @@ pub fn all() -> Vec<Sample> {
             priority: 128,
             resume_from: None,
             sealed_for: None,
+            metadata_only: false,
         }
         .into(),
     );
@@ -418,6 +419,7 @@ pub fn all() -> Vec<Sample> {
             priority: 255,
             resume_from: Some(17),
             sealed_for: None,
+            metadata_only: false,
         }
         .into(),
     );
@@ -428,6 +430,18 @@ pub fn all() -> Vec<Sample> {
             priority: 128,
             resume_from: Some(2),
             sealed_for: Some(hash(0xb5)),
+            metadata_only: false,
+        }
+        .into(),
+    );
+    push(
+        "artifact_request_metadata",
+        ArtifactRequest {
+            artifact_id: hash(0xa1),
+            priority: 0,
+            resume_from: None,
+            sealed_for: None,
+            metadata_only: true,
         }
         .into(),
     );

@@ -443,3 +443,33 @@ fn decoder_recovers_frame_boundaries_after_a_bad_checksum() {
     assert!(matches!(dec.decode(&mut buf), Ok(Some(_))));
     assert!(buf.is_empty());
 }
+
+/// An optional flag sent as `false` (it is left out when false): not the
+/// one canonical encoding, refused.
+#[test]
+fn bad_input_16_a_flag_present_as_false_is_not_canonical() {
+    let mut payload = vec![0x83]; // a map of three fields
+    payload.extend([0xab]);
+    payload.extend(b"artifact_id");
+    payload.extend([0xc4, 32]);
+    payload.extend([0xa1; 32]);
+    payload.extend([0xa8]);
+    payload.extend(b"priority");
+    payload.push(0);
+    payload.extend([0xad]);
+    payload.extend(b"metadata_only");
+    payload.push(0xc2); // false
+    let frame = samples::frame_with_payload(MessageType::ArtifactRequest.code(), &payload);
+    assert!(matches!(
+        Envelope::decode(&frame),
+        Err(DecodeError::NonCanonical { .. })
+    ));
+    // The same with `true` is the metadata request.
+    let last = payload.len() - 1;
+    payload[last] = 0xc3;
+    let frame = samples::frame_with_payload(MessageType::ArtifactRequest.code(), &payload);
+    match Envelope::decode(&frame).expect("decodes").message {
+        Message::ArtifactRequest(r) => assert!(r.metadata_only),
+        other => panic!("{other:?}"),
+    }
+}

@@ -205,6 +205,7 @@ fn message() -> impl Strategy<Value = Message> {
                     priority,
                     resume_from,
                     sealed_for,
+                    metadata_only: false,
                 })
             }),
         (

@@ -36,3 +36,47 @@ pub fn bare_transport_of(identity: DeviceIdentity, node: &Node) -> Transport {
     )
     .expect("bind")
 }
+
+/// A device driven by hand: a bare transport paired with `node` (at `addr`)
+/// and connected to it, which has sent a HELLO on a control stream: all
+/// capabilities, the current protocol version, its id in the shown form,
+/// then changed by `shape`. Returns the transport, the connection and what
+/// the node answered.
+pub async fn hand_driven_peer(
+    node: &Node,
+    addr: std::net::SocketAddr,
+    shape: impl FnOnce(&mut nomade_wire::Hello),
+) -> (
+    nomade_transport::Transport,
+    nomade_transport::Connection,
+    nomade_wire::Envelope,
+) {
+    use nomade_wire::{Envelope, Hash32, Hello, MessageId, StreamRole};
+
+    let transport = bare_transport_paired_with(node);
+    let id = transport.device_id();
+    node.add_peer(id, "by hand", &[]).expect("pair");
+    let conn = transport
+        .connect(addr, Some(node.device_id()))
+        .await
+        .expect("connect");
+    let (mut tx, mut rx) = conn
+        .open_bi(StreamRole::Control)
+        .await
+        .expect("control stream");
+    let mut hello = Hello {
+        device_id: id.to_string(),
+        device_name: "by hand".into(),
+        protocol_version: nomade_wire::PROTOCOL_VERSION,
+        capabilities: nomade_node::handshake::CAPABILITIES
+            .map(String::from)
+            .to_vec(),
+        sync_state_hash: Hash32::default(),
+    };
+    shape(&mut hello);
+    tx.send(&Envelope::new(MessageId::from([1; 16]), 0, hello))
+        .await
+        .expect("send");
+    let answer = rx.recv().await.expect("recv").expect("an answer");
+    (transport, conn, answer)
+}

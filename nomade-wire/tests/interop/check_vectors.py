@@ -222,6 +222,7 @@ MESSAGES = {
         ("priority", U8, REQ),
         ("resume_from", U32, EXT),
         ("sealed_for", HASH32, EXT),
+        ("metadata_only", BOOL, EXT),
     ),
     0x0202: struct_(
         "ARTIFACT_METADATA",
@@ -704,6 +705,8 @@ def check_identities(mtype: int, obj) -> None:
         raise SpecError(f"device_id {obj['device_id']!r} is not a device id")
     if mtype == 0x0109:
         check_revocation(obj)
+    if mtype == 0x0201 and obj.get("metadata_only") is False:
+        raise SpecError("ARTIFACT_REQUEST metadata_only is left out when false, never sent as false")
     for actor in actors_of(mtype, obj):
         if not is_shown_device_id(actor):
             raise SpecError(f"actor {actor!r} is not a device id in its shown form")
@@ -886,6 +889,7 @@ def self_test_vectors():
         ("artifact_request_resume", 0x0201, {"artifact_id": h(0xA1), "priority": 255, "resume_from": 17}),
         ("artifact_request_sealed", 0x0201, {"artifact_id": h(0xA1), "priority": 128, "resume_from": 2,
                                              "sealed_for": h(0xB5)}),
+        ("artifact_request_metadata", 0x0201, {"artifact_id": h(0xA1), "priority": 0, "metadata_only": True}),
         ("artifact_metadata", 0x0202, {"artifact_id": h(0xA1), "size": 200_000, "chunk_count": 4,
                                        "mime_type": "image/jpeg", "encrypted": True}),
         ("artifact_metadata_sealed", 0x0202, {"artifact_id": h(0xA1), "size": 200_000, "chunk_count": 4,

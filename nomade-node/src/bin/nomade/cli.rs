@@ -66,6 +66,25 @@ pub enum Command {
         /// Serve Prometheus metrics over HTTP on this address.
         #[arg(long)]
         metrics_addr: Option<SocketAddr>,
+        /// Which artifact contents to fetch after a sync: `all` (referenced
+        /// ones, within --fetch-max-size and --fetch-types) or `metadata`
+        /// (none: each is known by its size and type, fetched by `get`).
+        #[arg(long, default_value = "all", value_parser = ["all", "metadata"])]
+        fetch: String,
+        /// Fetch by itself only artifacts up to this many bytes.
+        #[arg(long)]
+        fetch_max_size: Option<u64>,
+        /// Fetch by itself only these MIME types, comma-separated
+        /// (`image/jpeg`, or `image/` for a family).
+        #[arg(long, value_delimiter = ',')]
+        fetch_types: Vec<String>,
+    },
+    /// List the artifacts this device knows of (held, partly fetched,
+    /// remote only; pinned), or pin, unpin or evict one.
+    Artifacts {
+        /// What to do (default: list).
+        #[command(subcommand)]
+        action: Option<ArtifactsCommand>,
     },
     /// Edit or read documents.
     #[command(subcommand)]
@@ -160,6 +179,29 @@ pub enum PairCommand {
         /// device remembers it as this device's address.
         #[arg(long)]
         listen: Option<SocketAddr>,
+    },
+}
+
+/// `nomade artifacts ...`
+#[derive(Debug, Subcommand)]
+pub enum ArtifactsCommand {
+    /// List them, each with its state, size, type and who refers to it.
+    List,
+    /// Keep an artifact on this device: fetched whatever the policy, never evicted.
+    Pin {
+        /// The artifact id.
+        id: String,
+    },
+    /// Undo `pin`.
+    Unpin {
+        /// The artifact id.
+        id: String,
+    },
+    /// Drop an artifact's content from this device, keeping its metadata;
+    /// `get` fetches it again.
+    Evict {
+        /// The artifact id.
+        id: String,
     },
 }
 

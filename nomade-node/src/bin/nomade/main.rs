@@ -18,7 +18,8 @@ mod demo;
 use bar::ProgressBar;
 use clap::Parser;
 use cli::{
-    Cli, Command, ConvCommand, DocCommand, PairCommand, PeersCommand, PresenceCommand, TextCommand,
+    ArtifactsCommand, Cli, Command, ConvCommand, DocCommand, PairCommand, PeersCommand,
+    PresenceCommand, TextCommand,
 };
 use nomade_node::control::{
     self, ControlClient, ControlError, ControlLimits, ErrorKind, Event, EventSink, Request,
@@ -130,7 +131,21 @@ fn print_json(v: &Json) {
 }
 
 fn config(cli: &Cli) -> NodeConfig {
+    let artifact_policy = match &cli.command {
+        Command::Serve {
+            fetch,
+            fetch_max_size,
+            fetch_types,
+            ..
+        } => nomade_node::ArtifactPolicy {
+            prefetch: fetch == "all",
+            max_size: *fetch_max_size,
+            mime_types: fetch_types.clone(),
+        },
+        _ => nomade_node::ArtifactPolicy::default(),
+    };
     NodeConfig {
+        artifact_policy,
         device_name: cli.name.clone().unwrap_or_default(),
         rate_limits: if cli.no_rate_limits {
             RateLimits::OFF
@@ -254,6 +269,7 @@ async fn run(cli: Cli) -> Result<i32, ControlError> {
         Command::Serve {
             listen,
             metrics_addr,
+            ..
         } => return serve(&cli, *listen, *metrics_addr).await,
         Command::Text(TextCommand::Edit { doc, field }) => {
             return text_edit(&cli, doc, field).await
@@ -366,6 +382,24 @@ async fn run(cli: Cli) -> Result<i32, ControlError> {
             from: from.map(|a| a.to_string()),
             peer: peer.clone(),
         },
+        Command::Artifacts {
+            action: None | Some(ArtifactsCommand::List),
+        } => Request::ArtifactsList,
+        Command::Artifacts {
+            action: Some(ArtifactsCommand::Pin { id }),
+        } => Request::ArtifactsPin {
+            id: id.clone(),
+            pinned: true,
+        },
+        Command::Artifacts {
+            action: Some(ArtifactsCommand::Unpin { id }),
+        } => Request::ArtifactsPin {
+            id: id.clone(),
+            pinned: false,
+        },
+        Command::Artifacts {
+            action: Some(ArtifactsCommand::Evict { id }),
+        } => Request::ArtifactsEvict { id: id.clone() },
         Command::Status { .. } => Request::Status,
         Command::Watch { .. } => Request::Watch,
         Command::Doctor { .. } => Request::Doctor,
@@ -452,6 +486,21 @@ fn print_result(cli: &Cli, result: &Json) -> i32 {
         Command::Peers(PeersCommand::Remove { .. }) => {
             println!("unpaired {}", s(&result["device_id"]))
         }
+        Command::Artifacts {
+            action: None | Some(ArtifactsCommand::List),
+        } => print_artifacts(result),
+        Command::Artifacts {
+            action: Some(ArtifactsCommand::Pin { id }),
+        } => println!("pinned {id}"),
+        Command::Artifacts {
+            action: Some(ArtifactsCommand::Unpin { id }),
+        } => println!("unpinned {id}"),
+        Command::Artifacts {
+            action: Some(ArtifactsCommand::Evict { id }),
+        } => println!(
+            "evicted {id}: {} freed",
+            bytes(result["freed"].as_u64().unwrap_or(0))
+        ),
         Command::Peers(PeersCommand::Revoke { .. }) => {
             println!(
                 "revoked {}: your devices refuse it as they learn of it, and keep its changes up to {} only",
@@ -565,6 +614,44 @@ fn print_peers(result: &Json) {
                 "(no address)".to_string()
             } else {
                 addrs.join(",")
+            }
+        );
+    }
+}
+
+fn print_artifacts(result: &Json) {
+    let list = result.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("no artifacts");
+    }
+    for a in &list {
+        let id = a["id"].as_str().unwrap_or_default();
+        let size = a["size"]
+            .as_u64()
+            .map(bytes)
+            .unwrap_or_else(|| "size unknown".into());
+        let state = a["state"].as_str().unwrap_or_default().replace('_', " ");
+        let pinned = if a["pinned"].as_bool() == Some(true) {
+            "  pinned"
+        } else {
+            ""
+        };
+        let mime = a["mime_type"].as_str().unwrap_or("-");
+        let by: Vec<&str> = a["referenced_by"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str())
+            .collect();
+        println!(
+            "{}  {:<11} {:>10}  {mime}{pinned}{}",
+            id.get(..16).unwrap_or(id),
+            state,
+            size,
+            if by.is_empty() {
+                String::new()
+            } else {
+                format!("  in {}", by.join(", "))
             }
         );
     }

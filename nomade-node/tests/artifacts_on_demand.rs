@@ -1,0 +1,259 @@
+//! Artifacts on demand, over real QUIC between real data directories: each
+//! device fetches what its policy wants and knows the rest by metadata
+//! alone; content is fetched when asked, pinned, evicted; a holder's
+//! metadata that contradicts itself is refused.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use nomade_artifact::ArtifactId;
+use nomade_node::{ArtifactPolicy, ArtifactState, Node, NodeConfig, NodeError};
+use nomade_wire::{ArtifactMetadata, Envelope, Message, MessageId, StreamRole};
+
+mod common;
+use common::{config, hand_driven_peer};
+
+async fn online(node: &Node) -> SocketAddr {
+    node.start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("start")
+}
+
+async fn link(a: &Node, addr: SocketAddr, b: &Node) {
+    a.add_peer(b.device_id(), &b.device_name(), &[])
+        .expect("pair");
+    b.add_peer(a.device_id(), &a.device_name(), &[addr])
+        .expect("pair");
+    b.connect(addr, a.device_id()).await.expect("connect");
+}
+
+async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    for _ in 0..300 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn entry(node: &Node, id: &ArtifactId) -> nomade_node::ArtifactEntry {
+    node.artifact_entries()
+        .expect("entries")
+        .into_iter()
+        .find(|e| e.id == id.to_hex())
+        .expect("listed")
+}
+
+fn with_policy(name: &str, policy: ArtifactPolicy) -> NodeConfig {
+    NodeConfig {
+        artifact_policy: policy,
+        ..config(name)
+    }
+}
+
+/// A laptop holds a photo, a video and a text file, referenced by one
+/// document. A phone that wants photos up to 1 MB fetches only the photo;
+/// a desktop that wants metadata only fetches nothing, and lists all three
+/// with their sizes and types; it fetches the video when asked, cannot
+/// evict it while pinned, evicts it once unpinned (its metadata stays).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_device_holds_what_its_policy_wants_and_knows_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let laptop = Node::open(&dir.path().join("laptop"), config("laptop")).expect("open");
+    let phone_policy = ArtifactPolicy {
+        max_size: Some(1 << 20),
+        mime_types: vec!["image/".into()],
+        ..ArtifactPolicy::default()
+    };
+    let phone = Node::open(
+        &dir.path().join("phone"),
+        with_policy("phone", phone_policy),
+    )
+    .expect("open");
+    let desktop = Node::open(
+        &dir.path().join("desktop"),
+        with_policy("desktop", ArtifactPolicy::metadata_only()),
+    )
+    .expect("open");
+
+    let put = |name: &str, len: usize, mime: &str| {
+        let path = dir.path().join(name);
+        let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(&path, data).expect("write");
+        laptop.put_artifact(&path, Some(mime)).expect("put")
+    };
+    let photo = put("photo.jpg", 300_000, "image/jpeg");
+    let video = put("clip.mp4", 2_000_000, "video/mp4");
+    let notes = put("notes.txt", 50_000, "text/plain");
+    for (field, id) in [("photo", photo), ("video", video), ("notes", notes)] {
+        laptop
+            .set("trip", field, id.to_reference().as_str())
+            .expect("reference");
+    }
+
+    let la = online(&laptop).await;
+    online(&phone).await;
+    online(&desktop).await;
+    link(&laptop, la, &phone).await;
+    link(&laptop, la, &desktop).await;
+
+    wait_for(
+        || phone.artifacts().has(&photo),
+        "the phone to fetch the photo",
+    )
+    .await;
+    wait_for(
+        || {
+            desktop
+                .artifact_entries()
+                .expect("entries")
+                .iter()
+                .filter(|e| e.size.is_some())
+                .count()
+                == 3
+        },
+        "the desktop to know all three by their metadata",
+    )
+    .await;
+    // What the policies left alone stays remote.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!phone.artifacts().has(&video) && !phone.artifacts().has(&notes));
+    assert_eq!(desktop.artifacts().used_bytes().expect("used"), 0);
+    let v = entry(&desktop, &video);
+    assert_eq!(v.state, ArtifactState::RemoteOnly);
+    assert_eq!(v.size, Some(2_000_000));
+    assert_eq!(v.mime_type.as_deref(), Some("video/mp4"));
+    assert_eq!(v.referenced_by, vec!["document:trip".to_string()]);
+    assert_eq!(entry(&phone, &photo).state, ArtifactState::Local);
+    assert_eq!(entry(&phone, &notes).state, ArtifactState::RemoteOnly);
+
+    // Asked for, it comes; pinned, it stays.
+    desktop
+        .fetch_artifact(&laptop.device_id(), video, |_| {})
+        .await
+        .expect("fetch");
+    assert_eq!(entry(&desktop, &video).state, ArtifactState::Local);
+    desktop.pin_artifact(&video, true).expect("pin");
+    assert!(entry(&desktop, &video).pinned);
+    assert!(matches!(
+        desktop.evict_artifact(&video),
+        Err(NodeError::Invalid(_))
+    ));
+    desktop.pin_artifact(&video, false).expect("unpin");
+    let freed = desktop.evict_artifact(&video).expect("evict");
+    assert!(freed >= 2_000_000, "freed {freed}");
+    assert_eq!(desktop.artifacts().used_bytes().expect("used"), 0);
+    let v = entry(&desktop, &video);
+    assert_eq!(
+        (v.state, v.size),
+        (ArtifactState::RemoteOnly, Some(2_000_000))
+    );
+    assert!(matches!(
+        desktop.evict_artifact(&video),
+        Err(NodeError::NotFound(_))
+    ));
+
+    for n in [&laptop, &phone, &desktop] {
+        n.shutdown().await;
+    }
+}
+
+/// A pinned artifact is fetched at the next sync whatever the policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_artifact_is_fetched_whatever_the_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let laptop = Node::open(&dir.path().join("laptop"), config("laptop")).expect("open");
+    let desktop = Node::open(
+        &dir.path().join("desktop"),
+        with_policy("desktop", ArtifactPolicy::metadata_only()),
+    )
+    .expect("open");
+    let path = dir.path().join("a.bin");
+    std::fs::write(&path, vec![9u8; 100_000]).expect("write");
+    let id = laptop.put_artifact(&path, None).expect("put");
+    laptop
+        .set("d", "file", id.to_reference().as_str())
+        .expect("reference");
+    desktop
+        .pin_artifact(&id, true)
+        .expect("pin before it is known");
+    let la = online(&laptop).await;
+    online(&desktop).await;
+    link(&laptop, la, &desktop).await;
+    wait_for(|| desktop.artifacts().has(&id), "the pinned artifact").await;
+    for n in [&laptop, &desktop] {
+        n.shutdown().await;
+    }
+}
+
+/// A holder whose metadata contradicts itself (a chunk count that does not
+/// fit the size, another artifact's id): refused, counted, nothing kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_that_contradicts_itself_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::open(&dir.path().join("node"), config("node")).expect("open");
+    let addr = online(&node).await;
+    let (_transport, conn, answer) = hand_driven_peer(&node, addr, |_| {}).await;
+    assert!(matches!(answer.message, Message::HelloAck(_)));
+    let peer = _transport.device_id();
+    let id = ArtifactId::from_hex(&"ab".repeat(32)).expect("id");
+    let other = ArtifactId::from_hex(&"cd".repeat(32)).expect("id");
+    let lies = [
+        ArtifactMetadata {
+            artifact_id: id.hash32(),
+            size: 1_000_000,
+            chunk_count: 3,
+            mime_type: None,
+            encrypted: true,
+            data_key: None,
+        },
+        ArtifactMetadata {
+            artifact_id: other.hash32(),
+            size: 10,
+            chunk_count: 1,
+            mime_type: None,
+            encrypted: true,
+            data_key: None,
+        },
+    ];
+    let holder = tokio::spawn(async move {
+        let mut served = 0;
+        while served < 2 {
+            let mut s = conn.accept_stream().await.expect("accept");
+            if s.role != StreamRole::Artifact {
+                continue;
+            }
+            let request = s.recv.recv().await.expect("recv").expect("request");
+            match request.message {
+                Message::ArtifactRequest(r) => assert!(r.metadata_only),
+                other => panic!("{other:?}"),
+            }
+            let mut tx = s.send.expect("bidirectional");
+            tx.send(&Envelope::new(
+                MessageId::from([served as u8 + 1; 16]),
+                0,
+                lies[served].clone(),
+            ))
+            .await
+            .expect("send");
+            let _ = tx.finish().await;
+            served += 1;
+        }
+        conn
+    });
+    for _ in 0..2 {
+        let refused = node.describe_artifact_from(&peer, id).await;
+        assert!(
+            matches!(refused, Err(NodeError::Artifact(_))),
+            "{refused:?}"
+        );
+    }
+    let _conn = holder.await.expect("holder");
+    assert_eq!(
+        node.metrics_snapshot().errors.get("ARTIFACT").copied(),
+        Some(2)
+    );
+    assert!(node.artifact_entries().expect("entries").is_empty());
+    node.shutdown().await;
+}
