@@ -210,6 +210,9 @@ pub struct Core {
     /// Bumped when a revoked device's history was closed later than
     /// before: pulls start again, to fetch what was refused meanwhile.
     resync: watch::Sender<u64>,
+    /// Bumped whenever an actor's history is closed (a device revoked):
+    /// pushes to that device end.
+    closures: watch::Sender<u64>,
     /// The sequence number the latest snapshot covers, and its size.
     snapshot_seq: std::sync::atomic::AtomicU64,
     snapshot_len: std::sync::atomic::AtomicU64,
@@ -373,6 +376,7 @@ impl Core {
             changes,
             appended: watch::Sender::new(last),
             resync: watch::Sender::new(0),
+            closures: watch::Sender::new(0),
             snapshot_seq: std::sync::atomic::AtomicU64::new(snapshot_seq),
             snapshot_len: std::sync::atomic::AtomicU64::new(snapshot_len),
             acked: Mutex::new(acked),
@@ -706,6 +710,17 @@ impl Core {
         if before.is_some_and(|b| b < cutoff) {
             self.resync.send_modify(|n| *n += 1);
         }
+        self.closures.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver that changes whenever an actor's history is closed.
+    pub fn closures(&self) -> watch::Receiver<u64> {
+        self.closures.subscribe()
+    }
+
+    /// Whether `actor`'s history is closed (a revoked device).
+    pub fn is_closed(&self, actor: &str) -> bool {
+        self.replica().closed_actors().contains_key(actor)
     }
 
     /// The last counter of `actor`'s operations applied here (0 if none).

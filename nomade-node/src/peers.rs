@@ -195,12 +195,20 @@ impl Node {
 
     /// Unpairs a device: forgets it and closes its connections.
     pub fn remove_peer(&self, id: &DeviceId) -> Result<bool, NodeError> {
-        let known = self.inner.core.store().remove_peer(&id.to_string())?;
-        self.inner.core.forget_received(&id.to_string());
-        self.inner.paired.remove(id);
+        let known = self.forget_peer(id)?;
         if let Some(t) = self.transport() {
             t.unpair(id);
         }
+        Ok(known)
+    }
+
+    /// Unpairs a device without closing its connections yet (see
+    /// [`Node::remove_peer`], which closes them): new handshakes are
+    /// refused from now on.
+    pub(crate) fn forget_peer(&self, id: &DeviceId) -> Result<bool, NodeError> {
+        let known = self.inner.core.store().remove_peer(&id.to_string())?;
+        self.inner.core.forget_received(&id.to_string());
+        self.inner.paired.remove(id);
         lock(&self.inner.redial.reports).remove(id);
         Ok(known)
     }

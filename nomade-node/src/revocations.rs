@@ -46,6 +46,13 @@ pub const MAX_REVOCATIONS: usize = 4096;
 /// Where the records are kept in the store.
 const META_KEY: &str = "revocations";
 
+/// How long a revoked device's live connections stay open once the
+/// revocation is accepted: nothing more is sent to it (no operation, no
+/// artifact, no new stream served but revocations), but the revocations it
+/// sent meanwhile (two devices revoking each other at once) are still
+/// read, and it is sent the record about itself. Then they are closed.
+pub const REVOKED_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Why a revocation record was not accepted.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -330,9 +337,39 @@ impl Node {
         }
         self.inner.core.close_actor(&revoked.to_string(), cutoff);
         self.inner.paired.revoke(*revoked);
-        // Forgotten as an unpaired device is, its connections closed.
-        if let Err(e) = self.remove_peer(revoked) {
+        // Forgotten as an unpaired device is; its live connections closed
+        // after the grace (see [`REVOKED_GRACE`]).
+        if let Err(e) = self.forget_peer(revoked) {
             tracing::warn!(peer = %revoked, error = %e, "could not forget a revoked device");
+        }
+        let Some(transport) = self.transport() else {
+            return;
+        };
+        let conn = self.session_conn(revoked);
+        let records: Vec<Revocation> = self
+            .inner
+            .revocations
+            .all()
+            .into_iter()
+            .filter(|r| r.revoked == revoked.to_string())
+            .collect();
+        let runtime = tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| lock(&self.inner.runtime).clone());
+        match (conn, runtime) {
+            (Some(conn), Some(runtime)) => {
+                let revoked = *revoked;
+                runtime.spawn(async move {
+                    let deadline = tokio::time::Instant::now() + REVOKED_GRACE;
+                    let _ =
+                        tokio::time::timeout_at(deadline, send_revocations(&conn, records)).await;
+                    tokio::time::sleep_until(deadline).await;
+                    transport.unpair(&revoked);
+                });
+            }
+            _ => {
+                transport.unpair(revoked);
+            }
         }
     }
 

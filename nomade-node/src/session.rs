@@ -235,7 +235,23 @@ impl Node {
         ready: Option<tokio::sync::oneshot::Sender<Result<(), NodeError>>>,
     ) -> Result<(), NodeError> {
         let peer = conn.peer();
-        let (info, clock_offset_ms) = match self.handshake(&conn, dialer).await {
+        let handshake = self.handshake(&conn, dialer).await.and_then(|answer| {
+            // Unpaired or revoked while the handshake ran (TLS admitted it
+            // before): no session, and nothing of it is recorded.
+            if self.inner.paired.contains(&peer) {
+                Ok(answer)
+            } else {
+                conn.close(
+                    u32::from(nomade_wire::ErrorCode::AUTHENTICATION_FAILED.0),
+                    "no longer paired",
+                );
+                Err(NodeError::Refused {
+                    peer: peer.to_string(),
+                    reason: "unpaired or revoked during the handshake".into(),
+                })
+            }
+        });
+        let (info, clock_offset_ms) = match handshake {
             Ok(answer) => answer,
             Err(e) => {
                 // The dialer waiting on `ready` gets the error itself (its

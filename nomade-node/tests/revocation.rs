@@ -117,17 +117,19 @@ async fn a_lost_phone_is_revoked_everywhere_and_nothing_new_reaches_it() {
     let revoked = laptop.revoke_peer(&phone_id).expect("revoke");
     assert_eq!(revoked.device_id, phone_id.to_string());
     assert_eq!(revoked.cutoff, 1, "the phone's one edit the laptop had");
+    let forgot_phone = |n: &Node| {
+        n.peers()
+            .expect("peers")
+            .iter()
+            .all(|p| p.device_id != phone_id.to_string())
+    };
     wait_for(
-        || !desktop.revoked_devices().is_empty(),
+        || !desktop.revoked_devices().is_empty() && forgot_phone(&desktop),
         "the desktop to learn the revocation",
     )
     .await;
     for n in [&laptop, &desktop] {
-        assert!(n
-            .peers()
-            .expect("peers")
-            .iter()
-            .all(|p| p.device_id != phone_id.to_string()));
+        assert!(forgot_phone(n));
         assert_eq!(n.revoked_devices()[0].device_id, phone_id.to_string());
     }
     // The record is kept: the laptop's own, the desktop's copy of it.
@@ -246,8 +248,20 @@ async fn two_devices_revoking_each_other_are_both_revoked() {
         "the desktop to hold both revocations",
     )
     .await;
-    assert!(desktop.peers().expect("peers").is_empty());
-    assert!(desktop.connected_peers().is_empty());
+    wait_for(
+        || desktop.peers().expect("peers").is_empty(),
+        "the desktop to forget both",
+    )
+    .await;
+    wait_for(
+        || desktop.connected_peers().is_empty(),
+        "both connections to close after the grace",
+    )
+    .await;
+    // Each learned, from the desktop, that it was revoked.
+    for n in [&laptop, &phone] {
+        wait_for(|| n.is_revoked(), "a device to learn it was revoked").await;
+    }
     for n in [&laptop, &phone] {
         assert!(n.connect(da, desktop.device_id()).await.is_err());
     }

@@ -319,10 +319,15 @@ pub async fn push(
     rx: &mut impl FrameSource,
 ) -> Result<(), NodeError> {
     let mut appended = core.appended();
+    let mut closures = core.closures();
+    let peer = pusher.peer().to_string();
     let mut out = Vec::new();
     let Some(first) = rx.recv().await? else {
         return Ok(());
     };
+    if core.is_closed(&peer) {
+        return Ok(());
+    }
     let r = pusher.receive(&core, first, std::time::Instant::now(), &mut out);
     flush(tx, &mut out, r).await?;
     loop {
@@ -342,6 +347,13 @@ pub async fn push(
                 }
             }
             () = sleep_until(pusher.poll_timeout()) => {}
+            changed = closures.changed() => {
+                // A revoked device is sent nothing more, from the moment
+                // the revocation is accepted.
+                if changed.is_err() || core.is_closed(&peer) {
+                    return Ok(());
+                }
+            }
             msg = rx.recv() => {
                 let Some(env) = msg? else { return Ok(()) };
                 let r = pusher.receive(&core, env, std::time::Instant::now(), &mut out);

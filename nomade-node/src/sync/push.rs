@@ -290,6 +290,11 @@ impl Pusher {
         Transmit::Frame(compressed.flatten().unwrap_or(frame))
     }
 
+    /// The device pushed to.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
     /// Whether the window of unacknowledged frames is full: [`Pusher::poll`]
     /// sends nothing until an acknowledgement comes.
     pub fn window_full(&self) -> bool {
