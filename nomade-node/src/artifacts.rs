@@ -460,6 +460,50 @@ impl Node {
         self.fetch_on(&conn, id, progress).await
     }
 
+    /// Fetches an artifact from whichever of `holders` has it, in that
+    /// order (connected ones only): a holder that does not have it, fails,
+    /// or drops mid-transfer is left for the next, which resumes after the
+    /// last chunk verified so far. `progress` gets each holder's progress.
+    /// Returns the holder that completed it (this device itself when it
+    /// held it already).
+    pub async fn fetch_artifact_from(
+        &self,
+        holders: &[DeviceId],
+        id: ArtifactId,
+        mut progress: impl FnMut(&DeviceId, &Progress),
+    ) -> Result<DeviceId, NodeError> {
+        if self.inner.artifacts.has(&id) {
+            return Ok(self.inner.device_id);
+        }
+        let mut last = NodeError::NotFound(format!(
+            "artifact {id} is not held here and no connected device has it"
+        ));
+        for holder in holders {
+            let Some(conn) = self.session_conn(holder) else {
+                continue;
+            };
+            match self.fetch_on(&conn, id, |p| progress(holder, p)).await {
+                Ok(()) => return Ok(*holder),
+                Err(e) => {
+                    tracing::info!(peer = %holder, artifact = %id, error = %e, "artifact not fetched from this device; trying the next");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// [`Node::fetch_artifact_from`] every connected device (an
+    /// application opening an artifact it does not hold).
+    pub async fn fetch_artifact_from_any(
+        &self,
+        id: ArtifactId,
+        progress: impl FnMut(&DeviceId, &Progress),
+    ) -> Result<DeviceId, NodeError> {
+        let holders = self.connected_peers();
+        self.fetch_artifact_from(&holders, id, progress).await
+    }
+
     /// Fetches on `conn`; a failure other than a lost connection (bad data,
     /// a refusal, a quota) is counted as an `ARTIFACT` error.
     pub(crate) async fn fetch_on(

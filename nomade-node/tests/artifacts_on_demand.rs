@@ -257,3 +257,76 @@ async fn metadata_that_contradicts_itself_is_refused() {
     assert!(node.artifact_entries().expect("entries").is_empty());
     node.shutdown().await;
 }
+
+/// A fetch from two holders in turn: the first drops mid-transfer, and the
+/// second goes on from the last chunk verified, not from the start; the
+/// artifact is whole and verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_goes_on_from_another_holder_when_one_drops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let slow = NodeConfig {
+        rate_limits: nomade_transport::RateLimits {
+            sync_ops_per_sec: None,
+            artifact_bytes_per_sec: Some(2_000_000),
+        },
+        ..config("laptop")
+    };
+    let laptop = Node::open(&dir.path().join("laptop"), slow).expect("open");
+    let desktop = Node::open(&dir.path().join("desktop"), config("desktop")).expect("open");
+    let phone = Node::open(
+        &dir.path().join("phone"),
+        with_policy("phone", ArtifactPolicy::metadata_only()),
+    )
+    .expect("open");
+    let path = dir.path().join("film.bin");
+    let data: Vec<u8> = (0..6_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    std::fs::write(&path, &data).expect("write");
+    // Both hold it: the same content is the same artifact.
+    let id = laptop.put_artifact(&path, None).expect("put");
+    assert_eq!(desktop.put_artifact(&path, None).expect("put"), id);
+    let la = online(&laptop).await;
+    let da = online(&desktop).await;
+    online(&phone).await;
+    link(&laptop, la, &phone).await;
+    link(&desktop, da, &phone).await;
+
+    let mut seen: Vec<(nomade_transport::DeviceId, u64)> = Vec::new();
+    let (laptop_id, desktop_id) = (laptop.device_id(), desktop.device_id());
+    let mut dropped = false;
+    let holder = phone
+        .fetch_artifact_from(&[laptop_id, desktop_id], id, |holder, p| {
+            seen.push((*holder, p.bytes_done));
+            if *holder == laptop_id && p.bytes_done > 1_000_000 && !dropped {
+                dropped = true;
+                let l = laptop.clone();
+                tokio::spawn(async move { l.shutdown().await });
+            }
+        })
+        .await
+        .expect("fetched");
+    assert_eq!(holder, desktop_id);
+    let from_laptop = seen
+        .iter()
+        .filter(|(h, _)| *h == laptop_id)
+        .map(|(_, b)| *b)
+        .max()
+        .expect("progress from the laptop");
+    let resumed_at = seen
+        .iter()
+        .find(|(h, _)| *h == desktop_id)
+        .map(|(_, b)| *b)
+        .expect("progress from the desktop");
+    assert!(from_laptop > 1_000_000 && from_laptop < 6_000_000, "{from_laptop}");
+    // The desktop starts where the chunks verified from the laptop end (a
+    // chunk boundary; at least what the laptop's progress last reported).
+    assert!(
+        resumed_at >= from_laptop && resumed_at < 6_000_000 && resumed_at % 65_536 == 0,
+        "resumed at {resumed_at}, the laptop's last report {from_laptop}"
+    );
+    let out = dir.path().join("out.bin");
+    phone.export_artifact(&id, &out).expect("export");
+    assert_eq!(std::fs::read(&out).expect("read"), data);
+    for n in [&desktop, &phone] {
+        n.shutdown().await;
+    }
+}
