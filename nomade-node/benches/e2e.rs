@@ -147,6 +147,76 @@ fn write_pattern(path: &Path, len: u64) {
     f.into_inner().unwrap().sync_all().unwrap();
 }
 
+/// A metadata-only device and `count` artifacts of `total` bytes in all,
+/// referenced by a document of A: B syncs and asks each one's metadata,
+/// fetching no content. Returns the seconds until B knew all of them, and
+/// the bytes B's artifact store then uses on disk (its directory).
+async fn metadata_only(total: u64, count: u64) -> (f64, u64) {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Node::open(&tmp.path().join("a"), limited_config("a", RateLimits::OFF)).unwrap();
+    let file = tmp.path().join("artifact.bin");
+    for i in 0..count {
+        write_pattern(&file, total / count);
+        // Each its own content, so its own artifact.
+        use std::io::{Seek, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.write_all(&i.to_le_bytes()).unwrap();
+        drop(f);
+        let id = a.put_artifact(&file, Some("video/mp4")).unwrap();
+        a.set("library", &format!("film-{i}"), id.to_reference().as_str())
+            .unwrap();
+    }
+    std::fs::remove_file(&file).unwrap();
+    let b = Node::open(
+        &tmp.path().join("b"),
+        NodeConfig {
+            artifact_policy: nomade_node::ArtifactPolicy::metadata_only(),
+            ..limited_config("b", RateLimits::OFF)
+        },
+    )
+    .unwrap();
+    let addr_a = a.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    b.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    a.add_peer(b.device_id(), "b", &[]).unwrap();
+    b.add_peer(a.device_id(), "a", &[addr_a]).unwrap();
+    let start = Instant::now();
+    b.connect(addr_a, a.device_id()).await.unwrap();
+    let known = |b: &Node| {
+        let entries = b.artifact_entries().unwrap();
+        entries.len() as u64 == count && entries.iter().all(|e| e.size.is_some())
+    };
+    while !known(&b) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let described: u64 = b
+        .artifact_entries()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.size)
+        .sum();
+    assert_eq!(described, total / count * count);
+    let disk = dir_bytes(&tmp.path().join("b").join("artifacts"));
+    a.shutdown().await;
+    b.shutdown().await;
+    (secs, disk)
+}
+
+/// The bytes of the files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
+}
+
 async fn two_nodes(dir: &Path, limits: RateLimits) -> (Node, Node) {
     let a = Node::open(&dir.join("a"), limited_config("a", limits)).unwrap();
     let b = Node::open(&dir.join("b"), limited_config("b", limits)).unwrap();
@@ -646,6 +716,12 @@ fn main() {
     } else {
         (1024 * MIB, 1024 * MIB, 1_000_000, 10_000, 10_000)
     };
+    // A metadata-only device: referenced artifacts (bytes in all, count).
+    let (referenced, referenced_count) = if quick {
+        (64 * MIB, 16)
+    } else {
+        (10 * 1024 * MIB, 40)
+    };
     // With the protocol's default limits: 100 sync frames/s, 10 MB/s of
     // artifacts, each with a burst of one second's worth; the sizes make the
     // transfers last well beyond the burst.
@@ -660,7 +736,7 @@ fn main() {
     } else {
         (300_000, 64 * MIB)
     };
-    // `--only sync` (or `artifact`, `latency`, `limited`) runs one part, for
+    // `--only sync` (or `artifact`, `latency`, `limited`, `metadata`) runs one part, for
     // profiling; `--only fetch` is the artifact fetch without its baseline,
     // `--only raw` the baseline alone.
     let args: Vec<String> = std::env::args().collect();
@@ -714,6 +790,13 @@ fn main() {
             let (secs, bytes) = rt.block_on(snapshot_sync(ops, docs));
             println!("e2e: snapshot-first sync of a compacted store of {ops} ops: {secs:.2} s, {bytes} bytes received");
         }
+        if run("metadata") {
+            let (secs, disk) = rt.block_on(metadata_only(referenced, referenced_count));
+            println!(
+                "e2e: a metadata-only device knows {referenced_count} artifacts of {} MiB in all in {secs:.2} s, its artifact store using {disk} bytes",
+                referenced / MIB
+            );
+        }
         if run("latency") {
             let (p50, p99) = rt.block_on(latency(lat_n));
             println!("e2e: latency p50 {p50:.2} ms, p99 {p99:.2} ms");
@@ -757,6 +840,7 @@ fn main() {
         .iter()
         .map(|&(devices, edits)| rt.block_on(mesh(devices, edits)))
         .collect();
+    let (metadata_secs, metadata_disk) = rt.block_on(metadata_only(referenced, referenced_count));
     let report = serde_json::json!({
         "quick": quick,
         "raw_quinn_mib_per_sec": raw,
@@ -783,6 +867,12 @@ fn main() {
         "snapshot_sync_secs": snapshot_secs,
         "snapshot_sync_bytes": snapshot_bytes,
         "mesh": meshes.iter().map(Mesh::to_json).collect::<Vec<_>>(),
+        "metadata_only": {
+            "artifacts": referenced_count,
+            "bytes_referenced": referenced,
+            "secs_to_know_all": metadata_secs,
+            "artifact_store_bytes_on_disk": metadata_disk,
+        },
         "latency_samples": lat_n,
         "latency_p50_ms": p50,
         "latency_p99_ms": p99,
@@ -829,6 +919,10 @@ fn main() {
     for m in &meshes {
         print_mesh(m);
     }
+    println!(
+        "e2e: a metadata-only device knows {referenced_count} artifacts of {} MiB in all in {metadata_secs:.2} s, its artifact store using {metadata_disk} bytes",
+        referenced / MIB
+    );
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/e2e.json");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();

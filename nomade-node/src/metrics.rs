@@ -60,6 +60,10 @@ pub struct Metrics {
     /// Commits of peers' operations to the log (operations that several
     /// pulls hand over at once go in one).
     pub remote_commits: AtomicU64,
+    /// Revocation records received that this device held already (every
+    /// device sends all it holds at each connection; a replay is one too):
+    /// they change nothing.
+    pub revocations_already_held: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
     latency_sum_us: AtomicU64,
     latency_count: AtomicU64,
@@ -84,6 +88,7 @@ impl Default for Metrics {
             snapshots_adopted: AtomicU64::new(0),
             runs_sent_as_stored: AtomicU64::new(0),
             remote_commits: AtomicU64::new(0),
+            revocations_already_held: AtomicU64::new(0),
             latency_buckets: Default::default(),
             latency_sum_us: AtomicU64::new(0),
             latency_count: AtomicU64::new(0),
@@ -130,6 +135,8 @@ pub struct MetricsSnapshot {
     pub runs_sent_as_stored: u64,
     /// Commits of peers' operations to the log.
     pub remote_commits: u64,
+    /// Revocation records received that were held already.
+    pub revocations_already_held: u64,
     /// Sync latency (created on the peer -> applied here) histogram: bucket
     /// upper bound in µs -> cumulative count.
     pub sync_latency_us: Vec<(u64, u64)>,
@@ -217,6 +224,7 @@ impl Metrics {
             snapshots_adopted: self.snapshots_adopted.load(Ordering::Relaxed),
             runs_sent_as_stored: self.runs_sent_as_stored.load(Ordering::Relaxed),
             remote_commits: self.remote_commits.load(Ordering::Relaxed),
+            revocations_already_held: self.revocations_already_held.load(Ordering::Relaxed),
             sync_latency_us,
             sync_latency_count: count,
             sync_latency_mean_us: if count == 0 {
@@ -306,6 +314,11 @@ impl MetricsSnapshot {
                 "nomade_remote_commits_total",
                 "Commits of peers' operations to the log (operations several pulls hand over at once go in one)",
                 self.remote_commits,
+            ),
+            (
+                "nomade_revocations_already_held_total",
+                "Revocation records received that this device held already (each device sends all it holds at every connection): they change nothing",
+                self.revocations_already_held,
             ),
         ];
         for (name, help, v) in counters {

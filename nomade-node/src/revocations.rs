@@ -69,7 +69,9 @@ pub enum RevocationRefused {
         signer: String,
     },
     /// This device already holds this record, or a later one by the same
-    /// signer: a replay changes nothing.
+    /// signer: a replay changes nothing. (Each device sends every record it
+    /// holds at every connection, so this is the common case: it is
+    /// counted in `nomade_revocations_already_held_total`, not as an error.)
     #[error("revocation of {revoked} by {signer} already held")]
     Replayed {
         /// The revoked device.
@@ -90,13 +92,14 @@ pub enum RevocationRefused {
 }
 
 impl RevocationRefused {
-    /// The kind counted in `nomade_errors_total`.
+    /// The kind counted in `nomade_errors_total` (a record already held is
+    /// counted apart, in `nomade_revocations_already_held_total`).
     pub fn metric(&self) -> &'static str {
         match self {
             RevocationRefused::Invalid(RevocationError::SelfRevocation) => "REVOCATION_SELF",
             RevocationRefused::Invalid(_) => "REVOCATION_INVALID",
             RevocationRefused::UnknownSigner { .. } => "REVOCATION_UNKNOWN_SIGNER",
-            RevocationRefused::Replayed { .. } => "REVOCATION_REPLAYED",
+            RevocationRefused::Replayed { .. } => "REVOCATION_ALREADY_HELD",
             RevocationRefused::TooMany { .. } => "REVOCATION_TOO_MANY",
             RevocationRefused::Store(_) => "REVOCATION_STORE",
         }
@@ -242,15 +245,15 @@ impl Node {
         record: Revocation,
     ) -> Result<(), RevocationRefused> {
         let result = self.accept_revocation(from, record);
-        if let Err(e) = &result {
-            self.metrics().record_error(e.metric());
-            match e {
-                RevocationRefused::Replayed { .. } => {
-                    tracing::debug!(from = ?from.map(|f| f.to_string()), error = %e, "revocation ignored")
-                }
-                _ => {
-                    tracing::warn!(from = ?from.map(|f| f.to_string()), error = %e, "revocation refused")
-                }
+        match &result {
+            Ok(()) => {}
+            Err(e @ RevocationRefused::Replayed { .. }) => {
+                crate::metrics::Metrics::add(&self.metrics().revocations_already_held, 1);
+                tracing::debug!(from = ?from.map(|f| f.to_string()), error = %e, "revocation already held");
+            }
+            Err(e) => {
+                self.metrics().record_error(e.metric());
+                tracing::warn!(from = ?from.map(|f| f.to_string()), error = %e, "revocation refused");
             }
         }
         result

@@ -316,7 +316,10 @@ async fn a_fetch_goes_on_from_another_holder_when_one_drops() {
         .find(|(h, _)| *h == desktop_id)
         .map(|(_, b)| *b)
         .expect("progress from the desktop");
-    assert!(from_laptop > 1_000_000 && from_laptop < 6_000_000, "{from_laptop}");
+    assert!(
+        from_laptop > 1_000_000 && from_laptop < 6_000_000,
+        "{from_laptop}"
+    );
     // The desktop starts where the chunks verified from the laptop end (a
     // chunk boundary; at least what the laptop's progress last reported).
     assert!(

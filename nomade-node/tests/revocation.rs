@@ -334,7 +334,7 @@ async fn forged_replayed_and_self_revocations_are_refused_and_counted() {
     }
     tx.finish().await.expect("finish");
     wait_for(
-        || errors(&laptop, "REVOCATION_REPLAYED") == 1 && laptop.is_revoked(),
+        || laptop.metrics_snapshot().revocations_already_held == 1 && laptop.is_revoked(),
         "the records to be read",
     )
     .await;
