@@ -493,6 +493,20 @@ impl Node {
         Err(last)
     }
 
+    /// Opens an artifact for reading, chunk by chunk, each verified:
+    /// fetched first from whichever connected device has it when this one
+    /// holds only its metadata (an application opening a file it sees
+    /// listed).
+    pub async fn open_artifact(
+        &self,
+        id: ArtifactId,
+    ) -> Result<nomade_artifact::ArtifactReader, NodeError> {
+        if !self.inner.artifacts.has(&id) {
+            self.fetch_artifact_from_any(id, |_, _| {}).await?;
+        }
+        Ok(self.inner.artifacts.open_artifact(&id)?)
+    }
+
     /// [`Node::fetch_artifact_from`] every connected device (an
     /// application opening an artifact it does not hold).
     pub async fn fetch_artifact_from_any(

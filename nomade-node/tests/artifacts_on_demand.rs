@@ -128,11 +128,11 @@ async fn each_device_holds_what_its_policy_wants_and_knows_the_rest() {
     assert_eq!(entry(&phone, &photo).state, ArtifactState::Local);
     assert_eq!(entry(&phone, &notes).state, ArtifactState::RemoteOnly);
 
-    // Asked for, it comes; pinned, it stays.
-    desktop
-        .fetch_artifact(&laptop.device_id(), video, |_| {})
-        .await
-        .expect("fetch");
+    // Opened by an application, it comes; pinned, it stays.
+    let mut reader = desktop.open_artifact(video).await.expect("open");
+    let first = reader.read_chunk(0).expect("first chunk");
+    assert_eq!(first.len(), 65_536);
+    assert_eq!(first[1], 31);
     assert_eq!(entry(&desktop, &video).state, ArtifactState::Local);
     desktop.pin_artifact(&video, true).expect("pin");
     assert!(entry(&desktop, &video).pinned);
