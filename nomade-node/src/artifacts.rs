@@ -225,16 +225,19 @@ impl Node {
     /// this device lacks, and pinned ones, from that peer; of the others,
     /// asks their metadata only (when the peer `describes`: it announced
     /// [`crate::handshake::ARTIFACT_METADATA`]), so that `nomade artifacts`
-    /// shows their size and type without their content on disk.
+    /// shows their size and type without their content on disk. The
+    /// fetches wait until the device allows background work
+    /// ([`crate::schedule`]); they show in `status` meanwhile.
     pub(crate) async fn fetch_missing_artifacts(&self, conn: &Connection, describes: bool) {
         let policy = self.inner.config.artifact_policy.clone();
         let records = self.artifact_records();
+        let mut wanted = Vec::new();
         for id in self.referenced_artifacts() {
             if self.inner.artifacts.has(&id) {
                 continue;
             }
             let record = records.get(&id.to_hex()).cloned().unwrap_or_default();
-            let wanted = if record.pinned || self.inner.artifacts.has_partial(&id) {
+            let fetch = if record.pinned || self.inner.artifacts.has_partial(&id) {
                 true
             } else if !policy.prefetch {
                 false
@@ -254,15 +257,35 @@ impl Node {
             } else {
                 true
             };
-            if !wanted {
-                if describes && record.size.is_none() && !policy.filters() {
-                    if let Err(e) = self.describe_artifact(conn, id).await {
+            if fetch {
+                wanted.push(id);
+                continue;
+            }
+            if describes && record.size.is_none() && !policy.filters() {
+                if let Err(e) = self.describe_artifact(conn, id).await {
+                    tracing::info!(peer = %conn.peer(), artifact = %id, error = %e, "could not describe an artifact");
+                }
+            }
+            tracing::debug!(artifact = %id, "left remote by the artifact policy");
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        // Prefetching can wait for the device to allow it (battery, link,
+        // time of day); the session ending ends the wait. Meanwhile the
+        // artifacts are known by their metadata.
+        if describes && self.background_decision().is_err() {
+            for id in &wanted {
+                if records.get(&id.to_hex()).is_none_or(|r| r.size.is_none()) {
+                    if let Err(e) = self.describe_artifact(conn, *id).await {
                         tracing::info!(peer = %conn.peer(), artifact = %id, error = %e, "could not describe an artifact");
                     }
                 }
-                tracing::debug!(artifact = %id, "left remote by the artifact policy");
-                continue;
             }
+        }
+        let work = format!("artifact prefetch from {}", conn.peer());
+        self.background_allowed(&work, wanted.len()).await;
+        for id in wanted {
             match self.fetch_on(conn, id, |_| {}).await {
                 Ok(()) => tracing::info!(peer = %conn.peer(), artifact = %id, "artifact fetched"),
                 // The partial file stays: the next session resumes from it.

@@ -306,6 +306,13 @@ pub enum Request {
         #[serde(default)]
         message: Option<String>,
     },
+    /// Tells a running node the device's power and network state:
+    /// background work waits or goes by it, heartbeats carry it.
+    PowerSet {
+        /// The state.
+        #[serde(flatten)]
+        state: crate::schedule::PowerState,
+    },
     /// Every change as it is applied, as `change` events (a running node only).
     Watch,
     /// Why each paired device is syncing or not (see [`crate::doctor`]).
@@ -740,6 +747,13 @@ pub async fn handle(
             }
             node.set_presence(status, message);
             Ok(Json::Null)
+        }
+        Request::PowerSet { state } => {
+            if !served {
+                return Err(no_node(node));
+            }
+            node.set_power_state(state);
+            Ok(to_json(&node.power_state())?)
         }
         Request::Watch => {
             if !served {

@@ -79,6 +79,7 @@ mod presence;
 pub mod progress;
 mod recent;
 pub mod revocations;
+pub mod schedule;
 mod session;
 pub mod sim;
 mod status;

@@ -1,7 +1,7 @@
 //! A running device: identity, database, artifact store, and the network
 //! sessions with paired peers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -60,6 +60,10 @@ pub struct NodeConfig {
     /// (default: every referenced one); the others it knows by their
     /// metadata and fetches when asked.
     pub artifact_policy: crate::ArtifactPolicy,
+    /// When background work (prefetching artifacts by the policy) may run:
+    /// a battery floor, not on cellular, within windows of the day
+    /// (see [`crate::schedule`]).
+    pub background: crate::schedule::BackgroundPolicy,
     /// How long a paired device may stay silent and still hold back the
     /// compaction of the history it has not acknowledged (default 14 days).
     /// One silent longer is sent a snapshot when it returns.
@@ -102,6 +106,7 @@ impl Default for NodeConfig {
             max_actors: ReplicaConfig::default().max_actors,
             max_revocations: crate::revocations::MAX_REVOCATIONS,
             artifact_policy: crate::ArtifactPolicy::default(),
+            background: crate::schedule::BackgroundPolicy::default(),
             compaction_hold: crate::core::DEFAULT_COMPACTION_HOLD,
             min_backoff: Duration::from_millis(200),
             clock_skew_ms: 0,
@@ -139,6 +144,10 @@ pub(crate) struct Inner {
     /// The runtime the node was started on, for work begun from a thread
     /// outside it (a revocation made by the application).
     pub(crate) runtime: Mutex<Option<tokio::runtime::Handle>>,
+    /// The device's power and network state, as the application reports it.
+    pub(crate) power: watch::Sender<crate::schedule::PowerState>,
+    /// Background work waiting for the device to allow it, by what it is.
+    pub(crate) deferred: Mutex<BTreeMap<String, crate::schedule::DeferredWork>>,
 }
 
 /// A Nomade device. Cheap to clone; every clone is the same device.
@@ -248,6 +257,8 @@ impl Node {
                 redial: crate::peers::Redial::default(),
                 revocations,
                 runtime: Mutex::new(None),
+                power: watch::Sender::new(crate::schedule::PowerState::default()),
+                deferred: Mutex::new(BTreeMap::new()),
             }),
         })
     }

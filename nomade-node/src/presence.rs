@@ -78,10 +78,11 @@ impl Node {
                 tx.send(&envelope(status.clone())).await?;
                 last_status = Some(status);
             }
+            let power = self.power_state();
             let beat = Heartbeat {
                 timestamp: now_ms(),
-                battery_level: None,
-                connectivity: ConnectivityStatus::Unknown,
+                battery_level: power.battery_level,
+                connectivity: power.connectivity,
             };
             tx.send(&envelope(beat)).await?;
             tokio::select! {

@@ -35,6 +35,8 @@ impl Node {
             revoked: self.revoked_devices(),
             this_device_revoked: self.is_revoked(),
             artifact_policy: self.inner.config.artifact_policy.clone(),
+            power: self.power_state(),
+            deferred: self.deferred_work(),
             metrics: self.metrics_snapshot(),
         }
     }
@@ -194,6 +196,10 @@ pub struct NodeStatus {
     pub this_device_revoked: bool,
     /// Which artifact contents this device fetches by itself.
     pub artifact_policy: crate::ArtifactPolicy,
+    /// The device's power and network state, as the application reported it.
+    pub power: crate::schedule::PowerState,
+    /// Background work waiting for the device to allow it, and why.
+    pub deferred: Vec<crate::schedule::DeferredWork>,
     /// Metrics.
     pub metrics: MetricsSnapshot,
 }

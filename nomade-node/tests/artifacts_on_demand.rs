@@ -333,3 +333,58 @@ async fn a_fetch_goes_on_from_another_holder_when_one_drops() {
         n.shutdown().await;
     }
 }
+
+/// Prefetching waits while the battery is low (and says so in `status`),
+/// and goes once the device reports it charged; the battery level reaches
+/// the peer in heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetching_waits_for_the_battery_and_says_why() {
+    use nomade_node::schedule::{Deferral, PowerState};
+    use nomade_wire::ConnectivityStatus;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let laptop = Node::open(&dir.path().join("laptop"), config("laptop")).expect("open");
+    let phone = Node::open(&dir.path().join("phone"), config("phone")).expect("open");
+    let path = dir.path().join("a.bin");
+    std::fs::write(&path, vec![3u8; 300_000]).expect("write");
+    let id = laptop.put_artifact(&path, None).expect("put");
+    laptop
+        .set("d", "file", id.to_reference().as_str())
+        .expect("reference");
+    let low = PowerState {
+        battery_level: Some(8),
+        charging: false,
+        connectivity: ConnectivityStatus::Wifi,
+    };
+    phone.set_power_state(low);
+    let la = online(&laptop).await;
+    online(&phone).await;
+    link(&laptop, la, &phone).await;
+    wait_for(|| !phone.deferred_work().is_empty(), "the prefetch to wait").await;
+    let waiting = &phone.status().deferred[0];
+    assert_eq!(waiting.items, 1);
+    assert_eq!(
+        waiting.reason,
+        Deferral::BatteryLow {
+            level: 8,
+            floor: 20
+        }
+    );
+    wait_for(
+        || laptop.presence(&phone.device_id()).battery_level == Some(8),
+        "the battery level in the phone's heartbeats",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!phone.artifacts().has(&id), "nothing fetched meanwhile");
+
+    phone.set_power_state(PowerState {
+        charging: true,
+        ..low
+    });
+    wait_for(|| phone.artifacts().has(&id), "the prefetch once charging").await;
+    assert!(phone.deferred_work().is_empty());
+    for n in [&laptop, &phone] {
+        n.shutdown().await;
+    }
+}

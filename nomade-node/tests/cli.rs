@@ -91,8 +91,8 @@ impl Serve {
         let child = Command::new(bin())
             .arg("--dir")
             .arg(dir)
-            .args(extra)
             .args(["serve", "--listen", &listen.to_string()])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(file)
@@ -610,4 +610,74 @@ fn a_revocation_from_the_command_line_reaches_the_other_running_node() {
     drop(b);
     assert!(revoked_on_b());
     assert!(!nomade(&p.b, &["peers", "add", &phone_id]).status.success());
+}
+
+/// `serve --background-windows` outside the current time: the prefetch of
+/// a referenced artifact waits, and `status` says why; `artifacts` lists it
+/// as remote only with its size; `power` reports the device's state.
+#[test]
+fn background_prefetch_waits_for_its_window_and_status_says_why() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = paired_out_of_band(tmp.path(), &[]);
+    let file = tmp.path().join("photo.bin");
+    std::fs::write(&file, vec![5u8; 200_000]).expect("write");
+    let put = ok(nomade(
+        &p.a,
+        &["put", file.to_str().expect("path"), "--mime", "image/jpeg"],
+    ));
+    let id = put.lines().next().expect("id").to_string();
+    ok(nomade(
+        &p.a,
+        &[
+            "doc",
+            "set",
+            "album",
+            "cover",
+            &format!("\"nomade:artifact/{id}\""),
+        ],
+    ));
+    // A window that opens two hours from now (UTC) and lasts one.
+    let now_min = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        / 60)
+        % 1440;
+    let (start, end) = ((now_min + 120) % 1440, (now_min + 180) % 1440);
+    let window = format!(
+        "{:02}:{:02}-{:02}:{:02}",
+        start / 60,
+        start % 60,
+        end / 60,
+        end % 60
+    );
+    let _a = Serve::start(&p.a, p.a_addr, &[]);
+    let _b = Serve::start(&p.b, p.b_addr, &["--background-windows", &window]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = ok(nomade(&p.b, &["status"]));
+        if status.contains("waiting  artifact prefetch") {
+            assert!(
+                status.contains("outside the background windows"),
+                "{status}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no deferred prefetch: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let listed = ok(nomade(&p.b, &["artifacts"]));
+    assert!(listed.contains("remote only"), "{listed}");
+    assert!(listed.contains("image/jpeg"), "{listed}");
+    let power = ok(nomade(
+        &p.b,
+        &["power", "--battery", "55", "--connectivity", "wifi"],
+    ));
+    let power: serde_json::Value = serde_json::from_str(&power).expect("json");
+    assert_eq!(power["battery_level"], 55);
+    assert_eq!(power["connectivity"], "wifi");
+    let bad = nomade(&p.b, &["power", "--connectivity", "pigeon"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let bad = nomade(&p.b, &["serve", "--background-windows", "25:00-01:00"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
 }

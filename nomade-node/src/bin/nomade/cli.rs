@@ -78,6 +78,20 @@ pub enum Command {
         /// (`image/jpeg`, or `image/` for a family).
         #[arg(long, value_delimiter = ',')]
         fetch_types: Vec<String>,
+        /// Background work (prefetching) waits while the battery is below
+        /// this percentage and not charging (0: never waits for it).
+        #[arg(long, default_value_t = 20)]
+        battery_floor: u8,
+        /// Background work goes on a cellular link too (default: it waits).
+        #[arg(long)]
+        background_on_cellular: bool,
+        /// Background work only in these stretches of the day, comma-separated
+        /// `HH:MM-HH:MM` (UTC, or shifted by --utc-offset-minutes).
+        #[arg(long, value_delimiter = ',')]
+        background_windows: Vec<String>,
+        /// This device's offset from UTC in minutes, for --background-windows.
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        utc_offset_minutes: i16,
     },
     /// List the artifacts this device knows of (held, partly fetched,
     /// remote only; pinned), or pin, unpin or evict one.
@@ -98,6 +112,19 @@ pub enum Command {
     /// Set this device's presence, or show the peers'.
     #[command(subcommand)]
     Presence(PresenceCommand),
+    /// Tell a running node the device's power and network state (background
+    /// work waits while the battery is low or on a cellular link).
+    Power {
+        /// Battery level in percent.
+        #[arg(long)]
+        battery: Option<u8>,
+        /// The device is charging.
+        #[arg(long)]
+        charging: bool,
+        /// wifi, cellular, ethernet or unknown.
+        #[arg(long, default_value = "unknown")]
+        connectivity: String,
+    },
     /// Store a file as an artifact (encrypted at rest) and print its id.
     Put {
         /// The file.

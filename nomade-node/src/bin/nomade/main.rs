@@ -144,8 +144,28 @@ fn config(cli: &Cli) -> NodeConfig {
         },
         _ => nomade_node::ArtifactPolicy::default(),
     };
+    let background = match &cli.command {
+        Command::Serve {
+            battery_floor,
+            background_on_cellular,
+            background_windows,
+            utc_offset_minutes,
+            ..
+        } => nomade_node::schedule::BackgroundPolicy {
+            battery_floor: (*battery_floor > 0).then_some(*battery_floor),
+            defer_on_cellular: !background_on_cellular,
+            // Checked in `serve` before the node opens.
+            windows: background_windows
+                .iter()
+                .filter_map(|w| nomade_node::schedule::Window::parse(w))
+                .collect(),
+            utc_offset_minutes: *utc_offset_minutes,
+        },
+        _ => nomade_node::schedule::BackgroundPolicy::default(),
+    };
     NodeConfig {
         artifact_policy,
+        background,
         device_name: cli.name.clone().unwrap_or_default(),
         rate_limits: if cli.no_rate_limits {
             RateLimits::OFF
@@ -367,6 +387,24 @@ async fn run(cli: Cli) -> Result<i32, ControlError> {
             message: message.clone(),
         },
         Command::Presence(PresenceCommand::Show) => Request::PeersList,
+        Command::Power {
+            battery,
+            charging,
+            connectivity,
+        } => Request::PowerSet {
+            state: nomade_node::schedule::PowerState {
+                battery_level: *battery,
+                charging: *charging,
+                connectivity: serde_json::from_value(Json::String(
+                    connectivity.to_ascii_lowercase(),
+                ))
+                .map_err(|_| {
+                    usage(format!(
+                        "{connectivity:?} is not a connectivity: wifi, cellular, ethernet or unknown"
+                    ))
+                })?,
+            },
+        },
         Command::Put { file, mime } => Request::Put {
             path: absolute(file)?,
             mime: mime.clone(),
@@ -548,6 +586,7 @@ fn print_result(cli: &Cli, result: &Json) -> i32 {
             );
         }
         Command::Get { .. } => println!("wrote {}", s(&result["path"])),
+        Command::Power { .. } => print_json(result),
         Command::Status { json: true, .. } => print_json(result),
         Command::Status { .. } => print_status(result),
         Command::Doctor { json: true } => {
@@ -734,6 +773,22 @@ fn print_status(st: &Json) {
             );
         }
     }
+    for d in st["deferred"].as_array().into_iter().flatten() {
+        let reason = &d["reason"];
+        let why = match reason["kind"].as_str() {
+            Some("battery_low") => format!(
+                "battery at {}%, below {}%",
+                reason["level"], reason["floor"]
+            ),
+            Some("cellular") => "on a cellular link".to_string(),
+            Some("outside_windows") => format!(
+                "outside the background windows (next in {} min)",
+                reason["opens_in_minutes"]
+            ),
+            _ => reason.to_string(),
+        };
+        println!("waiting  {} ({} items): {why}", s(&d["work"]), d["items"]);
+    }
     let m = &st["metrics"];
     println!(
         "metrics  {} ops applied from peers, {} sent",
@@ -782,6 +837,19 @@ async fn serve(
     listen: SocketAddr,
     metrics_addr: Option<SocketAddr>,
 ) -> Result<i32, ControlError> {
+    if let Command::Serve {
+        background_windows, ..
+    } = &cli.command
+    {
+        if let Some(bad) = background_windows
+            .iter()
+            .find(|w| nomade_node::schedule::Window::parse(w).is_none())
+        {
+            return Err(usage(format!(
+                "{bad:?} is not a window of the day: HH:MM-HH:MM, for example 22:00-06:30"
+            )));
+        }
+    }
     if control::node_serves(&cli.dir).await {
         return Err(ControlError::new(
             ErrorKind::Failed,

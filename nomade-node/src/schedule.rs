@@ -1,0 +1,329 @@
+//! Background work, and when the device allows it.
+//!
+//! Work that can wait (today: prefetching artifacts by the artifact
+//! policy) runs only when the device's state allows it: its battery above a
+//! floor (or charging), not on a cellular link, within the configured
+//! windows of the day. The application tells the node its state
+//! ([`Node::set_power_state`]: it also goes to peers in heartbeats); the
+//! decision is a pure function ([`BackgroundPolicy::decide`]), and what is
+//! waiting shows in `status` with the reason.
+//!
+//! ```
+//! use nomade_node::schedule::{BackgroundPolicy, Deferral, PowerState, Window};
+//! use nomade_wire::ConnectivityStatus;
+//!
+//! let night = BackgroundPolicy {
+//!     windows: vec![Window { start_minute: 22 * 60, end_minute: 6 * 60 }],
+//!     ..BackgroundPolicy::default()
+//! };
+//! let phone = PowerState { battery_level: Some(80), charging: false, connectivity: ConnectivityStatus::Wifi };
+//! assert_eq!(night.decide(&phone, 23 * 60), Ok(()));
+//! assert!(matches!(night.decide(&phone, 12 * 60), Err(Deferral::OutsideWindows { .. })));
+//! let low = PowerState { battery_level: Some(10), ..phone };
+//! assert!(matches!(night.decide(&low, 23 * 60), Err(Deferral::BatteryLow { level: 10, floor: 20 })));
+//! ```
+
+use std::time::Duration;
+
+use nomade_wire::ConnectivityStatus;
+use serde::{Deserialize, Serialize};
+
+use crate::lock;
+use crate::node::Node;
+
+/// A stretch of the day, in minutes after midnight (of the device's own
+/// time: see [`BackgroundPolicy::utc_offset_minutes`]). One whose end comes
+/// before its start runs over midnight (22:00 to 06:00).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Window {
+    /// Its first minute (0..1440).
+    pub start_minute: u16,
+    /// The minute it ends, not included (0..1440).
+    pub end_minute: u16,
+}
+
+impl Window {
+    /// Whether `minute` (after midnight) is in the window.
+    pub fn contains(&self, minute: u16) -> bool {
+        if self.start_minute <= self.end_minute {
+            (self.start_minute..self.end_minute).contains(&minute)
+        } else {
+            minute >= self.start_minute || minute < self.end_minute
+        }
+    }
+
+    /// Parses `HH:MM-HH:MM` (24-hour clock).
+    pub fn parse(s: &str) -> Option<Window> {
+        let minute = |t: &str| {
+            let (h, m) = t.trim().split_once(':')?;
+            let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+            (h < 24 && m < 60).then_some(h * 60 + m)
+        };
+        let (a, b) = s.split_once('-')?;
+        Some(Window {
+            start_minute: minute(a)?,
+            end_minute: minute(b)?,
+        })
+    }
+}
+
+/// When background work may run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackgroundPolicy {
+    /// Below this battery level (percent), and not charging, work waits
+    /// (default 20). `None`: whatever the battery.
+    pub battery_floor: Option<u8>,
+    /// On a cellular link, work waits (default yes).
+    pub defer_on_cellular: bool,
+    /// Only within these stretches of the day; empty (the default): any
+    /// time.
+    pub windows: Vec<Window>,
+    /// The device's offset from UTC, in minutes, to place the windows in
+    /// its own day (default 0).
+    pub utc_offset_minutes: i16,
+}
+
+impl Default for BackgroundPolicy {
+    fn default() -> Self {
+        BackgroundPolicy {
+            battery_floor: Some(20),
+            defer_on_cellular: true,
+            windows: Vec::new(),
+            utc_offset_minutes: 0,
+        }
+    }
+}
+
+/// The device's own state, as the application reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PowerState {
+    /// Battery level in percent, where there is a battery.
+    pub battery_level: Option<u8>,
+    /// Whether it is charging.
+    pub charging: bool,
+    /// How it is connected.
+    pub connectivity: ConnectivityStatus,
+}
+
+impl Default for PowerState {
+    /// Not known: no battery reported, connectivity unknown (nothing waits).
+    fn default() -> Self {
+        PowerState {
+            battery_level: None,
+            charging: false,
+            connectivity: ConnectivityStatus::Unknown,
+        }
+    }
+}
+
+/// Why background work waits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Deferral {
+    /// The battery is below the floor and not charging.
+    #[error("battery at {level}%, below {floor}% and not charging")]
+    BatteryLow {
+        /// The level.
+        level: u8,
+        /// The floor.
+        floor: u8,
+    },
+    /// On a cellular link.
+    #[error("on a cellular link")]
+    Cellular,
+    /// Outside every window of the day.
+    #[error("outside the background windows (the next opens in {opens_in_minutes} min)")]
+    OutsideWindows {
+        /// Minutes until the next window opens.
+        opens_in_minutes: u16,
+    },
+}
+
+impl BackgroundPolicy {
+    /// Whether background work may run now, `minute` being the minute of
+    /// the device's day; otherwise why not.
+    pub fn decide(&self, power: &PowerState, minute: u16) -> Result<(), Deferral> {
+        if let (Some(floor), Some(level)) = (self.battery_floor, power.battery_level) {
+            if level < floor && !power.charging {
+                return Err(Deferral::BatteryLow { level, floor });
+            }
+        }
+        if self.defer_on_cellular && power.connectivity == ConnectivityStatus::Cellular {
+            return Err(Deferral::Cellular);
+        }
+        if !self.windows.is_empty() && !self.windows.iter().any(|w| w.contains(minute)) {
+            let opens_in_minutes = self
+                .windows
+                .iter()
+                .map(|w| (w.start_minute + 1440 - minute % 1440) % 1440)
+                .min()
+                .unwrap_or(0);
+            return Err(Deferral::OutsideWindows { opens_in_minutes });
+        }
+        Ok(())
+    }
+
+    /// The minute of the device's day at `unix_ms`.
+    pub fn minute_of_day(&self, unix_ms: i64) -> u16 {
+        let minutes = unix_ms.div_euclid(60_000) + i64::from(self.utc_offset_minutes);
+        minutes.rem_euclid(1440) as u16
+    }
+}
+
+/// Work waiting for the device to allow it, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeferredWork {
+    /// What waits (`artifact prefetch from DEVICE`).
+    pub work: String,
+    /// How many items (artifacts).
+    pub items: usize,
+    /// Why it waits.
+    pub reason: Deferral,
+}
+
+impl Node {
+    /// Tells the node the device's power and network state: background
+    /// work waits or goes by it ([`BackgroundPolicy`]), and heartbeats
+    /// carry the battery level and connectivity to peers.
+    pub fn set_power_state(&self, state: PowerState) {
+        self.inner.power.send_replace(state);
+        self.inner.session_events.send_modify(|n| *n += 1);
+    }
+
+    /// The device's power and network state, as last set.
+    pub fn power_state(&self) -> PowerState {
+        *self.inner.power.borrow()
+    }
+
+    /// Work waiting for the device to allow it.
+    pub fn deferred_work(&self) -> Vec<DeferredWork> {
+        lock(&self.inner.deferred).values().cloned().collect()
+    }
+
+    /// Whether background work may run now; otherwise why not.
+    pub fn background_decision(&self) -> Result<(), Deferral> {
+        let policy = &self.inner.config.background;
+        let minute = policy.minute_of_day(crate::core::now_ms());
+        policy.decide(&self.power_state(), minute)
+    }
+
+    /// Waits until background work may run: returns at once when it may;
+    /// otherwise shows `work` (of `items` items) as deferred in `status`
+    /// until the device's state (or the time of day) allows it.
+    pub(crate) async fn background_allowed(&self, work: &str, items: usize) {
+        /// Takes the entry out of `status` however the wait ends (a
+        /// session ending drops it midway).
+        struct Shown<'a>(&'a Node, &'a str);
+        impl Drop for Shown<'_> {
+            fn drop(&mut self) {
+                lock(&self.0.inner.deferred).remove(self.1);
+            }
+        }
+        let _shown = Shown(self, work);
+        let policy = self.inner.config.background.clone();
+        let mut power = self.inner.power.subscribe();
+        loop {
+            let now = crate::core::now_ms();
+            let decision = policy.decide(&power.borrow_and_update(), policy.minute_of_day(now));
+            match decision {
+                Ok(()) => break,
+                Err(reason) => {
+                    tracing::info!(work, items, %reason, "background work deferred");
+                    lock(&self.inner.deferred).insert(
+                        work.to_string(),
+                        DeferredWork {
+                            work: work.to_string(),
+                            items,
+                            reason,
+                        },
+                    );
+                    tokio::select! {
+                        changed = power.changed() => if changed.is_err() { break },
+                        () = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn power(battery: Option<u8>, charging: bool, c: ConnectivityStatus) -> PowerState {
+        PowerState {
+            battery_level: battery,
+            charging,
+            connectivity: c,
+        }
+    }
+
+    #[test]
+    fn the_battery_floor_the_link_and_the_windows_decide() {
+        let p = BackgroundPolicy::default();
+        let wifi = ConnectivityStatus::Wifi;
+        assert_eq!(p.decide(&PowerState::default(), 0), Ok(()));
+        assert_eq!(p.decide(&power(Some(20), false, wifi), 0), Ok(()));
+        assert_eq!(
+            p.decide(&power(Some(19), false, wifi), 0),
+            Err(Deferral::BatteryLow {
+                level: 19,
+                floor: 20
+            })
+        );
+        assert_eq!(p.decide(&power(Some(5), true, wifi), 0), Ok(()));
+        assert_eq!(
+            p.decide(&power(Some(90), false, ConnectivityStatus::Cellular), 0),
+            Err(Deferral::Cellular)
+        );
+        let anywhere = BackgroundPolicy {
+            battery_floor: None,
+            defer_on_cellular: false,
+            ..p.clone()
+        };
+        assert_eq!(
+            anywhere.decide(&power(Some(1), false, ConnectivityStatus::Cellular), 0),
+            Ok(())
+        );
+        let night = BackgroundPolicy {
+            windows: vec![Window::parse("22:00-06:30").expect("window")],
+            ..p
+        };
+        let ok = power(None, false, wifi);
+        assert_eq!(night.decide(&ok, 22 * 60), Ok(()));
+        assert_eq!(night.decide(&ok, 3 * 60), Ok(()));
+        assert_eq!(
+            night.decide(&ok, 6 * 60 + 30),
+            Err(Deferral::OutsideWindows {
+                opens_in_minutes: 15 * 60 + 30
+            })
+        );
+    }
+
+    #[test]
+    fn windows_parse_and_place_the_device_day() {
+        assert_eq!(
+            Window::parse("01:05-02:00"),
+            Some(Window {
+                start_minute: 65,
+                end_minute: 120
+            })
+        );
+        for bad in ["", "1-2", "24:00-01:00", "01:60-02:00", "01:00", "a:b-c:d"] {
+            assert_eq!(Window::parse(bad), None, "{bad}");
+        }
+        let p = BackgroundPolicy {
+            utc_offset_minutes: 60,
+            ..BackgroundPolicy::default()
+        };
+        // 23:30 UTC is 00:30 an hour east.
+        assert_eq!(p.minute_of_day((23 * 60 + 30) * 60_000), 30);
+        let west = BackgroundPolicy {
+            utc_offset_minutes: -120,
+            ..BackgroundPolicy::default()
+        };
+        assert_eq!(west.minute_of_day(60 * 60_000), 23 * 60);
+    }
+}
