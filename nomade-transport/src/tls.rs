@@ -400,6 +400,33 @@ mod tests {
         assert!(slot.is_claimed_by(&a.device_id()));
     }
 
+    /// A revoked device is refused for good: not paired again, not admitted
+    /// by an open pairing window on either side.
+    #[test]
+    fn a_revoked_device_is_refused_even_by_a_pairing_window() {
+        let a = DeviceIdentity::generate().expect("id");
+        let paired = PairedSet::new();
+        paired.insert(a.device_id());
+        assert!(paired.revoke(a.device_id()));
+        assert!(paired.is_revoked(&a.device_id()));
+        assert!(!paired.insert(a.device_id()), "never paired again");
+        assert!(!paired.contains(&a.device_id()));
+        let slot = PairingSlot::default();
+        let v = PeerClientVerifier::new(paired.clone(), slot.clone());
+        let code = PairingCode::parse("abcdefgh").expect("code");
+        slot.open(PairingWindow::open(
+            code,
+            Instant::now(),
+            Duration::from_secs(60),
+        ));
+        assert!(v.verify_client_cert(a.cert_der(), &[], now()).is_err());
+        assert!(!slot.is_claimed_by(&a.device_id()), "the window stays open");
+        let name = ServerName::try_from(SERVER_NAME).expect("name");
+        assert!(PeerServerVerifier::new(paired, ServerAcceptance::Pairing)
+            .verify_server_cert(a.cert_der(), &[], &name, &[], now())
+            .is_err());
+    }
+
     #[test]
     fn server_verifier_checks_expected_and_paired() {
         let a = DeviceIdentity::generate().expect("id");
