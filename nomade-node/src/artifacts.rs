@@ -181,6 +181,14 @@ impl Node {
     /// Each referenced artifact with the entities that refer to it
     /// (`document:ID`, `conversation:ID`), in id order.
     pub fn artifact_references(&self) -> BTreeMap<ArtifactId, Vec<String>> {
+        self.references_in(self.inner.core.entities())
+    }
+
+    /// [`Node::artifact_references`] within `entities` only.
+    fn references_in(
+        &self,
+        entities: impl IntoIterator<Item = (EntityType, String)>,
+    ) -> BTreeMap<ArtifactId, Vec<String>> {
         fn walk(v: &Value, out: &mut Vec<ArtifactId>) {
             match v {
                 Value::String(s) => {
@@ -195,7 +203,7 @@ impl Node {
         }
         let core = &self.inner.core;
         let mut refs: BTreeMap<ArtifactId, Vec<String>> = BTreeMap::new();
-        for (t, id) in core.entities() {
+        for (t, id) in entities {
             let mut found = Vec::new();
             match t {
                 EntityType::Conversation => {
@@ -229,10 +237,64 @@ impl Node {
     /// fetches wait until the device allows background work
     /// ([`crate::schedule`]); they show in `status` meanwhile.
     pub(crate) async fn fetch_missing_artifacts(&self, conn: &Connection, describes: bool) {
+        let all = self.referenced_artifacts();
+        self.fetch_missing_of(conn, describes, all).await
+    }
+
+    /// After the first sync, for the rest of the session: the artifacts
+    /// that edits (of peers, or local) reference from then on are fetched
+    /// by the same rules as [`Node::fetch_missing_artifacts`], a moment
+    /// after the edits come (edits that come together are looked at
+    /// together, and only the entities they changed).
+    pub(crate) async fn fetch_newly_referenced(
+        &self,
+        conn: &Connection,
+        describes: bool,
+        mut changes: tokio::sync::broadcast::Receiver<crate::core::Change>,
+    ) {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let mut entities = std::collections::BTreeSet::new();
+            let mut everything = false;
+            match changes.recv().await {
+                Ok(c) => {
+                    entities.insert((c.entity_type, c.entity_id));
+                }
+                Err(RecvError::Lagged(_)) => everything = true,
+                Err(RecvError::Closed) => return,
+            }
+            let settle = tokio::time::sleep(Duration::from_millis(200));
+            tokio::pin!(settle);
+            loop {
+                tokio::select! {
+                    () = &mut settle => break,
+                    c = changes.recv() => match c {
+                        Ok(c) => {
+                            entities.insert((c.entity_type, c.entity_id));
+                        }
+                        Err(RecvError::Lagged(_)) => everything = true,
+                        Err(RecvError::Closed) => return,
+                    }
+                }
+            }
+            let ids: Vec<ArtifactId> = if everything {
+                self.referenced_artifacts()
+            } else {
+                self.references_in(entities).into_keys().collect()
+            };
+            if ids.iter().any(|id| !self.inner.artifacts.has(id)) {
+                self.fetch_missing_of(conn, describes, ids).await;
+            }
+        }
+    }
+
+    /// Fetches what the policy wants of `ids` from `conn`'s peer (see
+    /// [`Node::fetch_missing_artifacts`]).
+    async fn fetch_missing_of(&self, conn: &Connection, describes: bool, ids: Vec<ArtifactId>) {
         let policy = self.inner.config.artifact_policy.clone();
         let records = self.artifact_records();
         let mut wanted = Vec::new();
-        for id in self.referenced_artifacts() {
+        for id in ids {
             if self.inner.artifacts.has(&id) {
                 continue;
             }

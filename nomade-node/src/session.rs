@@ -397,11 +397,14 @@ impl Node {
         let c2 = conn.clone();
         let fetches = info.has(handshake::ARTIFACT_TRANSFER);
         let describes = info.has(handshake::ARTIFACT_METADATA);
+        // Then, for the rest of the session, those that later edits reference.
+        let later = self.subscribe();
         let fetcher = tokio::spawn(async move {
             while fetches && summary_rx.changed().await.is_ok() {
                 if summary_rx.borrow().is_some() {
                     node.inner.session_events.send_modify(|n| *n += 1);
                     node.fetch_missing_artifacts(&c2, describes).await;
+                    node.fetch_newly_referenced(&c2, describes, later).await;
                     break;
                 }
             }

@@ -388,3 +388,29 @@ async fn prefetching_waits_for_the_battery_and_says_why() {
         n.shutdown().await;
     }
 }
+
+/// An artifact referenced by an edit made while the devices are connected
+/// (a photo sent in a chat) is fetched then, not at the next connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_artifact_referenced_during_the_session_is_fetched_then() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let laptop = Node::open(&dir.path().join("laptop"), config("laptop")).expect("open");
+    let phone = Node::open(&dir.path().join("phone"), config("phone")).expect("open");
+    let la = online(&laptop).await;
+    online(&phone).await;
+    link(&laptop, la, &phone).await;
+    phone
+        .wait_initial_sync(&laptop.device_id(), Duration::from_secs(10))
+        .await
+        .expect("initial sync");
+    let path = dir.path().join("photo.jpg");
+    std::fs::write(&path, vec![7u8; 150_000]).expect("write");
+    let id = laptop.put_artifact(&path, Some("image/jpeg")).expect("put");
+    laptop
+        .conv_append("chat", id.to_reference().as_str())
+        .expect("send the photo");
+    wait_for(|| phone.artifacts().has(&id), "the photo to arrive").await;
+    for n in [&laptop, &phone] {
+        n.shutdown().await;
+    }
+}
