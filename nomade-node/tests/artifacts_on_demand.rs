@@ -3,7 +3,6 @@
 //! alone; content is fetched when asked, pinned, evicted; a holder's
 //! metadata that contradicts itself is refused.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use nomade_artifact::ArtifactId;
@@ -11,31 +10,7 @@ use nomade_node::{ArtifactPolicy, ArtifactState, Node, NodeConfig, NodeError};
 use nomade_wire::{ArtifactMetadata, Envelope, Message, MessageId, StreamRole};
 
 mod common;
-use common::{config, hand_driven_peer};
-
-async fn online(node: &Node) -> SocketAddr {
-    node.start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("start")
-}
-
-async fn link(a: &Node, addr: SocketAddr, b: &Node) {
-    a.add_peer(b.device_id(), &b.device_name(), &[])
-        .expect("pair");
-    b.add_peer(a.device_id(), &a.device_name(), &[addr])
-        .expect("pair");
-    b.connect(addr, a.device_id()).await.expect("connect");
-}
-
-async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
-    for _ in 0..300 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
+use common::{config, hand_driven_peer, link, online, wait_for};
 
 fn entry(node: &Node, id: &ArtifactId) -> nomade_node::ArtifactEntry {
     node.artifact_entries()

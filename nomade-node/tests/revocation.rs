@@ -18,32 +18,7 @@ use nomade_wire::{
 };
 
 mod common;
-use common::{bare_transport_of, config};
-
-async fn online(node: &Node) -> SocketAddr {
-    node.start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("start")
-}
-
-/// Pairs `a` (online at `addr`) and `b` both ways and connects `b` to it.
-async fn link(a: &Node, addr: SocketAddr, b: &Node) {
-    a.add_peer(b.device_id(), &b.device_name(), &[])
-        .expect("pair");
-    b.add_peer(a.device_id(), &a.device_name(), &[addr])
-        .expect("pair");
-    b.connect(addr, a.device_id()).await.expect("connect");
-}
-
-async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
-    for _ in 0..300 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
+use common::{bare_transport_of, config, link, online, wait_for};
 
 /// A laptop, a desktop and a phone in `dir`, online, the laptop and the
 /// phone paired with the desktop and connected to it; the desktop's address.

@@ -6,14 +6,7 @@ use nomade_node::{Node, NodeConfig};
 use nomade_wire::Value;
 
 mod common;
-use common::{bare_transport_paired_with, config, hand_driven_peer};
-
-/// Starts `node` on a free loopback port; returns its address.
-async fn online(node: &Node) -> std::net::SocketAddr {
-    node.start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("start")
-}
+use common::{bare_transport_paired_with, config, hand_driven_peer, online, wait_for};
 
 /// Pairs `acceptor` (online at `addr`) and `dialer` both ways, and
 /// connects the dialer to it.
@@ -28,16 +21,6 @@ async fn pair_and_dial(acceptor: &Node, addr: std::net::SocketAddr, dialer: &Nod
         .connect(addr, acceptor.device_id())
         .await
         .expect("connect");
-}
-
-async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
-    for _ in 0..200 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

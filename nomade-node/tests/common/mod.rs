@@ -80,3 +80,30 @@ pub async fn hand_driven_peer(
     let answer = rx.recv().await.expect("recv").expect("an answer");
     (transport, conn, answer)
 }
+
+/// Starts `node` on a free loopback port; returns its address.
+pub async fn online(node: &Node) -> std::net::SocketAddr {
+    node.start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("start")
+}
+
+/// Pairs `a` (online at `addr`) and `b` both ways and connects `b` to it.
+pub async fn link(a: &Node, addr: std::net::SocketAddr, b: &Node) {
+    a.add_peer(b.device_id(), &b.device_name(), &[])
+        .expect("pair");
+    b.add_peer(a.device_id(), &a.device_name(), &[addr])
+        .expect("pair");
+    b.connect(addr, a.device_id()).await.expect("connect");
+}
+
+/// Waits up to 15 s for `cond`.
+pub async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    for _ in 0..300 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
