@@ -238,43 +238,49 @@ impl Node {
     /// ([`crate::schedule`]); they show in `status` meanwhile.
     pub(crate) async fn fetch_missing_artifacts(&self, conn: &Connection, describes: bool) {
         let all = self.referenced_artifacts();
-        self.fetch_missing_of(conn, describes, all).await
+        self.fetch_missing_of(&[(conn.clone(), describes)], all)
+            .await
     }
 
-    /// After the first sync, for the rest of the session: the artifacts
-    /// that edits (of peers, or local) reference from then on are fetched
-    /// by the same rules as [`Node::fetch_missing_artifacts`], a moment
-    /// after the edits come (edits that come together are looked at
-    /// together, and only the entities they changed).
-    pub(crate) async fn fetch_newly_referenced(
+    /// While the node is online: the artifacts that edits (of peers, or
+    /// local) reference from the first sync on are fetched by the same
+    /// rules as [`Node::fetch_missing_artifacts`], a moment after the edits
+    /// come (edits that come together are looked at together, and only the
+    /// entities they changed), from the device that made the edit first,
+    /// then from any other connected one. One loop per device, whatever
+    /// the number of sessions.
+    pub(crate) async fn watch_new_references(
         &self,
-        conn: &Connection,
-        describes: bool,
         mut changes: tokio::sync::broadcast::Receiver<crate::core::Change>,
     ) {
         use tokio::sync::broadcast::error::RecvError;
         loop {
             let mut entities = std::collections::BTreeSet::new();
+            let mut authors = Vec::new();
             let mut everything = false;
-            match changes.recv().await {
+            let mut take = |c: Result<crate::core::Change, RecvError>| match c {
                 Ok(c) => {
+                    if !authors.contains(&c.actor_id) {
+                        authors.push(c.actor_id.clone());
+                    }
                     entities.insert((c.entity_type, c.entity_id));
+                    true
                 }
-                Err(RecvError::Lagged(_)) => everything = true,
-                Err(RecvError::Closed) => return,
+                Err(RecvError::Lagged(_)) => {
+                    everything = true;
+                    true
+                }
+                Err(RecvError::Closed) => false,
+            };
+            if !take(changes.recv().await) {
+                return;
             }
             let settle = tokio::time::sleep(Duration::from_millis(200));
             tokio::pin!(settle);
             loop {
                 tokio::select! {
                     () = &mut settle => break,
-                    c = changes.recv() => match c {
-                        Ok(c) => {
-                            entities.insert((c.entity_type, c.entity_id));
-                        }
-                        Err(RecvError::Lagged(_)) => everything = true,
-                        Err(RecvError::Closed) => return,
-                    }
+                    c = changes.recv() => if !take(c) { return },
                 }
             }
             let ids: Vec<ArtifactId> = if everything {
@@ -282,15 +288,45 @@ impl Node {
             } else {
                 self.references_in(entities).into_keys().collect()
             };
-            if ids.iter().any(|id| !self.inner.artifacts.has(id)) {
-                self.fetch_missing_of(conn, describes, ids).await;
+            if ids.iter().all(|id| self.inner.artifacts.has(id)) {
+                continue;
+            }
+            // The authors' sessions first: they hold what they referenced.
+            let mut holders: Vec<(DeviceId, Connection, bool)> = self
+                .sessions()
+                .iter()
+                .filter(|(_, s)| {
+                    s.conn.close_reason().is_none()
+                        && s.has(crate::handshake::ARTIFACT_TRANSFER)
+                        && s.initial.borrow().is_some()
+                })
+                .map(|(id, s)| {
+                    (
+                        *id,
+                        s.conn.clone(),
+                        s.has(crate::handshake::ARTIFACT_METADATA),
+                    )
+                })
+                .collect();
+            holders.sort_by_key(|(id, ..)| !authors.contains(&id.to_string()));
+            let holders: Vec<(Connection, bool)> =
+                holders.into_iter().map(|(_, c, d)| (c, d)).collect();
+            if !holders.is_empty() {
+                self.fetch_missing_of(&holders, ids).await;
             }
         }
     }
 
-    /// Fetches what the policy wants of `ids` from `conn`'s peer (see
-    /// [`Node::fetch_missing_artifacts`]).
-    async fn fetch_missing_of(&self, conn: &Connection, describes: bool, ids: Vec<ArtifactId>) {
+    /// Fetches what the policy wants of `ids` (see
+    /// [`Node::fetch_missing_artifacts`]) from the first of `holders` that
+    /// has each; a holder comes with whether it describes artifacts.
+    async fn fetch_missing_of(&self, holders: &[(Connection, bool)], ids: Vec<ArtifactId>) {
+        let Some((first, _)) = holders.first() else {
+            return;
+        };
+        let describer = holders.iter().find(|(_, d)| *d).map(|(c, _)| c);
+        let describes = describer.is_some();
+        let conn = describer.unwrap_or(first);
         let policy = self.inner.config.artifact_policy.clone();
         let records = self.artifact_records();
         let mut wanted = Vec::new();
@@ -348,15 +384,21 @@ impl Node {
         let work = format!("artifact prefetch from {}", conn.peer());
         self.background_allowed(&work, wanted.len()).await;
         for id in wanted {
-            match self.fetch_on(conn, id, |_| {}).await {
-                Ok(()) => tracing::info!(peer = %conn.peer(), artifact = %id, "artifact fetched"),
-                // The partial file stays: the next session resumes from it.
-                Err(e) if e.is_connection_loss() => tracing::info!(
-                    peer = %conn.peer(), artifact = %id, error = %e,
-                    "artifact fetch interrupted; it resumes when the peer is back"
-                ),
-                Err(e) => {
-                    tracing::warn!(peer = %conn.peer(), artifact = %id, error = %e, "artifact fetch failed")
+            for (holder, _) in holders {
+                match self.fetch_on(holder, id, |_| {}).await {
+                    Ok(()) => {
+                        tracing::info!(peer = %holder.peer(), artifact = %id, "artifact fetched");
+                        break;
+                    }
+                    // The partial file stays: the next holder, or the next
+                    // session, resumes from it.
+                    Err(e) if e.is_connection_loss() => tracing::info!(
+                        peer = %holder.peer(), artifact = %id, error = %e,
+                        "artifact fetch interrupted; it resumes from another holder or when the peer is back"
+                    ),
+                    Err(e) => {
+                        tracing::info!(peer = %holder.peer(), artifact = %id, error = %e, "artifact not fetched from this device")
+                    }
                 }
             }
         }

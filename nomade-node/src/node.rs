@@ -583,6 +583,10 @@ impl Node {
                 }
             }
         });
+        // Artifacts that later edits reference, fetched as they come.
+        let node = self.clone();
+        let changes = self.subscribe();
+        self.spawn(async move { node.watch_new_references(changes).await });
         let node = self.clone();
         let mut events = transport.events();
         self.spawn(async move {

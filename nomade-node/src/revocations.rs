@@ -382,7 +382,7 @@ impl Node {
         let targets: Vec<_> = self
             .sessions()
             .iter()
-            .filter(|(peer, s)| Some(**peer) != from && s.takes_revocations)
+            .filter(|(peer, s)| Some(**peer) != from && s.has(crate::handshake::REVOCATION))
             .map(|(_, s)| s.conn.clone())
             .collect();
         let runtime = tokio::runtime::Handle::try_current()

@@ -33,9 +33,16 @@ pub(crate) struct Session {
     /// The peer's clock minus ours, from the timestamp of its HELLO or
     /// HELLO_ACK frame (ms; informational, as every timestamp).
     pub(crate) clock_offset_ms: i64,
-    /// Whether the peer takes revocation streams (it announced
-    /// [`handshake::REVOCATION`]).
-    pub(crate) takes_revocations: bool,
+    /// What the peer announced in its handshake (see
+    /// [`handshake::CAPABILITIES`]).
+    pub(crate) capabilities: Vec<String>,
+}
+
+impl Session {
+    /// Whether the peer announced `capability`.
+    pub(crate) fn has(&self, capability: &str) -> bool {
+        self.capabilities.iter().any(|c| c == capability)
+    }
 }
 
 struct Sink(FramedSend);
@@ -288,7 +295,7 @@ impl Node {
                     started_ms: now_ms(),
                     dialed: dialer,
                     clock_offset_ms,
-                    takes_revocations: info.has(handshake::REVOCATION),
+                    capabilities: info.capabilities.clone(),
                 },
             ) {
                 if old.conn.quinn().stable_id() != conn.quinn().stable_id() {
@@ -397,14 +404,12 @@ impl Node {
         let c2 = conn.clone();
         let fetches = info.has(handshake::ARTIFACT_TRANSFER);
         let describes = info.has(handshake::ARTIFACT_METADATA);
-        // Then, for the rest of the session, those that later edits reference.
-        let later = self.subscribe();
+        // (Those that later edits reference: `Node::watch_new_references`.)
         let fetcher = tokio::spawn(async move {
             while fetches && summary_rx.changed().await.is_ok() {
                 if summary_rx.borrow().is_some() {
                     node.inner.session_events.send_modify(|n| *n += 1);
                     node.fetch_missing_artifacts(&c2, describes).await;
-                    node.fetch_newly_referenced(&c2, describes, later).await;
                     break;
                 }
             }

@@ -389,3 +389,39 @@ async fn an_artifact_referenced_during_the_session_is_fetched_then() {
         n.shutdown().await;
     }
 }
+
+/// A device connected to several: an artifact referenced by an edit is
+/// asked first of the device that made the edit (which holds it), not of
+/// the others in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newly_referenced_artifact_is_asked_of_its_author_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = |name: &str| Node::open(&dir.path().join(name), config(name)).expect("open");
+    let (laptop, desktop, phone) = (open("laptop"), open("desktop"), open("phone"));
+    let la = online(&laptop).await;
+    let da = online(&desktop).await;
+    online(&phone).await;
+    link(&laptop, la, &phone).await;
+    link(&desktop, da, &phone).await;
+    for holder in [&laptop, &desktop] {
+        phone
+            .wait_initial_sync(&holder.device_id(), Duration::from_secs(10))
+            .await
+            .expect("initial sync");
+    }
+    let path = dir.path().join("scan.pdf");
+    std::fs::write(&path, vec![1u8; 120_000]).expect("write");
+    let id = desktop.put_artifact(&path, None).expect("put");
+    desktop
+        .set("papers", "scan", id.to_reference().as_str())
+        .expect("reference");
+    wait_for(|| phone.artifacts().has(&id), "the scan to arrive").await;
+    assert_eq!(
+        phone.metrics_snapshot().errors.get("ARTIFACT"),
+        None,
+        "nothing was asked of the laptop, which does not hold it"
+    );
+    for n in [&laptop, &desktop, &phone] {
+        n.shutdown().await;
+    }
+}
