@@ -230,7 +230,7 @@ pub fn advice(cause: &Cause, device_id: &str) -> String {
             "nothing answers at {addr}: is `nomade serve` running there, on that port, on a network this device reaches?"
         ),
         Cause::Refused { addr, .. } => format!(
-            "the device at {addr} refused this one: it does not have it paired (unpaired, or reset); pair them again (`nomade pair show` on one, `nomade pair join` on the other)"
+            "the device at {addr} refused this one: it does not have it paired (unpaired, or reset); pair them again (`nomade pair show` on one, `nomade pair join` on the other). If this device was revoked (`nomade status` says so once it learned it), only a new identity can be paired: start it on a new data directory"
         ),
         Cause::VersionMismatch { theirs, ours, .. } => format!(
             "it speaks protocol version {theirs} and this device {ours}: update the older one"
