@@ -400,22 +400,33 @@ impl Replica {
     pub fn close_actor(&mut self, actor: &ActorId, last: u64) {
         let cut = self.closed.get(actor).map_or(last, |&c| c.max(last));
         self.closed.insert(actor.clone(), cut);
-        if let Some(waiting) = self.buffer.get_mut(actor) {
-            let before = waiting.len();
-            let held = std::mem::take(waiting);
-            for (first, op) in held {
-                if first > cut {
-                    self.refused_after_close += 1;
-                } else if op.operation.last_counter() > cut {
-                    self.refused_after_close += 1;
-                    waiting.insert(first, truncate_run(op, cut));
-                } else {
-                    waiting.insert(first, op);
-                }
-            }
-            self.buffered -= before - waiting.len();
+        let Some(held) = self.buffer.remove(actor) else {
+            return;
+        };
+        self.buffered -= held.len();
+        let kept: BTreeMap<u64, SyncOperation> = held
+            .into_iter()
+            .filter_map(|(first, op)| self.within_close(op).map(|op| (first, op)))
+            .collect();
+        if !kept.is_empty() {
+            self.buffered += kept.len();
+            self.buffer.insert(actor.clone(), kept);
         }
-        self.buffer.retain(|_, w| !w.is_empty());
+    }
+
+    /// `op` as far as its actor's closed history takes it (see
+    /// [`Replica::close_actor`]): as it is when it ends by the cut, cut
+    /// there when it straddles it, `None` when it starts after it; either
+    /// of the last two is counted.
+    fn within_close(&mut self, op: SyncOperation) -> Option<SyncOperation> {
+        let Some(&cut) = self.closed.get(&op.actor_id) else {
+            return Some(op);
+        };
+        if op.operation.last_counter() <= cut {
+            return Some(op);
+        }
+        self.refused_after_close += 1;
+        (op.operation.counter <= cut).then(|| truncate_run(op, cut))
     }
 
     /// Closes every actor `other` closed, where `other` closed it (a
@@ -885,25 +896,18 @@ impl Replica {
     ///
     /// An invalid operation is refused with an error and changes nothing.
     pub fn apply_remote(&mut self, op: SyncOperation) -> Result<usize, CrdtError> {
-        let mut last = self.validate_shape(&op)?;
+        let last = self.validate_shape(&op)?;
         let known = self.vv.get(&op.actor_id).copied().unwrap_or(0);
         let counter = op.operation.counter;
         if last <= known {
             return Ok(0); // duplicate
         }
-        let mut op = op;
-        if let Some(&cut) = self.closed.get(&op.actor_id) {
-            if last > cut {
-                // Made after its device was revoked: refused, and the
-                // stream goes on (the sender may not know yet).
-                self.refused_after_close += 1;
-                if counter > cut {
-                    return Ok(0);
-                }
-                op = truncate_run(op, cut);
-                last = cut;
-            }
-        }
+        // Made after its device was revoked: refused, and the stream goes
+        // on (the sender may not know yet).
+        let Some(op) = self.within_close(op) else {
+            return Ok(0);
+        };
+        let last = op.operation.last_counter();
         if counter.saturating_sub(known) > self.config.max_counter_jump {
             return Err(CrdtError::CounterJump {
                 actor: op.actor_id.to_string(),

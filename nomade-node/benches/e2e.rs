@@ -155,12 +155,11 @@ async fn metadata_only(total: u64, count: u64) -> (f64, u64) {
     let tmp = tempfile::tempdir().unwrap();
     let a = Node::open(&tmp.path().join("a"), limited_config("a", RateLimits::OFF)).unwrap();
     let file = tmp.path().join("artifact.bin");
+    write_pattern(&file, total / count);
     for i in 0..count {
-        write_pattern(&file, total / count);
-        // Each its own content, so its own artifact.
-        use std::io::{Seek, Write};
+        // Each its own content (its first 8 bytes), so its own artifact.
+        use std::io::Write;
         let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
-        f.seek(std::io::SeekFrom::Start(0)).unwrap();
         f.write_all(&i.to_le_bytes()).unwrap();
         drop(f);
         let id = a.put_artifact(&file, Some("video/mp4")).unwrap();

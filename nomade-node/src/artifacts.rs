@@ -83,6 +83,22 @@ impl ArtifactPolicy {
     fn filters(&self) -> bool {
         self.max_size.is_some() || !self.mime_types.is_empty()
     }
+
+    /// Whether the metadata of an artifact left to the policy is asked
+    /// for: to judge it by size or type, or, when nothing is prefetched,
+    /// to list it with its size and type.
+    fn judges_by_metadata(&self) -> bool {
+        !self.prefetch || self.filters()
+    }
+
+    /// Whether an artifact known as `record` is fetched without being
+    /// asked: one of unknown size only when the policy does not filter.
+    fn wants_record(&self, record: &ArtifactRecord) -> bool {
+        match record.size {
+            Some(size) => self.wants(size, record.mime_type.as_deref()),
+            None => self.prefetch && !self.filters(),
+        }
+    }
 }
 
 /// Where an artifact's content is.
@@ -283,6 +299,31 @@ impl Node {
                     c = changes.recv() => if !take(c) { return },
                 }
             }
+            // The authors' sessions first: they hold what they referenced.
+            let mut holders: Vec<(DeviceId, Connection, bool)> = self
+                .sessions()
+                .iter()
+                .filter(|(_, s)| {
+                    s.conn.close_reason().is_none()
+                        && s.info.has(crate::handshake::ARTIFACT_TRANSFER)
+                        && s.initial.borrow().is_some()
+                })
+                .map(|(id, s)| {
+                    (
+                        *id,
+                        s.conn.clone(),
+                        s.info.has(crate::handshake::ARTIFACT_METADATA),
+                    )
+                })
+                .collect();
+            holders.sort_by_key(|(id, ..)| !authors.contains(&id.to_string()));
+            let holders: Vec<(Connection, bool)> =
+                holders.into_iter().map(|(_, c, d)| (c, d)).collect();
+            // Nobody to fetch from (initial syncs under way, which fetch
+            // what they bring): the state is not walked.
+            if holders.is_empty() {
+                continue;
+            }
             let ids: Vec<ArtifactId> = if everything {
                 self.referenced_artifacts()
             } else {
@@ -291,29 +332,7 @@ impl Node {
             if ids.iter().all(|id| self.inner.artifacts.has(id)) {
                 continue;
             }
-            // The authors' sessions first: they hold what they referenced.
-            let mut holders: Vec<(DeviceId, Connection, bool)> = self
-                .sessions()
-                .iter()
-                .filter(|(_, s)| {
-                    s.conn.close_reason().is_none()
-                        && s.has(crate::handshake::ARTIFACT_TRANSFER)
-                        && s.initial.borrow().is_some()
-                })
-                .map(|(id, s)| {
-                    (
-                        *id,
-                        s.conn.clone(),
-                        s.has(crate::handshake::ARTIFACT_METADATA),
-                    )
-                })
-                .collect();
-            holders.sort_by_key(|(id, ..)| !authors.contains(&id.to_string()));
-            let holders: Vec<(Connection, bool)> =
-                holders.into_iter().map(|(_, c, d)| (c, d)).collect();
-            if !holders.is_empty() {
-                self.fetch_missing_of(&holders, ids).await;
-            }
+            self.fetch_missing_of(&holders, ids).await;
         }
     }
 
@@ -334,37 +353,20 @@ impl Node {
             if self.inner.artifacts.has(&id) {
                 continue;
             }
-            let record = records.get(&id.to_hex()).cloned().unwrap_or_default();
-            let fetch = if record.pinned || self.inner.artifacts.has_partial(&id) {
-                true
-            } else if !policy.prefetch {
-                false
-            } else if policy.filters() {
-                match record.size {
-                    Some(size) => policy.wants(size, record.mime_type.as_deref()),
-                    None if describes => match self.describe_artifact(conn, id).await {
-                        Ok(r) => policy.wants(r.size.unwrap_or(0), r.mime_type.as_deref()),
-                        Err(e) => {
-                            tracing::info!(peer = %conn.peer(), artifact = %id, error = %e, "could not describe an artifact");
-                            false
-                        }
-                    },
-                    // Nothing to judge by: fetched when asked for.
-                    None => false,
-                }
-            } else {
-                true
-            };
-            if fetch {
+            let mut record = records.get(&id.to_hex()).cloned().unwrap_or_default();
+            // Pinned ones, and interrupted transfers, are fetched whatever
+            // the policy; the others it judges, by their metadata when it
+            // filters. Metadata is asked for to judge, and to list what is
+            // left remote.
+            let forced = record.pinned || self.inner.artifacts.has_partial(&id);
+            if describes && !forced && record.size.is_none() && policy.judges_by_metadata() {
+                record = self.describe_logged(conn, id).await.unwrap_or(record);
+            }
+            if forced || policy.wants_record(&record) {
                 wanted.push(id);
-                continue;
+            } else {
+                tracing::debug!(artifact = %id, "left remote by the artifact policy");
             }
-            if describes && record.size.is_none() && !policy.filters() {
-                if let Err(e) = self.describe_artifact(conn, id).await {
-                    tracing::info!(peer = %conn.peer(), artifact = %id, error = %e, "could not describe an artifact");
-                }
-            }
-            tracing::debug!(artifact = %id, "left remote by the artifact policy");
         }
         if wanted.is_empty() {
             return;
@@ -375,31 +377,25 @@ impl Node {
         if describes && self.background_decision().is_err() {
             for id in &wanted {
                 if records.get(&id.to_hex()).is_none_or(|r| r.size.is_none()) {
-                    if let Err(e) = self.describe_artifact(conn, *id).await {
-                        tracing::info!(peer = %conn.peer(), artifact = %id, error = %e, "could not describe an artifact");
-                    }
+                    self.describe_logged(conn, *id).await;
                 }
             }
         }
         let work = format!("artifact prefetch from {}", conn.peer());
         self.background_allowed(&work, wanted.len()).await;
+        let conns: Vec<Connection> = holders.iter().map(|(c, _)| c.clone()).collect();
         for id in wanted {
-            for (holder, _) in holders {
-                match self.fetch_on(holder, id, |_| {}).await {
-                    Ok(()) => {
-                        tracing::info!(peer = %holder.peer(), artifact = %id, "artifact fetched");
-                        break;
-                    }
-                    // The partial file stays: the next holder, or the next
-                    // session, resumes from it.
-                    Err(e) if e.is_connection_loss() => tracing::info!(
-                        peer = %holder.peer(), artifact = %id, error = %e,
-                        "artifact fetch interrupted; it resumes from another holder or when the peer is back"
-                    ),
-                    Err(e) => {
-                        tracing::info!(peer = %holder.peer(), artifact = %id, error = %e, "artifact not fetched from this device")
-                    }
-                }
+            let _ = self.fetch_from_first(&conns, id, |_, _| {}).await;
+        }
+    }
+
+    /// [`Node::describe_artifact`], a failure logged: `None` then.
+    async fn describe_logged(&self, conn: &Connection, id: ArtifactId) -> Option<ArtifactRecord> {
+        match self.describe_artifact(conn, id).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::info!(peer = %conn.peer(), artifact = %id, error = %e, "could not describe an artifact");
+                None
             }
         }
     }
@@ -544,10 +540,7 @@ impl Node {
     /// bytes freed. Refused for a pinned artifact.
     pub fn evict_artifact(&self, id: &ArtifactId) -> Result<u64, NodeError> {
         let store = self.inner.core.store();
-        let record = store
-            .artifact_records()?
-            .remove(&id.to_hex())
-            .unwrap_or_default();
+        let record = store.artifact_record(&id.to_hex())?.unwrap_or_default();
         if record.pinned {
             return Err(NodeError::Invalid(format!(
                 "artifact {id} is pinned: unpin it first"
@@ -597,20 +590,38 @@ impl Node {
         &self,
         holders: &[DeviceId],
         id: ArtifactId,
-        mut progress: impl FnMut(&DeviceId, &Progress),
+        progress: impl FnMut(&DeviceId, &Progress),
     ) -> Result<DeviceId, NodeError> {
         if self.inner.artifacts.has(&id) {
             return Ok(self.inner.device_id);
         }
+        let conns: Vec<Connection> = holders
+            .iter()
+            .filter_map(|h| self.session_conn(h))
+            .collect();
+        self.fetch_from_first(&conns, id, progress).await
+    }
+
+    /// Fetches `id` on the first of `conns` that has it: one that does not,
+    /// fails or drops is left for the next, which resumes after the last
+    /// verified chunk (the partial file stays). Returns the peer that
+    /// completed it.
+    async fn fetch_from_first(
+        &self,
+        conns: &[Connection],
+        id: ArtifactId,
+        mut progress: impl FnMut(&DeviceId, &Progress),
+    ) -> Result<DeviceId, NodeError> {
         let mut last = NodeError::NotFound(format!(
             "artifact {id} is not held here and no connected device has it"
         ));
-        for holder in holders {
-            let Some(conn) = self.session_conn(holder) else {
-                continue;
-            };
-            match self.fetch_on(&conn, id, |p| progress(holder, p)).await {
-                Ok(()) => return Ok(*holder),
+        for conn in conns {
+            let holder = conn.peer();
+            match self.fetch_on(conn, id, |p| progress(&holder, p)).await {
+                Ok(()) => {
+                    tracing::info!(peer = %holder, artifact = %id, "artifact fetched");
+                    return Ok(holder);
+                }
                 Err(e) => {
                     tracing::info!(peer = %holder, artifact = %id, error = %e, "artifact not fetched from this device; trying the next");
                     last = e;

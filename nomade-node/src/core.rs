@@ -713,6 +713,15 @@ impl Core {
         self.closures.send_modify(|n| *n += 1);
     }
 
+    /// Replaces `replica` with what the store holds (undoing what was
+    /// applied and not stored), keeping the histories it closed.
+    fn reload(&self, replica: &mut Replica) -> Result<(), NodeError> {
+        let (mut stored, ..) = load_replica(&self.store, &self.device_id, self.replica_config)?;
+        stored.close_actors_of(replica);
+        *replica = stored;
+        Ok(())
+    }
+
     /// A receiver that changes whenever an actor's history is closed.
     pub fn closures(&self) -> watch::Receiver<u64> {
         self.closures.subscribe()
@@ -807,12 +816,9 @@ impl Core {
             }
             Err(e) => {
                 tracing::error!(error = %e, "could not store operations; reloading the replica from disk");
-                if let Ok((mut r, ..)) =
-                    load_replica(&self.store, &self.device_id, self.replica_config)
-                {
-                    let mut replica = self.replica();
-                    r.close_actors_of(&replica);
-                    *replica = r;
+                let mut replica = self.replica();
+                if let Err(e) = self.reload(&mut replica) {
+                    tracing::error!(error = %e, "could not reload the replica");
                 }
                 Err(e.into())
             }
@@ -881,10 +887,7 @@ impl Core {
         if let Some(e) = failure {
             // Undo what was applied (nothing is on disk yet) by reloading.
             if !ops.is_empty() {
-                let mut reloaded =
-                    load_replica(&self.store, &self.device_id, self.replica_config)?.0;
-                reloaded.close_actors_of(&replica);
-                *replica = reloaded;
+                self.reload(&mut replica)?;
             }
             return Err(e);
         }

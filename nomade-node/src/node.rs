@@ -225,13 +225,10 @@ impl Node {
         // Revoked devices stay refused, and their histories closed, across
         // restarts.
         let revocations = crate::revocations::Revocations::load(core.store())?;
-        for r in revocations.revoked() {
-            let Ok(id) = r.device_id.parse::<DeviceId>() else {
-                continue;
-            };
+        for (id, cutoff) in revocations.cutoffs() {
             if id != device_id {
                 paired.revoke(id);
-                core.close_actor(&r.device_id, r.cutoff);
+                core.close_actor(&id.to_string(), cutoff);
             }
         }
         let name = crate::peers::settle_device_name(core.store(), &config.device_name)?;
@@ -517,6 +514,14 @@ impl Node {
 
     pub(crate) fn transport(&self) -> Option<Transport> {
         lock(&self.inner.transport).clone()
+    }
+
+    /// The runtime to start work on: the caller's, or, from a thread
+    /// outside any (an application's own), the one the node was started on.
+    pub(crate) fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| lock(&self.inner.runtime).clone())
     }
 
     pub(crate) fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {

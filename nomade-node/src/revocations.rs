@@ -173,6 +173,16 @@ impl Revocations {
             .max()
     }
 
+    /// Each revoked device with the highest cutoff of the records about it.
+    pub(crate) fn cutoffs(&self) -> BTreeMap<DeviceId, u64> {
+        let mut out = BTreeMap::new();
+        for ((revoked, _), r) in lock(&self.records).iter() {
+            let c = out.entry(*revoked).or_insert(r.cutoff);
+            *c = (*c).max(r.cutoff);
+        }
+        out
+    }
+
     /// The revoked devices, for `status`.
     pub(crate) fn revoked(&self) -> Vec<RevokedDevice> {
         let records = lock(&self.records);
@@ -356,9 +366,7 @@ impl Node {
             .into_iter()
             .filter(|r| r.revoked == revoked.to_string())
             .collect();
-        let runtime = tokio::runtime::Handle::try_current()
-            .ok()
-            .or_else(|| lock(&self.inner.runtime).clone());
+        let runtime = self.runtime();
         match (conn, runtime) {
             (Some(conn), Some(runtime)) => {
                 let revoked = *revoked;
@@ -382,12 +390,10 @@ impl Node {
         let targets: Vec<_> = self
             .sessions()
             .iter()
-            .filter(|(peer, s)| Some(**peer) != from && s.has(crate::handshake::REVOCATION))
+            .filter(|(peer, s)| Some(**peer) != from && s.info.has(crate::handshake::REVOCATION))
             .map(|(_, s)| s.conn.clone())
             .collect();
-        let runtime = tokio::runtime::Handle::try_current()
-            .ok()
-            .or_else(|| lock(&self.inner.runtime).clone());
+        let runtime = self.runtime();
         let Some(runtime) = runtime else { return };
         for conn in targets {
             let records = vec![record.clone()];

@@ -180,6 +180,8 @@ pub struct DeferredWork {
     pub items: usize,
     /// Why it waits.
     pub reason: Deferral,
+    /// The same, for people.
+    pub why: String,
 }
 
 impl Node {
@@ -203,9 +205,13 @@ impl Node {
 
     /// Whether background work may run now; otherwise why not.
     pub fn background_decision(&self) -> Result<(), Deferral> {
+        self.decide_now(&self.power_state())
+    }
+
+    /// [`BackgroundPolicy::decide`] for `power` at this minute of the day.
+    fn decide_now(&self, power: &PowerState) -> Result<(), Deferral> {
         let policy = &self.inner.config.background;
-        let minute = policy.minute_of_day(crate::core::now_ms());
-        policy.decide(&self.power_state(), minute)
+        policy.decide(power, policy.minute_of_day(crate::core::now_ms()))
     }
 
     /// Waits until background work may run: returns at once when it may;
@@ -221,12 +227,10 @@ impl Node {
             }
         }
         let _shown = Shown(self, work);
-        let policy = self.inner.config.background.clone();
         let mut power = self.inner.power.subscribe();
         loop {
-            let now = crate::core::now_ms();
-            let decision = policy.decide(&power.borrow_and_update(), policy.minute_of_day(now));
-            match decision {
+            let state = *power.borrow_and_update();
+            match self.decide_now(&state) {
                 Ok(()) => break,
                 Err(reason) => {
                     tracing::info!(work, items, %reason, "background work deferred");
@@ -235,6 +239,7 @@ impl Node {
                         DeferredWork {
                             work: work.to_string(),
                             items,
+                            why: reason.to_string(),
                             reason,
                         },
                     );

@@ -33,16 +33,9 @@ pub(crate) struct Session {
     /// The peer's clock minus ours, from the timestamp of its HELLO or
     /// HELLO_ACK frame (ms; informational, as every timestamp).
     pub(crate) clock_offset_ms: i64,
-    /// What the peer announced in its handshake (see
-    /// [`handshake::CAPABILITIES`]).
-    pub(crate) capabilities: Vec<String>,
-}
-
-impl Session {
-    /// Whether the peer announced `capability`.
-    pub(crate) fn has(&self, capability: &str) -> bool {
-        self.capabilities.iter().any(|c| c == capability)
-    }
+    /// What the peer announced in its handshake (its capabilities:
+    /// [`PeerInfo::has`]).
+    pub(crate) info: PeerInfo,
 }
 
 struct Sink(FramedSend);
@@ -295,7 +288,7 @@ impl Node {
                     started_ms: now_ms(),
                     dialed: dialer,
                     clock_offset_ms,
-                    capabilities: info.capabilities.clone(),
+                    info: info.clone(),
                 },
             ) {
                 if old.conn.quinn().stable_id() != conn.quinn().stable_id() {

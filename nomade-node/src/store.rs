@@ -944,12 +944,25 @@ impl Store {
             let mut out = BTreeMap::new();
             for entry in table.iter().map_err(db_err)? {
                 let (k, v) = entry.map_err(db_err)?;
-                let record = rmp_serde::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
-                    what: format!("the record of artifact {}: {e}", k.value()),
-                })?;
-                out.insert(k.value().to_string(), record);
+                out.insert(
+                    k.value().to_string(),
+                    decode_artifact_record(k.value(), v.value())?,
+                );
             }
             Ok(out)
+        })
+    }
+
+    /// The record of artifact `id` (hex), if there is one.
+    pub fn artifact_record(&self, id: &str) -> Result<Option<ArtifactRecord>, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(ARTIFACTS).map_err(db_err)?;
+            table
+                .get(id)
+                .map_err(db_err)?
+                .map(|v| decode_artifact_record(id, v.value()))
+                .transpose()
         })
     }
 
@@ -964,12 +977,8 @@ impl Store {
             let txn = db.begin_write().map_err(db_err)?;
             let record = {
                 let mut table = txn.open_table(ARTIFACTS).map_err(db_err)?;
-                let mut record: ArtifactRecord = match table.get(id).map_err(db_err)? {
-                    Some(v) => {
-                        rmp_serde::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
-                            what: format!("the record of artifact {id}: {e}"),
-                        })?
-                    }
+                let mut record = match table.get(id).map_err(db_err)? {
+                    Some(v) => decode_artifact_record(id, v.value())?,
                     None => ArtifactRecord::default(),
                 };
                 change(&mut record);
@@ -1176,6 +1185,14 @@ impl Store {
             Ok(())
         })
     }
+}
+
+/// An artifact record as stored; one that does not decode is
+/// [`StoreError::Corrupt`].
+fn decode_artifact_record(id: &str, bytes: &[u8]) -> Result<ArtifactRecord, StoreError> {
+    rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        what: format!("the record of artifact {id}: {e}"),
+    })
 }
 
 /// The sequence number the log's first row follows (0 unless rows were

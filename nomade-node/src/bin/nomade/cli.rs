@@ -4,6 +4,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use nomade_node::schedule::Window;
+
+/// A window of the day, `HH:MM-HH:MM`.
+fn parse_window(s: &str) -> Result<Window, String> {
+    Window::parse(s).ok_or_else(|| {
+        format!("{s:?} is not a window of the day: HH:MM-HH:MM, for example 22:00-06:30")
+    })
+}
 
 /// The exit statuses, in `nomade --help`.
 pub const EXIT_STATUSES: &str = "\
@@ -87,8 +95,8 @@ pub enum Command {
         background_on_cellular: bool,
         /// Background work only in these stretches of the day, comma-separated
         /// `HH:MM-HH:MM` (UTC, or shifted by --utc-offset-minutes).
-        #[arg(long, value_delimiter = ',')]
-        background_windows: Vec<String>,
+        #[arg(long, value_delimiter = ',', value_parser = parse_window)]
+        background_windows: Vec<Window>,
         /// This device's offset from UTC in minutes, for --background-windows.
         #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
         utc_offset_minutes: i16,

@@ -131,37 +131,30 @@ fn print_json(v: &Json) {
 }
 
 fn config(cli: &Cli) -> NodeConfig {
-    let artifact_policy = match &cli.command {
+    let (artifact_policy, background) = match &cli.command {
         Command::Serve {
             fetch,
             fetch_max_size,
             fetch_types,
-            ..
-        } => nomade_node::ArtifactPolicy {
-            prefetch: fetch == "all",
-            max_size: *fetch_max_size,
-            mime_types: fetch_types.clone(),
-        },
-        _ => nomade_node::ArtifactPolicy::default(),
-    };
-    let background = match &cli.command {
-        Command::Serve {
             battery_floor,
             background_on_cellular,
             background_windows,
             utc_offset_minutes,
             ..
-        } => nomade_node::schedule::BackgroundPolicy {
-            battery_floor: (*battery_floor > 0).then_some(*battery_floor),
-            defer_on_cellular: !background_on_cellular,
-            // Checked in `serve` before the node opens.
-            windows: background_windows
-                .iter()
-                .filter_map(|w| nomade_node::schedule::Window::parse(w))
-                .collect(),
-            utc_offset_minutes: *utc_offset_minutes,
-        },
-        _ => nomade_node::schedule::BackgroundPolicy::default(),
+        } => (
+            nomade_node::ArtifactPolicy {
+                prefetch: fetch == "all",
+                max_size: *fetch_max_size,
+                mime_types: fetch_types.clone(),
+            },
+            nomade_node::schedule::BackgroundPolicy {
+                battery_floor: (*battery_floor > 0).then_some(*battery_floor),
+                defer_on_cellular: !background_on_cellular,
+                windows: background_windows.clone(),
+                utc_offset_minutes: *utc_offset_minutes,
+            },
+        ),
+        _ => Default::default(),
     };
     NodeConfig {
         artifact_policy,
@@ -774,20 +767,12 @@ fn print_status(st: &Json) {
         }
     }
     for d in st["deferred"].as_array().into_iter().flatten() {
-        let reason = &d["reason"];
-        let why = match reason["kind"].as_str() {
-            Some("battery_low") => format!(
-                "battery at {}%, below {}%",
-                reason["level"], reason["floor"]
-            ),
-            Some("cellular") => "on a cellular link".to_string(),
-            Some("outside_windows") => format!(
-                "outside the background windows (next in {} min)",
-                reason["opens_in_minutes"]
-            ),
-            _ => reason.to_string(),
-        };
-        println!("waiting  {} ({} items): {why}", s(&d["work"]), d["items"]);
+        println!(
+            "waiting  {} ({} items): {}",
+            s(&d["work"]),
+            d["items"],
+            s(&d["why"])
+        );
     }
     let m = &st["metrics"];
     println!(
@@ -837,19 +822,6 @@ async fn serve(
     listen: SocketAddr,
     metrics_addr: Option<SocketAddr>,
 ) -> Result<i32, ControlError> {
-    if let Command::Serve {
-        background_windows, ..
-    } = &cli.command
-    {
-        if let Some(bad) = background_windows
-            .iter()
-            .find(|w| nomade_node::schedule::Window::parse(w).is_none())
-        {
-            return Err(usage(format!(
-                "{bad:?} is not a window of the day: HH:MM-HH:MM, for example 22:00-06:30"
-            )));
-        }
-    }
     if control::node_serves(&cli.dir).await {
         return Err(ControlError::new(
             ErrorKind::Failed,
