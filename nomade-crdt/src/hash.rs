@@ -18,6 +18,7 @@
 use nomade_wire::{EntityType, Hash32, Value};
 
 use crate::replica::{Entity, Replica};
+use crate::subscription::Subscription;
 
 /// Everything the state hash covers, in hashing order.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,8 +98,12 @@ trait Walk {
 
 /// The replica's entities in hashing order: documents, then conversations
 /// (the order of [`EntityType::ALL`]), each type's by id byte-wise.
-fn walk(r: &Replica, w: &mut impl Walk) {
-    for ((entity_type, id), entity) in &r.entities {
+fn walk(r: &Replica, subscription: &Subscription, w: &mut impl Walk) {
+    let held = r
+        .entities
+        .iter()
+        .filter(|((t, id), _)| subscription.matches(*t, id));
+    for ((entity_type, id), entity) in held {
         match entity {
             Entity::Document(d) => {
                 let fields = d.all_values(&r.actors);
@@ -187,10 +192,10 @@ impl Walk for Canon {
     }
 }
 
-pub(crate) fn state_hash(r: &Replica) -> Hash32 {
+pub(crate) fn state_hash(r: &Replica, subscription: &Subscription) -> Hash32 {
     let mut h = Canon(blake3::Hasher::new());
     h.0.update(b"nomade-state-v2");
-    walk(r, &mut h);
+    walk(r, subscription, &mut h);
     Hash32::from(*h.0.finalize().as_bytes())
 }
 
@@ -264,6 +269,6 @@ pub(crate) fn canonical_state(r: &Replica) -> CanonicalState {
     let mut c = Collect(CanonicalState {
         entities: Vec::new(),
     });
-    walk(r, &mut c);
+    walk(r, &Subscription::Everything, &mut c);
     c.0
 }

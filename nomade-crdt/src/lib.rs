@@ -59,6 +59,7 @@ mod replica;
 pub mod runs;
 pub mod sequence;
 mod snapshot;
+mod subscription;
 
 pub use delta::{from_delta, to_delta};
 pub use document::Tagged;
@@ -68,4 +69,5 @@ pub use replica::{
     lamport, last_counters, raise_counter, trim_front, truncate_run, EntityKey, EntityKeyView,
     LocalEdit, Replica, ReplicaConfig,
 };
-pub use snapshot::{snapshot_version_vector, SNAPSHOT_VERSION};
+pub use snapshot::{filter_snapshot, snapshot_version_vector, SNAPSHOT_VERSION};
+pub use subscription::{Pattern, Subscription, SubscriptionError, MAX_PATTERNS, MAX_PATTERN_LEN};

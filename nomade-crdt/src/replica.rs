@@ -12,6 +12,7 @@ use crate::actors::{ActorIdx, Actors};
 use crate::document::Document;
 use crate::error::CrdtError;
 use crate::sequence::{Eid, SeqError, Sequence};
+use crate::subscription::Subscription;
 
 /// Tunables of a replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,6 +268,12 @@ pub fn trim_front(mut op: SyncOperation, known: u64) -> SyncOperation {
             *ranges = kept;
         }
         Edit::Set { .. } | Edit::Delete { .. } => {}
+        Edit::Skip { span } => {
+            // Names no entity: no deps to follow the part before.
+            *span -= skip.min(*span);
+            op.operation.counter = known + 1;
+            return op;
+        }
     }
     op.operation.deps.insert(op.actor_id.clone(), known);
     op.operation.counter = known + 1;
@@ -302,6 +309,7 @@ pub fn truncate_run(mut op: SyncOperation, last: u64) -> SyncOperation {
                 true
             });
         }
+        Edit::Skip { span } => *span = keep.min(*span),
         Edit::Set { .. } | Edit::Delete { .. } => {}
     }
     op
@@ -361,6 +369,17 @@ pub struct Replica {
     /// Remote operations (or parts of runs) refused because their actor's
     /// history was closed before them.
     refused_after_close: u64,
+    /// Per actor, the first counter of a `skip` applied since the
+    /// subscription last grew: counters from there on may hide operations
+    /// on entities subscribed to later. See [`Replica::widen`].
+    first_skips: VersionVector,
+    /// Per actor whose history is being filled in for entities subscribed
+    /// to since (only those), the counter up to which everything is held
+    /// under the current subscription: below the version vector.
+    refill: VersionVector,
+    /// Whether `first_skips` or `refill` changed since the last
+    /// [`Replica::take_subscription_changes`].
+    subscription_changed: bool,
 }
 
 impl Replica {
@@ -384,7 +403,141 @@ impl Replica {
             state_hash: std::sync::OnceLock::new(),
             closed: HashMap::new(),
             refused_after_close: 0,
+            first_skips: VersionVector::new(),
+            refill: VersionVector::new(),
+            subscription_changed: false,
         }
+    }
+
+    /// The subscription grew (docs/PROTOCOL.md, "Subscriptions"): the
+    /// counters of each actor from its first `skip` on may hide operations
+    /// on the entities added, so they are held again only as far as before
+    /// it, until they are received again ([`Replica::request_vector`]).
+    /// Operations received again that this replica holds are recognised by
+    /// their entity and change nothing; those of entities it lacked are
+    /// applied.
+    pub fn widen(&mut self) {
+        for (actor, first) in std::mem::take(&mut self.first_skips) {
+            let held = first.saturating_sub(1);
+            if held < self.vv.get(&actor).copied().unwrap_or(0) {
+                let frontier = self.refill.entry(actor).or_insert(held);
+                *frontier = (*frontier).min(held);
+            }
+        }
+        self.subscription_changed = true;
+    }
+
+    /// What to ask peers with: the version vector, lowered for the actors
+    /// whose history is being filled in ([`Replica::widen`]).
+    pub fn request_vector(&self) -> VersionVector {
+        let mut vv = self.vv.clone();
+        for (actor, &held) in &self.refill {
+            match held {
+                0 => vv.remove(actor),
+                c => vv.insert(actor.clone(), c),
+            };
+        }
+        vv
+    }
+
+    /// Per actor, the first counter of a `skip` applied since the
+    /// subscription last grew (for the caller to keep with the history).
+    pub fn first_skips(&self) -> &VersionVector {
+        &self.first_skips
+    }
+
+    /// Per actor being filled in, how far everything is held under the
+    /// current subscription (empty when nothing is being filled in).
+    pub fn refill_frontier(&self) -> &VersionVector {
+        &self.refill
+    }
+
+    /// Restores what [`Replica::first_skips`] and
+    /// [`Replica::refill_frontier`] said when they were stored: the
+    /// first skips are merged with those the replay found, each refill
+    /// entry kept where still below the version vector.
+    pub fn restore_subscription_state(
+        &mut self,
+        first_skips: VersionVector,
+        refill: VersionVector,
+    ) {
+        for (actor, first) in first_skips {
+            let at = self.first_skips.entry(actor).or_insert(first);
+            *at = (*at).min(first);
+        }
+        self.refill = refill
+            .into_iter()
+            .filter(|(a, held)| *held < self.vv.get(a).copied().unwrap_or(0))
+            .collect();
+    }
+
+    /// Whether the first skips or the refill frontier changed since the
+    /// last call (for the caller to store them).
+    pub fn take_subscription_changes(&mut self) -> bool {
+        std::mem::take(&mut self.subscription_changed)
+    }
+
+    /// Notes that `actor`'s counters `counter..=last` are held under the
+    /// current subscription: the refill frontier moves on when they follow it.
+    fn refilled(&mut self, actor: &ActorId, counter: u64, last: u64) {
+        let Some(held) = self.refill.get_mut(actor) else {
+            return;
+        };
+        if counter > *held + 1 || last <= *held {
+            return;
+        }
+        *held = last;
+        if last >= self.vv.get(actor).copied().unwrap_or(0) {
+            self.refill.remove(actor);
+        }
+        self.subscription_changed = true;
+    }
+
+    /// Notes a `skip` of `actor` from `counter`.
+    fn note_skip(&mut self, actor: &ActorId, counter: u64) {
+        match self.first_skips.get_mut(actor) {
+            Some(first) if *first <= counter => {}
+            Some(first) => {
+                *first = counter;
+                self.subscription_changed = true;
+            }
+            None => {
+                self.first_skips.insert(actor.clone(), counter);
+                self.subscription_changed = true;
+            }
+        }
+    }
+
+    /// An operation whose counters its actor's version vector entry
+    /// covers: a duplicate, unless its entity lacks it (the entity was
+    /// subscribed to after the operation was skipped: it is filled in
+    /// now, [`Replica::widen`]). Applied when the entity holds everything
+    /// its `deps` name; returns how many operations were applied, and
+    /// whether it is held now.
+    fn apply_known(&mut self, op: SyncOperation, last: u64) -> Result<(usize, bool), CrdtError> {
+        if matches!(op.operation.edit, Edit::Skip { .. }) {
+            self.note_skip(&op.actor_id, op.operation.counter);
+            return Ok((0, true));
+        }
+        let have = self
+            .entity_vv
+            .get(&(op.entity_type, op.entity_id.as_str()) as &dyn EntityKeyView)
+            .and_then(|vv| vv.get(&op.actor_id).copied())
+            .unwrap_or(0);
+        if last <= have {
+            return Ok((0, true));
+        }
+        let Some(op) = self.within_close(op) else {
+            return Ok((0, true));
+        };
+        let op = trim_front(op, have);
+        if !self.deps_applied(&op) {
+            return Ok((0, false));
+        }
+        self.check_applicable(&op)?;
+        let last = op.operation.last_counter();
+        self.apply_ready(op, last);
+        Ok((1 + self.drain_buffer(), true))
     }
 
     /// Closes `actor`'s history at `last`: from now on its remote operations
@@ -758,6 +911,17 @@ impl Replica {
         if op.operation.deps.values().any(|&d| d == u64::MAX) {
             return Err(Self::invalid(op, "dependency counter out of range"));
         }
+        if matches!(op.operation.edit, Edit::Skip { .. }) {
+            if op.entity_type != EntityType::Document
+                || !op.entity_id.is_empty()
+                || !op.operation.deps.is_empty()
+            {
+                return Err(Self::invalid(
+                    op,
+                    "a skip names the document \"\" and has no deps",
+                ));
+            }
+        }
         let ok = matches!(
             (&op.operation.edit, op.entity_type),
             (
@@ -769,7 +933,7 @@ impl Replica {
             ) | (
                 Edit::Insert { .. } | Edit::Remove { field: None, .. },
                 EntityType::Conversation,
-            )
+            ) | (Edit::Skip { .. }, EntityType::Document)
         );
         if !ok {
             return Err(Self::invalid(op, "edit does not apply to this entity type"));
@@ -900,7 +1064,14 @@ impl Replica {
         let known = self.vv.get(&op.actor_id).copied().unwrap_or(0);
         let counter = op.operation.counter;
         if last <= known {
-            return Ok(0); // duplicate
+            // Counted already: a duplicate, or part of an entity this
+            // replica fills in.
+            let actor = op.actor_id.clone();
+            let (applied, held) = self.apply_known(op, last)?;
+            if held {
+                self.refilled(&actor, counter, last);
+            }
+            return Ok(applied);
         }
         // Made after its device was revoked: refused, and the stream goes
         // on (the sender may not know yet).
@@ -942,12 +1113,24 @@ impl Replica {
         Ok(1 + self.drain_buffer())
     }
 
-    /// True when every operation named in `deps` is applied.
+    /// True when every operation named in `deps` is applied: `deps` name
+    /// changes to the operation's entity, so the entity's version vector
+    /// says (a device that skipped an entity's operations and subscribed
+    /// to it since counts them in its version vector without holding them).
     fn deps_applied(&self, op: &SyncOperation) -> bool {
+        if op.operation.deps.is_empty() {
+            return true;
+        }
+        let Some(held) = self
+            .entity_vv
+            .get(&(op.entity_type, op.entity_id.as_str()) as &dyn EntityKeyView)
+        else {
+            return false;
+        };
         op.operation
             .deps
             .iter()
-            .all(|(actor, &c)| self.vv.get(actor).copied().unwrap_or(0) >= c)
+            .all(|(actor, &c)| held.get(actor).copied().unwrap_or(0) >= c)
     }
 
     /// Applies every buffered operation that became ready; returns how many.
@@ -998,6 +1181,13 @@ impl Replica {
     /// Applies an operation whose dependencies are all applied and which
     /// was checked; `last` is its last counter.
     fn apply_ready(&mut self, op: SyncOperation, last: u64) {
+        if matches!(op.operation.edit, Edit::Skip { .. }) {
+            // Counters that carry nothing for this device.
+            self.note_skip(&op.actor_id, op.operation.counter);
+            raise_counter(&mut self.vv, &op.actor_id, last);
+            self.applied.push(op);
+            return;
+        }
         self.state_hash.take();
         let lamport = lamport(&op);
         let actor_idx = self.actors.intern(&op.actor_id);
@@ -1151,7 +1341,17 @@ impl Replica {
     pub fn state_hash(&self) -> Hash32 {
         *self
             .state_hash
-            .get_or_init(|| crate::hash::state_hash(self))
+            .get_or_init(|| crate::hash::state_hash(self, &Subscription::Everything))
+    }
+
+    /// The hash of the entities `subscription` matches only, computed as
+    /// [`Replica::state_hash`] is: what a device subscribed to them
+    /// compares with its own (docs/PROTOCOL.md, "Subscriptions").
+    pub fn state_hash_of(&self, subscription: &Subscription) -> Hash32 {
+        match subscription {
+            Subscription::Everything => self.state_hash(),
+            s => crate::hash::state_hash(self, s),
+        }
     }
 
     /// Everything [`Replica::state_hash`] covers, in its order: what to

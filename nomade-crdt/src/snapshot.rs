@@ -8,6 +8,7 @@ use crate::document::{Document, Tagged};
 use crate::error::CrdtError;
 use crate::replica::{Entity, Replica, ReplicaConfig};
 use crate::sequence::{Content, Eid, Run, Sequence, MAX_REMOVED};
+use crate::subscription::Subscription;
 
 /// The snapshot format: 3 since a snapshot became a message a device may
 /// send another (docs/PROTOCOL.md, "Snapshots"): fields as their concurrent
@@ -239,6 +240,20 @@ fn snap_fields(doc: &Document) -> Vec<(String, Vec<SnapValue>)> {
         .collect()
 }
 
+/// A snapshot (`bytes`, checked as a peer's would be) with only the
+/// entities `subscription` matches ([`Replica::snapshot_of`]).
+pub fn filter_snapshot(
+    bytes: &[u8],
+    subscription: &Subscription,
+    config: ReplicaConfig,
+) -> Result<Vec<u8>, CrdtError> {
+    if subscription.is_everything() {
+        return Ok(bytes.to_vec());
+    }
+    // The device id only names local edits, which a filter makes none of.
+    Replica::from_snapshot("", bytes, config)?.snapshot_of(subscription)
+}
+
 impl Replica {
     /// The whole state as MessagePack bytes, in the snapshot format of
     /// docs/PROTOCOL.md ("Snapshots"): entities with their tombstones, the
@@ -247,9 +262,17 @@ impl Replica {
     /// this one stands; a device that receives it from a peer adopts it
     /// ([`Replica::from_snapshot`]).
     pub fn snapshot(&self) -> Result<Vec<u8>, CrdtError> {
+        self.snapshot_of(&Subscription::Everything)
+    }
+
+    /// [`Replica::snapshot`] of the entities `subscription` matches only,
+    /// with the whole version vector (docs/PROTOCOL.md, "Subscriptions"):
+    /// what a device subscribed to them holds, as of this state.
+    pub fn snapshot_of(&self, subscription: &Subscription) -> Result<Vec<u8>, CrdtError> {
         let entities = self
             .entities
             .iter()
+            .filter(|((t, id), _)| subscription.matches(*t, id))
             .map(|((t, id), e)| {
                 let vv = self
                     .entity_vv

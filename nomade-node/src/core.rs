@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use nomade_crdt::{LocalEdit, Replica, ReplicaConfig};
+use nomade_crdt::{LocalEdit, Replica, ReplicaConfig, Subscription};
 use nomade_wire::{ActorId, EntityType, Hash32, SyncOperation, Value, VersionVector};
 use tokio::sync::{broadcast, watch};
 
@@ -271,6 +271,11 @@ pub struct Core {
     /// How long a paired device may stay silent and still hold compaction
     /// back, in ms (see [`Core::compaction_hold`]).
     compaction_hold_ms: std::sync::atomic::AtomicU64,
+    /// The entities this device holds (docs/PROTOCOL.md, "Subscriptions").
+    subscription: Mutex<Subscription>,
+    /// Whether the log may hold `skip` operations (a skip was stored once):
+    /// its rows are then never sent as they are stored.
+    skips_stored: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Core {
@@ -355,8 +360,13 @@ impl Core {
     ) -> Result<Arc<Core>, NodeError> {
         std::fs::create_dir_all(dir)?;
         let store = Store::open(&dir.join("nomade.redb"))?;
-        let (replica, snapshot_seq, snapshot_len) =
+        let (mut replica, snapshot_seq, snapshot_len) =
             load_replica(&store, device_id, replica_config)?;
+        let subscription = crate::subscriptions::load_subscription(&store)?;
+        let skips = crate::subscriptions::load_skip_state(&store)?;
+        replica.restore_subscription_state(skips.first_skips, skips.refill);
+        replica.take_subscription_changes();
+        let skips_stored = crate::subscriptions::skips_stored(&store)?;
         let last = store.last_seq()?;
         let acked = store.acked()?.into_iter().collect();
         let compacted = store.compacted()?;
@@ -399,6 +409,8 @@ impl Core {
             compaction_hold_ms: std::sync::atomic::AtomicU64::new(
                 DEFAULT_COMPACTION_HOLD.as_millis() as u64,
             ),
+            subscription: Mutex::new(subscription),
+            skips_stored: std::sync::atomic::AtomicBool::new(skips_stored),
         }))
     }
 
@@ -525,7 +537,7 @@ impl Core {
                 "{peer}'s snapshot holds operations of the revoked device {actor} up to {held}, beyond {cut}, where its history was closed"
             )));
         }
-        if crate::store::covers(replica.version_vector(), &base) {
+        if crate::store::covers(&replica.request_vector(), &base) {
             // Nothing this device lacks (another peer brought it meanwhile).
             return Ok(base);
         }
@@ -577,6 +589,28 @@ impl Core {
         self.snapshot_len
             .store(bytes.len() as u64, Ordering::Relaxed);
         *lock(&self.durable) = next.version_vector().clone();
+        // What the snapshot covers is held under the subscription it was
+        // asked with; one holding part of the entities hides the others'
+        // operations, as skips do.
+        let mut first_skips = replica.first_skips().clone();
+        if !lock(&self.subscription).is_everything() {
+            for actor in base.keys() {
+                first_skips.insert(actor.clone(), 1);
+            }
+        }
+        let mut refill = replica.refill_frontier().clone();
+        for (actor, held) in refill.iter_mut() {
+            *held = (*held).max(base.get(actor).copied().unwrap_or(0));
+        }
+        next.restore_subscription_state(first_skips, refill);
+        next.take_subscription_changes();
+        crate::subscriptions::save_skip_state(
+            &self.store,
+            &crate::subscriptions::SkipState {
+                first_skips: next.first_skips().clone(),
+                refill: next.refill_frontier().clone(),
+            },
+        )?;
         *replica = next;
         self.appended.send_replace(seq);
         Metrics::add(&self.metrics.snapshots_adopted, 1);
@@ -718,6 +752,9 @@ impl Core {
     fn reload(&self, replica: &mut Replica) -> Result<(), NodeError> {
         let (mut stored, ..) = load_replica(&self.store, &self.device_id, self.replica_config)?;
         stored.close_actors_of(replica);
+        let skips = crate::subscriptions::load_skip_state(&self.store)?;
+        stored.restore_subscription_state(skips.first_skips, skips.refill);
+        stored.take_subscription_changes();
         *replica = stored;
         Ok(())
     }
@@ -771,7 +808,22 @@ impl Core {
         join_runs: bool,
     ) -> Result<Vec<SyncOperation>, NodeError> {
         let mut ops = replica.take_applied();
+        let skip_state =
+            replica
+                .take_subscription_changes()
+                .then(|| crate::subscriptions::SkipState {
+                    first_skips: replica.first_skips().clone(),
+                    refill: replica.refill_frontier().clone(),
+                });
+        let new_skips = !self.skips_stored.load(Ordering::Relaxed)
+            && ops
+                .iter()
+                .any(|op| matches!(op.operation.edit, nomade_wire::Edit::Skip { .. }));
         if ops.is_empty() {
+            drop(replica);
+            if let Some(state) = skip_state {
+                crate::subscriptions::save_skip_state(&self.store, &state)?;
+            }
             return Ok(ops);
         }
         if join_runs {
@@ -792,8 +844,18 @@ impl Core {
         }
         before.retain(|_, c| *c > 0);
         drop(replica);
+        if new_skips {
+            // Before the rows that hold them: a pusher reading them must
+            // know.
+            crate::subscriptions::note_skips_stored(&self.store)?;
+            self.skips_stored.store(true, Ordering::Relaxed);
+        }
         match self.store.append_ops(&ops, Some(&before)) {
             Ok(seq) => {
+                if let Some(state) = skip_state {
+                    // Before a snapshot may cover the skips.
+                    crate::subscriptions::save_skip_state(&self.store, &state)?;
+                }
                 lock(&self.recent).extend(seq, &ops);
                 {
                     let mut journal = lock(&self.journal);
@@ -832,6 +894,85 @@ impl Core {
         lock(&self.durable).clone()
     }
 
+    /// What to ask peers with in a `SYNC_REQUEST`: what this device durably
+    /// holds, lowered for the devices whose history is being filled in for
+    /// entities subscribed to since ([`Replica::widen`]).
+    pub fn request_vector(&self) -> VersionVector {
+        let mut vv = self.durable_version_vector();
+        for (actor, &held) in self.replica().refill_frontier() {
+            if vv.get(actor).is_some_and(|&c| c > held) {
+                match held {
+                    0 => vv.remove(actor),
+                    c => vv.insert(actor.clone(), c),
+                };
+            }
+        }
+        vv
+    }
+
+    /// Per device whose history is being filled in for entities subscribed
+    /// to since, how far everything is held (empty when none is).
+    pub fn refill_frontier(&self) -> VersionVector {
+        self.replica().refill_frontier().clone()
+    }
+
+    /// The entities this device holds.
+    pub fn subscription(&self) -> Subscription {
+        lock(&self.subscription).clone()
+    }
+
+    /// Whether this device's history is being filled in for entities it
+    /// subscribed to since (some of its counters are asked for again).
+    pub fn refilling(&self) -> bool {
+        !self.replica().refill_frontier().is_empty()
+    }
+
+    /// Changes the entities this device holds, durably. When the
+    /// subscription grows, what was skipped since it last grew is asked
+    /// for again ([`Replica::widen`]); either way pulls start again with
+    /// the new subscription ([`Core::resyncs`]). Returns whether it changed.
+    pub fn set_subscription(&self, new: Subscription) -> Result<bool, NodeError> {
+        let _writer = self.commit_lock();
+        let mut current = lock(&self.subscription);
+        if *current == new {
+            return Ok(false);
+        }
+        if !current.covers(&new) {
+            // The refill first: a crash before the subscription is stored
+            // leaves the old one asking for more than it needs, never the
+            // new one asking for less.
+            let mut replica = self.replica();
+            replica.widen();
+            replica.take_subscription_changes();
+            crate::subscriptions::save_skip_state(
+                &self.store,
+                &crate::subscriptions::SkipState {
+                    first_skips: replica.first_skips().clone(),
+                    refill: replica.refill_frontier().clone(),
+                },
+            )?;
+        }
+        crate::subscriptions::save_subscription(&self.store, &new)?;
+        tracing::info!(from = %current, to = %new, "subscription changed");
+        *current = new;
+        drop(current);
+        self.resync.send_modify(|n| *n += 1);
+        Ok(true)
+    }
+
+    /// Whether the log may hold operations in part: this device holds part
+    /// of the entities, or a `skip` was stored once. Its rows are then
+    /// never sent as they are stored, and its snapshot goes only to a
+    /// device that holds no more than it.
+    pub fn holds_part(&self) -> bool {
+        self.skips_stored.load(Ordering::Relaxed) || !lock(&self.subscription).is_everything()
+    }
+
+    /// The state hash of the entities `subscription` matches.
+    pub fn state_hash_of(&self, subscription: &Subscription) -> Hash32 {
+        self.replica().state_hash_of(subscription)
+    }
+
     /// Applies a local edit and stores its operations durably before returning them.
     pub fn edit(
         &self,
@@ -862,6 +1003,19 @@ impl Core {
         edits: Vec<(EntityType, String, LocalEdit)>,
     ) -> Result<Vec<SyncOperation>, NodeError> {
         let writer = self.commit_lock();
+        {
+            let subscription = lock(&self.subscription);
+            if let Some((t, id, _)) = edits
+                .iter()
+                .find(|(t, id, _)| !subscription.matches(*t, id))
+            {
+                return Err(NodeError::NotSubscribed {
+                    entity_type: t.as_str(),
+                    entity_id: id.clone(),
+                    subscription: subscription.to_string(),
+                });
+            }
+        }
         let mut replica = self.replica();
         check(&replica)?;
         let mut ops = Vec::new();
@@ -1199,6 +1353,9 @@ impl Core {
     /// on past them, sending this device's own, and returns them, at most
     /// `hold_room` of them; if there are more, the cursor it returns stops
     /// before the first that did not fit, so a later scan finds it.
+    ///
+    /// Without `whole_rows` (a peer subscribed to part of the entities, or
+    /// a log that may hold skips), every row is decoded.
     pub fn push_items(
         &self,
         cursor: u64,
@@ -1206,6 +1363,7 @@ impl Core {
         limit: usize,
         relay: RelayCutoff<'_>,
         hold_room: usize,
+        whole_rows: bool,
     ) -> Result<PushScan, NodeError> {
         let mut sorter = Sorter {
             own: self.device_id.as_str(),
@@ -1245,7 +1403,7 @@ impl Core {
                 // Nothing read from the database.
                 0
             }
-            None => self.scan_stored(&mut sorter, &mut scan, limit)?,
+            None => self.scan_stored(&mut sorter, &mut scan, limit, whole_rows)?,
         };
         scan.held = sorter.held;
         if let Some(seq) = sorter.first_held {
@@ -1263,6 +1421,7 @@ impl Core {
         sorter: &mut Sorter<'_>,
         scan: &mut PushScan,
         limit: usize,
+        whole_rows: bool,
     ) -> Result<u64, NodeError> {
         let (own, cursor, peer, relay) = (sorter.own, sorter.cursor, sorter.peer, sorter.relay);
         let mut read = 0u64;
@@ -1295,7 +1454,8 @@ impl Core {
                 }),
                 None => end > relay.after.min(relay.served_after) || !relay.direct.is_empty(),
             };
-            let whole = run.first > cursor
+            let whole = whole_rows
+                && run.first > cursor
                 && !relayed_held
                 && run.payload.len() <= crate::batch::MAX_BATCH_PAYLOAD
                 // Each actor with operations in the row: the peer has none

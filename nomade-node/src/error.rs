@@ -159,6 +159,21 @@ pub enum NodeError {
     /// A revocation was refused (see [`crate::revocations`]); nothing changed.
     #[error(transparent)]
     Revocation(#[from] crate::revocations::RevocationRefused),
+    /// A subscription pattern was refused (malformed, too long, too many).
+    #[error(transparent)]
+    Subscription(#[from] nomade_crdt::SubscriptionError),
+    /// A local edit of an entity this device does not subscribe to: it
+    /// does not hold it, so an edit would not follow its history.
+    /// Subscribe to it first; nothing was changed.
+    #[error("{entity_type}:{entity_id} is not in this device's subscription ({subscription}): subscribe to it first")]
+    NotSubscribed {
+        /// The entity's type, as on the wire.
+        entity_type: &'static str,
+        /// The entity's id.
+        entity_id: String,
+        /// The subscription, as patterns.
+        subscription: String,
+    },
 }
 
 impl NodeError {

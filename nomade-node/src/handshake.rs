@@ -33,8 +33,13 @@ pub const REVOCATION: &str = "revocation";
 /// (`ARTIFACT_REQUEST.metadata_only`).
 pub const ARTIFACT_METADATA: &str = "artifact-metadata";
 
+/// The capability of taking a subscription in `SYNC_REQUEST` (sending the
+/// operations of matching entities only, and `skip`s for the others;
+/// docs/PROTOCOL.md, "Subscriptions").
+pub const SUBSCRIPTIONS: &str = "subscriptions";
+
 /// Capabilities this node announces.
-pub const CAPABILITIES: [&str; 7] = [
+pub const CAPABILITIES: [&str; 8] = [
     CRDT_SYNC,
     ARTIFACT_TRANSFER,
     PRESENCE,
@@ -42,6 +47,7 @@ pub const CAPABILITIES: [&str; 7] = [
     LZ4,
     REVOCATION,
     ARTIFACT_METADATA,
+    SUBSCRIPTIONS,
 ];
 
 /// What a node says about itself in HELLO / HELLO_ACK.

@@ -84,6 +84,7 @@ mod session;
 pub mod sim;
 mod status;
 pub mod store;
+mod subscriptions;
 pub mod sync;
 
 pub use artifacts::{ArtifactEntry, ArtifactPolicy, ArtifactState};

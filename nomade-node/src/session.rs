@@ -347,6 +347,7 @@ impl Node {
         let mut summary_rx = initial_tx.subscribe();
         let (pull_conn, config) = (conn.clone(), self.inner.config.clone());
         let announce = info.has(handshake::SYNC_HAVE);
+        let subscribes = info.has(handshake::SUBSCRIPTIONS);
         let puller = tokio::spawn(async move {
             let Some(first) = first else { return };
             let mut stream = Some(first);
@@ -361,18 +362,15 @@ impl Node {
                 };
                 let (mut tx, mut rx) = (Sink(tx), Source(rx));
                 let started = Instant::now();
-                match sync::pull(
-                    core.clone(),
-                    p.clone(),
-                    &mut tx,
-                    &mut rx,
-                    &initial_tx,
-                    announce,
-                )
-                .await
-                {
+                let puller = if announce {
+                    sync::Puller::announcing(p.clone())
+                } else {
+                    sync::Puller::new(p.clone())
+                }
+                .subscribing(subscribes);
+                match sync::pull(core.clone(), puller, &mut tx, &mut rx, &initial_tx).await {
                     Ok(sync::PullEnd::Resync) => {
-                        tracing::info!(peer = %p, "pulling again: a revoked device's history was closed later");
+                        tracing::info!(peer = %p, "pulling again: the subscription changed, or a revoked device's history was closed later");
                         continue;
                     }
                     Ok(sync::PullEnd::Ended) | Err(NodeError::Transport(_)) => {

@@ -34,6 +34,8 @@ impl Node {
             peers,
             revoked: self.revoked_devices(),
             this_device_revoked: self.is_revoked(),
+            subscription: self.inner.core.subscription().to_string(),
+            subscription_filling_in: self.inner.core.refilling(),
             artifact_policy: self.inner.config.artifact_policy.clone(),
             power: self.power_state(),
             deferred: self.deferred_work(),
@@ -194,6 +196,11 @@ pub struct NodeStatus {
     /// Whether another device revoked this one (the devices that know
     /// refuse it; it syncs again only with a new identity).
     pub this_device_revoked: bool,
+    /// The entities this device holds: `everything`, or its patterns.
+    pub subscription: String,
+    /// Whether the history of entities subscribed to since is still being
+    /// filled in from peers.
+    pub subscription_filling_in: bool,
     /// Which artifact contents this device fetches by itself.
     pub artifact_policy: crate::ArtifactPolicy,
     /// The device's power and network state, as the application reported it.

@@ -78,7 +78,7 @@ impl ActorTable {
                     self.add(&r.actor);
                 }
             }
-            Edit::Set { .. } | Edit::Delete { .. } => {}
+            Edit::Set { .. } | Edit::Delete { .. } | Edit::Skip { .. } => {}
         }
     }
 

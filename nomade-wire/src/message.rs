@@ -96,6 +96,13 @@ pub struct SyncRequest {
     /// operation not covered by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version_vector: Option<VersionVector>,
+    /// Extension: the puller's subscription, as patterns (`type:id`,
+    /// `type:prefix*` or `type:*`; docs/PROTOCOL.md, "Subscriptions"):
+    /// the pusher sends the operations of matching entities and, for the
+    /// others, `skip` operations in their place. Absent: everything. Sent
+    /// only to a pusher that announced `"subscriptions"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<Vec<String>>,
 }
 
 /// The identity of one sequence element (a conversation item or a
@@ -187,6 +194,15 @@ pub enum Edit {
         /// The removed elements, as ranges of ids (at least one).
         ranges: Vec<IdRange>,
     },
+    /// Counters of the actor that carry nothing for the receiver: a pusher
+    /// sends one in place of operations on entities the receiver did not
+    /// subscribe to (docs/PROTOCOL.md, "Subscriptions"), so that each
+    /// actor's counters still reach it in order, without gaps. Changes no
+    /// entity; its entity is the document `""` and its `deps` are empty.
+    Skip {
+        /// How many counters it covers (at least one).
+        span: u64,
+    },
 }
 
 impl Edit {
@@ -202,6 +218,7 @@ impl Edit {
             Edit::Remove { ranges, .. } => {
                 ranges.iter().fold(0u64, |acc, r| acc.saturating_add(r.len))
             }
+            Edit::Skip { span } => *span,
         }
     }
 }

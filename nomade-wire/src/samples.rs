@@ -159,6 +159,7 @@ pub fn all() -> Vec<Sample> {
             since_timestamp: None,
             full_sync: true,
             version_vector: None,
+            subscription: None,
         }
         .into(),
     );
@@ -169,6 +170,7 @@ pub fn all() -> Vec<Sample> {
             since_timestamp: Some(SAMPLE_TIMESTAMP - 60_000),
             full_sync: false,
             version_vector: Some(vv(&[(LAPTOP, 41), (PHONE, 7)])),
+            subscription: None,
         }
         .into(),
     );
@@ -592,6 +594,51 @@ pub fn all() -> Vec<Sample> {
             error_code: ErrorCode::RATE_LIMITED,
             error_message: "slow down".into(),
             related_message_id: None,
+        }
+        .into(),
+    );
+    // Added after the others, so that their message ids stay.
+    push(
+        "sync_request_subscription",
+        SyncRequest {
+            entity_types: vec![EntityType::Document, EntityType::Conversation],
+            since_timestamp: None,
+            full_sync: false,
+            version_vector: Some(vv(&[(LAPTOP, 41), (PHONE, 7)])),
+            subscription: Some(vec!["document:trip".into(), "conversation:family-*".into()]),
+        }
+        .into(),
+    );
+    push(
+        "batched_sync_skip",
+        BatchedSync {
+            operations: vec![
+                SyncOperation {
+                    entity_id: "".into(),
+                    entity_type: EntityType::Document,
+                    operation: CrdtOperation {
+                        counter: 42,
+                        deps: Default::default(),
+                        edit: Edit::Skip { span: 17 },
+                    },
+                    timestamp: SAMPLE_TIMESTAMP,
+                    actor_id: LAPTOP.into(),
+                },
+                SyncOperation {
+                    entity_id: "trip".into(),
+                    entity_type: EntityType::Document,
+                    operation: CrdtOperation {
+                        counter: 59,
+                        deps: vv(&[(LAPTOP, 12)]).into(),
+                        edit: Edit::Set {
+                            key: "title".into(),
+                            value: Value::String("Lisbon".into()),
+                        },
+                    },
+                    timestamp: SAMPLE_TIMESTAMP,
+                    actor_id: LAPTOP.into(),
+                },
+            ],
         }
         .into(),
     );

@@ -91,6 +91,7 @@ fn edit() -> impl Strategy<Value = Edit> {
             field: field.map(SmolStr::from),
             ranges
         }),
+        any::<u64>().prop_map(|span| Edit::Skip { span }),
     ]
 }
 
@@ -150,15 +151,17 @@ fn message() -> impl Strategy<Value = Message> {
             vec(entity_type(), 0..3),
             option::of(any::<i64>()),
             any::<bool>(),
-            option::of(version_vector())
+            option::of(version_vector()),
+            option::of(vec(text(), 0..4))
         )
             .prop_map(
-                |(entity_types, since_timestamp, full_sync, version_vector)| {
+                |(entity_types, since_timestamp, full_sync, version_vector, subscription)| {
                     Message::from(SyncRequest {
                         entity_types,
                         since_timestamp,
                         full_sync,
                         version_vector,
+                        subscription,
                     })
                 }
             ),

@@ -163,9 +163,11 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
 /// Runs a [`Puller`]: requests what this device lacks, applies and
 /// acknowledges everything the peer pushes, until the peer ends the stream
 /// (or, [`PullEnd::Resync`], until pulls are to start again).
-/// `initial` receives the summary of the first full exchange. With
-/// `announce` (the peer takes `HAVE`), what this device gets from elsewhere
-/// is announced to the peer as it comes.
+/// `initial` receives the summary of the first full exchange. `puller`
+/// says whom it pulls from and how ([`Puller::announcing`]: the peer takes
+/// `HAVE`, and what this device gets from elsewhere is announced to it as
+/// it comes; [`Puller::subscribing`]: the request states this device's
+/// subscription).
 ///
 /// Reading and applying overlap: while one group of messages is being applied
 /// and committed (on a blocking thread), the next ones are read; everything
@@ -173,17 +175,11 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
 /// one `ACK`.
 pub async fn pull(
     core: Arc<Core>,
-    peer: String,
+    mut puller: Puller,
     tx: &mut impl FrameSink,
     rx: &mut impl FrameSource,
     initial: &watch::Sender<Option<SyncSummary>>,
-    announce: bool,
 ) -> Result<PullEnd, NodeError> {
-    let mut puller = if announce {
-        Puller::announcing(peer)
-    } else {
-        Puller::new(peer)
-    };
     let mut appended = core.appended();
     let mut pulling = core.pulling_changes();
     let mut resync = core.resyncs();
@@ -403,6 +399,7 @@ mod tests {
             since_timestamp: None,
             full_sync: true,
             version_vector: None,
+            subscription: None,
         })
     }
 
@@ -835,7 +832,7 @@ mod tests {
         };
         for from in ["memory", "the database"] {
             let scan = core
-                .push_items(0, &VersionVector::new(), SCAN_LIMIT, nothing_yet, 2)
+                .push_items(0, &VersionVector::new(), SCAN_LIMIT, nothing_yet, 2, true)
                 .expect("scan");
             let held: Vec<u64> = scan
                 .held
@@ -849,7 +846,14 @@ mod tests {
             assert_eq!(sent(&scan), 2, "from {from}");
             // From the cursor on: x's third is held, the edits were read.
             let scan = core
-                .push_items(scan.next, &VersionVector::new(), SCAN_LIMIT, nothing_yet, 2)
+                .push_items(
+                    scan.next,
+                    &VersionVector::new(),
+                    SCAN_LIMIT,
+                    nothing_yet,
+                    2,
+                    true,
+                )
                 .expect("scan");
             assert_eq!(scan.held.len(), 1, "from {from}");
             assert_eq!(scan.held[0].1.operation.counter, 3);
@@ -861,7 +865,14 @@ mod tests {
             );
             // Nothing new after the last: nothing read.
             let scan = core
-                .push_items(core.last_seq(), &VersionVector::new(), 1, nothing_yet, 2)
+                .push_items(
+                    core.last_seq(),
+                    &VersionVector::new(),
+                    1,
+                    nothing_yet,
+                    2,
+                    true,
+                )
                 .expect("scan");
             assert!(scan.items.is_empty() && scan.held.is_empty() && !scan.more);
             let scanned = core.metrics().snapshot().ops_scanned;
@@ -1125,7 +1136,7 @@ mod tests {
         let c = b.clone();
         let pull = tokio::spawn(async move {
             let mut sink = Collect(Vec::new());
-            let end = pull(c, "a".into(), &mut sink, &mut Silent, &initial, false).await;
+            let end = pull(c, Puller::new("a"), &mut sink, &mut Silent, &initial).await;
             (end, sink.0.len())
         });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

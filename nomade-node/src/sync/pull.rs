@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
+use nomade_crdt::Subscription;
 use nomade_wire::{
     Ack, ActorId, EntityType, Envelope, ErrorCode, Have, Message, MessageId, SyncOperation,
     SyncRequest, SyncSnapshot, VersionVector,
@@ -85,6 +86,10 @@ pub struct Puller {
     /// While it lives, this device counts as pulling from the peer (from
     /// the request on).
     pulling: Option<PullingGuard>,
+    /// Whether the pusher takes a subscription (`"subscriptions"`).
+    subscribes: bool,
+    /// The subscription the request stated (everything when none).
+    asked: Subscription,
 }
 
 impl Puller {
@@ -107,6 +112,8 @@ impl Puller {
             pulling_changes: None,
             look_at_pulling: true,
             pulling: None,
+            subscribes: false,
+            asked: Subscription::Everything,
         }
     }
 
@@ -157,10 +164,16 @@ impl Puller {
                 self.add_candidate(actor, c);
             }
         }
+        // Devices whose history is being filled in are not announced: the
+        // pusher would take their counters as held, and not send what is
+        // asked for again below them.
+        let refilling = core.refill_frontier();
         let changed: Vec<(String, u64)> = core
             .counters_since(&mut self.counters_seen)
             .into_iter()
-            .filter(|(actor, _)| actor != own && *actor != self.peer)
+            .filter(|(actor, _)| {
+                actor != own && *actor != self.peer && !refilling.contains_key(actor.as_str())
+            })
             .collect();
         // Beyond what the peer is known to have: announced before, or sent
         // by the peer itself.
@@ -245,16 +258,35 @@ impl Puller {
     /// The `SYNC_REQUEST` that opens the stream: everything this device's
     /// version vector does not cover (what it durably holds: the pusher
     /// counts it as acknowledged).
+    ///
+    /// To a pusher that takes subscriptions, the request states this
+    /// device's ([`Core::subscription`]); while the history of entities
+    /// subscribed to since is filled in, the version vector is lowered
+    /// where it must be received again ([`Core::request_vector`]).
     pub fn request(&mut self, core: &Core) -> Envelope {
         self.pulling = Some(core.pulling_from(&self.peer));
         self.pulling_changes = Some(core.pulling_changes());
-        let vv = core.durable_version_vector();
+        let vv = core.request_vector();
+        self.asked = if self.subscribes {
+            core.subscription()
+        } else {
+            Subscription::Everything
+        };
         envelope(SyncRequest {
             entity_types: vec![EntityType::Document, EntityType::Conversation],
             since_timestamp: None,
             full_sync: vv.is_empty(),
             version_vector: Some(vv),
+            subscription: self.asked.to_request(),
         })
+    }
+
+    /// This puller, stating this device's subscription in its request if
+    /// `subscribes` (the pusher announced `"subscriptions"`; one that did
+    /// not sends everything, which is applied as it comes).
+    pub fn subscribing(mut self, subscribes: bool) -> Puller {
+        self.subscribes = subscribes;
+        self
     }
 
     /// Takes a group of messages received in order: the operations they
@@ -427,7 +459,7 @@ impl Puller {
             Message::SyncComplete(c) => {
                 let summary = SyncSummary {
                     operations: c.operations_count,
-                    hashes_match: core.state_hash() == c.new_state_hash,
+                    hashes_match: core.state_hash_of(&self.asked) == c.new_state_hash,
                 };
                 tracing::info!(peer = %self.peer, operations = c.operations_count, hashes_match = summary.hashes_match, "initial sync received");
                 self.summary = Some(summary);

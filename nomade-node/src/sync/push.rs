@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use nomade_crdt::raise_counter;
+use nomade_crdt::{raise_counter, Subscription};
 use nomade_wire::{
     ActorId, BatchEncoder, EntityType, Envelope, ErrorCode, Message, MessageId, MessageType,
     SyncComplete, SyncOperation, SyncSnapshot, VersionVector,
@@ -129,6 +129,13 @@ pub struct Pusher {
     /// Whether operation frames are compressed where that pays (the peer
     /// takes compressed frames).
     compress: bool,
+    /// The peer's subscription, from its request: operations of other
+    /// entities go as `skip`s (docs/PROTOCOL.md, "Subscriptions").
+    filter: Subscription,
+    /// Devices whose operations stopped at a `skip` this device stored: it
+    /// does not hold what the skip stands for, so nothing of theirs after
+    /// it goes to the peer on this stream.
+    stopped: BTreeSet<ActorId>,
 }
 
 /// Operations of other devices held back, in two queues by whether the
@@ -272,7 +279,14 @@ impl Pusher {
             snapshot_pieces: std::collections::HashSet::new(),
             batch: BatchEncoder::new(MAX_BATCH_PAYLOAD),
             compress: false,
+            filter: Subscription::Everything,
+            stopped: BTreeSet::new(),
         }
+    }
+
+    /// The peer's subscription, as its request stated it.
+    pub fn filter(&self) -> &Subscription {
+        &self.filter
     }
 
     /// This pusher, compressing its operation frames where that pays
@@ -386,6 +400,18 @@ impl Pusher {
     ) -> Result<(), NodeError> {
         match (env.message, self.cursor) {
             (Message::SyncRequest(request), None) => {
+                self.filter = match Subscription::from_request(request.subscription.as_deref()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        core.metrics().record_error("SUBSCRIPTION_INVALID");
+                        out.push(Transmit::message(error_message(
+                            ErrorCode::INVALID_MESSAGE,
+                            e.to_string(),
+                            Some(env.message_id),
+                        )));
+                        return Err(peer_error(&self.peer, format!("asked with {e}")));
+                    }
+                };
                 self.knowledge = if request.full_sync {
                     VersionVector::new()
                 } else {
@@ -535,8 +561,10 @@ impl Pusher {
                 // The peer lacks operations this device no longer holds (it
                 // was away longer than the hold, or is new): the snapshot
                 // first, then the operations after it.
-                cursor = self.send_snapshot(core, now, out)?;
-                self.held_ops.clear();
+                if let Some(seq) = self.send_snapshot(core, now, out)? {
+                    cursor = seq;
+                    self.held_ops.clear();
+                }
             }
             self.covers_compacted = Some(compaction);
         }
@@ -559,12 +587,17 @@ impl Pusher {
             tracing::debug!(peer = %self.peer, ops = released.len(), frames, "relayed held operations");
         }
         let room = MAX_HELD_OPS.saturating_sub(self.held_ops.len());
+        // Rows go as they are stored only when every operation in them may
+        // go as it is: to a peer that holds everything, from a log without
+        // skips.
+        let whole_rows = self.filter.is_everything() && !core.holds_part();
         let scan = core.push_items(
             cursor,
             &self.knowledge,
             SCAN_LIMIT,
             self.relay_cutoff(),
             room,
+            whole_rows,
         )?;
         self.cursor = Some(scan.next);
         for (seq, op) in scan.held {
@@ -637,7 +670,7 @@ impl Pusher {
             out.push(Transmit::message(envelope(SyncComplete {
                 entity_types: vec![EntityType::Document, EntityType::Conversation],
                 operations_count: u32::try_from(count).unwrap_or(u32::MAX),
-                new_state_hash: core.state_hash(),
+                new_state_hash: core.state_hash_of(&self.filter),
             })));
         }
         Ok(false)
@@ -699,6 +732,64 @@ impl Pusher {
         now: Instant,
         out: &mut Vec<Transmit>,
     ) -> Result<usize, NodeError> {
+        let plain = self.filter.is_everything()
+            && self.stopped.is_empty()
+            && !ops.iter().any(|op| is_skip(op.borrow()));
+        if plain {
+            return self.encode_batches(ops, now, out);
+        }
+        let ops = self.filtered(ops);
+        self.encode_batches(&ops, now, out)
+    }
+
+    /// `ops` as this peer is to get them (docs/PROTOCOL.md,
+    /// "Subscriptions"): those of entities it subscribes to as they are,
+    /// the others as `skip`s of the same counters (consecutive ones of a
+    /// device joined into one); nothing of a device from a `skip` this
+    /// device stored on (it does not hold what the skip stands for).
+    fn filtered<'o>(
+        &mut self,
+        ops: &'o [impl Borrow<SyncOperation>],
+    ) -> Vec<std::borrow::Cow<'o, SyncOperation>> {
+        use std::borrow::Cow;
+        let mut sent: Vec<Cow<'o, SyncOperation>> = Vec::with_capacity(ops.len());
+        for op in ops {
+            let op: &SyncOperation = op.borrow();
+            if self.stopped.contains(&op.actor_id) {
+                continue;
+            }
+            if is_skip(op) {
+                self.stopped.insert(op.actor_id.clone());
+                continue;
+            }
+            if self.filter.matches(op.entity_type, &op.entity_id) {
+                sent.push(Cow::Borrowed(op));
+                continue;
+            }
+            let (counter, span) = (op.operation.counter, op.operation.edit.span());
+            if let Some(Cow::Owned(prev)) = sent.last_mut() {
+                let follows = prev.actor_id == op.actor_id
+                    && prev.operation.last_counter().saturating_add(1) == counter;
+                if let nomade_wire::Edit::Skip { span: s } = &mut prev.operation.edit {
+                    if follows {
+                        *s += span;
+                        continue;
+                    }
+                }
+            }
+            sent.push(Cow::Owned(skip_of(op)));
+        }
+        sent
+    }
+
+    /// Appends `ops` (in order) in as few `BATCHED_SYNC` frames as fit,
+    /// each operation encoded once. Returns the number of frames.
+    fn encode_batches(
+        &mut self,
+        ops: &[impl Borrow<SyncOperation>],
+        now: Instant,
+        out: &mut Vec<Transmit>,
+    ) -> Result<usize, NodeError> {
         let mut frames = 0;
         let mut covered = VersionVector::new();
         let mut buf = BytesMut::new();
@@ -730,11 +821,23 @@ impl Pusher {
         core: &Core,
         now: Instant,
         out: &mut Vec<Transmit>,
-    ) -> Result<u64, NodeError> {
+    ) -> Result<Option<u64>, NodeError> {
+        if core.holds_part() && !core.subscription().covers(&self.filter) {
+            // This device's snapshot holds part of the entities, and the
+            // peer asks for more: it gets the history from one that holds it.
+            tracing::info!(peer = %self.peer, "no snapshot for a peer that subscribes to more than this device holds");
+            return Ok(None);
+        }
         let Some((seq, vv, raw)) = core.stored_snapshot()? else {
             return Err(NodeError::CorruptLog(
                 "operations were compacted but no snapshot is stored".into(),
             ));
+        };
+        let raw = if self.filter.is_everything() {
+            raw
+        } else {
+            nomade_crdt::filter_snapshot(&raw, &self.filter, core.replica_config())
+                .map_err(|e| NodeError::CorruptLog(format!("the stored snapshot: {e}")))?
         };
         if raw.is_empty() {
             return Err(NodeError::CorruptLog("the stored snapshot is empty".into()));
@@ -760,6 +863,29 @@ impl Pusher {
         }
         Metrics::add(&core.metrics().snapshots_sent, 1);
         tracing::info!(peer = %self.peer, bytes = total_len, seq, "sent a snapshot");
-        Ok(seq)
+        Ok(Some(seq))
+    }
+}
+
+/// Whether `op` is a `skip`.
+fn is_skip(op: &SyncOperation) -> bool {
+    matches!(op.operation.edit, nomade_wire::Edit::Skip { .. })
+}
+
+/// The `skip` that stands for `op` to a peer that does not subscribe to
+/// its entity: the same counters, no entity, no deps.
+fn skip_of(op: &SyncOperation) -> SyncOperation {
+    SyncOperation {
+        entity_id: Default::default(),
+        entity_type: EntityType::Document,
+        operation: nomade_wire::CrdtOperation {
+            counter: op.operation.counter,
+            deps: Default::default(),
+            edit: nomade_wire::Edit::Skip {
+                span: op.operation.edit.span(),
+            },
+        },
+        timestamp: op.timestamp,
+        actor_id: op.actor_id.clone(),
     }
 }

@@ -132,6 +132,7 @@ def operation_types(actor, deps):
             ("field", nil_or(STR), REQ),
             ("ranges", array(id_range), REQ),
         ),
+        "skip": struct_("Edit.skip", ("span", U64, REQ)),
     }
     crdt_operation = struct_(
         "CrdtOperation", ("counter", U64, REQ), ("deps", deps, REQ), ("edit", ("edit", variants), REQ)
@@ -175,6 +176,7 @@ MESSAGES = {
         ("since_timestamp", nil_or(I64), REQ),
         ("full_sync", BOOL, REQ),
         ("version_vector", VV, EXT),
+        ("subscription", array(STR), EXT),
     ),
     0x0102: SYNC_OPERATION,
     0x0103: struct_(
@@ -576,6 +578,8 @@ def span(edit) -> int:
         return len(body["values"])
     if variant == "insert_text":
         return len(body["text"])  # Python strings count Unicode scalar values
+    if variant == "skip":
+        return body["span"]
     return sum(r["len"] for r in body["ranges"])
 
 
@@ -586,7 +590,11 @@ def check_operation(op) -> None:
     o = op["operation"]
     ((variant, body),) = o["edit"].items()
     kind = "remove_field" if variant == "remove" and body["field"] is not None else variant
-    if kind not in VALID_EDITS[op["entity_type"]]:
+    if kind == "skip":
+        # PROTOCOL.md "Subscriptions": a skip names the document "" and no deps.
+        if op["entity_type"] != "document" or op["entity_id"] != "" or o["deps"]:
+            raise SpecError("a skip names the document \"\" and has no deps")
+    elif kind not in VALID_EDITS[op["entity_type"]]:
         raise SpecError(f"{variant} does not apply to a {op['entity_type']}")
     n = span(o["edit"])
     if not op["actor_id"]:
@@ -705,6 +713,8 @@ def check_identities(mtype: int, obj) -> None:
         raise SpecError(f"device_id {obj['device_id']!r} is not a device id")
     if mtype == 0x0109:
         check_revocation(obj)
+    if mtype == 0x0101 and "subscription" in obj:
+        check_subscription(obj["subscription"])
     if mtype == 0x0201 and obj.get("metadata_only") is False:
         raise SpecError("ARTIFACT_REQUEST metadata_only is left out when false, never sent as false")
     for actor in actors_of(mtype, obj):
@@ -712,6 +722,26 @@ def check_identities(mtype: int, obj) -> None:
             raise SpecError(f"actor {actor!r} is not a device id in its shown form")
     for op in operations_of(mtype, obj):
         check_operation(op)
+
+
+MAX_PATTERNS, MAX_PATTERN_LEN = 256, 256
+
+
+def check_subscription(patterns) -> None:
+    """PROTOCOL.md "Subscriptions": at most 256 patterns, each `type:id`,
+    `type:prefix*` or `type:*`, at most 256 bytes, none twice."""
+    if len(patterns) > MAX_PATTERNS:
+        raise SpecError(f"a subscription of {len(patterns)} patterns")
+    if len(set(patterns)) != len(patterns):
+        raise SpecError("a subscription naming a pattern twice")
+    for p in patterns:
+        kind, sep, rest = p.partition(":")
+        if not sep or kind not in ("document", "conversation") or not rest:
+            raise SpecError(f"subscription pattern {p!r} is not type:id, type:prefix* or type:*")
+        if "*" in rest[:-1]:
+            raise SpecError(f"subscription pattern {p!r} has a * before its end")
+        if len(p.encode("utf-8")) > MAX_PATTERN_LEN:
+            raise SpecError(f"a subscription pattern of {len(p.encode('utf-8'))} bytes")
 
 
 def expect_rejected(frame: bytes, what: str, exc=SpecError) -> None:
