@@ -911,16 +911,16 @@ impl Replica {
         if op.operation.deps.values().any(|&d| d == u64::MAX) {
             return Err(Self::invalid(op, "dependency counter out of range"));
         }
-        if matches!(op.operation.edit, Edit::Skip { .. }) {
-            if op.entity_type != EntityType::Document
+        let skip = matches!(op.operation.edit, Edit::Skip { .. });
+        if skip
+            && (op.entity_type != EntityType::Document
                 || !op.entity_id.is_empty()
-                || !op.operation.deps.is_empty()
-            {
-                return Err(Self::invalid(
-                    op,
-                    "a skip names the document \"\" and has no deps",
-                ));
-            }
+                || !op.operation.deps.is_empty())
+        {
+            return Err(Self::invalid(
+                op,
+                "a skip names the document \"\" and has no deps",
+            ));
         }
         let ok = matches!(
             (&op.operation.edit, op.entity_type),

@@ -821,3 +821,52 @@ fn a_closed_actor_keeps_what_it_did_before_and_nothing_after() {
     rebuilt.close_actors_of(&desktop);
     assert_eq!(rebuilt.closed_actors(), desktop.closed_actors());
 }
+
+/// A skip of a device's counters in place of operations on an entity not
+/// subscribed to: it raises the version vector and changes no entity; after
+/// the subscription grows, the request goes back before it, and the
+/// skipped operation received again is applied by its entity. A skip that
+/// names an entity or has deps is refused, changing nothing (BAD_INPUTS).
+#[test]
+fn a_skip_counts_counters_and_widening_fills_in_what_it_stood_for() {
+    use nomade_wire::{CrdtOperation, Edit};
+    let mut laptop = Replica::new("laptop");
+    let a = set(&mut laptop, "a", "k", 1);
+    let b = set(&mut laptop, "b", "k", 2);
+    let a2 = set(&mut laptop, "a", "k", 3);
+    let skip = |op: &SyncOperation| SyncOperation {
+        entity_id: "".into(),
+        entity_type: EntityType::Document,
+        operation: CrdtOperation {
+            counter: op.operation.counter,
+            deps: Default::default(),
+            edit: Edit::Skip { span: 1 },
+        },
+        timestamp: 0,
+        actor_id: op.actor_id.clone(),
+    };
+    let mut phone = Replica::new("phone");
+    deliver(&mut phone, &a);
+    deliver(&mut phone, &[skip(&b[0])]);
+    deliver(&mut phone, &a2);
+    assert_eq!(phone.version_vector(), laptop.version_vector());
+    assert!(phone.document("b").is_none());
+    assert_eq!(phone.document("a"), laptop.document("a"));
+    assert_eq!(phone.first_skips().get("laptop"), Some(&2));
+
+    let mut bad = skip(&b[0]);
+    bad.entity_id = "b".into();
+    assert!(phone.apply_remote(bad).is_err());
+    let mut bad = skip(&b[0]);
+    bad.operation.deps.insert("laptop".into(), 1);
+    assert!(phone.apply_remote(bad).is_err());
+
+    phone.widen();
+    assert_eq!(phone.request_vector().get("laptop"), Some(&1));
+    deliver(&mut phone, &b);
+    deliver(&mut phone, &a2); // held already: changes nothing
+    assert_eq!(phone.document("b"), laptop.document("b"));
+    assert_eq!(phone.state_hash(), laptop.state_hash());
+    assert!(phone.refill_frontier().is_empty(), "filled in");
+    assert_eq!(phone.request_vector(), *laptop.version_vector());
+}

@@ -313,6 +313,26 @@ pub enum Request {
         #[serde(flatten)]
         state: crate::schedule::PowerState,
     },
+    /// Changes the entities this device holds: adds `patterns`, or with
+    /// `only` holds exactly them, or with `everything` every entity.
+    Subscribe {
+        /// Patterns (`type:id`, `type:prefix*`, `type:*`).
+        #[serde(default)]
+        patterns: Vec<String>,
+        /// Hold exactly `patterns`.
+        #[serde(default)]
+        only: bool,
+        /// Hold every entity.
+        #[serde(default)]
+        everything: bool,
+    },
+    /// Removes patterns from the subscription.
+    Unsubscribe {
+        /// Patterns to remove.
+        patterns: Vec<String>,
+    },
+    /// The subscription: `{ subscription, patterns, filling_in }`.
+    Subscriptions,
     /// Every change as it is applied, as `change` events (a running node only).
     Watch,
     /// Why each paired device is syncing or not (see [`crate::doctor`]).
@@ -555,6 +575,16 @@ async fn commit<T: Send + 'static>(
         .map_err(NodeError::from)??)
 }
 
+/// The subscription as the control protocol answers it.
+fn subscription_json(node: &Node) -> Json {
+    let subscription = node.subscription();
+    serde_json::json!({
+        "subscription": subscription.to_string(),
+        "patterns": subscription.to_request(),
+        "filling_in": node.core().refilling(),
+    })
+}
+
 /// Carries out `request` on `node`. `served`: the node runs (`nomade
 /// serve`), so requests that need a running node are allowed.
 pub async fn handle(
@@ -748,6 +778,36 @@ pub async fn handle(
             node.set_presence(status, message);
             Ok(Json::Null)
         }
+        Request::Subscribe {
+            patterns,
+            only,
+            everything,
+        } => {
+            let next = || -> Result<nomade_crdt::Subscription, nomade_crdt::SubscriptionError> {
+                if everything {
+                    return Ok(nomade_crdt::Subscription::Everything);
+                }
+                if only {
+                    return nomade_crdt::Subscription::parse(&patterns);
+                }
+                let mut next = node.subscription();
+                for p in &patterns {
+                    next = next.with(nomade_crdt::Pattern::parse(p)?)?;
+                }
+                Ok(next)
+            };
+            node.set_subscription(next().map_err(NodeError::from)?)?;
+            Ok(subscription_json(node))
+        }
+        Request::Unsubscribe { patterns } => {
+            let mut next = node.subscription();
+            for p in &patterns {
+                next = next.without(&nomade_crdt::Pattern::parse(p).map_err(NodeError::from)?);
+            }
+            node.set_subscription(next)?;
+            Ok(subscription_json(node))
+        }
+        Request::Subscriptions => Ok(subscription_json(node)),
         Request::PowerSet { state } => {
             if !served {
                 return Err(no_node(node));

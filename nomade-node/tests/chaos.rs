@@ -901,6 +901,7 @@ async fn g_garbage_frames_do_not_disturb_a_good_peer() {
                 since_timestamp: None,
                 full_sync: true,
                 version_vector: None,
+                subscription: None,
             },
         )
         .to_bytes()

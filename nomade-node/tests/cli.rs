@@ -681,3 +681,44 @@ fn background_prefetch_waits_for_its_window_and_status_says_why() {
     let bad = nomade(&p.b, &["serve", "--background-windows", "25:00-01:00"]);
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
 }
+
+/// `nomade subscribe` / `unsubscribe` / `subscriptions` on a data
+/// directory: the subscription is kept, shown in `status`, malformed
+/// patterns are refused saying why, and an edit outside it is refused.
+#[test]
+fn subscriptions_are_set_shown_and_enforced() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("phone");
+    let said = ok(nomade(&dir, &["subscriptions"]));
+    assert!(said.contains("this device holds: everything"), "{said}");
+    let said = ok(nomade(&dir, &["subscribe", "--only", "document:trip"]));
+    assert!(said.contains("this device holds: document:trip"), "{said}");
+    let said = ok(nomade(&dir, &["subscribe", "conversation:family-*"]));
+    assert!(
+        said.contains("document:trip conversation:family-*"),
+        "{said}"
+    );
+    ok(nomade(&dir, &["doc", "set", "trip", "title", "Lisbon"]));
+    let refused = nomade(&dir, &["doc", "set", "notes", "title", "x"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("subscribe to it first"),
+        "{}",
+        stderr(&refused)
+    );
+    let bad = nomade(&dir, &["subscribe", "document:a*b"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("type:prefix*"), "{}", stderr(&bad));
+    let said = ok(nomade(&dir, &["unsubscribe", "document:trip"]));
+    assert!(
+        said.contains("this device holds: conversation:family-*"),
+        "{said}"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(nomade(&dir, &["status", "--json"]))).expect("json");
+    assert_eq!(status["subscription"], "conversation:family-*");
+    assert_eq!(status["subscription_filling_in"], false);
+    let said = ok(nomade(&dir, &["subscribe", "--everything"]));
+    assert!(said.contains("this device holds: everything"), "{said}");
+    ok(nomade(&dir, &["doc", "set", "notes", "title", "x"]));
+}

@@ -822,9 +822,11 @@ impl Pusher {
         now: Instant,
         out: &mut Vec<Transmit>,
     ) -> Result<Option<u64>, NodeError> {
-        if core.holds_part() && !core.subscription().covers(&self.filter) {
+        if core.holds_part() && (!core.subscription().covers(&self.filter) || core.refilling()) {
             // This device's snapshot holds part of the entities, and the
-            // peer asks for more: it gets the history from one that holds it.
+            // peer asks for more (or the history of entities subscribed to
+            // lately is still being filled in): it gets the history from
+            // one that holds it.
             tracing::info!(peer = %self.peer, "no snapshot for a peer that subscribes to more than this device holds");
             return Ok(None);
         }

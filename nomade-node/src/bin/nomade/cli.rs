@@ -133,6 +133,27 @@ pub enum Command {
         #[arg(long, default_value = "unknown")]
         connectivity: String,
     },
+    /// Hold more entities (patterns `type:id`, `type:prefix*`, `type:*`):
+    /// peers send only the entities subscribed to; those added are filled
+    /// in, history included.
+    Subscribe {
+        /// Patterns to add (with --only: the whole subscription).
+        patterns: Vec<String>,
+        /// Hold exactly these patterns from now on (from everything too).
+        #[arg(long)]
+        only: bool,
+        /// Hold every entity again.
+        #[arg(long, conflicts_with_all = ["patterns", "only"])]
+        everything: bool,
+    },
+    /// Hold fewer entities: those dropped stop changing here.
+    Unsubscribe {
+        /// Patterns to remove.
+        #[arg(required = true)]
+        patterns: Vec<String>,
+    },
+    /// Show which entities this device holds.
+    Subscriptions,
     /// Store a file as an artifact (encrypted at rest) and print its id.
     Put {
         /// The file.

@@ -380,6 +380,19 @@ async fn run(cli: Cli) -> Result<i32, ControlError> {
             message: message.clone(),
         },
         Command::Presence(PresenceCommand::Show) => Request::PeersList,
+        Command::Subscribe {
+            patterns,
+            only,
+            everything,
+        } => Request::Subscribe {
+            patterns: patterns.clone(),
+            only: *only,
+            everything: *everything,
+        },
+        Command::Unsubscribe { patterns } => Request::Unsubscribe {
+            patterns: patterns.clone(),
+        },
+        Command::Subscriptions => Request::Subscriptions,
         Command::Power {
             battery,
             charging,
@@ -580,6 +593,12 @@ fn print_result(cli: &Cli, result: &Json) -> i32 {
         }
         Command::Get { .. } => println!("wrote {}", s(&result["path"])),
         Command::Power { .. } => print_json(result),
+        Command::Subscribe { .. } | Command::Unsubscribe { .. } | Command::Subscriptions => {
+            println!("this device holds: {}", s(&result["subscription"]));
+            if result["filling_in"].as_bool() == Some(true) {
+                println!("filling in the history of entities subscribed to lately");
+            }
+        }
         Command::Status { json: true, .. } => print_json(result),
         Command::Status { .. } => print_status(result),
         Command::Doctor { json: true } => {
