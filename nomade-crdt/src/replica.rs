@@ -512,9 +512,15 @@ impl Replica {
     /// covers: a duplicate, unless its entity lacks it (the entity was
     /// subscribed to after the operation was skipped: it is filled in
     /// now, [`Replica::widen`]). Applied when the entity holds everything
-    /// its `deps` name; returns how many operations were applied, and
-    /// whether it is held now.
-    fn apply_known(&mut self, op: SyncOperation, last: u64) -> Result<(usize, bool), CrdtError> {
+    /// its `deps` name (then, with `drain`, so are the buffered operations
+    /// it releases); returns how many operations were applied, and whether
+    /// it is held now.
+    fn apply_known(
+        &mut self,
+        op: SyncOperation,
+        last: u64,
+        drain: bool,
+    ) -> Result<(usize, bool), CrdtError> {
         if matches!(op.operation.edit, Edit::Skip { .. }) {
             self.note_skip(&op.actor_id, op.operation.counter);
             return Ok((0, true));
@@ -537,7 +543,8 @@ impl Replica {
         self.check_applicable(&op)?;
         let last = op.operation.last_counter();
         self.apply_ready(op, last);
-        Ok((1 + self.drain_buffer(), true))
+        let released = if drain { self.drain_buffer() } else { 0 };
+        Ok((1 + released, true))
     }
 
     /// Closes `actor`'s history at `last`: from now on its remote operations
@@ -1067,7 +1074,7 @@ impl Replica {
             // Counted already: a duplicate, or part of an entity this
             // replica fills in.
             let actor = op.actor_id.clone();
-            let (applied, held) = self.apply_known(op, last)?;
+            let (applied, held) = self.apply_known(op, last, true)?;
             if held {
                 self.refilled(&actor, counter, last);
             }
@@ -1088,8 +1095,8 @@ impl Replica {
         }
         // A run partly applied already (it reached this device in pieces
         // another way): apply the rest.
-        let op = trim_front(op, known);
-        if op.operation.counter != known + 1 || !self.deps_applied(&op) {
+        let op = self.trim_held(op, known);
+        if op.operation.counter > known + 1 || !self.deps_applied(&op) {
             let waiting = self.buffer.entry(op.actor_id.clone()).or_default();
             if let Some(held) = waiting.get_mut(&op.operation.counter) {
                 // The same start: keep the longer run (a run and its first
@@ -1109,8 +1116,28 @@ impl Replica {
             return Ok(0);
         }
         self.check_applicable(&op)?;
+        let actor = op.actor_id.clone();
         self.apply_ready(op, last);
+        if counter <= known {
+            self.refilled(&actor, counter, last);
+        }
         Ok(1 + self.drain_buffer())
+    }
+
+    /// `op` without the part this replica holds, `known` being its actor's
+    /// counter: without the counters up to `known`, except that an
+    /// operation on an entity keeps what its entity lacks (counters up to
+    /// `known` that were skipped, the entity being subscribed to since).
+    fn trim_held(&self, op: SyncOperation, known: u64) -> SyncOperation {
+        if op.operation.counter > known || matches!(op.operation.edit, Edit::Skip { .. }) {
+            return trim_front(op, known);
+        }
+        let have = self
+            .entity_vv
+            .get(&(op.entity_type, op.entity_id.as_str()) as &dyn EntityKeyView)
+            .and_then(|vv| vv.get(&op.actor_id).copied())
+            .unwrap_or(0);
+        trim_front(op, have.min(known))
     }
 
     /// True when every operation named in `deps` is applied: `deps` name
@@ -1156,10 +1183,16 @@ impl Replica {
                     };
                     self.buffered -= 1;
                     if duplicate {
-                        // Arrived again another way while it waited.
+                        // Arrived again another way while it waited (or
+                        // was skipped meanwhile: its entity may lack it).
+                        let last = op.operation.last_counter();
+                        if let Ok((n, _)) = self.apply_known(op, last, false) {
+                            applied += n;
+                            progressed |= n > 0;
+                        }
                         continue;
                     }
-                    let op = trim_front(op, known);
+                    let op = self.trim_held(op, known);
                     if self.check_applicable(&op).is_err() {
                         // Its causal past is complete and it still refers to
                         // nothing: a corrupt operation. Drop it.

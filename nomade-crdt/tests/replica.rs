@@ -870,3 +870,51 @@ fn a_skip_counts_counters_and_widening_fills_in_what_it_stood_for() {
     assert!(phone.refill_frontier().is_empty(), "filled in");
     assert_eq!(phone.request_vector(), *laptop.version_vector());
 }
+
+/// Filling in a text an entity lacks when its characters arrive as one run
+/// that straddles what the actor's counters cover (skipped in part, new in
+/// part): the run is applied whole to the entity, not cut at the counter.
+#[test]
+fn a_run_straddling_skipped_counters_fills_in_its_entity_whole() {
+    use nomade_crdt::runs;
+    use nomade_wire::{CrdtOperation, Edit};
+    let splice = |r: &mut Replica, position: usize, text: &str| {
+        r.apply_local(
+            EntityType::Document,
+            "t",
+            LocalEdit::Splice {
+                field: "body".into(),
+                position,
+                delete: 0,
+                insert: text.into(),
+            },
+            0,
+        )
+        .unwrap()
+    };
+    let mut laptop = Replica::new("laptop");
+    let a = set(&mut laptop, "a", "k", 1);
+    let hey = splice(&mut laptop, 0, "hey");
+    let mut phone = Replica::new("phone");
+    deliver(&mut phone, &a);
+    let skipped = SyncOperation {
+        entity_id: "".into(),
+        entity_type: EntityType::Document,
+        operation: CrdtOperation {
+            counter: hey[0].operation.counter,
+            deps: Default::default(),
+            edit: Edit::Skip { span: 3 },
+        },
+        timestamp: 0,
+        actor_id: hey[0].actor_id.clone(),
+    };
+    deliver(&mut phone, &[skipped]);
+    phone.widen();
+    let more = splice(&mut laptop, 3, "!!");
+    let joined = runs::join(hey.into_iter().chain(more));
+    assert_eq!(joined.len(), 1, "one run of five characters");
+    deliver(&mut phone, &joined);
+    assert_eq!(phone.text("t", "body").as_deref(), Some("hey!!"));
+    assert_eq!(phone.state_hash(), laptop.state_hash());
+    assert!(phone.refill_frontier().is_empty());
+}

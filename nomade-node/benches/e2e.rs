@@ -202,6 +202,88 @@ async fn metadata_only(total: u64, count: u64) -> (f64, u64) {
     (secs, disk)
 }
 
+/// Bytes on the wire of a device subscribed to 1 of `docs` documents.
+#[derive(Debug)]
+struct SubscribedShare {
+    /// UDP bytes a device holding everything received.
+    full_bytes: u64,
+    /// UDP bytes the device subscribed to one document received.
+    one_bytes: u64,
+    /// Entities the subscribed device holds after the sync.
+    one_entities: usize,
+}
+
+impl SubscribedShare {
+    /// The subscribed device's bytes against its share of the full sync.
+    fn ratio(&self, docs: usize) -> f64 {
+        self.one_bytes as f64 / (self.full_bytes as f64 / docs as f64)
+    }
+}
+
+/// A holds `docs` documents of `ops_per_doc` field writes each, written in
+/// bursts of `burst` writes to one document, the documents taking turns (a
+/// burst of `ops_per_doc` writes each document whole, one after the
+/// other). B, holding everything, and C, subscribed to one document, each
+/// sync from A on their own. Returns the bytes each received.
+async fn subscribed_share(docs: usize, ops_per_doc: usize, burst: usize) -> SubscribedShare {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Node::open(&tmp.path().join("a"), limited_config("a", RateLimits::OFF)).unwrap();
+    for round in 0..ops_per_doc.div_ceil(burst) {
+        for d in 0..docs {
+            let edits = (round * burst..((round + 1) * burst).min(ops_per_doc))
+                .map(|i| {
+                    let edit = LocalEdit::Set {
+                        key: format!("f{}", i % 8),
+                        value: Value::Int(i as i64),
+                    };
+                    (EntityType::Document, format!("doc-{d}"), edit)
+                })
+                .collect();
+            a.core().edit_many(edits).unwrap();
+        }
+    }
+    let addr_a = a.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mut received = Vec::new();
+    let mut one_entities = 0;
+    for (name, subscription) in [
+        ("b", nomade_crdt::Subscription::Everything),
+        (
+            "c",
+            nomade_crdt::Subscription::parse([format!("document:doc-{}", docs / 2)]).unwrap(),
+        ),
+    ] {
+        let n = Node::open(
+            &tmp.path().join(name),
+            limited_config(name, RateLimits::OFF),
+        )
+        .unwrap();
+        n.set_subscription(subscription.clone()).unwrap();
+        n.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        a.add_peer(n.device_id(), name, &[]).unwrap();
+        n.add_peer(a.device_id(), "a", &[addr_a]).unwrap();
+        let target = a.core().version_vector();
+        n.connect(addr_a, a.device_id()).await.unwrap();
+        while n.core().version_vector() != target {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(
+            n.core().state_hash_of(&subscription),
+            a.core().state_hash_of(&subscription)
+        );
+        received.push(n.status().metrics.bytes_received);
+        if !subscription.is_everything() {
+            one_entities = n.core().entities().len();
+        }
+        n.shutdown().await;
+    }
+    a.shutdown().await;
+    SubscribedShare {
+        full_bytes: received[0],
+        one_bytes: received[1],
+        one_entities,
+    }
+}
+
 /// The bytes of the files under `dir`.
 fn dir_bytes(dir: &Path) -> u64 {
     let mut total = 0;
@@ -715,6 +797,8 @@ fn main() {
     } else {
         (1024 * MIB, 1024 * MIB, 1_000_000, 10_000, 10_000)
     };
+    // One of 100 documents: field writes per document.
+    let sub_ops = if quick { 200 } else { 2_000 };
     // A metadata-only device: referenced artifacts (bytes in all, count).
     let (referenced, referenced_count) = if quick {
         (64 * MIB, 16)
@@ -789,6 +873,15 @@ fn main() {
             let (secs, bytes) = rt.block_on(snapshot_sync(ops, docs));
             println!("e2e: snapshot-first sync of a compacted store of {ops} ops: {secs:.2} s, {bytes} bytes received");
         }
+        if run("subscription") {
+            for burst in [sub_ops, 100] {
+                let share = rt.block_on(subscribed_share(100, sub_ops, burst));
+                println!(
+                    "e2e: 1 of 100 documents ({sub_ops} writes each, in bursts of {burst}): {} bytes against {} for all, {:.2}x its share, holding {} entity",
+                    share.one_bytes, share.full_bytes, share.ratio(100), share.one_entities
+                );
+            }
+        }
         if run("metadata") {
             let (secs, disk) = rt.block_on(metadata_only(referenced, referenced_count));
             println!(
@@ -840,6 +933,8 @@ fn main() {
         .map(|&(devices, edits)| rt.block_on(mesh(devices, edits)))
         .collect();
     let (metadata_secs, metadata_disk) = rt.block_on(metadata_only(referenced, referenced_count));
+    let whole_docs = rt.block_on(subscribed_share(100, sub_ops, sub_ops));
+    let bursts = rt.block_on(subscribed_share(100, sub_ops, 100));
     let report = serde_json::json!({
         "quick": quick,
         "raw_quinn_mib_per_sec": raw,
@@ -871,6 +966,21 @@ fn main() {
             "bytes_referenced": referenced,
             "secs_to_know_all": metadata_secs,
             "artifact_store_bytes_on_disk": metadata_disk,
+        },
+        "one_of_100_documents": {
+            "writes_per_document": sub_ops,
+            "written_whole": {
+                "bytes": whole_docs.one_bytes,
+                "full_sync_bytes": whole_docs.full_bytes,
+                "ratio_to_share": whole_docs.ratio(100),
+                "entities_held": whole_docs.one_entities,
+            },
+            "written_in_bursts_of_100": {
+                "bytes": bursts.one_bytes,
+                "full_sync_bytes": bursts.full_bytes,
+                "ratio_to_share": bursts.ratio(100),
+                "entities_held": bursts.one_entities,
+            },
         },
         "latency_samples": lat_n,
         "latency_p50_ms": p50,
@@ -922,6 +1032,12 @@ fn main() {
         "e2e: a metadata-only device knows {referenced_count} artifacts of {} MiB in all in {metadata_secs:.2} s, its artifact store using {metadata_disk} bytes",
         referenced / MIB
     );
+    for (how, share) in [("whole", &whole_docs), ("in bursts of 100", &bursts)] {
+        println!(
+            "e2e: 1 of 100 documents ({sub_ops} writes each, written {how}): {} bytes against {} for all, {:.2}x its share, holding {} entity",
+            share.one_bytes, share.full_bytes, share.ratio(100), share.one_entities
+        );
+    }
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/e2e.json");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();

@@ -561,9 +561,21 @@ impl Pusher {
                 // The peer lacks operations this device no longer holds (it
                 // was away longer than the hold, or is new): the snapshot
                 // first, then the operations after it.
-                if let Some(seq) = self.send_snapshot(core, now, out)? {
-                    cursor = seq;
-                    self.held_ops.clear();
+                match self.send_snapshot(core, now, out)? {
+                    Some(seq) => {
+                        cursor = seq;
+                        self.held_ops.clear();
+                    }
+                    None => {
+                        // No snapshot for this peer: nothing goes of the
+                        // devices whose compacted operations it lacks
+                        // (they would wait forever for them).
+                        for (actor, &c) in &core.compacted() {
+                            if self.knowledge.get(actor).copied().unwrap_or(0) < c {
+                                self.stopped.insert(actor.clone());
+                            }
+                        }
+                    }
                 }
             }
             self.covers_compacted = Some(compaction);

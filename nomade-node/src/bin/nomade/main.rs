@@ -731,6 +731,12 @@ fn print_status(st: &Json) {
         "content  {} changes, {} entities, {} artifacts",
         st["operations"], st["entities"], st["artifacts"]
     );
+    let filling = if st["subscription_filling_in"].as_bool() == Some(true) {
+        " (filling in the history of entities subscribed to lately)"
+    } else {
+        ""
+    };
+    println!("holds    {}{filling}", s(&st["subscription"]));
     let h = &st["history"];
     println!(
         "history  snapshot of {} KB, {} operations after it, {} changes compacted",
