@@ -228,6 +228,19 @@ impl SubscribedShare {
 async fn subscribed_share(docs: usize, ops_per_doc: usize, burst: usize) -> SubscribedShare {
     let tmp = tempfile::tempdir().unwrap();
     let a = Node::open(&tmp.path().join("a"), limited_config("a", RateLimits::OFF)).unwrap();
+    let one = nomade_crdt::Subscription::parse([format!("document:doc-{}", docs / 2)]).unwrap();
+    let subscribers: Vec<(Node, nomade_crdt::Subscription)> =
+        [("b", nomade_crdt::Subscription::Everything), ("c", one)]
+            .into_iter()
+            .map(|(name, subscription)| {
+                let config = limited_config(name, RateLimits::OFF);
+                let n = Node::open(&tmp.path().join(name), config).unwrap();
+                n.set_subscription(subscription.clone()).unwrap();
+                // Paired before the edits: A keeps the history they lack.
+                a.add_peer(n.device_id(), name, &[]).unwrap();
+                (n, subscription)
+            })
+            .collect();
     for round in 0..ops_per_doc.div_ceil(burst) {
         for d in 0..docs {
             let edits = (round * burst..((round + 1) * burst).min(ops_per_doc))
@@ -245,21 +258,8 @@ async fn subscribed_share(docs: usize, ops_per_doc: usize, burst: usize) -> Subs
     let addr_a = a.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let mut received = Vec::new();
     let mut one_entities = 0;
-    for (name, subscription) in [
-        ("b", nomade_crdt::Subscription::Everything),
-        (
-            "c",
-            nomade_crdt::Subscription::parse([format!("document:doc-{}", docs / 2)]).unwrap(),
-        ),
-    ] {
-        let n = Node::open(
-            &tmp.path().join(name),
-            limited_config(name, RateLimits::OFF),
-        )
-        .unwrap();
-        n.set_subscription(subscription.clone()).unwrap();
+    for (n, subscription) in subscribers {
         n.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        a.add_peer(n.device_id(), name, &[]).unwrap();
         n.add_peer(a.device_id(), "a", &[addr_a]).unwrap();
         let target = a.core().version_vector();
         n.connect(addr_a, a.device_id()).await.unwrap();
@@ -819,7 +819,7 @@ fn main() {
     } else {
         (300_000, 64 * MIB)
     };
-    // `--only sync` (or `artifact`, `latency`, `limited`, `metadata`) runs one part, for
+    // `--only sync` (or `artifact`, `latency`, `limited`, `subscription`, `metadata`) runs one part, for
     // profiling; `--only fetch` is the artifact fetch without its baseline,
     // `--only raw` the baseline alone.
     let args: Vec<String> = std::env::args().collect();

@@ -20,6 +20,11 @@ use crate::store::ArtifactRecord;
 /// others it knows by their metadata and fetches when asked (`nomade get`,
 /// [`Node::fetch_artifact`]). Pinned artifacts are always fetched.
 ///
+/// Only the artifacts that the entities this device holds refer to are
+/// known at all: a device subscribed to some entities
+/// ([`Node::set_subscription`]) fetches by this policy the artifacts of
+/// those entities only.
+///
 /// ```
 /// use nomade_node::ArtifactPolicy;
 /// // A phone: photos up to 20 MB, nothing else until asked.

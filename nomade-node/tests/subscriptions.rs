@@ -42,6 +42,21 @@ async fn a_subscribed_device_holds_its_entities_and_fills_in_new_ones() {
     }
     laptop.conv_append("family-chat", "hello").expect("append");
     laptop.conv_append("work-chat", "standup").expect("append");
+    // A photo referenced by doc3, a video by doc4: artifacts follow the
+    // subscription (only those its entities refer to are known).
+    let put = |name: &str, mime: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, name.repeat(1000)).expect("write");
+        laptop.put_artifact(&path, Some(mime)).expect("put")
+    };
+    let photo = put("photo", "image/jpeg");
+    let video = put("video", "video/mp4");
+    laptop
+        .set("doc3", "photo", photo.to_reference().as_str())
+        .expect("set");
+    laptop
+        .set("doc4", "video", video.to_reference().as_str())
+        .expect("set");
 
     let phone = Node::open(&dir.path().join("phone"), config("phone")).expect("open");
     let wanted = Subscription::parse(["document:doc3", "conversation:family-*"]).expect("ok");
@@ -70,6 +85,25 @@ async fn a_subscribed_device_holds_its_entities_and_fills_in_new_ones() {
         phone.core().state_hash_of(&wanted),
         laptop.core().state_hash_of(&wanted),
         "the subscribed entities are the same on both"
+    );
+    wait_for(
+        || {
+            phone
+                .artifact_entries()
+                .expect("entries")
+                .iter()
+                .any(|e| e.id == photo.to_hex() && e.state == nomade_node::ArtifactState::Local)
+        },
+        "the photo doc3 refers to, fetched",
+    )
+    .await;
+    assert!(
+        phone
+            .artifact_entries()
+            .expect("entries")
+            .iter()
+            .all(|e| e.id != video.to_hex()),
+        "the video only doc4 refers to is not known"
     );
     // Counted to the laptop's last counter: nothing is asked for again.
     wait_for(
