@@ -436,7 +436,7 @@ proptest! {
     ) {
         let mut authors: Vec<Replica> = ["ana", "bob", "cy"].into_iter().map(Replica::new).collect();
         let mut pool: Vec<SyncOperation> = Vec::new();
-        let mut act = |authors: &mut Vec<Replica>, pool: &mut Vec<SyncOperation>, a: &Action| {
+        let act = |authors: &mut Vec<Replica>, pool: &mut Vec<SyncOperation>, a: &Action| {
             match a {
                 Action::Edit { replica, entity, kind, a, b, text, n } => {
                     let (t, id, edit) = local_edit(&authors[*replica], *entity, *kind, a, b, text, *n);

@@ -67,6 +67,7 @@ mod artifacts;
 pub mod batch;
 pub mod control;
 pub mod core;
+pub mod discovery;
 pub mod doctor;
 pub mod error;
 pub mod handshake;

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub sessions_started: AtomicU64,
     /// Dials to a known peer that failed (unreachable, timed out, refused).
     pub dial_failures: AtomicU64,
+    /// Addresses of paired devices learned on the local network (mDNS).
+    pub peers_discovered: AtomicU64,
     /// Stored operations read back from the database to find what peers
     /// lack (the history a pusher scanned; a pusher that is up to date
     /// reads the operations stored last from memory, not counted here).
@@ -82,6 +84,7 @@ impl Default for Metrics {
             artifact_bytes_received: AtomicU64::new(0),
             sessions_started: AtomicU64::new(0),
             dial_failures: AtomicU64::new(0),
+            peers_discovered: AtomicU64::new(0),
             ops_scanned: AtomicU64::new(0),
             ops_compacted: AtomicU64::new(0),
             snapshots_sent: AtomicU64::new(0),
@@ -122,6 +125,8 @@ pub struct MetricsSnapshot {
     pub sessions_started: u64,
     /// Dials to a known peer that failed.
     pub dial_failures: u64,
+    /// Addresses of paired devices learned on the local network.
+    pub peers_discovered: u64,
     /// Stored operations read back from the database to find what peers
     /// lack.
     pub ops_scanned: u64,
@@ -218,6 +223,7 @@ impl Metrics {
             artifact_bytes_received: self.artifact_bytes_received.load(Ordering::Relaxed),
             sessions_started: self.sessions_started.load(Ordering::Relaxed),
             dial_failures: self.dial_failures.load(Ordering::Relaxed),
+            peers_discovered: self.peers_discovered.load(Ordering::Relaxed),
             ops_scanned: self.ops_scanned.load(Ordering::Relaxed),
             ops_compacted: self.ops_compacted.load(Ordering::Relaxed),
             snapshots_sent: self.snapshots_sent.load(Ordering::Relaxed),
@@ -284,6 +290,11 @@ impl MetricsSnapshot {
                 "nomade_dial_failures_total",
                 "Dials to a known peer that failed",
                 self.dial_failures,
+            ),
+            (
+                "nomade_peers_discovered_total",
+                "Addresses of paired devices learned on the local network (mDNS)",
+                self.peers_discovered,
             ),
             (
                 "nomade_ops_scanned_total",

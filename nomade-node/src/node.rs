@@ -84,6 +84,11 @@ pub struct NodeConfig {
     /// capability) are compressed where that pays (default: yes). Frames
     /// from peers are taken compressed either way.
     pub compress: bool,
+    /// Whether to announce this device and look for paired devices on the
+    /// local network over mDNS ([`crate::discovery`]). Off by default in
+    /// the library (an application turns it on where multicast is welcome);
+    /// `nomade serve` turns it on unless told `--no-discovery`.
+    pub discovery: bool,
     /// Test only (the `faults` feature): network faults injected under the
     /// QUIC endpoint, and the partition switch (`None`: the real network,
     /// untouched).
@@ -111,6 +116,7 @@ impl Default for NodeConfig {
             min_backoff: Duration::from_millis(200),
             clock_skew_ms: 0,
             compress: true,
+            discovery: false,
             max_backoff: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             #[cfg(feature = "faults")]
@@ -134,8 +140,9 @@ pub(crate) struct Inner {
     pub(crate) status: Mutex<PresenceUpdate>,
     /// Fires when a session starts or ends, or an initial sync completes.
     pub(crate) session_events: watch::Sender<u64>,
-    /// Fires when a session starts: wakes the redials waiting out a backoff
-    /// (the count is the `sessions_started` metric).
+    /// Fires when a session starts, or a paired device is found on the
+    /// local network: wakes the redials waiting out a backoff (the count
+    /// of sessions is the `sessions_started` metric).
     pub(crate) session_started: watch::Sender<()>,
     /// Redialing and its findings, per peer (see `peers.rs`).
     pub(crate) redial: crate::peers::Redial,
@@ -605,6 +612,9 @@ impl Node {
                 }
             }
         });
+        if self.inner.config.discovery {
+            self.start_discovery(addr);
+        }
         tracing::info!(device = %self.inner.device_id, %addr, "node online");
         Ok(addr)
     }

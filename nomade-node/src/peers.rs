@@ -336,7 +336,7 @@ impl Node {
     }
 
     /// Starts the redial task of `peer` if the node redials and none runs.
-    fn ensure_redial(&self, peer: DeviceId) {
+    pub(crate) fn ensure_redial(&self, peer: DeviceId) {
         if !self.inner.redial.on.load(Ordering::SeqCst) || self.transport().is_none() {
             return;
         }

@@ -15,6 +15,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+mod netns;
+
 const FUZZ_TARGETS: &[&str] = &[
     "decode_frame",
     "decode_stream",
@@ -54,9 +56,10 @@ fn main() -> Result<()> {
         Some("spec") => spec_check(),
         Some("chaos") => chaos(&args[1..]),
         Some("sim") => sim(&args[1..]),
+        Some("discovery") => discovery(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--fuzz-secs N] | fuzz [--secs N] | bench [--quick] | layering | spec | chaos [--seeds N] [--secs S] | sim [--devices N] [--seeds K] [...]>"
+                "usage: cargo xtask <test [--fuzz-secs N] [--no-netns] | fuzz [--secs N] | bench [--quick] | layering | spec | chaos [--seeds N] [--secs S] | sim [--devices N] [--seeds K] [...] | discovery>"
             );
             std::process::exit(2)
         }
@@ -239,9 +242,42 @@ fn test(args: &[String]) -> Result<()> {
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     spec_check()?;
+    if args.iter().any(|a| a == "--no-netns") {
+        eprintln!("\n=== local discovery between network namespaces: NOT RUN (--no-netns)");
+    } else {
+        discovery()?;
+    }
     fuzz(fuzz_secs)?;
     report_disk("after all layers");
     eprintln!("\nall test layers passed in {:.0?}", start.elapsed());
+    Ok(())
+}
+
+/// Local discovery between two network namespaces (`netns.rs`): the
+/// `nomade` program built as the tests build it, then two of them paired
+/// by id alone find each other over mDNS, sync, and find each other again
+/// after one moves.
+fn discovery() -> Result<()> {
+    run(
+        "build nomade",
+        test_cargo().args([
+            "build",
+            "-p",
+            "nomade-node",
+            "--bin",
+            "nomade",
+            "--all-features",
+        ]),
+    )?;
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let bin = Path::new(&target).join("debug").join("nomade");
+    eprintln!(
+        "\n=== local discovery between network namespaces ({})",
+        bin.display()
+    );
+    let start = Instant::now();
+    netns::discovery(&bin)?;
+    eprintln!("=== local discovery: ok in {:.1?}", start.elapsed());
     Ok(())
 }
 

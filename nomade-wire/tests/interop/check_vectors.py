@@ -819,6 +819,7 @@ def run(path: str) -> int:
             print(f"FAIL {name}: {e}", file=sys.stderr)
     try:
         check_worked_example()
+        check_discovery_tag()
         self_test_rejections()
         print("ok spec negative cases and worked example")
     except (SpecError, AssertionError) as e:
@@ -1346,6 +1347,17 @@ def check_worked_example() -> None:
     if build_frame(0x0301, b"\x07" * 16, 1_700_000_000_000, payload) != ex:
         raise SpecError("the worked example of PROTOCOL.md does not rebuild")
     decode_frame(ex)
+
+
+def check_discovery_tag() -> None:
+    """PROTOCOL.md "Local discovery": the vector's tag, derived from the text."""
+    import base64
+    raw = base64.b32decode("cvml-efwx-x7jt-253v-yrk5-ma4a-2orm-6ypr".replace("-", "").upper())
+    period = 1_774_800_000_000 // 3_600_000
+    tag = blake3.blake3(raw + struct.pack(">Q", period),
+                        derive_key_context="nomade/1 local discovery tag").digest()[:16].hex()
+    if (period, tag) != (493_000, "c45b4d0363ae0cf445e7f8de55b43aad"):
+        raise SpecError(f"the local discovery tag vector gives {tag} in period {period}")
 
 
 def self_test() -> int:

@@ -100,6 +100,10 @@ pub enum Command {
         /// This device's offset from UTC in minutes, for --background-windows.
         #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
         utc_offset_minutes: i16,
+        /// Do not announce this device or look for paired ones on the local
+        /// network (mDNS); they are then dialed only at known addresses.
+        #[arg(long)]
+        no_discovery: bool,
     },
     /// List the artifacts this device knows of (held, partly fetched,
     /// remote only; pinned), or pin, unpin or evict one.

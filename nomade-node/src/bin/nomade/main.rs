@@ -156,9 +156,17 @@ fn config(cli: &Cli) -> NodeConfig {
         ),
         _ => Default::default(),
     };
+    let discovery = matches!(
+        &cli.command,
+        Command::Serve {
+            no_discovery: false,
+            ..
+        }
+    );
     NodeConfig {
         artifact_policy,
         background,
+        discovery,
         device_name: cli.name.clone().unwrap_or_default(),
         rate_limits: if cli.no_rate_limits {
             RateLimits::OFF
