@@ -166,9 +166,12 @@ pub fn discovery(bin: &Path) -> Result<()> {
         bail!("local discovery between network namespaces needs root (run as root, or skip with cargo xtask test --no-netns)");
     }
     if !super::have("ip", "-V") {
-        bail!(
-            "local discovery between network namespaces needs iproute2: apt-get install iproute2"
-        );
+        // A fresh Debian machine may not have it.
+        super::run(
+            "install iproute2 (the ip command)",
+            Command::new("apt-get").args(["install", "-y", "-q", "iproute2"]),
+        )
+        .context("local discovery between network namespaces needs iproute2")?;
     }
     let tmp = std::env::temp_dir().join(format!("nomade-discovery-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
