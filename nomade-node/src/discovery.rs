@@ -201,7 +201,9 @@ impl Node {
         }
         Metrics::add(&self.metrics().peers_discovered, 1);
         tracing::info!(%peer, addresses = ?new, "found a paired device on the local network");
-        // Redials waiting out a backoff try now.
+        // Redials waiting out a backoff try now, and a dial under way to
+        // an older address gives way.
+        self.inner.address_learned.send_modify(|n| *n += 1);
         self.inner.session_started.send_replace(());
         self.ensure_redial(peer);
     }

@@ -144,6 +144,9 @@ pub(crate) struct Inner {
     /// local network: wakes the redials waiting out a backoff (the count
     /// of sessions is the `sessions_started` metric).
     pub(crate) session_started: watch::Sender<()>,
+    /// Bumped when a paired device's address is learned on the local
+    /// network: a dial under way to an older address gives way to it.
+    pub(crate) address_learned: watch::Sender<u64>,
     /// Redialing and its findings, per peer (see `peers.rs`).
     pub(crate) redial: crate::peers::Redial,
     /// The revocations this device holds (see `revocations.rs`).
@@ -258,6 +261,7 @@ impl Node {
                 }),
                 session_events: watch::Sender::new(0),
                 session_started: watch::Sender::new(()),
+                address_learned: watch::Sender::new(0),
                 redial: crate::peers::Redial::default(),
                 revocations,
                 runtime: Mutex::new(None),
@@ -652,17 +656,35 @@ impl Node {
 
     /// Connects to the paired device `peer` at `addr` and syncs with it.
     pub async fn connect(&self, addr: SocketAddr, peer: DeviceId) -> Result<(), NodeError> {
+        let conn = self.dial(addr, peer).await?;
+        self.run_dialed(conn, addr, peer).await
+    }
+
+    /// The QUIC and TLS handshake of [`Node::connect`], alone: dropping it
+    /// leaves nothing behind.
+    pub(crate) async fn dial(
+        &self,
+        addr: SocketAddr,
+        peer: DeviceId,
+    ) -> Result<nomade_transport::Connection, NodeError> {
         let t = self
             .transport()
             .ok_or_else(|| NodeError::NotFound("a started node".into()))?;
-        let conn = match t.connect(addr, Some(peer)).await {
-            Ok(c) => c,
-            Err(e) => {
-                let e = NodeError::from(e);
-                self.note_dial_failure(peer, addr, &e);
-                return Err(e);
-            }
-        };
+        t.connect(addr, Some(peer)).await.map_err(|e| {
+            let e = NodeError::from(e);
+            self.note_dial_failure(peer, addr, &e);
+            e
+        })
+    }
+
+    /// The rest of [`Node::connect`] once `conn` is up: the address is
+    /// remembered first, and the session runs.
+    pub(crate) async fn run_dialed(
+        &self,
+        conn: nomade_transport::Connection,
+        addr: SocketAddr,
+        peer: DeviceId,
+    ) -> Result<(), NodeError> {
         self.update_peer(peer, |p| p.remember_address(&addr.to_string()))?;
         let result = self.start_session(conn).await;
         match &result {

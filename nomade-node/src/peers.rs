@@ -365,6 +365,7 @@ impl Node {
         let config = &self.inner.config;
         let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
         let mut session_started = self.inner.session_started.subscribe();
+        let mut address_learned = self.inner.address_learned.subscribe();
         let mut told_no_address = false;
         loop {
             if !self.inner.paired.contains(&peer) {
@@ -377,18 +378,36 @@ impl Node {
                     told_no_address = true;
                 }
                 let mut ok = false;
+                address_learned.borrow_and_update();
                 for addr in &addrs {
-                    match self.connect(*addr, peer).await {
-                        Ok(()) => {
+                    let dialed = tokio::select! {
+                        r = self.dial(*addr, peer) => Some(r),
+                        // An address found on the local network meanwhile
+                        // goes first: this handshake (perhaps with where the
+                        // device was) gives way to it.
+                        Ok(()) = address_learned.changed() => None,
+                    };
+                    let dialed = match dialed {
+                        Some(Ok(conn)) => Some(self.run_dialed(conn, *addr, peer).await),
+                        Some(Err(e)) => Some(Err(e)),
+                        None => None,
+                    };
+                    match dialed {
+                        None => break,
+                        Some(Ok(())) => {
                             ok = true;
                             break;
                         }
-                        Err(e) if is_permanent(&e) => {
+                        Some(Err(e)) if is_permanent(&e) => {
                             tracing::error!(%peer, %addr, error = %e, "giving up on this peer until the user acts");
                             return;
                         }
-                        Err(_) => Metrics::add(&self.metrics().dial_failures, 1),
+                        Some(Err(_)) => Metrics::add(&self.metrics().dial_failures, 1),
                     }
+                }
+                if !ok && address_learned.has_changed().unwrap_or(false) {
+                    // Dial the address just learned now, not after a backoff.
+                    continue;
                 }
                 if ok {
                     backoff.on_success();
