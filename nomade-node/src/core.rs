@@ -276,6 +276,12 @@ pub struct Core {
     /// Whether the log may hold `skip` operations (a skip was stored once):
     /// its rows are then never sent as they are stored.
     skips_stored: std::sync::atomic::AtomicBool,
+    /// Whether background work may run now (the device's state allows it):
+    /// the periodic snapshot and compaction wait otherwise.
+    background_allowed: std::sync::atomic::AtomicBool,
+    /// Whether a periodic snapshot (and the compaction after it) is due and
+    /// waits for background work to be allowed.
+    snapshot_waiting: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Core {
@@ -411,6 +417,8 @@ impl Core {
             ),
             subscription: Mutex::new(subscription),
             skips_stored: std::sync::atomic::AtomicBool::new(skips_stored),
+            background_allowed: std::sync::atomic::AtomicBool::new(true),
+            snapshot_waiting: watch::Sender::new(false),
         }))
     }
 
@@ -631,6 +639,32 @@ impl Core {
         self.note_sync(peer);
         tracing::info!(%peer, seq, tail = tail.len(), "adopted a snapshot");
         Ok(base)
+    }
+
+    /// Says whether background work may run now: while it may not, the
+    /// periodic snapshot and the compaction after it wait
+    /// ([`Core::snapshot_waiting`]); when it may again, a waiting snapshot
+    /// is written at once.
+    pub fn set_background_allowed(&self, allowed: bool) {
+        self.background_allowed.store(allowed, Ordering::Relaxed);
+        if allowed && *self.snapshot_waiting.borrow() {
+            let _writer = self.commit_lock();
+            let seq = *self.appended.borrow();
+            self.write_snapshot(&self.replica(), seq);
+            self.snapshot_waiting.send_replace(false);
+        }
+    }
+
+    /// Whether background work may run now, as last said
+    /// ([`Core::set_background_allowed`]).
+    pub fn background_allowed(&self) -> bool {
+        self.background_allowed.load(Ordering::Relaxed)
+    }
+
+    /// Whether a periodic snapshot waits for background work to be
+    /// allowed (it changes as one starts or stops waiting).
+    pub fn snapshot_waiting(&self) -> watch::Receiver<bool> {
+        self.snapshot_waiting.subscribe()
     }
 
     /// Writes a snapshot if [`SNAPSHOT_AT_SHUTDOWN`] operations or more were
@@ -870,9 +904,14 @@ impl Core {
                 let every = SNAPSHOT_EVERY
                     .max(self.snapshot_len.load(Ordering::Relaxed) / SNAPSHOT_BYTES_PER_OP);
                 if seq >= self.snapshot_seq.load(Ordering::Relaxed) + every {
-                    // Under the writer lock: the replica holds what the log
-                    // holds, up to `seq`.
-                    self.write_snapshot(&self.replica(), seq);
+                    if self.background_allowed.load(Ordering::Relaxed) {
+                        // Under the writer lock: the replica holds what the
+                        // log holds, up to `seq`.
+                        self.write_snapshot(&self.replica(), seq);
+                    } else if !*self.snapshot_waiting.borrow() {
+                        tracing::info!(seq, "the periodic snapshot and compaction wait until background work is allowed");
+                        self.snapshot_waiting.send_replace(true);
+                    }
                 }
                 Ok(ops)
             }

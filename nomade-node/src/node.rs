@@ -603,6 +603,9 @@ impl Node {
         let node = self.clone();
         let changes = self.subscribe();
         self.spawn(async move { node.watch_new_references(changes).await });
+        // The periodic snapshot and compaction, when the device allows it.
+        let node = self.clone();
+        self.spawn(async move { node.schedule_compaction().await });
         let node = self.clone();
         let mut events = transport.events();
         self.spawn(async move {

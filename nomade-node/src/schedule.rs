@@ -1,7 +1,8 @@
 //! Background work, and when the device allows it.
 //!
-//! Work that can wait (today: prefetching artifacts by the artifact
-//! policy) runs only when the device's state allows it: its battery above a
+//! Work that can wait (prefetching artifacts by the artifact policy; the
+//! periodic snapshot of the state and the compaction of the history after
+//! it) runs only when the device's state allows it: its battery above a
 //! floor (or charging), not on a cellular link, within the configured
 //! windows of the day. The application tells the node its state
 //! ([`Node::set_power_state`]: it also goes to peers in heartbeats); the
@@ -212,6 +213,55 @@ impl Node {
     fn decide_now(&self, power: &PowerState) -> Result<(), Deferral> {
         let policy = &self.inner.config.background;
         policy.decide(power, policy.minute_of_day(crate::core::now_ms()))
+    }
+
+    /// Keeps the store's periodic snapshot and compaction to the times
+    /// background work may run ([`Core::set_background_allowed`]), as the
+    /// device's state and the time of day change; while one waits, `status`
+    /// shows it as deferred work `compaction`, with the operations stored
+    /// since the last snapshot. Runs until the node shuts down.
+    ///
+    /// [`Core::set_background_allowed`]: crate::core::Core::set_background_allowed
+    pub(crate) async fn schedule_compaction(&self) {
+        const WORK: &str = "compaction";
+        let mut power = self.inner.power.subscribe();
+        let mut waiting = self.core().snapshot_waiting();
+        loop {
+            let decision = self.decide_now(&power.borrow_and_update());
+            let core = self.core().clone();
+            let allowed = decision.is_ok();
+            // Writing a waiting snapshot reads the whole state: not on an
+            // async worker.
+            if tokio::task::spawn_blocking(move || core.set_background_allowed(allowed))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let is_waiting = *waiting.borrow_and_update();
+            match decision {
+                Err(reason) if is_waiting => {
+                    let items = self.core().history_status().operations_after_snapshot as usize;
+                    lock(&self.inner.deferred).insert(
+                        WORK.to_string(),
+                        DeferredWork {
+                            work: WORK.to_string(),
+                            items,
+                            why: reason.to_string(),
+                            reason,
+                        },
+                    );
+                }
+                _ => {
+                    lock(&self.inner.deferred).remove(WORK);
+                }
+            }
+            tokio::select! {
+                changed = power.changed() => if changed.is_err() { return },
+                changed = waiting.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(Duration::from_secs(60)) => {}
+            }
+        }
     }
 
     /// Waits until background work may run: returns at once when it may;
