@@ -53,9 +53,11 @@ mod progress;
 pub mod store;
 pub mod transfer;
 
-pub use chunk::{ArtifactId, CHUNK_SIZE, MAX_CHUNK_COUNT};
+pub use chunk::{chunk_count, ArtifactId, CHUNK_SIZE, MAX_CHUNK_COUNT};
 pub use error::{ArtifactError, Result};
 pub use keys::{DeviceKey, PublicKey};
 pub use progress::Progress;
 pub use store::{ArtifactInfo, ArtifactReader, ArtifactStore};
-pub use transfer::{Receiver, ReceiverEvent, Sender, SenderEvent};
+pub use transfer::{
+    RangeEvent, RangeKey, RangeReceiver, Receiver, ReceiverEvent, Sender, SenderEvent,
+};

@@ -986,7 +986,142 @@ struct Incoming {
     verbatim: bool,
 }
 
+/// Writes a range of a partial artifact's sealed records received from a
+/// second holder at the same time as the partial's own transfer (docs/
+/// PROTOCOL.md, "Two holders at once"): each record goes to its place in the
+/// partial's file, as received, unverified until the partial reaches it
+/// ([`PartialArtifact::absorb_written`]), which opens each one then. A
+/// record that does not open is fetched again; nothing unverified is ever
+/// read back as the artifact.
+pub(crate) struct RangeWriter {
+    file: File,
+    size: u64,
+    chunk_count: u32,
+    /// The next chunk expected.
+    next: u32,
+    unsynced: u32,
+}
+
+impl RangeWriter {
+    /// The next chunk this range expects.
+    pub(crate) fn next(&self) -> u32 {
+        self.next
+    }
+
+    /// Writes chunk `index` (the next one) as received: `ciphertext` and
+    /// `seal` (nonce || tag), at its place in the partial's file.
+    pub(crate) fn write(
+        &mut self,
+        index: u32,
+        ciphertext: &[u8],
+        seal: &[u8; NONCE_LEN + TAG_LEN],
+    ) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let want = chunk_len(self.size, index).unwrap_or(0);
+        if index != self.next || index >= self.chunk_count || ciphertext.len() != want {
+            return Err(ArtifactError::BadChunk {
+                index,
+                reason: format!(
+                    "expected chunk {} of {} bytes",
+                    self.next,
+                    chunk_len(self.size, self.next).unwrap_or(0)
+                ),
+            });
+        }
+        let at = u64::from(index) * RECORD_STRIDE;
+        let (nonce, tag) = seal.split_at(NONCE_LEN);
+        self.file.write_all_at(nonce, at)?;
+        self.file.write_all_at(ciphertext, at + NONCE_LEN as u64)?;
+        self.file
+            .write_all_at(tag, at + (NONCE_LEN + ciphertext.len()) as u64)?;
+        self.next += 1;
+        self.unsynced += 1;
+        if self.unsynced >= SYNC_EVERY_CHUNKS {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(())
+    }
+}
+
+impl ArtifactStore {
+    /// What a [`crate::RangeReceiver`] needs to complete the partial
+    /// transfer of `id` under way (its size and data key, from the
+    /// partial's header): `NotFound` when none is.
+    pub fn range_key(&self, id: &ArtifactId) -> Result<crate::RangeKey> {
+        let hdr = self.path("partial", id, "hdr");
+        if !hdr.exists() {
+            return Err(ArtifactError::NotFound { id: *id });
+        }
+        let (body, key) = read_header(&hdr, id, &self.inner.device, false)?;
+        Ok(crate::RangeKey::new(key, body.size))
+    }
+
+    /// A writer of the records of `partial`'s chunks from `start`, received
+    /// from a second holder under the same data key `key` (a range received
+    /// under another key cannot be kept as received: `BadMetadata`).
+    pub(crate) fn range_writer(
+        &self,
+        id: &ArtifactId,
+        size: u64,
+        start: u32,
+        key: &DataKey,
+        partial_key: &DataKey,
+    ) -> Result<RangeWriter> {
+        if !key.same_as(partial_key) {
+            return Err(ArtifactError::BadMetadata(
+                "the second holder's data key is not the first's: its records cannot be kept as received".into(),
+            ));
+        }
+        let chunk_count = chunk::chunk_count(size)
+            .ok_or_else(|| ArtifactError::BadMetadata("artifact too large".into()))?;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(self.path("partial", id, "dat"))?;
+        Ok(RangeWriter {
+            file,
+            size,
+            chunk_count,
+            next: start,
+            unsynced: 0,
+        })
+    }
+}
+
 impl PartialArtifact {
+    /// Takes in the records a [`RangeWriter`] wrote after the chunks held,
+    /// up to `end` (not included): each is read from its place, opened with
+    /// this partial's key and hashed, as if it had just been received. Stops
+    /// at the first that is missing or does not open (it is fetched again).
+    /// Returns how many were taken in.
+    pub(crate) fn absorb_written(&mut self, end: u32) -> Result<u32> {
+        use std::os::unix::fs::FileExt;
+        let first = self.chunks;
+        let end = end.min(self.chunk_count);
+        let mut record = vec![0u8; CHUNK_SIZE + RECORD_OVERHEAD];
+        while self.chunks < end {
+            let index = self.chunks;
+            let len = chunk_len(self.size, index).unwrap_or(0) + RECORD_OVERHEAD;
+            let at = u64::from(index) * RECORD_STRIDE;
+            if self.file.read_exact_at(&mut record[..len], at).is_err() {
+                break;
+            }
+            let last = index + 1 == self.chunk_count;
+            let Ok(plain) = open_chunk(&self.cipher, &self.id, index, last, &mut record[..len])
+            else {
+                break;
+            };
+            let mut copy = self.hashing.buffer(plain.len());
+            copy.copy_from_slice(&plain);
+            self.account(copy)?;
+        }
+        // Appends go on after what was taken in; a record that did not open
+        // is written over.
+        self.file
+            .seek(SeekFrom::Start(u64::from(self.chunks) * RECORD_STRIDE))?;
+        Ok(self.chunks - first)
+    }
+
     /// Chunks held and verified.
     pub(crate) fn chunks_done(&self) -> u32 {
         self.chunks

@@ -90,6 +90,9 @@ enum SenderState {
         next: u32,
         /// Chunks go as stored (sealed), not opened.
         sealed: bool,
+        /// For a range (`end_before`): the chunk it stops before; the
+        /// exchange is over after the one before it.
+        end: Option<u32>,
     },
     AwaitingComplete,
     Finished,
@@ -232,6 +235,19 @@ impl Sender {
                 true,
             ));
         }
+        let end = match req.end_before {
+            // Metadata only: no chunk is sent, the range means nothing.
+            Some(_) if req.metadata_only => None,
+            Some(end) if end <= next || end > count => {
+                return Err(self.fail(
+                    ArtifactError::Protocol(format!(
+                        "a range from chunk {next} to before {end} of {count} chunks"
+                    )),
+                    true,
+                ));
+            }
+            end => end,
+        };
         let mut metadata = reader.info().to_wire();
         if req.metadata_only {
             self.outbox.push_back(Message::ArtifactMetadata(metadata));
@@ -257,6 +273,7 @@ impl Sender {
                 reader: Box::new(reader),
                 next,
                 sealed,
+                end,
             }
         };
         Ok(SenderEvent::Serving {
@@ -275,10 +292,12 @@ impl Sender {
             reader,
             next,
             sealed,
+            end,
         } = &mut self.state
         else {
             return Ok(None);
         };
+        let range_end = *end;
         let index = *next;
         let count = reader.info().chunk_count;
         let artifact_id = reader.info().id.hash32();
@@ -310,7 +329,10 @@ impl Sender {
         };
         *next += 1;
         let is_final = index + 1 == count;
-        if is_final {
+        if range_end == Some(index + 1) {
+            // The range is sent: no ARTIFACT_COMPLETE follows a range.
+            self.state = SenderState::Finished;
+        } else if is_final {
             self.state = SenderState::AwaitingComplete;
         }
         Ok(Some(Message::ArtifactChunk(ArtifactChunk {
@@ -321,6 +343,197 @@ impl Sender {
             chunk_hash,
             seal,
         })))
+    }
+}
+
+/// What a [`RangeReceiver`] needs of the transfer it completes
+/// ([`ArtifactStore::range_key`]): its data key and size.
+#[derive(Clone)]
+pub struct RangeKey {
+    key: crate::keys::DataKey,
+    size: u64,
+}
+
+impl RangeKey {
+    pub(crate) fn new(key: crate::keys::DataKey, size: u64) -> RangeKey {
+        RangeKey { key, size }
+    }
+}
+
+impl std::fmt::Debug for RangeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RangeKey")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What happened on a [`RangeReceiver`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RangeEvent {
+    /// The holder's metadata agrees: chunks follow.
+    Started,
+    /// A chunk was written (chunks of the range received so far).
+    Progress {
+        /// Chunks written so far.
+        chunks: u32,
+    },
+    /// Every chunk of the range was written.
+    Done,
+}
+
+/// The fetcher's side of a range of an artifact fetched from a second
+/// holder while a [`Receiver`] fetches the chunks before it from the first
+/// (docs/PROTOCOL.md, "Two holders at once"). It asks for the chunks from
+/// `start` to before `end`, sealed, and writes each record as received to
+/// its place in the partial file; the receiver opens and hashes them when
+/// it reaches them ([`Receiver::absorb`]). The second holder must send them
+/// under the same data key as the first (any holder that fetched the
+/// artifact sealed keeps the key it was given), else the range is refused.
+pub struct RangeReceiver {
+    store: ArtifactStore,
+    id: ArtifactId,
+    key: RangeKey,
+    end: u32,
+    request: ArtifactRequest,
+    requested: bool,
+    writer: Option<crate::store::RangeWriter>,
+    done: bool,
+    failed: bool,
+    outbox: VecDeque<Message>,
+}
+
+impl std::fmt::Debug for RangeReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RangeReceiver")
+            .field("id", &self.id)
+            .field("end", &self.end)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RangeReceiver {
+    /// Prepares to fetch chunks `start..end` of `id` into the partial file
+    /// of the transfer `key` came from.
+    pub fn new(store: ArtifactStore, id: ArtifactId, key: RangeKey, start: u32, end: u32) -> Self {
+        let request = ArtifactRequest {
+            artifact_id: id.hash32(),
+            priority: 128,
+            resume_from: (start > 0).then_some(start),
+            sealed_for: sealed_for(&store, true),
+            metadata_only: false,
+            end_before: Some(end),
+        };
+        RangeReceiver {
+            store,
+            id,
+            key,
+            end,
+            request,
+            requested: false,
+            writer: None,
+            done: false,
+            failed: false,
+            outbox: VecDeque::new(),
+        }
+    }
+
+    /// Whether every chunk of the range was written.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The next message to send, if any (the request first).
+    pub fn next_message(&mut self) -> Result<Option<Message>> {
+        if !self.requested {
+            self.requested = true;
+            return Ok(Some(Message::ArtifactRequest(self.request.clone())));
+        }
+        Ok(self.outbox.pop_front())
+    }
+
+    /// Whether the exchange is over and nothing is left to send.
+    pub fn is_finished(&self) -> bool {
+        (self.done || self.failed) && self.requested && self.outbox.is_empty()
+    }
+
+    fn fail(&mut self, e: ArtifactError) -> ArtifactError {
+        if !matches!(e, ArtifactError::Peer { .. }) {
+            self.outbox.push_back(Message::Error(e.to_error_message()));
+        }
+        self.writer = None;
+        self.failed = true;
+        e
+    }
+
+    /// Feeds a message received from the second holder.
+    pub fn handle_message(&mut self, msg: Message) -> Result<RangeEvent> {
+        if self.done || self.failed {
+            return Err(unexpected(&msg, "finished"));
+        }
+        let r = match (self.writer.is_some(), msg) {
+            (false, Message::ArtifactMetadata(m)) => self.on_metadata(m),
+            (true, Message::ArtifactChunk(c)) => self.on_chunk(c),
+            (_, Message::Error(e)) => Err(peer_error(&e)),
+            (_, m) => Err(unexpected(&m, "receiving a range")),
+        };
+        r.map_err(|e| self.fail(e))
+    }
+
+    fn on_metadata(&mut self, m: ArtifactMetadata) -> Result<RangeEvent> {
+        if ArtifactId::from(m.artifact_id) != self.id || m.size != self.key.size {
+            return Err(ArtifactError::BadMetadata(format!(
+                "the second holder describes {} of {} bytes, the first {} of {}",
+                m.artifact_id, m.size, self.id, self.key.size
+            )));
+        }
+        chunk::validate_layout(m.size, m.chunk_count)?;
+        let wrapped = m
+            .data_key
+            .as_ref()
+            .ok_or_else(|| ArtifactError::Protocol("a range must come sealed".into()))?;
+        let key = self.store.unwrap_key(wrapped, &self.id)?;
+        let start = self.request.resume_from.unwrap_or(0);
+        self.writer =
+            Some(
+                self.store
+                    .range_writer(&self.id, m.size, start, &key, &self.key.key)?,
+            );
+        Ok(RangeEvent::Started)
+    }
+
+    fn on_chunk(&mut self, c: ArtifactChunk) -> Result<RangeEvent> {
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| ArtifactError::Protocol("chunk before metadata".into()))?;
+        if ArtifactId::from(c.artifact_id) != self.id {
+            return Err(ArtifactError::Protocol(format!(
+                "ARTIFACT_CHUNK for {}, asked for {}",
+                c.artifact_id, self.id
+            )));
+        }
+        let seal = c.seal.as_ref().ok_or_else(|| ArtifactError::BadChunk {
+            index: c.chunk_index,
+            reason: "not sealed, in a range".into(),
+        })?;
+        let count = chunk::chunk_count(self.key.size).unwrap_or(0);
+        if c.is_final != (c.chunk_index + 1 == count) {
+            return Err(ArtifactError::BadChunk {
+                index: c.chunk_index,
+                reason: format!("is_final = {}", c.is_final),
+            });
+        }
+        writer.write(c.chunk_index, &c.chunk_data, seal.as_bytes())?;
+        let written = writer.next() - self.request.resume_from.unwrap_or(0);
+        if writer.next() == self.end {
+            self.done = true;
+            self.writer = None;
+            return Ok(RangeEvent::Done);
+        }
+        Ok(RangeEvent::Progress { chunks: written })
     }
 }
 
@@ -337,6 +550,10 @@ pub enum ReceiverEvent {
     Started(Progress),
     /// A chunk was verified and written to disk.
     Progress(Progress),
+    /// The range asked for ([`Receiver::until`]) was received: the rest
+    /// comes from another holder ([`RangeReceiver`]), then
+    /// [`Receiver::absorb`].
+    RangeDone(Progress),
     /// The whole artifact was verified and is in the store; ARTIFACT_COMPLETE
     /// is queued.
     Complete {
@@ -351,6 +568,8 @@ pub enum ReceiverEvent {
 enum RecvState {
     AwaitingMetadata,
     Receiving,
+    /// The range asked for is received; the holder's stream is over.
+    RangeDone,
     Finished,
     Failed,
 }
@@ -405,6 +624,7 @@ impl Receiver {
             resume_from: (resume > 0).then_some(resume),
             sealed_for: sealed_for(&store, true),
             metadata_only: false,
+            end_before: None,
         };
         Ok(Receiver {
             store,
@@ -450,11 +670,60 @@ impl Receiver {
         self.state == RecvState::Finished
     }
 
-    /// Whether the exchange is over (complete or failed) and nothing is left to send.
+    /// Whether the exchange is over (complete, failed, or the range asked
+    /// for received) and nothing is left to send.
     pub fn is_finished(&self) -> bool {
-        matches!(self.state, RecvState::Finished | RecvState::Failed)
-            && self.requested
+        matches!(
+            self.state,
+            RecvState::Finished | RecvState::Failed | RecvState::RangeDone
+        ) && self.requested
             && self.outbox.is_empty()
+    }
+
+    /// Asks this holder for the chunks before `end` only (`end_before`;
+    /// a holder that announced `"artifact-ranges"`): the rest comes from
+    /// another holder at the same time ([`RangeReceiver`]). Call before the
+    /// request is sent; an `end` not after the resume point or past the
+    /// last chunk asks for everything, as without it.
+    pub fn until(mut self, end: u32) -> Receiver {
+        let from = self.request.resume_from.unwrap_or(0);
+        let within = self.partial.as_ref().is_none_or(|p| end < p.chunk_count);
+        if end > from && within {
+            self.request.end_before = Some(end);
+        }
+        self
+    }
+
+    /// Once the range asked for is received ([`ReceiverEvent::RangeDone`]):
+    /// takes in the chunks a [`RangeReceiver`] wrote after it, opening and
+    /// hashing each (up to the first missing or damaged one). When they
+    /// complete the artifact, it is verified and stored (`Complete`);
+    /// otherwise the progress says where a new receiver resumes.
+    pub fn absorb(&mut self) -> Result<ReceiverEvent> {
+        if self.state != RecvState::RangeDone {
+            return Err(ArtifactError::Protocol(
+                "nothing to take in before the range is received".into(),
+            ));
+        }
+        let partial = self
+            .partial
+            .as_mut()
+            .ok_or_else(|| ArtifactError::Protocol("no partial".into()))?;
+        let end = partial.chunk_count;
+        partial.absorb_written(end)?;
+        self.progress.bytes_done = partial.bytes_done();
+        self.progress.chunks_done = partial.chunks_done();
+        if partial.chunks_done() == partial.chunk_count {
+            let p = self
+                .partial
+                .take()
+                .ok_or_else(|| ArtifactError::Protocol("no partial".into()))?;
+            let event = self.finish(p)?;
+            // The holder's stream is over: nothing goes to it.
+            self.outbox.clear();
+            return Ok(event);
+        }
+        Ok(ReceiverEvent::Progress(self.progress))
     }
 
     /// The next message to send, if any.
@@ -605,6 +874,10 @@ impl Receiver {
         }
         self.progress.bytes_done = partial.bytes_done();
         self.progress.chunks_done = partial.chunks_done();
+        if self.request.end_before == Some(index + 1) {
+            self.state = RecvState::RangeDone;
+            return Ok(ReceiverEvent::RangeDone(self.progress));
+        }
         if last {
             let p = self
                 .partial
@@ -650,14 +923,41 @@ mod tests {
             .collect()
     }
 
+    /// A fetcher's side: a whole transfer or a range.
+    trait Fetching {
+        fn next(&mut self) -> Result<Option<Message>>;
+        fn take(&mut self, m: Message) -> Result<()>;
+    }
+
+    impl Fetching for Receiver {
+        fn next(&mut self) -> Result<Option<Message>> {
+            self.next_message()
+        }
+        fn take(&mut self, m: Message) -> Result<()> {
+            self.handle_message(m).map(drop)
+        }
+    }
+
+    impl Fetching for RangeReceiver {
+        fn next(&mut self) -> Result<Option<Message>> {
+            self.next_message()
+        }
+        fn take(&mut self, m: Message) -> Result<()> {
+            self.handle_message(m).map(drop)
+        }
+    }
+
     /// Runs the exchange to the end in memory; returns the sender's and the
     /// receiver's first errors, if any.
-    fn drive(s: &mut Sender, r: &mut Receiver) -> (Option<ArtifactError>, Option<ArtifactError>) {
+    fn drive(
+        s: &mut Sender,
+        r: &mut impl Fetching,
+    ) -> (Option<ArtifactError>, Option<ArtifactError>) {
         let (mut se, mut re) = (None, None);
         for _ in 0..1_000_000 {
             let mut moved = false;
             loop {
-                match r.next_message() {
+                match r.next() {
                     Ok(Some(m)) => {
                         moved = true;
                         if let Err(e) = s.handle_message(m) {
@@ -674,7 +974,7 @@ mod tests {
                 match s.next_message() {
                     Ok(Some(m)) => {
                         moved = true;
-                        if let Err(e) = r.handle_message(m) {
+                        if let Err(e) = r.take(m) {
                             re.get_or_insert(e);
                         }
                     }
@@ -1063,6 +1363,7 @@ mod tests {
             resume_from: None,
             sealed_for: None,
             metadata_only: false,
+            end_before: None,
         }))
         .expect("request");
         assert!(matches!(
@@ -1093,6 +1394,7 @@ mod tests {
                 resume_from: Some(2),
                 sealed_for: None,
                 metadata_only: false,
+                end_before: None,
             }))
             .expect_err("beyond");
         assert!(matches!(err, ArtifactError::Protocol(_)));
@@ -1235,6 +1537,142 @@ mod tests {
         }
     }
 
+    fn assert_clean(errors: (Option<ArtifactError>, Option<ArtifactError>)) {
+        assert!(errors.0.is_none() && errors.1.is_none(), "{errors:?}");
+    }
+
+    /// Two holders at once (docs/PROTOCOL.md): the first sends the chunks
+    /// before the middle, the second (which fetched the artifact sealed
+    /// from the first, so holds it under the same key) those after; the
+    /// fetcher takes the second range in and completes. Neither holder
+    /// waits for ARTIFACT_COMPLETE.
+    #[test]
+    fn two_holders_send_one_range_each() {
+        let (a1, a2, b) = (
+            tempfile::tempdir().expect("t"),
+            tempfile::tempdir().expect("t"),
+            tempfile::tempdir().expect("t"),
+        );
+        let (first, second, fetcher) = (
+            store(a1.path(), None),
+            store(a2.path(), None),
+            store(b.path(), None),
+        );
+        let d = data(10 * CHUNK + 5, 3);
+        let id = first.put_bytes(&d, None, &[]).expect("put");
+        let (mut s, mut r) = (
+            Sender::new(first.clone(), true),
+            Receiver::new(second.clone(), id, 0).expect("receiver"),
+        );
+        assert_clean(drive(&mut s, &mut r));
+        let mut s1 = Sender::new(first, true);
+        let mut main = Receiver::new(fetcher.clone(), id, 0)
+            .expect("receiver")
+            .until(6);
+        assert!(
+            matches!(fetcher.range_key(&id), Err(ArtifactError::NotFound { .. })),
+            "no transfer under way yet"
+        );
+        assert_clean(drive(&mut s1, &mut main));
+        assert!(s1.is_finished(), "the first holder waits for nothing");
+        assert!(!main.is_complete());
+        assert_eq!(main.progress().chunks_done, 6);
+        let key = fetcher.range_key(&id).expect("under way");
+        let mut s2 = Sender::new(second, true);
+        let mut range = RangeReceiver::new(fetcher.clone(), id, key, 6, 11);
+        assert_clean(drive(&mut s2, &mut range));
+        assert!(range.is_done() && range.is_finished() && s2.is_finished());
+        match main.absorb().expect("absorb") {
+            ReceiverEvent::Complete { id: got, .. } => assert_eq!(got, id),
+            other => panic!("{other:?}"),
+        }
+        assert!(main.is_complete());
+        assert_eq!(fetched_bytes(&fetcher, &id), d);
+    }
+
+    /// BAD_INPUTS: a second holder with another data key is refused (its
+    /// records could not be kept as received); one whose record was altered
+    /// on the way is taken in up to that record only, and a new receiver
+    /// resumes there; a holder asked for a range that is empty or past the
+    /// end refuses it.
+    #[test]
+    fn a_bad_second_range_is_refused_or_cut_and_the_fetch_resumes() {
+        let (a1, a2, b) = (
+            tempfile::tempdir().expect("t"),
+            tempfile::tempdir().expect("t"),
+            tempfile::tempdir().expect("t"),
+        );
+        let (first, other, fetcher) = (
+            store(a1.path(), None),
+            store(a2.path(), None),
+            store(b.path(), None),
+        );
+        let d = data(8 * CHUNK, 5);
+        let id = first.put_bytes(&d, None, &[]).expect("put");
+        // The same content put on its own: another data key.
+        assert_eq!(other.put_bytes(&d, None, &[]).expect("put"), id);
+        let mut main = Receiver::new(fetcher.clone(), id, 0)
+            .expect("receiver")
+            .until(4);
+        assert_clean(drive(&mut Sender::new(first.clone(), true), &mut main));
+        let key = fetcher.range_key(&id).expect("under way");
+        let mut range = RangeReceiver::new(fetcher.clone(), id, key.clone(), 4, 8);
+        let (_, re) = drive(&mut Sender::new(other, true), &mut range);
+        assert!(matches!(re, Some(ArtifactError::BadMetadata(_))), "{re:?}");
+        assert!(
+            matches!(main.absorb().expect("absorb"), ReceiverEvent::Progress(p) if p.chunks_done == 4)
+        );
+
+        // The second range again, from the first holder, its chunk 6
+        // altered on the way.
+        let mut range = RangeReceiver::new(fetcher.clone(), id, key, 4, 8);
+        let mut s = Sender::new(first.clone(), true);
+        let req = range.next_message().expect("ok").expect("request");
+        s.handle_message(req).expect("request");
+        while let Some(m) = s.next_message().expect("ok") {
+            let m = match m {
+                Message::ArtifactChunk(mut c) if c.chunk_index == 6 => {
+                    let mut bad = c.chunk_data.to_vec();
+                    bad[10] ^= 1;
+                    c.chunk_data = Bytes::from(bad);
+                    Message::ArtifactChunk(c)
+                }
+                m => m,
+            };
+            range.handle_message(m).expect("written unverified");
+        }
+        assert!(range.is_done());
+        match main.absorb().expect("absorb") {
+            ReceiverEvent::Progress(p) => assert_eq!(p.chunks_done, 6, "up to the altered one"),
+            other => panic!("{other:?}"),
+        }
+        drop(main);
+        let mut again = Receiver::new(fetcher.clone(), id, 0).expect("resume");
+        assert_eq!(again.progress().chunks_done, 6);
+        assert_clean(drive(&mut Sender::new(first.clone(), true), &mut again));
+        assert!(again.is_complete());
+        assert_eq!(fetched_bytes(&fetcher, &id), d);
+
+        for (from, end) in [(3, 3), (3, 2), (0, 9)] {
+            let mut s = Sender::new(first.clone(), true);
+            let req = ArtifactRequest {
+                artifact_id: id.hash32(),
+                priority: 0,
+                resume_from: Some(from),
+                sealed_for: None,
+                metadata_only: false,
+                end_before: Some(end),
+            };
+            assert!(
+                matches!(
+                    s.handle_message(Message::ArtifactRequest(req)),
+                    Err(ArtifactError::Protocol(_))
+                ),
+                "{from}..{end}"
+            );
+        }
+    }
+
     #[test]
     fn sealed_resume_from_a_holder_with_another_key_reseals() {
         // Two holders of the same content, each with its own data key: a
@@ -1301,6 +1739,7 @@ mod tests {
                 resume_from: None,
                 sealed_for,
                 metadata_only: false,
+                end_before: None,
             }))
             .expect("request");
             let mut out = Vec::new();

@@ -202,6 +202,58 @@ async fn metadata_only(total: u64, count: u64) -> (f64, u64) {
     (secs, disk)
 }
 
+/// An artifact of `bytes` fetched by C from one holder (A), then, evicted,
+/// from two at once (A, and B which fetched it from A), in one run, the
+/// holders limited by `limits` (each as if on a slow link; C is not): the
+/// two rates.
+async fn two_holders(bytes: u64, limits: RateLimits) -> (Rate, Rate) {
+    let tmp = tempfile::tempdir().unwrap();
+    let open = |name: &str, limits| {
+        Node::open(&tmp.path().join(name), limited_config(name, limits)).unwrap()
+    };
+    let (a, b, c) = (
+        open("a", limits),
+        open("b", limits),
+        open("c", RateLimits::OFF),
+    );
+    let file = tmp.path().join("artifact.bin");
+    write_pattern(&file, bytes);
+    let id = a.put_artifact(&file, None).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let addr_a = a.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr_b = b.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    c.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    for (holder, addr) in [(&a, addr_a), (&b, addr_b)] {
+        holder.add_peer(c.device_id(), "c", &[]).unwrap();
+        c.add_peer(holder.device_id(), "holder", &[addr]).unwrap();
+        c.connect(addr, holder.device_id()).await.unwrap();
+    }
+    a.add_peer(b.device_id(), "b", &[]).unwrap();
+    b.add_peer(a.device_id(), "a", &[addr_a]).unwrap();
+    b.connect(addr_a, a.device_id()).await.unwrap();
+    b.fetch_artifact_from(&[a.device_id()], id, |_, _| {})
+        .await
+        .unwrap();
+    let one = measure(bytes, async {
+        c.fetch_artifact_from(&[a.device_id()], id, |_, _| {})
+            .await
+            .unwrap();
+    })
+    .await;
+    c.evict_artifact(&id).unwrap();
+    let both = measure(bytes, async {
+        c.fetch_artifact_from(&[a.device_id(), b.device_id()], id, |_, _| {})
+            .await
+            .unwrap();
+    })
+    .await;
+    assert!(c.artifacts().has(&id));
+    for n in [&a, &b, &c] {
+        n.shutdown().await;
+    }
+    (one, both)
+}
+
 /// Bytes on the wire of a device subscribed to 1 of `docs` documents.
 #[derive(Debug)]
 struct SubscribedShare {
@@ -797,6 +849,11 @@ fn main() {
     } else {
         (1024 * MIB, 1024 * MIB, 1_000_000, 10_000, 10_000)
     };
+    // Two holders at once with each link limited (a holder on a slow link).
+    let per_link = RateLimits {
+        sync_ops_per_sec: None,
+        artifact_bytes_per_sec: Some(25_000_000),
+    };
     // One of 100 documents: field writes per document.
     let sub_ops = if quick { 200 } else { 2_000 };
     // A metadata-only device: referenced artifacts (bytes in all, count).
@@ -819,7 +876,7 @@ fn main() {
     } else {
         (300_000, 64 * MIB)
     };
-    // `--only sync` (or `artifact`, `latency`, `limited`, `subscription`, `metadata`) runs one part, for
+    // `--only sync` (or `artifact`, `latency`, `limited`, `two`, `subscription`, `metadata`) runs one part, for
     // profiling; `--only fetch` is the artifact fetch without its baseline,
     // `--only raw` the baseline alone.
     let args: Vec<String> = std::env::args().collect();
@@ -872,6 +929,23 @@ fn main() {
         if run("snapshot") {
             let (secs, bytes) = rt.block_on(snapshot_sync(ops, docs));
             println!("e2e: snapshot-first sync of a compacted store of {ops} ops: {secs:.2} s, {bytes} bytes received");
+        }
+        if run("two") {
+            for (bytes, limits, how) in [
+                (bulk, RateLimits::OFF, "loopback"),
+                (limited_bytes * 4, per_link, "each link at 25 MB/s"),
+            ] {
+                let (one, both) = rt.block_on(two_holders(bytes, limits));
+                println!(
+                    "e2e: {} MiB, {how}: from one holder {:.0} MiB/s ({:.2} CPU s/GiB), from two at once {:.0} MiB/s ({:.2} CPU s/GiB), ratio {:.2}",
+                    bytes / MIB,
+                    one.mib_per_sec,
+                    one.cpu_secs_per_gib,
+                    both.mib_per_sec,
+                    both.cpu_secs_per_gib,
+                    both.mib_per_sec / one.mib_per_sec
+                );
+            }
         }
         if run("subscription") {
             for burst in [sub_ops, 100] {
@@ -933,6 +1007,8 @@ fn main() {
         .map(|&(devices, edits)| rt.block_on(mesh(devices, edits)))
         .collect();
     let (metadata_secs, metadata_disk) = rt.block_on(metadata_only(referenced, referenced_count));
+    let (one_holder, two_at_once) = rt.block_on(two_holders(bulk, RateLimits::OFF));
+    let (one_slow, two_slow) = rt.block_on(two_holders(limited_bytes * 4, per_link));
     let whole_docs = rt.block_on(subscribed_share(100, sub_ops, sub_ops));
     let bursts = rt.block_on(subscribed_share(100, sub_ops, 100));
     let report = serde_json::json!({
@@ -966,6 +1042,20 @@ fn main() {
             "bytes_referenced": referenced,
             "secs_to_know_all": metadata_secs,
             "artifact_store_bytes_on_disk": metadata_disk,
+        },
+        "two_holders": {
+            "artifact_bytes": bulk,
+            "one_holder_mib_per_sec": one_holder.mib_per_sec,
+            "one_holder_cpu_secs_per_gib": one_holder.cpu_secs_per_gib,
+            "two_at_once_mib_per_sec": two_at_once.mib_per_sec,
+            "two_at_once_cpu_secs_per_gib": two_at_once.cpu_secs_per_gib,
+            "ratio": two_at_once.mib_per_sec / one_holder.mib_per_sec,
+            "each_link_25_mb_per_sec": {
+                "artifact_bytes": limited_bytes * 4,
+                "one_holder_mib_per_sec": one_slow.mib_per_sec,
+                "two_at_once_mib_per_sec": two_slow.mib_per_sec,
+                "ratio": two_slow.mib_per_sec / one_slow.mib_per_sec,
+            },
         },
         "one_of_100_documents": {
             "writes_per_document": sub_ops,
@@ -1031,6 +1121,16 @@ fn main() {
     println!(
         "e2e: a metadata-only device knows {referenced_count} artifacts of {} MiB in all in {metadata_secs:.2} s, its artifact store using {metadata_disk} bytes",
         referenced / MIB
+    );
+    println!(
+        "e2e: {} MiB from one holder {:.0} MiB/s, from two at once {:.0} MiB/s, ratio {:.2}; each link at 25 MB/s: {:.0} against {:.0} MiB/s, ratio {:.2}",
+        bulk / MIB,
+        one_holder.mib_per_sec,
+        two_at_once.mib_per_sec,
+        two_at_once.mib_per_sec / one_holder.mib_per_sec,
+        two_slow.mib_per_sec,
+        one_slow.mib_per_sec,
+        two_slow.mib_per_sec / one_slow.mib_per_sec
     );
     for (how, share) in [("whole", &whole_docs), ("in bursts of 100", &bursts)] {
         println!(

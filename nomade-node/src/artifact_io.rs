@@ -14,7 +14,9 @@
 //! [`PROGRESS_INTERVAL`] (a fetcher makes one per chunk, 16,384 per GiB);
 //! the others are dropped, each being superseded by the next.
 
-use nomade_artifact::{ArtifactError, Receiver, ReceiverEvent, Sender, SenderEvent};
+use nomade_artifact::{
+    ArtifactError, RangeEvent, RangeReceiver, Receiver, ReceiverEvent, Sender, SenderEvent,
+};
 use nomade_transport::{FramedRecv, FramedSend};
 use nomade_wire::Message;
 use std::time::{Duration, Instant};
@@ -75,6 +77,22 @@ impl Machine for Receiver {
     }
     fn is_progress(event: &ReceiverEvent) -> bool {
         matches!(event, ReceiverEvent::Progress(_))
+    }
+}
+
+impl Machine for RangeReceiver {
+    type Event = RangeEvent;
+    fn handle_message(&mut self, msg: Message) -> Result<RangeEvent, ArtifactError> {
+        RangeReceiver::handle_message(self, msg)
+    }
+    fn next_message(&mut self) -> Result<Option<Message>, ArtifactError> {
+        RangeReceiver::next_message(self)
+    }
+    fn is_finished(&self) -> bool {
+        RangeReceiver::is_finished(self)
+    }
+    fn is_progress(event: &RangeEvent) -> bool {
+        matches!(event, RangeEvent::Progress { .. })
     }
 }
 

@@ -16,6 +16,10 @@ use crate::metrics::Metrics;
 use crate::node::{peer_err, Node};
 use crate::store::ArtifactRecord;
 
+/// Fewest chunks left of an artifact (4 MiB) for a fetch from two holders
+/// at once: below, the second request costs more than it saves.
+pub const MIN_CHUNKS_FOR_TWO: u32 = 64;
+
 /// Which artifact contents a device fetches by itself after a sync; the
 /// others it knows by their metadata and fetches when asked (`nomade get`,
 /// [`Node::fetch_artifact`]). Pinned artifacts are always fetched.
@@ -434,6 +438,7 @@ impl Node {
             resume_from: None,
             sealed_for: None,
             metadata_only: true,
+            end_before: None,
         }))
         .await?;
         let _ = tx.finish().await;
@@ -620,6 +625,19 @@ impl Node {
         let mut last = NodeError::NotFound(format!(
             "artifact {id} is not held here and no connected device has it"
         ));
+        if let [first, second, ..] = conns {
+            match self.fetch_from_two(first, second, id, &mut progress).await {
+                Ok(Some(holder)) => return Ok(holder),
+                Ok(None) => {}
+                Err(e) => {
+                    // What was verified stays: the next resumes after it.
+                    tracing::info!(artifact = %id, error = %e, "fetching from two devices at once did not complete; going on from one at a time");
+                    if !e.is_connection_loss() {
+                        self.metrics().record_error("ARTIFACT");
+                    }
+                }
+            }
+        }
         for conn in conns {
             let holder = conn.peer();
             match self.fetch_on(conn, id, |p| progress(&holder, p)).await {
@@ -634,6 +652,130 @@ impl Node {
             }
         }
         Err(last)
+    }
+
+    /// Fetches `id` from two holders at once (docs/PROTOCOL.md, "Two holders
+    /// at once"): the chunks before the middle of what is left from
+    /// `first`, the others from `second`, written to their places in the
+    /// partial file as they come, then taken in (opened and hashed in
+    /// order) once the first range is done. `Ok(None)`, nothing done, when
+    /// it does not apply: a holder did not announce `"artifact-ranges"`,
+    /// the size is not known (nor can be asked), fewer than
+    /// [`MIN_CHUNKS_FOR_TWO`] chunks are left, or another fetch of it is
+    /// under way. An error leaves the partial with what was verified.
+    async fn fetch_from_two(
+        &self,
+        first: &Connection,
+        second: &Connection,
+        id: ArtifactId,
+        progress: &mut impl FnMut(&DeviceId, &Progress),
+    ) -> Result<Option<DeviceId>, NodeError> {
+        use crate::handshake::{ARTIFACT_METADATA, ARTIFACT_RANGES};
+        let (a, b) = (first.peer(), second.peer());
+        if !self.peer_has(&a, ARTIFACT_RANGES) || !self.peer_has(&b, ARTIFACT_RANGES) {
+            return Ok(None);
+        }
+        let known = self
+            .core()
+            .store()
+            .artifact_record(&id.to_hex())?
+            .and_then(|r| r.size);
+        let size = match known {
+            Some(size) => size,
+            None if self.peer_has(&a, ARTIFACT_METADATA) => {
+                match self.describe_artifact(first, id).await?.size {
+                    Some(size) => size,
+                    None => return Ok(None),
+                }
+            }
+            None => return Ok(None),
+        };
+        let Some(count) = nomade_artifact::chunk_count(size) else {
+            return Ok(None);
+        };
+        let store = self.inner.artifacts.clone();
+        let main = match Receiver::new(store.clone(), id, 128) {
+            Ok(r) => r,
+            Err(nomade_artifact::ArtifactError::AlreadyStored { .. }) => {
+                return Ok(Some(self.inner.device_id))
+            }
+            Err(nomade_artifact::ArtifactError::TransferInProgress { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let resume = main.progress().chunks_done;
+        let left = count.saturating_sub(resume);
+        if left < MIN_CHUNKS_FOR_TWO {
+            return Ok(None);
+        }
+        let mid = resume + left / 2;
+        let main = main.until(mid);
+        tracing::info!(artifact = %id, first = %a, second = %b, from = resume, mid, count, "fetching from two devices at once");
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let metrics = self.metrics();
+        let mut counted = main.progress().bytes_done;
+        let mut started = Some(started_tx);
+        let main_half = async {
+            let (mut tx, mut rx) = first.open_bi(StreamRole::Artifact).await?;
+            let main = artifact_io::drive(main, &mut tx, &mut rx, |event| match event {
+                ReceiverEvent::Started(p)
+                | ReceiverEvent::Progress(p)
+                | ReceiverEvent::RangeDone(p) => {
+                    if let Some(tx) = started.take() {
+                        let _ = tx.send(());
+                    }
+                    Metrics::add(
+                        &metrics.artifact_bytes_received,
+                        p.bytes_done.saturating_sub(counted),
+                    );
+                    counted = p.bytes_done;
+                    progress(&a, &p);
+                }
+                _ => {}
+            })
+            .await?;
+            let _ = tx.finish().await;
+            Ok::<Receiver, NodeError>(main)
+        };
+        let second_half = async {
+            // The partial file exists once the first holder's metadata came.
+            if started_rx.await.is_err() {
+                return Err(NodeError::NotFound(format!("a transfer of {id} under way")));
+            }
+            let key = store.range_key(&id)?;
+            let range = nomade_artifact::RangeReceiver::new(store.clone(), id, key, mid, count);
+            let (mut tx, mut rx) = second.open_bi(StreamRole::Artifact).await?;
+            let range = artifact_io::drive(range, &mut tx, &mut rx, |_| {}).await?;
+            let _ = tx.finish().await;
+            Ok::<bool, NodeError>(range.is_done())
+        };
+        let (main, range) = tokio::join!(main_half, second_half);
+        let mut main = main?;
+        if let Err(e) = &range {
+            tracing::info!(peer = %b, artifact = %id, error = %e, "the second range did not complete; what it verified is kept");
+        }
+        // Taken in (opened and hashed) on a blocking thread.
+        let (main, absorbed) = tokio::task::spawn_blocking(move || {
+            let r = main.absorb();
+            (main, r)
+        })
+        .await?;
+        let event = absorbed?;
+        let done = main.progress();
+        Metrics::add(
+            &metrics.artifact_bytes_received,
+            done.bytes_done.saturating_sub(counted),
+        );
+        progress(&b, &done);
+        match event {
+            ReceiverEvent::Complete { .. } => {
+                tracing::info!(artifact = %id, first = %a, second = %b, "artifact fetched from two devices at once");
+                Ok(Some(a))
+            }
+            _ => Err(peer_err(
+                &b,
+                format!("the second range stopped at chunk {}", done.chunks_done),
+            )),
+        }
     }
 
     /// Opens an artifact for reading, chunk by chunk, each verified:

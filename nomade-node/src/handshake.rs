@@ -38,8 +38,13 @@ pub const ARTIFACT_METADATA: &str = "artifact-metadata";
 /// docs/PROTOCOL.md, "Subscriptions").
 pub const SUBSCRIPTIONS: &str = "subscriptions";
 
+/// The capability of answering an artifact request for a range of chunks
+/// (`ARTIFACT_REQUEST.end_before`): a fetcher takes the rest from another
+/// holder at the same time.
+pub const ARTIFACT_RANGES: &str = "artifact-ranges";
+
 /// Capabilities this node announces.
-pub const CAPABILITIES: [&str; 8] = [
+pub const CAPABILITIES: [&str; 9] = [
     CRDT_SYNC,
     ARTIFACT_TRANSFER,
     PRESENCE,
@@ -48,6 +53,7 @@ pub const CAPABILITIES: [&str; 8] = [
     REVOCATION,
     ARTIFACT_METADATA,
     SUBSCRIPTIONS,
+    ARTIFACT_RANGES,
 ];
 
 /// What a node says about itself in HELLO / HELLO_ACK.

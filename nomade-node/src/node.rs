@@ -519,6 +519,13 @@ impl Node {
     }
 
     /// The live connection to `peer`, if a session is up.
+    /// Whether `peer` is connected and announced `capability`.
+    pub(crate) fn peer_has(&self, peer: &DeviceId, capability: &str) -> bool {
+        self.sessions()
+            .get(peer)
+            .is_some_and(|s| s.info.has(capability))
+    }
+
     pub(crate) fn session_conn(&self, peer: &DeviceId) -> Option<Connection> {
         self.sessions().get(peer).map(|s| s.conn.clone())
     }

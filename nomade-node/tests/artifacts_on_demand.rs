@@ -309,6 +309,80 @@ async fn a_fetch_goes_on_from_another_holder_when_one_drops() {
     }
 }
 
+/// Two holders at once: the desktop fetched the film from the laptop (so
+/// both hold it under one data key); the phone fetches it from both, half
+/// from each, and it is whole and verified. A third device asking a laptop
+/// that holds it and a desktop that does not gets it whole from the laptop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_artifact_comes_from_two_holders_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let laptop = Node::open(&dir.path().join("laptop"), config("laptop")).expect("open");
+    let desktop = Node::open(&dir.path().join("desktop"), config("desktop")).expect("open");
+    let phone = Node::open(
+        &dir.path().join("phone"),
+        with_policy("phone", ArtifactPolicy::metadata_only()),
+    )
+    .expect("open");
+    let path = dir.path().join("film.bin");
+    let data: Vec<u8> = (0..8_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(&path, &data).expect("write");
+    let id = laptop.put_artifact(&path, None).expect("put");
+    let la = online(&laptop).await;
+    let da = online(&desktop).await;
+    online(&phone).await;
+    link(&laptop, la, &desktop).await;
+    desktop
+        .fetch_artifact_from(&[laptop.device_id()], id, |_, _| {})
+        .await
+        .expect("the desktop fetches it");
+    link(&laptop, la, &phone).await;
+    link(&desktop, da, &phone).await;
+    // UDP bytes each holder sent the phone.
+    let phone_id = phone.device_id();
+    let sent = |n: &Node| {
+        n.connection_stats(&phone_id)
+            .map(|s| s.udp_tx.bytes)
+            .expect("connected to the phone")
+    };
+    let (laptop_before, desktop_before) = (sent(&laptop), sent(&desktop));
+    let holders = [laptop.device_id(), desktop.device_id()];
+    phone
+        .fetch_artifact_from(&holders, id, |_, _| {})
+        .await
+        .expect("fetched");
+    let out = dir.path().join("out.bin");
+    phone.export_artifact(&id, &out).expect("export");
+    assert_eq!(std::fs::read(&out).expect("read"), data);
+    let (from_laptop, from_desktop) = (
+        sent(&laptop) - laptop_before,
+        sent(&desktop) - desktop_before,
+    );
+    assert!(
+        from_laptop > 3_500_000 && from_desktop > 3_500_000,
+        "each holder sent about half: {from_laptop} and {from_desktop} bytes"
+    );
+    assert!(
+        from_laptop < 6_000_000 && from_desktop < 6_000_000,
+        "neither sent the whole: {from_laptop} and {from_desktop} bytes"
+    );
+
+    // A desktop that does not hold it: the laptop sends it all.
+    let other = dir.path().join("other.bin");
+    let more: Vec<u8> = (0..6_000_000u32).map(|i| (i * 3 % 241) as u8).collect();
+    std::fs::write(&other, &more).expect("write");
+    let only_laptop = laptop.put_artifact(&other, None).expect("put");
+    phone
+        .fetch_artifact_from(&holders, only_laptop, |_, _| {})
+        .await
+        .expect("fetched from the laptop alone");
+    let out = dir.path().join("out2.bin");
+    phone.export_artifact(&only_laptop, &out).expect("export");
+    assert_eq!(std::fs::read(&out).expect("read"), more);
+    for n in [&laptop, &desktop, &phone] {
+        n.shutdown().await;
+    }
+}
+
 /// Prefetching waits while the battery is low (and says so in `status`),
 /// and goes once the device reports it charged; the battery level reaches
 /// the peer in heartbeats.

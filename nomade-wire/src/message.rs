@@ -471,6 +471,13 @@ pub struct ArtifactRequest {
     /// holder that announced `"artifact-metadata"`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub metadata_only: bool,
+    /// Extension: send the chunks before this index only (from
+    /// `resume_from`), then end the stream: one range of the artifact, the
+    /// rest fetched from another holder at the same time. No
+    /// `ARTIFACT_COMPLETE` follows a range. Sent only to a holder that
+    /// announced `"artifact-ranges"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_before: Option<u32>,
 }
 
 /// A per-artifact data key wrapped for one device: X25519 with an ephemeral

@@ -411,6 +411,7 @@ pub fn all() -> Vec<Sample> {
             resume_from: None,
             sealed_for: None,
             metadata_only: false,
+            end_before: None,
         }
         .into(),
     );
@@ -422,6 +423,7 @@ pub fn all() -> Vec<Sample> {
             resume_from: Some(17),
             sealed_for: None,
             metadata_only: false,
+            end_before: None,
         }
         .into(),
     );
@@ -433,6 +435,7 @@ pub fn all() -> Vec<Sample> {
             resume_from: Some(2),
             sealed_for: Some(hash(0xb5)),
             metadata_only: false,
+            end_before: None,
         }
         .into(),
     );
@@ -444,6 +447,7 @@ pub fn all() -> Vec<Sample> {
             resume_from: None,
             sealed_for: None,
             metadata_only: true,
+            end_before: None,
         }
         .into(),
     );
@@ -598,6 +602,18 @@ pub fn all() -> Vec<Sample> {
         .into(),
     );
     // Added after the others, so that their message ids stay.
+    push(
+        "artifact_request_range",
+        ArtifactRequest {
+            artifact_id: hash(0xA1),
+            priority: 128,
+            resume_from: Some(8192),
+            sealed_for: Some(hash(0xB5)),
+            metadata_only: false,
+            end_before: Some(16384),
+        }
+        .into(),
+    );
     push(
         "sync_request_subscription",
         SyncRequest {

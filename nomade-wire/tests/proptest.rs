@@ -200,17 +200,21 @@ fn message() -> impl Strategy<Value = Message> {
             hash32(),
             any::<u8>(),
             option::of(any::<u32>()),
-            option::of(hash32())
+            option::of(hash32()),
+            option::of(any::<u32>())
         )
-            .prop_map(|(artifact_id, priority, resume_from, sealed_for)| {
-                Message::from(ArtifactRequest {
-                    artifact_id,
-                    priority,
-                    resume_from,
-                    sealed_for,
-                    metadata_only: false,
-                })
-            }),
+            .prop_map(
+                |(artifact_id, priority, resume_from, sealed_for, end_before)| {
+                    Message::from(ArtifactRequest {
+                        artifact_id,
+                        priority,
+                        resume_from,
+                        sealed_for,
+                        metadata_only: false,
+                        end_before,
+                    })
+                }
+            ),
         (
             hash32(),
             any::<u64>(),

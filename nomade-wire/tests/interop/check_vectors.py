@@ -225,6 +225,7 @@ MESSAGES = {
         ("resume_from", U32, EXT),
         ("sealed_for", HASH32, EXT),
         ("metadata_only", BOOL, EXT),
+        ("end_before", U32, EXT),
     ),
     0x0202: struct_(
         "ARTIFACT_METADATA",
@@ -715,6 +716,8 @@ def check_identities(mtype: int, obj) -> None:
         check_revocation(obj)
     if mtype == 0x0101 and "subscription" in obj:
         check_subscription(obj["subscription"])
+    if mtype == 0x0201 and "end_before" in obj and obj["end_before"] <= obj.get("resume_from", 0):
+        raise SpecError("ARTIFACT_REQUEST end_before must come after resume_from")
     if mtype == 0x0201 and obj.get("metadata_only") is False:
         raise SpecError("ARTIFACT_REQUEST metadata_only is left out when false, never sent as false")
     for actor in actors_of(mtype, obj):
