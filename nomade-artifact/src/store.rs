@@ -1035,13 +1035,19 @@ impl RangeWriter {
         self.file
             .write_all_at(tag, at + (NONCE_LEN + ciphertext.len()) as u64)?;
         self.next += 1;
-        self.unsynced += 1;
-        if self.unsynced >= SYNC_EVERY_CHUNKS {
-            self.file.sync_data()?;
-            self.unsynced = 0;
-        }
-        Ok(())
+        sync_every(&self.file, &mut self.unsynced)
     }
+}
+
+/// Counts one more record written to `file`, and syncs it every
+/// [`SYNC_EVERY_CHUNKS`] records.
+fn sync_every(file: &File, unsynced: &mut u32) -> Result<()> {
+    *unsynced += 1;
+    if *unsynced >= SYNC_EVERY_CHUNKS {
+        file.sync_data()?;
+        *unsynced = 0;
+    }
+    Ok(())
 }
 
 impl ArtifactStore {
@@ -1246,12 +1252,7 @@ impl PartialArtifact {
     fn account(&mut self, plain: Vec<u8>) -> Result<()> {
         self.hashing.push(plain)?;
         self.chunks += 1;
-        self.unsynced += 1;
-        if self.unsynced >= SYNC_EVERY_CHUNKS {
-            self.file.sync_data()?;
-            self.unsynced = 0;
-        }
-        Ok(())
+        sync_every(&self.file, &mut self.unsynced)
     }
 
     /// Verifies the whole hash and moves the artifact into the store; on a

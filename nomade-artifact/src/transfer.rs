@@ -917,6 +917,14 @@ mod tests {
         ArtifactStore::open(dir, DeviceKey::generate(), quota).expect("open")
     }
 
+    /// Three stores, each in a directory of its own (kept while the first
+    /// element lives).
+    fn three_stores() -> ([tempfile::TempDir; 3], [ArtifactStore; 3]) {
+        let dirs = [(); 3].map(|_| tempfile::tempdir().expect("tempdir"));
+        let stores = [0, 1, 2].map(|i| store(dirs[i].path(), None));
+        (dirs, stores)
+    }
+
     fn data(n: usize, seed: u8) -> Vec<u8> {
         (0..n)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -1548,16 +1556,7 @@ mod tests {
     /// waits for ARTIFACT_COMPLETE.
     #[test]
     fn two_holders_send_one_range_each() {
-        let (a1, a2, b) = (
-            tempfile::tempdir().expect("t"),
-            tempfile::tempdir().expect("t"),
-            tempfile::tempdir().expect("t"),
-        );
-        let (first, second, fetcher) = (
-            store(a1.path(), None),
-            store(a2.path(), None),
-            store(b.path(), None),
-        );
+        let (_dirs, [first, second, fetcher]) = three_stores();
         let d = data(10 * CHUNK + 5, 3);
         let id = first.put_bytes(&d, None, &[]).expect("put");
         let (mut s, mut r) = (
@@ -1597,16 +1596,7 @@ mod tests {
     /// end refuses it.
     #[test]
     fn a_bad_second_range_is_refused_or_cut_and_the_fetch_resumes() {
-        let (a1, a2, b) = (
-            tempfile::tempdir().expect("t"),
-            tempfile::tempdir().expect("t"),
-            tempfile::tempdir().expect("t"),
-        );
-        let (first, other, fetcher) = (
-            store(a1.path(), None),
-            store(a2.path(), None),
-            store(b.path(), None),
-        );
+        let (_dirs, [first, other, fetcher]) = three_stores();
         let d = data(8 * CHUNK, 5);
         let id = first.put_bytes(&d, None, &[]).expect("put");
         // The same content put on its own: another data key.
@@ -1678,16 +1668,7 @@ mod tests {
         // Two holders of the same content, each with its own data key: a
         // transfer begun from one and finished from the other stores the
         // second holder's chunks sealed again under the partial's key.
-        let (a1, a2, b) = (
-            tempfile::tempdir().expect("t"),
-            tempfile::tempdir().expect("t"),
-            tempfile::tempdir().expect("t"),
-        );
-        let (h1, h2, fetcher) = (
-            store(a1.path(), None),
-            store(a2.path(), None),
-            store(b.path(), None),
-        );
+        let ([a1, a2, b], [h1, h2, fetcher]) = three_stores();
         let d = data(5 * CHUNK, 10);
         let id = h1.put_bytes(&d, None, &[]).expect("put 1");
         assert_eq!(h2.put_bytes(&d, None, &[]).expect("put 2"), id);

@@ -17,6 +17,7 @@ use crate::lock;
 use crate::metrics::Metrics;
 use crate::recent::{CounterJournal, RecentOps};
 use crate::store::Store;
+use crate::subscriptions::SkipState;
 
 /// A change applied to the local replica. Operations applied together on
 /// one entity by one device (a run of keystrokes arriving in one batch, say)
@@ -612,13 +613,7 @@ impl Core {
         }
         next.restore_subscription_state(first_skips, refill);
         next.take_subscription_changes();
-        crate::subscriptions::save_skip_state(
-            &self.store,
-            &crate::subscriptions::SkipState {
-                first_skips: next.first_skips().clone(),
-                refill: next.refill_frontier().clone(),
-            },
-        )?;
+        crate::subscriptions::save_skip_state(&self.store, &SkipState::of(&next))?;
         *replica = next;
         self.appended.send_replace(seq);
         Metrics::add(&self.metrics.snapshots_adopted, 1);
@@ -842,13 +837,9 @@ impl Core {
         join_runs: bool,
     ) -> Result<Vec<SyncOperation>, NodeError> {
         let mut ops = replica.take_applied();
-        let skip_state =
-            replica
-                .take_subscription_changes()
-                .then(|| crate::subscriptions::SkipState {
-                    first_skips: replica.first_skips().clone(),
-                    refill: replica.refill_frontier().clone(),
-                });
+        let skip_state = replica
+            .take_subscription_changes()
+            .then(|| SkipState::of(&replica));
         let new_skips = !self.skips_stored.load(Ordering::Relaxed)
             && ops
                 .iter()
@@ -983,13 +974,7 @@ impl Core {
             let mut replica = self.replica();
             replica.widen();
             replica.take_subscription_changes();
-            crate::subscriptions::save_skip_state(
-                &self.store,
-                &crate::subscriptions::SkipState {
-                    first_skips: replica.first_skips().clone(),
-                    refill: replica.refill_frontier().clone(),
-                },
-            )?;
+            crate::subscriptions::save_skip_state(&self.store, &SkipState::of(&replica))?;
         }
         crate::subscriptions::save_subscription(&self.store, &new)?;
         tracing::info!(from = %current, to = %new, "subscription changed");

@@ -81,6 +81,16 @@ pub(crate) struct SkipState {
     pub refill: VersionVector,
 }
 
+impl SkipState {
+    /// What `replica` says now.
+    pub(crate) fn of(replica: &nomade_crdt::Replica) -> SkipState {
+        SkipState {
+            first_skips: replica.first_skips().clone(),
+            refill: replica.refill_frontier().clone(),
+        }
+    }
+}
+
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
         what: what.to_string(),

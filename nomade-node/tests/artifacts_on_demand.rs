@@ -27,6 +27,24 @@ fn with_policy(name: &str, policy: ArtifactPolicy) -> NodeConfig {
     }
 }
 
+/// A phone that fetches artifacts only when asked, in `dir`.
+fn metadata_only_phone(dir: &std::path::Path) -> Node {
+    Node::open(
+        &dir.join("phone"),
+        with_policy("phone", ArtifactPolicy::metadata_only()),
+    )
+    .expect("open")
+}
+
+/// A file of `len` bytes of a pattern (`step`), written as `name` in `dir`;
+/// its path and its bytes.
+fn film(dir: &std::path::Path, name: &str, len: u32, step: u32) -> (std::path::PathBuf, Vec<u8>) {
+    let path = dir.join(name);
+    let data: Vec<u8> = (0..len).map(|i| (i * step % 251) as u8).collect();
+    std::fs::write(&path, &data).expect("write");
+    (path, data)
+}
+
 /// A laptop holds a photo, a video and a text file, referenced by one
 /// document. A phone that wants photos up to 1 MB fetches only the photo;
 /// a desktop that wants metadata only fetches nothing, and lists all three
@@ -248,14 +266,8 @@ async fn a_fetch_goes_on_from_another_holder_when_one_drops() {
     };
     let laptop = Node::open(&dir.path().join("laptop"), slow).expect("open");
     let desktop = Node::open(&dir.path().join("desktop"), config("desktop")).expect("open");
-    let phone = Node::open(
-        &dir.path().join("phone"),
-        with_policy("phone", ArtifactPolicy::metadata_only()),
-    )
-    .expect("open");
-    let path = dir.path().join("film.bin");
-    let data: Vec<u8> = (0..6_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
-    std::fs::write(&path, &data).expect("write");
+    let phone = metadata_only_phone(dir.path());
+    let (path, data) = film(dir.path(), "film.bin", 6_000_000, 7);
     // Both hold it: the same content is the same artifact.
     let id = laptop.put_artifact(&path, None).expect("put");
     assert_eq!(desktop.put_artifact(&path, None).expect("put"), id);
@@ -318,14 +330,8 @@ async fn an_artifact_comes_from_two_holders_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let laptop = Node::open(&dir.path().join("laptop"), config("laptop")).expect("open");
     let desktop = Node::open(&dir.path().join("desktop"), config("desktop")).expect("open");
-    let phone = Node::open(
-        &dir.path().join("phone"),
-        with_policy("phone", ArtifactPolicy::metadata_only()),
-    )
-    .expect("open");
-    let path = dir.path().join("film.bin");
-    let data: Vec<u8> = (0..8_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
-    std::fs::write(&path, &data).expect("write");
+    let phone = metadata_only_phone(dir.path());
+    let (path, data) = film(dir.path(), "film.bin", 8_000_000, 13);
     let id = laptop.put_artifact(&path, None).expect("put");
     let la = online(&laptop).await;
     let da = online(&desktop).await;
@@ -367,9 +373,7 @@ async fn an_artifact_comes_from_two_holders_at_once() {
     );
 
     // A desktop that does not hold it: the laptop sends it all.
-    let other = dir.path().join("other.bin");
-    let more: Vec<u8> = (0..6_000_000u32).map(|i| (i * 3 % 241) as u8).collect();
-    std::fs::write(&other, &more).expect("write");
+    let (other, more) = film(dir.path(), "other.bin", 6_000_000, 3);
     let only_laptop = laptop.put_artifact(&other, None).expect("put");
     phone
         .fetch_artifact_from(&holders, only_laptop, |_, _| {})

@@ -10,6 +10,13 @@ use nomade_wire::{EntityType, Envelope, Message, MessageId, StreamRole, SyncRequ
 mod common;
 use common::{config, hand_driven_peer, link, online, wait_for};
 
+/// Whether `node` holds `doc` with the title `title`.
+fn title_is(node: &Node, doc: &str, title: &str) -> bool {
+    node.document(doc)
+        .and_then(|d| d.get("title").cloned())
+        .is_some_and(|v| v == title.into())
+}
+
 fn doc_ids(node: &Node) -> Vec<String> {
     node.core()
         .entities()
@@ -126,12 +133,7 @@ async fn a_subscribed_device_holds_its_entities_and_fills_in_new_ones() {
         .expect("text");
     laptop.set("doc3", "title", "changed too").expect("set");
     wait_for(
-        || {
-            phone
-                .document("doc3")
-                .and_then(|d| d.get("title").cloned())
-                .is_some_and(|v| v == "changed too".into())
-        },
+        || title_is(&phone, "doc3", "changed too"),
         "the live edit of doc3",
     )
     .await;
@@ -172,12 +174,7 @@ async fn a_subscribed_device_holds_its_entities_and_fills_in_new_ones() {
     phone.set("phone-notes", "todo", "buy bread").expect("set");
     phone.set("doc5", "title", "from the phone").expect("set");
     wait_for(
-        || {
-            laptop
-                .document("doc5")
-                .and_then(|d| d.get("title").cloned())
-                .is_some_and(|v| v == "from the phone".into())
-        },
+        || title_is(&laptop, "doc5", "from the phone"),
         "the phone's edit on the laptop",
     )
     .await;

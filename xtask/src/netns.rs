@@ -45,38 +45,30 @@ impl Drop for Lab {
     }
 }
 
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .with_context(|| format!("ip {}", args.join(" ")))?;
+/// Runs `cmd` (`what`, for messages); its standard output when it succeeds.
+fn output(cmd: &mut Command, what: &str) -> Result<String> {
+    let out = cmd.output().with_context(|| what.to_string())?;
     if !out.status.success() {
-        bail!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    output(
+        Command::new("ip").args(args),
+        &format!("ip {}", args.join(" ")),
+    )
+    .map(drop)
 }
 
 /// Runs `nomade --dir DIR ARGS` in the root namespace (the control socket
 /// is a file: it reaches a node in any namespace) and returns its output.
 fn nomade(bin: &Path, dir: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new(bin)
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .with_context(|| format!("nomade {}", args.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "nomade {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    output(
+        Command::new(bin).arg("--dir").arg(dir).args(args),
+        &format!("nomade {}", args.join(" ")),
+    )
 }
 
 fn status(bin: &Path, dir: &Path) -> Result<serde_json::Value> {
