@@ -315,6 +315,17 @@ pub fn truncate_run(mut op: SyncOperation, last: u64) -> SyncOperation {
     op
 }
 
+/// What became of an operation its actor's counters already cover
+/// ([`Replica::apply_known`]). Not boxed: made only while an entity is
+/// filled in, and moved straight into the causal buffer.
+#[allow(clippy::large_enum_variant)]
+enum Known {
+    /// Held now: how many operations were applied (0 or 1).
+    Held(usize),
+    /// Its entity lacks what its `deps` name: it waits.
+    Waiting(SyncOperation),
+}
+
 /// Ranges `(first id, length)` as the wire's `IdRange`s.
 fn ranges_of(ranges: &[(Eid, u64)], actors: &Actors) -> Vec<IdRange> {
     ranges
@@ -377,6 +388,10 @@ pub struct Replica {
     /// to since (only those), the counter up to which everything is held
     /// under the current subscription: below the version vector.
     refill: VersionVector,
+    /// Per actor being filled in, the counter up to which it is: its
+    /// version vector entry when the subscription grew (what came after
+    /// was sent for the grown subscription).
+    refill_until: VersionVector,
     /// Whether `first_skips` or `refill` changed since the last
     /// [`Replica::take_subscription_changes`].
     subscription_changed: bool,
@@ -405,6 +420,7 @@ impl Replica {
             refused_after_close: 0,
             first_skips: VersionVector::new(),
             refill: VersionVector::new(),
+            refill_until: VersionVector::new(),
             subscription_changed: false,
         }
     }
@@ -419,9 +435,12 @@ impl Replica {
     pub fn widen(&mut self) {
         for (actor, first) in std::mem::take(&mut self.first_skips) {
             let held = first.saturating_sub(1);
-            if held < self.vv.get(&actor).copied().unwrap_or(0) {
-                let frontier = self.refill.entry(actor).or_insert(held);
+            let known = self.vv.get(&actor).copied().unwrap_or(0);
+            if held < known {
+                let frontier = self.refill.entry(actor.clone()).or_insert(held);
                 *frontier = (*frontier).min(held);
+                let until = self.refill_until.entry(actor).or_insert(known);
+                *until = (*until).max(known);
             }
         }
         self.subscription_changed = true;
@@ -452,22 +471,38 @@ impl Replica {
         &self.refill
     }
 
-    /// Restores what [`Replica::first_skips`] and
-    /// [`Replica::refill_frontier`] said when they were stored: the
-    /// first skips are merged with those the replay found, each refill
-    /// entry kept where still below the version vector.
+    /// Per actor being filled in, the counter up to which it is
+    /// ([`Replica::refill_frontier`] moves on towards it).
+    pub fn refill_until(&self) -> &VersionVector {
+        &self.refill_until
+    }
+
+    /// Restores what [`Replica::first_skips`], [`Replica::refill_frontier`]
+    /// and [`Replica::refill_until`] said when they were stored: the first
+    /// skips are merged with those the replay found, each refill entry kept
+    /// where still below where it goes (at most the version vector).
     pub fn restore_subscription_state(
         &mut self,
         first_skips: VersionVector,
         refill: VersionVector,
+        until: VersionVector,
     ) {
         for (actor, first) in first_skips {
             let at = self.first_skips.entry(actor).or_insert(first);
             *at = (*at).min(first);
         }
+        self.refill_until = until
+            .into_iter()
+            .filter_map(|(a, u)| {
+                let known = self.vv.get(&a).copied().unwrap_or(0);
+                let held = refill.get(&a).copied()?;
+                let u = u.min(known);
+                (held < u).then_some((a, u))
+            })
+            .collect();
         self.refill = refill
             .into_iter()
-            .filter(|(a, held)| *held < self.vv.get(a).copied().unwrap_or(0))
+            .filter(|(a, _)| self.refill_until.contains_key(a))
             .collect();
     }
 
@@ -487,8 +522,10 @@ impl Replica {
             return;
         }
         *held = last;
-        if last >= self.vv.get(actor).copied().unwrap_or(0) {
+        let until = self.refill_until.get(actor).copied().unwrap_or(0);
+        if last >= until {
             self.refill.remove(actor);
+            self.refill_until.remove(actor);
         }
         self.subscription_changed = true;
     }
@@ -512,18 +549,12 @@ impl Replica {
     /// covers: a duplicate, unless its entity lacks it (the entity was
     /// subscribed to after the operation was skipped: it is filled in
     /// now, [`Replica::widen`]). Applied when the entity holds everything
-    /// its `deps` name (then, with `drain`, so are the buffered operations
-    /// it releases); returns how many operations were applied, and whether
-    /// it is held now.
-    fn apply_known(
-        &mut self,
-        op: SyncOperation,
-        last: u64,
-        drain: bool,
-    ) -> Result<(usize, bool), CrdtError> {
+    /// its `deps` name ([`Known::Held`], with how many operations were
+    /// applied); otherwise handed back to wait ([`Known::Waiting`]).
+    fn apply_known(&mut self, op: SyncOperation, last: u64) -> Result<Known, CrdtError> {
         if matches!(op.operation.edit, Edit::Skip { .. }) {
             self.note_skip(&op.actor_id, op.operation.counter);
-            return Ok((0, true));
+            return Ok(Known::Held(0));
         }
         let have = self
             .entity_vv
@@ -531,20 +562,79 @@ impl Replica {
             .and_then(|vv| vv.get(&op.actor_id).copied())
             .unwrap_or(0);
         if last <= have {
-            return Ok((0, true));
+            return Ok(Known::Held(0));
         }
         let Some(op) = self.within_close(op) else {
-            return Ok((0, true));
+            return Ok(Known::Held(0));
         };
-        let op = trim_front(op, have);
-        if !self.deps_applied(&op) {
-            return Ok((0, false));
+        // Cloned on this path only (filling in an entity): a waiting
+        // operation keeps its first counter, by which it waits its turn.
+        let rest = trim_front(op.clone(), have);
+        if !self.deps_applied(&rest) {
+            return Ok(Known::Waiting(op));
         }
-        self.check_applicable(&op)?;
-        let last = op.operation.last_counter();
-        self.apply_ready(op, last);
-        let released = if drain { self.drain_buffer() } else { 0 };
-        Ok((1 + released, true))
+        self.check_applicable(&rest)?;
+        let last = rest.operation.last_counter();
+        self.apply_ready(rest, last);
+        Ok(Known::Held(1))
+    }
+
+    /// Receives an operation whose counters its actor's version vector
+    /// entry covers ([`Replica::apply_known`]). While the actor is being
+    /// filled in, its operations are taken in the order of their counters
+    /// from the refill frontier on (those further on, or whose entity's
+    /// history has not come yet, wait in the causal buffer), so that the
+    /// frontier moves on as each is held.
+    fn receive_known(&mut self, op: SyncOperation, last: u64) -> Result<usize, CrdtError> {
+        let actor = op.actor_id.clone();
+        let counter = op.operation.counter;
+        let Some(&frontier) = self.refill.get(&actor) else {
+            // Not being filled in: a duplicate (or a part of an entity it
+            // lacks, applied if it can be).
+            return match self.apply_known(op, last)? {
+                Known::Held(0) | Known::Waiting(_) => Ok(0),
+                Known::Held(n) => Ok(n + self.drain_buffer()),
+            };
+        };
+        if last <= frontier {
+            return Ok(0);
+        }
+        if counter > frontier + 1 {
+            self.hold(op)?;
+            return Ok(0);
+        }
+        match self.apply_known(op, last)? {
+            Known::Held(n) => {
+                self.refilled(&actor, counter, last);
+                Ok(n + self.drain_buffer())
+            }
+            Known::Waiting(op) => {
+                self.hold(op)?;
+                Ok(0)
+            }
+        }
+    }
+
+    /// Puts `op` in the causal buffer, by its actor and first counter (of
+    /// two with the same start, the longer run stays).
+    fn hold(&mut self, op: SyncOperation) -> Result<(), CrdtError> {
+        let waiting = self.buffer.entry(op.actor_id.clone()).or_default();
+        if let Some(held) = waiting.get_mut(&op.operation.counter) {
+            // The same start: keep the longer run (a run and its first
+            // keystroke may both arrive, the keystroke first).
+            if op.operation.last_counter() > held.operation.last_counter() {
+                *held = op;
+            }
+            return Ok(());
+        }
+        if self.buffered >= self.config.max_buffered {
+            return Err(CrdtError::BufferFull {
+                capacity: self.config.max_buffered,
+            });
+        }
+        waiting.insert(op.operation.counter, op);
+        self.buffered += 1;
+        Ok(())
     }
 
     /// Closes `actor`'s history at `last`: from now on its remote operations
@@ -1073,12 +1163,7 @@ impl Replica {
         if last <= known {
             // Counted already: a duplicate, or part of an entity this
             // replica fills in.
-            let actor = op.actor_id.clone();
-            let (applied, held) = self.apply_known(op, last, true)?;
-            if held {
-                self.refilled(&actor, counter, last);
-            }
-            return Ok(applied);
+            return self.receive_known(op, last);
         }
         // Made after its device was revoked: refused, and the stream goes
         // on (the sender may not know yet).
@@ -1097,22 +1182,7 @@ impl Replica {
         // another way): apply the rest.
         let op = self.trim_held(op, known);
         if op.operation.counter > known + 1 || !self.deps_applied(&op) {
-            let waiting = self.buffer.entry(op.actor_id.clone()).or_default();
-            if let Some(held) = waiting.get_mut(&op.operation.counter) {
-                // The same start: keep the longer run (a run and its first
-                // keystroke may both arrive, the keystroke first).
-                if op.operation.last_counter() > held.operation.last_counter() {
-                    *held = op;
-                }
-                return Ok(0);
-            }
-            if self.buffered >= self.config.max_buffered {
-                return Err(CrdtError::BufferFull {
-                    capacity: self.config.max_buffered,
-                });
-            }
-            waiting.insert(op.operation.counter, op);
-            self.buffered += 1;
+            self.hold(op)?;
             return Ok(0);
         }
         self.check_applicable(&op)?;
@@ -1173,7 +1243,13 @@ impl Replica {
                     else {
                         break;
                     };
-                    let duplicate = op.operation.last_counter() <= known;
+                    let last = op.operation.last_counter();
+                    let duplicate = last <= known;
+                    let frontier = self.refill.get(&actor).copied();
+                    if duplicate && frontier.is_some_and(|f| first > f + 1 && last > f) {
+                        // Filling in: it waits its turn.
+                        break;
+                    }
                     if !duplicate && (first > known + 1 || !self.deps_applied(op)) {
                         break;
                     }
@@ -1183,14 +1259,31 @@ impl Replica {
                     };
                     self.buffered -= 1;
                     if duplicate {
-                        // Arrived again another way while it waited (or
-                        // was skipped meanwhile: its entity may lack it).
-                        let last = op.operation.last_counter();
-                        if let Ok((n, _)) = self.apply_known(op, last, false) {
-                            applied += n;
-                            progressed |= n > 0;
+                        // Held by its entity, filling it in (or arrived
+                        // again another way while it waited).
+                        if frontier.is_some_and(|f| last <= f) {
+                            continue;
                         }
-                        continue;
+                        match self.apply_known(op, last) {
+                            Ok(Known::Held(n)) => {
+                                if frontier.is_some() {
+                                    self.refilled(&actor, first, last);
+                                }
+                                applied += n;
+                                progressed = true;
+                                continue;
+                            }
+                            Ok(Known::Waiting(op)) if frontier.is_some() => {
+                                // Its entity's history has not come yet.
+                                if let Some(w) = self.buffer.get_mut(&actor) {
+                                    w.insert(first, op);
+                                    self.buffered += 1;
+                                }
+                                break;
+                            }
+                            // Corrupt, or not filling in: dropped.
+                            Ok(Known::Waiting(_)) | Err(_) => continue,
+                        }
                     }
                     let op = self.trim_held(op, known);
                     if self.check_applicable(&op).is_err() {
@@ -1210,6 +1303,9 @@ impl Replica {
             }
         }
     }
+
+    // (The per-actor buffer is kept in counter order: while an actor is
+    // filled in, its operations below the version vector come first.)
 
     /// Applies an operation whose dependencies are all applied and which
     /// was checked; `last` is its last counter.

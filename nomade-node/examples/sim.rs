@@ -3,10 +3,11 @@
 //! ```text
 //! cargo run --release -p nomade-node --example sim -- \
 //!     [--devices N] [--seeds K | --seed S] [--topology mesh|line] \
-//!     [--edits E] [--loss P] [--partition] [--crash] [--faults] [--no-compress] [--json PATH]
+//!     [--edits E] [--loss P] [--partition] [--crash] [--faults] [--partial] [--no-compress] [--json PATH]
 //! ```
 //!
-//! `--faults` is `--loss 0.1 --partition --crash`. Prints one line per seed
+//! `--faults` is `--loss 0.1 --partition --crash`; `--partial` makes device 0
+//! hold part of the documents (`SimConfig::partial`). Prints one line per seed
 //! and, at the end, the seeds that failed (each replayed with `--seed S`);
 //! exits with status 1 if any did. `--json` writes the figures of the last
 //! seed.
@@ -19,7 +20,7 @@ use nomade_node::sim::{run, SimConfig, SimReport, Topology};
 fn usage(problem: &str) -> ! {
     eprintln!("{problem}");
     eprintln!(
-        "usage: sim [--devices N] [--seeds K | --seed S] [--topology mesh|line] [--edits E] [--loss P] [--partition] [--crash] [--faults] [--no-compress] [--json PATH]"
+        "usage: sim [--devices N] [--seeds K | --seed S] [--topology mesh|line] [--edits E] [--loss P] [--partition] [--crash] [--faults] [--partial] [--no-compress] [--json PATH]"
     );
     std::process::exit(2)
 }
@@ -71,6 +72,7 @@ fn main() -> ExitCode {
             "--partition" => config.partition = true,
             "--no-compress" => config.compress = false,
             "--crash" => config.crash = true,
+            "--partial" => config.partial = true,
             "--faults" => {
                 config.loss = 0.1;
                 config.partition = true;

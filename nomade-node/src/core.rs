@@ -371,7 +371,7 @@ impl Core {
             load_replica(&store, device_id, replica_config)?;
         let subscription = crate::subscriptions::load_subscription(&store)?;
         let skips = crate::subscriptions::load_skip_state(&store)?;
-        replica.restore_subscription_state(skips.first_skips, skips.refill);
+        replica.restore_subscription_state(skips.first_skips, skips.refill, skips.refill_until);
         replica.take_subscription_changes();
         let skips_stored = crate::subscriptions::skips_stored(&store)?;
         let last = store.last_seq()?;
@@ -611,7 +611,7 @@ impl Core {
         for (actor, held) in refill.iter_mut() {
             *held = (*held).max(base.get(actor).copied().unwrap_or(0));
         }
-        next.restore_subscription_state(first_skips, refill);
+        next.restore_subscription_state(first_skips, refill, replica.refill_until().clone());
         next.take_subscription_changes();
         crate::subscriptions::save_skip_state(&self.store, &SkipState::of(&next))?;
         *replica = next;
@@ -782,7 +782,7 @@ impl Core {
         let (mut stored, ..) = load_replica(&self.store, &self.device_id, self.replica_config)?;
         stored.close_actors_of(replica);
         let skips = crate::subscriptions::load_skip_state(&self.store)?;
-        stored.restore_subscription_state(skips.first_skips, skips.refill);
+        stored.restore_subscription_state(skips.first_skips, skips.refill, skips.refill_until);
         stored.take_subscription_changes();
         *replica = stored;
         Ok(())

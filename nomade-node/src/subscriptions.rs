@@ -79,6 +79,9 @@ pub(crate) struct SkipState {
     pub first_skips: VersionVector,
     /// Per actor being filled in, how far everything is held.
     pub refill: VersionVector,
+    /// Per actor being filled in, up to where.
+    #[serde(default)]
+    pub refill_until: VersionVector,
 }
 
 impl SkipState {
@@ -87,6 +90,7 @@ impl SkipState {
         SkipState {
             first_skips: replica.first_skips().clone(),
             refill: replica.refill_frontier().clone(),
+            refill_until: replica.refill_until().clone(),
         }
     }
 }

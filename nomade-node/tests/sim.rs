@@ -81,3 +81,26 @@ fn a_seed_replays_exactly() {
     };
     assert_eq!(once(), once());
 }
+
+/// Selective sync under faults: device 0 holds part of the documents, and
+/// more halfway through (filled in then), in a mesh and in a line, with
+/// loss, a partition and a crash-restart, over several seeds. It ends equal
+/// to the others on its documents, counting every operation; the others
+/// converge exactly once as ever.
+#[test]
+fn a_device_holding_part_of_the_documents_converges_on_them_under_faults() {
+    for (seed, topology) in (1..=4).zip([Topology::FullMesh, Topology::Line].into_iter().cycle()) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = SimConfig {
+            devices: 5,
+            topology,
+            loss: 0.1,
+            partition: true,
+            crash: true,
+            partial: true,
+            seed,
+            ..SimConfig::default()
+        };
+        run(&config, dir.path()).unwrap_or_else(|e| panic!("{topology:?}: {e}"));
+    }
+}
