@@ -395,6 +395,8 @@ pub struct RangeReceiver {
     store: ArtifactStore,
     id: ArtifactId,
     key: RangeKey,
+    /// The artifact's chunk count (from the key's size).
+    count: u32,
     end: u32,
     request: ArtifactRequest,
     requested: bool,
@@ -427,6 +429,7 @@ impl RangeReceiver {
             end_before: Some(end),
         };
         RangeReceiver {
+            count: chunk::chunk_count(key.size).unwrap_or(0),
             store,
             id,
             key,
@@ -519,8 +522,7 @@ impl RangeReceiver {
             index: c.chunk_index,
             reason: "not sealed, in a range".into(),
         })?;
-        let count = chunk::chunk_count(self.key.size).unwrap_or(0);
-        if c.is_final != (c.chunk_index + 1 == count) {
+        if c.is_final != (c.chunk_index + 1 == self.count) {
             return Err(ArtifactError::BadChunk {
                 index: c.chunk_index,
                 reason: format!("is_final = {}", c.is_final),
