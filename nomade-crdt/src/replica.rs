@@ -220,6 +220,12 @@ pub fn lamport(op: &SyncOperation) -> u64 {
         .fold(1u64, |acc, c| acc.saturating_add(*c))
 }
 
+/// Whether `op` is a `skip` (counters standing for operations on entities
+/// the receiver does not hold).
+fn is_skip(op: &SyncOperation) -> bool {
+    matches!(op.operation.edit, Edit::Skip { .. })
+}
+
 /// Drops the elements of a run that a replica which applied its actor's
 /// counters up to `known` (at least the run's first counter, less than its
 /// last) has already: what is left is the same run from `known + 1` on,
@@ -443,6 +449,14 @@ impl Replica {
                 *until = (*until).max(known);
             }
         }
+        // Skips waiting in the causal buffer were sent for the smaller
+        // subscription and may stand for operations now wanted: dropped.
+        // Their counters come again, being beyond the version vector.
+        for waiting in self.buffer.values_mut() {
+            waiting.retain(|_, op| !is_skip(op));
+        }
+        self.buffer.retain(|_, waiting| !waiting.is_empty());
+        self.buffered = self.buffer.values().map(BTreeMap::len).sum();
         self.subscription_changed = true;
     }
 
@@ -552,7 +566,7 @@ impl Replica {
     /// its `deps` name ([`Known::Held`], with how many operations were
     /// applied); otherwise handed back to wait ([`Known::Waiting`]).
     fn apply_known(&mut self, op: SyncOperation, last: u64) -> Result<Known, CrdtError> {
-        if matches!(op.operation.edit, Edit::Skip { .. }) {
+        if is_skip(&op) {
             self.note_skip(&op.actor_id, op.operation.counter);
             return Ok(Known::Held(0));
         }
@@ -622,7 +636,11 @@ impl Replica {
         if let Some(held) = waiting.get_mut(&op.operation.counter) {
             // The same start: keep the longer run (a run and its first
             // keystroke may both arrive, the keystroke first).
-            if op.operation.last_counter() > held.operation.last_counter() {
+            // Of two as long, an operation stays rather than a skip of its
+            // counters.
+            let (new_last, held_last) =
+                (op.operation.last_counter(), held.operation.last_counter());
+            if new_last > held_last || (new_last == held_last && is_skip(held) && !is_skip(&op)) {
                 *held = op;
             }
             return Ok(());
@@ -1008,7 +1026,7 @@ impl Replica {
         if op.operation.deps.values().any(|&d| d == u64::MAX) {
             return Err(Self::invalid(op, "dependency counter out of range"));
         }
-        let skip = matches!(op.operation.edit, Edit::Skip { .. });
+        let skip = is_skip(op);
         if skip
             && (op.entity_type != EntityType::Document
                 || !op.entity_id.is_empty()
@@ -1178,13 +1196,21 @@ impl Replica {
                 known,
             });
         }
-        // A run partly applied already (it reached this device in pieces
-        // another way): apply the rest.
-        let op = self.trim_held(op, known);
-        if op.operation.counter > known + 1 || !self.deps_applied(&op) {
+        // A run partly counted already waits whole: it may carry counters
+        // an actor being filled in has not reached yet, which take their
+        // turn from the refill frontier ([`Replica::drain_buffer`]).
+        let behind_refill = counter <= known
+            && self
+                .refill
+                .get(&op.actor_id)
+                .is_some_and(|&frontier| counter > frontier + 1);
+        if counter > known + 1 || behind_refill || !self.deps_applied(&op) {
             self.hold(op)?;
             return Ok(0);
         }
+        // A run partly applied already (it reached this device in pieces
+        // another way): apply the rest.
+        let op = self.trim_held(op, known);
         self.check_applicable(&op)?;
         let actor = op.actor_id.clone();
         self.apply_ready(op, last);
@@ -1199,7 +1225,7 @@ impl Replica {
     /// operation on an entity keeps what its entity lacks (counters up to
     /// `known` that were skipped, the entity being subscribed to since).
     fn trim_held(&self, op: SyncOperation, known: u64) -> SyncOperation {
-        if op.operation.counter > known || matches!(op.operation.edit, Edit::Skip { .. }) {
+        if op.operation.counter > known || is_skip(&op) {
             return trim_front(op, known);
         }
         let have = self
@@ -1246,7 +1272,7 @@ impl Replica {
                     let last = op.operation.last_counter();
                     let duplicate = last <= known;
                     let frontier = self.refill.get(&actor).copied();
-                    if duplicate && frontier.is_some_and(|f| first > f + 1 && last > f) {
+                    if frontier.is_some_and(|f| first > f + 1 && first <= known && last > f) {
                         // Filling in: it waits its turn.
                         break;
                     }
@@ -1293,6 +1319,9 @@ impl Replica {
                     }
                     let last = op.operation.last_counter();
                     self.apply_ready(op, last);
+                    if frontier.is_some() && first <= known {
+                        self.refilled(&actor, first, last);
+                    }
                     applied += 1;
                     progressed = true;
                 }
@@ -1310,7 +1339,7 @@ impl Replica {
     /// Applies an operation whose dependencies are all applied and which
     /// was checked; `last` is its last counter.
     fn apply_ready(&mut self, op: SyncOperation, last: u64) {
-        if matches!(op.operation.edit, Edit::Skip { .. }) {
+        if is_skip(&op) {
             // Counters that carry nothing for this device.
             self.note_skip(&op.actor_id, op.operation.counter);
             raise_counter(&mut self.vv, &op.actor_id, last);

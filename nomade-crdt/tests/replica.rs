@@ -6,7 +6,7 @@
 use nomade_crdt::{
     from_delta, to_delta, CrdtError, LocalEdit, MemoryOpLog, Replica, ReplicaConfig,
 };
-use nomade_wire::{EntityType, SyncOperation, Value, VersionVector};
+use nomade_wire::{CrdtOperation, Edit, EntityType, SyncOperation, Value, VersionVector};
 
 const DOC: EntityType = EntityType::Document;
 const CONV: EntityType = EntityType::Conversation;
@@ -27,6 +27,21 @@ fn set(r: &mut Replica, doc: &str, key: &str, v: impl Into<Value>) -> Vec<SyncOp
 fn deliver(to: &mut Replica, ops: &[SyncOperation]) {
     for op in ops {
         to.apply_remote(op.clone()).unwrap();
+    }
+}
+
+/// A `skip` of `span` counters of `op`'s actor from `op`'s counter.
+fn skip_of(op: &SyncOperation, span: u64) -> SyncOperation {
+    SyncOperation {
+        entity_id: "".into(),
+        entity_type: EntityType::Document,
+        operation: CrdtOperation {
+            counter: op.operation.counter,
+            deps: Default::default(),
+            edit: Edit::Skip { span },
+        },
+        timestamp: 0,
+        actor_id: op.actor_id.clone(),
     }
 }
 
@@ -829,22 +844,11 @@ fn a_closed_actor_keeps_what_it_did_before_and_nothing_after() {
 /// names an entity or has deps is refused, changing nothing (BAD_INPUTS).
 #[test]
 fn a_skip_counts_counters_and_widening_fills_in_what_it_stood_for() {
-    use nomade_wire::{CrdtOperation, Edit};
     let mut laptop = Replica::new("laptop");
     let a = set(&mut laptop, "a", "k", 1);
     let b = set(&mut laptop, "b", "k", 2);
     let a2 = set(&mut laptop, "a", "k", 3);
-    let skip = |op: &SyncOperation| SyncOperation {
-        entity_id: "".into(),
-        entity_type: EntityType::Document,
-        operation: CrdtOperation {
-            counter: op.operation.counter,
-            deps: Default::default(),
-            edit: Edit::Skip { span: 1 },
-        },
-        timestamp: 0,
-        actor_id: op.actor_id.clone(),
-    };
+    let skip = |op: &SyncOperation| skip_of(op, 1);
     let mut phone = Replica::new("phone");
     deliver(&mut phone, &a);
     deliver(&mut phone, &[skip(&b[0])]);
@@ -877,7 +881,6 @@ fn a_skip_counts_counters_and_widening_fills_in_what_it_stood_for() {
 #[test]
 fn a_run_straddling_skipped_counters_fills_in_its_entity_whole() {
     use nomade_crdt::runs;
-    use nomade_wire::{CrdtOperation, Edit};
     let splice = |r: &mut Replica, position: usize, text: &str| {
         r.apply_local(
             EntityType::Document,
@@ -897,17 +900,7 @@ fn a_run_straddling_skipped_counters_fills_in_its_entity_whole() {
     let hey = splice(&mut laptop, 0, "hey");
     let mut phone = Replica::new("phone");
     deliver(&mut phone, &a);
-    let skipped = SyncOperation {
-        entity_id: "".into(),
-        entity_type: EntityType::Document,
-        operation: CrdtOperation {
-            counter: hey[0].operation.counter,
-            deps: Default::default(),
-            edit: Edit::Skip { span: 3 },
-        },
-        timestamp: 0,
-        actor_id: hey[0].actor_id.clone(),
-    };
+    let skipped = skip_of(&hey[0], 3);
     deliver(&mut phone, &[skipped]);
     phone.widen();
     let more = splice(&mut laptop, 3, "!!");
@@ -917,4 +910,75 @@ fn a_run_straddling_skipped_counters_fills_in_its_entity_whole() {
     assert_eq!(phone.text("t", "body").as_deref(), Some("hey!!"));
     assert_eq!(phone.state_hash(), laptop.state_hash());
     assert!(phone.refill_frontier().is_empty());
+}
+
+/// While an actor is being filled in, a run that reaches beyond its
+/// counters (here a skip of one skipped counter and one new) can arrive
+/// before the operations it follows: it waits its turn, so that the refill
+/// frontier passes over it and the refill ends. Applied at once, its
+/// counters would never be seen again and the refill would never end (the
+/// simulator found it with 8 devices).
+#[test]
+fn a_run_beyond_the_refill_frontier_waits_its_turn() {
+    let mut laptop = Replica::new("laptop");
+    let a = set(&mut laptop, "a", "k", 1);
+    let b = set(&mut laptop, "b", "k", 2);
+    let c = set(&mut laptop, "c", "k", 3);
+    set(&mut laptop, "c", "k", 4);
+    let mut phone = Replica::new("phone");
+    deliver(&mut phone, &a);
+    deliver(&mut phone, &[skip_of(&b[0], 2)]);
+    assert_eq!(phone.version_vector().get("laptop"), Some(&3));
+    phone.widen(); // now "a" and "b"
+    assert_eq!(phone.request_vector().get("laptop"), Some(&1));
+
+    // The skip of counters 3 and 4 comes first, then b.
+    deliver(&mut phone, &[skip_of(&c[0], 2)]);
+    assert_eq!(
+        phone.version_vector().get("laptop"),
+        Some(&3),
+        "waits behind the frontier"
+    );
+    assert_eq!(phone.buffered(), 1);
+    deliver(&mut phone, &b);
+    assert_eq!(phone.buffered(), 0);
+    assert_eq!(phone.version_vector(), laptop.version_vector());
+    assert_eq!(phone.document("b"), laptop.document("b"));
+    assert!(phone.document("c").is_none());
+    assert!(phone.refill_frontier().is_empty(), "the refill ended");
+    assert_eq!(phone.request_vector(), *laptop.version_vector());
+}
+
+/// A skip waiting in the causal buffer when the subscription grows was
+/// sent for the smaller subscription: it is dropped, so that the operation
+/// it stood for, arriving with the same counter under the new one, is
+/// applied rather than skipped.
+#[test]
+fn a_waiting_skip_gives_way_to_the_operation_once_the_subscription_grows() {
+    let mut laptop = Replica::new("laptop");
+    let a = set(&mut laptop, "a", "k", 1);
+    let a2 = set(&mut laptop, "a", "k", 2);
+    let b = set(&mut laptop, "b", "k", 3);
+    let mut phone = Replica::new("phone");
+    deliver(&mut phone, &a);
+    // The skip for b comes before a2 (another path): it waits.
+    deliver(&mut phone, &[skip_of(&b[0], 1)]);
+    assert_eq!(phone.buffered(), 1);
+    phone.widen(); // now "a" and "b"
+    assert_eq!(phone.buffered(), 0, "the stale skip is dropped");
+    deliver(&mut phone, &b);
+    deliver(&mut phone, &a2);
+    assert_eq!(phone.version_vector(), laptop.version_vector());
+    assert_eq!(phone.document("b"), laptop.document("b"));
+    assert_eq!(phone.state_hash(), laptop.state_hash());
+
+    // Without the subscription growing, a skip and the operation of the
+    // same counters both waiting: the operation stays.
+    let mut desktop = Replica::new("desktop");
+    deliver(&mut desktop, &a);
+    deliver(&mut desktop, &[skip_of(&b[0], 1)]);
+    deliver(&mut desktop, &b);
+    assert_eq!(desktop.buffered(), 1);
+    deliver(&mut desktop, &a2);
+    assert_eq!(desktop.document("b"), laptop.document("b"));
 }
