@@ -40,6 +40,7 @@ pub const DEVICE_KEY_FILE: &str = "artifact-device.key";
 
 const WRAP_CONTEXT: &str = "nomade-artifact v1 2026-11 X25519 data key wrap";
 const MAC_CONTEXT: &str = "nomade-artifact v1 2026-11 header MAC";
+const RELAY_MAC_CONTEXT: &str = "nomade-artifact v1 2026-12 relay header MAC";
 
 /// This device's long-lived X25519 key pair.
 pub struct DeviceKey {
@@ -122,6 +123,14 @@ impl DeviceKey {
     /// The public key, to be listed in other devices' `encrypted_for`.
     pub fn public(&self) -> PublicKey {
         self.public
+    }
+
+    /// A MAC over a stored header body of a copy kept for others (a
+    /// sealed relay: this device holds no data key to key it from), keyed
+    /// from this device's secret.
+    pub(crate) fn relay_header_mac(&self, body: &[u8]) -> Hash32 {
+        let mac_key = blake3::derive_key(RELAY_MAC_CONTEXT, &self.secret.to_bytes());
+        Hash32::from(*blake3::keyed_hash(&mac_key, body).as_bytes())
     }
 
     /// X25519 with this device's secret.

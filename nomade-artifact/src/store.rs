@@ -143,6 +143,16 @@ struct HeaderBody {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     chunk_hashes: Vec<Hash32>,
     wrapped: Vec<WrappedKey>,
+    /// Sealed for the devices in `wrapped` only: served sealed, with the
+    /// data key wrapped for a recipient only (docs/PROTOCOL.md, "Sealed
+    /// relays"). Absent (false) in headers written before it existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    restricted: bool,
+    /// A copy kept for the recipients by a device that is not one: no
+    /// wrap is for this device, and the header's MAC is keyed from its
+    /// own secret ([`DeviceKey::relay_header_mac`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    relay: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -152,9 +162,19 @@ struct HeaderFile {
 }
 
 fn encode_header(body: &HeaderBody, key: &DataKey) -> Result<Vec<u8>> {
+    encode_header_with(body, |bytes| key.header_mac(bytes))
+}
+
+/// The header of a copy kept for others, authenticated with this device's
+/// own key (it holds no data key).
+fn encode_relay_header(body: &HeaderBody, device: &DeviceKey) -> Result<Vec<u8>> {
+    encode_header_with(body, |bytes| device.relay_header_mac(bytes))
+}
+
+fn encode_header_with(body: &HeaderBody, mac: impl FnOnce(&[u8]) -> Hash32) -> Result<Vec<u8>> {
     let bytes = rmp_serde::to_vec_named(body)
         .map_err(|e| ArtifactError::BadMetadata(format!("encoding header: {e}")))?;
-    let mac = key.header_mac(&bytes);
+    let mac = mac(&bytes);
     rmp_serde::to_vec_named(&HeaderFile {
         body: Bytes::from(bytes),
         mac,
@@ -162,13 +182,27 @@ fn encode_header(body: &HeaderBody, key: &DataKey) -> Result<Vec<u8>> {
     .map_err(|e| ArtifactError::BadMetadata(format!("encoding header: {e}")))
 }
 
-/// Reads and authenticates a header; `full` requires one hash per chunk.
+/// Reads and authenticates a header of an artifact this device can open;
+/// `full` requires one hash per chunk. A copy kept for others is
+/// `NotARecipient`.
 fn read_header(
     path: &Path,
     id: &ArtifactId,
     device: &DeviceKey,
     full: bool,
 ) -> Result<(HeaderBody, DataKey)> {
+    let (body, key) = read_any_header(path, id, device, full)?;
+    Ok((body, key.ok_or(ArtifactError::NotARecipient { id: *id })?))
+}
+
+/// Reads and authenticates a header, of a copy kept for others too (then
+/// without a data key).
+fn read_any_header(
+    path: &Path,
+    id: &ArtifactId,
+    device: &DeviceKey,
+    full: bool,
+) -> Result<(HeaderBody, Option<DataKey>)> {
     let f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -200,8 +234,14 @@ fn read_header(
         )));
     }
     chunk::validate_layout(body.size, body.chunk_count)?;
-    let key = keys::unwrap(&body.wrapped, id, device)?;
-    if key.header_mac(&file.body) != file.mac {
+    let (key, mac) = if body.relay {
+        (None, device.relay_header_mac(&file.body))
+    } else {
+        let key = keys::unwrap(&body.wrapped, id, device)?;
+        let mac = key.header_mac(&file.body);
+        (Some(key), mac)
+    };
+    if mac != file.mac {
         return Err(ArtifactError::BadMetadata(
             "header failed authentication".into(),
         ));
@@ -287,6 +327,13 @@ pub struct ArtifactInfo {
     pub mime_type: Option<String>,
     /// The devices (public keys) the data key is wrapped for.
     pub recipients: Vec<[u8; 32]>,
+    /// Sealed for `recipients` only (put with
+    /// [`ArtifactStore::put_file_for`]): served sealed, and its data key
+    /// only to them.
+    pub restricted: bool,
+    /// This copy is kept for the recipients: this device is not one and
+    /// cannot open it (docs/PROTOCOL.md, "Sealed relays").
+    pub relay_copy: bool,
 }
 
 impl ArtifactInfo {
@@ -299,6 +346,7 @@ impl ArtifactInfo {
             mime_type: self.mime_type.clone(),
             encrypted: true,
             data_key: None,
+            recipient_keys: None,
         }
     }
 
@@ -314,6 +362,8 @@ impl ArtifactInfo {
             chunk_count: b.chunk_count,
             mime_type: b.mime_type.clone(),
             recipients: b.wrapped.iter().map(|w| *w.recipient.as_bytes()).collect(),
+            restricted: b.restricted,
+            relay_copy: b.relay,
         }
     }
 }
@@ -432,7 +482,7 @@ impl ArtifactStore {
 
     /// The artifact's authenticated metadata.
     pub fn metadata(&self, id: &ArtifactId) -> Result<ArtifactInfo> {
-        Ok(self.open_artifact(id)?.info().clone())
+        Ok(self.open_sealed(id)?.info().clone())
     }
 
     /// Whether `peer` is among the recipients of a stored artifact (the check a
@@ -510,9 +560,21 @@ impl ArtifactStore {
         })
     }
 
-    /// Opens a stored artifact for reading chunk by chunk.
+    /// Opens a stored artifact for reading chunk by chunk. A copy kept for
+    /// others is `NotARecipient` (see [`ArtifactStore::open_sealed`]).
     pub fn open_artifact(&self, id: &ArtifactId) -> Result<ArtifactReader> {
-        let (body, key) = read_header(
+        let reader = self.open_sealed(id)?;
+        if reader.key.is_none() {
+            return Err(ArtifactError::NotARecipient { id: *id });
+        }
+        Ok(reader)
+    }
+
+    /// Opens a stored artifact for sending its records as they are stored,
+    /// a copy kept for others included: its chunks then cannot be read
+    /// ([`ArtifactReader::read_chunk`] is `NotARecipient`), only sent sealed.
+    pub fn open_sealed(&self, id: &ArtifactId) -> Result<ArtifactReader> {
+        let (body, key) = read_any_header(
             &self.path("objects", id, "hdr"),
             id,
             &self.inner.device,
@@ -540,8 +602,9 @@ impl ArtifactStore {
         }
         Ok(ArtifactReader {
             info: ArtifactInfo::from_body(&body),
-            cipher: key.cipher(),
+            cipher: key.as_ref().map(DataKey::cipher),
             key,
+            wrapped: body.wrapped,
             file,
             buf: Vec::with_capacity(CHUNK_SIZE + RECORD_OVERHEAD),
         })
@@ -583,9 +646,35 @@ impl ArtifactStore {
     /// already stored is kept as it is (its recipients unchanged).
     pub fn put_reader<R: Read + Seek>(
         &self,
+        reader: R,
+        mime_type: Option<&str>,
+        encrypted_for: &[PublicKey],
+    ) -> Result<ArtifactId> {
+        self.put_sealed(reader, mime_type, encrypted_for, false)
+    }
+
+    /// Stores the file at `path` for this device and the devices of
+    /// `recipients` only: it is *restricted*. Its holders serve it sealed,
+    /// hand its data key to these devices only, and to any other device
+    /// that asks the records and the recipients' wrapped keys, which it
+    /// keeps and passes on without being able to open them (docs/
+    /// PROTOCOL.md, "Sealed relays"). Content already stored is not
+    /// stored again, restricted or not.
+    pub fn put_file_for(
+        &self,
+        path: &Path,
+        mime_type: Option<&str>,
+        recipients: &[PublicKey],
+    ) -> Result<ArtifactId> {
+        self.put_sealed(File::open(path)?, mime_type, recipients, true)
+    }
+
+    fn put_sealed<R: Read + Seek>(
+        &self,
         mut reader: R,
         mime_type: Option<&str>,
         encrypted_for: &[PublicKey],
+        restricted: bool,
     ) -> Result<ArtifactId> {
         let mut buf = vec![0u8; CHUNK_SIZE];
         // Pass 1: id and size.
@@ -674,6 +763,8 @@ impl ArtifactStore {
             mime_type: mime_type.map(str::to_owned),
             chunk_hashes: Vec::new(),
             wrapped,
+            restricted,
+            relay: false,
         };
         write_durable(&tmp_hdr, &encode_header(&body, &key)?)?;
         fs::rename(&tmp_dat, self.path("objects", &id, "dat"))?;
@@ -760,7 +851,7 @@ impl ArtifactStore {
             self.discard_partial(id)?;
             return Ok(None);
         }
-        let (body, key) = match read_header(&hdr, id, &self.inner.device, false) {
+        let (body, key) = match read_any_header(&hdr, id, &self.inner.device, false) {
             Ok(x) => x,
             Err(ArtifactError::Io(e)) => return Err(ArtifactError::Io(e)),
             Err(_) => {
@@ -774,6 +865,32 @@ impl ArtifactStore {
             .create(true)
             .truncate(false)
             .open(&dat)?;
+        let Some(key) = key else {
+            // Kept for others: whole records are kept (they cannot be
+            // opened here; their recipients check them).
+            let on_disk = file.metadata()?.len();
+            let mut valid_len = 0u64;
+            let mut index = 0u32;
+            while index < body.chunk_count {
+                let len = (chunk_len(body.size, index).unwrap_or(0) + RECORD_OVERHEAD) as u64;
+                if valid_len + len > on_disk {
+                    break;
+                }
+                valid_len += len;
+                index += 1;
+            }
+            file.set_len(valid_len)?;
+            file.seek(SeekFrom::Start(valid_len))?;
+            return Ok(Some(PartialArtifact::new(
+                self,
+                &body,
+                DataKey::random(),
+                file,
+                Sha256::new(),
+                index,
+                None,
+            )?));
+        };
         let cipher = key.cipher();
         let mut hasher = Sha256::new();
         let mut record = vec![0u8; CHUNK_SIZE + RECORD_OVERHEAD];
@@ -800,44 +917,59 @@ impl ArtifactStore {
         }
         file.set_len(valid_len)?;
         file.seek(SeekFrom::Start(valid_len))?;
-        Ok(Some(PartialArtifact {
-            store: self.clone(),
-            id: *id,
-            size: body.size,
-            chunk_count: body.chunk_count,
-            mime_type: body.mime_type,
-            key,
-            cipher,
-            file,
-            hashing: Hashing::start(hasher)?,
-            chunks: index,
-            unsynced: 0,
-            record: Vec::with_capacity(CHUNK_SIZE + RECORD_OVERHEAD),
-            incoming: None,
-            reservation: None,
-        }))
+        Ok(Some(PartialArtifact::new(
+            self, &body, key, file, hasher, index, None,
+        )?))
     }
 
-    /// Starts a partial transfer for validated metadata, after the quota check.
+    /// Starts a partial transfer for validated metadata, after the quota
+    /// check, under `key` (the holder's in a sealed transfer, a fresh one
+    /// otherwise). `sealing` says how the artifact is sealed when it is
+    /// restricted: for this device among its recipients, or kept for them.
     pub(crate) fn create_partial(
         &self,
         id: &ArtifactId,
         size: u64,
         mime_type: Option<String>,
         key: Option<DataKey>,
+        sealing: Sealing,
     ) -> Result<PartialArtifact> {
         let count = chunk::chunk_count(size)
             .ok_or_else(|| ArtifactError::BadMetadata("artifact too large".into()))?;
-        let reservation = self.reserve(footprint(size, 1, mime_type.as_deref()))?;
+        let recipients = match &sealing {
+            Sealing::Open => 1,
+            Sealing::Recipient(w) | Sealing::Relay(w) => w.len() + 1,
+        };
+        let reservation = self.reserve(footprint(size, recipients, mime_type.as_deref()))?;
         let key = key.unwrap_or_else(DataKey::random);
+        let (wrapped, restricted, relay) = match sealing {
+            Sealing::Open => (
+                vec![keys::wrap(&key, id, &self.public_key())?],
+                false,
+                false,
+            ),
+            Sealing::Recipient(mut wrapped) => {
+                let me = self.public_key();
+                if !wrapped
+                    .iter()
+                    .any(|w| w.recipient.as_bytes() == me.as_bytes())
+                {
+                    wrapped.push(keys::wrap(&key, id, &me)?);
+                }
+                (wrapped, true, false)
+            }
+            Sealing::Relay(wrapped) => (wrapped, true, true),
+        };
         let body = HeaderBody {
             format: HEADER_FORMAT,
             id: *id,
             size,
             chunk_count: count,
-            mime_type: mime_type.clone(),
+            mime_type,
             chunk_hashes: Vec::new(),
-            wrapped: vec![keys::wrap(&key, id, &self.public_key())?],
+            wrapped,
+            restricted,
+            relay,
         };
         let hdr = self.path("partial", id, "hdr");
         let dat = self.path("partial", id, "dat");
@@ -848,25 +980,41 @@ impl ArtifactStore {
             .create(true)
             .truncate(true)
             .open(&dat)?;
-        write_durable(&hdr, &encode_header(&body, &key)?)?;
+        let header = if relay {
+            encode_relay_header(&body, &self.inner.device)?
+        } else {
+            encode_header(&body, &key)?
+        };
+        write_durable(&hdr, &header)?;
         sync_dir(&self.inner.root.join("partial"))?;
         cleanup.disarm();
-        Ok(PartialArtifact {
-            store: self.clone(),
-            id: *id,
-            size,
-            chunk_count: count,
-            mime_type,
-            cipher: key.cipher(),
-            key,
-            file,
-            hashing: Hashing::start(Sha256::new())?,
-            chunks: 0,
-            unsynced: 0,
-            record: Vec::with_capacity(CHUNK_SIZE + RECORD_OVERHEAD),
-            incoming: None,
-            reservation: Some(reservation),
-        })
+        PartialArtifact::new(self, &body, key, file, Sha256::new(), 0, Some(reservation))
+    }
+}
+
+/// How a fetched artifact is sealed at rest.
+#[derive(Debug, Clone)]
+pub(crate) enum Sealing {
+    /// For this device (any authorised device may ask its holders for it).
+    Open,
+    /// Restricted to the devices of these wrapped keys, this device among
+    /// them (its own wrap is added if missing).
+    Recipient(Vec<WrappedKey>),
+    /// Restricted to the devices of these wrapped keys, this device not
+    /// among them: the records are kept as received, unopened.
+    Relay(Vec<WrappedKey>),
+}
+
+impl Sealing {
+    /// Whether a partial transfer can go on under this sealing: a copy
+    /// kept for others only with the same recipients' keys, since its
+    /// records cannot be checked here.
+    pub(crate) fn continues(&self, partial: &PartialArtifact) -> bool {
+        match (partial.relay_keys(), self) {
+            (Some(kept), Sealing::Relay(wrapped)) => kept == wrapped.as_slice(),
+            (None, Sealing::Relay(_)) | (Some(_), _) => false,
+            (None, _) => true,
+        }
     }
 }
 
@@ -877,8 +1025,11 @@ fn index_bytes(size: u64, chunks: u32) -> u64 {
 /// A stored artifact opened for verified, chunk-by-chunk reading.
 pub struct ArtifactReader {
     info: ArtifactInfo,
-    cipher: ChaCha20Poly1305,
-    key: DataKey,
+    /// `None` for a copy kept for others.
+    cipher: Option<ChaCha20Poly1305>,
+    key: Option<DataKey>,
+    /// The data key, wrapped for each recipient.
+    wrapped: Vec<WrappedKey>,
     file: File,
     buf: Vec<u8>,
 }
@@ -900,13 +1051,16 @@ impl ArtifactReader {
     /// Reads chunk `index`, checking its AEAD tag (with the id, index and
     /// last-chunk flag as AAD).
     pub fn read_chunk(&mut self, index: u32) -> Result<Bytes> {
+        let Some(cipher) = &self.cipher else {
+            return Err(ArtifactError::NotARecipient { id: self.info.id });
+        };
         read_record(&mut self.file, &self.info, index, &mut self.buf)?;
         let last = index + 1 == self.info.chunk_count;
         // No second hash pass: the AEAD tag already authenticates this chunk
         // with the artifact id, its index and whether it is the last bound in,
         // under a key only this store can unwrap. Exports and transfers still
         // check the whole artifact's SHA-256 against its id.
-        open_chunk(&self.cipher, &self.info.id, index, last, &mut self.buf)
+        open_chunk(cipher, &self.info.id, index, last, &mut self.buf)
     }
 
     /// Reads chunk `index` as stored, without opening it: the ciphertext
@@ -926,9 +1080,25 @@ impl ArtifactReader {
     }
 
     /// This artifact's data key wrapped for `recipient`: what a sealed
-    /// transfer sends in its metadata.
+    /// transfer sends in its metadata. A copy kept for others has only the
+    /// recipients' wraps: another key is `NotARecipient`.
     pub fn wrap_key_for(&self, recipient: &PublicKey) -> Result<WrappedDataKey> {
-        keys::wrap(&self.key, &self.info.id, recipient)
+        match &self.key {
+            Some(key) => keys::wrap(key, &self.info.id, recipient),
+            None => self
+                .wrapped
+                .iter()
+                .find(|w| w.recipient.as_bytes() == recipient.as_bytes())
+                .cloned()
+                .ok_or(ArtifactError::NotARecipient { id: self.info.id }),
+        }
+    }
+
+    /// For a restricted artifact, its data key wrapped for each recipient
+    /// (what ARTIFACT_METADATA's `recipient_keys` carries); `None`
+    /// otherwise.
+    pub fn recipient_keys(&self) -> Option<Vec<WrappedDataKey>> {
+        self.info.restricted.then(|| self.wrapped.clone())
     }
 }
 
@@ -974,6 +1144,11 @@ pub(crate) struct PartialArtifact {
     /// Set for a sealed transfer: the holder's data key.
     incoming: Option<Incoming>,
     reservation: Option<Reservation>,
+    /// For a restricted artifact: the data key wrapped for each recipient.
+    restricted: Option<Vec<WrappedKey>>,
+    /// Kept for the recipients: records stored as received, unopened
+    /// (`key` is then a placeholder, never used).
+    relay: bool,
 }
 
 /// How a sealed transfer's chunks are opened and kept.
@@ -1095,6 +1270,52 @@ impl ArtifactStore {
 }
 
 impl PartialArtifact {
+    /// A partial of the artifact `body` describes, `chunks` of them held
+    /// in `file` (and hashed into `hasher`).
+    fn new(
+        store: &ArtifactStore,
+        body: &HeaderBody,
+        key: DataKey,
+        file: File,
+        hasher: Sha256,
+        chunks: u32,
+        reservation: Option<Reservation>,
+    ) -> Result<PartialArtifact> {
+        Ok(PartialArtifact {
+            store: store.clone(),
+            id: body.id,
+            size: body.size,
+            chunk_count: body.chunk_count,
+            mime_type: body.mime_type.clone(),
+            cipher: key.cipher(),
+            key,
+            file,
+            hashing: Hashing::start(hasher)?,
+            chunks,
+            unsynced: 0,
+            record: Vec::with_capacity(CHUNK_SIZE + RECORD_OVERHEAD),
+            incoming: None,
+            reservation,
+            restricted: body.restricted.then(|| body.wrapped.clone()),
+            relay: body.relay,
+        })
+    }
+
+    /// Whether this partial is kept for others (see [`Sealing::Relay`]),
+    /// and then the recipients' wrapped keys it keeps.
+    pub(crate) fn relay_keys(&self) -> Option<&[WrappedKey]> {
+        self.restricted.as_deref().filter(|_| self.relay)
+    }
+
+    /// Takes the chunks that follow as sealed records for others: kept as
+    /// received ([`Sealing::Relay`]).
+    pub(crate) fn expect_relayed(&mut self) {
+        self.incoming = Some(Incoming {
+            cipher: self.key.cipher(),
+            verbatim: true,
+        });
+    }
+
     /// Takes in the records a [`RangeWriter`] wrote after the chunks held,
     /// up to `end` (not included): each is read from its place, opened with
     /// this partial's key and hashed, as if it had just been received. Stops
@@ -1217,6 +1438,16 @@ impl PartialArtifact {
         };
         let verbatim = incoming.verbatim;
         let (nonce, tag) = seal.split_at(NONCE_LEN);
+        if self.relay {
+            // Not for this device: kept as received, opened by its
+            // recipients (who check the tag, then the whole hash).
+            write_all_vectored(
+                &mut self.file,
+                &mut [nonce, ciphertext, tag].map(IoSlice::new),
+            )?;
+            self.chunks += 1;
+            return sync_every(&self.file, &mut self.unsynced);
+        }
         let mismatch = |_| ArtifactError::ChunkHashMismatch { index };
         // Decrypted from the received bytes straight into a buffer that then
         // goes to the hashing thread.
@@ -1259,7 +1490,12 @@ impl PartialArtifact {
     /// mismatch the partial is discarded.
     pub(crate) fn finish(mut self) -> Result<ArtifactId> {
         let whole = self.hashing.finish()?;
-        let actual = ArtifactId::from(whole);
+        // A copy kept for others cannot be hashed here: its recipients do.
+        let actual = if self.relay {
+            self.id
+        } else {
+            ArtifactId::from(whole)
+        };
         let store = self.store.clone();
         let id = self.id;
         if actual != id || self.chunks_done() != self.chunk_count {
@@ -1271,6 +1507,7 @@ impl PartialArtifact {
             });
         }
         self.file.sync_all()?;
+        let restricted = self.restricted.take();
         let body = HeaderBody {
             format: HEADER_FORMAT,
             id,
@@ -1278,7 +1515,12 @@ impl PartialArtifact {
             chunk_count: self.chunk_count,
             mime_type: self.mime_type.clone(),
             chunk_hashes: Vec::new(),
-            wrapped: vec![keys::wrap(&self.key, &id, &store.public_key())?],
+            restricted: restricted.is_some(),
+            wrapped: match restricted {
+                Some(wrapped) => wrapped,
+                None => vec![keys::wrap(&self.key, &id, &store.public_key())?],
+            },
+            relay: self.relay,
         };
         let tmp_hdr = store.inner.root.join("tmp").join(format!(
             "{}.{:016x}.hdr",
@@ -1286,7 +1528,12 @@ impl PartialArtifact {
             OsRng.next_u64()
         ));
         let cleanup = Cleanup(vec![tmp_hdr.clone()]);
-        write_durable(&tmp_hdr, &encode_header(&body, &self.key)?)?;
+        let header = if self.relay {
+            encode_relay_header(&body, &store.inner.device)?
+        } else {
+            encode_header(&body, &self.key)?
+        };
+        write_durable(&tmp_hdr, &header)?;
         drop(self);
         fs::rename(
             store.path("partial", &id, "dat"),

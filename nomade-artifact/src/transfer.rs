@@ -37,7 +37,7 @@ use crate::chunk::{self, chunk_hash, chunk_len, ArtifactId};
 use crate::error::{ArtifactError, Result};
 use crate::keys::PublicKey;
 use crate::progress::Progress;
-use crate::store::{ArtifactReader, ArtifactStore, PartialArtifact, ReceiveClaim};
+use crate::store::{ArtifactReader, ArtifactStore, PartialArtifact, ReceiveClaim, Sealing};
 
 fn peer_error(e: &ErrorMessage) -> ArtifactError {
     ArtifactError::Peer {
@@ -103,6 +103,8 @@ enum SenderState {
 pub struct Sender {
     store: ArtifactStore,
     authorized: bool,
+    /// The peer takes `recipient_keys` (it announced `"sealed-relay"`).
+    relaying: bool,
     state: SenderState,
     id: Option<ArtifactId>,
     outbox: VecDeque<Message>,
@@ -126,10 +128,21 @@ impl Sender {
         Sender {
             store,
             authorized,
+            relaying: false,
             state: SenderState::AwaitingRequest,
             id: None,
             outbox: VecDeque::new(),
         }
+    }
+
+    /// Whether the peer takes ARTIFACT_METADATA's `recipient_keys` (it
+    /// announced `"sealed-relay"`). Only such a peer is served a restricted
+    /// artifact ([`ArtifactStore::put_file_for`]): a recipient with its data
+    /// key and every recipient's, any other with the recipients' only, to
+    /// keep and pass on the records it cannot open.
+    pub fn relaying(mut self, relaying: bool) -> Sender {
+        self.relaying = relaying;
+        self
     }
 
     /// The artifact requested, once known.
@@ -205,7 +218,7 @@ impl Sender {
             );
             return Ok(SenderEvent::Refused { id });
         }
-        let reader = match self.store.open_artifact(&id) {
+        let reader = match self.store.open_sealed(&id) {
             Ok(r) => r,
             Err(ArtifactError::NotFound { .. } | ArtifactError::NotARecipient { .. }) => {
                 self.refuse(
@@ -254,17 +267,36 @@ impl Sender {
             self.state = SenderState::Finished;
             return Ok(SenderEvent::Described { id });
         }
-        if let Some(key) = req.sealed_for {
+        let requester = req.sealed_for.map(|k| PublicKey::from(*k.as_bytes()));
+        if reader.info().restricted {
+            // Sealed only, to a peer that takes the recipients' keys; the
+            // data key to a recipient only.
+            let Some(requester) = requester.filter(|_| self.relaying) else {
+                self.refuse(
+                    id,
+                    ErrorCode::ARTIFACT_NOT_FOUND,
+                    format!("artifact {id} not found"),
+                );
+                return Ok(SenderEvent::Refused { id });
+            };
+            if reader.info().is_recipient(&requester) {
+                match reader.wrap_key_for(&requester) {
+                    Ok(wrapped) => metadata.data_key = Some(wrapped),
+                    Err(e) => return Err(self.fail(e, true)),
+                }
+            }
+            metadata.recipient_keys = reader.recipient_keys();
+        } else if let Some(requester) = requester {
             // The requester asks for the chunks as stored: wrap their data key
             // for it. Giving an authorised peer the key is no more than giving
             // it the plaintext, and saves opening every chunk here and sealing
             // it again there.
-            match reader.wrap_key_for(&PublicKey::from(*key.as_bytes())) {
+            match reader.wrap_key_for(&requester) {
                 Ok(wrapped) => metadata.data_key = Some(wrapped),
                 Err(e) => return Err(self.fail(e, true)),
             }
         }
-        let sealed = metadata.data_key.is_some();
+        let sealed = metadata.data_key.is_some() || metadata.recipient_keys.is_some();
         self.outbox.push_back(Message::ArtifactMetadata(metadata));
         self.state = if next == count {
             SenderState::AwaitingComplete
@@ -769,6 +801,7 @@ impl Receiver {
             )));
         }
         chunk::validate_layout(m.size, m.chunk_count)?;
+        let sealing = self.sealing_of(&m)?;
         let incoming_key = match &m.data_key {
             Some(_) if self.request.sealed_for.is_none() => {
                 return Err(ArtifactError::Protocol(
@@ -779,16 +812,22 @@ impl Receiver {
             None => None,
         };
         let mut partial = match self.partial.take() {
-            Some(mut p) if p.size == m.size => {
+            Some(mut p) if p.size == m.size && sealing.continues(&p) => {
                 p.reserve_remaining()?;
                 p
             }
-            Some(p) => {
+            Some(p) if p.size != m.size => {
                 p.discard()?;
                 return Err(ArtifactError::BadMetadata(format!(
                     "size {} differs from the partial transfer's {}",
                     m.size, self.progress.bytes_total
                 )));
+            }
+            Some(p) => {
+                p.discard()?;
+                return Err(ArtifactError::BadMetadata(
+                    "the recipients' keys differ from the partial transfer's".into(),
+                ));
             }
             // Quota checked before anything is written.
             // A new partial keeps the holder's key, so that sealed records
@@ -798,10 +837,13 @@ impl Receiver {
                 m.size,
                 m.mime_type.clone(),
                 incoming_key.clone(),
+                sealing,
             )?,
         };
         if let Some(key) = &incoming_key {
             partial.expect_sealed(key);
+        } else if partial.relay_keys().is_some() {
+            partial.expect_relayed();
         }
         // The partial's size is the metadata's, and its chunk count follows
         // from it (the layout was validated above).
@@ -812,6 +854,37 @@ impl Receiver {
         self.partial = Some(partial);
         self.state = RecvState::Receiving;
         Ok(ReceiverEvent::Started(self.progress))
+    }
+
+    /// How the artifact `m` announces is kept here: `recipient_keys` (a
+    /// restricted artifact) checked, and answering a sealed request.
+    fn sealing_of(&self, m: &ArtifactMetadata) -> Result<Sealing> {
+        let Some(wrapped) = &m.recipient_keys else {
+            return Ok(Sealing::Open);
+        };
+        if self.request.sealed_for.is_none() {
+            return Err(ArtifactError::Protocol(
+                "recipient keys in answer to a plaintext request".into(),
+            ));
+        }
+        if wrapped.is_empty() || wrapped.len() > nomade_wire::MAX_RECIPIENT_KEYS {
+            return Err(ArtifactError::BadMetadata(format!(
+                "{} recipient keys (1 to {})",
+                wrapped.len(),
+                nomade_wire::MAX_RECIPIENT_KEYS
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if !wrapped.iter().all(|w| seen.insert(w.recipient)) {
+            return Err(ArtifactError::BadMetadata(
+                "a recipient listed twice".into(),
+            ));
+        }
+        Ok(if m.data_key.is_some() {
+            Sealing::Recipient(wrapped.clone())
+        } else {
+            Sealing::Relay(wrapped.clone())
+        })
     }
 
     fn on_chunk(&mut self, c: ArtifactChunk) -> Result<ReceiverEvent> {
@@ -1159,6 +1232,7 @@ mod tests {
             mime_type: None,
             encrypted: true,
             data_key: None,
+            recipient_keys: None,
         })
     }
 
@@ -1490,6 +1564,146 @@ mod tests {
         );
         drop(r);
         assert_resumes_from_chunk_1(fetcher, id);
+    }
+
+    /// Sealed relays (docs/PROTOCOL.md): A puts an artifact for A and C
+    /// only. B, not a recipient, gets the records and the recipients' keys
+    /// and keeps them unopened: it cannot read the artifact, its disk holds
+    /// no plaintext, and C gets the artifact from B and reads it. A record
+    /// B altered fails at C, which keeps the prefix before it and resumes
+    /// from A. A peer that does not take recipients' keys, or asks for
+    /// plaintext, is refused.
+    #[test]
+    fn a_device_that_is_not_a_recipient_keeps_and_passes_on_sealed_records() {
+        let (dirs, [a, b, c]) = three_stores();
+        let d = data(3 * CHUNK + 5, 9);
+        let file = dirs[0].path().join("video");
+        std::fs::write(&file, &d).expect("write");
+        let id = a
+            .put_file_for(&file, Some("video/mp4"), &[c.public_key()])
+            .expect("put");
+        let info = a.metadata(&id).expect("meta");
+        assert!(info.restricted && !info.relay_copy);
+        assert_eq!(info.recipients.len(), 2);
+
+        // Refused: a peer that does not take recipients' keys, and a
+        // plaintext request.
+        for (relaying, sealed) in [(false, true), (true, false)] {
+            let mut s = Sender::new(a.clone(), true).relaying(relaying);
+            let mut r = Receiver::new(b.clone(), id, 0)
+                .expect("r")
+                .ask_sealed(sealed);
+            let (_, re) = drive(&mut s, &mut r);
+            assert!(
+                matches!(&re, Some(ArtifactError::Peer { code, .. }) if *code == ErrorCode::ARTIFACT_NOT_FOUND),
+                "{re:?}"
+            );
+            assert!(!b.has(&id) && !b.has_partial(&id));
+        }
+
+        // B keeps the records for A and C.
+        let mut s = Sender::new(a.clone(), true).relaying(true);
+        let mut r = Receiver::new(b.clone(), id, 0).expect("r");
+        assert_clean(drive(&mut s, &mut r));
+        assert!(r.is_complete());
+        let kept = b.metadata(&id).expect("meta");
+        assert!(kept.restricted && kept.relay_copy);
+        assert_eq!(kept.recipients, info.recipients);
+        assert!(!kept.is_recipient(&b.public_key()));
+        assert!(matches!(
+            b.open_artifact(&id),
+            Err(ArtifactError::NotARecipient { .. })
+        ));
+        let out = dirs[1].path().join("out");
+        assert!(matches!(
+            b.export(&id, &out),
+            Err(ArtifactError::NotARecipient { .. })
+        ));
+        assert!(!out.exists());
+        let on_disk = dat_file(dirs[1].path(), &id);
+        assert_eq!(
+            on_disk,
+            dat_file(dirs[0].path(), &id),
+            "A's records as stored"
+        );
+        assert!(!on_disk.windows(64).any(|w| w == &d[CHUNK..CHUNK + 64]));
+
+        // C gets it from B and reads it; its copy is restricted too.
+        let mut s = Sender::new(b.clone(), true).relaying(true);
+        let mut r = Receiver::new(c.clone(), id, 0).expect("r");
+        assert_clean(drive(&mut s, &mut r));
+        assert_eq!(fetched_bytes(&c, &id), d);
+        let got = c.metadata(&id).expect("meta");
+        assert!(got.restricted && !got.relay_copy);
+        assert_eq!(got.recipients, info.recipients);
+        drop(r);
+
+        // A record B altered: C refuses it, keeps the chunk before it, and
+        // resumes from A.
+        c.remove(&id).expect("remove");
+        let p = dirs[1]
+            .path()
+            .join("objects")
+            .join(format!("{}.dat", id.to_hex()));
+        let mut raw = std::fs::read(&p).expect("read");
+        raw[CHUNK + crate::store::RECORD_OVERHEAD + 100] ^= 1;
+        std::fs::write(&p, &raw).expect("write");
+        let mut s = Sender::new(b.clone(), true).relaying(true);
+        let mut r = Receiver::new(c.clone(), id, 0).expect("r");
+        let (_, re) = drive(&mut s, &mut r);
+        assert!(
+            matches!(re, Some(ArtifactError::ChunkHashMismatch { index: 1 })),
+            "{re:?}"
+        );
+        drop(r);
+        assert!(!c.has(&id));
+        let mut s = Sender::new(a.clone(), true).relaying(true);
+        let mut r = Receiver::new(c.clone(), id, 0).expect("r");
+        assert_eq!(r.request().resume_from, Some(1));
+        assert_clean(drive(&mut s, &mut r));
+        assert_eq!(fetched_bytes(&c, &id), d);
+    }
+
+    /// A copy kept for others resumes from its whole records, and only
+    /// with the same recipients' keys: other keys start it over.
+    #[test]
+    fn a_relay_copy_resumes_only_with_the_same_recipients() {
+        let (dirs, [a, b, c]) = three_stores();
+        let d = data(4 * CHUNK, 2);
+        let file = dirs[0].path().join("f");
+        std::fs::write(&file, &d).expect("write");
+        let id = a.put_file_for(&file, None, &[c.public_key()]).expect("put");
+        // Two chunks, then the holder is gone.
+        let mut s = Sender::new(a.clone(), true).relaying(true);
+        let mut r = Receiver::new(b.clone(), id, 0).expect("r");
+        r.next_message()
+            .expect("req")
+            .map(|m| s.handle_message(m).expect("serve"));
+        for _ in 0..3 {
+            let m = s.next_message().expect("next").expect("a message");
+            r.handle_message(m).expect("take");
+        }
+        drop(r);
+        let r = Receiver::new(b.clone(), id, 0).expect("r");
+        assert_eq!(r.request().resume_from, Some(2));
+        drop(r);
+        // C holds it, put again with other wraps: B's partial is not
+        // continued with them.
+        let other = store(dirs[2].path().join("other").as_path(), None);
+        let id2 = other
+            .put_file_for(&file, None, &[c.public_key()])
+            .expect("put");
+        assert_eq!(id2, id);
+        let mut s = Sender::new(other, true).relaying(true);
+        let mut r = Receiver::new(b.clone(), id, 0).expect("r");
+        let (_, re) = drive(&mut s, &mut r);
+        assert!(matches!(re, Some(ArtifactError::BadMetadata(_))), "{re:?}");
+        assert!(!b.has_partial(&id));
+        drop(r);
+        let mut s = Sender::new(a, true).relaying(true);
+        let mut r = Receiver::new(b.clone(), id, 0).expect("r");
+        assert_clean(drive(&mut s, &mut r));
+        assert!(b.metadata(&id).expect("meta").relay_copy);
     }
 
     fn dat_file(dir: &Path, id: &ArtifactId) -> Vec<u8> {

@@ -200,6 +200,7 @@ async fn metadata_that_contradicts_itself_is_refused() {
             mime_type: None,
             encrypted: true,
             data_key: None,
+            recipient_keys: None,
         },
         ArtifactMetadata {
             artifact_id: other.hash32(),
@@ -208,6 +209,7 @@ async fn metadata_that_contradicts_itself_is_refused() {
             mime_type: None,
             encrypted: true,
             data_key: None,
+            recipient_keys: None,
         },
     ];
     let holder = tokio::spawn(async move {

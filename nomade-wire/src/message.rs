@@ -515,7 +515,18 @@ pub struct ArtifactMetadata {
     /// the chunks that follow are sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_key: Option<WrappedDataKey>,
+    /// Extension: for an artifact sealed for some devices only, the data
+    /// key wrapped for each of them (at most [`MAX_RECIPIENT_KEYS`]), as its
+    /// holders keep it. Sent, with sealed chunks, only to a requester that
+    /// announced `"sealed-relay"`: a requester among them also gets
+    /// `data_key`; one that is not keeps the records for them without being
+    /// able to open them (docs/PROTOCOL.md, "Sealed relays").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient_keys: Option<Vec<WrappedDataKey>>,
 }
+
+/// Most entries of [`ArtifactMetadata::recipient_keys`].
+pub const MAX_RECIPIENT_KEYS: usize = 64;
 
 /// `ARTIFACT_CHUNK` (0x0203): one chunk of at most 64 KiB.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -460,6 +460,7 @@ pub fn all() -> Vec<Sample> {
             mime_type: Some("image/jpeg".into()),
             encrypted: true,
             data_key: None,
+            recipient_keys: None,
         }
         .into(),
     );
@@ -477,6 +478,7 @@ pub fn all() -> Vec<Sample> {
                 nonce: FixedBytes([0x11; 12]),
                 sealed: FixedBytes([0x5e; 48]),
             }),
+            recipient_keys: None,
         }
         .into(),
     );
@@ -489,6 +491,7 @@ pub fn all() -> Vec<Sample> {
             mime_type: None,
             encrypted: false,
             data_key: None,
+            recipient_keys: None,
         }
         .into(),
     );
@@ -655,6 +658,25 @@ pub fn all() -> Vec<Sample> {
                     actor_id: LAPTOP.into(),
                 },
             ],
+        }
+        .into(),
+    );
+    let wrapped_for = |recipient: u8, fill: u8| WrappedDataKey {
+        recipient: hash(recipient),
+        ephemeral: hash(fill),
+        nonce: FixedBytes([fill; 12]),
+        sealed: FixedBytes([fill; 48]),
+    };
+    push(
+        "artifact_metadata_sealed_relay",
+        ArtifactMetadata {
+            artifact_id: hash(0xa3),
+            size: 200_000,
+            chunk_count: 4,
+            mime_type: Some("video/mp4".into()),
+            encrypted: true,
+            data_key: None,
+            recipient_keys: Some(vec![wrapped_for(0xb1, 0x21), wrapped_for(0xb3, 0x23)]),
         }
         .into(),
     );

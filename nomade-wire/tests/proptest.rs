@@ -225,18 +225,21 @@ fn message() -> impl Strategy<Value = Message> {
         )
             .prop_map(
                 |(artifact_id, size, chunk_count, mime_type, encrypted, key)| {
+                    let data_key =
+                        key.map(|(recipient, ephemeral, nonce, sealed)| WrappedDataKey {
+                            recipient,
+                            ephemeral,
+                            nonce: FixedBytes(nonce),
+                            sealed: FixedBytes(sealed),
+                        });
                     Message::from(ArtifactMetadata {
                         artifact_id,
                         size,
                         chunk_count,
                         mime_type,
                         encrypted,
-                        data_key: key.map(|(recipient, ephemeral, nonce, sealed)| WrappedDataKey {
-                            recipient,
-                            ephemeral,
-                            nonce: FixedBytes(nonce),
-                            sealed: FixedBytes(sealed),
-                        }),
+                        recipient_keys: data_key.clone().map(|k| vec![k.clone(), k]),
+                        data_key,
                     })
                 }
             ),
