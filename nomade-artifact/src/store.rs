@@ -666,7 +666,18 @@ impl ArtifactStore {
         mime_type: Option<&str>,
         recipients: &[PublicKey],
     ) -> Result<ArtifactId> {
-        self.put_sealed(File::open(path)?, mime_type, recipients, true)
+        self.put_reader_for(File::open(path)?, mime_type, recipients)
+    }
+
+    /// [`ArtifactStore::put_file_for`] from a reader (read twice, as by
+    /// [`ArtifactStore::put_reader`]).
+    pub fn put_reader_for<R: Read + Seek>(
+        &self,
+        reader: R,
+        mime_type: Option<&str>,
+        recipients: &[PublicKey],
+    ) -> Result<ArtifactId> {
+        self.put_sealed(reader, mime_type, recipients, true)
     }
 
     fn put_sealed<R: Read + Seek>(

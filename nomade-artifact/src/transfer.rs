@@ -105,6 +105,8 @@ pub struct Sender {
     authorized: bool,
     /// The peer takes `recipient_keys` (it announced `"sealed-relay"`).
     relaying: bool,
+    /// The request's `sealed_for`: the requester's artifact key.
+    requester: Option<PublicKey>,
     state: SenderState,
     id: Option<ArtifactId>,
     outbox: VecDeque<Message>,
@@ -129,6 +131,7 @@ impl Sender {
             store,
             authorized,
             relaying: false,
+            requester: None,
             state: SenderState::AwaitingRequest,
             id: None,
             outbox: VecDeque::new(),
@@ -148,6 +151,13 @@ impl Sender {
     /// The artifact requested, once known.
     pub fn artifact_id(&self) -> Option<ArtifactId> {
         self.id
+    }
+
+    /// The key the requester asked the chunks sealed for (its artifact
+    /// key, the one to list it among an artifact's recipients with), once
+    /// the request came.
+    pub fn requester(&self) -> Option<PublicKey> {
+        self.requester
     }
 
     /// Whether the exchange is over (completed, refused or failed).
@@ -210,6 +220,7 @@ impl Sender {
 
     fn on_request(&mut self, req: ArtifactRequest) -> Result<SenderEvent> {
         let id = ArtifactId::from(req.artifact_id);
+        self.requester = req.sealed_for.map(|k| PublicKey::from(*k.as_bytes()));
         if !self.authorized {
             self.refuse(
                 id,
@@ -267,7 +278,7 @@ impl Sender {
             self.state = SenderState::Finished;
             return Ok(SenderEvent::Described { id });
         }
-        let requester = req.sealed_for.map(|k| PublicKey::from(*k.as_bytes()));
+        let requester = self.requester;
         if reader.info().restricted {
             // Sealed only, to a peer that takes the recipients' keys; the
             // data key to a recipient only.
@@ -1662,6 +1673,55 @@ mod tests {
         assert_eq!(r.request().resume_from, Some(1));
         assert_clean(drive(&mut s, &mut r));
         assert_eq!(fetched_bytes(&c, &id), d);
+    }
+
+    /// Malformed `recipient_keys` (BAD_INPUTS #26a): none, too many, a
+    /// recipient twice, or in answer to a plaintext request. Refused,
+    /// nothing stored.
+    #[test]
+    fn malformed_recipient_keys_are_refused_and_nothing_stored() {
+        let (dirs, [a, b, c]) = three_stores();
+        let file = dirs[0].path().join("f");
+        std::fs::write(&file, data(CHUNK + 1, 4)).expect("write");
+        let id = a.put_file_for(&file, None, &[c.public_key()]).expect("put");
+        let wrap = |key: &ArtifactStore| {
+            a.open_artifact(&id)
+                .expect("open")
+                .wrap_key_for(&key.public_key())
+                .expect("wrap")
+        };
+        let cases = [
+            (true, vec![]),
+            (true, vec![wrap(&c); nomade_wire::MAX_RECIPIENT_KEYS + 1]),
+            (true, vec![wrap(&a), wrap(&c), wrap(&a)]),
+            (false, vec![wrap(&a), wrap(&c)]),
+        ];
+        for (sealed, keys) in cases {
+            let mut r = Receiver::new(b.clone(), id, 0)
+                .expect("r")
+                .ask_sealed(sealed);
+            r.next_message().expect("ok").expect("request");
+            let Message::ArtifactMetadata(mut m) = metadata_msg(id, CHUNK as u64 + 1, 2) else {
+                unreachable!()
+            };
+            m.recipient_keys = Some(keys);
+            let err = r
+                .handle_message(Message::ArtifactMetadata(m))
+                .expect_err("refused");
+            assert!(
+                matches!(
+                    err,
+                    ArtifactError::BadMetadata(_) | ArtifactError::Protocol(_)
+                ),
+                "{err:?}"
+            );
+            assert!(matches!(
+                r.next_message(),
+                Ok(Some(Message::Error(e))) if e.error_code == ErrorCode::INVALID_MESSAGE
+            ));
+            drop(r);
+            assert!(!b.has(&id) && !b.has_partial(&id));
+        }
     }
 
     /// A copy kept for others resumes from its whole records, and only

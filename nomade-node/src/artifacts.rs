@@ -5,13 +5,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use nomade_artifact::{ArtifactId, ArtifactStore, Progress, Receiver, ReceiverEvent, Sender};
+use nomade_artifact::{
+    ArtifactId, ArtifactStore, Progress, PublicKey, Receiver, ReceiverEvent, Sender,
+};
 use nomade_transport::{Connection, DeviceId, FramedRecv, FramedSend};
 use nomade_wire::{ArtifactRequest, EntityType, Message, StreamRole, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::artifact_io;
 use crate::error::NodeError;
+use crate::handshake;
 use crate::metrics::Metrics;
 use crate::node::{peer_err, Node};
 use crate::store::ArtifactRecord;
@@ -120,6 +123,9 @@ pub enum ArtifactState {
     Partial,
     /// Known (referenced, or evicted), its content on other devices only.
     RemoteOnly,
+    /// Held here, sealed for other devices: this device is not among its
+    /// recipients and cannot open it; it passes it on to them.
+    HeldForOthers,
 }
 
 /// One artifact as `nomade artifacts` lists it.
@@ -163,11 +169,107 @@ impl Node {
         mime: Option<&str>,
         progress: impl FnMut(u64, u64),
     ) -> Result<ArtifactId, NodeError> {
-        let me = self.inner.artifacts.public_key();
+        self.put_artifact_for_with_progress(path, mime, &[], progress)
+    }
+
+    /// Stores a file as an artifact sealed for this device and the paired
+    /// devices `recipients` only (docs/PROTOCOL.md, "Sealed relays"): other
+    /// devices may hold and pass on its sealed records, and cannot open
+    /// them. With no recipients, the same as [`Node::put_artifact`]. A
+    /// device whose artifact key this device has not learned yet (it
+    /// learns it at the start of each session with it) is
+    /// [`NodeError::NoArtifactKey`], and nothing is stored.
+    ///
+    /// ```no_run
+    /// # fn demo(node: &nomade_node::Node, phone: nomade_transport::DeviceId) -> Result<(), nomade_node::NodeError> {
+    /// let id = node.put_artifact_for("passport.pdf".as_ref(), Some("application/pdf"), &[phone])?;
+    /// // Reference it as any artifact; only this device and the phone can open it.
+    /// println!("{}", id.to_reference());
+    /// # Ok(()) }
+    /// ```
+    pub fn put_artifact_for(
+        &self,
+        path: &Path,
+        mime: Option<&str>,
+        recipients: &[DeviceId],
+    ) -> Result<ArtifactId, NodeError> {
+        self.put_artifact_for_with_progress(path, mime, recipients, |_, _| {})
+    }
+
+    /// [`Node::put_artifact_for`] with progress, as
+    /// [`Node::put_artifact_with_progress`].
+    pub fn put_artifact_for_with_progress(
+        &self,
+        path: &Path,
+        mime: Option<&str>,
+        recipients: &[DeviceId],
+        progress: impl FnMut(u64, u64),
+    ) -> Result<ArtifactId, NodeError> {
+        let keys = self.artifact_keys_of(recipients)?;
         let file = std::fs::File::open(path)?;
         let total = file.metadata()?.len().saturating_mul(2);
         let reader = crate::progress::CountingReader::new(file, total, progress);
-        Ok(self.inner.artifacts.put_reader(reader, mime, &[me])?)
+        let store = &self.inner.artifacts;
+        Ok(if recipients.is_empty() {
+            store.put_reader(reader, mime, &[])?
+        } else {
+            store.put_reader_for(reader, mime, &keys)?
+        })
+    }
+
+    /// The artifact keys of `devices`, as learned from each.
+    fn artifact_keys_of(&self, devices: &[DeviceId]) -> Result<Vec<PublicKey>, NodeError> {
+        let peers = self.inner.core.store().peers()?;
+        devices
+            .iter()
+            .map(|d| {
+                let id = d.to_string();
+                peers
+                    .iter()
+                    .find(|p| p.device_id == id)
+                    .and_then(|p| p.artifact_key.as_deref())
+                    .and_then(parse_artifact_key)
+                    .ok_or(NodeError::NoArtifactKey { device: id })
+            })
+            .collect()
+    }
+
+    /// Keeps `key` as `peer`'s artifact key (learned from its own request)
+    /// when it is paired and the key is new.
+    fn learn_artifact_key(&self, peer: DeviceId, key: &PublicKey) -> Result<(), NodeError> {
+        let hex = hex::encode(key.as_bytes());
+        let id = peer.to_string();
+        let known = self.inner.core.store().peers()?;
+        let Some(record) = known.iter().find(|p| p.device_id == id) else {
+            return Ok(());
+        };
+        if record.artifact_key.as_deref() != Some(hex.as_str()) {
+            tracing::info!(%peer, key = %hex, "learned the device's artifact key");
+            self.update_peer(peer, |p| p.artifact_key = Some(hex.clone()))?;
+        }
+        Ok(())
+    }
+
+    /// Tells the peer this device's artifact key, for it to seal artifacts
+    /// for this device (docs/PROTOCOL.md, "Sealed relays"): a request for
+    /// the metadata of no artifact (the all-zero id), sealed for the key.
+    /// The peer answers that it has no such artifact.
+    pub(crate) async fn announce_artifact_key(&self, conn: &Connection) -> Result<(), NodeError> {
+        let (mut tx, mut rx) = conn.open_bi(StreamRole::Artifact).await?;
+        let request = ArtifactRequest {
+            artifact_id: nomade_wire::Hash32::from([0; 32]),
+            priority: 0,
+            resume_from: None,
+            sealed_for: Some(nomade_wire::Hash32::from(
+                *self.inner.artifacts.public_key().as_bytes(),
+            )),
+            metadata_only: true,
+            end_before: None,
+        };
+        tx.send(&crate::sync::envelope(request)).await?;
+        let _ = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+        let _ = tx.finish().await;
+        Ok(())
     }
 
     /// Writes an artifact's plaintext to `out`, verified against its id.
@@ -187,11 +289,15 @@ impl Node {
         let sender = Sender::new(
             self.inner.artifacts.clone(),
             self.inner.paired.contains(&peer),
-        );
+        )
+        .relaying(self.peer_has(&peer, handshake::SEALED_RELAY));
         let sender = artifact_io::drive(sender, &mut tx, &mut rx, |event| {
             tracing::debug!(%peer, ?event, "artifact");
         })
         .await?;
+        if let Some(key) = sender.requester() {
+            self.learn_artifact_key(peer, &key)?;
+        }
         if sender.is_finished() {
             let _ = tx.finish().await;
         }
@@ -510,7 +616,10 @@ impl Node {
             let record = records.remove(&id.to_hex()).unwrap_or_default();
             let (state, size, mime_type) = match self.inner.artifacts.metadata(&id) {
                 Ok(info) => (
-                    ArtifactState::Local,
+                    match info.relay_copy {
+                        true => ArtifactState::HeldForOthers,
+                        false => ArtifactState::Local,
+                    },
                     Some(info.size),
                     info.mime_type.clone(),
                 ),
@@ -865,4 +974,10 @@ impl Node {
             Err(peer_err(&conn.peer(), "artifact stream ended early"))
         }
     }
+}
+
+/// An artifact key as kept in a peer record (64 hex characters).
+fn parse_artifact_key(hex: &str) -> Option<PublicKey> {
+    let bytes: [u8; 32] = hex::decode(hex).ok()?.try_into().ok()?;
+    Some(PublicKey::from(bytes))
 }

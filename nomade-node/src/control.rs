@@ -283,6 +283,10 @@ pub enum Request {
         /// Its MIME type.
         #[serde(default)]
         mime: Option<String>,
+        /// Seal it for this device and these paired devices only (device
+        /// ids); none: for every paired device.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        recipients: Vec<String>,
     },
     /// Writes an artifact to `out` (an absolute path), fetching it from a
     /// paired device first if needed; sends `progress` events.
@@ -755,11 +759,19 @@ pub async fn handle(
             let splices = commit(node, move |n| n.replace_text(&doc, &field, &base, &new)).await?;
             Ok(json!({ "splices": splices }))
         }
-        Request::Put { path, mime } => {
+        Request::Put {
+            path,
+            mime,
+            recipients,
+        } => {
+            let recipients = recipients
+                .iter()
+                .map(|d| parse_device_id(d))
+                .collect::<Result<Vec<_>, _>>()?;
             let node = node.clone();
             let progress = throttled(events, "put");
             let id = tokio::task::spawn_blocking(move || {
-                node.put_artifact_with_progress(&path, mime.as_deref(), progress)
+                node.put_artifact_for_with_progress(&path, mime.as_deref(), &recipients, progress)
             })
             .await
             .map_err(NodeError::from)??;

@@ -174,6 +174,15 @@ pub enum NodeError {
         /// The subscription, as patterns.
         subscription: String,
     },
+    /// An artifact was to be sealed for a device whose artifact key this
+    /// device has not learned yet: it learns it from the device itself, at
+    /// the start of each session with it. Connect to it once; nothing was
+    /// stored.
+    #[error("device {device} has not told this device its artifact key yet: connect to it once, then put the artifact again")]
+    NoArtifactKey {
+        /// The device.
+        device: String,
+    },
 }
 
 impl NodeError {

@@ -43,8 +43,14 @@ pub const SUBSCRIPTIONS: &str = "subscriptions";
 /// holder at the same time.
 pub const ARTIFACT_RANGES: &str = "artifact-ranges";
 
+/// The capability of taking `ARTIFACT_METADATA.recipient_keys`: a device
+/// that announces it is served restricted artifacts (sealed for some
+/// devices only), and keeps and passes on those it is not a recipient of
+/// without being able to open them (docs/PROTOCOL.md, "Sealed relays").
+pub const SEALED_RELAY: &str = "sealed-relay";
+
 /// Capabilities this node announces.
-pub const CAPABILITIES: [&str; 9] = [
+pub const CAPABILITIES: [&str; 10] = [
     CRDT_SYNC,
     ARTIFACT_TRANSFER,
     PRESENCE,
@@ -54,6 +60,7 @@ pub const CAPABILITIES: [&str; 9] = [
     ARTIFACT_METADATA,
     SUBSCRIPTIONS,
     ARTIFACT_RANGES,
+    SEALED_RELAY,
 ];
 
 /// What a node says about itself in HELLO / HELLO_ACK.

@@ -396,14 +396,28 @@ impl Node {
         let fetches = info.has(handshake::ARTIFACT_TRANSFER);
         let describes = info.has(handshake::ARTIFACT_METADATA);
         // (Those that later edits reference: `Node::watch_new_references`.)
+        let announces_key = info.has(handshake::SEALED_RELAY);
         let fetcher = tokio::spawn(async move {
-            while fetches && summary_rx.changed().await.is_ok() {
-                if summary_rx.borrow().is_some() {
-                    node.inner.session_events.send_modify(|n| *n += 1);
-                    node.fetch_missing_artifacts(&c2, describes).await;
-                    break;
+            // This device's artifact key, for the peer to seal for it
+            // (alongside: the fetches do not wait for the answer).
+            let announce = async {
+                if !announces_key {
+                    return;
                 }
-            }
+                if let Err(e) = node.announce_artifact_key(&c2).await {
+                    tracing::debug!(peer = %c2.peer(), error = %e, "artifact key not announced");
+                }
+            };
+            let fetch = async {
+                while fetches && summary_rx.changed().await.is_ok() {
+                    if summary_rx.borrow().is_some() {
+                        node.inner.session_events.send_modify(|n| *n += 1);
+                        node.fetch_missing_artifacts(&c2, describes).await;
+                        break;
+                    }
+                }
+            };
+            tokio::join!(announce, fetch);
         });
         // Heartbeats and presence out.
         let hb = self.clone();

@@ -159,6 +159,11 @@ pub struct PeerRecord {
     /// epoch), if ever.
     #[serde(default)]
     pub last_seen_ms: Option<i64>,
+    /// Its artifact key (X25519 public key, hex), learned from the device
+    /// itself: what an artifact sealed for it is wrapped for
+    /// ([`crate::Node::put_artifact_for`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_key: Option<String>,
 }
 
 /// Most addresses kept per peer; the oldest learned one goes first.
@@ -172,6 +177,7 @@ impl PeerRecord {
             name: None,
             addresses: Vec::new(),
             last_seen_ms: None,
+            artifact_key: None,
         }
     }
 
@@ -1787,6 +1793,7 @@ mod tests {
             name: Some("laptop".into()),
             addresses: vec!["127.0.0.1:4000".into()],
             last_seen_ms: None,
+            artifact_key: Some("11".repeat(32)),
         };
         store.put_peer(&peer).unwrap();
         assert_eq!(store.peers().unwrap(), vec![peer]);

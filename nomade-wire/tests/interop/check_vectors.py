@@ -235,6 +235,7 @@ MESSAGES = {
         ("mime_type", nil_or(STR), REQ),
         ("encrypted", BOOL, REQ),
         ("data_key", WRAPPED_DATA_KEY, EXT),
+        ("recipient_keys", array(WRAPPED_DATA_KEY), EXT),
     ),
     0x0203: struct_(
         "ARTIFACT_CHUNK",
@@ -718,6 +719,12 @@ def check_identities(mtype: int, obj) -> None:
         check_subscription(obj["subscription"])
     if mtype == 0x0201 and "end_before" in obj and obj["end_before"] <= obj.get("resume_from", 0):
         raise SpecError("ARTIFACT_REQUEST end_before must come after resume_from")
+    if mtype == 0x0202 and "recipient_keys" in obj:
+        keys = obj["recipient_keys"]
+        if not 1 <= len(keys) <= MAX_RECIPIENT_KEYS:
+            raise SpecError(f"ARTIFACT_METADATA has {len(keys)} recipient keys (1 to {MAX_RECIPIENT_KEYS})")
+        if len({bytes(k["recipient"]) for k in keys}) != len(keys):
+            raise SpecError("ARTIFACT_METADATA names a recipient twice")
     if mtype == 0x0201 and obj.get("metadata_only") is False:
         raise SpecError("ARTIFACT_REQUEST metadata_only is left out when false, never sent as false")
     for actor in actors_of(mtype, obj):
@@ -728,6 +735,7 @@ def check_identities(mtype: int, obj) -> None:
 
 
 MAX_PATTERNS, MAX_PATTERN_LEN = 256, 256
+MAX_RECIPIENT_KEYS = 64
 
 
 def check_subscription(patterns) -> None:
@@ -1054,8 +1062,18 @@ def self_test_rejections():
         except SpecError:
             continue
         raise SpecError(f"{what}: accepted, but must be rejected")
+    wrap = {"recipient": b"\xb1" * 32, "ephemeral": b"\x21" * 32, "nonce": b"\x21" * 12,
+            "sealed": b"\x21" * 48}
+    meta = {"artifact_id": b"\xa3" * 32, "size": 1, "chunk_count": 1, "mime_type": None, "encrypted": True}
+    check_identities(0x0202, dict(meta, recipient_keys=[wrap]))
     for what, code, obj in (("a HELLO with digits 0, 1, 8, 9 in its device id", 0x0001, hello),
-                            ("an actor id without its dashes", 0x0106, delta)):
+                            ("an actor id without its dashes", 0x0106, delta),
+                            ("ARTIFACT_METADATA naming a recipient twice", 0x0202,
+                             dict(meta, recipient_keys=[wrap, wrap])),
+                            ("ARTIFACT_METADATA with no recipient key", 0x0202, dict(meta, recipient_keys=[])),
+                            ("ARTIFACT_METADATA with 65 recipient keys", 0x0202,
+                             dict(meta, recipient_keys=[dict(wrap, recipient=bytes([i]) * 32)
+                                                        for i in range(65)]))):
         try:
             check_identities(code, obj)
         except SpecError:

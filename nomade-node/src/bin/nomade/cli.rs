@@ -165,6 +165,10 @@ pub enum Command {
         /// Its MIME type.
         #[arg(long)]
         mime: Option<String>,
+        /// Seal it for this device and this paired device only (repeat for
+        /// several): the others can hold and pass it on, not open it.
+        #[arg(long = "for", value_name = "DEVICE_ID")]
+        recipients: Vec<String>,
     },
     /// Write an artifact to a file, fetching it from a peer if needed.
     Get {

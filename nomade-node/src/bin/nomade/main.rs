@@ -419,9 +419,14 @@ async fn run(cli: Cli) -> Result<i32, ControlError> {
                 })?,
             },
         },
-        Command::Put { file, mime } => Request::Put {
+        Command::Put {
+            file,
+            mime,
+            recipients,
+        } => Request::Put {
             path: absolute(file)?,
             mime: mime.clone(),
+            recipients: recipients.clone(),
         },
         Command::Get {
             id,
