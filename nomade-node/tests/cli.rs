@@ -380,6 +380,31 @@ fn put_and_get_through_running_nodes() {
     let c_copy = tmp.path().join("c-copy.bin");
     ok(nomade(&c, &["get", &id, c_copy.to_str().expect("path")]));
     assert_eq!(std::fs::read(&c_copy).expect("read"), data);
+
+    // A file sealed for b only (once a learned b's key, at their session's
+    // start): b gets it; c can hold it for b, not open it.
+    let b_id = ok(nomade(&b, &["id"])).trim().to_string();
+    let secret = tmp.path().join("secret.bin");
+    std::fs::write(&secret, &data[..100_000]).expect("write");
+    let sealed_id = loop {
+        let put = nomade(&a, &["put", secret.to_str().expect("path"), "--for", &b_id]);
+        if put.status.success() {
+            break ok(put).lines().next().expect("id").to_string();
+        }
+        assert!(stderr(&put).contains("artifact key"), "{}", stderr(&put));
+        assert!(Instant::now() < deadline, "a never learned b's key");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let b_secret = tmp.path().join("b-secret.bin");
+    ok(nomade(&b, &["get", &sealed_id, b_secret.to_str().expect("path")]));
+    assert_eq!(std::fs::read(&b_secret).expect("read"), &data[..100_000]);
+    let c_secret = tmp.path().join("c-secret.bin");
+    let refused = nomade(&c, &["get", &sealed_id, c_secret.to_str().expect("path")]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("not a recipient"), "{}", stderr(&refused));
+    assert!(!c_secret.exists());
+    let listed = ok(nomade(&c, &["artifacts"]));
+    assert!(listed.contains("held_for_others") || listed.contains("held for others"), "{listed}");
 }
 
 /// Reads one line of `child`'s stdout within `within`.
