@@ -39,6 +39,11 @@ fn gone() -> ArtifactError {
     ArtifactError::Io(std::io::Error::other("the hashing thread stopped"))
 }
 
+/// How much lower than the others the hashing thread runs (a nice value
+/// added: it gets about a tenth of a processor that live work also wants,
+/// and all of an idle one).
+pub const BULK_NICENESS: i32 = 10;
+
 impl Hashing {
     /// Starts hashing after the chunks already fed to `whole` (a resumed
     /// transfer).
@@ -48,6 +53,10 @@ impl Hashing {
         let thread = std::thread::Builder::new()
             .name("nomade-artifact-hash".into())
             .spawn(move || {
+                // Bulk work: below the priority of the device's live work
+                // (Linux, where the nice value is per thread).
+                #[cfg(target_os = "linux")]
+                let _ = rustix::process::setpriority_process(None, BULK_NICENESS);
                 let mut whole = whole;
                 for batch in queue {
                     for chunk in batch {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use nomade_crdt::LocalEdit;
 use nomade_node::{Node, NodeConfig};
+use nomade_transport::faulty::{FaultConfig, FaultPlan, Partition};
 use nomade_transport::{Config, DeviceIdentity, PairedSet, RateLimits, Transport};
 use nomade_wire::{EntityType, StreamHeader, StreamRole, Value};
 
@@ -812,9 +813,27 @@ async fn latency(n: usize) -> (f64, f64) {
     b.wait_initial_sync(&a.device_id(), Duration::from_secs(10))
         .await
         .unwrap();
+    let l = live_latency(&a, &b, n, || true).await.0;
+    a.shutdown().await;
+    b.shutdown().await;
+    l
+}
+
+/// p50 and p99 in ms of `n` field writes made on `a` one at a time, each
+/// timed until `b` applied it, while `going` says so; and how many were
+/// timed.
+async fn live_latency(
+    a: &Node,
+    b: &Node,
+    n: usize,
+    going: impl Fn() -> bool,
+) -> ((f64, f64), usize) {
     let mut changes = b.subscribe();
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {
+        if !going() {
+            break;
+        }
         let start = Instant::now();
         a.set("lat", "n", i as i64).unwrap();
         loop {
@@ -827,12 +846,135 @@ async fn latency(n: usize) -> (f64, f64) {
     }
     samples.sort_by(|x, y| x.total_cmp(y));
     let p = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    ((p(0.5), p(0.99)), samples.len())
+}
+
+/// Live latency with and without bulk data on the same connection.
+struct BusyLatency {
+    idle: (f64, f64),
+    busy: (f64, f64),
+    /// Writes timed during the transfer.
+    busy_samples: usize,
+    /// The artifact's rate while the edits were timed.
+    bulk_mib_per_sec: f64,
+}
+
+/// Live latency (field writes from A applied on B) on an idle connection,
+/// then while B fetches a `bulk`-byte artifact from A over the same
+/// connection (the fetch is cut once the writes are timed). `link`: A's
+/// socket behind a simulated link (its rate, delay and queue both ways).
+async fn busy_latency(
+    n: usize,
+    bulk: u64,
+    link: Option<FaultConfig>,
+    queue_target: Option<Duration>,
+) -> BusyLatency {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = |name| NodeConfig {
+        queue_target,
+        ..limited_config(name, RateLimits::OFF)
+    };
+    let mut a_config = config("a");
+    if let Some(link) = link {
+        a_config.faults = Some((FaultPlan::symmetric(link), Partition::new()));
+    }
+    let a = Node::open(&tmp.path().join("a"), a_config).unwrap();
+    let b = Node::open(&tmp.path().join("b"), config("b")).unwrap();
+    let addr_a = a.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    b.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    a.add_peer(b.device_id(), "b", &[]).unwrap();
+    b.add_peer(a.device_id(), "a", &[addr_a]).unwrap();
+    b.connect(addr_a, a.device_id()).await.unwrap();
+    b.wait_initial_sync(&a.device_id(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let file = tmp.path().join("bulk");
+    write_pattern(&file, bulk);
+    let id = a.put_artifact(&file, None).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let idle = live_latency(&a, &b, n, || true).await.0;
+    let fetching = {
+        let (b, from) = (b.clone(), a.device_id());
+        tokio::spawn(async move { b.fetch_artifact_from(&[from], id, |_, _| {}).await })
+    };
+    // Under way first.
+    while b.metrics_snapshot().artifact_bytes_received < 4 * MIB {
+        if fetching.is_finished() {
+            panic!("the fetch ended at once: {:?}", fetching.await);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (before, start) = (b.metrics_snapshot().artifact_bytes_received, Instant::now());
+    let (busy, busy_samples) = live_latency(&a, &b, n, || !fetching.is_finished()).await;
+    let moved = b.metrics_snapshot().artifact_bytes_received - before;
+    let bulk_mib_per_sec = moved as f64 / MIB as f64 / start.elapsed().as_secs_f64();
+    fetching.abort();
     a.shutdown().await;
     b.shutdown().await;
-    (p(0.5), p(0.99))
+    BusyLatency {
+        idle,
+        busy,
+        busy_samples,
+        bulk_mib_per_sec,
+    }
+}
+
+/// A 10 Mbit/s link with 25 ms each way (50 ms round trip) and 100 ms of
+/// queue, as A's socket sees it both ways.
+fn slow_link() -> FaultConfig {
+    FaultConfig {
+        delay: Duration::from_millis(25),
+        rate: Some(10_000_000 / 8),
+        queue_limit: Some(Duration::from_millis(100)),
+        seed: 1,
+        ..FaultConfig::default()
+    }
+}
+
+/// Live latency with and without bulk data, on loopback and on the slow
+/// link, each with the node's congestion control and with Cubic alone
+/// (the baseline); each with its description.
+async fn busy_latencies(
+    n: usize,
+    bulk: u64,
+    slow_n: usize,
+    slow_bulk: u64,
+) -> Vec<(String, BusyLatency)> {
+    let ours = nomade_transport::Config::default().queue_target;
+    let mut out = Vec::new();
+    for (link, how, n, bulk) in [
+        (None, "on loopback", n, bulk),
+        (
+            Some(slow_link()),
+            "on a 10 Mbit/s, 50 ms link",
+            slow_n,
+            slow_bulk,
+        ),
+    ] {
+        for (target, which) in [(ours, "low-delay"), (None, "cubic")] {
+            let r = busy_latency(n, bulk, link, target).await;
+            out.push((format!("{how}, {which}"), r));
+        }
+    }
+    out
+}
+
+fn print_busy((how, r): &(String, BusyLatency)) {
+    println!(
+        "e2e: live latency {how}: idle p50 {:.2} ms, p99 {:.2} ms; during an artifact transfer ({:.1} MiB/s) p50 {:.2} ms, p99 {:.2} ms ({} writes)",
+        r.idle.0, r.idle.1, r.bulk_mib_per_sec, r.busy.0, r.busy.1, r.busy_samples
+    );
 }
 
 fn main() {
+    // `NOMADE_BENCH_LOG=nomade_node=debug` (a tracing filter): the nodes'
+    // logs on stderr.
+    if let Ok(filter) = std::env::var("NOMADE_BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -853,6 +995,13 @@ fn main() {
     let per_link = RateLimits {
         sync_ops_per_sec: None,
         artifact_bytes_per_sec: Some(25_000_000),
+    };
+    // Live latency under bulk: writes timed, and the artifact's size on the
+    // slow link (enough to outlast the writes there).
+    let (busy_n, busy_bulk, slow_n, slow_bulk) = if quick {
+        (300, 512 * MIB, 50, 32 * MIB)
+    } else {
+        (2_000, 1024 * MIB, 200, 64 * MIB)
     };
     // One of 100 documents: field writes per document.
     let sub_ops = if quick { 200 } else { 2_000 };
@@ -966,6 +1115,11 @@ fn main() {
         if run("latency") {
             let (p50, p99) = rt.block_on(latency(lat_n));
             println!("e2e: latency p50 {p50:.2} ms, p99 {p99:.2} ms");
+        }
+        if run("busy") {
+            for r in rt.block_on(busy_latencies(busy_n, busy_bulk, slow_n, slow_bulk)) {
+                print_busy(&r);
+            }
         }
         if run("mesh") {
             for &(devices, edits) in meshes {

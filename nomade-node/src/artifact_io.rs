@@ -174,6 +174,17 @@ fn feed<M: Machine>(
 
 /// The machine's thread: feeds it, drains it, until it is finished or the
 /// peer's side ends. Returns the machine, for its final state.
+/// Lowers the calling thread's priority to
+/// [`nomade_artifact::BULK_NICENESS`], as the artifact store's hashing
+/// thread's (Linux, where the nice value is per thread; elsewhere, or if
+/// refused, nothing).
+pub(crate) fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(None, nomade_artifact::BULK_NICENESS) {
+        tracing::debug!(error = %e, "could not lower a bulk thread's priority");
+    }
+}
+
 fn run_machine<M: Machine>(
     mut machine: M,
     mut inbox: mpsc::Receiver<Message>,
@@ -206,7 +217,15 @@ pub(crate) async fn drive<M: Machine>(
 ) -> Result<M, NodeError> {
     let (inbox_tx, inbox) = mpsc::channel::<Message>(QUEUE);
     let (out, mut outbox) = mpsc::channel::<Out<M::Event>>(QUEUE);
-    let worker = tokio::task::spawn_blocking(move || run_machine(machine, inbox, out));
+    // Its own thread, below the priority of the others: a transfer's
+    // crypto and disk work yields the processor to live sync at once.
+    let (done, worker) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("nomade-artifact".into())
+        .spawn(move || {
+            lower_priority();
+            let _ = done.send(run_machine(machine, inbox, out));
+        })?;
     let reader = async {
         loop {
             tokio::select! {
@@ -239,7 +258,9 @@ pub(crate) async fn drive<M: Machine>(
         r = reader => r?,
         w = writer => w?,
     }
-    let (machine, result) = worker.await?;
+    let (machine, result) = worker
+        .await
+        .map_err(|_| NodeError::Invalid("an artifact transfer's thread ended early".into()))?;
     result?;
     Ok(machine)
 }

@@ -84,6 +84,11 @@ pub struct NodeConfig {
     /// capability) are compressed where that pays (default: yes). Frames
     /// from peers are taken compressed either way.
     pub compress: bool,
+    /// The queueing delay the connections' congestion control aims at, so
+    /// that live edits wait at most about this long behind artifact data
+    /// (default 5 ms; `None`: quinn's Cubic alone, which fills the queues
+    /// of a slow link). See `nomade_transport::congestion`.
+    pub queue_target: Option<Duration>,
     /// Whether to announce this device and look for paired devices on the
     /// local network over mDNS ([`crate::discovery`]). Off by default in
     /// the library (an application turns it on where multicast is welcome);
@@ -119,6 +124,7 @@ impl Default for NodeConfig {
             discovery: false,
             max_backoff: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
+            queue_target: nomade_transport::Config::default().queue_target,
             #[cfg(feature = "faults")]
             faults: None,
         }
@@ -563,6 +569,7 @@ impl Node {
             rate_limits: self.inner.config.rate_limits,
             handshake_timeout: self.inner.config.handshake_timeout,
             known_paths,
+            queue_target: self.inner.config.queue_target,
             ..Default::default()
         };
         #[cfg(feature = "faults")]

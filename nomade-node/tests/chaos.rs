@@ -434,6 +434,7 @@ async fn b_reorder_duplicate_delay_jitter() {
                 delay: Duration::from_millis(2),
                 jitter: Duration::from_millis(6),
                 seed: s,
+                ..FaultConfig::default()
             })
         };
         let a = device(dir.path(), "a", cfg(seed)).await;
@@ -785,6 +786,7 @@ async fn i_thirty_second_partition_under_loss_and_duplication() {
                 delay: Duration::from_millis(1),
                 jitter: Duration::from_millis(3),
                 seed: s,
+                ..FaultConfig::default()
             })
         };
         let a = device(dir.path(), "a", plan(seed)).await;

@@ -396,15 +396,25 @@ fn put_and_get_through_running_nodes() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let b_secret = tmp.path().join("b-secret.bin");
-    ok(nomade(&b, &["get", &sealed_id, b_secret.to_str().expect("path")]));
+    ok(nomade(
+        &b,
+        &["get", &sealed_id, b_secret.to_str().expect("path")],
+    ));
     assert_eq!(std::fs::read(&b_secret).expect("read"), &data[..100_000]);
     let c_secret = tmp.path().join("c-secret.bin");
     let refused = nomade(&c, &["get", &sealed_id, c_secret.to_str().expect("path")]);
     assert!(!refused.status.success());
-    assert!(stderr(&refused).contains("not a recipient"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("not a recipient"),
+        "{}",
+        stderr(&refused)
+    );
     assert!(!c_secret.exists());
     let listed = ok(nomade(&c, &["artifacts"]));
-    assert!(listed.contains("held_for_others") || listed.contains("held for others"), "{listed}");
+    assert!(
+        listed.contains("held_for_others") || listed.contains("held for others"),
+        "{listed}"
+    );
 }
 
 /// Reads one line of `child`'s stdout within `within`.

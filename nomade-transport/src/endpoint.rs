@@ -65,6 +65,11 @@ pub struct Config {
     /// address-validation tokens): see [`crate::paths`]. Empty by default;
     /// a node persists [`Transport::known_paths`] and hands it back here.
     pub known_paths: KnownPaths,
+    /// The queueing delay the congestion controller aims at
+    /// ([`crate::congestion`]): live messages wait about this long at most
+    /// behind bulk data in the queues along the path (default 5 ms).
+    /// `None`: quinn's Cubic alone, which fills queues until a loss.
+    pub queue_target: Option<Duration>,
 }
 
 impl Default for Config {
@@ -83,6 +88,7 @@ impl Default for Config {
             limits: Limits::default(),
             rate_limits: RateLimits::default(),
             known_paths: KnownPaths::default(),
+            queue_target: Some(Duration::from_millis(5)),
         }
     }
 }
@@ -121,6 +127,11 @@ impl Config {
         t.mtu_discovery_config(Some(mtu));
         if let Some(initial) = initial_mtu {
             t.initial_mtu(initial.clamp(paths::MIN_MTU, paths::MAX_MTU));
+        }
+        if let Some(target) = self.queue_target {
+            t.congestion_controller_factory(Arc::new(crate::congestion::LowDelayConfig::new(
+                target,
+            )));
         }
         Ok(t)
     }

@@ -62,6 +62,61 @@ pub struct FaultConfig {
     pub jitter: Duration,
     /// Seed of the decisions.
     pub seed: u64,
+    /// The link's rate in bytes per second (`None`: as fast as the host):
+    /// datagrams cross one after another, each taking `len / rate`, and
+    /// wait in the link's queue meanwhile, as behind a slow router.
+    pub rate: Option<u64>,
+    /// With `rate`: the longest a datagram waits in the link's queue; one
+    /// that would wait longer is dropped (the router's buffer is full).
+    /// `None`: the queue has no end.
+    pub queue_limit: Option<Duration>,
+}
+
+/// A slow link's bottleneck (see [`FaultConfig::rate`]), sans-IO: when
+/// each datagram is through, or that it is dropped at a full queue.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use nomade_transport::faulty::Bottleneck;
+///
+/// // 1,000 bytes per second, at most 1.5 s of queue.
+/// let mut link = Bottleneck::new(1_000, Some(Duration::from_millis(1_500)));
+/// let now = Instant::now();
+/// assert_eq!(link.admit(now, 500), Some(Duration::from_millis(500)));
+/// assert_eq!(link.admit(now, 500), Some(Duration::from_millis(1_000)));
+/// assert_eq!(link.admit(now, 1_000), Some(Duration::from_millis(2_000)));
+/// assert_eq!(link.admit(now, 1), None, "would wait 2 s");
+/// ```
+#[derive(Debug, Clone)]
+pub struct Bottleneck {
+    bytes_per_sec: u64,
+    queue_limit: Option<Duration>,
+    busy_until: Option<std::time::Instant>,
+}
+
+impl Bottleneck {
+    /// A link of `bytes_per_sec` (at least 1) whose queue holds at most
+    /// `queue_limit` of waiting.
+    pub fn new(bytes_per_sec: u64, queue_limit: Option<Duration>) -> Self {
+        Bottleneck {
+            bytes_per_sec: bytes_per_sec.max(1),
+            queue_limit,
+            busy_until: None,
+        }
+    }
+
+    /// A datagram of `len` bytes enters the link at `now`: how long until
+    /// it is through (its wait in the queue, then its own crossing), or
+    /// `None` when the queue is full and it is dropped.
+    pub fn admit(&mut self, now: std::time::Instant, len: usize) -> Option<Duration> {
+        let start = self.busy_until.map_or(now, |b| b.max(now));
+        if self.queue_limit.is_some_and(|q| start - now > q) {
+            return None;
+        }
+        let done = start + Duration::from_secs_f64(len as f64 / self.bytes_per_sec as f64);
+        self.busy_until = Some(done);
+        Some(done - now)
+    }
 }
 
 impl FaultConfig {
@@ -87,6 +142,7 @@ struct StatsInner {
     duplicated: [AtomicU64; 2],
     reordered: [AtomicU64; 2],
     partitioned: [AtomicU64; 2],
+    overflowed: [AtomicU64; 2],
 }
 
 /// A snapshot of [`FaultStats`] for one direction.
@@ -102,6 +158,8 @@ pub struct DirectionStats {
     pub reordered: u64,
     /// Dropped because the [`Partition`] was set.
     pub partitioned: u64,
+    /// Dropped at the slow link's full queue ([`FaultConfig::queue_limit`]).
+    pub overflowed: u64,
 }
 
 const OUT: usize = 0;
@@ -134,6 +192,10 @@ impl FaultStats {
         self.0.partitioned[dir].fetch_add(1, Ordering::Relaxed);
     }
 
+    fn overflowed(&self, dir: usize) {
+        self.0.overflowed[dir].fetch_add(1, Ordering::Relaxed);
+    }
+
     fn snapshot(&self, dir: usize) -> DirectionStats {
         let s = &self.0;
         DirectionStats {
@@ -142,6 +204,7 @@ impl FaultStats {
             duplicated: s.duplicated[dir].load(Ordering::Relaxed),
             reordered: s.reordered[dir].load(Ordering::Relaxed),
             partitioned: s.partitioned[dir].load(Ordering::Relaxed),
+            overflowed: s.overflowed[dir].load(Ordering::Relaxed),
         }
     }
 
@@ -246,6 +309,14 @@ impl FaultInjector {
             && c.reorder <= 0.0
             && c.delay.is_zero()
             && c.jitter.is_zero()
+            && c.rate.is_none()
+    }
+
+    /// The bottleneck of this direction's link, if its rate is limited.
+    fn bottleneck(&self) -> Option<Bottleneck> {
+        self.config
+            .rate
+            .map(|rate| Bottleneck::new(rate, self.config.queue_limit))
     }
 
     /// The fate of the next datagram.
@@ -302,11 +373,13 @@ impl Ord for Held {
 struct Outgoing {
     injector: FaultInjector,
     seq: u64,
+    bottleneck: Option<Bottleneck>,
 }
 
 struct Incoming {
     injector: FaultInjector,
     seq: u64,
+    bottleneck: Option<Bottleneck>,
     held: BinaryHeap<Held>,
     timer: Option<Pin<Box<Sleep>>>,
 }
@@ -357,10 +430,12 @@ impl FaultySocket {
             partition,
             stats: plan.stats,
             outgoing: Mutex::new(Outgoing {
+                bottleneck: FaultInjector::new(plan.outgoing).bottleneck(),
                 injector: FaultInjector::new(plan.outgoing),
                 seq: 0,
             }),
             incoming: Mutex::new(Incoming {
+                bottleneck: FaultInjector::new(plan.incoming).bottleneck(),
                 injector: FaultInjector::new(plan.incoming),
                 seq: 0,
                 held: BinaryHeap::new(),
@@ -462,10 +537,16 @@ impl AsyncUdpSocket for FaultySocket {
                 self.stats.partitioned(OUT);
                 continue;
             }
-            let (fate, seq) = {
+            let (fate, seq, through) = {
                 let mut out = self.outgoing.lock().unwrap_or_else(|e| e.into_inner());
                 out.seq += 1;
-                (out.injector.decide(), out.seq)
+                let fate = out.injector.decide();
+                let now = std::time::Instant::now();
+                let through = match (&fate, out.bottleneck.as_mut()) {
+                    (Fate::Deliver { .. }, Some(link)) => link.admit(now, datagram.len()),
+                    _ => Some(Duration::ZERO),
+                };
+                (fate, out.seq, through)
             };
             self.stats.count(OUT, &fate);
             let Fate::Deliver {
@@ -474,6 +555,11 @@ impl AsyncUdpSocket for FaultySocket {
             else {
                 continue;
             };
+            let Some(through) = through else {
+                self.stats.overflowed(OUT);
+                continue;
+            };
+            let delay = delay + through;
             if delay.is_zero() {
                 // WouldBlock makes quinn retry the transmit later (a new decision).
                 self.send_now(transmit, datagram)?;
@@ -544,7 +630,15 @@ impl AsyncUdpSocket for FaultySocket {
                                 delay, duplicate, ..
                             } = fate
                             {
-                                st.hold(now + delay, m, datagram);
+                                let through = match st.bottleneck.as_mut() {
+                                    Some(link) => link.admit(now.into_std(), datagram.len()),
+                                    None => Some(Duration::ZERO),
+                                };
+                                let Some(through) = through else {
+                                    self.stats.overflowed(IN);
+                                    continue;
+                                };
+                                st.hold(now + delay + through, m, datagram);
                                 if let Some(d) = duplicate {
                                     st.hold(now + d, m, datagram);
                                 }

@@ -58,6 +58,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod congestion;
 mod counters;
 pub mod dial;
 pub mod endpoint;

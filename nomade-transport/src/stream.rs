@@ -14,14 +14,17 @@ use crate::counters::{InputCounters, Rejected};
 use crate::error::{Result, TransportError};
 use crate::ratelimit::RateLimiter;
 
-/// The quinn send priority of a role: control and revocation 3 > sync 2 >
-/// artifact 1 > presence and push 0.
+/// The quinn send priority of a role: control and revocation 3 > sync and
+/// presence 2 > artifact 1 > push 0 (reserved, never opened). Presence
+/// goes before artifact data: its heartbeats are tiny, and a peer that
+/// misses them for long declares the device offline, which a transfer
+/// filling a slow link would otherwise cause.
 pub fn priority(role: StreamRole) -> i32 {
     match role {
         StreamRole::Control | StreamRole::Revocation => 3,
-        StreamRole::Sync => 2,
+        StreamRole::Sync | StreamRole::Presence => 2,
         StreamRole::Artifact => 1,
-        StreamRole::Presence | StreamRole::Push => 0,
+        StreamRole::Push => 0,
     }
 }
 

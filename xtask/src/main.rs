@@ -494,7 +494,15 @@ fn bench(quick: bool) -> Result<()> {
     let mut c = cargo();
     // Only the bench targets: a library's own test harness, run in bench
     // mode, would reject criterion's options.
-    c.args(["bench", "--workspace", "--bench", "*", "--"]);
+    c.args([
+        "bench",
+        "--workspace",
+        "--features",
+        "nomade-node/faults",
+        "--bench",
+        "*",
+        "--",
+    ]);
     if quick {
         c.args(["--warm-up-time", "1", "--measurement-time", "2"]);
     }

@@ -29,6 +29,7 @@ async fn frames_arrive_whole_and_in_order_over_a_bad_network() {
         delay: Duration::from_millis(1),
         jitter: Duration::from_millis(3),
         seed: 11,
+        ..FaultConfig::default()
     });
     let stats = plan.stats.clone();
     let a = faulty(plan, Partition::new(), config());
@@ -84,4 +85,58 @@ async fn a_partition_stops_every_datagram_until_it_is_lifted() {
     let conn = a.connect(addr, Some(b.device_id())).await.expect("connect");
     assert_eq!(conn.peer(), b.device_id());
     assert!(stats.outgoing().seen > 0 && stats.incoming().seen > 0);
+}
+
+/// A slow link (2 MB/s, a queue of 20 ms) under 4 MB of chunks: its queue
+/// overflows and drops datagrams, as a router's would; QUIC's congestion
+/// control and retransmissions still deliver every chunk whole, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_link_queues_and_drops_what_overflows_and_everything_arrives() {
+    use nomade_wire::{ArtifactChunk, Envelope, FixedBytes, MessageId};
+    let plan = FaultPlan::symmetric(FaultConfig {
+        delay: Duration::from_millis(5),
+        rate: Some(2_000_000),
+        queue_limit: Some(Duration::from_millis(20)),
+        seed: 3,
+        ..FaultConfig::default()
+    });
+    let stats = plan.stats.clone();
+    let a = faulty(plan, Partition::new(), config());
+    let b = node();
+    a.pair(b.device_id());
+    b.pair(a.device_id());
+    let conn = a
+        .connect(b.local_addr().expect("addr"), Some(b.device_id()))
+        .await
+        .expect("connect");
+    let accepted = b.accept().await.expect("accept");
+    let chunk = |i: u32| {
+        Envelope::new(
+            MessageId::from([i as u8; 16]),
+            0,
+            ArtifactChunk {
+                artifact_id: FixedBytes([7; 32]),
+                chunk_index: i,
+                chunk_data: vec![i as u8; 60_000].into(),
+                is_final: i == 63,
+                chunk_hash: None,
+                seal: None,
+            },
+        )
+    };
+    let (mut tx, _rx) = conn.open_bi(StreamRole::Artifact).await.expect("open");
+    let sender = tokio::spawn(async move {
+        for i in 0..64 {
+            tx.send(&chunk(i)).await.expect("send");
+        }
+        tx.finish().await.expect("finish");
+    });
+    let mut incoming = accepted.accept_stream().await.expect("stream");
+    for i in 0..64 {
+        assert_eq!(incoming.recv.recv().await.expect("recv"), Some(chunk(i)));
+    }
+    sender.await.expect("sender");
+    let out = stats.outgoing();
+    assert!(out.overflowed > 0, "the queue never overflowed: {out:?}");
+    assert_eq!(out.dropped, 0, "no random loss configured");
 }
