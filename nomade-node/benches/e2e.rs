@@ -10,8 +10,12 @@
 //! - full meshes of 2, 8 and 32 devices: operations sent against the
 //!   minimum, bytes per delivered operation, time to converge.
 //!
-//! Run: `cargo xtask bench` (or `cargo bench -p nomade-node --bench e2e`;
-//! `-- --quick` for small sizes). Writes `target/bench/e2e.json`.
+//! - live latency while an artifact moves over the same connection, on
+//!   loopback and on a simulated 10 Mbit/s, 50 ms link, against Cubic alone.
+//!
+//! Run: `cargo xtask bench` (or `cargo bench -p nomade-node --features
+//! faults --bench e2e`; `-- --quick` for small sizes). Writes
+//! `target/bench/e2e.json`.
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -1163,6 +1167,7 @@ fn main() {
     let (metadata_secs, metadata_disk) = rt.block_on(metadata_only(referenced, referenced_count));
     let (one_holder, two_at_once) = rt.block_on(two_holders(bulk, RateLimits::OFF));
     let (one_slow, two_slow) = rt.block_on(two_holders(limited_bytes * 4, per_link));
+    let busy = rt.block_on(busy_latencies(busy_n, busy_bulk, slow_n, slow_bulk));
     let whole_docs = rt.block_on(subscribed_share(100, sub_ops, sub_ops));
     let bursts = rt.block_on(subscribed_share(100, sub_ops, 100));
     let report = serde_json::json!({
@@ -1226,6 +1231,15 @@ fn main() {
                 "entities_held": bursts.one_entities,
             },
         },
+        "live_latency_during_a_transfer": busy.iter().map(|(how, r)| serde_json::json!({
+            "how": how,
+            "idle_p50_ms": r.idle.0,
+            "idle_p99_ms": r.idle.1,
+            "busy_p50_ms": r.busy.0,
+            "busy_p99_ms": r.busy.1,
+            "busy_samples": r.busy_samples,
+            "artifact_mib_per_sec": r.bulk_mib_per_sec,
+        })).collect::<Vec<_>>(),
         "latency_samples": lat_n,
         "latency_p50_ms": p50,
         "latency_p99_ms": p99,
@@ -1286,6 +1300,9 @@ fn main() {
         one_slow.mib_per_sec,
         two_slow.mib_per_sec / one_slow.mib_per_sec
     );
+    for r in &busy {
+        print_busy(r);
+    }
     for (how, share) in [("whole", &whole_docs), ("in bursts of 100", &bursts)] {
         println!(
             "e2e: 1 of 100 documents ({sub_ops} writes each, written {how}): {} bytes against {} for all, {:.2}x its share, holding {} entity",

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use nomade_transport::faulty::{FaultConfig, FaultPlan, Partition};
-use nomade_transport::{Config, DeviceIdentity, PairedSet, Transport};
+use nomade_transport::{Config, Connection, DeviceIdentity, PairedSet, Transport};
 use nomade_wire::StreamRole;
 
 use crate::{beat, config, local, node};
@@ -20,6 +20,26 @@ fn faulty(plan: FaultPlan, partition: Partition, config: Config) -> Transport {
     .expect("bind")
 }
 
+/// Two paired transports, the first behind `plan`'s faults with `config`,
+/// connected;
+/// the transports (kept alive by the caller), the dialer's connection and
+/// the acceptor's.
+async fn connected_through(
+    plan: FaultPlan,
+    config: Config,
+) -> ((Transport, Transport), Connection, Connection) {
+    let a = faulty(plan, Partition::new(), config);
+    let b = node();
+    a.pair(b.device_id());
+    b.pair(a.device_id());
+    let conn = a
+        .connect(b.local_addr().expect("addr"), Some(b.device_id()))
+        .await
+        .expect("connect through the faults");
+    let accepted = b.accept().await.expect("accept");
+    ((a, b), conn, accepted)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_arrive_whole_and_in_order_over_a_bad_network() {
     let plan = FaultPlan::symmetric(FaultConfig {
@@ -32,15 +52,7 @@ async fn frames_arrive_whole_and_in_order_over_a_bad_network() {
         ..FaultConfig::default()
     });
     let stats = plan.stats.clone();
-    let a = faulty(plan, Partition::new(), config());
-    let b = node();
-    a.pair(b.device_id());
-    b.pair(a.device_id());
-    let conn = a
-        .connect(b.local_addr().expect("addr"), Some(b.device_id()))
-        .await
-        .expect("connect through the faults");
-    let accepted = b.accept().await.expect("accept");
+    let (_ends, conn, accepted) = connected_through(plan, config()).await;
     let mut tx = conn.open_uni(StreamRole::Presence).await.expect("open");
     let sender = tokio::spawn(async move {
         for i in 0..400 {
@@ -87,9 +99,10 @@ async fn a_partition_stops_every_datagram_until_it_is_lifted() {
     assert!(stats.outgoing().seen > 0 && stats.incoming().seen > 0);
 }
 
-/// A slow link (2 MB/s, a queue of 20 ms) under 4 MB of chunks: its queue
-/// overflows and drops datagrams, as a router's would; QUIC's congestion
-/// control and retransmissions still deliver every chunk whole, in order.
+/// A slow link (2 MB/s, a queue of 20 ms) under 4 MB of chunks sent with
+/// Cubic alone (which fills queues until a loss): its queue overflows and
+/// drops datagrams, as a router's would; QUIC's congestion control and
+/// retransmissions still deliver every chunk whole, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_link_queues_and_drops_what_overflows_and_everything_arrives() {
     use nomade_wire::{ArtifactChunk, Envelope, FixedBytes, MessageId};
@@ -101,15 +114,14 @@ async fn a_slow_link_queues_and_drops_what_overflows_and_everything_arrives() {
         ..FaultConfig::default()
     });
     let stats = plan.stats.clone();
-    let a = faulty(plan, Partition::new(), config());
-    let b = node();
-    a.pair(b.device_id());
-    b.pair(a.device_id());
-    let conn = a
-        .connect(b.local_addr().expect("addr"), Some(b.device_id()))
-        .await
-        .expect("connect");
-    let accepted = b.accept().await.expect("accept");
+    let (_ends, conn, accepted) = connected_through(
+        plan,
+        Config {
+            queue_target: None,
+            ..config()
+        },
+    )
+    .await;
     let chunk = |i: u32| {
         Envelope::new(
             MessageId::from([i as u8; 16]),
