@@ -12,9 +12,11 @@
 //!
 //! [`LowDelayConfig`] wraps Cubic and caps its window with a second one
 //! driven by delay, in the manner of LEDBAT (RFC 6817): the queueing delay
-//! is the smoothed round trip less the least one seen; below half the
-//! target the cap grows as in slow start, below the target by one datagram
-//! per round trip, and above it shrinks, at most by half per round trip.
+//! is the smoothed round trip less the least one seen. Below half the
+//! target the cap grows as in slow start until the queue first reaches
+//! that, then by four datagrams per round trip; below the target by one
+//! datagram per round trip; above it, it shrinks in proportion to the
+//! excess, at most by half per round trip.
 //! The queues then hold about `target` of data, and the link stays full
 //! (the cap leaves the window at least the bandwidth-delay product plus
 //! `target`'s worth). Losses still halve Cubic's window as before.
@@ -63,6 +65,7 @@ impl ControllerFactory for LowDelayConfig {
             cap,
             mtu: u64::from(current_mtu),
             last_decrease: None,
+            slow_start: true,
         })
     }
 }
@@ -78,6 +81,9 @@ pub struct LowDelay {
     /// When the cap began its last round trip of shrinking, and what it
     /// was then (it loses at most half of that per round trip).
     last_decrease: Option<(Instant, f64)>,
+    /// Whether the queue has stayed under half the target so far (the cap
+    /// then grows as in slow start).
+    slow_start: bool,
 }
 
 impl LowDelay {
@@ -99,6 +105,9 @@ impl LowDelay {
     ) {
         let target = self.target.as_secs_f64();
         let off = (target - queue.as_secs_f64()) / target;
+        if off <= 0.5 {
+            self.slow_start = false;
+        }
         if off >= 0.0 {
             if app_limited {
                 // The window was not used up: it says nothing of the path.
@@ -107,9 +116,14 @@ impl LowDelay {
             // Never far above what Cubic allows, so that a shrink takes
             // effect at once.
             let ceiling = 2.0 * self.cubic.window() as f64;
-            if off > 0.5 {
-                // Little queue: as fast as slow start.
+            if off > 0.5 && self.slow_start {
+                // Little queue, and never any yet: as fast as slow start.
                 self.cap += bytes as f64;
+            } else if off > 0.5 {
+                // Little queue: four datagrams per round trip, without
+                // the overshoot of a doubling (a round trip's worth of
+                // queue before the delay shows it).
+                self.cap += (4 * self.mtu * bytes) as f64 / self.cap;
             } else {
                 self.cap += (self.mtu * bytes) as f64 / self.cap;
             }
@@ -195,6 +209,7 @@ impl Controller for LowDelay {
             cap: self.cap,
             mtu: self.mtu,
             last_decrease: self.last_decrease,
+            slow_start: self.slow_start,
         })
     }
 
@@ -242,6 +257,11 @@ mod tests {
         // The window not used up: unchanged.
         c.follow_delay(t, 50_000, Duration::ZERO, rtt, true);
         assert_eq!(c.cap, 7200.0);
+        // Little queue again, after some: four datagrams per window
+        // acknowledged, no longer as in slow start.
+        c.follow_delay(t, 7200, Duration::ZERO, rtt, false);
+        assert_eq!(c.cap, 12_000.0);
+        c.cap = 7200.0;
         // At twice the target: one datagram per window acknowledged off...
         c.follow_delay(t, 7200, ms(10), rtt, false);
         assert_eq!(c.cap, 6000.0);
