@@ -766,6 +766,84 @@ async fn e_artifact_under_loss_and_resumed_after_a_cut() {
 
 /// How long scenario (i) keeps a device cut off: 30 s, as BAD_INPUTS #33
 /// says, unless `NOMADE_CHAOS_PARTITION_SECS` asks otherwise.
+/// A slow link (500 kB/s, 10 ms each way, a 200 ms queue) full of
+/// artifact data sent with Cubic alone, which fills the queue: heartbeats
+/// (presence) go before artifact data, so the peer, which declares a
+/// device offline after 400 ms without one, never does; a live edit made
+/// during the transfer arrives during it; the artifact arrives whole. With
+/// presence below artifact data, the heartbeats starved behind the
+/// transfer and the session dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn j_heartbeats_and_live_edits_cross_a_slow_link_full_of_artifact_data() {
+    run_seeds("j_slow_link", 9, |seed| async move {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let slow = FaultPlan::symmetric(FaultConfig {
+            delay: Duration::from_millis(10),
+            rate: Some(500_000),
+            queue_limit: Some(Duration::from_millis(200)),
+            seed,
+            ..FaultConfig::default()
+        });
+        let open = |name: &str, plan: FaultPlan| {
+            let config = NodeConfig {
+                heartbeat_period: Duration::from_millis(100),
+                missed_heartbeats: 4,
+                queue_target: None,
+                ..config(name, plan, Partition::new())
+            };
+            Node::open(&dir.path().join(name), config).expect("open")
+        };
+        let (a, b) = (open("a", slow), open("b", FaultPlan::default()));
+        let addr = a
+            .start("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("start");
+        b.start("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("start");
+        let data = pattern(1_500_000, seed);
+        let file = dir.path().join("film.bin");
+        std::fs::write(&file, &data).expect("write");
+        let id = a.put_artifact(&file, None).expect("put");
+        a.set("shared", "film", id.to_reference().as_str())
+            .expect("reference");
+        a.add_peer(b.device_id(), "b", &[]).expect("pair");
+        b.add_peer(a.device_id(), "a", &[addr]).expect("pair");
+        b.connect_known_peers().expect("dial");
+        wait_for(seed, "the transfer to start", CONVERGE_TIMEOUT, || {
+            b.metrics_snapshot().artifact_bytes_received > 200_000
+        })
+        .await;
+        a.set("shared", "live", 1).expect("live edit");
+        wait_for(seed, "the live edit", CONVERGE_TIMEOUT, || {
+            b.core().field_values("shared", "live").len() == 1
+        })
+        .await;
+        assert!(
+            !b.artifacts().has(&id),
+            "seed {seed}: the edit came after the transfer, not during it"
+        );
+        wait_for(seed, "the artifact", CONVERGE_TIMEOUT, || {
+            b.artifacts().has(&id)
+        })
+        .await;
+        let out = dir.path().join("film.out");
+        b.export_artifact(&id, &out).expect("export");
+        assert!(
+            std::fs::read(&out).expect("read") == data,
+            "seed {seed}: the artifact differs"
+        );
+        assert_eq!(
+            b.metrics_snapshot().sessions_started,
+            1,
+            "seed {seed}: the session dropped during the transfer"
+        );
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
 fn long_partition() -> Duration {
     Duration::from_secs(env_u64("NOMADE_CHAOS_PARTITION_SECS").unwrap_or(30))
 }
