@@ -44,6 +44,16 @@ fn gone() -> ArtifactError {
 /// and all of an idle one).
 pub const BULK_NICENESS: i32 = 10;
 
+/// Lowers the calling thread's priority to [`BULK_NICENESS`], for bulk
+/// work (a transfer, the whole-artifact hash) that must yield the processor
+/// to live work. Linux only, where the nice value is per thread; elsewhere
+/// nothing. An error says the system refused (the thread runs on as it was).
+pub fn lower_thread_priority() -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    rustix::process::setpriority_process(None, BULK_NICENESS)?;
+    Ok(())
+}
+
 impl Hashing {
     /// Starts hashing after the chunks already fed to `whole` (a resumed
     /// transfer).
@@ -54,9 +64,8 @@ impl Hashing {
             .name("nomade-artifact-hash".into())
             .spawn(move || {
                 // Bulk work: below the priority of the device's live work
-                // (Linux, where the nice value is per thread).
-                #[cfg(target_os = "linux")]
-                let _ = rustix::process::setpriority_process(None, BULK_NICENESS);
+                // (refused, it runs as it is).
+                let _ = lower_thread_priority();
                 let mut whole = whole;
                 for batch in queue {
                     for chunk in batch {

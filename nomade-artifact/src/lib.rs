@@ -55,7 +55,7 @@ pub mod transfer;
 
 pub use chunk::{chunk_count, ArtifactId, CHUNK_SIZE, MAX_CHUNK_COUNT};
 pub use error::{ArtifactError, Result};
-pub use hashing::BULK_NICENESS;
+pub use hashing::{lower_thread_priority, BULK_NICENESS};
 pub use keys::{DeviceKey, PublicKey};
 pub use progress::Progress;
 pub use store::{ArtifactInfo, ArtifactReader, ArtifactStore};

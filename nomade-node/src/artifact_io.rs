@@ -174,17 +174,6 @@ fn feed<M: Machine>(
 
 /// The machine's thread: feeds it, drains it, until it is finished or the
 /// peer's side ends. Returns the machine, for its final state.
-/// Lowers the calling thread's priority to
-/// [`nomade_artifact::BULK_NICENESS`], as the artifact store's hashing
-/// thread's (Linux, where the nice value is per thread; elsewhere, or if
-/// refused, nothing).
-pub(crate) fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    if let Err(e) = rustix::process::setpriority_process(None, nomade_artifact::BULK_NICENESS) {
-        tracing::debug!(error = %e, "could not lower a bulk thread's priority");
-    }
-}
-
 fn run_machine<M: Machine>(
     mut machine: M,
     mut inbox: mpsc::Receiver<Message>,
@@ -223,7 +212,9 @@ pub(crate) async fn drive<M: Machine>(
     std::thread::Builder::new()
         .name("nomade-artifact".into())
         .spawn(move || {
-            lower_priority();
+            if let Err(e) = nomade_artifact::lower_thread_priority() {
+                tracing::debug!(error = %e, "could not lower a transfer thread's priority");
+            }
             let _ = done.send(run_machine(machine, inbox, out));
         })?;
     let reader = async {

@@ -219,17 +219,14 @@ impl Node {
 
     /// The artifact keys of `devices`, as learned from each.
     fn artifact_keys_of(&self, devices: &[DeviceId]) -> Result<Vec<PublicKey>, NodeError> {
-        let peers = self.inner.core.store().peers()?;
         devices
             .iter()
-            .map(|d| {
-                let id = d.to_string();
-                peers
-                    .iter()
-                    .find(|p| p.device_id == id)
-                    .and_then(|p| p.artifact_key.as_deref())
-                    .and_then(parse_artifact_key)
-                    .ok_or(NodeError::NoArtifactKey { device: id })
+            .map(|&d| {
+                self.peer(d)?
+                    .and_then(|p| p.artifact_key.as_deref().and_then(parse_artifact_key))
+                    .ok_or(NodeError::NoArtifactKey {
+                        device: d.to_string(),
+                    })
             })
             .collect()
     }
@@ -238,9 +235,7 @@ impl Node {
     /// when it is paired and the key is new.
     fn learn_artifact_key(&self, peer: DeviceId, key: &PublicKey) -> Result<(), NodeError> {
         let hex = hex::encode(key.as_bytes());
-        let id = peer.to_string();
-        let known = self.inner.core.store().peers()?;
-        let Some(record) = known.iter().find(|p| p.device_id == id) else {
+        let Some(record) = self.peer(peer)? else {
             return Ok(());
         };
         if record.artifact_key.as_deref() != Some(hex.as_str()) {

@@ -859,12 +859,7 @@ pub fn no_node_at(dir: &Path) -> ControlError {
 }
 
 fn peer_name(node: &Node, peer: &DeviceId) -> Option<String> {
-    let id = peer.to_string();
-    node.peers()
-        .ok()?
-        .into_iter()
-        .find(|p| p.device_id == id)
-        .and_then(|p| p.name)
+    node.peer(*peer).ok()??.name
 }
 
 async fn pair_show(

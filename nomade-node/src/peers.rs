@@ -218,6 +218,11 @@ impl Node {
         Ok(self.inner.core.store().peers()?)
     }
 
+    /// What is stored of `peer`, if it is paired.
+    pub fn peer(&self, peer: DeviceId) -> Result<Option<PeerRecord>, NodeError> {
+        Ok(self.inner.core.store().peer(&peer.to_string())?)
+    }
+
     /// Renames this device: kept in its data directory, announced in every
     /// later handshake.
     pub fn set_device_name(&self, name: &str) -> Result<(), NodeError> {
@@ -353,10 +358,9 @@ impl Node {
     /// The addresses to dial `peer` at, best first, as stored now (they
     /// change as the peer is seen at new ones).
     pub(crate) fn addresses_of(&self, peer: DeviceId) -> Vec<SocketAddr> {
-        let id = peer.to_string();
-        self.peers()
+        self.peer(peer)
             .ok()
-            .and_then(|all| all.into_iter().find(|p| p.device_id == id))
+            .flatten()
             .map(|p| p.addresses.iter().filter_map(|a| a.parse().ok()).collect())
             .unwrap_or_default()
     }

@@ -1002,6 +1002,18 @@ impl Store {
         })
     }
 
+    /// The record of one paired device, if it is one.
+    pub fn peer(&self, device_id: &str) -> Result<Option<PeerRecord>, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(PEERS).map_err(db_err)?;
+            let record = table.get(device_id).map_err(db_err)?;
+            record
+                .map(|v| decode_peer(device_id, v.value()))
+                .transpose()
+        })
+    }
+
     /// Every paired device.
     pub fn peers(&self) -> Result<Vec<PeerRecord>, StoreError> {
         self.with_db(|db| {

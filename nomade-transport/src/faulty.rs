@@ -120,6 +120,12 @@ impl Bottleneck {
 }
 
 impl FaultConfig {
+    /// The bottleneck of this direction's link, if its rate is limited.
+    fn bottleneck(&self) -> Option<Bottleneck> {
+        self.rate
+            .map(|rate| Bottleneck::new(rate, self.queue_limit))
+    }
+
     /// A direction that loses `loss` of its datagrams and nothing else.
     pub fn lossy(loss: f64, seed: u64) -> Self {
         FaultConfig {
@@ -312,13 +318,6 @@ impl FaultInjector {
             && c.rate.is_none()
     }
 
-    /// The bottleneck of this direction's link, if its rate is limited.
-    fn bottleneck(&self) -> Option<Bottleneck> {
-        self.config
-            .rate
-            .map(|rate| Bottleneck::new(rate, self.config.queue_limit))
-    }
-
     /// The fate of the next datagram.
     pub fn decide(&mut self) -> Fate {
         let c = self.config;
@@ -430,12 +429,12 @@ impl FaultySocket {
             partition,
             stats: plan.stats,
             outgoing: Mutex::new(Outgoing {
-                bottleneck: FaultInjector::new(plan.outgoing).bottleneck(),
+                bottleneck: plan.outgoing.bottleneck(),
                 injector: FaultInjector::new(plan.outgoing),
                 seq: 0,
             }),
             incoming: Mutex::new(Incoming {
-                bottleneck: FaultInjector::new(plan.incoming).bottleneck(),
+                bottleneck: plan.incoming.bottleneck(),
                 injector: FaultInjector::new(plan.incoming),
                 seq: 0,
                 held: BinaryHeap::new(),
