@@ -20,6 +20,7 @@ use crate::pairing::{
 };
 use crate::paths::{self, KnownPaths, PathMemory, TokenIssuer};
 use crate::ratelimit::{RateLimiter, RateLimits};
+use crate::relay::{self, RelayConfig, RelayCounters, RelayStats, RelayedEndpoint};
 use crate::stream::{FramedRecv, FramedSend, IncomingStream, Limit, RecvChecks};
 use crate::tls::{self, PairedSet, PeerClientVerifier, PeerServerVerifier, ServerAcceptance};
 
@@ -70,6 +71,9 @@ pub struct Config {
     /// behind bulk data in the queues along the path (default 5 ms).
     /// `None`: quinn's Cubic alone, which fills queues until a loss.
     pub queue_target: Option<Duration>,
+    /// What this device does as a relay for its paired devices
+    /// ([`crate::relay`]).
+    pub relay: RelayConfig,
 }
 
 impl Default for Config {
@@ -89,6 +93,7 @@ impl Default for Config {
             rate_limits: RateLimits::default(),
             known_paths: KnownPaths::default(),
             queue_target: Some(Duration::from_millis(5)),
+            relay: RelayConfig::default(),
         }
     }
 }
@@ -215,8 +220,14 @@ struct Inner {
     paths: Arc<PathMemory>,
     /// Retries sent (address validations).
     retries: std::sync::atomic::AtomicU64,
-    live: Mutex<HashMap<DeviceId, Vec<quinn::Connection>>>,
+    /// Live connections per peer, each with whether it is relayed.
+    live: Mutex<HashMap<DeviceId, Vec<(quinn::Connection, bool)>>>,
     accepted: tokio::sync::Mutex<mpsc::Receiver<Connection>>,
+    /// Where relayed connections offered to this device are handed to
+    /// [`Transport::accept`] (weak: the accept loop's sender ends it).
+    accepted_tx: mpsc::WeakSender<Connection>,
+    relay_counters: Arc<RelayCounters>,
+    relay_limiter: Option<RateLimiter>,
     events: broadcast::Sender<TransportEvent>,
     artifact_send: Option<RateLimiter>,
     artifact_recv: Option<RateLimiter>,
@@ -228,11 +239,14 @@ impl Inner {
         let _ = self.events.send(e);
     }
 
-    fn register(&self, peer: DeviceId, conn: &quinn::Connection) {
+    fn register(&self, peer: DeviceId, conn: &quinn::Connection, relayed: bool) {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         let list = live.entry(peer).or_default();
-        list.retain(|c| c.close_reason().is_none());
-        list.push(conn.clone());
+        list.retain(|(c, _)| c.close_reason().is_none());
+        list.push((conn.clone(), relayed));
+        if relayed {
+            return;
+        }
         // The MTU the path reached, remembered when the connection ends.
         let paths = self.paths.clone();
         let conn = conn.clone();
@@ -258,10 +272,126 @@ impl Inner {
         peer: DeviceId,
         conn: quinn::Connection,
         newly_paired: bool,
+        relayed_via: Option<DeviceId>,
     ) -> Connection {
-        self.register(peer, &conn);
-        Connection::new(self, peer, conn, newly_paired)
+        self.register(peer, &conn, relayed_via.is_some());
+        Connection::new(self, peer, conn, newly_paired, relayed_via)
     }
+
+    /// The transport settings of a relayed connection.
+    fn relayed_transport(&self) -> Result<Arc<quinn::TransportConfig>> {
+        Ok(relay::relayed_transport(self.config.quinn_transport(None)?))
+    }
+}
+
+impl relay::RelayHost for Inner {
+    fn device_id(&self) -> DeviceId {
+        self.identity.device_id()
+    }
+
+    fn is_paired(&self, id: &DeviceId) -> bool {
+        self.paired.contains(id)
+    }
+
+    fn direct_connection(&self, id: &DeviceId) -> Option<quinn::Connection> {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.get(id)?
+            .iter()
+            .rev()
+            .find(|(c, relayed)| !relayed && c.close_reason().is_none())
+            .map(|(c, _)| c.clone())
+    }
+
+    fn relay_config(&self) -> &RelayConfig {
+        &self.config.relay
+    }
+
+    fn relay_counters(&self) -> &Arc<RelayCounters> {
+        &self.relay_counters
+    }
+
+    fn relay_limiter(&self) -> Option<&RateLimiter> {
+        self.relay_limiter.as_ref()
+    }
+
+    fn relay_deadline(&self) -> Duration {
+        self.config.handshake_timeout
+    }
+
+    fn accept_relayed(
+        self: Arc<Self>,
+        relay: DeviceId,
+        source: DeviceId,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) {
+        tokio::spawn(async move {
+            if let Err(e) = accept_relayed(&self, relay, source, send, recv).await {
+                tracing::warn!(%relay, peer = %source, error = %e, "relayed connection refused");
+                self.rejected.count(Rejected::Handshake);
+                self.emit(TransportEvent::HandshakeRejected {
+                    remote: RelayedEndpoint::peer_address(),
+                    reason: e.to_string(),
+                });
+            }
+        });
+    }
+}
+
+/// The acceptor's side of a relayed connection: a QUIC server endpoint
+/// over the relay stream, for the one connection `source` opens, which
+/// must authenticate as `source`.
+async fn accept_relayed(
+    inner: &Arc<Inner>,
+    relay: DeviceId,
+    source: DeviceId,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) -> Result<()> {
+    let mut server = inner.server.clone();
+    server.transport_config(inner.relayed_transport()?);
+    let link = RelayedEndpoint::start(Some(server), send, recv, inner.relay_counters.clone())?;
+    let conn = tokio::time::timeout(inner.config.handshake_timeout, async {
+        let incoming = link
+            .endpoint
+            .accept()
+            .await
+            .ok_or(TransportError::EndpointClosed)?;
+        // The relay vouched for the address: no Retry.
+        let conn = incoming.accept()?.await.map_err(classify)?;
+        Ok::<_, TransportError>(conn)
+    })
+    .await
+    .map_err(|_| TransportError::ConnectTimeout {
+        addr: RelayedEndpoint::peer_address(),
+    })??;
+    let peer = peer_id(&conn)?;
+    if peer != source || !inner.paired.contains(&peer) {
+        conn.close(
+            close_code::AUTHENTICATION_FAILED.into(),
+            b"unexpected device",
+        );
+        return Err(TransportError::UnexpectedPeer {
+            expected: source,
+            actual: peer,
+        });
+    }
+    link.hold(conn.clone());
+    tracing::info!(%peer, %relay, "accepted a relayed connection");
+    inner.emit(TransportEvent::Connected {
+        peer,
+        outgoing: false,
+    });
+    let wrapped = inner.wrap(peer, conn, false, Some(relay));
+    match inner.accepted_tx.upgrade() {
+        Some(tx) => {
+            if tx.send(wrapped).await.is_err() {
+                tracing::debug!("transport dropped: relayed connection discarded");
+            }
+        }
+        None => tracing::debug!("transport closing: relayed connection discarded"),
+    }
+    Ok(())
 }
 
 /// A QUIC endpoint of a device: listens, dials, and authenticates every
@@ -367,6 +497,7 @@ impl Transport {
         let (tx, rx) = mpsc::channel(config.max_incoming.max(1));
         let (events, _) = broadcast::channel(256);
         let limits = config.rate_limits;
+        let relay_limiter = config.relay.bytes_per_sec.map(RateLimiter::per_second);
         let inner = Arc::new(Inner {
             endpoint: endpoint.clone(),
             identity,
@@ -379,6 +510,9 @@ impl Transport {
             retries: Default::default(),
             live: Mutex::new(HashMap::new()),
             accepted: tokio::sync::Mutex::new(rx),
+            accepted_tx: tx.downgrade(),
+            relay_counters: Arc::default(),
+            relay_limiter,
             events,
             artifact_send: limits.artifact_bytes_per_sec.map(RateLimiter::per_second),
             artifact_recv: limits.artifact_bytes_per_sec.map(RateLimiter::per_second),
@@ -431,7 +565,7 @@ impl Transport {
             .remove(id)
             .unwrap_or_default();
         let mut closed = 0;
-        for c in conns {
+        for (c, _) in conns {
             if c.close_reason().is_none() {
                 c.close(close_code::AUTHENTICATION_FAILED.into(), b"unpaired");
                 closed += 1;
@@ -583,7 +717,88 @@ impl Transport {
             peer,
             outgoing: true,
         });
-        Ok(self.inner.wrap(peer, conn, false))
+        Ok(self.inner.wrap(peer, conn, false, None))
+    }
+
+    /// Connects to the paired device `target` through `via`, a live direct
+    /// connection to a paired device that relays ([`crate::relay`]). The
+    /// connection to `target` is mutually authenticated end to end, as a
+    /// direct one; the relay sees only ciphertext.
+    pub async fn connect_relayed(&self, via: &Connection, target: DeviceId) -> Result<Connection> {
+        if via.relayed_via().is_some() {
+            return Err(TransportError::InvalidRelay(
+                "a relayed connection does not relay",
+            ));
+        }
+        if target == self.device_id() {
+            return Err(TransportError::InvalidRelay(
+                "a relay to this device itself",
+            ));
+        }
+        if target == via.peer() {
+            return Err(TransportError::InvalidRelay(
+                "a relay through the target itself",
+            ));
+        }
+        if !self.inner.paired.contains(&target) {
+            return Err(TransportError::PeerNotAccepted {
+                reason: format!("{target} is not paired"),
+            });
+        }
+        let deadline = self.inner.config.handshake_timeout;
+        let request = nomade_wire::RelayRequest {
+            target: target.to_string(),
+        };
+        let (send, recv) = relay::open_relay_stream(via.quinn(), via.peer(), request, deadline)
+            .await
+            .inspect_err(
+                |e| tracing::debug!(relay = %via.peer(), %target, error = %e, "relay not opened"),
+            )?;
+        let link = RelayedEndpoint::start(None, send, recv, self.inner.relay_counters.clone())?;
+        let verifier = Arc::new(PeerServerVerifier::new(
+            self.inner.paired.clone(),
+            ServerAcceptance::Paired {
+                expected: Some(target),
+            },
+        ));
+        let tls = tls::client_config(&self.inner.identity, verifier)?;
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| TransportError::Tls(rustls::Error::General(e.to_string())))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(quic));
+        client.transport_config(self.inner.relayed_transport()?);
+        let addr = RelayedEndpoint::peer_address();
+        let connecting = link.endpoint.connect_with(client, addr, tls::SERVER_NAME)?;
+        let conn = tokio::time::timeout(deadline, async {
+            let conn = connecting.await.map_err(classify)?;
+            wait_confirmed(&conn).await?;
+            Ok::<_, TransportError>(conn)
+        })
+        .await
+        .map_err(|_| TransportError::ConnectTimeout { addr })??;
+        let peer = peer_id(&conn)?;
+        if peer != target {
+            conn.close(
+                close_code::AUTHENTICATION_FAILED.into(),
+                b"unexpected device",
+            );
+            return Err(TransportError::UnexpectedPeer {
+                expected: target,
+                actual: peer,
+            });
+        }
+        link.hold(conn.clone());
+        tracing::info!(%peer, relay = %via.peer(), "connected through a relay");
+        self.inner.emit(TransportEvent::Connected {
+            peer,
+            outgoing: true,
+        });
+        Ok(self.inner.wrap(peer, conn, false, Some(via.peer())))
+    }
+
+    /// What this device did as a relay so far, and the relay streams it
+    /// ended for bad input.
+    pub fn relay_stats(&self) -> RelayStats {
+        self.inner.relay_counters.snapshot()
     }
 
     /// Joins the device at `addr` that shows `code`: proves the code, checks
@@ -635,7 +850,7 @@ impl Transport {
         self.inner.paired.insert(peer);
         tracing::info!(%peer, "paired by code");
         self.inner.emit(TransportEvent::Paired { peer, addr });
-        Ok(self.inner.wrap(peer, conn, true))
+        Ok(self.inner.wrap(peer, conn, true, None))
     }
 
     /// What this transport has learned about the paths to its peers, to
@@ -643,7 +858,7 @@ impl Transport {
     /// of the connections still open.
     pub fn known_paths(&self) -> KnownPaths {
         let live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
-        for conn in live.values().flatten() {
+        for (conn, _) in live.values().flatten().filter(|(_, relayed)| !relayed) {
             learn_mtu(&self.inner.paths, conn);
         }
         drop(live);
@@ -831,7 +1046,7 @@ async fn handle_incoming(
         peer,
         outgoing: false,
     });
-    let wrapped = inner.wrap(peer, conn, newly_paired);
+    let wrapped = inner.wrap(peer, conn, newly_paired, None);
     if tx.send(wrapped).await.is_err() {
         tracing::debug!("transport dropped: connection discarded");
     }
@@ -893,6 +1108,13 @@ struct StreamSettings {
     /// The ids of the messages last received on this connection (all its
     /// streams), to drop repeats.
     recent_ids: Arc<Mutex<RecentIds>>,
+    /// The transport, for relay streams (weak: a connection's tasks do not
+    /// keep it alive).
+    host: std::sync::Weak<Inner>,
+    /// The peer.
+    peer: DeviceId,
+    /// Whether this connection is relayed (it then carries no relay stream).
+    relayed: bool,
 }
 
 impl StreamSettings {
@@ -933,6 +1155,7 @@ impl StreamSettings {
 pub struct Connection {
     peer: DeviceId,
     newly_paired: bool,
+    relayed_via: Option<DeviceId>,
     conn: quinn::Connection,
     settings: StreamSettings,
     shared: Arc<ConnShared>,
@@ -948,7 +1171,13 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    fn new(inner: &Inner, peer: DeviceId, conn: quinn::Connection, newly_paired: bool) -> Self {
+    fn new(
+        inner: &Arc<Inner>,
+        peer: DeviceId,
+        conn: quinn::Connection,
+        newly_paired: bool,
+        relayed_via: Option<DeviceId>,
+    ) -> Self {
         let settings = StreamSettings {
             limits: inner.config.limits,
             message_deadline: inner.config.message_deadline,
@@ -958,6 +1187,9 @@ impl Connection {
             artifact_recv: inner.artifact_recv.clone(),
             rejected: inner.rejected.clone(),
             recent_ids: Arc::default(),
+            host: Arc::downgrade(inner),
+            peer,
+            relayed: relayed_via.is_some(),
         };
         let (tx, rx) = mpsc::channel(inner.config.max_concurrent_streams.max(1) as usize);
         tokio::spawn(accept_streams(conn.clone(), settings.clone(), tx));
@@ -968,6 +1200,7 @@ impl Connection {
         Connection {
             peer,
             newly_paired,
+            relayed_via,
             conn,
             settings,
             shared,
@@ -984,9 +1217,15 @@ impl Connection {
         self.newly_paired
     }
 
-    /// The peer's address.
+    /// The peer's address (for a relayed connection, a placeholder that
+    /// is not the peer's: see [`Connection::relayed_via`]).
     pub fn remote_address(&self) -> SocketAddr {
         self.conn.remote_address()
+    }
+
+    /// The device relaying this connection, `None` for a direct one.
+    pub fn relayed_via(&self) -> Option<DeviceId> {
+        self.relayed_via
     }
 
     /// The current round-trip time estimate.
@@ -1113,6 +1352,16 @@ async fn read_header(
         }
     };
     let role = header.role;
+    if role == StreamRole::Relay {
+        // Served by the transport itself: the node never sees relay streams.
+        match (send, settings.host.upgrade()) {
+            (Some(send), Some(host)) => {
+                relay::serve_stream(host, settings.peer, settings.relayed, send, recv).await
+            }
+            _ => tracing::debug!("relay stream after the transport closed: dropped"),
+        }
+        return;
+    }
     let send = send.map(|s| {
         let mut f = FramedSend::new(role, s, settings.send_limit(role));
         f.set_priority_now();

@@ -140,6 +140,28 @@ pub enum TransportError {
     /// The endpoint was closed.
     #[error("endpoint closed")]
     EndpointClosed,
+    /// A relay refused to relay, or the device offered a relayed
+    /// connection refused it: `code` says why (`UNREACHABLE`: no direct
+    /// connection to the target, or relaying off; `RATE_LIMITED`: the
+    /// relay's quota is full; `AUTHENTICATION_FAILED`: not paired;
+    /// `INVALID_MESSAGE`: to itself, or over a relayed connection).
+    #[error("relay {relay} refused ({}): {reason}", code.name())]
+    RelayRefused {
+        /// The device asked to relay.
+        relay: DeviceId,
+        /// The protocol error code it answered.
+        code: nomade_wire::ErrorCode,
+        /// Its explanation.
+        reason: String,
+    },
+    /// A relay stream broke the protocol (a bad packet length, an
+    /// unexpected answer) or ended: the relayed connection is closed.
+    #[error("relay stream: {0}")]
+    RelayBroken(String),
+    /// A relay that cannot be asked for: to this device itself, through the
+    /// target itself, or over a connection that is itself relayed.
+    #[error("invalid relay: {0}")]
+    InvalidRelay(&'static str),
 }
 
 impl TransportError {

@@ -15,7 +15,8 @@ use crate::error::{Result, TransportError};
 use crate::ratelimit::RateLimiter;
 
 /// The quinn send priority of a role: control and revocation 3 > sync and
-/// presence 2 > artifact 1 > push 0 (reserved, never opened). Presence
+/// presence 2 > artifact and relay 1 > push 0 (reserved, never opened). A
+/// relay forwards others' traffic below its own live messages. Presence
 /// goes before artifact data: its heartbeats are tiny, and a peer that
 /// misses them for long declares the device offline, which a transfer
 /// filling a slow link would otherwise cause.
@@ -23,7 +24,7 @@ pub fn priority(role: StreamRole) -> i32 {
     match role {
         StreamRole::Control | StreamRole::Revocation => 3,
         StreamRole::Sync | StreamRole::Presence => 2,
-        StreamRole::Artifact => 1,
+        StreamRole::Artifact | StreamRole::Relay => 1,
         StreamRole::Push => 0,
     }
 }

@@ -177,6 +177,12 @@ messages! {
     PresenceUpdate(PresenceUpdate) = 0x0302, "PRESENCE_UPDATE";
     /// `ERROR`
     Error(ErrorMessage) = 0x0401, "ERROR";
+    /// `RELAY_REQUEST`
+    RelayRequest(RelayRequest) = 0x0501, "RELAY_REQUEST";
+    /// `RELAY_OFFER`
+    RelayOffer(RelayOffer) = 0x0502, "RELAY_OFFER";
+    /// `RELAY_ACCEPT`
+    RelayAccept(RelayAccept) = 0x0503, "RELAY_ACCEPT";
 }
 
 impl Message {

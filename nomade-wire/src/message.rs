@@ -636,6 +636,10 @@ impl ErrorCode {
     pub const AUTHENTICATION_FAILED: ErrorCode = ErrorCode(6);
     /// The sender exceeded a rate limit and should slow down (transient).
     pub const RATE_LIMITED: ErrorCode = ErrorCode(7);
+    /// A relay cannot reach the device asked for (no direct connection to
+    /// it, or it refused), or does not relay at all: transient, try another
+    /// path.
+    pub const UNREACHABLE: ErrorCode = ErrorCode(8);
 
     /// A short name for logs.
     pub fn name(&self) -> &'static str {
@@ -648,6 +652,7 @@ impl ErrorCode {
             5 => "QuotaExceeded",
             6 => "AuthenticationFailed",
             7 => "RateLimited",
+            8 => "Unreachable",
             _ => "Unassigned",
         }
     }
@@ -674,3 +679,29 @@ pub struct ErrorMessage {
     /// The message that caused it, if one did.
     pub related_message_id: Option<MessageId>,
 }
+
+/// `RELAY_REQUEST` (0x0501): the first message of a relay stream a device
+/// opens to a paired device it is connected to, asking it to relay a QUIC
+/// connection to `target`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayRequest {
+    /// The device to reach (a device id, as in `HELLO`).
+    pub target: String,
+}
+
+/// `RELAY_OFFER` (0x0502): the first message of a relay stream a relay
+/// opens to the target of a [`RelayRequest`]: `source` asks to connect
+/// through it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayOffer {
+    /// The device that asked (a device id, as in `HELLO`).
+    pub source: String,
+}
+
+/// `RELAY_ACCEPT` (0x0503): the answer that opens a relay stream to
+/// packets (an empty map).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayAccept {}

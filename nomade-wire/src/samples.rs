@@ -680,6 +680,30 @@ pub fn all() -> Vec<Sample> {
         }
         .into(),
     );
+    push(
+        "relay_request",
+        RelayRequest {
+            target: PHONE.into(),
+        }
+        .into(),
+    );
+    push(
+        "relay_offer",
+        RelayOffer {
+            source: LAPTOP.into(),
+        }
+        .into(),
+    );
+    push("relay_accept", RelayAccept {}.into());
+    push(
+        "error_unreachable",
+        ErrorMessage {
+            error_code: ErrorCode::UNREACHABLE,
+            error_message: "no direct connection to that device".into(),
+            related_message_id: Some(id(40)),
+        }
+        .into(),
+    );
     out
 }
 

@@ -22,24 +22,28 @@ pub enum StreamRole {
     Push = 4,
     /// Unidirectional: REVOCATION records.
     Revocation = 5,
+    /// Bidirectional: RELAY_REQUEST or RELAY_OFFER, its answer, then the
+    /// relayed connection's packets (see `docs/PROTOCOL.md`, "Relay").
+    Relay = 6,
 }
 
 impl StreamRole {
     /// Every role.
-    pub const ALL: [StreamRole; 6] = [
+    pub const ALL: [StreamRole; 7] = [
         StreamRole::Control,
         StreamRole::Sync,
         StreamRole::Artifact,
         StreamRole::Presence,
         StreamRole::Push,
         StreamRole::Revocation,
+        StreamRole::Relay,
     ];
 
     /// Whether streams of this role are bidirectional.
     pub fn is_bidirectional(self) -> bool {
         matches!(
             self,
-            StreamRole::Control | StreamRole::Sync | StreamRole::Artifact
+            StreamRole::Control | StreamRole::Sync | StreamRole::Artifact | StreamRole::Relay
         )
     }
 

@@ -10,6 +10,7 @@ mod hostile;
 mod pairing;
 mod paths;
 mod raw_quic;
+mod relay;
 mod streams;
 
 use std::net::SocketAddr;

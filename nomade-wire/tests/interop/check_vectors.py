@@ -262,6 +262,9 @@ MESSAGES = {
         ("error_message", STR, REQ),
         ("related_message_id", nil_or(MESSAGE_ID), REQ),
     ),
+    0x0501: struct_("RELAY_REQUEST", ("target", STR, REQ)),
+    0x0502: struct_("RELAY_OFFER", ("source", STR, REQ)),
+    0x0503: struct_("RELAY_ACCEPT"),
 }
 
 
@@ -951,6 +954,11 @@ def self_test_vectors():
         ("presence_update", 0x0302, {"status": "busy", "message": "in a meeting"}),
         ("error", 0x0401, {"error_code": 3, "error_message": "not held here", "related_message_id": mid(15)}),
         ("error_no_related", 0x0401, {"error_code": 7, "error_message": "slow down", "related_message_id": None}),
+        ("relay_request", 0x0501, {"target": phone}),
+        ("relay_offer", 0x0502, {"source": laptop}),
+        ("relay_accept", 0x0503, {}),
+        ("error_unreachable", 0x0401, {"error_code": 8, "error_message": "no direct connection",
+                                       "related_message_id": mid(40)}),
     ]
     out = [{"name": "heartbeat_worked_example", "message_type": 0x0301, "frame_hex": WORKED_EXAMPLE_HEX}]
     for n, (name, code, obj) in enumerate(msgs, start=1):
