@@ -49,8 +49,14 @@ pub const ARTIFACT_RANGES: &str = "artifact-ranges";
 /// without being able to open them (docs/PROTOCOL.md, "Sealed relays").
 pub const SEALED_RELAY: &str = "sealed-relay";
 
+/// The capability of serving relay streams: being asked to relay a
+/// connection between two paired devices (which it may refuse, relaying
+/// off, with `UNREACHABLE`), and accepting a relayed connection offered to
+/// it (`nomade_transport::relay`).
+pub const RELAY: &str = "relay";
+
 /// Capabilities this node announces.
-pub const CAPABILITIES: [&str; 10] = [
+pub const CAPABILITIES: [&str; 11] = [
     CRDT_SYNC,
     ARTIFACT_TRANSFER,
     PRESENCE,
@@ -61,6 +67,7 @@ pub const CAPABILITIES: [&str; 10] = [
     SUBSCRIPTIONS,
     ARTIFACT_RANGES,
     SEALED_RELAY,
+    RELAY,
 ];
 
 /// What a node says about itself in HELLO / HELLO_ACK.

@@ -159,6 +159,36 @@ pub struct MetricsSnapshot {
     /// (a round trip each; a device that connected before presents a token
     /// instead); filled in by the node from its transport.
     pub retries_sent: u64,
+    /// What this device did as a relay, and the relay streams it ended for
+    /// bad input; filled in by the node from its transport.
+    pub relay: RelayMetrics,
+}
+
+/// The relay part of [`MetricsSnapshot`] (`nomade_transport::RelayStats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RelayMetrics {
+    /// Relay sessions served now.
+    pub active_sessions: u64,
+    /// Relay sessions served in all.
+    pub sessions: u64,
+    /// Relay requests and offers refused.
+    pub refused: u64,
+    /// Bytes forwarded for other devices.
+    pub bytes_forwarded: u64,
+    /// Relay streams ended for bad input.
+    pub bad_streams: u64,
+}
+
+impl From<nomade_transport::RelayStats> for RelayMetrics {
+    fn from(s: nomade_transport::RelayStats) -> Self {
+        RelayMetrics {
+            active_sessions: s.active_sessions,
+            sessions: s.sessions,
+            refused: s.refused,
+            bytes_forwarded: s.bytes_forwarded,
+            bad_streams: s.bad_streams,
+        }
+    }
 }
 
 impl Metrics {
@@ -245,6 +275,7 @@ impl Metrics {
                 .unwrap_or_default(),
             rejected_input: BTreeMap::new(),
             retries_sent: 0,
+            relay: RelayMetrics::default(),
         }
     }
 }
@@ -374,6 +405,30 @@ impl MetricsSnapshot {
             s,
             "# HELP nomade_retries_sent_total Address validations (QUIC Retry) sent to dialing devices\n# TYPE nomade_retries_sent_total counter\nnomade_retries_sent_total {}",
             self.retries_sent
+        );
+        let r = &self.relay;
+        let _ = writeln!(
+            s,
+            "# HELP nomade_relay_sessions_active Relay sessions this device serves for paired devices
+# TYPE nomade_relay_sessions_active gauge
+nomade_relay_sessions_active {}
+\
+             # HELP nomade_relay_sessions_total Relay sessions served
+# TYPE nomade_relay_sessions_total counter
+nomade_relay_sessions_total {}
+\
+             # HELP nomade_relay_refused_total Relay requests and offers refused
+# TYPE nomade_relay_refused_total counter
+nomade_relay_refused_total {}
+\
+             # HELP nomade_relay_bytes_total Bytes forwarded for other devices
+# TYPE nomade_relay_bytes_total counter
+nomade_relay_bytes_total {}
+\
+             # HELP nomade_relay_bad_streams_total Relay streams ended for bad input
+# TYPE nomade_relay_bad_streams_total counter
+nomade_relay_bad_streams_total {}",
+            r.active_sessions, r.sessions, r.refused, r.bytes_forwarded, r.bad_streams
         );
         s
     }

@@ -94,6 +94,11 @@ pub struct NodeConfig {
     /// the library (an application turns it on where multicast is welcome);
     /// `nomade serve` turns it on unless told `--no-discovery`.
     pub discovery: bool,
+    /// What this device does as a relay for its paired devices (on by
+    /// default, with a quota and a rate limit: `nomade_transport::relay`),
+    /// and whether it connects to a paired device it cannot reach directly
+    /// through one it is connected to (always, when both relay).
+    pub relay: nomade_transport::RelayConfig,
     /// Test only (the `faults` feature): network faults injected under the
     /// QUIC endpoint, and the partition switch (`None`: the real network,
     /// untouched).
@@ -122,6 +127,7 @@ impl Default for NodeConfig {
             clock_skew_ms: 0,
             compress: true,
             discovery: false,
+            relay: nomade_transport::RelayConfig::default(),
             max_backoff: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             queue_target: nomade_transport::Config::default().queue_target,
@@ -570,6 +576,7 @@ impl Node {
             handshake_timeout: self.inner.config.handshake_timeout,
             known_paths,
             queue_target: self.inner.config.queue_target,
+            relay: self.inner.config.relay,
             ..Default::default()
         };
         #[cfg(feature = "faults")]
@@ -724,6 +731,16 @@ impl Node {
         sessions
             .get(peer)
             .is_some_and(|s| s.conn.close_reason().is_none())
+    }
+
+    /// The device relaying the live session with `peer`, `None` when the
+    /// session is direct or there is none.
+    pub fn relayed_via(&self, peer: &DeviceId) -> Option<DeviceId> {
+        let sessions = self.sessions();
+        sessions
+            .get(peer)
+            .filter(|s| s.conn.close_reason().is_none())
+            .and_then(|s| s.conn.relayed_via())
     }
 
     pub(crate) async fn wait_disconnected(&self, peer: &DeviceId) {

@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::core::now_ms;
 use crate::error::NodeError;
+use crate::handshake;
 use crate::lock;
 use crate::metrics::Metrics;
 use crate::node::{is_permanent, Node};
@@ -365,6 +366,56 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// Connects to `peer` through a device with a direct session to this
+    /// one that announced [`handshake::RELAY`] (each in turn until one
+    /// relays), and runs the session. Returns whether one started.
+    pub(crate) async fn connect_through_relay(&self, peer: DeviceId) -> bool {
+        let Some(t) = self.transport() else {
+            return false;
+        };
+        if self.inner.device_id > peer {
+            // The smaller id goes first, as for a redial; the larger one
+            // relays only if no session came meanwhile.
+            let wait = self
+                .inner
+                .config
+                .min_backoff
+                .mul_f64(1.0 + rand::random::<f64>());
+            tokio::time::sleep(wait).await;
+            if self.is_connected(&peer) {
+                return true;
+            }
+        }
+        let relays: Vec<nomade_transport::Connection> = self
+            .sessions()
+            .iter()
+            .filter(|(id, s)| {
+                **id != peer
+                    && s.conn.relayed_via().is_none()
+                    && s.conn.close_reason().is_none()
+                    && s.info.has(handshake::RELAY)
+            })
+            .map(|(_, s)| s.conn.clone())
+            .collect();
+        for via in relays {
+            match t.connect_relayed(&via, peer).await {
+                Ok(conn) => match self.start_session(conn).await {
+                    Ok(()) => {
+                        tracing::info!(%peer, relay = %via.peer(), "connected through a relay: the direct path is tried again after each backoff");
+                        return true;
+                    }
+                    Err(e) => {
+                        tracing::info!(%peer, relay = %via.peer(), error = %e, "relayed session failed")
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(%peer, relay = %via.peer(), error = %e, "relay not available")
+                }
+            }
+        }
+        false
+    }
+
     async fn keep_connected(&self, peer: DeviceId) {
         let config = &self.inner.config;
         let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
@@ -375,7 +426,16 @@ impl Node {
             if !self.inner.paired.contains(&peer) {
                 return;
             }
-            if !self.is_connected(&peer) {
+            // A relayed session is kept until a direct path works: the
+            // addresses are dialed again after each backoff.
+            let relayed = self.relayed_via(&peer).is_some();
+            if relayed && self.inner.device_id > peer {
+                // Both sides try the direct path: the larger id leaves the
+                // smaller one a moment (see the end of this loop).
+                let wait = config.min_backoff.mul_f64(1.0 + rand::random::<f64>());
+                tokio::time::sleep(wait).await;
+            }
+            if !self.is_connected(&peer) || self.relayed_via(&peer).is_some() {
                 let addrs = self.addresses_of(peer);
                 if addrs.is_empty() && !told_no_address {
                     tracing::warn!(%peer, "no address known for this peer: waiting for it to connect (or add one: nomade peers add {peer} --addr HOST:PORT)");
@@ -412,6 +472,10 @@ impl Node {
                 if !ok && address_learned.has_changed().unwrap_or(false) {
                     // Dial the address just learned now, not after a backoff.
                     continue;
+                }
+                if !ok && !self.is_connected(&peer) {
+                    // No direct path: through a paired device connected to both.
+                    self.connect_through_relay(peer).await;
                 }
                 if ok {
                     backoff.on_success();

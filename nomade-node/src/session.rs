@@ -267,7 +267,8 @@ impl Node {
             }
         };
         let name = info.device_name.clone();
-        tracing::info!(%peer, name, dialer, capabilities = ?info.capabilities, "session established");
+        let relayed_via = conn.relayed_via().map(|r| r.to_string());
+        tracing::info!(%peer, name, dialer, ?relayed_via, capabilities = ?info.capabilities, "session established");
         let (initial_tx, initial_rx) = watch::channel(None);
         // Offline once more than `missed_heartbeats` periods pass without a beat.
         let liveness = Arc::new(Mutex::new(Liveness::new(
@@ -304,7 +305,8 @@ impl Node {
             if !name.is_empty() {
                 p.name = Some(name.clone());
             }
-            if !dialer {
+            // (A relayed connection's address is a placeholder.)
+            if !dialer && conn.relayed_via().is_none() {
                 p.remember_address(&remote.to_string());
             }
             p.last_seen_ms = Some(now_ms());

@@ -82,7 +82,11 @@ impl Node {
         let q = s.conn.quinn();
         let stats = q.stats();
         Some(SessionStatus {
-            address: q.remote_address().to_string(),
+            address: match s.conn.relayed_via() {
+                Some(_) => "relayed".to_string(),
+                None => q.remote_address().to_string(),
+            },
+            relayed_via: s.conn.relayed_via().map(|r| r.to_string()),
             dialed: s.dialed,
             rtt_ms: q.rtt().as_secs_f64() * 1000.0,
             bytes_sent: stats.udp_tx.bytes,
@@ -111,6 +115,7 @@ impl Node {
                 .map(|(kind, n)| (kind.to_string(), *n))
                 .collect();
             m.retries_sent = t.retries_sent();
+            m.relay = t.relay_stats().into();
         }
         m
     }
@@ -141,8 +146,12 @@ pub struct PeerStatus {
 /// A session with a peer, in [`PeerStatus`].
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SessionStatus {
-    /// The peer's address on this connection.
+    /// The peer's address on this connection (`"relayed"` for a relayed
+    /// one).
     pub address: String,
+    /// The paired device relaying this connection, `None` when it is
+    /// direct.
+    pub relayed_via: Option<String>,
     /// Whether this device dialed it.
     pub dialed: bool,
     /// The connection's smoothed round-trip time, in milliseconds.

@@ -844,6 +844,69 @@ async fn j_heartbeats_and_live_edits_cross_a_slow_link_full_of_artifact_data() {
     .await;
 }
 
+// ----- (k) relay ---------------------------------------------------------------
+
+/// A path broken between two devices only: a and c drop each other's
+/// datagrams, both reach b. They connect through b (a relayed QUIC
+/// connection, authenticated end to end), sync on it under loss while both
+/// edit, and move to the direct path once it works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k_two_devices_cut_from_each_other_sync_through_a_third() {
+    run_seeds("k_relay", 11, |seed| async move {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plan = |s: u64| FaultPlan::symmetric(FaultConfig::lossy(0.02, s));
+        let a = device(dir.path(), "a", plan(seed)).await;
+        let b = device(dir.path(), "b", plan(seed + 1)).await;
+        let c = device(dir.path(), "c", plan(seed + 2)).await;
+        link(&a, &b);
+        link(&c, &b);
+        link(&a, &c);
+        a.partition.cut_from(c.addr, true);
+        c.partition.cut_from(a.addr, true);
+        let (ida, idb, idc) = (a.node.device_id(), b.node.device_id(), c.node.device_id());
+        a.node.connect_known_peers().expect("dial");
+        c.node.connect_known_peers().expect("dial");
+        wait_for(
+            seed,
+            "a and c connected through b",
+            CONVERGE_TIMEOUT,
+            || a.node.relayed_via(&idc) == Some(idb) && c.node.relayed_via(&ida) == Some(idb),
+        )
+        .await;
+        a.bulk("relayed-a", 1_000);
+        live_edits(&[&a, &c], seed, Duration::from_millis(600)).await;
+        converge(&[&a, &b, &c], seed).await;
+        // The relayed session itself carried operations, and b forwarded them.
+        let session = a.node.session_status(&idc).expect("a's session with c");
+        assert_eq!(session.relayed_via, Some(idb.to_string()), "seed {seed}");
+        assert!(session.last_sync_ms.is_some(), "seed {seed}: {session:?}");
+        let relay = b.node.metrics_snapshot().relay;
+        assert!(relay.sessions >= 1, "seed {seed}: {relay:?}");
+        assert!(relay.bytes_forwarded > 20_000, "seed {seed}: {relay:?}");
+        assert!(a.stats.outgoing().partitioned > 0, "seed {seed}");
+        // The path heals: both move to it, and b relays nothing any more.
+        a.partition.cut_from(c.addr, false);
+        c.partition.cut_from(a.addr, false);
+        wait_for(seed, "a and c on the direct path", CONVERGE_TIMEOUT, || {
+            a.node.is_connected(&idc)
+                && c.node.is_connected(&ida)
+                && a.node.relayed_via(&idc).is_none()
+                && c.node.relayed_via(&ida).is_none()
+        })
+        .await;
+        wait_for(seed, "the relay session to end", CONVERGE_TIMEOUT, || {
+            b.node.metrics_snapshot().relay.active_sessions == 0
+        })
+        .await;
+        live_edits(&[&a, &c], seed + 50, Duration::from_millis(300)).await;
+        converge(&[&a, &b, &c], seed).await;
+        let session = c.node.session_status(&ida).expect("c's session with a");
+        assert_eq!(session.address, a.addr.to_string(), "seed {seed}");
+        shutdown(&[&a, &b, &c]).await;
+    })
+    .await;
+}
+
 fn long_partition() -> Duration {
     Duration::from_secs(env_u64("NOMADE_CHAOS_PARTITION_SECS").unwrap_or(30))
 }

@@ -252,9 +252,18 @@ impl FaultPlan {
 }
 
 /// A runtime switch: while set, every datagram in both directions is dropped
-/// (a cable pulled). Clones share the switch.
+/// (a cable pulled); and a list of addresses cut off alone (a path between
+/// two devices broken, others working). Clones share the switch.
 #[derive(Debug, Clone, Default)]
-pub struct Partition(Arc<AtomicBool>);
+pub struct Partition(Arc<PartitionState>);
+
+#[derive(Debug, Default)]
+struct PartitionState {
+    all: AtomicBool,
+    /// Whether `from` is not empty (read without the lock).
+    some: AtomicBool,
+    from: Mutex<std::collections::HashSet<SocketAddr>>,
+}
 
 impl Partition {
     /// A switch, not set.
@@ -264,12 +273,36 @@ impl Partition {
 
     /// Cuts (`true`) or restores (`false`) the network.
     pub fn set(&self, cut: bool) {
-        self.0.store(cut, Ordering::SeqCst);
+        self.0.all.store(cut, Ordering::SeqCst);
     }
 
     /// Whether the network is cut.
     pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.all.load(Ordering::SeqCst)
+    }
+
+    /// Cuts (`true`) or restores (`false`) the path to and from `peer`
+    /// alone.
+    pub fn cut_from(&self, peer: SocketAddr, cut: bool) {
+        let mut from = self.0.from.lock().unwrap_or_else(|e| e.into_inner());
+        if cut {
+            from.insert(peer);
+        } else {
+            from.remove(&peer);
+        }
+        self.0.some.store(!from.is_empty(), Ordering::SeqCst);
+    }
+
+    /// Whether datagrams to or from `peer` are dropped now.
+    pub fn blocks(&self, peer: SocketAddr) -> bool {
+        self.is_set()
+            || (self.0.some.load(Ordering::SeqCst)
+                && self
+                    .0
+                    .from
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&peer))
     }
 }
 
@@ -490,7 +523,7 @@ async fn send_delayed(
                 let now = Instant::now();
                 while heap.peek().is_some_and(|h| h.due <= now) {
                     let Some(h) = heap.pop() else { break };
-                    if partition.is_set() {
+                    if partition.blocks(h.peer) {
                         continue;
                     }
                     let t = Transmit {
@@ -532,7 +565,7 @@ impl AsyncUdpSocket for FaultySocket {
             .unwrap_or(transmit.contents.len())
             .max(1);
         for datagram in transmit.contents.chunks(segment) {
-            if self.partition.is_set() {
+            if self.partition.blocks(transmit.destination) {
                 self.stats.partitioned(OUT);
                 continue;
             }
@@ -593,7 +626,7 @@ impl AsyncUdpSocket for FaultySocket {
                     break;
                 }
                 let Some(h) = st.held.pop() else { break };
-                if self.partition.is_set() {
+                if self.partition.blocks(h.peer) {
                     self.stats.partitioned(IN);
                     continue;
                 }
@@ -619,7 +652,7 @@ impl AsyncUdpSocket for FaultySocket {
                         let data = &buf[..m.len.min(buf.len())];
                         let stride = if m.stride == 0 { m.len } else { m.stride }.max(1);
                         for datagram in data.chunks(stride) {
-                            if self.partition.is_set() {
+                            if self.partition.blocks(m.addr) {
                                 self.stats.partitioned(IN);
                                 continue;
                             }
@@ -836,6 +869,17 @@ mod tests {
         assert!(q.is_set());
         p.set(false);
         assert!(!q.is_set());
+        let (x, y) = (
+            "127.0.0.1:1000".parse().expect("addr"),
+            "127.0.0.1:2000".parse().expect("addr"),
+        );
+        p.cut_from(x, true);
+        assert!(q.blocks(x) && !q.blocks(y) && !q.is_set());
+        p.set(true);
+        assert!(q.blocks(y));
+        p.set(false);
+        p.cut_from(x, false);
+        assert!(!q.blocks(x) && !q.blocks(y));
     }
 
     #[test]

@@ -104,6 +104,11 @@ pub enum Command {
         /// network (mDNS); they are then dialed only at known addresses.
         #[arg(long)]
         no_discovery: bool,
+        /// Do not relay connections between other paired devices (they
+        /// ask this device when they cannot reach each other directly).
+        /// This device still connects through others when it must.
+        #[arg(long)]
+        no_relay: bool,
     },
     /// List the artifacts this device knows of (held, partly fetched,
     /// remote only; pinned), or pin, unpin or evict one.

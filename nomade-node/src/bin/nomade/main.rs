@@ -163,10 +163,15 @@ fn config(cli: &Cli) -> NodeConfig {
             ..
         }
     );
+    let relay = nomade_transport::RelayConfig {
+        enabled: !matches!(&cli.command, Command::Serve { no_relay: true, .. }),
+        ..Default::default()
+    };
     NodeConfig {
         artifact_policy,
         background,
         discovery,
+        relay,
         device_name: cli.name.clone().unwrap_or_default(),
         rate_limits: if cli.no_rate_limits {
             RateLimits::OFF
@@ -769,7 +774,7 @@ fn print_status(st: &Json) {
             println!(
                 "  {}  online via {}  rtt {:.1} ms  {}  sent {} received {}",
                 peer_label(p),
-                s(&session["address"]),
+                session_path(session),
                 session["rtt_ms"].as_f64().unwrap_or(0.0),
                 last_sync,
                 bytes(session["bytes_sent"].as_u64().unwrap_or(0)),
@@ -954,6 +959,14 @@ async fn status_watch(cli: &Cli, json: bool) -> Result<i32, ControlError> {
     }
 }
 
+/// Where a session goes: the peer's address, or the device relaying it.
+fn session_path(session: &Json) -> String {
+    match session["relayed_via"].as_str() {
+        Some(relay) => format!("relay {relay}"),
+        None => session["address"].as_str().unwrap_or_default().to_string(),
+    }
+}
+
 /// One line per peer: what `status --watch` prints into a file when it changes.
 fn peers_summary(st: &Json) -> String {
     st["peers"]
@@ -961,10 +974,11 @@ fn peers_summary(st: &Json) -> String {
         .into_iter()
         .flatten()
         .map(|p| {
-            let via = p["session"]["address"]
-                .as_str()
-                .map(|a| format!(" via {a}"))
-                .unwrap_or_default();
+            let via = if p["session"].is_object() {
+                format!(" via {}", session_path(&p["session"]))
+            } else {
+                String::new()
+            };
             format!("{}  {}{via}", peer_label(p), seen(p))
         })
         .collect::<Vec<_>>()
