@@ -11,13 +11,16 @@
 //!   minimum, bytes per delivered operation, time to converge.
 //!
 //! - live latency while an artifact moves over the same connection, on
-//!   loopback and on a simulated 10 Mbit/s, 50 ms link, against Cubic alone.
+//!   loopback and on a simulated 10 Mbit/s, 50 ms link, against Cubic alone;
+//! - an artifact fetch and a full sync through a relaying third device
+//!   against the same directly, and the relay's CPU per GiB forwarded.
 //!
 //! Run: `cargo xtask bench` (or `cargo bench -p nomade-node --features
 //! faults --bench e2e`; `-- --quick` for small sizes). Writes
 //! `target/bench/e2e.json`.
 
 #![allow(missing_docs, clippy::unwrap_used)]
+#![recursion_limit = "256"]
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -59,6 +62,203 @@ async fn measure(bytes: u64, transfer: impl std::future::Future<Output = ()>) ->
         mib_per_sec: bytes as f64 / MIB as f64 / secs,
         cpu_secs_per_gib: (cpu_secs() - cpu0) / (bytes as f64 / (1u64 << 30) as f64),
     }
+}
+
+/// CPU seconds the calling thread has used (Linux).
+fn thread_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
+}
+
+/// A relay node on a thread of its own (a single-threaded runtime), so that
+/// its CPU time is its own: what relaying costs the device in the middle.
+struct RelayThread {
+    node: Node,
+    addr: std::net::SocketAddr,
+    cpu: std::sync::mpsc::Receiver<f64>,
+    ask: tokio::sync::mpsc::UnboundedSender<bool>,
+}
+
+impl RelayThread {
+    fn start(dir: &Path) -> RelayThread {
+        let dir = dir.to_path_buf();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (cpu_tx, cpu_rx) = std::sync::mpsc::channel();
+        let (ask_tx, mut ask_rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let config = NodeConfig {
+                    relay: nomade_transport::RelayConfig {
+                        bytes_per_sec: None,
+                        ..Default::default()
+                    },
+                    ..limited_config("b", RateLimits::OFF)
+                };
+                let node = Node::open(&dir.join("b"), config).unwrap();
+                // The relay holds none of the documents, so that the
+                // devices behind it get them from their own session, not
+                // from the relay's copy.
+                node.set_subscription(
+                    nomade_crdt::Subscription::parse(["document:held-by-nobody"]).unwrap(),
+                )
+                .unwrap();
+                let addr = node.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+                ready_tx.send((node.clone(), addr)).unwrap();
+                // `true`: report this thread's CPU time; `false`: stop.
+                while let Some(report) = ask_rx.recv().await {
+                    if !report {
+                        break;
+                    }
+                    cpu_tx.send(thread_cpu_secs()).unwrap();
+                }
+                node.shutdown().await;
+            });
+        });
+        let (node, addr) = ready_rx.recv().unwrap();
+        RelayThread {
+            node,
+            addr,
+            cpu: cpu_rx,
+            ask: ask_tx,
+        }
+    }
+
+    fn cpu_secs(&self) -> f64 {
+        self.ask.send(true).unwrap();
+        self.cpu.recv().unwrap()
+    }
+
+    fn stop(self) {
+        let _ = self.ask.send(false);
+    }
+}
+
+/// What relaying costs against a direct connection, in the same run.
+struct RelayFigures {
+    relayed_artifact: Rate,
+    direct_artifact: Rate,
+    /// CPU seconds of the relay's thread per GiB it forwarded.
+    relay_cpu_secs_per_gib: f64,
+    relayed_sync_ops_per_sec: f64,
+    direct_sync_ops_per_sec: f64,
+}
+
+/// A and C, paired, each connected to B only; C fetches an artifact of
+/// `bytes` from A through B, then directly; then two fresh devices sync
+/// `ops` operations from A, one through B and one directly. B holds none of
+/// the documents (a subscription to none of them).
+async fn relay_vs_direct(bytes: u64, ops: usize) -> RelayFigures {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = RelayThread::start(tmp.path());
+    let open = |name: &str| {
+        Node::open(
+            &tmp.path().join(name),
+            limited_config(name, RateLimits::OFF),
+        )
+        .unwrap()
+    };
+    let a = open("a");
+    let (c, d, e) = (open("c"), open("d"), open("e"));
+    let b = relay.node.clone();
+    let addr_a = a.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    for n in [&c, &d, &e] {
+        n.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    }
+    for n in [&a, &c, &d, &e] {
+        n.add_peer(b.device_id(), "b", &[relay.addr]).unwrap();
+        b.add_peer(n.device_id(), "", &[]).unwrap();
+        if n.device_id() != a.device_id() {
+            n.add_peer(a.device_id(), "a", &[addr_a]).unwrap();
+            a.add_peer(n.device_id(), "", &[]).unwrap();
+        }
+        n.connect(relay.addr, b.device_id()).await.unwrap();
+    }
+    // The artifact: through b, then directly.
+    let src = tmp.path().join("src.bin");
+    write_pattern(&src, bytes);
+    let id = a.put_artifact(&src, None).unwrap();
+    std::fs::remove_file(&src).unwrap();
+    c.connect_through(b.device_id(), a.device_id())
+        .await
+        .unwrap();
+    assert!(c
+        .session_status(&a.device_id())
+        .unwrap()
+        .relayed_via
+        .is_some());
+    let (cpu0, fwd0) = (relay.cpu_secs(), b.metrics_snapshot().relay.bytes_forwarded);
+    let relayed_artifact = measure(bytes, async {
+        c.fetch_artifact(&a.device_id(), id, |_| {}).await.unwrap();
+    })
+    .await;
+    let (cpu1, fwd1) = (relay.cpu_secs(), b.metrics_snapshot().relay.bytes_forwarded);
+    c.artifacts().remove(&id).unwrap();
+    c.connect(addr_a, a.device_id()).await.unwrap();
+    assert!(c
+        .session_status(&a.device_id())
+        .unwrap()
+        .relayed_via
+        .is_none());
+    let direct_artifact = measure(bytes, async {
+        c.fetch_artifact(&a.device_id(), id, |_| {}).await.unwrap();
+    })
+    .await;
+    // Full sync: d through b, e directly.
+    fill(&a, ops, 100);
+    let target = a.core().version_vector();
+    let synced = |n: &Node| n.core().version_vector() == target;
+    let start = Instant::now();
+    d.connect_through(b.device_id(), a.device_id())
+        .await
+        .unwrap();
+    while !synced(&d) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let relayed_sync = start.elapsed().as_secs_f64();
+    assert!(d
+        .session_status(&a.device_id())
+        .unwrap()
+        .relayed_via
+        .is_some());
+    let start = Instant::now();
+    e.connect(addr_a, a.device_id()).await.unwrap();
+    while !synced(&e) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let direct_sync = start.elapsed().as_secs_f64();
+    for n in [&a, &c, &d, &e] {
+        n.shutdown().await;
+    }
+    relay.stop();
+    RelayFigures {
+        relayed_artifact,
+        direct_artifact,
+        relay_cpu_secs_per_gib: (cpu1 - cpu0) / ((fwd1 - fwd0) as f64 / (1u64 << 30) as f64),
+        relayed_sync_ops_per_sec: ops as f64 / relayed_sync,
+        direct_sync_ops_per_sec: ops as f64 / direct_sync,
+    }
+}
+
+fn print_relay(r: &RelayFigures) {
+    println!(
+        "e2e: relayed through a third device: artifact {:.0} MiB/s against {:.0} direct (ratio {:.2}), the relay using {:.2} CPU s per GiB forwarded; full sync {:.0} ops/s against {:.0} direct (ratio {:.2})",
+        r.relayed_artifact.mib_per_sec,
+        r.direct_artifact.mib_per_sec,
+        r.relayed_artifact.mib_per_sec / r.direct_artifact.mib_per_sec,
+        r.relay_cpu_secs_per_gib,
+        r.relayed_sync_ops_per_sec,
+        r.direct_sync_ops_per_sec,
+        r.relayed_sync_ops_per_sec / r.direct_sync_ops_per_sec,
+    );
 }
 
 /// The transport settings of the nodes in these benchmarks.
@@ -1007,6 +1207,12 @@ fn main() {
     } else {
         (2_000, 1024 * MIB, 200, 64 * MIB)
     };
+    // Through a relay: the artifact's size and the operations synced.
+    let (relay_bulk, relay_ops) = if quick {
+        (64 * MIB, 20_000)
+    } else {
+        (256 * MIB, 200_000)
+    };
     // One of 100 documents: field writes per document.
     let sub_ops = if quick { 200 } else { 2_000 };
     // A metadata-only device: referenced artifacts (bytes in all, count).
@@ -1125,6 +1331,9 @@ fn main() {
                 print_busy(&r);
             }
         }
+        if run("relay") {
+            print_relay(&rt.block_on(relay_vs_direct(relay_bulk, relay_ops)));
+        }
         if run("mesh") {
             for &(devices, edits) in meshes {
                 print_mesh(&rt.block_on(mesh(devices, edits)));
@@ -1168,6 +1377,7 @@ fn main() {
     let (one_holder, two_at_once) = rt.block_on(two_holders(bulk, RateLimits::OFF));
     let (one_slow, two_slow) = rt.block_on(two_holders(limited_bytes * 4, per_link));
     let busy = rt.block_on(busy_latencies(busy_n, busy_bulk, slow_n, slow_bulk));
+    let relayed = rt.block_on(relay_vs_direct(relay_bulk, relay_ops));
     let whole_docs = rt.block_on(subscribed_share(100, sub_ops, sub_ops));
     let bursts = rt.block_on(subscribed_share(100, sub_ops, 100));
     let report = serde_json::json!({
@@ -1230,6 +1440,17 @@ fn main() {
                 "ratio_to_share": bursts.ratio(100),
                 "entities_held": bursts.one_entities,
             },
+        },
+        "relay": {
+            "artifact_bytes": relay_bulk,
+            "relayed_artifact_mib_per_sec": relayed.relayed_artifact.mib_per_sec,
+            "direct_artifact_mib_per_sec": relayed.direct_artifact.mib_per_sec,
+            "artifact_ratio": relayed.relayed_artifact.mib_per_sec / relayed.direct_artifact.mib_per_sec,
+            "relay_cpu_secs_per_gib_forwarded": relayed.relay_cpu_secs_per_gib,
+            "sync_ops": relay_ops,
+            "relayed_sync_ops_per_sec": relayed.relayed_sync_ops_per_sec,
+            "direct_sync_ops_per_sec": relayed.direct_sync_ops_per_sec,
+            "sync_ratio": relayed.relayed_sync_ops_per_sec / relayed.direct_sync_ops_per_sec,
         },
         "live_latency_during_a_transfer": busy.iter().map(|(how, r)| serde_json::json!({
             "how": how,
@@ -1303,6 +1524,7 @@ fn main() {
     for r in &busy {
         print_busy(r);
     }
+    print_relay(&relayed);
     for (how, share) in [("whole", &whole_docs), ("in bursts of 100", &bursts)] {
         println!(
             "e2e: 1 of 100 documents ({sub_ops} writes each, written {how}): {} bytes against {} for all, {:.2}x its share, holding {} entity",

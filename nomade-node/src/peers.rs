@@ -386,7 +386,7 @@ impl Node {
                 return true;
             }
         }
-        let relays: Vec<nomade_transport::Connection> = self
+        let relays: Vec<DeviceId> = self
             .sessions()
             .iter()
             .filter(|(id, s)| {
@@ -395,25 +395,47 @@ impl Node {
                     && s.conn.close_reason().is_none()
                     && s.info.has(handshake::RELAY)
             })
-            .map(|(_, s)| s.conn.clone())
+            .map(|(id, _)| *id)
             .collect();
-        for via in relays {
-            match t.connect_relayed(&via, peer).await {
-                Ok(conn) => match self.start_session(conn).await {
-                    Ok(()) => {
-                        tracing::info!(%peer, relay = %via.peer(), "connected through a relay: the direct path is tried again after each backoff");
-                        return true;
-                    }
-                    Err(e) => {
-                        tracing::info!(%peer, relay = %via.peer(), error = %e, "relayed session failed")
-                    }
-                },
+        for relay in relays {
+            match self.connect_via(&t, relay, peer).await {
+                Ok(()) => {
+                    tracing::info!(%peer, %relay, "connected through a relay: the direct path is tried again after each backoff");
+                    return true;
+                }
                 Err(e) => {
-                    tracing::debug!(%peer, relay = %via.peer(), error = %e, "relay not available")
+                    tracing::debug!(%peer, %relay, error = %e, "no session through this relay")
                 }
             }
         }
         false
+    }
+
+    /// Connects to the paired device `peer` through `relay`, a paired
+    /// device with a live direct session to this one and to `peer`, and
+    /// syncs with it as with a direct connection (authenticated end to
+    /// end: `relay` forwards ciphertext). A node that keeps its peers
+    /// connected ([`Node::connect_known_peers`]) does this by itself when
+    /// it cannot reach a device directly, and moves to a direct path as
+    /// soon as one works.
+    pub async fn connect_through(&self, relay: DeviceId, peer: DeviceId) -> Result<(), NodeError> {
+        let t = self
+            .transport()
+            .ok_or_else(|| NodeError::NotFound("a started node".into()))?;
+        self.connect_via(&t, relay, peer).await
+    }
+
+    async fn connect_via(
+        &self,
+        t: &nomade_transport::Transport,
+        relay: DeviceId,
+        peer: DeviceId,
+    ) -> Result<(), NodeError> {
+        let via = self
+            .session_conn(&relay)
+            .ok_or_else(|| NodeError::NotFound(format!("a session with {relay}")))?;
+        let conn = t.connect_relayed(&via, peer).await?;
+        self.start_session(conn).await
     }
 
     async fn keep_connected(&self, peer: DeviceId) {

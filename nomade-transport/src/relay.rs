@@ -258,6 +258,67 @@ impl PacketReader {
     }
 }
 
+/// Checks the packet lengths of a relay stream as its bytes pass, without
+/// holding any (sans-IO): what a relay runs over the bytes it forwards
+/// unchanged.
+#[derive(Debug, Default)]
+pub struct PacketBoundaries {
+    /// Bytes of the current packet still to pass.
+    rest: usize,
+    /// The first byte of a length split between two reads.
+    half_length: Option<u8>,
+    /// Whole packets seen.
+    packets: u64,
+}
+
+impl PacketBoundaries {
+    /// At the start of a stream.
+    pub fn new() -> Self {
+        PacketBoundaries::default()
+    }
+
+    /// Scans the next bytes of the stream.
+    pub fn scan(&mut self, mut bytes: &[u8]) -> std::result::Result<(), BadPacketLength> {
+        while !bytes.is_empty() {
+            if self.rest > 0 {
+                let n = self.rest.min(bytes.len());
+                self.rest -= n;
+                bytes = &bytes[n..];
+                if self.rest == 0 {
+                    self.packets += 1;
+                }
+                continue;
+            }
+            let len = match self.half_length.take() {
+                Some(hi) => {
+                    let len = usize::from(u16::from_be_bytes([hi, bytes[0]]));
+                    bytes = &bytes[1..];
+                    len
+                }
+                None if bytes.len() == 1 => {
+                    self.half_length = Some(bytes[0]);
+                    return Ok(());
+                }
+                None => {
+                    let len = usize::from(u16::from_be_bytes([bytes[0], bytes[1]]));
+                    bytes = &bytes[2..];
+                    len
+                }
+            };
+            if len == 0 || len > MAX_RELAY_PACKET {
+                return Err(BadPacketLength(len));
+            }
+            self.rest = len;
+        }
+        Ok(())
+    }
+
+    /// Whole packets seen so far.
+    pub fn packets(&self) -> u64 {
+        self.packets
+    }
+}
+
 // ----- the opening exchange --------------------------------------------------
 
 fn envelope(message: impl Into<Message>) -> Envelope {
@@ -577,7 +638,44 @@ struct Forward {
 }
 
 impl Forward {
-    async fn run(mut self) -> Result<()> {
+    async fn run(self) -> Result<()> {
+        if self.corrupt_every.is_some() {
+            return self.run_altering().await;
+        }
+        let Forward {
+            counters,
+            limiter,
+            mut from,
+            mut to,
+            ..
+        } = self;
+        // The bytes go on as they came (no copy); only their packet
+        // lengths are checked.
+        let mut boundaries = PacketBoundaries::new();
+        loop {
+            let Some(chunk) = from.read_chunk(READ_CHUNK, true).await? else {
+                let _ = to.finish();
+                return Ok(());
+            };
+            if let Err(e) = boundaries.scan(&chunk.bytes) {
+                counters.bad_stream();
+                let _ = from.stop(quinn::VarInt::from_u32(u32::from(
+                    ErrorCode::INVALID_MESSAGE.0,
+                )));
+                return Err(TransportError::RelayBroken(e.to_string()));
+            }
+            let len = chunk.bytes.len() as u64;
+            if let Some(l) = &limiter {
+                l.acquire(len).await;
+            }
+            counters.bytes.fetch_add(len, Ordering::Relaxed);
+            to.write_chunk(chunk.bytes).await?;
+        }
+    }
+
+    /// [`Forward::run`] for a relay that alters packets (tests only):
+    /// packets taken apart and written again.
+    async fn run_altering(mut self) -> Result<()> {
         let mut reader = PacketReader::new();
         let mut out = BytesMut::new();
         let mut forwarded = 0u64;
@@ -913,6 +1011,33 @@ mod tests {
             assert_eq!(got, packets, "reads of {step} bytes");
             assert_eq!(reader.buffered(), 0);
         }
+    }
+
+    #[test]
+    fn boundaries_follow_the_packets_whatever_the_reads() {
+        let mut stream = BytesMut::new();
+        for n in 1..60usize {
+            write_packet(&mut stream, &vec![n as u8; n * 271 % MAX_RELAY_PACKET + 1]);
+        }
+        for step in [1usize, 2, 3, 5, 4096, stream.len()] {
+            let mut b = PacketBoundaries::new();
+            for piece in stream.chunks(step) {
+                b.scan(piece).expect("good lengths");
+            }
+            assert_eq!(b.packets(), 59, "reads of {step} bytes");
+            // A bad length after them, split or not, is found.
+            let mut bad = b"\xff".to_vec();
+            bad.push(0xff);
+            for split in [1, 2] {
+                let mut c = PacketBoundaries::new();
+                c.scan(&stream).expect("good");
+                let (x, y) = bad.split_at(split.min(bad.len()));
+                let r = c.scan(x).and_then(|()| c.scan(y));
+                assert_eq!(r, Err(BadPacketLength(0xffff)));
+            }
+        }
+        let mut zero = PacketBoundaries::new();
+        assert_eq!(zero.scan(&[0, 0, 1]), Err(BadPacketLength(0)));
     }
 
     #[test]
