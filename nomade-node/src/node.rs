@@ -99,6 +99,11 @@ pub struct NodeConfig {
     /// and whether it connects to a paired device it cannot reach directly
     /// through one it is connected to (always, when both relay).
     pub relay: nomade_transport::RelayConfig,
+    /// A snapshot-first sync of at least this many bytes (a new device
+    /// joining a large store, or one away past the history's hold) is
+    /// background work: it waits, shown in `status`, until the
+    /// [`background`](Self::background) policy allows it (default 8 MiB).
+    pub deferred_snapshot_bytes: u64,
     /// Test only (the `faults` feature): network faults injected under the
     /// QUIC endpoint, and the partition switch (`None`: the real network,
     /// untouched).
@@ -128,6 +133,7 @@ impl Default for NodeConfig {
             compress: true,
             discovery: false,
             relay: nomade_transport::RelayConfig::default(),
+            deferred_snapshot_bytes: 8 << 20,
             max_backoff: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             queue_target: nomade_transport::Config::default().queue_target,

@@ -2,7 +2,8 @@
 //!
 //! Work that can wait (prefetching artifacts by the artifact policy; the
 //! periodic snapshot of the state and the compaction of the history after
-//! it) runs only when the device's state allows it: its battery above a
+//! it; taking a peer's snapshot of 8 MiB or more, when joining a large
+//! store, `NodeConfig::deferred_snapshot_bytes`) runs only when the device's state allows it: its battery above a
 //! floor (or charging), not on a cellular link, within the configured
 //! windows of the day. The application tells the node its state
 //! ([`Node::set_power_state`]: it also goes to peers in heartbeats); the

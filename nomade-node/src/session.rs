@@ -41,6 +41,37 @@ pub(crate) struct Session {
 struct Sink(FramedSend);
 struct Source(FramedRecv);
 
+/// A puller's source whose large snapshot waits for background work to be
+/// allowed: the first piece of a snapshot of at least
+/// [`NodeConfig::deferred_snapshot_bytes`](crate::NodeConfig) is held (and
+/// the rest with it: QUIC flow control holds the peer) until the device's
+/// state allows background work, shown in `status` meanwhile.
+struct PullSource {
+    recv: FramedRecv,
+    node: Node,
+    peer: String,
+}
+
+impl FrameSource for PullSource {
+    async fn recv(&mut self) -> Result<Option<Envelope>, NodeError> {
+        let env = self.recv.recv().await?;
+        if let Some(Envelope {
+            message: Message::SyncSnapshot(piece),
+            ..
+        }) = &env
+        {
+            if piece.offset == 0
+                && piece.total_len >= self.node.inner.config.deferred_snapshot_bytes
+            {
+                let work = format!("snapshot from {}", self.peer);
+                self.node.background_allowed(&work, 1).await;
+                self.recv.restart_deadline();
+            }
+        }
+        Ok(env)
+    }
+}
+
 impl FrameSink for Sink {
     async fn send(&mut self, env: &Envelope) -> Result<(), NodeError> {
         Ok(self.0.send(env).await?)
@@ -350,6 +381,7 @@ impl Node {
         let (pull_conn, config) = (conn.clone(), self.inner.config.clone());
         let announce = info.has(handshake::SYNC_HAVE);
         let subscribes = info.has(handshake::SUBSCRIPTIONS);
+        let pull_node = self.clone();
         let puller = tokio::spawn(async move {
             let Some(first) = first else { return };
             let mut stream = Some(first);
@@ -362,7 +394,14 @@ impl Node {
                         Err(_) => break,
                     },
                 };
-                let (mut tx, mut rx) = (Sink(tx), Source(rx));
+                let (mut tx, mut rx) = (
+                    Sink(tx),
+                    PullSource {
+                        recv: rx,
+                        node: pull_node.clone(),
+                        peer: p.clone(),
+                    },
+                );
                 let started = Instant::now();
                 let puller = if announce {
                     sync::Puller::announcing(p.clone())

@@ -222,6 +222,16 @@ impl FramedRecv {
         self.stream
     }
 
+    /// Starts afresh the deadline of a message whose first bytes arrived
+    /// before the reader stopped reading on purpose (backpressure of its
+    /// own, for as long as it chose): the peer is not to blame for that
+    /// pause.
+    pub fn restart_deadline(&mut self) {
+        if self.partial_since.is_some() {
+            self.partial_since = Some(tokio::time::Instant::now());
+        }
+    }
+
     /// The next envelope; `Ok(None)` when the peer finished the stream cleanly
     /// (or after this stream already failed).
     ///
