@@ -373,19 +373,6 @@ impl Node {
         let Some(t) = self.transport() else {
             return false;
         };
-        if self.inner.device_id > peer {
-            // The smaller id goes first, as for a redial; the larger one
-            // relays only if no session came meanwhile.
-            let wait = self
-                .inner
-                .config
-                .min_backoff
-                .mul_f64(1.0 + rand::random::<f64>());
-            tokio::time::sleep(wait).await;
-            if self.is_connected(&peer) {
-                return true;
-            }
-        }
         let relays: Vec<DeviceId> = self
             .sessions()
             .iter()
@@ -397,6 +384,17 @@ impl Node {
             })
             .map(|(id, _)| *id)
             .collect();
+        if relays.is_empty() {
+            return false;
+        }
+        if self.inner.device_id > peer {
+            // The smaller id goes first, as for a redial; the larger one
+            // relays only if no session came meanwhile.
+            tokio::time::sleep(self.tie_break_wait()).await;
+            if self.is_connected(&peer) {
+                return true;
+            }
+        }
         for relay in relays {
             match self.connect_via(&t, relay, peer).await {
                 Ok(()) => {
@@ -438,6 +436,19 @@ impl Node {
         self.start_session(conn).await
     }
 
+    /// How long the larger of two device ids leaves the smaller one to go
+    /// first when both may connect through a relay, or move from one to
+    /// the direct path: the minimum backoff (at most half a second), times
+    /// 1 to 2.
+    fn tie_break_wait(&self) -> std::time::Duration {
+        let base = self
+            .inner
+            .config
+            .min_backoff
+            .min(std::time::Duration::from_millis(500));
+        base.mul_f64(1.0 + rand::random::<f64>())
+    }
+
     async fn keep_connected(&self, peer: DeviceId) {
         let config = &self.inner.config;
         let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
@@ -454,8 +465,7 @@ impl Node {
             if relayed && self.inner.device_id > peer {
                 // Both sides try the direct path: the larger id leaves the
                 // smaller one a moment (see the end of this loop).
-                let wait = config.min_backoff.mul_f64(1.0 + rand::random::<f64>());
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(self.tie_break_wait()).await;
             }
             if !self.is_connected(&peer) || self.relayed_via(&peer).is_some() {
                 let addrs = self.addresses_of(peer);
