@@ -4,7 +4,8 @@
 //! made with rcgen, mutual TLS 1.3 (ALPN `nomade/1`) pinned to paired devices,
 //! pairing by short-lived code, stream roles with priorities, framed streams
 //! on `nomade-wire`'s decoder, token-bucket rate limits, heartbeats and
-//! endpoint dialing with backoff. For tests, the `faults` cargo feature adds
+//! endpoint dialing with backoff, and relaying a connection between two
+//! paired devices through a third ([`relay`]). For tests, the `faults` cargo feature adds
 //! `faulty`, which injects loss, duplication, delay, reordering and
 //! partitions under QUIC (`Transport::bind_faulty`).
 //!
