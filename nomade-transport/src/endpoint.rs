@@ -324,9 +324,10 @@ impl relay::RelayHost for Inner {
         source: DeviceId,
         send: quinn::SendStream,
         recv: quinn::RecvStream,
+        slot: relay::SessionSlot,
     ) {
         tokio::spawn(async move {
-            if let Err(e) = accept_relayed(&self, relay, source, send, recv).await {
+            if let Err(e) = accept_relayed(&self, relay, source, send, recv, slot).await {
                 tracing::warn!(%relay, peer = %source, error = %e, "relayed connection refused");
                 self.rejected.count(Rejected::Handshake);
                 self.emit(TransportEvent::HandshakeRejected {
@@ -347,10 +348,17 @@ async fn accept_relayed(
     source: DeviceId,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
+    slot: relay::SessionSlot,
 ) -> Result<()> {
     let mut server = inner.server.clone();
     server.transport_config(inner.relayed_transport()?);
-    let link = RelayedEndpoint::start(Some(server), send, recv, inner.relay_counters.clone())?;
+    let link = RelayedEndpoint::start(
+        Some(server),
+        send,
+        recv,
+        inner.relay_counters.clone(),
+        Some(slot),
+    )?;
     let conn = tokio::time::timeout(inner.config.handshake_timeout, async {
         let incoming = link
             .endpoint
@@ -754,7 +762,8 @@ impl Transport {
             .inspect_err(
                 |e| tracing::debug!(relay = %via.peer(), %target, error = %e, "relay not opened"),
             )?;
-        let link = RelayedEndpoint::start(None, send, recv, self.inner.relay_counters.clone())?;
+        let link =
+            RelayedEndpoint::start(None, send, recv, self.inner.relay_counters.clone(), None)?;
         let verifier = Arc::new(PeerServerVerifier::new(
             self.inner.paired.clone(),
             ServerAcceptance::Paired {

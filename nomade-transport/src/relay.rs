@@ -20,8 +20,9 @@
 //! ([`RelayConfig::max_sessions_per_device`] per asking device), forwards
 //! at most [`RelayConfig::bytes_per_sec`], and only between paired devices
 //! over direct connections (a relayed connection never carries a relay
-//! stream, so no loop or chain can form). A device accepts as many relayed
-//! connections offered to it. Every refusal is an `ERROR` with a code the
+//! stream, so no loop or chain can form). A device accepts relayed
+//! connections offered to it within the same limits (per relay, and in
+//! all). Every refusal is an `ERROR` with a code the
 //! asker can act on ([`TransportError::RelayRefused`]), counted in
 //! [`RelayStats`].
 
@@ -58,10 +59,10 @@ const MAX_RELAY_FRAME_PAYLOAD: u32 = 1024;
 
 /// Packets queued toward a relay stream before the socket drops more (as a
 /// full router queue would; QUIC's congestion control then slows down).
-const SEND_QUEUE_PACKETS: usize = 256;
+const SEND_QUEUE_PACKETS: usize = 64;
 
 /// Packets read from a relay stream and not yet taken by QUIC.
-const RECV_QUEUE_PACKETS: usize = 256;
+const RECV_QUEUE_PACKETS: usize = 64;
 
 /// How much a relay reads from a stream at once.
 const READ_CHUNK: usize = 64 * 1024;
@@ -136,6 +137,17 @@ pub(crate) struct RelayCounters {
     bad_streams: AtomicU64,
     /// Active sessions per asking device.
     per_device: Mutex<std::collections::HashMap<DeviceId, usize>>,
+    /// Relayed connections accepted and live, per relay that offered them.
+    offered: Mutex<std::collections::HashMap<DeviceId, usize>>,
+}
+
+/// Which quota a [`SessionSlot`] counts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quota {
+    /// Sessions this device relays, per asking device.
+    Relaying,
+    /// Relayed connections offered to this device, per relay.
+    Offered,
 }
 
 impl RelayCounters {
@@ -158,44 +170,76 @@ impl RelayCounters {
         self.bad_streams.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Takes a session slot for `asker`, or says which quota is full.
+    fn quota(&self, quota: Quota) -> &Mutex<std::collections::HashMap<DeviceId, usize>> {
+        match quota {
+            Quota::Relaying => &self.per_device,
+            Quota::Offered => &self.offered,
+        }
+    }
+
+    /// Takes a session slot for `asker`, or `None` when its quota is full.
     fn admit(self: &Arc<Self>, asker: DeviceId, config: &RelayConfig) -> Option<SessionSlot> {
-        let mut per = self.per_device.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = self.take(Quota::Relaying, asker, config)?;
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+        Some(slot)
+    }
+
+    /// Takes a slot for a relayed connection `relay` offers this device
+    /// (the same limits: a relay cannot make it hold endpoints without
+    /// bound), or `None` when the quota is full.
+    pub(crate) fn admit_offer(
+        self: &Arc<Self>,
+        relay: DeviceId,
+        config: &RelayConfig,
+    ) -> Option<SessionSlot> {
+        self.take(Quota::Offered, relay, config)
+    }
+
+    fn take(
+        self: &Arc<Self>,
+        quota: Quota,
+        who: DeviceId,
+        config: &RelayConfig,
+    ) -> Option<SessionSlot> {
+        let mut per = self.quota(quota).lock().unwrap_or_else(|e| e.into_inner());
         let total: usize = per.values().sum();
-        let mine = per.get(&asker).copied().unwrap_or(0);
+        let mine = per.get(&who).copied().unwrap_or(0);
         if total >= config.max_sessions || mine >= config.max_sessions_per_device {
             return None;
         }
-        per.insert(asker, mine + 1);
-        self.active.fetch_add(1, Ordering::Relaxed);
-        self.sessions.fetch_add(1, Ordering::Relaxed);
+        per.insert(who, mine + 1);
         Some(SessionSlot {
             counters: self.clone(),
-            asker,
+            quota,
+            who,
         })
     }
 }
 
-/// A relay session's place in the quota, given back when dropped.
-struct SessionSlot {
+/// A place in a relay quota, given back when dropped.
+pub(crate) struct SessionSlot {
     counters: Arc<RelayCounters>,
-    asker: DeviceId,
+    quota: Quota,
+    who: DeviceId,
 }
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
         let mut per = self
             .counters
-            .per_device
+            .quota(self.quota)
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = per.get_mut(&self.asker) {
+        if let Some(n) = per.get_mut(&self.who) {
             *n -= 1;
             if *n == 0 {
-                per.remove(&self.asker);
+                per.remove(&self.who);
             }
         }
-        self.counters.active.fetch_sub(1, Ordering::Relaxed);
+        if self.quota == Quota::Relaying {
+            self.counters.active.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -431,6 +475,7 @@ pub(crate) trait RelayHost: Send + Sync + 'static {
         source: DeviceId,
         send: quinn::SendStream,
         recv: quinn::RecvStream,
+        slot: SessionSlot,
     );
 }
 
@@ -480,7 +525,13 @@ pub(crate) async fn serve_stream<H: RelayHost + ?Sized>(
                     ErrorCode::AUTHENTICATION_FAILED,
                     format!("{source} is not paired with this device"),
                 )),
-                Ok(source) => Ok(source),
+                Ok(source) => match counters.admit_offer(from, host.relay_config()) {
+                    Some(slot) => Ok((source, slot)),
+                    None => Err(refused(
+                        ErrorCode::RATE_LIMITED,
+                        "too many relayed connections offered at once".into(),
+                    )),
+                },
             },
             other => Err(refused(
                 ErrorCode::INVALID_MESSAGE,
@@ -492,13 +543,13 @@ pub(crate) async fn serve_stream<H: RelayHost + ?Sized>(
         }
     };
     match outcome {
-        Ok(source) => {
+        Ok((source, slot)) => {
             if let Err(e) = write_frame(&mut send, false, RelayAccept {}).await {
                 tracing::debug!(relay = %from, %source, error = %e, "relay offer lost");
                 return;
             }
             tracing::info!(relay = %from, %source, "accepting a relayed connection");
-            host.accept_relayed(from, source, send, recv);
+            host.accept_relayed(from, source, send, recv, slot);
         }
         Err((code, why)) => {
             tracing::warn!(peer = %from, code = code.name(), reason = %why, "relay stream refused");
@@ -921,6 +972,9 @@ pub(crate) struct RelayedEndpoint {
     pub(crate) endpoint: quinn::Endpoint,
     ended: tokio::sync::oneshot::Receiver<TransportError>,
     link: tokio::task::JoinHandle<()>,
+    /// The quota place of a connection offered to this device, held as
+    /// long as the endpoint.
+    _slot: Option<SessionSlot>,
 }
 
 impl Drop for RelayedEndpoint {
@@ -937,6 +991,7 @@ impl RelayedEndpoint {
         send: quinn::SendStream,
         recv: quinn::RecvStream,
         counters: Arc<RelayCounters>,
+        slot: Option<SessionSlot>,
     ) -> Result<Self> {
         let dialer = server.is_none();
         let (socket, ended, link) = start_link(dialer, send, recv, counters);
@@ -950,6 +1005,7 @@ impl RelayedEndpoint {
             endpoint,
             ended,
             link,
+            _slot: slot,
         })
     }
 

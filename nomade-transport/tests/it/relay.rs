@@ -27,9 +27,17 @@ struct Line {
 }
 
 async fn line_with(relay: RelayConfig) -> Line {
+    line_of(relay, RelayConfig::default()).await
+}
+
+/// A line whose b relays with `relay` and whose c takes offers with `at_c`.
+async fn line_of(relay: RelayConfig, at_c: RelayConfig) -> Line {
     let a = node_with(config());
     let b = node_with(Config { relay, ..config() });
-    let c = node_with(config());
+    let c = node_with(Config {
+        relay: at_c,
+        ..config()
+    });
     for (x, y) in [(&a, &b), (&a, &c), (&b, &c)] {
         x.pair(y.device_id());
         y.pair(x.device_id());
@@ -388,4 +396,67 @@ async fn a_relay_that_alters_packets_delivers_nothing_altered() {
     let ca = accept(&l.c).await;
     exchange(&ac, &ca, 2_000).await;
     assert_eq!(l.b.relay_stats().bad_streams, 0);
+}
+
+/// A relay cannot make a device hold relayed endpoints without bound: the
+/// offers it makes count in the device's own quota, and one that ends
+/// gives its place back.
+#[tokio::test]
+async fn offers_beyond_the_quota_are_refused() {
+    let l = line_of(
+        RelayConfig::default(),
+        RelayConfig {
+            max_sessions_per_device: 2,
+            ..RelayConfig::default()
+        },
+    )
+    .await;
+    let bc = l
+        ._at_b
+        .iter()
+        .find(|c| c.peer() == l.c.device_id())
+        .expect("b's end of c's connection");
+    let offer = || {
+        Message::from(RelayOffer {
+            source: l.a.device_id().to_string(),
+        })
+    };
+    let open_offer = || async {
+        let (mut send, recv) = bc.open(StreamRole::Relay).await.expect("open");
+        let mut recv = recv.expect("bidirectional");
+        let env = Envelope::new(MessageId::from(rand::random::<[u8; 16]>()), 0, offer());
+        send.send(&env).await.expect("offer");
+        let accepted = matches!(
+            recv.recv().await,
+            Ok(Some(Envelope {
+                message: Message::RelayAccept(_),
+                ..
+            }))
+        );
+        (accepted, send, recv)
+    };
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (accepted, send, recv) = open_offer().await;
+        assert!(accepted);
+        held.push((send, recv));
+    }
+    assert_eq!(
+        raw_relay_stream(bc, offer()).await,
+        Some(ErrorCode::RATE_LIMITED)
+    );
+    assert_eq!(l.c.relay_stats().refused, 1);
+    // An offer ended (its stream dropped) gives its place back once c's
+    // endpoint for it is gone.
+    drop(held.pop());
+    tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if open_offer().await.0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("a place again once an offer ended");
 }
