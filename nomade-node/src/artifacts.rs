@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nomade_artifact::{
     ArtifactId, ArtifactStore, Progress, PublicKey, Receiver, ReceiverEvent, Sender,
@@ -15,8 +15,10 @@ use serde::{Deserialize, Serialize};
 use crate::artifact_io;
 use crate::error::NodeError;
 use crate::handshake;
+use crate::lock;
 use crate::metrics::Metrics;
 use crate::node::{peer_err, Node};
+use crate::schedule::PrefetchPace;
 use crate::store::ArtifactRecord;
 
 /// Fewest chunks left of an artifact (4 MiB) for a fetch from two holders
@@ -51,17 +53,30 @@ pub struct ArtifactPolicy {
     pub prefetch: bool,
     /// Only artifacts up to this size (bytes).
     pub max_size: Option<u64>,
+    /// A prefetch that would take longer than this at the rate measured
+    /// on the link (after its first seconds) is paused and shown as
+    /// deferred (`slow_link`); the artifact is still fetched on demand, and
+    /// a later prefetch resumes where it stopped and measures again
+    /// (default 600 s; `None`: whatever it takes).
+    #[serde(default = "default_max_prefetch_secs")]
+    pub max_prefetch_secs: Option<u64>,
     /// Only these MIME types: `image/jpeg`, or `image/` for a family.
     /// Empty: any type, and artifacts of no known type.
     pub mime_types: Vec<String>,
 }
 
+fn default_max_prefetch_secs() -> Option<u64> {
+    Some(600)
+}
+
 impl Default for ArtifactPolicy {
-    /// Everything: every referenced artifact is fetched.
+    /// Everything: every referenced artifact is fetched (each prefetch
+    /// within 600 s at the link's measured rate).
     fn default() -> Self {
         ArtifactPolicy {
             prefetch: true,
             max_size: None,
+            max_prefetch_secs: default_max_prefetch_secs(),
             mime_types: Vec::new(),
         }
     }
@@ -492,10 +507,56 @@ impl Node {
             }
         }
         let work = format!("artifact prefetch from {}", conn.peer());
+        lock(&self.inner.deferred).remove(&work);
         self.background_allowed(&work, wanted.len()).await;
         let conns: Vec<Connection> = holders.iter().map(|(c, _)| c.clone()).collect();
-        for id in wanted {
-            let _ = self.fetch_from_first(&conns, id, |_, _| {}).await;
+        let limit = policy.max_prefetch_secs.map(Duration::from_secs);
+        for (i, &id) in wanted.iter().enumerate() {
+            let Some(limit) = limit else {
+                let _ = self.fetch_from_first(&conns, id, |_, _| {}).await;
+                continue;
+            };
+            // Measured as it goes: a prefetch the link cannot carry within
+            // the bound is paused (dropped: what it verified stays), and
+            // what is left waits, shown in `status`.
+            let pace: std::sync::Mutex<Option<(PrefetchPace, u64, u64)>> = Default::default();
+            let fetch = self.fetch_from_first(&conns, id, |_, p| {
+                let mut pace = lock(&pace);
+                let (judge, ..) = *pace.get_or_insert_with(|| {
+                    (
+                        PrefetchPace::new(Instant::now(), p.bytes_at_start, limit),
+                        0,
+                        0,
+                    )
+                });
+                *pace = Some((judge, p.bytes_done, p.bytes_total));
+            });
+            let too_slow = async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    let verdict = lock(&pace)
+                        .map(|(judge, done, total)| judge.check(Instant::now(), done, total));
+                    if let Some(Err(reason)) = verdict {
+                        return reason;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = fetch => {}
+                reason = too_slow => {
+                    tracing::info!(peer = %conn.peer(), artifact = %id, %reason, "prefetch paused: the link is too slow for it");
+                    lock(&self.inner.deferred).insert(
+                        work.clone(),
+                        crate::schedule::DeferredWork {
+                            work: work.clone(),
+                            items: wanted.len() - i,
+                            why: reason.to_string(),
+                            reason,
+                        },
+                    );
+                    return;
+                }
+            }
         }
     }
 

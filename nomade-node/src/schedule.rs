@@ -140,6 +140,74 @@ pub enum Deferral {
         /// Minutes until the next window opens.
         opens_in_minutes: u16,
     },
+    /// The link to the holder is too slow for the prefetch to end within
+    /// the policy's bound, at the rate measured on it ([`PrefetchPace`]).
+    #[error("the link delivers {bytes_per_sec} bytes/s: about {seconds_needed} s more, over the {limit_secs} s a prefetch may take")]
+    SlowLink {
+        /// The rate measured.
+        bytes_per_sec: u64,
+        /// The time the rest would take at that rate.
+        seconds_needed: u64,
+        /// [`crate::ArtifactPolicy::max_prefetch_secs`].
+        limit_secs: u64,
+    },
+}
+
+/// Whether a prefetch keeps up with its bound, from the rate it achieves
+/// (sans-IO: times and progress in, a verdict out). A prefetch is measured
+/// for [`PrefetchPace::MEASURE`] first; then, if the rest would take it
+/// past `limit` at the rate so far, it is paused (what it verified stays,
+/// and a later attempt resumes after it).
+#[derive(Debug, Clone, Copy)]
+pub struct PrefetchPace {
+    started: std::time::Instant,
+    bytes_at_start: u64,
+    limit: Duration,
+}
+
+impl PrefetchPace {
+    /// How long a prefetch runs before its rate is judged.
+    pub const MEASURE: Duration = Duration::from_secs(3);
+
+    /// A prefetch that started at `started` with `bytes_at_start` already
+    /// held, to end within `limit`.
+    pub fn new(started: std::time::Instant, bytes_at_start: u64, limit: Duration) -> Self {
+        PrefetchPace {
+            started,
+            bytes_at_start,
+            limit,
+        }
+    }
+
+    /// The verdict at `now`, `bytes_done` of `bytes_total` held: `Err`
+    /// when the prefetch should pause.
+    pub fn check(
+        &self,
+        now: std::time::Instant,
+        bytes_done: u64,
+        bytes_total: u64,
+    ) -> Result<(), Deferral> {
+        let elapsed = now.saturating_duration_since(self.started);
+        if elapsed < Self::MEASURE || bytes_done >= bytes_total {
+            return Ok(());
+        }
+        let moved = bytes_done.saturating_sub(self.bytes_at_start);
+        let rate = moved as f64 / elapsed.as_secs_f64();
+        let rest = (bytes_total - bytes_done) as f64;
+        let needed = if rate > 0.0 {
+            rest / rate
+        } else {
+            f64::INFINITY
+        };
+        if elapsed.as_secs_f64() + needed <= self.limit.as_secs_f64() {
+            return Ok(());
+        }
+        Err(Deferral::SlowLink {
+            bytes_per_sec: rate as u64,
+            seconds_needed: needed.min(u64::MAX as f64) as u64,
+            limit_secs: self.limit.as_secs(),
+        })
+    }
 }
 
 impl BackgroundPolicy {
@@ -307,6 +375,33 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prefetch_is_measured_first_then_paused_only_if_it_would_overrun() {
+        let t0 = std::time::Instant::now();
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        let limit = Duration::from_secs(60);
+        // 100 MB, resumed at 10 MB.
+        let pace = PrefetchPace::new(t0, 10_000_000, limit);
+        let total = 100_000_000;
+        // Not judged before the measuring time, however slow.
+        assert_eq!(pace.check(at(2.9), 10_000_000, total), Ok(()));
+        // 3 MB/s: 30 s more after 3 s, within 60.
+        assert_eq!(pace.check(at(3.0), 19_000_000, total), Ok(()));
+        // 1 MB/s: 87 s more after 3 s: paused, with the rate and the need.
+        assert_eq!(
+            pace.check(at(3.0), 13_000_000, total),
+            Err(Deferral::SlowLink {
+                bytes_per_sec: 1_000_000,
+                seconds_needed: 87,
+                limit_secs: 60
+            })
+        );
+        // Nothing moved at all: paused.
+        assert!(pace.check(at(5.0), 10_000_000, total).is_err());
+        // Done is done.
+        assert_eq!(pace.check(at(100.0), total, total), Ok(()));
+    }
 
     fn power(battery: Option<u8>, charging: bool, c: ConnectivityStatus) -> PowerState {
         PowerState {

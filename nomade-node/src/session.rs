@@ -119,6 +119,8 @@ impl Node {
             Err(e) => tracing::warn!(%peer, error = %e, "session ended with an error"),
         }
         conn.close(0, "session over");
+        // A prefetch paused for this link is judged again on the next one.
+        crate::lock(&self.inner.deferred).remove(&format!("artifact prefetch from {peer}"));
         // (Not for a peer unpaired meanwhile: its record is gone for good.)
         if self.inner.paired.contains(&peer) {
             if let Err(e) = self.update_peer(peer, |p| p.last_seen_ms = Some(now_ms())) {

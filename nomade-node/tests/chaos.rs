@@ -907,6 +907,95 @@ async fn k_two_devices_cut_from_each_other_sync_through_a_third() {
     .await;
 }
 
+/// A prefetch the link cannot carry within the policy's bound: a's link
+/// delivers 500 kB/s, b's policy gives a prefetch 4 s. After its first
+/// seconds b measures the rate, pauses the prefetch (what it verified
+/// stays) and shows it deferred with the rate; the artifact, asked for,
+/// is then fetched on demand, resuming after what the prefetch verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l_a_prefetch_the_link_cannot_carry_in_time_waits_and_is_fetched_on_demand() {
+    run_seeds("l_slow_prefetch", 12, |seed| async move {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let slow = FaultPlan::symmetric(FaultConfig {
+            delay: Duration::from_millis(10),
+            rate: Some(500_000),
+            queue_limit: Some(Duration::from_millis(200)),
+            seed,
+            ..FaultConfig::default()
+        });
+        let a =
+            Node::open(&dir.path().join("a"), config("a", slow, Partition::new())).expect("open");
+        let b_config = NodeConfig {
+            artifact_policy: nomade_node::ArtifactPolicy {
+                max_prefetch_secs: Some(4),
+                ..Default::default()
+            },
+            ..config("b", FaultPlan::default(), Partition::new())
+        };
+        let b = Node::open(&dir.path().join("b"), b_config).expect("open");
+        let addr = a
+            .start("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("start");
+        b.start("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("start");
+        let data = pattern(5_000_000, seed);
+        let file = dir.path().join("film.bin");
+        std::fs::write(&file, &data).expect("write");
+        let id = a.put_artifact(&file, None).expect("put");
+        a.set("shared", "film", id.to_reference().as_str())
+            .expect("reference");
+        a.add_peer(b.device_id(), "b", &[]).expect("pair");
+        b.add_peer(a.device_id(), "a", &[addr]).expect("pair");
+        b.connect_known_peers().expect("dial");
+        let work = format!("artifact prefetch from {}", a.device_id());
+        wait_for(seed, "the prefetch to be paused", CONVERGE_TIMEOUT, || {
+            b.deferred_work().iter().any(|w| w.work == work)
+        })
+        .await;
+        let deferred = b
+            .deferred_work()
+            .into_iter()
+            .find(|w| w.work == work)
+            .expect("listed");
+        match deferred.reason {
+            nomade_node::schedule::Deferral::SlowLink {
+                bytes_per_sec,
+                limit_secs,
+                ..
+            } => {
+                assert!(
+                    (100_000..=1_000_000).contains(&bytes_per_sec),
+                    "seed {seed}: measured {bytes_per_sec} bytes/s"
+                );
+                assert_eq!(limit_secs, 4);
+            }
+            other => panic!("seed {seed}: deferred for {other:?}"),
+        }
+        assert!(!b.artifacts().has(&id), "seed {seed}");
+        assert!(
+            b.artifacts().has_partial(&id),
+            "seed {seed}: what it verified stays"
+        );
+        let received = b.metrics_snapshot().artifact_bytes_received;
+        b.fetch_artifact(&a.device_id(), id, |_| {})
+            .await
+            .expect("on demand");
+        let out = dir.path().join("film.out");
+        b.export_artifact(&id, &out).expect("export");
+        assert!(std::fs::read(&out).expect("read") == data, "seed {seed}");
+        let resumed = b.metrics_snapshot().artifact_bytes_received - received;
+        assert!(
+            resumed < data.len() as u64,
+            "seed {seed}: {resumed} bytes after the pause: not resumed"
+        );
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
 fn long_partition() -> Duration {
     Duration::from_secs(env_u64("NOMADE_CHAOS_PARTITION_SECS").unwrap_or(30))
 }

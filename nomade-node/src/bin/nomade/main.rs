@@ -146,6 +146,7 @@ fn config(cli: &Cli) -> NodeConfig {
                 prefetch: fetch == "all",
                 max_size: *fetch_max_size,
                 mime_types: fetch_types.clone(),
+                ..Default::default()
             },
             nomade_node::schedule::BackgroundPolicy {
                 battery_floor: (*battery_floor > 0).then_some(*battery_floor),
