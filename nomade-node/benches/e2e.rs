@@ -66,13 +66,7 @@ async fn measure(bytes: u64, transfer: impl std::future::Future<Output = ()>) ->
 
 /// CPU seconds the calling thread has used (Linux).
 fn thread_cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<f64> = after
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
+    stat_cpu_secs("/proc/thread-self/stat")
 }
 
 /// A relay node on a thread of its own (a single-threaded runtime), so that
@@ -689,7 +683,12 @@ fn median_round(rounds: &[Round]) -> Round {
 /// CPU time (user + system, all threads) this process has used, in seconds
 /// (Linux; 0 elsewhere).
 fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    stat_cpu_secs("/proc/self/stat")
+}
+
+/// User and system CPU seconds from a `/proc/.../stat` file.
+fn stat_cpu_secs(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are the
     // 12th and 13th of them, in clock ticks (100 per second on Linux).
     let after = stat.rsplit(')').next().unwrap_or("");

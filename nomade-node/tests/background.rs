@@ -27,18 +27,7 @@ async fn the_periodic_snapshot_waits_for_the_battery_and_says_why() {
     .await;
     // More than a snapshot's worth of operations.
     let every = nomade_node::core::SNAPSHOT_EVERY as usize;
-    for start in (0..every + 1_000).step_by(1_000) {
-        let edits = (start..start + 1_000)
-            .map(|i| {
-                let edit = nomade_crdt::LocalEdit::Set {
-                    key: format!("k{}", i % 16),
-                    value: Value::Int(i as i64),
-                };
-                (EntityType::Document, format!("doc{}", i % 10), edit)
-            })
-            .collect();
-        phone.core().edit_many(edits).expect("edits");
-    }
+    writes(&phone, every + 1_000);
     wait_for(
         || phone.deferred_work().iter().any(|w| w.work == "compaction"),
         "the snapshot to wait",

@@ -777,13 +777,7 @@ async fn e_artifact_under_loss_and_resumed_after_a_cut() {
 async fn j_heartbeats_and_live_edits_cross_a_slow_link_full_of_artifact_data() {
     run_seeds("j_slow_link", 9, |seed| async move {
         let dir = tempfile::tempdir().expect("tempdir");
-        let slow = FaultPlan::symmetric(FaultConfig {
-            delay: Duration::from_millis(10),
-            rate: Some(500_000),
-            queue_limit: Some(Duration::from_millis(200)),
-            seed,
-            ..FaultConfig::default()
-        });
+        let slow = slow_link(seed);
         let open = |name: &str, plan: FaultPlan| {
             let config = NodeConfig {
                 heartbeat_period: Duration::from_millis(100),
@@ -794,22 +788,7 @@ async fn j_heartbeats_and_live_edits_cross_a_slow_link_full_of_artifact_data() {
             Node::open(&dir.path().join(name), config).expect("open")
         };
         let (a, b) = (open("a", slow), open("b", FaultPlan::default()));
-        let addr = a
-            .start("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("start");
-        b.start("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("start");
-        let data = pattern(1_500_000, seed);
-        let file = dir.path().join("film.bin");
-        std::fs::write(&file, &data).expect("write");
-        let id = a.put_artifact(&file, None).expect("put");
-        a.set("shared", "film", id.to_reference().as_str())
-            .expect("reference");
-        a.add_peer(b.device_id(), "b", &[]).expect("pair");
-        b.add_peer(a.device_id(), "a", &[addr]).expect("pair");
-        b.connect_known_peers().expect("dial");
+        let (id, data) = share_a_film(&dir, &a, &b, 1_500_000, seed).await;
         wait_for(seed, "the transfer to start", CONVERGE_TIMEOUT, || {
             b.metrics_snapshot().artifact_bytes_received > 200_000
         })
@@ -916,13 +895,7 @@ async fn k_two_devices_cut_from_each_other_sync_through_a_third() {
 async fn l_a_prefetch_the_link_cannot_carry_in_time_waits_and_is_fetched_on_demand() {
     run_seeds("l_slow_prefetch", 12, |seed| async move {
         let dir = tempfile::tempdir().expect("tempdir");
-        let slow = FaultPlan::symmetric(FaultConfig {
-            delay: Duration::from_millis(10),
-            rate: Some(500_000),
-            queue_limit: Some(Duration::from_millis(200)),
-            seed,
-            ..FaultConfig::default()
-        });
+        let slow = slow_link(seed);
         let a =
             Node::open(&dir.path().join("a"), config("a", slow, Partition::new())).expect("open");
         let b_config = NodeConfig {
@@ -933,22 +906,7 @@ async fn l_a_prefetch_the_link_cannot_carry_in_time_waits_and_is_fetched_on_dema
             ..config("b", FaultPlan::default(), Partition::new())
         };
         let b = Node::open(&dir.path().join("b"), b_config).expect("open");
-        let addr = a
-            .start("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("start");
-        b.start("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("start");
-        let data = pattern(5_000_000, seed);
-        let file = dir.path().join("film.bin");
-        std::fs::write(&file, &data).expect("write");
-        let id = a.put_artifact(&file, None).expect("put");
-        a.set("shared", "film", id.to_reference().as_str())
-            .expect("reference");
-        a.add_peer(b.device_id(), "b", &[]).expect("pair");
-        b.add_peer(a.device_id(), "a", &[addr]).expect("pair");
-        b.connect_known_peers().expect("dial");
+        let (id, data) = share_a_film(&dir, &a, &b, 5_000_000, seed).await;
         let work = format!("artifact prefetch from {}", a.device_id());
         wait_for(seed, "the prefetch to be paused", CONVERGE_TIMEOUT, || {
             b.deferred_work().iter().any(|w| w.work == work)
@@ -994,6 +952,47 @@ async fn l_a_prefetch_the_link_cannot_carry_in_time_waits_and_is_fetched_on_dema
         b.shutdown().await;
     })
     .await;
+}
+
+/// Puts a film of `size` bytes on `a`, referenced by a document, pairs
+/// `a` and `b` and has `b` keep connected to `a`: the artifact's id and
+/// bytes.
+async fn share_a_film(
+    dir: &tempfile::TempDir,
+    a: &Node,
+    b: &Node,
+    size: usize,
+    seed: u64,
+) -> (nomade_artifact::ArtifactId, Vec<u8>) {
+    let addr = a
+        .start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("start");
+    b.start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("start");
+    let data = pattern(size, seed);
+    let file = dir.path().join("film.bin");
+    std::fs::write(&file, &data).expect("write");
+    let id = a.put_artifact(&file, None).expect("put");
+    a.set("shared", "film", id.to_reference().as_str())
+        .expect("reference");
+    a.add_peer(b.device_id(), "b", &[]).expect("pair");
+    b.add_peer(a.device_id(), "a", &[addr]).expect("pair");
+    b.connect_known_peers().expect("dial");
+    (id, data)
+}
+
+/// A slow link on one socket, both ways: 500 kB/s, 10 ms each way, a
+/// 200 ms router queue.
+fn slow_link(seed: u64) -> FaultPlan {
+    FaultPlan::symmetric(FaultConfig {
+        delay: Duration::from_millis(10),
+        rate: Some(500_000),
+        queue_limit: Some(Duration::from_millis(200)),
+        seed,
+        ..FaultConfig::default()
+    })
 }
 
 fn long_partition() -> Duration {

@@ -374,14 +374,11 @@ async fn accept_relayed(
         addr: RelayedEndpoint::peer_address(),
     })??;
     let peer = peer_id(&conn)?;
-    if peer != source || !inner.paired.contains(&peer) {
-        conn.close(
-            close_code::AUTHENTICATION_FAILED.into(),
-            b"unexpected device",
-        );
-        return Err(TransportError::UnexpectedPeer {
-            expected: source,
-            actual: peer,
+    expect_peer(&conn, peer, source)?;
+    if !inner.paired.contains(&peer) {
+        conn.close(close_code::AUTHENTICATION_FAILED.into(), b"not paired");
+        return Err(TransportError::PeerNotAccepted {
+            reason: format!("{peer} is not paired"),
         });
     }
     link.hold(conn.clone());
@@ -677,17 +674,7 @@ impl Transport {
             addr,
             tls::SERVER_NAME,
         )?;
-        let conn = tokio::time::timeout(self.inner.config.handshake_timeout, async {
-            let conn = connecting.await.map_err(classify)?;
-            // The client's handshake completes before the server has checked
-            // our certificate: wait for HANDSHAKE_DONE (or the refusal).
-            wait_confirmed(&conn).await?;
-            Ok::<_, TransportError>(conn)
-        })
-        .await
-        .map_err(|_| TransportError::ConnectTimeout { addr })??;
-        let peer = peer_id(&conn)?;
-        Ok((conn, peer))
+        complete_dial(connecting, self.inner.config.handshake_timeout, addr).await
     }
 
     /// Dials `addr`. The server must be a paired device, and `expected` if given.
@@ -703,16 +690,7 @@ impl Transport {
             // telling (a node redialing a device that is off says it once).
             .inspect_err(|e| tracing::debug!(%addr, error = %e, "connect failed"))?;
         if let Some(expected) = expected {
-            if expected != peer {
-                conn.close(
-                    close_code::AUTHENTICATION_FAILED.into(),
-                    b"unexpected device",
-                );
-                return Err(TransportError::UnexpectedPeer {
-                    expected,
-                    actual: peer,
-                });
-            }
+            expect_peer(&conn, peer, expected)?;
         }
         if !self.inner.paired.contains(&peer) {
             conn.close(close_code::AUTHENTICATION_FAILED.into(), b"not paired");
@@ -777,24 +755,8 @@ impl Transport {
         client.transport_config(self.inner.relayed_transport()?);
         let addr = RelayedEndpoint::peer_address();
         let connecting = link.endpoint.connect_with(client, addr, tls::SERVER_NAME)?;
-        let conn = tokio::time::timeout(deadline, async {
-            let conn = connecting.await.map_err(classify)?;
-            wait_confirmed(&conn).await?;
-            Ok::<_, TransportError>(conn)
-        })
-        .await
-        .map_err(|_| TransportError::ConnectTimeout { addr })??;
-        let peer = peer_id(&conn)?;
-        if peer != target {
-            conn.close(
-                close_code::AUTHENTICATION_FAILED.into(),
-                b"unexpected device",
-            );
-            return Err(TransportError::UnexpectedPeer {
-                expected: target,
-                actual: peer,
-            });
-        }
+        let (conn, peer) = complete_dial(connecting, deadline, addr).await?;
+        expect_peer(&conn, peer, target)?;
         link.hold(conn.clone());
         tracing::info!(%peer, relay = %via.peer(), "connected through a relay");
         self.inner.emit(TransportEvent::Connected {
@@ -920,6 +882,26 @@ fn is_crypto(code: TransportErrorCode) -> bool {
     (0x100..0x200).contains(&raw)
 }
 
+/// A dial's handshake to its end within `deadline`: the connection and
+/// the device it authenticated.
+async fn complete_dial(
+    connecting: quinn::Connecting,
+    deadline: Duration,
+    addr: SocketAddr,
+) -> Result<(quinn::Connection, DeviceId)> {
+    let conn = tokio::time::timeout(deadline, async {
+        let conn = connecting.await.map_err(classify)?;
+        // The client's handshake completes before the server has checked
+        // our certificate: wait for HANDSHAKE_DONE (or the refusal).
+        wait_confirmed(&conn).await?;
+        Ok::<_, TransportError>(conn)
+    })
+    .await
+    .map_err(|_| TransportError::ConnectTimeout { addr })??;
+    let peer = peer_id(&conn)?;
+    Ok((conn, peer))
+}
+
 async fn wait_confirmed(conn: &quinn::Connection) -> Result<()> {
     loop {
         if let Some(e) = conn.close_reason() {
@@ -956,6 +938,21 @@ fn peer_cert(conn: &quinn::Connection) -> Result<rustls_pki_types::CertificateDe
         })
         .and_then(|certs| certs.into_iter().next())
         .ok_or_else(|| TransportError::BadCertificate("peer presented no certificate".into()))
+}
+
+/// Closes `conn` and fails unless its authenticated `peer` is `expected`.
+fn expect_peer(conn: &quinn::Connection, peer: DeviceId, expected: DeviceId) -> Result<()> {
+    if peer == expected {
+        return Ok(());
+    }
+    conn.close(
+        close_code::AUTHENTICATION_FAILED.into(),
+        b"unexpected device",
+    );
+    Err(TransportError::UnexpectedPeer {
+        expected,
+        actual: peer,
+    })
 }
 
 fn peer_id(conn: &quinn::Connection) -> Result<DeviceId> {
