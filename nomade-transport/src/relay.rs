@@ -91,6 +91,10 @@ pub struct RelayConfig {
     /// every n-th packet it forwards, as a faulty or hostile relay would.
     #[cfg(feature = "faults")]
     pub corrupt_every: Option<u64>,
+    /// Test only (the `faults` feature): the relay drops every n-th packet
+    /// it forwards.
+    #[cfg(feature = "faults")]
+    pub drop_every: Option<u64>,
 }
 
 impl Default for RelayConfig {
@@ -102,6 +106,8 @@ impl Default for RelayConfig {
             bytes_per_sec: Some(10_000_000),
             #[cfg(feature = "faults")]
             corrupt_every: None,
+            #[cfg(feature = "faults")]
+            drop_every: None,
         }
     }
 }
@@ -651,13 +657,16 @@ async fn relay_request<H: RelayHost + ?Sized>(
     tracing::info!(peer = %asker, %target, "relaying");
     let limiter = host.relay_limiter().cloned();
     #[cfg(feature = "faults")]
-    let corrupt = config.corrupt_every;
+    let alter = Alteration {
+        corrupt_every: config.corrupt_every,
+        drop_every: config.drop_every,
+    };
     #[cfg(not(feature = "faults"))]
-    let corrupt: Option<u64> = None;
+    let alter = Alteration::default();
     let forward = |from, to| Forward {
         counters: counters.clone(),
         limiter: limiter.clone(),
-        corrupt_every: corrupt,
+        alter,
         from,
         to,
     };
@@ -679,18 +688,37 @@ fn log_forward_end(from: DeviceId, to: DeviceId, r: Result<()>) {
     }
 }
 
+/// What a faulty relay does to the packets it forwards (tests only).
+#[derive(Debug, Clone, Copy, Default)]
+struct Alteration {
+    /// Alters a byte of every n-th packet.
+    corrupt_every: Option<u64>,
+    /// Drops every n-th packet.
+    drop_every: Option<u64>,
+}
+
+impl Alteration {
+    fn is_none(&self) -> bool {
+        self.corrupt_every.is_none() && self.drop_every.is_none()
+    }
+
+    fn hits(every: Option<u64>, n: u64) -> bool {
+        every.is_some_and(|e| n % e.max(1) == 0)
+    }
+}
+
 /// One direction of a relay session.
 struct Forward {
     counters: Arc<RelayCounters>,
     limiter: Option<RateLimiter>,
-    corrupt_every: Option<u64>,
+    alter: Alteration,
     from: quinn::RecvStream,
     to: quinn::SendStream,
 }
 
 impl Forward {
     async fn run(self) -> Result<()> {
-        if self.corrupt_every.is_some() {
+        if !self.alter.is_none() {
             return self.run_altering().await;
         }
         let Forward {
@@ -724,8 +752,8 @@ impl Forward {
         }
     }
 
-    /// [`Forward::run`] for a relay that alters packets (tests only):
-    /// packets taken apart and written again.
+    /// [`Forward::run`] for a relay that alters or drops packets (tests
+    /// only): packets taken apart and written again.
     async fn run_altering(mut self) -> Result<()> {
         let mut reader = PacketReader::new();
         let mut out = BytesMut::new();
@@ -740,12 +768,12 @@ impl Forward {
                 match reader.next_packet() {
                     Ok(Some(packet)) => {
                         forwarded += 1;
+                        if Alteration::hits(self.alter.drop_every, forwarded) {
+                            continue;
+                        }
                         let start = out.len();
                         write_packet(&mut out, &packet);
-                        if self
-                            .corrupt_every
-                            .is_some_and(|n| forwarded % n.max(1) == 0)
-                        {
+                        if Alteration::hits(self.alter.corrupt_every, forwarded) {
                             // A byte in the middle of the packet, never its length.
                             let at = start + 2 + packet.len() / 2;
                             out[at] ^= 0x5a;

@@ -378,14 +378,16 @@ async fn a_bad_packet_length_ends_the_relay_stream_only() {
     assert_eq!(inc.recv.recv().await.expect("recv"), Some(beat(5)));
 }
 
-/// A relay that alters packets cannot alter what arrives: QUIC's AEAD
-/// refuses each altered packet, and it is sent again.
+/// A relay that alters or drops packets cannot alter or lose what
+/// arrives: QUIC's AEAD refuses each altered packet, and it is sent again
+/// as a lost one is.
 #[cfg(feature = "faults")]
 #[tokio::test]
 async fn a_relay_that_alters_packets_delivers_nothing_altered() {
     let l = line_with(RelayConfig {
         bytes_per_sec: None,
         corrupt_every: Some(7),
+        drop_every: Some(11),
         ..RelayConfig::default()
     })
     .await;
