@@ -11,9 +11,9 @@
 //! (pinned device ids): B forwards ciphertext it cannot read, and cannot
 //! pose as A or C, whose keys it does not hold.
 //!
-//! The relayed connection is an ordinary [`Connection`] to its peer
-//! ([`Connection::relayed_via`] names the relay). Its QUIC endpoint runs
-//! over a [`RelaySocket`] (a quinn `AsyncUdpSocket` whose datagrams are the
+//! The relayed connection is an ordinary [`crate::Connection`] to its peer
+//! ([`crate::Connection::relayed_via`] names the relay). Its QUIC endpoint runs
+//! over a `RelaySocket` (a quinn `AsyncUdpSocket` whose datagrams are the
 //! relay stream's packets) instead of the UDP socket.
 //!
 //! Bounds: a relay serves at most [`RelayConfig::max_sessions`] at once
