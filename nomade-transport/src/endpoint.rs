@@ -352,27 +352,29 @@ async fn accept_relayed(
 ) -> Result<()> {
     let mut server = inner.server.clone();
     server.transport_config(inner.relayed_transport()?);
-    let link = RelayedEndpoint::start(
+    let mut link = RelayedEndpoint::start(
         Some(server),
         send,
         recv,
         inner.relay_counters.clone(),
         Some(slot),
     )?;
-    let conn = tokio::time::timeout(inner.config.handshake_timeout, async {
-        let incoming = link
-            .endpoint
+    let endpoint = link.endpoint.clone();
+    let handshake = tokio::time::timeout(inner.config.handshake_timeout, async move {
+        let incoming = endpoint
             .accept()
             .await
             .ok_or(TransportError::EndpointClosed)?;
         // The relay vouched for the address: no Retry.
         let conn = incoming.accept()?.await.map_err(classify)?;
         Ok::<_, TransportError>(conn)
-    })
-    .await
-    .map_err(|_| TransportError::ConnectTimeout {
-        addr: RelayedEndpoint::peer_address(),
-    })??;
+    });
+    let conn =
+        link.unless_ended(handshake)
+            .await?
+            .map_err(|_| TransportError::ConnectTimeout {
+                addr: RelayedEndpoint::peer_address(),
+            })??;
     let peer = peer_id(&conn)?;
     expect_peer(&conn, peer, source)?;
     if !inner.paired.contains(&peer) {
@@ -740,7 +742,7 @@ impl Transport {
             .inspect_err(
                 |e| tracing::debug!(relay = %via.peer(), %target, error = %e, "relay not opened"),
             )?;
-        let link =
+        let mut link =
             RelayedEndpoint::start(None, send, recv, self.inner.relay_counters.clone(), None)?;
         let verifier = Arc::new(PeerServerVerifier::new(
             self.inner.paired.clone(),
@@ -755,7 +757,9 @@ impl Transport {
         client.transport_config(self.inner.relayed_transport()?);
         let addr = RelayedEndpoint::peer_address();
         let connecting = link.endpoint.connect_with(client, addr, tls::SERVER_NAME)?;
-        let (conn, peer) = complete_dial(connecting, deadline, addr).await?;
+        let (conn, peer) = link
+            .unless_ended(complete_dial(connecting, deadline, addr))
+            .await??;
         expect_peer(&conn, peer, target)?;
         link.hold(conn.clone());
         tracing::info!(%peer, relay = %via.peer(), "connected through a relay");

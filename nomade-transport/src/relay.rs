@@ -1037,6 +1037,20 @@ impl RelayedEndpoint {
         })
     }
 
+    /// Runs `work` (a handshake over this endpoint) unless the relay
+    /// stream ends first, which is then the error.
+    pub(crate) async fn unless_ended<T>(
+        &mut self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T> {
+        tokio::select! {
+            r = work => Ok(r),
+            why = &mut self.ended => Err(why.unwrap_or_else(|_| {
+                TransportError::RelayBroken("the relay stream ended".into())
+            })),
+        }
+    }
+
     /// The address a dialer connects to.
     pub(crate) fn peer_address() -> SocketAddr {
         ACCEPTOR_ADDR
