@@ -17,7 +17,7 @@
 use nomade_artifact::{
     ArtifactError, RangeEvent, RangeReceiver, Receiver, ReceiverEvent, Sender, SenderEvent,
 };
-use nomade_transport::{FramedRecv, FramedSend};
+use nomade_transport::{Connection, FramedRecv, FramedSend};
 use nomade_wire::Message;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -197,15 +197,23 @@ fn run_machine<M: Machine>(
 
 /// Runs `machine` over a stream until it is finished, the peer ends the
 /// stream, or something fails. `on_event` sees every event, on the calling
-/// task. Returns the machine (to read its final state) and the outcome.
+/// task. Returns the machine (to read its final state) and the stream's
+/// sending half (to finish it).
+///
+/// The two network pumps (frames in, frames out) run as one task where
+/// the stream's connection is handled: `on`'s runtime for a bulk
+/// connection (below the priority of live work, like the machine's own
+/// thread), the caller's otherwise (`None`: the caller's).
 pub(crate) async fn drive<M: Machine>(
     machine: M,
-    tx: &mut FramedSend,
-    rx: &mut FramedRecv,
+    tx: FramedSend,
+    rx: FramedRecv,
+    on: Option<&Connection>,
     mut on_event: impl FnMut(M::Event),
-) -> Result<M, NodeError> {
+) -> Result<(M, FramedSend), NodeError> {
     let (inbox_tx, inbox) = mpsc::channel::<Message>(QUEUE);
-    let (out, mut outbox) = mpsc::channel::<Out<M::Event>>(QUEUE);
+    let (out, outbox) = mpsc::channel::<Out<M::Event>>(QUEUE);
+    let (events_tx, mut events) = mpsc::channel::<M::Event>(QUEUE);
     // Its own thread, below the priority of the others: a transfer's
     // crypto and disk work yields the processor to live sync at once.
     let (done, worker) = tokio::sync::oneshot::channel();
@@ -217,6 +225,46 @@ pub(crate) async fn drive<M: Machine>(
             }
             let _ = done.send(run_machine(machine, inbox, out));
         })?;
+    let pumps = pump(tx, rx, inbox_tx, outbox, events_tx);
+    // Stopped if this future is dropped: the stream is reset, and the
+    // machine's thread sees its inbox closed.
+    let mut pumps = AbortOnDrop(match on {
+        Some(conn) => conn.spawn(pumps),
+        None => tokio::spawn(pumps),
+    });
+    while let Some(e) = events.recv().await {
+        on_event(e);
+    }
+    let (tx, pumped) = (&mut pumps.0).await.map_err(|_| {
+        NodeError::Invalid("an artifact transfer's network task ended early".into())
+    })?;
+    pumped?;
+    let (machine, result) = worker
+        .await
+        .map_err(|_| NodeError::Invalid("an artifact transfer's thread ended early".into()))?;
+    result?;
+    Ok((machine, tx))
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The network side of [`drive`]: frames read go to the machine's inbox,
+/// what the machine sends is written, its events passed on, until the
+/// machine is done or the peer ends its side. Returns the sending half.
+async fn pump<E>(
+    mut tx: FramedSend,
+    mut rx: FramedRecv,
+    inbox_tx: mpsc::Sender<Message>,
+    mut outbox: mpsc::Receiver<Out<E>>,
+    events: mpsc::Sender<E>,
+) -> (FramedSend, Result<(), NodeError>) {
     let reader = async {
         loop {
             tokio::select! {
@@ -240,20 +288,19 @@ pub(crate) async fn drive<M: Machine>(
         while let Some(o) = outbox.recv().await {
             match o {
                 Out::Send(m) => tx.send(&envelope(m)).await?,
-                Out::Event(e) => on_event(e),
+                Out::Event(e) => {
+                    // The caller gone: the events are not wanted.
+                    let _ = events.send(e).await;
+                }
             }
         }
         Ok::<(), NodeError>(())
     };
-    tokio::select! {
-        r = reader => r?,
-        w = writer => w?,
-    }
-    let (machine, result) = worker
-        .await
-        .map_err(|_| NodeError::Invalid("an artifact transfer's thread ended early".into()))?;
-    result?;
-    Ok(machine)
+    let result = tokio::select! {
+        r = reader => r,
+        w = writer => w,
+    };
+    (tx, result)
 }
 
 #[cfg(test)]

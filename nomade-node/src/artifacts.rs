@@ -290,8 +290,8 @@ impl Node {
     pub(crate) async fn serve_artifact(
         &self,
         peer: DeviceId,
-        mut tx: FramedSend,
-        mut rx: FramedRecv,
+        tx: FramedSend,
+        rx: FramedRecv,
     ) -> Result<(), NodeError> {
         // Every paired (TLS-authenticated) device may fetch: the data key is
         // wrapped for the key it sends (a sealed transfer), or it seals the
@@ -301,7 +301,8 @@ impl Node {
             self.inner.paired.contains(&peer),
         )
         .relaying(self.peer_has(&peer, handshake::SEALED_RELAY));
-        let sender = artifact_io::drive(sender, &mut tx, &mut rx, |event| {
+        // (Served where the stream's connection is handled.)
+        let (sender, mut tx) = artifact_io::drive(sender, tx, rx, None, |event| {
             tracing::debug!(%peer, ?event, "artifact");
         })
         .await?;
@@ -379,8 +380,8 @@ impl Node {
     /// ([`crate::schedule`]); they show in `status` meanwhile.
     pub(crate) async fn fetch_missing_artifacts(&self, conn: &Connection, describes: bool) {
         let all = self.referenced_artifacts();
-        self.fetch_missing_of(&[(conn.clone(), describes)], all)
-            .await
+        let conn = self.bulk_or(conn.clone());
+        self.fetch_missing_of(&[(conn, describes)], all).await
     }
 
     /// While the node is online: the artifacts that edits (of peers, or
@@ -442,8 +443,10 @@ impl Node {
                 })
                 .collect();
             holders.sort_by_key(|(id, ..)| !authors.contains(&id.to_string()));
-            let holders: Vec<(Connection, bool)> =
-                holders.into_iter().map(|(_, c, d)| (c, d)).collect();
+            let holders: Vec<(Connection, bool)> = holders
+                .into_iter()
+                .map(|(_, c, d)| (self.bulk_or(c), d))
+                .collect();
             // Nobody to fetch from (initial syncs under way, which fetch
             // what they bring): the state is not walked.
             if holders.is_empty() {
@@ -579,7 +582,7 @@ impl Node {
         peer: &DeviceId,
         id: ArtifactId,
     ) -> Result<ArtifactRecord, NodeError> {
-        let conn = self.session_conn(peer);
+        let conn = self.artifact_conn(peer);
         let conn = conn.ok_or_else(|| peer_err(peer, "not connected"))?;
         self.describe_artifact(&conn, id).await
     }
@@ -750,7 +753,7 @@ impl Node {
         id: ArtifactId,
         progress: impl FnMut(&Progress),
     ) -> Result<(), NodeError> {
-        let conn = self.session_conn(peer);
+        let conn = self.artifact_conn(peer);
         let conn = conn.ok_or_else(|| peer_err(peer, "not connected"))?;
         self.fetch_on(&conn, id, progress).await
     }
@@ -772,7 +775,7 @@ impl Node {
         }
         let conns: Vec<Connection> = holders
             .iter()
-            .filter_map(|h| self.session_conn(h))
+            .filter_map(|h| self.artifact_conn(h))
             .collect();
         self.fetch_from_first(&conns, id, progress).await
     }
@@ -880,24 +883,25 @@ impl Node {
         let mut counted = main.progress().bytes_done;
         let mut started = Some(started_tx);
         let main_half = async {
-            let (mut tx, mut rx) = first.open_bi(StreamRole::Artifact).await?;
-            let main = artifact_io::drive(main, &mut tx, &mut rx, |event| match event {
-                ReceiverEvent::Started(p)
-                | ReceiverEvent::Progress(p)
-                | ReceiverEvent::RangeDone(p) => {
-                    if let Some(tx) = started.take() {
-                        let _ = tx.send(());
+            let (tx, rx) = first.open_bi(StreamRole::Artifact).await?;
+            let (main, mut tx) =
+                artifact_io::drive(main, tx, rx, Some(first), |event| match event {
+                    ReceiverEvent::Started(p)
+                    | ReceiverEvent::Progress(p)
+                    | ReceiverEvent::RangeDone(p) => {
+                        if let Some(tx) = started.take() {
+                            let _ = tx.send(());
+                        }
+                        Metrics::add(
+                            &metrics.artifact_bytes_received,
+                            p.bytes_done.saturating_sub(counted),
+                        );
+                        counted = p.bytes_done;
+                        progress(&a, &p);
                     }
-                    Metrics::add(
-                        &metrics.artifact_bytes_received,
-                        p.bytes_done.saturating_sub(counted),
-                    );
-                    counted = p.bytes_done;
-                    progress(&a, &p);
-                }
-                _ => {}
-            })
-            .await?;
+                    _ => {}
+                })
+                .await?;
             let _ = tx.finish().await;
             Ok::<Receiver, NodeError>(main)
         };
@@ -908,8 +912,8 @@ impl Node {
             }
             let key = store.range_key(&id)?;
             let range = nomade_artifact::RangeReceiver::new(store.clone(), id, key, mid, count);
-            let (mut tx, mut rx) = second.open_bi(StreamRole::Artifact).await?;
-            let range = artifact_io::drive(range, &mut tx, &mut rx, |_| {}).await?;
+            let (tx, rx) = second.open_bi(StreamRole::Artifact).await?;
+            let (range, mut tx) = artifact_io::drive(range, tx, rx, Some(second), |_| {}).await?;
             let _ = tx.finish().await;
             Ok::<bool, NodeError>(range.is_done())
         };
@@ -1006,23 +1010,24 @@ impl Node {
                 Err(e) => return Err(e.into()),
             }
         };
-        let (mut tx, mut rx) = conn.open_bi(StreamRole::Artifact).await?;
+        let (tx, rx) = conn.open_bi(StreamRole::Artifact).await?;
         let mut counted = receiver.progress().bytes_done;
         let metrics = self.metrics();
-        let receiver = artifact_io::drive(receiver, &mut tx, &mut rx, |event| match event {
-            ReceiverEvent::Started(p)
-            | ReceiverEvent::Progress(p)
-            | ReceiverEvent::Complete { progress: p, .. } => {
-                Metrics::add(
-                    &metrics.artifact_bytes_received,
-                    p.bytes_done.saturating_sub(counted),
-                );
-                counted = p.bytes_done;
-                progress(&p)
-            }
-            _ => {}
-        })
-        .await?;
+        let (receiver, mut tx) =
+            artifact_io::drive(receiver, tx, rx, Some(conn), |event| match event {
+                ReceiverEvent::Started(p)
+                | ReceiverEvent::Progress(p)
+                | ReceiverEvent::Complete { progress: p, .. } => {
+                    Metrics::add(
+                        &metrics.artifact_bytes_received,
+                        p.bytes_done.saturating_sub(counted),
+                    );
+                    counted = p.bytes_done;
+                    progress(&p)
+                }
+                _ => {}
+            })
+            .await?;
         let _ = tx.finish().await;
         if receiver.is_complete() {
             Ok(())

@@ -55,7 +55,14 @@ pub const SEALED_RELAY: &str = "sealed-relay";
 /// it (`nomade_transport::relay`).
 pub const RELAY: &str = "relay";
 
-/// Capabilities this node announces.
+/// The capability of bulk connections: the dialer announces that it can
+/// open one, the responder names its bulk endpoint's port in `HELLO_ACK`
+/// (`bulk_port`); artifact streams then go on it (docs/PROTOCOL.md, "Bulk
+/// connections"). Announced only by a device that runs a bulk endpoint.
+pub const BULK: &str = "bulk";
+
+/// Capabilities this node always announces (and [`BULK`] when it runs a
+/// bulk endpoint).
 pub const CAPABILITIES: [&str; 11] = [
     CRDT_SYNC,
     ARTIFACT_TRANSFER,
@@ -79,6 +86,22 @@ pub struct LocalInfo {
     pub device_name: String,
     /// Its current state hash.
     pub state_hash: Hash32,
+    /// The port of its bulk endpoint, offered on this connection: `None`
+    /// when it runs none, or on a relayed connection.
+    pub bulk_port: Option<u16>,
+}
+
+impl LocalInfo {
+    /// The capabilities it announces.
+    fn capabilities(&self) -> Vec<String> {
+        let bulk = self.bulk_port.map(|_| BULK);
+        CAPABILITIES
+            .iter()
+            .copied()
+            .chain(bulk)
+            .map(str::to_string)
+            .collect()
+    }
 }
 
 /// What the handshake established about the peer.
@@ -93,6 +116,9 @@ pub struct PeerInfo {
     pub capabilities: Vec<String>,
     /// Whether the two states differed at handshake time.
     pub sync_required: bool,
+    /// The port of the responder's bulk endpoint (the dialer's view only:
+    /// a responder offers one, a dialer does not).
+    pub bulk_port: Option<u16>,
 }
 
 impl PeerInfo {
@@ -164,7 +190,7 @@ pub fn hello(local: &LocalInfo) -> Hello {
         device_id: local.device_id.clone(),
         device_name: local.device_name.clone(),
         protocol_version: PROTOCOL_VERSION,
-        capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+        capabilities: local.capabilities(),
         sync_state_hash: local.state_hash,
     }
 }
@@ -197,19 +223,22 @@ pub fn answer_hello(
 ) -> Result<(HelloAck, PeerInfo), HandshakeError> {
     check_peer(hello.protocol_version, &hello.device_id, peer_id)?;
     let sync_required = hello.sync_state_hash != local.state_hash;
-    let ack = HelloAck {
-        device_id: local.device_id.clone(),
-        device_name: local.device_name.clone(),
-        protocol_version: PROTOCOL_VERSION,
-        capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
-        sync_state_hash: local.state_hash,
-        sync_required,
-    };
     let peer = PeerInfo {
         device_id: *peer_id,
         device_name: hello.device_name.clone(),
         capabilities: hello.capabilities.clone(),
         sync_required,
+        bulk_port: None,
+    };
+    let ack = HelloAck {
+        device_id: local.device_id.clone(),
+        device_name: local.device_name.clone(),
+        protocol_version: PROTOCOL_VERSION,
+        capabilities: local.capabilities(),
+        sync_state_hash: local.state_hash,
+        sync_required,
+        // Only to a dialer that can use it.
+        bulk_port: local.bulk_port.filter(|_| peer.has(BULK)),
     };
     Ok((ack, peer))
 }
@@ -217,12 +246,16 @@ pub fn answer_hello(
 /// The dialer's check of the acceptor's `HELLO_ACK`.
 pub fn check_hello_ack(ack: &HelloAck, peer_id: &DeviceId) -> Result<PeerInfo, HandshakeError> {
     check_peer(ack.protocol_version, &ack.device_id, peer_id)?;
-    Ok(PeerInfo {
+    let mut peer = PeerInfo {
         device_id: *peer_id,
         device_name: ack.device_name.clone(),
         capabilities: ack.capabilities.clone(),
         sync_required: ack.sync_required,
-    })
+        bulk_port: None,
+    };
+    // A port without the capability, or port 0, is not an offer.
+    peer.bulk_port = ack.bulk_port.filter(|&p| p != 0 && peer.has(BULK));
+    Ok(peer)
 }
 
 #[cfg(test)]
@@ -238,7 +271,45 @@ mod tests {
             device_id: id(n).to_string(),
             device_name: format!("device {n}"),
             state_hash: Hash32::from([hash; 32]),
+            bulk_port: None,
         }
+    }
+
+    fn with_bulk(mut info: LocalInfo, port: u16) -> LocalInfo {
+        info.bulk_port = Some(port);
+        info
+    }
+
+    /// The responder names its bulk port to a dialer that announced
+    /// `"bulk"`, and only to such a dialer; the dialer takes it only with
+    /// the capability, and never port 0.
+    #[test]
+    fn the_bulk_port_is_offered_only_to_a_dialer_that_can_use_it() {
+        let dialer = with_bulk(info(1, 1), 9);
+        let responder = with_bulk(info(2, 1), 4_000);
+        let h = hello(&dialer);
+        assert!(h.capabilities.iter().any(|c| c == BULK));
+        let (ack, _) = answer_hello(&responder, &h, &id(1)).unwrap();
+        assert_eq!(ack.bulk_port, Some(4_000));
+        assert_eq!(
+            check_hello_ack(&ack, &id(2)).unwrap().bulk_port,
+            Some(4_000)
+        );
+        // A dialer without a bulk endpoint is not offered one.
+        let (ack, _) = answer_hello(&responder, &hello(&info(1, 1)), &id(1)).unwrap();
+        assert_eq!(ack.bulk_port, None);
+        assert!(ack.capabilities.iter().any(|c| c == BULK));
+        // A responder without one offers none, nor announces it.
+        let (ack, _) = answer_hello(&info(2, 1), &h, &id(1)).unwrap();
+        assert_eq!(ack.bulk_port, None);
+        assert!(!ack.capabilities.iter().any(|c| c == BULK));
+        // What the dialer does not take: a port without the capability, 0.
+        let mut odd = ack.clone();
+        odd.bulk_port = Some(4_000);
+        assert_eq!(check_hello_ack(&odd, &id(2)).unwrap().bulk_port, None);
+        let (mut zero, _) = answer_hello(&responder, &h, &id(1)).unwrap();
+        zero.bulk_port = Some(0);
+        assert_eq!(check_hello_ack(&zero, &id(2)).unwrap().bulk_port, None);
     }
 
     #[test]

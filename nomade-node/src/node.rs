@@ -104,6 +104,12 @@ pub struct NodeConfig {
     /// background work: it waits, shown in `status`, until the
     /// [`background`](Self::background) policy allows it (default 8 MiB).
     pub deferred_snapshot_bytes: u64,
+    /// Whether artifact transfers go on bulk connections: a second QUIC
+    /// connection to each peer, on a UDP port and threads of lower
+    /// priority of their own, so that a transfer's packet work yields the
+    /// processor to live edits (`nomade_transport::bulk`; default on).
+    /// Either side without it, or a relayed session: the main connection.
+    pub bulk: bool,
     /// Test only (the `faults` feature): network faults injected under the
     /// QUIC endpoint, and the partition switch (`None`: the real network,
     /// untouched).
@@ -134,6 +140,7 @@ impl Default for NodeConfig {
             discovery: false,
             relay: nomade_transport::RelayConfig::default(),
             deferred_snapshot_bytes: 8 << 20,
+            bulk: true,
             max_backoff: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             queue_target: nomade_transport::Config::default().queue_target,
@@ -176,6 +183,8 @@ pub(crate) struct Inner {
     pub(crate) power: watch::Sender<crate::schedule::PowerState>,
     /// Background work waiting for the device to allow it, by what it is.
     pub(crate) deferred: Mutex<BTreeMap<String, crate::schedule::DeferredWork>>,
+    /// The bulk connection to each peer that has one (artifact streams).
+    pub(crate) bulk: Mutex<HashMap<DeviceId, Connection>>,
 }
 
 /// A Nomade device. Cheap to clone; every clone is the same device.
@@ -285,6 +294,7 @@ impl Node {
                 runtime: Mutex::new(None),
                 power: watch::Sender::new(crate::schedule::PowerState::default()),
                 deferred: Mutex::new(BTreeMap::new()),
+                bulk: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -548,6 +558,21 @@ impl Node {
         self.sessions().get(peer).map(|s| s.conn.clone())
     }
 
+    /// The connection for artifact streams to `peer`, if a session is up:
+    /// its bulk connection when one is open, else the session's own.
+    pub(crate) fn artifact_conn(&self, peer: &DeviceId) -> Option<Connection> {
+        let main = self.session_conn(peer)?;
+        Some(self.bulk_or(main))
+    }
+
+    /// The bulk connection to `main`'s peer when one is open, else `main`.
+    pub(crate) fn bulk_or(&self, main: Connection) -> Connection {
+        match lock(&self.inner.bulk).get(&main.peer()) {
+            Some(bulk) if bulk.close_reason().is_none() => bulk.clone(),
+            _ => main,
+        }
+    }
+
     pub(crate) fn transport(&self) -> Option<Transport> {
         lock(&self.inner.transport).clone()
     }
@@ -583,6 +608,7 @@ impl Node {
             known_paths,
             queue_target: self.inner.config.queue_target,
             relay: self.inner.config.relay,
+            bulk: self.inner.config.bulk,
             ..Default::default()
         };
         #[cfg(feature = "faults")]
@@ -615,6 +641,7 @@ impl Node {
         self.spawn(async move {
             loop {
                 match t.accept().await {
+                    Ok(conn) if conn.is_bulk() => node.serve_bulk(conn),
                     Ok(conn) => {
                         let n = node.clone();
                         tokio::spawn(async move { n.run_session(conn, false).await });
@@ -729,6 +756,14 @@ impl Node {
     /// probes): for diagnostics. `None` when no session is up.
     pub fn connection_stats(&self, peer: &DeviceId) -> Option<quinn::ConnectionStats> {
         self.session_conn(peer).map(|c| c.quinn().stats())
+    }
+
+    /// The QUIC statistics of the bulk connection to `peer`, on which
+    /// artifact transfers go (`NodeConfig::bulk`): `None` when none is
+    /// open.
+    pub fn bulk_connection_stats(&self, peer: &DeviceId) -> Option<quinn::ConnectionStats> {
+        let bulk = lock(&self.inner.bulk).get(peer).cloned()?;
+        bulk.close_reason().is_none().then(|| bulk.quinn().stats())
     }
 
     /// Whether a session with `peer` is up.

@@ -137,8 +137,74 @@ impl Node {
         {
             sessions.remove(&peer);
         }
+        let still = sessions.contains_key(&peer);
         drop(sessions);
+        // The bulk connection goes with the last session to the peer.
+        if !still {
+            if let Some(bulk) = lock(&self.inner.bulk).remove(&peer) {
+                bulk.close(0, "session over");
+            }
+        }
         self.inner.session_events.send_modify(|n| *n += 1);
+    }
+
+    /// Opens the bulk connection the peer offered in its `HELLO_ACK`
+    /// (`port`, on the address of `conn`), for artifact streams both ways.
+    /// If it cannot be opened, artifact streams stay on `conn`.
+    fn open_bulk(&self, conn: &Connection, port: u16) {
+        let (node, conn) = (self.clone(), conn.clone());
+        tokio::spawn(async move {
+            let Some(transport) = node.transport() else {
+                return;
+            };
+            let addr = std::net::SocketAddr::new(conn.remote_address().ip(), port);
+            match transport.connect_bulk(addr, conn.peer()).await {
+                // (Unless the session ended meanwhile.)
+                Ok(bulk) if conn.close_reason().is_none() => node.serve_bulk(bulk),
+                Ok(bulk) => bulk.close(0, "session over"),
+                Err(e) => {
+                    tracing::info!(peer = %conn.peer(), %addr, error = %e, "no bulk connection: artifacts go on the session's own");
+                }
+            }
+        });
+    }
+
+    /// Takes a bulk connection (dialed, or accepted): artifact streams to
+    /// its peer go on it from now on ([`Node::artifact_conn`]), and those
+    /// the peer opens on it are served, on its runtime, until it closes.
+    pub(crate) fn serve_bulk(&self, bulk: Connection) {
+        let peer = bulk.peer();
+        if let Some(old) = lock(&self.inner.bulk).insert(peer, bulk.clone()) {
+            old.close(0, "replaced by a newer connection");
+        }
+        tracing::debug!(%peer, "bulk connection up");
+        let node = self.clone();
+        tokio::spawn(async move {
+            while let Ok(stream) = bulk.accept_stream().await {
+                let IncomingStream { role, send, recv } = stream;
+                let Some(tx) = send else { continue };
+                let n = node.clone();
+                // (The transport admits artifact streams only.)
+                debug_assert_eq!(role, StreamRole::Artifact);
+                drop(bulk.spawn(async move {
+                    if let Err(e) = n.serve_artifact(peer, tx, recv).await {
+                        tracing::debug!(%peer, error = %e, "artifact stream on the bulk connection ended");
+                    }
+                }));
+            }
+            let mut map = lock(&node.inner.bulk);
+            if map
+                .get(&peer)
+                .is_some_and(|b| b.quinn().stable_id() == bulk.quinn().stable_id())
+            {
+                map.remove(&peer);
+            }
+            drop(map);
+            // Its bytes, folded into the counters as a session's are.
+            let stats = bulk.quinn().stats();
+            Metrics::add(&node.metrics().bytes_sent, stats.udp_tx.bytes);
+            Metrics::add(&node.metrics().bytes_received, stats.udp_rx.bytes);
+        });
     }
 
     /// Runs HELLO / HELLO_ACK. Returns what the peer announced and its clock
@@ -153,6 +219,11 @@ impl Node {
             device_id: self.inner.device_id.to_string(),
             device_name: self.device_name(),
             state_hash: self.state_hash(),
+            // (Never over a relay: the peer could not reach it directly.)
+            bulk_port: self
+                .transport()
+                .and_then(|t| t.bulk_port())
+                .filter(|_| conn.relayed_via().is_none()),
         };
         let to_node_err = |e: HandshakeError| match e {
             HandshakeError::VersionMismatch { theirs, ours } => NodeError::VersionMismatch {
@@ -348,6 +419,9 @@ impl Node {
         }
         self.inner.session_events.send_modify(|n| *n += 1);
         Metrics::add(&self.metrics().sessions_started, 1);
+        if let Some(port) = info.bulk_port.filter(|_| conn.relayed_via().is_none()) {
+            self.open_bulk(&conn, port);
+        }
         self.inner.session_started.send_replace(());
         if let Some(r) = ready {
             let _ = r.send(Ok(()));

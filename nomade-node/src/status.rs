@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use nomade_transport::DeviceId;
+use nomade_transport::{Connection, DeviceId};
 
 use crate::core::now_ms;
 use crate::metrics::MetricsSnapshot;
@@ -91,6 +91,7 @@ impl Node {
             rtt_ms: q.rtt().as_secs_f64() * 1000.0,
             bytes_sent: stats.udp_tx.bytes,
             bytes_received: stats.udp_rx.bytes,
+            bulk_bytes_received: self.bulk_connection_stats(peer).map(|b| b.udp_rx.bytes),
             since_ms: s.started_ms,
             last_sync_ms: self.inner.core.last_sync_ms(&peer.to_string()),
             clock_offset_ms: s.clock_offset_ms,
@@ -101,8 +102,10 @@ impl Node {
     /// (ended sessions are folded into the counters when they end).
     pub fn metrics_snapshot(&self) -> MetricsSnapshot {
         let mut m = self.metrics().snapshot();
-        for s in self.sessions().values() {
-            let stats = s.conn.quinn().stats();
+        let sessions: Vec<Connection> = self.sessions().values().map(|s| s.conn.clone()).collect();
+        let bulk: Vec<Connection> = crate::lock(&self.inner.bulk).values().cloned().collect();
+        for conn in sessions.iter().chain(&bulk) {
+            let stats = conn.quinn().stats();
             m.bytes_sent += stats.udp_tx.bytes;
             m.bytes_received += stats.udp_rx.bytes;
         }
@@ -160,6 +163,10 @@ pub struct SessionStatus {
     pub bytes_sent: u64,
     /// Bytes received from it.
     pub bytes_received: u64,
+    /// Bytes received from the peer on the bulk connection (artifact
+    /// transfers), `None` when there is none and artifacts go on this one
+    /// (docs/PROTOCOL.md, "Bulk connections").
+    pub bulk_bytes_received: Option<u64>,
     /// When the session started (ms since the Unix epoch).
     pub since_ms: i64,
     /// When operations last went either way (ms since the Unix epoch).

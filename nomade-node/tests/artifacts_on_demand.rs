@@ -507,3 +507,82 @@ async fn a_newly_referenced_artifact_is_asked_of_its_author_first() {
         n.shutdown().await;
     }
 }
+
+/// Artifact transfers go on the bulk connection (docs/PROTOCOL.md, "Bulk
+/// connections"), whose packets are handled below the priority of live
+/// work: the session's own connection carries almost nothing of an 8 MiB
+/// fetch. A fetcher running no bulk endpoint is offered none, and the
+/// session's own connection carries it all. The artifact arrives intact
+/// either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_go_on_the_bulk_connection_and_on_the_session_without_one() {
+    const SIZE: usize = 8 << 20;
+    for bulk in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let laptop = Node::open(&dir.path().join("laptop"), config("laptop")).expect("open");
+        let phone_config = NodeConfig {
+            bulk,
+            ..config("phone")
+        };
+        let phone = Node::open(&dir.path().join("phone"), phone_config).expect("open");
+        let addr = online(&laptop).await;
+        online(&phone).await;
+        link(&laptop, addr, &phone).await;
+        let content: Vec<u8> = (0..SIZE).map(|i| (i * 7 + i / 4093) as u8).collect();
+        let path = dir.path().join("film.bin");
+        std::fs::write(&path, &content).expect("write");
+        let id = laptop.put_artifact(&path, None).expect("put");
+        let laptop_id = laptop.device_id();
+        if bulk {
+            wait_for(
+                || phone.bulk_connection_stats(&laptop_id).is_some(),
+                "the bulk connection",
+            )
+            .await;
+        }
+        let main_before = phone
+            .connection_stats(&laptop_id)
+            .expect("session")
+            .udp_rx
+            .bytes;
+        phone
+            .fetch_artifact(&laptop_id, id, |_| {})
+            .await
+            .expect("fetch");
+        let on_main = phone
+            .connection_stats(&laptop_id)
+            .expect("session")
+            .udp_rx
+            .bytes
+            - main_before;
+        let on_bulk = phone
+            .bulk_connection_stats(&laptop_id)
+            .map(|s| s.udp_rx.bytes);
+        let status = phone.session_status(&laptop_id).expect("session");
+        if bulk {
+            assert!(
+                on_main < (SIZE / 8) as u64,
+                "{on_main} bytes on the session's connection"
+            );
+            assert!(on_bulk.expect("bulk") >= SIZE as u64, "{on_bulk:?}");
+            assert_eq!(status.bulk_bytes_received, on_bulk);
+            // The holder's side has it too.
+            assert!(laptop.bulk_connection_stats(&phone.device_id()).is_some());
+        } else {
+            assert!(
+                on_main >= SIZE as u64,
+                "{on_main} bytes on the session's connection"
+            );
+            assert_eq!(on_bulk, None);
+            assert_eq!(status.bulk_bytes_received, None);
+            assert!(laptop.bulk_connection_stats(&phone.device_id()).is_none());
+        }
+        let out = dir.path().join("out.bin");
+        phone.export_artifact(&id, &out).expect("export");
+        assert!(std::fs::read(&out).expect("read") == content, "bulk {bulk}");
+        // The bytes of every connection are counted.
+        assert!(phone.metrics_snapshot().bytes_received >= SIZE as u64);
+        laptop.shutdown().await;
+        phone.shutdown().await;
+    }
+}

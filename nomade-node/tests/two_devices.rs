@@ -226,6 +226,7 @@ async fn a_dialer_refusing_hello_ack_closes_with_the_error_code() {
             capabilities: vec![],
             sync_state_hash: Hash32::default(),
             sync_required: true,
+            bulk_port: None,
         };
         let mut tx = control.send.take().expect("bidirectional");
         tx.send(&Envelope::new(MessageId::from([9; 16]), 0, ack))

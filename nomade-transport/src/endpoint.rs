@@ -9,6 +9,7 @@ use nomade_wire::{ErrorCode, Limits, RecentIds, StreamHeader, StreamRole};
 use quinn_proto::TransportErrorCode;
 use tokio::sync::{broadcast, mpsc};
 
+use crate::bulk::{BulkRuntime, OnBulk};
 use crate::counters::{InputCounters, Rejected, RejectedInput};
 use crate::error::{close_code, Result, TransportError};
 #[cfg(feature = "faults")]
@@ -74,6 +75,9 @@ pub struct Config {
     /// What this device does as a relay for its paired devices
     /// ([`crate::relay`]).
     pub relay: RelayConfig,
+    /// Whether this device runs a bulk endpoint for artifact transfers, on
+    /// a UDP port and threads of its own ([`crate::bulk`]; default on).
+    pub bulk: bool,
 }
 
 impl Default for Config {
@@ -94,6 +98,7 @@ impl Default for Config {
             known_paths: KnownPaths::default(),
             queue_target: Some(Duration::from_millis(5)),
             relay: RelayConfig::default(),
+            bulk: true,
         }
     }
 }
@@ -220,8 +225,10 @@ struct Inner {
     paths: Arc<PathMemory>,
     /// Retries sent (address validations).
     retries: std::sync::atomic::AtomicU64,
-    /// Live connections per peer, each with whether it is relayed.
-    live: Mutex<HashMap<DeviceId, Vec<(quinn::Connection, bool)>>>,
+    /// Live connections per peer, each with its kind.
+    live: Mutex<HashMap<DeviceId, Vec<(quinn::Connection, Path)>>>,
+    /// The bulk endpoint, when [`Config::bulk`].
+    bulk: Option<Bulk>,
     accepted: tokio::sync::Mutex<mpsc::Receiver<Connection>>,
     /// Where relayed connections offered to this device are handed to
     /// [`Transport::accept`] (weak: the accept loop's sender ends it).
@@ -234,17 +241,36 @@ struct Inner {
     rejected: Arc<InputCounters>,
 }
 
+/// What a live connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// Direct, on the main endpoint.
+    Direct,
+    /// Through a relay.
+    Relayed,
+    /// Direct, on the bulk endpoints (artifact streams only).
+    Bulk,
+}
+
+/// The bulk endpoint and the runtime that drives it ([`crate::bulk`]).
+struct Bulk {
+    endpoint: quinn::Endpoint,
+    handle: tokio::runtime::Handle,
+    // Last: the endpoint's tasks run on it.
+    _runtime: BulkRuntime,
+}
+
 impl Inner {
     fn emit(&self, e: TransportEvent) {
         let _ = self.events.send(e);
     }
 
-    fn register(&self, peer: DeviceId, conn: &quinn::Connection, relayed: bool) {
+    fn register(&self, peer: DeviceId, conn: &quinn::Connection, path: Path) {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         let list = live.entry(peer).or_default();
         list.retain(|(c, _)| c.close_reason().is_none());
-        list.push((conn.clone(), relayed));
-        if relayed {
+        list.push((conn.clone(), path));
+        if path != Path::Direct {
             return;
         }
         // The MTU the path reached, remembered when the connection ends.
@@ -274,8 +300,24 @@ impl Inner {
         newly_paired: bool,
         relayed_via: Option<DeviceId>,
     ) -> Connection {
-        self.register(peer, &conn, relayed_via.is_some());
-        Connection::new(self, peer, conn, newly_paired, relayed_via)
+        let path = if relayed_via.is_some() {
+            Path::Relayed
+        } else {
+            Path::Direct
+        };
+        self.register(peer, &conn, path);
+        Connection::new(self, peer, conn, newly_paired, relayed_via, None)
+    }
+
+    /// A bulk connection to `peer`, on the bulk runtime `on`.
+    fn wrap_bulk(
+        self: &Arc<Self>,
+        peer: DeviceId,
+        conn: quinn::Connection,
+        on: tokio::runtime::Handle,
+    ) -> Connection {
+        self.register(peer, &conn, Path::Bulk);
+        Connection::new(self, peer, conn, false, None, Some(on))
     }
 
     /// The transport settings of a relayed connection.
@@ -298,7 +340,7 @@ impl relay::RelayHost for Inner {
         live.get(id)?
             .iter()
             .rev()
-            .find(|(c, relayed)| !relayed && c.close_reason().is_none())
+            .find(|(c, path)| *path == Path::Direct && c.close_reason().is_none())
             .map(|(c, _)| c.clone())
     }
 
@@ -407,6 +449,7 @@ async fn accept_relayed(
 pub struct Transport {
     inner: Arc<Inner>,
     _accept_task: Arc<AbortOnDrop>,
+    _bulk_accept_task: Arc<Option<AbortOnDrop>>,
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -436,13 +479,12 @@ impl Transport {
         addr: SocketAddr,
         config: Config,
     ) -> Result<Transport> {
-        let socket = udp_socket(addr, config.udp_buffer)?;
-        Self::bind_with(identity, paired, config, |server| {
+        Self::bind_with(identity, paired, addr, config, |server, socket, runtime| {
             quinn::Endpoint::new(
                 quinn::EndpointConfig::default(),
                 Some(server),
                 socket,
-                Arc::new(quinn::TokioRuntime),
+                runtime,
             )
         })
     }
@@ -459,11 +501,10 @@ impl Transport {
         plan: FaultPlan,
         partition: Partition,
     ) -> Result<Transport> {
-        let socket = udp_socket(addr, config.udp_buffer)?;
-        Self::bind_with(identity, paired, config, |server| {
-            let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+        // The main and bulk sockets share the plan's links.
+        Self::bind_with(identity, paired, addr, config, |server, socket, runtime| {
             let socket = runtime.wrap_udp_socket(socket)?;
-            let socket = Arc::new(FaultySocket::new(socket, plan, partition));
+            let socket = Arc::new(FaultySocket::new(socket, plan.clone(), partition.clone()));
             quinn::Endpoint::new_with_abstract_socket(
                 quinn::EndpointConfig::default(),
                 Some(server),
@@ -473,13 +514,20 @@ impl Transport {
         })
     }
 
-    /// The shared part of the binds: `endpoint` makes the quinn endpoint
-    /// serving the given server configuration.
+    /// The shared part of the binds: `make_endpoint` makes a quinn endpoint
+    /// serving the given server configuration over a socket, driven by a
+    /// runtime; once for the main endpoint at `addr`, once for the bulk
+    /// endpoint (same address, a port of its own) when [`Config::bulk`].
     fn bind_with(
         identity: DeviceIdentity,
         paired: PairedSet,
+        addr: SocketAddr,
         config: Config,
-        endpoint: impl FnOnce(quinn::ServerConfig) -> std::io::Result<quinn::Endpoint>,
+        make_endpoint: impl Fn(
+            quinn::ServerConfig,
+            std::net::UdpSocket,
+            Arc<dyn quinn::Runtime>,
+        ) -> std::io::Result<quinn::Endpoint>,
     ) -> Result<Transport> {
         let pairing = PairingSlot::default();
         let transport = Arc::new(config.quinn_transport(None)?);
@@ -500,7 +548,29 @@ impl Transport {
             .max_incoming(config.max_incoming)
             .validation_token_config(validation)
             .token_key(Arc::new(token_key(&identity)));
-        let endpoint = endpoint(server.clone())?;
+        let endpoint = make_endpoint(
+            server.clone(),
+            udp_socket(addr, config.udp_buffer)?,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        let bulk = if config.bulk {
+            let runtime = BulkRuntime::start()?;
+            let handle = runtime.handle().ok_or(TransportError::EndpointClosed)?;
+            // What the endpoint spawns, it spawns on the bulk runtime.
+            let _entered = handle.enter();
+            let bulk_endpoint = make_endpoint(
+                server.clone(),
+                udp_socket(SocketAddr::new(addr.ip(), 0), config.udp_buffer)?,
+                Arc::new(OnBulk(handle.clone())),
+            )?;
+            Some(Bulk {
+                endpoint: bulk_endpoint,
+                handle,
+                _runtime: runtime,
+            })
+        } else {
+            None
+        };
         let (tx, rx) = mpsc::channel(config.max_incoming.max(1));
         let (events, _) = broadcast::channel(256);
         let limits = config.rate_limits;
@@ -516,6 +586,7 @@ impl Transport {
             paths,
             retries: Default::default(),
             live: Mutex::new(HashMap::new()),
+            bulk,
             accepted: tokio::sync::Mutex::new(rx),
             accepted_tx: tx.downgrade(),
             relay_counters: Arc::default(),
@@ -525,11 +596,30 @@ impl Transport {
             artifact_recv: limits.artifact_bytes_per_sec.map(RateLimiter::per_second),
             rejected: Arc::default(),
         });
-        let task = tokio::spawn(accept_loop(Arc::downgrade(&inner), endpoint, tx));
-        tracing::info!(device = %inner.identity.device_id(), addr = ?inner.endpoint.local_addr().ok(), "transport bound");
+        let bulk_task = inner.bulk.as_ref().map(|b| {
+            AbortOnDrop(tokio::spawn(accept_loop(
+                Arc::downgrade(&inner),
+                b.endpoint.clone(),
+                tx.clone(),
+                Path::Bulk,
+            )))
+        });
+        let task = tokio::spawn(accept_loop(
+            Arc::downgrade(&inner),
+            endpoint,
+            tx,
+            Path::Direct,
+        ));
+        tracing::info!(
+            device = %inner.identity.device_id(),
+            addr = ?inner.endpoint.local_addr().ok(),
+            bulk = ?inner.bulk.as_ref().and_then(|b| b.endpoint.local_addr().ok()),
+            "transport bound"
+        );
         Ok(Transport {
             inner,
             _accept_task: Arc::new(AbortOnDrop(task)),
+            _bulk_accept_task: Arc::new(bulk_task),
         })
     }
 
@@ -671,11 +761,17 @@ impl Transport {
         addr: SocketAddr,
         mode: ServerAcceptance,
     ) -> Result<(quinn::Connection, DeviceId)> {
-        let connecting = self.inner.endpoint.connect_with(
-            self.client_config(mode, addr)?,
-            addr,
-            tls::SERVER_NAME,
-        )?;
+        self.handshake_on(&self.inner.endpoint, addr, mode).await
+    }
+
+    async fn handshake_on(
+        &self,
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+        mode: ServerAcceptance,
+    ) -> Result<(quinn::Connection, DeviceId)> {
+        let connecting =
+            endpoint.connect_with(self.client_config(mode, addr)?, addr, tls::SERVER_NAME)?;
         complete_dial(connecting, self.inner.config.handshake_timeout, addr).await
     }
 
@@ -706,6 +802,44 @@ impl Transport {
             outgoing: true,
         });
         Ok(self.inner.wrap(peer, conn, false, None))
+    }
+
+    /// The UDP port of this device's bulk endpoint ([`crate::bulk`]), when
+    /// it runs one.
+    pub fn bulk_port(&self) -> Option<u16> {
+        let bulk = self.inner.bulk.as_ref()?;
+        bulk.endpoint.local_addr().ok().map(|a| a.port())
+    }
+
+    /// Dials the bulk endpoint of the paired device `expected` at `addr`,
+    /// from this device's own: a connection for artifact streams only
+    /// ([`Connection::is_bulk`]), driven on the bulk runtime. Errors as
+    /// [`Transport::connect`]; [`TransportError::EndpointClosed`] when this
+    /// device runs no bulk endpoint.
+    pub async fn connect_bulk(&self, addr: SocketAddr, expected: DeviceId) -> Result<Connection> {
+        let bulk = self
+            .inner
+            .bulk
+            .as_ref()
+            .ok_or(TransportError::EndpointClosed)?;
+        let (conn, peer) = self
+            .handshake_on(
+                &bulk.endpoint,
+                addr,
+                ServerAcceptance::Paired {
+                    expected: Some(expected),
+                },
+            )
+            .await?;
+        expect_peer(&conn, peer, expected)?;
+        if !self.inner.paired.contains(&peer) {
+            conn.close(close_code::AUTHENTICATION_FAILED.into(), b"not paired");
+            return Err(TransportError::PeerNotAccepted {
+                reason: format!("{peer} is not paired"),
+            });
+        }
+        tracing::debug!(%peer, %addr, "bulk connection open");
+        Ok(self.inner.wrap_bulk(peer, conn, bulk.handle.clone()))
     }
 
     /// Connects to the paired device `target` through `via`, a live direct
@@ -833,7 +967,7 @@ impl Transport {
     /// of the connections still open.
     pub fn known_paths(&self) -> KnownPaths {
         let live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
-        for (conn, _) in live.values().flatten().filter(|(_, relayed)| !relayed) {
+        for (conn, _) in live.values().flatten().filter(|(_, p)| *p == Path::Direct) {
             learn_mtu(&self.inner.paths, conn);
         }
         drop(live);
@@ -844,10 +978,17 @@ impl Transport {
     /// [`CLOSE_GRACE`] for peers to acknowledge the close (a peer behind a
     /// lossy link may never answer; it times out on its side).
     pub async fn close(&self) {
-        self.inner
-            .endpoint
-            .close(close_code::NORMAL.into(), b"shutting down");
-        let _ = tokio::time::timeout(CLOSE_GRACE, self.inner.endpoint.wait_idle()).await;
+        let bulk = self.inner.bulk.as_ref().map(|b| &b.endpoint);
+        for endpoint in std::iter::once(&self.inner.endpoint).chain(bulk) {
+            endpoint.close(close_code::NORMAL.into(), b"shutting down");
+        }
+        let idle = async {
+            self.inner.endpoint.wait_idle().await;
+            if let Some(bulk) = bulk {
+                bulk.wait_idle().await;
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_GRACE, idle).await;
     }
 }
 
@@ -963,10 +1104,13 @@ fn peer_id(conn: &quinn::Connection) -> Result<DeviceId> {
     DeviceId::from_cert_der(&peer_cert(conn)?)
 }
 
+/// Accepts the connections of `endpoint`, the main one or the bulk one
+/// (`path`).
 async fn accept_loop(
     inner: std::sync::Weak<Inner>,
     endpoint: quinn::Endpoint,
     tx: mpsc::Sender<Connection>,
+    path: Path,
 ) {
     while let Some(incoming) = endpoint.accept().await {
         let Some(inner) = inner.upgrade() else { return };
@@ -982,7 +1126,7 @@ async fn accept_loop(
             }
             continue;
         }
-        tokio::spawn(handle_incoming(inner, incoming, tx.clone()));
+        tokio::spawn(handle_incoming(inner, incoming, tx.clone(), path));
     }
 }
 
@@ -990,6 +1134,7 @@ async fn handle_incoming(
     inner: Arc<Inner>,
     incoming: quinn::Incoming,
     tx: mpsc::Sender<Connection>,
+    path: Path,
 ) {
     let remote = incoming.remote_address();
     let reject = |reason: String| {
@@ -1020,7 +1165,7 @@ async fn handle_incoming(
     };
     let newly_paired = if inner.paired.contains(&peer) {
         false
-    } else if inner.pairing.is_claimed_by(&peer) {
+    } else if path == Path::Direct && inner.pairing.is_claimed_by(&peer) {
         match tokio::time::timeout(
             inner.config.handshake_timeout,
             respond_pairing(&inner, &conn, peer),
@@ -1051,12 +1196,20 @@ async fn handle_incoming(
         conn.close(close_code::AUTHENTICATION_FAILED.into(), b"not paired");
         return reject(format!("{peer} is not paired"));
     };
-    tracing::info!(%peer, %remote, newly_paired, "accepted connection");
-    inner.emit(TransportEvent::Connected {
-        peer,
-        outgoing: false,
-    });
-    let wrapped = inner.wrap(peer, conn, newly_paired, None);
+    let wrapped = match (path, inner.bulk.as_ref()) {
+        (Path::Bulk, Some(bulk)) => {
+            tracing::debug!(%peer, %remote, "accepted a bulk connection");
+            inner.wrap_bulk(peer, conn, bulk.handle.clone())
+        }
+        _ => {
+            tracing::info!(%peer, %remote, newly_paired, "accepted connection");
+            inner.emit(TransportEvent::Connected {
+                peer,
+                outgoing: false,
+            });
+            inner.wrap(peer, conn, newly_paired, None)
+        }
+    };
     if tx.send(wrapped).await.is_err() {
         tracing::debug!("transport dropped: connection discarded");
     }
@@ -1125,6 +1278,9 @@ struct StreamSettings {
     peer: DeviceId,
     /// Whether this connection is relayed (it then carries no relay stream).
     relayed: bool,
+    /// Whether this is a bulk connection (it then carries artifact streams
+    /// only).
+    bulk: bool,
 }
 
 impl StreamSettings {
@@ -1166,6 +1322,8 @@ pub struct Connection {
     peer: DeviceId,
     newly_paired: bool,
     relayed_via: Option<DeviceId>,
+    /// The bulk runtime, for a bulk connection.
+    bulk: Option<tokio::runtime::Handle>,
     conn: quinn::Connection,
     settings: StreamSettings,
     shared: Arc<ConnShared>,
@@ -1187,6 +1345,7 @@ impl Connection {
         conn: quinn::Connection,
         newly_paired: bool,
         relayed_via: Option<DeviceId>,
+        bulk: Option<tokio::runtime::Handle>,
     ) -> Self {
         let settings = StreamSettings {
             limits: inner.config.limits,
@@ -1200,9 +1359,14 @@ impl Connection {
             host: Arc::downgrade(inner),
             peer,
             relayed: relayed_via.is_some(),
+            bulk: bulk.is_some(),
         };
         let (tx, rx) = mpsc::channel(inner.config.max_concurrent_streams.max(1) as usize);
-        tokio::spawn(accept_streams(conn.clone(), settings.clone(), tx));
+        let streams = accept_streams(conn.clone(), settings.clone(), tx);
+        match &bulk {
+            Some(on) => drop(on.spawn(streams)),
+            None => drop(tokio::spawn(streams)),
+        }
         let shared = Arc::new(ConnShared {
             conn: conn.clone(),
             incoming: tokio::sync::Mutex::new(rx),
@@ -1211,6 +1375,7 @@ impl Connection {
             peer,
             newly_paired,
             relayed_via,
+            bulk,
             conn,
             settings,
             shared,
@@ -1236,6 +1401,28 @@ impl Connection {
     /// The device relaying this connection, `None` for a direct one.
     pub fn relayed_via(&self) -> Option<DeviceId> {
         self.relayed_via
+    }
+
+    /// Whether this is a bulk connection ([`Transport::connect_bulk`], or
+    /// accepted on this device's bulk endpoint): it carries artifact
+    /// streams only, and its packets are handled on the bulk runtime.
+    pub fn is_bulk(&self) -> bool {
+        self.bulk.is_some()
+    }
+
+    /// Runs `task` where this connection's packets are handled: on the
+    /// bulk runtime for a bulk connection (so that a transfer's framing
+    /// and checksums also yield to live work), on the caller's runtime
+    /// otherwise. Must be called inside a tokio runtime.
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.bulk {
+            Some(on) => on.spawn(task),
+            None => tokio::spawn(task),
+        }
     }
 
     /// The current round-trip time estimate.
@@ -1266,6 +1453,9 @@ impl Connection {
     /// Opens a stream of `role`: writes the stream header and sets the role's
     /// priority. The receive half is there for bidirectional roles only.
     pub async fn open(&self, role: StreamRole) -> Result<(FramedSend, Option<FramedRecv>)> {
+        if self.is_bulk() && role != StreamRole::Artifact {
+            return Err(TransportError::NotOnBulk(role));
+        }
         if role.is_bidirectional() {
             let (send, recv) = self.conn.open_bi().await.map_err(classify)?;
             let mut send = FramedSend::new(role, send, self.settings.send_limit(role));
@@ -1362,6 +1552,15 @@ async fn read_header(
         }
     };
     let role = header.role;
+    if settings.bulk && role != StreamRole::Artifact {
+        tracing::warn!(
+            ?role,
+            "a stream other than an artifact stream on a bulk connection: refused"
+        );
+        settings.rejected.count(Rejected::StreamHeader);
+        refuse_stream(send, recv, Err(TransportError::NotOnBulk(role))).await;
+        return;
+    }
     if role == StreamRole::Relay {
         // Served by the transport itself: the node never sees relay streams.
         match (send, settings.host.upgrade()) {

@@ -162,6 +162,10 @@ pub enum TransportError {
     /// target itself, or over a connection that is itself relayed.
     #[error("invalid relay: {0}")]
     InvalidRelay(&'static str),
+    /// A stream other than an artifact stream, on a bulk connection
+    /// ([`crate::Connection::is_bulk`]), which carries artifact streams only.
+    #[error("a bulk connection carries artifact streams only, not {0:?}")]
+    NotOnBulk(nomade_wire::StreamRole),
 }
 
 impl TransportError {

@@ -234,6 +234,34 @@ pub struct FaultPlan {
     pub incoming: FaultConfig,
     /// Counters, shared with whoever keeps a clone.
     pub stats: FaultStats,
+    /// The rate-limited links of both directions, shared by every socket
+    /// built from clones of this plan: a device's main and bulk sockets
+    /// ([`crate::Transport::bind_faulty`]) sit behind one link, as they
+    /// would behind one router.
+    pub links: SharedLinks,
+}
+
+/// One rate-limited link, shared by the sockets behind it.
+type Link = Arc<Mutex<Bottleneck>>;
+
+/// The links of a [`FaultPlan`], made by the first socket built from it
+/// and shared by the others. Clones share them.
+#[derive(Debug, Clone, Default)]
+pub struct SharedLinks(Arc<Mutex<Option<LinkPair>>>);
+
+/// The outgoing and incoming links (each `None` when not rate-limited).
+type LinkPair = (Option<Link>, Option<Link>);
+
+impl SharedLinks {
+    /// The outgoing and incoming links of `plan`.
+    fn of(&self, plan: &FaultPlan) -> LinkPair {
+        let mut made = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        made.get_or_insert_with(|| {
+            let link = |c: &FaultConfig| c.bottleneck().map(|b| Arc::new(Mutex::new(b)));
+            (link(&plan.outgoing), link(&plan.incoming))
+        })
+        .clone()
+    }
 }
 
 impl FaultPlan {
@@ -247,6 +275,7 @@ impl FaultPlan {
                 ..config
             },
             stats: FaultStats::default(),
+            links: SharedLinks::default(),
         }
     }
 }
@@ -405,13 +434,13 @@ impl Ord for Held {
 struct Outgoing {
     injector: FaultInjector,
     seq: u64,
-    bottleneck: Option<Bottleneck>,
+    bottleneck: Option<Link>,
 }
 
 struct Incoming {
     injector: FaultInjector,
     seq: u64,
-    bottleneck: Option<Bottleneck>,
+    bottleneck: Option<Link>,
     held: BinaryHeap<Held>,
     timer: Option<Pin<Box<Sleep>>>,
 }
@@ -457,17 +486,18 @@ impl FaultySocket {
     pub fn new(inner: Arc<dyn AsyncUdpSocket>, plan: FaultPlan, partition: Partition) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(send_delayed(inner.clone(), partition.clone(), rx));
+        let (outgoing_link, incoming_link) = plan.links.of(&plan);
         FaultySocket {
             inner,
             partition,
             stats: plan.stats,
             outgoing: Mutex::new(Outgoing {
-                bottleneck: plan.outgoing.bottleneck(),
+                bottleneck: outgoing_link,
                 injector: FaultInjector::new(plan.outgoing),
                 seq: 0,
             }),
             incoming: Mutex::new(Incoming {
-                bottleneck: plan.incoming.bottleneck(),
+                bottleneck: incoming_link,
                 injector: FaultInjector::new(plan.incoming),
                 seq: 0,
                 held: BinaryHeap::new(),
@@ -574,8 +604,11 @@ impl AsyncUdpSocket for FaultySocket {
                 out.seq += 1;
                 let fate = out.injector.decide();
                 let now = std::time::Instant::now();
-                let through = match (&fate, out.bottleneck.as_mut()) {
-                    (Fate::Deliver { .. }, Some(link)) => link.admit(now, datagram.len()),
+                let through = match (&fate, out.bottleneck.as_ref()) {
+                    (Fate::Deliver { .. }, Some(link)) => link
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .admit(now, datagram.len()),
                     _ => Some(Duration::ZERO),
                 };
                 (fate, out.seq, through)
@@ -662,8 +695,11 @@ impl AsyncUdpSocket for FaultySocket {
                                 delay, duplicate, ..
                             } = fate
                             {
-                                let through = match st.bottleneck.as_mut() {
-                                    Some(link) => link.admit(now.into_std(), datagram.len()),
+                                let through = match st.bottleneck.as_ref() {
+                                    Some(link) => link
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .admit(now.into_std(), datagram.len()),
                                     None => Some(Duration::ZERO),
                                 };
                                 let Some(through) = through else {

@@ -79,6 +79,12 @@ pub struct HelloAck {
     pub sync_state_hash: Hash32,
     /// True when the two state hashes differ.
     pub sync_required: bool,
+    /// Extension: the UDP port of the responder's bulk endpoint, on the
+    /// address the dialer reached (docs/PROTOCOL.md, "Bulk connections").
+    /// Sent only to a dialer that announced `"bulk"`, and only on a direct
+    /// connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bulk_port: Option<u16>,
 }
 
 /// `SYNC_REQUEST` (0x0101): ask a peer for operations.

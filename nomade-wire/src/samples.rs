@@ -149,6 +149,20 @@ pub fn all() -> Vec<Sample> {
             capabilities: vec!["crdt-sync".into()],
             sync_state_hash: hash(0x22),
             sync_required: true,
+            bulk_port: None,
+        }
+        .into(),
+    );
+    push(
+        "hello_ack_bulk",
+        HelloAck {
+            device_id: PHONE.into(),
+            device_name: "Ana's phone".into(),
+            protocol_version: 1,
+            capabilities: vec!["crdt-sync".into(), "bulk".into()],
+            sync_state_hash: hash(0x22),
+            sync_required: false,
+            bulk_port: Some(52_001),
         }
         .into(),
     );

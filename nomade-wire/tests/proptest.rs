@@ -137,15 +137,17 @@ fn message() -> impl Strategy<Value = Message> {
             any::<u8>(),
             vec(text(), 0..3),
             hash32(),
-            any::<bool>()
+            any::<bool>(),
+            proptest::option::of(any::<u16>())
         )
-            .prop_map(|(a, b, v, c, h, r)| Message::from(HelloAck {
+            .prop_map(|(a, b, v, c, h, r, p)| Message::from(HelloAck {
                 device_id: a,
                 device_name: b,
                 protocol_version: v,
                 capabilities: c,
                 sync_state_hash: h,
                 sync_required: r,
+                bulk_port: p,
             })),
         (
             vec(entity_type(), 0..3),

@@ -3,6 +3,7 @@
 #![allow(missing_docs)]
 
 mod auth;
+mod bulk;
 mod dial;
 #[cfg(feature = "faults")]
 mod faulty;

@@ -169,6 +169,7 @@ MESSAGES = {
         ("capabilities", array(STR), REQ),
         ("sync_state_hash", HASH32, REQ),
         ("sync_required", BOOL, REQ),
+        ("bulk_port", U16, EXT),
     ),
     0x0101: struct_(
         "SYNC_REQUEST",
@@ -881,6 +882,9 @@ def self_test_vectors():
                            "capabilities": ["crdt-sync", "artifact-transfer"], "sync_state_hash": h(0x11)}),
         ("hello_ack", 0x0002, {"device_id": phone.replace("-", ""), "device_name": "Ana's phone", "protocol_version": 1,
                                "capabilities": ["crdt-sync"], "sync_state_hash": h(0x22), "sync_required": True}),
+        ("hello_ack_bulk", 0x0002, {"device_id": phone.replace("-", ""), "device_name": "Ana's phone", "protocol_version": 1,
+                                    "capabilities": ["crdt-sync", "bulk"], "sync_state_hash": h(0x22), "sync_required": False,
+                                    "bulk_port": 52001}),
         ("sync_request_full", 0x0101, {"entity_types": [], "since_timestamp": None, "full_sync": True}),
         ("sync_request_incremental", 0x0101, {"entity_types": ["document", "conversation"],
                                               "since_timestamp": ts - 60_000, "full_sync": False,
