@@ -2,8 +2,8 @@
 //! do about it.
 //!
 //! For each peer the diagnosis is one [`Cause`], the first that applies:
-//! this device's disk is full; a session is up (syncing, perhaps with a
-//! clock far off); no address is known; or how dialing it ends (nothing
+//! this device's disk is full; a session is up (syncing, perhaps only
+//! through a relay, perhaps with a clock far off); no address is known; or how dialing it ends (nothing
 //! answers, it refuses this device, it speaks another protocol version).
 //! A peer without a session is dialed now, so the answer is first-hand.
 
@@ -30,6 +30,17 @@ pub enum Cause {
         address: String,
         /// When operations last went either way (ms since the Unix epoch).
         last_sync_ms: Option<i64>,
+    },
+    /// A session is up, but only through a relay (a paired device
+    /// connected to both): the peer's own addresses do not answer from
+    /// here.
+    Relayed {
+        /// The relaying device's id.
+        via: String,
+        /// When operations last went either way (ms since the Unix epoch).
+        last_sync_ms: Option<i64>,
+        /// How the last direct dial ended, when one was made.
+        direct: Option<String>,
     },
     /// A session is up, and the peer's clock is far from this one's.
     ClockFarOff {
@@ -120,7 +131,10 @@ pub async fn diagnose(node: &Node, served: bool) -> Report {
         };
         let cause = diagnose_peer(node, id, !rec.addresses.is_empty()).await;
         peers.push(PeerDiagnosis {
-            ok: matches!(cause, Cause::Syncing { .. } | Cause::ClockFarOff { .. }),
+            ok: matches!(
+                cause,
+                Cause::Syncing { .. } | Cause::Relayed { .. } | Cause::ClockFarOff { .. }
+            ),
             advice: advice(&cause, &rec.device_id),
             device_id: rec.device_id,
             name: rec.name,
@@ -140,7 +154,7 @@ async fn diagnose_peer(node: &Node, peer: DeviceId, has_address: bool) -> Cause 
         return Cause::DiskFull { since_ms };
     }
     if let Some(s) = node.session_status(&peer) {
-        return session_cause(s);
+        return session_cause(node, peer, s);
     }
     if !has_address {
         return Cause::NoAddress;
@@ -160,7 +174,7 @@ async fn diagnose_peer(node: &Node, peer: DeviceId, has_address: bool) -> Cause 
                 );
             }
             if let Some(s) = node.session_status(&peer) {
-                return session_cause(s);
+                return session_cause(node, peer, s);
             }
         }
     }
@@ -193,7 +207,26 @@ async fn diagnose_peer(node: &Node, peer: DeviceId, has_address: bool) -> Cause 
     }
 }
 
-fn session_cause(s: crate::SessionStatus) -> Cause {
+fn session_cause(node: &Node, peer: DeviceId, s: crate::SessionStatus) -> Cause {
+    if let Some(via) = s.relayed_via {
+        let direct = node.dial_reports().remove(&peer).and_then(|r| {
+            let what = match r.outcome {
+                DialOutcome::Unreachable { reason }
+                | DialOutcome::Refused { reason }
+                | DialOutcome::Failed { reason } => reason,
+                DialOutcome::VersionMismatch { theirs, ours } => {
+                    format!("it speaks protocol version {theirs}, this device {ours}")
+                }
+                _ => return None,
+            };
+            Some(format!("{}: {what}", r.addr))
+        });
+        return Cause::Relayed {
+            via,
+            last_sync_ms: s.last_sync_ms,
+            direct,
+        };
+    }
     if s.clock_offset_ms.abs() > CLOCK_TOLERANCE_MS {
         Cause::ClockFarOff {
             address: s.address,
@@ -217,6 +250,10 @@ pub fn advice(cause: &Cause, device_id: &str) -> String {
             ),
             None => format!("connected over {address}; nothing needed syncing yet"),
         },
+        Cause::Relayed { via, direct, .. } => format!(
+            "in sync, but only through {via}, which relays: its own addresses do not answer from here{}; everything goes through the relay at its rate limit, and only while it is on. A firewall or a separate network is the usual cause: give it an address this device reaches (`nomade peers add {device_id} --addr HOST:PORT`)",
+            direct.as_deref().map(|d| format!(" (last direct attempt: {d})")).unwrap_or_default()
+        ),
         Cause::ClockFarOff { address, offset_ms } => format!(
             "connected over {address}, but its clock is {} {} this one: sync is unaffected (clocks never order anything) but times look wrong; set the clock of one device right",
             ago(offset_ms.abs()),
@@ -282,6 +319,14 @@ mod tests {
                 "update the older one",
             ),
             (Cause::DiskFull { since_ms: 0 }, "free some space"),
+            (
+                Cause::Relayed {
+                    via: "m7ae".into(),
+                    last_sync_ms: None,
+                    direct: Some("10.0.0.2:4433: timed out".into()),
+                },
+                "only through m7ae",
+            ),
             (
                 Cause::ClockFarOff {
                     address: "a".into(),

@@ -347,12 +347,17 @@ async fn an_artifact_comes_from_two_holders_at_once() {
         .expect("the desktop fetches it");
     link(&laptop, la, &phone).await;
     link(&desktop, da, &phone).await;
-    // UDP bytes each holder sent the phone.
+    // UDP bytes each holder sent the phone, on the session's connection
+    // and on the bulk one (up or not yet when the fetch starts).
     let phone_id = phone.device_id();
     let sent = |n: &Node| {
-        n.connection_stats(&phone_id)
+        let main = n
+            .connection_stats(&phone_id)
             .map(|s| s.udp_tx.bytes)
-            .expect("connected to the phone")
+            .expect("connected to the phone");
+        main + n
+            .bulk_connection_stats(&phone_id)
+            .map_or(0, |s| s.udp_tx.bytes)
     };
     let (laptop_before, desktop_before) = (sent(&laptop), sent(&desktop));
     let holders = [laptop.device_id(), desktop.device_id()];

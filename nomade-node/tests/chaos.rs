@@ -859,6 +859,18 @@ async fn k_two_devices_cut_from_each_other_sync_through_a_third() {
         let session = a.node.session_status(&idc).expect("a's session with c");
         assert_eq!(session.relayed_via, Some(idb.to_string()), "seed {seed}");
         assert!(session.last_sync_ms.is_some(), "seed {seed}: {session:?}");
+        // The doctor says so, and why.
+        let report = nomade_node::doctor::diagnose(&a.node, true).await;
+        let of_c = report
+            .peers
+            .iter()
+            .find(|p| p.device_id == idc.to_string())
+            .expect("c diagnosed");
+        assert!(
+            matches!(&of_c.cause, nomade_node::doctor::Cause::Relayed { via, .. } if *via == idb.to_string()),
+            "seed {seed}: {of_c:?}"
+        );
+        assert!(of_c.ok && of_c.advice.contains("only through"), "seed {seed}: {}", of_c.advice);
         let relay = b.node.metrics_snapshot().relay;
         assert!(relay.sessions >= 1, "seed {seed}: {relay:?}");
         assert!(relay.bytes_forwarded > 20_000, "seed {seed}: {relay:?}");
