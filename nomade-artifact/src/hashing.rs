@@ -50,7 +50,14 @@ pub const BULK_NICENESS: i32 = 10;
 /// nothing. An error says the system refused (the thread runs on as it was).
 pub fn lower_thread_priority() -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
-    rustix::process::setpriority_process(None, BULK_NICENESS)?;
+    {
+        // Never above the priority it already has (a process started with
+        // `nice` stays as low).
+        let now = rustix::process::getpriority_process(None)?;
+        if now < BULK_NICENESS {
+            rustix::process::setpriority_process(None, BULK_NICENESS)?;
+        }
+    }
     Ok(())
 }
 

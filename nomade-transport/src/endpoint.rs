@@ -282,6 +282,19 @@ impl Inner {
         });
     }
 
+    /// Closes `conn` (`AUTHENTICATION_FAILED`) unless `peer`, whom it
+    /// authenticated, is paired: TLS admitted it, but it may have been
+    /// unpaired since.
+    fn require_paired(&self, conn: &quinn::Connection, peer: DeviceId) -> Result<()> {
+        if self.paired.contains(&peer) {
+            return Ok(());
+        }
+        conn.close(close_code::AUTHENTICATION_FAILED.into(), b"not paired");
+        Err(TransportError::PeerNotAccepted {
+            reason: format!("{peer} is not paired"),
+        })
+    }
+
     /// The server configuration for a connection from `remote`: the
     /// default one, or one starting at the MTU remembered for it.
     fn server_config_for(&self, remote: SocketAddr) -> Result<Option<Arc<quinn::ServerConfig>>> {
@@ -419,12 +432,7 @@ async fn accept_relayed(
             })??;
     let peer = peer_id(&conn)?;
     expect_peer(&conn, peer, source)?;
-    if !inner.paired.contains(&peer) {
-        conn.close(close_code::AUTHENTICATION_FAILED.into(), b"not paired");
-        return Err(TransportError::PeerNotAccepted {
-            reason: format!("{peer} is not paired"),
-        });
-    }
+    inner.require_paired(&conn, peer)?;
     link.hold(conn.clone());
     tracing::info!(%peer, %relay, "accepted a relayed connection");
     inner.emit(TransportEvent::Connected {
@@ -790,12 +798,7 @@ impl Transport {
         if let Some(expected) = expected {
             expect_peer(&conn, peer, expected)?;
         }
-        if !self.inner.paired.contains(&peer) {
-            conn.close(close_code::AUTHENTICATION_FAILED.into(), b"not paired");
-            return Err(TransportError::PeerNotAccepted {
-                reason: format!("{peer} is not paired"),
-            });
-        }
+        self.inner.require_paired(&conn, peer)?;
         tracing::info!(%peer, %addr, "connected");
         self.inner.emit(TransportEvent::Connected {
             peer,
@@ -832,12 +835,7 @@ impl Transport {
             )
             .await?;
         expect_peer(&conn, peer, expected)?;
-        if !self.inner.paired.contains(&peer) {
-            conn.close(close_code::AUTHENTICATION_FAILED.into(), b"not paired");
-            return Err(TransportError::PeerNotAccepted {
-                reason: format!("{peer} is not paired"),
-            });
-        }
+        self.inner.require_paired(&conn, peer)?;
         tracing::debug!(%peer, %addr, "bulk connection open");
         Ok(self.inner.wrap_bulk(peer, conn, bulk.handle.clone()))
     }
