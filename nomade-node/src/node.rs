@@ -567,10 +567,21 @@ impl Node {
 
     /// The bulk connection to `main`'s peer when one is open, else `main`.
     pub(crate) fn bulk_or(&self, main: Connection) -> Connection {
-        match lock(&self.inner.bulk).get(&main.peer()) {
-            Some(bulk) if bulk.close_reason().is_none() => bulk.clone(),
-            _ => main,
-        }
+        self.open_bulk_conn(&main.peer()).unwrap_or(main)
+    }
+
+    /// The bulk connection to `peer`, while one is open.
+    fn open_bulk_conn(&self, peer: &DeviceId) -> Option<Connection> {
+        let bulk = lock(&self.inner.bulk).get(peer).cloned()?;
+        bulk.close_reason().is_none().then_some(bulk)
+    }
+
+    /// Adds the bytes `conn` moved to the counters, when it has ended
+    /// (while it is open, [`Node::metrics_snapshot`] reads them from it).
+    pub(crate) fn fold_traffic(&self, conn: &Connection) {
+        let stats = conn.quinn().stats();
+        Metrics::add(&self.metrics().bytes_sent, stats.udp_tx.bytes);
+        Metrics::add(&self.metrics().bytes_received, stats.udp_rx.bytes);
     }
 
     pub(crate) fn transport(&self) -> Option<Transport> {
@@ -762,8 +773,7 @@ impl Node {
     /// artifact transfers go (`NodeConfig::bulk`): `None` when none is
     /// open.
     pub fn bulk_connection_stats(&self, peer: &DeviceId) -> Option<quinn::ConnectionStats> {
-        let bulk = lock(&self.inner.bulk).get(peer).cloned()?;
-        bulk.close_reason().is_none().then(|| bulk.quinn().stats())
+        self.open_bulk_conn(peer).map(|b| b.quinn().stats())
     }
 
     /// Whether a session with `peer` is up.

@@ -127,9 +127,7 @@ impl Node {
                 tracing::debug!(%peer, error = %e, "could not record when the peer was last seen");
             }
         }
-        let stats = conn.quinn().stats();
-        Metrics::add(&self.metrics().bytes_sent, stats.udp_tx.bytes);
-        Metrics::add(&self.metrics().bytes_received, stats.udp_rx.bytes);
+        self.fold_traffic(&conn);
         let mut sessions = self.sessions();
         if sessions
             .get(&peer)
@@ -200,10 +198,7 @@ impl Node {
                 map.remove(&peer);
             }
             drop(map);
-            // Its bytes, folded into the counters as a session's are.
-            let stats = bulk.quinn().stats();
-            Metrics::add(&node.metrics().bytes_sent, stats.udp_tx.bytes);
-            Metrics::add(&node.metrics().bytes_received, stats.udp_rx.bytes);
+            node.fold_traffic(&bulk);
         });
     }
 

@@ -29,6 +29,7 @@ const BULK_WORKERS: usize = 2;
 /// priority of the others. Dropping it stops them without waiting.
 pub(crate) struct BulkRuntime {
     runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
 }
 
 impl BulkRuntime {
@@ -45,13 +46,14 @@ impl BulkRuntime {
             .enable_all()
             .build()?;
         Ok(BulkRuntime {
+            handle: runtime.handle().clone(),
             runtime: Some(runtime),
         })
     }
 
     /// A handle to spawn on it.
-    pub(crate) fn handle(&self) -> Option<tokio::runtime::Handle> {
-        self.runtime.as_ref().map(|r| r.handle().clone())
+    pub(crate) fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
     }
 }
 
@@ -114,10 +116,9 @@ mod tests {
     #[test]
     fn the_bulk_runtime_runs_what_quinn_spawns_on_its_own_threads() {
         let bulk = BulkRuntime::start().expect("runtime");
-        let handle = bulk.handle().expect("running");
         let (tx, rx) = std::sync::mpsc::channel();
         quinn::Runtime::spawn(
-            &OnBulk(handle),
+            &OnBulk(bulk.handle().clone()),
             Box::pin(async move {
                 let name = std::thread::current().name().map(str::to_string);
                 let _ = tx.send(name);
@@ -131,7 +132,7 @@ mod tests {
         {
             // Its threads run at nice 10 at least, never above this one.
             let (tx, rx) = std::sync::mpsc::channel();
-            bulk.handle().expect("running").spawn(async move {
+            bulk.handle().spawn(async move {
                 let _ = tx.send(rustix::process::getpriority_process(None));
             });
             let theirs = rx

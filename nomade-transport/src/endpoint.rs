@@ -255,9 +255,8 @@ enum Path {
 /// The bulk endpoint and the runtime that drives it ([`crate::bulk`]).
 struct Bulk {
     endpoint: quinn::Endpoint,
-    handle: tokio::runtime::Handle,
     // Last: the endpoint's tasks run on it.
-    _runtime: BulkRuntime,
+    runtime: BulkRuntime,
 }
 
 impl Inner {
@@ -456,8 +455,8 @@ async fn accept_relayed(
 #[derive(Clone)]
 pub struct Transport {
     inner: Arc<Inner>,
-    _accept_task: Arc<AbortOnDrop>,
-    _bulk_accept_task: Arc<Option<AbortOnDrop>>,
+    /// The accept loops of the main endpoint and of the bulk one.
+    _accept_tasks: Arc<Vec<AbortOnDrop>>,
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -563,18 +562,17 @@ impl Transport {
         )?;
         let bulk = if config.bulk {
             let runtime = BulkRuntime::start()?;
-            let handle = runtime.handle().ok_or(TransportError::EndpointClosed)?;
             // What the endpoint spawns, it spawns on the bulk runtime.
-            let _entered = handle.enter();
+            let entered = runtime.handle().enter();
             let bulk_endpoint = make_endpoint(
                 server.clone(),
                 udp_socket(SocketAddr::new(addr.ip(), 0), config.udp_buffer)?,
-                Arc::new(OnBulk(handle.clone())),
+                Arc::new(OnBulk(runtime.handle().clone())),
             )?;
+            drop(entered);
             Some(Bulk {
                 endpoint: bulk_endpoint,
-                handle,
-                _runtime: runtime,
+                runtime,
             })
         } else {
             None
@@ -604,20 +602,18 @@ impl Transport {
             artifact_recv: limits.artifact_bytes_per_sec.map(RateLimiter::per_second),
             rejected: Arc::default(),
         });
-        let bulk_task = inner.bulk.as_ref().map(|b| {
-            AbortOnDrop(tokio::spawn(accept_loop(
-                Arc::downgrade(&inner),
-                b.endpoint.clone(),
-                tx.clone(),
-                Path::Bulk,
-            )))
-        });
-        let task = tokio::spawn(accept_loop(
-            Arc::downgrade(&inner),
-            endpoint,
-            tx,
-            Path::Direct,
-        ));
+        let accept_tasks = std::iter::once((endpoint, Path::Direct))
+            .chain(
+                inner
+                    .bulk
+                    .as_ref()
+                    .map(|b| (b.endpoint.clone(), Path::Bulk)),
+            )
+            .map(|(endpoint, path)| {
+                let accepting = accept_loop(Arc::downgrade(&inner), endpoint, tx.clone(), path);
+                AbortOnDrop(tokio::spawn(accepting))
+            })
+            .collect();
         tracing::info!(
             device = %inner.identity.device_id(),
             addr = ?inner.endpoint.local_addr().ok(),
@@ -626,8 +622,7 @@ impl Transport {
         );
         Ok(Transport {
             inner,
-            _accept_task: Arc::new(AbortOnDrop(task)),
-            _bulk_accept_task: Arc::new(bulk_task),
+            _accept_tasks: Arc::new(accept_tasks),
         })
     }
 
@@ -837,7 +832,9 @@ impl Transport {
         expect_peer(&conn, peer, expected)?;
         self.inner.require_paired(&conn, peer)?;
         tracing::debug!(%peer, %addr, "bulk connection open");
-        Ok(self.inner.wrap_bulk(peer, conn, bulk.handle.clone()))
+        Ok(self
+            .inner
+            .wrap_bulk(peer, conn, bulk.runtime.handle().clone()))
     }
 
     /// Connects to the paired device `target` through `via`, a live direct
@@ -977,13 +974,14 @@ impl Transport {
     /// lossy link may never answer; it times out on its side).
     pub async fn close(&self) {
         let bulk = self.inner.bulk.as_ref().map(|b| &b.endpoint);
-        for endpoint in std::iter::once(&self.inner.endpoint).chain(bulk) {
+        let endpoints: Vec<&quinn::Endpoint> =
+            std::iter::once(&self.inner.endpoint).chain(bulk).collect();
+        for endpoint in &endpoints {
             endpoint.close(close_code::NORMAL.into(), b"shutting down");
         }
         let idle = async {
-            self.inner.endpoint.wait_idle().await;
-            if let Some(bulk) = bulk {
-                bulk.wait_idle().await;
+            for endpoint in &endpoints {
+                endpoint.wait_idle().await;
             }
         };
         let _ = tokio::time::timeout(CLOSE_GRACE, idle).await;
@@ -1197,7 +1195,7 @@ async fn handle_incoming(
     let wrapped = match (path, inner.bulk.as_ref()) {
         (Path::Bulk, Some(bulk)) => {
             tracing::debug!(%peer, %remote, "accepted a bulk connection");
-            inner.wrap_bulk(peer, conn, bulk.handle.clone())
+            inner.wrap_bulk(peer, conn, bulk.runtime.handle().clone())
         }
         _ => {
             tracing::info!(%peer, %remote, newly_paired, "accepted connection");
@@ -1361,15 +1359,11 @@ impl Connection {
         };
         let (tx, rx) = mpsc::channel(inner.config.max_concurrent_streams.max(1) as usize);
         let streams = accept_streams(conn.clone(), settings.clone(), tx);
-        match &bulk {
-            Some(on) => drop(on.spawn(streams)),
-            None => drop(tokio::spawn(streams)),
-        }
         let shared = Arc::new(ConnShared {
             conn: conn.clone(),
             incoming: tokio::sync::Mutex::new(rx),
         });
-        Connection {
+        let connection = Connection {
             peer,
             newly_paired,
             relayed_via,
@@ -1377,7 +1371,10 @@ impl Connection {
             conn,
             settings,
             shared,
-        }
+        };
+        // Where its packets are handled.
+        drop(connection.spawn(streams));
+        connection
     }
 
     /// The authenticated peer.
